@@ -1,0 +1,222 @@
+//! `AlertSinkActor`: turns scored events into alerts (threshold + allow-list), commits them
+//! with the events' seen-keys in one state transaction, then writes one journal record per
+//! newly stored alert and marks it journaled. A crash between commit and journal leaves the
+//! alert unjournaled; it is re-emitted at the next start, so no alert is lost or doubled in
+//! the store. On a state error the whole page fails and is retried by the poller.
+
+use actix::prelude::*;
+
+use super::{journal_alert, AllowRule, NewAlert};
+use crate::detector::actor::PipelineError;
+use crate::detector::ScoredEvent;
+use crate::health::{Counters, Health, Heartbeat};
+use crate::state::actor::{CommitBatch, MarkJournaled};
+use crate::state::{BatchCommit, BatchOutcome, SeenEvent};
+
+/// Scored events of one page.
+#[derive(Message)]
+#[rtype(result = "Result<BatchOutcome, PipelineError>")]
+pub struct Scored {
+    pub events: Vec<ScoredEvent>,
+    pub duplicates: u64,
+    pub skipped: u64,
+}
+
+/// The allow-list changed (API); replaces the cached rules.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AllowListChanged(pub Vec<AllowRule>);
+
+/// Alerts stored earlier but never journaled (crash in between): emit them now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AlertRaised(pub Vec<crate::alerts::Alert>);
+
+pub struct AlertSinkActor {
+    commit: Recipient<CommitBatch>,
+    journaled: Recipient<MarkJournaled>,
+    rules: Vec<AllowRule>,
+    health: Health,
+}
+
+impl AlertSinkActor {
+    pub fn new(
+        commit: Recipient<CommitBatch>,
+        journaled: Recipient<MarkJournaled>,
+        rules: Vec<AllowRule>,
+        health: Health,
+    ) -> Self {
+        AlertSinkActor {
+            commit,
+            journaled,
+            rules,
+            health,
+        }
+    }
+}
+
+/// Build the alert for a scored event, unless it is below threshold or allow-listed.
+pub fn to_alert(e: &ScoredEvent, rules: &[AllowRule]) -> Option<NewAlert> {
+    let severity = e.severity?;
+    let r = &e.fetched.record;
+    let a = NewAlert {
+        event_key: r.key.clone(),
+        event_id: r.id.clone(),
+        event_version: r.version_id.clone(),
+        recorded_ms: r.recorded.timestamp_millis(),
+        score: e.score as f64,
+        severity,
+        summary: e.summary.clone(),
+        explanation: e.explanation.clone(),
+        kinds: e.kinds.iter().map(|k| k.to_string()).collect(),
+        user: r.user.clone(),
+        user_display: r.user_display.clone(),
+        patient: r.patient.clone(),
+        source_ip: r.source_ip.clone(),
+        client_app: r.client_app.clone(),
+        action: r.action.map(|c| c.to_string()),
+        interaction: r.interaction.as_str().to_string(),
+        raw: e.fetched.raw.get().to_string(),
+    };
+    if rules.iter().any(|rule| rule.matches(&a)) {
+        return None;
+    }
+    Some(a)
+}
+
+impl Actor for AlertSinkActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Scored> for AlertSinkActor {
+    type Result = AtomicResponse<Self, Result<BatchOutcome, PipelineError>>;
+
+    fn handle(&mut self, msg: Scored, _: &mut Self::Context) -> Self::Result {
+        let alerts: Vec<NewAlert> = msg
+            .events
+            .iter()
+            .filter_map(|e| to_alert(e, &self.rules))
+            .collect();
+        let batch = BatchCommit {
+            events: msg
+                .events
+                .iter()
+                .map(|e| SeenEvent {
+                    key: e.fetched.record.key.clone(),
+                    last_updated_ms: e
+                        .fetched
+                        .record
+                        .last_updated
+                        .unwrap_or(e.fetched.record.recorded)
+                        .timestamp_millis(),
+                })
+                .collect(),
+            alerts,
+            duplicates: msg.duplicates,
+            skipped: msg.skipped,
+        };
+        let commit = self.commit.clone();
+        let journaled = self.journaled.clone();
+        let health = self.health.clone();
+        let fut = async move {
+            health.begin_step("alert_sink");
+            let (batch, outcome) = commit.send(CommitBatch(batch)).await??;
+            health.end_step("alert_sink");
+            let c = &health.counters;
+            Counters::add(&c.events_scored, outcome.events_committed);
+            let mut ids = Vec::with_capacity(outcome.alerts_inserted.len());
+            for (id, i) in &outcome.alerts_inserted {
+                let a = &batch.alerts[*i];
+                journal_alert(*id, a);
+                Counters::add(&c.alerts_raised, 1);
+                Counters::add(&c.alerts_by_severity[a.severity as usize - 1], 1);
+                ids.push(*id);
+            }
+            if !ids.is_empty() {
+                // Best effort: an unmarked alert is re-journaled after a restart.
+                if let Ok(Err(e)) = journaled.send(MarkJournaled(ids)).await {
+                    tracing::warn!(
+                        actor = "alert_sink",
+                        error_kind = e.kind(),
+                        "cannot mark alerts journaled: {e}"
+                    );
+                }
+            }
+            Ok(outcome)
+        };
+        let health = self.health.clone();
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            move |res: Result<BatchOutcome, PipelineError>, _, _| {
+                health.end_step("alert_sink");
+                if let Err(e) = &res {
+                    health.error("alert_sink", e.kind());
+                }
+                res
+            },
+        )))
+    }
+}
+
+impl Handler<AllowListChanged> for AlertSinkActor {
+    type Result = ();
+    fn handle(&mut self, msg: AllowListChanged, _: &mut Self::Context) {
+        tracing::info!(
+            actor = "alert_sink",
+            rules = msg.0.len(),
+            "allow-list updated"
+        );
+        self.rules = msg.0;
+    }
+}
+
+impl Handler<AlertRaised> for AlertSinkActor {
+    type Result = ();
+    fn handle(&mut self, msg: AlertRaised, ctx: &mut Self::Context) {
+        let mut ids = Vec::new();
+        for a in msg.0 {
+            let na = NewAlert {
+                event_key: a.event_key,
+                event_id: a.event_id,
+                event_version: a.event_version,
+                recorded_ms: 0,
+                score: a.score,
+                severity: a.severity,
+                summary: a.summary,
+                explanation: a.explanation,
+                kinds: a.kinds,
+                user: a.user,
+                user_display: None,
+                patient: a.patient,
+                source_ip: a.source_ip,
+                client_app: a.client_app,
+                action: a.action,
+                interaction: a.interaction,
+                raw: String::new(),
+            };
+            journal_alert(a.id, &na);
+            ids.push(a.id);
+        }
+        if !ids.is_empty() {
+            let j = self.journaled.clone();
+            ctx.spawn(
+                async move {
+                    let _ = j.send(MarkJournaled(ids)).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+impl Handler<Heartbeat> for AlertSinkActor {
+    type Result = ();
+    fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
+        self.health.progress("alert_sink");
+    }
+}
+
+impl actix::Supervised for AlertSinkActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        tracing::warn!(actor = "alert_sink", "alert sink restarting");
+    }
+}

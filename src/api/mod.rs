@@ -1,0 +1,551 @@
+//! The local HTTP API (actix-web): health, stats, metrics, alerts with case status and
+//! allow-list, the `/fhir/notify` push endpoint, and the embedded dashboard.
+
+mod dashboard;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use actix::Recipient;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::alerts::actor::AllowListChanged;
+use crate::alerts::{AlertFilter, AllowRule, Severity, Status};
+use crate::clock::SharedClock;
+use crate::detector::actor::EventsFetched;
+use crate::health::{ActorReport, Counters, Health};
+use crate::state::actor::{AddAllowRule, RemoveAllowRule, SetStatus};
+use crate::state::{Reader, StateError};
+
+/// Largest accepted `/fhir/notify` body.
+pub const NOTIFY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The latest watchdog round, shared with `/api/health`.
+#[derive(Debug, Clone, Default)]
+pub struct HealthRound {
+    pub healthy: bool,
+    pub reports: Vec<ActorReport>,
+    pub at: String,
+}
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub state_dir: PathBuf,
+    pub health: Health,
+    pub round: Arc<Mutex<HealthRound>>,
+    pub token: Option<Arc<String>>,
+    pub clock: SharedClock,
+    pub started_ms: i64,
+    pub detector: Recipient<EventsFetched>,
+    pub set_status: Recipient<SetStatus>,
+    pub add_rule: Recipient<AddAllowRule>,
+    pub remove_rule: Recipient<RemoveAllowRule>,
+    pub rules_changed: Recipient<AllowListChanged>,
+}
+
+/// Compare without an early exit on the first differing byte.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<ApiState>>().cloned();
+    if let Some(token) = state.and_then(|s| s.token.clone()) {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return Err(actix_web::error::InternalError::from_response(
+                "unauthorized",
+                HttpResponse::Unauthorized()
+                    .insert_header(("WWW-Authenticate", "Bearer"))
+                    .json(json!({"error": "missing or wrong bearer token"})),
+            )
+            .into());
+        }
+    }
+    next.call(req).await
+}
+
+fn err_json(status: actix_web::http::StatusCode, msg: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": msg.into()}))
+}
+
+fn state_err(e: StateError) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    match e {
+        StateError::NotFound => err_json(S::NOT_FOUND, "not found"),
+        StateError::Invalid(m) => err_json(S::BAD_REQUEST, m),
+        e => {
+            tracing::warn!(
+                actor = "api",
+                error_kind = e.kind(),
+                "state read failed: {e}"
+            );
+            err_json(
+                S::SERVICE_UNAVAILABLE,
+                format!("state unavailable ({})", e.kind()),
+            )
+        }
+    }
+}
+
+async fn with_reader<T: Send + 'static>(
+    dir: PathBuf,
+    f: impl FnOnce(&Reader) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, HttpResponse> {
+    web::block(move || Reader::open(&dir).and_then(|r| f(&r)))
+        .await
+        .map_err(|e| {
+            err_json(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            )
+        })?
+        .map_err(state_err)
+}
+
+async fn health(s: web::Data<ApiState>) -> HttpResponse {
+    let round = s.round.lock().unwrap().clone();
+    let degraded = s.health.degraded();
+    let status = if !round.healthy {
+        "unhealthy"
+    } else if degraded.is_some() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let body = json!({
+        "status": status,
+        "healthy": round.healthy && degraded.is_none(),
+        "degraded": degraded,
+        "checked_at": round.at,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": (s.clock.now().timestamp_millis() - s.started_ms) / 1000,
+        "actors": round.reports,
+        "status_line": s.health.status_line(),
+    });
+    if status == "ok" {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+fn counters_json(h: &Health) -> serde_json::Value {
+    let c = &h.counters;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let ms = |a: &std::sync::atomic::AtomicI64| {
+        let v = a.load(Ordering::Relaxed);
+        (v > 0).then(|| crate::clock::fmt_ms(crate::clock::from_ms(v)))
+    };
+    json!({
+        "events_fetched": g(&c.events_fetched),
+        "events_scored": g(&c.events_scored),
+        "events_duplicate": g(&c.events_duplicate),
+        "events_skipped": g(&c.events_skipped),
+        "pages_fetched": g(&c.pages_fetched),
+        "polls_completed": g(&c.polls_completed),
+        "fetch_errors": g(&c.fetch_errors),
+        "notify_received": g(&c.notify_received),
+        "alerts_raised": g(&c.alerts_raised),
+        "alerts_by_severity": {
+            "low": g(&c.alerts_by_severity[0]),
+            "medium": g(&c.alerts_by_severity[1]),
+            "high": g(&c.alerts_by_severity[2]),
+            "critical": g(&c.alerts_by_severity[3]),
+        },
+        "last_poll": ms(&c.last_poll_ms),
+        "cursor": ms(&c.cursor_ms),
+        "newest_event": ms(&c.newest_event_ms),
+    })
+}
+
+async fn stats(s: web::Data<ApiState>) -> HttpResponse {
+    let now = s.clock.now().timestamp_millis();
+    let newest = s.health.counters.newest_event_ms.load(Ordering::Relaxed);
+    let durable = with_reader(s.state_dir.clone(), |r| r.status()).await;
+    let mut body = json!({ "process": counters_json(&s.health) });
+    body["poll_lag_secs"] = json!((newest > 0).then(|| (now - newest) as f64 / 1000.0));
+    match durable {
+        Ok(d) => body["durable"] = serde_json::to_value(d).unwrap_or_default(),
+        Err(resp) => return resp,
+    }
+    HttpResponse::Ok().json(body)
+}
+
+async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
+    let c = &s.health.counters;
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        out.push_str(&format!("# HELP fhir_edge_{name} {help}\n# TYPE fhir_edge_{name} counter\nfhir_edge_{name} {v}\n"));
+    };
+    counter(
+        "events_fetched_total",
+        "AuditEvents fetched from the server (incl. duplicates).",
+        g(&c.events_fetched),
+    );
+    counter(
+        "events_scored_total",
+        "Events scored and committed by this process.",
+        g(&c.events_scored),
+    );
+    counter(
+        "events_duplicate_total",
+        "Fetched events already scored (overlap re-reads).",
+        g(&c.events_duplicate),
+    );
+    counter(
+        "events_skipped_total",
+        "Entries that could not be read.",
+        g(&c.events_skipped),
+    );
+    counter(
+        "pages_fetched_total",
+        "Search pages fetched.",
+        g(&c.pages_fetched),
+    );
+    counter(
+        "polls_completed_total",
+        "Complete polls.",
+        g(&c.polls_completed),
+    );
+    counter(
+        "fetch_errors_total",
+        "Failed page fetches.",
+        g(&c.fetch_errors),
+    );
+    counter(
+        "notify_received_total",
+        "Events received on /fhir/notify.",
+        g(&c.notify_received),
+    );
+    out.push_str("# HELP fhir_edge_alerts_total Alerts raised by this process.\n# TYPE fhir_edge_alerts_total counter\n");
+    for (i, sev) in Severity::ALL.iter().enumerate() {
+        out.push_str(&format!(
+            "fhir_edge_alerts_total{{severity=\"{}\"}} {}\n",
+            sev.as_str(),
+            g(&c.alerts_by_severity[i])
+        ));
+    }
+    let newest = c.newest_event_ms.load(Ordering::Relaxed);
+    if newest > 0 {
+        let lag = (s.clock.now().timestamp_millis() - newest) as f64 / 1000.0;
+        out.push_str(&format!("# HELP fhir_edge_poll_lag_seconds Age of the newest event seen.\n# TYPE fhir_edge_poll_lag_seconds gauge\nfhir_edge_poll_lag_seconds {lag}\n"));
+    }
+    let healthy = s.round.lock().unwrap().healthy && s.health.degraded().is_none();
+    out.push_str(&format!("# HELP fhir_edge_healthy 1 when every actor makes progress.\n# TYPE fhir_edge_healthy gauge\nfhir_edge_healthy {}\n", healthy as u8));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
+
+#[derive(Deserialize)]
+struct AlertQuery {
+    since: Option<String>,
+    until: Option<String>,
+    severity: Option<String>,
+    status: Option<String>,
+    user: Option<String>,
+    patient: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<i64>,
+}
+
+fn parse_time(key: &str, v: &str) -> Result<i64, HttpResponse> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            err_json(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                format!("{key} must be an RFC 3339 time like 2024-05-01T00:00:00Z"),
+            )
+        })
+}
+
+impl AlertQuery {
+    fn filter(&self) -> Result<AlertFilter, HttpResponse> {
+        let bad = |m: String| err_json(actix_web::http::StatusCode::BAD_REQUEST, m);
+        Ok(AlertFilter {
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()?,
+            min_severity: self
+                .severity
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(bad)?,
+            status: self
+                .status
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(bad)?,
+            user: self.user.clone(),
+            patient: self.patient.clone(),
+            before_id: self.cursor,
+            limit: self.limit.unwrap_or(50).clamp(1, 1000),
+        })
+    }
+}
+
+async fn list_alerts(s: web::Data<ApiState>, q: web::Query<AlertQuery>) -> HttpResponse {
+    let f = match q.filter() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let limit = f.limit as usize;
+    match with_reader(s.state_dir.clone(), move |r| r.alerts(&f)).await {
+        Ok(alerts) => {
+            let next = (alerts.len() == limit)
+                .then(|| alerts.last().map(|a| a.id))
+                .flatten();
+            HttpResponse::Ok().json(json!({"alerts": alerts, "next_cursor": next}))
+        }
+        Err(r) => r,
+    }
+}
+
+async fn get_alert(s: web::Data<ApiState>, id: web::Path<i64>) -> HttpResponse {
+    let id = id.into_inner();
+    match with_reader(s.state_dir.clone(), move |r| r.alert(id)).await {
+        Ok(a) => HttpResponse::Ok().json(a),
+        Err(r) => r,
+    }
+}
+
+/// Which fields of the alert a false-positive allow-list rule should pin.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AllowFrom {
+    #[serde(default)]
+    user: bool,
+    #[serde(default)]
+    patient: bool,
+    #[serde(default)]
+    source_ip: bool,
+    #[serde(default)]
+    client_app: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: String,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+    /// With `false_positive`: add an allow-list rule from these fields of the alert.
+    #[serde(default)]
+    allow: Option<AllowFrom>,
+}
+
+async fn set_status(
+    s: web::Data<ApiState>,
+    id: web::Path<i64>,
+    body: web::Json<StatusBody>,
+) -> HttpResponse {
+    let id = id.into_inner();
+    let body = body.into_inner();
+    let status: Status = match body.status.parse() {
+        Ok(st) if st != Status::New => st,
+        Ok(_) => {
+            return err_json(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "status must be acknowledged, false_positive or confirmed",
+            )
+        }
+        Err(e) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, e),
+    };
+    let alert = match with_reader(s.state_dir.clone(), move |r| r.alert(id)).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let allow = match (&body.allow, status) {
+        (Some(a), Status::FalsePositive) => Some(AllowRule {
+            user: a.user.then(|| alert.user.clone()).flatten(),
+            patient: a.patient.then(|| alert.patient.clone()).flatten(),
+            source_ip: a.source_ip.then(|| alert.source_ip.clone()).flatten(),
+            client_app: a.client_app.then(|| alert.client_app.clone()).flatten(),
+            note: body.note.clone(),
+            created_by: body.by.clone(),
+            from_alert: Some(id),
+            ..Default::default()
+        }),
+        (Some(_), _) => {
+            return err_json(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "allow is only valid with status false_positive",
+            )
+        }
+        _ => None,
+    };
+    let msg = SetStatus {
+        id,
+        status,
+        by: body.by,
+        note: body.note,
+        allow,
+    };
+    match s.set_status.send(msg).await {
+        Ok(Ok(rules)) => {
+            s.rules_changed.do_send(AllowListChanged(rules));
+            get_alert(s, web::Path::from(id)).await
+        }
+        Ok(Err(e)) => state_err(e),
+        Err(e) => err_json(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn list_allow(s: web::Data<ApiState>) -> HttpResponse {
+    match with_reader(s.state_dir.clone(), |r| r.allowlist()).await {
+        Ok(rules) => HttpResponse::Ok().json(json!({"rules": rules})),
+        Err(r) => r,
+    }
+}
+
+async fn add_allow(s: web::Data<ApiState>, rule: web::Json<AllowRule>) -> HttpResponse {
+    match s.add_rule.send(AddAllowRule(rule.into_inner())).await {
+        Ok(Ok(rules)) => {
+            s.rules_changed.do_send(AllowListChanged(rules.clone()));
+            HttpResponse::Created().json(json!({"rules": rules}))
+        }
+        Ok(Err(e)) => state_err(e),
+        Err(e) => err_json(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn remove_allow(s: web::Data<ApiState>, id: web::Path<i64>) -> HttpResponse {
+    match s.remove_rule.send(RemoveAllowRule(id.into_inner())).await {
+        Ok(Ok(rules)) => {
+            s.rules_changed.do_send(AllowListChanged(rules.clone()));
+            HttpResponse::Ok().json(json!({"rules": rules}))
+        }
+        Ok(Err(e)) => state_err(e),
+        Err(e) => err_json(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
+    }
+}
+
+/// Push: an AuditEvent, a Bundle of them, or a subscription notification Bundle. Runs the
+/// same pipeline as polling (de-duplicated against it) and answers once committed.
+async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
+    let page = match crate::fhir::parse_push(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                actor = "api",
+                error_kind = e.kind(),
+                "rejected /fhir/notify body: {e}"
+            );
+            return HttpResponse::BadRequest().json(json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "invalid", "diagnostics": e.to_string()}]
+            }));
+        }
+    };
+    if page.events.iter().any(|e| e.record.id.is_empty()) {
+        return err_json(
+            S::UNPROCESSABLE_ENTITY,
+            "every AuditEvent needs an id (it is the de-duplication key)",
+        );
+    }
+    let received = page.events.len();
+    Counters::add(&s.health.counters.notify_received, received as u64);
+    let skipped = page.skipped.len() as u64;
+    match s.detector.send(EventsFetched { events: page.events, skipped }).await {
+        Ok(Ok(r)) => HttpResponse::Ok().json(json!({
+            "received": received, "scored": r.scored, "duplicates": r.duplicates, "alerts": r.alerts, "skipped": skipped
+        })),
+        Ok(Err(e)) => err_json(S::SERVICE_UNAVAILABLE, format!("not committed, retry later ({})", e.kind())),
+        Err(e) => err_json(S::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    err_json(
+        actix_web::http::StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", req.path()),
+    )
+}
+
+/// Register every route on an actix-web app.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("")
+            .wrap(actix_web::middleware::from_fn(require_token))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(64 * 1024)
+                    .error_handler(|e, _| {
+                        let msg = e.to_string();
+                        actix_web::error::InternalError::from_response(
+                            e,
+                            err_json(actix_web::http::StatusCode::BAD_REQUEST, msg),
+                        )
+                        .into()
+                    }),
+            )
+            .app_data(web::PayloadConfig::new(NOTIFY_LIMIT))
+            .route("/", web::get().to(dashboard::index))
+            .route("/api/health", web::get().to(health))
+            .route("/api/stats", web::get().to(stats))
+            .route("/metrics", web::get().to(metrics))
+            .route("/api/alerts", web::get().to(list_alerts))
+            .route("/api/alerts/{id}", web::get().to(get_alert))
+            .route("/api/alerts/{id}/status", web::post().to(set_status))
+            .route("/api/allowlist", web::get().to(list_allow))
+            .route("/api/allowlist", web::post().to(add_allow))
+            .route("/api/allowlist/{id}", web::delete().to(remove_allow))
+            .route("/fhir/notify", web::post().to(notify))
+            .default_service(web::to(not_found)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq_works() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"abcd"));
+        assert!(!super::constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,378 @@
+//! Wiring: build every actor, hand each its `Recipient`s, bind the API, then run the
+//! watchdog and wait for a signal. No registries, no globals.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+
+use crate::alerts::actor::{AlertRaised, AlertSinkActor};
+use crate::api::{ApiState, HealthRound};
+use crate::clock::SharedClock;
+use crate::config::{read_secret, Config};
+use crate::detector::actor::DetectorActor;
+use crate::detector::features::Context as FeatureContext;
+use crate::detector::model::Model;
+use crate::detector::Detector;
+use crate::fhir::client::FhirClient;
+use crate::health::{Health, Heartbeat, ACTORS};
+use crate::poller::actor::{IsPolling, PollerActor};
+use crate::state::actor::{Flush, StateActor};
+use crate::state::Store;
+use crate::systemd::Notifier;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Model(#[from] crate::detector::model::ModelError),
+    #[error("FHIR client: {0}")]
+    Client(#[from] crate::fhir::client::FetchError),
+    #[error("api.token_file: {0}")]
+    Token(String),
+    #[error("cannot listen on {addr} (api.listen): {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+}
+
+impl StartError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StartError::State(e) => e.kind(),
+            StartError::Model(e) => e.kind(),
+            StartError::Client(e) => e.kind(),
+            StartError::Token(_) => "api_token",
+            StartError::Bind { .. } => "api_bind",
+        }
+    }
+}
+
+pub struct RunOptions {
+    /// `--since`: start the first poll here instead of the stored cursor (backfill).
+    pub since: Option<DateTime<Utc>>,
+    pub clock: SharedClock,
+    pub notifier: Notifier,
+}
+
+/// A running daemon inside the current actix System.
+pub struct Daemon {
+    pub api_addr: SocketAddr,
+    pub health: Health,
+    stop: Arc<AtomicBool>,
+    server: actix_web::dev::ServerHandle,
+    poller: Addr<PollerActor>,
+    state: Addr<StateActor>,
+    notifier: Notifier,
+    watchdog: tokio::task::JoinHandle<()>,
+}
+
+/// Build and start everything. Returns once the state is open, the model loaded and the
+/// API bound — the moment to send `READY=1`.
+pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> {
+    let clock = opts.clock.clone();
+    let health = Health::new(clock.clone());
+    health.set_step_deadline("poller", Duration::from_secs(cfg.fhir.timeout_secs + 10));
+    health.set_step_deadline("detector", Duration::from_secs(60));
+    health.set_step_deadline("alert_sink", Duration::from_secs(60));
+    health.set_step_deadline("state", Duration::from_secs(45));
+
+    let state_dir = cfg.state_dir();
+    let store = Store::open(&state_dir)?;
+    let loaded = store.load()?;
+    let unjournaled = store.unjournaled()?;
+    let rules = store.allowlist()?;
+    let model = Model::load(&cfg.detector.model_dir)?;
+    let tz = cfg.timezone();
+    let ctx = match &loaded.snapshot {
+        Some(b) => FeatureContext::from_bytes(b, tz).unwrap_or_else(|e| {
+            tracing::warn!(
+                actor = "detector",
+                error_kind = "snapshot_unreadable",
+                "detector snapshot unreadable ({e}); baselines start fresh"
+            );
+            FeatureContext::new(tz)
+        }),
+        None => FeatureContext::new(tz),
+    };
+    let client = FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
+    let token = cfg
+        .api
+        .token_file
+        .as_deref()
+        .map(|p| read_secret(p).map(Arc::new))
+        .transpose()
+        .map_err(StartError::Token)?;
+    let cursor = loaded.cursor_ms.map(crate::clock::from_ms);
+    health.counters.events_scored.store(0, Ordering::Relaxed);
+    if let Some(c) = loaded.cursor_ms {
+        health.counters.cursor_ms.store(c, Ordering::Relaxed);
+    }
+    tracing::info!(
+        actor = "app",
+        state = %store.path().display(),
+        model = %cfg.detector.model_dir.display(),
+        cursor = cursor.map(crate::clock::fmt_ms).unwrap_or_else(|| "none (first run)".into()),
+        events_scored_lifetime = loaded.events_scored,
+        users_known = ctx.users(),
+        "starting"
+    );
+
+    // State: its own thread.
+    let store_cell = Mutex::new(Some(store));
+    let (h, c) = (health.clone(), clock.clone());
+    let state = SyncArbiter::start(1, move || {
+        let store = store_cell
+            .lock()
+            .unwrap()
+            .take()
+            .expect("state actor is created once");
+        StateActor::new(store, h.clone(), c.clone())
+    });
+
+    let sink = {
+        let (st, h) = (state.clone(), health.clone());
+        Supervisor::start(move |_| {
+            AlertSinkActor::new(st.clone().recipient(), st.recipient(), rules, h)
+        })
+    };
+    let detector = {
+        let d = Detector::new(model, ctx);
+        let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
+        let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
+        Supervisor::start(move |_| {
+            DetectorActor::new(
+                d,
+                st.clone().recipient(),
+                st.recipient(),
+                sk.recipient(),
+                h,
+                overlap,
+                retention,
+            )
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (det, h, c, s) = (
+            detector.clone(),
+            health.clone(),
+            clock.clone(),
+            stop.clone(),
+        );
+        let pcfg = cfg.poller.clone();
+        let client = client.clone();
+        let since = opts.since;
+        Supervisor::start(move |_| {
+            PollerActor::new(
+                client,
+                pcfg,
+                c,
+                h,
+                det.clone().recipient(),
+                det.recipient(),
+                cursor,
+                since,
+                s,
+            )
+        })
+    };
+    if !unjournaled.is_empty() {
+        tracing::info!(
+            actor = "alert_sink",
+            alerts = unjournaled.len(),
+            "re-emitting alerts stored before a crash but not journaled"
+        );
+        sink.do_send(AlertRaised(unjournaled));
+    }
+
+    let round = Arc::new(Mutex::new(HealthRound {
+        healthy: true,
+        ..Default::default()
+    }));
+    let api_state = ApiState {
+        state_dir: state_dir.clone(),
+        health: health.clone(),
+        round: round.clone(),
+        token,
+        clock: clock.clone(),
+        started_ms: clock.now().timestamp_millis(),
+        detector: detector.clone().recipient(),
+        set_status: state.clone().recipient(),
+        add_rule: state.clone().recipient(),
+        remove_rule: state.clone().recipient(),
+        rules_changed: sink.clone().recipient(),
+    };
+    let addr = cfg.listen_addr();
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(actix_web::web::Data::new(api_state.clone()))
+            .configure(crate::api::configure)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(addr)
+    .map_err(|e| StartError::Bind {
+        addr,
+        reason: e.to_string(),
+    })?;
+    let api_addr = server.addrs().first().copied().unwrap_or(addr);
+    let server = server.run();
+    let server_handle = server.handle();
+    actix_rt::spawn(server);
+
+    let watchdog = actix_rt::spawn(watchdog_loop(
+        opts.notifier,
+        health.clone(),
+        round,
+        [
+            poller.clone().recipient(),
+            detector.recipient(),
+            sink.recipient(),
+            state.clone().recipient(),
+        ],
+    ));
+    tracing::info!(actor = "app", api = %api_addr, fhir = %crate::fhir::client::redact_url(&cfg.fhir.base_url), "ready");
+    Ok(Daemon {
+        api_addr,
+        health,
+        stop,
+        server: server_handle,
+        poller,
+        state,
+        notifier: opts.notifier,
+        watchdog,
+    })
+}
+
+/// Every interval: heartbeat every actor; ping the watchdog only if all answered in time,
+/// none has a step past its deadline, and the state has not been unwritable for long.
+async fn watchdog_loop(
+    notifier: Notifier,
+    health: Health,
+    round: Arc<Mutex<HealthRound>>,
+    actors: [Recipient<Heartbeat>; 4],
+) {
+    let interval = notifier
+        .watchdog_interval()
+        .unwrap_or(Duration::from_secs(5))
+        .max(Duration::from_millis(100));
+    let mut degraded_since: Option<std::time::Instant> = None;
+    let mut was_healthy = true;
+    loop {
+        let checks = actors
+            .iter()
+            .map(|a| tokio::time::timeout(interval, a.send(Heartbeat)));
+        let results = futures_util::future::join_all(checks).await;
+        let answered: Vec<&str> = ACTORS
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| matches!(r, Ok(Ok(()))))
+            .map(|(n, _)| *n)
+            .collect();
+        let reports = health.reports(&answered);
+        let degraded = health.degraded();
+        degraded_since = match (&degraded, degraded_since) {
+            (Some(_), None) => Some(std::time::Instant::now()),
+            (Some(_), s) => s,
+            (None, _) => None,
+        };
+        let stuck_degraded = degraded_since.is_some_and(|s| s.elapsed() > Duration::from_secs(60));
+        let healthy = reports.iter().all(|r| r.healthy) && !stuck_degraded;
+        if healthy {
+            notifier.watchdog();
+        } else if was_healthy {
+            let bad: Vec<&str> = reports
+                .iter()
+                .filter(|r| !r.healthy)
+                .map(|r| r.name)
+                .collect();
+            tracing::error!(
+                actor = "app",
+                error_kind = "stalled",
+                stalled = bad.join(",").as_str(),
+                degraded = degraded.as_deref().unwrap_or(""),
+                "withholding the watchdog ping: not every actor is making progress"
+            );
+        } else if !was_healthy && healthy {
+            tracing::info!(actor = "app", "every actor is making progress again");
+        }
+        was_healthy = healthy;
+        notifier.status(&health.status_line());
+        *round.lock().unwrap() = HealthRound {
+            healthy,
+            reports,
+            at: crate::clock::fmt_ms(Utc::now()),
+        };
+        tokio::time::sleep(interval).await;
+    }
+}
+
+impl Daemon {
+    /// Graceful stop: STOPPING=1, stop polling, let the page in flight commit, close the
+    /// API, checkpoint the database. Bounded by `deadline`.
+    pub async fn shutdown(self, deadline: Duration) {
+        self.notifier
+            .stopping("stopping: draining the page in flight");
+        tracing::info!(actor = "app", "shutting down");
+        self.stop.store(true, Ordering::Relaxed);
+        let drain = async {
+            loop {
+                match self.poller.send(IsPolling).await {
+                    Ok(true) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => break,
+                }
+            }
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!(
+                actor = "app",
+                "drain deadline passed; the page in flight will be re-read after restart"
+            );
+        }
+        self.server.stop(true).await;
+        if let Ok(Err(e)) = self.state.send(Flush).await {
+            tracing::warn!(
+                actor = "state",
+                error_kind = e.kind(),
+                "final checkpoint failed: {e}"
+            );
+        }
+        self.watchdog.abort();
+        tracing::info!(actor = "app", status = %self.health.status_line(), "stopped");
+    }
+}
+
+/// Wait for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!(actor = "app", "SIGTERM received"),
+        _ = int.recv() => tracing::info!(actor = "app", "SIGINT received"),
+    }
+}
+
+/// `fhir-edge run`: the daemon until a signal.
+pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let notifier = opts.notifier;
+    let sys = actix_rt::System::new();
+    sys.block_on(async move {
+        let daemon = match start(cfg, opts).await {
+            Ok(d) => d,
+            Err(e) => {
+                notifier.status(&format!("failed to start: {e}"));
+                return Err(anyhow::Error::new(e));
+            }
+        };
+        notifier.ready(&format!("ready; API on {}", daemon.api_addr));
+        wait_for_signal().await;
+        daemon.shutdown(Duration::from_secs(20)).await;
+        System::current().stop();
+        Ok(())
+    })
+}

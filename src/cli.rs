@@ -1,0 +1,493 @@
+//! Command line: parsing (clap) and dispatch. Errors go back to `main` as `anyhow` chains.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+
+use crate::alerts::{AlertFilter, Severity, Status};
+use crate::clock::SystemClock;
+use crate::config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fhir-edge",
+    version,
+    about = "Watches a FHIR R4 server's AuditEvent stream and raises explainable alerts about inappropriate record access",
+    long_about = "fhir-edge follows the AuditEvent stream of a FHIR R4 server, scores every event with an autoencoder \
+                  trained on the site's normal activity, and raises alerts that say in plain words why an access looks \
+                  inappropriate. Configuration: /etc/fhir-edge/config.toml (or --config), overridden by \
+                  FHIR_EDGE_<SECTION>__<KEY> environment variables."
+)]
+pub struct Cli {
+    /// Configuration file (default /etc/fhir-edge/config.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon (the default when no command is given).
+    Run {
+        /// Start the first poll at this time instead of the stored cursor (backfill), e.g. 2024-05-01T00:00:00Z.
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<DateTime<Utc>>,
+    },
+    /// Validate the configuration and exit 0 (valid) or 1 (with what to fix).
+    CheckConfig,
+    /// Show the cursor, counters and alerts from the state database (safe while the daemon runs).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List alerts from the local store.
+    Alerts {
+        /// Only alerts recorded at or after this time (RFC 3339) or this long ago (e.g. 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Minimum severity: low, medium, high, critical.
+        #[arg(long)]
+        severity: Option<Severity>,
+        /// Only alerts with this status: new, acknowledged, false_positive, confirmed.
+        #[arg(long)]
+        status: Option<Status>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print a JSON array of alert objects.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a synthetic hospital's AuditEvents (NDJSON) with labelled anomalies.
+    Simulate {
+        #[arg(long, default_value_t = 28)]
+        days: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 150)]
+        users: usize,
+        #[arg(long, default_value_t = 3000)]
+        patients: usize,
+        /// First day (0-based) with injected anomalies; default: the last quarter of the days.
+        #[arg(long)]
+        anomalies_from_day: Option<u32>,
+        /// Anomaly incidents per day.
+        #[arg(long, default_value_t = 9.0)]
+        incidents_per_day: f64,
+        /// Site time zone of the simulated shifts.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+    },
+    /// Train a model on AuditEvents (NDJSON or Bundle JSON, auto-detected).
+    Train {
+        #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+        input: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threshold percentile of the training scores.
+        #[arg(long, default_value_t = 99.5)]
+        percentile: f32,
+        /// Site time zone (default: the config's, else UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+    },
+    /// Score every event of a file in order and write id,score,severity,explanation as CSV.
+    Score {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        #[arg(long, value_name = "PATH")]
+        input: PathBuf,
+        #[arg(long, value_name = "CSV")]
+        output: PathBuf,
+        #[arg(long)]
+        timezone: Option<String>,
+    },
+    /// POST a valid sample AuditEvent to the configured server and print its id.
+    SendTestEvent,
+}
+
+pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg_path = cli.config.as_deref();
+    match cli.command.unwrap_or(Command::Run { since: None }) {
+        Command::Run { since } => {
+            crate::telemetry::init();
+            let loaded = config::load(cfg_path)?;
+            crate::app::run(
+                loaded.config,
+                crate::app::RunOptions {
+                    since,
+                    clock: Arc::new(SystemClock),
+                    notifier: crate::systemd::Notifier::from_env(),
+                },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => match config::load(cfg_path) {
+            Ok(l) => {
+                println!(
+                    "{}: configuration is valid (server {}, state {}, API {})",
+                    l.path.display(),
+                    crate::fhir::client::redact_url(&l.config.fhir.base_url),
+                    l.config.state_dir().display(),
+                    l.config.api.listen
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("fhir-edge: configuration error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status { json } => {
+            let cfg = config::load(cfg_path)?.config;
+            let r = crate::state::Reader::open(&cfg.state_dir())
+                .context("no state yet (has the daemon run?)")?;
+            let s = r.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("database        {}", s.database);
+                println!("cursor          {}", s.cursor.as_deref().unwrap_or("none"));
+                println!(
+                    "last poll       {}",
+                    s.last_poll.as_deref().unwrap_or("never")
+                );
+                println!("events scored   {}", s.events_scored);
+                println!("duplicates      {}", s.events_duplicate);
+                println!("skipped entries {}", s.events_skipped);
+                let sev: Vec<String> = s
+                    .alerts_by_severity
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                println!(
+                    "alerts          {} ({}; {} new)",
+                    s.alerts,
+                    sev.join(", "),
+                    s.alerts_new
+                );
+                println!("seen keys       {}", s.seen_keys);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts {
+            since,
+            severity,
+            status,
+            limit,
+            json,
+        } => {
+            let cfg = config::load(cfg_path)?.config;
+            let r = crate::state::Reader::open(&cfg.state_dir())
+                .context("no state yet (has the daemon run?)")?;
+            let since_ms = since
+                .as_deref()
+                .map(|s| parse_since(s, Utc::now()))
+                .transpose()?
+                .map(|t| t.timestamp_millis());
+            let alerts = r.alerts(&AlertFilter {
+                since_ms,
+                min_severity: severity,
+                status,
+                limit,
+                ..Default::default()
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&alerts)?);
+            } else if alerts.is_empty() {
+                println!("no alerts");
+            } else {
+                for a in &alerts {
+                    println!(
+                        "#{:<6} {:<8} {:5.2} {}  {} → {}  [{}]\n        {}",
+                        a.id,
+                        a.severity.as_str(),
+                        a.score,
+                        a.recorded,
+                        a.user.as_deref().unwrap_or("-"),
+                        a.patient.as_deref().unwrap_or("-"),
+                        a.status.as_str(),
+                        a.explanation.join("; ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            days,
+            seed,
+            out,
+            users,
+            patients,
+            anomalies_from_day,
+            incidents_per_day,
+            timezone,
+        } => {
+            let mut o = crate::detector::simulate::SimOptions::new(days, seed);
+            o.users = users;
+            o.patients = patients;
+            if let Some(d) = anomalies_from_day {
+                o.anomalies_from_day = d;
+            }
+            o.incidents_per_day = incidents_per_day;
+            o.tz = timezone
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {timezone:?}"))?;
+            let events = crate::detector::simulate::simulate(&o);
+            let (ev, lb) = crate::detector::simulate::write(&events, &out)
+                .with_context(|| format!("writing to {}", out.display()))?;
+            let labelled = events.iter().filter(|e| e.label.is_some()).count();
+            println!(
+                "{} events ({} labelled anomalous) → {} and {}",
+                events.len(),
+                labelled,
+                ev.display(),
+                lb.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train {
+            input,
+            output,
+            epochs,
+            seed,
+            percentile,
+            timezone,
+        } => {
+            let tz = site_tz(timezone.as_deref(), cfg_path)?;
+            train_cmd(&input, &output, epochs, seed, percentile, tz)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Score {
+            model,
+            input,
+            output,
+            timezone,
+        } => {
+            let tz = site_tz(timezone.as_deref(), cfg_path)?;
+            score_cmd(&model, &input, &output, tz)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SendTestEvent => {
+            let cfg = config::load(cfg_path)?.config;
+            let client =
+                crate::fhir::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
+            let ev = sample_event(Utc::now());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let id = rt
+                .block_on(client.create(&ev))
+                .context("posting the test event")?;
+            println!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `--since 24h` / `7d` / `30m` or an RFC 3339 time.
+pub fn parse_since(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("--since {s:?}: expected e.g. 24h, 7d or 2024-05-01T00:00:00Z")
+    })?;
+    let d = match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => bail!("--since {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(now - d)
+}
+
+fn site_tz(flag: Option<&str>, cfg_path: Option<&Path>) -> anyhow::Result<chrono_tz::Tz> {
+    if let Some(t) = flag {
+        return t
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {t:?}"));
+    }
+    Ok(config::load(cfg_path)
+        .map(|l| l.config.timezone())
+        .unwrap_or(chrono_tz::UTC))
+}
+
+fn train_cmd(
+    inputs: &[PathBuf],
+    output: &Path,
+    epochs: usize,
+    seed: u64,
+    percentile: f32,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let mut records = Vec::new();
+    for p in inputs {
+        let i = crate::detector::train::read_events(p)?;
+        if !i.skipped.is_empty() {
+            eprintln!(
+                "{}: skipped {} unreadable entries (first: {} — {})",
+                p.display(),
+                i.skipped.len(),
+                i.skipped[0].0,
+                i.skipped[0].1
+            );
+        }
+        records.extend(i.records);
+    }
+    let mut ctx = crate::detector::features::Context::new(tz);
+    let rows = crate::detector::train::feature_rows(&mut ctx, &records);
+    let opts = crate::detector::model::TrainOptions {
+        epochs,
+        seed,
+        threshold_percentile: percentile,
+        ..Default::default()
+    };
+    let tty = std::io::stderr().is_terminal();
+    let names = inputs
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    let model = crate::detector::model::train(&rows, &opts, names, |epoch, loss| {
+        if tty {
+            let width = 30;
+            let done = epoch * width / epochs.max(1);
+            eprint!(
+                "\rtraining [{}{}] epoch {epoch}/{epochs} loss {loss:.4}",
+                "#".repeat(done),
+                " ".repeat(width - done)
+            );
+            if epoch == epochs {
+                eprintln!();
+            }
+        }
+    })?;
+    model.save(output)?;
+    println!(
+        "trained on {} events in {:.1} s (final loss {:.4}); threshold {:.4} at p{}; saved to {}",
+        rows.len(),
+        model.meta.training.seconds,
+        model.meta.training.final_loss,
+        model.meta.threshold,
+        percentile,
+        output.display()
+    );
+    Ok(())
+}
+
+fn score_cmd(
+    model_dir: &Path,
+    input: &Path,
+    output: &Path,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let model = crate::detector::model::Model::load(model_dir)?;
+    let i = crate::detector::train::read_events(input)?;
+    let mut ctx = crate::detector::features::Context::new(tz);
+    let scores = crate::detector::score_stream(&model, &mut ctx, &i.records, 512)?;
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?,
+    );
+    writeln!(w, "id,score,severity,explanation")?;
+    let mut alerts = 0;
+    for (r, (score, sev, expl, _)) in i.records.iter().zip(&scores) {
+        alerts += sev.is_some() as usize;
+        let expl = expl.join("; ").replace('"', "\"\"");
+        writeln!(
+            w,
+            "{},{:.5},{},\"{}\"",
+            r.id,
+            score,
+            sev.map(|s| s.as_str()).unwrap_or(""),
+            expl
+        )?;
+    }
+    w.flush()?;
+    println!(
+        "scored {} events ({} above threshold) → {}",
+        scores.len(),
+        alerts,
+        output.display()
+    );
+    Ok(())
+}
+
+/// A valid BALP-style patient-read AuditEvent for `send-test-event`.
+pub fn sample_event(now: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read", "display": "read"}],
+        "action": "R",
+        "recorded": crate::clock::fmt_ms(now),
+        "outcome": "0",
+        "agent": [
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+             "who": {"reference": "Practitioner/fhir-edge-test", "display": "fhir-edge test user"}, "requestor": true,
+             "network": {"address": "127.0.0.1", "type": "2"}},
+            {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+             "who": {"reference": "Device/fhir-edge-send-test-event"}, "requestor": false}
+        ],
+        "source": {"site": "fhir-edge", "observer": {"display": "fhir-edge send-test-event"}},
+        "entity": [{"what": {"reference": "Patient/fhir-edge-test"},
+                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn since_forms() {
+        let now = DateTime::parse_from_rfc3339("2024-05-02T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_since("24h", now).unwrap().to_rfc3339(),
+            "2024-05-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2024-01-01T00:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2024-01-01T00:00:00+00:00"
+        );
+        assert!(parse_since("soon", now).is_err());
+    }
+
+    #[test]
+    fn sample_event_parses() {
+        let raw = serde_json::value::to_raw_value(&sample_event(Utc::now())).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+        v["id"] = "x".into();
+        let raw = serde_json::value::to_raw_value(&v).unwrap();
+        let r = crate::fhir::parse_audit_event(&raw).unwrap();
+        assert_eq!(r.patient.as_deref(), Some("Patient/fhir-edge-test"));
+    }
+}

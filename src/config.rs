@@ -1,0 +1,829 @@
+//! Configuration: built-in defaults, then a TOML file, then `FHIR_EDGE_<SECTION>__<KEY>`
+//! environment variables. Every error names the key and where its value came from, and
+//! never echoes the value of a secret-bearing key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::{Figment, Metadata, Source};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fhir-edge/config.toml";
+/// Prefix of environment overrides: `FHIR_EDGE_POLLER__INTERVAL_SECS=10`.
+pub const ENV_PREFIX: &str = "FHIR_EDGE_";
+/// Fallback state directory when neither `[state] dir` nor `$STATE_DIRECTORY` is set.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/fhir-edge";
+/// Where the packaged default model lives.
+pub const DEFAULT_MODEL_DIR: &str = "/usr/share/fhir-edge/models/default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: key `{key}`: {problem}")]
+    Invalid {
+        key: String,
+        source_name: String,
+        problem: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConfigError {
+    /// Stable machine-readable kind, used in logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { .. } => "config_invalid",
+            ConfigError::Unreadable { .. } => "config_unreadable",
+            ConfigError::Other(_) => "config_error",
+        }
+    }
+
+    /// The dotted key the error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration. See `etc/config.toml` for the documented example.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The FHIR server to follow.
+    pub fhir: FhirConfig,
+    /// How the AuditEvent stream is polled.
+    #[serde(default)]
+    pub poller: PollerConfig,
+    /// The anomaly detector.
+    #[serde(default)]
+    pub detector: DetectorConfig,
+    /// Alert storage.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// The local HTTP API and dashboard.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Durable state (SQLite database).
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirConfig {
+    /// Base URL of the FHIR R4 endpoint, e.g. `https://fhir.example.org/fhir`.
+    pub base_url: String,
+    /// Resource type to follow. Almost always `AuditEvent`.
+    #[serde(default = "default_resource_type")]
+    pub resource_type: String,
+    /// Per-request timeout (connect + whole response), in seconds.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Extra PEM CA certificate(s) to trust for the server (added to the system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// How to authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Authentication to the FHIR server. Secret values are never inline: each `*_file` is either
+/// an absolute path, or a bare name looked up in `$CREDENTIALS_DIRECTORY` (systemd
+/// `LoadCredential=`).
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// No authentication.
+    #[default]
+    None,
+    /// A static bearer token.
+    Bearer {
+        /// File holding the token (one line).
+        token_file: PathBuf,
+    },
+    /// HTTP basic authentication.
+    Basic {
+        /// User name.
+        username: String,
+        /// File holding the password (one line).
+        password_file: PathBuf,
+    },
+    /// SMART Backend Services (client_credentials + private_key_jwt).
+    SmartBackend {
+        /// OAuth2 token endpoint.
+        token_url: String,
+        /// Registered client id.
+        client_id: String,
+        /// PEM private key (PKCS#8) used to sign the client assertion.
+        private_key_file: PathBuf,
+        /// `RS384` or `ES384`.
+        #[serde(default = "default_smart_alg")]
+        algorithm: String,
+        /// `kid` header of the client assertion, if the server needs it.
+        #[serde(default)]
+        key_id: Option<String>,
+        /// Requested scope.
+        #[serde(default = "default_smart_scope")]
+        scope: String,
+    },
+}
+
+impl AuthConfig {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            AuthConfig::None => "none",
+            AuthConfig::Bearer { .. } => "bearer",
+            AuthConfig::Basic { .. } => "basic",
+            AuthConfig::SmartBackend { .. } => "smart-backend",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollerConfig {
+    /// Seconds between the end of one complete poll and the start of the next.
+    pub interval_secs: u64,
+    /// `_count` asked of the server per page.
+    pub page_size: u32,
+    /// On first start (empty state), how far back from the server's time to begin.
+    pub initial_lookback_secs: u64,
+    /// Each poll re-reads this many seconds before the cursor, to catch late commits.
+    pub overlap_secs: u64,
+    /// Upper bound of the exponential backoff after errors, in seconds.
+    pub max_backoff_secs: u64,
+    /// Largest page body accepted, in bytes; a larger page is refused and retried later.
+    pub max_page_bytes: u64,
+}
+
+impl Default for PollerConfig {
+    fn default() -> Self {
+        PollerConfig {
+            interval_secs: 30,
+            page_size: 200,
+            initial_lookback_secs: 3600,
+            overlap_secs: 120,
+            max_backoff_secs: 300,
+            max_page_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// Folder holding `model.safetensors` and `model.json`.
+    pub model_dir: PathBuf,
+    /// Site time zone (IANA name) for hour-of-day and weekday features.
+    pub timezone: String,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            model_dir: PathBuf::from(DEFAULT_MODEL_DIR),
+            timezone: "UTC".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Alerts older than this many days are deleted.
+    pub retention_days: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            retention_days: 365,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the HTTP API and dashboard. Non-loopback needs `token_file`.
+    pub listen: String,
+    /// File holding the bearer token every API request must carry.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8787".to_string(),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// State directory; default `$STATE_DIRECTORY`, else `/var/lib/fhir-edge`.
+    pub dir: Option<PathBuf>,
+}
+
+fn default_resource_type() -> String {
+    "AuditEvent".to_string()
+}
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_smart_alg() -> String {
+    "RS384".to_string()
+}
+fn default_smart_scope() -> String {
+    "system/AuditEvent.read".to_string()
+}
+
+/// Keys whose values must never be echoed in an error message.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    if k.starts_with("fhir.auth") {
+        return true;
+    }
+    ["token", "password", "secret", "private_key", "credential"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+/// A loaded configuration plus the figment it came from (to name sources in later errors).
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    figment: Figment,
+}
+
+impl Loaded {
+    /// Name of the source that provided `key` (a file path, an environment variable, or
+    /// "built-in default").
+    pub fn source_of(&self, key: &str) -> String {
+        describe_source(self.figment.find_metadata(key), key)
+    }
+
+    fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: self.source_of(key),
+            problem: problem.into(),
+        }
+    }
+}
+
+fn describe_source(meta: Option<&Metadata>, key: &str) -> String {
+    let Some(meta) = meta else {
+        return "built-in default".to_string();
+    };
+    match &meta.source {
+        Some(Source::File(p)) => p.display().to_string(),
+        _ if meta.name.contains("environment") => format!("environment variable {}", env_name(key)),
+        _ => meta.name.to_string(),
+    }
+}
+
+/// Build the figment: file (if present) then environment.
+fn figment_for(path: &Path, require_file: bool) -> Result<Figment, ConfigError> {
+    let mut fig = Figment::new();
+    match std::fs::metadata(path) {
+        Ok(_) => {
+            // Read it ourselves so an unreadable file gives a plain message.
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        Err(e) if require_file || e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::Unreadable {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+        Err(_) => {}
+    }
+    let env = Env::prefixed(ENV_PREFIX)
+        .split("__")
+        // FHIR_EDGE_LOG is the log filter, not a config key.
+        .ignore(&["log"]);
+    Ok(fig.merge(env))
+}
+
+/// Load and validate. `explicit` is the `--config` argument: when given, the file must exist.
+pub fn load(explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let path = explicit
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let figment = figment_for(&path, explicit.is_some())?;
+    let config: Config = figment
+        .extract()
+        .map_err(|e| translate(&figment, &path, e))?;
+    let loaded = Loaded {
+        config,
+        path,
+        figment,
+    };
+    validate(&loaded)?;
+    Ok(loaded)
+}
+
+/// Turn a figment error into one that names the key and its source, without secret values.
+fn translate(fig: &Figment, path: &Path, err: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    // Report the first error; figment chains them.
+    let err = err
+        .into_iter()
+        .next()
+        .expect("figment error has at least one entry");
+    let mut key_parts = err.path.clone();
+    let problem = match &err.kind {
+        Kind::UnknownField(field, expected) => {
+            if key_parts.last() != Some(field) {
+                key_parts.push(field.clone());
+            }
+            if expected.is_empty() {
+                "unknown key".to_string()
+            } else {
+                format!("unknown key; expected one of: {}", expected.join(", "))
+            }
+        }
+        Kind::MissingField(field) => {
+            key_parts.push(field.to_string());
+            if key_parts == ["fhir"] {
+                // The whole section is missing; name the key that must be set.
+                key_parts.push("base_url".into());
+            }
+            let key = key_parts.join(".");
+            let where_ = if path.exists() {
+                path.display().to_string()
+            } else {
+                format!("{} (file not found)", path.display())
+            };
+            return ConfigError::Invalid {
+                source_name: where_,
+                problem: format!(
+                    "required key is missing: set `{key}` in the config file or {}",
+                    env_name(&key)
+                ),
+                key,
+            };
+        }
+        Kind::UnknownVariant(v, expected) => {
+            format!(
+                "unknown value \"{v}\"; expected one of: {}",
+                expected.join(", ")
+            )
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            let key = key_parts.join(".");
+            if is_secret_key(&key) {
+                format!("invalid value (not shown); expected {expected}")
+            } else {
+                format!("invalid value {actual}; expected {expected}")
+            }
+        }
+        Kind::Message(m) => {
+            let key = key_parts.join(".");
+            if is_secret_key(&key) {
+                "invalid value (not shown)".to_string()
+            } else {
+                m.clone()
+            }
+        }
+        other => {
+            let key = key_parts.join(".");
+            if is_secret_key(&key) {
+                "invalid value (not shown)".to_string()
+            } else {
+                other.to_string()
+            }
+        }
+    };
+    let key = key_parts.join(".");
+    let source_name = fig
+        .find_metadata(&key)
+        .map(|m| describe_source(Some(m), &key))
+        .or_else(|| {
+            err.metadata
+                .as_ref()
+                .map(|m| describe_source(Some(m), &key))
+        })
+        .unwrap_or_else(|| path.display().to_string());
+    ConfigError::Invalid {
+        key,
+        source_name,
+        problem,
+    }
+}
+
+/// The environment variable that overrides a dotted key.
+pub fn env_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// Resolve a secret file reference: an absolute path as is, a bare name inside
+/// `$CREDENTIALS_DIRECTORY`.
+pub fn resolve_secret_path(p: &Path) -> Result<PathBuf, String> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) => Ok(Path::new(&dir).join(p)),
+        None => Err(format!(
+            "\"{}\" is not an absolute path and $CREDENTIALS_DIRECTORY is not set \
+             (use an absolute path, or LoadCredential= in the unit)",
+            p.display()
+        )),
+    }
+}
+
+/// Read a secret (trimmed). The error never contains the secret.
+pub fn read_secret(p: &Path) -> Result<String, String> {
+    let path = resolve_secret_path(p)?;
+    let s = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(s)
+}
+
+fn validate(l: &Loaded) -> Result<(), ConfigError> {
+    let c = &l.config;
+    let url = url::Url::parse(&c.fhir.base_url).map_err(|e| {
+        l.invalid(
+            "fhir.base_url",
+            format!("not a URL ({e}); e.g. https://fhir.example.org/fhir"),
+        )
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(l.invalid("fhir.base_url", "scheme must be http or https"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(l.invalid(
+            "fhir.base_url",
+            "must not carry credentials; use [fhir.auth] kind = \"basic\" with password_file",
+        ));
+    }
+    if c.fhir.resource_type.is_empty()
+        || !c
+            .fhir
+            .resource_type
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric())
+    {
+        return Err(l.invalid(
+            "fhir.resource_type",
+            "must be a FHIR resource type name like AuditEvent",
+        ));
+    }
+    range(l, "fhir.timeout_secs", c.fhir.timeout_secs, 1, 600)?;
+    if let Some(ca) = &c.fhir.ca_file {
+        if let Err(e) = std::fs::read(ca) {
+            return Err(l.invalid("fhir.ca_file", format!("cannot read {}: {e}", ca.display())));
+        }
+    }
+    match &c.fhir.auth {
+        AuthConfig::None => {}
+        AuthConfig::Bearer { token_file } => secret_file(l, "fhir.auth.token_file", token_file)?,
+        AuthConfig::Basic {
+            username,
+            password_file,
+        } => {
+            if username.is_empty() {
+                return Err(l.invalid("fhir.auth.username", "must not be empty"));
+            }
+            secret_file(l, "fhir.auth.password_file", password_file)?
+        }
+        AuthConfig::SmartBackend {
+            token_url,
+            client_id,
+            private_key_file,
+            algorithm,
+            ..
+        } => {
+            url::Url::parse(token_url)
+                .map_err(|e| l.invalid("fhir.auth.token_url", format!("not a URL ({e})")))?;
+            if client_id.is_empty() {
+                return Err(l.invalid("fhir.auth.client_id", "must not be empty"));
+            }
+            if algorithm != "RS384" && algorithm != "ES384" {
+                return Err(l.invalid("fhir.auth.algorithm", "must be RS384 or ES384"));
+            }
+            secret_file(l, "fhir.auth.private_key_file", private_key_file)?
+        }
+    }
+    let p = &c.poller;
+    range(l, "poller.interval_secs", p.interval_secs, 1, 86_400)?;
+    range(l, "poller.page_size", p.page_size as u64, 1, 10_000)?;
+    range(
+        l,
+        "poller.initial_lookback_secs",
+        p.initial_lookback_secs,
+        0,
+        10 * 365 * 86_400,
+    )?;
+    range(l, "poller.overlap_secs", p.overlap_secs, 0, 86_400)?;
+    range(l, "poller.max_backoff_secs", p.max_backoff_secs, 1, 86_400)?;
+    range(l, "poller.max_page_bytes", p.max_page_bytes, 4096, 1 << 32)?;
+    if c.detector.timezone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(l.invalid(
+            "detector.timezone",
+            format!(
+                "unknown time zone \"{}\"; use an IANA name like Europe/Berlin",
+                c.detector.timezone
+            ),
+        ));
+    }
+    range(
+        l,
+        "alerts.retention_days",
+        c.alerts.retention_days as u64,
+        1,
+        36_500,
+    )?;
+    let addr: SocketAddr = c.api.listen.parse().map_err(|_| {
+        l.invalid(
+            "api.listen",
+            format!("\"{}\" is not an address like 127.0.0.1:8787", c.api.listen),
+        )
+    })?;
+    match &c.api.token_file {
+        Some(t) => secret_file(l, "api.token_file", t)?,
+        None if !addr.ip().is_loopback() => {
+            return Err(l.invalid(
+                "api.listen",
+                format!(
+                    "{addr} is not a loopback address; set api.token_file so the API \
+                     requires a bearer token, or listen on 127.0.0.1"
+                ),
+            ))
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn range(l: &Loaded, key: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(l.invalid(
+            key,
+            format!("{v} is out of range; must be between {lo} and {hi}"),
+        ));
+    }
+    Ok(())
+}
+
+fn secret_file(l: &Loaded, key: &str, p: &Path) -> Result<(), ConfigError> {
+    read_secret(p).map(|_| ()).map_err(|e| l.invalid(key, e))
+}
+
+impl Config {
+    /// The state directory: `[state] dir`, else `$STATE_DIRECTORY` (first entry), else the default.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state.dir {
+            return d.clone();
+        }
+        if let Some(sd) = std::env::var_os("STATE_DIRECTORY") {
+            if let Some(first) = sd.to_string_lossy().split(':').next() {
+                if !first.is_empty() {
+                    return PathBuf::from(first);
+                }
+            }
+        }
+        PathBuf::from(DEFAULT_STATE_DIR)
+    }
+
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.detector.timezone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.api.listen.parse().expect("validated")
+    }
+
+    /// A config for a given server with everything else at defaults (demo, tests, bench).
+    pub fn for_server(base_url: &str, state_dir: &Path) -> Config {
+        Config {
+            fhir: FhirConfig {
+                base_url: base_url.to_string(),
+                resource_type: default_resource_type(),
+                timeout_secs: default_timeout_secs(),
+                ca_file: None,
+                auth: AuthConfig::None,
+            },
+            poller: PollerConfig::default(),
+            detector: DetectorConfig::default(),
+            alerts: AlertsConfig::default(),
+            api: ApiConfig::default(),
+            state: StateConfig {
+                dir: Some(state_dir.to_path_buf()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    // figment::Jail serialises env access; we use our own lock because tests set env vars.
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("config.toml");
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = "[fhir]\nbase_url = \"http://127.0.0.1:8080/fhir\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let l = load(Some(&write(d.path(), MINIMAL))).unwrap();
+        assert_eq!(l.config.poller.interval_secs, 30);
+        assert_eq!(l.config.poller.page_size, 200);
+        assert_eq!(l.config.poller.overlap_secs, 120);
+        assert_eq!(l.config.fhir.resource_type, "AuditEvent");
+        assert_eq!(l.config.api.listen, "127.0.0.1:8787");
+        assert_eq!(l.config.fhir.auth, AuthConfig::None);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_file() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[poller]\nintervall_secs = 5\n"),
+        );
+        let e = load(Some(&p)).err().unwrap();
+        assert_eq!(e.key(), Some("poller.intervall_secs"), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("interval_secs"),
+            "suggests the right key: {msg}"
+        );
+    }
+
+    #[test]
+    fn bad_type_is_named() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[poller]\npage_size = \"many\"\n"),
+        );
+        let e = load(Some(&p)).err().unwrap();
+        assert_eq!(e.key(), Some("poller.page_size"), "{e}");
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_bad_env_names_variable() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), MINIMAL);
+        // SAFETY: guarded by ENV_LOCK; no other test thread reads these variables concurrently.
+        unsafe { std::env::set_var("FHIR_EDGE_POLLER__INTERVAL_SECS", "7") };
+        let l = load(Some(&p));
+        unsafe { std::env::remove_var("FHIR_EDGE_POLLER__INTERVAL_SECS") };
+        let l = l.unwrap();
+        assert_eq!(l.config.poller.interval_secs, 7);
+        let src = l.source_of("poller.interval_secs");
+        assert!(src.contains("FHIR_EDGE_POLLER__INTERVAL_SECS"), "{src}");
+        // SAFETY: as above.
+        unsafe { std::env::set_var("FHIR_EDGE_POLLER__INTERVAL_SECS", "abc") };
+        let e = load(Some(&p)).err().unwrap();
+        unsafe { std::env::remove_var("FHIR_EDGE_POLLER__INTERVAL_SECS") };
+        assert_eq!(e.key(), Some("poller.interval_secs"));
+        assert!(
+            e.to_string().contains("FHIR_EDGE_POLLER__INTERVAL_SECS"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_base_url_says_what_to_set() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "[poller]\ninterval_secs = 5\n");
+        let e = load(Some(&p)).err().unwrap();
+        assert!(e.to_string().contains("fhir"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_key_and_source() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &format!("{MINIMAL}[poller]\npage_size = 0\n"));
+        let e = load(Some(&p)).err().unwrap();
+        assert_eq!(e.key(), Some("poller.page_size"));
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[detector]\ntimezone = \"Mars/Olympus\"\n"),
+        );
+        assert_eq!(
+            load(Some(&p)).err().unwrap().key(),
+            Some("detector.timezone")
+        );
+    }
+
+    #[test]
+    fn non_loopback_api_needs_token() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[api]\nlisten = \"0.0.0.0:8787\"\n"),
+        );
+        let e = load(Some(&p)).err().unwrap();
+        assert_eq!(e.key(), Some("api.listen"));
+        let tok = d.path().join("api-token");
+        std::fs::write(&tok, "s3cr3t-api\n").unwrap();
+        let p = write(
+            d.path(),
+            &format!(
+                "{MINIMAL}[api]\nlisten = \"0.0.0.0:8787\"\ntoken_file = \"{}\"\n",
+                tok.display()
+            ),
+        );
+        load(Some(&p)).unwrap();
+    }
+
+    #[test]
+    fn secrets_are_not_echoed() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        // A secret put inline by mistake, as the wrong type: the value must not appear.
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[fhir.auth]\nkind = \"bearer\"\ntoken_file = 123456789\n"),
+        );
+        let e = load(Some(&p)).err().unwrap().to_string();
+        assert!(!e.contains("123456789"), "{e}");
+        // A missing token file names the key, not the contents of anything.
+        let p = write(
+            d.path(),
+            &format!(
+                "{MINIMAL}[fhir.auth]\nkind = \"bearer\"\ntoken_file = \"/nonexistent/tok\"\n"
+            ),
+        );
+        let e = load(Some(&p)).err().unwrap();
+        assert_eq!(e.key(), Some("fhir.auth.token_file"));
+        // An existing token is read but never shown.
+        let tok = d.path().join("tok");
+        std::fs::write(&tok, "TOPSECRET-VALUE").unwrap();
+        let p = write(
+            d.path(),
+            &format!(
+                "{MINIMAL}[fhir.auth]\nkind = \"bearer\"\ntoken_file = \"{}\"\n[poller]\npage_size = 0\n",
+                tok.display()
+            ),
+        );
+        let e = load(Some(&p)).err().unwrap().to_string();
+        assert!(!e.contains("TOPSECRET"), "{e}");
+    }
+
+    #[test]
+    fn unknown_auth_kind_is_named() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[fhir.auth]\nkind = \"kerberos\"\n"),
+        );
+        let e = load(Some(&p)).err().unwrap();
+        assert!(
+            e.to_string().contains("kerberos") || e.to_string().contains("bearer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/config.toml");
+        load(Some(&p)).unwrap();
+    }
+}

@@ -1,0 +1,625 @@
+//! Feature extraction: per-event fields plus context computed causally (only from earlier
+//! events) from bounded per-user, per-patient and global state.
+//!
+//! Memory bounds (documented in README): at most `MAX_USERS` users, `MAX_PATIENTS` patients
+//! and `MAX_PAIRS` user–patient pairs are remembered; each user keeps at most
+//! `MAX_RECENT` recent accesses, `MAX_IPS` addresses and `MAX_APPS` client apps; each
+//! patient at most `MAX_PATIENT_RECENT` recent accessors and `MAX_DEPTS` departments. When
+//! a map is full, the least recently active half is forgotten.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use chrono::{Datelike, Timelike};
+use serde::{Deserialize, Serialize};
+
+use crate::fhir::{AuditRecord, Interaction};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub const MAX_USERS: usize = 50_000;
+pub const MAX_PATIENTS: usize = 200_000;
+pub const MAX_PAIRS: usize = 1_000_000;
+pub const MAX_RECENT: usize = 2_048;
+pub const MAX_PATIENT_RECENT: usize = 128;
+pub const MAX_IPS: usize = 16;
+pub const MAX_APPS: usize = 8;
+pub const MAX_DEPTS: usize = 8;
+
+const MIN_10: i64 = 10 * 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+const FAIL_WINDOW: i64 = 15 * 60_000;
+/// A user needs this many earlier events before "new IP/app" and usual-hours mean much.
+const MATURE: f32 = 30.0;
+
+/// Feature names, in model order. Changing them bumps `SCHEMA_VERSION`.
+pub const FEATURES: &[&str] = &[
+    "hour_rarity_user",
+    "hour_rarity_site",
+    "weekday_rarity_user",
+    "distinct_patients_10m",
+    "distinct_patients_1h",
+    "patients_1h_vs_usual",
+    "first_access_to_patient",
+    "patient_dept_share",
+    "patient_history",
+    "patient_users_24h",
+    "patient_users_vs_usual",
+    "failed_logins_15m",
+    "new_source_ip",
+    "new_client_app",
+    "days_since_active",
+    "query_size",
+    "export",
+    "failure_outcome",
+    "is_login",
+    "is_search",
+    "is_write",
+    "same_family_name",
+    "user_history",
+    "has_patient",
+    "user_cross_dept_rate",
+    "user_first_access_rate",
+];
+
+pub const N_FEATURES: usize = 26;
+
+/// Raw facts behind the features, for plain-language explanations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Facts {
+    pub hour: u32,
+    pub weekday: u32,
+    pub user_hour_share: f32,
+    pub user_usual_hours: Option<(u32, u32)>,
+    pub d10: u32,
+    pub d1h: u32,
+    pub usual_d1h: f32,
+    pub first_pair: bool,
+    pub dept: Option<String>,
+    pub dept_share: Option<f32>,
+    pub patient_history: u32,
+    pub patient_users_24h: u32,
+    pub usual_patient_users: f32,
+    pub failed_15m: u32,
+    pub new_ip: bool,
+    pub new_app: bool,
+    pub days_inactive: f32,
+    pub query_count: Option<u32>,
+    pub export: bool,
+    pub same_family_name: bool,
+    pub user_events: u32,
+}
+
+fn h64<T: Hash + ?Sized>(v: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// A family name from a display name: "Smith, Jane" → smith; "Dr. Jane Smith" → smith.
+pub fn family_name(display: &str) -> Option<String> {
+    let d = display.trim();
+    let name = if let Some((fam, _)) = d.split_once(',') {
+        fam.trim()
+    } else {
+        d.split_whitespace().filter(|w| !w.ends_with('.')).last()?
+    };
+    let n: String = name
+        .chars()
+        .filter(|c| c.is_alphabetic() || *c == '-')
+        .collect::<String>()
+        .to_lowercase();
+    (n.len() >= 2).then_some(n)
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct UserState {
+    hours: [f32; 24],
+    weekdays: [f32; 7],
+    events: f32,
+    last_ms: i64,
+    /// (time, patient hash) for the last hour.
+    recent: VecDeque<(i64, u64)>,
+    /// EWMA of the distinct-patients-per-hour this user shows.
+    usual_d1h: f32,
+    /// Running maximum-ish: EWMA of d1h upper values (for "usual ≤ N").
+    usual_d1h_hi: f32,
+    ips: Vec<(u64, u32)>,
+    apps: Vec<(u64, u32)>,
+    failed: VecDeque<i64>,
+    dept: Option<u64>,
+    /// EWMA of how often this user opens patients mostly seen by other departments.
+    cross_rate: f32,
+    /// EWMA of how often this user opens a patient for the first time.
+    first_rate: f32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct PatientState {
+    /// (time, user hash) for the last 24 h.
+    recent: VecDeque<(i64, u64)>,
+    depts: Vec<(u64, f32)>,
+    total: f32,
+    usual_users: f32,
+    last_ms: i64,
+}
+
+/// The whole context. Serialisable (snapshotted with the cursor).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Context {
+    users: HashMap<u64, UserState>,
+    patients: HashMap<u64, PatientState>,
+    pairs_now: HashSet<u64>,
+    pairs_old: HashSet<u64>,
+    site_hours: [f32; 24],
+    site_total: f32,
+    /// Department names by hash, for explanations (bounded by the number of departments seen).
+    dept_names: HashMap<u64, String>,
+    #[serde(skip)]
+    tz: Option<chrono_tz::Tz>,
+}
+
+fn bump(list: &mut Vec<(u64, u32)>, key: u64, cap: usize) -> bool {
+    if let Some(e) = list.iter_mut().find(|e| e.0 == key) {
+        e.1 += 1;
+        return false;
+    }
+    if list.len() >= cap {
+        // Forget the least used.
+        if let Some((i, _)) = list.iter().enumerate().min_by_key(|(_, e)| e.1) {
+            list.swap_remove(i);
+        }
+    }
+    list.push((key, 1));
+    true
+}
+
+fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
+    // Recent lists are small (bounded); a sort-free distinct count by a small set.
+    let mut seen: HashSet<u64> = HashSet::with_capacity(32);
+    for (t, p) in recent.iter().rev() {
+        if *t < since {
+            break;
+        }
+        seen.insert(*p);
+    }
+    seen.len() as u32
+}
+
+fn rarity(count: f32, total: f32, bins: f32) -> f32 {
+    let p = (count + 0.5) / (total + 0.5 * bins);
+    (-p.ln()).clamp(0.0, 10.0)
+}
+
+fn evict_half<V>(map: &mut HashMap<u64, V>, last: impl Fn(&V) -> i64) {
+    let mut times: Vec<i64> = map.values().map(&last).collect();
+    let mid = times.len() / 2;
+    let (_, cut, _) = times.select_nth_unstable(mid);
+    let cut = *cut;
+    map.retain(|_, v| last(v) > cut);
+}
+
+impl Context {
+    pub fn new(tz: chrono_tz::Tz) -> Self {
+        Context {
+            tz: Some(tz),
+            ..Default::default()
+        }
+    }
+
+    pub fn set_timezone(&mut self, tz: chrono_tz::Tz) {
+        self.tz = Some(tz);
+    }
+
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("context serialises")
+    }
+
+    pub fn from_bytes(b: &[u8], tz: chrono_tz::Tz) -> Result<Self, String> {
+        let mut c: Context = serde_json::from_slice(b).map_err(|e| e.to_string())?;
+        c.tz = Some(tz);
+        Ok(c)
+    }
+
+    /// Compute features for `r` from the context so far, then fold `r` into the context.
+    pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
+        let f = self.features(r);
+        self.update(r);
+        f
+    }
+
+    /// Fold an event into the context without computing features (replay after restart).
+    pub fn replay(&mut self, r: &AuditRecord) {
+        self.update(r);
+    }
+
+    fn local(&self, t: chrono::DateTime<chrono::Utc>) -> (u32, u32) {
+        let tz = self.tz.unwrap_or(chrono_tz::UTC);
+        let l = t.with_timezone(&tz);
+        (l.hour(), l.weekday().num_days_from_monday())
+    }
+
+    fn features(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
+        let now = r.recorded.timestamp_millis();
+        let (hour, weekday) = self.local(r.recorded);
+        let uh = r.user.as_deref().map(h64);
+        let ph = r.patient.as_deref().map(h64);
+        let user = uh.and_then(|u| self.users.get(&u));
+        let patient = ph.and_then(|p| self.patients.get(&p));
+        let dept_h = r
+            .department
+            .as_deref()
+            .map(h64)
+            .or(user.and_then(|u| u.dept));
+        let mut facts = Facts {
+            hour,
+            weekday,
+            ..Default::default()
+        };
+
+        let mut x = [0f32; N_FEATURES];
+        // Hours: the user's own, blended with the site's while the user is new.
+        let site_r = rarity(self.site_hours[hour as usize], self.site_total, 24.0);
+        let (hr, wr) = match user {
+            Some(u) if u.events > 0.0 => {
+                let w = (u.events / MATURE).min(1.0);
+                let own = rarity(u.hours[hour as usize], u.events, 24.0);
+                facts.user_hour_share = u.hours[hour as usize] / u.events;
+                facts.user_usual_hours = usual_hours(&u.hours);
+                (
+                    w * own + (1.0 - w) * site_r,
+                    rarity(u.weekdays[weekday as usize], u.events, 7.0) * w,
+                )
+            }
+            _ => (site_r, 0.0),
+        };
+        x[0] = hr;
+        x[1] = site_r;
+        x[2] = wr;
+
+        if let Some(u) = user {
+            facts.user_events = u.events as u32;
+            let mut d10 = distinct(&u.recent, now - MIN_10);
+            let mut d1h = distinct(&u.recent, now - HOUR);
+            if let Some(p) = ph {
+                // Count this access too.
+                if !u
+                    .recent
+                    .iter()
+                    .rev()
+                    .take_while(|(t, _)| *t >= now - MIN_10)
+                    .any(|(_, q)| *q == p)
+                {
+                    d10 += 1;
+                }
+                if !u
+                    .recent
+                    .iter()
+                    .rev()
+                    .take_while(|(t, _)| *t >= now - HOUR)
+                    .any(|(_, q)| *q == p)
+                {
+                    d1h += 1;
+                }
+            }
+            facts.d10 = d10;
+            facts.d1h = d1h;
+            facts.usual_d1h = u.usual_d1h_hi;
+            x[3] = (d10 as f32).ln_1p();
+            x[4] = (d1h as f32).ln_1p();
+            x[5] = ((d1h as f32 + 1.0) / (u.usual_d1h_hi + 1.0)).ln().max(0.0);
+            let fails = u.failed.iter().filter(|t| **t >= now - FAIL_WINDOW).count() as u32;
+            facts.failed_15m = fails;
+            x[11] = (fails as f32).ln_1p();
+            let mature = u.events >= MATURE;
+            if let Some(ip) = &r.source_ip {
+                facts.new_ip = mature && !u.ips.iter().any(|e| e.0 == h64(ip.as_str()));
+            }
+            if let Some(app) = &r.client_app {
+                facts.new_app = mature && !u.apps.iter().any(|e| e.0 == h64(app.as_str()));
+            }
+            x[12] = facts.new_ip as u8 as f32;
+            x[13] = facts.new_app as u8 as f32;
+            facts.days_inactive = ((now - u.last_ms).max(0) as f32 / DAY as f32).max(0.0);
+            x[14] = facts.days_inactive.ln_1p();
+            x[22] = u.events.ln_1p();
+            x[24] = u.cross_rate;
+            x[25] = u.first_rate;
+        } else {
+            x[3] = (ph.is_some() as u8 as f32).ln_1p();
+            x[4] = x[3];
+        }
+
+        if let (Some(u), Some(p)) = (uh, ph) {
+            let pair = h64(&(u, p));
+            facts.first_pair = !self.pairs_now.contains(&pair) && !self.pairs_old.contains(&pair);
+            x[6] = facts.first_pair as u8 as f32;
+        }
+        x[23] = ph.is_some() as u8 as f32;
+        match patient {
+            Some(p) if p.total > 0.0 => {
+                facts.patient_history = p.total as u32;
+                let share = dept_h
+                    .and_then(|d| p.depts.iter().find(|e| e.0 == d).map(|e| e.1))
+                    .unwrap_or(0.0)
+                    / p.total;
+                facts.dept_share = dept_h.map(|_| share);
+                facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
+                x[7] = if dept_h.is_some() { 1.0 - share } else { 0.0 };
+                x[8] = p.total.ln_1p();
+                let users24 = distinct(&p.recent, now - DAY)
+                    + uh.map_or(0u32, |u| {
+                        (!p.recent.iter().any(|e| e.1 == u && e.0 >= now - DAY)) as u32
+                    });
+                facts.patient_users_24h = users24;
+                facts.usual_patient_users = p.usual_users;
+                x[9] = (users24 as f32).ln_1p();
+                x[10] = ((users24 as f32 + 1.0) / (p.usual_users + 1.0))
+                    .ln()
+                    .max(0.0);
+            }
+            _ => {
+                facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
+                x[9] = (ph.is_some() as u8 as f32).ln_1p();
+            }
+        }
+
+        if let Some(q) = &r.query {
+            facts.query_count = q.count;
+            facts.export = q.export;
+            x[15] = (q.count.unwrap_or(0) as f32).ln_1p();
+        }
+        facts.export |= r.interaction == Interaction::Export;
+        x[16] = facts.export as u8 as f32;
+        x[17] = (r.outcome > 0) as u8 as f32;
+        x[18] = matches!(r.interaction, Interaction::Login | Interaction::Logout) as u8 as f32;
+        x[19] = (r.interaction == Interaction::Search) as u8 as f32;
+        x[20] = matches!(
+            r.interaction,
+            Interaction::Create | Interaction::Update | Interaction::Delete
+        ) as u8 as f32;
+        if let (Some(ud), Some(pd)) = (&r.user_display, &r.patient_display) {
+            if let (Some(a), Some(b)) = (family_name(ud), family_name(pd)) {
+                facts.same_family_name = a == b;
+            }
+        }
+        x[21] = facts.same_family_name as u8 as f32;
+        (x, facts)
+    }
+
+    fn update(&mut self, r: &AuditRecord) {
+        let now = r.recorded.timestamp_millis();
+        let (hour, weekday) = self.local(r.recorded);
+        self.site_hours[hour as usize] += 1.0;
+        self.site_total += 1.0;
+        let ph = r.patient.as_deref().map(h64);
+        let dept_h = r.department.as_deref().map(|d| {
+            let h = h64(d);
+            if self.dept_names.len() < 4096 {
+                self.dept_names.entry(h).or_insert_with(|| d.to_string());
+            }
+            h
+        });
+        let Some(user_ref) = r.user.as_deref() else {
+            return;
+        };
+        let uh = h64(user_ref);
+        if self.users.len() >= MAX_USERS && !self.users.contains_key(&uh) {
+            evict_half(&mut self.users, |u| u.last_ms);
+        }
+        let u = self.users.entry(uh).or_default();
+        let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
+        if failed_login {
+            u.failed.push_back(now);
+            while u.failed.len() > 64 || u.failed.front().is_some_and(|t| *t < now - FAIL_WINDOW) {
+                u.failed.pop_front();
+            }
+        } else {
+            // Activity baselines learn from successful activity only.
+            u.hours[hour as usize] += 1.0;
+            u.weekdays[weekday as usize] += 1.0;
+            u.events += 1.0;
+            if let Some(ip) = &r.source_ip {
+                bump(&mut u.ips, h64(ip.as_str()), MAX_IPS);
+            }
+            if let Some(app) = &r.client_app {
+                bump(&mut u.apps, h64(app.as_str()), MAX_APPS);
+            }
+            if r.interaction == Interaction::Login {
+                u.failed.clear();
+            }
+        }
+        u.last_ms = u.last_ms.max(now);
+        if dept_h.is_some() {
+            u.dept = dept_h;
+        }
+        if let Some(p) = ph {
+            u.recent.push_back((now, p));
+            while u.recent.len() > MAX_RECENT
+                || u.recent.front().is_some_and(|(t, _)| *t < now - HOUR)
+            {
+                u.recent.pop_front();
+            }
+            let d1h = distinct(&u.recent, now - HOUR) as f32;
+            u.usual_d1h = 0.98 * u.usual_d1h + 0.02 * d1h;
+            // A slow-moving upper envelope: jumps up fast, decays slowly.
+            u.usual_d1h_hi = if d1h > u.usual_d1h_hi {
+                u.usual_d1h_hi + 0.05 * (d1h - u.usual_d1h_hi)
+            } else {
+                0.999 * u.usual_d1h_hi + 0.001 * d1h
+            };
+            let pair = h64(&(uh, p));
+            let first = !self.pairs_old.contains(&pair) && !self.pairs_now.contains(&pair);
+            let user_dept = dept_h.or(u.dept);
+            let cross = self.patients.get(&p).filter(|ps| ps.total > 0.0).map(|ps| {
+                let own = user_dept
+                    .and_then(|d| ps.depts.iter().find(|e| e.0 == d).map(|e| e.1))
+                    .unwrap_or(0.0);
+                1.0 - own / ps.total
+            });
+            let u = self.users.get_mut(&uh).expect("inserted above");
+            u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
+            if let Some(c) = cross {
+                u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
+            }
+            if first && self.pairs_now.insert(pair) && self.pairs_now.len() >= MAX_PAIRS / 2 {
+                self.pairs_old = std::mem::take(&mut self.pairs_now);
+            }
+            if self.patients.len() >= MAX_PATIENTS && !self.patients.contains_key(&p) {
+                evict_half(&mut self.patients, |p| p.last_ms);
+            }
+            let ps = self.patients.entry(p).or_default();
+            let users24 = distinct(&ps.recent, now - DAY) as f32;
+            ps.usual_users = 0.95 * ps.usual_users + 0.05 * users24;
+            ps.recent.push_back((now, uh));
+            while ps.recent.len() > MAX_PATIENT_RECENT
+                || ps.recent.front().is_some_and(|(t, _)| *t < now - DAY)
+            {
+                ps.recent.pop_front();
+            }
+            if let Some(d) = dept_h.or(self.users.get(&uh).and_then(|u| u.dept)) {
+                if let Some(e) = ps.depts.iter_mut().find(|e| e.0 == d) {
+                    e.1 += 1.0;
+                } else {
+                    if ps.depts.len() >= MAX_DEPTS {
+                        if let Some((i, _)) = ps
+                            .depts
+                            .iter()
+                            .enumerate()
+                            .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+                        {
+                            let removed = ps.depts.swap_remove(i);
+                            ps.total -= removed.1;
+                        }
+                    }
+                    ps.depts.push((d, 1.0));
+                }
+            }
+            ps.total += 1.0;
+            ps.last_ms = ps.last_ms.max(now);
+        }
+    }
+}
+
+/// The contiguous band of hours (start, end inclusive) holding most of a histogram.
+fn usual_hours(hist: &[f32; 24]) -> Option<(u32, u32)> {
+    let total: f32 = hist.iter().sum();
+    if total < MATURE {
+        return None;
+    }
+    // The shortest circular window covering 90% of activity.
+    let mut best: Option<(u32, u32)> = None;
+    for len in 1..=24u32 {
+        for start in 0..24u32 {
+            let s: f32 = (0..len).map(|i| hist[((start + i) % 24) as usize]).sum();
+            if s >= 0.9 * total {
+                best = Some((start, (start + len - 1) % 24));
+                break;
+            }
+        }
+        if best.is_some() {
+            break;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn rec(user: &str, patient: &str, t: i64) -> AuditRecord {
+        AuditRecord {
+            key: format!("{user}{patient}{t}"),
+            id: "x".into(),
+            version_id: None,
+            last_updated: None,
+            recorded: Utc.timestamp_millis_opt(t).unwrap(),
+            interaction: Interaction::Read,
+            action: Some('R'),
+            outcome: 0,
+            user: Some(user.into()),
+            user_display: Some("Dr. Ann Smith".into()),
+            department: Some("Cardiology".into()),
+            client_app: Some("Device/ehr".into()),
+            source_ip: Some("10.0.0.1".into()),
+            patient: Some(patient.into()),
+            patient_display: Some("Jones, Bob".into()),
+            purpose: None,
+            observer: None,
+            query: None,
+        }
+    }
+
+    #[test]
+    fn features_are_causal_and_counted() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = Utc
+            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let (x, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0));
+        assert!(f.first_pair);
+        assert_eq!(x[6], 1.0);
+        let (_, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0 + 1000));
+        assert!(!f.first_pair, "second access is not first");
+        for i in 2..40 {
+            c.observe(&rec(
+                "Practitioner/1",
+                &format!("Patient/{i}"),
+                t0 + i * 1000,
+            ));
+        }
+        let (_, f) = c.observe(&rec("Practitioner/1", "Patient/99", t0 + 60_000));
+        assert_eq!(f.d10, 40, "39 earlier distinct patients plus this one");
+    }
+
+    #[test]
+    fn family_names() {
+        assert_eq!(family_name("Smith, Jane").as_deref(), Some("smith"));
+        assert_eq!(family_name("Dr. Jane Smith").as_deref(), Some("smith"));
+        assert_eq!(family_name("J").as_deref(), None);
+    }
+
+    #[test]
+    fn snapshot_round_trips() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = Utc
+            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        c.observe(&rec("Practitioner/1", "Patient/1", t0));
+        let mut d = Context::from_bytes(&c.to_bytes(), chrono_tz::UTC).unwrap();
+        let r = rec("Practitioner/1", "Patient/1", t0 + 5);
+        assert_eq!(c.observe(&r).0, d.observe(&r).0);
+    }
+
+    #[test]
+    fn failed_logins_are_windowed() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = Utc
+            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        for i in 0..5 {
+            let mut r = rec("Practitioner/1", "", t0 + i * 1000);
+            r.patient = None;
+            r.interaction = Interaction::Login;
+            r.outcome = 4;
+            c.observe(&r);
+        }
+        let mut r = rec("Practitioner/1", "", t0 + 10_000);
+        r.patient = None;
+        r.interaction = Interaction::Login;
+        let (_, f) = c.observe(&r);
+        assert_eq!(f.failed_15m, 5);
+        let (_, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0 + FAIL_WINDOW * 2));
+        assert_eq!(f.failed_15m, 0);
+    }
+}

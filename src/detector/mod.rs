@@ -1,0 +1,271 @@
+//! The detector: context features + autoencoder score + plain-language explanation.
+//! Plain logic, testable without actix; `actor.rs` runs it off the actor thread.
+
+pub mod actor;
+pub mod features;
+pub mod model;
+pub mod simulate;
+pub mod train;
+
+use std::collections::HashSet;
+
+use features::{Context, Facts, FEATURES, N_FEATURES};
+use model::Model;
+
+use crate::alerts::Severity;
+use crate::fhir::{AuditRecord, Fetched};
+use crate::state::KeyStatus;
+
+/// One scored event.
+#[derive(Debug)]
+pub struct ScoredEvent {
+    pub fetched: Fetched,
+    /// Reconstruction error divided by the calibrated threshold (≥ 1 is anomalous).
+    pub score: f32,
+    pub severity: Option<Severity>,
+    pub summary: String,
+    pub explanation: Vec<String>,
+    pub kinds: Vec<&'static str>,
+}
+
+pub struct Detector {
+    ctx: Context,
+    model: Model,
+    /// Keys replayed into the context since the last snapshot (so a key is replayed once).
+    replayed: HashSet<String>,
+}
+
+impl Detector {
+    pub fn new(model: Model, ctx: Context) -> Self {
+        Detector {
+            ctx,
+            model,
+            replayed: HashSet::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Serialise the context; called when the cursor is committed.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.replayed.clear();
+        self.ctx.to_bytes()
+    }
+
+    /// Score the `New` events of a batch in order; `Replay` ones only update the context.
+    pub fn process(
+        &mut self,
+        batch: Vec<(Fetched, KeyStatus)>,
+    ) -> Result<Vec<ScoredEvent>, model::ModelError> {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        for (f, status) in batch {
+            match status {
+                KeyStatus::New => {
+                    let (x, facts) = self.ctx.observe(&f.record);
+                    rows.push(x);
+                    kept.push((f, facts));
+                }
+                KeyStatus::Replay => {
+                    if self.replayed.insert(f.record.key.clone()) {
+                        self.ctx.replay(&f.record);
+                    }
+                }
+                KeyStatus::Seen => {}
+            }
+        }
+        let scores = self.model.score(&rows)?;
+        let threshold = self.model.meta.threshold;
+        Ok(kept
+            .into_iter()
+            .zip(scores)
+            .map(|((fetched, facts), s)| {
+                let score = s.score / threshold;
+                let severity = Severity::from_ratio(score as f64);
+                let (explanation, kinds) = explain(&s.contributions, &facts, &fetched.record);
+                let summary = explanation
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "unusual combination of features".into());
+                ScoredEvent {
+                    fetched,
+                    score,
+                    severity,
+                    summary,
+                    explanation,
+                    kinds,
+                }
+            })
+            .collect())
+    }
+}
+
+/// Score every event of a stream in order (the `score` command and the benchmarks).
+pub fn score_stream(
+    model: &Model,
+    ctx: &mut Context,
+    records: &[AuditRecord],
+    batch: usize,
+) -> Result<Vec<(f32, Option<Severity>, Vec<String>, Vec<&'static str>)>, model::ModelError> {
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(batch.max(1)) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut facts = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let (x, f) = ctx.observe(r);
+            rows.push(x);
+            facts.push(f);
+        }
+        for ((s, f), r) in model.score(&rows)?.into_iter().zip(facts).zip(chunk) {
+            let score = s.score / model.meta.threshold;
+            let (expl, kinds) = explain(&s.contributions, &f, r);
+            out.push((score, Severity::from_ratio(score as f64), expl, kinds));
+        }
+    }
+    Ok(out)
+}
+
+fn pct(x: f32) -> String {
+    format!("{:.0}%", (x * 100.0).clamp(0.0, 100.0))
+}
+
+/// Which scenario a feature points at.
+fn kind_of(feature: &str) -> &'static str {
+    match feature {
+        "hour_rarity_user" | "hour_rarity_site" | "weekday_rarity_user" => "after_hours",
+        "distinct_patients_10m" | "distinct_patients_1h" | "patients_1h_vs_usual" => "bulk_access",
+        "first_access_to_patient" | "patient_dept_share" | "patient_history" => "cross_department",
+        "patient_users_24h" | "patient_users_vs_usual" => "vip_snooping",
+        "failed_logins_15m" | "failure_outcome" => "failed_logins",
+        "new_source_ip" | "new_client_app" => "new_source",
+        "days_since_active" => "dormant_account",
+        "query_size" | "export" => "mass_export",
+        "same_family_name" => "family_snooping",
+        _ => "unusual_pattern",
+    }
+}
+
+/// Plain-language reasons from the top contributing features, strongest first.
+pub fn explain(
+    contrib: &[f32; N_FEATURES],
+    f: &Facts,
+    r: &AuditRecord,
+) -> (Vec<String>, Vec<&'static str>) {
+    let total: f32 = contrib.iter().sum::<f32>().max(1e-9);
+    let mut idx: Vec<usize> = (0..N_FEATURES).collect();
+    idx.sort_by(|a, b| contrib[*b].total_cmp(&contrib[*a]));
+    let mut reasons: Vec<String> = Vec::new();
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for &i in idx.iter().take(4) {
+        if contrib[i] < 0.08 * total && !reasons.is_empty() {
+            break;
+        }
+        let name = FEATURES[i];
+        let kind = kind_of(name);
+        if kinds.contains(&kind) {
+            continue;
+        }
+        let text = match kind {
+            "after_hours" => {
+                let usual = f
+                    .user_usual_hours
+                    .map(|(a, b)| format!("usual hours {a:02}:00–{:02}:00", (b + 1) % 24))
+                    .unwrap_or_else(|| "no usual hours learned yet".into());
+                let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][f.weekday as usize % 7];
+                format!(
+                    "activity at {:02}:00 on {day}, {} of this user's past activity falls in that hour ({usual})",
+                    f.hour,
+                    pct(f.user_hour_share)
+                )
+            }
+            "bulk_access" => format!(
+                "opened {} distinct patients in 10 min, {} in 1 h (usual ≤ {:.0} per hour)",
+                f.d10,
+                f.d1h,
+                f.usual_d1h.ceil()
+            ),
+            "cross_department" => {
+                let first = if f.first_pair { "first access to this patient" } else { "access to this patient" };
+                match (f.dept_share, &f.dept) {
+                    (Some(s), Some(d)) => format!(
+                        "{first}; {} of the patient's record activity ({} earlier accesses) comes from {d}",
+                        pct(s),
+                        f.patient_history
+                    ),
+                    _ if f.patient_history == 0 => format!("{first}; the patient has no earlier record activity"),
+                    _ => format!("{first}; the user's department is unknown"),
+                }
+            }
+            "vip_snooping" => format!(
+                "{} different users opened this patient's record in 24 h (usual {:.0}) — a watched or VIP record?",
+                f.patient_users_24h,
+                f.usual_patient_users.ceil()
+            ),
+            "failed_logins" => {
+                if r.outcome > 0 && f.failed_15m == 0 {
+                    "the request failed".to_string()
+                } else {
+                    format!("{} failed logins by this user in the last 15 min", f.failed_15m)
+                }
+            }
+            "new_source" => match (f.new_ip, f.new_app) {
+                (true, true) => "first access from this network address and this client application for this user".into(),
+                (true, false) => "first access from this network address for this user".into(),
+                (false, true) => "first use of this client application by this user".into(),
+                _ => "unusual source for this user".into(),
+            },
+            "dormant_account" => format!("first activity after {:.0} days without any", f.days_inactive),
+            "mass_export" => {
+                if f.export {
+                    "bulk data export ($export)".to_string()
+                } else {
+                    format!("search asking for {} records at once", f.query_count.unwrap_or(0))
+                }
+            }
+            "family_snooping" => "the user shares the patient's family name (relative or self lookup?)".into(),
+            _ => format!("unusual {} ({})", name.replace('_', " "), r.interaction.as_str()),
+        };
+        kinds.push(kind);
+        reasons.push(text);
+    }
+    (reasons, kinds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explanation_names_bulk_access_in_words() {
+        let mut c = [0f32; N_FEATURES];
+        c[3] = 50.0;
+        c[4] = 30.0;
+        c[0] = 1.0;
+        let facts = Facts {
+            d10: 212,
+            d1h: 240,
+            usual_d1h: 14.2,
+            ..Default::default()
+        };
+        let rec = crate::fhir::AuditEvent {
+            resource_type: "AuditEvent".into(),
+            id: Some("a".into()),
+            recorded: Some("2024-01-01T00:00:00Z".into()),
+            ..Default::default()
+        }
+        .into_record()
+        .unwrap();
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec!["bulk_access"]);
+        assert_eq!(
+            why[0],
+            "opened 212 distinct patients in 10 min, 240 in 1 h (usual ≤ 15 per hour)"
+        );
+    }
+}

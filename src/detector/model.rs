@@ -1,0 +1,540 @@
+//! The autoencoder: a small candle MLP trained to reconstruct standardized features of the
+//! site's normal activity. Anomaly score = mean squared reconstruction error; per-feature
+//! squared errors explain it.
+//!
+//! On disk: `model.safetensors` (weights) + `model.json` (schema, feature names,
+//! standardization, threshold, training summary).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Module, Optimizer};
+use serde::{Deserialize, Serialize};
+
+use super::features::{FEATURES, N_FEATURES, SCHEMA_VERSION};
+use crate::rng::Rng;
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const META_FILE: &str = "model.json";
+/// Standardized values are clipped to ±this, so one wild feature cannot swamp a score.
+const Z_CLIP: f32 = 12.0;
+/// Floor of a feature's standard deviation (binary features that are almost always 0).
+const STD_FLOOR: f32 = 0.05;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model folder {dir}: cannot read {file}: {reason}")]
+    Read {
+        dir: PathBuf,
+        file: &'static str,
+        reason: String,
+    },
+    #[error("model folder {dir}: {file} is corrupt: {reason}")]
+    Corrupt {
+        dir: PathBuf,
+        file: &'static str,
+        reason: String,
+    },
+    #[error(
+        "model folder {dir}: feature schema mismatch: the model has schema {found_schema} with {found_features} \
+         features, this build expects schema {SCHEMA_VERSION} with {N_FEATURES}; retrain it with `fhir-edge train`"
+    )]
+    Schema {
+        dir: PathBuf,
+        found_schema: u32,
+        found_features: usize,
+    },
+    #[error("cannot write model to {dir}: {reason}")]
+    Write { dir: PathBuf, reason: String },
+    #[error("training failed: {0}")]
+    Train(String),
+    #[error("inference failed: {0}")]
+    Infer(String),
+}
+
+impl ModelError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelError::Read { .. } => "model_missing",
+            ModelError::Corrupt { .. } => "model_corrupt",
+            ModelError::Schema { .. } => "model_schema_mismatch",
+            ModelError::Write { .. } => "model_write",
+            ModelError::Train(_) => "train_failed",
+            ModelError::Infer(_) => "inference_failed",
+        }
+    }
+}
+
+fn candle_err(e: candle_core::Error) -> ModelError {
+    ModelError::Infer(e.to_string())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub events: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub final_loss: f32,
+    pub threshold_percentile: f32,
+    pub inputs: Vec<String>,
+    pub trained_at: String,
+    pub seconds: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub schema_version: u32,
+    pub features: Vec<String>,
+    pub hidden: Vec<usize>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Score at the calibration percentile of the training scores.
+    pub threshold: f32,
+    pub training: TrainingSummary,
+}
+
+/// A loaded model, ready to score batches.
+pub struct Model {
+    pub meta: ModelMeta,
+    layers: Vec<candle_nn::Linear>,
+    device: Device,
+}
+
+/// One event's score and per-feature contributions (squared standardized errors).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub score: f32,
+    pub contributions: [f32; N_FEATURES],
+}
+
+fn layer_sizes(hidden: &[usize]) -> Vec<(usize, usize)> {
+    // in → h0 → h1 → ... → h_last(bottleneck) → ... → h0 → in
+    let mut dims = vec![N_FEATURES];
+    dims.extend_from_slice(hidden);
+    dims.extend(hidden.iter().rev().skip(1).copied());
+    dims.push(N_FEATURES);
+    dims.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
+fn forward(layers: &[candle_nn::Linear], x: &Tensor) -> candle_core::Result<Tensor> {
+    let mut h = x.clone();
+    for (i, l) in layers.iter().enumerate() {
+        h = l.forward(&h)?;
+        if i + 1 < layers.len() {
+            h = h.tanh()?;
+        }
+    }
+    Ok(h)
+}
+
+impl Model {
+    pub fn standardize(&self, x: &[f32; N_FEATURES]) -> [f32; N_FEATURES] {
+        standardize(&self.meta.mean, &self.meta.std, x)
+    }
+
+    /// Score a batch of raw feature rows.
+    pub fn score(&self, rows: &[[f32; N_FEATURES]]) -> Result<Vec<Scored>, ModelError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut flat = Vec::with_capacity(rows.len() * N_FEATURES);
+        for r in rows {
+            flat.extend_from_slice(&self.standardize(r));
+        }
+        let x =
+            Tensor::from_vec(flat, (rows.len(), N_FEATURES), &self.device).map_err(candle_err)?;
+        let y = forward(&self.layers, &x).map_err(candle_err)?;
+        let err = (y - &x).map_err(candle_err)?.sqr().map_err(candle_err)?;
+        let err: Vec<f32> = err
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(candle_err)?;
+        Ok(err
+            .chunks_exact(N_FEATURES)
+            .map(|c| {
+                let mut contributions = [0f32; N_FEATURES];
+                contributions.copy_from_slice(c);
+                Scored {
+                    score: c.iter().sum::<f32>() / N_FEATURES as f32,
+                    contributions,
+                }
+            })
+            .collect())
+    }
+
+    pub fn load(dir: &Path) -> Result<Model, ModelError> {
+        let meta_path = dir.join(META_FILE);
+        let meta_text = std::fs::read_to_string(&meta_path).map_err(|e| ModelError::Read {
+            dir: dir.to_path_buf(),
+            file: META_FILE,
+            reason: e.to_string(),
+        })?;
+        let meta: ModelMeta =
+            serde_json::from_str(&meta_text).map_err(|e| ModelError::Corrupt {
+                dir: dir.to_path_buf(),
+                file: META_FILE,
+                reason: e.to_string(),
+            })?;
+        if meta.schema_version != SCHEMA_VERSION
+            || meta.features.len() != N_FEATURES
+            || meta.features.iter().zip(FEATURES).any(|(a, b)| a != b)
+        {
+            return Err(ModelError::Schema {
+                dir: dir.to_path_buf(),
+                found_schema: meta.schema_version,
+                found_features: meta.features.len(),
+            });
+        }
+        let corrupt = |reason: String| ModelError::Corrupt {
+            dir: dir.to_path_buf(),
+            file: META_FILE,
+            reason,
+        };
+        if meta.mean.len() != N_FEATURES || meta.std.len() != N_FEATURES {
+            return Err(corrupt(
+                "standardization vectors have the wrong length".into(),
+            ));
+        }
+        if !(meta.threshold.is_finite() && meta.threshold > 0.0) {
+            return Err(corrupt("threshold is not a positive number".into()));
+        }
+        if meta.hidden.is_empty() || meta.hidden.iter().any(|h| *h == 0 || *h > 1024) {
+            return Err(corrupt("hidden layer sizes are invalid".into()));
+        }
+        let wpath = dir.join(WEIGHTS_FILE);
+        let bytes = std::fs::read(&wpath).map_err(|e| ModelError::Read {
+            dir: dir.to_path_buf(),
+            file: WEIGHTS_FILE,
+            reason: e.to_string(),
+        })?;
+        let device = Device::Cpu;
+        let wcorrupt = |reason: String| ModelError::Corrupt {
+            dir: dir.to_path_buf(),
+            file: WEIGHTS_FILE,
+            reason,
+        };
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &device)
+            .map_err(|e| wcorrupt(e.to_string()))?;
+        let mut layers = Vec::new();
+        for (i, (din, dout)) in layer_sizes(&meta.hidden).into_iter().enumerate() {
+            let w = tensors
+                .get(&format!("layer{i}.weight"))
+                .ok_or_else(|| wcorrupt(format!("missing layer{i}.weight")))?;
+            let b = tensors
+                .get(&format!("layer{i}.bias"))
+                .ok_or_else(|| wcorrupt(format!("missing layer{i}.bias")))?;
+            if w.dims() != [dout, din] || b.dims() != [dout] || w.dtype() != DType::F32 {
+                return Err(wcorrupt(format!(
+                    "layer{i} has shape {:?}, expected [{dout}, {din}]",
+                    w.dims()
+                )));
+            }
+            let finite = w
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| wcorrupt(e.to_string()))?
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite {
+                return Err(wcorrupt(format!("layer{i} holds non-finite weights")));
+            }
+            layers.push(candle_nn::Linear::new(w.clone(), Some(b.clone())));
+        }
+        Ok(Model {
+            meta,
+            layers,
+            device,
+        })
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let werr = |reason: String| ModelError::Write {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| werr(e.to_string()))?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            tensors.insert(format!("layer{i}.weight"), l.weight().clone());
+            tensors.insert(format!("layer{i}.bias"), l.bias().expect("bias").clone());
+        }
+        let tmp = dir.join(format!("{WEIGHTS_FILE}.tmp"));
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| werr(e.to_string()))?;
+        std::fs::rename(&tmp, dir.join(WEIGHTS_FILE)).map_err(|e| werr(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&self.meta).expect("meta serialises");
+        let tmp = dir.join(format!("{META_FILE}.tmp"));
+        std::fs::write(&tmp, json + "\n").map_err(|e| werr(e.to_string()))?;
+        std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| werr(e.to_string()))?;
+        Ok(())
+    }
+}
+
+pub fn standardize(mean: &[f32], std: &[f32], x: &[f32; N_FEATURES]) -> [f32; N_FEATURES] {
+    let mut z = [0f32; N_FEATURES];
+    for i in 0..N_FEATURES {
+        z[i] = ((x[i] - mean[i]) / std[i]).clamp(-Z_CLIP, Z_CLIP);
+    }
+    z
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub seed: u64,
+    pub hidden: Vec<usize>,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Threshold = this percentile of the training scores.
+    pub threshold_percentile: f32,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 20,
+            seed: 1,
+            hidden: vec![32, 8],
+            batch_size: 256,
+            learning_rate: 3e-3,
+            threshold_percentile: 99.5,
+        }
+    }
+}
+
+/// Train on feature rows; `progress(epoch, loss)` is called after each epoch.
+pub fn train(
+    rows: &[[f32; N_FEATURES]],
+    opts: &TrainOptions,
+    inputs: Vec<String>,
+    mut progress: impl FnMut(usize, f32),
+) -> Result<Model, ModelError> {
+    let started = std::time::Instant::now();
+    if rows.len() < 100 {
+        return Err(ModelError::Train(format!(
+            "need at least 100 events to train, got {}",
+            rows.len()
+        )));
+    }
+    let terr = |e: candle_core::Error| ModelError::Train(e.to_string());
+    let n = rows.len();
+    let mut mean = vec![0f64; N_FEATURES];
+    for r in rows {
+        for i in 0..N_FEATURES {
+            mean[i] += r[i] as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut var = vec![0f64; N_FEATURES];
+    for r in rows {
+        for i in 0..N_FEATURES {
+            var[i] += (r[i] as f64 - mean[i]).powi(2);
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|m| *m as f32).collect();
+    let std: Vec<f32> = var
+        .iter()
+        .map(|v| ((v / n as f64).sqrt() as f32).max(STD_FLOOR))
+        .collect();
+    let z: Vec<[f32; N_FEATURES]> = rows.iter().map(|r| standardize(&mean, &std, r)).collect();
+
+    let device = Device::Cpu;
+    let mut rng = Rng::new(opts.seed);
+    let mut vars = Vec::new();
+    let mut layers = Vec::new();
+    for (din, dout) in layer_sizes(&opts.hidden) {
+        // Xavier-uniform init from our own seeded generator: reproducible across versions.
+        let a = (6.0 / (din + dout) as f64).sqrt();
+        let w: Vec<f32> = (0..din * dout)
+            .map(|_| ((rng.f64() * 2.0 - 1.0) * a) as f32)
+            .collect();
+        let w = Var::from_tensor(&Tensor::from_vec(w, (dout, din), &device).map_err(terr)?)
+            .map_err(terr)?;
+        let b = Var::zeros(dout, DType::F32, &device).map_err(terr)?;
+        layers.push(candle_nn::Linear::new(
+            w.as_tensor().clone(),
+            Some(b.as_tensor().clone()),
+        ));
+        vars.push(w);
+        vars.push(b);
+    }
+    let mut opt = candle_nn::AdamW::new(
+        vars,
+        candle_nn::ParamsAdamW {
+            lr: opts.learning_rate,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )
+    .map_err(terr)?;
+    let mut order: Vec<usize> = (0..n).collect();
+    let bs = opts.batch_size.max(8);
+    let mut last_loss = 0f32;
+    let mut flat = Vec::with_capacity(bs * N_FEATURES);
+    for epoch in 0..opts.epochs {
+        // Fisher–Yates with the seeded generator.
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let mut total = 0f64;
+        let mut batches = 0usize;
+        for chunk in order.chunks(bs) {
+            flat.clear();
+            for &i in chunk {
+                flat.extend_from_slice(&z[i]);
+            }
+            let x = Tensor::from_slice(&flat, (chunk.len(), N_FEATURES), &device).map_err(terr)?;
+            let y = forward(&layers, &x).map_err(terr)?;
+            let loss = candle_nn::loss::mse(&y, &x).map_err(terr)?;
+            opt.backward_step(&loss).map_err(terr)?;
+            total += loss.to_scalar::<f32>().map_err(terr)? as f64;
+            batches += 1;
+        }
+        last_loss = (total / batches as f64) as f32;
+        if !last_loss.is_finite() {
+            return Err(ModelError::Train("loss diverged (not finite)".into()));
+        }
+        progress(epoch + 1, last_loss);
+    }
+    let mut model = Model {
+        meta: ModelMeta {
+            schema_version: SCHEMA_VERSION,
+            features: FEATURES.iter().map(|s| s.to_string()).collect(),
+            hidden: opts.hidden.clone(),
+            mean,
+            std,
+            threshold: 1.0,
+            training: TrainingSummary {
+                events: n,
+                epochs: opts.epochs,
+                seed: opts.seed,
+                final_loss: last_loss,
+                threshold_percentile: opts.threshold_percentile,
+                inputs,
+                trained_at: crate::clock::fmt_ms(chrono::Utc::now()),
+                seconds: 0.0,
+            },
+        },
+        layers,
+        device,
+    };
+    // Calibrate the threshold on the training scores.
+    let mut scores = Vec::with_capacity(n);
+    for chunk in rows.chunks(4096) {
+        scores.extend(model.score(chunk)?.into_iter().map(|s| s.score));
+    }
+    model.meta.threshold = percentile(&mut scores, opts.threshold_percentile).max(1e-6);
+    model.meta.training.seconds = started.elapsed().as_secs_f32();
+    Ok(model)
+}
+
+pub fn percentile(xs: &mut [f32], p: f32) -> f32 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((p / 100.0) * (xs.len() - 1) as f32).round() as usize;
+    xs[idx.min(xs.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, seed: u64) -> Vec<[f32; N_FEATURES]> {
+        let mut rng = Rng::new(seed);
+        (0..n)
+            .map(|_| {
+                let mut r = [0f32; N_FEATURES];
+                let a = rng.normal() as f32;
+                for (i, v) in r.iter_mut().enumerate() {
+                    // Correlated features the autoencoder can learn.
+                    *v = a * (i as f32 / 10.0) + 0.1 * rng.normal() as f32;
+                }
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trains_saves_loads_and_flags_outliers() {
+        let data = rows(2000, 3);
+        let opts = TrainOptions {
+            epochs: 8,
+            ..Default::default()
+        };
+        let m = train(&data, &opts, vec![], |_, _| {}).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        m.save(d.path()).unwrap();
+        let m2 = Model::load(d.path()).unwrap();
+        let s1 = m.score(&data[..10]).unwrap();
+        let s2 = m2.score(&data[..10]).unwrap();
+        for (a, b) in s1.iter().zip(&s2) {
+            assert!((a.score - b.score).abs() < 1e-5);
+        }
+        let mut odd = data[0];
+        odd[5] = 40.0;
+        let s = m2.score(&[odd]).unwrap();
+        assert!(
+            s[0].score > m2.meta.threshold * 2.0,
+            "{} vs {}",
+            s[0].score,
+            m2.meta.threshold
+        );
+        let top = s[0]
+            .contributions
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(top, 5, "the odd feature explains the score");
+    }
+
+    #[test]
+    fn same_seed_same_model() {
+        let data = rows(500, 4);
+        let opts = TrainOptions {
+            epochs: 2,
+            ..Default::default()
+        };
+        let a = train(&data, &opts, vec![], |_, _| {}).unwrap();
+        let b = train(&data, &opts, vec![], |_, _| {}).unwrap();
+        assert_eq!(a.meta.threshold, b.meta.threshold);
+    }
+
+    #[test]
+    fn bad_models_are_refused_clearly() {
+        let data = rows(300, 5);
+        let m = train(
+            &data,
+            &TrainOptions {
+                epochs: 1,
+                ..Default::default()
+            },
+            vec![],
+            |_, _| {},
+        )
+        .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        m.save(d.path()).unwrap();
+        // Wrong schema.
+        let mut meta = m.meta.clone();
+        meta.features.pop();
+        std::fs::write(
+            d.path().join(META_FILE),
+            serde_json::to_string(&meta).unwrap(),
+        )
+        .unwrap();
+        let e = Model::load(d.path()).err().unwrap();
+        assert_eq!(e.kind(), "model_schema_mismatch");
+        assert!(e.to_string().contains("retrain"), "{e}");
+        // Corrupt weights.
+        m.save(d.path()).unwrap();
+        std::fs::write(d.path().join(WEIGHTS_FILE), b"garbage").unwrap();
+        assert_eq!(Model::load(d.path()).err().unwrap().kind(), "model_corrupt");
+        // Missing.
+        std::fs::remove_file(d.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(Model::load(d.path()).err().unwrap().kind(), "model_missing");
+    }
+}

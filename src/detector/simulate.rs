@@ -1,0 +1,880 @@
+//! A synthetic hospital producing FHIR R4 AuditEvents (IHE BALP style), deterministic by
+//! seed, with labelled injected anomalies. Used for the shipped model, the demo and the
+//! benchmarks. Departments, roles, shifts, care teams, logins, searches and exports.
+
+use base64::Engine as _;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+
+use crate::rng::Rng;
+
+/// Anomaly types the simulator injects (label names).
+pub const ANOMALY_KINDS: &[&str] = &[
+    "after_hours",
+    "bulk_access",
+    "vip_snooping",
+    "cross_department",
+    "failed_login_burst",
+    "new_source",
+    "mass_export",
+    "dormant_account",
+    "family_snooping",
+];
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub days: u32,
+    pub seed: u64,
+    pub users: usize,
+    pub patients: usize,
+    pub start: DateTime<Utc>,
+    /// Anomalies are injected from this day on (0-based); earlier days are clean baseline.
+    pub anomalies_from_day: u32,
+    /// Anomaly incidents per simulated day (each incident is one or more events).
+    pub incidents_per_day: f64,
+    /// Multiplies every user's activity rate.
+    pub activity: f64,
+    pub tz: chrono_tz::Tz,
+}
+
+impl SimOptions {
+    pub fn new(days: u32, seed: u64) -> Self {
+        SimOptions {
+            days,
+            seed,
+            users: 150,
+            patients: 3000,
+            start: Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).unwrap(),
+            anomalies_from_day: days.saturating_mul(3) / 4,
+            incidents_per_day: 9.0,
+            activity: 1.0,
+            tz: chrono_tz::UTC,
+        }
+    }
+}
+
+/// One simulated event.
+#[derive(Debug, Clone)]
+pub struct SimEvent {
+    pub id: String,
+    pub recorded: DateTime<Utc>,
+    pub json: serde_json::Value,
+    pub label: Option<&'static str>,
+}
+
+const DEPTS: &[(&str, bool)] = &[
+    ("Cardiology", false),
+    ("Oncology", false),
+    ("Emergency", false),
+    ("Pediatrics", false),
+    ("Orthopedics", false),
+    ("Neurology", false),
+    ("Surgery", false),
+    ("Intensive Care", false),
+    ("Internal Medicine", false),
+    ("Radiology", true),
+    ("Laboratory", true),
+    ("Pharmacy", true),
+];
+const FIRST: &[&str] = &[
+    "Ann", "Ben", "Carla", "David", "Eva", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kira", "Liam",
+    "Mona", "Nils", "Olga", "Paul", "Quinn", "Rosa", "Sam", "Tara", "Uwe", "Vera", "Will", "Yara",
+    "Zoe",
+];
+const LAST: &[&str] = &[
+    "Adler",
+    "Baker",
+    "Costa",
+    "Dubois",
+    "Eriksen",
+    "Fischer",
+    "Garcia",
+    "Hoffmann",
+    "Ivanova",
+    "Jansen",
+    "Kowalski",
+    "Larsen",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Petrov",
+    "Quist",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Ulrich",
+    "Varga",
+    "Weber",
+    "Xu",
+    "Yilmaz",
+    "Zimmer",
+    "Andersen",
+    "Bianchi",
+    "Castillo",
+    "Dahl",
+    "Engel",
+    "Fontaine",
+    "Gruber",
+    "Haas",
+    "Iversen",
+    "Jovanovic",
+    "Keller",
+    "Lindqvist",
+    "Meyer",
+    "Nakamura",
+    "Olsen",
+    "Pereira",
+    "Richter",
+    "Sato",
+    "Thomsen",
+    "Urban",
+    "Vogel",
+    "Wagner",
+    "Young",
+    "Ziegler",
+    "Albers",
+    "Brandt",
+    "Claes",
+    "Dietrich",
+    "Ebert",
+    "Frank",
+    "Graf",
+    "Horn",
+    "Imhof",
+    "Jung",
+    "Krause",
+    "Lorenz",
+    "Maier",
+    "Naumann",
+    "Ott",
+    "Pohl",
+    "Roth",
+    "Sauer",
+    "Thiel",
+    "Unger",
+    "Voss",
+    "Winkler",
+    "Zeller",
+    "Arnold",
+    "Berg",
+    "Conrad",
+    "Decker",
+    "Eder",
+    "Fuchs",
+    "Geiger",
+    "Hahn",
+    "Ilic",
+    "Jaeger",
+    "Kuhn",
+    "Lang",
+    "Mertens",
+    "Nagel",
+    "Oswald",
+    "Paulsen",
+    "Reuter",
+    "Schulz",
+    "Timm",
+    "Uhl",
+    "Vetter",
+    "Wolf",
+    "Yildiz",
+    "Zander",
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Physician,
+    Nurse,
+    Clerk,
+    Technician,
+}
+
+struct User {
+    reference: String,
+    display: String,
+    last: &'static str,
+    dept: usize,
+    shift_start: u32,
+    shift_len: u32,
+    workdays: [bool; 7],
+    ip: String,
+    app: &'static str,
+    rate_per_hour: f64,
+    dormant: bool,
+}
+
+struct Patient {
+    reference: String,
+    display: String,
+    last: &'static str,
+    dept: usize,
+    admit_day: i64,
+    discharge_day: i64,
+    care_team: Vec<usize>,
+}
+
+struct Hospital {
+    users: Vec<User>,
+    patients: Vec<Patient>,
+}
+
+fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
+    let mut users = Vec::with_capacity(opts.users);
+    for i in 0..opts.users {
+        let dept = if i < DEPTS.len() {
+            i
+        } else {
+            rng.below(DEPTS.len() as u64) as usize
+        };
+        let service = DEPTS[dept].1;
+        let role = if service {
+            Role::Technician
+        } else {
+            match rng.below(10) {
+                0..=2 => Role::Physician,
+                3..=7 => Role::Nurse,
+                _ => Role::Clerk,
+            }
+        };
+        let (shift_start, shift_len) = match (role, dept) {
+            (Role::Clerk, _) => (8, 9),
+            (_, 2) | (_, 7) => *rng.pick(&[(7, 12), (19, 12), (15, 8)]),
+            _ => *rng.pick(&[(7, 10), (7, 10), (8, 9), (14, 9)]),
+        };
+        let mut workdays = [true, true, true, true, true, false, false];
+        if role != Role::Clerk {
+            // Clinicians: five days of seven, some weekends.
+            let off1 = rng.below(7) as usize;
+            let off2 = (off1 + 1 + rng.below(3) as usize) % 7;
+            workdays = [true; 7];
+            workdays[off1] = false;
+            workdays[off2] = false;
+        }
+        let first = *rng.pick(FIRST);
+        let last = *rng.pick(LAST);
+        let display = match role {
+            Role::Physician => format!("Dr. {first} {last}"),
+            _ => format!("{first} {last}"),
+        };
+        let rate = match role {
+            Role::Physician => 5.0,
+            Role::Nurse => 7.0,
+            Role::Clerk => 9.0,
+            Role::Technician => 8.0,
+        } * (0.6 + 0.8 * rng.f64())
+            * opts.activity;
+        users.push(User {
+            reference: format!("Practitioner/u{i}"),
+            display,
+            last,
+            dept,
+            shift_start,
+            shift_len,
+            workdays,
+            ip: format!("10.{}.{}.{}", 10 + dept, rng.below(4), 10 + rng.below(200)),
+            app: if rng.chance(0.15) {
+                "Device/ehr-mobile"
+            } else {
+                "Device/ehr-web"
+            },
+            rate_per_hour: rate,
+            dormant: false,
+        });
+    }
+    // A few accounts go quiet after the first days (for the dormant-account scenario).
+    let n_dormant = (opts.users / 40).max(1);
+    for _ in 0..n_dormant {
+        let i = rng.below(users.len() as u64) as usize;
+        users[i].dormant = true;
+    }
+    let mut patients = Vec::with_capacity(opts.patients);
+    let total_days = opts.days as i64;
+    for i in 0..opts.patients {
+        // Clinical departments only admit.
+        let dept = rng.below(9) as usize;
+        let admit_day = rng.below((total_days + 10) as u64) as i64 - 10;
+        let stay = 1 + rng.exp(4.0) as i64;
+        let dept_users: Vec<usize> = users
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.dept == dept && !u.dormant)
+            .map(|(j, _)| j)
+            .collect();
+        let mut care_team = Vec::new();
+        for _ in 0..(3 + rng.below(4)) {
+            if !dept_users.is_empty() {
+                care_team.push(*rng.pick(&dept_users));
+            }
+        }
+        let first = *rng.pick(FIRST);
+        let last = *rng.pick(LAST);
+        patients.push(Patient {
+            reference: format!("Patient/p{i}"),
+            display: format!("{last}, {first}"),
+            last,
+            dept,
+            admit_day,
+            discharge_day: admit_day + stay,
+            care_team,
+        });
+    }
+    Hospital { users, patients }
+}
+
+struct Emitter {
+    seed: u64,
+    n: u64,
+    out: Vec<SimEvent>,
+}
+
+#[derive(Clone, Copy)]
+enum Act<'a> {
+    Read,
+    Search(u32),
+    Update,
+    Create,
+    Export,
+    Login {
+        ok: bool,
+    },
+    Logout,
+    #[allow(dead_code)]
+    Other(&'a str),
+}
+
+impl Emitter {
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        t: DateTime<Utc>,
+        u: &User,
+        ip: &str,
+        app: &str,
+        p: Option<&Patient>,
+        act: Act,
+        label: Option<&'static str>,
+        rng: &mut Rng,
+    ) {
+        self.n += 1;
+        let id = format!("sim{}-{}", self.seed, self.n);
+        let last_updated = t + Duration::milliseconds(20 + rng.below(400) as i64);
+        let (type_, subtype, action, outcome) = match act {
+            Act::Login { ok } => (
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"}),
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login"}),
+                "E",
+                if ok { "0" } else { "4" },
+            ),
+            Act::Logout => (
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"}),
+                json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110123", "display": "Logout"}),
+                "E",
+                "0",
+            ),
+            _ => {
+                let (code, action) = match act {
+                    Act::Read => ("read", "R"),
+                    Act::Search(_) => ("search-type", "E"),
+                    Act::Update => ("update", "U"),
+                    Act::Create => ("create", "C"),
+                    Act::Export => ("operation", "E"),
+                    _ => ("read", "R"),
+                };
+                (
+                    json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"}),
+                    json!({"system": "http://hl7.org/fhir/restful-interaction", "code": code}),
+                    action,
+                    "0",
+                )
+            }
+        };
+        let dept = DEPTS[u.dept].0;
+        let mut entity = Vec::new();
+        if let Some(p) = p {
+            entity.push(json!({
+                "what": {"reference": p.reference, "display": p.display},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
+            }));
+        }
+        let query = match act {
+            Act::Search(n) => Some(match p {
+                Some(p) => format!(
+                    "GET /Observation?patient={}&_count={n}",
+                    p.reference.trim_start_matches("Patient/")
+                ),
+                None => format!("GET /Patient?_count={n}"),
+            }),
+            Act::Export => {
+                Some("GET /Patient/$export?_type=Patient,Observation,Condition".to_string())
+            }
+            _ => None,
+        };
+        if let Some(q) = query {
+            entity.push(json!({
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+                "query": base64::engine::general_purpose::STANDARD.encode(q)
+            }));
+        }
+        let json = json!({
+            "resourceType": "AuditEvent",
+            "id": id,
+            "meta": {"versionId": "1", "lastUpdated": crate::clock::fmt_ms(last_updated)},
+            "type": type_,
+            "subtype": [subtype],
+            "action": action,
+            "recorded": crate::clock::fmt_ms(t),
+            "outcome": outcome,
+            "agent": [
+                {
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+                    "who": {"reference": u.reference, "display": u.display},
+                    "requestor": true,
+                    "location": {"reference": format!("Location/{}", dept.to_lowercase().replace(' ', "-")), "display": dept},
+                    "network": {"address": ip, "type": "2"}
+                },
+                {
+                    "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+                    "who": {"reference": app},
+                    "requestor": false
+                }
+            ],
+            "source": {"site": "general-hospital", "observer": {"reference": "Device/fhir-server"}},
+            "entity": entity
+        });
+        self.out.push(SimEvent {
+            id,
+            recorded: t,
+            json,
+            label,
+        });
+    }
+}
+
+fn local_midnight(opts: &SimOptions, day: i64) -> DateTime<Utc> {
+    let d = opts.start + Duration::days(day);
+    let local = d
+        .with_timezone(&opts.tz)
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    opts.tz
+        .from_local_datetime(&local)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(d)
+}
+
+fn weekday(opts: &SimOptions, day: i64) -> usize {
+    use chrono::Datelike;
+    (opts.start + Duration::days(day))
+        .with_timezone(&opts.tz)
+        .weekday()
+        .num_days_from_monday() as usize
+}
+
+/// Patients admitted to `dept` on `day`.
+fn admitted(h: &Hospital, dept: usize, day: i64) -> Vec<usize> {
+    h.patients
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.dept == dept && p.admit_day <= day && day <= p.discharge_day)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Generate the whole simulation, sorted by `recorded`.
+pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
+    let mut rng = Rng::new(opts.seed);
+    let h = build(opts, &mut rng);
+    let mut em = Emitter {
+        seed: opts.seed,
+        n: 0,
+        out: Vec::new(),
+    };
+    let all_admitted: Vec<Vec<Vec<usize>>> = (0..opts.days as i64)
+        .map(|day| {
+            (0..DEPTS.len())
+                .map(|d| {
+                    if d < 9 {
+                        admitted(&h, d, day)
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for day in 0..opts.days as i64 {
+        let midnight = local_midnight(opts, day);
+        let wd = weekday(opts, day);
+        let today = &all_admitted[day as usize];
+        let anywhere: Vec<usize> = today.iter().flatten().copied().collect();
+        for (ui, u) in h.users.iter().enumerate() {
+            if !u.workdays[wd] || (u.dormant && day >= 3) {
+                continue;
+            }
+            let start = midnight
+                + Duration::hours(u.shift_start as i64)
+                + Duration::minutes(rng.below(40) as i64 - 20);
+            let len_min = (u.shift_len as i64 * 60) + rng.below(60) as i64 - 30
+                + if rng.chance(0.05) { 120 } else { 0 };
+            let end = start + Duration::minutes(len_min);
+            // Login, occasionally after a typo.
+            if rng.chance(0.03) {
+                em.emit(
+                    start - Duration::seconds(20),
+                    u,
+                    &u.ip,
+                    u.app,
+                    None,
+                    Act::Login { ok: false },
+                    None,
+                    &mut rng,
+                );
+            }
+            em.emit(
+                start,
+                u,
+                &u.ip,
+                u.app,
+                None,
+                Act::Login { ok: true },
+                None,
+                &mut rng,
+            );
+            let own = &today[u.dept];
+            let mut t = start;
+            loop {
+                t += Duration::seconds((rng.exp(3600.0 / u.rate_per_hour)) as i64 + 1);
+                if t >= end {
+                    break;
+                }
+                // Which patient: own care-team patients, own department, or (service
+                // departments and consults) anywhere.
+                let pool: &Vec<usize> = if DEPTS[u.dept].1 || own.is_empty() || rng.chance(0.04) {
+                    &anywhere
+                } else {
+                    own
+                };
+                if pool.is_empty() {
+                    continue;
+                }
+                let mut pi = *rng.pick(pool);
+                if !DEPTS[u.dept].1 && rng.chance(0.6) {
+                    // Prefer patients whose care team includes the user.
+                    let mine: Vec<usize> = own
+                        .iter()
+                        .copied()
+                        .filter(|&p| h.patients[p].care_team.contains(&ui))
+                        .collect();
+                    if !mine.is_empty() {
+                        pi = *rng.pick(&mine);
+                    }
+                }
+                let p = &h.patients[pi];
+                let act = match rng.below(100) {
+                    0..=64 => Act::Read,
+                    65..=79 => Act::Search(*rng.pick(&[10, 20, 20, 50])),
+                    80..=91 => Act::Update,
+                    _ => Act::Create,
+                };
+                em.emit(t, u, &u.ip, u.app, Some(p), act, None, &mut rng);
+                // Reads often come in small bursts on the same patient.
+                if rng.chance(0.3) {
+                    t += Duration::seconds(5 + rng.below(60) as i64);
+                    em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, None, &mut rng);
+                }
+            }
+            if rng.chance(0.8) {
+                em.emit(end, u, &u.ip, u.app, None, Act::Logout, None, &mut rng);
+            }
+        }
+        if day >= opts.anomalies_from_day as i64 {
+            let n = rng.poisson(opts.incidents_per_day);
+            for _ in 0..n {
+                let kind = *rng.pick(ANOMALY_KINDS);
+                inject(
+                    kind, opts, &h, &mut em, &mut rng, day, midnight, &anywhere, today,
+                );
+            }
+        }
+    }
+    em.out
+        .sort_by(|a, b| a.recorded.cmp(&b.recorded).then_with(|| a.id.cmp(&b.id)));
+    em.out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn inject(
+    kind: &'static str,
+    opts: &SimOptions,
+    h: &Hospital,
+    em: &mut Emitter,
+    rng: &mut Rng,
+    day: i64,
+    midnight: DateTime<Utc>,
+    anywhere: &[usize],
+    today: &[Vec<usize>],
+) {
+    let _ = opts;
+    let active: Vec<&User> = h.users.iter().filter(|u| !u.dormant).collect();
+    let u = *rng.pick(&active);
+    let in_shift = |rng: &mut Rng, u: &User| {
+        midnight
+            + Duration::hours(u.shift_start as i64)
+            + Duration::minutes(30 + rng.below((u.shift_len as u64 - 1) * 60) as i64)
+    };
+    let l = Some(kind);
+    if anywhere.is_empty() {
+        return;
+    }
+    match kind {
+        "after_hours" => {
+            // 01:00–04:30 local, well outside a day shift.
+            let day_users: Vec<&User> = active
+                .iter()
+                .copied()
+                .filter(|u| u.shift_start >= 7 && u.shift_start <= 8)
+                .collect();
+            let u = *rng.pick(&day_users);
+            let mut t = midnight + Duration::minutes(60 + rng.below(210) as i64);
+            em.emit(t, u, &u.ip, u.app, None, Act::Login { ok: true }, l, rng);
+            let pool = if today[u.dept].is_empty() {
+                anywhere
+            } else {
+                &today[u.dept][..]
+            };
+            for _ in 0..(2 + rng.below(5)) {
+                t += Duration::seconds(30 + rng.below(300) as i64);
+                em.emit(
+                    t,
+                    u,
+                    &u.ip,
+                    u.app,
+                    Some(&h.patients[*rng.pick(pool)]),
+                    Act::Read,
+                    l,
+                    rng,
+                );
+            }
+        }
+        "bulk_access" => {
+            let mut t = in_shift(rng, u);
+            let n = 60 + rng.below(180);
+            for _ in 0..n {
+                t += Duration::milliseconds(1500 + rng.below(5000) as i64);
+                em.emit(
+                    t,
+                    u,
+                    &u.ip,
+                    u.app,
+                    Some(&h.patients[rng.below(h.patients.len() as u64) as usize]),
+                    Act::Read,
+                    l,
+                    rng,
+                );
+            }
+        }
+        "vip_snooping" => {
+            let vip = &h.patients[*rng.pick(anywhere)];
+            let n = 6 + rng.below(10);
+            for _ in 0..n {
+                let s = *rng.pick(&active);
+                if s.dept == vip.dept {
+                    continue;
+                }
+                let t = in_shift(rng, s);
+                em.emit(t, s, &s.ip, s.app, Some(vip), Act::Read, l, rng);
+            }
+        }
+        "cross_department" => {
+            let clinical: Vec<&User> = active
+                .iter()
+                .copied()
+                .filter(|u| !DEPTS[u.dept].1)
+                .collect();
+            let u = *rng.pick(&clinical);
+            let other: Vec<usize> = anywhere
+                .iter()
+                .copied()
+                .filter(|p| h.patients[*p].dept != u.dept)
+                .collect();
+            if other.is_empty() {
+                return;
+            }
+            let mut t = in_shift(rng, u);
+            for _ in 0..(1 + rng.below(3)) {
+                t += Duration::seconds(20 + rng.below(200) as i64);
+                em.emit(
+                    t,
+                    u,
+                    &u.ip,
+                    u.app,
+                    Some(&h.patients[*rng.pick(&other)]),
+                    Act::Read,
+                    l,
+                    rng,
+                );
+            }
+        }
+        "failed_login_burst" => {
+            let mut t = in_shift(rng, u);
+            let ip = format!("198.51.100.{}", 1 + rng.below(250));
+            for _ in 0..(8 + rng.below(13)) {
+                t += Duration::seconds(2 + rng.below(15) as i64);
+                em.emit(t, u, &ip, u.app, None, Act::Login { ok: false }, l, rng);
+            }
+            t += Duration::seconds(5);
+            em.emit(t, u, &ip, u.app, None, Act::Login { ok: true }, l, rng);
+            for _ in 0..(1 + rng.below(3)) {
+                t += Duration::seconds(10 + rng.below(60) as i64);
+                em.emit(
+                    t,
+                    u,
+                    &ip,
+                    u.app,
+                    Some(&h.patients[*rng.pick(anywhere)]),
+                    Act::Read,
+                    l,
+                    rng,
+                );
+            }
+        }
+        "new_source" => {
+            let mut t = in_shift(rng, u);
+            let ip = format!("203.0.113.{}", 1 + rng.below(250));
+            let app = if rng.chance(0.5) {
+                "Device/unknown-client"
+            } else {
+                u.app
+            };
+            em.emit(t, u, &ip, app, None, Act::Login { ok: true }, l, rng);
+            let pool = if today[u.dept].is_empty() {
+                anywhere
+            } else {
+                &today[u.dept][..]
+            };
+            for _ in 0..(2 + rng.below(4)) {
+                t += Duration::seconds(10 + rng.below(120) as i64);
+                em.emit(
+                    t,
+                    u,
+                    &ip,
+                    app,
+                    Some(&h.patients[*rng.pick(pool)]),
+                    Act::Read,
+                    l,
+                    rng,
+                );
+            }
+        }
+        "mass_export" => {
+            let t = in_shift(rng, u);
+            if rng.chance(0.5) {
+                em.emit(t, u, &u.ip, u.app, None, Act::Export, l, rng);
+            } else {
+                em.emit(
+                    t,
+                    u,
+                    &u.ip,
+                    u.app,
+                    None,
+                    Act::Search(1000 + rng.below(9000) as u32),
+                    l,
+                    rng,
+                );
+            }
+        }
+        "dormant_account" => {
+            let dormant: Vec<&User> = h.users.iter().filter(|u| u.dormant).collect();
+            if dormant.is_empty() || day < 30 {
+                return;
+            }
+            let u = *rng.pick(&dormant);
+            let mut t = in_shift(rng, u);
+            em.emit(t, u, &u.ip, u.app, None, Act::Login { ok: true }, l, rng);
+            for _ in 0..(2 + rng.below(6)) {
+                t += Duration::seconds(20 + rng.below(200) as i64);
+                em.emit(
+                    t,
+                    u,
+                    &u.ip,
+                    u.app,
+                    Some(&h.patients[*rng.pick(anywhere)]),
+                    Act::Read,
+                    l,
+                    rng,
+                );
+            }
+        }
+        "family_snooping" => {
+            let relatives: Vec<usize> = anywhere
+                .iter()
+                .copied()
+                .filter(|p| h.patients[*p].last == u.last && h.patients[*p].dept != u.dept)
+                .collect();
+            // Make one if there is none: a relative admitted elsewhere.
+            let p = match relatives.first() {
+                Some(p) => &h.patients[*p],
+                None => return,
+            };
+            let t = in_shift(rng, u);
+            em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, rng);
+        }
+        _ => {}
+    }
+}
+
+/// Write NDJSON events and a labels CSV.
+pub fn write(
+    events: &[SimEvent],
+    dir: &std::path::Path,
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let ev = dir.join("events.ndjson");
+    let lb = dir.join("labels.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&ev)?);
+    let mut l = std::io::BufWriter::new(std::fs::File::create(&lb)?);
+    writeln!(l, "id,anomaly")?;
+    for e in events {
+        serde_json::to_writer(&mut w, &e.json)?;
+        w.write_all(b"\n")?;
+        if let Some(k) = e.label {
+            writeln!(l, "{},{k}", e.id)?;
+        }
+    }
+    w.flush()?;
+    l.flush()?;
+    Ok((ev, lb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_sorted_and_parseable() {
+        let mut o = SimOptions::new(3, 42);
+        o.users = 30;
+        o.patients = 200;
+        o.anomalies_from_day = 1;
+        o.incidents_per_day = 20.0;
+        let a = simulate(&o);
+        let b = simulate(&o);
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a[100].json, b[100].json);
+        assert!(a.windows(2).all(|w| w[0].recorded <= w[1].recorded));
+        assert!(a.iter().any(|e| e.label.is_some()));
+        assert!(a
+            .iter()
+            .filter(|e| e.recorded < o.start + Duration::days(1))
+            .all(|e| e.label.is_none()));
+        for e in a.iter().take(500) {
+            let raw = serde_json::value::to_raw_value(&e.json).unwrap();
+            crate::fhir::parse_audit_event(&raw).unwrap();
+        }
+    }
+}

@@ -1,0 +1,895 @@
+//! FHIR R4 AuditEvent and Bundle reading: only the fields fhir-edge needs, typed, tolerant
+//! of missing fields, extra agents and R5-style names.
+
+pub mod client;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Why a body or an entry could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("body is not JSON (starts with {0:?})")]
+    NotJson(String),
+    #[error("body is truncated JSON: {0}")]
+    Truncated(String),
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("server returned an OperationOutcome: {0}")]
+    OperationOutcome(String),
+    #[error("expected resourceType {expected}, got {got}")]
+    WrongResourceType { expected: String, got: String },
+    #[error("entry {id} is not a valid AuditEvent: {reason}")]
+    BadEntry { id: String, reason: String },
+}
+
+impl ParseError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ParseError::NotJson(_) => "non_json_body",
+            ParseError::Truncated(_) => "truncated_body",
+            ParseError::InvalidJson(_) => "invalid_json",
+            ParseError::OperationOutcome(_) => "operation_outcome",
+            ParseError::WrongResourceType { .. } => "wrong_resource_type",
+            ParseError::BadEntry { .. } => "bad_entry",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct Coding {
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub display: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct CodeableConcept {
+    pub coding: Vec<Coding>,
+    pub text: Option<String>,
+}
+
+impl CodeableConcept {
+    fn first_code(&self) -> Option<&str> {
+        self.coding.iter().find_map(|c| c.code.as_deref())
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct Identifier {
+    pub system: Option<String>,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct Reference {
+    pub reference: Option<String>,
+    pub display: Option<String>,
+    pub identifier: Option<Identifier>,
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+}
+
+impl Reference {
+    /// A stable reference string: `reference`, else `identifier` (`system|value`).
+    fn stable(&self) -> Option<String> {
+        if let Some(r) = &self.reference {
+            return Some(r.clone());
+        }
+        let id = self.identifier.as_ref()?;
+        let v = id.value.as_ref()?;
+        Some(match &id.system {
+            Some(s) => format!("{s}|{v}"),
+            None => v.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct Network {
+    pub address: Option<String>,
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+}
+
+/// `type` is a CodeableConcept in R4 agents, `role` a list of them.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Agent {
+    #[serde(rename = "type")]
+    pub type_: Option<CodeableConcept>,
+    pub role: Vec<CodeableConcept>,
+    pub who: Option<Reference>,
+    pub alt_id: Option<String>,
+    pub name: Option<String>,
+    pub requestor: Option<bool>,
+    pub location: Option<Reference>,
+    pub network: Option<Network>,
+    /// R5: network[x]
+    pub network_string: Option<String>,
+    pub network_uri: Option<String>,
+    pub purpose_of_use: Vec<CodeableConcept>,
+}
+
+impl Agent {
+    fn type_code(&self) -> Option<&str> {
+        self.type_.as_ref().and_then(|t| t.first_code())
+    }
+    fn address(&self) -> Option<&str> {
+        self.network
+            .as_ref()
+            .and_then(|n| n.address.as_deref())
+            .or(self.network_string.as_deref())
+            .or(self.network_uri.as_deref())
+    }
+    fn display(&self) -> Option<&str> {
+        self.who
+            .as_ref()
+            .and_then(|w| w.display.as_deref())
+            .or(self.name.as_deref())
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct EntityDetail {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    #[serde(rename = "valueString")]
+    pub value_string: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct Entity {
+    pub what: Option<Reference>,
+    #[serde(rename = "type")]
+    pub type_: Option<Coding>,
+    pub role: Option<CodingOrConcept>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub query: Option<String>,
+    pub detail: Vec<EntityDetail>,
+}
+
+/// R4 uses Coding where R5 uses CodeableConcept; accept both.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum CodingOrConcept {
+    Concept(CodeableConcept),
+    Coding(Coding),
+}
+
+impl Default for CodingOrConcept {
+    fn default() -> Self {
+        CodingOrConcept::Coding(Coding::default())
+    }
+}
+
+impl CodingOrConcept {
+    fn code(&self) -> Option<&str> {
+        match self {
+            CodingOrConcept::Coding(c) => c.code.as_deref(),
+            CodingOrConcept::Concept(c) => c.first_code(),
+        }
+    }
+}
+
+/// R4 `outcome` is a code ("0", "4", "8", "12"); R5 is an object with `code`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Outcome {
+    Code(String),
+    R5 { code: Option<Coding> },
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Meta {
+    pub version_id: Option<String>,
+    pub last_updated: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct AuditSource {
+    pub site: Option<String>,
+    pub observer: Option<Reference>,
+}
+
+/// The subset of an AuditEvent fhir-edge reads.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub resource_type: String,
+    pub id: Option<String>,
+    pub meta: Option<Meta>,
+    #[serde(rename = "type")]
+    pub type_: Option<CodingOrConcept>,
+    pub subtype: Vec<Coding>,
+    /// R5 names.
+    pub category: Vec<CodeableConcept>,
+    pub code: Option<CodeableConcept>,
+    pub action: Option<String>,
+    pub recorded: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub purpose_of_event: Vec<CodeableConcept>,
+    pub authorization: Vec<CodeableConcept>,
+    pub agent: Vec<Agent>,
+    pub source: Option<AuditSource>,
+    pub entity: Vec<Entity>,
+}
+
+/// The kind of access, normalised from `type`/`subtype`/`action`/query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interaction {
+    Read,
+    Search,
+    Create,
+    Update,
+    Delete,
+    Export,
+    Login,
+    Logout,
+    Other,
+}
+
+impl Interaction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Search => "search",
+            Interaction::Create => "create",
+            Interaction::Update => "update",
+            Interaction::Delete => "delete",
+            Interaction::Export => "export",
+            Interaction::Login => "login",
+            Interaction::Logout => "logout",
+            Interaction::Other => "other",
+        }
+    }
+}
+
+/// What a search asked for, from the base64 `entity.query`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueryInfo {
+    pub count: Option<u32>,
+    pub export: bool,
+}
+
+/// De-duplication key: id + versionId, or id + lastUpdated when there is no versionId.
+pub fn event_key(id: &str, version: Option<&str>, last_updated: Option<&str>) -> String {
+    match (version, last_updated) {
+        (Some(v), _) => format!("{id}|v{v}"),
+        (None, Some(lu)) => format!("{id}|t{lu}"),
+        (None, None) => format!("{id}|"),
+    }
+}
+
+/// One AuditEvent, normalised for detection and alerting. References only in logs.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub key: String,
+    pub id: String,
+    pub version_id: Option<String>,
+    /// Server `meta.lastUpdated`: drives the cursor.
+    pub last_updated: Option<DateTime<Utc>>,
+    /// `recorded`: drives behaviour features.
+    pub recorded: DateTime<Utc>,
+    pub interaction: Interaction,
+    pub action: Option<char>,
+    /// 0 success, 4 minor, 8 serious, 12 major failure.
+    pub outcome: u8,
+    pub user: Option<String>,
+    /// Display name of the user (for same-surname checks; never logged).
+    pub user_display: Option<String>,
+    pub department: Option<String>,
+    pub client_app: Option<String>,
+    pub source_ip: Option<String>,
+    pub patient: Option<String>,
+    /// Display name of the patient (for same-surname checks; never logged).
+    pub patient_display: Option<String>,
+    pub purpose: Option<String>,
+    pub observer: Option<String>,
+    pub query: Option<QueryInfo>,
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|| {
+            // FHIR allows partial dates in `recorded` only as instants; accept a bare date too.
+            chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        })
+}
+
+fn decode_query(q: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(q.trim())
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(q.trim()))
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+pub fn query_info(text: &str) -> QueryInfo {
+    let line = text.lines().next().unwrap_or("");
+    let export = line.contains("$export") || line.contains("%24export");
+    let count = line
+        .split(['?', '&', ' '])
+        .find_map(|p| p.strip_prefix("_count="))
+        .and_then(|v| v.parse().ok());
+    QueryInfo { count, export }
+}
+
+fn is_patient_ref(r: &str) -> bool {
+    r.starts_with("Patient/") || r.contains("/Patient/")
+}
+
+impl AuditEvent {
+    /// Normalise. Fails only when the event cannot be keyed or placed in time.
+    pub fn into_record(self) -> Result<AuditRecord, String> {
+        if self.resource_type != "AuditEvent" {
+            return Err(format!("resourceType is {:?}", self.resource_type));
+        }
+        let id = self.id.clone().ok_or("missing id")?;
+        let meta = self.meta.clone().unwrap_or_default();
+        let last_updated = match &meta.last_updated {
+            Some(s) => Some(parse_time(s).ok_or("meta.lastUpdated is not an instant")?),
+            None => None,
+        };
+        let recorded = match &self.recorded {
+            Some(s) => parse_time(s).ok_or("recorded is not an instant")?,
+            None => last_updated.ok_or("missing recorded and meta.lastUpdated")?,
+        };
+        let key = event_key(
+            &id,
+            meta.version_id.as_deref(),
+            meta.last_updated.as_deref(),
+        );
+
+        let type_code = self
+            .type_
+            .as_ref()
+            .and_then(|t| t.code())
+            .or_else(|| self.category.iter().find_map(|c| c.first_code()))
+            .unwrap_or("");
+        let subtypes: Vec<&str> = self
+            .subtype
+            .iter()
+            .filter_map(|c| c.code.as_deref())
+            .chain(
+                self.code
+                    .iter()
+                    .flat_map(|c| c.coding.iter().filter_map(|c| c.code.as_deref())),
+            )
+            .collect();
+
+        let query = self
+            .entity
+            .iter()
+            .find_map(|e| e.query.as_deref().and_then(decode_query))
+            .map(|q| query_info(&q))
+            .or_else(|| {
+                self.entity
+                    .iter()
+                    .find_map(|e| {
+                        e.description
+                            .as_deref()
+                            .filter(|d| d.contains('?') || d.contains("$export"))
+                    })
+                    .map(query_info)
+            });
+        let action = self.action.as_deref().and_then(|a| a.chars().next());
+        let has = |c: &str| subtypes.contains(&c);
+        let interaction = if has("110122") || type_code == "110122" {
+            Interaction::Login
+        } else if has("110123") {
+            Interaction::Logout
+        } else if query.as_ref().is_some_and(|q| q.export) || has("export") || has("$export") {
+            Interaction::Export
+        } else if has("read") || has("vread") || has("history-instance") {
+            Interaction::Read
+        } else if subtypes.iter().any(|s| s.starts_with("search")) {
+            Interaction::Search
+        } else if has("create") {
+            Interaction::Create
+        } else if has("update") || has("patch") {
+            Interaction::Update
+        } else if has("delete") {
+            Interaction::Delete
+        } else if type_code == "110114" {
+            Interaction::Login
+        } else {
+            match action {
+                Some('R') => Interaction::Read,
+                Some('E') if query.is_some() => Interaction::Search,
+                Some('C') => Interaction::Create,
+                Some('U') => Interaction::Update,
+                Some('D') => Interaction::Delete,
+                _ => Interaction::Other,
+            }
+        };
+        let outcome = match &self.outcome {
+            Some(Outcome::Code(c)) => c.parse().unwrap_or(0),
+            Some(Outcome::R5 { code: Some(c) }) => match c.code.as_deref() {
+                Some("success") | Some("0") | None => 0,
+                Some("minor") | Some("4") => 4,
+                Some("major") | Some("12") | Some("fatal") => 12,
+                _ => 8,
+            },
+            _ => 0,
+        };
+
+        // The user is the requestor agent, wherever it sits in the list.
+        let user_agent = self.agent.iter().find(|a| a.requestor == Some(true));
+        let user = user_agent.and_then(|a| {
+            a.who
+                .as_ref()
+                .and_then(Reference::stable)
+                .or_else(|| a.alt_id.clone())
+                .or_else(|| a.display().map(str::to_string))
+        });
+        let user_display = user_agent.and_then(|a| a.display().map(str::to_string));
+        let department = user_agent.and_then(|a| {
+            a.location
+                .as_ref()
+                .and_then(|l| l.display.clone().or_else(|| l.reference.clone()))
+                .or_else(|| {
+                    a.role.iter().find_map(|r| {
+                        r.coding
+                            .iter()
+                            .find(|c| {
+                                c.system
+                                    .as_deref()
+                                    .is_some_and(|s| s.contains("department"))
+                            })
+                            .and_then(|c| c.code.clone().or_else(|| c.display.clone()))
+                    })
+                })
+        });
+        // The client application: a non-requestor Device/Application agent.
+        let client_agent = self.agent.iter().find(|a| {
+            a.requestor != Some(true)
+                && (a.type_code() == Some("110150")
+                    || a.who
+                        .as_ref()
+                        .and_then(|w| w.reference.as_deref())
+                        .is_some_and(|r| r.starts_with("Device/")))
+        });
+        let client_app = client_agent.and_then(|a| {
+            a.who
+                .as_ref()
+                .and_then(|w| w.display.clone().or_else(|| w.stable()))
+                .or_else(|| a.name.clone())
+        });
+        let source_ip = user_agent
+            .and_then(Agent::address)
+            .or_else(|| {
+                // Otherwise the network address of the source (client) side.
+                self.agent
+                    .iter()
+                    .filter(|a| a.requestor != Some(true))
+                    .find(|a| {
+                        a.type_code() == Some("110153")
+                            && a.network
+                                .as_ref()
+                                .is_some_and(|n| n.type_.as_deref() != Some("5"))
+                    })
+                    .and_then(Agent::address)
+            })
+            .map(str::to_string);
+        let purpose = self
+            .purpose_of_event
+            .iter()
+            .chain(self.authorization.iter())
+            .chain(user_agent.into_iter().flat_map(|a| a.purpose_of_use.iter()))
+            .find_map(|c| c.first_code().map(str::to_string));
+
+        let patient_entity = self.entity.iter().find(|e| {
+            let refp = e
+                .what
+                .as_ref()
+                .and_then(|w| w.reference.as_deref())
+                .is_some_and(is_patient_ref);
+            let role_patient = e.role.as_ref().and_then(|r| r.code()) == Some("1");
+            refp || (role_patient && e.what.is_some())
+        });
+        let patient = patient_entity.and_then(|e| e.what.as_ref().and_then(Reference::stable));
+        let patient_display = patient_entity.and_then(|e| {
+            e.what
+                .as_ref()
+                .and_then(|w| w.display.clone())
+                .or_else(|| e.name.clone())
+        });
+        let observer = self
+            .source
+            .as_ref()
+            .and_then(|s| s.observer.as_ref())
+            .and_then(|o| o.stable().or_else(|| o.display.clone()));
+
+        Ok(AuditRecord {
+            key,
+            id,
+            version_id: meta.version_id,
+            last_updated,
+            recorded,
+            interaction,
+            action,
+            outcome,
+            user,
+            user_display,
+            department,
+            client_app,
+            source_ip,
+            patient,
+            patient_display,
+            purpose,
+            observer,
+            query,
+        })
+    }
+}
+
+/// A parsed event together with its raw JSON (kept for the alert record).
+#[derive(Debug)]
+pub struct Fetched {
+    pub record: AuditRecord,
+    pub raw: Box<RawValue>,
+}
+
+/// A page of search results.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<Fetched>,
+    pub next: Option<String>,
+    pub total: Option<u64>,
+    /// Entries that were not AuditEvents or failed to parse: (id or position, reason).
+    pub skipped: Vec<(String, String)>,
+    /// Text of OperationOutcome entries with `search.mode = outcome`.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct BundleHead<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BundleLink {
+    relation: String,
+    url: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct BundleSearch {
+    mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BundleEntry<'a> {
+    #[serde(borrow, default)]
+    resource: Option<&'a RawValue>,
+    #[serde(default)]
+    search: Option<BundleSearch>,
+    #[serde(rename = "fullUrl", default)]
+    full_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Bundle<'a> {
+    #[serde(default)]
+    link: Vec<BundleLink>,
+    #[serde(borrow, default)]
+    entry: Vec<BundleEntry<'a>>,
+    #[serde(default)]
+    total: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OoIssue {
+    severity: Option<String>,
+    code: Option<String>,
+    diagnostics: Option<String>,
+    details: Option<CodeableConcept>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OperationOutcome {
+    issue: Vec<OoIssue>,
+}
+
+/// The issue texts of an OperationOutcome, one line.
+pub fn operation_outcome_text(raw: &str) -> String {
+    let oo: OperationOutcome = serde_json::from_str(raw).unwrap_or_default();
+    let parts: Vec<String> = oo
+        .issue
+        .iter()
+        .map(|i| {
+            let text = i
+                .diagnostics
+                .clone()
+                .or_else(|| i.details.as_ref().and_then(|d| d.text.clone()))
+                .unwrap_or_default();
+            format!(
+                "{}/{}: {}",
+                i.severity.as_deref().unwrap_or("?"),
+                i.code.as_deref().unwrap_or("?"),
+                text
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "(no issues)".to_string()
+    } else {
+        let mut s = parts.join("; ");
+        s.truncate(500);
+        s
+    }
+}
+
+fn classify_json_error(body: &[u8], e: &serde_json::Error) -> ParseError {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    if first != Some(b'{') && first != Some(b'[') {
+        let snippet: String = String::from_utf8_lossy(&body[..body.len().min(40)])
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        return ParseError::NotJson(snippet);
+    }
+    if e.is_eof() {
+        ParseError::Truncated(e.to_string())
+    } else {
+        ParseError::InvalidJson(e.to_string())
+    }
+}
+
+/// Read one AuditEvent resource from raw JSON.
+pub fn parse_audit_event(raw: &RawValue) -> Result<AuditRecord, String> {
+    let ev: AuditEvent = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    ev.into_record()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IdOnly {
+    id: Option<String>,
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+}
+
+/// Parse a searchset page of `resource_type` resources.
+pub fn parse_page(body: &[u8], resource_type: &str) -> Result<Page, ParseError> {
+    let head: BundleHead =
+        serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
+    if head.resource_type == "OperationOutcome" {
+        let text = std::str::from_utf8(body)
+            .map(operation_outcome_text)
+            .unwrap_or_default();
+        return Err(ParseError::OperationOutcome(text));
+    }
+    if head.resource_type != "Bundle" {
+        return Err(ParseError::WrongResourceType {
+            expected: "Bundle".into(),
+            got: head.resource_type.into_owned(),
+        });
+    }
+    let bundle: Bundle = serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
+    let mut page = Page {
+        next: bundle
+            .link
+            .iter()
+            .find(|l| l.relation == "next")
+            .map(|l| l.url.clone())
+            .filter(|u| !u.is_empty()),
+        total: bundle.total,
+        ..Page::default()
+    };
+    page.events.reserve(bundle.entry.len());
+    for (i, entry) in bundle.entry.into_iter().enumerate() {
+        let Some(res) = entry.resource else {
+            page.skipped
+                .push((format!("entry #{i}"), "entry has no resource".into()));
+            continue;
+        };
+        let mode = entry.search.as_ref().and_then(|s| s.mode.as_deref());
+        let head: IdOnly = serde_json::from_str(res.get()).unwrap_or_default();
+        if mode == Some("outcome") || head.resource_type.as_deref() == Some("OperationOutcome") {
+            page.warnings.push(operation_outcome_text(res.get()));
+            continue;
+        }
+        let name = head
+            .id
+            .clone()
+            .or(entry.full_url.clone())
+            .unwrap_or_else(|| format!("entry #{i}"));
+        if head.resource_type.as_deref() != Some(resource_type) {
+            page.skipped.push((
+                name,
+                format!(
+                    "resourceType {:?} is not {resource_type}",
+                    head.resource_type.unwrap_or_default()
+                ),
+            ));
+            continue;
+        }
+        match parse_audit_event(res) {
+            Ok(record) => page.events.push(Fetched {
+                record,
+                raw: res.to_owned(),
+            }),
+            Err(reason) => page.skipped.push((name, reason)),
+        }
+    }
+    Ok(page)
+}
+
+/// Parse a push body: an AuditEvent, a Bundle of them, or a subscription notification
+/// Bundle (R4 backport, full-resource). Returns the events and the skipped entries.
+pub fn parse_push(body: &[u8]) -> Result<Page, ParseError> {
+    let head: BundleHead =
+        serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
+    match head.resource_type.as_ref() {
+        "AuditEvent" => {
+            let raw: Box<RawValue> =
+                serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
+            let record = parse_audit_event(&raw).map_err(|reason| ParseError::BadEntry {
+                id: "(body)".into(),
+                reason,
+            })?;
+            Ok(Page {
+                events: vec![Fetched { record, raw }],
+                ..Page::default()
+            })
+        }
+        "Bundle" => {
+            let mut page = parse_page(body, "AuditEvent")?;
+            // Subscription notifications carry a SubscriptionStatus / Parameters entry first.
+            page.skipped.retain(|(_, reason)| {
+                !reason.contains("SubscriptionStatus") && !reason.contains("\"Parameters\"")
+            });
+            page.next = None;
+            Ok(page)
+        }
+        other => Err(ParseError::WrongResourceType {
+            expected: "AuditEvent or Bundle".into(),
+            got: other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fhir-r4")
+            .join(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    fn read(rel: &str) -> AuditRecord {
+        let raw: Box<RawValue> = serde_json::from_str(&fixture(rel)).unwrap();
+        parse_audit_event(&raw).unwrap()
+    }
+
+    #[test]
+    fn every_fixture_audit_event_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir-r4");
+        let mut n = 0;
+        for sub in ["hl7-r4-core", "ihe-balp"] {
+            for f in std::fs::read_dir(dir.join(sub)).unwrap() {
+                let p = f.unwrap().path();
+                if p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("AuditEvent-")
+                {
+                    let raw: Box<RawValue> =
+                        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+                    parse_audit_event(&raw).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 17, "only {n} fixtures");
+    }
+
+    #[test]
+    fn balp_read_finds_user_patient_and_client() {
+        let r = read("ihe-balp/AuditEvent-ex-auditBasicReadServer.json");
+        assert_eq!(r.user.as_deref(), Some("John Smith"));
+        assert_eq!(r.patient.as_deref(), Some("Patient/ex-patient"));
+        assert_eq!(r.interaction, Interaction::Read);
+        assert_eq!(r.client_app.as_deref(), Some("Device/ex-device"));
+        assert_eq!(r.outcome, 0);
+    }
+
+    #[test]
+    fn balp_query_decodes_count() {
+        let r = read("ihe-balp/AuditEvent-ex-auditBasicQueryGetServer.json");
+        assert_eq!(r.interaction, Interaction::Search);
+        assert_eq!(r.query.as_ref().and_then(|q| q.count), Some(10));
+        assert_eq!(r.patient.as_deref(), Some("Patient/ex-patient"));
+    }
+
+    #[test]
+    fn login_and_failed_login() {
+        let r = read("hl7-r4-core/AuditEvent-example-login.json");
+        assert_eq!(r.interaction, Interaction::Login);
+        let r = read("hl7-r4-core/AuditEvent-example-error.json");
+        assert!(r.outcome >= 4);
+    }
+
+    #[test]
+    fn key_prefers_version() {
+        assert_eq!(event_key("a", Some("2"), Some("x")), "a|v2");
+        assert_eq!(event_key("a", None, Some("2020")), "a|t2020");
+    }
+
+    #[test]
+    fn page_faults_are_classified() {
+        assert_eq!(
+            parse_page(b"<html><title>502</title>", "AuditEvent")
+                .unwrap_err()
+                .kind(),
+            "non_json_body"
+        );
+        assert_eq!(
+            parse_page(b"{\"resourceType\":\"Bundle\",\"entry\":[", "AuditEvent")
+                .unwrap_err()
+                .kind(),
+            "truncated_body"
+        );
+        assert_eq!(
+            parse_page(b"{\"resourceType\":\"Patient\"}", "AuditEvent")
+                .unwrap_err()
+                .kind(),
+            "wrong_resource_type"
+        );
+        let oo = fixture("hl7-r4-core/OperationOutcome-searchfail.json");
+        let e = parse_page(oo.as_bytes(), "AuditEvent").unwrap_err();
+        assert_eq!(e.kind(), "operation_outcome");
+    }
+
+    #[test]
+    fn bad_entries_are_skipped_rest_counts() {
+        let good = fixture("hl7-r4-core/AuditEvent-example-rest.json");
+        let body = format!(
+            r#"{{"resourceType":"Bundle","type":"searchset","link":[{{"relation":"next","url":"http://x/fhir/AuditEvent?page=2"}}],
+            "entry":[{{"resource":{good}}},{{"resource":{{"resourceType":"AuditEvent","id":"bad","recorded":"not a time"}}}},
+            {{"resource":{{"resourceType":"Patient","id":"p1"}}}},
+            {{"resource":{{"resourceType":"OperationOutcome","issue":[{{"severity":"warning","code":"processing","diagnostics":"unknown param"}}]}},"search":{{"mode":"outcome"}}}}]}}"#
+        );
+        let p = parse_page(body.as_bytes(), "AuditEvent").unwrap();
+        assert_eq!(p.events.len(), 1);
+        assert_eq!(p.skipped.len(), 2);
+        assert_eq!(p.skipped[0].0, "bad");
+        assert_eq!(p.warnings.len(), 1);
+        assert_eq!(p.next.as_deref(), Some("http://x/fhir/AuditEvent?page=2"));
+    }
+
+    #[test]
+    fn bundle_fixture_with_warning_is_read() {
+        let b = fixture("hl7-r4-core/Bundle-bundle-search-warning.json");
+        let p = parse_page(b.as_bytes(), "AuditEvent").unwrap();
+        assert_eq!(p.warnings.len(), 1);
+    }
+}

@@ -1,0 +1,233 @@
+//! Liveness and progress of each actor, shared with the watchdog and `/api/health`.
+//!
+//! An actor is healthy when its mailbox answers a heartbeat in time and, if it has a step
+//! in flight (a page fetch, a commit), that step started within its deadline. Idle and
+//! backing-off actors are healthy: waiting for the next scheduled poll is progress.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::clock::SharedClock;
+
+/// Names of the supervised actors, in pipeline order.
+pub const ACTORS: [&str; 4] = ["poller", "detector", "alert_sink", "state"];
+
+#[derive(Debug, Default)]
+struct ActorSlot {
+    /// ms since epoch of the last completed unit of work or heartbeat answer.
+    last_progress_ms: AtomicI64,
+    /// ms since epoch when the current step began; 0 when idle.
+    busy_since_ms: AtomicI64,
+    /// Allowed duration of a single step, ms.
+    step_deadline_ms: AtomicI64,
+    last_error: Mutex<Option<(i64, String)>>,
+    detail: Mutex<String>,
+    errors: AtomicU64,
+}
+
+/// Shared counters and per-actor health. Cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    clock: SharedClock,
+    slots: Arc<BTreeMap<&'static str, ActorSlot>>,
+    pub counters: Arc<Counters>,
+    /// A reason the daemon cannot make progress (disk full, read-only state...), if any.
+    degraded: Arc<Mutex<Option<String>>>,
+}
+
+/// Process-lifetime counters (the durable lifetime `events_scored` lives in the database).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_fetched: AtomicU64,
+    pub events_scored: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub events_skipped: AtomicU64,
+    pub pages_fetched: AtomicU64,
+    pub polls_completed: AtomicU64,
+    pub fetch_errors: AtomicU64,
+    pub alerts_raised: AtomicU64,
+    pub alerts_by_severity: [AtomicU64; 4],
+    pub notify_received: AtomicU64,
+    /// ms since epoch of the last successful complete poll.
+    pub last_poll_ms: AtomicI64,
+    /// Server `meta.lastUpdated` of the newest event seen, ms.
+    pub newest_event_ms: AtomicI64,
+    /// Cursor after the last completed poll, ms.
+    pub cursor_ms: AtomicI64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct ActorReport {
+    pub name: &'static str,
+    pub healthy: bool,
+    pub last_progress: Option<String>,
+    pub busy_for_ms: Option<i64>,
+    pub last_error_kind: Option<String>,
+    pub last_error_at: Option<String>,
+    pub errors: u64,
+    pub detail: String,
+}
+
+impl Health {
+    pub fn new(clock: SharedClock) -> Self {
+        let slots = ACTORS.iter().map(|n| (*n, ActorSlot::default())).collect();
+        let h = Health {
+            clock,
+            slots: Arc::new(slots),
+            counters: Arc::new(Counters::default()),
+            degraded: Arc::new(Mutex::new(None)),
+        };
+        let now = h.now_ms();
+        for s in h.slots.values() {
+            s.last_progress_ms.store(now, Ordering::Relaxed);
+            s.step_deadline_ms.store(60_000, Ordering::Relaxed);
+        }
+        h
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    fn slot(&self, actor: &str) -> &ActorSlot {
+        self.slots.get(actor).expect("known actor name")
+    }
+
+    /// Set how long one step of `actor` may take before it counts as hung.
+    pub fn set_step_deadline(&self, actor: &str, d: std::time::Duration) {
+        self.slot(actor)
+            .step_deadline_ms
+            .store(d.as_millis() as i64, Ordering::Relaxed);
+    }
+
+    pub fn progress(&self, actor: &str) {
+        self.slot(actor)
+            .last_progress_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn begin_step(&self, actor: &str) {
+        self.slot(actor)
+            .busy_since_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn end_step(&self, actor: &str) {
+        let s = self.slot(actor);
+        s.busy_since_ms.store(0, Ordering::Relaxed);
+        s.last_progress_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn error(&self, actor: &str, kind: &str) {
+        let s = self.slot(actor);
+        s.errors.fetch_add(1, Ordering::Relaxed);
+        *s.last_error.lock().unwrap() = Some((self.now_ms(), kind.to_string()));
+    }
+
+    pub fn set_detail(&self, actor: &str, detail: impl Into<String>) {
+        *self.slot(actor).detail.lock().unwrap() = detail.into();
+    }
+
+    pub fn set_degraded(&self, reason: Option<String>) {
+        *self.degraded.lock().unwrap() = reason;
+    }
+
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().unwrap().clone()
+    }
+
+    /// Reports for every actor; `answered` lists the actors whose mailbox answered the
+    /// latest heartbeat round in time.
+    pub fn reports(&self, answered: &[&str]) -> Vec<ActorReport> {
+        let now = self.now_ms();
+        self.slots
+            .iter()
+            .map(|(name, s)| {
+                let busy = s.busy_since_ms.load(Ordering::Relaxed);
+                let busy_for = (busy > 0).then(|| now - busy);
+                let deadline = s.step_deadline_ms.load(Ordering::Relaxed);
+                let hung = busy_for.is_some_and(|b| b > deadline);
+                let last_error = s.last_error.lock().unwrap().clone();
+                let lp = s.last_progress_ms.load(Ordering::Relaxed);
+                ActorReport {
+                    name,
+                    healthy: answered.contains(name) && !hung,
+                    last_progress: Some(crate::clock::fmt_ms(crate::clock::from_ms(lp))),
+                    busy_for_ms: busy_for,
+                    last_error_kind: last_error.as_ref().map(|e| e.1.clone()),
+                    last_error_at: last_error
+                        .map(|e| crate::clock::fmt_ms(crate::clock::from_ms(e.0))),
+                    errors: s.errors.load(Ordering::Relaxed),
+                    detail: s.detail.lock().unwrap().clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// A one-line human status for `STATUS=` and the terminal.
+    pub fn status_line(&self) -> String {
+        let c = &self.counters;
+        let last = c.last_poll_ms.load(Ordering::Relaxed);
+        let last = if last > 0 {
+            crate::clock::fmt_ms(crate::clock::from_ms(last))
+        } else {
+            "never".to_string()
+        };
+        let mut s = format!(
+            "{} events scored, {} duplicates skipped, {} alerts; last complete poll {}",
+            Counters::get(&c.events_scored),
+            Counters::get(&c.events_duplicate),
+            Counters::get(&c.alerts_raised),
+            last
+        );
+        if let Some(d) = self.degraded() {
+            s.push_str("; DEGRADED: ");
+            s.push_str(&d);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::sync::Arc;
+
+    #[test]
+    fn hung_step_is_unhealthy_idle_is_not() {
+        let clock = ManualClock::new(chrono::Utc::now());
+        let h = Health::new(Arc::new(clock.clone()));
+        h.set_step_deadline("poller", std::time::Duration::from_secs(10));
+        let all: Vec<&str> = ACTORS.to_vec();
+        assert!(h.reports(&all).iter().all(|r| r.healthy));
+        h.begin_step("poller");
+        clock.advance(chrono::Duration::seconds(5));
+        assert!(h.reports(&all).iter().all(|r| r.healthy));
+        clock.advance(chrono::Duration::seconds(6));
+        let r = h.reports(&all);
+        assert!(!r.iter().find(|r| r.name == "poller").unwrap().healthy);
+        h.end_step("poller");
+        assert!(h.reports(&all).iter().all(|r| r.healthy));
+        // An actor whose mailbox did not answer is unhealthy even when idle.
+        let r = h.reports(&["poller", "state", "alert_sink"]);
+        assert!(!r.iter().find(|r| r.name == "detector").unwrap().healthy);
+    }
+}
+
+/// Sent by the watchdog to every actor; an answer proves the mailbox is being served.
+#[derive(actix::Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Heartbeat;

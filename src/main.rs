@@ -1,0 +1,29 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    // Candle's matrix kernels default to one thread per core; the daemon batches instead,
+    // so keep them from competing with the actor threads. Set before any thread starts.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    }
+    // A panic anywhere ends the process (systemd restarts it): actix would otherwise keep
+    // running with a dead actor thread.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(error_kind = "panic", "fatal: {info}");
+        default_hook(info);
+        std::process::abort();
+    }));
+    let cli = fhir_edge::cli::Cli::parse();
+    match fhir_edge::cli::execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fhir-edge: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! `PollerActor`: runs one poll at a time as a spawned (non-atomic) future so heartbeats
+//! and shutdown are answered while it runs; schedules the next poll with `notify_later`
+//! after each poll completes — at the interval when caught up, after a capped, jittered
+//! backoff after errors. It never exits on its own: every error is logged, counted and
+//! retried.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+
+use super::{
+    next_cursor, run_poll, Backoff, BatchReport, PageSink, PollError, PollPlan, PollSummary,
+};
+use crate::clock::SharedClock;
+use crate::config::PollerConfig;
+use crate::detector::actor::{EventsFetched, PollCompleted};
+use crate::fhir::client::FhirClient;
+use crate::fhir::Fetched;
+use crate::health::{Counters, Health, Heartbeat};
+
+/// Start a poll now (if none is running).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PollNow;
+
+/// Whether a poll is in flight (used to drain on shutdown).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsPolling;
+
+struct DetectorSink(Recipient<EventsFetched>);
+
+impl PageSink for DetectorSink {
+    fn deliver(
+        &self,
+        events: Vec<Fetched>,
+        skipped: u64,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<BatchReport, String>> + Send + 'static>,
+    > {
+        // `send().await`: the poller waits for the page to be committed (backpressure).
+        let req = self.0.send(EventsFetched { events, skipped });
+        Box::pin(async move {
+            match req.await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(format!("{} ({})", e, e.kind())),
+                Err(e) => Err(format!("detector unavailable: {e}")),
+            }
+        })
+    }
+}
+
+pub struct PollerActor {
+    client: FhirClient,
+    cfg: PollerConfig,
+    clock: SharedClock,
+    health: Health,
+    detector: Recipient<EventsFetched>,
+    completed: Recipient<PollCompleted>,
+    cursor: Option<DateTime<Utc>>,
+    /// `--since`: where the first poll starts, once.
+    since_override: Option<DateTime<Utc>>,
+    polling: bool,
+    stop: Arc<AtomicBool>,
+    backoff: Backoff,
+    /// Set when a paging link expired: the next poll restarts at once.
+    restart_now: bool,
+}
+
+impl PollerActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: FhirClient,
+        cfg: PollerConfig,
+        clock: SharedClock,
+        health: Health,
+        detector: Recipient<EventsFetched>,
+        completed: Recipient<PollCompleted>,
+        cursor: Option<DateTime<Utc>>,
+        since_override: Option<DateTime<Utc>>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let cap = Duration::from_secs(cfg.max_backoff_secs);
+        PollerActor {
+            client,
+            cfg,
+            clock,
+            health,
+            detector,
+            completed,
+            cursor,
+            since_override,
+            polling: false,
+            stop,
+            backoff: Backoff::new(Duration::from_secs(1), cap, crate::rng::seed_from_time()),
+            restart_now: false,
+        }
+    }
+
+    /// Where this poll starts: the cursor minus the overlap, `--since`, or (first run) the
+    /// server's time minus the initial look-back.
+    async fn start_point(
+        client: FhirClient,
+        clock: SharedClock,
+        cursor: Option<DateTime<Utc>>,
+        since: Option<DateTime<Utc>>,
+        cfg: PollerConfig,
+    ) -> Result<DateTime<Utc>, PollError> {
+        if let Some(s) = since {
+            return Ok(s);
+        }
+        if let Some(c) = cursor {
+            return Ok(c - chrono::Duration::seconds(cfg.overlap_secs as i64));
+        }
+        let server_now = match client.server_time().await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tracing::warn!(
+                    actor = "poller",
+                    "server sent no Date header; using the local clock for the initial look-back"
+                );
+                clock.now()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(server_now - chrono::Duration::seconds(cfg.initial_lookback_secs as i64))
+    }
+}
+
+impl Actor for PollerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(PollNow);
+    }
+}
+
+impl actix::Supervised for PollerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::warn!(actor = "poller", "poller restarting");
+        self.polling = false;
+    }
+}
+
+impl Handler<PollNow> for PollerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
+        if self.polling || self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        self.polling = true;
+        let client = self.client.clone();
+        let clock = self.clock.clone();
+        let cfg = self.cfg.clone();
+        let health = self.health.clone();
+        let stop = self.stop.clone();
+        let sink = DetectorSink(self.detector.clone());
+        let cursor = self.cursor;
+        let since = self.since_override;
+        let started = self.clock.now();
+        let fut = async move {
+            let from = Self::start_point(client.clone(), clock, cursor, since, cfg.clone()).await?;
+            let plan = PollPlan {
+                since: from,
+                page_size: cfg.page_size,
+                page_attempts: 6,
+                max_backoff: Duration::from_secs(cfg.max_backoff_secs),
+            };
+            run_poll(&client, &sink, &plan, &health, stop).await
+        };
+        ctx.spawn(fut.into_actor(self).then(move |res: Result<PollSummary, PollError>, act, _ctx| {
+            let completed = act.completed.clone();
+            let health = act.health.clone();
+            let clock = act.clock.clone();
+            let elapsed_ms = (clock.now() - started).num_milliseconds();
+            let mut commit = None;
+            let delay = match &res {
+                Ok(s) => {
+                    let new_cursor = next_cursor(act.cursor, s);
+                    tracing::info!(
+                        actor = "poller",
+                        resource_type = act.client.resource_type(),
+                        duration_ms = elapsed_ms,
+                        pages = s.pages,
+                        events = s.events,
+                        scored = s.scored,
+                        duplicates = s.duplicates,
+                        skipped = s.skipped,
+                        alerts = s.alerts,
+                        sorted = s.sorted,
+                        cursor = new_cursor.map(crate::clock::fmt_ms).unwrap_or_default(),
+                        "poll complete"
+                    );
+                    if !s.sorted {
+                        tracing::debug!(actor = "poller", "server ignored _sort; cursor still taken from the newest lastUpdated of the whole poll");
+                    }
+                    commit = Some(PollCompleted { cursor: new_cursor.or(act.cursor), completed_at: clock.now() });
+                    act.cursor = new_cursor.or(act.cursor);
+                    act.since_override = None;
+                    act.backoff.reset();
+                    Counters::add(&health.counters.polls_completed, 1);
+                    health.counters.last_poll_ms.store(clock.now().timestamp_millis(), Ordering::Relaxed);
+                    if let Some(c) = act.cursor {
+                        health.counters.cursor_ms.store(c.timestamp_millis(), Ordering::Relaxed);
+                    }
+                    if let Some(n) = s.newest {
+                        health.counters.newest_event_ms.fetch_max(n.timestamp_millis(), Ordering::Relaxed);
+                    }
+                    health.set_detail("poller", format!("idle; last poll {} events in {} ms", s.events, elapsed_ms));
+                    Duration::from_secs(act.cfg.interval_secs)
+                }
+                Err(PollError::Stopped) => Duration::ZERO,
+                Err(e) => {
+                    health.error("poller", e.kind());
+                    let expired = matches!(e, PollError::Fetch(crate::fhir::client::FetchError::PageExpired(_)));
+                    let retry_after = match e {
+                        PollError::Fetch(f) => f.retry_after(),
+                        _ => None,
+                    };
+                    let delay = if expired && !act.restart_now {
+                        act.restart_now = true;
+                        Duration::ZERO
+                    } else {
+                        act.restart_now = false;
+                        act.backoff.next_delay(retry_after)
+                    };
+                    tracing::warn!(
+                        actor = "poller",
+                        resource_type = act.client.resource_type(),
+                        error_kind = e.kind(),
+                        duration_ms = elapsed_ms,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "poll failed: {e}"
+                    );
+                    health.set_detail("poller", format!("backing off {} ms after {}", delay.as_millis(), e.kind()));
+                    delay
+                }
+            };
+            async move {
+                let mut ok = true;
+                if let Some(c) = commit {
+                    // The cursor moves (with the detector snapshot) only after every page.
+                    match completed.send(c).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(actor = "poller", error_kind = e.kind(), "cursor commit failed: {e}");
+                            ok = false;
+                        }
+                        Err(e) => {
+                            tracing::warn!(actor = "poller", error_kind = "mailbox", "cursor commit not delivered: {e}");
+                            ok = false;
+                        }
+                    }
+                }
+                ok
+            }
+            .into_actor(act)
+            .map(move |ok, act, ctx| {
+                act.polling = false;
+                act.health.end_step("poller");
+                if act.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let delay = if ok { delay } else { act.backoff.next_delay(None) };
+                ctx.notify_later(PollNow, delay);
+            })
+        }));
+    }
+}
+
+impl Handler<IsPolling> for PollerActor {
+    type Result = bool;
+    fn handle(&mut self, _: IsPolling, _: &mut Self::Context) -> bool {
+        self.polling
+    }
+}
+
+impl Handler<Heartbeat> for PollerActor {
+    type Result = ();
+    fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
+        if !self.polling {
+            self.health.progress("poller");
+        }
+    }
+}

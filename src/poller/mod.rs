@@ -1,0 +1,337 @@
+//! Following the server's AuditEvent stream: one poll reads every page of
+//! `_lastUpdated=ge{cursor − overlap}` and hands each page to the pipeline, waiting until it
+//! is committed. Only a complete poll moves the cursor, to the newest `meta.lastUpdated`
+//! seen (server time, never the local clock), so the order the server returns is never
+//! trusted. Plain logic here; the actor is in `actor.rs`.
+
+pub mod actor;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::fhir::client::{check_next, redact_url, FetchError, FhirClient};
+use crate::fhir::Fetched;
+use crate::health::{Counters, Health};
+use crate::rng::Rng;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("pipeline failed to commit a page: {0}")]
+    Pipeline(String),
+    #[error("poll interrupted by shutdown")]
+    Stopped,
+}
+
+impl PollError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Fetch(f) => f.kind(),
+            PollError::Pipeline(_) => "pipeline",
+            PollError::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the pipeline reports for one delivered page.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchReport {
+    pub scored: u64,
+    pub duplicates: u64,
+    pub alerts: u64,
+}
+
+/// Where pages go: the detector in the daemon, anything in tests.
+pub trait PageSink {
+    fn deliver(
+        &self,
+        events: Vec<Fetched>,
+        skipped: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<BatchReport, String>> + Send + 'static>>;
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PollSummary {
+    pub pages: u64,
+    pub events: u64,
+    pub scored: u64,
+    pub duplicates: u64,
+    pub skipped: u64,
+    pub alerts: u64,
+    /// Newest `meta.lastUpdated` seen in this poll.
+    pub newest: Option<DateTime<Utc>>,
+    /// Whether the server returned ascending `lastUpdated` across all pages.
+    pub sorted: bool,
+}
+
+/// Exponential backoff with full jitter, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+    rng: Rng,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration, seed: u64) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+            rng: Rng::new(seed),
+        }
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The next delay: random in [exp/2, exp] where exp = base·2^attempt, capped; a
+    /// server-given `Retry-After` wins when it is longer (bounded by the cap).
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let jittered = exp.mul_f64(0.5 + 0.5 * self.rng.f64());
+        match retry_after {
+            Some(ra) => ra.min(self.cap).max(jittered.min(ra)),
+            None => jittered,
+        }
+    }
+}
+
+/// Settings of one poll.
+#[derive(Clone)]
+pub struct PollPlan {
+    pub since: DateTime<Utc>,
+    pub page_size: u32,
+    /// Attempts per page before the poll is abandoned (it restarts from the cursor later).
+    pub page_attempts: u32,
+    pub max_backoff: Duration,
+}
+
+/// Fetch one page, retrying transient faults in place with backoff (backing off is progress).
+async fn fetch_with_retry(
+    client: &FhirClient,
+    url: &url::Url,
+    is_next: bool,
+    plan: &PollPlan,
+    health: &Health,
+    stop: &AtomicBool,
+) -> Result<crate::fhir::Page, PollError> {
+    let mut backoff = Backoff::new(
+        Duration::from_millis(500),
+        plan.max_backoff,
+        crate::rng::seed_from_time(),
+    );
+    loop {
+        health.begin_step("poller");
+        let started = std::time::Instant::now();
+        let res = client.fetch_page(url, is_next).await;
+        health.end_step("poller");
+        match res {
+            Ok(page) => {
+                tracing::debug!(
+                    actor = "poller",
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    events = page.events.len(),
+                    "page fetched"
+                );
+                return Ok(page);
+            }
+            Err(e) => {
+                Counters::add(&health.counters.fetch_errors, 1);
+                health.error("poller", e.kind());
+                let permanent = matches!(
+                    e,
+                    FetchError::PageExpired(_) | FetchError::ForeignNext(_) | FetchError::Auth(_)
+                );
+                if permanent
+                    || backoff.attempts() + 1 >= plan.page_attempts
+                    || stop.load(Ordering::Relaxed)
+                {
+                    return Err(e.into());
+                }
+                let delay = backoff.next_delay(e.retry_after());
+                tracing::warn!(
+                    actor = "poller",
+                    error_kind = e.kind(),
+                    resource_type = client.resource_type(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    attempt = backoff.attempts(),
+                    "page fetch failed, retrying: {e}"
+                );
+                sleep_with_progress(delay, health, stop).await;
+            }
+        }
+    }
+}
+
+/// Sleep in short steps, marking progress, and return early on shutdown.
+pub async fn sleep_with_progress(d: Duration, health: &Health, stop: &AtomicBool) {
+    let deadline = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        health.progress("poller");
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
+        )
+        .await;
+    }
+}
+
+/// One complete poll: every page from `plan.since`, each delivered and committed before the
+/// poll is complete. The next page is fetched while the previous one is being scored.
+pub async fn run_poll(
+    client: &FhirClient,
+    sink: &dyn PageSink,
+    plan: &PollPlan,
+    health: &Health,
+    stop: Arc<AtomicBool>,
+) -> Result<PollSummary, PollError> {
+    let c = health.counters.clone();
+    let mut summary = PollSummary {
+        sorted: true,
+        ..Default::default()
+    };
+    let mut last_seen: Option<DateTime<Utc>> = None;
+    let first = client.first_url(plan.since, plan.page_size);
+    let mut page = fetch_with_retry(client, &first, false, plan, health, &stop).await?;
+    loop {
+        summary.pages += 1;
+        Counters::add(&c.pages_fetched, 1);
+        for w in &page.warnings {
+            tracing::warn!(
+                actor = "poller",
+                error_kind = "operation_outcome",
+                "server attached an OperationOutcome to the search: {w}"
+            );
+        }
+        for (id, reason) in &page.skipped {
+            tracing::warn!(
+                actor = "poller",
+                error_kind = "bad_entry",
+                entry = id.as_str(),
+                "skipped an entry: {reason}"
+            );
+        }
+        let skipped = page.skipped.len() as u64;
+        summary.skipped += skipped;
+        summary.events += page.events.len() as u64;
+        Counters::add(&c.events_fetched, page.events.len() as u64);
+        Counters::add(&c.events_skipped, skipped);
+        for f in &page.events {
+            if let Some(lu) = f.record.last_updated {
+                if last_seen.is_some_and(|l| lu < l) {
+                    summary.sorted = false;
+                }
+                last_seen = Some(lu);
+                summary.newest = Some(summary.newest.map_or(lu, |n| n.max(lu)));
+            }
+        }
+        let next = match page.next.as_deref() {
+            Some(n) => Some(check_next(client.base(), n)?),
+            None => None,
+        };
+        let delivery = sink.deliver(std::mem::take(&mut page.events), skipped);
+        let report = match next {
+            None => delivery.await.map_err(PollError::Pipeline)?,
+            Some(url) => {
+                if stop.load(Ordering::Relaxed) {
+                    delivery.await.map_err(PollError::Pipeline)?;
+                    return Err(PollError::Stopped);
+                }
+                let (report, next_page) = tokio::join!(
+                    delivery,
+                    fetch_with_retry(client, &url, true, plan, health, &stop)
+                );
+                let report = report.map_err(PollError::Pipeline)?;
+                summary.scored += report.scored;
+                summary.duplicates += report.duplicates;
+                summary.alerts += report.alerts;
+                page = next_page.inspect_err(|e| {
+                    tracing::warn!(
+                        actor = "poller",
+                        error_kind = e.kind(),
+                        next = redact_url(url.as_str()),
+                        "abandoning poll at a page"
+                    )
+                })?;
+                continue;
+            }
+        };
+        summary.scored += report.scored;
+        summary.duplicates += report.duplicates;
+        summary.alerts += report.alerts;
+        return Ok(summary);
+    }
+}
+
+/// The cursor after a complete poll: the newest `lastUpdated` seen, never moving backwards.
+pub fn next_cursor(old: Option<DateTime<Utc>>, summary: &PollSummary) -> Option<DateTime<Utc>> {
+    match (old, summary.newest) {
+        (Some(o), Some(n)) => Some(o.max(n)),
+        (o, n) => o.or(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 1);
+        let d1 = b.next_delay(None);
+        assert!(d1 >= Duration::from_millis(250) && d1 <= Duration::from_millis(500));
+        for _ in 0..20 {
+            assert!(b.next_delay(None) <= Duration::from_secs(30));
+        }
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 1);
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(3600))),
+            Duration::from_secs(30),
+            "capped"
+        );
+        b.reset();
+        assert_eq!(b.attempts(), 0);
+    }
+
+    #[test]
+    fn cursor_never_moves_back() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let s = PollSummary {
+            newest: Some(t("2024-01-01T00:00:00Z")),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_cursor(Some(t("2024-02-01T00:00:00Z")), &s),
+            Some(t("2024-02-01T00:00:00Z"))
+        );
+        assert_eq!(next_cursor(None, &s), Some(t("2024-01-01T00:00:00Z")));
+        assert_eq!(
+            next_cursor(Some(t("2023-01-01T00:00:00Z")), &s),
+            Some(t("2024-01-01T00:00:00Z"))
+        );
+        assert_eq!(next_cursor(None, &PollSummary::default()), None);
+    }
+}

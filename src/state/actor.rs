@@ -1,0 +1,193 @@
+//! `StateActor`: owns the SQLite connection on its own thread (a one-thread `SyncArbiter`),
+//! so writes never block the async actors. Every write is one transaction. Errors are
+//! returned to the sender (the page is retried); a full or read-only disk marks the daemon
+//! degraded until a write succeeds again.
+
+use actix::prelude::*;
+
+use super::{BatchCommit, BatchOutcome, KeyStatus, PollCommit, StateError, Store};
+use crate::alerts::{AllowRule, Status};
+use crate::clock::SharedClock;
+use crate::health::{Health, Heartbeat};
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<KeyStatus>, StateError>")]
+pub struct FilterKeys {
+    pub keys: Vec<String>,
+}
+
+/// Commit a scored page; the batch comes back with the outcome (no copy of the alerts).
+#[derive(Message)]
+#[rtype(result = "Result<(BatchCommit, BatchOutcome), StateError>")]
+pub struct CommitBatch(pub BatchCommit);
+
+#[derive(Message)]
+#[rtype(result = "Result<(), StateError>")]
+pub struct CommitPoll(pub PollCommit);
+
+#[derive(Message)]
+#[rtype(result = "Result<(), StateError>")]
+pub struct MarkJournaled(pub Vec<i64>);
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AllowRule>, StateError>")]
+pub struct SetStatus {
+    pub id: i64,
+    pub status: Status,
+    pub by: Option<String>,
+    pub note: Option<String>,
+    /// With `false_positive`: an allow-list rule to add.
+    pub allow: Option<AllowRule>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AllowRule>, StateError>")]
+pub struct AddAllowRule(pub AllowRule);
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AllowRule>, StateError>")]
+pub struct RemoveAllowRule(pub i64);
+
+/// Checkpoint the WAL before exit.
+#[derive(Message)]
+#[rtype(result = "Result<(), StateError>")]
+pub struct Flush;
+
+pub struct StateActor {
+    store: Store,
+    health: Health,
+    clock: SharedClock,
+}
+
+impl StateActor {
+    pub fn new(store: Store, health: Health, clock: SharedClock) -> Self {
+        StateActor {
+            store,
+            health,
+            clock,
+        }
+    }
+
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store, i64) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.health.begin_step("state");
+        let now = self.clock.now().timestamp_millis();
+        let res = f(&mut self.store, now);
+        self.health.end_step("state");
+        match &res {
+            Ok(_) => {
+                if self.health.degraded().is_some() {
+                    tracing::info!(actor = "state", "state database writable again");
+                    self.health.set_degraded(None);
+                }
+            }
+            Err(e) => {
+                self.health.error("state", e.kind());
+                tracing::warn!(
+                    actor = "state",
+                    error_kind = e.kind(),
+                    "state write failed: {e}"
+                );
+                if matches!(e, StateError::DiskFull(_) | StateError::ReadOnly(_)) {
+                    self.health
+                        .set_degraded(Some(format!("cannot write state ({})", e.kind())));
+                }
+            }
+        }
+        res
+    }
+}
+
+impl Actor for StateActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<FilterKeys> for StateActor {
+    type Result = Result<Vec<KeyStatus>, StateError>;
+    fn handle(&mut self, msg: FilterKeys, _: &mut Self::Context) -> Self::Result {
+        let keys: Vec<&str> = msg.keys.iter().map(String::as_str).collect();
+        self.store.filter(&keys)
+    }
+}
+
+impl Handler<CommitBatch> for StateActor {
+    type Result = Result<(BatchCommit, BatchOutcome), StateError>;
+    fn handle(&mut self, msg: CommitBatch, _: &mut Self::Context) -> Self::Result {
+        let batch = msg.0;
+        let outcome = self.write(|s, now| s.commit_batch(&batch, now))?;
+        Ok((batch, outcome))
+    }
+}
+
+impl Handler<CommitPoll> for StateActor {
+    type Result = Result<(), StateError>;
+    fn handle(&mut self, msg: CommitPoll, _: &mut Self::Context) -> Self::Result {
+        let pruned = self.write(|s, _| s.commit_poll(&msg.0))?;
+        if pruned > 0 {
+            tracing::debug!(actor = "state", pruned, "forgot old seen keys");
+        }
+        Ok(())
+    }
+}
+
+impl Handler<MarkJournaled> for StateActor {
+    type Result = Result<(), StateError>;
+    fn handle(&mut self, msg: MarkJournaled, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, _| s.mark_journaled(&msg.0))
+    }
+}
+
+impl Handler<SetStatus> for StateActor {
+    type Result = Result<Vec<AllowRule>, StateError>;
+    fn handle(&mut self, msg: SetStatus, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, now| {
+            s.set_status(
+                msg.id,
+                msg.status,
+                msg.by.as_deref(),
+                msg.note.as_deref(),
+                now,
+            )?;
+            if let Some(rule) = &msg.allow {
+                s.add_allow_rule(rule, now)?;
+            }
+            s.allowlist()
+        })
+    }
+}
+
+impl Handler<AddAllowRule> for StateActor {
+    type Result = Result<Vec<AllowRule>, StateError>;
+    fn handle(&mut self, msg: AddAllowRule, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, now| {
+            s.add_allow_rule(&msg.0, now)?;
+            s.allowlist()
+        })
+    }
+}
+
+impl Handler<RemoveAllowRule> for StateActor {
+    type Result = Result<Vec<AllowRule>, StateError>;
+    fn handle(&mut self, msg: RemoveAllowRule, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, _| {
+            s.remove_allow_rule(msg.0)?;
+            s.allowlist()
+        })
+    }
+}
+
+impl Handler<Flush> for StateActor {
+    type Result = Result<(), StateError>;
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        self.store.checkpoint()
+    }
+}
+
+impl Handler<Heartbeat> for StateActor {
+    type Result = ();
+    fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
+        self.health.progress("state");
+    }
+}
