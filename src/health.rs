@@ -43,6 +43,8 @@ pub struct Health {
 pub struct Counters {
     pub events_fetched: AtomicU64,
     pub events_scored: AtomicU64,
+    /// Events run through the model (a page whose commit failed is scored again on retry).
+    pub events_model_scored: AtomicU64,
     pub events_duplicate: AtomicU64,
     pub events_skipped: AtomicU64,
     pub pages_fetched: AtomicU64,

@@ -481,10 +481,14 @@ async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
             }));
         }
     };
-    if page.events.iter().any(|e| e.record.id.is_empty()) {
+    let unkeyable = |e: &crate::fhir::Fetched| {
+        e.record.id.is_empty() || (e.record.version_id.is_none() && e.record.last_updated.is_none())
+    };
+    if page.events.iter().any(unkeyable) {
         return err_json(
             S::UNPROCESSABLE_ENTITY,
-            "every AuditEvent needs an id (it is the de-duplication key)",
+            "every AuditEvent needs an id and meta.versionId or meta.lastUpdated (the de-duplication key \
+             shared with polling); send the resource as the server stored it (full-resource notifications)",
         );
     }
     let received = page.events.len();

@@ -129,6 +129,7 @@ impl Handler<EventsFetched> for DetectorActor {
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
             let n = scored.len() as u64;
+            Counters::add(&health.counters.events_model_scored, n);
             let scoring_ms = started.elapsed().as_millis() as u64;
             health.end_step("detector");
             let committed = sink

@@ -2,6 +2,7 @@
 //! of missing fields, extra agents and R5-style names.
 
 pub mod client;
+pub mod server;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};

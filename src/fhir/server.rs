@@ -1,0 +1,407 @@
+//! A small in-memory FHIR R4 AuditEvent endpoint: `_lastUpdated` (ge/gt/le/lt), `_sort`,
+//! `_count` and offset `next` links like a real server, `POST` to create, `metadata` with a
+//! `Date` header. The demo, the benchmarks and the tests run the real daemon against it
+//! over HTTP. Faults can be injected to imitate real servers misbehaving.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+
+use crate::clock::{fmt_ms, SharedClock};
+
+/// One stored resource: its `meta.lastUpdated` and serialised JSON.
+#[derive(Clone)]
+struct Stored {
+    last_updated_ms: i64,
+    id: String,
+    json: Arc<str>,
+}
+
+/// Something to do to the next matching request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status, optional Retry-After seconds, and body.
+    Status {
+        code: u16,
+        retry_after: Option<u64>,
+        body: String,
+        content_type: &'static str,
+    },
+    /// Answer 200 with the first `n` bytes of the real page.
+    Truncate(usize),
+    /// Answer 200 with this raw body.
+    Body(String),
+    /// Wait before answering.
+    Delay(Duration),
+    /// Put this URL in the page's next link.
+    NextLink(String),
+}
+
+#[derive(Default)]
+struct Inner {
+    events: Vec<Stored>,
+    /// Faults applied in order to search requests (one per request).
+    faults: VecDeque<Fault>,
+    ignore_sort: bool,
+    searches: u64,
+    next_id: u64,
+    /// Last assigned lastUpdated, to keep it strictly increasing like a real server.
+    last_assigned_ms: i64,
+}
+
+/// Handle to the endpoint's data; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct FhirStore {
+    inner: Arc<RwLock<Inner>>,
+    faults: Arc<Mutex<()>>,
+    clock: SharedClock,
+}
+
+impl FhirStore {
+    pub fn new(clock: SharedClock) -> Self {
+        FhirStore {
+            inner: Arc::new(RwLock::new(Inner::default())),
+            faults: Arc::new(Mutex::new(())),
+            clock,
+        }
+    }
+
+    /// Insert events as given; each must carry `id` and `meta.lastUpdated`.
+    pub fn insert_raw(&self, events: impl IntoIterator<Item = serde_json::Value>) {
+        let mut w = self.inner.write().unwrap();
+        for ev in events {
+            let id = ev["id"].as_str().unwrap_or_default().to_string();
+            let lu = ev["meta"]["lastUpdated"]
+                .as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0);
+            let json: Arc<str> = serde_json::to_string(&ev).expect("json").into();
+            w.events.push(Stored {
+                last_updated_ms: lu,
+                id,
+                json,
+            });
+            w.last_assigned_ms = w.last_assigned_ms.max(lu);
+        }
+        w.events.sort_by(|a, b| {
+            a.last_updated_ms
+                .cmp(&b.last_updated_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    }
+
+    /// Create like a server: assign id (if missing), versionId 1 and lastUpdated = now
+    /// (strictly after the previous one). Returns the id.
+    pub fn create(&self, mut ev: serde_json::Value) -> String {
+        let mut w = self.inner.write().unwrap();
+        let now = self
+            .clock
+            .now()
+            .timestamp_millis()
+            .max(w.last_assigned_ms + 1);
+        w.last_assigned_ms = now;
+        w.next_id += 1;
+        let id = match ev["id"].as_str() {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => format!("ae-{}", w.next_id),
+        };
+        ev["id"] = id.clone().into();
+        ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(crate::clock::from_ms(now))});
+        let json: Arc<str> = serde_json::to_string(&ev).expect("json").into();
+        w.events.push(Stored {
+            last_updated_ms: now,
+            id: id.clone(),
+            json,
+        });
+        id
+    }
+
+    /// Create with an explicit lastUpdated (a transaction that commits late).
+    pub fn create_at(&self, mut ev: serde_json::Value, last_updated: DateTime<Utc>) -> String {
+        let id = ev["id"].as_str().map(str::to_string).unwrap_or_else(|| {
+            let mut w = self.inner.write().unwrap();
+            w.next_id += 1;
+            format!("ae-{}", w.next_id)
+        });
+        ev["id"] = id.clone().into();
+        ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(last_updated)});
+        self.insert_raw([ev]);
+        id
+    }
+
+    /// The stored JSON of one resource.
+    pub fn get(&self, id: &str) -> Option<serde_json::Value> {
+        let r = self.inner.read().unwrap();
+        r.events
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| serde_json::from_str(&e.json).expect("stored JSON"))
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().unwrap().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.inner
+            .read()
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    pub fn push_fault(&self, f: Fault) {
+        let _g = self.faults.lock().unwrap();
+        self.inner.write().unwrap().faults.push_back(f);
+    }
+
+    pub fn set_ignore_sort(&self, on: bool) {
+        self.inner.write().unwrap().ignore_sort = on;
+    }
+
+    pub fn searches(&self) -> u64 {
+        self.inner.read().unwrap().searches
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct SearchParams {
+    #[serde(rename = "_lastUpdated", default)]
+    last_updated: Vec<String>,
+    #[serde(rename = "_count")]
+    count: Option<usize>,
+    #[serde(rename = "_offset")]
+    offset: Option<usize>,
+}
+
+fn parse_bound(v: &str) -> Option<(&str, i64)> {
+    let (op, t) = if v.len() > 2 && v.as_bytes()[..2].iter().all(|b| b.is_ascii_lowercase()) {
+        v.split_at(2)
+    } else {
+        ("eq", v)
+    };
+    let t = DateTime::parse_from_rfc3339(t).ok()?.timestamp_millis();
+    Some((op, t))
+}
+
+async fn metadata(store: web::Data<FhirStore>) -> HttpResponse {
+    let now = store.clock.now();
+    HttpResponse::Ok()
+        .insert_header(("Date", now.to_rfc2822().replace("+0000", "GMT")))
+        .content_type("application/fhir+json")
+        .body(r#"{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"],"rest":[{"mode":"server","resource":[{"type":"AuditEvent","interaction":[{"code":"read"},{"code":"create"},{"code":"search-type"}],"searchParam":[{"name":"_lastUpdated","type":"date"}]}]}]}"#)
+}
+
+async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
+    let q: SearchParams = serde_html_form_lite(req.query_string());
+    let fault = {
+        let mut w = store.inner.write().unwrap();
+        w.searches += 1;
+        w.faults.pop_front()
+    };
+    let mut next_override = None;
+    let mut truncate = None;
+    match fault {
+        Some(Fault::Status {
+            code,
+            retry_after,
+            body,
+            content_type,
+        }) => {
+            let mut r = HttpResponse::build(
+                actix_web::http::StatusCode::from_u16(code)
+                    .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+            );
+            if let Some(s) = retry_after {
+                r.insert_header(("Retry-After", s.to_string()));
+            }
+            return r.content_type(content_type).body(body);
+        }
+        Some(Fault::Body(b)) => {
+            return HttpResponse::Ok()
+                .content_type("application/fhir+json")
+                .body(b)
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::NextLink(u)) => next_override = Some(u),
+        Some(Fault::Truncate(n)) => truncate = Some(n),
+        None => {}
+    }
+    let count = q.count.unwrap_or(20).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0);
+    let mut lo = i64::MIN;
+    let mut hi = i64::MAX;
+    for b in &q.last_updated {
+        match parse_bound(b) {
+            Some(("ge", t)) => lo = lo.max(t),
+            Some(("gt", t)) => lo = lo.max(t + 1),
+            Some(("le", t)) => hi = hi.min(t),
+            Some(("lt", t)) => hi = hi.min(t - 1),
+            Some(("eq", t)) => {
+                lo = t;
+                hi = t + 999;
+            }
+            _ => {
+                return HttpResponse::BadRequest().content_type("application/fhir+json").body(
+                    r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","diagnostics":"bad _lastUpdated"}]}"#,
+                )
+            }
+        }
+    }
+    let (page, total, ignore_sort): (Vec<Arc<str>>, usize, bool) = {
+        let r = store.inner.read().unwrap();
+        let start = r.events.partition_point(|e| e.last_updated_ms < lo);
+        let end = r.events.partition_point(|e| e.last_updated_ms <= hi);
+        let total = end.saturating_sub(start);
+        let from = (start + offset).min(end);
+        let to = (from + count).min(end);
+        (
+            r.events[from..to].iter().map(|e| e.json.clone()).collect(),
+            total,
+            r.ignore_sort,
+        )
+    };
+    let mut page = page;
+    if ignore_sort {
+        // A server that ignores _sort: a stable but scrambled order within the page.
+        page.reverse();
+    }
+    let conn = req.connection_info();
+    let base = format!("{}://{}{}", conn.scheme(), conn.host(), req.path());
+    let self_url = format!("{base}?{}", req.query_string());
+    let mut links = format!(
+        r#"[{{"relation":"self","url":{}}}"#,
+        serde_json::to_string(&self_url).unwrap()
+    );
+    let next = next_override.or_else(|| {
+        (offset + page.len() < total).then(|| {
+            let mut qs: Vec<String> = q
+                .last_updated
+                .iter()
+                .map(|b| format!("_lastUpdated={}", urlencode(b)))
+                .collect();
+            qs.push("_sort=_lastUpdated".into());
+            qs.push(format!("_count={count}"));
+            qs.push(format!("_offset={}", offset + page.len()));
+            format!("{base}?{}", qs.join("&"))
+        })
+    });
+    if let Some(n) = next {
+        links.push_str(&format!(
+            r#",{{"relation":"next","url":{}}}"#,
+            serde_json::to_string(&n).unwrap()
+        ));
+    }
+    links.push(']');
+    let mut body = String::with_capacity(page.iter().map(|p| p.len() + 16).sum::<usize>() + 256);
+    body.push_str(&format!(
+        r#"{{"resourceType":"Bundle","type":"searchset","total":{total},"link":{links},"entry":["#
+    ));
+    for (i, e) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r#"{"resource":"#);
+        body.push_str(e);
+        body.push_str(r#","search":{"mode":"match"}}"#);
+    }
+    body.push_str("]}");
+    if let Some(n) = truncate {
+        body.truncate(n.min(body.len()));
+    }
+    HttpResponse::Ok()
+        .content_type("application/fhir+json")
+        .body(body)
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Minimal query-string reader (repeated `_lastUpdated` allowed).
+fn serde_html_form_lite(qs: &str) -> SearchParams {
+    let mut p = SearchParams::default();
+    for (k, v) in url::form_urlencoded::parse(qs.as_bytes()) {
+        match k.as_ref() {
+            "_lastUpdated" => p.last_updated.push(v.into_owned()),
+            "_count" => p.count = v.parse().ok(),
+            "_offset" => p.offset = v.parse().ok(),
+            _ => {}
+        }
+    }
+    p
+}
+
+async fn create(store: web::Data<FhirStore>, body: web::Bytes) -> HttpResponse {
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return HttpResponse::BadRequest().body(format!("invalid JSON: {e}")),
+    };
+    if v["resourceType"] != "AuditEvent" {
+        return HttpResponse::BadRequest().body("expected an AuditEvent");
+    }
+    let id = store.create(v);
+    let loc = format!("AuditEvent/{id}/_history/1");
+    HttpResponse::Created()
+        .insert_header(("Location", loc))
+        .content_type("application/fhir+json")
+        .body(format!(r#"{{"resourceType":"AuditEvent","id":"{id}"}}"#))
+}
+
+/// Routes under `/fhir`.
+pub fn configure(cfg: &mut web::ServiceConfig, store: FhirStore) {
+    cfg.app_data(web::Data::new(store))
+        .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+        .service(
+            web::scope("/fhir")
+                .route("/metadata", web::get().to(metadata))
+                .route("/AuditEvent", web::get().to(search))
+                .route("/AuditEvent", web::post().to(create)),
+        );
+}
+
+/// Bind the endpoint on `addr` (use port 0 for any) in the current actix System; returns
+/// the bound address and the server handle.
+pub fn serve(
+    store: FhirStore,
+    addr: std::net::SocketAddr,
+    workers: usize,
+) -> std::io::Result<(std::net::SocketAddr, actix_web::dev::ServerHandle)> {
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().configure(|c| configure(c, store.clone()))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)?;
+    let bound = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok((bound, handle))
+}
+
+/// Run the endpoint on its own thread (own actix System); for tests and the benchmark.
+pub fn spawn_thread(store: FhirStore, workers: usize) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let sys = actix_rt::System::new();
+        sys.block_on(async move {
+            let (addr, _h) = serve(store, "127.0.0.1:0".parse().unwrap(), workers)
+                .expect("bind test FHIR server");
+            tx.send(addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().expect("test FHIR server started")
+}

@@ -1,0 +1,398 @@
+//! The `fhir-edge` executable: config checking, status, the systemd notify protocol against
+//! an emulated NOTIFY_SOCKET, and kill -9 crash consistency.
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fhir-edge");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let example = repo("etc/config.toml");
+    let (code, out, err) = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[fhir]\nbase_url = \"http://127.0.0.1:8080/fhir\"\n[poller]\nintervall_secs = 5\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("poller.intervall_secs") && err.contains(bad.to_str().unwrap()),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &[("FHIR_EDGE_POLLER__INTERVAL_SECS", "abc")],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("FHIR_EDGE_POLLER__INTERVAL_SECS"), "{err}");
+    let (code, _, err) = run(
+        &["check-config", "--config", "/nonexistent/fhir-edge.toml"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/fhir-edge.toml"), "{err}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("fhir-edge "), "{out}");
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for cmd in [
+        "run",
+        "check-config",
+        "status",
+        "alerts",
+        "simulate",
+        "train",
+        "score",
+        "send-test-event",
+    ] {
+        assert!(out.contains(cmd), "--help lists {cmd}");
+    }
+}
+
+fn write_config(dir: &Path, base_url: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    let mut f = std::fs::File::create(&p).unwrap();
+    write!(
+        f,
+        "[fhir]\nbase_url = \"{base_url}\"\ntimeout_secs = 5\n[poller]\ninterval_secs = 1\npage_size = 100\ninitial_lookback_secs = 604800\nmax_backoff_secs = 2\n\
+         [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
+        tiny_model().display(),
+        dir.join("state").display()
+    )
+    .unwrap();
+    p
+}
+
+struct Notify {
+    msgs: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Notify {
+    fn bind(path: &Path) -> Notify {
+        let sock = UnixDatagram::bind(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let m = msgs.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        let s = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        m.lock().unwrap().push((Instant::now(), s));
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        if Arc::strong_count(&m) == 1 {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Notify { msgs }
+    }
+
+    fn all(&self) -> Vec<(Instant, String)> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|(_, m)| m.lines().any(|l| l == what))
+            .count()
+    }
+
+    fn find(&self, prefix: &str) -> Option<String> {
+        self.all()
+            .iter()
+            .flat_map(|(_, m)| m.lines().map(str::to_string).collect::<Vec<_>>())
+            .find(|l| l.starts_with(prefix))
+    }
+}
+
+fn spawn_daemon(
+    cfg: &Path,
+    notify_sock: Option<&Path>,
+    watchdog_usec: Option<u64>,
+    log: &Path,
+) -> Child {
+    let mut c = Command::new("sh");
+    // WATCHDOG_PID must be the daemon's own pid: exec keeps the shell's pid.
+    c.args([
+        "-c",
+        "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+        BIN,
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    c.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env("FHIR_EDGE_LOG", "info");
+    if let Some(s) = notify_sock {
+        c.env("NOTIFY_SOCKET", s);
+    }
+    if let Some(w) = watchdog_usec {
+        c.env("WATCHDOG_USEC", w.to_string());
+    }
+    c.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c.spawn().unwrap()
+}
+
+fn pings_between(n: &Notify, from: Instant, to: Instant) -> usize {
+    n.all()
+        .iter()
+        .filter(|(t, m)| *t >= from && *t < to && m.lines().any(|l| l == "WATCHDOG=1"))
+        .count()
+}
+
+#[test]
+fn systemd_protocol_ready_watchdog_stall_and_stopping() {
+    let s = server();
+    let mut evs = events(120, "notify", 21);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 1);
+    s.store.insert_raw(evs);
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), &s.base_url);
+    let sock = d.path().join("notify.sock");
+    let n = Notify::bind(&sock);
+    let log = d.path().join("daemon.log");
+    let mut child = spawn_daemon(&cfg, Some(&sock), Some(1_000_000), &log);
+
+    // READY=1 comes only after init: at that moment the API answers and the state exists.
+    wait_until(Duration::from_secs(30), "READY=1", || {
+        n.count("READY=1") == 1
+    });
+    let status = n
+        .find("STATUS=ready; API on ")
+        .expect("READY carries a STATUS");
+    let api = status
+        .trim_start_matches("STATUS=ready; API on ")
+        .to_string();
+    let (code, body) = crate::pipeline::reqwest::get(&format!("http://{api}/api/health"), None);
+    assert!(
+        code == 200 || code == 503,
+        "API bound before READY: {code} {body}"
+    );
+    assert!(
+        d.path().join("state/fhir-edge.db").exists(),
+        "state open before READY"
+    );
+
+    // Watchdog pings every ~0.5 s while everything progresses; STATUS carries counters.
+    wait_until(Duration::from_secs(30), "120 events", || {
+        status_of(d.path()).events_scored == 120
+    });
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        pings_between(&n, t0, Instant::now()) >= 3,
+        "watchdog pings arrive"
+    );
+    assert!(
+        n.find("STATUS=120 events scored").is_some(),
+        "STATUS shows live counters: {:?}",
+        n.find("STATUS=")
+    );
+
+    // Stall the state actor: another process holds the database's write lock, so the
+    // next commit blocks. The daemon must stop pinging, then resume once it can progress.
+    let conn = rusqlite::Connection::open(d.path().join("state/fhir-edge.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let stall_from = Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    let during = pings_between(&n, stall_from, Instant::now());
+    conn.execute_batch("COMMIT").unwrap();
+    drop(conn);
+    assert_eq!(during, 0, "no watchdog ping while the state actor is stuck");
+    let resumed = Instant::now();
+    wait_until(Duration::from_secs(10), "pings to resume", || {
+        pings_between(&n, resumed, Instant::now()) >= 2
+    });
+
+    // SIGTERM: STOPPING=1, then a clean exit.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        code.success(),
+        "exit status {code:?}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(n.count("STOPPING=1"), 1);
+    let stopping_at = n
+        .all()
+        .iter()
+        .find(|(_, m)| m.contains("STOPPING=1"))
+        .unwrap()
+        .0;
+    let ready_at = n
+        .all()
+        .iter()
+        .find(|(_, m)| m.contains("READY=1"))
+        .unwrap()
+        .0;
+    assert!(ready_at < stopping_at);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("withholding the watchdog ping"),
+        "the stall was logged"
+    );
+}
+
+fn status_of(dir: &Path) -> fhir_edge::state::StatusReport {
+    match fhir_edge::state::Reader::open(&dir.join("state")).and_then(|r| r.status()) {
+        Ok(s) => s,
+        Err(_) => Default::default(),
+    }
+}
+
+#[test]
+fn without_notify_socket_the_daemon_runs_and_status_reads_while_it_does() {
+    let s = server();
+    let mut evs = events(40, "plain", 22);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 1);
+    s.store.insert_raw(evs);
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), &s.base_url);
+    let log = d.path().join("daemon.log");
+    let mut child = spawn_daemon(&cfg, None, None, &log);
+    wait_until(Duration::from_secs(30), "40 events", || {
+        status_of(d.path()).events_scored == 40
+    });
+    let (code, out, err) = run(
+        &["status", "--json", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["events_scored"], 40);
+    assert!(v["cursor"].is_string());
+    assert!(v["last_poll"].is_string());
+    let (code, out, _) = run(
+        &["alerts", "--json", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0);
+    let alerts: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for a in &alerts {
+        for k in [
+            "id",
+            "event_id",
+            "severity",
+            "score",
+            "status",
+            "explanation",
+        ] {
+            assert!(a.get(k).is_some(), "alert has {k}");
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn kill_minus_nine_at_random_moments_loses_and_doubles_nothing() {
+    let s = server();
+    let n_events = 3000;
+    let mut evs = events(n_events, "crash", 23);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(3), 3);
+    s.store.insert_raw(evs);
+    // Slow pages so that kills land mid-poll, mid-page and mid-commit.
+    for _ in 0..400 {
+        s.store.push_fault(fhir_edge::fhir::server::Fault::Delay(
+            Duration::from_millis(40),
+        ));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), &s.base_url);
+    let mut rng = fhir_edge::rng::Rng::new(99);
+    let mut kills = 0;
+    for round in 0..8 {
+        let log = d.path().join(format!("daemon-{round}.log"));
+        let mut child = spawn_daemon(&cfg, None, None, &log);
+        std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        kills += 1;
+        if status_of(d.path()).events_scored == n_events as u64 {
+            break;
+        }
+    }
+    assert!(kills >= 3);
+    let log = d.path().join("daemon-final.log");
+    let mut child = spawn_daemon(&cfg, None, None, &log);
+    wait_until(
+        Duration::from_secs(120),
+        "every event after the crashes",
+        || status_of(d.path()).events_scored >= n_events as u64,
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let st = status_of(d.path());
+    assert_eq!(
+        st.events_scored, n_events as u64,
+        "the lifetime counter is exact after {kills} kill -9s"
+    );
+    let keys = seen_keys(&d.path().join("state"));
+    assert_eq!(keys.len(), n_events);
+    let r = fhir_edge::state::Reader::open(&d.path().join("state")).unwrap();
+    assert_eq!(r.integrity_check().unwrap(), "ok");
+}

@@ -1,0 +1,195 @@
+//! Shared helpers: a tiny model, simulated events, an embedded server, an in-process daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use fhir_edge::clock::SystemClock;
+use fhir_edge::config::Config;
+use fhir_edge::fhir::server::FhirStore;
+use fhir_edge::health::Health;
+
+/// A tiny model trained once per test run on a small simulated hospital.
+pub fn tiny_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("fhir-edge-tiny-model")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let mut o = fhir_edge::detector::simulate::SimOptions::new(4, 7);
+        o.users = 30;
+        o.patients = 300;
+        o.anomalies_from_day = 99;
+        let events = fhir_edge::detector::simulate::simulate(&o);
+        let records: Vec<_> = events
+            .iter()
+            .map(|e| {
+                fhir_edge::fhir::parse_audit_event(
+                    &serde_json::value::to_raw_value(&e.json).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut ctx = fhir_edge::detector::features::Context::new(chrono_tz::UTC);
+        let rows = fhir_edge::detector::train::feature_rows(&mut ctx, &records);
+        let opts = fhir_edge::detector::model::TrainOptions {
+            epochs: 3,
+            ..Default::default()
+        };
+        let m = fhir_edge::detector::model::train(&rows, &opts, vec!["tiny".into()], |_, _| {})
+            .unwrap();
+        m.save(&dir).unwrap();
+        dir
+    })
+}
+
+/// `n` simulated AuditEvents (JSON) with ids `{prefix}-{i}`, recorded over the last day.
+pub fn events(n: usize, prefix: &str, seed: u64) -> Vec<serde_json::Value> {
+    let mut o = fhir_edge::detector::simulate::SimOptions::new(3, seed);
+    o.users = 30;
+    o.patients = 300;
+    o.anomalies_from_day = 1;
+    let sim = fhir_edge::detector::simulate::simulate(&o);
+    assert!(sim.len() >= n, "simulation too small: {}", sim.len());
+    sim.into_iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut j = e.json;
+            j["id"] = format!("{prefix}-{i}").into();
+            j
+        })
+        .collect()
+}
+
+/// Give events lastUpdated values: groups of `tie` share a timestamp, starting at `start`.
+pub fn stamp(events: &mut [serde_json::Value], start: DateTime<Utc>, tie: usize) {
+    for (i, e) in events.iter_mut().enumerate() {
+        let t = start + chrono::Duration::milliseconds((i / tie.max(1)) as i64 * 10);
+        e["meta"] =
+            serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge::clock::fmt_ms(t)});
+    }
+}
+
+pub struct Server {
+    pub store: FhirStore,
+    pub base_url: String,
+}
+
+pub fn server() -> Server {
+    let store = FhirStore::new(Arc::new(SystemClock));
+    let addr = fhir_edge::fhir::server::spawn_thread(store.clone(), 1);
+    Server {
+        store,
+        base_url: format!("http://{addr}/fhir"),
+    }
+}
+
+pub fn config(base_url: &str, state_dir: &Path) -> Config {
+    let mut c = Config::for_server(base_url, state_dir);
+    c.detector.model_dir = tiny_model().to_path_buf();
+    c.poller.interval_secs = 1;
+    c.poller.page_size = 50;
+    c.poller.initial_lookback_secs = 7 * 86_400;
+    c.poller.max_backoff_secs = 2;
+    c.fhir.timeout_secs = 5;
+    c.api.listen = "127.0.0.1:0".into();
+    c
+}
+
+/// The real daemon, in-process on its own thread and actix System.
+pub struct TestDaemon {
+    pub health: Health,
+    pub api: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestDaemon {
+    pub fn start(cfg: Config) -> TestDaemon {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let sys = actix_rt::System::new();
+            sys.block_on(async move {
+                let opts = fhir_edge::app::RunOptions {
+                    since: None,
+                    clock: Arc::new(SystemClock),
+                    notifier: fhir_edge::systemd::Notifier::from_env(),
+                };
+                let d = fhir_edge::app::start(cfg, opts)
+                    .await
+                    .expect("daemon starts");
+                tx.send((d.health.clone(), d.api_addr)).unwrap();
+                let _ = stop_rx.await;
+                d.shutdown(Duration::from_secs(10)).await;
+            });
+        });
+        let (health, api) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("daemon started");
+        TestDaemon {
+            health,
+            api,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn counter(
+        &self,
+        f: impl Fn(&fhir_edge::health::Counters) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
+        f(&self.health.counters).load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn status(dir: &Path) -> fhir_edge::state::StatusReport {
+    fhir_edge::state::Reader::open(dir)
+        .unwrap()
+        .status()
+        .unwrap()
+}
+
+/// Every event key in the seen table.
+pub fn seen_keys(dir: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(dir.join("fhir-edge.db")).unwrap();
+    let mut st = c.prepare("SELECT key FROM seen ORDER BY key").unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}

@@ -1,0 +1,318 @@
+//! The daemon against the embedded FHIR endpoint: every event scored exactly once through
+//! paging, ties, late commits, unsorted servers, faults and restarts.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use fhir_edge::fhir::server::Fault;
+
+use crate::common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+fn scored(d: &TestDaemon) -> u64 {
+    d.counter(|c| &c.events_model_scored)
+}
+
+fn polls(d: &TestDaemon) -> u64 {
+    d.counter(|c| &c.polls_completed)
+}
+
+#[test]
+fn five_pages_with_ties_across_boundaries_are_scored_once() {
+    let s = server();
+    let mut evs = events(230, "tie", 11);
+    // Groups of 7 share a timestamp, so ties straddle every 50-event page boundary.
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(2), 7);
+    s.store.insert_raw(evs);
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "230 events committed", || {
+        status(dir.path()).events_scored == 230
+    });
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(
+        scored(&d),
+        230,
+        "each event went through the model exactly once"
+    );
+    assert!(
+        d.counter(|c| &c.events_duplicate) >= 230,
+        "overlap re-reads were recognised as duplicates"
+    );
+    assert_eq!(seen_keys(dir.path()).len(), 230);
+    assert!(d.counter(|c| &c.pages_fetched) >= 5);
+    d.stop();
+    let st = status(dir.path());
+    assert_eq!(st.events_scored, 230);
+    assert!(st.cursor.is_some());
+}
+
+#[test]
+fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
+    let s = server();
+    let mut evs = events(60, "late", 12);
+    let base = Utc::now() - chrono::Duration::seconds(30);
+    stamp(&mut evs, base, 1);
+    s.store.insert_raw(evs);
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "60 events", || status(dir.path()).events_scored == 60);
+    let cursor = chrono::DateTime::parse_from_rfc3339(&status(dir.path()).cursor.unwrap())
+        .unwrap()
+        .with_timezone(&Utc);
+    // A transaction that committed after the poll, stamped 20 s before the cursor.
+    let mut late = events(61, "late-commit", 13).pop().unwrap();
+    late["id"] = "late-commit-1".into();
+    s.store
+        .create_at(late, cursor - chrono::Duration::seconds(20));
+    wait_until(T, "the late event", || {
+        status(dir.path()).events_scored == 61
+    });
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(scored(&d), 61);
+    assert!(seen_keys(dir.path())
+        .iter()
+        .any(|k| k.starts_with("late-commit-1|")));
+}
+
+#[test]
+fn a_server_that_ignores_sort_still_gets_every_event_once() {
+    let s = server();
+    s.store.set_ignore_sort(true);
+    let mut evs = events(180, "unsorted", 14);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 3);
+    s.store.insert_raw(evs);
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "180 events", || status(dir.path()).events_scored == 180);
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(scored(&d), 180);
+    // The cursor is the newest lastUpdated of the poll, not the last one read.
+    let newest = s.store.ids().len();
+    assert_eq!(newest, 180);
+}
+
+#[test]
+fn rate_limits_storms_html_and_truncated_pages_are_survived() {
+    let s = server();
+    let mut evs = events(150, "fault", 15);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 2);
+    s.store.insert_raw(evs);
+    s.store.push_fault(Fault::Status {
+        code: 429,
+        retry_after: Some(1),
+        body: String::new(),
+        content_type: "text/plain",
+    });
+    for _ in 0..4 {
+        s.store.push_fault(Fault::Status {
+            code: 503,
+            retry_after: None,
+            body: "busy".into(),
+            content_type: "text/plain",
+        });
+    }
+    s.store.push_fault(Fault::Status {
+        code: 502,
+        retry_after: None,
+        body: "<html><head><title>502 Bad Gateway</title></head></html>".into(),
+        content_type: "text/html",
+    });
+    s.store.push_fault(Fault::Body(
+        "<html><title>Maintenance</title></html>".into(),
+    ));
+    s.store.push_fault(Fault::Truncate(300));
+    s.store.push_fault(Fault::Status {
+        code: 500,
+        retry_after: None,
+        body: r#"{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception","diagnostics":"database unavailable"}]}"#.into(),
+        content_type: "application/fhir+json",
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(
+        Duration::from_secs(120),
+        "150 events after the faults",
+        || status(dir.path()).events_scored == 150,
+    );
+    assert!(
+        d.counter(|c| &c.fetch_errors) >= 9,
+        "every fault was counted: {}",
+        d.counter(|c| &c.fetch_errors)
+    );
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(scored(&d), 150);
+    let reports = d.health.reports(&fhir_edge::health::ACTORS);
+    let poller = reports.iter().find(|r| r.name == "poller").unwrap();
+    assert!(poller.errors >= 9);
+    assert!(poller.last_error_kind.is_some());
+}
+
+#[test]
+fn bad_entries_are_skipped_and_counted_the_rest_is_scored() {
+    let s = server();
+    let good = events(2, "entry", 16);
+    let body = serde_json::json!({
+        "resourceType": "Bundle", "type": "searchset",
+        "entry": [
+            {"resource": good[0], "search": {"mode": "match"}},
+            {"resource": {"resourceType": "AuditEvent", "id": "broken", "recorded": "yesterday-ish"}, "search": {"mode": "match"}},
+            {"resource": {"resourceType": "Patient", "id": "p1"}, "search": {"mode": "match"}},
+            {"resource": good[1], "search": {"mode": "match"}}
+        ]
+    });
+    s.store.push_fault(Fault::Body(body.to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "2 good entries", || {
+        status(dir.path()).events_scored == 2
+    });
+    assert_eq!(status(dir.path()).events_skipped, 2);
+    drop(d);
+}
+
+#[test]
+fn expired_and_foreign_next_links_restart_from_the_cursor() {
+    let s = server();
+    let mut evs = events(120, "paging", 17);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 1);
+    s.store.insert_raw(evs);
+    // First page's next link points to an expired paging id (404), then a foreign origin.
+    s.store.push_fault(Fault::NextLink(format!(
+        "{}/AuditEvent-pages?_getpages=expired",
+        s.base_url
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "120 events", || status(dir.path()).events_scored == 120);
+    s.store.push_fault(Fault::NextLink(
+        "http://198.51.100.7:9/fhir/AuditEvent?_offset=50".into(),
+    ));
+    let p = polls(&d);
+    wait_until(T, "recovery after the foreign link", || polls(&d) >= p + 2);
+    assert_eq!(scored(&d), 120);
+    let kinds = d.health.reports(&fhir_edge::health::ACTORS);
+    assert!(kinds.iter().find(|r| r.name == "poller").unwrap().errors >= 2);
+}
+
+#[test]
+fn a_restart_between_pages_loses_and_doubles_nothing() {
+    let s = server();
+    let mut evs = events(400, "restart", 18);
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 4);
+    s.store.insert_raw(evs);
+    for _ in 0..8 {
+        s.store.push_fault(Fault::Delay(Duration::from_millis(300)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "a first page", || status(dir.path()).events_scored >= 50);
+    let health = d.health.clone();
+    d.stop();
+    let first_run = health
+        .counters
+        .events_model_scored
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mid = status(dir.path()).events_scored;
+    assert!(mid < 400, "stopped mid-poll ({mid})");
+    assert_eq!(
+        first_run, mid,
+        "everything scored in the first run was committed"
+    );
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    wait_until(T, "all 400", || status(dir.path()).events_scored == 400);
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(
+        first_run + scored(&d),
+        400,
+        "no event scored twice across the restart"
+    );
+    assert_eq!(seen_keys(dir.path()).len(), 400);
+}
+
+#[test]
+fn pushed_events_are_deduplicated_against_polling() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    let ev = events(1, "push", 19).pop().unwrap();
+    // The server stores it (assigning version and lastUpdated); a subscription delivers the
+    // stored copy to /fhir/notify.
+    let id = s.store.create(ev);
+    let stored = s.store.get(&id).unwrap();
+    let body = serde_json::json!({
+        "resourceType": "Bundle", "type": "history",
+        "entry": [{"resource": {"resourceType": "SubscriptionStatus", "status": "active", "type": "event-notification"}},
+                  {"fullUrl": format!("{}/AuditEvent/{id}", s.base_url), "resource": stored}]
+    });
+    // Posting before the poll would see it or after: either way it is scored once.
+    let client =
+        reqwest::blocking_free_post(&format!("http://{}/fhir/notify", d.api), body.to_string());
+    assert_eq!(client.0, 200, "{}", client.1);
+    wait_until(T, "the pushed event", || {
+        status(dir.path()).events_scored == 1
+    });
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(scored(&d), 1);
+    assert_eq!(status(dir.path()).events_scored, 1);
+    // An event without meta cannot be matched with its polled copy: refused, not doubled.
+    let mut bare = events(2, "bare", 20).pop().unwrap();
+    bare.as_object_mut().unwrap().remove("meta");
+    let r = reqwest::blocking_free_post(&format!("http://{}/fhir/notify", d.api), bare.to_string());
+    assert_eq!(r.0, 422, "{}", r.1);
+    // Malformed and oversized bodies: clear 4xx, nothing stored.
+    let r =
+        reqwest::blocking_free_post(&format!("http://{}/fhir/notify", d.api), "{not json".into());
+    assert_eq!(r.0, 400, "{}", r.1);
+    let big = format!(
+        "{{\"resourceType\":\"Bundle\",\"entry\":[{}]}}",
+        "{}".repeat(5 * 1024 * 1024)
+    );
+    let r = reqwest::blocking_free_post(&format!("http://{}/fhir/notify", d.api), big);
+    assert_eq!(r.0, 413, "{}", r.1);
+    assert_eq!(status(dir.path()).events_scored, 1);
+}
+
+/// Tiny blocking HTTP helpers (a runtime per call keeps tests independent of actix).
+pub mod reqwest {
+    pub fn blocking_free_post(url: &str, body: String) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = ::reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        })
+    }
+
+    pub fn get(url: &str, token: Option<&str>) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut req = ::reqwest::Client::new().get(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap_or_default())
+        })
+    }
+}

@@ -1,0 +1,160 @@
+//! Against a real third-party FHIR R4 server: sekmet-fhir (FastAPI + SQLite, from PyPI),
+//! installed by `.ci/run` (see tests/sekmet-constraints.txt) and started here on loopback.
+//! Set FHIR_EDGE_SEKMET to its `sekmet` executable. Without it the test says SKIP — unless
+//! FHIR_EDGE_REQUIRE_REAL_SERVER=1 (CI), where a missing server is a failure.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+pub struct Sekmet {
+    child: Child,
+    pub base_url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Sekmet {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start sekmet on a free loopback port, or explain why not.
+pub fn start_sekmet() -> Option<Sekmet> {
+    let exe = match std::env::var_os("FHIR_EDGE_SEKMET") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            if std::env::var("FHIR_EDGE_REQUIRE_REAL_SERVER").as_deref() == Ok("1") {
+                panic!("FHIR_EDGE_REQUIRE_REAL_SERVER=1 but FHIR_EDGE_SEKMET is not set");
+            }
+            eprintln!("SKIP real_server: FHIR_EDGE_SEKMET is not set (run .ci/run to install sekmet-fhir)");
+            return None;
+        }
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let base_url = format!("http://127.0.0.1:{port}/fhir");
+    let settings = dir.path().join("settings.yaml");
+    std::fs::write(
+        &settings,
+        format!(
+            "base_url: {base_url}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {}\nsimulator: {{enabled: false}}\nlog_inbound: false\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(&exe)
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("SEKMET_CONFIG", &settings)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("sekmet.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+    let s = Sekmet {
+        child,
+        base_url,
+        _dir: dir,
+    };
+    let start = Instant::now();
+    loop {
+        let (code, _) = crate::pipeline::reqwest::get(&format!("{}/metadata", s.base_url), None);
+        if code == 200 {
+            return Some(s);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "sekmet did not answer /metadata within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn post_all(base_url: &str, events: &[serde_json::Value]) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = fhir_edge::config::Config::for_server(base_url, std::path::Path::new("/tmp"));
+    let client = fhir_edge::fhir::client::FhirClient::new(&cfg.fhir, 1 << 20).unwrap();
+    rt.block_on(async {
+        let mut ids = Vec::new();
+        for e in events {
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("id");
+            e.as_object_mut().unwrap().remove("meta");
+            ids.push(
+                client
+                    .create(&e)
+                    .await
+                    .expect("sekmet accepts the AuditEvent"),
+            );
+        }
+        ids
+    })
+}
+
+#[test]
+fn every_event_loaded_in_bursts_is_scored_exactly_once() {
+    let Some(s) = start_sekmet() else { return };
+    let all = events(240, "real", 31);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.poller.page_size = 25;
+    cfg.poller.initial_lookback_secs = 3600;
+    // A first burst before the daemon starts, then three while it runs.
+    let mut ids = post_all(&s.base_url, &all[..60]);
+    let d = TestDaemon::start(cfg);
+    for chunk in all[60..].chunks(60) {
+        std::thread::sleep(Duration::from_millis(700));
+        ids.extend(post_all(&s.base_url, chunk));
+    }
+    assert_eq!(ids.len(), 240);
+    wait_until(
+        Duration::from_secs(120),
+        "240 events from the real server",
+        || status(dir.path()).events_scored == 240,
+    );
+    let p = d.counter(|c| &c.polls_completed);
+    wait_until(Duration::from_secs(60), "three more polls", || {
+        d.counter(|c| &c.polls_completed) >= p + 3
+    });
+    assert_eq!(
+        d.counter(|c| &c.events_model_scored),
+        240,
+        "each event scored exactly once"
+    );
+    let keys = seen_keys(dir.path());
+    assert_eq!(keys.len(), 240);
+    let mut seen_ids: Vec<String> = keys
+        .iter()
+        .map(|k| k.split('|').next().unwrap().to_string())
+        .collect();
+    seen_ids.sort();
+    ids.sort();
+    assert_eq!(
+        seen_ids, ids,
+        "the scored events are exactly the ones the server assigned"
+    );
+    assert!(
+        d.counter(|c| &c.events_duplicate) > 0,
+        "overlap re-reads against a real server are recognised"
+    );
+}
