@@ -83,6 +83,9 @@ pub enum Command {
         /// Site time zone of the simulated shifts.
         #[arg(long, default_value = "UTC")]
         timezone: String,
+        /// Multiplies every user's activity rate.
+        #[arg(long, default_value_t = 1.0)]
+        activity: f64,
     },
     /// Train a model on AuditEvents (NDJSON or Bundle JSON, auto-detected).
     Train {
@@ -100,6 +103,9 @@ pub enum Command {
         /// Site time zone (default: the config's, else UTC).
         #[arg(long)]
         timezone: Option<String>,
+        /// Learn only from events recorded before this time (RFC 3339), e.g. the baseline days.
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<DateTime<Utc>>,
     },
     /// Score every event of a file in order and write id,score,severity,explanation as CSV.
     Score {
@@ -111,9 +117,27 @@ pub enum Command {
         output: PathBuf,
         #[arg(long)]
         timezone: Option<String>,
+        /// Also write each event's raw feature row (CSV) for comparisons with other detectors.
+        #[arg(long, value_name = "CSV")]
+        features_out: Option<PathBuf>,
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent,
+    /// Run the whole pipeline against an embedded simulated FHIR server, with the dashboard.
+    Demo {
+        /// Dashboard and API address.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: std::net::SocketAddr,
+        /// Simulated seconds per real second for the live activity.
+        #[arg(long, default_value_t = 1800.0)]
+        speedup: f64,
+        /// Simulation seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration_secs: Option<u64>,
+    },
 }
 
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -232,6 +256,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             anomalies_from_day,
             incidents_per_day,
             timezone,
+            activity,
         } => {
             let mut o = crate::detector::simulate::SimOptions::new(days, seed);
             o.users = users;
@@ -240,6 +265,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 o.anomalies_from_day = d;
             }
             o.incidents_per_day = incidents_per_day;
+            o.activity = activity;
             o.tz = timezone
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {timezone:?}"))?;
@@ -263,9 +289,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             percentile,
             timezone,
+            until,
         } => {
             let tz = site_tz(timezone.as_deref(), cfg_path)?;
-            train_cmd(&input, &output, epochs, seed, percentile, tz)?;
+            train_cmd(&input, &output, epochs, seed, percentile, tz, until)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {
@@ -273,9 +300,35 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             output,
             timezone,
+            features_out,
         } => {
             let tz = site_tz(timezone.as_deref(), cfg_path)?;
-            score_cmd(&model, &input, &output, tz)?;
+            score_cmd(&model, &input, &output, tz, features_out.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            listen,
+            speedup,
+            seed,
+            duration_secs,
+        } => {
+            if !listen.ip().is_loopback() {
+                bail!("--listen {listen}: the demo API has no token; use a loopback address");
+            }
+            if !(speedup > 0.0) {
+                bail!("--speedup must be positive");
+            }
+            std::env::set_var(
+                "FHIR_EDGE_LOG",
+                std::env::var("FHIR_EDGE_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+            crate::telemetry::init();
+            crate::demo::run(crate::demo::DemoOptions {
+                listen,
+                speedup,
+                seed,
+                duration: duration_secs.map(std::time::Duration::from_secs),
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SendTestEvent => {
@@ -332,6 +385,7 @@ fn train_cmd(
     seed: u64,
     percentile: f32,
     tz: chrono_tz::Tz,
+    until: Option<DateTime<Utc>>,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let mut records = Vec::new();
@@ -347,6 +401,9 @@ fn train_cmd(
             );
         }
         records.extend(i.records);
+    }
+    if let Some(u) = until {
+        records.retain(|r| r.recorded < u);
     }
     let mut ctx = crate::detector::features::Context::new(tz);
     let rows = crate::detector::train::feature_rows(&mut ctx, &records);
@@ -397,10 +454,35 @@ fn score_cmd(
     input: &Path,
     output: &Path,
     tz: chrono_tz::Tz,
+    features_out: Option<&Path>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let model = crate::detector::model::Model::load(model_dir)?;
     let i = crate::detector::train::read_events(input)?;
+    if let Some(fo) = features_out {
+        // Same causal features, from a fresh context, for other detectors to compare on.
+        let mut ctx = crate::detector::features::Context::new(tz);
+        let rows = crate::detector::train::feature_rows(&mut ctx, &i.records);
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(fo).with_context(|| format!("creating {}", fo.display()))?,
+        );
+        writeln!(
+            w,
+            "id,recorded_ms,{}",
+            crate::detector::features::FEATURES.join(",")
+        )?;
+        for (r, x) in i.records.iter().zip(&rows) {
+            let xs: Vec<String> = x.iter().map(|v| format!("{v:.5}")).collect();
+            writeln!(
+                w,
+                "{},{},{}",
+                r.id,
+                r.recorded.timestamp_millis(),
+                xs.join(",")
+            )?;
+        }
+        w.flush()?;
+    }
     let mut ctx = crate::detector::features::Context::new(tz);
     let scores = crate::detector::score_stream(&model, &mut ctx, &i.records, 512)?;
     let mut w = std::io::BufWriter::new(

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -42,14 +42,14 @@ pub const FEATURES: &[&str] = &[
     "distinct_patients_1h",
     "patients_1h_vs_usual",
     "first_access_to_patient",
-    "patient_dept_share",
-    "patient_history",
+    "unrelated_patient_rarity",
+    "dept_history_with_patient",
     "patient_users_24h",
     "patient_users_vs_usual",
     "failed_logins_15m",
     "new_source_ip",
     "new_client_app",
-    "days_since_active",
+    "days_dormant_before_session",
     "query_size",
     "export",
     "failure_outcome",
@@ -64,6 +64,24 @@ pub const FEATURES: &[&str] = &[
 ];
 
 pub const N_FEATURES: usize = 26;
+
+/// A session ends after this long without activity.
+const SESSION_GAP: i64 = 8 * HOUR;
+
+/// How each feature counts in the anomaly score. +1: a signal where only values above
+/// expectation are suspicious; -1: a signal where only values below are; 0: context only —
+/// the autoencoder conditions on it, but it adds nothing to the score.
+pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
+    1, 1, 1, // hours, weekday
+    1, 1, 1, // distinct patients
+    1, 1, -1, // first access, other departments' share, own department's history
+    1, 1, // patient users
+    1, 1, 1, 1, // failed logins, new ip, new app, dormancy
+    1, 1, 1, // query size, export, failure
+    0, 0, 0, // kind of action
+    1, // same family name
+    0, 0, 0, 0, // user history, has patient, user rates
+];
 
 /// Raw facts behind the features, for plain-language explanations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -84,6 +102,10 @@ pub struct Facts {
     pub failed_15m: u32,
     pub new_ip: bool,
     pub new_app: bool,
+    /// Times this user used this address / app before (when known).
+    pub ip_uses: Option<u32>,
+    pub app_uses: Option<u32>,
+    /// Days without any activity before the current session began.
     pub days_inactive: f32,
     pub query_count: Option<u32>,
     pub export: bool,
@@ -119,6 +141,8 @@ struct UserState {
     weekdays: [f32; 7],
     events: f32,
     last_ms: i64,
+    /// Idle gap (ms) before the current session started.
+    session_gap_ms: i64,
     /// (time, patient hash) for the last hour.
     recent: VecDeque<(i64, u64)>,
     /// EWMA of the distinct-patients-per-hour this user shows.
@@ -129,7 +153,8 @@ struct UserState {
     apps: Vec<(u64, u32)>,
     failed: VecDeque<i64>,
     dept: Option<u64>,
-    /// EWMA of how often this user opens patients mostly seen by other departments.
+    /// EWMA of how often this user opens a patient with a record history that the user's
+    /// department never touched (high for radiology or pharmacy, near 0 on a ward).
     cross_rate: f32,
     /// EWMA of how often this user opens a patient for the first time.
     first_rate: f32,
@@ -316,16 +341,32 @@ impl Context {
             let fails = u.failed.iter().filter(|t| **t >= now - FAIL_WINDOW).count() as u32;
             facts.failed_15m = fails;
             x[11] = (fails as f32).ln_1p();
+            // Novelty of the address and app for a user with enough history: 1 when never
+            // seen, decaying with use, so a whole session from a new place stands out.
             let mature = u.events >= MATURE;
+            let uses = |list: &Vec<(u64, u32)>, v: &str| {
+                list.iter().find(|e| e.0 == h64(v)).map_or(0, |e| e.1)
+            };
             if let Some(ip) = &r.source_ip {
-                facts.new_ip = mature && !u.ips.iter().any(|e| e.0 == h64(ip.as_str()));
+                let n = uses(&u.ips, ip);
+                facts.ip_uses = Some(n);
+                facts.new_ip = mature && n == 0;
+                x[12] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
             }
             if let Some(app) = &r.client_app {
-                facts.new_app = mature && !u.apps.iter().any(|e| e.0 == h64(app.as_str()));
+                let n = uses(&u.apps, app);
+                facts.app_uses = Some(n);
+                facts.new_app = mature && n == 0;
+                x[13] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
             }
-            x[12] = facts.new_ip as u8 as f32;
-            x[13] = facts.new_app as u8 as f32;
-            facts.days_inactive = ((now - u.last_ms).max(0) as f32 / DAY as f32).max(0.0);
+            // Dormancy: the idle gap before the current session (the whole session carries it).
+            let gap = now - u.last_ms;
+            let session_gap = if gap > SESSION_GAP {
+                gap
+            } else {
+                u.session_gap_ms
+            };
+            facts.days_inactive = session_gap.max(0) as f32 / DAY as f32;
             x[14] = facts.days_inactive.ln_1p();
             x[22] = u.events.ln_1p();
             x[24] = u.cross_rate;
@@ -350,8 +391,20 @@ impl Context {
                     / p.total;
                 facts.dept_share = dept_h.map(|_| share);
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
-                x[7] = if dept_h.is_some() { 1.0 - share } else { 0.0 };
-                x[8] = p.total.ln_1p();
+                // An access to a patient with a history none of it from the user's department,
+                // weighed by how unusual such access is for this user.
+                if dept_h.is_some() && is_unrelated(share, p.total) {
+                    x[7] = -(user.map_or(0.0, |u| u.cross_rate) + 0.005).ln();
+                }
+                // log((accesses from the user's department + 1) / (all accesses + 1)): 0 for
+                // a new patient or one the department works with, very negative for a long
+                // record the department never touched.
+                let own = share * p.total;
+                x[8] = if dept_h.is_some() {
+                    ((own + 1.0) / (p.total + 1.0)).ln()
+                } else {
+                    0.0
+                };
                 let users24 = distinct(&p.recent, now - DAY)
                     + uh.map_or(0u32, |u| {
                         (!p.recent.iter().any(|e| e.1 == u && e.0 >= now - DAY)) as u32
@@ -434,6 +487,9 @@ impl Context {
                 u.failed.clear();
             }
         }
+        if u.last_ms > 0 && now - u.last_ms > SESSION_GAP {
+            u.session_gap_ms = now - u.last_ms;
+        }
         u.last_ms = u.last_ms.max(now);
         if dept_h.is_some() {
             u.dept = dept_h;
@@ -460,7 +516,7 @@ impl Context {
                 let own = user_dept
                     .and_then(|d| ps.depts.iter().find(|e| e.0 == d).map(|e| e.1))
                     .unwrap_or(0.0);
-                1.0 - own / ps.total
+                is_unrelated(own / ps.total, ps.total) as u8 as f32
             });
             let u = self.users.get_mut(&uh).expect("inserted above");
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
@@ -504,6 +560,11 @@ impl Context {
             ps.last_ms = ps.last_ms.max(now);
         }
     }
+}
+
+/// A patient with some record history, none of it from the user's department.
+fn is_unrelated(dept_share: f32, history: f32) -> bool {
+    history >= 3.0 && dept_share <= 0.0
 }
 
 /// The contiguous band of hours (start, end inclusive) holding most of a histogram.

@@ -131,6 +131,13 @@ pub fn score_stream(
     Ok(out)
 }
 
+fn contrib_of(c: &[f32; N_FEATURES], name: &str) -> f32 {
+    FEATURES
+        .iter()
+        .position(|f| *f == name)
+        .map_or(0.0, |i| c[i])
+}
+
 fn pct(x: f32) -> String {
     format!("{:.0}%", (x * 100.0).clamp(0.0, 100.0))
 }
@@ -140,11 +147,13 @@ fn kind_of(feature: &str) -> &'static str {
     match feature {
         "hour_rarity_user" | "hour_rarity_site" | "weekday_rarity_user" => "after_hours",
         "distinct_patients_10m" | "distinct_patients_1h" | "patients_1h_vs_usual" => "bulk_access",
-        "first_access_to_patient" | "patient_dept_share" | "patient_history" => "cross_department",
+        "first_access_to_patient" | "unrelated_patient_rarity" | "dept_history_with_patient" => {
+            "cross_department"
+        }
         "patient_users_24h" | "patient_users_vs_usual" => "vip_snooping",
         "failed_logins_15m" | "failure_outcome" => "failed_logins",
         "new_source_ip" | "new_client_app" => "new_source",
-        "days_since_active" => "dormant_account",
+        "days_dormant_before_session" => "dormant_account",
         "query_size" | "export" => "mass_export",
         "same_family_name" => "family_snooping",
         _ => "unusual_pattern",
@@ -214,13 +223,19 @@ pub fn explain(
                     format!("{} failed logins by this user in the last 15 min", f.failed_15m)
                 }
             }
-            "new_source" => match (f.new_ip, f.new_app) {
-                (true, true) => "first access from this network address and this client application for this user".into(),
-                (true, false) => "first access from this network address for this user".into(),
-                (false, true) => "first use of this client application by this user".into(),
-                _ => "unusual source for this user".into(),
-            },
-            "dormant_account" => format!("first activity after {:.0} days without any", f.days_inactive),
+            "new_source" => {
+                let ip = r.source_ip.as_deref().unwrap_or("?");
+                let app = r.client_app.as_deref().unwrap_or("?");
+                match (f.ip_uses, f.app_uses) {
+                    (Some(0), Some(0)) => format!("first access from {ip} with {app} for this user"),
+                    (Some(n), _) if contrib_of(contrib, "new_source_ip") >= contrib_of(contrib, "new_client_app") => {
+                        format!("access from {ip}, an address this user had used {n} times before")
+                    }
+                    (_, Some(n)) => format!("access with {app}, a client this user had used {n} times before"),
+                    _ => "unusual source for this user".into(),
+                }
+            }
+            "dormant_account" => format!("session began after {:.0} days without any activity by this user", f.days_inactive),
             "mass_export" => {
                 if f.export {
                     "bulk data export ($export)".to_string()

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Module, Optimizer};
 use serde::{Deserialize, Serialize};
 
-use super::features::{FEATURES, N_FEATURES, SCHEMA_VERSION};
+use super::features::{FEATURES, FEATURE_DIRECTION, N_FEATURES, SCHEMA_VERSION};
 use crate::rng::Rng;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -89,9 +89,50 @@ pub struct ModelMeta {
     pub hidden: Vec<usize>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
-    /// Score at the calibration percentile of the training scores.
+    /// Scale of the reconstruction part: its calibration percentile on the training data.
+    pub ae_scale: f32,
+    /// Per feature: values at the tail probabilities `TAIL_P` (upper tail for +1 features,
+    /// lower for -1), then the extreme seen in training; empty for context features.
+    pub tails: Vec<Vec<f32>>,
+    /// Scale of the tail-surprise part: its calibration percentile on the training data.
+    pub tail_scale: f32,
+    /// Combined score at the calibration percentile of the training scores.
     pub threshold: f32,
     pub training: TrainingSummary,
+}
+
+/// Tail probabilities at which training quantiles are kept.
+pub const TAIL_P: [f32; 12] = [
+    0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001,
+];
+/// Surprise (in decimal digits of improbability) of a value beyond anything seen in training.
+const BEYOND_SEEN: f32 = 5.0;
+/// Surprises up to this (p ≥ 5%) are ordinary and count nothing, so many small deviations
+/// cannot add up to an alert.
+const ORDINARY: f32 = 1.3;
+
+/// How improbable `x` is on its suspicious side, in -log10(probability), from the grid.
+fn tail_surprise(grid: &[f32], dir: i8, x: f32) -> f32 {
+    if grid.len() != TAIL_P.len() + 1 || dir == 0 {
+        return 0.0;
+    }
+    let beyond = |v: f32| if dir > 0 { x > v } else { x < v };
+    if beyond(grid[TAIL_P.len()]) {
+        return BEYOND_SEEN;
+    }
+    let mut s = 0.0;
+    for (j, p) in TAIL_P.iter().enumerate() {
+        if beyond(grid[j]) {
+            s = -p.log10();
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+fn n_signal() -> f32 {
+    FEATURE_DIRECTION.iter().filter(|d| **d != 0).count() as f32
 }
 
 /// A loaded model, ready to score batches.
@@ -101,7 +142,8 @@ pub struct Model {
     device: Device,
 }
 
-/// One event's score and per-feature contributions (squared standardized errors).
+/// One event's score and per-feature contributions: squared standardized reconstruction
+/// errors, counting only excesses for features where only "more" is suspicious.
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub score: f32,
@@ -133,8 +175,12 @@ impl Model {
         standardize(&self.meta.mean, &self.meta.std, x)
     }
 
-    /// Score a batch of raw feature rows.
-    pub fn score(&self, rows: &[[f32; N_FEATURES]]) -> Result<Vec<Scored>, ModelError> {
+    /// Per-feature raw parts of a batch: one-sided squared reconstruction errors of signal
+    /// features, and tail surprises (-log10 training probability), both unscaled.
+    fn raw_parts(
+        &self,
+        rows: &[[f32; N_FEATURES]],
+    ) -> Result<Vec<([f32; N_FEATURES], [f32; N_FEATURES])>, ModelError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,18 +191,46 @@ impl Model {
         let x =
             Tensor::from_vec(flat, (rows.len(), N_FEATURES), &self.device).map_err(candle_err)?;
         let y = forward(&self.layers, &x).map_err(candle_err)?;
-        let err = (y - &x).map_err(candle_err)?.sqr().map_err(candle_err)?;
-        let err: Vec<f32> = err
+        let diff = (&x - y).map_err(candle_err)?;
+        let diff: Vec<f32> = diff
             .flatten_all()
             .and_then(|t| t.to_vec1())
             .map_err(candle_err)?;
-        Ok(err
+        Ok(diff
             .chunks_exact(N_FEATURES)
-            .map(|c| {
+            .zip(rows)
+            .map(|(c, raw)| {
+                let mut ae = [0f32; N_FEATURES];
+                let mut tail = [0f32; N_FEATURES];
+                for i in 0..N_FEATURES {
+                    let dir = FEATURE_DIRECTION[i];
+                    let d = match dir {
+                        0 => 0.0,
+                        1 => c[i].max(0.0),
+                        _ => c[i].min(0.0),
+                    };
+                    ae[i] = d * d / n_signal();
+                    tail[i] = (tail_surprise(&self.meta.tails[i], dir, raw[i]) - ORDINARY).max(0.0);
+                }
+                (ae, tail)
+            })
+            .collect())
+    }
+
+    /// Score a batch of raw feature rows: the mean of the reconstruction part and the
+    /// tail part, each divided by its calibration scale. Contributions add up to the score.
+    pub fn score(&self, rows: &[[f32; N_FEATURES]]) -> Result<Vec<Scored>, ModelError> {
+        let (ka, kt) = (0.5 / self.meta.ae_scale, 0.5 / self.meta.tail_scale);
+        Ok(self
+            .raw_parts(rows)?
+            .into_iter()
+            .map(|(ae, tail)| {
                 let mut contributions = [0f32; N_FEATURES];
-                contributions.copy_from_slice(c);
+                for i in 0..N_FEATURES {
+                    contributions[i] = ae[i] * ka + tail[i] * kt;
+                }
                 Scored {
-                    score: c.iter().sum::<f32>() / N_FEATURES as f32,
+                    score: contributions.iter().sum(),
                     contributions,
                 }
             })
@@ -191,13 +265,22 @@ impl Model {
             file: META_FILE,
             reason,
         };
-        if meta.mean.len() != N_FEATURES || meta.std.len() != N_FEATURES {
+        if meta.mean.len() != N_FEATURES
+            || meta.std.len() != N_FEATURES
+            || meta.tails.len() != N_FEATURES
+        {
             return Err(corrupt(
                 "standardization vectors have the wrong length".into(),
             ));
         }
-        if !(meta.threshold.is_finite() && meta.threshold > 0.0) {
-            return Err(corrupt("threshold is not a positive number".into()));
+        for (name, v) in [
+            ("threshold", meta.threshold),
+            ("ae_scale", meta.ae_scale),
+            ("tail_scale", meta.tail_scale),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(corrupt(format!("{name} is not a positive number")));
+            }
         }
         if meta.hidden.is_empty() || meta.hidden.iter().any(|h| *h == 0 || *h > 1024) {
             return Err(corrupt("hidden layer sizes are invalid".into()));
@@ -268,6 +351,22 @@ impl Model {
         std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| werr(e.to_string()))?;
         Ok(())
     }
+}
+
+/// The shipped default model, embedded so the demo and tests run from any checkout.
+pub const DEFAULT_MODEL_JSON: &str = include_str!("../../models/default/model.json");
+pub const DEFAULT_MODEL_WEIGHTS: &[u8] = include_bytes!("../../models/default/model.safetensors");
+
+/// Write the embedded default model into `dir`.
+pub fn write_embedded_default(dir: &Path) -> Result<(), ModelError> {
+    let werr = |e: std::io::Error| ModelError::Write {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(werr)?;
+    std::fs::write(dir.join(META_FILE), DEFAULT_MODEL_JSON).map_err(werr)?;
+    std::fs::write(dir.join(WEIGHTS_FILE), DEFAULT_MODEL_WEIGHTS).map_err(werr)?;
+    Ok(())
 }
 
 pub fn standardize(mean: &[f32], std: &[f32], x: &[f32; N_FEATURES]) -> [f32; N_FEATURES] {
@@ -396,6 +495,26 @@ pub fn train(
         }
         progress(epoch + 1, last_loss);
     }
+    // Tail grids from the training distribution of each signal feature.
+    let mut tails = Vec::with_capacity(N_FEATURES);
+    let mut col = Vec::with_capacity(n);
+    for i in 0..N_FEATURES {
+        let dir = FEATURE_DIRECTION[i];
+        if dir == 0 {
+            tails.push(Vec::new());
+            continue;
+        }
+        col.clear();
+        col.extend(rows.iter().map(|r| r[i]));
+        col.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f32| col[((p * (n - 1) as f32).round() as usize).min(n - 1)];
+        let mut grid: Vec<f32> = TAIL_P
+            .iter()
+            .map(|p| if dir > 0 { q(1.0 - p) } else { q(*p) })
+            .collect();
+        grid.push(if dir > 0 { col[n - 1] } else { col[0] });
+        tails.push(grid);
+    }
     let mut model = Model {
         meta: ModelMeta {
             schema_version: SCHEMA_VERSION,
@@ -403,6 +522,9 @@ pub fn train(
             hidden: opts.hidden.clone(),
             mean,
             std,
+            ae_scale: 1.0,
+            tails,
+            tail_scale: 1.0,
             threshold: 1.0,
             training: TrainingSummary {
                 events: n,
@@ -418,7 +540,17 @@ pub fn train(
         layers,
         device,
     };
-    // Calibrate the threshold on the training scores.
+    // Calibrate: each part's scale is its percentile on the training data, then the
+    // threshold is the same percentile of the combined score.
+    let (mut ae, mut tail) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for chunk in rows.chunks(4096) {
+        for (a, t) in model.raw_parts(chunk)? {
+            ae.push(a.iter().sum::<f32>());
+            tail.push(t.iter().sum::<f32>());
+        }
+    }
+    model.meta.ae_scale = percentile(&mut ae, opts.threshold_percentile).max(1e-6);
+    model.meta.tail_scale = percentile(&mut tail, opts.threshold_percentile).max(0.1);
     let mut scores = Vec::with_capacity(n);
     for chunk in rows.chunks(4096) {
         scores.extend(model.score(chunk)?.into_iter().map(|s| s.score));

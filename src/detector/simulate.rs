@@ -208,6 +208,8 @@ struct Patient {
     display: String,
     last: &'static str,
     dept: usize,
+    /// Departments asked to consult on this patient (their access is explained).
+    consults: Vec<usize>,
     admit_day: i64,
     discharge_day: i64,
     care_team: Vec<usize>,
@@ -308,11 +310,19 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
         }
         let first = *rng.pick(FIRST);
         let last = *rng.pick(LAST);
+        let mut consults = Vec::new();
+        for _ in 0..rng.below(3) {
+            let c = rng.below(9) as usize;
+            if c != dept && !consults.contains(&c) {
+                consults.push(c);
+            }
+        }
         patients.push(Patient {
             reference: format!("Patient/p{i}"),
             display: format!("{last}, {first}"),
             last,
             dept,
+            consults,
             admit_day,
             discharge_day: admit_day + stay,
             care_team,
@@ -511,6 +521,15 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
         let wd = weekday(opts, day);
         let today = &all_admitted[day as usize];
         let anywhere: Vec<usize> = today.iter().flatten().copied().collect();
+        let consulting: Vec<Vec<usize>> = (0..DEPTS.len())
+            .map(|d| {
+                anywhere
+                    .iter()
+                    .copied()
+                    .filter(|p| h.patients[*p].consults.contains(&d))
+                    .collect()
+            })
+            .collect();
         for (ui, u) in h.users.iter().enumerate() {
             if !u.workdays[wd] || (u.dormant && day >= 3) {
                 continue;
@@ -551,10 +570,15 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
                 if t >= end {
                     break;
                 }
-                // Which patient: own care-team patients, own department, or (service
-                // departments and consults) anywhere.
-                let pool: &Vec<usize> = if DEPTS[u.dept].1 || own.is_empty() || rng.chance(0.04) {
+                // Which patient: own care-team patients, own department, a patient this
+                // department was asked to consult on, or (service departments, rare noise)
+                // anywhere.
+                let service = DEPTS[u.dept].1;
+                let consult = !service && rng.chance(0.06) && !consulting[u.dept].is_empty();
+                let pool: &Vec<usize> = if service || own.is_empty() || rng.chance(0.005) {
                     &anywhere
+                } else if consult {
+                    &consulting[u.dept]
                 } else {
                     own
                 };
@@ -562,7 +586,7 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
                     continue;
                 }
                 let mut pi = *rng.pick(pool);
-                if !DEPTS[u.dept].1 && rng.chance(0.6) {
+                if !service && !consult && rng.chance(0.6) {
                     // Prefer patients whose care team includes the user.
                     let mine: Vec<usize> = own
                         .iter()

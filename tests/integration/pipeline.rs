@@ -310,9 +310,14 @@ pub mod reqwest {
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            let r = req.send().await.unwrap();
-            let code = r.status().as_u16();
-            (code, r.text().await.unwrap_or_default())
+            match req.send().await {
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    (code, r.text().await.unwrap_or_default())
+                }
+                // Not listening (yet): code 0.
+                Err(e) => (0, e.to_string()),
+            }
         })
     }
 }

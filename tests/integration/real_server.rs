@@ -1,7 +1,7 @@
 //! Against a real third-party FHIR R4 server: sekmet-fhir (FastAPI + SQLite, from PyPI),
 //! installed by `.ci/run` (see tests/sekmet-constraints.txt) and started here on loopback.
-//! Set FHIR_EDGE_SEKMET to its `sekmet` executable. Without it the test says SKIP — unless
-//! FHIR_EDGE_REQUIRE_REAL_SERVER=1 (CI), where a missing server is a failure.
+//! Set SEKMET_EXE to its `sekmet` executable. Without it the test says SKIP — unless
+//! REQUIRE_REAL_FHIR_SERVER=1 (CI), where a missing server is a failure.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -33,13 +33,13 @@ impl Drop for Sekmet {
 
 /// Start sekmet on a free loopback port, or explain why not.
 pub fn start_sekmet() -> Option<Sekmet> {
-    let exe = match std::env::var_os("FHIR_EDGE_SEKMET") {
+    let exe = match std::env::var_os("SEKMET_EXE") {
         Some(p) => PathBuf::from(p),
         None => {
-            if std::env::var("FHIR_EDGE_REQUIRE_REAL_SERVER").as_deref() == Ok("1") {
-                panic!("FHIR_EDGE_REQUIRE_REAL_SERVER=1 but FHIR_EDGE_SEKMET is not set");
+            if std::env::var("REQUIRE_REAL_FHIR_SERVER").as_deref() == Ok("1") {
+                panic!("REQUIRE_REAL_FHIR_SERVER=1 but SEKMET_EXE is not set");
             }
-            eprintln!("SKIP real_server: FHIR_EDGE_SEKMET is not set (run .ci/run to install sekmet-fhir)");
+            eprintln!("SKIP real_server: SEKMET_EXE is not set (run .ci/run to install sekmet-fhir)");
             return None;
         }
     };

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Detection-quality benchmark for fhir-edge.
+
+For each run: simulate a hospital (35 days; anomalies injected from day 28 on), train the
+autoencoder on the 28 clean baseline days, score all 35 days in order with `fhir-edge
+score` (context warms up on the baseline), and evaluate on the last 7 days against the
+labels. An IsolationForest (scikit-learn) on the very same causal feature rows is the
+baseline. Reports ROC-AUC, PR-AUC, precision@k (k = true anomalies), recall at 1% FPR,
+overall and per anomaly type, for every run (seed, hospital size, activity and anomaly
+rates vary).
+
+usage: bench/quality.py --bin target/release/fhir-edge [--out DIR] [--quick]
+"""
+import argparse, csv, json, os, subprocess, sys, time
+import numpy as np
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import roc_auc_score, average_precision_score
+
+START_MS = 1767571200000  # 2026-01-05T00:00:00Z, the simulator's day 0
+DAY_MS = 86_400_000
+
+RUNS = [
+    dict(name="A", seed=1, users=150, patients=3000, incidents=9, activity=1.0),
+    dict(name="B", seed=2, users=80, patients=1500, incidents=6, activity=1.0),
+    dict(name="C", seed=3, users=300, patients=6000, incidents=15, activity=1.0),
+    dict(name="D", seed=4, users=150, patients=3000, incidents=9, activity=1.5),
+    dict(name="E", seed=5, users=120, patients=2500, incidents=4, activity=0.7),
+]
+
+
+def run(cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def recall_at_fpr(neg, pos, fpr=0.01):
+    if len(pos) == 0:
+        return float("nan")
+    thr = np.quantile(neg, 1 - fpr)
+    return float(np.mean(pos > thr))
+
+
+def metrics(y, s, types, kinds):
+    neg = s[y == 0]
+    out = {
+        "roc_auc": roc_auc_score(y, s),
+        "pr_auc": average_precision_score(y, s),
+        "recall_1pct": recall_at_fpr(neg, s[y == 1]),
+    }
+    k = int(y.sum())
+    top = np.argsort(-s)[:k]
+    out["precision_at_k"] = float(y[top].mean()) if k else float("nan")
+    per = {}
+    for kind in kinds:
+        m = types == kind
+        if m.sum() == 0:
+            continue
+        yy = np.concatenate([np.zeros(len(neg)), np.ones(m.sum())])
+        ss = np.concatenate([neg, s[m]])
+        per[kind] = {"n": int(m.sum()), "roc_auc": roc_auc_score(yy, ss), "recall_1pct": recall_at_fpr(neg, s[m])}
+    out["per_type"] = per
+    return out
+
+
+def one(bin_, out, r, days=35, from_day=28, epochs=20):
+    d = os.path.join(out, r["name"])
+    os.makedirs(d, exist_ok=True)
+    t0 = time.time()
+    run([bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
+         "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day),
+         "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else []))
+    cutoff = START_MS + from_day * DAY_MS
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff / 1000))
+    ev = os.path.join(d, "events.ndjson")
+    run([bin_, "train", "--input", ev, "--output", os.path.join(d, "model"), "--epochs", str(epochs), "--seed", "1", "--until", until])
+    run([bin_, "score", "--model", os.path.join(d, "model"), "--input", ev, "--output", os.path.join(d, "scores.csv"),
+         "--features-out", os.path.join(d, "features.csv")])
+    labels = {}
+    with open(os.path.join(d, "labels.csv")) as f:
+        for row in csv.DictReader(f):
+            labels[row["id"]] = row["anomaly"]
+    ids, scores = [], []
+    with open(os.path.join(d, "scores.csv")) as f:
+        for row in csv.DictReader(f):
+            ids.append(row["id"]); scores.append(float(row["score"]))
+    feats = np.loadtxt(os.path.join(d, "features.csv"), delimiter=",", skiprows=1, usecols=range(1, 28), dtype=np.float64)
+    rec = feats[:, 0]
+    X = feats[:, 1:]
+    test = rec >= cutoff
+    scores = np.array(scores)
+    y = np.array([1 if i in labels else 0 for i in ids])
+    types = np.array([labels.get(i, "") for i in ids])
+    kinds = sorted(set(labels.values()))
+    ae = metrics(y[test], scores[test], types[test], kinds)
+    rng = np.random.default_rng(0)
+    train_idx = np.where(~test)[0]
+    sample = rng.choice(train_idx, size=min(100_000, len(train_idx)), replace=False)
+    iso = IsolationForest(n_estimators=200, random_state=0, n_jobs=1).fit(X[sample])
+    iso_s = -iso.score_samples(X[test])
+    base = metrics(y[test], iso_s, types[test], kinds)
+    return {"run": r, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
+            "autoencoder": ae, "isolation_forest": base, "seconds": round(time.time() - t0, 1)}
+
+
+def fmt(x):
+    return "—" if x != x else f"{x:.3f}"
+
+
+def report(results):
+    lines = ["| run | seed | users | patients | incidents/day | activity | test events | anomalies | detector | ROC-AUC | PR-AUC | P@k | recall@1%FPR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        r = res["run"]
+        for det in ("autoencoder", "isolation_forest"):
+            m = res[det]
+            lines.append(f"| {r['name']} | {r['seed']} | {r['users']} | {r['patients']} | {r['incidents']} | {r['activity']} | "
+                         f"{res['test_events']} | {res['anomalies']} | {det.replace('_', ' ')} | {fmt(m['roc_auc'])} | "
+                         f"{fmt(m['pr_auc'])} | {fmt(m['precision_at_k'])} | {fmt(m['recall_1pct'])} |")
+    kinds = sorted({k for res in results for k in res["autoencoder"]["per_type"]})
+    lines += ["", "Recall at 1% FPR per anomaly type (autoencoder / isolation forest):", "",
+              "| type | " + " | ".join(res["run"]["name"] for res in results) + " |",
+              "|---|" + "---|" * len(results)]
+    for k in kinds:
+        cells = []
+        for res in results:
+            a = res["autoencoder"]["per_type"].get(k); b = res["isolation_forest"]["per_type"].get(k)
+            cells.append("—" if a is None else f"{fmt(a['recall_1pct'])} / {fmt(b['recall_1pct'])} (n={a['n']})")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--out", default="bench-out/quality")
+    ap.add_argument("--quick", action="store_true", help="only run A")
+    a = ap.parse_args()
+    runs = RUNS[:1] if a.quick else RUNS
+    results = []
+    for r in runs:
+        res = one(a.bin, a.out, r)
+        results.append(res)
+        print(f"run {r['name']}: AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
+              f"r@1% {res['autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
+              f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} ({res['seconds']} s)",
+              file=sys.stderr)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+//! `fhir-edge demo`: the whole job in one process, no FHIR server of your own. An embedded
+//! FHIR endpoint serves a simulated hospital's AuditEvents — a week of baseline history,
+//! then live activity with injected anomalies in accelerated time — and the real daemon
+//! (poller → detector → alert sink → state, over HTTP, with paging and de-duplication)
+//! follows it with the shipped default model. The dashboard and API are up while it runs.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::detector::simulate::{simulate, SimOptions};
+use crate::fhir::server::{serve, FhirStore};
+use crate::health::Counters;
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    /// Simulated seconds per real second for the live part.
+    pub speedup: f64,
+    pub seed: u64,
+    /// Stop after this long (for scripted runs); `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+}
+
+const BASELINE_DAYS: u32 = 7;
+const LIVE_DAYS: u32 = 3;
+
+pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let state = tempfile::Builder::new()
+        .prefix("fhir-edge-demo-")
+        .tempdir()
+        .context("creating a temporary state directory")?;
+    let model_dir = state.path().join("model");
+    crate::detector::model::write_embedded_default(&model_dir)?;
+
+    let mut sim = SimOptions::new(BASELINE_DAYS + LIVE_DAYS, opts.seed);
+    sim.users = 100;
+    sim.patients = 2000;
+    sim.anomalies_from_day = BASELINE_DAYS;
+    sim.incidents_per_day = 14.0;
+    let events = simulate(&sim);
+    let live_start = sim.start + chrono::Duration::days(BASELINE_DAYS as i64);
+    let split = events.partition_point(|e| e.recorded < live_start);
+    let now = chrono::Utc::now();
+
+    let sys = actix_rt::System::new();
+    sys.block_on(async move {
+        let store = FhirStore::new(Arc::new(SystemClock));
+        // History: stored over the past hour, so the first poll catches up on it.
+        let history: Vec<_> = events[..split]
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut j = e.json.clone();
+                let lu = now - chrono::Duration::milliseconds(3_600_000 - (i as i64 * 3_600_000 / split.max(1) as i64));
+                j["meta"]["lastUpdated"] = crate::clock::fmt_ms(lu).into();
+                j
+            })
+            .collect();
+        store.insert_raw(history);
+        let (fhir_addr, fhir_handle) = serve(store.clone(), "127.0.0.1:0".parse().unwrap(), 1)?;
+        let base_url = format!("http://{fhir_addr}/fhir");
+
+        let mut cfg = Config::for_server(&base_url, state.path());
+        cfg.detector.model_dir = model_dir.clone();
+        cfg.poller.interval_secs = 2;
+        cfg.poller.page_size = 500;
+        cfg.poller.initial_lookback_secs = 2 * 3600;
+        cfg.api.listen = opts.listen.to_string();
+        let daemon = crate::app::start(
+            cfg,
+            crate::app::RunOptions {
+                since: None,
+                clock: Arc::new(SystemClock),
+                notifier: crate::systemd::Notifier::from_env(),
+            },
+        )
+        .await
+        .context("starting the daemon")?;
+        let health = daemon.health.clone();
+        println!("fhir-edge demo");
+        println!("  simulated FHIR server  {base_url}  ({} AuditEvents of baseline history)", split);
+        println!("  dashboard              http://{}/", daemon.api_addr);
+        println!("  API                    http://{}/api/alerts", daemon.api_addr);
+        println!("  state                  {}", state.path().display());
+        println!("  live activity at {}× real time; Ctrl-C stops\n", opts.speedup);
+
+        // Feed the live part: each event becomes visible when its simulated time arrives.
+        let live: Vec<serde_json::Value> = events[split..].iter().map(|e| e.json.clone()).collect();
+        let live_times: Vec<i64> = events[split..].iter().map(|e| e.recorded.timestamp_millis()).collect();
+        let speedup = opts.speedup;
+        let feeder_store = store.clone();
+        let started = Instant::now();
+        let sim_start_ms = live_start.timestamp_millis();
+        let feeder = actix_rt::spawn(async move {
+            let mut next = 0;
+            while next < live.len() {
+                let sim_now = sim_start_ms + (started.elapsed().as_secs_f64() * speedup * 1000.0) as i64;
+                while next < live.len() && live_times[next] <= sim_now {
+                    feeder_store.create(live[next].clone());
+                    next += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+
+        let tty = std::io::stdout().is_terminal();
+        let c = health.counters.clone();
+        let ctrl_c = crate::app::wait_for_signal();
+        tokio::pin!(ctrl_c);
+        let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut last_print = Instant::now() - Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                break;
+            }
+            let sim_now = crate::clock::from_ms(sim_start_ms + (started.elapsed().as_secs_f64() * speedup * 1000.0) as i64);
+            let line = format!(
+                "sim {} | server {} events | scored {} | duplicates {} | alerts {} (critical {}, high {}, medium {}, low {})",
+                sim_now.format("%a %H:%M"),
+                store.len(),
+                Counters::get(&c.events_scored),
+                Counters::get(&c.events_duplicate),
+                Counters::get(&c.alerts_raised),
+                Counters::get(&c.alerts_by_severity[3]),
+                Counters::get(&c.alerts_by_severity[2]),
+                Counters::get(&c.alerts_by_severity[1]),
+                Counters::get(&c.alerts_by_severity[0]),
+            );
+            if tty {
+                print!("\r{line}\x1b[K");
+                let _ = std::io::stdout().flush();
+            } else if last_print.elapsed() >= Duration::from_secs(10) {
+                println!("{line}");
+                last_print = Instant::now();
+            }
+        }
+        if tty {
+            println!();
+        }
+        feeder.abort();
+        let scored = c.events_scored.load(Ordering::Relaxed);
+        daemon.shutdown(Duration::from_secs(10)).await;
+        fhir_handle.stop(false).await;
+        println!("stopped: {scored} events scored, {} alerts", Counters::get(&c.alerts_raised));
+        actix::System::current().stop();
+        Ok::<(), anyhow::Error>(())
+    })
+}

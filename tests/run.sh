@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one test command (README, .ci/run): unit tests and the integration suite, including
+# the daemon against a real third-party FHIR server (sekmet-fhir, installed here on first
+# use into a cache outside the clone). Installs missing Debian packages when run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ]; then
+    cache=/var/cache/fhir-edge
+else
+    cache="${XDG_CACHE_HOME:-$HOME/.cache}/fhir-edge"
+fi
+mkdir -p "$cache"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+
+# System packages: a C/C++ toolchain for the bundled SQLite and crypto, Python for the
+# real FHIR server.
+missing=()
+for pkg in gcc g++ make python3-venv ca-certificates; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "tests/run.sh: installing ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "tests/run.sh: please install: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: Rust (cargo ≥ 1.90) is needed: https://rustup.rs" >&2; exit 1; }
+
+# The real FHIR server, pinned (tests/sekmet-constraints.txt).
+venv="$cache/sekmet-0.1.1"
+if [ ! -x "$venv/bin/sekmet" ]; then
+    echo "tests/run.sh: installing sekmet-fhir 0.1.1 into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q sekmet-fhir==0.1.1 -c tests/sekmet-constraints.txt
+fi
+export SEKMET_EXE="$venv/bin/sekmet"
+export REQUIRE_REAL_FHIR_SERVER=1
+
+cargo test --release --locked "$@"
