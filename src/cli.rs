@@ -123,6 +123,41 @@ pub enum Command {
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent,
+    /// End-to-end benchmark: catch-up rate, detection latency, peak RSS, CPU, start-up time.
+    Bench {
+        /// Events on the server to catch up on.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        #[arg(long, default_value_t = 1000)]
+        page_size: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Steady-state phase: seconds, and events created per second.
+        #[arg(long, default_value_t = 30)]
+        steady_secs: u64,
+        #[arg(long, default_value_t = 20.0)]
+        steady_rate: f64,
+        /// Poll interval of the daemon under test.
+        #[arg(long, default_value_t = 1)]
+        interval_secs: u64,
+        /// Benchmark against this FHIR server instead of the built-in endpoint; with --load,
+        /// first POST that many events to it.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        load: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (internal) Serve N benchmark events on the embedded endpoint until stdin closes.
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long)]
+        events: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run the whole pipeline against an embedded simulated FHIR server, with the dashboard.
     Demo {
         /// Dashboard and API address.
@@ -329,6 +364,68 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed,
                 duration: duration_secs.map(std::time::Duration::from_secs),
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchServer { events, seed } => {
+            crate::bench::serve(events, seed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            events,
+            page_size,
+            seed,
+            steady_secs,
+            steady_rate,
+            interval_secs,
+            server,
+            load,
+            json,
+        } => {
+            let mut events = events;
+            if let (Some(url), Some(n)) = (&server, load) {
+                let rate = crate::bench::load(url, n, seed, 4)?;
+                eprintln!("loaded {n} events into {url} at {rate:.0}/s");
+                events = n;
+            }
+            if let Some(url) = &server {
+                let since = Utc::now() - chrono::Duration::days(3);
+                let (n, rate) = crate::bench::page_rate(url, page_size.min(1000), since)?;
+                eprintln!(
+                    "server paging alone: {n} events at {rate:.0} events/s (page size {})",
+                    page_size.min(1000)
+                );
+            }
+            let r = crate::bench::run(crate::bench::BenchOptions {
+                events,
+                page_size,
+                seed,
+                steady_secs,
+                steady_rate,
+                interval_secs,
+                server,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "events caught up        {} (page size {})",
+                    r.events, r.page_size
+                );
+                println!("READY after start       {:.0} ms", r.ready_ms);
+                println!(
+                    "catch-up                {:.1} s = {:.0} events/s",
+                    r.catch_up_secs, r.catch_up_events_per_sec
+                );
+                println!(
+                    "CPU                     {:.3} s per 1k events",
+                    r.cpu_secs_per_1k_events
+                );
+                println!("peak RSS                {:.1} MB", r.peak_rss_mb);
+                println!(
+                    "detection latency       p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events at {}/s, poll interval {} s)",
+                    r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.steady_samples, r.steady_rate_per_sec, r.poll_interval_secs
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::SendTestEvent => {

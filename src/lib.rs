@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -113,11 +113,60 @@ pub struct Facts {
     pub user_events: u32,
 }
 
+/// FNV-1a, 64 bit: stable across Rust releases and platforms (these hashes are persisted in
+/// the detector snapshot), and fast for short identifiers.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv64(u64);
+
+impl Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        // A final avalanche so identity-hashed maps spread well.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
 fn h64<T: Hash + ?Sized>(v: &T) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = Fnv64::default();
     v.hash(&mut h);
     h.finish()
 }
+
+/// Map keys here are already well-mixed 64-bit hashes: use them as they are.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+type IdMap<V> = HashMap<u64, V, IdBuild>;
+type IdSet = HashSet<u64, IdBuild>;
 
 /// A family name from a display name: "Smith, Jane" → smith; "Dr. Jane Smith" → smith.
 pub fn family_name(display: &str) -> Option<String> {
@@ -173,14 +222,14 @@ struct PatientState {
 /// The whole context. Serialisable (snapshotted with the cursor).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Context {
-    users: HashMap<u64, UserState>,
-    patients: HashMap<u64, PatientState>,
-    pairs_now: HashSet<u64>,
-    pairs_old: HashSet<u64>,
+    users: IdMap<UserState>,
+    patients: IdMap<PatientState>,
+    pairs_now: IdSet,
+    pairs_old: IdSet,
     site_hours: [f32; 24],
     site_total: f32,
     /// Department names by hash, for explanations (bounded by the number of departments seen).
-    dept_names: HashMap<u64, String>,
+    dept_names: IdMap<String>,
     #[serde(skip)]
     tz: Option<chrono_tz::Tz>,
 }
@@ -201,15 +250,24 @@ fn bump(list: &mut Vec<(u64, u32)>, key: u64, cap: usize) -> bool {
 }
 
 fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
-    // Recent lists are small (bounded); a sort-free distinct count by a small set.
-    let mut seen: HashSet<u64> = HashSet::with_capacity(32);
-    for (t, p) in recent.iter().rev() {
-        if *t < since {
-            break;
-        }
-        seen.insert(*p);
+    // Recent lists are small and bounded: sort a reused scratch buffer (no allocation).
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    seen.len() as u32
+    SCRATCH.with(|s| {
+        let mut v = s.borrow_mut();
+        v.clear();
+        v.extend(
+            recent
+                .iter()
+                .rev()
+                .take_while(|(t, _)| *t >= since)
+                .map(|(_, p)| *p),
+        );
+        v.sort_unstable();
+        v.dedup();
+        v.len() as u32
+    })
 }
 
 fn rarity(count: f32, total: f32, bins: f32) -> f32 {
@@ -217,7 +275,7 @@ fn rarity(count: f32, total: f32, bins: f32) -> f32 {
     (-p.ln()).clamp(0.0, 10.0)
 }
 
-fn evict_half<V>(map: &mut HashMap<u64, V>, last: impl Fn(&V) -> i64) {
+fn evict_half<V>(map: &mut IdMap<V>, last: impl Fn(&V) -> i64) {
     let mut times: Vec<i64> = map.values().map(&last).collect();
     let mid = times.len() / 2;
     let (_, cut, _) = times.select_nth_unstable(mid);

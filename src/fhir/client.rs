@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::{parse_page, Page, ParseError};
+use super::{Page, ParseError};
 use crate::config::{read_secret, AuthConfig, FhirConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -476,7 +476,7 @@ impl FhirClient {
             });
         }
         let body = self.body(resp).await?;
-        Ok(parse_page(&body, &self.resource_type)?)
+        Ok(super::parse_page_owned(body, &self.resource_type)?)
     }
 
     /// The first page of a search from `since`.

@@ -543,11 +543,50 @@ impl AuditEvent {
     }
 }
 
+/// The raw JSON of one resource: a slice of the page body it came in, shared by every
+/// event of the page (no copy unless an alert keeps it).
+#[derive(Clone)]
+pub struct RawJson {
+    body: std::sync::Arc<str>,
+    start: usize,
+    end: usize,
+}
+
+impl RawJson {
+    fn within(body: &std::sync::Arc<str>, part: &str) -> RawJson {
+        let start = part.as_ptr() as usize - body.as_ptr() as usize;
+        RawJson {
+            body: body.clone(),
+            start,
+            end: start + part.len(),
+        }
+    }
+
+    pub fn whole(body: std::sync::Arc<str>) -> RawJson {
+        let end = body.len();
+        RawJson {
+            body,
+            start: 0,
+            end,
+        }
+    }
+
+    pub fn get(&self) -> &str {
+        &self.body[self.start..self.end]
+    }
+}
+
+impl std::fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawJson({} bytes)", self.end - self.start)
+    }
+}
+
 /// A parsed event together with its raw JSON (kept for the alert record).
 #[derive(Debug)]
 pub struct Fetched {
     pub record: AuditRecord,
-    pub raw: Box<RawValue>,
+    pub raw: RawJson,
 }
 
 /// A page of search results.
@@ -593,6 +632,8 @@ struct BundleEntry<'a> {
 
 #[derive(Deserialize)]
 struct Bundle<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    resource_type: std::borrow::Cow<'a, str>,
     #[serde(default)]
     link: Vec<BundleLink>,
     #[serde(borrow, default)]
@@ -663,7 +704,11 @@ fn classify_json_error(body: &[u8], e: &serde_json::Error) -> ParseError {
 
 /// Read one AuditEvent resource from raw JSON.
 pub fn parse_audit_event(raw: &RawValue) -> Result<AuditRecord, String> {
-    let ev: AuditEvent = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    parse_audit_event_str(raw.get())
+}
+
+fn parse_audit_event_str(raw: &str) -> Result<AuditRecord, String> {
+    let ev: AuditEvent = serde_json::from_str(raw).map_err(|e| e.to_string())?;
     ev.into_record()
 }
 
@@ -675,23 +720,43 @@ struct IdOnly {
     resource_type: Option<String>,
 }
 
-/// Parse a searchset page of `resource_type` resources.
-pub fn parse_page(body: &[u8], resource_type: &str) -> Result<Page, ParseError> {
-    let head: BundleHead =
-        serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
-    if head.resource_type == "OperationOutcome" {
-        let text = std::str::from_utf8(body)
-            .map(operation_outcome_text)
-            .unwrap_or_default();
-        return Err(ParseError::OperationOutcome(text));
+fn body_str(body: Vec<u8>) -> Result<std::sync::Arc<str>, ParseError> {
+    match String::from_utf8(body) {
+        Ok(s) => Ok(s.into()),
+        Err(e) => {
+            let b = e.into_bytes();
+            let first = b.iter().find(|c| !c.is_ascii_whitespace()).copied();
+            if first != Some(b'{') {
+                Err(ParseError::NotJson(
+                    String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned(),
+                ))
+            } else {
+                Err(ParseError::InvalidJson("body is not UTF-8".into()))
+            }
+        }
     }
-    if head.resource_type != "Bundle" {
+}
+
+/// Parse a searchset page of `resource_type` resources (one pass over the body, plus one
+/// over each entry).
+pub fn parse_page(body: &[u8], resource_type: &str) -> Result<Page, ParseError> {
+    parse_page_owned(body.to_vec(), resource_type)
+}
+
+/// As `parse_page`, taking ownership of the body so events can point into it.
+pub fn parse_page_owned(body: Vec<u8>, resource_type: &str) -> Result<Page, ParseError> {
+    let body = body_str(body)?;
+    let bundle: Bundle =
+        serde_json::from_str(&body).map_err(|e| classify_json_error(body.as_bytes(), &e))?;
+    if bundle.resource_type == "OperationOutcome" {
+        return Err(ParseError::OperationOutcome(operation_outcome_text(&body)));
+    }
+    if bundle.resource_type != "Bundle" {
         return Err(ParseError::WrongResourceType {
             expected: "Bundle".into(),
-            got: head.resource_type.into_owned(),
+            got: bundle.resource_type.into_owned(),
         });
     }
-    let bundle: Bundle = serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
     let mut page = Page {
         next: bundle
             .link
@@ -710,32 +775,53 @@ pub fn parse_page(body: &[u8], resource_type: &str) -> Result<Page, ParseError> 
             continue;
         };
         let mode = entry.search.as_ref().and_then(|s| s.mode.as_deref());
-        let head: IdOnly = serde_json::from_str(res.get()).unwrap_or_default();
-        if mode == Some("outcome") || head.resource_type.as_deref() == Some("OperationOutcome") {
-            page.warnings.push(operation_outcome_text(res.get()));
-            continue;
-        }
-        let name = head
-            .id
-            .clone()
-            .or(entry.full_url.clone())
-            .unwrap_or_else(|| format!("entry #{i}"));
-        if head.resource_type.as_deref() != Some(resource_type) {
-            page.skipped.push((
-                name,
-                format!(
-                    "resourceType {:?} is not {resource_type}",
-                    head.resource_type.unwrap_or_default()
-                ),
-            ));
-            continue;
-        }
-        match parse_audit_event(res) {
-            Ok(record) => page.events.push(Fetched {
-                record,
-                raw: res.to_owned(),
-            }),
-            Err(reason) => page.skipped.push((name, reason)),
+        let name = |full_url: &Option<String>| {
+            let head: IdOnly = serde_json::from_str(res.get()).unwrap_or_default();
+            (
+                head.id
+                    .or(full_url.clone())
+                    .unwrap_or_else(|| format!("entry #{i}")),
+                head.resource_type.unwrap_or_default(),
+            )
+        };
+        match serde_json::from_str::<AuditEvent>(res.get()) {
+            Ok(ev) if mode == Some("outcome") || ev.resource_type == "OperationOutcome" => {
+                page.warnings.push(operation_outcome_text(res.get()));
+            }
+            Ok(ev) if ev.resource_type != resource_type => {
+                let id = ev
+                    .id
+                    .clone()
+                    .or(entry.full_url.clone())
+                    .unwrap_or_else(|| format!("entry #{i}"));
+                page.skipped.push((
+                    id,
+                    format!("resourceType {:?} is not {resource_type}", ev.resource_type),
+                ));
+            }
+            Ok(ev) => {
+                let id = ev.id.clone();
+                match ev.into_record() {
+                    Ok(record) => page.events.push(Fetched {
+                        record,
+                        raw: RawJson::within(&body, res.get()),
+                    }),
+                    Err(reason) => page
+                        .skipped
+                        .push((id.unwrap_or_else(|| format!("entry #{i}")), reason)),
+                }
+            }
+            Err(e) => {
+                let (id, rt) = name(&entry.full_url);
+                if rt == "OperationOutcome" || mode == Some("outcome") {
+                    page.warnings.push(operation_outcome_text(res.get()));
+                } else if rt != resource_type {
+                    page.skipped
+                        .push((id, format!("resourceType {rt:?} is not {resource_type}")));
+                } else {
+                    page.skipped.push((id, e.to_string()));
+                }
+            }
         }
     }
     Ok(page)
@@ -748,14 +834,16 @@ pub fn parse_push(body: &[u8]) -> Result<Page, ParseError> {
         serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
     match head.resource_type.as_ref() {
         "AuditEvent" => {
-            let raw: Box<RawValue> =
-                serde_json::from_slice(body).map_err(|e| classify_json_error(body, &e))?;
-            let record = parse_audit_event(&raw).map_err(|reason| ParseError::BadEntry {
+            let body = body_str(body.to_vec())?;
+            let record = parse_audit_event_str(&body).map_err(|reason| ParseError::BadEntry {
                 id: "(body)".into(),
                 reason,
             })?;
             Ok(Page {
-                events: vec![Fetched { record, raw }],
+                events: vec![Fetched {
+                    record,
+                    raw: RawJson::whole(body),
+                }],
                 ..Page::default()
             })
         }

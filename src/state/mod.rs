@@ -85,7 +85,6 @@ const MIGRATIONS: &[&str] = &[
         last_updated_ms INTEGER NOT NULL,
         seq INTEGER NOT NULL
     ) WITHOUT ROWID;
-    CREATE INDEX seen_by_time ON seen(last_updated_ms);
     CREATE TABLE snapshot (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         seq INTEGER NOT NULL,
@@ -218,7 +217,11 @@ pub struct Store {
     /// Sequence of the last detector snapshot.
     snapshot_seq: i64,
     seq: i64,
+    last_prune_ms: Option<i64>,
 }
+
+/// How often seen keys and expired alerts are pruned.
+const PRUNE_EVERY_MS: i64 = 10 * 60_000;
 
 fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -286,6 +289,7 @@ impl Store {
             startup_seq: seq,
             snapshot_seq,
             seq,
+            last_prune_ms: None,
         })
     }
 
@@ -418,15 +422,25 @@ impl Store {
                 params![self.seq, p.last_poll_ms, data],
             )?;
         }
-        let pruned = tx.execute(
-            "DELETE FROM seen WHERE last_updated_ms < ?1",
-            [p.prune_seen_before_ms],
-        )?;
-        tx.execute(
-            "DELETE FROM alerts WHERE detected_ms < ?1",
-            [p.prune_alerts_before_ms],
-        )?;
+        // Pruning scans the tables: at most every PRUNE_EVERY_MS (and at the first poll).
+        let mut pruned = 0;
+        let due = self
+            .last_prune_ms
+            .is_none_or(|t| p.last_poll_ms - t >= PRUNE_EVERY_MS);
+        if due {
+            pruned = tx.execute(
+                "DELETE FROM seen WHERE last_updated_ms < ?1",
+                [p.prune_seen_before_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM alerts WHERE detected_ms < ?1",
+                [p.prune_alerts_before_ms],
+            )?;
+        }
         tx.commit()?;
+        if due {
+            self.last_prune_ms = Some(p.last_poll_ms);
+        }
         if p.snapshot.is_some() {
             self.snapshot_seq = self.seq;
         }

@@ -39,7 +39,9 @@ pub fn start_sekmet() -> Option<Sekmet> {
             if std::env::var("REQUIRE_REAL_FHIR_SERVER").as_deref() == Ok("1") {
                 panic!("REQUIRE_REAL_FHIR_SERVER=1 but SEKMET_EXE is not set");
             }
-            eprintln!("SKIP real_server: SEKMET_EXE is not set (run .ci/run to install sekmet-fhir)");
+            eprintln!(
+                "SKIP real_server: SEKMET_EXE is not set (run .ci/run to install sekmet-fhir)"
+            );
             return None;
         }
     };

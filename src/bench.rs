@@ -1,0 +1,369 @@
+//! `fhir-edge bench`: end-to-end figures for BENCHMARKS.md, measured on separate processes.
+//!
+//! A `bench-server` child holds N simulated AuditEvents behind the embedded FHIR endpoint;
+//! the real daemon binary (`fhir-edge run`, under an emulated NOTIFY_SOCKET) catches up from
+//! zero; then events are created on the server at a steady rate and the time from "visible
+//! on the server" to "alert durable in the store" is measured. Peak RSS and CPU seconds come
+//! from /proc of the daemon process alone.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use crate::clock::{fmt_ms, SystemClock};
+use crate::detector::simulate::{simulate, SimOptions};
+use crate::fhir::server::FhirStore;
+
+/// Generate `n` distinct events: a simulated month replicated with fresh ids and shifted
+/// times, `lastUpdated` increasing (with ties) over the 24 h before `now`.
+pub fn bench_events(
+    n: usize,
+    seed: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<serde_json::Value> {
+    let mut o = SimOptions::new(14, seed);
+    o.anomalies_from_day = 7;
+    let base = simulate(&o);
+    let span = chrono::Duration::days(14);
+    let start = now - chrono::Duration::hours(24);
+    let step_us = (24 * 3_600_000_000i64 / n.max(1) as i64).max(1);
+    (0..n)
+        .map(|i| {
+            let copy = i / base.len();
+            let e = &base[i % base.len()];
+            let mut j = e.json.clone();
+            j["id"] = format!("b{copy}-{}", e.id).into();
+            let rec = e.recorded + span * copy as i32;
+            j["recorded"] = fmt_ms(rec).into();
+            // Groups of three share a lastUpdated: ties across page boundaries.
+            let lu = start + chrono::Duration::microseconds((i as i64 / 3) * 3 * step_us);
+            j["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(lu)});
+            j
+        })
+        .collect()
+}
+
+/// `fhir-edge bench-server`: serve N events until stdin closes; prints the address.
+pub fn serve(n: usize, seed: u64) -> anyhow::Result<()> {
+    let store = FhirStore::new(Arc::new(SystemClock));
+    let started = Instant::now();
+    store.insert_raw(bench_events(n, seed, chrono::Utc::now()));
+    eprintln!(
+        "bench-server: {} events ready in {:.1} s",
+        store.len(),
+        started.elapsed().as_secs_f32()
+    );
+    let addr = crate::fhir::server::spawn_thread(store, 1);
+    println!("http://{addr}/fhir");
+    std::io::stdout().flush()?;
+    // Run until the parent closes our stdin.
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink)? > 0 {}
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct BenchReport {
+    pub events: usize,
+    pub page_size: u32,
+    pub ready_ms: f64,
+    pub catch_up_secs: f64,
+    pub catch_up_events_per_sec: f64,
+    pub cpu_secs_per_1k_events: f64,
+    pub peak_rss_mb: f64,
+    pub steady_rate_per_sec: f64,
+    pub steady_samples: usize,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    pub poll_interval_secs: u64,
+    pub alerts: u64,
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status(dir: &Path) -> crate::state::StatusReport {
+    crate::state::Reader::open(dir)
+        .and_then(|r| r.status())
+        .unwrap_or_default()
+}
+
+pub struct BenchOptions {
+    pub events: usize,
+    pub page_size: u32,
+    pub seed: u64,
+    pub steady_secs: u64,
+    pub steady_rate: f64,
+    pub interval_secs: u64,
+    /// Use this FHIR server instead of a bench-server child (events must already be there).
+    pub server: Option<String>,
+}
+
+pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fhir-edge-bench-")
+        .tempdir()?;
+    let (base_url, _server) = match &o.server {
+        Some(u) => (u.clone(), None),
+        None => {
+            let mut child = Command::new(&exe)
+                .args([
+                    "bench-server",
+                    "--events",
+                    &o.events.to_string(),
+                    "--seed",
+                    &o.seed.to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+            if !line.starts_with("http") {
+                bail!("bench-server did not start");
+            }
+            (line.trim().to_string(), Some(Killer(child)))
+        }
+    };
+    let model = dir.path().join("model");
+    crate::detector::model::write_embedded_default(&model)?;
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[fhir]\nbase_url = \"{base_url}\"\n[poller]\ninterval_secs = {}\npage_size = {}\ninitial_lookback_secs = 259200\n\
+             [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
+            o.interval_secs,
+            o.page_size,
+            model.display(),
+            state.display()
+        ),
+    )?;
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let t0 = Instant::now();
+    let child = Command::new(&exe)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("FHIR_EDGE_LOG", "warn,fhir_edge=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let _daemon = Killer(child);
+    let mut buf = [0u8; 4096];
+    let ready_ms = loop {
+        let n = sock.recv(&mut buf).context("waiting for READY=1")?;
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
+            break t0.elapsed().as_secs_f64() * 1000.0;
+        }
+    };
+    let target = o.events as u64;
+    let cpu0 = proc_cpu_secs(pid).unwrap_or(0.0);
+    let catch_start = Instant::now();
+    let mut peak_kb = 0;
+    loop {
+        peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
+        let st = status(&state);
+        if st.events_scored >= target {
+            break;
+        }
+        if catch_start.elapsed() > Duration::from_secs(3600) {
+            bail!(
+                "catch-up did not finish within an hour ({} of {target})",
+                st.events_scored
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let catch_up_secs = catch_start.elapsed().as_secs_f64();
+    let cpu = proc_cpu_secs(pid).unwrap_or(0.0) - cpu0;
+
+    // Steady state: create one sure-to-alert event (a bulk export) at a time, at the rate,
+    // and measure visible → alert stored.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let mut created: Vec<(String, i64)> = Vec::new();
+    let steady_start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / o.steady_rate);
+    let mut k = 0u64;
+    while steady_start.elapsed() < Duration::from_secs(o.steady_secs) {
+        let mut ev = crate::cli::sample_event(chrono::Utc::now());
+        ev["entity"].as_array_mut().unwrap().push(serde_json::json!({
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
+            "query": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "GET /Patient/$export?_type=Patient,Observation")
+        }));
+        ev["agent"][0]["who"]["reference"] = format!("Practitioner/bench-{}", k % 7).into();
+        k += 1;
+        let r = rt.block_on(
+            client
+                .post(format!("{base_url}/AuditEvent"))
+                .header("content-type", "application/fhir+json")
+                .body(ev.to_string())
+                .send(),
+        )?;
+        let visible_ms = chrono::Utc::now().timestamp_millis();
+        let body: serde_json::Value = rt.block_on(r.json())?;
+        created.push((
+            body["id"].as_str().unwrap_or_default().to_string(),
+            visible_ms,
+        ));
+        peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
+        std::thread::sleep(period.saturating_sub(Duration::from_millis(2)));
+    }
+    // Wait for the last ones, then read detection times from the store.
+    std::thread::sleep(Duration::from_secs(o.interval_secs + 3));
+    let conn = rusqlite::Connection::open_with_flags(
+        state.join(crate::state::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut lat = Vec::new();
+    for (id, visible) in &created {
+        let detected: Option<i64> = conn
+            .query_row(
+                "SELECT detected_ms FROM alerts WHERE event_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .ok();
+        if let Some(d) = detected {
+            lat.push((d - visible).max(0) as f64);
+        }
+    }
+    if lat.len() < created.len() * 9 / 10 {
+        bail!(
+            "only {} of {} steady-state events produced an alert",
+            lat.len(),
+            created.len()
+        );
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((p * (lat.len() - 1) as f64).round() as usize).min(lat.len() - 1)];
+    peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
+    let st = status(&state);
+    Ok(BenchReport {
+        events: target as usize,
+        page_size: o.page_size,
+        ready_ms,
+        catch_up_secs,
+        catch_up_events_per_sec: target as f64 / catch_up_secs,
+        cpu_secs_per_1k_events: cpu / (target as f64 / 1000.0),
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        steady_rate_per_sec: o.steady_rate,
+        steady_samples: lat.len(),
+        latency_p50_ms: pct(0.5),
+        latency_p99_ms: pct(0.99),
+        latency_max_ms: *lat.last().unwrap(),
+        poll_interval_secs: o.interval_secs,
+        alerts: st.alerts,
+    })
+}
+
+/// Raw paging speed of a server (no processing): pages of `page_size` from `since`.
+pub fn page_rate(
+    base_url: &str,
+    page_size: u32,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<(usize, f64)> {
+    let cfg = crate::config::Config::for_server(base_url, Path::new("/tmp"));
+    let client = crate::fhir::client::FhirClient::new(&cfg.fhir, 1 << 30)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut url = client.first_url(since, page_size);
+        let mut n = 0;
+        loop {
+            let page = client.fetch_page(&url, n > 0).await?;
+            n += page.events.len();
+            match page.next {
+                Some(next) => url = crate::fhir::client::check_next(client.base(), &next)?,
+                None => break,
+            }
+        }
+        Ok((n, n as f64 / start.elapsed().as_secs_f64()))
+    })
+}
+
+/// POST `n` simulated events to a server with `clients` concurrent clients.
+pub fn load(base_url: &str, n: usize, seed: u64, clients: usize) -> anyhow::Result<f64> {
+    let events = bench_events(n, seed, chrono::Utc::now());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let url = format!("{base_url}/AuditEvent");
+    let start = Instant::now();
+    rt.block_on(async {
+        let chunks: Vec<Vec<serde_json::Value>> = events
+            .chunks(n.div_ceil(clients.max(1)))
+            .map(|c| c.to_vec())
+            .collect();
+        let tasks = chunks.into_iter().map(|chunk| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for mut e in chunk {
+                    e.as_object_mut().unwrap().remove("meta");
+                    e.as_object_mut().unwrap().remove("id");
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/fhir+json")
+                        .body(e.to_string())
+                        .send()
+                        .await?;
+                    if !r.status().is_success() {
+                        anyhow::bail!("server refused an event: HTTP {}", r.status());
+                    }
+                }
+                Ok(())
+            })
+        });
+        for t in futures_util::future::join_all(tasks).await {
+            t??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
