@@ -20,32 +20,50 @@ use crate::clock::{fmt_ms, SystemClock};
 use crate::detector::simulate::{simulate, SimOptions};
 use crate::fhir::server::FhirStore;
 
-/// Generate `n` distinct events: a simulated month replicated with fresh ids and shifted
-/// times, `lastUpdated` increasing (with ties) over the 24 h before `now`.
-pub fn bench_events(
+/// Generate `n` distinct events: a simulated fortnight replicated with fresh ids and
+/// shifted times, `lastUpdated` increasing (with ties) over the 24 h before `now`. Each is
+/// serialised as it is made, so a million events take about their JSON size in memory.
+pub fn bench_events_json(
     n: usize,
     seed: u64,
     now: chrono::DateTime<chrono::Utc>,
-) -> Vec<serde_json::Value> {
+) -> Vec<(i64, String, Arc<str>)> {
     let mut o = SimOptions::new(14, seed);
     o.anomalies_from_day = 7;
     let base = simulate(&o);
     let span = chrono::Duration::days(14);
     let start = now - chrono::Duration::hours(24);
     let step_us = (24 * 3_600_000_000i64 / n.max(1) as i64).max(1);
-    (0..n)
-        .map(|i| {
-            let copy = i / base.len();
-            let e = &base[i % base.len()];
-            let mut j = e.json.clone();
-            j["id"] = format!("b{copy}-{}", e.id).into();
-            let rec = e.recorded + span * copy as i32;
-            j["recorded"] = fmt_ms(rec).into();
-            // Groups of three share a lastUpdated: ties across page boundaries.
-            let lu = start + chrono::Duration::microseconds((i as i64 / 3) * 3 * step_us);
-            j["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(lu)});
-            j
-        })
+    let mut out = Vec::with_capacity(n);
+    let mut j = serde_json::Value::Null;
+    for i in 0..n {
+        let copy = i / base.len();
+        let e = &base[i % base.len()];
+        j.clone_from(&e.json);
+        let id = format!("b{copy}-{}", e.id);
+        j["id"] = id.clone().into();
+        j["recorded"] = fmt_ms(e.recorded + span * copy as i32).into();
+        // Groups of three share a lastUpdated: ties across page boundaries.
+        let lu = start + chrono::Duration::microseconds((i as i64 / 3) * 3 * step_us);
+        j["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(lu)});
+        out.push((
+            lu.timestamp_millis(),
+            id,
+            serde_json::to_string(&j).expect("json").into(),
+        ));
+    }
+    out
+}
+
+/// As `bench_events_json`, as JSON values (small n).
+pub fn bench_events(
+    n: usize,
+    seed: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<serde_json::Value> {
+    bench_events_json(n, seed, now)
+        .into_iter()
+        .map(|(_, _, s)| serde_json::from_str(&s).expect("json"))
         .collect()
 }
 
@@ -53,7 +71,7 @@ pub fn bench_events(
 pub fn serve(n: usize, seed: u64) -> anyhow::Result<()> {
     let store = FhirStore::new(Arc::new(SystemClock));
     let started = Instant::now();
-    store.insert_raw(bench_events(n, seed, chrono::Utc::now()));
+    store.insert_serialized(bench_events_json(n, seed, chrono::Utc::now()));
     eprintln!(
         "bench-server: {} events ready in {:.1} s",
         store.len(),

@@ -43,3 +43,10 @@ export SEKMET_EXE="$venv/bin/sekmet"
 export REQUIRE_REAL_FHIR_SERVER=1
 
 cargo test --release --locked "$@"
+
+# The package in a booted systemd (Debian 12 under systemd-nspawn): install, READY,
+# journal, watchdog restart, upgrade, purge. Root only; says SKIP (never pass) when the
+# machine cannot boot a container.
+if [ $# -eq 0 ]; then
+    packaging/e2e-systemd.sh
+fi

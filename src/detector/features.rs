@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -45,7 +45,7 @@ pub const FEATURES: &[&str] = &[
     "unrelated_patient_rarity",
     "dept_history_with_patient",
     "patient_users_24h",
-    "patient_users_vs_usual",
+    "unrelated_pressure_24h",
     "failed_logins_15m",
     "new_source_ip",
     "new_client_app",
@@ -99,6 +99,8 @@ pub struct Facts {
     pub patient_history: u32,
     pub patient_users_24h: u32,
     pub usual_patient_users: f32,
+    /// Distinct users without a departmental relationship who opened the patient in 24 h.
+    pub unrelated_users_24h: u32,
     pub failed_15m: u32,
     pub new_ip: bool,
     pub new_app: bool,
@@ -217,6 +219,10 @@ struct PatientState {
     total: f32,
     usual_users: f32,
     last_ms: i64,
+    /// Last 24 h of accesses by users whose department had no history with the patient:
+    /// (time, user hash, how unusual such access is for that user).
+    #[serde(default)]
+    unrelated: VecDeque<(i64, u64, f32)>,
 }
 
 /// The whole context. Serialisable (snapshotted with the cursor).
@@ -451,9 +457,28 @@ impl Context {
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
                 // An access to a patient with a history none of it from the user's department,
                 // weighed by how unusual such access is for this user.
-                if dept_h.is_some() && is_unrelated(share, p.total) {
-                    x[7] = -(user.map_or(0.0, |u| u.cross_rate) + 0.005).ln();
+                let unrelated_now = dept_h.is_some() && is_unrelated(share, p.total);
+                if unrelated_now {
+                    x[7] = unrelated_weight(user.map_or(0.0, |u| u.cross_rate));
                 }
+                // VIP pressure: how unusual, summed over distinct users, today's unrelated
+                // accesses to this patient are (ward staff weigh much, radiology little).
+                let mut seen_users: Vec<u64> = Vec::new();
+                let mut pressure = 0.0;
+                for (t, u, w) in p.unrelated.iter().rev() {
+                    if *t < now - DAY {
+                        break;
+                    }
+                    if !seen_users.contains(u) {
+                        seen_users.push(*u);
+                        pressure += w;
+                    }
+                }
+                if unrelated_now && uh.is_some_and(|u| !seen_users.contains(&u)) {
+                    seen_users.push(uh.unwrap_or_default());
+                    pressure += x[7];
+                }
+                facts.unrelated_users_24h = seen_users.len() as u32;
                 // log((accesses from the user's department + 1) / (all accesses + 1)): 0 for
                 // a new patient or one the department works with, very negative for a long
                 // record the department never touched.
@@ -470,9 +495,7 @@ impl Context {
                 facts.patient_users_24h = users24;
                 facts.usual_patient_users = p.usual_users;
                 x[9] = (users24 as f32).ln_1p();
-                x[10] = ((users24 as f32 + 1.0) / (p.usual_users + 1.0))
-                    .ln()
-                    .max(0.0);
+                x[10] = pressure.ln_1p();
             }
             _ => {
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
@@ -577,6 +600,7 @@ impl Context {
                 is_unrelated(own / ps.total, ps.total) as u8 as f32
             });
             let u = self.users.get_mut(&uh).expect("inserted above");
+            let weight = unrelated_weight(u.cross_rate);
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
@@ -591,6 +615,14 @@ impl Context {
             let users24 = distinct(&ps.recent, now - DAY) as f32;
             ps.usual_users = 0.95 * ps.usual_users + 0.05 * users24;
             ps.recent.push_back((now, uh));
+            if cross == Some(1.0) {
+                ps.unrelated.push_back((now, uh, weight));
+                while ps.unrelated.len() > 64
+                    || ps.unrelated.front().is_some_and(|e| e.0 < now - DAY)
+                {
+                    ps.unrelated.pop_front();
+                }
+            }
             while ps.recent.len() > MAX_PATIENT_RECENT
                 || ps.recent.front().is_some_and(|(t, _)| *t < now - DAY)
             {
@@ -622,7 +654,12 @@ impl Context {
 
 /// A patient with some record history, none of it from the user's department.
 fn is_unrelated(dept_share: f32, history: f32) -> bool {
-    history >= 3.0 && dept_share <= 0.0
+    history >= 1.0 && dept_share <= 0.0
+}
+
+/// How unusual an unrelated access is for a user whose rate of such access is `rate`.
+fn unrelated_weight(rate: f32) -> f32 {
+    -(rate + 0.005).ln()
 }
 
 /// The contiguous band of hours (start, end inclusive) holding most of a histogram.

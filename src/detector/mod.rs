@@ -150,7 +150,7 @@ fn kind_of(feature: &str) -> &'static str {
         "first_access_to_patient" | "unrelated_patient_rarity" | "dept_history_with_patient" => {
             "cross_department"
         }
-        "patient_users_24h" | "patient_users_vs_usual" => "vip_snooping",
+        "patient_users_24h" | "unrelated_pressure_24h" => "vip_snooping",
         "failed_logins_15m" | "failure_outcome" => "failed_logins",
         "new_source_ip" | "new_client_app" => "new_source",
         "days_dormant_before_session" => "dormant_account",
@@ -212,9 +212,11 @@ pub fn explain(
                 }
             }
             "vip_snooping" => format!(
-                "{} different users opened this patient's record in 24 h (usual {:.0}) — a watched or VIP record?",
+                "{} different users opened this patient's record in 24 h (usual {:.0}), {} of them from departments with no \
+                 history with the patient — a watched or VIP record?",
                 f.patient_users_24h,
-                f.usual_patient_users.ceil()
+                f.usual_patient_users.ceil(),
+                f.unrelated_users_24h
             ),
             "failed_logins" => {
                 if r.outcome > 0 && f.failed_15m == 0 {

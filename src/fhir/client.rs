@@ -44,6 +44,8 @@ pub enum FetchError {
     Parse(#[from] ParseError),
     #[error("authentication setup failed: {0}")]
     Auth(String),
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
 }
 
 impl FetchError {
@@ -62,6 +64,7 @@ impl FetchError {
             FetchError::Body(_) => "truncated_body",
             FetchError::Parse(p) => p.kind(),
             FetchError::Auth(_) => "auth_setup",
+            FetchError::Setup(_) => "client_setup",
         }
     }
 
@@ -292,16 +295,21 @@ impl FhirClient {
             .pool_max_idle_per_host(4);
         if let Some(ca) = &cfg.ca_file {
             let pem = std::fs::read(ca).map_err(|e| {
-                FetchError::Auth(format!("cannot read ca_file {}: {e}", ca.display()))
+                FetchError::Setup(format!("cannot read ca_file {}: {e}", ca.display()))
             })?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                FetchError::Auth(format!("ca_file {} is not PEM: {e}", ca.display()))
+                FetchError::Setup(format!("ca_file {} is not PEM: {e}", ca.display()))
             })?;
             b = b.tls_certs_merge(certs);
         }
         let http = b
             .build()
-            .map_err(|e| FetchError::Auth(format!("cannot build HTTP client: {e}")))?;
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                FetchError::Setup(format!(
+                    "{e}{cause} (TLS roots come from the system: is the ca-certificates package installed?)"
+                ))
+            })?;
         let auth = match &cfg.auth {
             AuthConfig::None => Auth::None,
             AuthConfig::Bearer { token_file } => {
@@ -361,7 +369,7 @@ impl FhirClient {
             }
         };
         let mut base = Url::parse(&cfg.base_url)
-            .map_err(|e| FetchError::Auth(format!("fhir.base_url: {e}")))?;
+            .map_err(|e| FetchError::Setup(format!("fhir.base_url: {e}")))?;
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
             base.set_path(&p);

@@ -94,6 +94,24 @@ impl FhirStore {
         });
     }
 
+    /// Insert already serialised events: (lastUpdated ms, id, JSON).
+    pub fn insert_serialized(&self, events: Vec<(i64, String, Arc<str>)>) {
+        let mut w = self.inner.write().unwrap();
+        for (lu, id, json) in events {
+            w.last_assigned_ms = w.last_assigned_ms.max(lu);
+            w.events.push(Stored {
+                last_updated_ms: lu,
+                id,
+                json,
+            });
+        }
+        w.events.sort_by(|a, b| {
+            a.last_updated_ms
+                .cmp(&b.last_updated_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    }
+
     /// Create like a server: assign id (if missing), versionId 1 and lastUpdated = now
     /// (strictly after the previous one). Returns the id.
     pub fn create(&self, mut ev: serde_json::Value) -> String {

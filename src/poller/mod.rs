@@ -157,7 +157,10 @@ async fn fetch_with_retry(
                 health.error("poller", e.kind());
                 let permanent = matches!(
                     e,
-                    FetchError::PageExpired(_) | FetchError::ForeignNext(_) | FetchError::Auth(_)
+                    FetchError::PageExpired(_)
+                        | FetchError::ForeignNext(_)
+                        | FetchError::Auth(_)
+                        | FetchError::Setup(_)
                 );
                 if permanent
                     || backoff.attempts() + 1 >= plan.page_attempts

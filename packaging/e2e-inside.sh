@@ -1,0 +1,95 @@
+#!/bin/bash
+# Runs inside the booted test container (see e2e-systemd.sh). Every check that fails
+# stops the test with "FAIL: ...".
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+fail() { echo "FAIL: $*"; fhir-edge status 2>&1 || true; journalctl -u fhir-edge --no-pager -n 30 || true; exit 1; }
+ok() { echo "ok: $*"; }
+prop() { systemctl show -p "$1" --value fhir-edge.service; }
+wait_for() { # seconds, description, condition (a shell expression, re-evaluated each try)
+    local t=$1 what=$2 cond=$3
+    for _ in $(seq 1 $((t * 5))); do eval "$cond" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    fail "timed out after ${t}s waiting for $what"
+}
+scored() { fhir-edge status --json | jq -r .events_scored; }
+alerts() { fhir-edge status --json | jq -r .alerts; }
+journal_alerts() { journalctl -u fhir-edge -o json --no-pager | jq -s '[.[] | select(.FHIR_EDGE_ALERT_ID != null)] | length'; }
+
+# 1. Install: nothing enabled or started, config readable by the service only.
+dpkg -i /mnt/e2e/v1.deb >/dev/null
+[ "$(systemctl is-enabled fhir-edge.service || true)" = "disabled" ] || fail "unit enabled at install"
+[ "$(prop ActiveState)" = "inactive" ] || fail "unit started at install"
+[ "$(stat -c '%U:%G %a' /etc/fhir-edge/config.toml)" = "root:fhir-edge 640" ] || fail "config perms $(stat -c '%U:%G %a' /etc/fhir-edge/config.toml)"
+out=$(systemd-analyze verify /lib/systemd/system/fhir-edge.service 2>&1) || true
+[ -z "$out" ] || fail "systemd-analyze verify printed: $out"
+ok "installed; unit verified; not enabled, not started; config root:fhir-edge 0640"
+
+# 2. A FHIR server inside the container: the package's own simulated endpoint.
+(sleep infinity | fhir-edge bench-server --events 3000 > /tmp/fhir-url 2>/tmp/fhir-server.log) &
+wait_for 120 "the FHIR server" '[ -s /tmp/fhir-url ]'
+url=$(cat /tmp/fhir-url)
+sed -i "s|^base_url = .*|base_url = \"$url\"|; s|^interval_secs = .*|interval_secs = 2|; s|^initial_lookback_secs = .*|initial_lookback_secs = 172800|" /etc/fhir-edge/config.toml
+mkdir -p /etc/systemd/system/fhir-edge.service.d
+printf '[Service]\nWatchdogSec=5s\n' > /etc/systemd/system/fhir-edge.service.d/e2e.conf
+systemctl daemon-reload
+
+# 3. Start: activating until READY=1, then active (running) with a status text.
+systemctl start fhir-edge.service || fail "systemctl start failed"
+[ "$(prop Type)" = "notify" ] || fail "Type is $(prop Type)"
+[ "$(prop ActiveState)/$(prop SubState)" = "active/running" ] || fail "state $(prop ActiveState)/$(prop SubState)"
+start=$(prop ExecMainStartTimestampMonotonic); active=$(prop ActiveEnterTimestampMonotonic)
+[ "$active" -gt "$start" ] || fail "unit was active before READY ($active <= $start)"
+ok "activating for $(( (active - start) / 1000 )) ms until READY=1, then active (running)"
+wait_for 120 "3000 events scored" '[ "$(scored)" = 3000 ]'
+# STATUS= is refreshed every watchdog interval.
+wait_for 15 "StatusText with live counters (now: $(prop StatusText))" '[[ "$(prop StatusText)" == *"3000 events scored"* ]]'
+ok "StatusText: $(prop StatusText)"
+
+# 4. Structured journal fields and alert records.
+journalctl -u fhir-edge -o json --no-pager > /tmp/journal.json
+jq -e -s 'any(.[]; .ACTOR == "poller" and .MESSAGE == "poll complete" and .DURATION_MS != null)' /tmp/journal.json >/dev/null || fail "no structured poller record"
+jq -e -s 'any(.[]; .FHIR_EDGE_ALERT_ID != null and .FHIR_EDGE_SEVERITY != null and .FHIR_EDGE_EVENT_ID != null and (.PRIORITY | tonumber) <= 4)' /tmp/journal.json >/dev/null || fail "no alert record at warning or above"
+[ "$(journalctl -u fhir-edge -p warning -o json --no-pager | jq -s '[.[] | select(.FHIR_EDGE_ALERT_ID != null)] | length')" -gt 0 ] || fail "journalctl -p warning lists no alert"
+n_alerts=$(alerts); n_journal=$(journal_alerts)
+[ "$n_alerts" -gt 0 ] && [ "$n_alerts" = "$n_journal" ] || fail "alerts in store $n_alerts, in journal $n_journal"
+ok "journal: structured fields; $n_journal alert records = $n_alerts alerts stored"
+
+# 5. A hung process: SIGSTOP → the watchdog restarts it; it resumes from its cursor.
+pid=$(prop MainPID); restarts=$(prop NRestarts)
+kill -STOP "$pid"
+wait_for 60 "a watchdog restart" '[ "$(prop NRestarts)" -gt "$restarts" ]'
+wait_for 30 "the restarted daemon" '[ "$(prop ActiveState)" = active ]'
+[ "$(prop MainPID)" != "$pid" ] || fail "same MainPID after restart"
+journalctl -u fhir-edge --no-pager | grep -q "Watchdog timeout" || fail "no watchdog timeout in the journal"
+before=$(fhir-edge status --json | jq -r .last_poll)
+wait_for 30 "a poll after the restart" '[ "$(fhir-edge status --json | jq -r .last_poll)" != "$before" ]'
+sleep 3
+[ "$(scored)" = 3000 ] || fail "events scored changed after restart: $(scored)"
+[ "$(alerts)" = "$n_alerts" ] && [ "$(journal_alerts)" = "$n_journal" ] || fail "re-alerted after restart: $(alerts) stored, $(journal_alerts) journaled"
+ok "SIGSTOP → watchdog restart (NRestarts $restarts → $(prop NRestarts)); resumed without re-alerting"
+
+# 6. Stop ends cleanly.
+systemctl stop fhir-edge.service
+[ "$(prop ActiveState)" = "inactive" ] && [ "$(prop Result)" = "success" ] || fail "stop: $(prop ActiveState) $(prop Result)"
+ok "systemctl stop: inactive, result success"
+
+# 7. Upgrade over a running service: restarted, state and modified conffile kept.
+systemctl start fhir-edge.service || fail "systemctl start failed"
+pid=$(prop MainPID)
+dpkg -i --force-confold /mnt/e2e/v2.deb >/dev/null
+[ "$(dpkg-query -W -f='${Version}' fhir-edge)" = "0.1.0-2" ] || fail "version after upgrade"
+wait_for 30 "active after upgrade" '[ "$(prop ActiveState)" = active ]'
+[ "$(prop MainPID)" != "$pid" ] || fail "service not restarted by the upgrade"
+grep -q "base_url = \"$url\"" /etc/fhir-edge/config.toml || fail "modified conffile lost"
+[ "$(scored)" = 3000 ] && [ "$(alerts)" = "$n_alerts" ] || fail "state lost in upgrade"
+ok "upgrade 0.1.0-1 → 0.1.0-2: restarted, config and state kept"
+
+# 8. Purge leaves nothing.
+dpkg --purge fhir-edge >/dev/null
+rm -rf /etc/systemd/system/fhir-edge.service.d
+systemctl daemon-reload
+[ "$(systemctl show -p LoadState --value fhir-edge.service)" = "not-found" ] || fail "unit still known"
+[ ! -e /etc/fhir-edge ] && [ ! -e /var/lib/fhir-edge ] && [ ! -e /usr/bin/fhir-edge ] || fail "files left after purge"
+! getent passwd fhir-edge >/dev/null || fail "user left after purge"
+ok "purge: unit, config, state and user gone"
+echo "E2E PASS"
