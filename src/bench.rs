@@ -213,6 +213,12 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
             break t0.elapsed().as_secs_f64() * 1000.0;
         }
     };
+    // Keep draining: a receiver that stops reading must not matter (systemd never stops).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        sock.set_read_timeout(None).ok();
+        while sock.recv(&mut buf).is_ok() {}
+    });
     let target = o.events as u64;
     let cpu0 = proc_cpu_secs(pid).unwrap_or(0.0);
     let catch_start = Instant::now();

@@ -1,9 +1,22 @@
 //! The systemd notify protocol (`READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`).
 //! Outside systemd (no `NOTIFY_SOCKET`) every call is a silent no-op.
+//!
+//! Datagrams are sent non-blocking: these calls run on the actor thread, and a receiver
+//! that stops reading must never freeze the daemon. A message that cannot be queued is
+//! dropped and counted (a dropped WATCHDOG=1 is a missed ping, which is what it means).
 
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Notify messages that could not be delivered (receiver not reading, socket gone).
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Notifier {
@@ -33,8 +46,22 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(states) {
-            tracing::warn!(error = %e, error_kind = "notify_failed", "cannot notify systemd");
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let mut msg = String::new();
+        for s in states {
+            msg.push_str(&s.to_string());
+            msg.push('\n');
+        }
+        let res = UnixDatagram::unbound().and_then(|sock| {
+            sock.set_nonblocking(true)?;
+            sock.send_to(msg.as_bytes(), &path)
+        });
+        if let Err(e) = res {
+            if DROPPED.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                tracing::warn!(error = %e, error_kind = "notify_failed", "cannot notify systemd (message dropped)");
+            }
         }
     }
 

@@ -396,3 +396,43 @@ fn kill_minus_nine_at_random_moments_loses_and_doubles_nothing() {
     let r = fhir_edge::state::Reader::open(&d.path().join("state")).unwrap();
     assert_eq!(r.integrity_check().unwrap(), "ok");
 }
+
+#[test]
+fn a_notify_receiver_that_never_reads_does_not_freeze_the_daemon() {
+    let s = server();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = write_config(d.path(), &s.base_url);
+    let sock_path = d.path().join("deaf.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    // The smallest receive buffer the kernel allows: full after a few messages.
+    let one: libc::c_int = 1;
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
+    }
+    let log = d.path().join("daemon.log");
+    let mut child = spawn_daemon(&cfg, Some(&sock_path), Some(200_000), &log);
+    // Let the buffer fill with pings and status lines nobody reads.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut evs = events(150, "deaf", 24);
+    stamp(&mut evs, Utc::now() - chrono::Duration::minutes(30), 1);
+    s.store.insert_raw(evs);
+    wait_until(
+        Duration::from_secs(30),
+        "150 events scored while notify is blocked",
+        || status_of(d.path()).events_scored == 150,
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(
+        child.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    drop(sock);
+}
