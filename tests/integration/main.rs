@@ -5,6 +5,7 @@
 //!   kill -9 crash consistency.
 //! - `real_server`: against a third-party FHIR server (sekmet-fhir) started by the test.
 
+mod api;
 mod binary;
 mod common;
 mod pipeline;

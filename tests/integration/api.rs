@@ -1,0 +1,215 @@
+//! The HTTP API: token enforcement, case status, allow-list suppression.
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::pipeline::reqwest::{blocking_free_post, get};
+
+/// A bulk export by `user`: the kind of event that always alerts.
+fn export_event(id: &str, user: &str) -> serde_json::Value {
+    let mut ev = fhir_edge::cli::sample_event(chrono::Utc::now());
+    ev["id"] = id.into();
+    ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge::clock::fmt_ms(chrono::Utc::now())});
+    ev["agent"][0]["who"]["reference"] = user.into();
+    ev["entity"].as_array_mut().unwrap().push(serde_json::json!({
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
+        "query": "R0VUIC9QYXRpZW50LyRleHBvcnQ="
+    }));
+    ev
+}
+
+fn request(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = ::reqwest::Client::new();
+        let mut r = match method {
+            "POST" => c.post(url),
+            "DELETE" => c.delete(url),
+            _ => c.get(url),
+        };
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        let code = resp.status().as_u16();
+        (code, resp.json().await.unwrap_or(serde_json::Value::Null))
+    })
+}
+
+#[test]
+fn every_request_needs_the_token_when_one_is_configured() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("api-token");
+    std::fs::write(&tok, "s3cret-api-token\n").unwrap();
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.api.token_file = Some(tok);
+    let d = TestDaemon::start(cfg);
+    for path in ["/api/health", "/api/alerts", "/api/stats", "/metrics", "/"] {
+        let (code, _) = get(&format!("http://{}{path}", d.api), None);
+        assert_eq!(code, 401, "{path} without a token");
+        let (code, _) = get(&format!("http://{}{path}", d.api), Some("wrong"));
+        assert_eq!(code, 401, "{path} with a wrong token");
+    }
+    let (code, body) = get(
+        &format!("http://{}/api/alerts", d.api),
+        Some("s3cret-api-token"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = blocking_free_post(&format!("http://{}/fhir/notify", d.api), "{}".into());
+    assert_eq!(code, 401, "push without a token");
+}
+
+#[test]
+fn false_positive_with_allow_rule_suppresses_the_pattern() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    let api = format!("http://{}", d.api);
+    let (code, body) = blocking_free_post(
+        &format!("{api}/fhir/notify"),
+        export_event("x1", "Practitioner/alice").to_string(),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, list) = request("GET", &format!("{api}/api/alerts"), None, None);
+    let alerts = list["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "the export alerted: {list}");
+    let id = alerts[0]["id"].as_i64().unwrap();
+    assert_eq!(alerts[0]["status"], "new");
+    assert!(alerts[0]["explanation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e.as_str().unwrap().contains("export")));
+
+    // Re-delivery of the same event: no second alert.
+    blocking_free_post(
+        &format!("{api}/fhir/notify"),
+        export_event("x1", "Practitioner/alice").to_string(),
+    );
+    let (_, list) = request("GET", &format!("{api}/api/alerts"), None, None);
+    assert_eq!(list["alerts"].as_array().unwrap().len(), 1);
+
+    // Invalid transitions are refused with a clear 400.
+    let (code, _) = request(
+        "POST",
+        &format!("{api}/api/alerts/{id}/status"),
+        None,
+        Some(serde_json::json!({"status": "done"})),
+    );
+    assert_eq!(code, 400);
+    let (code, _) = request(
+        "POST",
+        &format!("{api}/api/alerts/999/status"),
+        None,
+        Some(serde_json::json!({"status": "confirmed"})),
+    );
+    assert_eq!(code, 404);
+
+    // Mark false positive and allow this user's pattern.
+    let (code, a) = request(
+        "POST",
+        &format!("{api}/api/alerts/{id}/status"),
+        None,
+        Some(
+            serde_json::json!({"status": "false_positive", "note": "research export", "by": "officer", "allow": {"user": true}}),
+        ),
+    );
+    assert_eq!(code, 200, "{a}");
+    assert_eq!(a["status"], "false_positive");
+    assert_eq!(a["status_note"], "research export");
+    let (_, rules) = request("GET", &format!("{api}/api/allowlist"), None, None);
+    assert_eq!(rules["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(rules["rules"][0]["user"], "Practitioner/alice");
+
+    // The same pattern afterwards: suppressed. Another user: still alerts.
+    blocking_free_post(
+        &format!("{api}/fhir/notify"),
+        export_event("x2", "Practitioner/alice").to_string(),
+    );
+    blocking_free_post(
+        &format!("{api}/fhir/notify"),
+        export_event("x3", "Practitioner/bob").to_string(),
+    );
+    let (_, list) = request("GET", &format!("{api}/api/alerts"), None, None);
+    let users: Vec<&str> = list["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        users,
+        vec!["Practitioner/bob", "Practitioner/alice"],
+        "alice's second export suppressed"
+    );
+    assert_eq!(
+        status(dir.path()).events_scored,
+        3,
+        "suppressed events are still scored"
+    );
+
+    // Filters: by status and user.
+    let (_, fp) = request(
+        "GET",
+        &format!("{api}/api/alerts?status=false_positive"),
+        None,
+        None,
+    );
+    assert_eq!(fp["alerts"].as_array().unwrap().len(), 1);
+    let (_, bob) = request(
+        "GET",
+        &format!("{api}/api/alerts?user=Practitioner/bob"),
+        None,
+        None,
+    );
+    assert_eq!(bob["alerts"].as_array().unwrap().len(), 1);
+    let (code, _) = request(
+        "GET",
+        &format!("{api}/api/alerts?since=yesterday"),
+        None,
+        None,
+    );
+    assert_eq!(code, 400);
+
+    // Removing the rule brings the pattern back.
+    let rule_id = rules["rules"][0]["id"].as_i64().unwrap();
+    let (code, _) = request(
+        "DELETE",
+        &format!("{api}/api/allowlist/{rule_id}"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200);
+    blocking_free_post(
+        &format!("{api}/fhir/notify"),
+        export_event("x4", "Practitioner/alice").to_string(),
+    );
+    wait_until(Duration::from_secs(10), "a new alert for alice", || {
+        let (_, l) = request(
+            "GET",
+            &format!("{api}/api/alerts?user=Practitioner/alice"),
+            None,
+            None,
+        );
+        l["alerts"].as_array().unwrap().len() == 2
+    });
+    // Prometheus text has the counters.
+    let (code, m) = get(&format!("{api}/metrics"), None);
+    assert_eq!(code, 200);
+    assert!(m.contains("fhir_edge_events_scored_total 4"), "{m}");
+}
