@@ -106,7 +106,6 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         .transpose()
         .map_err(StartError::Token)?;
     let cursor = loaded.cursor_ms.map(crate::clock::from_ms);
-    health.counters.events_scored.store(0, Ordering::Relaxed);
     if let Some(c) = loaded.cursor_ms {
         health.counters.cursor_ms.store(c, Ordering::Relaxed);
     }
@@ -284,6 +283,9 @@ async fn watchdog_loop(
         let healthy = reports.iter().all(|r| r.healthy) && !stuck_degraded;
         if healthy {
             notifier.watchdog();
+            if !was_healthy {
+                tracing::info!(actor = "app", "every actor is making progress again");
+            }
         } else if was_healthy {
             let bad: Vec<&str> = reports
                 .iter()
@@ -297,8 +299,6 @@ async fn watchdog_loop(
                 degraded = degraded.as_deref().unwrap_or(""),
                 "withholding the watchdog ping: not every actor is making progress"
             );
-        } else if !was_healthy && healthy {
-            tracing::info!(actor = "app", "every actor is making progress again");
         }
         was_healthy = healthy;
         notifier.status(&health.status_line());

@@ -136,14 +136,26 @@ fn status(dir: &Path) -> crate::state::StatusReport {
         .unwrap_or_default()
 }
 
+#[derive(clap::Args, Debug, Clone)]
 pub struct BenchOptions {
+    /// Events on the server to catch up on.
+    #[arg(long, default_value_t = 100_000)]
     pub events: usize,
+    #[arg(long, default_value_t = 1000)]
     pub page_size: u32,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Steady-state phase: seconds, and events created per second.
+    #[arg(long, default_value_t = 30)]
     pub steady_secs: u64,
+    #[arg(long, default_value_t = 20.0)]
     pub steady_rate: f64,
+    /// Poll interval of the daemon under test.
+    #[arg(long, default_value_t = 1)]
     pub interval_secs: u64,
-    /// Use this FHIR server instead of a bench-server child (events must already be there).
+    /// Benchmark against this FHIR server instead of the built-in endpoint (events must
+    /// already be there, or use --load).
+    #[arg(long)]
     pub server: Option<String>,
 }
 

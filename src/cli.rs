@@ -125,26 +125,10 @@ pub enum Command {
     SendTestEvent,
     /// End-to-end benchmark: catch-up rate, detection latency, peak RSS, CPU, start-up time.
     Bench {
-        /// Events on the server to catch up on.
-        #[arg(long, default_value_t = 100_000)]
-        events: usize,
-        #[arg(long, default_value_t = 1000)]
-        page_size: u32,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Steady-state phase: seconds, and events created per second.
-        #[arg(long, default_value_t = 30)]
-        steady_secs: u64,
-        #[arg(long, default_value_t = 20.0)]
-        steady_rate: f64,
-        /// Poll interval of the daemon under test.
-        #[arg(long, default_value_t = 1)]
-        interval_secs: u64,
-        /// Benchmark against this FHIR server instead of the built-in endpoint; with --load,
-        /// first POST that many events to it.
-        #[arg(long)]
-        server: Option<String>,
-        #[arg(long)]
+        #[command(flatten)]
+        opts: crate::bench::BenchOptions,
+        /// With --server: first POST this many simulated events to it.
+        #[arg(long, requires = "server")]
         load: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -371,39 +355,24 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            events,
-            page_size,
-            seed,
-            steady_secs,
-            steady_rate,
-            interval_secs,
-            server,
+            mut opts,
             load,
             json,
         } => {
-            let mut events = events;
-            if let (Some(url), Some(n)) = (&server, load) {
-                let rate = crate::bench::load(url, n, seed, 4)?;
+            if let (Some(url), Some(n)) = (&opts.server, load) {
+                let rate = crate::bench::load(url, n, opts.seed, 4)?;
                 eprintln!("loaded {n} events into {url} at {rate:.0}/s");
-                events = n;
+                opts.events = n;
             }
-            if let Some(url) = &server {
+            if let Some(url) = &opts.server {
                 let since = Utc::now() - chrono::Duration::days(3);
-                let (n, rate) = crate::bench::page_rate(url, page_size.min(1000), since)?;
+                let page = opts.page_size.min(1000);
+                let (n, rate) = crate::bench::page_rate(url, page, since)?;
                 eprintln!(
-                    "server paging alone: {n} events at {rate:.0} events/s (page size {})",
-                    page_size.min(1000)
+                    "server paging alone: {n} events at {rate:.0} events/s (page size {page})"
                 );
             }
-            let r = crate::bench::run(crate::bench::BenchOptions {
-                events,
-                page_size,
-                seed,
-                steady_secs,
-                steady_rate,
-                interval_secs,
-                server,
-            })?;
+            let r = crate::bench::run(opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -556,19 +525,22 @@ fn score_cmd(
     use std::io::Write;
     let model = crate::detector::model::Model::load(model_dir)?;
     let i = crate::detector::train::read_events(input)?;
+    let mut ctx = crate::detector::features::Context::new(tz);
+    let scored = crate::detector::score_stream(&model, &mut ctx, &i.records, 512)?;
+    let create = |p: &Path| -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+        Ok(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        ))
+    };
     if let Some(fo) = features_out {
-        // Same causal features, from a fresh context, for other detectors to compare on.
-        let mut ctx = crate::detector::features::Context::new(tz);
-        let rows = crate::detector::train::feature_rows(&mut ctx, &i.records);
-        let mut w = std::io::BufWriter::new(
-            std::fs::File::create(fo).with_context(|| format!("creating {}", fo.display()))?,
-        );
+        // The same causal feature rows the model saw, for other detectors to compare on.
+        let mut w = create(fo)?;
         writeln!(
             w,
             "id,recorded_ms,{}",
             crate::detector::features::FEATURES.join(",")
         )?;
-        for (r, x) in i.records.iter().zip(&rows) {
+        for (r, (x, _)) in i.records.iter().zip(&scored) {
             let xs: Vec<String> = x.iter().map(|v| format!("{v:.5}")).collect();
             writeln!(
                 w,
@@ -580,26 +552,23 @@ fn score_cmd(
         }
         w.flush()?;
     }
-    let mut ctx = crate::detector::features::Context::new(tz);
-    let scores = crate::detector::score_stream(&model, &mut ctx, &i.records, 512)?;
-    let mut w = std::io::BufWriter::new(
-        std::fs::File::create(output).with_context(|| format!("creating {}", output.display()))?,
-    );
+    let mut w = create(output)?;
     writeln!(w, "id,score,severity,explanation")?;
     let mut alerts = 0;
-    for (r, (score, sev, expl, _)) in i.records.iter().zip(&scores) {
-        alerts += sev.is_some() as usize;
-        let expl = expl.join("; ").replace('"', "\"\"");
+    for (r, (_, v)) in i.records.iter().zip(&scored) {
+        alerts += v.severity.is_some() as usize;
+        let expl = v.explanation.join("; ").replace('"', "\"\"");
         writeln!(
             w,
             "{},{:.5},{},\"{}\"",
             r.id,
-            score,
-            sev.map(|s| s.as_str()).unwrap_or(""),
+            v.score,
+            v.severity.map(|s| s.as_str()).unwrap_or(""),
             expl
         )?;
     }
     w.flush()?;
+    let scores = &scored;
     println!(
         "scored {} events ({} above threshold) → {}",
         scores.len(),

@@ -384,28 +384,19 @@ fn translate(fig: &Figment, path: &Path, err: figment::Error) -> ConfigError {
                 expected.join(", ")
             )
         }
-        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
-            let key = key_parts.join(".");
-            if is_secret_key(&key) {
-                format!("invalid value (not shown); expected {expected}")
-            } else {
-                format!("invalid value {actual}; expected {expected}")
-            }
-        }
-        Kind::Message(m) => {
-            let key = key_parts.join(".");
-            if is_secret_key(&key) {
-                "invalid value (not shown)".to_string()
-            } else {
-                m.clone()
-            }
-        }
-        other => {
-            let key = key_parts.join(".");
-            if is_secret_key(&key) {
-                "invalid value (not shown)".to_string()
-            } else {
-                other.to_string()
+        // Values are shown only for keys that cannot hold a secret.
+        kind => {
+            let secret = is_secret_key(&key_parts.join("."));
+            match kind {
+                Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if secret => {
+                    format!("invalid value (not shown); expected {expected}")
+                }
+                Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+                    format!("invalid value {actual}; expected {expected}")
+                }
+                _ if secret => "invalid value (not shown)".to_string(),
+                Kind::Message(m) => m.clone(),
+                other => other.to_string(),
             }
         }
     };

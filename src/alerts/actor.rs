@@ -127,7 +127,7 @@ impl Handler<Scored> for AlertSinkActor {
             let mut ids = Vec::with_capacity(outcome.alerts_inserted.len());
             for (id, i) in &outcome.alerts_inserted {
                 let a = &batch.alerts[*i];
-                journal_alert(*id, a);
+                journal_alert(&a.journal_record(*id));
                 Counters::add(&c.alerts_raised, 1);
                 Counters::add(&c.alerts_by_severity[a.severity as usize - 1], 1);
                 ids.push(*id);
@@ -173,27 +173,8 @@ impl Handler<AlertRaised> for AlertSinkActor {
     type Result = ();
     fn handle(&mut self, msg: AlertRaised, ctx: &mut Self::Context) {
         let mut ids = Vec::new();
-        for a in msg.0 {
-            let na = NewAlert {
-                event_key: a.event_key,
-                event_id: a.event_id,
-                event_version: a.event_version,
-                recorded_ms: 0,
-                score: a.score,
-                severity: a.severity,
-                summary: a.summary,
-                explanation: a.explanation,
-                kinds: a.kinds,
-                user: a.user,
-                user_display: None,
-                patient: a.patient,
-                source_ip: a.source_ip,
-                client_app: a.client_app,
-                action: a.action,
-                interaction: a.interaction,
-                raw: String::new(),
-            };
-            journal_alert(a.id, &na);
+        for a in &msg.0 {
+            journal_alert(&a.journal_record());
             ids.push(a.id);
         }
         if !ids.is_empty() {

@@ -214,11 +214,55 @@ impl AllowRule {
     }
 }
 
+/// What one alert's journal record carries (references only, never names).
+pub struct JournalRecord<'a> {
+    pub id: i64,
+    pub severity: Severity,
+    pub score: f64,
+    pub summary: &'a str,
+    pub kinds: &'a [String],
+    pub user: Option<&'a str>,
+    pub patient: Option<&'a str>,
+    pub event_id: &'a str,
+}
+
+impl NewAlert {
+    /// The journal record of this alert once stored as `id`.
+    pub fn journal_record(&self, id: i64) -> JournalRecord<'_> {
+        JournalRecord {
+            id,
+            severity: self.severity,
+            score: self.score,
+            summary: &self.summary,
+            kinds: &self.kinds,
+            user: self.user.as_deref(),
+            patient: self.patient.as_deref(),
+            event_id: &self.event_id,
+        }
+    }
+}
+
+impl Alert {
+    pub fn journal_record(&self) -> JournalRecord<'_> {
+        JournalRecord {
+            id: self.id,
+            severity: self.severity,
+            score: self.score,
+            summary: &self.summary,
+            kinds: &self.kinds,
+            user: self.user.as_deref(),
+            patient: self.patient.as_deref(),
+            event_id: &self.event_id,
+        }
+    }
+}
+
 /// Write one structured journal record per alert, at a priority from its severity:
-/// low/medium → warning, high/critical → err. References only, never names.
-pub fn journal_alert(id: i64, a: &NewAlert) {
-    let user = a.user.as_deref().unwrap_or("");
-    let patient = a.patient.as_deref().unwrap_or("");
+/// low/medium → warning, high/critical → err.
+pub fn journal_alert(a: &JournalRecord) {
+    let id = a.id;
+    let user = a.user.unwrap_or("");
+    let patient = a.patient.unwrap_or("");
     let kinds = a.kinds.join(",");
     macro_rules! rec {
         ($lvl:ident) => {
@@ -229,7 +273,7 @@ pub fn journal_alert(id: i64, a: &NewAlert) {
                 fhir_edge_score = a.score,
                 fhir_edge_user = user,
                 fhir_edge_patient = patient,
-                fhir_edge_event_id = a.event_id.as_str(),
+                fhir_edge_event_id = a.event_id,
                 fhir_edge_kinds = kinds.as_str(),
                 "ALERT {} #{}: {} (event AuditEvent/{}, user {}, patient {})",
                 a.severity.as_str(),

@@ -80,53 +80,80 @@ impl Detector {
                 KeyStatus::Seen => {}
             }
         }
-        let scores = self.model.score(&rows)?;
-        let threshold = self.model.meta.threshold;
+        let records: Vec<&AuditRecord> = kept.iter().map(|(f, _)| &f.record).collect();
+        let facts: Vec<&Facts> = kept.iter().map(|(_, facts)| facts).collect();
+        let verdicts = judge(&self.model, &rows, &facts, &records)?;
         Ok(kept
             .into_iter()
-            .zip(scores)
-            .map(|((fetched, facts), s)| {
-                let score = s.score / threshold;
-                let severity = Severity::from_ratio(score as f64);
-                let (explanation, kinds) = explain(&s.contributions, &facts, &fetched.record);
-                let summary = explanation
+            .zip(verdicts)
+            .map(|((fetched, _), v)| ScoredEvent {
+                fetched,
+                score: v.score,
+                severity: v.severity,
+                summary: v
+                    .explanation
                     .first()
                     .cloned()
-                    .unwrap_or_else(|| "unusual combination of features".into());
-                ScoredEvent {
-                    fetched,
-                    score,
-                    severity,
-                    summary,
-                    explanation,
-                    kinds,
-                }
+                    .unwrap_or_else(|| "unusual combination of features".into()),
+                explanation: v.explanation,
+                kinds: v.kinds,
             })
             .collect())
     }
 }
 
-/// Score every event of a stream in order (the `score` command and the benchmarks).
+/// What the detector concludes about one event.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Anomaly score divided by the calibrated threshold (≥ 1 is anomalous).
+    pub score: f32,
+    pub severity: Option<Severity>,
+    pub explanation: Vec<String>,
+    pub kinds: Vec<&'static str>,
+}
+
+/// Score feature rows and explain each: the one place a score becomes a verdict.
+fn judge(
+    model: &Model,
+    rows: &[[f32; N_FEATURES]],
+    facts: &[&Facts],
+    records: &[&AuditRecord],
+) -> Result<Vec<Verdict>, model::ModelError> {
+    Ok(model
+        .score(rows)?
+        .into_iter()
+        .zip(facts.iter().zip(records))
+        .map(|(s, (f, r))| {
+            let score = s.score / model.meta.threshold;
+            let (explanation, kinds) = explain(&s.contributions, f, r);
+            Verdict {
+                score,
+                severity: Severity::from_ratio(score as f64),
+                explanation,
+                kinds,
+            }
+        })
+        .collect())
+}
+
+/// Score every event of a stream in order (the `score` command and the benchmarks),
+/// returning each event's feature row with its verdict.
 pub fn score_stream(
     model: &Model,
     ctx: &mut Context,
     records: &[AuditRecord],
     batch: usize,
-) -> Result<Vec<(f32, Option<Severity>, Vec<String>, Vec<&'static str>)>, model::ModelError> {
+) -> Result<Vec<([f32; N_FEATURES], Verdict)>, model::ModelError> {
     let mut out = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch.max(1)) {
-        let mut rows = Vec::with_capacity(chunk.len());
-        let mut facts = Vec::with_capacity(chunk.len());
-        for r in chunk {
-            let (x, f) = ctx.observe(r);
-            rows.push(x);
-            facts.push(f);
-        }
-        for ((s, f), r) in model.score(&rows)?.into_iter().zip(facts).zip(chunk) {
-            let score = s.score / model.meta.threshold;
-            let (expl, kinds) = explain(&s.contributions, &f, r);
-            out.push((score, Severity::from_ratio(score as f64), expl, kinds));
-        }
+        let (rows, facts): (Vec<_>, Vec<_>) = chunk.iter().map(|r| ctx.observe(r)).unzip();
+        let facts: Vec<&Facts> = facts.iter().collect();
+        let recs: Vec<&AuditRecord> = chunk.iter().collect();
+        out.extend(
+            rows.iter()
+                .copied()
+                .zip(judge(model, &rows, &facts, &recs)?),
+        );
     }
     Ok(out)
 }

@@ -541,21 +541,27 @@ pub fn train(
         device,
     };
     // Calibrate: each part's scale is its percentile on the training data, then the
-    // threshold is the same percentile of the combined score.
-    let (mut ae, mut tail) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    // threshold is the same percentile of the combined score (computed from the same
+    // parts, one pass of the network over the training set).
+    let mut parts = Vec::with_capacity(n);
     for chunk in rows.chunks(4096) {
-        for (a, t) in model.raw_parts(chunk)? {
-            ae.push(a.iter().sum::<f32>());
-            tail.push(t.iter().sum::<f32>());
-        }
+        parts.extend(
+            model
+                .raw_parts(chunk)?
+                .into_iter()
+                .map(|(a, t)| (a.iter().sum::<f32>(), t.iter().sum::<f32>())),
+        );
     }
-    model.meta.ae_scale = percentile(&mut ae, opts.threshold_percentile).max(1e-6);
-    model.meta.tail_scale = percentile(&mut tail, opts.threshold_percentile).max(0.1);
-    let mut scores = Vec::with_capacity(n);
-    for chunk in rows.chunks(4096) {
-        scores.extend(model.score(chunk)?.into_iter().map(|s| s.score));
-    }
-    model.meta.threshold = percentile(&mut scores, opts.threshold_percentile).max(1e-6);
+    let p = opts.threshold_percentile;
+    let ae_scale = percentile(&mut parts.iter().map(|x| x.0).collect::<Vec<_>>(), p).max(1e-6);
+    let tail_scale = percentile(&mut parts.iter().map(|x| x.1).collect::<Vec<_>>(), p).max(0.1);
+    let mut scores: Vec<f32> = parts
+        .iter()
+        .map(|(a, t)| 0.5 * a / ae_scale + 0.5 * t / tail_scale)
+        .collect();
+    model.meta.ae_scale = ae_scale;
+    model.meta.tail_scale = tail_scale;
+    model.meta.threshold = percentile(&mut scores, p).max(1e-6);
     model.meta.training.seconds = started.elapsed().as_secs_f32();
     Ok(model)
 }

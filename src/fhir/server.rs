@@ -4,7 +4,7 @@
 //! over HTTP. Faults can be injected to imitate real servers misbehaving.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -56,7 +56,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct FhirStore {
     inner: Arc<RwLock<Inner>>,
-    faults: Arc<Mutex<()>>,
     clock: SharedClock,
 }
 
@@ -64,7 +63,6 @@ impl FhirStore {
     pub fn new(clock: SharedClock) -> Self {
         FhirStore {
             inner: Arc::new(RwLock::new(Inner::default())),
-            faults: Arc::new(Mutex::new(())),
             clock,
         }
     }
@@ -160,6 +158,16 @@ impl FhirStore {
             .map(|e| serde_json::from_str(&e.json).expect("stored JSON"))
     }
 
+    /// The newest `meta.lastUpdated` held.
+    pub fn newest_last_updated(&self) -> Option<DateTime<Utc>> {
+        self.inner
+            .read()
+            .unwrap()
+            .events
+            .last()
+            .map(|e| crate::clock::from_ms(e.last_updated_ms))
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().unwrap().events.len()
     }
@@ -179,7 +187,6 @@ impl FhirStore {
     }
 
     pub fn push_fault(&self, f: Fault) {
-        let _g = self.faults.lock().unwrap();
         self.inner.write().unwrap().faults.push_back(f);
     }
 

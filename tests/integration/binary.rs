@@ -194,10 +194,7 @@ fn pings_between(n: &Notify, from: Instant, to: Instant) -> usize {
 
 #[test]
 fn systemd_protocol_ready_watchdog_stall_and_stopping() {
-    let s = server();
-    let mut evs = events(120, "notify", 21);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 1);
-    s.store.insert_raw(evs);
+    let s = seeded_server(120, "notify", 21, chrono::Duration::hours(1), 1);
     let d = tempfile::tempdir().unwrap();
     let cfg = write_config(d.path(), &s.base_url);
     let sock = d.path().join("notify.sock");
@@ -305,10 +302,7 @@ fn status_of(dir: &Path) -> fhir_edge::state::StatusReport {
 
 #[test]
 fn without_notify_socket_the_daemon_runs_and_status_reads_while_it_does() {
-    let s = server();
-    let mut evs = events(40, "plain", 22);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 1);
-    s.store.insert_raw(evs);
+    let s = seeded_server(40, "plain", 22, chrono::Duration::hours(1), 1);
     let d = tempfile::tempdir().unwrap();
     let cfg = write_config(d.path(), &s.base_url);
     let log = d.path().join("daemon.log");
@@ -349,11 +343,8 @@ fn without_notify_socket_the_daemon_runs_and_status_reads_while_it_does() {
 
 #[test]
 fn kill_minus_nine_at_random_moments_loses_and_doubles_nothing() {
-    let s = server();
     let n_events = 3000;
-    let mut evs = events(n_events, "crash", 23);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(3), 3);
-    s.store.insert_raw(evs);
+    let s = seeded_server(n_events, "crash", 23, chrono::Duration::hours(3), 3);
     // Slow pages so that kills land mid-poll, mid-page and mid-commit.
     for _ in 0..400 {
         s.store.push_fault(fhir_edge::fhir::server::Fault::Delay(

@@ -88,6 +88,21 @@ pub fn server() -> Server {
     }
 }
 
+/// A server holding `n` events stamped `ago` in the past, `tie` events per `lastUpdated`.
+pub fn seeded_server(
+    n: usize,
+    prefix: &str,
+    seed: u64,
+    ago: chrono::Duration,
+    tie: usize,
+) -> Server {
+    let s = server();
+    let mut evs = events(n, prefix, seed);
+    stamp(&mut evs, Utc::now() - ago, tie);
+    s.store.insert_raw(evs);
+    s
+}
+
 pub fn config(base_url: &str, state_dir: &Path) -> Config {
     let mut c = Config::for_server(base_url, state_dir);
     c.detector.model_dir = tiny_model().to_path_buf();

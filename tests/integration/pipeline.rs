@@ -20,11 +20,8 @@ fn polls(d: &TestDaemon) -> u64 {
 
 #[test]
 fn five_pages_with_ties_across_boundaries_are_scored_once() {
-    let s = server();
-    let mut evs = events(230, "tie", 11);
     // Groups of 7 share a timestamp, so ties straddle every 50-event page boundary.
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(2), 7);
-    s.store.insert_raw(evs);
+    let s = seeded_server(230, "tie", 11, chrono::Duration::hours(2), 7);
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(config(&s.base_url, dir.path()));
     wait_until(T, "230 events committed", || {
@@ -51,11 +48,7 @@ fn five_pages_with_ties_across_boundaries_are_scored_once() {
 
 #[test]
 fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
-    let s = server();
-    let mut evs = events(60, "late", 12);
-    let base = Utc::now() - chrono::Duration::seconds(30);
-    stamp(&mut evs, base, 1);
-    s.store.insert_raw(evs);
+    let s = seeded_server(60, "late", 12, chrono::Duration::seconds(30), 1);
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(config(&s.base_url, dir.path()));
     wait_until(T, "60 events", || status(dir.path()).events_scored == 60);
@@ -80,28 +73,26 @@ fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
 
 #[test]
 fn a_server_that_ignores_sort_still_gets_every_event_once() {
-    let s = server();
+    let s = seeded_server(180, "unsorted", 14, chrono::Duration::hours(1), 3);
     s.store.set_ignore_sort(true);
-    let mut evs = events(180, "unsorted", 14);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 3);
-    s.store.insert_raw(evs);
     let dir = tempfile::tempdir().unwrap();
     let d = TestDaemon::start(config(&s.base_url, dir.path()));
     wait_until(T, "180 events", || status(dir.path()).events_scored == 180);
     let p = polls(&d);
     wait_until(T, "two more polls", || polls(&d) >= p + 2);
     assert_eq!(scored(&d), 180);
-    // The cursor is the newest lastUpdated of the poll, not the last one read.
-    let newest = s.store.ids().len();
-    assert_eq!(newest, 180);
+    // Each page arrives in reverse order, so the last event read is not the newest: the
+    // cursor must still be the newest lastUpdated of the whole poll.
+    let newest = s.store.newest_last_updated().unwrap();
+    assert_eq!(
+        status(dir.path()).cursor.as_deref(),
+        Some(fhir_edge::clock::fmt_ms(newest).as_str())
+    );
 }
 
 #[test]
 fn rate_limits_storms_html_and_truncated_pages_are_survived() {
-    let s = server();
-    let mut evs = events(150, "fault", 15);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 2);
-    s.store.insert_raw(evs);
+    let s = seeded_server(150, "fault", 15, chrono::Duration::hours(1), 2);
     s.store.push_fault(Fault::Status {
         code: 429,
         retry_after: Some(1),
@@ -178,10 +169,7 @@ fn bad_entries_are_skipped_and_counted_the_rest_is_scored() {
 
 #[test]
 fn expired_and_foreign_next_links_restart_from_the_cursor() {
-    let s = server();
-    let mut evs = events(120, "paging", 17);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 1);
-    s.store.insert_raw(evs);
+    let s = seeded_server(120, "paging", 17, chrono::Duration::hours(1), 1);
     // First page's next link points to an expired paging id (404), then a foreign origin.
     s.store.push_fault(Fault::NextLink(format!(
         "{}/AuditEvent-pages?_getpages=expired",
@@ -202,10 +190,7 @@ fn expired_and_foreign_next_links_restart_from_the_cursor() {
 
 #[test]
 fn a_restart_between_pages_loses_and_doubles_nothing() {
-    let s = server();
-    let mut evs = events(400, "restart", 18);
-    stamp(&mut evs, Utc::now() - chrono::Duration::hours(1), 4);
-    s.store.insert_raw(evs);
+    let s = seeded_server(400, "restart", 18, chrono::Duration::hours(1), 4);
     for _ in 0..8 {
         s.store.push_fault(Fault::Delay(Duration::from_millis(300)));
     }
