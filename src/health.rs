@@ -39,7 +39,7 @@ pub struct Health {
 }
 
 /// Process-lifetime counters (the durable lifetime `events_scored` lives in the database).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     pub events_fetched: AtomicU64,
     pub events_scored: AtomicU64,
@@ -59,6 +59,119 @@ pub struct Counters {
     pub newest_event_ms: AtomicI64,
     /// Cursor after the last completed poll, ms.
     pub cursor_ms: AtomicI64,
+    /// Wall time of complete polls (every page read and committed), seconds.
+    pub poll_duration: Histogram,
+    /// Wall time of single page fetches (request + body + parse), seconds.
+    pub page_fetch_duration: Histogram,
+    /// Events per delivered page.
+    pub batch_size: Histogram,
+    /// Wall time to filter and score one page (excludes the commit), seconds.
+    pub scoring_duration: Histogram,
+    /// Wall time of one SQLite commit of a scored page, seconds.
+    pub commit_duration: Histogram,
+}
+
+/// Bucket upper bounds of the duration histograms, seconds.
+const SECONDS_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// Bucket upper bounds of the batch-size histogram, events.
+const SIZE_BOUNDS: [f64; 9] = [0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+
+/// A fixed-bucket, lock-free histogram in the Prometheus sense (cumulative on output).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative count per bucket; the last slot is `+Inf`.
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum of observations in micro-units (µs for durations), to stay integral.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+    pub fn seconds() -> Self {
+        Self::new(&SECONDS_BOUNDS)
+    }
+    pub fn sizes() -> Self {
+        Self::new(&SIZE_BOUNDS)
+    }
+
+    pub fn observe(&self, v: f64) {
+        let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: std::time::Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Append this histogram in Prometheus text exposition format.
+    pub fn render(&self, name: &str, help: &str, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            match self.bounds.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let z = || AtomicU64::new(0);
+        Counters {
+            events_fetched: z(),
+            events_scored: z(),
+            events_model_scored: z(),
+            events_duplicate: z(),
+            events_skipped: z(),
+            pages_fetched: z(),
+            polls_completed: z(),
+            fetch_errors: z(),
+            alerts_raised: z(),
+            alerts_by_severity: [z(), z(), z(), z()],
+            notify_received: z(),
+            last_poll_ms: AtomicI64::new(0),
+            newest_event_ms: AtomicI64::new(0),
+            cursor_ms: AtomicI64::new(0),
+            poll_duration: Histogram::seconds(),
+            page_fetch_duration: Histogram::seconds(),
+            batch_size: Histogram::sizes(),
+            scoring_duration: Histogram::seconds(),
+            commit_duration: Histogram::seconds(),
+        }
+    }
 }
 
 impl Counters {
@@ -226,6 +339,23 @@ mod tests {
         // An actor whose mailbox did not answer is unhealthy even when idle.
         let r = h.reports(&["poller", "state", "alert_sink"]);
         assert!(!r.iter().find(|r| r.name == "detector").unwrap().healthy);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_inf_sum_and_count() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.1, 0.5, 3.0, f64::NAN] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render("x_seconds", "help", &mut out);
+        assert!(out.contains("# TYPE x_seconds histogram"), "{out}");
+        // NaN is recorded as 0, so three observations are <= 0.1.
+        assert!(out.contains("x_seconds_bucket{le=\"0.1\"} 3\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"1\"} 4\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_seconds_sum 3.65\n"), "{out}");
+        assert!(out.contains("x_seconds_count 5\n"), "{out}");
     }
 }
 

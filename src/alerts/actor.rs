@@ -120,7 +120,12 @@ impl Handler<Scored> for AlertSinkActor {
         let health = self.health.clone();
         let fut = async move {
             health.begin_step("alert_sink");
+            let started = std::time::Instant::now();
             let (batch, outcome) = commit.send(CommitBatch(batch)).await??;
+            health
+                .counters
+                .commit_duration
+                .observe_duration(started.elapsed());
             health.end_step("alert_sink");
             let c = &health.counters;
             Counters::add(&c.events_scored, outcome.events_committed);

@@ -252,6 +252,31 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
         let lag = (s.clock.now().timestamp_millis() - newest) as f64 / 1000.0;
         out.push_str(&format!("# HELP fhir_edge_poll_lag_seconds Age of the newest event seen.\n# TYPE fhir_edge_poll_lag_seconds gauge\nfhir_edge_poll_lag_seconds {lag}\n"));
     }
+    c.poll_duration.render(
+        "fhir_edge_poll_duration_seconds",
+        "Duration of complete polls (every page read and committed).",
+        &mut out,
+    );
+    c.page_fetch_duration.render(
+        "fhir_edge_page_fetch_duration_seconds",
+        "Duration of one search page fetch (request, body, parse).",
+        &mut out,
+    );
+    c.batch_size.render(
+        "fhir_edge_batch_size_events",
+        "Events per page handed to the detector (incl. duplicates).",
+        &mut out,
+    );
+    c.scoring_duration.render(
+        "fhir_edge_scoring_duration_seconds",
+        "Duration to de-duplicate and score one page.",
+        &mut out,
+    );
+    c.commit_duration.render(
+        "fhir_edge_commit_duration_seconds",
+        "Duration of one SQLite commit of a scored page with its alerts and cursor keys.",
+        &mut out,
+    );
     let healthy = s.round.lock().unwrap().healthy && s.health.degraded().is_none();
     out.push_str(&format!("# HELP fhir_edge_healthy 1 when every actor makes progress.\n# TYPE fhir_edge_healthy gauge\nfhir_edge_healthy {}\n", healthy as u8));
     HttpResponse::Ok()

@@ -131,6 +131,14 @@ impl Handler<EventsFetched> for DetectorActor {
             let n = scored.len() as u64;
             Counters::add(&health.counters.events_model_scored, n);
             let scoring_ms = started.elapsed().as_millis() as u64;
+            health
+                .counters
+                .scoring_duration
+                .observe_duration(started.elapsed());
+            health
+                .counters
+                .batch_size
+                .observe(n as f64 + duplicates as f64);
             health.end_step("detector");
             let committed = sink
                 .send(Scored {

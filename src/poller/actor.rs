@@ -203,6 +203,7 @@ impl Handler<PollNow> for PollerActor {
                     act.since_override = None;
                     act.backoff.reset();
                     Counters::add(&health.counters.polls_completed, 1);
+                    health.counters.poll_duration.observe(elapsed_ms as f64 / 1000.0);
                     health.counters.last_poll_ms.store(clock.now().timestamp_millis(), Ordering::Relaxed);
                     if let Some(c) = act.cursor {
                         health.counters.cursor_ms.store(c.timestamp_millis(), Ordering::Relaxed);

@@ -144,6 +144,10 @@ async fn fetch_with_retry(
         health.end_step("poller");
         match res {
             Ok(page) => {
+                health
+                    .counters
+                    .page_fetch_duration
+                    .observe_duration(started.elapsed());
                 tracing::debug!(
                     actor = "poller",
                     duration_ms = started.elapsed().as_millis() as u64,

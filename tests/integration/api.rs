@@ -212,4 +212,25 @@ fn false_positive_with_allow_rule_suppresses_the_pattern() {
     let (code, m) = get(&format!("{api}/metrics"), None);
     assert_eq!(code, 200);
     assert!(m.contains("fhir_edge_events_scored_total 4"), "{m}");
+    // ... and the histograms: every scored page was observed once per stage.
+    for name in [
+        "fhir_edge_scoring_duration_seconds",
+        "fhir_edge_commit_duration_seconds",
+        "fhir_edge_batch_size_events",
+    ] {
+        assert!(m.contains(&format!("# TYPE {name} histogram")), "{m}");
+        let count = m
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+            .unwrap_or_else(|| panic!("{name}_count missing:\n{m}"));
+        assert!(count.parse::<u64>().unwrap() >= 1, "{name}: {count}");
+        assert!(
+            m.contains(&format!("{name}_bucket{{le=\"+Inf\"}} {count}")),
+            "{m}"
+        );
+    }
+    assert!(
+        m.contains("# TYPE fhir_edge_poll_duration_seconds histogram"),
+        "{m}"
+    );
 }
