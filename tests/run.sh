@@ -14,9 +14,11 @@ mkdir -p "$cache"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 # System packages: a C/C++ toolchain for the bundled SQLite and crypto, Python for the
-# real FHIR server.
+# real FHIR server, Chromium and Node.js for the dashboard browser test.
 missing=()
-for pkg in gcc g++ make python3-venv ca-certificates; do
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+for pkg in gcc g++ make python3-venv ca-certificates chromium; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -41,6 +43,14 @@ if [ ! -x "$venv/bin/sekmet" ]; then
 fi
 export SEKMET_EXE="$venv/bin/sekmet"
 export REQUIRE_REAL_FHIR_SERVER=1
+
+# The browser driver for the dashboard test (playwright-core, pinned in package-lock.json;
+# it drives Debian's /usr/bin/chromium and downloads no browser of its own).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    echo "tests/run.sh: installing playwright-core into tests/browser/node_modules" >&2
+    (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+export REQUIRE_BROWSER=1
 
 cargo test --release --locked "$@"
 

@@ -6,7 +6,7 @@ use crate::common::*;
 use crate::pipeline::reqwest::{blocking_free_post, get};
 
 /// A bulk export by `user`: the kind of event that always alerts.
-fn export_event(id: &str, user: &str) -> serde_json::Value {
+pub fn export_event(id: &str, user: &str) -> serde_json::Value {
     let mut ev = fhir_edge::cli::sample_event(chrono::Utc::now());
     ev["id"] = id.into();
     ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge::clock::fmt_ms(chrono::Utc::now())});
@@ -19,7 +19,7 @@ fn export_event(id: &str, user: &str) -> serde_json::Value {
     ev
 }
 
-fn request(
+pub fn request(
     method: &str,
     url: &str,
     token: Option<&str>,

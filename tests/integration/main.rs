@@ -7,6 +7,7 @@
 
 mod api;
 mod binary;
+mod browser;
 mod common;
 mod pipeline;
 mod real_server;

@@ -1,0 +1,103 @@
+// Drives the fhir-edge dashboard in Debian's headless Chromium, as a privacy officer would.
+//
+// Usage: node dashboard.mjs <base-url> <new-event.json> <screenshot.png>
+//
+// Expects a running daemon at <base-url> that already holds at least two alerts. Checks:
+//  1. the page lists them, with non-zero severity counts and a drawn score chart;
+//  2. a click on an alert opens its explanation; "False positive" marks it, and the page
+//     shows the new status;
+//  3. an event pushed to /fhir/notify while the page is open appears in the list without a
+//     reload (the list is live).
+// Prints one JSON line {"false_positive_id": N, "live_event_id": "..."} for the caller to
+// check against the API. Exits non-zero with a message on any failure.
+import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+
+const [base, newEventPath, shot] = process.argv.slice(2);
+if (!base || !newEventPath || !shot) {
+  console.error("usage: node dashboard.mjs <base-url> <new-event.json> <screenshot.png>");
+  process.exit(2);
+}
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  // The machine's network is closed: keep Chromium from reaching out at all.
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--disable-extensions",
+  ],
+});
+let failed = null;
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const consoleErrors = [];
+  page.on("console", m => { if (m.type() === "error") consoleErrors.push(m.text()); });
+  page.on("pageerror", e => consoleErrors.push(String(e)));
+  page.on("response", r => { if (r.status() >= 400) consoleErrors.push(`HTTP ${r.status()} for ${r.url()}`); });
+  // Any request that leaves the daemon (a CDN, fonts) would fail offline: forbid it.
+  const foreign = [];
+  page.on("request", r => { if (!r.url().startsWith(base) && !r.url().startsWith("data:")) foreign.push(r.url()); });
+
+  await page.goto(base + "/", { waitUntil: "load" });
+
+  // 1. Alerts listed, counts shown, health badge up.
+  await page.waitForSelector("tr.alert", { timeout: 15000 });
+  const rows = await page.locator("tr.alert").count();
+  if (rows < 2) throw new Error(`expected at least 2 alert rows, found ${rows}`);
+  const counts = await page.evaluate(() =>
+    ["critical", "high", "medium", "low"].reduce((s, k) => s + Number(document.getElementById("c-" + k).textContent), 0));
+  if (counts < rows) throw new Error(`severity counts add up to ${counts}, fewer than the ${rows} rows`);
+  const health = await page.textContent("#health");
+  if (health !== "ok") throw new Error(`health badge says ${JSON.stringify(health)}`);
+  const inked = await page.evaluate(() => {
+    const c = document.getElementById("score-chart");
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+    return n;
+  });
+  if (inked < 20) throw new Error(`score chart looks empty (${inked} pixels drawn)`);
+
+  // 2. Open the first alert, read why, mark it a false positive.
+  const first = page.locator("tr.alert").first();
+  const id = Number(await first.getAttribute("data-id"));
+  await first.click();
+  await page.waitForSelector("#detail ul li", { timeout: 10000 });
+  const why = await page.locator("#detail ul li").allTextContents();
+  if (!why.length || !why[0].trim()) throw new Error("alert detail has no explanation");
+  await page.click('#detail button[data-st="false_positive"]');
+  await page.waitForFunction(() => /false positive/.test(document.getElementById("d-status")?.textContent || ""),
+    null, { timeout: 10000 });
+  await page.waitForFunction(i => {
+    const tr = document.querySelector(`tr.alert[data-id="${i}"] td.status`);
+    return tr && /false positive/.test(tr.textContent);
+  }, id, { timeout: 10000 });
+
+  // 3. Live update: push a new alerting event; it must show up without a reload.
+  const ev = JSON.parse(readFileSync(newEventPath, "utf8"));
+  const before = await page.locator("tr.alert").count();
+  const r = await fetch(base + "/fhir/notify", {
+    method: "POST", headers: { "Content-Type": "application/fhir+json" }, body: JSON.stringify(ev),
+  });
+  if (!r.ok) throw new Error(`/fhir/notify answered ${r.status}`);
+  const navigations = [];
+  page.on("framenavigated", f => { if (f === page.mainFrame()) navigations.push(f.url()); });
+  await page.waitForFunction(n => document.querySelectorAll("tr.alert").length > n, before, { timeout: 20000 });
+  if (navigations.length) throw new Error(`page reloaded (${navigations.join(", ")}) instead of updating live`);
+
+  await page.screenshot({ path: shot, fullPage: true });
+  if (consoleErrors.length) throw new Error("console errors: " + consoleErrors.join(" | "));
+  if (foreign.length) throw new Error("requests outside the daemon: " + foreign.join(", "));
+  console.log(JSON.stringify({ false_positive_id: id, live_event_id: ev.id, rows_before: before }));
+} catch (e) {
+  failed = e;
+} finally {
+  await browser.close();
+}
+if (failed) {
+  console.error("browser test failed: " + (failed.stack || failed));
+  process.exit(1);
+}
