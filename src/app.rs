@@ -106,6 +106,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         .transpose()
         .map_err(StartError::Token)?;
     let cursor = loaded.cursor_ms.map(crate::clock::from_ms);
+    let replay_until = loaded.replay_until_ms.map(crate::clock::from_ms);
     if let Some(c) = loaded.cursor_ms {
         health.counters.cursor_ms.store(c, Ordering::Relaxed);
     }
@@ -172,8 +173,11 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
                 h,
                 det.clone().recipient(),
                 det.recipient(),
-                cursor,
-                since,
+                crate::poller::actor::Resume {
+                    cursor,
+                    since,
+                    replay_until,
+                },
                 s,
             )
         })

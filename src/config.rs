@@ -161,6 +161,9 @@ pub struct PollerConfig {
     pub max_backoff_secs: u64,
     /// Largest page body accepted, in bytes; a larger page is refused and retried later.
     pub max_page_bytes: u64,
+    /// During a long poll (a catch-up) over a server that honours `_sort`, commit the cursor
+    /// and detector snapshot at most this often, so a crash re-reads at most this much.
+    pub checkpoint_secs: u64,
 }
 
 impl Default for PollerConfig {
@@ -171,7 +174,8 @@ impl Default for PollerConfig {
             initial_lookback_secs: 3600,
             overlap_secs: 120,
             max_backoff_secs: 300,
-            max_page_bytes: 64 * 1024 * 1024,
+            max_page_bytes: 16 * 1024 * 1024,
+            checkpoint_secs: 10,
         }
     }
 }
@@ -531,6 +535,7 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
     range(l, "poller.overlap_secs", p.overlap_secs, 0, 86_400)?;
     range(l, "poller.max_backoff_secs", p.max_backoff_secs, 1, 86_400)?;
     range(l, "poller.max_page_bytes", p.max_page_bytes, 4096, 1 << 32)?;
+    range(l, "poller.checkpoint_secs", p.checkpoint_secs, 1, 86_400)?;
     if c.detector.timezone.parse::<chrono_tz::Tz>().is_err() {
         return Err(l.invalid(
             "detector.timezone",

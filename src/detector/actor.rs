@@ -56,12 +56,14 @@ pub struct EventsFetched {
     pub skipped: u64,
 }
 
-/// A poll finished: snapshot the context and commit the cursor with it.
+/// Every page before this point is committed: snapshot the context and commit the cursor
+/// with it. Sent when a poll completes, and as a checkpoint inside a long (sorted) poll.
 #[derive(Message)]
 #[rtype(result = "Result<(), PipelineError>")]
-pub struct PollCompleted {
+pub struct CommitCursor {
     pub cursor: Option<DateTime<Utc>>,
-    pub completed_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+    pub poll_complete: bool,
 }
 
 pub struct DetectorActor {
@@ -179,10 +181,10 @@ impl Handler<EventsFetched> for DetectorActor {
     }
 }
 
-impl Handler<PollCompleted> for DetectorActor {
+impl Handler<CommitCursor> for DetectorActor {
     type Result = AtomicResponse<Self, Result<(), PipelineError>>;
 
-    fn handle(&mut self, msg: PollCompleted, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: CommitCursor, _: &mut Self::Context) -> Self::Result {
         let detector = self.detector.clone();
         let commit = self.state_commit.clone();
         let overlap_ms = self.overlap_ms;
@@ -196,12 +198,13 @@ impl Handler<PollCompleted> for DetectorActor {
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))?;
-            let now = msg.completed_at.timestamp_millis();
+            let now = msg.at.timestamp_millis();
             let cursor_ms = msg.cursor.map(|c| c.timestamp_millis());
             commit
                 .send(CommitPoll(PollCommit {
                     cursor_ms,
-                    last_poll_ms: now,
+                    at_ms: now,
+                    poll_complete: msg.poll_complete,
                     snapshot: Some(snapshot),
                     // Keys older than the re-read window (plus an hour of margin) never come back.
                     prune_seen_before_ms: cursor_ms

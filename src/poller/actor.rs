@@ -12,14 +12,26 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use super::{
-    next_cursor, run_poll, Backoff, BatchReport, PageSink, PollError, PollPlan, PollSummary,
+    next_cursor, run_poll, Backoff, BatchReport, PageSink, PageSizer, PollError, PollPlan,
+    PollSummary,
 };
 use crate::clock::SharedClock;
 use crate::config::PollerConfig;
-use crate::detector::actor::{EventsFetched, PollCompleted};
+use crate::detector::actor::{CommitCursor, EventsFetched};
 use crate::fhir::client::FhirClient;
 use crate::fhir::Fetched;
 use crate::health::{Counters, Health, Heartbeat};
+
+/// Where polling resumes, from the state database and the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resume {
+    /// The committed cursor.
+    pub cursor: Option<DateTime<Utc>>,
+    /// `--since`: where the first poll starts, once.
+    pub since: Option<DateTime<Utc>>,
+    /// Newest event committed after the last snapshot (see `PollPlan::replay_until`).
+    pub replay_until: Option<DateTime<Utc>>,
+}
 
 /// Start a poll now (if none is running).
 #[derive(Message)]
@@ -31,7 +43,11 @@ pub struct PollNow;
 #[rtype(result = "bool")]
 pub struct IsPolling;
 
-struct DetectorSink(Recipient<EventsFetched>);
+struct DetectorSink {
+    pages: Recipient<EventsFetched>,
+    cursor: Recipient<CommitCursor>,
+    clock: SharedClock,
+}
 
 impl PageSink for DetectorSink {
     fn deliver(
@@ -42,11 +58,30 @@ impl PageSink for DetectorSink {
         Box<dyn std::future::Future<Output = Result<BatchReport, String>> + Send + 'static>,
     > {
         // `send().await`: the poller waits for the page to be committed (backpressure).
-        let req = self.0.send(EventsFetched { events, skipped });
+        let req = self.pages.send(EventsFetched { events, skipped });
         Box::pin(async move {
             match req.await {
                 Ok(Ok(r)) => Ok(r),
                 Ok(Err(e)) => Err(format!("{} ({})", e, e.kind())),
+                Err(e) => Err(format!("detector unavailable: {e}")),
+            }
+        })
+    }
+
+    fn checkpoint(
+        &self,
+        cursor: DateTime<Utc>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>
+    {
+        let req = self.cursor.send(CommitCursor {
+            cursor: Some(cursor),
+            at: self.clock.now(),
+            poll_complete: false,
+        });
+        Box::pin(async move {
+            match req.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("checkpoint: {} ({})", e, e.kind())),
                 Err(e) => Err(format!("detector unavailable: {e}")),
             }
         })
@@ -59,15 +94,18 @@ pub struct PollerActor {
     clock: SharedClock,
     health: Health,
     detector: Recipient<EventsFetched>,
-    completed: Recipient<PollCompleted>,
+    completed: Recipient<CommitCursor>,
     cursor: Option<DateTime<Utc>>,
     /// `--since`: where the first poll starts, once.
     since_override: Option<DateTime<Utc>>,
+    /// Until a poll completes: see `PollPlan::replay_until`.
+    replay_until: Option<DateTime<Utc>>,
     polling: bool,
     stop: Arc<AtomicBool>,
     backoff: Backoff,
     /// Set when a paging link expired: the next poll restarts at once.
     restart_now: bool,
+    page_size: PageSizer,
 }
 
 impl PollerActor {
@@ -78,12 +116,12 @@ impl PollerActor {
         clock: SharedClock,
         health: Health,
         detector: Recipient<EventsFetched>,
-        completed: Recipient<PollCompleted>,
-        cursor: Option<DateTime<Utc>>,
-        since_override: Option<DateTime<Utc>>,
+        completed: Recipient<CommitCursor>,
+        resume: Resume,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let cap = Duration::from_secs(cfg.max_backoff_secs);
+        let page_size = PageSizer::new(cfg.page_size);
         PollerActor {
             client,
             cfg,
@@ -91,12 +129,14 @@ impl PollerActor {
             health,
             detector,
             completed,
-            cursor,
-            since_override,
+            cursor: resume.cursor,
+            since_override: resume.since,
+            replay_until: resume.replay_until,
             polling: false,
             stop,
             backoff: Backoff::new(Duration::from_secs(1), cap, crate::rng::seed_from_time()),
             restart_now: false,
+            page_size,
         }
     }
 
@@ -158,17 +198,25 @@ impl Handler<PollNow> for PollerActor {
         let cfg = self.cfg.clone();
         let health = self.health.clone();
         let stop = self.stop.clone();
-        let sink = DetectorSink(self.detector.clone());
+        let sink = DetectorSink {
+            pages: self.detector.clone(),
+            cursor: self.completed.clone(),
+            clock: self.clock.clone(),
+        };
         let cursor = self.cursor;
         let since = self.since_override;
         let started = self.clock.now();
+        let page_size = self.page_size.current();
+        let replay_until = self.replay_until;
         let fut = async move {
             let from = Self::start_point(client.clone(), clock, cursor, since, cfg.clone()).await?;
             let plan = PollPlan {
                 since: from,
-                page_size: cfg.page_size,
+                page_size,
                 page_attempts: 6,
                 max_backoff: Duration::from_secs(cfg.max_backoff_secs),
+                checkpoint_every: Duration::from_secs(cfg.checkpoint_secs),
+                replay_until,
             };
             run_poll(&client, &sink, &plan, &health, stop).await
         };
@@ -198,10 +246,12 @@ impl Handler<PollNow> for PollerActor {
                     if !s.sorted {
                         tracing::debug!(actor = "poller", "server ignored _sort; cursor still taken from the newest lastUpdated of the whole poll");
                     }
-                    commit = Some(PollCompleted { cursor: new_cursor.or(act.cursor), completed_at: clock.now() });
+                    commit = Some(CommitCursor { cursor: new_cursor.or(act.cursor), at: clock.now(), poll_complete: true });
                     act.cursor = new_cursor.or(act.cursor);
                     act.since_override = None;
+                    act.replay_until = None;
                     act.backoff.reset();
+                    act.page_size.completed();
                     Counters::add(&health.counters.polls_completed, 1);
                     health.counters.poll_duration.observe(elapsed_ms as f64 / 1000.0);
                     health.counters.last_poll_ms.store(clock.now().timestamp_millis(), Ordering::Relaxed);
@@ -218,6 +268,10 @@ impl Handler<PollNow> for PollerActor {
                 Err(e) => {
                     health.error("poller", e.kind());
                     let expired = matches!(e, PollError::Fetch(crate::fhir::client::FetchError::PageExpired(_)));
+                    if matches!(e, PollError::Fetch(crate::fhir::client::FetchError::TooLarge(_))) {
+                        let n = act.page_size.too_large();
+                        tracing::warn!(actor = "poller", error_kind = e.kind(), page_size = n, "a page exceeded poller.max_page_bytes; asking for {n} entries per page until polls succeed");
+                    }
                     let retry_after = match e {
                         PollError::Fetch(f) => f.retry_after(),
                         _ => None,

@@ -39,6 +39,36 @@ impl PollError {
     }
 }
 
+/// The `_count` asked of the server: the configured page size, cut to a quarter after a
+/// page came back larger than `max_page_bytes` (huge events, or a server ignoring
+/// `_count`), and doubled back after each complete poll.
+#[derive(Debug, Clone, Copy)]
+pub struct PageSizer {
+    configured: u32,
+    current: u32,
+}
+
+impl PageSizer {
+    pub fn new(configured: u32) -> Self {
+        PageSizer {
+            configured,
+            current: configured,
+        }
+    }
+    pub fn current(&self) -> u32 {
+        self.current
+    }
+    /// A page was too large: ask for fewer entries next time (never below 1).
+    pub fn too_large(&mut self) -> u32 {
+        self.current = (self.current / 4).max(1);
+        self.current
+    }
+    /// A poll completed: grow back towards the configured size.
+    pub fn completed(&mut self) {
+        self.current = self.current.saturating_mul(2).min(self.configured);
+    }
+}
+
 /// What the pipeline reports for one delivered page.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BatchReport {
@@ -54,6 +84,13 @@ pub trait PageSink {
         events: Vec<Fetched>,
         skipped: u64,
     ) -> Pin<Box<dyn Future<Output = Result<BatchReport, String>> + Send + 'static>>;
+
+    /// Every delivered page is committed and the server has returned ascending
+    /// `lastUpdated` so far: durably move the cursor to `cursor` in the middle of a poll.
+    fn checkpoint(
+        &self,
+        cursor: DateTime<Utc>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
 }
 
 #[derive(Debug, Default, Clone)]
@@ -121,6 +158,10 @@ pub struct PollPlan {
     /// Attempts per page before the poll is abandoned (it restarts from the cursor later).
     pub page_attempts: u32,
     pub max_backoff: Duration,
+    /// Minimum time between checkpoints inside one poll.
+    pub checkpoint_every: Duration,
+    /// No checkpoint before the poll has re-read up to here (`Loaded::replay_until_ms`).
+    pub replay_until: Option<DateTime<Utc>>,
 }
 
 /// Fetch one page, retrying transient faults in place with backoff (backing off is progress).
@@ -159,9 +200,11 @@ async fn fetch_with_retry(
             Err(e) => {
                 Counters::add(&health.counters.fetch_errors, 1);
                 health.error("poller", e.kind());
+                // A too-large page fails the poll at once: the next one asks for fewer.
                 let permanent = matches!(
                     e,
-                    FetchError::PageExpired(_)
+                    FetchError::TooLarge(_)
+                        | FetchError::PageExpired(_)
                         | FetchError::ForeignNext(_)
                         | FetchError::Auth(_)
                         | FetchError::Setup(_)
@@ -202,6 +245,9 @@ pub async fn sleep_with_progress(d: Duration, health: &Health, stop: &AtomicBool
     }
 }
 
+/// Pages read in ascending `lastUpdated` order before a poll may checkpoint its cursor.
+pub const CHECKPOINT_MIN_PAGES: u64 = 10;
+
 /// One complete poll: every page from `plan.since`, each delivered and committed before the
 /// poll is complete. The next page is fetched while the previous one is being scored.
 pub async fn run_poll(
@@ -219,7 +265,34 @@ pub async fn run_poll(
     let mut last_seen: Option<DateTime<Utc>> = None;
     let first = client.first_url(plan.since, plan.page_size);
     let mut page = fetch_with_retry(client, &first, false, plan, health, &stop).await?;
+    let mut last_checkpoint = std::time::Instant::now();
     loop {
+        // Every page delivered so far is committed here. In a long poll over a sorted server,
+        // move the cursor to the newest of them, so a crash does not re-read the whole poll;
+        // ties at that instant not yet read are re-read (`ge` and the overlap) and de-duplicated.
+        // "Sorted" needs evidence: CHECKPOINT_MIN_PAGES pages in ascending order (a server
+        // that ignores `_sort` shows a step back long before), and any step back disables
+        // checkpoints for the rest of the poll.
+        // After a crash, events committed since the last snapshot are replayed into the
+        // detector's context as they are re-read: a snapshot taken before the re-read passed
+        // them all would lose them from the baselines.
+        if summary.sorted
+            && summary.pages >= CHECKPOINT_MIN_PAGES
+            && last_checkpoint.elapsed() >= plan.checkpoint_every
+        {
+            if let Some(newest) = summary
+                .newest
+                .filter(|n| plan.replay_until.is_none_or(|r| *n >= r))
+            {
+                sink.checkpoint(newest).await.map_err(PollError::Pipeline)?;
+                last_checkpoint = std::time::Instant::now();
+                tracing::debug!(
+                    actor = "poller",
+                    cursor = crate::clock::fmt_ms(newest),
+                    "checkpoint inside a long poll"
+                );
+            }
+        }
         summary.pages += 1;
         Counters::add(&c.pages_fetched, 1);
         for w in &page.warnings {
@@ -321,6 +394,22 @@ mod tests {
         );
         b.reset();
         assert_eq!(b.attempts(), 0);
+    }
+
+    #[test]
+    fn page_size_shrinks_on_huge_pages_and_grows_back() {
+        let mut p = PageSizer::new(200);
+        assert_eq!(p.too_large(), 50);
+        assert_eq!(p.too_large(), 12);
+        assert_eq!(p.too_large(), 3);
+        assert_eq!(p.too_large(), 1);
+        assert_eq!(p.too_large(), 1, "never zero");
+        p.completed();
+        assert_eq!(p.current(), 2);
+        for _ in 0..10 {
+            p.completed();
+        }
+        assert_eq!(p.current(), 200, "capped at the configured size");
     }
 
     #[test]

@@ -116,7 +116,18 @@ impl Handler<CommitBatch> for StateActor {
     type Result = Result<(BatchCommit, BatchOutcome), StateError>;
     fn handle(&mut self, msg: CommitBatch, _: &mut Self::Context) -> Self::Result {
         let batch = msg.0;
+        let started = std::time::Instant::now();
+        tracing::debug!(
+            actor = "state",
+            events = batch.events.len(),
+            "committing page"
+        );
         let outcome = self.write(|s, now| s.commit_batch(&batch, now))?;
+        tracing::debug!(
+            actor = "state",
+            duration_ms = started.elapsed().as_millis() as u64,
+            "page committed"
+        );
         Ok((batch, outcome))
     }
 }

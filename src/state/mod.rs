@@ -175,7 +175,10 @@ pub struct BatchOutcome {
 pub struct PollCommit {
     /// `None` when no event has ever been seen: the cursor stays unset.
     pub cursor_ms: Option<i64>,
-    pub last_poll_ms: i64,
+    /// When this commit was made (ms since epoch).
+    pub at_ms: i64,
+    /// A complete poll (recorded as the last poll), or a checkpoint inside a long one.
+    pub poll_complete: bool,
     /// Detector context snapshot, taken after every batch of the poll was committed.
     pub snapshot: Option<Vec<u8>>,
     /// Seen keys older than this can be forgotten.
@@ -207,6 +210,10 @@ pub struct Loaded {
     pub cursor_ms: Option<i64>,
     pub snapshot: Option<Vec<u8>>,
     pub events_scored: u64,
+    /// Newest `lastUpdated` of the events committed after the last snapshot (by a process
+    /// that then died). They are replayed into the context as they are re-read, so no new
+    /// snapshot may be taken before the re-read has passed this point.
+    pub replay_until_ms: Option<i64>,
 }
 
 pub struct Store {
@@ -302,10 +309,20 @@ impl Store {
             .conn
             .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
             .optional()?;
+        let replay_until_ms = if self.startup_seq > self.snapshot_seq {
+            self.conn.query_row(
+                "SELECT MAX(last_updated_ms) FROM seen WHERE seq > ?1",
+                [self.snapshot_seq],
+                |r| r.get(0),
+            )?
+        } else {
+            None
+        };
         Ok(Loaded {
             cursor_ms: kv_get(&self.conn, "cursor_ms")?,
             snapshot,
             events_scored: kv_get(&self.conn, "events_scored")?.unwrap_or(0) as u64,
+            replay_until_ms,
         })
     }
 
@@ -408,25 +425,28 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Move the cursor and save the detector snapshot: the end of a complete poll.
+    /// Move the cursor and save the detector snapshot: the end of a complete poll, or a
+    /// checkpoint inside a long one.
     pub fn commit_poll(&mut self, p: &PollCommit) -> Result<u64, StateError> {
         let tx = self.conn.transaction()?;
         if let Some(c) = p.cursor_ms {
             kv_set(&tx, "cursor_ms", c)?;
         }
-        kv_set(&tx, "last_poll_ms", p.last_poll_ms)?;
+        if p.poll_complete {
+            kv_set(&tx, "last_poll_ms", p.at_ms)?;
+        }
         if let Some(data) = &p.snapshot {
             tx.execute(
                 "INSERT INTO snapshot(id, seq, taken_ms, data) VALUES (1, ?1, ?2, ?3)
                  ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, taken_ms = excluded.taken_ms, data = excluded.data",
-                params![self.seq, p.last_poll_ms, data],
+                params![self.seq, p.at_ms, data],
             )?;
         }
         // Pruning scans the tables: at most every PRUNE_EVERY_MS (and at the first poll).
         let mut pruned = 0;
         let due = self
             .last_prune_ms
-            .is_none_or(|t| p.last_poll_ms - t >= PRUNE_EVERY_MS);
+            .is_none_or(|t| p.at_ms - t >= PRUNE_EVERY_MS);
         if due {
             pruned = tx.execute(
                 "DELETE FROM seen WHERE last_updated_ms < ?1",
@@ -439,7 +459,7 @@ impl Store {
         }
         tx.commit()?;
         if due {
-            self.last_prune_ms = Some(p.last_poll_ms);
+            self.last_prune_ms = Some(p.at_ms);
         }
         if p.snapshot.is_some() {
             self.snapshot_seq = self.seq;
@@ -840,7 +860,8 @@ mod tests {
         );
         s.commit_poll(&PollCommit {
             cursor_ms: Some(100),
-            last_poll_ms: 2,
+            at_ms: 2,
+            poll_complete: true,
             snapshot: Some(b"snap".to_vec()),
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
@@ -864,6 +885,11 @@ mod tests {
         assert_eq!(l.cursor_ms, Some(100));
         assert_eq!(l.snapshot.as_deref(), Some(&b"snap"[..]));
         assert_eq!(l.events_scored, 2);
+        assert_eq!(
+            l.replay_until_ms,
+            Some(200),
+            "no snapshot before the re-read passed b"
+        );
         assert_eq!(
             s.filter(&["a|v1", "b|v1", "c|v1"]).unwrap(),
             vec![KeyStatus::Seen, KeyStatus::Replay, KeyStatus::New]
@@ -894,7 +920,8 @@ mod tests {
         let n = s
             .commit_poll(&PollCommit {
                 cursor_ms: Some(1000),
-                last_poll_ms: 1,
+                at_ms: 1,
+                poll_complete: true,
                 snapshot: None,
                 prune_seen_before_ms: 500,
                 prune_alerts_before_ms: 0,

@@ -77,6 +77,7 @@ pub fn stamp(events: &mut [serde_json::Value], start: DateTime<Utc>, tie: usize)
 pub struct Server {
     pub store: FhirStore,
     pub base_url: String,
+    pub addr: std::net::SocketAddr,
 }
 
 pub fn server() -> Server {
@@ -85,6 +86,7 @@ pub fn server() -> Server {
     Server {
         store,
         base_url: format!("http://{addr}/fhir"),
+        addr,
     }
 }
 
@@ -207,4 +209,99 @@ pub fn seen_keys(dir: &Path) -> Vec<String> {
         .unwrap()
         .map(Result::unwrap)
         .collect()
+}
+
+/// A TCP forwarder in front of a server that can be taken down (connections refused and
+/// open ones cut) and brought back on the same port: a FHIR server outage.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = Proxy {
+            addr: listener.local_addr().unwrap(),
+            target,
+            up: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            conns: Arc::default(),
+            accept: None,
+        };
+        p.serve(listener);
+        p
+    }
+
+    /// `base_url` with its host:port replaced by the proxy's.
+    pub fn url_for(&self, base_url: &str) -> String {
+        base_url.replace(&self.target.to_string(), &self.addr.to_string())
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) {
+        use std::sync::atomic::Ordering;
+        listener.set_nonblocking(true).unwrap();
+        let up = self.up.clone();
+        let conns = self.conns.clone();
+        let target = self.target;
+        self.accept = Some(std::thread::spawn(move || {
+            while up.load(Ordering::SeqCst) {
+                let (client, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                {
+                    let mut c = conns.lock().unwrap();
+                    c.push(client.try_clone().unwrap());
+                    c.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+            // Dropping the listener: new connections are refused.
+        }));
+    }
+
+    /// Refuse new connections and cut the open ones.
+    pub fn down(&mut self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            t.join().unwrap();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accept again, on the same port.
+    pub fn up(&mut self) {
+        if self.accept.is_some() {
+            return;
+        }
+        let listener = std::net::TcpListener::bind(self.addr).expect("rebind the proxy port");
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.serve(listener);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+    }
 }

@@ -306,3 +306,64 @@ pub mod reqwest {
         })
     }
 }
+
+/// A slow catch-up: 30 pages at 150 ms each.
+fn slow_server(prefix: &str, ignore_sort: bool) -> Server {
+    let s = seeded_server(600, prefix, 31, chrono::Duration::hours(2), 3);
+    s.store.set_ignore_sort(ignore_sort);
+    for _ in 0..40 {
+        s.store.push_fault(Fault::Delay(Duration::from_millis(150)));
+    }
+    s
+}
+
+fn slow_config(base_url: &str, dir: &std::path::Path) -> fhir_edge::config::Config {
+    let mut c = config(base_url, dir);
+    c.poller.page_size = 20;
+    c.poller.checkpoint_secs = 1;
+    c
+}
+
+#[test]
+fn a_long_sorted_poll_checkpoints_its_cursor_an_unsorted_one_never() {
+    // Sorted: the cursor (and snapshot) is committed before the poll completes.
+    let s = slow_server("ckpt", false);
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(slow_config(&s.base_url, dir.path()));
+    wait_until(T, "a checkpoint inside the first poll", || {
+        let st = status(dir.path());
+        st.cursor.is_some() && st.last_poll.is_none()
+    });
+    let mid = status(dir.path());
+    assert!(
+        mid.snapshot_taken.is_some(),
+        "the snapshot goes with the cursor"
+    );
+    assert!(mid.events_scored < 600, "still catching up");
+    wait_until(T, "all 600", || status(dir.path()).events_scored == 600);
+    let p = polls(&d);
+    wait_until(T, "two more polls", || polls(&d) >= p + 2);
+    assert_eq!(scored(&d), 600);
+    d.stop();
+
+    // Unsorted: no checkpoint may be taken, the cursor moves only with a complete poll.
+    let s = slow_server("nockpt", true);
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(slow_config(&s.base_url, dir.path()));
+    let started = std::time::Instant::now();
+    loop {
+        let st = status(dir.path());
+        assert!(
+            st.cursor.is_none() || st.last_poll.is_some(),
+            "cursor committed mid-poll on an unsorted server: {st:?}"
+        );
+        if st.last_poll.is_some() {
+            break;
+        }
+        assert!(started.elapsed() < T, "the first poll never completed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_until(T, "all 600", || status(dir.path()).events_scored == 600);
+    assert_eq!(scored(&d), 600);
+    d.stop();
+}
