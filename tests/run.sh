@@ -51,6 +51,10 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 export REQUIRE_BROWSER=1
+# As root, the local-fault test mounts a small tmpfs to fill up and make read-only.
+if [ "$(id -u)" = 0 ]; then
+    export REQUIRE_LOCAL_FAULTS=1
+fi
 
 cargo test --release --locked "$@"
 

@@ -18,7 +18,7 @@ pub const DB_FILE: &str = "fhir-edge.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot open state database {path}: {source}")]
+    #[error("cannot open state database {path}: {source}{}", diagnose(path))]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
@@ -59,6 +59,36 @@ impl StateError {
             StateError::Invalid(_) => "invalid_request",
         }
     }
+}
+
+/// Why a database file or its folder may be unusable, in words an operator can act on
+/// (SQLite only says "unable to open database file").
+fn diagnose(db: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = db.parent().unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return String::new();
+    };
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 {
+        if vfs.f_flag & libc::ST_RDONLY != 0 {
+            return format!(
+                " ({} is on a read-only filesystem; check mounts and the unit's ReadWritePaths/StateDirectory)",
+                dir.display()
+            );
+        }
+        if vfs.f_bavail == 0 {
+            return format!(" ({} has no free space left)", dir.display());
+        }
+    }
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return format!(
+            " ({} is not writable by uid {}; check its owner and mode)",
+            dir.display(),
+            unsafe { libc::geteuid() }
+        );
+    }
+    String::new()
 }
 
 impl From<rusqlite::Error> for StateError {

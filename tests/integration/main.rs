@@ -13,5 +13,6 @@ mod browser;
 mod common;
 mod crash;
 mod faults;
+mod local_faults;
 mod pipeline;
 mod real_server;
