@@ -46,7 +46,13 @@ pub fn init() -> Sink {
     }
     let _ = Registry::default()
         .with(filter())
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                // Colours only on a terminal: a redirected log stays greppable.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .try_init();
     Sink::Terminal
 }

@@ -14,11 +14,12 @@ mkdir -p "$cache"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 # System packages: a C/C++ toolchain for the bundled SQLite and crypto, Python for the
-# real FHIR server, Chromium and Node.js for the dashboard browser test.
+# real FHIR server, Chromium and Node.js for the dashboard browser test, openssl and
+# socat for the auth and TLS tests (test keys, a TLS terminator in front of the server).
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
-for pkg in gcc g++ make python3-venv ca-certificates chromium; do
+for pkg in gcc g++ make python3-venv ca-certificates chromium openssl socat; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

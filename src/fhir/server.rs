@@ -40,6 +40,28 @@ pub enum Fault {
     NextLink(String),
 }
 
+/// Who may use the endpoint, like a real server's access control (to test the client).
+#[derive(Debug, Clone, Default)]
+pub enum Access {
+    /// Anyone.
+    #[default]
+    Open,
+    /// `Authorization: Bearer <token>` with exactly this token.
+    Bearer(String),
+    /// HTTP basic with this user and password.
+    Basic { user: String, password: String },
+    /// SMART Backend Services: tokens from `POST /fhir/token`, issued for a client assertion
+    /// signed by the key whose public half (SPKI PEM) is given.
+    Smart {
+        client_id: String,
+        public_key_pem: String,
+        /// `RS384` or `ES384`.
+        algorithm: String,
+        /// `expires_in` of issued tokens.
+        lifetime_secs: u64,
+    },
+}
+
 #[derive(Default)]
 struct Inner {
     events: Vec<Stored>,
@@ -47,6 +69,13 @@ struct Inner {
     faults: VecDeque<Fault>,
     ignore_sort: bool,
     searches: u64,
+    access: Access,
+    /// Access tokens issued and still honoured.
+    tokens: Vec<String>,
+    /// Every token ever issued (for leak checks).
+    issued: Vec<String>,
+    token_requests: u64,
+    refused: u64,
     next_id: u64,
     /// Last assigned lastUpdated, to keep it strictly increasing like a real server.
     last_assigned_ms: i64,
@@ -65,6 +94,57 @@ impl FhirStore {
             inner: Arc::new(RwLock::new(Inner::default())),
             clock,
         }
+    }
+
+    pub fn set_access(&self, a: Access) {
+        self.inner.write().unwrap().access = a;
+    }
+
+    /// Stop honouring every issued SMART token (as if they expired server-side).
+    pub fn revoke_tokens(&self) {
+        self.inner.write().unwrap().tokens.clear();
+    }
+
+    /// Token requests answered with a token.
+    pub fn token_requests(&self) -> u64 {
+        self.inner.read().unwrap().token_requests
+    }
+
+    /// Every access token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.read().unwrap().issued.clone()
+    }
+
+    /// Requests refused with 401.
+    pub fn refused(&self) -> u64 {
+        self.inner.read().unwrap().refused
+    }
+
+    /// Check a request's credentials against the configured access.
+    fn authorized(&self, req: &HttpRequest) -> bool {
+        let header = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let mut w = self.inner.write().unwrap();
+        let ok = match &w.access {
+            Access::Open => true,
+            Access::Bearer(t) => header.strip_prefix("Bearer ") == Some(t.as_str()),
+            Access::Basic { user, password } => {
+                use base64::Engine as _;
+                let want =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                header.strip_prefix("Basic ") == Some(want.as_str())
+            }
+            Access::Smart { .. } => header
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| w.tokens.iter().any(|x| x == t)),
+        };
+        if !ok {
+            w.refused += 1;
+        }
+        ok
     }
 
     /// Insert events as given; each must carry `id` and `meta.lastUpdated`.
@@ -219,6 +299,84 @@ fn parse_bound(v: &str) -> Option<(&str, i64)> {
     Some((op, t))
 }
 
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header(("WWW-Authenticate", "Bearer"))
+        .content_type("application/fhir+json")
+        .body(r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"login","diagnostics":"authentication required"}]}"#)
+}
+
+#[derive(serde::Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+}
+
+/// `POST /fhir/token`: SMART Backend Services client_credentials with a signed assertion.
+async fn token(req: HttpRequest, store: web::Data<FhirStore>, body: web::Bytes) -> HttpResponse {
+    let Access::Smart {
+        client_id,
+        public_key_pem,
+        algorithm,
+        lifetime_secs,
+    } = store.inner.read().unwrap().access.clone()
+    else {
+        return HttpResponse::NotFound().finish();
+    };
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let bad = |why: &str| {
+        HttpResponse::BadRequest()
+            .json(serde_json::json!({"error": "invalid_client", "error_description": why}))
+    };
+    if field("grant_type") != "client_credentials"
+        || field("client_assertion_type")
+            != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    {
+        return bad("wrong grant_type or client_assertion_type");
+    }
+    let (alg, key) = match algorithm.as_str() {
+        "RS384" => (
+            jsonwebtoken::Algorithm::RS384,
+            jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes()),
+        ),
+        "ES384" => (
+            jsonwebtoken::Algorithm::ES384,
+            jsonwebtoken::DecodingKey::from_ec_pem(public_key_pem.as_bytes()),
+        ),
+        _ => return bad("unsupported algorithm"),
+    };
+    let Ok(key) = key else {
+        return bad("server key unreadable");
+    };
+    let info = req.connection_info();
+    let aud = format!("{}://{}{}", info.scheme(), info.host(), req.path());
+    let mut v = jsonwebtoken::Validation::new(alg);
+    v.set_audience(&[aud]);
+    v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    let claims = match jsonwebtoken::decode::<AssertionClaims>(field("client_assertion"), &key, &v)
+    {
+        Ok(d) => d.claims,
+        Err(e) => return bad(&format!("client assertion rejected: {e}")),
+    };
+    if claims.iss != client_id || claims.sub != client_id {
+        return bad("unknown client");
+    }
+    let mut w = store.inner.write().unwrap();
+    w.token_requests += 1;
+    let t = format!(
+        "at-{:016x}-{}",
+        crate::rng::seed_from_time(),
+        w.token_requests
+    );
+    w.tokens.push(t.clone());
+    w.issued.push(t.clone());
+    HttpResponse::Ok().json(serde_json::json!({
+        "access_token": t, "token_type": "bearer", "expires_in": lifetime_secs, "scope": field("scope")
+    }))
+}
+
 async fn metadata(store: web::Data<FhirStore>) -> HttpResponse {
     let now = store.clock.now();
     HttpResponse::Ok()
@@ -228,6 +386,9 @@ async fn metadata(store: web::Data<FhirStore>) -> HttpResponse {
 }
 
 async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
+    if !store.authorized(&req) {
+        return unauthorized();
+    }
     let q: SearchParams = serde_html_form_lite(req.query_string());
     let fault = {
         let mut w = store.inner.write().unwrap();
@@ -367,7 +528,10 @@ fn serde_html_form_lite(qs: &str) -> SearchParams {
     p
 }
 
-async fn create(store: web::Data<FhirStore>, body: web::Bytes) -> HttpResponse {
+async fn create(req: HttpRequest, store: web::Data<FhirStore>, body: web::Bytes) -> HttpResponse {
+    if !store.authorized(&req) {
+        return unauthorized();
+    }
     let v: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return HttpResponse::BadRequest().body(format!("invalid JSON: {e}")),
@@ -391,7 +555,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, store: FhirStore) {
             web::scope("/fhir")
                 .route("/metadata", web::get().to(metadata))
                 .route("/AuditEvent", web::get().to(search))
-                .route("/AuditEvent", web::post().to(create)),
+                .route("/AuditEvent", web::post().to(create))
+                .route("/token", web::post().to(token)),
         );
 }
 

@@ -8,6 +8,7 @@
 //! - `real_server`: against a third-party FHIR server (sekmet-fhir) started by the test.
 
 mod api;
+mod auth;
 mod binary;
 mod browser;
 mod common;
