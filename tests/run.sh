@@ -59,6 +59,11 @@ fi
 
 cargo test --release --locked "$@"
 
+# Coverage-guided fuzzing of the parsers and the detector: a short run per target.
+if [ $# -eq 0 ]; then
+    tests/fuzz/run.sh "${FUZZ_SECS:-40}"
+fi
+
 # The package in a booted systemd (Debian 12 under systemd-nspawn): install, READY,
 # journal, watchdog restart, upgrade, purge. Root only; says SKIP (never pass) when the
 # machine cannot boot a container.

@@ -681,7 +681,8 @@ pub fn operation_outcome_text(raw: &str) -> String {
         "(no issues)".to_string()
     } else {
         let mut s = parts.join("; ");
-        s.truncate(500);
+        // At a character boundary: diagnostics are often not ASCII (found by fuzzing).
+        s.truncate(s.floor_char_boundary(500));
         s
     }
 }
@@ -866,6 +867,20 @@ pub fn parse_push(body: &[u8]) -> Result<Page, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_non_ascii_operation_outcome_text_is_cut_at_a_character() {
+        // Regression (fuzzing, search_page): a 500-byte cut inside "ü" panicked.
+        // "error/invalid: " is 15 bytes, so byte 500 falls inside the 243rd "ü".
+        let diag = "ü".repeat(400);
+        let raw = serde_json::json!({"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "invalid", "diagnostics": diag}]})
+        .to_string();
+        let t = operation_outcome_text(&raw);
+        assert!(t.len() <= 500 && t.starts_with("error/invalid: üü"), "{t}");
+        // The page parser (where the fuzzer met it) reads it without panicking.
+        let _ = parse_page(raw.as_bytes(), "AuditEvent");
+    }
 
     fn fixture(rel: &str) -> String {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
