@@ -155,8 +155,12 @@ pub struct PollerConfig {
     pub page_size: u32,
     /// On first start (empty state), how far back from the server's time to begin.
     pub initial_lookback_secs: u64,
-    /// Each poll re-reads this many seconds before the cursor, to catch late commits.
+    /// Polls re-read this many seconds before the cursor, to catch late commits.
     pub overlap_secs: u64,
+    /// The whole overlap is re-read at most this often; polls in between start at the cursor
+    /// (ties re-read). Late commits visible up to `overlap_secs - recheck_secs` after their
+    /// `lastUpdated` are caught. At or below `interval_secs`, every poll re-reads it all.
+    pub recheck_secs: u64,
     /// Upper bound of the exponential backoff after errors, in seconds.
     pub max_backoff_secs: u64,
     /// Largest page body accepted, in bytes; a larger page is refused and retried later.
@@ -173,6 +177,7 @@ impl Default for PollerConfig {
             page_size: 200,
             initial_lookback_secs: 3600,
             overlap_secs: 120,
+            recheck_secs: 30,
             max_backoff_secs: 300,
             max_page_bytes: 16 * 1024 * 1024,
             checkpoint_secs: 10,
@@ -533,6 +538,16 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         10 * 365 * 86_400,
     )?;
     range(l, "poller.overlap_secs", p.overlap_secs, 0, 86_400)?;
+    range(l, "poller.recheck_secs", p.recheck_secs, 0, 86_400)?;
+    if p.overlap_secs > 0 && p.recheck_secs >= p.overlap_secs {
+        return Err(l.invalid(
+            "poller.recheck_secs",
+            format!(
+                "must be less than poller.overlap_secs ({}): late commits are caught only up to overlap_secs - recheck_secs",
+                p.overlap_secs
+            ),
+        ));
+    }
     range(l, "poller.max_backoff_secs", p.max_backoff_secs, 1, 86_400)?;
     range(l, "poller.max_page_bytes", p.max_page_bytes, 4096, 1 << 32)?;
     range(l, "poller.checkpoint_secs", p.checkpoint_secs, 1, 86_400)?;

@@ -100,6 +100,8 @@ pub struct PollerActor {
     since_override: Option<DateTime<Utc>>,
     /// Until a poll completes: see `PollPlan::replay_until`.
     replay_until: Option<DateTime<Utc>>,
+    /// When the last poll that re-read the whole overlap started.
+    last_full_reread: Option<DateTime<Utc>>,
     polling: bool,
     stop: Arc<AtomicBool>,
     backoff: Backoff,
@@ -132,6 +134,7 @@ impl PollerActor {
             cursor: resume.cursor,
             since_override: resume.since,
             replay_until: resume.replay_until,
+            last_full_reread: None,
             polling: false,
             stop,
             backoff: Backoff::new(Duration::from_secs(1), cap, crate::rng::seed_from_time()),
@@ -140,20 +143,20 @@ impl PollerActor {
         }
     }
 
-    /// Where this poll starts: the cursor minus the overlap, `--since`, or (first run) the
-    /// server's time minus the initial look-back.
+    /// Where this poll starts: `--since`, the cursor-based start (`poll_start`), or (first
+    /// run) the server's time minus the initial look-back.
     async fn start_point(
         client: FhirClient,
         clock: SharedClock,
-        cursor: Option<DateTime<Utc>>,
+        from_cursor: Option<DateTime<Utc>>,
         since: Option<DateTime<Utc>>,
         cfg: PollerConfig,
     ) -> Result<DateTime<Utc>, PollError> {
         if let Some(s) = since {
             return Ok(s);
         }
-        if let Some(c) = cursor {
-            return Ok(c - chrono::Duration::seconds(cfg.overlap_secs as i64));
+        if let Some(c) = from_cursor {
+            return Ok(c);
         }
         let server_now = match client.server_time().await {
             Ok(Some(t)) => t,
@@ -203,13 +206,26 @@ impl Handler<PollNow> for PollerActor {
             cursor: self.completed.clone(),
             clock: self.clock.clone(),
         };
-        let cursor = self.cursor;
         let since = self.since_override;
         let started = self.clock.now();
+        let (from_cursor, full) = match self.cursor {
+            Some(c) => {
+                let (from, full) = super::poll_start(
+                    c,
+                    started,
+                    self.last_full_reread,
+                    chrono::Duration::seconds(self.cfg.overlap_secs as i64),
+                    chrono::Duration::seconds(self.cfg.recheck_secs as i64),
+                );
+                (Some(from), full)
+            }
+            None => (None, true),
+        };
         let page_size = self.page_size.current();
         let replay_until = self.replay_until;
         let fut = async move {
-            let from = Self::start_point(client.clone(), clock, cursor, since, cfg.clone()).await?;
+            let from =
+                Self::start_point(client.clone(), clock, from_cursor, since, cfg.clone()).await?;
             let plan = PollPlan {
                 since: from,
                 page_size,
@@ -250,6 +266,9 @@ impl Handler<PollNow> for PollerActor {
                     act.cursor = new_cursor.or(act.cursor);
                     act.since_override = None;
                     act.replay_until = None;
+                    if full {
+                        act.last_full_reread = Some(started);
+                    }
                     act.backoff.reset();
                     act.page_size.completed();
                     Counters::add(&health.counters.polls_completed, 1);

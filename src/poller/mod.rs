@@ -245,6 +245,24 @@ pub async fn sleep_with_progress(d: Duration, health: &Health, stop: &AtomicBool
     }
 }
 
+/// Where a poll starts when a cursor exists: the full overlap before it when a recheck is
+/// due (`last_full` is when the last full re-read started), else the cursor itself (`ge`, so
+/// events tied at the cursor instant are re-read). Returns the start and whether it is full.
+pub fn poll_start(
+    cursor: DateTime<Utc>,
+    now: DateTime<Utc>,
+    last_full: Option<DateTime<Utc>>,
+    overlap: chrono::Duration,
+    recheck: chrono::Duration,
+) -> (DateTime<Utc>, bool) {
+    let due = last_full.is_none_or(|t| now - t >= recheck);
+    if due {
+        (cursor - overlap, true)
+    } else {
+        (cursor, false)
+    }
+}
+
 /// Pages read in ascending `lastUpdated` order before a poll may checkpoint its cursor.
 pub const CHECKPOINT_MIN_PAGES: u64 = 10;
 
@@ -410,6 +428,29 @@ mod tests {
             p.completed();
         }
         assert_eq!(p.current(), 200, "capped at the configured size");
+    }
+
+    #[test]
+    fn the_full_overlap_is_reread_when_a_recheck_is_due() {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let (o, r) = (
+            chrono::Duration::seconds(120),
+            chrono::Duration::seconds(30),
+        );
+        // First poll of the process: full.
+        assert_eq!(poll_start(t(1000), t(1001), None, o, r), (t(880), true));
+        // 10 s after a full re-read: from the cursor.
+        assert_eq!(
+            poll_start(t(1000), t(1011), Some(t(1001)), o, r),
+            (t(1000), false)
+        );
+        // 30 s after: full again.
+        assert_eq!(
+            poll_start(t(1000), t(1031), Some(t(1001)), o, r),
+            (t(880), true)
+        );
+        // recheck 0: always full.
+        assert!(poll_start(t(1000), t(1001), Some(t(1001)), o, chrono::Duration::zero()).1);
     }
 
     #[test]

@@ -72,6 +72,36 @@ fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
 }
 
 #[test]
+fn between_rechecks_polls_start_at_the_cursor_and_the_recheck_catches_late_commits() {
+    let s = seeded_server(200, "recheck", 19, chrono::Duration::seconds(60), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.poller.recheck_secs = 6;
+    let d = TestDaemon::start(cfg);
+    wait_until(T, "200 events", || status(dir.path()).events_scored == 200);
+    let p = polls(&d);
+    let dups = d.counter(|c| &c.events_duplicate);
+    wait_until(T, "three more polls", || polls(&d) >= p + 3);
+    let reread = d.counter(|c| &c.events_duplicate) - dups;
+    assert!(
+        reread < 100,
+        "quick polls re-read only the cursor's instant, not the 200-event overlap: {reread}"
+    );
+    // A late commit 20 s behind the cursor: caught by the next full re-read.
+    let cursor = chrono::DateTime::parse_from_rfc3339(&status(dir.path()).cursor.unwrap())
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut late = events(1, "recheck-late", 20).pop().unwrap();
+    late["id"] = "recheck-late-1".into();
+    s.store
+        .create_at(late, cursor - chrono::Duration::seconds(20));
+    wait_until(T, "the late event", || {
+        status(dir.path()).events_scored == 201
+    });
+    assert_eq!(scored(&d), 201);
+}
+
+#[test]
 fn a_server_that_ignores_sort_still_gets_every_event_once() {
     let s = seeded_server(180, "unsorted", 14, chrono::Duration::hours(1), 3);
     s.store.set_ignore_sort(true);
