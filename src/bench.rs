@@ -67,8 +67,80 @@ pub fn bench_events(
         .collect()
 }
 
-/// `fhir-edge bench-server`: serve N events until stdin closes; prints the address.
-pub fn serve(n: usize, seed: u64) -> anyhow::Result<()> {
+/// Traffic for `bench-server --rate`: a simulated fortnight replayed in a loop, `recorded`
+/// kept in simulated time (shifted by 14 days per loop, as in `bench_events_json`, so the
+/// detector sees a normal hospital's day compressed), `lastUpdated` = created now.
+struct Generator {
+    /// (`recorded` ms, the event's JSON without `id`, `meta`, `recorded` and opening brace).
+    templates: Vec<(i64, String)>,
+    next: u64,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Self {
+        let templates = simulate(&SimOptions::new(14, seed))
+            .into_iter()
+            .map(|e| {
+                let mut j = e.json;
+                if let Some(o) = j.as_object_mut() {
+                    for k in ["id", "meta", "recorded"] {
+                        o.remove(k);
+                    }
+                }
+                let s = j.to_string();
+                (e.recorded.timestamp_millis(), s[1..].to_string())
+            })
+            .collect();
+        Generator { templates, next: 0 }
+    }
+
+    fn make(&mut self, lu_ms: i64) -> (String, Arc<str>) {
+        let n = self.templates.len() as u64;
+        let (recorded, t) = &self.templates[(self.next % n) as usize];
+        let cycle = (self.next / n) as i64;
+        let recorded = fmt_ms(crate::clock::from_ms(recorded + cycle * 14 * 86_400_000));
+        let id = format!("g{}", self.next);
+        self.next += 1;
+        let when = fmt_ms(crate::clock::from_ms(lu_ms));
+        let json = format!(
+            r#"{{"id":"{id}","meta":{{"versionId":"1","lastUpdated":"{when}"}},"recorded":"{recorded}",{t}"#
+        );
+        (id, json.into())
+    }
+}
+
+/// `fhir-edge bench-server --rate R --rate-secs S`: after the address, create R events per
+/// second for S seconds (keeping `retain_secs` of them), then print `generated N`.
+fn generate(store: &FhirStore, seed: u64, rate: f64, secs: u64, retain_secs: u64) -> u64 {
+    let mut g = Generator::new(seed);
+    let start = Instant::now();
+    let tick = Duration::from_millis(20);
+    let mut last_prune = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        let n = due.saturating_sub(g.next) as usize;
+        if n > 0 {
+            store.append_now(n, |_, lu| g.make(lu));
+        }
+        if last_prune.elapsed() > Duration::from_secs(5) {
+            let cut = chrono::Utc::now() - chrono::Duration::seconds(retain_secs as i64);
+            store.prune_before(cut.timestamp_millis());
+            last_prune = Instant::now();
+        }
+        std::thread::sleep(tick);
+    }
+    g.next
+}
+
+/// `fhir-edge bench-server`: serve N events until stdin closes; prints the address. With
+/// `rate`, also creates events at that rate for `rate_secs` and prints `generated N`.
+pub fn serve(
+    n: usize,
+    seed: u64,
+    rate: Option<f64>,
+    rate_secs: u64,
+    retain_secs: u64,
+) -> anyhow::Result<()> {
     let store = FhirStore::new(Arc::new(SystemClock));
     let started = Instant::now();
     store.insert_serialized(bench_events_json(n, seed, chrono::Utc::now()));
@@ -77,9 +149,14 @@ pub fn serve(n: usize, seed: u64) -> anyhow::Result<()> {
         store.len(),
         started.elapsed().as_secs_f32()
     );
-    let addr = crate::fhir::server::spawn_thread(store, 1);
+    let addr = crate::fhir::server::spawn_thread(store.clone(), 1);
     println!("http://{addr}/fhir");
     std::io::stdout().flush()?;
+    if let Some(r) = rate {
+        let total = generate(&store, seed, r, rate_secs, retain_secs);
+        println!("generated {total}");
+        std::io::stdout().flush()?;
+    }
     // Run until the parent closes our stdin.
     let mut sink = String::new();
     while std::io::stdin().read_line(&mut sink)? > 0 {}
@@ -159,6 +236,79 @@ pub struct BenchOptions {
     pub server: Option<String>,
 }
 
+/// The daemon under test, started as its own process under an emulated NOTIFY_SOCKET.
+struct Started {
+    pid: u32,
+    ready_ms: f64,
+    state: std::path::PathBuf,
+    /// `host:port` of the API, from the READY status line.
+    api: Option<String>,
+    _daemon: Killer,
+}
+
+fn start_daemon(
+    exe: &Path,
+    dir: &Path,
+    base_url: &str,
+    interval_secs: u64,
+    page_size: u32,
+) -> anyhow::Result<Started> {
+    let model = dir.join("model");
+    crate::detector::model::write_embedded_default(&model)?;
+    let state = dir.join("state");
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[fhir]\nbase_url = \"{base_url}\"\n[poller]\ninterval_secs = {interval_secs}\npage_size = {page_size}\ninitial_lookback_secs = 259200\n\
+             [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
+            model.display(),
+            state.display()
+        ),
+    )?;
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let t0 = Instant::now();
+    let child = Command::new(exe)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("FHIR_EDGE_LOG", "warn,fhir_edge=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let daemon = Killer(child);
+    let mut buf = [0u8; 4096];
+    let mut api = None;
+    let ready_ms = loop {
+        let n = sock.recv(&mut buf).context("waiting for READY=1")?;
+        let msg = String::from_utf8_lossy(&buf[..n]);
+        if let Some(a) = msg
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS=ready; API on "))
+        {
+            api = Some(a.trim().to_string());
+        }
+        if msg.lines().any(|l| l == "READY=1") {
+            break t0.elapsed().as_secs_f64() * 1000.0;
+        }
+    };
+    // Keep draining: a receiver that stops reading must not matter (systemd never stops).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        sock.set_read_timeout(None).ok();
+        while sock.recv(&mut buf).is_ok() {}
+    });
+    Ok(Started {
+        pid,
+        ready_ms,
+        state,
+        api,
+        _daemon: daemon,
+    })
+}
+
 pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::Builder::new()
@@ -187,50 +337,13 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
             (line.trim().to_string(), Some(Killer(child)))
         }
     };
-    let model = dir.path().join("model");
-    crate::detector::model::write_embedded_default(&model)?;
-    let state = dir.path().join("state");
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[fhir]\nbase_url = \"{base_url}\"\n[poller]\ninterval_secs = {}\npage_size = {}\ninitial_lookback_secs = 259200\n\
-             [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
-            o.interval_secs,
-            o.page_size,
-            model.display(),
-            state.display()
-        ),
-    )?;
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path)?;
-    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let t0 = Instant::now();
-    let child = Command::new(&exe)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("FHIR_EDGE_LOG", "warn,fhir_edge=error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let _daemon = Killer(child);
-    let mut buf = [0u8; 4096];
-    let ready_ms = loop {
-        let n = sock.recv(&mut buf).context("waiting for READY=1")?;
-        if String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == "READY=1")
-        {
-            break t0.elapsed().as_secs_f64() * 1000.0;
-        }
-    };
-    // Keep draining: a receiver that stops reading must not matter (systemd never stops).
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        sock.set_read_timeout(None).ok();
-        while sock.recv(&mut buf).is_ok() {}
-    });
+    let Started {
+        pid,
+        ready_ms,
+        state,
+        _daemon,
+        ..
+    } = start_daemon(&exe, dir.path(), &base_url, o.interval_secs, o.page_size)?;
     let target = o.events as u64;
     let cpu0 = proc_cpu_secs(pid).unwrap_or(0.0);
     let catch_start = Instant::now();
@@ -402,4 +515,180 @@ pub fn load(base_url: &str, n: usize, seed: u64, clients: usize) -> anyhow::Resu
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SoakOptions {
+    /// Seconds of sustained load.
+    #[arg(long, default_value_t = 600)]
+    pub secs: u64,
+    /// Events created on the server per second.
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Concurrent API load: GET /api/alerts per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub api_rps: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub page_size: u32,
+    #[arg(long, default_value_t = 1)]
+    pub interval_secs: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct SoakReport {
+    pub secs: u64,
+    pub rate_per_sec: f64,
+    pub generated: u64,
+    pub scored: u64,
+    pub drain_secs_after_load: f64,
+    /// (seconds since start, RSS MB) every 30 s.
+    pub rss_mb: Vec<(u64, f64)>,
+    pub peak_rss_mb: f64,
+    pub cpu_secs_per_1k_events: f64,
+    pub api_requests: u64,
+    pub api_errors: u64,
+    pub api_p50_ms: f64,
+    pub api_p99_ms: f64,
+    pub alerts: u64,
+}
+
+/// `fhir-edge bench --soak-secs N`: events created at `rate` on a local endpoint for `secs`,
+/// the daemon following at its poll interval while the API is queried at `api_rps`; RSS
+/// sampled throughout; at the end every generated event must be scored exactly once.
+pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fhir-edge-soak-")
+        .tempdir()?;
+    let mut child = Command::new(&exe)
+        .args([
+            "bench-server",
+            "--events",
+            "0",
+            "--seed",
+            &o.seed.to_string(),
+            "--rate",
+            &o.rate.to_string(),
+            "--rate-secs",
+            &o.secs.to_string(),
+            "--retain-secs",
+            "300",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let _server = Killer(child);
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.starts_with("http") {
+        bail!("bench-server did not start");
+    }
+    let base_url = line.trim().to_string();
+    let d = start_daemon(&exe, dir.path(), &base_url, o.interval_secs, o.page_size)?;
+    let api = d
+        .api
+        .clone()
+        .context("the daemon did not report its API address")?;
+    let start = Instant::now();
+    let cpu0 = proc_cpu_secs(d.pid).unwrap_or(0.0);
+
+    // API load on its own thread.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let api_thread = {
+        let stop = stop.clone();
+        let rps = o.api_rps;
+        std::thread::spawn(move || -> (u64, u64, Vec<f64>) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let client = reqwest::Client::new();
+                let url = format!("http://{api}/api/alerts?limit=50");
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
+                let (mut n, mut errors, mut lat) = (0u64, 0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    let t = Instant::now();
+                    n += 1;
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            if r.bytes().await.is_err() {
+                                errors += 1;
+                            }
+                        }
+                        _ => errors += 1,
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                (n, errors, lat)
+            })
+        })
+    };
+
+    let mut rss = Vec::new();
+    let mut peak_kb = 0;
+    let mut next_sample = 0u64;
+    while start.elapsed() < Duration::from_secs(o.secs) {
+        peak_kb = peak_kb.max(proc_status_kb(d.pid, "VmHWM:").unwrap_or(0));
+        let s = start.elapsed().as_secs();
+        if s >= next_sample {
+            let kb = proc_status_kb(d.pid, "VmRSS:").unwrap_or(0);
+            rss.push((s, kb as f64 / 1024.0));
+            next_sample += 30;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    line.clear();
+    out.read_line(&mut line)?;
+    let generated: u64 = line
+        .trim()
+        .strip_prefix("generated ")
+        .and_then(|n| n.parse().ok())
+        .context("bench-server did not report its total")?;
+    let load_end = Instant::now();
+    loop {
+        if status(&d.state).events_scored >= generated {
+            break;
+        }
+        if load_end.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drain = load_end.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (api_requests, api_errors, mut lat) = api_thread.join().expect("api thread");
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((p * lat.len().saturating_sub(1) as f64).round()) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let cpu = proc_cpu_secs(d.pid).unwrap_or(0.0) - cpu0;
+    peak_kb = peak_kb.max(proc_status_kb(d.pid, "VmHWM:").unwrap_or(0));
+    rss.push((
+        start.elapsed().as_secs(),
+        proc_status_kb(d.pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
+    ));
+    let st = status(&d.state);
+    Ok(SoakReport {
+        secs: o.secs,
+        rate_per_sec: o.rate,
+        generated,
+        scored: st.events_scored,
+        drain_secs_after_load: drain,
+        rss_mb: rss,
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        cpu_secs_per_1k_events: cpu / (generated.max(1) as f64 / 1000.0),
+        api_requests,
+        api_errors,
+        api_p50_ms: pct(0.5),
+        api_p99_ms: pct(0.99),
+        alerts: st.alerts,
+    })
 }

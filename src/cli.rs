@@ -123,6 +123,12 @@ pub enum Command {
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent,
+    /// Sustained load: events created at a rate for minutes while the API is queried;
+    /// RSS over time, API errors and latency, every event scored once.
+    Soak {
+        #[command(flatten)]
+        opts: crate::bench::SoakOptions,
+    },
     /// End-to-end benchmark: catch-up rate, detection latency, peak RSS, CPU, start-up time.
     Bench {
         #[command(flatten)]
@@ -141,6 +147,15 @@ pub enum Command {
         events: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also create events at this rate per second ...
+        #[arg(long)]
+        rate: Option<f64>,
+        /// ... for this many seconds ...
+        #[arg(long, default_value_t = 60)]
+        rate_secs: u64,
+        /// ... keeping only this many seconds of them.
+        #[arg(long, default_value_t = 300)]
+        retain_secs: u64,
     },
     /// Run the whole pipeline against an embedded simulated FHIR server, with the dashboard.
     Demo {
@@ -350,8 +365,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::BenchServer { events, seed } => {
-            crate::bench::serve(events, seed)?;
+        Command::BenchServer {
+            events,
+            seed,
+            rate,
+            rate_secs,
+            retain_secs,
+        } => {
+            crate::bench::serve(events, seed, rate, rate_secs, retain_secs)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -393,6 +414,19 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "detection latency       p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events at {}/s, poll interval {} s)",
                     r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.steady_samples, r.steady_rate_per_sec, r.poll_interval_secs
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Soak { opts } => {
+            let r = crate::bench::soak(opts)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r.scored != r.generated || r.api_errors > 0 {
+                anyhow::bail!(
+                    "soak failed: {} of {} events scored, {} API errors",
+                    r.scored,
+                    r.generated,
+                    r.api_errors
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -127,22 +127,24 @@ impl FhirStore {
             .get("authorization")
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        let mut w = self.inner.write().unwrap();
-        let ok = match &w.access {
-            Access::Open => true,
-            Access::Bearer(t) => header.strip_prefix("Bearer ") == Some(t.as_str()),
-            Access::Basic { user, password } => {
-                use base64::Engine as _;
-                let want =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                header.strip_prefix("Basic ") == Some(want.as_str())
+        let ok = {
+            let r = self.inner.read().unwrap();
+            match &r.access {
+                Access::Open => return true,
+                Access::Bearer(t) => header.strip_prefix("Bearer ") == Some(t.as_str()),
+                Access::Basic { user, password } => {
+                    use base64::Engine as _;
+                    let want = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{user}:{password}"));
+                    header.strip_prefix("Basic ") == Some(want.as_str())
+                }
+                Access::Smart { .. } => header
+                    .strip_prefix("Bearer ")
+                    .is_some_and(|t| r.tokens.iter().any(|x| x == t)),
             }
-            Access::Smart { .. } => header
-                .strip_prefix("Bearer ")
-                .is_some_and(|t| w.tokens.iter().any(|x| x == t)),
         };
         if !ok {
-            w.refused += 1;
+            self.inner.write().unwrap().refused += 1;
         }
         ok
     }
@@ -188,6 +190,31 @@ impl FhirStore {
                 .cmp(&b.last_updated_ms)
                 .then_with(|| a.id.cmp(&b.id))
         });
+    }
+
+    /// Append `n` events created now, like `create` but pre-serialised: `make(i, lu)` gives the
+    /// id and JSON of the i-th event for its assigned `lastUpdated` (ms, strictly increasing).
+    pub fn append_now(&self, n: usize, mut make: impl FnMut(usize, i64) -> (String, Arc<str>)) {
+        let now = self.clock.now().timestamp_millis();
+        let mut w = self.inner.write().unwrap();
+        for i in 0..n {
+            let lu = now.max(w.last_assigned_ms + 1);
+            w.last_assigned_ms = lu;
+            let (id, json) = make(i, lu);
+            w.events.push(Stored {
+                last_updated_ms: lu,
+                id,
+                json,
+            });
+        }
+    }
+
+    /// Forget events last updated before `ms` (a server with limited retention).
+    pub fn prune_before(&self, ms: i64) -> usize {
+        let mut w = self.inner.write().unwrap();
+        let k = w.events.partition_point(|e| e.last_updated_ms < ms);
+        w.events.drain(..k);
+        k
     }
 
     /// Create like a server: assign id (if missing), versionId 1 and lastUpdated = now
@@ -503,7 +530,7 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
     }
     body.push_str("]}");
     if let Some(n) = truncate {
-        body.truncate(n.min(body.len()));
+        body.truncate(body.floor_char_boundary(n));
     }
     HttpResponse::Ok()
         .content_type("application/fhir+json")

@@ -160,3 +160,44 @@ fn every_event_loaded_in_bursts_is_scored_exactly_once() {
         "overlap re-reads against a real server are recognised"
     );
 }
+
+#[test]
+fn send_test_event_posts_a_valid_audit_event_and_prints_its_id() {
+    let Some(s) = start_sekmet() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[fhir]\nbase_url = \"{}\"\n[detector]\nmodel_dir = \"{}\"\n[state]\ndir = \"{}\"\n",
+            s.base_url,
+            tiny_model().display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fhir-edge"))
+        .args(["send-test-event", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout.split_whitespace().last().expect("an id").trim();
+    let id = id.rsplit('/').next().unwrap();
+    // The server accepted it as a valid AuditEvent and serves it back.
+    let (code, body) =
+        crate::pipeline::reqwest::get(&format!("{}/AuditEvent/{id}", s.base_url), None);
+    assert_eq!(code, 200, "{body}");
+    let ev: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ev["resourceType"], "AuditEvent");
+    assert_eq!(ev["id"], id);
+    // And fhir-edge reads it like any other event.
+    let rec = fhir_edge::fhir::parse_audit_event(&serde_json::value::to_raw_value(&ev).unwrap())
+        .expect("parses");
+    assert!(rec.user.is_some());
+}
