@@ -192,12 +192,23 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig => match config::load(cfg_path) {
             Ok(l) => {
+                // The model is part of what must be right before start (ExecStartPre).
+                let model = match crate::detector::model::Model::load(&l.config.detector.model_dir)
+                {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("fhir-edge: {}: {e}", l.path.display());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
                 println!(
-                    "{}: configuration is valid (server {}, state {}, API {})",
+                    "{}: configuration is valid (server {}, state {}, API {}, model {} schema {})",
                     l.path.display(),
                     crate::fhir::client::redact_url(&l.config.fhir.base_url),
                     l.config.state_dir().display(),
-                    l.config.api.listen
+                    l.config.api.listen,
+                    l.config.detector.model_dir.display(),
+                    model.meta.schema_version
                 );
                 Ok(ExitCode::SUCCESS)
             }

@@ -35,11 +35,47 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 #[test]
 fn check_config_accepts_the_example_and_names_bad_keys() {
     let example = repo("etc/config.toml");
+    let model = repo("models/default");
+    let model_env = [("FHIR_EDGE_DETECTOR__MODEL_DIR", model.to_str().unwrap())];
     let (code, out, err) = run(
         &["check-config", "--config", example.to_str().unwrap()],
-        &[],
+        &model_env,
     );
     assert_eq!(code, 0, "{out}{err}");
+    // The model is checked too: missing, corrupt, wrong schema.
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("model");
+    let env = [("FHIR_EDGE_DETECTOR__MODEL_DIR", m.to_str().unwrap())];
+    let (code, _, err) = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, 1, "missing model");
+    assert!(err.contains(m.to_str().unwrap()), "{err}");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["model.json", "model.safetensors"] {
+        std::fs::copy(model.join(f), m.join(f)).unwrap();
+    }
+    std::fs::write(m.join("model.safetensors"), b"not safetensors").unwrap();
+    let (code, _, err) = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, 1, "corrupt weights: {err}");
+    std::fs::copy(model.join("model.safetensors"), m.join("model.safetensors")).unwrap();
+    let meta = std::fs::read_to_string(model.join("model.json")).unwrap();
+    let old = meta.replacen("\"schema_version\": 3", "\"schema_version\": 2", 1);
+    assert_ne!(meta, old);
+    std::fs::write(m.join("model.json"), old).unwrap();
+    let (code, _, err) = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("schema") && err.contains("fhir-edge train"),
+        "{err}"
+    );
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("bad.toml");
     std::fs::write(
@@ -55,7 +91,7 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     );
     let (code, _, err) = run(
         &["check-config", "--config", example.to_str().unwrap()],
-        &[("FHIR_EDGE_POLLER__INTERVAL_SECS", "abc")],
+        &[("FHIR_EDGE_POLLER__INTERVAL_SECS", "abc"), model_env[0]],
     );
     assert_eq!(code, 1);
     assert!(err.contains("FHIR_EDGE_POLLER__INTERVAL_SECS"), "{err}");
