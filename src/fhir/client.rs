@@ -484,7 +484,13 @@ impl FhirClient {
             });
         }
         let body = self.body(resp).await?;
-        Ok(super::parse_page_owned(body, &self.resource_type)?)
+        // Parsing a page is CPU work (~10 ms per 1000 events): off the actor thread, so the
+        // detector's and the API's futures keep running while the next page is read.
+        let rt = self.resource_type.clone();
+        let parsed = tokio::task::spawn_blocking(move || super::parse_page_owned(body, &rt))
+            .await
+            .map_err(|e| FetchError::Body(format!("page parser task failed: {e}")))?;
+        Ok(parsed?)
     }
 
     /// The first page of a search from `since`.
