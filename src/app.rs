@@ -147,6 +147,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
                 d,
                 st.clone().recipient(),
                 st.recipient(),
+                sk.clone().recipient(),
                 sk.recipient(),
                 h,
                 overlap,

@@ -252,6 +252,7 @@ fn start_daemon(
     base_url: &str,
     interval_secs: u64,
     page_size: u32,
+    extra_poller: &str,
 ) -> anyhow::Result<Started> {
     let model = dir.join("model");
     crate::detector::model::write_embedded_default(&model)?;
@@ -260,7 +261,7 @@ fn start_daemon(
     std::fs::write(
         &cfg,
         format!(
-            "[fhir]\nbase_url = \"{base_url}\"\n[poller]\ninterval_secs = {interval_secs}\npage_size = {page_size}\ninitial_lookback_secs = 259200\n\
+            "[fhir]\nbase_url = \"{base_url}\"\n[poller]\ninterval_secs = {interval_secs}\npage_size = {page_size}\ninitial_lookback_secs = 259200\n{extra_poller}\
              [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
             model.display(),
             state.display()
@@ -343,7 +344,14 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         state,
         _daemon,
         ..
-    } = start_daemon(&exe, dir.path(), &base_url, o.interval_secs, o.page_size)?;
+    } = start_daemon(
+        &exe,
+        dir.path(),
+        &base_url,
+        o.interval_secs,
+        o.page_size,
+        "",
+    )?;
     let target = o.events as u64;
     let cpu0 = proc_cpu_secs(pid).unwrap_or(0.0);
     let catch_start = Instant::now();
@@ -534,12 +542,20 @@ pub struct SoakOptions {
     pub interval_secs: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// `poller.overlap_secs` of the daemon (the full re-read costs rate × overlap events).
+    #[arg(long, default_value_t = 120)]
+    pub overlap_secs: u64,
+    /// `poller.recheck_secs` of the daemon.
+    #[arg(long, default_value_t = 30)]
+    pub recheck_secs: u64,
 }
 
 #[derive(Debug, Serialize, Default)]
 pub struct SoakReport {
     pub secs: u64,
     pub rate_per_sec: f64,
+    pub overlap_secs: u64,
+    pub recheck_secs: u64,
     pub generated: u64,
     pub scored: u64,
     pub drain_secs_after_load: f64,
@@ -588,7 +604,17 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
         bail!("bench-server did not start");
     }
     let base_url = line.trim().to_string();
-    let d = start_daemon(&exe, dir.path(), &base_url, o.interval_secs, o.page_size)?;
+    let d = start_daemon(
+        &exe,
+        dir.path(),
+        &base_url,
+        o.interval_secs,
+        o.page_size,
+        &format!(
+            "overlap_secs = {}\nrecheck_secs = {}\n",
+            o.overlap_secs, o.recheck_secs
+        ),
+    )?;
     let api = d
         .api
         .clone()
@@ -679,6 +705,8 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
     Ok(SoakReport {
         secs: o.secs,
         rate_per_sec: o.rate,
+        overlap_secs: o.overlap_secs,
+        recheck_secs: o.recheck_secs,
         generated,
         scored: st.events_scored,
         drain_secs_after_load: drain,

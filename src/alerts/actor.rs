@@ -88,6 +88,16 @@ impl Actor for AlertSinkActor {
     type Context = Context<Self>;
 }
 
+/// Answered once every `Scored` page received before it is committed (handlers are atomic).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for AlertSinkActor {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
+}
+
 impl Handler<Scored> for AlertSinkActor {
     type Result = AtomicResponse<Self, Result<BatchOutcome, PipelineError>>;
 

@@ -519,12 +519,23 @@ async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
     let received = page.events.len();
     Counters::add(&s.health.counters.notify_received, received as u64);
     let skipped = page.skipped.len() as u64;
-    match s.detector.send(EventsFetched { events: page.events, skipped }).await {
-        Ok(Ok(r)) => HttpResponse::Ok().json(json!({
+    let committed = match s
+        .detector
+        .send(EventsFetched {
+            events: page.events,
+            skipped,
+        })
+        .await
+    {
+        Ok(Ok(ticket)) => ticket.committed().await.map_err(|e| e.kind()),
+        Ok(Err(e)) => Err(e.kind()),
+        Err(_) => Err("mailbox"),
+    };
+    match committed {
+        Ok(r) => HttpResponse::Ok().json(json!({
             "received": received, "scored": r.scored, "duplicates": r.duplicates, "alerts": r.alerts, "skipped": skipped
         })),
-        Ok(Err(e)) => err_json(S::SERVICE_UNAVAILABLE, format!("not committed, retry later ({})", e.kind())),
-        Err(e) => err_json(S::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(kind) => err_json(S::SERVICE_UNAVAILABLE, format!("not committed, retry later ({kind})")),
     }
 }
 

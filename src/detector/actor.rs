@@ -1,8 +1,9 @@
-//! `DetectorActor`: de-duplicates a fetched page against the state store, extracts
-//! features and scores the new events off the actor thread (`spawn_blocking`), hands the
-//! results to the alert sink and answers only once they are committed. Handlers are
-//! atomic, so pages (polled or pushed) are processed strictly in order and the context
-//! state sees every event once. On a model or pipeline error the page fails as a whole and
+//! `DetectorActor`: de-duplicates a fetched page against the state store (and the pages
+//! still being committed), extracts features and scores the new events off the actor thread
+//! (`spawn_blocking`), hands the results to the alert sink and answers with a ticket that
+//! resolves when they are committed: the sink commits page k while page k+1 is scored.
+//! Handlers are atomic, so pages (polled or pushed) are scored strictly in order and the
+//! context state sees every event once. On a model or pipeline error the page fails as a whole and
 //! the poller retries it later; nothing is half-committed.
 
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use super::Detector;
-use crate::alerts::actor::Scored;
+use crate::alerts::actor::{Flush, Scored};
 use crate::fhir::Fetched;
 use crate::health::{Counters, Health, Heartbeat};
 use crate::poller::BatchReport;
@@ -47,9 +48,23 @@ impl From<MailboxError> for PipelineError {
     }
 }
 
-/// A page of events from the poller or the push endpoint.
+/// Resolves once a scored page is committed (with its alerts), or failed to commit.
+pub struct CommitTicket(
+    pub  std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<BatchReport, PipelineError>> + Send>,
+    >,
+);
+
+impl CommitTicket {
+    pub async fn committed(self) -> Result<BatchReport, PipelineError> {
+        self.0.await
+    }
+}
+
+/// A page of events from the poller or the push endpoint. Answered once the page is scored;
+/// the ticket resolves when it is committed, so the next page is scored meanwhile.
 #[derive(Message)]
-#[rtype(result = "Result<BatchReport, PipelineError>")]
+#[rtype(result = "Result<CommitTicket, PipelineError>")]
 pub struct EventsFetched {
     pub events: Vec<Fetched>,
     /// Entries of the page that could not be read (counted durably with the batch).
@@ -71,9 +86,12 @@ pub struct DetectorActor {
     state_filter: Recipient<FilterKeys>,
     state_commit: Recipient<CommitPoll>,
     sink: Recipient<Scored>,
+    flush: Recipient<Flush>,
     health: Health,
     overlap_ms: i64,
     retention_ms: i64,
+    /// Keys scored and handed to the sink but not yet committed.
+    inflight: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl DetectorActor {
@@ -82,6 +100,7 @@ impl DetectorActor {
         state_filter: Recipient<FilterKeys>,
         state_commit: Recipient<CommitPoll>,
         sink: Recipient<Scored>,
+        flush: Recipient<Flush>,
         health: Health,
         overlap_secs: u64,
         retention_days: u32,
@@ -91,9 +110,11 @@ impl DetectorActor {
             state_filter,
             state_commit,
             sink,
+            flush,
             health,
             overlap_ms: overlap_secs as i64 * 1000,
             retention_ms: retention_days as i64 * 86_400_000,
+            inflight: Arc::default(),
         }
     }
 }
@@ -107,18 +128,28 @@ impl Actor for DetectorActor {
 }
 
 impl Handler<EventsFetched> for DetectorActor {
-    type Result = AtomicResponse<Self, Result<BatchReport, PipelineError>>;
+    type Result = AtomicResponse<Self, Result<CommitTicket, PipelineError>>;
 
     fn handle(&mut self, msg: EventsFetched, _: &mut Self::Context) -> Self::Result {
         let detector = self.detector.clone();
         let filter = self.state_filter.clone();
         let sink = self.sink.clone();
         let health = self.health.clone();
+        let inflight = self.inflight.clone();
         let fut = async move {
             health.begin_step("detector");
             let started = std::time::Instant::now();
             let keys: Vec<String> = msg.events.iter().map(|f| f.record.key.clone()).collect();
-            let statuses = filter.send(FilterKeys { keys }).await??;
+            let mut statuses = filter.send(FilterKeys { keys }).await??;
+            {
+                // Scored but not yet committed (the previous page): not new.
+                let inflight = inflight.lock().unwrap_or_else(|p| p.into_inner());
+                for (s, f) in statuses.iter_mut().zip(&msg.events) {
+                    if *s == crate::state::KeyStatus::New && inflight.contains(&f.record.key) {
+                        *s = crate::state::KeyStatus::Seen;
+                    }
+                }
+            }
             let duplicates = statuses
                 .iter()
                 .filter(|s| **s != crate::state::KeyStatus::New)
@@ -141,15 +172,20 @@ impl Handler<EventsFetched> for DetectorActor {
                 .counters
                 .batch_size
                 .observe(n as f64 + duplicates as f64);
-            health.end_step("detector");
-            let committed = sink
-                .send(Scored {
-                    events: scored,
-                    duplicates,
-                    skipped: msg.skipped,
-                })
-                .await??;
-            Counters::add(&health.counters.events_duplicate, duplicates);
+            let keys: Vec<String> = scored
+                .iter()
+                .map(|e| e.fetched.record.key.clone())
+                .collect();
+            inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(keys.iter().cloned());
+            // Enqueued now, in page order; the sink commits while the next page is scored.
+            let commit = sink.send(Scored {
+                events: scored,
+                duplicates,
+                skipped: msg.skipped,
+            });
             tracing::debug!(
                 actor = "detector",
                 events = n,
@@ -157,22 +193,45 @@ impl Handler<EventsFetched> for DetectorActor {
                 duration_ms = scoring_ms,
                 "page scored"
             );
-            Ok(BatchReport {
-                scored: committed.events_committed,
-                duplicates,
-                alerts: committed.alerts_inserted.len() as u64,
-            })
+            // Watched by its own task, so the in-flight keys are released when the commit
+            // ends even if nobody waits for the ticket (a poll abandoned at the next page).
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            actix_rt::spawn(async move {
+                let res = commit.await;
+                let mut set = inflight.lock().unwrap_or_else(|p| p.into_inner());
+                for k in &keys {
+                    set.remove(k);
+                }
+                drop(set);
+                let report = match res {
+                    Ok(Ok(committed)) => {
+                        Counters::add(&health.counters.events_duplicate, duplicates);
+                        Ok(BatchReport {
+                            scored: committed.events_committed,
+                            duplicates,
+                            alerts: committed.alerts_inserted.len() as u64,
+                        })
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(PipelineError::from(e)),
+                };
+                let _ = tx.send(report);
+            });
+            Ok(CommitTicket(Box::pin(async move {
+                rx.await
+                    .map_err(|_| PipelineError::Mailbox("commit watcher dropped".into()))?
+            })))
         };
         let health = self.health.clone();
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            move |res: Result<BatchReport, PipelineError>, _, _| {
+            move |res: Result<CommitTicket, PipelineError>, _, _| {
                 health.end_step("detector");
                 if let Err(e) = &res {
                     health.error("detector", e.kind());
                     tracing::warn!(
                         actor = "detector",
                         error_kind = e.kind(),
-                        "page not committed: {e}"
+                        "page not scored: {e}"
                     );
                 }
                 res
@@ -189,7 +248,10 @@ impl Handler<CommitCursor> for DetectorActor {
         let commit = self.state_commit.clone();
         let overlap_ms = self.overlap_ms;
         let retention_ms = self.retention_ms;
+        let flush = self.flush.clone();
         let fut = async move {
+            // Every page scored so far (polled or pushed) is committed before the snapshot.
+            flush.send(Flush).await?;
             let snapshot = tokio::task::spawn_blocking(move || {
                 detector
                     .lock()

@@ -12,8 +12,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
 use super::{
-    next_cursor, run_poll, Backoff, BatchReport, PageSink, PageSizer, PollError, PollPlan,
-    PollSummary,
+    next_cursor, run_poll, Backoff, PageSink, PageSizer, PollError, PollPlan, PollSummary,
 };
 use crate::clock::SharedClock;
 use crate::config::PollerConfig;
@@ -55,13 +54,22 @@ impl PageSink for DetectorSink {
         events: Vec<Fetched>,
         skipped: u64,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<BatchReport, String>> + Send + 'static>,
+        Box<dyn std::future::Future<Output = Result<super::Committed, String>> + Send + 'static>,
     > {
-        // `send().await`: the poller waits for the page to be committed (backpressure).
+        // `send().await`: the poller waits for the page to be scored (backpressure); the
+        // ticket resolves when it is committed.
         let req = self.pages.send(EventsFetched { events, skipped });
         Box::pin(async move {
             match req.await {
-                Ok(Ok(r)) => Ok(r),
+                Ok(Ok(ticket)) => {
+                    let committed: super::Committed = Box::pin(async move {
+                        ticket
+                            .committed()
+                            .await
+                            .map_err(|e| format!("{} ({})", e, e.kind()))
+                    });
+                    Ok(committed)
+                }
                 Ok(Err(e)) => Err(format!("{} ({})", e, e.kind())),
                 Err(e) => Err(format!("detector unavailable: {e}")),
             }

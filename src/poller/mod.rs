@@ -78,12 +78,16 @@ pub struct BatchReport {
 }
 
 /// Where pages go: the detector in the daemon, anything in tests.
+/// Resolves when a delivered page is committed.
+pub type Committed = Pin<Box<dyn Future<Output = Result<BatchReport, String>> + Send + 'static>>;
+
 pub trait PageSink {
+    /// Resolves when the page is scored, with a future that resolves when it is committed.
     fn deliver(
         &self,
         events: Vec<Fetched>,
         skipped: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<BatchReport, String>> + Send + 'static>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Committed, String>> + Send + 'static>>;
 
     /// Every delivered page is committed and the server has returned ascending
     /// `lastUpdated` so far: durably move the cursor to `cursor` in the middle of a poll.
@@ -284,6 +288,13 @@ pub async fn run_poll(
     let first = client.first_url(plan.since, plan.page_size);
     let mut page = fetch_with_retry(client, &first, false, plan, health, &stop).await?;
     let mut last_checkpoint = std::time::Instant::now();
+    // The previous page's commit, running while this page is scored.
+    let mut pending: Option<Committed> = None;
+    let add = |summary: &mut PollSummary, r: BatchReport| {
+        summary.scored += r.scored;
+        summary.duplicates += r.duplicates;
+        summary.alerts += r.alerts;
+    };
     loop {
         // Every page delivered so far is committed here. In a long poll over a sorted server,
         // move the cursor to the newest of them, so a crash does not re-read the whole poll;
@@ -302,6 +313,9 @@ pub async fn run_poll(
                 .newest
                 .filter(|n| plan.replay_until.is_none_or(|r| *n >= r))
             {
+                if let Some(p) = pending.take() {
+                    add(&mut summary, p.await.map_err(PollError::Pipeline)?);
+                }
                 sink.checkpoint(newest).await.map_err(PollError::Pipeline)?;
                 last_checkpoint = std::time::Instant::now();
                 tracing::debug!(
@@ -347,21 +361,33 @@ pub async fn run_poll(
             None => None,
         };
         let delivery = sink.deliver(std::mem::take(&mut page.events), skipped);
-        let report = match next {
-            None => delivery.await.map_err(PollError::Pipeline)?,
+        match next {
+            None => {
+                let committed = delivery.await.map_err(PollError::Pipeline)?;
+                if let Some(p) = pending.take() {
+                    add(&mut summary, p.await.map_err(PollError::Pipeline)?);
+                }
+                add(&mut summary, committed.await.map_err(PollError::Pipeline)?);
+                return Ok(summary);
+            }
             Some(url) => {
                 if stop.load(Ordering::Relaxed) {
-                    delivery.await.map_err(PollError::Pipeline)?;
+                    let committed = delivery.await.map_err(PollError::Pipeline)?;
+                    if let Some(p) = pending.take() {
+                        p.await.map_err(PollError::Pipeline)?;
+                    }
+                    committed.await.map_err(PollError::Pipeline)?;
                     return Err(PollError::Stopped);
                 }
-                let (report, next_page) = tokio::join!(
+                let (committed, next_page) = tokio::join!(
                     delivery,
                     fetch_with_retry(client, &url, true, plan, health, &stop)
                 );
-                let report = report.map_err(PollError::Pipeline)?;
-                summary.scored += report.scored;
-                summary.duplicates += report.duplicates;
-                summary.alerts += report.alerts;
+                let committed = committed.map_err(PollError::Pipeline)?;
+                // This page is scored; wait for the previous one's commit, keep this one's.
+                if let Some(p) = pending.replace(committed) {
+                    add(&mut summary, p.await.map_err(PollError::Pipeline)?);
+                }
                 page = next_page.inspect_err(|e| {
                     tracing::warn!(
                         actor = "poller",
@@ -370,13 +396,8 @@ pub async fn run_poll(
                         "abandoning poll at a page"
                     )
                 })?;
-                continue;
             }
-        };
-        summary.scored += report.scored;
-        summary.duplicates += report.duplicates;
-        summary.alerts += report.alerts;
-        return Ok(summary);
+        }
     }
 }
 

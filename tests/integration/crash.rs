@@ -97,7 +97,7 @@ fn phase(log: &Path) -> &'static str {
         ("committing page", "mid-commit (SQLite transaction open)"),
         ("page committed", "just committed, alerts being journaled"),
         ("page fetched", "mid-scoring (page fetched, not committed)"),
-        ("page scored", "between pages (next fetch in flight)"),
+        ("page scored", "page scored, its commit queued (next fetch in flight)"),
         ("checkpoint inside", "just after a checkpoint"),
         ("poll complete", "between polls"),
     ];
