@@ -121,6 +121,16 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// A failed assertion must not leave the daemon running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// No secret (nor any JWT: `eyJ` starts every base64url JSON header) in the log.
 fn assert_no_secrets(log: &str, secrets: &[&str]) {
     for s in secrets.iter().filter(|s| !s.is_empty()) {

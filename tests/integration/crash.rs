@@ -42,16 +42,43 @@ fn write_config(dir: &Path, base_url: &str) -> PathBuf {
     p
 }
 
-fn spawn(cfg: &Path, log: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env("FHIR_EDGE_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+/// A daemon process that is killed if the test fails while it runs.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(cfg: &Path, log: &Path) -> Guard {
+    Guard(
+        Command::new(BIN)
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env("FHIR_EDGE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// The durable status, or an empty one before the database exists.
@@ -97,7 +124,10 @@ fn phase(log: &Path) -> &'static str {
         ("committing page", "mid-commit (SQLite transaction open)"),
         ("page committed", "just committed, alerts being journaled"),
         ("page fetched", "mid-scoring (page fetched, not committed)"),
-        ("page scored", "page scored, its commit queued (next fetch in flight)"),
+        (
+            "page scored",
+            "page scored, its commit queued (next fetch in flight)",
+        ),
         ("checkpoint inside", "just after a checkpoint"),
         ("poll complete", "between polls"),
     ];
