@@ -83,10 +83,7 @@ impl Daemon {
     }
 
     fn scored(&self) -> u64 {
-        fhir_edge::state::Reader::open(&self.state)
-            .and_then(|r| r.status())
-            .map(|s| s.events_scored)
-            .unwrap_or(0)
+        status(&self.state).events_scored
     }
 
     fn wait_scored(&self, n: u64) {
@@ -175,9 +172,7 @@ fn bearer_token_rotates_and_basic_auth_works_and_neither_is_logged() {
     // Rotation: the server moves to a new token, the file follows; one 401 re-reads it.
     std::fs::write(dir.path().join("fhir-token"), "tok-B-77aa01\n").unwrap();
     s.store.set_access(Access::Bearer("tok-B-77aa01".into()));
-    for e in events(30, "after-rotation", 72) {
-        s.store.create(e);
-    }
+    arrive(&s, 30, "after-rotation", 72);
     d.wait_scored(150);
     assert!(s.store.refused() >= 1, "the old token was refused once");
     let log = d.stop();
@@ -244,9 +239,7 @@ fn smart_round(alg: &str, genpkey: &str) {
     );
     // Revoked server-side: one 401, one fresh token, and polling goes on.
     s.store.revoke_tokens();
-    for e in events(20, &format!("smart-late-{alg}"), 75) {
-        s.store.create(e);
-    }
+    arrive(&s, 20, &format!("smart-late-{alg}"), 75);
     d.wait_scored(100);
     assert!(s.store.refused() >= 1);
     let log = d.stop();

@@ -330,10 +330,7 @@ fn systemd_protocol_ready_watchdog_stall_and_stopping() {
 }
 
 fn status_of(dir: &Path) -> fhir_edge::state::StatusReport {
-    match fhir_edge::state::Reader::open(&dir.join("state")).and_then(|r| r.status()) {
-        Ok(s) => s,
-        Err(_) => Default::default(),
-    }
+    status(&dir.join("state"))
 }
 
 #[test]

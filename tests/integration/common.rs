@@ -196,11 +196,28 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// The durable status of the state in `dir`, or an empty one before the database exists.
 pub fn status(dir: &Path) -> fhir_edge::state::StatusReport {
     fhir_edge::state::Reader::open(dir)
-        .unwrap()
-        .status()
-        .unwrap()
+        .and_then(|r| r.status())
+        .unwrap_or_default()
+}
+
+/// Events this daemon process ran through the model.
+pub fn scored(d: &TestDaemon) -> u64 {
+    d.counter(|c| &c.events_model_scored)
+}
+
+/// Complete polls of this daemon process.
+pub fn polls(d: &TestDaemon) -> u64 {
+    d.counter(|c| &c.polls_completed)
+}
+
+/// Create `n` events on the server now (server-assigned lastUpdated), as arriving traffic.
+pub fn arrive(s: &Server, n: usize, prefix: &str, seed: u64) {
+    for e in events(n, prefix, seed) {
+        s.store.create(e);
+    }
 }
 
 /// Every event key in the seen table.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fhir_edge::fhir::server::{Fault, FhirStore};
 
-use crate::common::wait_until;
+use crate::common::{status, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fhir-edge");
 
@@ -79,13 +79,6 @@ fn spawn(cfg: &Path, log: &Path) -> Guard {
             .spawn()
             .unwrap(),
     )
-}
-
-/// The durable status, or an empty one before the database exists.
-fn status(state: &Path) -> fhir_edge::state::StatusReport {
-    fhir_edge::state::Reader::open(state)
-        .and_then(|r| r.status())
-        .unwrap_or_default()
 }
 
 /// Alerts by event key: (severity, score, kinds). Panics if an event has two alerts.

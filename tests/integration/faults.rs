@@ -12,14 +12,6 @@ use crate::common::*;
 
 const T: Duration = Duration::from_secs(90);
 
-fn scored(d: &TestDaemon) -> u64 {
-    d.counter(|c| &c.events_model_scored)
-}
-
-fn polls(d: &TestDaemon) -> u64 {
-    d.counter(|c| &c.polls_completed)
-}
-
 fn poller_report(d: &TestDaemon) -> fhir_edge::health::ActorReport {
     d.health
         .reports(&fhir_edge::health::ACTORS)
@@ -36,13 +28,6 @@ fn settle(d: &TestDaemon, dir: &std::path::Path, n: u64) {
     wait_until(T, "two more polls", || polls(d) >= p + 2);
     assert_eq!(scored(d), n, "each event scored exactly once");
     assert_eq!(seen_keys(dir).len() as u64, n);
-}
-
-/// Create `n` events on the server now (server-assigned lastUpdated), as arriving traffic.
-fn arrive(s: &Server, n: usize, prefix: &str, seed: u64) {
-    for e in events(n, prefix, seed) {
-        s.store.create(e);
-    }
 }
 
 #[test]

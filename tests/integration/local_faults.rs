@@ -65,12 +65,6 @@ fn health(d: &TestDaemon) -> (u16, serde_json::Value) {
     (code, serde_json::from_str(&body).unwrap_or_default())
 }
 
-fn arrive(s: &Server, n: usize, prefix: &str, seed: u64) {
-    for e in events(n, prefix, seed) {
-        s.store.create(e);
-    }
-}
-
 #[test]
 fn a_full_state_disk_degrades_and_recovers_without_loss_a_read_only_one_refuses_start() {
     let base = tempfile::tempdir().unwrap();

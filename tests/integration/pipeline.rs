@@ -10,14 +10,6 @@ use crate::common::*;
 
 const T: Duration = Duration::from_secs(60);
 
-fn scored(d: &TestDaemon) -> u64 {
-    d.counter(|c| &c.events_model_scored)
-}
-
-fn polls(d: &TestDaemon) -> u64 {
-    d.counter(|c| &c.polls_completed)
-}
-
 #[test]
 fn five_pages_with_ties_across_boundaries_are_scored_once() {
     // Groups of 7 share a timestamp, so ties straddle every 50-event page boundary.
