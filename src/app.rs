@@ -20,7 +20,7 @@ use crate::detector::Detector;
 use crate::fhir::client::FhirClient;
 use crate::health::{Health, Heartbeat, ACTORS};
 use crate::poller::actor::{IsPolling, PollerActor};
-use crate::state::actor::{Flush, StateActor};
+use crate::state::actor::{Flush, SeenFilterActor, StateActor};
 use crate::state::Store;
 use crate::systemd::Notifier;
 
@@ -120,7 +120,17 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         "starting"
     );
 
-    // State: its own thread.
+    // State: its own thread; seen-key lookups on a second, read-only connection and thread.
+    let reader_cell = Mutex::new(Some(store.seen_reader()?));
+    let h = health.clone();
+    let seen_filter = SyncArbiter::start(1, move || {
+        let reader = reader_cell
+            .lock()
+            .unwrap()
+            .take()
+            .expect("seen filter actor is created once");
+        SeenFilterActor::new(reader, h.clone())
+    });
     let store_cell = Mutex::new(Some(store));
     let (h, c) = (health.clone(), clock.clone());
     let state = SyncArbiter::start(1, move || {
@@ -145,7 +155,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         Supervisor::start(move |_| {
             DetectorActor::new(
                 d,
-                st.clone().recipient(),
+                seen_filter.recipient(),
                 st.recipient(),
                 sk.clone().recipient(),
                 sk.recipient(),

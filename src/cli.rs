@@ -422,6 +422,12 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     r.cpu_secs_per_1k_events
                 );
                 println!("peak RSS                {:.1} MB", r.peak_rss_mb);
+                let stages: Vec<String> = r
+                    .catch_up_stage_secs
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2} s"))
+                    .collect();
+                println!("catch-up stage time     {}", stages.join(", "));
                 println!(
                     "detection latency       p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events at {}/s, poll interval {} s)",
                     r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.steady_samples, r.steady_rate_per_sec, r.poll_interval_secs
@@ -571,7 +577,13 @@ fn score_cmd(
     let model = crate::detector::model::Model::load(model_dir)?;
     let i = crate::detector::train::read_events(input)?;
     let mut ctx = crate::detector::features::Context::new(tz);
-    let scored = crate::detector::score_stream(&model, &mut ctx, &i.records, 512)?;
+    let scored = crate::detector::score_stream(
+        &model,
+        &mut ctx,
+        &i.records,
+        512,
+        crate::detector::Explain::All,
+    )?;
     let create = |p: &Path| -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
         Ok(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

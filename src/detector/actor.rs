@@ -1,5 +1,6 @@
-//! `DetectorActor`: de-duplicates a fetched page against the state store (and the pages
-//! still being committed), extracts features and scores the new events off the actor thread
+//! `DetectorActor`: de-duplicates a fetched page against the state store (read on its own
+//! connection, so it does not wait for the commit of the previous page) and the pages still
+//! being committed, extracts features and scores the new events off the actor thread
 //! (`spawn_blocking`), hands the results to the alert sink and answers with a ticket that
 //! resolves when they are committed: the sink commits page k while page k+1 is scored.
 //! Handlers are atomic, so pages (polled or pushed) are scored strictly in order and the
@@ -139,15 +140,22 @@ impl Handler<EventsFetched> for DetectorActor {
         let fut = async move {
             health.begin_step("detector");
             let started = std::time::Instant::now();
+            // Keys of pages scored but not yet committed are checked *before* the store is
+            // read: the filter reads committed keys on its own connection, and a key leaves
+            // the in-flight set only after its commit is visible. Checked the other way
+            // round, a commit landing between the two looks would make a key look new.
+            let pending: Vec<bool> = {
+                let inflight = inflight.lock().unwrap_or_else(|p| p.into_inner());
+                msg.events
+                    .iter()
+                    .map(|f| !inflight.is_empty() && inflight.contains(&f.record.key))
+                    .collect()
+            };
             let keys: Vec<String> = msg.events.iter().map(|f| f.record.key.clone()).collect();
             let mut statuses = filter.send(FilterKeys { keys }).await??;
-            {
-                // Scored but not yet committed (the previous page): not new.
-                let inflight = inflight.lock().unwrap_or_else(|p| p.into_inner());
-                for (s, f) in statuses.iter_mut().zip(&msg.events) {
-                    if *s == crate::state::KeyStatus::New && inflight.contains(&f.record.key) {
-                        *s = crate::state::KeyStatus::Seen;
-                    }
+            for (s, pending) in statuses.iter_mut().zip(pending) {
+                if pending {
+                    *s = crate::state::KeyStatus::Seen;
                 }
             }
             let duplicates = statuses

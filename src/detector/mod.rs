@@ -23,6 +23,7 @@ pub struct ScoredEvent {
     /// Reconstruction error divided by the calibrated threshold (≥ 1 is anomalous).
     pub score: f32,
     pub severity: Option<Severity>,
+    /// First line of the explanation; empty below the threshold (see `Explain`).
     pub summary: String,
     pub explanation: Vec<String>,
     pub kinds: Vec<&'static str>,
@@ -82,7 +83,7 @@ impl Detector {
         }
         let records: Vec<&AuditRecord> = kept.iter().map(|(f, _)| &f.record).collect();
         let facts: Vec<&Facts> = kept.iter().map(|(_, facts)| facts).collect();
-        let verdicts = judge(&self.model, &rows, &facts, &records)?;
+        let verdicts = judge(&self.model, &rows, &facts, &records, Explain::Alerts)?;
         Ok(kept
             .into_iter()
             .zip(verdicts)
@@ -90,11 +91,11 @@ impl Detector {
                 fetched,
                 score: v.score,
                 severity: v.severity,
-                summary: v
-                    .explanation
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "unusual combination of features".into()),
+                summary: match (v.explanation.first(), v.severity) {
+                    (Some(first), _) => first.clone(),
+                    (None, Some(_)) => "unusual combination of features".into(),
+                    (None, None) => String::new(),
+                },
                 explanation: v.explanation,
                 kinds: v.kinds,
             })
@@ -112,12 +113,23 @@ pub struct Verdict {
     pub kinds: Vec<&'static str>,
 }
 
-/// Score feature rows and explain each: the one place a score becomes a verdict.
+/// Which verdicts get their explanation in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    /// Only events at or above the threshold (the daemon: only alerts are stored, and
+    /// wording every event would cost a quarter of the scoring time).
+    Alerts,
+    /// Every event (the `score` command writes one explanation per row).
+    All,
+}
+
+/// Score feature rows and explain them: the one place a score becomes a verdict.
 fn judge(
     model: &Model,
     rows: &[[f32; N_FEATURES]],
     facts: &[&Facts],
     records: &[&AuditRecord],
+    which: Explain,
 ) -> Result<Vec<Verdict>, model::ModelError> {
     Ok(model
         .score(rows)?
@@ -125,10 +137,15 @@ fn judge(
         .zip(facts.iter().zip(records))
         .map(|(s, (f, r))| {
             let score = s.score / model.meta.threshold;
-            let (explanation, kinds) = explain(&s.contributions, f, r);
+            let severity = Severity::from_ratio(score as f64);
+            let (explanation, kinds) = if severity.is_some() || which == Explain::All {
+                explain(&s.contributions, f, r)
+            } else {
+                (Vec::new(), Vec::new())
+            };
             Verdict {
                 score,
-                severity: Severity::from_ratio(score as f64),
+                severity,
                 explanation,
                 kinds,
             }
@@ -143,6 +160,7 @@ pub fn score_stream(
     ctx: &mut Context,
     records: &[AuditRecord],
     batch: usize,
+    which: Explain,
 ) -> Result<Vec<([f32; N_FEATURES], Verdict)>, model::ModelError> {
     let mut out = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch.max(1)) {
@@ -152,7 +170,7 @@ pub fn score_stream(
         out.extend(
             rows.iter()
                 .copied()
-                .zip(judge(model, &rows, &facts, &recs)?),
+                .zip(judge(model, &rows, &facts, &recs, which)?),
         );
     }
     Ok(out)

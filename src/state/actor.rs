@@ -5,7 +5,7 @@
 
 use actix::prelude::*;
 
-use super::{BatchCommit, BatchOutcome, KeyStatus, PollCommit, StateError, Store};
+use super::{BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenReader, StateError, Store};
 use crate::alerts::{AllowRule, Status};
 use crate::clock::SharedClock;
 use crate::health::{Health, Heartbeat};
@@ -102,6 +102,35 @@ impl StateActor {
 
 impl Actor for StateActor {
     type Context = SyncContext<Self>;
+}
+
+/// Answers `FilterKeys` on a read-only connection of its own thread, so filtering the
+/// next page does not queue behind the commit of the previous one on `StateActor`.
+pub struct SeenFilterActor {
+    reader: SeenReader,
+    health: Health,
+}
+
+impl SeenFilterActor {
+    pub fn new(reader: SeenReader, health: Health) -> Self {
+        SeenFilterActor { reader, health }
+    }
+}
+
+impl Actor for SeenFilterActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<FilterKeys> for SeenFilterActor {
+    type Result = Result<Vec<KeyStatus>, StateError>;
+    fn handle(&mut self, msg: FilterKeys, _: &mut Self::Context) -> Self::Result {
+        let keys: Vec<&str> = msg.keys.iter().map(String::as_str).collect();
+        let res = self.reader.filter(&keys);
+        if let Err(e) = &res {
+            self.health.error("state", e.kind());
+        }
+        res
+    }
 }
 
 impl Handler<FilterKeys> for StateActor {

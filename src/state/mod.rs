@@ -8,6 +8,8 @@
 pub mod actor;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -251,8 +253,8 @@ pub struct Store {
     path: PathBuf,
     /// Highest commit sequence written by earlier processes.
     startup_seq: i64,
-    /// Sequence of the last detector snapshot.
-    snapshot_seq: i64,
+    /// Sequence of the last detector snapshot (shared with the [`SeenReader`]s).
+    snapshot_seq: Arc<AtomicI64>,
     seq: i64,
     last_prune_ms: Option<i64>,
 }
@@ -324,7 +326,7 @@ impl Store {
             conn,
             path,
             startup_seq: seq,
-            snapshot_seq,
+            snapshot_seq: Arc::new(AtomicI64::new(snapshot_seq)),
             seq,
             last_prune_ms: None,
         })
@@ -339,10 +341,11 @@ impl Store {
             .conn
             .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
             .optional()?;
-        let replay_until_ms = if self.startup_seq > self.snapshot_seq {
+        let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
+        let replay_until_ms = if self.startup_seq > snapshot_seq {
             self.conn.query_row(
                 "SELECT MAX(last_updated_ms) FROM seen WHERE seq > ?1",
-                [self.snapshot_seq],
+                [snapshot_seq],
                 |r| r.get(0),
             )?
         } else {
@@ -358,19 +361,33 @@ impl Store {
 
     /// Classify fetched keys.
     pub fn filter(&self, keys: &[&str]) -> Result<Vec<KeyStatus>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq FROM seen WHERE key = ?1")?;
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let seq: Option<i64> = stmt.query_row([k], |r| r.get(0)).optional()?;
-            out.push(match seq {
-                None => KeyStatus::New,
-                Some(s) if s > self.snapshot_seq && s <= self.startup_seq => KeyStatus::Replay,
-                Some(_) => KeyStatus::Seen,
-            });
-        }
-        Ok(out)
+        filter_keys(
+            &self.conn,
+            keys,
+            self.startup_seq,
+            self.snapshot_seq.load(Ordering::Acquire),
+        )
+    }
+
+    /// A second, read-only connection for seen-key lookups, so a page can be filtered while
+    /// the previous one commits (WAL readers do not wait for the writer). It sees committed
+    /// keys only: keys still being committed must be checked by the caller *before* the
+    /// lookup (see `DetectorActor`).
+    pub fn seen_reader(&self) -> Result<SeenReader, StateError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StateError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        Ok(SeenReader {
+            conn,
+            startup_seq: self.startup_seq,
+            snapshot_seq: self.snapshot_seq.clone(),
+        })
     }
 
     /// Commit a scored batch: seen keys, alerts and counters in one transaction.
@@ -492,7 +509,7 @@ impl Store {
             self.last_prune_ms = Some(p.at_ms);
         }
         if p.snapshot.is_some() {
-            self.snapshot_seq = self.seq;
+            self.snapshot_seq.store(self.seq, Ordering::Release);
         }
         Ok(pruned as u64)
     }
@@ -646,6 +663,44 @@ fn alert_from_row(r: &rusqlite::Row, with_raw: bool) -> rusqlite::Result<Alert> 
 }
 
 /// A read-only view for `status`, `alerts` and the API; safe while the daemon writes.
+/// Seen-key lookups on a read-only connection of their own (see [`Store::seen_reader`]).
+pub struct SeenReader {
+    conn: Connection,
+    startup_seq: i64,
+    snapshot_seq: Arc<AtomicI64>,
+}
+
+impl SeenReader {
+    /// Status of each key, read in one transaction (one consistent view, one lock).
+    pub fn filter(&mut self, keys: &[&str]) -> Result<Vec<KeyStatus>, StateError> {
+        let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
+        let tx = self.conn.transaction()?;
+        let out = filter_keys(&tx, keys, self.startup_seq, snapshot_seq)?;
+        tx.finish()?;
+        Ok(out)
+    }
+}
+
+fn filter_keys(
+    conn: &Connection,
+    keys: &[&str],
+    startup_seq: i64,
+    snapshot_seq: i64,
+) -> Result<Vec<KeyStatus>, StateError> {
+    let mut stmt = conn.prepare_cached("SELECT seq FROM seen WHERE key = ?1")?;
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let seq: Option<i64> = stmt.query_row([k], |r| r.get(0)).optional()?;
+        out.push(match seq {
+            None => KeyStatus::New,
+            // Committed by a process that died before its next snapshot.
+            Some(s) if s > snapshot_seq && s <= startup_seq => KeyStatus::Replay,
+            Some(_) => KeyStatus::Seen,
+        });
+    }
+    Ok(out)
+}
+
 pub struct Reader {
     conn: Connection,
     path: PathBuf,
@@ -670,6 +725,12 @@ impl Reader {
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Reader { conn, path })
+    }
+
+    /// Lifetime events scored: one row read, cheap enough to poll (unlike `status`, which
+    /// counts the seen keys).
+    pub fn events_scored(&self) -> Result<u64, StateError> {
+        Ok(kv_get(&self.conn, "events_scored")?.unwrap_or(0) as u64)
     }
 
     pub fn status(&self) -> Result<StatusReport, StateError> {
