@@ -89,7 +89,9 @@ pub struct Facts {
     pub hour: u32,
     pub weekday: u32,
     pub user_hour_share: f32,
-    pub user_usual_hours: Option<(u32, u32)>,
+    /// The user's hour-of-day histogram (the usual band is worked out only when an
+    /// explanation needs it: see `user_usual_hours`).
+    pub user_hours: Option<[f32; 24]>,
     pub d10: u32,
     pub d1h: u32,
     pub usual_d1h: f32,
@@ -255,25 +257,101 @@ fn bump(list: &mut Vec<(u64, u32)>, key: u64, cap: usize) -> bool {
     true
 }
 
-fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
-    // Recent lists are small and bounded: sort a reused scratch buffer (no allocation).
+/// Counts `features` works out that `update` needs too (one computation, not two).
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// Distinct patients of the user in the last hour, this access included.
+    user_patients_1h: Option<u32>,
+    /// Distinct users of the patient in the last day, before this access.
+    patient_users_24h: Option<u32>,
+}
+
+/// A set of 64-bit hashes for counting distinct values: open addressing, cleared in O(1)
+/// by a generation stamp, reused across calls (no allocation once grown).
+#[derive(Default)]
+struct HashSetScratch {
+    keys: Vec<u64>,
+    stamps: Vec<u32>,
+    generation: u32,
+}
+
+impl HashSetScratch {
+    fn reset(&mut self, n: usize) {
+        let cap = (n * 2).next_power_of_two().max(64);
+        if self.keys.len() < cap {
+            self.keys = vec![0; cap];
+            self.stamps = vec![0; cap];
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamps.fill(0);
+            self.generation = 1;
+        }
+    }
+
+    /// True when `k` was not in the set.
+    fn insert(&mut self, k: u64) -> bool {
+        let mask = self.keys.len() - 1;
+        let mut i = (k as usize) & mask;
+        loop {
+            if self.stamps[i] != self.generation {
+                self.stamps[i] = self.generation;
+                self.keys[i] = k;
+                return true;
+            }
+            if self.keys[i] == k {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+}
+
+/// Distinct values among the newest entries of a time-ordered list, for two windows at once
+/// (`since_short` ≥ `since_long`), in one pass and without sorting; and whether `probe`
+/// occurs in each window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Distinct {
+    short: u32,
+    long: u32,
+    probe_in_short: bool,
+    probe_in_long: bool,
+}
+
+fn distinct2(
+    recent: &VecDeque<(i64, u64)>,
+    since_short: i64,
+    since_long: i64,
+    probe: Option<u64>,
+) -> Distinct {
     thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SCRATCH: std::cell::RefCell<HashSetScratch> = std::cell::RefCell::default();
     }
     SCRATCH.with(|s| {
-        let mut v = s.borrow_mut();
-        v.clear();
-        v.extend(
-            recent
-                .iter()
-                .rev()
-                .take_while(|(t, _)| *t >= since)
-                .map(|(_, p)| *p),
-        );
-        v.sort_unstable();
-        v.dedup();
-        v.len() as u32
+        let mut set = s.borrow_mut();
+        set.reset(recent.len());
+        let mut d = Distinct::default();
+        let mut in_short = true;
+        for &(t, v) in recent.iter().rev() {
+            if t < since_long {
+                break;
+            }
+            in_short &= t >= since_short;
+            if set.insert(v) {
+                d.long += 1;
+                d.short += in_short as u32;
+            }
+            if probe == Some(v) {
+                d.probe_in_long = true;
+                d.probe_in_short |= in_short;
+            }
+        }
+        d
     })
+}
+
+fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
+    distinct2(recent, since, since, None).long
 }
 
 fn rarity(count: f32, total: f32, bins: f32) -> f32 {
@@ -317,14 +395,14 @@ impl Context {
 
     /// Compute features for `r` from the context so far, then fold `r` into the context.
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
-        let f = self.features(r);
-        self.update(r);
-        f
+        let (x, facts, known) = self.features(r);
+        self.update(r, known);
+        (x, facts)
     }
 
     /// Fold an event into the context without computing features (replay after restart).
     pub fn replay(&mut self, r: &AuditRecord) {
-        self.update(r);
+        self.update(r, Known::default());
     }
 
     fn local(&self, t: chrono::DateTime<chrono::Utc>) -> (u32, u32) {
@@ -333,7 +411,7 @@ impl Context {
         (l.hour(), l.weekday().num_days_from_monday())
     }
 
-    fn features(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
+    fn features(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts, Known) {
         let now = r.recorded.timestamp_millis();
         let (hour, weekday) = self.local(r.recorded);
         let uh = r.user.as_deref().map(h64);
@@ -351,6 +429,7 @@ impl Context {
             ..Default::default()
         };
 
+        let mut known = Known::default();
         let mut x = [0f32; N_FEATURES];
         // Hours: the user's own, blended with the site's while the user is new.
         let site_r = rarity(self.site_hours[hour as usize], self.site_total, 24.0);
@@ -359,7 +438,7 @@ impl Context {
                 let w = (u.events / MATURE).min(1.0);
                 let own = rarity(u.hours[hour as usize], u.events, 24.0);
                 facts.user_hour_share = u.hours[hour as usize] / u.events;
-                facts.user_usual_hours = usual_hours(&u.hours);
+                facts.user_hours = Some(u.hours);
                 (
                     w * own + (1.0 - w) * site_r,
                     rarity(u.weekdays[weekday as usize], u.events, 7.0) * w,
@@ -373,29 +452,11 @@ impl Context {
 
         if let Some(u) = user {
             facts.user_events = u.events as u32;
-            let mut d10 = distinct(&u.recent, now - MIN_10);
-            let mut d1h = distinct(&u.recent, now - HOUR);
-            if let Some(p) = ph {
-                // Count this access too.
-                if !u
-                    .recent
-                    .iter()
-                    .rev()
-                    .take_while(|(t, _)| *t >= now - MIN_10)
-                    .any(|(_, q)| *q == p)
-                {
-                    d10 += 1;
-                }
-                if !u
-                    .recent
-                    .iter()
-                    .rev()
-                    .take_while(|(t, _)| *t >= now - HOUR)
-                    .any(|(_, q)| *q == p)
-                {
-                    d1h += 1;
-                }
-            }
+            // Count this access too.
+            let d = distinct2(&u.recent, now - MIN_10, now - HOUR, ph);
+            let d10 = d.short + (ph.is_some() && !d.probe_in_short) as u32;
+            let d1h = d.long + (ph.is_some() && !d.probe_in_long) as u32;
+            known.user_patients_1h = Some(d1h);
             facts.d10 = d10;
             facts.d1h = d1h;
             facts.usual_d1h = u.usual_d1h_hi;
@@ -488,7 +549,9 @@ impl Context {
                 } else {
                     0.0
                 };
-                let users24 = distinct(&p.recent, now - DAY)
+                let before = distinct(&p.recent, now - DAY);
+                known.patient_users_24h = Some(before);
+                let users24 = before
                     + uh.map_or(0u32, |u| {
                         (!p.recent.iter().any(|e| e.1 == u && e.0 >= now - DAY)) as u32
                     });
@@ -523,10 +586,12 @@ impl Context {
             }
         }
         x[21] = facts.same_family_name as u8 as f32;
-        (x, facts)
+        (x, facts, known)
     }
 
-    fn update(&mut self, r: &AuditRecord) {
+    /// Fold `r` into the context. `known` carries counts `features` already worked out for
+    /// this same event and state (the same values `update` would compute).
+    fn update(&mut self, r: &AuditRecord, known: Known) {
         let now = r.recorded.timestamp_millis();
         let (hour, weekday) = self.local(r.recorded);
         self.site_hours[hour as usize] += 1.0;
@@ -577,12 +642,17 @@ impl Context {
         }
         if let Some(p) = ph {
             u.recent.push_back((now, p));
+            let mut capped = false;
             while u.recent.len() > MAX_RECENT
                 || u.recent.front().is_some_and(|(t, _)| *t < now - HOUR)
             {
+                capped |= u.recent.len() > MAX_RECENT;
                 u.recent.pop_front();
             }
-            let d1h = distinct(&u.recent, now - HOUR) as f32;
+            let d1h = match known.user_patients_1h {
+                Some(n) if !capped => n,
+                _ => distinct(&u.recent, now - HOUR),
+            } as f32;
             u.usual_d1h = 0.98 * u.usual_d1h + 0.02 * d1h;
             // A slow-moving upper envelope: jumps up fast, decays slowly.
             u.usual_d1h_hi = if d1h > u.usual_d1h_hi {
@@ -612,7 +682,9 @@ impl Context {
                 evict_half(&mut self.patients, |p| p.last_ms);
             }
             let ps = self.patients.entry(p).or_default();
-            let users24 = distinct(&ps.recent, now - DAY) as f32;
+            let users24 = known
+                .patient_users_24h
+                .unwrap_or_else(|| distinct(&ps.recent, now - DAY)) as f32;
             ps.usual_users = 0.95 * ps.usual_users + 0.05 * users24;
             ps.recent.push_back((now, uh));
             if cross == Some(1.0) {
@@ -662,27 +734,32 @@ fn unrelated_weight(rate: f32) -> f32 {
     -(rate + 0.005).ln()
 }
 
-/// The contiguous band of hours (start, end inclusive) holding most of a histogram.
+impl Facts {
+    /// The user's usual hours: the shortest contiguous (circular) band holding 90% of their
+    /// activity, (start, end inclusive); `None` while the user has too little history.
+    pub fn user_usual_hours(&self) -> Option<(u32, u32)> {
+        usual_hours(self.user_hours.as_ref()?)
+    }
+}
+
 fn usual_hours(hist: &[f32; 24]) -> Option<(u32, u32)> {
     let total: f32 = hist.iter().sum();
     if total < MATURE {
         return None;
     }
-    // The shortest circular window covering 90% of activity.
-    let mut best: Option<(u32, u32)> = None;
-    for len in 1..=24u32 {
-        for start in 0..24u32 {
-            let s: f32 = (0..len).map(|i| hist[((start + i) % 24) as usize]).sum();
-            if s >= 0.9 * total {
-                best = Some((start, (start + len - 1) % 24));
-                break;
+    // Circular prefix sums: any window's sum in O(1).
+    let mut prefix = [0f32; 49];
+    for i in 0..48 {
+        prefix[i + 1] = prefix[i] + hist[i % 24];
+    }
+    for len in 1..=24usize {
+        for start in 0..24usize {
+            if prefix[start + len] - prefix[start] >= 0.9 * total {
+                return Some((start as u32, ((start + len - 1) % 24) as u32));
             }
         }
-        if best.is_some() {
-            break;
-        }
     }
-    best
+    None
 }
 
 #[cfg(test)]
@@ -777,5 +854,56 @@ mod tests {
         assert_eq!(f.failed_15m, 5);
         let (_, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0 + FAIL_WINDOW * 2));
         assert_eq!(f.failed_15m, 0);
+    }
+
+    /// The one-pass hash count agrees with sorting and de-duplicating each window.
+    #[test]
+    fn distinct_counts_match_a_sort_based_count() {
+        let mut rng = crate::rng::Rng::new(7);
+        for round in 0..300 {
+            let n = (rng.f64() * 300.0) as usize;
+            let mut t = 0i64;
+            let mut list = VecDeque::new();
+            for _ in 0..n {
+                t += (rng.f64() * 20_000.0) as i64;
+                list.push_back((t, (rng.f64() * 40.0) as u64 * 0x9E37_79B9_7F4A_7C15));
+            }
+            let (short, long) = (t - 600_000, t - 3_600_000);
+            let probe = Some((round % 40) as u64 * 0x9E37_79B9_7F4A_7C15);
+            let window = |since: i64| -> Vec<u64> {
+                list.iter()
+                    .rev()
+                    .take_while(|(ts, _)| *ts >= since)
+                    .map(|e| e.1)
+                    .collect()
+            };
+            let count = |mut v: Vec<u64>| {
+                v.sort_unstable();
+                v.dedup();
+                v.len() as u32
+            };
+            let d = distinct2(&list, short, long, probe);
+            assert_eq!(d.short, count(window(short)), "round {round}");
+            assert_eq!(d.long, count(window(long)), "round {round}");
+            assert_eq!(d.probe_in_short, window(short).contains(&probe.unwrap()));
+            assert_eq!(d.probe_in_long, window(long).contains(&probe.unwrap()));
+        }
+    }
+
+    #[test]
+    fn usual_hours_is_the_shortest_band_with_most_activity() {
+        let mut h = [0f32; 24];
+        for v in h.iter_mut().take(17).skip(8) {
+            *v = 10.0;
+        }
+        h[3] = 1.0;
+        assert_eq!(usual_hours(&h), Some((8, 16)));
+        // Night shift across midnight.
+        let mut n = [0f32; 24];
+        for i in [22, 23, 0, 1, 2, 3, 4, 5] {
+            n[i] = 20.0;
+        }
+        assert_eq!(usual_hours(&n), Some((22, 5)));
+        assert_eq!(usual_hours(&[1.0; 24]), None);
     }
 }

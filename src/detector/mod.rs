@@ -228,7 +228,7 @@ pub fn explain(
         let text = match kind {
             "after_hours" => {
                 let usual = f
-                    .user_usual_hours
+                    .user_usual_hours()
                     .map(|(a, b)| format!("usual hours {a:02}:00–{:02}:00", (b + 1) % 24))
                     .unwrap_or_else(|| "no usual hours learned yet".into());
                 let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][f.weekday as usize % 7];

@@ -6,6 +6,8 @@ pub mod server;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -39,22 +41,83 @@ impl ParseError {
     }
 }
 
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(default)]
-pub struct Coding {
-    pub system: Option<String>,
-    pub code: Option<String>,
-    pub display: Option<String>,
+/// A JSON string borrowed from the page body when it has no escapes (almost always), owned
+/// otherwise: reading an event allocates only for what the record keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'a> Text<'a> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(s: &'a str) -> Self {
+        Text(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for Text<'_> {
+    fn from(s: String) -> Self {
+        Text(Cow::Owned(s))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn owned(t: &Option<Text>) -> Option<String> {
+    t.as_deref().map(str::to_string)
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct CodeableConcept {
-    pub coding: Vec<Coding>,
-    pub text: Option<String>,
+pub struct Coding<'a> {
+    #[serde(borrow)]
+    pub system: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub code: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub display: Option<Text<'a>>,
 }
 
-impl CodeableConcept {
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct CodeableConcept<'a> {
+    #[serde(borrow)]
+    pub coding: Vec<Coding<'a>>,
+    #[serde(borrow)]
+    pub text: Option<Text<'a>>,
+}
+
+impl CodeableConcept<'_> {
     fn first_code(&self) -> Option<&str> {
         self.coding.iter().find_map(|c| c.code.as_deref())
     }
@@ -62,64 +125,79 @@ impl CodeableConcept {
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct Identifier {
-    pub system: Option<String>,
-    pub value: Option<String>,
+pub struct Identifier<'a> {
+    #[serde(borrow)]
+    pub system: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub value: Option<Text<'a>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct Reference {
-    pub reference: Option<String>,
-    pub display: Option<String>,
-    pub identifier: Option<Identifier>,
-    #[serde(rename = "type")]
-    pub type_: Option<String>,
+pub struct Reference<'a> {
+    #[serde(borrow)]
+    pub reference: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub display: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub identifier: Option<Identifier<'a>>,
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<Text<'a>>,
 }
 
-impl Reference {
+impl Reference<'_> {
     /// A stable reference string: `reference`, else `identifier` (`system|value`).
     fn stable(&self) -> Option<String> {
         if let Some(r) = &self.reference {
-            return Some(r.clone());
+            return Some(r.to_string());
         }
         let id = self.identifier.as_ref()?;
-        let v = id.value.as_ref()?;
+        let v = id.value.as_deref()?;
         Some(match &id.system {
-            Some(s) => format!("{s}|{v}"),
-            None => v.clone(),
+            Some(s) => format!("{}|{v}", s.as_str()),
+            None => v.to_string(),
         })
     }
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct Network {
-    pub address: Option<String>,
-    #[serde(rename = "type")]
-    pub type_: Option<String>,
+pub struct Network<'a> {
+    #[serde(borrow)]
+    pub address: Option<Text<'a>>,
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<Text<'a>>,
 }
 
 /// `type` is a CodeableConcept in R4 agents, `role` a list of them.
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default, rename_all = "camelCase")]
-pub struct Agent {
-    #[serde(rename = "type")]
-    pub type_: Option<CodeableConcept>,
-    pub role: Vec<CodeableConcept>,
-    pub who: Option<Reference>,
-    pub alt_id: Option<String>,
-    pub name: Option<String>,
+pub struct Agent<'a> {
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub role: Vec<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub who: Option<Reference<'a>>,
+    #[serde(borrow)]
+    pub alt_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub name: Option<Text<'a>>,
     pub requestor: Option<bool>,
-    pub location: Option<Reference>,
-    pub network: Option<Network>,
+    #[serde(borrow)]
+    pub location: Option<Reference<'a>>,
+    #[serde(borrow)]
+    pub network: Option<Network<'a>>,
     /// R5: network[x]
-    pub network_string: Option<String>,
-    pub network_uri: Option<String>,
-    pub purpose_of_use: Vec<CodeableConcept>,
+    #[serde(borrow)]
+    pub network_string: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub network_uri: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub purpose_of_use: Vec<CodeableConcept<'a>>,
 }
 
-impl Agent {
+impl Agent<'_> {
     fn type_code(&self) -> Option<&str> {
         self.type_.as_ref().and_then(|t| t.first_code())
     }
@@ -140,92 +218,161 @@ impl Agent {
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct EntityDetail {
-    #[serde(rename = "type")]
-    pub type_: Option<String>,
-    #[serde(rename = "valueString")]
-    pub value_string: Option<String>,
+pub struct EntityDetail<'a> {
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<Text<'a>>,
+    #[serde(rename = "valueString", borrow)]
+    pub value_string: Option<Text<'a>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct Entity {
-    pub what: Option<Reference>,
-    #[serde(rename = "type")]
-    pub type_: Option<Coding>,
-    pub role: Option<CodingOrConcept>,
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub query: Option<String>,
-    pub detail: Vec<EntityDetail>,
+pub struct Entity<'a> {
+    #[serde(borrow)]
+    pub what: Option<Reference<'a>>,
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<Coding<'a>>,
+    #[serde(borrow)]
+    pub role: Option<CodingOrConcept<'a>>,
+    #[serde(borrow)]
+    pub name: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub description: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub query: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub detail: Vec<EntityDetail<'a>>,
 }
 
-/// R4 uses Coding where R5 uses CodeableConcept; accept both.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
-pub enum CodingOrConcept {
-    Concept(CodeableConcept),
-    Coding(Coding),
+/// R4 uses Coding where R5 uses CodeableConcept: one object type reads both (a Coding's
+/// `code`, or a CodeableConcept's `coding`), without buffering as an untagged enum would.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(default)]
+pub struct CodingOrConcept<'a> {
+    #[serde(borrow)]
+    pub code: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub system: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub coding: Vec<Coding<'a>>,
 }
 
-impl Default for CodingOrConcept {
-    fn default() -> Self {
-        CodingOrConcept::Coding(Coding::default())
-    }
-}
-
-impl CodingOrConcept {
+impl CodingOrConcept<'_> {
     fn code(&self) -> Option<&str> {
-        match self {
-            CodingOrConcept::Coding(c) => c.code.as_deref(),
-            CodingOrConcept::Concept(c) => c.first_code(),
-        }
+        self.code
+            .as_deref()
+            .or_else(|| self.coding.iter().find_map(|c| c.code.as_deref()))
     }
 }
 
-/// R4 `outcome` is a code ("0", "4", "8", "12"); R5 is an object with `code`.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
-pub enum Outcome {
-    Code(String),
-    R5 { code: Option<Coding> },
+/// R4 `outcome` is a code ("0", "4", "8", "12"); R5 is an object with `code` (a Coding).
+#[derive(Debug, Clone, Default)]
+pub struct Outcome<'a> {
+    /// The R4 code, or the R5 `code.code`.
+    pub code: Option<Text<'a>>,
+    pub r5: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Outcome<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Outcome<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an outcome code or an R5 outcome object")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Outcome {
+                    code: Some(v.into()),
+                    r5: false,
+                })
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Outcome {
+                    code: Some(v.to_owned().into()),
+                    r5: false,
+                })
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                // A number where a code belongs: read it as the code it spells.
+                Ok(Outcome {
+                    code: Some(v.to_string().into()),
+                    r5: false,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut code = None;
+                while let Some(k) = map.next_key::<Text<'de>>()? {
+                    if k.as_str() == "code" {
+                        let c: Option<Coding<'de>> = map.next_value()?;
+                        code = c.and_then(|c| c.code);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Outcome { code, r5: true })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default, rename_all = "camelCase")]
-pub struct Meta {
-    pub version_id: Option<String>,
-    pub last_updated: Option<String>,
+pub struct Meta<'a> {
+    #[serde(borrow)]
+    pub version_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub last_updated: Option<Text<'a>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default)]
-pub struct AuditSource {
-    pub site: Option<String>,
-    pub observer: Option<Reference>,
+pub struct AuditSource<'a> {
+    #[serde(borrow)]
+    pub site: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub observer: Option<Reference<'a>>,
 }
 
-/// The subset of an AuditEvent fhir-edge reads.
+/// The subset of an AuditEvent fhir-edge reads, borrowing from the JSON text.
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(default, rename_all = "camelCase")]
-pub struct AuditEvent {
-    pub resource_type: String,
-    pub id: Option<String>,
-    pub meta: Option<Meta>,
-    #[serde(rename = "type")]
-    pub type_: Option<CodingOrConcept>,
-    pub subtype: Vec<Coding>,
+pub struct AuditEvent<'a> {
+    #[serde(borrow)]
+    pub resource_type: Text<'a>,
+    #[serde(borrow)]
+    pub id: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub meta: Option<Meta<'a>>,
+    #[serde(rename = "type", borrow)]
+    pub type_: Option<CodingOrConcept<'a>>,
+    #[serde(borrow)]
+    pub subtype: Vec<Coding<'a>>,
     /// R5 names.
-    pub category: Vec<CodeableConcept>,
-    pub code: Option<CodeableConcept>,
-    pub action: Option<String>,
-    pub recorded: Option<String>,
-    pub outcome: Option<Outcome>,
-    pub purpose_of_event: Vec<CodeableConcept>,
-    pub authorization: Vec<CodeableConcept>,
-    pub agent: Vec<Agent>,
-    pub source: Option<AuditSource>,
-    pub entity: Vec<Entity>,
+    #[serde(borrow)]
+    pub category: Vec<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub code: Option<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub action: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub recorded: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub outcome: Option<Outcome<'a>>,
+    #[serde(borrow)]
+    pub purpose_of_event: Vec<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub authorization: Vec<CodeableConcept<'a>>,
+    #[serde(borrow)]
+    pub agent: Vec<Agent<'a>>,
+    #[serde(borrow)]
+    pub source: Option<AuditSource<'a>>,
+    #[serde(borrow)]
+    pub entity: Vec<Entity<'a>>,
 }
 
 /// The kind of access, normalised from `type`/`subtype`/`action`/query.
@@ -338,13 +485,13 @@ fn is_patient_ref(r: &str) -> bool {
     r.starts_with("Patient/") || r.contains("/Patient/")
 }
 
-impl AuditEvent {
+impl AuditEvent<'_> {
     /// Normalise. Fails only when the event cannot be keyed or placed in time.
     pub fn into_record(self) -> Result<AuditRecord, String> {
-        if self.resource_type != "AuditEvent" {
-            return Err(format!("resourceType is {:?}", self.resource_type));
+        if self.resource_type.as_str() != "AuditEvent" {
+            return Err(format!("resourceType is {:?}", self.resource_type.as_str()));
         }
-        let id = self.id.clone().ok_or("missing id")?;
+        let id = self.id.as_deref().ok_or("missing id")?.to_string();
         let meta = self.meta.clone().unwrap_or_default();
         let last_updated = match &meta.last_updated {
             Some(s) => Some(parse_time(s).ok_or("meta.lastUpdated is not an instant")?),
@@ -423,14 +570,16 @@ impl AuditEvent {
             }
         };
         let outcome = match &self.outcome {
-            Some(Outcome::Code(c)) => c.parse().unwrap_or(0),
-            Some(Outcome::R5 { code: Some(c) }) => match c.code.as_deref() {
+            Some(Outcome { code, r5: false }) => {
+                code.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0)
+            }
+            Some(Outcome { code, r5: true }) => match code.as_deref() {
                 Some("success") | Some("0") | None => 0,
                 Some("minor") | Some("4") => 4,
                 Some("major") | Some("12") | Some("fatal") => 12,
                 _ => 8,
             },
-            _ => 0,
+            None => 0,
         };
 
         // The user is the requestor agent, wherever it sits in the list.
@@ -439,14 +588,14 @@ impl AuditEvent {
             a.who
                 .as_ref()
                 .and_then(Reference::stable)
-                .or_else(|| a.alt_id.clone())
+                .or_else(|| owned(&a.alt_id))
                 .or_else(|| a.display().map(str::to_string))
         });
         let user_display = user_agent.and_then(|a| a.display().map(str::to_string));
         let department = user_agent.and_then(|a| {
             a.location
                 .as_ref()
-                .and_then(|l| l.display.clone().or_else(|| l.reference.clone()))
+                .and_then(|l| owned(&l.display).or_else(|| owned(&l.reference)))
                 .or_else(|| {
                     a.role.iter().find_map(|r| {
                         r.coding
@@ -456,7 +605,7 @@ impl AuditEvent {
                                     .as_deref()
                                     .is_some_and(|s| s.contains("department"))
                             })
-                            .and_then(|c| c.code.clone().or_else(|| c.display.clone()))
+                            .and_then(|c| owned(&c.code).or_else(|| owned(&c.display)))
                     })
                 })
         });
@@ -472,8 +621,8 @@ impl AuditEvent {
         let client_app = client_agent.and_then(|a| {
             a.who
                 .as_ref()
-                .and_then(|w| w.display.clone().or_else(|| w.stable()))
-                .or_else(|| a.name.clone())
+                .and_then(|w| owned(&w.display).or_else(|| w.stable()))
+                .or_else(|| owned(&a.name))
         });
         let source_ip = user_agent
             .and_then(Agent::address)
@@ -511,19 +660,19 @@ impl AuditEvent {
         let patient_display = patient_entity.and_then(|e| {
             e.what
                 .as_ref()
-                .and_then(|w| w.display.clone())
-                .or_else(|| e.name.clone())
+                .and_then(|w| owned(&w.display))
+                .or_else(|| owned(&e.name))
         });
         let observer = self
             .source
             .as_ref()
             .and_then(|s| s.observer.as_ref())
-            .and_then(|o| o.stable().or_else(|| o.display.clone()));
+            .and_then(|o| o.stable().or_else(|| owned(&o.display)));
 
         Ok(AuditRecord {
             key,
             id,
-            version_id: meta.version_id,
+            version_id: meta.version_id.map(|v| v.0.into_owned()),
             last_updated,
             recorded,
             interaction,
@@ -644,17 +793,19 @@ struct Bundle<'a> {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct OoIssue {
+struct OoIssue<'a> {
     severity: Option<String>,
     code: Option<String>,
     diagnostics: Option<String>,
-    details: Option<CodeableConcept>,
+    #[serde(borrow)]
+    details: Option<CodeableConcept<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct OperationOutcome {
-    issue: Vec<OoIssue>,
+struct OperationOutcome<'a> {
+    #[serde(borrow)]
+    issue: Vec<OoIssue<'a>>,
 }
 
 /// The issue texts of an OperationOutcome, one line.
@@ -667,7 +818,7 @@ pub fn operation_outcome_text(raw: &str) -> String {
             let text = i
                 .diagnostics
                 .clone()
-                .or_else(|| i.details.as_ref().and_then(|d| d.text.clone()))
+                .or_else(|| i.details.as_ref().and_then(|d| owned(&d.text)))
                 .unwrap_or_default();
             format!(
                 "{}/{}: {}",
@@ -786,18 +937,19 @@ pub fn parse_page_owned(body: Vec<u8>, resource_type: &str) -> Result<Page, Pars
             )
         };
         match serde_json::from_str::<AuditEvent>(res.get()) {
-            Ok(ev) if mode == Some("outcome") || ev.resource_type == "OperationOutcome" => {
+            Ok(ev) if mode == Some("outcome") || ev.resource_type.as_str() == "OperationOutcome" => {
                 page.warnings.push(operation_outcome_text(res.get()));
             }
-            Ok(ev) if ev.resource_type != resource_type => {
-                let id = ev
-                    .id
-                    .clone()
+            Ok(ev) if ev.resource_type.as_str() != resource_type => {
+                let id = owned(&ev.id)
                     .or(entry.full_url.clone())
                     .unwrap_or_else(|| format!("entry #{i}"));
                 page.skipped.push((
                     id,
-                    format!("resourceType {:?} is not {resource_type}", ev.resource_type),
+                    format!(
+                        "resourceType {:?} is not {resource_type}",
+                        ev.resource_type.as_str()
+                    ),
                 ));
             }
             Ok(ev) => {
@@ -807,9 +959,10 @@ pub fn parse_page_owned(body: Vec<u8>, resource_type: &str) -> Result<Page, Pars
                         record,
                         raw: RawJson::within(&body, res.get()),
                     }),
-                    Err(reason) => page
-                        .skipped
-                        .push((id.unwrap_or_else(|| format!("entry #{i}")), reason)),
+                    Err(reason) => page.skipped.push((
+                        owned(&id).unwrap_or_else(|| format!("entry #{i}")),
+                        reason,
+                    )),
                 }
             }
             Err(e) => {

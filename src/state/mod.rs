@@ -312,6 +312,18 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        // SQLite falls back to read-only without a word when it cannot write the file (a
+        // read-only mount, a file owned by another uid): a daemon that cannot commit must
+        // not start.
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StateError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                    Some("the database could only be opened read-only".into()),
+                ),
+            });
+        }
         apply_pragmas(&conn).map_err(|source| StateError::Open {
             path: path.clone(),
             source,
