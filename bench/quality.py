@@ -82,7 +82,9 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20):
     with open(os.path.join(d, "scores.csv")) as f:
         for row in csv.DictReader(f):
             ids.append(row["id"]); scores.append(float(row["score"]))
-    feats = np.loadtxt(os.path.join(d, "features.csv"), delimiter=",", skiprows=1, usecols=range(1, 28), dtype=np.float64)
+    with open(os.path.join(d, "features.csv")) as f:
+        ncols = len(f.readline().split(","))
+    feats = np.loadtxt(os.path.join(d, "features.csv"), delimiter=",", skiprows=1, usecols=range(1, ncols), dtype=np.float64)
     rec = feats[:, 0]
     X = feats[:, 1:]
     test = rec >= cutoff
@@ -133,8 +135,11 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--out", default="bench-out/quality")
     ap.add_argument("--quick", action="store_true", help="only run A")
+    ap.add_argument("--runs", help="comma-separated run names, e.g. A,C")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
+    if a.runs:
+        runs = [r for r in RUNS if r["name"] in a.runs.split(",")]
     results = []
     for r in runs:
         res = one(a.bin, a.out, r)

@@ -85,14 +85,22 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut ctx = Context::new(chrono_tz::UTC);
     let rows: Vec<_> = records.iter().map(|r| ctx.observe(r).0).collect();
-    rate("features (Context::observe)", rows.len(), t.elapsed().as_secs_f64());
+    rate(
+        "features (Context::observe)",
+        rows.len(),
+        t.elapsed().as_secs_f64(),
+    );
 
     let t = Instant::now();
     let mut scored = 0;
     for chunk in rows.chunks(PAGE) {
         scored += model.score(chunk)?.len();
     }
-    rate("model score (batches of 1000)", scored, t.elapsed().as_secs_f64());
+    rate(
+        "model score (batches of 1000)",
+        scored,
+        t.elapsed().as_secs_f64(),
+    );
 
     for (label, which) in [
         ("features + score, alerts explained", Explain::Alerts),

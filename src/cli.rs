@@ -89,8 +89,20 @@ pub enum Command {
     },
     /// Train a model on AuditEvents (NDJSON or Bundle JSON, auto-detected).
     Train {
-        #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+        /// NDJSON of AuditEvents or FHIR Bundle JSON files (auto-detected).
+        #[arg(long, required_unless_present = "from_server", num_args = 1.., value_name = "PATH")]
         input: Vec<PathBuf>,
+        /// Learn from the configured FHIR server's AuditEvents (see --since) instead of files.
+        #[arg(long, conflicts_with = "input")]
+        from_server: bool,
+        /// With --from-server: how far back, e.g. 30d or 12h, or an RFC 3339 time.
+        #[arg(
+            long,
+            requires = "from_server",
+            default_value = "30d",
+            value_name = "DURATION"
+        )]
+        since: String,
         #[arg(long, value_name = "DIR")]
         output: PathBuf,
         #[arg(long, default_value_t = 20)]
@@ -329,6 +341,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Train {
             input,
+            from_server,
+            since,
             output,
             epochs,
             seed,
@@ -337,7 +351,22 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
         } => {
             let tz = site_tz(timezone.as_deref(), cfg_path)?;
-            train_cmd(&input, &output, epochs, seed, percentile, tz, until)?;
+            let (records, names) = if from_server {
+                let cfg = config::load(cfg_path)?.config;
+                let since = parse_since(&since, Utc::now())?;
+                let records = server_history(&cfg, since)?;
+                (
+                    records,
+                    vec![format!(
+                        "{} since {}",
+                        cfg.fhir.base_url,
+                        since.to_rfc3339()
+                    )],
+                )
+            } else {
+                read_inputs(&input)?
+            };
+            train_cmd(records, names, &output, epochs, seed, percentile, tz, until)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {
@@ -495,16 +524,8 @@ fn site_tz(flag: Option<&str>, cfg_path: Option<&Path>) -> anyhow::Result<chrono
         .unwrap_or(chrono_tz::UTC))
 }
 
-fn train_cmd(
-    inputs: &[PathBuf],
-    output: &Path,
-    epochs: usize,
-    seed: u64,
-    percentile: f32,
-    tz: chrono_tz::Tz,
-    until: Option<DateTime<Utc>>,
-) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
+/// Events of training files, and the files' names (for the training summary).
+fn read_inputs(inputs: &[PathBuf]) -> anyhow::Result<(Vec<crate::fhir::AuditRecord>, Vec<String>)> {
     let mut records = Vec::new();
     for p in inputs {
         let i = crate::detector::train::read_events(p)?;
@@ -519,6 +540,72 @@ fn train_cmd(
         }
         records.extend(i.records);
     }
+    let names = inputs
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok((records, names))
+}
+
+/// The configured server's AuditEvents since `since` (`train --from-server`).
+fn server_history(
+    cfg: &crate::config::Config,
+    since: DateTime<Utc>,
+) -> anyhow::Result<Vec<crate::fhir::AuditRecord>> {
+    use std::io::IsTerminal;
+    let client = crate::fhir::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tty = std::io::stderr().is_terminal();
+    let (records, skipped) = rt
+        .block_on(client.history(since, cfg.poller.page_size, |n| {
+            if tty {
+                eprint!("\rreading {}: {n} events", cfg.fhir.base_url);
+            }
+        }))
+        .with_context(|| format!("reading AuditEvents from {}", cfg.fhir.base_url))?;
+    if tty {
+        eprintln!();
+    }
+    eprintln!(
+        "read {} events from {} since {}",
+        records.len(),
+        cfg.fhir.base_url,
+        since.to_rfc3339()
+    );
+    if let Some((id, why)) = skipped.first() {
+        eprintln!(
+            "skipped {} unreadable entries (first: {id} — {why})",
+            skipped.len()
+        );
+    }
+    if records.is_empty() {
+        bail!(
+            "{} holds no AuditEvents since {}: nothing to learn from (try a longer --since)",
+            cfg.fhir.base_url,
+            since.to_rfc3339()
+        );
+    }
+    Ok(records)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_cmd(
+    mut records: Vec<crate::fhir::AuditRecord>,
+    names: Vec<String>,
+    output: &Path,
+    epochs: usize,
+    seed: u64,
+    percentile: f32,
+    tz: chrono_tz::Tz,
+    until: Option<DateTime<Utc>>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
@@ -531,14 +618,6 @@ fn train_cmd(
         ..Default::default()
     };
     let tty = std::io::stderr().is_terminal();
-    let names = inputs
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .collect();
     let model = crate::detector::model::train(&rows, &opts, names, |epoch, loss| {
         if tty {
             let width = 30;

@@ -84,10 +84,8 @@ pub struct CommitCursor {
 
 /// Event keys, hashed with FNV (SipHash showed in profiles: a page adds and removes a
 /// thousand keys on the actor thread).
-type KeySet = std::collections::HashSet<
-    String,
-    std::hash::BuildHasherDefault<super::features::Fnv64>,
->;
+type KeySet =
+    std::collections::HashSet<String, std::hash::BuildHasherDefault<super::features::Fnv64>>;
 
 pub struct DetectorActor {
     detector: Arc<Mutex<Detector>>,

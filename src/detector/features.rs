@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -49,7 +49,7 @@ pub const FEATURES: &[&str] = &[
     "failed_logins_15m",
     "new_source_ip",
     "new_client_app",
-    "days_dormant_before_session",
+    "dormancy_vs_usual_break",
     "query_size",
     "export",
     "failure_outcome",
@@ -61,12 +61,19 @@ pub const FEATURES: &[&str] = &[
     "has_patient",
     "user_cross_dept_rate",
     "user_first_access_rate",
+    "session_start_rarity",
+    "unrelated_accesses_1h",
+    "patient_users_vs_usual",
 ];
 
-pub const N_FEATURES: usize = 26;
+pub const N_FEATURES: usize = 29;
 
 /// A session ends after this long without activity.
 const SESSION_GAP: i64 = 8 * HOUR;
+/// Idle time after which activity counts as a new session (for session-start hours).
+const SESSION_IDLE: i64 = 2 * HOUR;
+/// Sessions after which a user's own start hours outweigh the site's.
+const MATURE_SESSIONS: f32 = 10.0;
 
 /// How each feature counts in the anomaly score. +1: a signal where only values above
 /// expectation are suspicious; -1: a signal where only values below are; 0: context only —
@@ -81,6 +88,9 @@ pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
     0, 0, 0, // kind of action
     1, // same family name
     0, 0, 0, 0, // user history, has patient, user rates
+    1, // session start hour
+    1, // unrelated accesses by the user in the last hour
+    1, // the patient's users today against its usual
 ];
 
 /// Raw facts behind the features, for plain-language explanations.
@@ -89,6 +99,11 @@ pub struct Facts {
     pub hour: u32,
     pub weekday: u32,
     pub user_hour_share: f32,
+    /// Local hour at which the current session began, and how many of the user's earlier
+    /// sessions began in that hour (of how many).
+    pub session_start_hour: u32,
+    pub starts_at_that_hour: u32,
+    pub user_sessions: u32,
     /// The user's hour-of-day histogram (the usual band is worked out only when an
     /// explanation needs it: see `user_usual_hours`).
     pub user_hours: Option<[f32; 24]>,
@@ -111,6 +126,10 @@ pub struct Facts {
     pub app_uses: Option<u32>,
     /// Days without any activity before the current session began.
     pub days_inactive: f32,
+    /// The user's usual longest break, in days (before this session).
+    pub usual_break_days: f32,
+    /// Accesses to unrelated patients by this user in the last hour, this one included.
+    pub unrelated_1h: u32,
     pub query_count: Option<u32>,
     pub export: bool,
     pub same_family_name: bool,
@@ -211,6 +230,28 @@ struct UserState {
     cross_rate: f32,
     /// EWMA of how often this user opens a patient for the first time.
     first_rate: f32,
+    /// Hour-of-day histogram of the starts of this user's sessions (successful activity
+    /// after at least `SESSION_IDLE` without any).
+    #[serde(default)]
+    starts: [f32; 24],
+    #[serde(default)]
+    sessions: f32,
+    /// Local hour at which the current session started.
+    #[serde(default)]
+    session_start_hour: u8,
+    /// Last successful activity (failed logins do not open a session).
+    #[serde(default)]
+    last_ok_ms: i64,
+    /// The user's usual long breaks (ms): an envelope of the idle gaps before sessions that
+    /// jumps up to a longer gap and decays slowly; and its value before the current session.
+    #[serde(default)]
+    break_hi_ms: f32,
+    #[serde(default)]
+    break_hi_before_ms: f32,
+    /// Times of this user's accesses to patients their department has no history with, in
+    /// the last hour (bounded).
+    #[serde(default)]
+    unrelated_recent: VecDeque<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -236,6 +277,11 @@ pub struct Context {
     pairs_old: IdSet,
     site_hours: [f32; 24],
     site_total: f32,
+    /// Session-start hours over all users.
+    #[serde(default)]
+    site_starts: [f32; 24],
+    #[serde(default)]
+    site_sessions: f32,
     /// Department names by hash, for explanations (bounded by the number of departments seen).
     dept_names: IdMap<String>,
     #[serde(skip)]
@@ -449,6 +495,25 @@ impl Context {
         x[0] = hr;
         x[1] = site_r;
         x[2] = wr;
+        // When the session began, against the user's own session starts: a shift running
+        // late keeps its usual start hour, a session opened at 02:00 does not. The current
+        // session is not counted, so every event of it carries the same value.
+        let continuing = user.filter(|u| u.last_ok_ms > 0 && now - u.last_ok_ms <= SESSION_IDLE);
+        let start = continuing.map_or(hour, |u| u.session_start_hour as u32) as usize;
+        let own_current = continuing.is_some() as u8 as f32;
+        let site_starts = self.site_starts[start] - own_current;
+        let site_sr = rarity(site_starts, self.site_sessions - own_current, 24.0);
+        facts.session_start_hour = start as u32;
+        x[26] = match user {
+            Some(u) if u.sessions - own_current > 0.0 => {
+                let (n, total) = (u.starts[start] - own_current, u.sessions - own_current);
+                facts.starts_at_that_hour = n as u32;
+                facts.user_sessions = total as u32;
+                let w = (total / MATURE_SESSIONS).min(1.0);
+                w * rarity(n, total, 24.0) + (1.0 - w) * site_sr
+            }
+            _ => site_sr,
+        };
 
         if let Some(u) = user {
             facts.user_events = u.events as u32;
@@ -492,7 +557,16 @@ impl Context {
                 u.session_gap_ms
             };
             facts.days_inactive = session_gap.max(0) as f32 / DAY as f32;
-            x[14] = facts.days_inactive.ln_1p();
+            // Against the user's own usual breaks: a three-day weekend is routine for some.
+            let usual = if gap > SESSION_GAP {
+                u.break_hi_ms
+            } else {
+                u.break_hi_before_ms
+            };
+            facts.usual_break_days = usual / DAY as f32;
+            x[14] = ((facts.days_inactive + 1.0) / (facts.usual_break_days + 1.0))
+                .ln()
+                .max(0.0);
             x[22] = u.events.ln_1p();
             x[24] = u.cross_rate;
             x[25] = u.first_rate;
@@ -521,6 +595,15 @@ impl Context {
                 let unrelated_now = dept_h.is_some() && is_unrelated(share, p.total);
                 if unrelated_now {
                     x[7] = unrelated_weight(user.map_or(0.0, |u| u.cross_rate));
+                    // A run of such lookups weighs more than one.
+                    let before = user.map_or(0, |u| {
+                        u.unrelated_recent
+                            .iter()
+                            .filter(|t| **t >= now - HOUR)
+                            .count()
+                    });
+                    facts.unrelated_1h = before as u32 + 1;
+                    x[27] = (before as f32).ln_1p();
                 }
                 // VIP pressure: how unusual, summed over distinct users, today's unrelated
                 // accesses to this patient are (ward staff weigh much, radiology little).
@@ -558,6 +641,11 @@ impl Context {
                 facts.patient_users_24h = users24;
                 facts.usual_patient_users = p.usual_users;
                 x[9] = (users24 as f32).ln_1p();
+                // Against the patient's own usual: twelve users is a quiet day in intensive
+                // care and a crowd around an outpatient.
+                x[28] = ((users24 as f32 + 1.0) / (p.usual_users + 1.0))
+                    .ln()
+                    .max(0.0);
                 x[10] = pressure.ln_1p();
             }
             _ => {
@@ -612,6 +700,7 @@ impl Context {
             evict_half(&mut self.users, |u| u.last_ms);
         }
         let u = self.users.entry(uh).or_default();
+        let mut new_session = false;
         let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
         if failed_login {
             u.failed.push_back(now);
@@ -620,6 +709,13 @@ impl Context {
             }
         } else {
             // Activity baselines learn from successful activity only.
+            if u.last_ok_ms == 0 || now - u.last_ok_ms > SESSION_IDLE {
+                u.starts[hour as usize] += 1.0;
+                u.sessions += 1.0;
+                u.session_start_hour = hour as u8;
+                new_session = true;
+            }
+            u.last_ok_ms = u.last_ok_ms.max(now);
             u.hours[hour as usize] += 1.0;
             u.weekdays[weekday as usize] += 1.0;
             u.events += 1.0;
@@ -633,8 +729,21 @@ impl Context {
                 u.failed.clear();
             }
         }
+        if new_session {
+            self.site_starts[hour as usize] += 1.0;
+            self.site_sessions += 1.0;
+        }
+        let u = self.users.get_mut(&uh).expect("inserted above");
         if u.last_ms > 0 && now - u.last_ms > SESSION_GAP {
-            u.session_gap_ms = now - u.last_ms;
+            let gap = now - u.last_ms;
+            u.session_gap_ms = gap;
+            u.break_hi_before_ms = u.break_hi_ms;
+            let g = gap as f32;
+            u.break_hi_ms = if g > u.break_hi_ms {
+                g
+            } else {
+                0.95 * u.break_hi_ms + 0.05 * g
+            };
         }
         u.last_ms = u.last_ms.max(now);
         if dept_h.is_some() {
@@ -675,6 +784,14 @@ impl Context {
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
             }
+            if cross == Some(1.0) {
+                u.unrelated_recent.push_back(now);
+                while u.unrelated_recent.len() > 64
+                    || u.unrelated_recent.front().is_some_and(|t| *t < now - HOUR)
+                {
+                    u.unrelated_recent.pop_front();
+                }
+            }
             if first && self.pairs_now.insert(pair) && self.pairs_now.len() >= MAX_PAIRS / 2 {
                 self.pairs_old = std::mem::take(&mut self.pairs_now);
             }
@@ -684,7 +801,8 @@ impl Context {
             let ps = self.patients.entry(p).or_default();
             let users24 = known
                 .patient_users_24h
-                .unwrap_or_else(|| distinct(&ps.recent, now - DAY)) as f32;
+                .unwrap_or_else(|| distinct(&ps.recent, now - DAY))
+                as f32;
             ps.usual_users = 0.95 * ps.usual_users + 0.05 * users24;
             ps.recent.push_back((now, uh));
             if cross == Some(1.0) {
@@ -905,5 +1023,99 @@ mod tests {
         }
         assert_eq!(usual_hours(&n), Some((22, 5)));
         assert_eq!(usual_hours(&[1.0; 24]), None);
+    }
+
+    fn feature(name: &str) -> usize {
+        FEATURES.iter().position(|f| *f == name).unwrap()
+    }
+
+    /// A day worker's shift running late keeps its usual session start; a session opened
+    /// at 02:00 carries its unusual start on every event, not just the first.
+    #[test]
+    fn session_start_hour_separates_a_late_shift_from_a_night_session() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let day0 = Utc
+            .with_ymd_and_hms(2024, 3, 4, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let at = |d: i64, h: i64, m: i64| day0 + d * DAY + h * HOUR + m * 60_000;
+        for d in 0..20 {
+            for k in 0..16 {
+                c.observe(&rec(
+                    "Practitioner/1",
+                    &format!("Patient/{k}"),
+                    at(d, 8, k * 30),
+                ));
+            }
+        }
+        let j = feature("session_start_rarity");
+        // Day 20: the shift runs to 18:30, in one session.
+        let mut late = 0f32;
+        for k in 0..21 {
+            let (x, _) = c.observe(&rec("Practitioner/1", "Patient/1", at(20, 8, k * 30)));
+            late = late.max(x[j]);
+        }
+        // Day 21: a session at 02:00.
+        let night: Vec<f32> = (0..4)
+            .map(|k| {
+                c.observe(&rec("Practitioner/1", "Patient/2", at(21, 2, k * 5)))
+                    .0[j]
+            })
+            .collect();
+        assert!(late < 0.5, "a late shift starts as usual: {late}");
+        assert!(night.iter().all(|v| *v > 3.0), "{night:?}");
+        assert!(
+            night.iter().all(|v| (v - night[0]).abs() < 1e-6),
+            "{night:?}"
+        );
+    }
+
+    /// Dormancy is measured against the user's own usual breaks.
+    #[test]
+    fn dormancy_is_relative_to_usual_breaks() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let day0 = Utc
+            .with_ymd_and_hms(2024, 3, 4, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let j = feature("dormancy_vs_usual_break");
+        // Works two days, then three off, for six weeks.
+        let mut d = 0;
+        let mut last = 0f32;
+        for _ in 0..8 {
+            for i in 0..2 {
+                let x = c
+                    .observe(&rec(
+                        "Practitioner/1",
+                        "Patient/1",
+                        day0 + d * DAY + 9 * HOUR,
+                    ))
+                    .0;
+                if i == 0 {
+                    // The first day back after the break.
+                    last = x[j];
+                }
+                c.observe(&rec(
+                    "Practitioner/1",
+                    "Patient/1",
+                    day0 + d * DAY + 10 * HOUR,
+                ));
+                d += 1;
+            }
+            d += 3;
+        }
+        assert!(last < 0.05, "a routine three-day break: {last}");
+        let (x, f) = c.observe(&rec(
+            "Practitioner/1",
+            "Patient/1",
+            day0 + (d + 30) * DAY + 9 * HOUR,
+        ));
+        assert!(
+            x[j] > 1.5,
+            "{} after {} days (usual {})",
+            x[j],
+            f.days_inactive,
+            f.usual_break_days
+        );
     }
 }

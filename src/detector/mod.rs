@@ -190,15 +190,19 @@ fn pct(x: f32) -> String {
 /// Which scenario a feature points at.
 fn kind_of(feature: &str) -> &'static str {
     match feature {
-        "hour_rarity_user" | "hour_rarity_site" | "weekday_rarity_user" => "after_hours",
+        "hour_rarity_user"
+        | "hour_rarity_site"
+        | "weekday_rarity_user"
+        | "session_start_rarity" => "after_hours",
         "distinct_patients_10m" | "distinct_patients_1h" | "patients_1h_vs_usual" => "bulk_access",
-        "first_access_to_patient" | "unrelated_patient_rarity" | "dept_history_with_patient" => {
-            "cross_department"
-        }
-        "patient_users_24h" | "unrelated_pressure_24h" => "vip_snooping",
+        "first_access_to_patient"
+        | "unrelated_patient_rarity"
+        | "dept_history_with_patient"
+        | "unrelated_accesses_1h" => "cross_department",
+        "patient_users_24h" | "unrelated_pressure_24h" | "patient_users_vs_usual" => "vip_snooping",
         "failed_logins_15m" | "failure_outcome" => "failed_logins",
         "new_source_ip" | "new_client_app" => "new_source",
-        "days_dormant_before_session" => "dormant_account",
+        "dormancy_vs_usual_break" => "dormant_account",
         "query_size" | "export" => "mass_export",
         "same_family_name" => "family_snooping",
         _ => "unusual_pattern",
@@ -232,11 +236,18 @@ pub fn explain(
                     .map(|(a, b)| format!("usual hours {a:02}:00–{:02}:00", (b + 1) % 24))
                     .unwrap_or_else(|| "no usual hours learned yet".into());
                 let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][f.weekday as usize % 7];
-                format!(
+                let mut text = format!(
                     "activity at {:02}:00 on {day}, {} of this user's past activity falls in that hour ({usual})",
                     f.hour,
                     pct(f.user_hour_share)
-                )
+                );
+                if f.user_sessions > 0 {
+                    text.push_str(&format!(
+                        "; the session began at {:02}:00, when {} of the user's {} earlier sessions began",
+                        f.session_start_hour, f.starts_at_that_hour, f.user_sessions
+                    ));
+                }
+                text
             }
             "bulk_access" => format!(
                 "opened {} distinct patients in 10 min, {} in 1 h (usual ≤ {:.0} per hour)",
@@ -245,7 +256,11 @@ pub fn explain(
                 f.usual_d1h.ceil()
             ),
             "cross_department" => {
-                let first = if f.first_pair { "first access to this patient" } else { "access to this patient" };
+                let first = match (f.first_pair, f.unrelated_1h) {
+                    (true, n) if n > 1 => format!("first access to this patient, one of {n} such lookups by this user within an hour"),
+                    (true, _) => "first access to this patient".to_string(),
+                    (false, _) => "access to this patient".to_string(),
+                };
                 match (f.dept_share, &f.dept) {
                     (Some(s), Some(d)) => format!(
                         "{first}; {} of the patient's record activity ({} earlier accesses) comes from {d}",
@@ -282,7 +297,10 @@ pub fn explain(
                     _ => "unusual source for this user".into(),
                 }
             }
-            "dormant_account" => format!("session began after {:.0} days without any activity by this user", f.days_inactive),
+            "dormant_account" => format!(
+                "session began after {:.0} days without any activity by this user (usual longest break {:.0} days)",
+                f.days_inactive, f.usual_break_days
+            ),
             "mass_export" => {
                 if f.export {
                     "bulk data export ($export)".to_string()

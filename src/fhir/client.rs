@@ -493,6 +493,71 @@ impl FhirClient {
         Ok(parsed?)
     }
 
+    /// Every event the server holds from `since` on, for training on a site's history:
+    /// all pages (following `next` links, retrying transient faults a few times), the
+    /// overlap of ties de-duplicated by key, in `recorded` order; with the entries that
+    /// could not be read. `progress` is told the running count after each page.
+    pub async fn history(
+        &self,
+        since: DateTime<Utc>,
+        page_size: u32,
+        mut progress: impl FnMut(usize),
+    ) -> Result<(Vec<super::AuditRecord>, Vec<(String, String)>), FetchError> {
+        let mut keys = std::collections::HashSet::new();
+        let mut records = Vec::new();
+        let mut skipped = Vec::new();
+        let mut url = self.first_url(since, page_size);
+        let mut is_next = false;
+        loop {
+            let mut attempt = 0u32;
+            let page = loop {
+                match self.fetch_page(&url, is_next).await {
+                    Ok(p) => break p,
+                    Err(e) => {
+                        let permanent = matches!(
+                            e,
+                            FetchError::TooLarge(_)
+                                | FetchError::PageExpired(_)
+                                | FetchError::ForeignNext(_)
+                                | FetchError::Auth(_)
+                                | FetchError::Setup(_)
+                        );
+                        attempt += 1;
+                        if permanent || attempt >= 5 {
+                            return Err(e);
+                        }
+                        let delay = e
+                            .retry_after()
+                            .unwrap_or(Duration::from_secs(1 << attempt))
+                            .min(Duration::from_secs(30));
+                        tracing::warn!(
+                            error_kind = e.kind(),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "page fetch failed, retrying: {e}"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            };
+            skipped.extend(page.skipped);
+            for f in page.events {
+                if keys.insert(f.record.key.clone()) {
+                    records.push(f.record);
+                }
+            }
+            progress(records.len());
+            match page.next {
+                Some(n) => {
+                    url = check_next(&self.base, &n)?;
+                    is_next = true;
+                }
+                None => break,
+            }
+        }
+        records.sort_by_key(|r| r.recorded);
+        Ok((records, skipped))
+    }
+
     /// The first page of a search from `since`.
     pub fn first_url(&self, since: DateTime<Utc>, page_size: u32) -> Url {
         search_url(&self.base, &self.resource_type, since, page_size)

@@ -937,7 +937,9 @@ pub fn parse_page_owned(body: Vec<u8>, resource_type: &str) -> Result<Page, Pars
             )
         };
         match serde_json::from_str::<AuditEvent>(res.get()) {
-            Ok(ev) if mode == Some("outcome") || ev.resource_type.as_str() == "OperationOutcome" => {
+            Ok(ev)
+                if mode == Some("outcome") || ev.resource_type.as_str() == "OperationOutcome" =>
+            {
                 page.warnings.push(operation_outcome_text(res.get()));
             }
             Ok(ev) if ev.resource_type.as_str() != resource_type => {
@@ -959,10 +961,9 @@ pub fn parse_page_owned(body: Vec<u8>, resource_type: &str) -> Result<Page, Pars
                         record,
                         raw: RawJson::within(&body, res.get()),
                     }),
-                    Err(reason) => page.skipped.push((
-                        owned(&id).unwrap_or_else(|| format!("entry #{i}")),
-                        reason,
-                    )),
+                    Err(reason) => page
+                        .skipped
+                        .push((owned(&id).unwrap_or_else(|| format!("entry #{i}")), reason)),
                 }
             }
             Err(e) => {

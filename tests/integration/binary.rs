@@ -64,7 +64,12 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     assert_eq!(code, 1, "corrupt weights: {err}");
     std::fs::copy(model.join("model.safetensors"), m.join("model.safetensors")).unwrap();
     let meta = std::fs::read_to_string(model.join("model.json")).unwrap();
-    let old = meta.replacen("\"schema_version\": 3", "\"schema_version\": 2", 1);
+    let schema = fhir_edge::detector::features::SCHEMA_VERSION;
+    let old = meta.replacen(
+        &format!("\"schema_version\": {schema}"),
+        &format!("\"schema_version\": {}", schema - 1),
+        1,
+    );
     assert_ne!(meta, old);
     std::fs::write(m.join("model.json"), old).unwrap();
     let (code, _, err) = run(
@@ -412,4 +417,64 @@ fn a_notify_receiver_that_never_reads_does_not_freeze_the_daemon() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     drop(sock);
+}
+
+/// `train --from-server`: every event the server holds in the window is read once across
+/// paging (ties at page boundaries), older ones are left out, and the model says so.
+#[test]
+fn train_from_server_reads_the_whole_history_once() {
+    let s = seeded_server(1_250, "hist", 3, chrono::Duration::hours(30), 3);
+    // Older than the window: must not be learned from.
+    let mut old = events(40, "old", 4);
+    stamp(&mut old, Utc::now() - chrono::Duration::days(40), 1);
+    s.store.insert_raw(old);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &s.base_url);
+    let out = dir.path().join("model");
+    let (code, _, err) = run(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "train",
+            "--from-server",
+            "--since",
+            "7d",
+            "--epochs",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("read 1250 events from"), "{err}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(meta["training"]["events"], 1250, "{meta}");
+    assert!(
+        meta["training"]["inputs"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&s.base_url),
+        "{meta}"
+    );
+    // The model it wrote is one the daemon accepts.
+    fhir_edge::detector::model::Model::load(&out).unwrap();
+
+    // Nothing in the window: a clear refusal, not an empty model.
+    let (code, _, err) = run(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "train",
+            "--from-server",
+            "--since",
+            "1h",
+            "--output",
+            dir.path().join("m2").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("nothing to learn from"), "{err}");
 }
