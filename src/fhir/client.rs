@@ -459,6 +459,22 @@ impl FhirClient {
     /// Fetch and parse one searchset page. `is_next` marks a server-given paging link,
     /// whose 404/410 means the paging state expired.
     pub async fn fetch_page(&self, url: &Url, is_next: bool) -> Result<Page, FetchError> {
+        let body = self.fetch_body(url, is_next).await?;
+        self.parse_body(body).await
+    }
+
+    /// Parse a page body off the async threads (~10 ms per 1000 events), so the detector's
+    /// and the API's futures keep running meanwhile.
+    pub async fn parse_body(&self, body: Vec<u8>) -> Result<Page, FetchError> {
+        let rt = self.resource_type.clone();
+        let parsed = tokio::task::spawn_blocking(move || super::parse_page_owned(body, &rt))
+            .await
+            .map_err(|e| FetchError::Body(format!("page parser task failed: {e}")))?;
+        Ok(parsed?)
+    }
+
+    /// The body of one searchset page, unparsed (HTTP errors already classified).
+    pub async fn fetch_body(&self, url: &Url, is_next: bool) -> Result<Vec<u8>, FetchError> {
         let resp = self.get(url).await?;
         let status = resp.status();
         let retry_after = resp
@@ -483,14 +499,7 @@ impl FhirClient {
                 },
             });
         }
-        let body = self.body(resp).await?;
-        // Parsing a page is CPU work (~10 ms per 1000 events): off the actor thread, so the
-        // detector's and the API's futures keep running while the next page is read.
-        let rt = self.resource_type.clone();
-        let parsed = tokio::task::spawn_blocking(move || super::parse_page_owned(body, &rt))
-            .await
-            .map_err(|e| FetchError::Body(format!("page parser task failed: {e}")))?;
-        Ok(parsed?)
+        self.body(resp).await
     }
 
     /// Every event the server holds from `since` on, for training on a site's history:

@@ -889,6 +889,46 @@ fn body_str(body: Vec<u8>) -> Result<std::sync::Arc<str>, ParseError> {
     }
 }
 
+/// The `next` link of a searchset Bundle, read without parsing its entries when `link`
+/// comes before `entry` (as servers write it): the poller starts fetching the next page
+/// while this one is parsed. A guess only: the full parse is authoritative.
+pub fn peek_next_link(body: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct V<'s>(&'s mut Option<String>);
+    impl<'de> Visitor<'de> for V<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a Bundle")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<Text<'de>>()? {
+                match k.as_str() {
+                    "link" => {
+                        let links: Vec<BundleLink> = map.next_value()?;
+                        *self.0 = links
+                            .into_iter()
+                            .find(|l| l.relation == "next")
+                            .map(|l| l.url)
+                            .filter(|u| !u.is_empty());
+                        // Stop here: the entries are left unread (the deserializer then
+                        // reports the unread rest as an error, which is ignored).
+                        return Ok(());
+                    }
+                    "entry" => return Ok(()),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut next = None;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let _ = (&mut de).deserialize_map(V(&mut next));
+    next
+}
+
 /// Parse a searchset page of `resource_type` resources (one pass over the body, plus one
 /// over each entry).
 pub fn parse_page(body: &[u8], resource_type: &str) -> Result<Page, ParseError> {
@@ -1149,5 +1189,31 @@ mod tests {
         let b = fixture("hl7-r4-core/Bundle-bundle-search-warning.json");
         let p = parse_page(b.as_bytes(), "AuditEvent").unwrap();
         assert_eq!(p.warnings.len(), 1);
+    }
+
+    #[test]
+    fn the_next_link_is_peeked_without_reading_entries() {
+        let page = |order: &str| {
+            let link = r#""link":[{"relation":"self","url":"http://s/a"},{"relation":"next","url":"http://s/a?p=2"}]"#;
+            let entry = r#""entry":[{"resource":{"resourceType":"AuditEvent","id":"x"}}, {"broken"#;
+            match order {
+                "link-first" => {
+                    format!(r#"{{"resourceType":"Bundle","type":"searchset",{link},{entry}"#)
+                }
+                _ => format!(r#"{{"resourceType":"Bundle",{entry}]}},{link}}}"#),
+            }
+        };
+        // Entries after the link are never read: even a truncated rest does not matter.
+        assert_eq!(
+            peek_next_link(page("link-first").as_bytes()).as_deref(),
+            Some("http://s/a?p=2")
+        );
+        // Entries first: no guess (the full parse finds the link).
+        assert_eq!(peek_next_link(page("entry-first").as_bytes()), None);
+        assert_eq!(peek_next_link(b"<html>502 Bad Gateway</html>"), None);
+        assert_eq!(
+            peek_next_link(br#"{"resourceType":"Bundle","link":[{"relation":"self","url":"u"}]}"#),
+            None
+        );
     }
 }

@@ -234,6 +234,73 @@ async fn fetch_with_retry(
     }
 }
 
+/// The body of the next page, being read while the current one is parsed and scored.
+/// Aborted when dropped (a poll that ends or fails leaves nothing running).
+struct ReadAhead {
+    url: url::Url,
+    body: tokio::task::JoinHandle<Result<Vec<u8>, FetchError>>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.body.abort();
+    }
+}
+
+/// Start reading the page at a server-given `next` link (checked like any other).
+fn read_ahead(client: &FhirClient, next: Option<&str>) -> Option<ReadAhead> {
+    let url = check_next(client.base(), next?).ok()?;
+    let (c, u) = (client.clone(), url.clone());
+    Some(ReadAhead {
+        url,
+        body: tokio::spawn(async move { c.fetch_body(&u, true).await }),
+    })
+}
+
+/// The page at `url`: from the read-ahead when it holds that page, else fetched now with
+/// retries. Reading the page after it starts as soon as its link is known, before this one
+/// is parsed, so the server's answer and the parsing overlap. The read-ahead is only a head
+/// start: if it failed or its body does not parse, the page is fetched again the ordinary
+/// way, so faults are retried and reported exactly as without it.
+async fn fetch_next_page(
+    client: &FhirClient,
+    url: &url::Url,
+    ahead: &mut Option<ReadAhead>,
+    plan: &PollPlan,
+    health: &Health,
+    stop: &AtomicBool,
+) -> Result<crate::fhir::Page, PollError> {
+    if let Some(mut a) = ahead.take().filter(|a| a.url == *url) {
+        let started = std::time::Instant::now();
+        health.begin_step("poller");
+        let body = (&mut a.body).await;
+        health.end_step("poller");
+        if let Ok(Ok(body)) = body {
+            *ahead = read_ahead(client, crate::fhir::peek_next_link(&body).as_deref());
+            if let Ok(page) = client.parse_body(body).await {
+                health
+                    .counters
+                    .page_fetch_duration
+                    .observe_duration(started.elapsed());
+                let peeked = ahead.as_ref().map(|a| a.url.as_str());
+                let next = page
+                    .next
+                    .as_deref()
+                    .and_then(|n| check_next(client.base(), n).ok());
+                if peeked != next.as_ref().map(|u| u.as_str()) {
+                    // The quick look disagreed with the full parse: trust the parse.
+                    *ahead = read_ahead(client, page.next.as_deref());
+                }
+                return Ok(page);
+            }
+            *ahead = None;
+        }
+    }
+    let page = fetch_with_retry(client, url, true, plan, health, stop).await?;
+    *ahead = read_ahead(client, page.next.as_deref());
+    Ok(page)
+}
+
 /// Sleep in short steps, marking progress, and return early on shutdown.
 pub async fn sleep_with_progress(d: Duration, health: &Health, stop: &AtomicBool) {
     let deadline = tokio::time::Instant::now() + d;
@@ -271,7 +338,8 @@ pub fn poll_start(
 pub const CHECKPOINT_MIN_PAGES: u64 = 10;
 
 /// One complete poll: every page from `plan.since`, each delivered and committed before the
-/// poll is complete. The next page is fetched while the previous one is being scored.
+/// poll is complete. The next page is fetched and parsed while the previous one is being
+/// scored, and the one after it is already being read (`ReadAhead`).
 pub async fn run_poll(
     client: &FhirClient,
     sink: &dyn PageSink,
@@ -287,6 +355,7 @@ pub async fn run_poll(
     let mut last_seen: Option<DateTime<Utc>> = None;
     let first = client.first_url(plan.since, plan.page_size);
     let mut page = fetch_with_retry(client, &first, false, plan, health, &stop).await?;
+    let mut ahead = read_ahead(client, page.next.as_deref());
     let mut last_checkpoint = std::time::Instant::now();
     // The previous page's commit, running while this page is scored.
     let mut pending: Option<Committed> = None;
@@ -381,7 +450,7 @@ pub async fn run_poll(
                 }
                 let (committed, next_page) = tokio::join!(
                     delivery,
-                    fetch_with_retry(client, &url, true, plan, health, &stop)
+                    fetch_next_page(client, &url, &mut ahead, plan, health, &stop)
                 );
                 let committed = committed.map_err(PollError::Pipeline)?;
                 // This page is scored; wait for the previous one's commit, keep this one's.
