@@ -68,6 +68,19 @@ impl FetchError {
         }
     }
 
+    /// Retrying the same request cannot help: a page too large (ask for fewer), an expired
+    /// or foreign paging link, refused credentials, a setup error.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            FetchError::TooLarge(_)
+                | FetchError::PageExpired(_)
+                | FetchError::ForeignNext(_)
+                | FetchError::Auth(_)
+                | FetchError::Setup(_)
+        )
+    }
+
     /// A server-requested delay before retrying, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -523,16 +536,8 @@ impl FhirClient {
                 match self.fetch_page(&url, is_next).await {
                     Ok(p) => break p,
                     Err(e) => {
-                        let permanent = matches!(
-                            e,
-                            FetchError::TooLarge(_)
-                                | FetchError::PageExpired(_)
-                                | FetchError::ForeignNext(_)
-                                | FetchError::Auth(_)
-                                | FetchError::Setup(_)
-                        );
                         attempt += 1;
-                        if permanent || attempt >= 5 {
+                        if e.is_permanent() || attempt >= 5 {
                             return Err(e);
                         }
                         let delay = e

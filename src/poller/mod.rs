@@ -205,15 +205,7 @@ async fn fetch_with_retry(
                 Counters::add(&health.counters.fetch_errors, 1);
                 health.error("poller", e.kind());
                 // A too-large page fails the poll at once: the next one asks for fewer.
-                let permanent = matches!(
-                    e,
-                    FetchError::TooLarge(_)
-                        | FetchError::PageExpired(_)
-                        | FetchError::ForeignNext(_)
-                        | FetchError::Auth(_)
-                        | FetchError::Setup(_)
-                );
-                if permanent
+                if e.is_permanent()
                     || backoff.attempts() + 1 >= plan.page_attempts
                     || stop.load(Ordering::Relaxed)
                 {
