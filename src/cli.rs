@@ -350,21 +350,20 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             timezone,
             until,
         } => {
-            let tz = site_tz(timezone.as_deref(), cfg_path)?;
-            let (records, names) = if from_server {
+            let (records, names, tz) = if from_server {
+                // The server's config is required here (and gives the time zone).
                 let cfg = config::load(cfg_path)?.config;
+                let tz = match timezone.as_deref() {
+                    Some(_) => site_tz(timezone.as_deref(), None)?,
+                    None => cfg.timezone(),
+                };
                 let since = parse_since(&since, Utc::now())?;
                 let records = server_history(&cfg, since)?;
-                (
-                    records,
-                    vec![format!(
-                        "{} since {}",
-                        cfg.fhir.base_url,
-                        since.to_rfc3339()
-                    )],
-                )
+                let name = format!("{} since {}", cfg.fhir.base_url, since.to_rfc3339());
+                (records, vec![name], tz)
             } else {
-                read_inputs(&input)?
+                let (records, names) = read_inputs(&input)?;
+                (records, names, site_tz(timezone.as_deref(), cfg_path)?)
             };
             train_cmd(records, names, &output, epochs, seed, percentile, tz, until)?;
             Ok(ExitCode::SUCCESS)

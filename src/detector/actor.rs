@@ -153,7 +153,7 @@ impl Handler<EventsFetched> for DetectorActor {
                 let inflight = inflight.lock().unwrap_or_else(|p| p.into_inner());
                 msg.events
                     .iter()
-                    .map(|f| !inflight.is_empty() && inflight.contains(&f.record.key))
+                    .map(|f| inflight.contains(&f.record.key))
                     .collect()
             };
             let keys: Vec<String> = msg.events.iter().map(|f| f.record.key.clone()).collect();

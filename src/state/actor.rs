@@ -133,14 +133,6 @@ impl Handler<FilterKeys> for SeenFilterActor {
     }
 }
 
-impl Handler<FilterKeys> for StateActor {
-    type Result = Result<Vec<KeyStatus>, StateError>;
-    fn handle(&mut self, msg: FilterKeys, _: &mut Self::Context) -> Self::Result {
-        let keys: Vec<&str> = msg.keys.iter().map(String::as_str).collect();
-        self.store.filter(&keys)
-    }
-}
-
 impl Handler<CommitBatch> for StateActor {
     type Result = Result<(BatchCommit, BatchOutcome), StateError>;
     fn handle(&mut self, msg: CommitBatch, _: &mut Self::Context) -> Self::Result {

@@ -372,15 +372,6 @@ impl Store {
     }
 
     /// Classify fetched keys.
-    pub fn filter(&self, keys: &[&str]) -> Result<Vec<KeyStatus>, StateError> {
-        filter_keys(
-            &self.conn,
-            keys,
-            self.startup_seq,
-            self.snapshot_seq.load(Ordering::Acquire),
-        )
-    }
-
     /// A second, read-only connection for seen-key lookups, so a page can be filtered while
     /// the previous one commits (WAL readers do not wait for the writer). It sees committed
     /// keys only: keys still being committed must be checked by the caller *before* the
@@ -687,30 +678,22 @@ impl SeenReader {
     pub fn filter(&mut self, keys: &[&str]) -> Result<Vec<KeyStatus>, StateError> {
         let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
         let tx = self.conn.transaction()?;
-        let out = filter_keys(&tx, keys, self.startup_seq, snapshot_seq)?;
+        let mut out = Vec::with_capacity(keys.len());
+        {
+            let mut stmt = tx.prepare_cached("SELECT seq FROM seen WHERE key = ?1")?;
+            for k in keys {
+                let seq: Option<i64> = stmt.query_row([k], |r| r.get(0)).optional()?;
+                out.push(match seq {
+                    None => KeyStatus::New,
+                    // Committed by a process that died before its next snapshot.
+                    Some(s) if s > snapshot_seq && s <= self.startup_seq => KeyStatus::Replay,
+                    Some(_) => KeyStatus::Seen,
+                });
+            }
+        }
         tx.finish()?;
         Ok(out)
     }
-}
-
-fn filter_keys(
-    conn: &Connection,
-    keys: &[&str],
-    startup_seq: i64,
-    snapshot_seq: i64,
-) -> Result<Vec<KeyStatus>, StateError> {
-    let mut stmt = conn.prepare_cached("SELECT seq FROM seen WHERE key = ?1")?;
-    let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        let seq: Option<i64> = stmt.query_row([k], |r| r.get(0)).optional()?;
-        out.push(match seq {
-            None => KeyStatus::New,
-            // Committed by a process that died before its next snapshot.
-            Some(s) if s > snapshot_seq && s <= startup_seq => KeyStatus::Replay,
-            Some(_) => KeyStatus::Seen,
-        });
-    }
-    Ok(out)
 }
 
 pub struct Reader {
@@ -936,7 +919,7 @@ mod tests {
         assert_eq!(r.events_scored, 2);
         assert_eq!(r.alerts, 1);
         assert_eq!(
-            s.filter(&["a|v1", "c|v1"]).unwrap(),
+            s.seen_reader().unwrap().filter(&["a|v1", "c|v1"]).unwrap(),
             vec![KeyStatus::Seen, KeyStatus::New]
         );
     }
@@ -993,10 +976,24 @@ mod tests {
             Some(200),
             "no snapshot before the re-read passed b"
         );
+        let mut reader = s.seen_reader().unwrap();
         assert_eq!(
-            s.filter(&["a|v1", "b|v1", "c|v1"]).unwrap(),
+            reader.filter(&["a|v1", "b|v1", "c|v1"]).unwrap(),
             vec![KeyStatus::Seen, KeyStatus::Replay, KeyStatus::New]
         );
+        // A snapshot taken by this process covers b: the reader (opened before it) sees
+        // the new snapshot sequence and stops reporting b for replay.
+        let mut s = s;
+        s.commit_poll(&PollCommit {
+            cursor_ms: Some(200),
+            at_ms: 4,
+            poll_complete: true,
+            snapshot: Some(b"snap2".to_vec()),
+            prune_seen_before_ms: 0,
+            prune_alerts_before_ms: 0,
+        })
+        .unwrap();
+        assert_eq!(reader.filter(&["b|v1"]).unwrap(), vec![KeyStatus::Seen]);
     }
 
     #[test]
@@ -1032,7 +1029,7 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(
-            s.filter(&["old", "new"]).unwrap(),
+            s.seen_reader().unwrap().filter(&["old", "new"]).unwrap(),
             vec![KeyStatus::New, KeyStatus::Seen]
         );
     }

@@ -430,22 +430,25 @@ fn train_from_server_reads_the_whole_history_once() {
     s.store.insert_raw(old);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &s.base_url);
+    let train = |since: &str, out: &Path| {
+        run(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "train",
+                "--from-server",
+                "--since",
+                since,
+                "--epochs",
+                "2",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
     let out = dir.path().join("model");
-    let (code, _, err) = run(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "train",
-            "--from-server",
-            "--since",
-            "7d",
-            "--epochs",
-            "2",
-            "--output",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, _, err) = train("7d", &out);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("read 1250 events from"), "{err}");
     let meta: serde_json::Value =
@@ -462,19 +465,7 @@ fn train_from_server_reads_the_whole_history_once() {
     fhir_edge::detector::model::Model::load(&out).unwrap();
 
     // Nothing in the window: a clear refusal, not an empty model.
-    let (code, _, err) = run(
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "train",
-            "--from-server",
-            "--since",
-            "1h",
-            "--output",
-            dir.path().join("m2").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, _, err) = train("1h", &dir.path().join("m2"));
     assert_eq!(code, 1);
     assert!(err.contains("nothing to learn from"), "{err}");
 }
