@@ -289,6 +289,23 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
         let i = rng.below(users.len() as u64) as usize;
         users[i].dormant = true;
     }
+    // Who is asked to consult on whose patients follows a pattern, as in a real hospital
+    // (cardiology on surgical and intensive-care patients, say): each clinical department
+    // mostly calls on two or three partner departments, now and then on any other one. The
+    // partners are drawn from the seed, so runs with different seeds differ.
+    let partners: Vec<Vec<usize>> = (0..9)
+        .map(|d| {
+            let mut ps = Vec::new();
+            let n = 2 + rng.below(2) as usize;
+            while ps.len() < n {
+                let c = rng.below(9) as usize;
+                if c != d && !ps.contains(&c) {
+                    ps.push(c);
+                }
+            }
+            ps
+        })
+        .collect();
     let mut patients = Vec::with_capacity(opts.patients);
     let total_days = opts.days as i64;
     for i in 0..opts.patients {
@@ -312,7 +329,11 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
         let last = *rng.pick(LAST);
         let mut consults = Vec::new();
         for _ in 0..rng.below(3) {
-            let c = rng.below(9) as usize;
+            let c = if rng.chance(0.85) {
+                *rng.pick(&partners[dept])
+            } else {
+                rng.below(9) as usize
+            };
             if c != dept && !consults.contains(&c) {
                 consults.push(c);
             }
