@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -25,6 +25,8 @@ pub const MAX_PATIENT_RECENT: usize = 128;
 pub const MAX_IPS: usize = 16;
 pub const MAX_APPS: usize = 8;
 pub const MAX_DEPTS: usize = 8;
+/// (department, home department) pairs counted for `dept_pair_rarity`.
+pub const MAX_DEPT_PAIRS: usize = 65_536;
 
 const MIN_10: i64 = 10 * 60_000;
 const HOUR: i64 = 3_600_000;
@@ -64,9 +66,10 @@ pub const FEATURES: &[&str] = &[
     "session_start_rarity",
     "unrelated_accesses_1h",
     "patient_users_vs_usual",
+    "dept_pair_rarity",
 ];
 
-pub const N_FEATURES: usize = 29;
+pub const N_FEATURES: usize = 30;
 
 /// A session ends after this long without activity.
 const SESSION_GAP: i64 = 8 * HOUR;
@@ -91,6 +94,7 @@ pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
     1, // session start hour
     1, // unrelated accesses by the user in the last hour
     1, // the patient's users today against its usual
+    1, // how rarely the user's department enters records homed where this one is
 ];
 
 /// Raw facts behind the features, for plain-language explanations.
@@ -130,6 +134,12 @@ pub struct Facts {
     pub usual_break_days: f32,
     /// Accesses to unrelated patients by this user in the last hour, this one included.
     pub unrelated_1h: u32,
+    /// For an unrelated access: the department most of the patient's record activity comes
+    /// from, and how many of the user's department's earlier unrelated accesses went to
+    /// patients homed there (of how many).
+    pub home_dept: Option<String>,
+    pub pair_count: u32,
+    pub pair_total: u32,
     pub query_count: Option<u32>,
     pub export: bool,
     pub same_family_name: bool,
@@ -268,6 +278,23 @@ struct PatientState {
     unrelated: VecDeque<(i64, u64, f32)>,
 }
 
+/// Distinct users who opened the patient's record in the last day without a departmental
+/// relationship, and the summed weight of how unusual that was for each of them.
+fn unrelated_crowd(p: &PatientState, now: i64) -> (Vec<u64>, f32) {
+    let mut seen_users: Vec<u64> = Vec::new();
+    let mut pressure = 0.0;
+    for (t, u, w) in p.unrelated.iter().rev() {
+        if *t < now - DAY {
+            break;
+        }
+        if !seen_users.contains(u) {
+            seen_users.push(*u);
+            pressure += w;
+        }
+    }
+    (seen_users, pressure)
+}
+
 /// The whole context. Serialisable (snapshotted with the cursor).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Context {
@@ -284,6 +311,14 @@ pub struct Context {
     site_sessions: f32,
     /// Department names by hash, for explanations (bounded by the number of departments seen).
     dept_names: IdMap<String>,
+    /// Where each department's staff go when they open a record their department has no
+    /// history with: counts by (department, the patient's home department) hash, and per
+    /// department in total. Consulting services have a pattern (cardiology on surgical
+    /// patients); a lookup outside it is rarer. Bounded by `MAX_DEPT_PAIRS`.
+    #[serde(default)]
+    bridges: IdMap<f32>,
+    #[serde(default)]
+    bridges_from: IdMap<f32>,
     #[serde(skip)]
     tz: Option<chrono_tz::Tz>,
 }
@@ -446,6 +481,25 @@ impl Context {
         (x, facts)
     }
 
+    /// How rarely department `d`'s unrelated accesses went to patients homed in `home`:
+    /// (count, the department's total, -ln of the smoothed share). Uniform (ln of the
+    /// number of departments) while the department has no such history.
+    fn pair_rarity(&self, d: u64, home: u64) -> (f32, f32, f32) {
+        let c = self.bridges.get(&h64(&(d, home))).copied().unwrap_or(0.0);
+        let t = self.bridges_from.get(&d).copied().unwrap_or(0.0);
+        let k = self.dept_names.len().max(2) as f32;
+        (c, t, -((c + 1.0) / (t + k)).ln())
+    }
+
+    /// The part of a pair rarity above what a department that goes everywhere (radiology,
+    /// the laboratory) shows: extra weight for an unrelated access in the VIP pressure.
+    fn pair_excess(&self, rarity: f32) -> f32 {
+        if rarity <= 0.0 {
+            return 0.0;
+        }
+        (rarity - (self.dept_names.len().max(2) as f32).ln()).max(0.0)
+    }
+
     /// Fold an event into the context without computing features (replay after restart).
     pub fn replay(&mut self, r: &AuditRecord) {
         self.update(r, Known::default());
@@ -474,6 +528,8 @@ impl Context {
             weekday,
             ..Default::default()
         };
+        let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
+        let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
 
         let mut known = Known::default();
         let mut x = [0f32; N_FEATURES];
@@ -528,9 +584,12 @@ impl Context {
             x[3] = (d10 as f32).ln_1p();
             x[4] = (d1h as f32).ln_1p();
             x[5] = ((d1h as f32 + 1.0) / (u.usual_d1h_hi + 1.0)).ln().max(0.0);
-            let fails = u.failed.iter().filter(|t| **t >= now - FAIL_WINDOW).count() as u32;
+            // Failed logins in the window, this one included. One mistyped password is
+            // routine; the evidence is in the ones that follow it.
+            let fails = u.failed.iter().filter(|t| **t >= now - FAIL_WINDOW).count() as u32
+                + failed_login as u32;
             facts.failed_15m = fails;
-            x[11] = (fails as f32).ln_1p();
+            x[11] = (fails.saturating_sub(1) as f32).ln_1p();
             // Novelty of the address and app for a user with enough history: 1 when never
             // seen, decaying with use, so a whole session from a new place stands out.
             let mature = u.events >= MATURE;
@@ -573,6 +632,7 @@ impl Context {
         } else {
             x[3] = (ph.is_some() as u8 as f32).ln_1p();
             x[4] = x[3];
+            facts.failed_15m = failed_login as u32;
         }
 
         if let (Some(u), Some(p)) = (uh, ph) {
@@ -604,23 +664,22 @@ impl Context {
                     });
                     facts.unrelated_1h = before as u32 + 1;
                     x[27] = (before as f32).ln_1p();
+                    // How rarely the department's unrelated accesses land on patients homed
+                    // where this one is (smoothed: uniform while the department is new).
+                    if let (Some(d), Some(home)) = (dept_h, home_dept(p)) {
+                        let (c, t, rarity) = self.pair_rarity(d, home);
+                        facts.home_dept = self.dept_names.get(&home).cloned();
+                        facts.pair_count = c as u32;
+                        facts.pair_total = t as u32;
+                        x[29] = rarity;
+                    }
                 }
                 // VIP pressure: how unusual, summed over distinct users, today's unrelated
                 // accesses to this patient are (ward staff weigh much, radiology little).
-                let mut seen_users: Vec<u64> = Vec::new();
-                let mut pressure = 0.0;
-                for (t, u, w) in p.unrelated.iter().rev() {
-                    if *t < now - DAY {
-                        break;
-                    }
-                    if !seen_users.contains(u) {
-                        seen_users.push(*u);
-                        pressure += w;
-                    }
-                }
+                let (mut seen_users, mut pressure) = unrelated_crowd(p, now);
                 if unrelated_now && uh.is_some_and(|u| !seen_users.contains(&u)) {
                     seen_users.push(uh.unwrap_or_default());
-                    pressure += x[7];
+                    pressure += x[7] + self.pair_excess(x[29]);
                 }
                 facts.unrelated_users_24h = seen_users.len() as u32;
                 // log((accesses from the user's department + 1) / (all accesses + 1)): 0 for
@@ -650,6 +709,7 @@ impl Context {
             }
             _ => {
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
+                facts.patient_users_24h = ph.is_some() as u32;
                 x[9] = (ph.is_some() as u8 as f32).ln_1p();
             }
         }
@@ -661,8 +721,9 @@ impl Context {
         }
         facts.export |= r.interaction == Interaction::Export;
         x[16] = facts.export as u8 as f32;
-        x[17] = (r.outcome > 0) as u8 as f32;
-        x[18] = matches!(r.interaction, Interaction::Login | Interaction::Logout) as u8 as f32;
+        // Failed logins count in `failed_logins_15m`; this is any other refused request.
+        x[17] = (r.outcome > 0 && !is_login) as u8 as f32;
+        x[18] = is_login as u8 as f32;
         x[19] = (r.interaction == Interaction::Search) as u8 as f32;
         x[20] = matches!(
             r.interaction,
@@ -772,14 +833,29 @@ impl Context {
             let pair = h64(&(uh, p));
             let first = !self.pairs_old.contains(&pair) && !self.pairs_now.contains(&pair);
             let user_dept = dept_h.or(u.dept);
+            let mut bridge = None;
             let cross = self.patients.get(&p).filter(|ps| ps.total > 0.0).map(|ps| {
                 let own = user_dept
                     .and_then(|d| ps.depts.iter().find(|e| e.0 == d).map(|e| e.1))
                     .unwrap_or(0.0);
-                is_unrelated(own / ps.total, ps.total) as u8 as f32
+                let unrelated = is_unrelated(own / ps.total, ps.total);
+                if unrelated {
+                    bridge = user_dept.zip(home_dept(ps));
+                }
+                unrelated as u8 as f32
             });
+            let pair_excess = bridge.map_or(0.0, |(d, home)| {
+                self.pair_excess(self.pair_rarity(d, home).2)
+            });
+            if let Some((d, home)) = bridge {
+                let key = h64(&(d, home));
+                if self.bridges.len() < MAX_DEPT_PAIRS || self.bridges.contains_key(&key) {
+                    *self.bridges.entry(key).or_default() += 1.0;
+                    *self.bridges_from.entry(d).or_default() += 1.0;
+                }
+            }
             let u = self.users.get_mut(&uh).expect("inserted above");
-            let weight = unrelated_weight(u.cross_rate);
+            let weight = unrelated_weight(u.cross_rate) + pair_excess;
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
@@ -842,9 +918,22 @@ impl Context {
     }
 }
 
-/// A patient with some record history, none of it from the user's department.
+/// The department most of a patient's record activity comes from.
+fn home_dept(p: &PatientState) -> Option<u64> {
+    p.depts
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|e| e.0)
+}
+
+/// Below this share of a patient's record activity, a department has no working
+/// relationship with the patient: one earlier lookup from the department (a colleague's, or
+/// the user's own) does not make the next one part of the patient's care.
+const RELATED_SHARE: f32 = 0.03;
+
+/// A patient with some record history, (almost) none of it from the user's department.
 fn is_unrelated(dept_share: f32, history: f32) -> bool {
-    history >= 1.0 && dept_share <= 0.0
+    history >= 1.0 && dept_share < RELATED_SHARE
 }
 
 /// How unusual an unrelated access is for a user whose rate of such access is `rate`.
@@ -951,6 +1040,45 @@ mod tests {
         assert_eq!(c.observe(&r).0, d.observe(&r).0);
     }
 
+    /// A consulting department's pattern (cardiology on surgical patients) makes its next
+    /// such lookup ordinary; the same department opening an oncology patient is not.
+    #[test]
+    fn department_pairs_learn_consult_patterns() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = Utc
+            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let mut t = t0;
+        let mut at = |user: &str, dept: &str, patient: &str| {
+            t += 60_000;
+            let mut r = rec(user, patient, t);
+            r.department = Some(dept.into());
+            r
+        };
+        for i in 0..40 {
+            c.observe(&at("Practitioner/s1", "Surgery", &format!("Patient/s{i}")));
+            c.observe(&at("Practitioner/s2", "Surgery", &format!("Patient/s{i}")));
+        }
+        for i in 0..5 {
+            c.observe(&at("Practitioner/o1", "Oncology", &format!("Patient/o{i}")));
+        }
+        for i in 0..20 {
+            c.observe(&at("Practitioner/c1", "Cardiology", &format!("Patient/s{i}")));
+        }
+        let (usual, f_usual) = c.observe(&at("Practitioner/c2", "Cardiology", "Patient/s30"));
+        let (rare, f_rare) = c.observe(&at("Practitioner/c2", "Cardiology", "Patient/o1"));
+        let i = feature("dept_pair_rarity");
+        assert!(rare[i] > usual[i] + 1.5, "{} vs {}", rare[i], usual[i]);
+        assert_eq!(f_usual.home_dept.as_deref(), Some("Surgery"));
+        assert_eq!((f_usual.pair_count, f_usual.pair_total), (20, 20));
+        assert_eq!(f_rare.home_dept.as_deref(), Some("Oncology"));
+        assert_eq!((f_rare.pair_count, f_rare.pair_total), (0, 21));
+        // A department's own patient is not an unrelated access at all.
+        let (own, f_own) = c.observe(&at("Practitioner/s1", "Surgery", "Patient/s3"));
+        assert_eq!((own[i], f_own.home_dept), (0.0, None));
+    }
+
     #[test]
     fn failed_logins_are_windowed() {
         let mut c = Context::new(chrono_tz::UTC);
@@ -970,6 +1098,19 @@ mod tests {
         r.interaction = Interaction::Login;
         let (_, f) = c.observe(&r);
         assert_eq!(f.failed_15m, 5);
+        // One mistyped password is routine; the second failure in the window is evidence.
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut r = rec("Practitioner/2", "", t0);
+        r.patient = None;
+        r.interaction = Interaction::Login;
+        r.outcome = 4;
+        let (x, f) = c.observe(&r);
+        assert_eq!((f.failed_15m, x[feature("failed_logins_15m")]), (1, 0.0));
+        assert_eq!(x[feature("failure_outcome")], 0.0);
+        r.recorded += chrono::Duration::seconds(5);
+        let (x, f) = c.observe(&r);
+        assert_eq!(f.failed_15m, 2);
+        assert!(x[feature("failed_logins_15m")] > 0.0);
         let (_, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0 + FAIL_WINDOW * 2));
         assert_eq!(f.failed_15m, 0);
     }

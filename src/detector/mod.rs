@@ -198,7 +198,8 @@ fn kind_of(feature: &str) -> &'static str {
         "first_access_to_patient"
         | "unrelated_patient_rarity"
         | "dept_history_with_patient"
-        | "unrelated_accesses_1h" => "cross_department",
+        | "unrelated_accesses_1h"
+        | "dept_pair_rarity" => "cross_department",
         "patient_users_24h" | "unrelated_pressure_24h" | "patient_users_vs_usual" => "vip_snooping",
         "failed_logins_15m" | "failure_outcome" => "failed_logins",
         "new_source_ip" | "new_client_app" => "new_source",
@@ -261,7 +262,7 @@ pub fn explain(
                     (true, _) => "first access to this patient".to_string(),
                     (false, _) => "access to this patient".to_string(),
                 };
-                match (f.dept_share, &f.dept) {
+                let mut text = match (f.dept_share, &f.dept) {
                     (Some(s), Some(d)) => format!(
                         "{first}; {} of the patient's record activity ({} earlier accesses) comes from {d}",
                         pct(s),
@@ -269,15 +270,28 @@ pub fn explain(
                     ),
                     _ if f.patient_history == 0 => format!("{first}; the patient has no earlier record activity"),
                     _ => format!("{first}; the user's department is unknown"),
+                };
+                if let (Some(home), Some(d)) = (&f.home_dept, &f.dept) {
+                    text.push_str(&format!(
+                        "; the patient is mostly seen by {home}, and {} of {d}'s {} earlier lookups of other departments' patients went there",
+                        f.pair_count, f.pair_total
+                    ));
+                }
+                text
+            }
+            "vip_snooping" => {
+                let crowd = format!(
+                    "{} different users opened this patient's record in 24 h (usual {:.0})",
+                    f.patient_users_24h,
+                    f.usual_patient_users.ceil()
+                );
+                match f.unrelated_users_24h {
+                    0 => crowd,
+                    n => format!(
+                        "{crowd}, {n} of them from departments with (almost) no history with the patient — a watched or VIP record?"
+                    ),
                 }
             }
-            "vip_snooping" => format!(
-                "{} different users opened this patient's record in 24 h (usual {:.0}), {} of them from departments with no \
-                 history with the patient — a watched or VIP record?",
-                f.patient_users_24h,
-                f.usual_patient_users.ceil(),
-                f.unrelated_users_24h
-            ),
             "failed_logins" => {
                 if r.outcome > 0 && f.failed_15m == 0 {
                     "the request failed".to_string()
@@ -343,6 +357,27 @@ mod tests {
         .unwrap();
         let (why, kinds) = explain(&c, &facts, &rec);
         assert_eq!(kinds, vec!["bulk_access"]);
+        let mut c = [0f32; N_FEATURES];
+        c[29] = 10.0;
+        let facts = Facts {
+            first_pair: true,
+            unrelated_1h: 1,
+            dept: Some("Cardiology".into()),
+            dept_share: Some(0.0),
+            patient_history: 42,
+            home_dept: Some("Oncology".into()),
+            pair_count: 0,
+            pair_total: 180,
+            ..Default::default()
+        };
+        let (why2, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec!["cross_department"]);
+        assert_eq!(
+            why2[0],
+            "first access to this patient; 0% of the patient's record activity (42 earlier accesses) comes from \
+             Cardiology; the patient is mostly seen by Oncology, and 0 of Cardiology's 180 earlier lookups of \
+             other departments' patients went there"
+        );
         assert_eq!(
             why[0],
             "opened 212 distinct patients in 10 min, 240 in 1 h (usual ≤ 15 per hour)"
