@@ -7,6 +7,16 @@ fn main() -> std::process::ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
+    // glibc gives each thread that allocates its own arena (up to 8 per core) and keeps
+    // freed memory in them: with actix threads and tokio's blocking pool (parsing, scoring,
+    // snapshots, SQLite) that was up to ~12 MB of peak RSS held for nothing in a 1M-event
+    // catch-up (BENCHMARKS.md); two arenas showed no measurable cost in speed there. An
+    // explicit MALLOC_ARENA_MAX from the environment wins.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
     // A panic anywhere ends the process (systemd restarts it): actix would otherwise keep
     // running with a dead actor thread.
     let default_hook = std::panic::take_hook();
