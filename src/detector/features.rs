@@ -811,14 +811,16 @@ impl Context {
             u.dept = dept_h;
         }
         if let Some(p) = ph {
-            u.recent.push_back((now, p));
+            // Make room before pushing, so a buffer never grows past its bound (a push onto
+            // a full VecDeque doubles its allocation).
             let mut capped = false;
-            while u.recent.len() > MAX_RECENT
+            while u.recent.len() >= MAX_RECENT
                 || u.recent.front().is_some_and(|(t, _)| *t < now - HOUR)
             {
-                capped |= u.recent.len() > MAX_RECENT;
+                capped |= u.recent.len() >= MAX_RECENT;
                 u.recent.pop_front();
             }
+            u.recent.push_back((now, p));
             let d1h = match known.user_patients_1h {
                 Some(n) if !capped => n,
                 _ => distinct(&u.recent, now - HOUR),
@@ -880,19 +882,19 @@ impl Context {
                 .unwrap_or_else(|| distinct(&ps.recent, now - DAY))
                 as f32;
             ps.usual_users = 0.95 * ps.usual_users + 0.05 * users24;
+            while ps.recent.len() >= MAX_PATIENT_RECENT
+                || ps.recent.front().is_some_and(|(t, _)| *t < now - DAY)
+            {
+                ps.recent.pop_front();
+            }
             ps.recent.push_back((now, uh));
             if cross == Some(1.0) {
-                ps.unrelated.push_back((now, uh, weight));
-                while ps.unrelated.len() > 64
+                while ps.unrelated.len() >= 64
                     || ps.unrelated.front().is_some_and(|e| e.0 < now - DAY)
                 {
                     ps.unrelated.pop_front();
                 }
-            }
-            while ps.recent.len() > MAX_PATIENT_RECENT
-                || ps.recent.front().is_some_and(|(t, _)| *t < now - DAY)
-            {
-                ps.recent.pop_front();
+                ps.unrelated.push_back((now, uh, weight));
             }
             if let Some(d) = dept_h.or(self.users.get(&uh).and_then(|u| u.dept)) {
                 if let Some(e) = ps.depts.iter_mut().find(|e| e.0 == d) {
