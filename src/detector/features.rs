@@ -1066,7 +1066,11 @@ mod tests {
             c.observe(&at("Practitioner/o1", "Oncology", &format!("Patient/o{i}")));
         }
         for i in 0..20 {
-            c.observe(&at("Practitioner/c1", "Cardiology", &format!("Patient/s{i}")));
+            c.observe(&at(
+                "Practitioner/c1",
+                "Cardiology",
+                &format!("Patient/s{i}"),
+            ));
         }
         let (usual, f_usual) = c.observe(&at("Practitioner/c2", "Cardiology", "Patient/s30"));
         let (rare, f_rare) = c.observe(&at("Practitioner/c2", "Cardiology", "Patient/o1"));

@@ -210,6 +210,9 @@ fn kind_of(feature: &str) -> &'static str {
     }
 }
 
+/// Earlier unrelated lookups a department needs before its pattern is quoted in a reason.
+const MIN_PATTERN: u32 = 10;
+
 /// Plain-language reasons from the top contributing features, strongest first.
 pub fn explain(
     contrib: &[f32; N_FEATURES],
@@ -271,7 +274,8 @@ pub fn explain(
                     _ if f.patient_history == 0 => format!("{first}; the patient has no earlier record activity"),
                     _ => format!("{first}; the user's department is unknown"),
                 };
-                if let (Some(home), Some(d)) = (&f.home_dept, &f.dept) {
+                // The department's pattern says something only once it has one.
+                if let (Some(home), Some(d), true) = (&f.home_dept, &f.dept, f.pair_total >= MIN_PATTERN) {
                     text.push_str(&format!(
                         "; the patient is mostly seen by {home}, and {} of {d}'s {} earlier lookups of other departments' patients went there",
                         f.pair_count, f.pair_total
@@ -372,6 +376,12 @@ mod tests {
         };
         let (why2, kinds) = explain(&c, &facts, &rec);
         assert_eq!(kinds, vec!["cross_department"]);
+        // Without a pattern yet, the reason does not quote one.
+        let young = Facts {
+            pair_total: 3,
+            ..facts.clone()
+        };
+        assert!(!explain(&c, &young, &rec).0[0].contains("mostly seen by"));
         assert_eq!(
             why2[0],
             "first access to this patient; 0% of the patient's record activity (42 earlier accesses) comes from \
