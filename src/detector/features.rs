@@ -487,17 +487,20 @@ impl Context {
     fn pair_rarity(&self, d: u64, home: u64) -> (f32, f32, f32) {
         let c = self.bridges.get(&h64(&(d, home))).copied().unwrap_or(0.0);
         let t = self.bridges_from.get(&d).copied().unwrap_or(0.0);
-        let k = self.dept_names.len().max(2) as f32;
-        (c, t, -((c + 1.0) / (t + k)).ln())
+        (c, t, -((c + 1.0) / (t + self.departments())).ln())
     }
 
-    /// The part of a pair rarity above what a department that goes everywhere (radiology,
-    /// the laboratory) shows: extra weight for an unrelated access in the VIP pressure.
-    fn pair_excess(&self, rarity: f32) -> f32 {
-        if rarity <= 0.0 {
-            return 0.0;
-        }
-        (rarity - (self.dept_names.len().max(2) as f32).ln()).max(0.0)
+    /// Departments seen (at least 2, for smoothing).
+    fn departments(&self) -> f32 {
+        self.dept_names.len().max(2) as f32
+    }
+
+    /// An unrelated access's weight in the patient's VIP pressure: how unusual such access
+    /// is for the user (`cross_rate`), plus how much rarer the department's pair is than for
+    /// a department that goes everywhere (radiology, the laboratory). `pair_rarity` is 0
+    /// when unknown. The one formula for the current access and the stored ones.
+    fn access_weight(&self, cross_rate: f32, pair_rarity: f32) -> f32 {
+        unrelated_weight(cross_rate) + (pair_rarity - self.departments().ln()).max(0.0)
     }
 
     /// Fold an event into the context without computing features (replay after restart).
@@ -679,7 +682,7 @@ impl Context {
                 let (mut seen_users, mut pressure) = unrelated_crowd(p, now);
                 if unrelated_now && uh.is_some_and(|u| !seen_users.contains(&u)) {
                     seen_users.push(uh.unwrap_or_default());
-                    pressure += x[7] + self.pair_excess(x[29]);
+                    pressure += self.access_weight(user.map_or(0.0, |u| u.cross_rate), x[29]);
                 }
                 facts.unrelated_users_24h = seen_users.len() as u32;
                 // log((accesses from the user's department + 1) / (all accesses + 1)): 0 for
@@ -846,9 +849,9 @@ impl Context {
                 }
                 unrelated as u8 as f32
             });
-            let pair_excess = bridge.map_or(0.0, |(d, home)| {
-                self.pair_excess(self.pair_rarity(d, home).2)
-            });
+            let rarity = bridge.map_or(0.0, |(d, home)| self.pair_rarity(d, home).2);
+            let weight =
+                self.access_weight(self.users.get(&uh).map_or(0.0, |u| u.cross_rate), rarity);
             if let Some((d, home)) = bridge {
                 let key = h64(&(d, home));
                 if self.bridges.len() < MAX_DEPT_PAIRS || self.bridges.contains_key(&key) {
@@ -857,7 +860,6 @@ impl Context {
                 }
             }
             let u = self.users.get_mut(&uh).expect("inserted above");
-            let weight = unrelated_weight(u.cross_rate) + pair_excess;
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
@@ -976,6 +978,13 @@ mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
 
+    /// Monday 2024-03-04 at `hour`:00 UTC, in ms.
+    fn monday(hour: u32) -> i64 {
+        Utc.with_ymd_and_hms(2024, 3, 4, hour, 0, 0)
+            .unwrap()
+            .timestamp_millis()
+    }
+
     fn rec(user: &str, patient: &str, t: i64) -> AuditRecord {
         AuditRecord {
             key: format!("{user}{patient}{t}"),
@@ -1002,10 +1011,7 @@ mod tests {
     #[test]
     fn features_are_causal_and_counted() {
         let mut c = Context::new(chrono_tz::UTC);
-        let t0 = Utc
-            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
-            .unwrap()
-            .timestamp_millis();
+        let t0 = monday(10);
         let (x, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0));
         assert!(f.first_pair);
         assert_eq!(x[6], 1.0);
@@ -1032,10 +1038,7 @@ mod tests {
     #[test]
     fn snapshot_round_trips() {
         let mut c = Context::new(chrono_tz::UTC);
-        let t0 = Utc
-            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
-            .unwrap()
-            .timestamp_millis();
+        let t0 = monday(10);
         c.observe(&rec("Practitioner/1", "Patient/1", t0));
         let mut d = Context::from_bytes(&c.to_bytes(), chrono_tz::UTC).unwrap();
         let r = rec("Practitioner/1", "Patient/1", t0 + 5);
@@ -1047,10 +1050,7 @@ mod tests {
     #[test]
     fn department_pairs_learn_consult_patterns() {
         let mut c = Context::new(chrono_tz::UTC);
-        let t0 = Utc
-            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
-            .unwrap()
-            .timestamp_millis();
+        let t0 = monday(10);
         let mut t = t0;
         let mut at = |user: &str, dept: &str, patient: &str| {
             t += 60_000;
@@ -1085,13 +1085,39 @@ mod tests {
         assert_eq!((own[i], f_own.home_dept), (0.0, None));
     }
 
+    /// One earlier lookup from a department (3% or less of the record) does not make the
+    /// next one from that department part of the patient's care; a real share does.
+    #[test]
+    fn a_relationship_needs_a_real_share_of_the_record() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(10);
+        let mut at = |user: &str, dept: &str| {
+            t += 60_000;
+            let mut r = rec(user, "Patient/vip", t);
+            r.department = Some(dept.into());
+            r
+        };
+        for _ in 0..40 {
+            c.observe(&at("Practitioner/s1", "Surgery"));
+        }
+        let unrelated = feature("unrelated_patient_rarity");
+        let (x, _) = c.observe(&at("Practitioner/c1", "Cardiology"));
+        assert!(x[unrelated] > 0.0);
+        // Cardiology now has 1 of 41 accesses: the second snooper is still unrelated.
+        let (x, f) = c.observe(&at("Practitioner/c2", "Cardiology"));
+        assert!(x[unrelated] > 0.0, "{:?}", f.dept_share);
+        assert_eq!(f.unrelated_users_24h, 2);
+        for _ in 0..10 {
+            c.observe(&at("Practitioner/c3", "Cardiology"));
+        }
+        let (x, _) = c.observe(&at("Practitioner/c4", "Cardiology"));
+        assert_eq!(x[unrelated], 0.0);
+    }
+
     #[test]
     fn failed_logins_are_windowed() {
         let mut c = Context::new(chrono_tz::UTC);
-        let t0 = Utc
-            .with_ymd_and_hms(2024, 3, 4, 10, 0, 0)
-            .unwrap()
-            .timestamp_millis();
+        let t0 = monday(10);
         for i in 0..5 {
             let mut r = rec("Practitioner/1", "", t0 + i * 1000);
             r.patient = None;
@@ -1181,10 +1207,7 @@ mod tests {
     #[test]
     fn session_start_hour_separates_a_late_shift_from_a_night_session() {
         let mut c = Context::new(chrono_tz::UTC);
-        let day0 = Utc
-            .with_ymd_and_hms(2024, 3, 4, 0, 0, 0)
-            .unwrap()
-            .timestamp_millis();
+        let day0 = monday(0);
         let at = |d: i64, h: i64, m: i64| day0 + d * DAY + h * HOUR + m * 60_000;
         for d in 0..20 {
             for k in 0..16 {
@@ -1221,10 +1244,7 @@ mod tests {
     #[test]
     fn dormancy_is_relative_to_usual_breaks() {
         let mut c = Context::new(chrono_tz::UTC);
-        let day0 = Utc
-            .with_ymd_and_hms(2024, 3, 4, 0, 0, 0)
-            .unwrap()
-            .timestamp_millis();
+        let day0 = monday(0);
         let j = feature("dormancy_vs_usual_break");
         // Works two days, then three off, for six weeks.
         let mut d = 0;

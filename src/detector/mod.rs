@@ -362,7 +362,10 @@ mod tests {
         let (why, kinds) = explain(&c, &facts, &rec);
         assert_eq!(kinds, vec!["bulk_access"]);
         let mut c = [0f32; N_FEATURES];
-        c[29] = 10.0;
+        c[FEATURES
+            .iter()
+            .position(|f| *f == "dept_pair_rarity")
+            .unwrap()] = 10.0;
         let facts = Facts {
             first_pair: true,
             unrelated_1h: 1,

@@ -889,6 +889,16 @@ fn body_str(body: Vec<u8>) -> Result<std::sync::Arc<str>, ParseError> {
     }
 }
 
+/// The Bundle's `next` paging link, if it has a non-empty one. The one reading for the full
+/// parse and the peek, which must agree.
+fn next_link(links: &[BundleLink]) -> Option<String> {
+    links
+        .iter()
+        .find(|l| l.relation == "next")
+        .map(|l| l.url.clone())
+        .filter(|u| !u.is_empty())
+}
+
 /// The `next` link of a searchset Bundle, read without parsing its entries when `link`
 /// comes before `entry` (as servers write it): the poller starts fetching the next page
 /// while this one is parsed. A guess only: the full parse is authoritative.
@@ -905,11 +915,7 @@ pub fn peek_next_link(body: &[u8]) -> Option<String> {
                 match k.as_str() {
                     "link" => {
                         let links: Vec<BundleLink> = map.next_value()?;
-                        *self.0 = links
-                            .into_iter()
-                            .find(|l| l.relation == "next")
-                            .map(|l| l.url)
-                            .filter(|u| !u.is_empty());
+                        *self.0 = next_link(&links);
                         // Stop here: the entries are left unread (the deserializer then
                         // reports the unread rest as an error, which is ignored).
                         return Ok(());
@@ -950,12 +956,7 @@ pub fn parse_page_owned(body: Vec<u8>, resource_type: &str) -> Result<Page, Pars
         });
     }
     let mut page = Page {
-        next: bundle
-            .link
-            .iter()
-            .find(|l| l.relation == "next")
-            .map(|l| l.url.clone())
-            .filter(|u| !u.is_empty()),
+        next: next_link(&bundle.link),
         total: bundle.total,
         ..Page::default()
     };
