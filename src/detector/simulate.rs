@@ -855,18 +855,28 @@ fn inject(
             }
         }
         "family_snooping" => {
-            let relatives: Vec<usize> = anywhere
+            // A relative admitted elsewhere whose record the user's work never opened: a
+            // pharmacist who has been checking a relative's orders opens that record for a
+            // reason the audit trail cannot tell from work, so that is not injected as snooping.
+            let relatives: Vec<&Patient> = anywhere
                 .iter()
-                .copied()
-                .filter(|p| h.patients[*p].last == u.last && h.patients[*p].dept != u.dept)
+                .map(|p| &h.patients[*p])
+                .filter(|p| p.last == u.last && p.dept != u.dept)
                 .collect();
-            // Make one if there is none: a relative admitted elsewhere.
-            let p = match relatives.first() {
-                Some(p) => &h.patients[*p],
-                None => return,
-            };
+            if relatives.is_empty() {
+                return;
+            }
             let t = in_shift(rng, u);
-            em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, rng);
+            let worked_on = |p: &Patient| {
+                em.out.iter().any(|e| {
+                    e.recorded < t
+                        && e.json["agent"][0]["who"]["reference"] == u.reference.as_str()
+                        && e.json["entity"][0]["what"]["reference"] == p.reference.as_str()
+                })
+            };
+            if let Some(p) = relatives.into_iter().find(|p| !worked_on(p)) {
+                em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, rng);
+            }
         }
         _ => {}
     }
@@ -921,5 +931,49 @@ mod tests {
             let raw = serde_json::value::to_raw_value(&e.json).unwrap();
             crate::fhir::parse_audit_event(&raw).unwrap();
         }
+    }
+
+    #[test]
+    fn family_snooping_opens_a_record_the_users_work_never_opened() {
+        let mut o = SimOptions::new(6, 7);
+        o.users = 40;
+        o.patients = 400;
+        o.anomalies_from_day = 2;
+        o.incidents_per_day = 60.0;
+        let events = simulate(&o);
+        let who = |e: &SimEvent| {
+            e.json["agent"][0]["who"]["reference"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let what = |e: &SimEvent| {
+            e.json["entity"][0]["what"]["reference"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let mut checked = 0;
+        for (i, e) in events.iter().enumerate() {
+            if e.label != Some("family_snooping") {
+                continue;
+            }
+            let (u, p) = (who(e), what(e));
+            assert!(p.is_some(), "family snooping opens a patient's record");
+            let before: Vec<_> = events[..i]
+                .iter()
+                .filter(|x| x.label.is_none() && x.recorded < e.recorded)
+                .filter(|x| who(x) == u && what(x) == p)
+                .map(|x| &x.id)
+                .collect();
+            assert!(
+                before.is_empty(),
+                "{} re-opens a record {u:?} had opened at work: {before:?}",
+                e.id
+            );
+            checked += 1;
+        }
+        assert!(
+            checked >= 3,
+            "only {checked} family snooping events to check"
+        );
     }
 }
