@@ -32,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         exit 1
     fi
 fi
-command -v cargo >/dev/null || { echo "tests/run.sh: Rust (cargo ≥ 1.90) is needed: https://rustup.rs" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "tests/run.sh: Rust (cargo ≥ 1.91) is needed: https://rustup.rs" >&2; exit 1; }
 
 # The real FHIR server, pinned (tests/sekmet-constraints.txt).
 venv="$cache/sekmet-0.1.1"
