@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -67,9 +67,10 @@ pub const FEATURES: &[&str] = &[
     "unrelated_accesses_1h",
     "patient_users_vs_usual",
     "dept_pair_rarity",
+    "unexplained_depts_24h",
 ];
 
-pub const N_FEATURES: usize = 30;
+pub const N_FEATURES: usize = 31;
 
 /// A session ends after this long without activity.
 const SESSION_GAP: i64 = 8 * HOUR;
@@ -95,6 +96,7 @@ pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
     1, // unrelated accesses by the user in the last hour
     1, // the patient's users today against its usual
     1, // how rarely the user's department enters records homed where this one is
+    1, // departments that opened the record today outside their usual pattern
 ];
 
 /// Raw facts behind the features, for plain-language explanations.
@@ -122,6 +124,9 @@ pub struct Facts {
     pub usual_patient_users: f32,
     /// Distinct users without a departmental relationship who opened the patient in 24 h.
     pub unrelated_users_24h: u32,
+    /// Departments whose staff opened the record in the last 24 h without a relationship
+    /// and outside where their lookups usually go (this access included).
+    pub unexplained_depts_24h: u32,
     pub failed_15m: u32,
     pub new_ip: bool,
     pub new_app: bool,
@@ -276,7 +281,15 @@ struct PatientState {
     /// (time, user hash, how unusual such access is for that user).
     #[serde(default)]
     unrelated: VecDeque<(i64, u64, f32)>,
+    /// Last 24 h of those accesses that were also outside the department's usual pattern
+    /// (rarer than uniform): (time, department hash).
+    #[serde(default)]
+    unexplained: VecDeque<(i64, u64)>,
 }
+
+/// Earlier unrelated lookups a department needs before it has a pattern: one to be quoted in
+/// a reason, or to be outside of.
+pub const MIN_PATTERN: f32 = 10.0;
 
 /// Distinct users who opened the patient's record in the last day without a departmental
 /// relationship, and the summed weight of how unusual that was for each of them.
@@ -488,6 +501,13 @@ impl Context {
         let c = self.bridges.get(&h64(&(d, home))).copied().unwrap_or(0.0);
         let t = self.bridges_from.get(&d).copied().unwrap_or(0.0);
         (c, t, -((c + 1.0) / (t + self.departments())).ln())
+    }
+
+    /// Whether a department with `total` earlier unrelated lookups went where it seldom goes:
+    /// it has a pattern, and the pair is rarer than uniform (not a usual consult, not a
+    /// department that goes everywhere).
+    fn strays(&self, total: f32, pair_rarity: f32) -> bool {
+        total >= MIN_PATTERN && pair_rarity > self.departments().ln()
     }
 
     /// Departments seen (at least 2, for smoothing).
@@ -709,6 +729,22 @@ impl Context {
                     .ln()
                     .max(0.0);
                 x[10] = pressure.ln_1p();
+                // How many departments came without a reason today. Care brings the home
+                // department, its usual consultants and the departments that go everywhere;
+                // a crowd of the curious comes from all over the hospital.
+                let mut depts: Vec<u64> = p
+                    .unexplained
+                    .iter()
+                    .filter(|e| e.0 >= now - DAY)
+                    .map(|e| e.1)
+                    .collect();
+                if unrelated_now && self.strays(facts.pair_total as f32, x[29]) {
+                    depts.extend(dept_h);
+                }
+                depts.sort_unstable();
+                depts.dedup();
+                facts.unexplained_depts_24h = depts.len() as u32;
+                x[30] = (depts.len() as f32).ln_1p();
             }
             _ => {
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
@@ -849,7 +885,11 @@ impl Context {
                 }
                 unrelated as u8 as f32
             });
-            let rarity = bridge.map_or(0.0, |(d, home)| self.pair_rarity(d, home).2);
+            let (total, rarity) = bridge.map_or((0.0, 0.0), |(d, home)| {
+                let (_, t, r) = self.pair_rarity(d, home);
+                (t, r)
+            });
+            let out_of_pattern = self.strays(total, rarity);
             let weight =
                 self.access_weight(self.users.get(&uh).map_or(0.0, |u| u.cross_rate), rarity);
             if let Some((d, home)) = bridge {
@@ -897,6 +937,14 @@ impl Context {
                     ps.unrelated.pop_front();
                 }
                 ps.unrelated.push_back((now, uh, weight));
+            }
+            if let Some((d, _)) = bridge.filter(|_| out_of_pattern) {
+                while ps.unexplained.len() >= 64
+                    || ps.unexplained.front().is_some_and(|e| e.0 < now - DAY)
+                {
+                    ps.unexplained.pop_front();
+                }
+                ps.unexplained.push_back((now, d));
             }
             if let Some(d) = dept_h.or(self.users.get(&uh).and_then(|u| u.dept)) {
                 if let Some(e) = ps.depts.iter_mut().find(|e| e.0 == d) {
@@ -1112,6 +1160,63 @@ mod tests {
         }
         let (x, _) = c.observe(&at("Practitioner/c4", "Cardiology"));
         assert_eq!(x[unrelated], 0.0);
+    }
+
+    /// Departments that come to a record outside their usual pattern are counted per day:
+    /// a usual consultant is not, three stray departments are, and the count forgets them
+    /// after 24 hours.
+    #[test]
+    fn stray_departments_are_counted_per_day() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(8);
+        let mut at = |user: &str, dept: &str, patient: &str| {
+            t += 60_000;
+            let mut r = rec(user, patient, t);
+            r.department = Some(dept.into());
+            r
+        };
+        // Surgery's own patients; Cardiology consults on them, Neurology, Oncology and
+        // Pediatrics look up only their own patients' neighbours in Neurology.
+        for i in 0..30 {
+            c.observe(&at("Practitioner/s1", "Surgery", &format!("Patient/s{i}")));
+            c.observe(&at(
+                "Practitioner/n1",
+                "Neurology",
+                &format!("Patient/n{i}"),
+            ));
+        }
+        for i in 0..10 {
+            c.observe(&at(
+                "Practitioner/c1",
+                "Cardiology",
+                &format!("Patient/s{i}"),
+            ));
+            for d in ["Oncology", "Pediatrics", "Orthopedics"] {
+                c.observe(&at(
+                    &format!("Practitioner/{d}"),
+                    d,
+                    &format!("Patient/n{i}"),
+                ));
+            }
+        }
+        let i = feature("unexplained_depts_24h");
+        let (x, f) = c.observe(&at("Practitioner/c2", "Cardiology", "Patient/s20"));
+        assert_eq!((x[i], f.unexplained_depts_24h), (0.0, 0), "a usual consult");
+        let mut last = 0;
+        for d in ["Oncology", "Pediatrics", "Orthopedics"] {
+            let (_, f) = c.observe(&at(&format!("Practitioner/{d}-2"), d, "Patient/s20"));
+            last = f.unexplained_depts_24h;
+        }
+        assert_eq!(last, 3);
+        // A second stray user from a department already counted adds no department.
+        let (x, f) = c.observe(&at("Practitioner/Oncology-3", "Oncology", "Patient/s20"));
+        assert_eq!(f.unexplained_depts_24h, 3);
+        assert!((x[i] - 4f32.ln()).abs() < 1e-6);
+        // A day later the record's care goes on, and yesterday's strays are forgotten.
+        let mut r = at("Practitioner/s1", "Surgery", "Patient/s20");
+        r.recorded += chrono::Duration::hours(25);
+        let (_, f) = c.observe(&r);
+        assert_eq!(f.unexplained_depts_24h, 0);
     }
 
     #[test]

@@ -200,7 +200,10 @@ fn kind_of(feature: &str) -> &'static str {
         | "dept_history_with_patient"
         | "unrelated_accesses_1h"
         | "dept_pair_rarity" => "cross_department",
-        "patient_users_24h" | "unrelated_pressure_24h" | "patient_users_vs_usual" => "vip_snooping",
+        "patient_users_24h"
+        | "unrelated_pressure_24h"
+        | "patient_users_vs_usual"
+        | "unexplained_depts_24h" => "vip_snooping",
         "failed_logins_15m" | "failure_outcome" => "failed_logins",
         "new_source_ip" | "new_client_app" => "new_source",
         "dormancy_vs_usual_break" => "dormant_account",
@@ -209,9 +212,6 @@ fn kind_of(feature: &str) -> &'static str {
         _ => "unusual_pattern",
     }
 }
-
-/// Earlier unrelated lookups a department needs before its pattern is quoted in a reason.
-const MIN_PATTERN: u32 = 10;
 
 /// Plain-language reasons from the top contributing features, strongest first.
 pub fn explain(
@@ -275,7 +275,7 @@ pub fn explain(
                     _ => format!("{first}; the user's department is unknown"),
                 };
                 // The department's pattern says something only once it has one.
-                if let (Some(home), Some(d), true) = (&f.home_dept, &f.dept, f.pair_total >= MIN_PATTERN) {
+                if let (Some(home), Some(d), true) = (&f.home_dept, &f.dept, f.pair_total as f32 >= features::MIN_PATTERN) {
                     text.push_str(&format!(
                         "; the patient is mostly seen by {home}, and {} of {d}'s {} earlier lookups of other departments' patients went there",
                         f.pair_count, f.pair_total
@@ -289,12 +289,19 @@ pub fn explain(
                     f.patient_users_24h,
                     f.usual_patient_users.ceil()
                 );
-                match f.unrelated_users_24h {
+                let mut text = match f.unrelated_users_24h {
                     0 => crowd,
                     n => format!(
                         "{crowd}, {n} of them from departments with (almost) no history with the patient — a watched or VIP record?"
                     ),
+                };
+                if f.unexplained_depts_24h > 1 {
+                    text.push_str(&format!(
+                        "; staff of {} departments came outside their usual consult pattern",
+                        f.unexplained_depts_24h
+                    ));
                 }
+                text
             }
             "failed_logins" => {
                 if r.outcome > 0 && f.failed_15m == 0 {
