@@ -282,7 +282,7 @@ struct PatientState {
     #[serde(default)]
     unrelated: VecDeque<(i64, u64, f32)>,
     /// Last 24 h of those accesses that were also outside the department's usual pattern
-    /// (rarer than uniform): (time, department hash).
+    /// (`Context::strays`): (time, department hash), one entry per department, its latest.
     #[serde(default)]
     unexplained: VecDeque<(i64, u64)>,
 }
@@ -290,6 +290,49 @@ struct PatientState {
 /// Earlier unrelated lookups a department needs before it has a pattern: one to be quoted in
 /// a reason, or to be outside of.
 pub const MIN_PATTERN: f32 = 10.0;
+
+/// Push onto a time-ordered buffer after dropping the entries older than `since` and, at
+/// `cap`, the oldest: the buffer never grows past `cap` (a push onto a full VecDeque doubles
+/// its allocation). True when the cap dropped an entry.
+fn push_window<T>(
+    q: &mut VecDeque<T>,
+    item: T,
+    cap: usize,
+    since: i64,
+    time: impl Fn(&T) -> i64,
+) -> bool {
+    let mut capped = false;
+    while q.len() >= cap || q.front().is_some_and(|e| time(e) < since) {
+        capped |= q.len() >= cap;
+        q.pop_front();
+    }
+    q.push_back(item);
+    capped
+}
+
+/// How a department stands to a patient's record: the one reading for the features of an
+/// access and for what the context keeps of it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Relation {
+    /// The department's share of the record's activity.
+    share: f32,
+    /// Under `RELATED_SHARE` of a record with history: no working relationship.
+    unrelated: bool,
+    /// For an unrelated access to a record with a home department: where the department's
+    /// unrelated lookups usually go.
+    pair: Option<Pair>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    dept: u64,
+    home: u64,
+    /// Earlier unrelated lookups by the department to patients homed in `home`, of `total`.
+    count: f32,
+    total: f32,
+    /// -ln of the smoothed share `count / total`.
+    rarity: f32,
+}
 
 /// Distinct users who opened the patient's record in the last day without a departmental
 /// relationship, and the summed weight of how unusual that was for each of them.
@@ -358,6 +401,8 @@ struct Known {
     user_patients_1h: Option<u32>,
     /// Distinct users of the patient in the last day, before this access.
     patient_users_24h: Option<u32>,
+    /// How the user's department stood to the patient's record (which had history).
+    relation: Option<Relation>,
 }
 
 /// A set of 64-bit hashes for counting distinct values: open addressing, cleared in O(1)
@@ -494,20 +539,38 @@ impl Context {
         (x, facts)
     }
 
-    /// How rarely department `d`'s unrelated accesses went to patients homed in `home`:
-    /// (count, the department's total, -ln of the smoothed share). Uniform (ln of the
-    /// number of departments) while the department has no such history.
-    fn pair_rarity(&self, d: u64, home: u64) -> (f32, f32, f32) {
-        let c = self.bridges.get(&h64(&(d, home))).copied().unwrap_or(0.0);
-        let t = self.bridges_from.get(&d).copied().unwrap_or(0.0);
-        (c, t, -((c + 1.0) / (t + self.departments())).ln())
+    /// How department `dept` (if known) stands to a record with history `p`. The rarity of
+    /// its pair is uniform (ln of the number of departments) while it has no such history.
+    fn relation(&self, dept: Option<u64>, p: &PatientState) -> Relation {
+        let Some(d) = dept else {
+            return Relation::default();
+        };
+        let own = p.depts.iter().find(|e| e.0 == d).map_or(0.0, |e| e.1);
+        let share = own / p.total;
+        let unrelated = is_unrelated(share, p.total);
+        let pair = home_dept(p).filter(|_| unrelated).map(|home| {
+            let count = self.bridges.get(&h64(&(d, home))).copied().unwrap_or(0.0);
+            let total = self.bridges_from.get(&d).copied().unwrap_or(0.0);
+            Pair {
+                dept: d,
+                home,
+                count,
+                total,
+                rarity: -((count + 1.0) / (total + self.departments())).ln(),
+            }
+        });
+        Relation {
+            share,
+            unrelated,
+            pair,
+        }
     }
 
-    /// Whether a department with `total` earlier unrelated lookups went where it seldom goes:
-    /// it has a pattern, and the pair is rarer than uniform (not a usual consult, not a
+    /// Whether an unrelated access went where its department seldom goes: the department
+    /// has a pattern, and the pair is rarer than uniform (not a usual consult, not a
     /// department that goes everywhere).
-    fn strays(&self, total: f32, pair_rarity: f32) -> bool {
-        total >= MIN_PATTERN && pair_rarity > self.departments().ln()
+    fn strays(&self, pair: &Pair) -> bool {
+        pair.total >= MIN_PATTERN && pair.rarity > self.departments().ln()
     }
 
     /// Departments seen (at least 2, for smoothing).
@@ -667,15 +730,14 @@ impl Context {
         match patient {
             Some(p) if p.total > 0.0 => {
                 facts.patient_history = p.total as u32;
-                let share = dept_h
-                    .and_then(|d| p.depts.iter().find(|e| e.0 == d).map(|e| e.1))
-                    .unwrap_or(0.0)
-                    / p.total;
+                let rel = self.relation(dept_h, p);
+                known.relation = Some(rel);
+                let share = rel.share;
                 facts.dept_share = dept_h.map(|_| share);
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
                 // An access to a patient with a history none of it from the user's department,
                 // weighed by how unusual such access is for this user.
-                let unrelated_now = dept_h.is_some() && is_unrelated(share, p.total);
+                let unrelated_now = rel.unrelated;
                 if unrelated_now {
                     x[7] = unrelated_weight(user.map_or(0.0, |u| u.cross_rate));
                     // A run of such lookups weighs more than one.
@@ -689,12 +751,11 @@ impl Context {
                     x[27] = (before as f32).ln_1p();
                     // How rarely the department's unrelated accesses land on patients homed
                     // where this one is (smoothed: uniform while the department is new).
-                    if let (Some(d), Some(home)) = (dept_h, home_dept(p)) {
-                        let (c, t, rarity) = self.pair_rarity(d, home);
-                        facts.home_dept = self.dept_names.get(&home).cloned();
-                        facts.pair_count = c as u32;
-                        facts.pair_total = t as u32;
-                        x[29] = rarity;
+                    if let Some(pair) = rel.pair {
+                        facts.home_dept = self.dept_names.get(&pair.home).cloned();
+                        facts.pair_count = pair.count as u32;
+                        facts.pair_total = pair.total as u32;
+                        x[29] = pair.rarity;
                     }
                 }
                 // VIP pressure: how unusual, summed over distinct users, today's unrelated
@@ -732,19 +793,14 @@ impl Context {
                 // How many departments came without a reason today. Care brings the home
                 // department, its usual consultants and the departments that go everywhere;
                 // a crowd of the curious comes from all over the hospital.
-                let mut depts: Vec<u64> = p
-                    .unexplained
-                    .iter()
-                    .filter(|e| e.0 >= now - DAY)
-                    .map(|e| e.1)
-                    .collect();
-                if unrelated_now && self.strays(facts.pair_total as f32, x[29]) {
-                    depts.extend(dept_h);
+                // `unexplained` keeps one entry per department, its latest.
+                let today = |e: &&(i64, u64)| e.0 >= now - DAY;
+                let mut depts = p.unexplained.iter().filter(today).count();
+                if let Some(pair) = rel.pair.filter(|p| self.strays(p)) {
+                    depts += !p.unexplained.iter().filter(today).any(|e| e.1 == pair.dept) as usize;
                 }
-                depts.sort_unstable();
-                depts.dedup();
-                facts.unexplained_depts_24h = depts.len() as u32;
-                x[30] = (depts.len() as f32).ln_1p();
+                facts.unexplained_depts_24h = depts as u32;
+                x[30] = (depts as f32).ln_1p();
             }
             _ => {
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
@@ -803,10 +859,7 @@ impl Context {
         let mut new_session = false;
         let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
         if failed_login {
-            u.failed.push_back(now);
-            while u.failed.len() > 64 || u.failed.front().is_some_and(|t| *t < now - FAIL_WINDOW) {
-                u.failed.pop_front();
-            }
+            push_window(&mut u.failed, now, 64, now - FAIL_WINDOW, |t| *t);
         } else {
             // Activity baselines learn from successful activity only.
             if u.last_ok_ms == 0 || now - u.last_ok_ms > SESSION_IDLE {
@@ -850,16 +903,7 @@ impl Context {
             u.dept = dept_h;
         }
         if let Some(p) = ph {
-            // Make room before pushing, so a buffer never grows past its bound (a push onto
-            // a full VecDeque doubles its allocation).
-            let mut capped = false;
-            while u.recent.len() >= MAX_RECENT
-                || u.recent.front().is_some_and(|(t, _)| *t < now - HOUR)
-            {
-                capped |= u.recent.len() >= MAX_RECENT;
-                u.recent.pop_front();
-            }
-            u.recent.push_back((now, p));
+            let capped = push_window(&mut u.recent, (now, p), MAX_RECENT, now - HOUR, |e| e.0);
             let d1h = match known.user_patients_1h {
                 Some(n) if !capped => n,
                 _ => distinct(&u.recent, now - HOUR),
@@ -874,29 +918,23 @@ impl Context {
             let pair = h64(&(uh, p));
             let first = !self.pairs_old.contains(&pair) && !self.pairs_now.contains(&pair);
             let user_dept = dept_h.or(u.dept);
-            let mut bridge = None;
-            let cross = self.patients.get(&p).filter(|ps| ps.total > 0.0).map(|ps| {
-                let own = user_dept
-                    .and_then(|d| ps.depts.iter().find(|e| e.0 == d).map(|e| e.1))
-                    .unwrap_or(0.0);
-                let unrelated = is_unrelated(own / ps.total, ps.total);
-                if unrelated {
-                    bridge = user_dept.zip(home_dept(ps));
-                }
-                unrelated as u8 as f32
+            // The reading `features` made of this access, or the same one made now (replay).
+            let rel = known.relation.or_else(|| {
+                let ps = self.patients.get(&p).filter(|ps| ps.total > 0.0)?;
+                Some(self.relation(user_dept, ps))
             });
-            let (total, rarity) = bridge.map_or((0.0, 0.0), |(d, home)| {
-                let (_, t, r) = self.pair_rarity(d, home);
-                (t, r)
-            });
-            let out_of_pattern = self.strays(total, rarity);
-            let weight =
-                self.access_weight(self.users.get(&uh).map_or(0.0, |u| u.cross_rate), rarity);
-            if let Some((d, home)) = bridge {
-                let key = h64(&(d, home));
+            let cross = rel.map(|r| r.unrelated as u8 as f32);
+            let dept_pair = rel.and_then(|r| r.pair);
+            let stray = dept_pair.filter(|p| self.strays(p));
+            let weight = self.access_weight(
+                self.users.get(&uh).map_or(0.0, |u| u.cross_rate),
+                dept_pair.map_or(0.0, |p| p.rarity),
+            );
+            if let Some(dp) = dept_pair {
+                let key = h64(&(dp.dept, dp.home));
                 if self.bridges.len() < MAX_DEPT_PAIRS || self.bridges.contains_key(&key) {
                     *self.bridges.entry(key).or_default() += 1.0;
-                    *self.bridges_from.entry(d).or_default() += 1.0;
+                    *self.bridges_from.entry(dp.dept).or_default() += 1.0;
                 }
             }
             let u = self.users.get_mut(&uh).expect("inserted above");
@@ -905,12 +943,7 @@ impl Context {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
             }
             if cross == Some(1.0) {
-                u.unrelated_recent.push_back(now);
-                while u.unrelated_recent.len() > 64
-                    || u.unrelated_recent.front().is_some_and(|t| *t < now - HOUR)
-                {
-                    u.unrelated_recent.pop_front();
-                }
+                push_window(&mut u.unrelated_recent, now, 64, now - HOUR, |t| *t);
             }
             if first && self.pairs_now.insert(pair) && self.pairs_now.len() >= MAX_PAIRS / 2 {
                 self.pairs_old = std::mem::take(&mut self.pairs_now);
@@ -924,27 +957,20 @@ impl Context {
                 .unwrap_or_else(|| distinct(&ps.recent, now - DAY))
                 as f32;
             ps.usual_users = 0.95 * ps.usual_users + 0.05 * users24;
-            while ps.recent.len() >= MAX_PATIENT_RECENT
-                || ps.recent.front().is_some_and(|(t, _)| *t < now - DAY)
-            {
-                ps.recent.pop_front();
-            }
-            ps.recent.push_back((now, uh));
+            push_window(
+                &mut ps.recent,
+                (now, uh),
+                MAX_PATIENT_RECENT,
+                now - DAY,
+                |e| e.0,
+            );
             if cross == Some(1.0) {
-                while ps.unrelated.len() >= 64
-                    || ps.unrelated.front().is_some_and(|e| e.0 < now - DAY)
-                {
-                    ps.unrelated.pop_front();
-                }
-                ps.unrelated.push_back((now, uh, weight));
+                push_window(&mut ps.unrelated, (now, uh, weight), 64, now - DAY, |e| e.0);
             }
-            if let Some((d, _)) = bridge.filter(|_| out_of_pattern) {
-                while ps.unexplained.len() >= 64
-                    || ps.unexplained.front().is_some_and(|e| e.0 < now - DAY)
-                {
-                    ps.unexplained.pop_front();
-                }
-                ps.unexplained.push_back((now, d));
+            if let Some(dp) = stray {
+                // One entry per department, its latest: the features count departments.
+                ps.unexplained.retain(|e| e.1 != dp.dept);
+                push_window(&mut ps.unexplained, (now, dp.dept), 64, now - DAY, |e| e.0);
             }
             if let Some(d) = dept_h.or(self.users.get(&uh).and_then(|u| u.dept)) {
                 if let Some(e) = ps.depts.iter_mut().find(|e| e.0 == d) {
@@ -1056,6 +1082,13 @@ mod tests {
         }
     }
 
+    fn in_dept(user: &str, dept: &str, patient: &str, t: i64) -> AuditRecord {
+        AuditRecord {
+            department: Some(dept.into()),
+            ..rec(user, patient, t)
+        }
+    }
+
     #[test]
     fn features_are_causal_and_counted() {
         let mut c = Context::new(chrono_tz::UTC);
@@ -1102,9 +1135,7 @@ mod tests {
         let mut t = t0;
         let mut at = |user: &str, dept: &str, patient: &str| {
             t += 60_000;
-            let mut r = rec(user, patient, t);
-            r.department = Some(dept.into());
-            r
+            in_dept(user, dept, patient, t)
         };
         for i in 0..40 {
             c.observe(&at("Practitioner/s1", "Surgery", &format!("Patient/s{i}")));
@@ -1141,9 +1172,7 @@ mod tests {
         let mut t = monday(10);
         let mut at = |user: &str, dept: &str| {
             t += 60_000;
-            let mut r = rec(user, "Patient/vip", t);
-            r.department = Some(dept.into());
-            r
+            in_dept(user, dept, "Patient/vip", t)
         };
         for _ in 0..40 {
             c.observe(&at("Practitioner/s1", "Surgery"));
@@ -1162,6 +1191,31 @@ mod tests {
         assert_eq!(x[unrelated], 0.0);
     }
 
+    /// A user whose department is unknown has no relationship to measure: neither the
+    /// features nor the patient's crowd count them as an unrelated visitor.
+    #[test]
+    fn a_user_without_a_department_is_not_an_unrelated_visitor() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(10);
+        for _ in 0..40 {
+            t += 60_000;
+            c.observe(&in_dept("Practitioner/s1", "Surgery", "Patient/1", t));
+        }
+        let unrelated = feature("unrelated_patient_rarity");
+        let mut r = rec("Practitioner/x", "Patient/1", t + 60_000);
+        r.department = None;
+        let (x, f) = c.observe(&r);
+        assert_eq!((x[unrelated], f.unrelated_users_24h), (0.0, 0));
+        let (x, f) = c.observe(&in_dept(
+            "Practitioner/c1",
+            "Cardiology",
+            "Patient/1",
+            t + 120_000,
+        ));
+        assert!(x[unrelated] > 0.0);
+        assert_eq!(f.unrelated_users_24h, 1);
+    }
+
     /// Departments that come to a record outside their usual pattern are counted per day:
     /// a usual consultant is not, three stray departments are, and the count forgets them
     /// after 24 hours.
@@ -1171,9 +1225,7 @@ mod tests {
         let mut t = monday(8);
         let mut at = |user: &str, dept: &str, patient: &str| {
             t += 60_000;
-            let mut r = rec(user, patient, t);
-            r.department = Some(dept.into());
-            r
+            in_dept(user, dept, patient, t)
         };
         // Surgery's own patients; Cardiology consults on them, Neurology, Oncology and
         // Pediatrics look up only their own patients' neighbours in Neurology.
