@@ -1076,6 +1076,7 @@ mod tests {
             source_ip: Some("10.0.0.1".into()),
             patient: Some(patient.into()),
             patient_display: Some("Jones, Bob".into()),
+            restricted: false,
             purpose: None,
             observer: None,
             query: None,

@@ -242,6 +242,9 @@ pub struct Entity<'a> {
     pub query: Option<Text<'a>>,
     #[serde(borrow)]
     pub detail: Vec<EntityDetail<'a>>,
+    /// R4 Codings, R5 CodeableConcepts.
+    #[serde(rename = "securityLabel", borrow)]
+    pub security_label: Vec<CodingOrConcept<'a>>,
 }
 
 /// R4 uses Coding where R5 uses CodeableConcept: one object type reads both (a Coding's
@@ -263,7 +266,20 @@ impl CodingOrConcept<'_> {
             .as_deref()
             .or_else(|| self.coding.iter().find_map(|c| c.code.as_deref()))
     }
+
+    /// Every code, a Coding's own or a CodeableConcept's.
+    fn codes(&self) -> impl Iterator<Item = &str> {
+        self.code
+            .as_deref()
+            .into_iter()
+            .chain(self.coding.iter().filter_map(|c| c.code.as_deref()))
+    }
 }
+
+/// Security labels that mark a record as watched: confidentiality restricted (`R`) or very
+/// restricted (`V`), and the celebrity (`CEL`, `VIP`) and employee (`EMP`) sensitivity
+/// policies of HL7 v3 ActCode.
+const WATCHED_LABELS: &[&str] = &["R", "V", "CEL", "VIP", "EMP"];
 
 /// R4 `outcome` is a code ("0", "4", "8", "12"); R5 is an object with `code` (a Coding).
 #[derive(Debug, Clone, Default)]
@@ -445,6 +461,9 @@ pub struct AuditRecord {
     pub patient: Option<String>,
     /// Display name of the patient (for same-surname checks; never logged).
     pub patient_display: Option<String>,
+    /// An entity (the patient, or the data object read) carries a restricted, celebrity or
+    /// employee security label.
+    pub restricted: bool,
     pub purpose: Option<String>,
     pub observer: Option<String>,
     pub query: Option<QueryInfo>,
@@ -663,6 +682,13 @@ impl AuditEvent<'_> {
                 .and_then(|w| owned(&w.display))
                 .or_else(|| owned(&e.name))
         });
+        // On the patient entity or on the data object (the patient's resource) read.
+        let restricted = self
+            .entity
+            .iter()
+            .flat_map(|e| e.security_label.iter())
+            .flat_map(CodingOrConcept::codes)
+            .any(|c| WATCHED_LABELS.contains(&c));
         let observer = self
             .source
             .as_ref()
@@ -685,6 +711,7 @@ impl AuditEvent<'_> {
             source_ip,
             patient,
             patient_display,
+            restricted,
             purpose,
             observer,
             query,
@@ -1127,6 +1154,22 @@ mod tests {
         assert_eq!(r.interaction, Interaction::Search);
         assert_eq!(r.query.as_ref().and_then(|q| q.count), Some(10));
         assert_eq!(r.patient.as_deref(), Some("Patient/ex-patient"));
+    }
+
+    #[test]
+    fn restricted_security_labels_are_read() {
+        // HL7's disclosure example labels the disclosed record "very restricted" (V).
+        let r = read("hl7-r4-core/AuditEvent-example-disclosure.json");
+        assert!(r.restricted);
+        assert!(!read("ihe-balp/AuditEvent-ex-auditBasicReadServer.json").restricted);
+        // R5 names: a CodeableConcept label on the patient entity.
+        let raw: Box<RawValue> = serde_json::from_str(
+            r#"{"resourceType":"AuditEvent","id":"a","recorded":"2026-01-01T00:00:00Z",
+                "entity":[{"what":{"reference":"Patient/1"},
+                  "securityLabel":[{"coding":[{"code":"CEL"}]}]}]}"#,
+        )
+        .unwrap();
+        assert!(parse_audit_event(&raw).unwrap().restricted);
     }
 
     #[test]
