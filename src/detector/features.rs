@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -27,6 +27,8 @@ pub const MAX_APPS: usize = 8;
 pub const MAX_DEPTS: usize = 8;
 /// (department, home department) pairs counted for `dept_pair_rarity`.
 pub const MAX_DEPT_PAIRS: usize = 65_536;
+/// Family names counted for `same_family_name_rarity` (how common a shared name is).
+pub const MAX_NAMES: usize = 65_536;
 
 const MIN_10: i64 = 10 * 60_000;
 const HOUR: i64 = 3_600_000;
@@ -58,7 +60,7 @@ pub const FEATURES: &[&str] = &[
     "is_login",
     "is_search",
     "is_write",
-    "same_family_name",
+    "same_family_name_rarity",
     "user_history",
     "has_patient",
     "user_cross_dept_rate",
@@ -90,7 +92,7 @@ pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
     1, 1, 1, 1, // failed logins, new ip, new app, dormancy
     1, 1, 1, // query size, export, failure
     0, 0, 0, // kind of action
-    1, // same family name
+    1, // same family name, weighed by how rare the name is
     0, 0, 0, 0, // user history, has patient, user rates
     1, // session start hour
     1, // unrelated accesses by the user in the last hour
@@ -148,6 +150,9 @@ pub struct Facts {
     pub query_count: Option<u32>,
     pub export: bool,
     pub same_family_name: bool,
+    /// For a shared family name: how many earlier patients had it, of how many.
+    pub name_patients: u32,
+    pub patients_seen: u32,
     pub user_events: u32,
 }
 
@@ -375,6 +380,13 @@ pub struct Context {
     bridges: IdMap<f32>,
     #[serde(default)]
     bridges_from: IdMap<f32>,
+    /// Distinct patients seen per family name (hash), and in all: sharing a common name is
+    /// chance, sharing a rare one is family. Bounded by `MAX_NAMES` (later names count in
+    /// the total only).
+    #[serde(default)]
+    names: IdMap<f32>,
+    #[serde(default)]
+    names_total: f32,
     #[serde(skip)]
     tz: Option<chrono_tz::Tz>,
 }
@@ -826,10 +838,17 @@ impl Context {
         ) as u8 as f32;
         if let (Some(ud), Some(pd)) = (&r.user_display, &r.patient_display) {
             if let (Some(a), Some(b)) = (family_name(ud), family_name(pd)) {
-                facts.same_family_name = a == b;
+                if a == b {
+                    // Smoothed -ln of the share of earlier patients with the name: about 4.5
+                    // for a name one patient in a hundred has, 7 or more for a rare one.
+                    let n = self.names.get(&h64(b.as_str())).copied().unwrap_or(0.0);
+                    facts.same_family_name = true;
+                    facts.name_patients = n as u32;
+                    facts.patients_seen = self.names_total as u32;
+                    x[21] = ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
+                }
             }
         }
-        x[21] = facts.same_family_name as u8 as f32;
         (x, facts, known)
     }
 
@@ -948,8 +967,17 @@ impl Context {
             if first && self.pairs_now.insert(pair) && self.pairs_now.len() >= MAX_PAIRS / 2 {
                 self.pairs_old = std::mem::take(&mut self.pairs_now);
             }
-            if self.patients.len() >= MAX_PATIENTS && !self.patients.contains_key(&p) {
-                evict_half(&mut self.patients, |p| p.last_ms);
+            if !self.patients.contains_key(&p) {
+                if self.patients.len() >= MAX_PATIENTS {
+                    evict_half(&mut self.patients, |p| p.last_ms);
+                }
+                if let Some(name) = r.patient_display.as_deref().and_then(family_name) {
+                    self.names_total += 1.0;
+                    let k = h64(name.as_str());
+                    if self.names.len() < MAX_NAMES || self.names.contains_key(&k) {
+                        *self.names.entry(k).or_default() += 1.0;
+                    }
+                }
             }
             let ps = self.patients.entry(p).or_default();
             let users24 = known
@@ -1442,5 +1470,80 @@ mod tests {
             f.days_inactive,
             f.usual_break_days
         );
+    }
+
+    #[test]
+    fn a_shared_rare_family_name_weighs_more_than_a_common_one() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = monday(9);
+        let j = feature("same_family_name_rarity");
+        let named = |user: &str, user_name: &str, patient: &str, name: &str, t: i64| AuditRecord {
+            user_display: Some(user_name.into()),
+            patient_display: Some(name.into()),
+            ..rec(user, patient, t)
+        };
+        // 200 patients: 40 of them Smith, the rest with names of their own.
+        for i in 0..200 {
+            let name = if i % 5 == 0 {
+                "Smith, Bob".to_string()
+            } else {
+                format!("Name{i}, Eva")
+            };
+            c.observe(&named(
+                "Practitioner/9",
+                "Dr. Jo Other",
+                &format!("Patient/{i}"),
+                &name,
+                t0 + i * 1000,
+            ));
+        }
+        let (x, f) = c.observe(&named(
+            "Practitioner/9",
+            "Dr. Jo Other",
+            "Patient/500",
+            "Jones, Al",
+            t0 + HOUR,
+        ));
+        assert!(!f.same_family_name);
+        assert_eq!(x[j], 0.0, "no shared name");
+        let (common, f) = c.observe(&named(
+            "Practitioner/1",
+            "Dr. Ann Smith",
+            "Patient/501",
+            "Smith, Al",
+            t0 + HOUR,
+        ));
+        assert!(f.same_family_name);
+        assert_eq!((f.name_patients, f.patients_seen), (40, 201));
+        let (rare, f) = c.observe(&named(
+            "Practitioner/2",
+            "Vera Quist",
+            "Patient/502",
+            "Quist, Al",
+            t0 + HOUR,
+        ));
+        assert_eq!((f.name_patients, f.patients_seen), (0, 202));
+        assert!(
+            rare[j] > common[j] + 2.0 && common[j] >= 1.0,
+            "rare {} against common {}",
+            rare[j],
+            common[j]
+        );
+        // A name counts once per patient, not per access.
+        c.observe(&named(
+            "Practitioner/3",
+            "Dr. Jo Other",
+            "Patient/502",
+            "Quist, Al",
+            t0 + HOUR + 1,
+        ));
+        let (_, f) = c.observe(&named(
+            "Practitioner/2",
+            "Vera Quist",
+            "Patient/503",
+            "Quist, Bo",
+            t0 + HOUR + 2,
+        ));
+        assert_eq!(f.name_patients, 1);
     }
 }

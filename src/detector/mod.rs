@@ -208,7 +208,7 @@ fn kind_of(feature: &str) -> &'static str {
         "new_source_ip" | "new_client_app" => "new_source",
         "dormancy_vs_usual_break" => "dormant_account",
         "query_size" | "export" => "mass_export",
-        "same_family_name" => "family_snooping",
+        "same_family_name_rarity" => "family_snooping",
         _ => "unusual_pattern",
     }
 }
@@ -333,7 +333,13 @@ pub fn explain(
                     format!("search asking for {} records at once", f.query_count.unwrap_or(0))
                 }
             }
-            "family_snooping" => "the user shares the patient's family name (relative or self lookup?)".into(),
+            "family_snooping" => match f.patients_seen {
+                0 => "the user shares the patient's family name (relative or self lookup?)".into(),
+                seen => format!(
+                    "the user shares the patient's family name, which {} of {seen} earlier patients had (relative or self lookup?)",
+                    f.name_patients
+                ),
+            },
             _ => format!("unusual {} ({})", name.replace('_', " "), r.interaction.as_str()),
         };
         kinds.push(kind);

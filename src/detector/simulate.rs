@@ -192,7 +192,7 @@ enum Role {
 struct User {
     reference: String,
     display: String,
-    last: &'static str,
+    last: String,
     dept: usize,
     shift_start: u32,
     shift_len: u32,
@@ -201,12 +201,15 @@ struct User {
     app: &'static str,
     rate_per_hour: f64,
     dormant: bool,
+    /// Patients who are the user's family (they share the user's family name).
+    relatives: Vec<usize>,
 }
 
 struct Patient {
     reference: String,
     display: String,
-    last: &'static str,
+    first: &'static str,
+    last: String,
     dept: usize,
     /// Departments asked to consult on this patient (their access is explained).
     consults: Vec<usize>,
@@ -221,6 +224,7 @@ struct Hospital {
 }
 
 fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
+    let names = Surnames::new();
     let mut users = Vec::with_capacity(opts.users);
     for i in 0..opts.users {
         let dept = if i < DEPTS.len() {
@@ -253,7 +257,7 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             workdays[off2] = false;
         }
         let first = *rng.pick(FIRST);
-        let last = *rng.pick(LAST);
+        let last = names.draw(rng);
         let display = match role {
             Role::Physician => format!("Dr. {first} {last}"),
             _ => format!("{first} {last}"),
@@ -281,6 +285,7 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             },
             rate_per_hour: rate,
             dormant: false,
+            relatives: Vec::new(),
         });
     }
     // A few accounts go quiet after the first days (for the dormant-account scenario).
@@ -326,7 +331,7 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             }
         }
         let first = *rng.pick(FIRST);
-        let last = *rng.pick(LAST);
+        let last = names.draw(rng);
         let mut consults = Vec::new();
         for _ in 0..rng.below(3) {
             let c = if rng.chance(0.85) {
@@ -341,6 +346,7 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
         patients.push(Patient {
             reference: format!("Patient/p{i}"),
             display: format!("{last}, {first}"),
+            first,
             last,
             dept,
             consults,
@@ -349,7 +355,68 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             care_team,
         });
     }
+    // Staff live near the hospital, and their families are its patients too: about a third
+    // of the staff have one or two relatives among the patients, who carry their family name.
+    let mut taken = vec![false; patients.len()];
+    for u in users.iter_mut() {
+        if patients.is_empty() || !rng.chance(0.35) {
+            continue;
+        }
+        for _ in 0..(1 + rng.below(2)) {
+            let pi = rng.below(patients.len() as u64) as usize;
+            if std::mem::replace(&mut taken[pi], true) {
+                continue;
+            }
+            let p = &mut patients[pi];
+            p.last = u.last.clone();
+            p.display = format!("{}, {}", p.last, p.first);
+            u.relatives.push(pi);
+        }
+    }
     Hospital { users, patients }
+}
+
+/// Family names as a population has them: a few common, most of them rare. The name of rank
+/// k (from 1) is drawn with weight 1/sqrt(k) among `SURNAMES` names, the single names first,
+/// then double-barrelled ones. The commonest is 1.1% of people (Smith is 0.8% of the US
+/// population in the 2010 census), and two people picked at random share a family name about
+/// once in a thousand. A small list drawn uniformly would make every user a namesake of one
+/// patient in a hundred, and the chance namesake ten times as common as it is.
+struct Surnames {
+    cdf: Vec<f64>,
+}
+
+const SURNAMES: usize = 2_000;
+
+impl Surnames {
+    fn new() -> Self {
+        let mut acc = 0.0;
+        let cdf = (1..=SURNAMES)
+            .map(|k| {
+                acc += 1.0 / (k as f64).sqrt();
+                acc
+            })
+            .collect();
+        Surnames { cdf }
+    }
+
+    fn draw(&self, rng: &mut Rng) -> String {
+        let total = self.cdf[self.cdf.len() - 1];
+        let x = rng.f64() * total;
+        let rank = self.cdf.partition_point(|c| *c <= x).min(SURNAMES - 1);
+        surname(rank)
+    }
+}
+
+/// The family name of rank `rank` (from 0).
+fn surname(rank: usize) -> String {
+    let n = LAST.len();
+    if rank < n {
+        return LAST[rank].to_string();
+    }
+    let k = rank - n;
+    let (a, b) = (k % n, (k % n + 1 + k / n) % n);
+    format!("{}-{}", LAST[a], LAST[b])
 }
 
 struct Emitter {
@@ -855,26 +922,28 @@ fn inject(
             }
         }
         "family_snooping" => {
-            // A relative admitted elsewhere whose record the user's work never opened: a
-            // pharmacist who has been checking a relative's orders opens that record for a
-            // reason the audit trail cannot tell from work, so that is not injected as snooping.
-            let relatives: Vec<&Patient> = anywhere
+            // A relative admitted to another department, whose record the user's work never
+            // opened: a pharmacist who has been checking a relative's orders opens that record
+            // for a reason the audit trail cannot tell from work, so that is not injected as
+            // snooping.
+            let pairs: Vec<(&User, &Patient)> = active
                 .iter()
-                .map(|p| &h.patients[*p])
-                .filter(|p| p.last == u.last && p.dept != u.dept)
+                .flat_map(|u| u.relatives.iter().map(move |p| (*u, *p)))
+                .filter(|(_, p)| anywhere.contains(p))
+                .map(|(u, p)| (u, &h.patients[p]))
+                .filter(|(u, p)| p.dept != u.dept)
                 .collect();
-            if relatives.is_empty() {
+            if pairs.is_empty() {
                 return;
             }
+            let (u, p) = *rng.pick(&pairs);
             let t = in_shift(rng, u);
-            let worked_on = |p: &Patient| {
-                em.out.iter().any(|e| {
-                    e.recorded < t
-                        && e.json["agent"][0]["who"]["reference"] == u.reference.as_str()
-                        && e.json["entity"][0]["what"]["reference"] == p.reference.as_str()
-                })
-            };
-            if let Some(p) = relatives.into_iter().find(|p| !worked_on(p)) {
+            let worked_on = em.out.iter().any(|e| {
+                e.recorded < t
+                    && e.json["agent"][0]["who"]["reference"] == u.reference.as_str()
+                    && e.json["entity"][0]["what"]["reference"] == p.reference.as_str()
+            });
+            if !worked_on {
                 em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, rng);
             }
         }
@@ -958,6 +1027,14 @@ mod tests {
             }
             let (u, p) = (who(e), what(e));
             assert!(p.is_some(), "family snooping opens a patient's record");
+            let name =
+                |v: &serde_json::Value| v.as_str().and_then(crate::detector::features::family_name);
+            assert_eq!(
+                name(&e.json["agent"][0]["who"]["display"]),
+                name(&e.json["entity"][0]["what"]["display"]),
+                "{} opens a relative's record",
+                e.id
+            );
             let before: Vec<_> = events[..i]
                 .iter()
                 .filter(|x| x.label.is_none() && x.recorded < e.recorded)
@@ -975,5 +1052,35 @@ mod tests {
             checked >= 3,
             "only {checked} family snooping events to check"
         );
+    }
+
+    #[test]
+    fn family_names_are_mostly_rare_and_relatives_share_them() {
+        let o = SimOptions::new(3, 11);
+        let h = build(&o, &mut Rng::new(11));
+        let mut counts = std::collections::HashMap::new();
+        for p in &h.patients {
+            *counts.entry(p.last.as_str()).or_insert(0usize) += 1;
+        }
+        let n = h.patients.len() as f64;
+        let top = *counts.values().max().unwrap() as f64 / n;
+        // The chance that two patients picked at random share a name.
+        let coincidence: f64 = counts.values().map(|c| (*c as f64 / n).powi(2)).sum();
+        assert!(
+            top < 0.02,
+            "the commonest name is {:.1}% of patients",
+            top * 100.0
+        );
+        assert!(coincidence < 0.003, "namesakes by chance: {coincidence:.4}");
+        let with_family = h.users.iter().filter(|u| !u.relatives.is_empty()).count();
+        assert!(
+            with_family * 5 > h.users.len(),
+            "{with_family} users with family"
+        );
+        for u in &h.users {
+            for p in &u.relatives {
+                assert_eq!(h.patients[*p].last, u.last);
+            }
+        }
     }
 }
