@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use fhir_edge::detector::features::Context;
 use fhir_edge::detector::model::{write_embedded_default, Model};
+use fhir_edge::detector::simulate::{watch_list, SimOptions};
 use fhir_edge::detector::{score_stream, Explain};
 use fhir_edge::fhir::{parse_page_owned, AuditRecord};
 
@@ -82,8 +83,17 @@ fn main() -> anyhow::Result<()> {
     write_embedded_default(dir.path())?;
     let model = Model::load(dir.path())?;
 
+    // The simulated hospital's watch list (its events are the benchmark's), as a site that
+    // keeps one runs.
+    let watch = watch_list(&SimOptions::new(14, 1));
+    let site = || {
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_watch_list(watch.iter().map(String::as_str));
+        c
+    };
+
     let t = Instant::now();
-    let mut ctx = Context::new(chrono_tz::UTC);
+    let mut ctx = site();
     let rows: Vec<_> = records.iter().map(|r| ctx.observe(r).0).collect();
     rate(
         "features (Context::observe)",
@@ -107,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         ("features + score, all explained", Explain::All),
     ] {
         let t = Instant::now();
-        let mut ctx = Context::new(chrono_tz::UTC);
+        let mut ctx = site();
         let out = score_stream(&model, &mut ctx, &records, PAGE, which)?;
         rate(label, out.len(), t.elapsed().as_secs_f64());
     }

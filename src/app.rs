@@ -34,6 +34,8 @@ pub enum StartError {
     Client(#[from] crate::fhir::client::FetchError),
     #[error("api.token_file: {0}")]
     Token(String),
+    #[error("detector.watch_list: {0}")]
+    WatchList(String),
     #[error("cannot listen on {addr} (api.listen): {reason}")]
     Bind { addr: SocketAddr, reason: String },
 }
@@ -45,6 +47,7 @@ impl StartError {
             StartError::Model(e) => e.kind(),
             StartError::Client(e) => e.kind(),
             StartError::Token(_) => "api_token",
+            StartError::WatchList(_) => "watch_list",
             StartError::Bind { .. } => "api_bind",
         }
     }
@@ -86,7 +89,13 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let rules = store.allowlist()?;
     let model = Model::load(&cfg.detector.model_dir)?;
     let tz = cfg.timezone();
-    let ctx = match &loaded.snapshot {
+    let watch = match &cfg.detector.watch_list {
+        // Checked by `validate`; read again here, as the file may have changed since.
+        Some(p) => crate::detector::read_watch_list(p)
+            .map_err(|e| StartError::WatchList(format!("{}: {e}", p.display())))?,
+        None => Vec::new(),
+    };
+    let mut ctx = match &loaded.snapshot {
         Some(b) => FeatureContext::from_bytes(b, tz).unwrap_or_else(|e| {
             tracing::warn!(
                 actor = "detector",
@@ -97,6 +106,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         }),
         None => FeatureContext::new(tz),
     };
+    ctx.set_watch_list(watch.iter().map(String::as_str));
     let client = FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let token = cfg
         .api
@@ -117,6 +127,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         cursor = cursor.map(crate::clock::fmt_ms).unwrap_or_else(|| "none (first run)".into()),
         events_scored_lifetime = loaded.events_scored,
         users_known = ctx.users(),
+        watched_records = watch.len(),
         "starting"
     );
 

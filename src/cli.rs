@@ -118,6 +118,9 @@ pub enum Command {
         /// Learn only from events recorded before this time (RFC 3339), e.g. the baseline days.
         #[arg(long, value_name = "RFC3339")]
         until: Option<DateTime<Utc>>,
+        /// Watched patient records, one per line (default: the config's detector.watch_list).
+        #[arg(long, value_name = "FILE")]
+        watch_list: Option<PathBuf>,
     },
     /// Score every event of a file in order and write id,score,severity,explanation as CSV.
     Score {
@@ -132,6 +135,9 @@ pub enum Command {
         /// Also write each event's raw feature row (CSV) for comparisons with other detectors.
         #[arg(long, value_name = "CSV")]
         features_out: Option<PathBuf>,
+        /// Watched patient records, one per line (default: the config's detector.watch_list).
+        #[arg(long, value_name = "FILE")]
+        watch_list: Option<PathBuf>,
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent,
@@ -329,13 +335,24 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let events = crate::detector::simulate::simulate(&o);
             let (ev, lb) = crate::detector::simulate::write(&events, &out)
                 .with_context(|| format!("writing to {}", out.display()))?;
+            let wl = out.join("watchlist.txt");
+            let watched = crate::detector::simulate::watch_list(&o);
+            std::fs::write(
+                &wl,
+                format!(
+                    "# The simulated hospital's watched records\n{}\n",
+                    watched.join("\n")
+                ),
+            )
+            .with_context(|| format!("writing {}", wl.display()))?;
             let labelled = events.iter().filter(|e| e.label.is_some()).count();
             println!(
-                "{} events ({} labelled anomalous) → {} and {}",
+                "{} events ({} labelled anomalous) → {}, {} and {}",
                 events.len(),
                 labelled,
                 ev.display(),
-                lb.display()
+                lb.display(),
+                wl.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -349,6 +366,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             percentile,
             timezone,
             until,
+            watch_list,
         } => {
             let (records, names, tz) = if from_server {
                 // The server's config is required here (and gives the time zone).
@@ -365,7 +383,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (records, names) = read_inputs(&input)?;
                 (records, names, site_tz(timezone.as_deref(), cfg_path)?)
             };
-            train_cmd(records, names, &output, epochs, seed, percentile, tz, until)?;
+            let ctx = site_context(tz, watch_list.as_deref(), cfg_path)?;
+            train_cmd(
+                records, names, &output, epochs, seed, percentile, ctx, until,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {
@@ -374,9 +395,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             timezone,
             features_out,
+            watch_list,
         } => {
             let tz = site_tz(timezone.as_deref(), cfg_path)?;
-            score_cmd(&model, &input, &output, tz, features_out.as_deref())?;
+            let ctx = site_context(tz, watch_list.as_deref(), cfg_path)?;
+            score_cmd(&model, &input, &output, ctx, features_out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -523,6 +546,29 @@ fn site_tz(flag: Option<&str>, cfg_path: Option<&Path>) -> anyhow::Result<chrono
         .unwrap_or(chrono_tz::UTC))
 }
 
+/// A fresh feature context for the site: its time zone, and its watch list from the flag,
+/// else from the config's `detector.watch_list` (when a config is readable).
+fn site_context(
+    tz: chrono_tz::Tz,
+    flag: Option<&Path>,
+    cfg_path: Option<&Path>,
+) -> anyhow::Result<crate::detector::features::Context> {
+    let path = match flag {
+        Some(p) => Some(p.to_path_buf()),
+        None => config::load(cfg_path)
+            .ok()
+            .and_then(|l| l.config.detector.watch_list),
+    };
+    let watch = match &path {
+        Some(p) => crate::detector::read_watch_list(p)
+            .map_err(|e| anyhow::anyhow!("watch list {}: {e}", p.display()))?,
+        None => Vec::new(),
+    };
+    let mut ctx = crate::detector::features::Context::new(tz);
+    ctx.set_watch_list(watch.iter().map(String::as_str));
+    Ok(ctx)
+}
+
 /// Events of training files, and the files' names (for the training summary).
 fn read_inputs(inputs: &[PathBuf]) -> anyhow::Result<(Vec<crate::fhir::AuditRecord>, Vec<String>)> {
     let mut records = Vec::new();
@@ -601,14 +647,13 @@ fn train_cmd(
     epochs: usize,
     seed: u64,
     percentile: f32,
-    tz: chrono_tz::Tz,
+    mut ctx: crate::detector::features::Context,
     until: Option<DateTime<Utc>>,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
-    let mut ctx = crate::detector::features::Context::new(tz);
     let rows = crate::detector::train::feature_rows(&mut ctx, &records);
     let opts = crate::detector::model::TrainOptions {
         epochs,
@@ -648,13 +693,12 @@ fn score_cmd(
     model_dir: &Path,
     input: &Path,
     output: &Path,
-    tz: chrono_tz::Tz,
+    mut ctx: crate::detector::features::Context,
     features_out: Option<&Path>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let model = crate::detector::model::Model::load(model_dir)?;
     let i = crate::detector::train::read_events(input)?;
-    let mut ctx = crate::detector::features::Context::new(tz);
     let scored = crate::detector::score_stream(
         &model,
         &mut ctx,

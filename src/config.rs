@@ -192,6 +192,12 @@ pub struct DetectorConfig {
     pub model_dir: PathBuf,
     /// Site time zone (IANA name) for hour-of-day and weekday features.
     pub timezone: String,
+    /// Optional file of watched patient records (public figures, board members, staff who
+    /// are patients): one `Patient/<id>` per line, `#` comments. Opening a watched record
+    /// without a working relationship raises the score. Records the server labels
+    /// restricted (R, V) or celebrity/employee (CEL, VIP, EMP) are watched without being
+    /// listed. Read at start: restart to apply changes.
+    pub watch_list: Option<PathBuf>,
 }
 
 impl Default for DetectorConfig {
@@ -199,6 +205,7 @@ impl Default for DetectorConfig {
         DetectorConfig {
             model_dir: PathBuf::from(DEFAULT_MODEL_DIR),
             timezone: "UTC".to_string(),
+            watch_list: None,
         }
     }
 }
@@ -560,6 +567,10 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if let Some(w) = &c.detector.watch_list {
+        crate::detector::read_watch_list(w)
+            .map_err(|e| l.invalid("detector.watch_list", format!("{}: {e}", w.display())))?;
+    }
     range(
         l,
         "alerts.retention_days",
@@ -758,6 +769,17 @@ mod tests {
             load(Some(&p)).err().unwrap().key(),
             Some("detector.timezone")
         );
+        let w = d.path().join("watch.txt");
+        std::fs::write(&w, "Patient/1\nnot a reference\n").unwrap();
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[detector]\nwatch_list = \"{}\"\n", w.display()),
+        );
+        let e = load(Some(&p)).err().unwrap();
+        assert_eq!(e.key(), Some("detector.watch_list"));
+        assert!(e.to_string().contains("line 2"), "{e}");
+        std::fs::write(&w, "Patient/1\n").unwrap();
+        assert!(load(Some(&p)).is_ok());
     }
 
     #[test]

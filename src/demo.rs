@@ -68,6 +68,11 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
         let mut cfg = Config::for_server(&base_url, state.path());
         cfg.detector.model_dir = model_dir.clone();
+        // The simulated hospital's watch list, as a site keeps one.
+        let watch_file = state.path().join("watch-list.txt");
+        std::fs::write(&watch_file, crate::detector::simulate::watch_list(&sim).join("\n"))
+            .context("writing the demo watch list")?;
+        cfg.detector.watch_list = Some(watch_file);
         cfg.poller.interval_secs = 2;
         cfg.poller.page_size = 500;
         cfg.poller.initial_lookback_secs = 2 * 3600;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -70,9 +70,10 @@ pub const FEATURES: &[&str] = &[
     "patient_users_vs_usual",
     "dept_pair_rarity",
     "unexplained_depts_24h",
+    "watched_record_unrelated",
 ];
 
-pub const N_FEATURES: usize = 31;
+pub const N_FEATURES: usize = 32;
 
 /// A session ends after this long without activity.
 const SESSION_GAP: i64 = 8 * HOUR;
@@ -99,6 +100,7 @@ pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
     1, // the patient's users today against its usual
     1, // how rarely the user's department enters records homed where this one is
     1, // departments that opened the record today outside their usual pattern
+    1, // a watched record opened without a working relationship
 ];
 
 /// Raw facts behind the features, for plain-language explanations.
@@ -150,6 +152,8 @@ pub struct Facts {
     pub query_count: Option<u32>,
     pub export: bool,
     pub same_family_name: bool,
+    /// The record is on the site's watch list or labelled restricted.
+    pub watched: bool,
     /// For a shared family name: how many earlier patients had it, of how many.
     pub name_patients: u32,
     pub patients_seen: u32,
@@ -387,6 +391,10 @@ pub struct Context {
     names: IdMap<f32>,
     #[serde(default)]
     names_total: f32,
+    /// The site's watch list (hashes of `watch_key`s): set from the config at each start,
+    /// never snapshotted.
+    #[serde(skip)]
+    watched: IdSet,
     #[serde(skip)]
     tz: Option<chrono_tz::Tz>,
 }
@@ -528,6 +536,11 @@ impl Context {
 
     pub fn set_timezone(&mut self, tz: chrono_tz::Tz) {
         self.tz = Some(tz);
+    }
+
+    /// Replace the watch list (patient references; see `watch_key`).
+    pub fn set_watch_list<'a>(&mut self, refs: impl IntoIterator<Item = &'a str>) {
+        self.watched = refs.into_iter().map(|r| h64(watch_key(r))).collect();
     }
 
     pub fn users(&self) -> usize {
@@ -739,6 +752,11 @@ impl Context {
             x[6] = facts.first_pair as u8 as f32;
         }
         x[23] = ph.is_some() as u8 as f32;
+        facts.watched = r.restricted
+            || (!self.watched.is_empty()
+                && r.patient
+                    .as_deref()
+                    .is_some_and(|p| self.watched.contains(&h64(watch_key(p)))));
         match patient {
             Some(p) if p.total > 0.0 => {
                 facts.patient_history = p.total as u32;
@@ -750,6 +768,11 @@ impl Context {
                 // An access to a patient with a history none of it from the user's department,
                 // weighed by how unusual such access is for this user.
                 let unrelated_now = rel.unrelated;
+                // A record the site watches (a public figure, a member of staff) opened by a
+                // department without a working relationship with it. (Every first access
+                // from outside the home department was tried too: the departments that go
+                // everywhere made it flag routine work, see BENCHMARKS.md.)
+                x[31] = (facts.watched && unrelated_now) as u8 as f32;
                 if unrelated_now {
                     x[7] = unrelated_weight(user.map_or(0.0, |u| u.cross_rate));
                     // A run of such lookups weighs more than one.
@@ -845,7 +868,13 @@ impl Context {
                     facts.same_family_name = true;
                     facts.name_patients = n as u32;
                     facts.patients_seen = self.names_total as u32;
-                    x[21] = ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
+                    // A namesake the user's department cares for is explained by the care
+                    // (a relative on one's own ward is a matter for policy, not for this
+                    // score); one with no working relationship is not.
+                    let care = dept_h.is_some() && known.relation.is_some_and(|r| !r.unrelated);
+                    if !care {
+                        x[21] = ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
+                    }
                 }
             }
         }
@@ -1021,6 +1050,21 @@ impl Context {
             ps.total += 1.0;
             ps.last_ms = ps.last_ms.max(now);
         }
+    }
+}
+
+/// The part of a patient reference a watch list matches: `Patient/<id>` out of an absolute
+/// or versioned reference (`https://h/fhir/Patient/7/_history/2` → `Patient/7`), anything
+/// else (an identifier `system|value`) as it is.
+pub fn watch_key(r: &str) -> &str {
+    let r = r.trim();
+    match r.rfind("Patient/") {
+        Some(i) => {
+            let rest = &r[i..];
+            let end = rest[8..].find('/').map_or(rest.len(), |j| 8 + j);
+            &rest[..end]
+        }
+        None => r,
     }
 }
 
@@ -1529,6 +1573,17 @@ mod tests {
             rare[j],
             common[j]
         );
+        // A namesake whose record the user's department cares for (Cardiology opened every
+        // one of these): explained by the care.
+        let (x, f) = c.observe(&named(
+            "Practitioner/1",
+            "Dr. Ann Smith",
+            "Patient/0",
+            "Smith, Bob",
+            t0 + HOUR,
+        ));
+        assert!(f.same_family_name);
+        assert_eq!(x[j], 0.0);
         // A name counts once per patient, not per access.
         c.observe(&named(
             "Practitioner/3",
@@ -1545,5 +1600,82 @@ mod tests {
             t0 + HOUR + 2,
         ));
         assert_eq!(f.name_patients, 1);
+    }
+
+    #[test]
+    fn a_watched_record_opened_without_a_relationship_is_flagged() {
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_watch_list(["Patient/7", "https://h/fhir/Patient/8/_history/3"]);
+        let j = feature("watched_record_unrelated");
+        let t0 = monday(9);
+        for (i, p) in ["Patient/7", "Patient/8", "Patient/9"].iter().enumerate() {
+            for k in 0..20 {
+                c.observe(&in_dept(
+                    "Practitioner/1",
+                    "Oncology",
+                    p,
+                    t0 + (i * 20 + k) as i64 * 1000,
+                ));
+            }
+        }
+        // A first access from the record's home department: its care.
+        let (x, f) = c.observe(&in_dept(
+            "Practitioner/2",
+            "Oncology",
+            "Patient/7",
+            t0 + HOUR,
+        ));
+        assert!(f.watched);
+        assert_eq!(x[j], 0.0);
+        // Cardiology has no share of these records.
+        let (x, f) = c.observe(&in_dept(
+            "Practitioner/3",
+            "Cardiology",
+            "Patient/7",
+            t0 + HOUR,
+        ));
+        assert!(f.watched);
+        assert_eq!(x[j], 1.0);
+        let (x, _) = c.observe(&in_dept(
+            "Practitioner/3",
+            "Cardiology",
+            "Patient/8",
+            t0 + HOUR,
+        ));
+        assert_eq!(x[j], 1.0, "a versioned reference in the list matches");
+        let (x, f) = c.observe(&in_dept(
+            "Practitioner/3",
+            "Cardiology",
+            "Patient/9",
+            t0 + HOUR,
+        ));
+        assert!(!f.watched);
+        assert_eq!(x[j], 0.0, "not watched");
+        // A record the server labels restricted is watched without being listed.
+        let labelled = AuditRecord {
+            restricted: true,
+            ..in_dept("Practitioner/4", "Neurology", "Patient/9", t0 + HOUR)
+        };
+        let (x, f) = c.observe(&labelled);
+        assert!(f.watched);
+        assert_eq!(x[j], 1.0);
+        // A department with a working share of the record (radiology did the scans).
+        for k in 0..5 {
+            c.observe(&in_dept(
+                "Practitioner/5",
+                "Radiology",
+                "Patient/7",
+                t0 + HOUR + 10 + k,
+            ));
+        }
+        let (x, _) = c.observe(&in_dept(
+            "Practitioner/6",
+            "Radiology",
+            "Patient/7",
+            t0 + HOUR + 20,
+        ));
+        assert_eq!(x[j], 0.0, "a related department");
+        assert_eq!(watch_key(" Patient/12 "), "Patient/12");
+        assert_eq!(watch_key("urn:mrn|123"), "urn:mrn|123");
     }
 }

@@ -209,8 +209,35 @@ fn kind_of(feature: &str) -> &'static str {
         "dormancy_vs_usual_break" => "dormant_account",
         "query_size" | "export" => "mass_export",
         "same_family_name_rarity" => "family_snooping",
+        "watched_record_unrelated" => "watched_record",
         _ => "unusual_pattern",
     }
+}
+
+/// Read a watch list: one patient reference per line (`Patient/123`, an absolute or
+/// versioned reference, or an identifier `system|value`); blank lines and lines starting
+/// with `#` are skipped. An error names the line, never its content (a mistyped line may
+/// hold a patient's name).
+pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut refs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let key = features::watch_key(l);
+        let patient = key.len() > "Patient/".len() && key.starts_with("Patient/");
+        let identifier = l.split_once('|').is_some_and(|(_, v)| !v.is_empty());
+        if l.contains(char::is_whitespace) || !(patient || identifier) {
+            return Err(format!(
+                "line {} is not a patient reference (Patient/<id>, or an identifier system|value)",
+                i + 1
+            ));
+        }
+        refs.push(key.to_string());
+    }
+    Ok(refs)
 }
 
 /// Plain-language reasons from the top contributing features, strongest first.
@@ -333,6 +360,15 @@ pub fn explain(
                     format!("search asking for {} records at once", f.query_count.unwrap_or(0))
                 }
             }
+            "watched_record" => {
+                let from = match (&f.dept, f.dept_share) {
+                    (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
+                    _ => "from an unknown department".into(),
+                };
+                let what = "a watched record (on the site's watch list or labelled restricted)";
+                let first = if f.first_pair { ", for the first time by this user" } else { "" };
+                format!("{what} opened {from}{first}: no working relationship")
+            }
             "family_snooping" => match f.patients_seen {
                 0 => "the user shares the patient's family name (relative or self lookup?)".into(),
                 seen => format!(
@@ -408,5 +444,25 @@ mod tests {
             why[0],
             "opened 212 distinct patients in 10 min, 240 in 1 h (usual ≤ 15 per hour)"
         );
+    }
+
+    #[test]
+    fn watch_lists_are_read_and_bad_lines_named_without_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watch.txt");
+        std::fs::write(
+            &p,
+            "# VIPs\nPatient/7\n\n  https://h/fhir/Patient/8/_history/2 \nurn:oid:1.2|4711\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_watch_list(&p).unwrap(),
+            ["Patient/7", "Patient/8", "urn:oid:1.2|4711"]
+        );
+        std::fs::write(&p, "Patient/7\nJane Doe\n").unwrap();
+        let e = read_watch_list(&p).unwrap_err();
+        assert!(e.contains("line 2") && !e.contains("Jane"), "{e}");
+        let e = read_watch_list(&dir.path().join("missing")).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
     }
 }

@@ -216,6 +216,8 @@ struct Patient {
     admit_day: i64,
     discharge_day: i64,
     care_team: Vec<usize>,
+    /// On the hospital's watch list: a public figure, a board member, staff as a patient.
+    watched: bool,
 }
 
 struct Hospital {
@@ -353,7 +355,17 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             admit_day,
             discharge_day: admit_day + stay,
             care_team,
+            watched: false,
         });
+    }
+    // The hospital knows some of its VIPs and watches their records: one patient in a
+    // hundred.
+    for _ in 0..(patients.len() / 100).max(1) {
+        if patients.is_empty() {
+            break;
+        }
+        let i = rng.below(patients.len() as u64) as usize;
+        patients[i].watched = true;
     }
     // Staff live near the hospital, and their families are its patients too: about a third
     // of the staff have one or two relatives among the patients, who carry their family name.
@@ -790,7 +802,18 @@ fn inject(
             }
         }
         "vip_snooping" => {
-            let vip = &h.patients[*rng.pick(anywhere)];
+            // Half the time a VIP the hospital knows and watches, else someone the news
+            // made interesting overnight, whom nobody has flagged.
+            let watched: Vec<usize> = anywhere
+                .iter()
+                .copied()
+                .filter(|p| h.patients[*p].watched)
+                .collect();
+            let vip = if !watched.is_empty() && rng.chance(0.5) {
+                &h.patients[*rng.pick(&watched)]
+            } else {
+                &h.patients[*rng.pick(anywhere)]
+            };
             let n = 6 + rng.below(10);
             for _ in 0..n {
                 let s = *rng.pick(&active);
@@ -951,6 +974,17 @@ fn inject(
     }
 }
 
+/// The simulated hospital's watch list (patient references), as a site would keep it for
+/// `detector.watch_list`.
+pub fn watch_list(opts: &SimOptions) -> Vec<String> {
+    let h = build(opts, &mut Rng::new(opts.seed));
+    h.patients
+        .iter()
+        .filter(|p| p.watched)
+        .map(|p| p.reference.clone())
+        .collect()
+}
+
 /// Write NDJSON events and a labels CSV.
 pub fn write(
     events: &[SimEvent],
@@ -1082,5 +1116,24 @@ mod tests {
                 assert_eq!(h.patients[*p].last, u.last);
             }
         }
+    }
+
+    #[test]
+    fn vip_snooping_goes_to_watched_and_to_unwatched_records() {
+        let mut o = SimOptions::new(8, 3);
+        o.users = 60;
+        o.patients = 600;
+        o.anomalies_from_day = 1;
+        o.incidents_per_day = 30.0;
+        let watched = watch_list(&o);
+        assert_eq!(watched.len(), 6, "one patient in a hundred");
+        let mut on = [0, 0];
+        for e in simulate(&o) {
+            if e.label == Some("vip_snooping") {
+                let p = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
+                on[watched.iter().any(|w| w == p) as usize] += 1;
+            }
+        }
+        assert!(on[0] > 0 && on[1] > 0, "unwatched, watched: {on:?}");
     }
 }

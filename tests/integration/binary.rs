@@ -469,3 +469,87 @@ fn train_from_server_reads_the_whole_history_once() {
     assert_eq!(code, 1);
     assert!(err.contains("nothing to learn from"), "{err}");
 }
+
+#[test]
+fn simulate_train_and_score_take_a_watch_list() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let sim = [
+        "simulate",
+        "--days",
+        "4",
+        "--seed",
+        "3",
+        "--users",
+        "40",
+        "--patients",
+        "400",
+        "--anomalies-from-day",
+        "2",
+        "--incidents-per-day",
+        "40",
+        "--out",
+    ];
+    let (code, _, err) = run(&[&sim[..], &[&p("sim")]].concat(), &[]);
+    assert_eq!(code, 0, "{err}");
+    let list = std::fs::read_to_string(p("sim/watchlist.txt")).unwrap();
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("Patient/")).count(),
+        4
+    );
+    let events = p("sim/events.ndjson");
+    let wl = p("sim/watchlist.txt");
+    let (code, _, err) = run(
+        &[
+            "train",
+            "--input",
+            &events,
+            "--output",
+            &p("model"),
+            "--epochs",
+            "2",
+            "--watch-list",
+            &wl,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(
+        &[
+            "score",
+            "--model",
+            &p("model"),
+            "--input",
+            &events,
+            "--output",
+            &p("s.csv"),
+            "--watch-list",
+            &wl,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let scores = std::fs::read_to_string(p("s.csv")).unwrap();
+    assert!(
+        scores.contains("a watched record (on the site's watch list"),
+        "some snooping went to a watched record"
+    );
+    // A mistyped list is refused, naming the line and not echoing it.
+    std::fs::write(p("bad.txt"), "Patient/1\nJane Doe\n").unwrap();
+    let (code, _, err) = run(
+        &[
+            "score",
+            "--model",
+            &p("model"),
+            "--input",
+            &events,
+            "--output",
+            &p("s2.csv"),
+            "--watch-list",
+            &p("bad.txt"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("line 2") && !err.contains("Jane"), "{err}");
+}
