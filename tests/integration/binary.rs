@@ -514,20 +514,23 @@ fn simulate_train_and_score_take_a_watch_list() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(
-        &[
-            "score",
-            "--model",
-            &p("model"),
-            "--input",
-            &events,
-            "--output",
-            &p("s.csv"),
-            "--watch-list",
-            &wl,
-        ],
-        &[],
-    );
+    let score = |out: &str, list: &str| {
+        run(
+            &[
+                "score",
+                "--model",
+                &p("model"),
+                "--input",
+                &events,
+                "--output",
+                &p(out),
+                "--watch-list",
+                list,
+            ],
+            &[],
+        )
+    };
+    let (code, _, err) = score("s.csv", &wl);
     assert_eq!(code, 0, "{err}");
     let scores = std::fs::read_to_string(p("s.csv")).unwrap();
     assert!(
@@ -536,20 +539,7 @@ fn simulate_train_and_score_take_a_watch_list() {
     );
     // A mistyped list is refused, naming the line and not echoing it.
     std::fs::write(p("bad.txt"), "Patient/1\nJane Doe\n").unwrap();
-    let (code, _, err) = run(
-        &[
-            "score",
-            "--model",
-            &p("model"),
-            "--input",
-            &events,
-            "--output",
-            &p("s2.csv"),
-            "--watch-list",
-            &p("bad.txt"),
-        ],
-        &[],
-    );
+    let (code, _, err) = score("s2.csv", &p("bad.txt"));
     assert_eq!(code, 1);
     assert!(err.contains("line 2") && !err.contains("Jane"), "{err}");
 }
