@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::alerts::{AlertFilter, Severity, Status};
 use crate::clock::SystemClock;
-use crate::config;
+use crate::config::{self, Config};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -336,15 +336,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let (ev, lb) = crate::detector::simulate::write(&events, &out)
                 .with_context(|| format!("writing to {}", out.display()))?;
             let wl = out.join("watchlist.txt");
-            let watched = crate::detector::simulate::watch_list(&o);
-            std::fs::write(
-                &wl,
-                format!(
-                    "# The simulated hospital's watched records\n{}\n",
-                    watched.join("\n")
-                ),
-            )
-            .with_context(|| format!("writing {}", wl.display()))?;
+            crate::detector::simulate::write_watch_list(&o, &wl)
+                .with_context(|| format!("writing {}", wl.display()))?;
             let labelled = events.iter().filter(|e| e.label.is_some()).count();
             println!(
                 "{} events ({} labelled anomalous) → {}, {} and {}",
@@ -368,22 +361,18 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
             watch_list,
         } => {
-            let (records, names, tz) = if from_server {
-                // The server's config is required here (and gives the time zone).
+            let (records, names, cfg) = if from_server {
+                // The server's config is required here.
                 let cfg = config::load(cfg_path)?.config;
-                let tz = match timezone.as_deref() {
-                    Some(_) => site_tz(timezone.as_deref(), None)?,
-                    None => cfg.timezone(),
-                };
                 let since = parse_since(&since, Utc::now())?;
                 let records = server_history(&cfg, since)?;
                 let name = format!("{} since {}", cfg.fhir.base_url, since.to_rfc3339());
-                (records, vec![name], tz)
+                (records, vec![name], Some(cfg))
             } else {
                 let (records, names) = read_inputs(&input)?;
-                (records, names, site_tz(timezone.as_deref(), cfg_path)?)
+                (records, names, site_config(cfg_path))
             };
-            let ctx = site_context(tz, watch_list.as_deref(), cfg_path)?;
+            let ctx = site_context(timezone.as_deref(), watch_list.as_deref(), cfg.as_ref())?;
             train_cmd(
                 records, names, &output, epochs, seed, percentile, ctx, until,
             )?;
@@ -397,8 +386,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             features_out,
             watch_list,
         } => {
-            let tz = site_tz(timezone.as_deref(), cfg_path)?;
-            let ctx = site_context(tz, watch_list.as_deref(), cfg_path)?;
+            let cfg = site_config(cfg_path);
+            let ctx = site_context(timezone.as_deref(), watch_list.as_deref(), cfg.as_ref())?;
             score_cmd(&model, &input, &output, ctx, features_out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -535,30 +524,28 @@ pub fn parse_since(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>>
     Ok(now - d)
 }
 
-fn site_tz(flag: Option<&str>, cfg_path: Option<&Path>) -> anyhow::Result<chrono_tz::Tz> {
-    if let Some(t) = flag {
-        return t
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {t:?}"));
-    }
-    Ok(config::load(cfg_path)
-        .map(|l| l.config.timezone())
-        .unwrap_or(chrono_tz::UTC))
+/// The config, when one is readable: offline commands (`train` from files, `score`) take
+/// the site's settings from it, and run without one.
+fn site_config(cfg_path: Option<&Path>) -> Option<Config> {
+    config::load(cfg_path).ok().map(|l| l.config)
 }
 
-/// A fresh feature context for the site: its time zone, and its watch list from the flag,
-/// else from the config's `detector.watch_list` (when a config is readable).
+/// A fresh feature context for the site: its time zone and its watch list, each from its
+/// flag, else from the config (time zone UTC and no watch list without either).
 fn site_context(
-    tz: chrono_tz::Tz,
-    flag: Option<&Path>,
-    cfg_path: Option<&Path>,
+    timezone: Option<&str>,
+    watch_list: Option<&Path>,
+    cfg: Option<&Config>,
 ) -> anyhow::Result<crate::detector::features::Context> {
-    let path = match flag {
-        Some(p) => Some(p.to_path_buf()),
-        None => config::load(cfg_path)
-            .ok()
-            .and_then(|l| l.config.detector.watch_list),
+    let tz = match timezone {
+        Some(t) => t
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {t:?}"))?,
+        None => cfg.map_or(chrono_tz::UTC, Config::timezone),
     };
+    let path = watch_list
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.and_then(|c| c.detector.watch_list.clone()));
     let watch = match &path {
         Some(p) => crate::detector::read_watch_list(p)
             .map_err(|e| anyhow::anyhow!("watch list {}: {e}", p.display()))?,

@@ -70,7 +70,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         cfg.detector.model_dir = model_dir.clone();
         // The simulated hospital's watch list, as a site keeps one.
         let watch_file = state.path().join("watch-list.txt");
-        std::fs::write(&watch_file, crate::detector::simulate::watch_list(&sim).join("\n"))
+        crate::detector::simulate::write_watch_list(&sim, &watch_file)
             .context("writing the demo watch list")?;
         cfg.detector.watch_list = Some(watch_file);
         cfg.poller.interval_secs = 2;

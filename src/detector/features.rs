@@ -327,6 +327,10 @@ struct Relation {
     share: f32,
     /// Under `RELATED_SHARE` of a record with history: no working relationship.
     unrelated: bool,
+    /// A known department with a working relationship (`RELATED_SHARE` or more): care that
+    /// explains a sensitive access, such as a namesake's record. Not the same as
+    /// `!unrelated`: a user without a department is neither.
+    cares: bool,
     /// For an unrelated access to a record with a home department: where the department's
     /// unrelated lookups usually go.
     pair: Option<Pair>,
@@ -587,6 +591,7 @@ impl Context {
         Relation {
             share,
             unrelated,
+            cares: !unrelated,
             pair,
         }
     }
@@ -871,8 +876,7 @@ impl Context {
                     // A namesake the user's department cares for is explained by the care
                     // (a relative on one's own ward is a matter for policy, not for this
                     // score); one with no working relationship is not.
-                    let care = dept_h.is_some() && known.relation.is_some_and(|r| !r.unrelated);
-                    if !care {
+                    if !known.relation.is_some_and(|r| r.cares) {
                         x[21] = ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
                     }
                 }

@@ -360,12 +360,11 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
     }
     // The hospital knows some of its VIPs and watches their records: one patient in a
     // hundred.
-    for _ in 0..(patients.len() / 100).max(1) {
-        if patients.is_empty() {
-            break;
+    if !patients.is_empty() {
+        for _ in 0..(patients.len() / 100).max(1) {
+            let i = rng.below(patients.len() as u64) as usize;
+            patients[i].watched = true;
         }
-        let i = rng.below(patients.len() as u64) as usize;
-        patients[i].watched = true;
     }
     // Staff live near the hospital, and their families are its patients too: about a third
     // of the staff have one or two relatives among the patients, who carry their family name.
@@ -596,8 +595,7 @@ fn admitted(h: &Hospital, dept: usize, day: i64) -> Vec<usize> {
 
 /// Generate the whole simulation, sorted by `recorded`.
 pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
-    let mut rng = Rng::new(opts.seed);
-    let h = build(opts, &mut rng);
+    let (h, mut rng) = hospital(opts);
     let mut em = Emitter {
         seed: opts.seed,
         n: 0,
@@ -974,15 +972,35 @@ fn inject(
     }
 }
 
+/// The hospital of `opts`, and the generator as building it left it (the simulation goes on
+/// from there): one function, so `watch_list` describes the hospital `simulate` runs.
+fn hospital(opts: &SimOptions) -> (Hospital, Rng) {
+    let mut rng = Rng::new(opts.seed);
+    let h = build(opts, &mut rng);
+    (h, rng)
+}
+
 /// The simulated hospital's watch list (patient references), as a site would keep it for
 /// `detector.watch_list`.
 pub fn watch_list(opts: &SimOptions) -> Vec<String> {
-    let h = build(opts, &mut Rng::new(opts.seed));
-    h.patients
+    hospital(opts)
+        .0
+        .patients
         .iter()
         .filter(|p| p.watched)
         .map(|p| p.reference.clone())
         .collect()
+}
+
+/// Write the watch list of `watch_list` to `path`, one reference per line.
+pub fn write_watch_list(opts: &SimOptions, path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "# The simulated hospital's watched records\n{}\n",
+            watch_list(opts).join("\n")
+        ),
+    )
 }
 
 /// Write NDJSON events and a labels CSV.
@@ -1091,7 +1109,7 @@ mod tests {
     #[test]
     fn family_names_are_mostly_rare_and_relatives_share_them() {
         let o = SimOptions::new(3, 11);
-        let h = build(&o, &mut Rng::new(11));
+        let (h, _) = hospital(&o);
         let mut counts = std::collections::HashMap::new();
         for p in &h.patients {
             *counts.entry(p.last.as_str()).or_insert(0usize) += 1;

@@ -261,10 +261,9 @@ pub struct CodingOrConcept<'a> {
 }
 
 impl CodingOrConcept<'_> {
+    /// The Coding's own code, else the CodeableConcept's first.
     fn code(&self) -> Option<&str> {
-        self.code
-            .as_deref()
-            .or_else(|| self.coding.iter().find_map(|c| c.code.as_deref()))
+        self.codes().next()
     }
 
     /// Every code, a Coding's own or a CodeableConcept's.
