@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -66,7 +66,7 @@ pub const FEATURES: &[&str] = &[
     "user_cross_dept_rate",
     "user_first_access_rate",
     "session_start_rarity",
-    "unrelated_accesses_1h",
+    "unrelated_run_surprise_1h",
     "patient_users_vs_usual",
     "dept_pair_rarity",
     "unexplained_depts_24h",
@@ -141,8 +141,11 @@ pub struct Facts {
     pub days_inactive: f32,
     /// The user's usual longest break, in days (before this session).
     pub usual_break_days: f32,
-    /// Accesses to unrelated patients by this user in the last hour, this one included.
+    /// Accesses to unrelated patients by this user in the last hour, this one included,
+    /// and how many the user's habit would make expected among the hour's accesses.
     pub unrelated_1h: u32,
+    #[serde(default)]
+    pub unrelated_expected_1h: f32,
     /// For an unrelated access: the department most of the patient's record activity comes
     /// from, and how many of the user's department's earlier unrelated accesses went to
     /// patients homed there (of how many).
@@ -276,6 +279,25 @@ struct UserState {
     /// the last hour (bounded).
     #[serde(default)]
     unrelated_recent: VecDeque<i64>,
+    /// `cross_rate` as it stood before the first of the unrelated lookups in
+    /// `unrelated_recent`: a run of such lookups is judged against the user's habit, not
+    /// against itself. `None` in snapshots from before it was kept.
+    #[serde(default)]
+    cross_rate_before_run: Option<f32>,
+}
+
+impl UserState {
+    /// How often this user habitually opens records their department has no history with:
+    /// `cross_rate`, but during a run of such lookups (any in the last hour) no higher than
+    /// before the run began. Otherwise a ward nurse's second lookup in a row would count as
+    /// less unusual than the first, because the first one raised the rate.
+    fn habitual_cross_rate(&self, now: i64) -> f32 {
+        let in_run = self.unrelated_recent.back().is_some_and(|t| *t >= now - HOUR);
+        match self.cross_rate_before_run {
+            Some(before) if in_run => before.min(self.cross_rate),
+            _ => self.cross_rate,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -779,16 +801,24 @@ impl Context {
                 // everywhere made it flag routine work, see BENCHMARKS.md.)
                 x[31] = (facts.watched && unrelated_now) as u8 as f32;
                 if unrelated_now {
-                    x[7] = unrelated_weight(user.map_or(0.0, |u| u.cross_rate));
-                    // A run of such lookups weighs more than one.
-                    let before = user.map_or(0, |u| {
-                        u.unrelated_recent
-                            .iter()
-                            .filter(|t| **t >= now - HOUR)
-                            .count()
+                    let rate = user.map_or(0.0, |u| u.habitual_cross_rate(now));
+                    x[7] = unrelated_weight(rate);
+                    // A run of such lookups weighs more than one, by how improbable so many
+                    // are in the hour for this user: two in a row are routine in radiology
+                    // and rare on a ward. (The first of a run is `unrelated_patient_rarity`.)
+                    let (before, accesses) = user.map_or((0, 0), |u| {
+                        let in_hour = |t: i64| t >= now - HOUR;
+                        (
+                            u.unrelated_recent.iter().filter(|t| in_hour(**t)).count(),
+                            u.recent.iter().filter(|e| in_hour(e.0)).count(),
+                        )
                     });
+                    let expected = habit_share(rate) * (accesses + 1) as f32;
                     facts.unrelated_1h = before as u32 + 1;
-                    x[27] = (before as f32).ln_1p();
+                    facts.unrelated_expected_1h = expected;
+                    if before > 0 {
+                        x[27] = poisson_tail_surprise(before as u32 + 1, expected);
+                    }
                     // How rarely the department's unrelated accesses land on patients homed
                     // where this one is (smoothed: uniform while the department is new).
                     if let Some(pair) = rel.pair {
@@ -803,7 +833,8 @@ impl Context {
                 let (mut seen_users, mut pressure) = unrelated_crowd(p, now);
                 if unrelated_now && uh.is_some_and(|u| !seen_users.contains(&u)) {
                     seen_users.push(uh.unwrap_or_default());
-                    pressure += self.access_weight(user.map_or(0.0, |u| u.cross_rate), x[29]);
+                    pressure +=
+                        self.access_weight(user.map_or(0.0, |u| u.habitual_cross_rate(now)), x[29]);
                 }
                 facts.unrelated_users_24h = seen_users.len() as u32;
                 // log((accesses from the user's department + 1) / (all accesses + 1)): 0 for
@@ -979,7 +1010,9 @@ impl Context {
             let dept_pair = rel.and_then(|r| r.pair);
             let stray = dept_pair.filter(|p| self.strays(p));
             let weight = self.access_weight(
-                self.users.get(&uh).map_or(0.0, |u| u.cross_rate),
+                self.users
+                    .get(&uh)
+                    .map_or(0.0, |u| u.habitual_cross_rate(now)),
                 dept_pair.map_or(0.0, |p| p.rarity),
             );
             if let Some(dp) = dept_pair {
@@ -991,10 +1024,14 @@ impl Context {
             }
             let u = self.users.get_mut(&uh).expect("inserted above");
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
+            let rate_before = u.cross_rate;
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
             }
             if cross == Some(1.0) {
+                if !u.unrelated_recent.back().is_some_and(|t| *t >= now - HOUR) {
+                    u.cross_rate_before_run = Some(rate_before);
+                }
                 push_window(&mut u.unrelated_recent, now, 64, now - HOUR, |t| *t);
             }
             if first && self.pairs_now.insert(pair) && self.pairs_now.len() >= MAX_PAIRS / 2 {
@@ -1090,9 +1127,37 @@ fn is_unrelated(dept_share: f32, history: f32) -> bool {
     history >= 1.0 && dept_share < RELATED_SHARE
 }
 
+/// A user's share of unrelated accesses, smoothed so that no habit is taken as never.
+fn habit_share(rate: f32) -> f32 {
+    rate + 0.005
+}
+
 /// How unusual an unrelated access is for a user whose rate of such access is `rate`.
 fn unrelated_weight(rate: f32) -> f32 {
-    -(rate + 0.005).ln()
+    -habit_share(rate).ln()
+}
+
+/// -ln P(N ≥ n) for N Poisson with mean `mean`: how improbable it is to see `n` or more
+/// events where `mean` are expected. 0 for n = 0.
+fn poisson_tail_surprise(n: u32, mean: f32) -> f32 {
+    let m = (mean as f64).max(1e-12);
+    let ln_pmf = |k: u32| -m + k as f64 * m.ln() - (1..=k).map(|i| (i as f64).ln()).sum::<f64>();
+    let surprise = if n == 0 {
+        0.0
+    } else if n as f64 <= m {
+        // The tail holds most of the mass: 1 minus the head is accurate.
+        -(1.0 - (0..n).map(|k| ln_pmf(k).exp()).sum::<f64>()).max(1e-300).ln()
+    } else {
+        // A small tail: its terms, relative to the first, fall off at once.
+        let (mut term, mut sum, mut k) = (1.0f64, 0.0f64, n);
+        while term > 1e-12 * sum && k < n + 1_000 {
+            sum += term;
+            k += 1;
+            term *= m / k as f64;
+        }
+        -(ln_pmf(n) + sum.ln())
+    };
+    surprise.max(0.0) as f32
 }
 
 impl Facts {
@@ -1266,6 +1331,58 @@ mod tests {
         }
         let (x, _) = c.observe(&at("Practitioner/c4", "Cardiology"));
         assert_eq!(x[unrelated], 0.0);
+    }
+
+    #[test]
+    fn poisson_tail_surprise_matches_closed_forms() {
+        // P(N >= 1) = 1 - e^-m; P(N >= 2) = 1 - e^-m (1 + m).
+        for m in [0.01f64, 0.3, 1.0, 4.0, 30.0] {
+            let p1 = 1.0 - (-m).exp();
+            let p2 = 1.0 - (-m).exp() * (1.0 + m);
+            for (n, p) in [(1, p1), (2, p2)] {
+                let got = poisson_tail_surprise(n, m as f32) as f64;
+                assert!((got - -p.ln()).abs() < 1e-3 * (1.0 + -p.ln()), "n={n} m={m}: {got}");
+            }
+        }
+        assert_eq!(poisson_tail_surprise(0, 0.5), 0.0);
+        // Far in the tail it stays finite and keeps growing.
+        let (a, b) = (poisson_tail_surprise(20, 0.01), poisson_tail_surprise(40, 0.01));
+        assert!(a.is_finite() && b.is_finite() && b > a && a > 100.0, "{a} {b}");
+    }
+
+    /// A ward user's second lookup outside their department's records in a few minutes is
+    /// judged by the habit they had before the run (the first lookup does not make the second
+    /// look routine), and the run itself is improbable for them; for a radiologist, whose
+    /// work is such lookups, it is not.
+    #[test]
+    fn a_run_of_unrelated_lookups_is_judged_against_the_habit_before_it() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(8);
+        for i in 0..30 {
+            for _ in 0..5 {
+                t += 60_000;
+                c.observe(&in_dept("Practitioner/s", "Surgery", &format!("Patient/s{i}"), t));
+            }
+        }
+        for i in 0..100 {
+            t += 60_000;
+            c.observe(&in_dept("Practitioner/n", "Cardiology", &format!("Patient/c{}", i % 10), t));
+            t += 60_000;
+            let p = format!("Patient/s{}", i % 30);
+            c.observe(&in_dept(&format!("Practitioner/r{}", i % 2), "Radiology", &p, t));
+        }
+        let (rarity, run) = (feature("unrelated_patient_rarity"), feature("unrelated_run_surprise_1h"));
+        t += 60_000;
+        let (first, f1) = c.observe(&in_dept("Practitioner/n", "Cardiology", "Patient/s1", t));
+        t += 60_000;
+        let (second, f2) = c.observe(&in_dept("Practitioner/n", "Cardiology", "Patient/s2", t));
+        assert!(first[rarity] > 4.0, "{first:?}");
+        assert_eq!(second[rarity], first[rarity]);
+        assert_eq!((first[run], f1.unrelated_1h, f2.unrelated_1h), (0.0, 1, 2));
+        assert!(second[run] > 4.0 && f2.unrelated_expected_1h < 0.2, "{} {f2:?}", second[run]);
+        t += 60_000;
+        let (x, _) = c.observe(&in_dept("Practitioner/r0", "Radiology", "Patient/s3", t));
+        assert!(x[rarity] < 1.5 && x[run] < 1.0, "{x:?}");
     }
 
     /// A user whose department is unknown has no relationship to measure: neither the

@@ -198,7 +198,7 @@ fn kind_of(feature: &str) -> &'static str {
         "first_access_to_patient"
         | "unrelated_patient_rarity"
         | "dept_history_with_patient"
-        | "unrelated_accesses_1h"
+        | "unrelated_run_surprise_1h"
         | "dept_pair_rarity" => "cross_department",
         "patient_users_24h"
         | "unrelated_pressure_24h"
@@ -287,10 +287,16 @@ pub fn explain(
                 f.usual_d1h.ceil()
             ),
             "cross_department" => {
-                let first = match (f.first_pair, f.unrelated_1h) {
-                    (true, n) if n > 1 => format!("first access to this patient, one of {n} such lookups by this user within an hour"),
-                    (true, _) => "first access to this patient".to_string(),
-                    (false, _) => "access to this patient".to_string(),
+                let access = match f.first_pair {
+                    true => "first access to this patient",
+                    false => "access to this patient",
+                };
+                let first = match f.unrelated_1h {
+                    n if n > 1 => format!(
+                        "{access}, one of {n} such lookups by this user within an hour (their habit makes {:.1} expected)",
+                        f.unrelated_expected_1h
+                    ),
+                    _ => access.to_string(),
                 };
                 let mut text = match (f.dept_share, &f.dept) {
                     (Some(s), Some(d)) => format!(
