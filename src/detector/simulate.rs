@@ -829,10 +829,13 @@ fn inject(
                 .filter(|u| !DEPTS[u.dept].1)
                 .collect();
             let u = *rng.pick(&clinical);
+            // Patients of another department that the user's department was not asked to
+            // consult on: access without a working relationship, as the type says.
             let other: Vec<usize> = anywhere
                 .iter()
                 .copied()
                 .filter(|p| h.patients[*p].dept != u.dept)
+                .filter(|p| !h.patients[*p].consults.contains(&u.dept))
                 .collect();
             if other.is_empty() {
                 return;
@@ -943,16 +946,17 @@ fn inject(
             }
         }
         "family_snooping" => {
-            // A relative admitted to another department, whose record the user's work never
-            // opened: a pharmacist who has been checking a relative's orders opens that record
-            // for a reason the audit trail cannot tell from work, so that is not injected as
-            // snooping.
+            // A relative admitted to another department, not one the user's department was
+            // asked to consult on, whose record the user's work never opened: a pharmacist who
+            // has been checking a relative's orders, or a nurse on the consulting team, opens
+            // that record for a reason the audit trail cannot tell from work, so that is not
+            // injected as snooping.
             let pairs: Vec<(&User, &Patient)> = active
                 .iter()
                 .flat_map(|u| u.relatives.iter().map(move |p| (*u, *p)))
                 .filter(|(_, p)| anywhere.contains(p))
                 .map(|(u, p)| (u, &h.patients[p]))
-                .filter(|(u, p)| p.dept != u.dept)
+                .filter(|(u, p)| p.dept != u.dept && !p.consults.contains(&u.dept))
                 .collect();
             if pairs.is_empty() {
                 return;
@@ -1134,6 +1138,34 @@ mod tests {
                 assert_eq!(h.patients[*p].last, u.last);
             }
         }
+    }
+
+    /// Cross-department access and family snooping, as the types say, open a record the
+    /// user's department has no working relationship with: neither its own patient nor one
+    /// it was asked to consult on.
+    #[test]
+    fn snooping_goes_where_the_department_has_no_working_relationship() {
+        let mut o = SimOptions::new(10, 9);
+        o.users = 60;
+        o.patients = 600;
+        o.anomalies_from_day = 2;
+        o.incidents_per_day = 60.0;
+        let (h, _) = hospital(&o);
+        let mut checked = std::collections::HashMap::new();
+        for e in simulate(&o) {
+            let Some(kind @ ("cross_department" | "family_snooping")) = e.label else {
+                continue;
+            };
+            let who = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
+            let what = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
+            let u = h.users.iter().find(|u| u.reference == who).unwrap();
+            let p = h.patients.iter().find(|p| p.reference == what).unwrap();
+            assert_ne!(p.dept, u.dept, "{}", e.id);
+            assert!(!p.consults.contains(&u.dept), "{}: a consult, not a stray", e.id);
+            *checked.entry(kind).or_insert(0) += 1;
+        }
+        assert!(checked.get("cross_department") > Some(&20), "{checked:?}");
+        assert!(checked.get("family_snooping") >= Some(&3), "{checked:?}");
     }
 
     #[test]
