@@ -224,7 +224,7 @@ pub fn family_name(display: &str) -> Option<String> {
     let name = if let Some((fam, _)) = d.split_once(',') {
         fam.trim()
     } else {
-        d.split_whitespace().filter(|w| !w.ends_with('.')).last()?
+        d.split_whitespace().rfind(|w| !w.ends_with('.'))?
     };
     let n: String = name
         .chars()
@@ -292,11 +292,18 @@ impl UserState {
     /// before the run began. Otherwise a ward nurse's second lookup in a row would count as
     /// less unusual than the first, because the first one raised the rate.
     fn habitual_cross_rate(&self, now: i64) -> f32 {
-        let in_run = self.unrelated_recent.back().is_some_and(|t| *t >= now - HOUR);
         match self.cross_rate_before_run {
-            Some(before) if in_run => before.min(self.cross_rate),
+            Some(before) if self.in_unrelated_run(now) => before.min(self.cross_rate),
             _ => self.cross_rate,
         }
+    }
+
+    /// Whether the user opened a record their department has no history with in the hour
+    /// before `now`.
+    fn in_unrelated_run(&self, now: i64) -> bool {
+        self.unrelated_recent
+            .back()
+            .is_some_and(|t| *t >= now - HOUR)
     }
 }
 
@@ -1029,7 +1036,7 @@ impl Context {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
             }
             if cross == Some(1.0) {
-                if !u.unrelated_recent.back().is_some_and(|t| *t >= now - HOUR) {
+                if !u.in_unrelated_run(now) {
                     u.cross_rate_before_run = Some(rate_before);
                 }
                 push_window(&mut u.unrelated_recent, now, 64, now - HOUR, |t| *t);
@@ -1146,7 +1153,9 @@ fn poisson_tail_surprise(n: u32, mean: f32) -> f32 {
         0.0
     } else if n as f64 <= m {
         // The tail holds most of the mass: 1 minus the head is accurate.
-        -(1.0 - (0..n).map(|k| ln_pmf(k).exp()).sum::<f64>()).max(1e-300).ln()
+        -(1.0 - (0..n).map(|k| ln_pmf(k).exp()).sum::<f64>())
+            .max(1e-300)
+            .ln()
     } else {
         // A small tail: its terms, relative to the first, fall off at once.
         let (mut term, mut sum, mut k) = (1.0f64, 0.0f64, n);
@@ -1341,13 +1350,22 @@ mod tests {
             let p2 = 1.0 - (-m).exp() * (1.0 + m);
             for (n, p) in [(1, p1), (2, p2)] {
                 let got = poisson_tail_surprise(n, m as f32) as f64;
-                assert!((got - -p.ln()).abs() < 1e-3 * (1.0 + -p.ln()), "n={n} m={m}: {got}");
+                assert!(
+                    (got - -p.ln()).abs() < 1e-3 * (1.0 + -p.ln()),
+                    "n={n} m={m}: {got}"
+                );
             }
         }
         assert_eq!(poisson_tail_surprise(0, 0.5), 0.0);
         // Far in the tail it stays finite and keeps growing.
-        let (a, b) = (poisson_tail_surprise(20, 0.01), poisson_tail_surprise(40, 0.01));
-        assert!(a.is_finite() && b.is_finite() && b > a && a > 100.0, "{a} {b}");
+        let (a, b) = (
+            poisson_tail_surprise(20, 0.01),
+            poisson_tail_surprise(40, 0.01),
+        );
+        assert!(
+            a.is_finite() && b.is_finite() && b > a && a > 100.0,
+            "{a} {b}"
+        );
     }
 
     /// A ward user's second lookup outside their department's records in a few minutes is
@@ -1361,17 +1379,35 @@ mod tests {
         for i in 0..30 {
             for _ in 0..5 {
                 t += 60_000;
-                c.observe(&in_dept("Practitioner/s", "Surgery", &format!("Patient/s{i}"), t));
+                c.observe(&in_dept(
+                    "Practitioner/s",
+                    "Surgery",
+                    &format!("Patient/s{i}"),
+                    t,
+                ));
             }
         }
         for i in 0..100 {
             t += 60_000;
-            c.observe(&in_dept("Practitioner/n", "Cardiology", &format!("Patient/c{}", i % 10), t));
+            c.observe(&in_dept(
+                "Practitioner/n",
+                "Cardiology",
+                &format!("Patient/c{}", i % 10),
+                t,
+            ));
             t += 60_000;
             let p = format!("Patient/s{}", i % 30);
-            c.observe(&in_dept(&format!("Practitioner/r{}", i % 2), "Radiology", &p, t));
+            c.observe(&in_dept(
+                &format!("Practitioner/r{}", i % 2),
+                "Radiology",
+                &p,
+                t,
+            ));
         }
-        let (rarity, run) = (feature("unrelated_patient_rarity"), feature("unrelated_run_surprise_1h"));
+        let (rarity, run) = (
+            feature("unrelated_patient_rarity"),
+            feature("unrelated_run_surprise_1h"),
+        );
         t += 60_000;
         let (first, f1) = c.observe(&in_dept("Practitioner/n", "Cardiology", "Patient/s1", t));
         t += 60_000;
@@ -1379,7 +1415,11 @@ mod tests {
         assert!(first[rarity] > 4.0, "{first:?}");
         assert_eq!(second[rarity], first[rarity]);
         assert_eq!((first[run], f1.unrelated_1h, f2.unrelated_1h), (0.0, 1, 2));
-        assert!(second[run] > 4.0 && f2.unrelated_expected_1h < 0.2, "{} {f2:?}", second[run]);
+        assert!(
+            second[run] > 4.0 && f2.unrelated_expected_1h < 0.2,
+            "{} {f2:?}",
+            second[run]
+        );
         t += 60_000;
         let (x, _) = c.observe(&in_dept("Practitioner/r0", "Radiology", "Patient/s3", t));
         assert!(x[rarity] < 1.5 && x[run] < 1.0, "{x:?}");
@@ -1511,7 +1551,7 @@ mod tests {
                 list.push_back((t, (rng.f64() * 40.0) as u64 * 0x9E37_79B9_7F4A_7C15));
             }
             let (short, long) = (t - 600_000, t - 3_600_000);
-            let probe = Some((round % 40) as u64 * 0x9E37_79B9_7F4A_7C15);
+            let key = (round % 40) as u64 * 0x9E37_79B9_7F4A_7C15;
             let window = |since: i64| -> Vec<u64> {
                 list.iter()
                     .rev()
@@ -1524,11 +1564,11 @@ mod tests {
                 v.dedup();
                 v.len() as u32
             };
-            let d = distinct2(&list, short, long, probe);
+            let d = distinct2(&list, short, long, Some(key));
             assert_eq!(d.short, count(window(short)), "round {round}");
             assert_eq!(d.long, count(window(long)), "round {round}");
-            assert_eq!(d.probe_in_short, window(short).contains(&probe.unwrap()));
-            assert_eq!(d.probe_in_long, window(long).contains(&probe.unwrap()));
+            assert_eq!(d.probe_in_short, window(short).contains(&key));
+            assert_eq!(d.probe_in_long, window(long).contains(&key));
         }
     }
 

@@ -1161,7 +1161,11 @@ mod tests {
             let u = h.users.iter().find(|u| u.reference == who).unwrap();
             let p = h.patients.iter().find(|p| p.reference == what).unwrap();
             assert_ne!(p.dept, u.dept, "{}", e.id);
-            assert!(!p.consults.contains(&u.dept), "{}: a consult, not a stray", e.id);
+            assert!(
+                !p.consults.contains(&u.dept),
+                "{}: a consult, not a stray",
+                e.id
+            );
             *checked.entry(kind).or_insert(0) += 1;
         }
         assert!(checked.get("cross_department") > Some(&20), "{checked:?}");
