@@ -13,7 +13,7 @@ use crate::alerts::actor::{AlertRaised, AlertSinkActor};
 use crate::api::{ApiState, HealthRound};
 use crate::clock::SharedClock;
 use crate::config::{read_secret, Config};
-use crate::detector::actor::DetectorActor;
+use crate::detector::actor::{DetectorActor, DetectorLinks};
 use crate::detector::features::Context as FeatureContext;
 use crate::detector::model::Model;
 use crate::detector::Detector;
@@ -166,10 +166,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         Supervisor::start(move |_| {
             DetectorActor::new(
                 d,
-                seen_filter.recipient(),
-                st.recipient(),
-                sk.clone().recipient(),
-                sk.recipient(),
+                DetectorLinks {
+                    state_filter: seen_filter.recipient(),
+                    state_commit: st.recipient(),
+                    sink: sk.clone().recipient(),
+                    flush: sk.recipient(),
+                },
                 h,
                 overlap,
                 retention,
@@ -346,11 +348,8 @@ impl Daemon {
         tracing::info!(actor = "app", "shutting down");
         self.stop.store(true, Ordering::Relaxed);
         let drain = async {
-            loop {
-                match self.poller.send(IsPolling).await {
-                    Ok(true) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    _ => break,
-                }
+            while let Ok(true) = self.poller.send(IsPolling).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
         if tokio::time::timeout(deadline, drain).await.is_err() {

@@ -400,7 +400,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if !listen.ip().is_loopback() {
                 bail!("--listen {listen}: the demo API has no token; use a loopback address");
             }
-            if !(speedup > 0.0) {
+            if speedup.is_nan() || speedup <= 0.0 {
                 bail!("--speedup must be positive");
             }
             std::env::set_var(

@@ -59,7 +59,7 @@ impl Notifier {
             sock.send_to(msg.as_bytes(), &path)
         });
         if let Err(e) = res {
-            if DROPPED.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+            if DROPPED.fetch_add(1, Ordering::Relaxed).is_multiple_of(100) {
                 tracing::warn!(error = %e, error_kind = "notify_failed", "cannot notify systemd (message dropped)");
             }
         }

@@ -57,6 +57,19 @@ if [ "$(id -u)" = 0 ]; then
     export REQUIRE_LOCAL_FAULTS=1
 fi
 
+# Formatting and lints first (a cold clippy check adds a few minutes to CI). rustfmt and
+# clippy come with rustup's default profile; they are added if a minimal one left them out.
+for tool in fmt:rustfmt clippy:clippy; do
+    cargo "${tool%%:*}" --version >/dev/null 2>&1 && continue
+    command -v rustup >/dev/null || {
+        echo "tests/run.sh: cargo ${tool%%:*} is needed (rustup component add ${tool#*:})" >&2
+        exit 1
+    }
+    rustup component add "${tool#*:}"
+done
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
+
 cargo test --release --locked "$@"
 
 # Coverage-guided fuzzing of the parsers and the detector: a short run per target.

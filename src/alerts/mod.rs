@@ -43,7 +43,7 @@ impl Severity {
 
     /// From score / threshold: ≥1 low, ≥1.5 medium, ≥2.5 high, ≥4 critical.
     pub fn from_ratio(r: f64) -> Option<Severity> {
-        if !(r >= 1.0) {
+        if r.is_nan() || r < 1.0 {
             None
         } else if r < 1.5 {
             Some(Severity::Low)

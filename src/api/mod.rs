@@ -296,20 +296,15 @@ struct AlertQuery {
     cursor: Option<i64>,
 }
 
-fn parse_time(key: &str, v: &str) -> Result<i64, HttpResponse> {
+fn parse_time(key: &str, v: &str) -> Result<i64, String> {
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            err_json(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                format!("{key} must be an RFC 3339 time like 2024-05-01T00:00:00Z"),
-            )
-        })
+        .map_err(|_| format!("{key} must be an RFC 3339 time like 2024-05-01T00:00:00Z"))
 }
 
 impl AlertQuery {
-    fn filter(&self) -> Result<AlertFilter, HttpResponse> {
-        let bad = |m: String| err_json(actix_web::http::StatusCode::BAD_REQUEST, m);
+    /// The store's filter, or what is wrong with the query (for a 400).
+    fn filter(&self) -> Result<AlertFilter, String> {
         Ok(AlertFilter {
             since_ms: self
                 .since
@@ -321,18 +316,8 @@ impl AlertQuery {
                 .as_deref()
                 .map(|v| parse_time("until", v))
                 .transpose()?,
-            min_severity: self
-                .severity
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(bad)?,
-            status: self
-                .status
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(bad)?,
+            min_severity: self.severity.as_deref().map(str::parse).transpose()?,
+            status: self.status.as_deref().map(str::parse).transpose()?,
             user: self.user.clone(),
             patient: self.patient.clone(),
             before_id: self.cursor,
@@ -344,7 +329,7 @@ impl AlertQuery {
 async fn list_alerts(s: web::Data<ApiState>, q: web::Query<AlertQuery>) -> HttpResponse {
     let f = match q.filter() {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(m) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, m),
     };
     let limit = f.limit as usize;
     match with_reader(s.state_dir.clone(), move |r| r.alerts(&f)).await {

@@ -100,17 +100,29 @@ pub struct DetectorActor {
     inflight: Arc<Mutex<KeySet>>,
 }
 
+/// Where the detector sends its work: the state actor (seen keys, the cursor commit) and
+/// the alert sink (scored events, then a flush before each commit).
+pub struct DetectorLinks {
+    pub state_filter: Recipient<FilterKeys>,
+    pub state_commit: Recipient<CommitPoll>,
+    pub sink: Recipient<Scored>,
+    pub flush: Recipient<Flush>,
+}
+
 impl DetectorActor {
     pub fn new(
         detector: Detector,
-        state_filter: Recipient<FilterKeys>,
-        state_commit: Recipient<CommitPoll>,
-        sink: Recipient<Scored>,
-        flush: Recipient<Flush>,
+        links: DetectorLinks,
         health: Health,
         overlap_secs: u64,
         retention_days: u32,
     ) -> Self {
+        let DetectorLinks {
+            state_filter,
+            state_commit,
+            sink,
+            flush,
+        } = links;
         DetectorActor {
             detector: Arc::new(Mutex::new(detector)),
             state_filter,

@@ -150,6 +150,9 @@ pub struct Scored {
     pub contributions: [f32; N_FEATURES],
 }
 
+/// Per feature of one row: the reconstruction part and the tail part of the score.
+type RawParts = ([f32; N_FEATURES], [f32; N_FEATURES]);
+
 fn layer_sizes(hidden: &[usize]) -> Vec<(usize, usize)> {
     // in → h0 → h1 → ... → h_last(bottleneck) → ... → h0 → in
     let mut dims = vec![N_FEATURES];
@@ -177,10 +180,7 @@ impl Model {
 
     /// Per-feature raw parts of a batch: one-sided squared reconstruction errors of signal
     /// features, and tail surprises (-log10 training probability), both unscaled.
-    fn raw_parts(
-        &self,
-        rows: &[[f32; N_FEATURES]],
-    ) -> Result<Vec<([f32; N_FEATURES], [f32; N_FEATURES])>, ModelError> {
+    fn raw_parts(&self, rows: &[[f32; N_FEATURES]]) -> Result<Vec<RawParts>, ModelError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }

@@ -6,6 +6,7 @@
 //!   tokens cached until shortly before expiry, a revoked token refreshed once;
 //! - TLS through a `socat` terminator with a private CA: trusted with `ca_file`, refused
 //!   without it.
+//!
 //! Also the API token: wrong and right tokens, and neither appears in the logs.
 
 use std::path::{Path, PathBuf};
