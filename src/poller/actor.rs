@@ -159,6 +159,7 @@ impl PollerActor {
         from_cursor: Option<DateTime<Utc>>,
         since: Option<DateTime<Utc>>,
         cfg: PollerConfig,
+        health: &Health,
     ) -> Result<DateTime<Utc>, PollError> {
         if let Some(s) = since {
             return Ok(s);
@@ -175,7 +176,11 @@ impl PollerActor {
                 );
                 clock.now()
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                // A request to the server that failed, like a failed page fetch: counted.
+                Counters::add(&health.counters.fetch_errors, 1);
+                return Err(e.into());
+            }
         };
         Ok(server_now - chrono::Duration::seconds(cfg.initial_lookback_secs as i64))
     }
@@ -232,8 +237,15 @@ impl Handler<PollNow> for PollerActor {
         let page_size = self.page_size.current();
         let replay_until = self.replay_until;
         let fut = async move {
-            let from =
-                Self::start_point(client.clone(), clock, from_cursor, since, cfg.clone()).await?;
+            let from = Self::start_point(
+                client.clone(),
+                clock,
+                from_cursor,
+                since,
+                cfg.clone(),
+                &health,
+            )
+            .await?;
             let plan = PollPlan {
                 since: from,
                 page_size,
