@@ -500,12 +500,13 @@ impl HashSetScratch {
 }
 
 /// Distinct values among the newest entries of a time-ordered list, for two windows at once
-/// (`since_short` ≥ `since_long`), in one pass and without sorting; and whether `probe`
-/// occurs in each window.
+/// (`since_short` ≥ `since_long`), in one pass and without sorting; how many entries the
+/// long window holds; and whether `probe` occurs in each window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Distinct {
     short: u32,
     long: u32,
+    entries_long: u32,
     probe_in_short: bool,
     probe_in_long: bool,
 }
@@ -529,6 +530,7 @@ fn distinct2(
                 break;
             }
             in_short &= t >= since_short;
+            d.entries_long += 1;
             if set.insert(v) {
                 d.long += 1;
                 d.short += in_short as u32;
@@ -716,10 +718,14 @@ impl Context {
             _ => site_sr,
         };
 
+        // The user's patient accesses in the last hour (for the expected size of a run of
+        // unrelated lookups), from the same pass as the distinct counts.
+        let mut accesses_1h = 0;
         if let Some(u) = user {
             facts.user_events = u.events as u32;
             // Count this access too.
             let d = distinct2(&u.recent, now - MIN_10, now - HOUR, ph);
+            accesses_1h = d.entries_long;
             let d10 = d.short + (ph.is_some() && !d.probe_in_short) as u32;
             let d1h = d.long + (ph.is_some() && !d.probe_in_long) as u32;
             known.user_patients_1h = Some(d1h);
@@ -813,14 +819,13 @@ impl Context {
                     // A run of such lookups weighs more than one, by how improbable so many
                     // are in the hour for this user: two in a row are routine in radiology
                     // and rare on a ward. (The first of a run is `unrelated_patient_rarity`.)
-                    let (before, accesses) = user.map_or((0, 0), |u| {
-                        let in_hour = |t: i64| t >= now - HOUR;
-                        (
-                            u.unrelated_recent.iter().filter(|t| in_hour(**t)).count(),
-                            u.recent.iter().filter(|e| in_hour(e.0)).count(),
-                        )
+                    let before = user.map_or(0, |u| {
+                        u.unrelated_recent
+                            .iter()
+                            .filter(|t| **t >= now - HOUR)
+                            .count()
                     });
-                    let expected = habit_share(rate) * (accesses + 1) as f32;
+                    let expected = habit_share(rate) * (accesses_1h + 1) as f32;
                     facts.unrelated_1h = before as u32 + 1;
                     facts.unrelated_expected_1h = expected;
                     if before > 0 {
@@ -1567,6 +1572,7 @@ mod tests {
             let d = distinct2(&list, short, long, Some(key));
             assert_eq!(d.short, count(window(short)), "round {round}");
             assert_eq!(d.long, count(window(long)), "round {round}");
+            assert_eq!(d.entries_long as usize, window(long).len(), "round {round}");
             assert_eq!(d.probe_in_short, window(short).contains(&key));
             assert_eq!(d.probe_in_long, window(long).contains(&key));
         }
