@@ -220,6 +220,14 @@ struct Patient {
     watched: bool,
 }
 
+impl Patient {
+    /// Whether `dept` has a working relationship with this patient: it is the patient's
+    /// department, or one asked to consult (its access is explained).
+    fn cared_for_by(&self, dept: usize) -> bool {
+        self.dept == dept || self.consults.contains(&dept)
+    }
+}
+
 struct Hospital {
     users: Vec<User>,
     patients: Vec<Patient>,
@@ -834,8 +842,7 @@ fn inject(
             let other: Vec<usize> = anywhere
                 .iter()
                 .copied()
-                .filter(|p| h.patients[*p].dept != u.dept)
-                .filter(|p| !h.patients[*p].consults.contains(&u.dept))
+                .filter(|p| !h.patients[*p].cared_for_by(u.dept))
                 .collect();
             if other.is_empty() {
                 return;
@@ -956,7 +963,7 @@ fn inject(
                 .flat_map(|u| u.relatives.iter().map(move |p| (*u, *p)))
                 .filter(|(_, p)| anywhere.contains(p))
                 .map(|(u, p)| (u, &h.patients[p]))
-                .filter(|(u, p)| p.dept != u.dept && !p.consults.contains(&u.dept))
+                .filter(|(u, p)| !p.cared_for_by(u.dept))
                 .collect();
             if pairs.is_empty() {
                 return;
