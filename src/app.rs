@@ -11,27 +11,27 @@ use chrono::{DateTime, Utc};
 
 use crate::alerts::actor::{AlertRaised, AlertSinkActor};
 use crate::api::{ApiState, HealthRound};
-use crate::clock::SharedClock;
+use crate::client::FhirClient;
 use crate::config::{read_secret, Config};
 use crate::detector::actor::{DetectorActor, DetectorLinks};
-use crate::detector::features::Context as FeatureContext;
-use crate::detector::model::Model;
-use crate::detector::Detector;
-use crate::fhir::client::FhirClient;
 use crate::health::{Health, Heartbeat, ACTORS};
 use crate::poller::actor::{IsPolling, PollerActor};
 use crate::state::actor::{Flush, SeenFilterActor, StateActor};
-use crate::state::Store;
 use crate::systemd::Notifier;
+use fhir_edge_core::clock::SharedClock;
+use fhir_edge_core::detector::features::Context as FeatureContext;
+use fhir_edge_core::detector::model::Model;
+use fhir_edge_core::detector::Detector;
+use fhir_edge_core::state::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] fhir_edge_core::state::StateError),
     #[error(transparent)]
-    Model(#[from] crate::detector::model::ModelError),
+    Model(#[from] fhir_edge_core::detector::model::ModelError),
     #[error("FHIR client: {0}")]
-    Client(#[from] crate::fhir::client::FetchError),
+    Client(#[from] crate::client::FetchError),
     #[error("api.token_file: {0}")]
     Token(String),
     #[error("detector.watch_list: {0}")]
@@ -91,7 +91,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let tz = cfg.timezone();
     let watch = match &cfg.detector.watch_list {
         // Checked by `validate`; read again here, as the file may have changed since.
-        Some(p) => crate::detector::read_watch_list(p)
+        Some(p) => fhir_edge_core::detector::read_watch_list(p)
             .map_err(|e| StartError::WatchList(format!("{}: {e}", p.display())))?,
         None => Vec::new(),
     };
@@ -115,8 +115,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         .map(|p| read_secret(p).map(Arc::new))
         .transpose()
         .map_err(StartError::Token)?;
-    let cursor = loaded.cursor_ms.map(crate::clock::from_ms);
-    let replay_until = loaded.replay_until_ms.map(crate::clock::from_ms);
+    let cursor = loaded.cursor_ms.map(fhir_edge_core::clock::from_ms);
+    let replay_until = loaded.replay_until_ms.map(fhir_edge_core::clock::from_ms);
     if let Some(c) = loaded.cursor_ms {
         health.counters.cursor_ms.store(c, Ordering::Relaxed);
     }
@@ -124,7 +124,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         actor = "app",
         state = %store.path().display(),
         model = %cfg.detector.model_dir.display(),
-        cursor = cursor.map(crate::clock::fmt_ms).unwrap_or_else(|| "none (first run)".into()),
+        cursor = cursor.map(fhir_edge_core::clock::fmt_ms).unwrap_or_else(|| "none (first run)".into()),
         events_scored_lifetime = loaded.events_scored,
         users_known = ctx.users(),
         watched_records = watch.len(),
@@ -135,9 +135,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let reader_cell = Mutex::new(Some(store.seen_reader()?));
     let h = health.clone();
     let seen_filter = SyncArbiter::start(1, move || {
-        let reader = reader_cell
-            .lock()
-            .unwrap()
+        let reader = crate::sync::lock(&reader_cell)
             .take()
             .expect("seen filter actor is created once");
         SeenFilterActor::new(reader, h.clone())
@@ -145,9 +143,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let store_cell = Mutex::new(Some(store));
     let (h, c) = (health.clone(), clock.clone());
     let state = SyncArbiter::start(1, move || {
-        let store = store_cell
-            .lock()
-            .unwrap()
+        let store = crate::sync::lock(&store_cell)
             .take()
             .expect("state actor is created once");
         StateActor::new(store, h.clone(), c.clone())
@@ -262,7 +258,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             state.clone().recipient(),
         ],
     ));
-    tracing::info!(actor = "app", api = %api_addr, fhir = %crate::fhir::client::redact_url(&cfg.fhir.base_url), "ready");
+    tracing::info!(actor = "app", api = %api_addr, fhir = %crate::client::redact_url(&cfg.fhir.base_url), "ready");
     Ok(Daemon {
         api_addr,
         health,
@@ -330,10 +326,10 @@ async fn watchdog_loop(
         }
         was_healthy = healthy;
         notifier.status(&health.status_line());
-        *round.lock().unwrap() = HealthRound {
+        *crate::sync::lock(&round) = HealthRound {
             healthy,
             reports,
-            at: crate::clock::fmt_ms(Utc::now()),
+            at: fhir_edge_core::clock::fmt_ms(Utc::now()),
         };
         tokio::time::sleep(interval).await;
     }

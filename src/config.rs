@@ -568,7 +568,7 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         ));
     }
     if let Some(w) = &c.detector.watch_list {
-        crate::detector::read_watch_list(w)
+        fhir_edge_core::detector::read_watch_list(w)
             .map_err(|e| l.invalid("detector.watch_list", format!("{}: {e}", w.display())))?;
     }
     range(

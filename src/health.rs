@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::clock::SharedClock;
+use fhir_edge_core::clock::SharedClock;
 
 /// Names of the supervised actors, in pipeline order.
 pub const ACTORS: [&str; 4] = ["poller", "detector", "alert_sink", "state"];
@@ -248,19 +248,19 @@ impl Health {
     pub fn error(&self, actor: &str, kind: &str) {
         let s = self.slot(actor);
         s.errors.fetch_add(1, Ordering::Relaxed);
-        *s.last_error.lock().unwrap() = Some((self.now_ms(), kind.to_string()));
+        *crate::sync::lock(&s.last_error) = Some((self.now_ms(), kind.to_string()));
     }
 
     pub fn set_detail(&self, actor: &str, detail: impl Into<String>) {
-        *self.slot(actor).detail.lock().unwrap() = detail.into();
+        *crate::sync::lock(&self.slot(actor).detail) = detail.into();
     }
 
     pub fn set_degraded(&self, reason: Option<String>) {
-        *self.degraded.lock().unwrap() = reason;
+        *crate::sync::lock(&self.degraded) = reason;
     }
 
     pub fn degraded(&self) -> Option<String> {
-        self.degraded.lock().unwrap().clone()
+        crate::sync::lock(&self.degraded).clone()
     }
 
     /// Reports for every actor; `answered` lists the actors whose mailbox answered the
@@ -274,18 +274,21 @@ impl Health {
                 let busy_for = (busy > 0).then(|| now - busy);
                 let deadline = s.step_deadline_ms.load(Ordering::Relaxed);
                 let hung = busy_for.is_some_and(|b| b > deadline);
-                let last_error = s.last_error.lock().unwrap().clone();
+                let last_error = crate::sync::lock(&s.last_error).clone();
                 let lp = s.last_progress_ms.load(Ordering::Relaxed);
                 ActorReport {
                     name,
                     healthy: answered.contains(name) && !hung,
-                    last_progress: Some(crate::clock::fmt_ms(crate::clock::from_ms(lp))),
+                    last_progress: Some(fhir_edge_core::clock::fmt_ms(
+                        fhir_edge_core::clock::from_ms(lp),
+                    )),
                     busy_for_ms: busy_for,
                     last_error_kind: last_error.as_ref().map(|e| e.1.clone()),
-                    last_error_at: last_error
-                        .map(|e| crate::clock::fmt_ms(crate::clock::from_ms(e.0))),
+                    last_error_at: last_error.map(|e| {
+                        fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(e.0))
+                    }),
                     errors: s.errors.load(Ordering::Relaxed),
-                    detail: s.detail.lock().unwrap().clone(),
+                    detail: crate::sync::lock(&s.detail).clone(),
                 }
             })
             .collect()
@@ -296,7 +299,7 @@ impl Health {
         let c = &self.counters;
         let last = c.last_poll_ms.load(Ordering::Relaxed);
         let last = if last > 0 {
-            crate::clock::fmt_ms(crate::clock::from_ms(last))
+            fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(last))
         } else {
             "never".to_string()
         };
@@ -318,7 +321,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use fhir_edge_core::clock::ManualClock;
     use std::sync::Arc;
 
     #[test]

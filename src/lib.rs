@@ -1,24 +1,35 @@
-//! fhir-edge: follows a FHIR R4 server's AuditEvent stream, scores every event with an
-//! autoencoder trained on the site's own normal activity, and raises explainable alerts
-//! about likely inappropriate record access.
+//! fhir-edge, the daemon: follows a FHIR R4 server's AuditEvent stream, scores every event
+//! with the core's detector and raises explainable alerts. This crate holds what runs under
+//! systemd: the actors, the HTTP client, the API and dashboard, configuration, the command
+//! line. What the detector *knows* lives in `fhir-edge-core`; the simulated hospital and the
+//! fault-injecting server live in `fhir-edge-lab` (linked only with the `lab` feature).
 //!
-//! Actors (`app.rs` wires them): `PollerActor` → `DetectorActor` → `AlertSinkActor`, with
-//! `StateActor` owning the SQLite database. Each concern keeps its plain logic in its
-//! module and its actor in `actor.rs`.
+//! Layout:
+//! - [`pipeline`]: the requests between actors and the types both ends name.
+//! - [`poller`], [`detector`], [`alerts`], [`state`]: one folder per actor, plain decisions
+//!   in `mod.rs` (unit-tested without actix), the actor in `actor.rs`.
+//! - [`health`]: per-actor progress for the watchdog, the counters behind `/metrics`.
+//! - [`client`]: the FHIR HTTP client (auth, paging links, error classification).
+//! - [`api`]: JSON API, dashboard, `/metrics`, the push endpoint.
+//! - [`app`]: wiring, start-up and shutdown; [`systemd`]: READY, WATCHDOG, STOPPING.
+//! - [`config`]: the typed configuration; [`cli`]: commands; [`telemetry`]: logging.
+//! - `lab` (feature `lab`): `demo`, `bench`, `soak`, `simulate`, `bench-server`.
+//!
+//! Dependencies run one way: `fhir-edge` → `fhir-edge-lab` → `fhir-edge-core`.
 
 pub mod alerts;
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod cli;
-pub mod clock;
+pub mod client;
 pub mod config;
-pub mod demo;
 pub mod detector;
-pub mod fhir;
 pub mod health;
+#[cfg(feature = "lab")]
+pub mod lab;
+pub mod pipeline;
 pub mod poller;
-pub mod rng;
 pub mod state;
+pub mod sync;
 pub mod systemd;
 pub mod telemetry;

@@ -69,6 +69,10 @@ for tool in fmt:rustfmt clippy:clippy; do
 done
 cargo fmt --check
 cargo clippy --release --locked --all-targets -- -D warnings
+# The installed daemon is built without the lab (packaging/build-deb.sh): it must lint alone.
+cargo clippy --release --locked -p fhir-edge --no-default-features -- -D warnings
+# Dependencies run one way: crates, and modules inside each crate (ARCHITECTURE.md).
+python3 tests/check-structure.py
 
 cargo test --release --locked "$@"
 

@@ -6,31 +6,17 @@
 
 use actix::prelude::*;
 
-use super::{journal_alert, AllowRule, NewAlert};
-use crate::detector::actor::PipelineError;
-use crate::detector::ScoredEvent;
+use super::{alert_record, journal_alert, new_alert_record, to_alert};
 use crate::health::{Counters, Health, Heartbeat};
+use crate::pipeline::{AllowListChanged, Flush, PipelineError, Scored};
 use crate::state::actor::{CommitBatch, MarkJournaled};
-use crate::state::{BatchCommit, BatchOutcome, SeenEvent};
+use fhir_edge_core::alerts::{AllowRule, NewAlert};
+use fhir_edge_core::state::{BatchCommit, BatchOutcome, SeenEvent};
 
-/// Scored events of one page.
-#[derive(Message)]
-#[rtype(result = "Result<BatchOutcome, PipelineError>")]
-pub struct Scored {
-    pub events: Vec<ScoredEvent>,
-    pub duplicates: u64,
-    pub skipped: u64,
-}
-
-/// The allow-list changed (API); replaces the cached rules.
+/// Request: journal alerts stored earlier but never journaled (a crash came in between).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AllowListChanged(pub Vec<AllowRule>);
-
-/// Alerts stored earlier but never journaled (crash in between): emit them now.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AlertRaised(pub Vec<crate::alerts::Alert>);
+pub struct AlertRaised(pub Vec<fhir_edge_core::alerts::Alert>);
 
 pub struct AlertSinkActor {
     commit: Recipient<CommitBatch>,
@@ -55,43 +41,9 @@ impl AlertSinkActor {
     }
 }
 
-/// Build the alert for a scored event, unless it is below threshold or allow-listed.
-pub fn to_alert(e: &ScoredEvent, rules: &[AllowRule]) -> Option<NewAlert> {
-    let severity = e.severity?;
-    let r = &e.fetched.record;
-    let a = NewAlert {
-        event_key: r.key.clone(),
-        event_id: r.id.clone(),
-        event_version: r.version_id.clone(),
-        recorded_ms: r.recorded.timestamp_millis(),
-        score: e.score as f64,
-        severity,
-        summary: e.summary.clone(),
-        explanation: e.explanation.clone(),
-        kinds: e.kinds.iter().map(|k| k.to_string()).collect(),
-        user: r.user.clone(),
-        user_display: r.user_display.clone(),
-        patient: r.patient.clone(),
-        source_ip: r.source_ip.clone(),
-        client_app: r.client_app.clone(),
-        action: r.action.map(|c| c.to_string()),
-        interaction: r.interaction.as_str().to_string(),
-        raw: e.fetched.raw.get().to_string(),
-    };
-    if rules.iter().any(|rule| rule.matches(&a)) {
-        return None;
-    }
-    Some(a)
-}
-
 impl Actor for AlertSinkActor {
     type Context = Context<Self>;
 }
-
-/// Answered once every `Scored` page received before it is committed (handlers are atomic).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Flush;
 
 impl Handler<Flush> for AlertSinkActor {
     type Result = ();
@@ -142,7 +94,7 @@ impl Handler<Scored> for AlertSinkActor {
             let mut ids = Vec::with_capacity(outcome.alerts_inserted.len());
             for (id, i) in &outcome.alerts_inserted {
                 let a = &batch.alerts[*i];
-                journal_alert(&a.journal_record(*id));
+                journal_alert(&new_alert_record(a, *id));
                 Counters::add(&c.alerts_raised, 1);
                 Counters::add(&c.alerts_by_severity[a.severity as usize - 1], 1);
                 ids.push(*id);
@@ -189,7 +141,7 @@ impl Handler<AlertRaised> for AlertSinkActor {
     fn handle(&mut self, msg: AlertRaised, ctx: &mut Self::Context) {
         let mut ids = Vec::new();
         for a in &msg.0 {
-            journal_alert(&a.journal_record());
+            journal_alert(&alert_record(a));
             ids.push(a.id);
         }
         if !ids.is_empty() {

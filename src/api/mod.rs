@@ -15,13 +15,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::alerts::actor::AllowListChanged;
-use crate::alerts::{AlertFilter, AllowRule, Severity, Status};
-use crate::clock::SharedClock;
-use crate::detector::actor::EventsFetched;
 use crate::health::{ActorReport, Counters, Health};
+use crate::pipeline::AllowListChanged;
+use crate::pipeline::EventsFetched;
 use crate::state::actor::{AddAllowRule, RemoveAllowRule, SetStatus};
-use crate::state::{Reader, StateError};
+use fhir_edge_core::alerts::{AlertFilter, AllowRule, Severity, Status, UnknownName};
+use fhir_edge_core::clock::SharedClock;
+use fhir_edge_core::state::{Reader, StateError};
 
 /// Largest accepted `/fhir/notify` body.
 pub const NOTIFY_LIMIT: usize = 8 * 1024 * 1024;
@@ -124,7 +124,7 @@ async fn with_reader<T: Send + 'static>(
 }
 
 async fn health(s: web::Data<ApiState>) -> HttpResponse {
-    let round = s.round.lock().unwrap().clone();
+    let round = crate::sync::lock(&s.round).clone();
     let degraded = s.health.degraded();
     let status = if !round.healthy {
         "unhealthy"
@@ -155,7 +155,7 @@ fn counters_json(h: &Health) -> serde_json::Value {
     let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let ms = |a: &std::sync::atomic::AtomicI64| {
         let v = a.load(Ordering::Relaxed);
-        (v > 0).then(|| crate::clock::fmt_ms(crate::clock::from_ms(v)))
+        (v > 0).then(|| fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(v)))
     };
     json!({
         "events_fetched": g(&c.events_fetched),
@@ -277,7 +277,7 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
         "Duration of one SQLite commit of a scored page with its alerts and cursor keys.",
         &mut out,
     );
-    let healthy = s.round.lock().unwrap().healthy && s.health.degraded().is_none();
+    let healthy = crate::sync::lock(&s.round).healthy && s.health.degraded().is_none();
     out.push_str(&format!("# HELP fhir_edge_healthy 1 when every actor makes progress.\n# TYPE fhir_edge_healthy gauge\nfhir_edge_healthy {}\n", healthy as u8));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
@@ -316,8 +316,18 @@ impl AlertQuery {
                 .as_deref()
                 .map(|v| parse_time("until", v))
                 .transpose()?,
-            min_severity: self.severity.as_deref().map(str::parse).transpose()?,
-            status: self.status.as_deref().map(str::parse).transpose()?,
+            min_severity: self
+                .severity
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: UnknownName| e.to_string())?,
+            status: self
+                .status
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: UnknownName| e.to_string())?,
             user: self.user.clone(),
             patient: self.patient.clone(),
             before_id: self.cursor,
@@ -393,7 +403,7 @@ async fn set_status(
                 "status must be acknowledged, false_positive or confirmed",
             )
         }
-        Err(e) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, e),
+        Err(e) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, e.to_string()),
     };
     let alert = match with_reader(s.state_dir.clone(), move |r| r.alert(id)).await {
         Ok(a) => a,
@@ -477,7 +487,7 @@ async fn remove_allow(s: web::Data<ApiState>, id: web::Path<i64>) -> HttpRespons
 /// same pipeline as polling (de-duplicated against it) and answers once committed.
 async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
     use actix_web::http::StatusCode as S;
-    let page = match crate::fhir::parse_push(&body) {
+    let page = match fhir_edge_core::fhir::parse_push(&body) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(
@@ -491,7 +501,7 @@ async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
             }));
         }
     };
-    let unkeyable = |e: &crate::fhir::Fetched| {
+    let unkeyable = |e: &fhir_edge_core::fhir::Fetched| {
         e.record.id.is_empty() || (e.record.version_id.is_none() && e.record.last_updated.is_none())
     };
     if page.events.iter().any(unkeyable) {

@@ -10,82 +10,21 @@
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
 
-use super::Detector;
-use crate::alerts::actor::{Flush, Scored};
-use crate::fhir::Fetched;
 use crate::health::{Counters, Health, Heartbeat};
-use crate::poller::BatchReport;
+use crate::pipeline::{
+    BatchReport, CommitCursor, CommitTicket, EventsFetched, Flush, PipelineError, Scored,
+};
 use crate::state::actor::{CommitPoll, FilterKeys};
-use crate::state::{PollCommit, StateError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error("state store: {0}")]
-    State(#[from] StateError),
-    #[error("model: {0}")]
-    Model(#[from] super::model::ModelError),
-    #[error("actor mailbox closed: {0}")]
-    Mailbox(String),
-    #[error("scoring task failed: {0}")]
-    Task(String),
-}
-
-impl PipelineError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PipelineError::State(e) => e.kind(),
-            PipelineError::Model(e) => e.kind(),
-            PipelineError::Mailbox(_) => "mailbox",
-            PipelineError::Task(_) => "task",
-        }
-    }
-}
-
-impl From<MailboxError> for PipelineError {
-    fn from(e: MailboxError) -> Self {
-        PipelineError::Mailbox(e.to_string())
-    }
-}
-
-/// Resolves once a scored page is committed (with its alerts), or failed to commit.
-pub struct CommitTicket(
-    pub  std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<BatchReport, PipelineError>> + Send>,
-    >,
-);
-
-impl CommitTicket {
-    pub async fn committed(self) -> Result<BatchReport, PipelineError> {
-        self.0.await
-    }
-}
-
-/// A page of events from the poller or the push endpoint. Answered once the page is scored;
-/// the ticket resolves when it is committed, so the next page is scored meanwhile.
-#[derive(Message)]
-#[rtype(result = "Result<CommitTicket, PipelineError>")]
-pub struct EventsFetched {
-    pub events: Vec<Fetched>,
-    /// Entries of the page that could not be read (counted durably with the batch).
-    pub skipped: u64,
-}
-
-/// Every page before this point is committed: snapshot the context and commit the cursor
-/// with it. Sent when a poll completes, and as a checkpoint inside a long (sorted) poll.
-#[derive(Message)]
-#[rtype(result = "Result<(), PipelineError>")]
-pub struct CommitCursor {
-    pub cursor: Option<DateTime<Utc>>,
-    pub at: DateTime<Utc>,
-    pub poll_complete: bool,
-}
+use fhir_edge_core::detector::Detector;
+use fhir_edge_core::state::PollCommit;
 
 /// Event keys, hashed with FNV (SipHash showed in profiles: a page adds and removes a
 /// thousand keys on the actor thread).
-type KeySet =
-    std::collections::HashSet<String, std::hash::BuildHasherDefault<super::features::Fnv64>>;
+type KeySet = std::collections::HashSet<
+    String,
+    std::hash::BuildHasherDefault<fhir_edge_core::detector::features::Fnv64>,
+>;
 
 pub struct DetectorActor {
     detector: Arc<Mutex<Detector>>,
@@ -172,12 +111,12 @@ impl Handler<EventsFetched> for DetectorActor {
             let mut statuses = filter.send(FilterKeys { keys }).await??;
             for (s, pending) in statuses.iter_mut().zip(pending) {
                 if pending {
-                    *s = crate::state::KeyStatus::Seen;
+                    *s = fhir_edge_core::state::KeyStatus::Seen;
                 }
             }
             let duplicates = statuses
                 .iter()
-                .filter(|s| **s != crate::state::KeyStatus::New)
+                .filter(|s| **s != fhir_edge_core::state::KeyStatus::New)
                 .count() as u64;
             let batch: Vec<_> = msg.events.into_iter().zip(statuses).collect();
             let scored = tokio::task::spawn_blocking(move || {

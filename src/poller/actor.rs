@@ -14,12 +14,12 @@ use chrono::{DateTime, Utc};
 use super::{
     next_cursor, run_poll, Backoff, PageSink, PageSizer, PollError, PollPlan, PollSummary,
 };
-use crate::clock::SharedClock;
+use crate::client::FhirClient;
 use crate::config::PollerConfig;
-use crate::detector::actor::{CommitCursor, EventsFetched};
-use crate::fhir::client::FhirClient;
-use crate::fhir::Fetched;
 use crate::health::{Counters, Health, Heartbeat};
+use crate::pipeline::{CommitCursor, EventsFetched, PipelineError};
+use fhir_edge_core::clock::SharedClock;
+use fhir_edge_core::fhir::Fetched;
 
 /// Where polling resumes, from the state database and the command line.
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,7 +54,11 @@ impl PageSink for DetectorSink {
         events: Vec<Fetched>,
         skipped: u64,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<super::Committed, String>> + Send + 'static>,
+        Box<
+            dyn std::future::Future<Output = Result<super::Committed, PipelineError>>
+                + Send
+                + 'static,
+        >,
     > {
         // `send().await`: the poller waits for the page to be scored (backpressure); the
         // ticket resolves when it is committed.
@@ -62,16 +66,11 @@ impl PageSink for DetectorSink {
         Box::pin(async move {
             match req.await {
                 Ok(Ok(ticket)) => {
-                    let committed: super::Committed = Box::pin(async move {
-                        ticket
-                            .committed()
-                            .await
-                            .map_err(|e| format!("{} ({})", e, e.kind()))
-                    });
+                    let committed: super::Committed = Box::pin(ticket.committed());
                     Ok(committed)
                 }
-                Ok(Err(e)) => Err(format!("{} ({})", e, e.kind())),
-                Err(e) => Err(format!("detector unavailable: {e}")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.into()),
             }
         })
     }
@@ -79,8 +78,9 @@ impl PageSink for DetectorSink {
     fn checkpoint(
         &self,
         cursor: DateTime<Utc>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>
-    {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), PipelineError>> + Send + 'static>,
+    > {
         let req = self.cursor.send(CommitCursor {
             cursor: Some(cursor),
             at: self.clock.now(),
@@ -88,9 +88,8 @@ impl PageSink for DetectorSink {
         });
         Box::pin(async move {
             match req.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("checkpoint: {} ({})", e, e.kind())),
-                Err(e) => Err(format!("detector unavailable: {e}")),
+                Ok(res) => res,
+                Err(e) => Err(e.into()),
             }
         })
     }
@@ -145,7 +144,11 @@ impl PollerActor {
             last_full_reread: None,
             polling: false,
             stop,
-            backoff: Backoff::new(Duration::from_secs(1), cap, crate::rng::seed_from_time()),
+            backoff: Backoff::new(
+                Duration::from_secs(1),
+                cap,
+                fhir_edge_core::rng::seed_from_time(),
+            ),
             restart_now: false,
             page_size,
         }
@@ -276,7 +279,7 @@ impl Handler<PollNow> for PollerActor {
                         skipped = s.skipped,
                         alerts = s.alerts,
                         sorted = s.sorted,
-                        cursor = new_cursor.map(crate::clock::fmt_ms).unwrap_or_default(),
+                        cursor = new_cursor.map(fhir_edge_core::clock::fmt_ms).unwrap_or_default(),
                         "poll complete"
                     );
                     if !s.sorted {
@@ -306,8 +309,8 @@ impl Handler<PollNow> for PollerActor {
                 Err(PollError::Stopped) => Duration::ZERO,
                 Err(e) => {
                     health.error("poller", e.kind());
-                    let expired = matches!(e, PollError::Fetch(crate::fhir::client::FetchError::PageExpired(_)));
-                    if matches!(e, PollError::Fetch(crate::fhir::client::FetchError::TooLarge(_))) {
+                    let expired = matches!(e, PollError::Fetch(crate::client::FetchError::PageExpired(_)));
+                    if matches!(e, PollError::Fetch(crate::client::FetchError::TooLarge(_))) {
                         let n = act.page_size.too_large();
                         tracing::warn!(actor = "poller", error_kind = e.kind(), page_size = n, "a page exceeded poller.max_page_bytes; asking for {n} entries per page until polls succeed");
                     }

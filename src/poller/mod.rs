@@ -14,17 +14,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::fhir::client::{check_next, redact_url, FetchError, FhirClient};
-use crate::fhir::Fetched;
+use crate::client::{check_next, redact_url, FetchError, FhirClient};
 use crate::health::{Counters, Health};
-use crate::rng::Rng;
+use crate::pipeline::{BatchReport, PipelineError};
+use fhir_edge_core::fhir::Fetched;
+use fhir_edge_core::rng::Rng;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("pipeline failed to commit a page: {0}")]
-    Pipeline(String),
+    Pipeline(#[from] PipelineError),
     #[error("poll interrupted by shutdown")]
     Stopped,
 }
@@ -33,7 +34,7 @@ impl PollError {
     pub fn kind(&self) -> &'static str {
         match self {
             PollError::Fetch(f) => f.kind(),
-            PollError::Pipeline(_) => "pipeline",
+            PollError::Pipeline(e) => e.kind(),
             PollError::Stopped => "stopped",
         }
     }
@@ -69,17 +70,10 @@ impl PageSizer {
     }
 }
 
-/// What the pipeline reports for one delivered page.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BatchReport {
-    pub scored: u64,
-    pub duplicates: u64,
-    pub alerts: u64,
-}
-
 /// Where pages go: the detector in the daemon, anything in tests.
 /// Resolves when a delivered page is committed.
-pub type Committed = Pin<Box<dyn Future<Output = Result<BatchReport, String>> + Send + 'static>>;
+pub type Committed =
+    Pin<Box<dyn Future<Output = Result<BatchReport, PipelineError>> + Send + 'static>>;
 
 pub trait PageSink {
     /// Resolves when the page is scored, with a future that resolves when it is committed.
@@ -87,14 +81,14 @@ pub trait PageSink {
         &self,
         events: Vec<Fetched>,
         skipped: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<Committed, String>> + Send + 'static>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Committed, PipelineError>> + Send + 'static>>;
 
     /// Every delivered page is committed and the server has returned ascending
     /// `lastUpdated` so far: durably move the cursor to `cursor` in the middle of a poll.
     fn checkpoint(
         &self,
         cursor: DateTime<Utc>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+    ) -> Pin<Box<dyn Future<Output = Result<(), PipelineError>> + Send + 'static>>;
 }
 
 #[derive(Debug, Default, Clone)]
@@ -176,11 +170,11 @@ async fn fetch_with_retry(
     plan: &PollPlan,
     health: &Health,
     stop: &AtomicBool,
-) -> Result<crate::fhir::Page, PollError> {
+) -> Result<fhir_edge_core::fhir::Page, PollError> {
     let mut backoff = Backoff::new(
         Duration::from_millis(500),
         plan.max_backoff,
-        crate::rng::seed_from_time(),
+        fhir_edge_core::rng::seed_from_time(),
     );
     loop {
         health.begin_step("poller");
@@ -261,14 +255,17 @@ async fn fetch_next_page(
     plan: &PollPlan,
     health: &Health,
     stop: &AtomicBool,
-) -> Result<crate::fhir::Page, PollError> {
+) -> Result<fhir_edge_core::fhir::Page, PollError> {
     if let Some(mut a) = ahead.take().filter(|a| a.url == *url) {
         let started = std::time::Instant::now();
         health.begin_step("poller");
         let body = (&mut a.body).await;
         health.end_step("poller");
         if let Ok(Ok(body)) = body {
-            *ahead = read_ahead(client, crate::fhir::peek_next_link(&body).as_deref());
+            *ahead = read_ahead(
+                client,
+                fhir_edge_core::fhir::peek_next_link(&body).as_deref(),
+            );
             if let Ok(page) = client.parse_body(body).await {
                 health
                     .counters
@@ -375,13 +372,13 @@ pub async fn run_poll(
                 .filter(|n| plan.replay_until.is_none_or(|r| *n >= r))
             {
                 if let Some(p) = pending.take() {
-                    add(&mut summary, p.await.map_err(PollError::Pipeline)?);
+                    add(&mut summary, p.await?);
                 }
-                sink.checkpoint(newest).await.map_err(PollError::Pipeline)?;
+                sink.checkpoint(newest).await?;
                 last_checkpoint = std::time::Instant::now();
                 tracing::debug!(
                     actor = "poller",
-                    cursor = crate::clock::fmt_ms(newest),
+                    cursor = fhir_edge_core::clock::fmt_ms(newest),
                     "checkpoint inside a long poll"
                 );
             }
@@ -424,30 +421,30 @@ pub async fn run_poll(
         let delivery = sink.deliver(std::mem::take(&mut page.events), skipped);
         match next {
             None => {
-                let committed = delivery.await.map_err(PollError::Pipeline)?;
+                let committed = delivery.await?;
                 if let Some(p) = pending.take() {
-                    add(&mut summary, p.await.map_err(PollError::Pipeline)?);
+                    add(&mut summary, p.await?);
                 }
-                add(&mut summary, committed.await.map_err(PollError::Pipeline)?);
+                add(&mut summary, committed.await?);
                 return Ok(summary);
             }
             Some(url) => {
                 if stop.load(Ordering::Relaxed) {
-                    let committed = delivery.await.map_err(PollError::Pipeline)?;
+                    let committed = delivery.await?;
                     if let Some(p) = pending.take() {
-                        p.await.map_err(PollError::Pipeline)?;
+                        p.await?;
                     }
-                    committed.await.map_err(PollError::Pipeline)?;
+                    committed.await?;
                     return Err(PollError::Stopped);
                 }
                 let (committed, next_page) = tokio::join!(
                     delivery,
                     fetch_next_page(client, &url, &mut ahead, plan, health, &stop)
                 );
-                let committed = committed.map_err(PollError::Pipeline)?;
+                let committed = committed?;
                 // This page is scored; wait for the previous one's commit, keep this one's.
                 if let Some(p) = pending.replace(committed) {
-                    add(&mut summary, p.await.map_err(PollError::Pipeline)?);
+                    add(&mut summary, p.await?);
                 }
                 page = next_page.inspect_err(|e| {
                     tracing::warn!(

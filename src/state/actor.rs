@@ -5,10 +5,12 @@
 
 use actix::prelude::*;
 
-use super::{BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenReader, StateError, Store};
-use crate::alerts::{AllowRule, Status};
-use crate::clock::SharedClock;
 use crate::health::{Health, Heartbeat};
+use fhir_edge_core::alerts::{AllowRule, Status};
+use fhir_edge_core::clock::SharedClock;
+use fhir_edge_core::state::{
+    BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenReader, StateError, Store,
+};
 
 #[derive(Message)]
 #[rtype(result = "Result<Vec<KeyStatus>, StateError>")]

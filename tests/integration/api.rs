@@ -7,9 +7,9 @@ use crate::pipeline::reqwest::{blocking_free_post, get};
 
 /// A bulk export by `user`: the kind of event that always alerts.
 pub fn export_event(id: &str, user: &str) -> serde_json::Value {
-    let mut ev = fhir_edge::cli::sample_event(chrono::Utc::now());
+    let mut ev = fhir_edge::client::sample_event(chrono::Utc::now());
     ev["id"] = id.into();
-    ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge::clock::fmt_ms(chrono::Utc::now())});
+    ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge_core::clock::fmt_ms(chrono::Utc::now())});
     ev["agent"][0]["who"]["reference"] = user.into();
     ev["entity"].as_array_mut().unwrap().push(serde_json::json!({
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},

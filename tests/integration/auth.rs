@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fhir_edge::fhir::server::Access;
+use fhir_edge_lab::server::Access;
 
 use crate::common::*;
 use crate::pipeline::reqwest::get;

@@ -64,7 +64,7 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     assert_eq!(code, 1, "corrupt weights: {err}");
     std::fs::copy(model.join("model.safetensors"), m.join("model.safetensors")).unwrap();
     let meta = std::fs::read_to_string(model.join("model.json")).unwrap();
-    let schema = fhir_edge::detector::features::SCHEMA_VERSION;
+    let schema = fhir_edge_core::detector::features::SCHEMA_VERSION;
     let old = meta.replacen(
         &format!("\"schema_version\": {schema}"),
         &format!("\"schema_version\": {}", schema - 1),
@@ -334,7 +334,7 @@ fn systemd_protocol_ready_watchdog_stall_and_stopping() {
     );
 }
 
-fn status_of(dir: &Path) -> fhir_edge::state::StatusReport {
+fn status_of(dir: &Path) -> fhir_edge_core::state::StatusReport {
     status(&dir.join("state"))
 }
 
@@ -462,7 +462,7 @@ fn train_from_server_reads_the_whole_history_once() {
         "{meta}"
     );
     // The model it wrote is one the daemon accepts.
-    fhir_edge::detector::model::Model::load(&out).unwrap();
+    fhir_edge_core::detector::model::Model::load(&out).unwrap();
 
     // Nothing in the window: a clear refusal, not an empty model.
     let (code, _, err) = train("1h", &dir.path().join("m2"));

@@ -5,10 +5,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use fhir_edge::clock::SystemClock;
 use fhir_edge::config::Config;
-use fhir_edge::fhir::server::FhirStore;
 use fhir_edge::health::Health;
+use fhir_edge_core::clock::SystemClock;
+use fhir_edge_lab::server::FhirStore;
 
 /// A tiny model trained once per test run on a small simulated hospital.
 pub fn tiny_model() -> &'static Path {
@@ -19,28 +19,29 @@ pub fn tiny_model() -> &'static Path {
             .tempdir()
             .unwrap()
             .keep();
-        let mut o = fhir_edge::detector::simulate::SimOptions::new(4, 7);
+        let mut o = fhir_edge_lab::simulate::SimOptions::new(4, 7);
         o.users = 30;
         o.patients = 300;
         o.anomalies_from_day = 99;
-        let events = fhir_edge::detector::simulate::simulate(&o);
+        let events = fhir_edge_lab::simulate::simulate(&o);
         let records: Vec<_> = events
             .iter()
             .map(|e| {
-                fhir_edge::fhir::parse_audit_event(
+                fhir_edge_core::fhir::parse_audit_event(
                     &serde_json::value::to_raw_value(&e.json).unwrap(),
                 )
                 .unwrap()
             })
             .collect();
-        let mut ctx = fhir_edge::detector::features::Context::new(chrono_tz::UTC);
-        let rows = fhir_edge::detector::train::feature_rows(&mut ctx, &records);
-        let opts = fhir_edge::detector::model::TrainOptions {
+        let mut ctx = fhir_edge_core::detector::features::Context::new(chrono_tz::UTC);
+        let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);
+        let opts = fhir_edge_core::detector::model::TrainOptions {
             epochs: 3,
             ..Default::default()
         };
-        let m = fhir_edge::detector::model::train(&rows, &opts, vec!["tiny".into()], |_, _| {})
-            .unwrap();
+        let m =
+            fhir_edge_core::detector::model::train(&rows, &opts, vec!["tiny".into()], |_, _| {})
+                .unwrap();
         m.save(&dir).unwrap();
         dir
     })
@@ -48,11 +49,11 @@ pub fn tiny_model() -> &'static Path {
 
 /// `n` simulated AuditEvents (JSON) with ids `{prefix}-{i}`, recorded over the last day.
 pub fn events(n: usize, prefix: &str, seed: u64) -> Vec<serde_json::Value> {
-    let mut o = fhir_edge::detector::simulate::SimOptions::new(3, seed);
+    let mut o = fhir_edge_lab::simulate::SimOptions::new(3, seed);
     o.users = 30;
     o.patients = 300;
     o.anomalies_from_day = 1;
-    let sim = fhir_edge::detector::simulate::simulate(&o);
+    let sim = fhir_edge_lab::simulate::simulate(&o);
     assert!(sim.len() >= n, "simulation too small: {}", sim.len());
     sim.into_iter()
         .take(n)
@@ -70,7 +71,7 @@ pub fn stamp(events: &mut [serde_json::Value], start: DateTime<Utc>, tie: usize)
     for (i, e) in events.iter_mut().enumerate() {
         let t = start + chrono::Duration::milliseconds((i / tie.max(1)) as i64 * 10);
         e["meta"] =
-            serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge::clock::fmt_ms(t)});
+            serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge_core::clock::fmt_ms(t)});
     }
 }
 
@@ -82,7 +83,7 @@ pub struct Server {
 
 pub fn server() -> Server {
     let store = FhirStore::new(Arc::new(SystemClock));
-    let addr = fhir_edge::fhir::server::spawn_thread(store.clone(), 1);
+    let addr = fhir_edge_lab::server::spawn_thread(store.clone(), 1);
     Server {
         store,
         base_url: format!("http://{addr}/fhir"),
@@ -197,8 +198,8 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 }
 
 /// The durable status of the state in `dir`, or an empty one before the database exists.
-pub fn status(dir: &Path) -> fhir_edge::state::StatusReport {
-    fhir_edge::state::Reader::open(dir)
+pub fn status(dir: &Path) -> fhir_edge_core::state::StatusReport {
+    fhir_edge_core::state::Reader::open(dir)
         .and_then(|r| r.status())
         .unwrap_or_default()
 }

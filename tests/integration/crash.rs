@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fhir_edge::fhir::server::{Fault, FhirStore};
+use fhir_edge_lab::server::{Fault, FhirStore};
 
 use crate::common::{status, wait_until};
 
@@ -82,14 +82,16 @@ fn spawn(cfg: &Path, log: &Path) -> Guard {
 }
 
 /// Alerts by event key: (severity, score, kinds). Panics if an event has two alerts.
-fn alerts_of(state: &Path) -> BTreeMap<String, (String, f64, Vec<String>)> {
-    let r = fhir_edge::state::Reader::open(state).unwrap();
+fn alerts_of(
+    state: &Path,
+) -> BTreeMap<String, (String, f64, Vec<fhir_edge_core::alerts::AlertKind>)> {
+    let r = fhir_edge_core::state::Reader::open(state).unwrap();
     let mut all = Vec::new();
     loop {
         let page = r
-            .alerts(&fhir_edge::alerts::AlertFilter {
+            .alerts(&fhir_edge_core::alerts::AlertFilter {
                 limit: 1000,
-                before_id: all.last().map(|a: &fhir_edge::alerts::Alert| a.id),
+                before_id: all.last().map(|a: &fhir_edge_core::alerts::Alert| a.id),
                 ..Default::default()
             })
             .unwrap();
@@ -175,15 +177,15 @@ fn kill_minus_nine_twenty_times_during_a_50k_catch_up_loses_and_doubles_nothing(
     let n = env_num("CRASH_EVENTS", 50_000);
     let min_kills = env_num("CRASH_KILLS", 20);
     let seed = env_num("CRASH_SEED", 7);
-    let store = FhirStore::new(Arc::new(fhir_edge::clock::SystemClock));
-    store.insert_serialized(fhir_edge::bench::bench_events_json(
+    let store = FhirStore::new(Arc::new(fhir_edge_core::clock::SystemClock));
+    store.insert_serialized(fhir_edge_lab::traffic::bench_events_json(
         n as usize,
         seed,
         chrono::Utc::now(),
     ));
     let base_url = format!(
         "http://{}/fhir",
-        fhir_edge::fhir::server::spawn_thread(store.clone(), 1)
+        fhir_edge_lab::server::spawn_thread(store.clone(), 1)
     );
 
     // The reference: one run, never interrupted.
@@ -205,7 +207,7 @@ fn kill_minus_nine_twenty_times_during_a_50k_catch_up_loses_and_doubles_nothing(
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &base_url);
     let state = dir.path().join("state");
-    let mut rng = fhir_edge::rng::Rng::new(seed);
+    let mut rng = fhir_edge_core::rng::Rng::new(seed);
     let mut phases: BTreeMap<&str, u32> = BTreeMap::new();
     let mut kills = 0u64;
     let mut kills_during_catch_up = 0u64;
@@ -254,7 +256,7 @@ fn kill_minus_nine_twenty_times_during_a_50k_catch_up_loses_and_doubles_nothing(
 
     let st = status(&state);
     let crashed = alerts_of(&state);
-    let r = fhir_edge::state::Reader::open(&state).unwrap();
+    let r = fhir_edge_core::state::Reader::open(&state).unwrap();
     let integrity = r.integrity_check().unwrap();
     eprintln!(
         "crash harness: {n} events, {kills} kill -9s ({kills_during_catch_up} before all were committed), reference run {reference_secs:.1} s, \

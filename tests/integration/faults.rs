@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use fhir_edge::fhir::server::Fault;
+use fhir_edge_lab::server::Fault;
 
 use crate::common::*;
 

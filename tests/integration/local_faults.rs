@@ -139,7 +139,7 @@ fn a_full_state_disk_degrades_and_recovers_without_loss_a_read_only_one_refuses_
     );
     fs.remount("rw");
 
-    let r = fhir_edge::state::Reader::open(&state).unwrap();
+    let r = fhir_edge_core::state::Reader::open(&state).unwrap();
     assert_eq!(r.integrity_check().unwrap(), "ok");
     let st = status(&state);
     assert_eq!(st.events_scored, 500, "each event committed once");

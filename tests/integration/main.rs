@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 //! Integration tests: one binary, one module per area.
 //! - `pipeline`: the real daemon (in-process) against the embedded FHIR endpoint over HTTP,
 //!   with paging, ties, late commits, unsorted servers and injected faults.

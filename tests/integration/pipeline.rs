@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fhir_edge::fhir::server::Fault;
+use fhir_edge_lab::server::Fault;
 
 use crate::common::*;
 
@@ -108,7 +108,7 @@ fn a_server_that_ignores_sort_still_gets_every_event_once() {
     let newest = s.store.newest_last_updated().unwrap();
     assert_eq!(
         status(dir.path()).cursor.as_deref(),
-        Some(fhir_edge::clock::fmt_ms(newest).as_str())
+        Some(fhir_edge_core::clock::fmt_ms(newest).as_str())
     );
 }
 

@@ -95,7 +95,7 @@ fn post_all(base_url: &str, events: &[serde_json::Value]) -> Vec<String> {
         .build()
         .unwrap();
     let cfg = fhir_edge::config::Config::for_server(base_url, std::path::Path::new("/tmp"));
-    let client = fhir_edge::fhir::client::FhirClient::new(&cfg.fhir, 1 << 20).unwrap();
+    let client = fhir_edge::client::FhirClient::new(&cfg.fhir, 1 << 20).unwrap();
     rt.block_on(async {
         let mut ids = Vec::new();
         for e in events {
@@ -197,7 +197,8 @@ fn send_test_event_posts_a_valid_audit_event_and_prints_its_id() {
     assert_eq!(ev["resourceType"], "AuditEvent");
     assert_eq!(ev["id"], id);
     // And fhir-edge reads it like any other event.
-    let rec = fhir_edge::fhir::parse_audit_event(&serde_json::value::to_raw_value(&ev).unwrap())
-        .expect("parses");
+    let rec =
+        fhir_edge_core::fhir::parse_audit_event(&serde_json::value::to_raw_value(&ev).unwrap())
+            .expect("parses");
     assert!(rec.user.is_some());
 }

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(page) = fhir_edge::fhir::parse_push(data) {
+    if let Ok(page) = fhir_edge_core::fhir::parse_push(data) {
         for f in &page.events {
             assert!(!f.record.key.is_empty());
         }

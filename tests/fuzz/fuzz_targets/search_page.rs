@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(page) = fhir_edge::fhir::parse_page_owned(data.to_vec(), "AuditEvent") {
+    if let Ok(page) = fhir_edge_core::fhir::parse_page_owned(data.to_vec(), "AuditEvent") {
         for f in &page.events {
             // Every accepted event has a key and its raw JSON is valid JSON.
             assert!(!f.record.key.is_empty());
@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
                 serde_json::from_str(f.raw.get()).expect("raw JSON of an accepted entry");
         }
     }
-    let _ = fhir_edge::fhir::operation_outcome_text(&String::from_utf8_lossy(data));
+    let _ = fhir_edge_core::fhir::operation_outcome_text(&String::from_utf8_lossy(data));
 });

@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
 
+use crate::alerts::AlertKind;
 use crate::fhir::{AuditRecord, Interaction};
 
 pub const SCHEMA_VERSION: u32 = 9;
@@ -37,43 +38,165 @@ const FAIL_WINDOW: i64 = 15 * 60_000;
 /// A user needs this many earlier events before "new IP/app" and usual-hours mean much.
 const MATURE: f32 = 30.0;
 
-/// Feature names, in model order. Changing them bumps `SCHEMA_VERSION`.
-pub const FEATURES: &[&str] = &[
-    "hour_rarity_user",
-    "hour_rarity_site",
-    "weekday_rarity_user",
-    "distinct_patients_10m",
-    "distinct_patients_1h",
-    "patients_1h_vs_usual",
-    "first_access_to_patient",
-    "unrelated_patient_rarity",
-    "dept_history_with_patient",
-    "patient_users_24h",
-    "unrelated_pressure_24h",
-    "failed_logins_15m",
-    "new_source_ip",
-    "new_client_app",
-    "dormancy_vs_usual_break",
-    "query_size",
-    "export",
-    "failure_outcome",
-    "is_login",
-    "is_search",
-    "is_write",
-    "same_family_name_rarity",
-    "user_history",
-    "has_patient",
-    "user_cross_dept_rate",
-    "user_first_access_rate",
-    "session_start_rarity",
-    "unrelated_run_surprise_1h",
-    "patient_users_vs_usual",
-    "dept_pair_rarity",
-    "unexplained_depts_24h",
-    "watched_record_unrelated",
-];
+/// How a feature counts in the anomaly score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A signal where only values above expectation are suspicious.
+    Up,
+    /// A signal where only values below expectation are suspicious.
+    Down,
+    /// Context only: the autoencoder conditions on it, but it adds nothing to the score.
+    Context,
+}
 
-pub const N_FEATURES: usize = 32;
+impl Direction {
+    /// +1, -1 or 0, as the model's tail terms use it.
+    pub const fn sign(self) -> i8 {
+        match self {
+            Direction::Up => 1,
+            Direction::Down => -1,
+            Direction::Context => 0,
+        }
+    }
+}
+
+/// The feature catalogue: one entry per feature, in model order, with its name (as the
+/// model file and `--features-out` write it), its direction, the alert kind it points at,
+/// and what it measures. Adding a signal is one entry here (and its computation in
+/// `Context::features`); changing the list bumps `SCHEMA_VERSION`.
+macro_rules! catalogue {
+    ($($variant:ident = $name:literal, $dir:ident, $kind:ident, $what:literal;)*) => {
+        /// One feature of the model's input row (see the catalogue in `features.rs`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum Feature {
+            $(#[doc = $what] $variant,)*
+        }
+
+        /// Number of features in a row.
+        pub const N_FEATURES: usize = [$($name),*].len();
+
+        /// Feature names, in model order.
+        pub const FEATURE_NAMES: [&str; N_FEATURES] = [$($name),*];
+
+        /// Each feature's direction as a sign (+1, -1, 0), in model order.
+        pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [$(Direction::$dir.sign()),*];
+
+        impl Feature {
+            /// Every feature, in model order.
+            pub const ALL: [Feature; N_FEATURES] = [$(Feature::$variant),*];
+
+            /// The name in model files and feature CSVs.
+            pub const fn name(self) -> &'static str {
+                match self { $(Feature::$variant => $name,)* }
+            }
+
+            /// How the feature counts in the score.
+            pub const fn direction(self) -> Direction {
+                match self { $(Feature::$variant => Direction::$dir,)* }
+            }
+
+            /// The behaviour the feature is evidence of.
+            pub const fn kind(self) -> AlertKind {
+                match self { $(Feature::$variant => AlertKind::$kind,)* }
+            }
+
+            /// What the feature measures, in a sentence.
+            pub const fn what(self) -> &'static str {
+                match self { $(Feature::$variant => $what,)* }
+            }
+
+            /// Position in the row.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+catalogue! {
+    HourRarityUser = "hour_rarity_user", Up, AfterHours,
+        "How rarely the user is active at this local hour (blended with the site while the user is new).";
+    HourRaritySite = "hour_rarity_site", Up, AfterHours,
+        "How rarely anyone at the site is active at this local hour.";
+    WeekdayRarityUser = "weekday_rarity_user", Up, AfterHours,
+        "How rarely the user is active on this weekday.";
+    DistinctPatients10m = "distinct_patients_10m", Up, BulkAccess,
+        "ln(1 + distinct patients the user opened in the last 10 minutes).";
+    DistinctPatients1h = "distinct_patients_1h", Up, BulkAccess,
+        "ln(1 + distinct patients the user opened in the last hour).";
+    Patients1hVsUsual = "patients_1h_vs_usual", Up, BulkAccess,
+        "The hour's distinct patients against the user's usual high hour (log ratio, floored at 0).";
+    FirstAccessToPatient = "first_access_to_patient", Up, CrossDepartment,
+        "1 when the user has not opened this patient before.";
+    UnrelatedPatientRarity = "unrelated_patient_rarity", Up, CrossDepartment,
+        "A record none of whose activity comes from the user's department, weighed by how unusual such lookups are for the user.";
+    DeptHistoryWithPatient = "dept_history_with_patient", Down, CrossDepartment,
+        "ln((accesses from the user's department + 1) / (all accesses + 1)) of the patient's record.";
+    PatientUsers24h = "patient_users_24h", Up, VipSnooping,
+        "ln(1 + distinct users who opened the patient in 24 hours).";
+    UnrelatedPressure24h = "unrelated_pressure_24h", Up, VipSnooping,
+        "How unusual, summed over distinct users, today's unrelated accesses to the patient are.";
+    FailedLogins15m = "failed_logins_15m", Up, FailedLogins,
+        "ln(1 + failed logins by the user in 15 minutes beyond the first).";
+    NewSourceIp = "new_source_ip", Up, NewSource,
+        "Novelty of the network address for a user with enough history (1 never seen, decaying with use).";
+    NewClientApp = "new_client_app", Up, NewSource,
+        "Novelty of the client application for a user with enough history.";
+    DormancyVsUsualBreak = "dormancy_vs_usual_break", Up, DormantAccount,
+        "The idle gap before the session against the user's usual longest break (log ratio).";
+    QuerySize = "query_size", Up, MassExport,
+        "ln(1 + the number of records a search asks for).";
+    Export = "export", Up, MassExport,
+        "1 for a bulk data export.";
+    FailureOutcome = "failure_outcome", Up, FailedLogins,
+        "1 for a refused request other than a login.";
+    IsLogin = "is_login", Context, UnusualPattern,
+        "1 for a login or logout.";
+    IsSearch = "is_search", Context, UnusualPattern,
+        "1 for a search.";
+    IsWrite = "is_write", Context, UnusualPattern,
+        "1 for a create, update or delete.";
+    SameFamilyNameRarity = "same_family_name_rarity", Up, FamilySnooping,
+        "The user shares the patient's family name, weighed by how rare the name is, unless the department cares for the patient.";
+    UserHistory = "user_history", Context, UnusualPattern,
+        "ln(1 + the user's earlier events).";
+    HasPatient = "has_patient", Context, UnusualPattern,
+        "1 when the event names a patient.";
+    UserCrossDeptRate = "user_cross_dept_rate", Context, UnusualPattern,
+        "The user's running rate of lookups outside their department's work.";
+    UserFirstAccessRate = "user_first_access_rate", Context, UnusualPattern,
+        "The user's running rate of first accesses to a patient.";
+    SessionStartRarity = "session_start_rarity", Up, AfterHours,
+        "How rarely the user's sessions begin at the hour this one began.";
+    UnrelatedRunSurprise1h = "unrelated_run_surprise_1h", Up, CrossDepartment,
+        "-ln P(N >= n) for the hour's run of unrelated lookups, N Poisson with the user's habitual mean.";
+    PatientUsersVsUsual = "patient_users_vs_usual", Up, VipSnooping,
+        "Today's distinct users of the patient against the patient's usual (log ratio).";
+    DeptPairRarity = "dept_pair_rarity", Up, CrossDepartment,
+        "How rarely the user's department enters records homed in the patient's department.";
+    UnexplainedDepts24h = "unexplained_depts_24h", Up, VipSnooping,
+        "ln(1 + departments that opened the record today outside their relationship and pattern).";
+    WatchedRecordUnrelated = "watched_record_unrelated", Up, WatchedRecord,
+        "1 when a watched or restricted record is opened without a working relationship.";
+}
+
+/// A feature row indexed by [`Feature`], for building rows by name rather than position.
+#[derive(Debug, Clone, Copy)]
+struct Row([f32; N_FEATURES]);
+
+impl std::ops::Index<Feature> for Row {
+    type Output = f32;
+    fn index(&self, f: Feature) -> &f32 {
+        &self.0[f.index()]
+    }
+}
+
+impl std::ops::IndexMut<Feature> for Row {
+    fn index_mut(&mut self, f: Feature) -> &mut f32 {
+        &mut self.0[f.index()]
+    }
+}
 
 /// A session ends after this long without activity.
 const SESSION_GAP: i64 = 8 * HOUR;
@@ -81,27 +204,6 @@ const SESSION_GAP: i64 = 8 * HOUR;
 const SESSION_IDLE: i64 = 2 * HOUR;
 /// Sessions after which a user's own start hours outweigh the site's.
 const MATURE_SESSIONS: f32 = 10.0;
-
-/// How each feature counts in the anomaly score. +1: a signal where only values above
-/// expectation are suspicious; -1: a signal where only values below are; 0: context only —
-/// the autoencoder conditions on it, but it adds nothing to the score.
-pub const FEATURE_DIRECTION: [i8; N_FEATURES] = [
-    1, 1, 1, // hours, weekday
-    1, 1, 1, // distinct patients
-    1, 1, -1, // first access, other departments' share, own department's history
-    1, 1, // patient users
-    1, 1, 1, 1, // failed logins, new ip, new app, dormancy
-    1, 1, 1, // query size, export, failure
-    0, 0, 0, // kind of action
-    1, // same family name, weighed by how rare the name is
-    0, 0, 0, 0, // user history, has patient, user rates
-    1, // session start hour
-    1, // unrelated accesses by the user in the last hour
-    1, // the patient's users today against its usual
-    1, // how rarely the user's department enters records homed where this one is
-    1, // departments that opened the record today outside their usual pattern
-    1, // a watched record opened without a working relationship
-];
 
 /// Raw facts behind the features, for plain-language explanations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -659,6 +761,7 @@ impl Context {
     }
 
     fn features(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts, Known) {
+        use Feature as F;
         let now = r.recorded.timestamp_millis();
         let (hour, weekday) = self.local(r.recorded);
         let uh = r.user.as_deref().map(h64);
@@ -679,7 +782,7 @@ impl Context {
         let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
 
         let mut known = Known::default();
-        let mut x = [0f32; N_FEATURES];
+        let mut x = Row([0f32; N_FEATURES]);
         // Hours: the user's own, blended with the site's while the user is new.
         let site_r = rarity(self.site_hours[hour as usize], self.site_total, 24.0);
         let (hr, wr) = match user {
@@ -695,9 +798,9 @@ impl Context {
             }
             _ => (site_r, 0.0),
         };
-        x[0] = hr;
-        x[1] = site_r;
-        x[2] = wr;
+        x[F::HourRarityUser] = hr;
+        x[F::HourRaritySite] = site_r;
+        x[F::WeekdayRarityUser] = wr;
         // When the session began, against the user's own session starts: a shift running
         // late keeps its usual start hour, a session opened at 02:00 does not. The current
         // session is not counted, so every event of it carries the same value.
@@ -707,7 +810,7 @@ impl Context {
         let site_starts = self.site_starts[start] - own_current;
         let site_sr = rarity(site_starts, self.site_sessions - own_current, 24.0);
         facts.session_start_hour = start as u32;
-        x[26] = match user {
+        x[F::SessionStartRarity] = match user {
             Some(u) if u.sessions - own_current > 0.0 => {
                 let (n, total) = (u.starts[start] - own_current, u.sessions - own_current);
                 facts.starts_at_that_hour = n as u32;
@@ -732,15 +835,15 @@ impl Context {
             facts.d10 = d10;
             facts.d1h = d1h;
             facts.usual_d1h = u.usual_d1h_hi;
-            x[3] = (d10 as f32).ln_1p();
-            x[4] = (d1h as f32).ln_1p();
-            x[5] = ((d1h as f32 + 1.0) / (u.usual_d1h_hi + 1.0)).ln().max(0.0);
+            x[F::DistinctPatients10m] = (d10 as f32).ln_1p();
+            x[F::DistinctPatients1h] = (d1h as f32).ln_1p();
+            x[F::Patients1hVsUsual] = ((d1h as f32 + 1.0) / (u.usual_d1h_hi + 1.0)).ln().max(0.0);
             // Failed logins in the window, this one included. One mistyped password is
             // routine; the evidence is in the ones that follow it.
             let fails = u.failed.iter().filter(|t| **t >= now - FAIL_WINDOW).count() as u32
                 + failed_login as u32;
             facts.failed_15m = fails;
-            x[11] = (fails.saturating_sub(1) as f32).ln_1p();
+            x[F::FailedLogins15m] = (fails.saturating_sub(1) as f32).ln_1p();
             // Novelty of the address and app for a user with enough history: 1 when never
             // seen, decaying with use, so a whole session from a new place stands out.
             let mature = u.events >= MATURE;
@@ -751,13 +854,13 @@ impl Context {
                 let n = uses(&u.ips, ip);
                 facts.ip_uses = Some(n);
                 facts.new_ip = mature && n == 0;
-                x[12] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
+                x[F::NewSourceIp] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
             }
             if let Some(app) = &r.client_app {
                 let n = uses(&u.apps, app);
                 facts.app_uses = Some(n);
                 facts.new_app = mature && n == 0;
-                x[13] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
+                x[F::NewClientApp] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
             }
             // Dormancy: the idle gap before the current session (the whole session carries it).
             let gap = now - u.last_ms;
@@ -774,24 +877,25 @@ impl Context {
                 u.break_hi_before_ms
             };
             facts.usual_break_days = usual / DAY as f32;
-            x[14] = ((facts.days_inactive + 1.0) / (facts.usual_break_days + 1.0))
+            x[F::DormancyVsUsualBreak] = ((facts.days_inactive + 1.0)
+                / (facts.usual_break_days + 1.0))
                 .ln()
                 .max(0.0);
-            x[22] = u.events.ln_1p();
-            x[24] = u.cross_rate;
-            x[25] = u.first_rate;
+            x[F::UserHistory] = u.events.ln_1p();
+            x[F::UserCrossDeptRate] = u.cross_rate;
+            x[F::UserFirstAccessRate] = u.first_rate;
         } else {
-            x[3] = (ph.is_some() as u8 as f32).ln_1p();
-            x[4] = x[3];
+            x[F::DistinctPatients10m] = (ph.is_some() as u8 as f32).ln_1p();
+            x[F::DistinctPatients1h] = x[F::DistinctPatients10m];
             facts.failed_15m = failed_login as u32;
         }
 
         if let (Some(u), Some(p)) = (uh, ph) {
             let pair = h64(&(u, p));
             facts.first_pair = !self.pairs_now.contains(&pair) && !self.pairs_old.contains(&pair);
-            x[6] = facts.first_pair as u8 as f32;
+            x[F::FirstAccessToPatient] = facts.first_pair as u8 as f32;
         }
-        x[23] = ph.is_some() as u8 as f32;
+        x[F::HasPatient] = ph.is_some() as u8 as f32;
         facts.watched = r.restricted
             || (!self.watched.is_empty()
                 && r.patient
@@ -812,10 +916,10 @@ impl Context {
                 // department without a working relationship with it. (Every first access
                 // from outside the home department was tried too: the departments that go
                 // everywhere made it flag routine work, see BENCHMARKS.md.)
-                x[31] = (facts.watched && unrelated_now) as u8 as f32;
+                x[F::WatchedRecordUnrelated] = (facts.watched && unrelated_now) as u8 as f32;
                 if unrelated_now {
                     let rate = user.map_or(0.0, |u| u.habitual_cross_rate(now));
-                    x[7] = unrelated_weight(rate);
+                    x[F::UnrelatedPatientRarity] = unrelated_weight(rate);
                     // A run of such lookups weighs more than one, by how improbable so many
                     // are in the hour for this user: two in a row are routine in radiology
                     // and rare on a ward. (The first of a run is `unrelated_patient_rarity`.)
@@ -829,7 +933,8 @@ impl Context {
                     facts.unrelated_1h = before as u32 + 1;
                     facts.unrelated_expected_1h = expected;
                     if before > 0 {
-                        x[27] = poisson_tail_surprise(before as u32 + 1, expected);
+                        x[F::UnrelatedRunSurprise1h] =
+                            poisson_tail_surprise(before as u32 + 1, expected);
                     }
                     // How rarely the department's unrelated accesses land on patients homed
                     // where this one is (smoothed: uniform while the department is new).
@@ -837,7 +942,7 @@ impl Context {
                         facts.home_dept = self.dept_names.get(&pair.home).cloned();
                         facts.pair_count = pair.count as u32;
                         facts.pair_total = pair.total as u32;
-                        x[29] = pair.rarity;
+                        x[F::DeptPairRarity] = pair.rarity;
                     }
                 }
                 // VIP pressure: how unusual, summed over distinct users, today's unrelated
@@ -845,15 +950,17 @@ impl Context {
                 let (mut seen_users, mut pressure) = unrelated_crowd(p, now);
                 if unrelated_now && uh.is_some_and(|u| !seen_users.contains(&u)) {
                     seen_users.push(uh.unwrap_or_default());
-                    pressure +=
-                        self.access_weight(user.map_or(0.0, |u| u.habitual_cross_rate(now)), x[29]);
+                    pressure += self.access_weight(
+                        user.map_or(0.0, |u| u.habitual_cross_rate(now)),
+                        x[F::DeptPairRarity],
+                    );
                 }
                 facts.unrelated_users_24h = seen_users.len() as u32;
                 // log((accesses from the user's department + 1) / (all accesses + 1)): 0 for
                 // a new patient or one the department works with, very negative for a long
                 // record the department never touched.
                 let own = share * p.total;
-                x[8] = if dept_h.is_some() {
+                x[F::DeptHistoryWithPatient] = if dept_h.is_some() {
                     ((own + 1.0) / (p.total + 1.0)).ln()
                 } else {
                     0.0
@@ -866,13 +973,13 @@ impl Context {
                     });
                 facts.patient_users_24h = users24;
                 facts.usual_patient_users = p.usual_users;
-                x[9] = (users24 as f32).ln_1p();
+                x[F::PatientUsers24h] = (users24 as f32).ln_1p();
                 // Against the patient's own usual: twelve users is a quiet day in intensive
                 // care and a crowd around an outpatient.
-                x[28] = ((users24 as f32 + 1.0) / (p.usual_users + 1.0))
+                x[F::PatientUsersVsUsual] = ((users24 as f32 + 1.0) / (p.usual_users + 1.0))
                     .ln()
                     .max(0.0);
-                x[10] = pressure.ln_1p();
+                x[F::UnrelatedPressure24h] = pressure.ln_1p();
                 // How many departments came without a reason today. Care brings the home
                 // department, its usual consultants and the departments that go everywhere;
                 // a crowd of the curious comes from all over the hospital.
@@ -883,27 +990,27 @@ impl Context {
                     depts += !p.unexplained.iter().filter(today).any(|e| e.1 == pair.dept) as usize;
                 }
                 facts.unexplained_depts_24h = depts as u32;
-                x[30] = (depts as f32).ln_1p();
+                x[F::UnexplainedDepts24h] = (depts as f32).ln_1p();
             }
             _ => {
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
                 facts.patient_users_24h = ph.is_some() as u32;
-                x[9] = (ph.is_some() as u8 as f32).ln_1p();
+                x[F::PatientUsers24h] = (ph.is_some() as u8 as f32).ln_1p();
             }
         }
 
         if let Some(q) = &r.query {
             facts.query_count = q.count;
             facts.export = q.export;
-            x[15] = (q.count.unwrap_or(0) as f32).ln_1p();
+            x[F::QuerySize] = (q.count.unwrap_or(0) as f32).ln_1p();
         }
         facts.export |= r.interaction == Interaction::Export;
-        x[16] = facts.export as u8 as f32;
+        x[F::Export] = facts.export as u8 as f32;
         // Failed logins count in `failed_logins_15m`; this is any other refused request.
-        x[17] = (r.outcome > 0 && !is_login) as u8 as f32;
-        x[18] = is_login as u8 as f32;
-        x[19] = (r.interaction == Interaction::Search) as u8 as f32;
-        x[20] = matches!(
+        x[F::FailureOutcome] = (r.outcome > 0 && !is_login) as u8 as f32;
+        x[F::IsLogin] = is_login as u8 as f32;
+        x[F::IsSearch] = (r.interaction == Interaction::Search) as u8 as f32;
+        x[F::IsWrite] = matches!(
             r.interaction,
             Interaction::Create | Interaction::Update | Interaction::Delete
         ) as u8 as f32;
@@ -920,12 +1027,13 @@ impl Context {
                     // (a relative on one's own ward is a matter for policy, not for this
                     // score); one with no working relationship is not.
                     if !known.relation.is_some_and(|r| r.cares) {
-                        x[21] = ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
+                        x[F::SameFamilyNameRarity] =
+                            ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
                     }
                 }
             }
         }
-        (x, facts, known)
+        (x.0, facts, known)
     }
 
     /// Fold `r` into the context. `known` carries counts `features` already worked out for
@@ -1596,7 +1704,7 @@ mod tests {
     }
 
     fn feature(name: &str) -> usize {
-        FEATURES.iter().position(|f| *f == name).unwrap()
+        FEATURE_NAMES.iter().position(|f| *f == name).unwrap()
     }
 
     /// A day worker's shift running late keeps its usual session start; a session opened

@@ -6,7 +6,7 @@
 //! on the server" to "alert durable in the store" is measured. Peak RSS and CPU seconds come
 //! from /proc of the daemon process alone.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,152 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
-use crate::clock::{fmt_ms, SystemClock};
-use crate::detector::simulate::{simulate, SimOptions};
-use crate::fhir::server::FhirStore;
-
-/// Generate `n` distinct events: a simulated fortnight replicated with fresh ids and
-/// shifted times, `lastUpdated` increasing (with ties) over the 24 h before `now`. Each is
-/// serialised as it is made, so a million events take about their JSON size in memory.
-pub fn bench_events_json(
-    n: usize,
-    seed: u64,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Vec<(i64, String, Arc<str>)> {
-    let mut o = SimOptions::new(14, seed);
-    o.anomalies_from_day = 7;
-    let base = simulate(&o);
-    let span = chrono::Duration::days(14);
-    let start = now - chrono::Duration::hours(24);
-    let step_us = (24 * 3_600_000_000i64 / n.max(1) as i64).max(1);
-    let mut out = Vec::with_capacity(n);
-    let mut j = serde_json::Value::Null;
-    for i in 0..n {
-        let copy = i / base.len();
-        let e = &base[i % base.len()];
-        j.clone_from(&e.json);
-        let id = format!("b{copy}-{}", e.id);
-        j["id"] = id.clone().into();
-        j["recorded"] = fmt_ms(e.recorded + span * copy as i32).into();
-        // Groups of three share a lastUpdated: ties across page boundaries.
-        let lu = start + chrono::Duration::microseconds((i as i64 / 3) * 3 * step_us);
-        j["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(lu)});
-        out.push((
-            lu.timestamp_millis(),
-            id,
-            serde_json::to_string(&j).expect("json").into(),
-        ));
-    }
-    out
-}
-
-/// As `bench_events_json`, as JSON values (small n).
-pub fn bench_events(
-    n: usize,
-    seed: u64,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Vec<serde_json::Value> {
-    bench_events_json(n, seed, now)
-        .into_iter()
-        .map(|(_, _, s)| serde_json::from_str(&s).expect("json"))
-        .collect()
-}
-
-/// Traffic for `bench-server --rate`: a simulated fortnight replayed in a loop, `recorded`
-/// kept in simulated time (shifted by 14 days per loop, as in `bench_events_json`, so the
-/// detector sees a normal hospital's day compressed), `lastUpdated` = created now.
-struct Generator {
-    /// (`recorded` ms, the event's JSON without `id`, `meta`, `recorded` and opening brace).
-    templates: Vec<(i64, String)>,
-    next: u64,
-}
-
-impl Generator {
-    fn new(seed: u64) -> Self {
-        let templates = simulate(&SimOptions::new(14, seed))
-            .into_iter()
-            .map(|e| {
-                let mut j = e.json;
-                if let Some(o) = j.as_object_mut() {
-                    for k in ["id", "meta", "recorded"] {
-                        o.remove(k);
-                    }
-                }
-                let s = j.to_string();
-                (e.recorded.timestamp_millis(), s[1..].to_string())
-            })
-            .collect();
-        Generator { templates, next: 0 }
-    }
-
-    fn make(&mut self, lu_ms: i64) -> (String, Arc<str>) {
-        let n = self.templates.len() as u64;
-        let (recorded, t) = &self.templates[(self.next % n) as usize];
-        let cycle = (self.next / n) as i64;
-        let recorded = fmt_ms(crate::clock::from_ms(recorded + cycle * 14 * 86_400_000));
-        let id = format!("g{}", self.next);
-        self.next += 1;
-        let when = fmt_ms(crate::clock::from_ms(lu_ms));
-        let json = format!(
-            r#"{{"id":"{id}","meta":{{"versionId":"1","lastUpdated":"{when}"}},"recorded":"{recorded}",{t}"#
-        );
-        (id, json.into())
-    }
-}
-
-/// `fhir-edge bench-server --rate R --rate-secs S`: after the address, create R events per
-/// second for S seconds (keeping `retain_secs` of them), then print `generated N`.
-fn generate(store: &FhirStore, seed: u64, rate: f64, secs: u64, retain_secs: u64) -> u64 {
-    let mut g = Generator::new(seed);
-    let start = Instant::now();
-    let tick = Duration::from_millis(20);
-    let mut last_prune = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        let due = (start.elapsed().as_secs_f64() * rate) as u64;
-        let n = due.saturating_sub(g.next) as usize;
-        if n > 0 {
-            store.append_now(n, |_, lu| g.make(lu));
-        }
-        if last_prune.elapsed() > Duration::from_secs(5) {
-            let cut = chrono::Utc::now() - chrono::Duration::seconds(retain_secs as i64);
-            store.prune_before(cut.timestamp_millis());
-            last_prune = Instant::now();
-        }
-        std::thread::sleep(tick);
-    }
-    g.next
-}
-
-/// `fhir-edge bench-server`: serve N events until stdin closes; prints the address. With
-/// `rate`, also creates events at that rate for `rate_secs` and prints `generated N`.
-pub fn serve(
-    n: usize,
-    seed: u64,
-    rate: Option<f64>,
-    rate_secs: u64,
-    retain_secs: u64,
-) -> anyhow::Result<()> {
-    let store = FhirStore::new(Arc::new(SystemClock));
-    let started = Instant::now();
-    store.insert_serialized(bench_events_json(n, seed, chrono::Utc::now()));
-    eprintln!(
-        "bench-server: {} events ready in {:.1} s",
-        store.len(),
-        started.elapsed().as_secs_f32()
-    );
-    let addr = crate::fhir::server::spawn_thread(store.clone(), 1);
-    println!("http://{addr}/fhir");
-    std::io::stdout().flush()?;
-    if let Some(r) = rate {
-        let total = generate(&store, seed, r, rate_secs, retain_secs);
-        println!("generated {total}");
-        std::io::stdout().flush()?;
-    }
-    // Run until the parent closes our stdin.
-    let mut sink = String::new();
-    while std::io::stdin().read_line(&mut sink)? > 0 {}
-    Ok(())
-}
+use fhir_edge_lab::traffic::bench_events;
 
 #[derive(Debug, Serialize, Default)]
 pub struct BenchReport {
@@ -224,8 +79,8 @@ impl Drop for Killer {
     }
 }
 
-fn status(dir: &Path) -> crate::state::StatusReport {
-    crate::state::Reader::open(dir)
+fn status(dir: &Path) -> fhir_edge_core::state::StatusReport {
+    fhir_edge_core::state::Reader::open(dir)
         .and_then(|r| r.status())
         .unwrap_or_default()
 }
@@ -272,7 +127,7 @@ fn start_daemon(
     extra_poller: &str,
 ) -> anyhow::Result<Started> {
     let model = dir.join("model");
-    crate::detector::model::write_embedded_default(&model)?;
+    fhir_edge_lab::write_default_model(&model)?;
     let state = dir.join("state");
     let cfg = dir.join("config.toml");
     std::fs::write(
@@ -376,7 +231,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let mut peak_kb = 0;
     // One reader and a one-row read per probe: the harness must not take CPU from the
     // daemon it measures (`status()` counts every seen key).
-    let reader = crate::state::Reader::open(&state)?;
+    let reader = fhir_edge_core::state::Reader::open(&state)?;
     loop {
         peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
         let scored = reader.events_scored().unwrap_or(0);
@@ -416,7 +271,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let period = Duration::from_secs_f64(1.0 / o.steady_rate);
     let mut k = 0u64;
     while steady_start.elapsed() < Duration::from_secs(o.steady_secs) {
-        let mut ev = crate::cli::sample_event(chrono::Utc::now());
+        let mut ev = crate::client::sample_event(chrono::Utc::now());
         ev["entity"].as_array_mut().unwrap().push(serde_json::json!({
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
@@ -443,7 +298,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     // Wait for the last ones, then read detection times from the store.
     std::thread::sleep(Duration::from_secs(o.interval_secs + 3));
     let conn = rusqlite::Connection::open_with_flags(
-        state.join(crate::state::DB_FILE),
+        state.join(fhir_edge_core::state::DB_FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
     let mut lat = Vec::new();
@@ -496,7 +351,7 @@ pub fn page_rate(
     since: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<(usize, f64)> {
     let cfg = crate::config::Config::for_server(base_url, Path::new("/tmp"));
-    let client = crate::fhir::client::FhirClient::new(&cfg.fhir, 1 << 30)?;
+    let client = crate::client::FhirClient::new(&cfg.fhir, 1 << 30)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -508,7 +363,7 @@ pub fn page_rate(
             let page = client.fetch_page(&url, n > 0).await?;
             n += page.events.len();
             match page.next {
-                Some(next) => url = crate::fhir::client::check_next(client.base(), &next)?,
+                Some(next) => url = crate::client::check_next(client.base(), &next)?,
                 None => break,
             }
         }
@@ -710,7 +565,7 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
         .and_then(|n| n.parse().ok())
         .context("bench-server did not report its total")?;
     let load_end = Instant::now();
-    let reader = crate::state::Reader::open(&d.state)?;
+    let reader = fhir_edge_core::state::Reader::open(&d.state)?;
     loop {
         if reader.events_scored().unwrap_or(0) >= generated {
             break;

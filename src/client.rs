@@ -12,8 +12,8 @@ use reqwest::StatusCode;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::{Page, ParseError};
 use crate::config::{read_secret, AuthConfig, FhirConfig};
+use fhir_edge_core::fhir::{Page, ParseError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -111,7 +111,7 @@ pub fn search_url(base: &Url, resource_type: &str, since: DateTime<Utc>, page_si
     u.query_pairs_mut()
         .append_pair(
             "_lastUpdated",
-            &format!("ge{}", crate::clock::fmt_ms(since)),
+            &format!("ge{}", fhir_edge_core::clock::fmt_ms(since)),
         )
         .append_pair("_sort", "_lastUpdated")
         .append_pair("_count", &page_size.to_string());
@@ -206,8 +206,8 @@ impl SmartAuth {
             iat: now,
             jti: format!(
                 "{:016x}{:016x}",
-                crate::rng::seed_from_time(),
-                crate::rng::seed_from_time().rotate_left(17)
+                fhir_edge_core::rng::seed_from_time(),
+                fhir_edge_core::rng::seed_from_time().rotate_left(17)
             ),
         };
         let mut header = jsonwebtoken::Header::new(self.alg);
@@ -480,9 +480,10 @@ impl FhirClient {
     /// and the API's futures keep running meanwhile.
     pub async fn parse_body(&self, body: Vec<u8>) -> Result<Page, FetchError> {
         let rt = self.resource_type.clone();
-        let parsed = tokio::task::spawn_blocking(move || super::parse_page_owned(body, &rt))
-            .await
-            .map_err(|e| FetchError::Body(format!("page parser task failed: {e}")))?;
+        let parsed =
+            tokio::task::spawn_blocking(move || fhir_edge_core::fhir::parse_page_owned(body, &rt))
+                .await
+                .map_err(|e| FetchError::Body(format!("page parser task failed: {e}")))?;
         Ok(parsed?)
     }
 
@@ -524,7 +525,13 @@ impl FhirClient {
         since: DateTime<Utc>,
         page_size: u32,
         mut progress: impl FnMut(usize),
-    ) -> Result<(Vec<super::AuditRecord>, Vec<(String, String)>), FetchError> {
+    ) -> Result<
+        (
+            Vec<fhir_edge_core::fhir::AuditRecord>,
+            Vec<(String, String)>,
+        ),
+        FetchError,
+    > {
         let mut keys = std::collections::HashSet::new();
         let mut records = Vec::new();
         let mut skipped = Vec::new();
@@ -651,7 +658,7 @@ fn bearer(token: &str) -> Result<HeaderValue, FetchError> {
 fn describe_error_body(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(&body[..body.len().min(4096)]);
     if s.contains("\"OperationOutcome\"") {
-        return super::operation_outcome_text(&s);
+        return fhir_edge_core::fhir::operation_outcome_text(&s);
     }
     if let Some(start) = s.find("<title>") {
         if let Some(end) = s[start..].find("</title>") {
@@ -664,6 +671,29 @@ fn describe_error_body(body: &[u8]) -> String {
     } else {
         t
     }
+}
+
+/// A valid BALP-style patient-read AuditEvent for `send-test-event`.
+pub fn sample_event(now: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read", "display": "read"}],
+        "action": "R",
+        "recorded": fhir_edge_core::clock::fmt_ms(now),
+        "outcome": "0",
+        "agent": [
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+             "who": {"reference": "Practitioner/fhir-edge-test", "display": "fhir-edge test user"}, "requestor": true,
+             "network": {"address": "127.0.0.1", "type": "2"}},
+            {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+             "who": {"reference": "Device/fhir-edge-send-test-event"}, "requestor": false}
+        ],
+        "source": {"site": "fhir-edge", "observer": {"display": "fhir-edge send-test-event"}},
+        "entity": [{"what": {"reference": "Patient/fhir-edge-test"},
+                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}]
+    })
 }
 
 #[cfg(test)]
@@ -719,5 +749,15 @@ mod tests {
             describe_error_body(b"<html><head><title>502 Bad Gateway</title>"),
             "HTML page: 502 Bad Gateway"
         );
+    }
+
+    #[test]
+    fn sample_event_parses() {
+        let raw = serde_json::value::to_raw_value(&sample_event(chrono::Utc::now())).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+        v["id"] = "x".into();
+        let raw = serde_json::value::to_raw_value(&v).unwrap();
+        let r = fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
+        assert_eq!(r.patient.as_deref(), Some("Patient/fhir-edge-test"));
     }
 }

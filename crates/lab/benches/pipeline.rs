@@ -6,11 +6,12 @@
 
 use std::time::Instant;
 
-use fhir_edge::detector::features::Context;
-use fhir_edge::detector::model::{write_embedded_default, Model};
-use fhir_edge::detector::simulate::{watch_list, SimOptions};
-use fhir_edge::detector::{score_stream, Explain};
-use fhir_edge::fhir::{parse_page_owned, AuditRecord};
+use fhir_edge_core::detector::features::Context;
+use fhir_edge_core::detector::model::Model;
+use fhir_edge_core::detector::{score_stream, Explain};
+use fhir_edge_core::fhir::{parse_page_owned, AuditRecord};
+use fhir_edge_lab::simulate::{watch_list, SimOptions};
+use fhir_edge_lab::write_default_model;
 
 const PAGE: usize = 1000;
 
@@ -29,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(200_000);
     let now = chrono::Utc::now();
-    let events = fhir_edge::bench::bench_events_json(n, 1, now);
+    let events = fhir_edge_lab::traffic::bench_events_json(n, 1, now);
 
     // Search pages as a server sends them.
     let pages: Vec<Vec<u8>> = events
@@ -80,7 +81,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let dir = tempfile::tempdir()?;
-    write_embedded_default(dir.path())?;
+    write_default_model(dir.path())?;
     let model = Model::load(dir.path())?;
 
     // The simulated hospital's watch list (its events are the benchmark's), as a site that

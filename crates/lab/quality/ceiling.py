@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much the detector's features can tell, at best: a supervised reference.
 
-Reads the run directories that `bench/quality.py --out DIR` leaves behind (features.csv,
+Reads the run directories that `crates/lab/quality/quality.py --out DIR` leaves behind (features.csv,
 scores.csv, labels.csv) and, on each run's 7 test days, trains a gradient-boosted
 classifier *with the labels* (5-fold stratified cross-validation), then reports its recall
 at 1% false-positive rate, overall and per anomaly type, next to the autoencoder's.
@@ -10,7 +10,7 @@ The classifier sees the answers, which no deployment has; it is not a detector. 
 where the information in the causal feature rows runs out: a type it cannot find at 1% FPR
 either is limited by what the features carry, not by the unsupervised model.
 
-usage: bench/ceiling.py DIR [--runs A,B]
+usage: crates/lab/quality/ceiling.py DIR [--runs A,B]
 """
 import argparse, csv, os
 import numpy as np

@@ -9,7 +9,7 @@ baseline. Reports ROC-AUC, PR-AUC, precision@k (k = true anomalies), recall at 1
 overall and per anomaly type, for every run (seed, hospital size, activity and anomaly
 rates vary).
 
-usage: bench/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
+usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
        [--no-watch-list] [--seed-offset N]
 """
 import argparse, csv, json, os, subprocess, sys, time

@@ -108,7 +108,8 @@ mod tests {
     #[test]
     fn reads_ndjson_and_bundle() {
         let d = tempfile::tempdir().unwrap();
-        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir-r4/hl7-r4-core");
+        let fx =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/fhir-r4/hl7-r4-core");
         let ev = std::fs::read_to_string(fx.join("AuditEvent-example-rest.json")).unwrap();
         let one_line: serde_json::Value = serde_json::from_str(&ev).unwrap();
         let nd = d.path().join("e.ndjson");

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::detector::simulate::{simulate, SimOptions};
-use crate::fhir::server::{serve, FhirStore};
 use crate::health::Counters;
+use fhir_edge_core::clock::SystemClock;
+use fhir_edge_lab::server::{serve, FhirStore};
+use fhir_edge_lab::simulate::{simulate, SimOptions};
 
 pub struct DemoOptions {
     pub listen: SocketAddr,
@@ -36,7 +36,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .tempdir()
         .context("creating a temporary state directory")?;
     let model_dir = state.path().join("model");
-    crate::detector::model::write_embedded_default(&model_dir)?;
+    fhir_edge_lab::write_default_model(&model_dir)?;
 
     let mut sim = SimOptions::new(BASELINE_DAYS + LIVE_DAYS, opts.seed);
     sim.users = 100;
@@ -58,7 +58,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .map(|(i, e)| {
                 let mut j = e.json.clone();
                 let lu = now - chrono::Duration::milliseconds(3_600_000 - (i as i64 * 3_600_000 / split.max(1) as i64));
-                j["meta"]["lastUpdated"] = crate::clock::fmt_ms(lu).into();
+                j["meta"]["lastUpdated"] = fhir_edge_core::clock::fmt_ms(lu).into();
                 j
             })
             .collect();
@@ -70,7 +70,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         cfg.detector.model_dir = model_dir.clone();
         // The simulated hospital's watch list, as a site keeps one.
         let watch_file = state.path().join("watch-list.txt");
-        crate::detector::simulate::write_watch_list(&sim, &watch_file)
+        fhir_edge_lab::simulate::write_watch_list(&sim, &watch_file)
             .context("writing the demo watch list")?;
         cfg.detector.watch_list = Some(watch_file);
         cfg.poller.interval_secs = 2;
@@ -128,7 +128,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 break;
             }
-            let sim_now = crate::clock::from_ms(sim_start_ms + (started.elapsed().as_secs_f64() * speedup * 1000.0) as i64);
+            let sim_now = fhir_edge_core::clock::from_ms(sim_start_ms + (started.elapsed().as_secs_f64() * speedup * 1000.0) as i64);
             let line = format!(
                 "sim {} | server {} events | scored {} | duplicates {} | alerts {} (critical {}, high {}, medium {}, low {})",
                 sim_now.format("%a %H:%M"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 
-use crate::clock::{fmt_ms, SharedClock};
+use fhir_edge_core::clock::{fmt_ms, SharedClock};
 
 /// One stored resource: its `meta.lastUpdated` and serialised JSON.
 #[derive(Clone)]
@@ -233,7 +233,7 @@ impl FhirStore {
             _ => format!("ae-{}", w.next_id),
         };
         ev["id"] = id.clone().into();
-        ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(crate::clock::from_ms(now))});
+        ev["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(fhir_edge_core::clock::from_ms(now))});
         let json: Arc<str> = serde_json::to_string(&ev).expect("json").into();
         w.events.push(Stored {
             last_updated_ms: now,
@@ -272,7 +272,7 @@ impl FhirStore {
             .unwrap()
             .events
             .last()
-            .map(|e| crate::clock::from_ms(e.last_updated_ms))
+            .map(|e| fhir_edge_core::clock::from_ms(e.last_updated_ms))
     }
 
     pub fn len(&self) -> usize {
@@ -394,7 +394,7 @@ async fn token(req: HttpRequest, store: web::Data<FhirStore>, body: web::Bytes) 
     w.token_requests += 1;
     let t = format!(
         "at-{:016x}-{}",
-        crate::rng::seed_from_time(),
+        fhir_edge_core::rng::seed_from_time(),
         w.token_requests
     );
     w.tokens.push(t.clone());

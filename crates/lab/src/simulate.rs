@@ -6,19 +6,21 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 
-use crate::rng::Rng;
+use fhir_edge_core::alerts::AlertKind;
+use fhir_edge_core::rng::Rng;
 
-/// Anomaly types the simulator injects (label names).
-pub const ANOMALY_KINDS: &[&str] = &[
-    "after_hours",
-    "bulk_access",
-    "vip_snooping",
-    "cross_department",
-    "failed_login_burst",
-    "new_source",
-    "mass_export",
-    "dormant_account",
-    "family_snooping",
+/// The behaviours the simulator injects (written to `labels.csv` by name), in the order
+/// its seeded draws index them.
+pub const ANOMALY_KINDS: &[AlertKind] = &[
+    AlertKind::AfterHours,
+    AlertKind::BulkAccess,
+    AlertKind::VipSnooping,
+    AlertKind::CrossDepartment,
+    AlertKind::FailedLogins,
+    AlertKind::NewSource,
+    AlertKind::MassExport,
+    AlertKind::DormantAccount,
+    AlertKind::FamilySnooping,
 ];
 
 #[derive(Debug, Clone)]
@@ -59,7 +61,7 @@ pub struct SimEvent {
     pub id: String,
     pub recorded: DateTime<Utc>,
     pub json: serde_json::Value,
-    pub label: Option<&'static str>,
+    pub label: Option<AlertKind>,
 }
 
 const DEPTS: &[(&str, bool)] = &[
@@ -469,7 +471,7 @@ impl Emitter {
         app: &str,
         p: Option<&Patient>,
         act: Act,
-        label: Option<&'static str>,
+        label: Option<AlertKind>,
         rng: &mut Rng,
     ) {
         self.n += 1;
@@ -537,11 +539,11 @@ impl Emitter {
         let json = json!({
             "resourceType": "AuditEvent",
             "id": id,
-            "meta": {"versionId": "1", "lastUpdated": crate::clock::fmt_ms(last_updated)},
+            "meta": {"versionId": "1", "lastUpdated": fhir_edge_core::clock::fmt_ms(last_updated)},
             "type": type_,
             "subtype": [subtype],
             "action": action,
-            "recorded": crate::clock::fmt_ms(t),
+            "recorded": fhir_edge_core::clock::fmt_ms(t),
             "outcome": outcome,
             "agent": [
                 {
@@ -738,7 +740,7 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
 
 #[allow(clippy::too_many_arguments)]
 fn inject(
-    kind: &'static str,
+    kind: AlertKind,
     opts: &SimOptions,
     h: &Hospital,
     em: &mut Emitter,
@@ -761,7 +763,7 @@ fn inject(
         return;
     }
     match kind {
-        "after_hours" => {
+        AlertKind::AfterHours => {
             // 01:00–04:30 local, well outside a day shift.
             let day_users: Vec<&User> = active
                 .iter()
@@ -790,7 +792,7 @@ fn inject(
                 );
             }
         }
-        "bulk_access" => {
+        AlertKind::BulkAccess => {
             let mut t = in_shift(rng, u);
             let n = 60 + rng.below(180);
             for _ in 0..n {
@@ -807,7 +809,7 @@ fn inject(
                 );
             }
         }
-        "vip_snooping" => {
+        AlertKind::VipSnooping => {
             // Half the time a VIP the hospital knows and watches, else someone the news
             // made interesting overnight, whom nobody has flagged.
             let watched: Vec<usize> = anywhere
@@ -830,7 +832,7 @@ fn inject(
                 em.emit(t, s, &s.ip, s.app, Some(vip), Act::Read, l, rng);
             }
         }
-        "cross_department" => {
+        AlertKind::CrossDepartment => {
             let clinical: Vec<&User> = active
                 .iter()
                 .copied()
@@ -862,7 +864,7 @@ fn inject(
                 );
             }
         }
-        "failed_login_burst" => {
+        AlertKind::FailedLogins => {
             let mut t = in_shift(rng, u);
             let ip = format!("198.51.100.{}", 1 + rng.below(250));
             for _ in 0..(8 + rng.below(13)) {
@@ -885,7 +887,7 @@ fn inject(
                 );
             }
         }
-        "new_source" => {
+        AlertKind::NewSource => {
             let mut t = in_shift(rng, u);
             let ip = format!("203.0.113.{}", 1 + rng.below(250));
             let app = if rng.chance(0.5) {
@@ -913,7 +915,7 @@ fn inject(
                 );
             }
         }
-        "mass_export" => {
+        AlertKind::MassExport => {
             let t = in_shift(rng, u);
             if rng.chance(0.5) {
                 em.emit(t, u, &u.ip, u.app, None, Act::Export, l, rng);
@@ -930,7 +932,7 @@ fn inject(
                 );
             }
         }
-        "dormant_account" => {
+        AlertKind::DormantAccount => {
             let dormant: Vec<&User> = h.users.iter().filter(|u| u.dormant).collect();
             if dormant.is_empty() || day < 30 {
                 return;
@@ -952,7 +954,7 @@ fn inject(
                 );
             }
         }
-        "family_snooping" => {
+        AlertKind::FamilySnooping => {
             // A relative admitted to another department, not one the user's department was
             // asked to consult on, whose record the user's work never opened: a pharmacist who
             // has been checking a relative's orders, or a nurse on the consulting team, opens
@@ -1061,7 +1063,7 @@ mod tests {
             .all(|e| e.label.is_none()));
         for e in a.iter().take(500) {
             let raw = serde_json::value::to_raw_value(&e.json).unwrap();
-            crate::fhir::parse_audit_event(&raw).unwrap();
+            fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
         }
     }
 
@@ -1085,13 +1087,15 @@ mod tests {
         };
         let mut checked = 0;
         for (i, e) in events.iter().enumerate() {
-            if e.label != Some("family_snooping") {
+            if e.label != Some(AlertKind::FamilySnooping) {
                 continue;
             }
             let (u, p) = (who(e), what(e));
             assert!(p.is_some(), "family snooping opens a patient's record");
-            let name =
-                |v: &serde_json::Value| v.as_str().and_then(crate::detector::features::family_name);
+            let name = |v: &serde_json::Value| {
+                v.as_str()
+                    .and_then(fhir_edge_core::detector::features::family_name)
+            };
             assert_eq!(
                 name(&e.json["agent"][0]["who"]["display"]),
                 name(&e.json["entity"][0]["what"]["display"]),
@@ -1160,7 +1164,8 @@ mod tests {
         let (h, _) = hospital(&o);
         let mut checked = std::collections::HashMap::new();
         for e in simulate(&o) {
-            let Some(kind @ ("cross_department" | "family_snooping")) = e.label else {
+            let Some(kind @ (AlertKind::CrossDepartment | AlertKind::FamilySnooping)) = e.label
+            else {
                 continue;
             };
             let who = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
@@ -1175,8 +1180,14 @@ mod tests {
             );
             *checked.entry(kind).or_insert(0) += 1;
         }
-        assert!(checked.get("cross_department") > Some(&20), "{checked:?}");
-        assert!(checked.get("family_snooping") >= Some(&3), "{checked:?}");
+        assert!(
+            checked.get(&AlertKind::CrossDepartment) > Some(&20),
+            "{checked:?}"
+        );
+        assert!(
+            checked.get(&AlertKind::FamilySnooping) >= Some(&3),
+            "{checked:?}"
+        );
     }
 
     #[test]
@@ -1190,7 +1201,7 @@ mod tests {
         assert_eq!(watched.len(), 6, "one patient in a hundred");
         let mut on = [0, 0];
         for e in simulate(&o) {
-            if e.label == Some("vip_snooping") {
+            if e.label == Some(AlertKind::VipSnooping) {
                 let p = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
                 on[watched.iter().any(|w| w == p) as usize] += 1;
             }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Module, Optimizer};
 use serde::{Deserialize, Serialize};
 
-use super::features::{FEATURES, FEATURE_DIRECTION, N_FEATURES, SCHEMA_VERSION};
+use super::features::{FEATURE_DIRECTION, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
 use crate::rng::Rng;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -252,7 +252,7 @@ impl Model {
             })?;
         if meta.schema_version != SCHEMA_VERSION
             || meta.features.len() != N_FEATURES
-            || meta.features.iter().zip(FEATURES).any(|(a, b)| a != b)
+            || meta.features.iter().zip(FEATURE_NAMES).any(|(a, b)| a != b)
         {
             return Err(ModelError::Schema {
                 dir: dir.to_path_buf(),
@@ -351,22 +351,6 @@ impl Model {
         std::fs::rename(&tmp, dir.join(META_FILE)).map_err(|e| werr(e.to_string()))?;
         Ok(())
     }
-}
-
-/// The shipped default model, embedded so the demo and tests run from any checkout.
-pub const DEFAULT_MODEL_JSON: &str = include_str!("../../models/default/model.json");
-pub const DEFAULT_MODEL_WEIGHTS: &[u8] = include_bytes!("../../models/default/model.safetensors");
-
-/// Write the embedded default model into `dir`.
-pub fn write_embedded_default(dir: &Path) -> Result<(), ModelError> {
-    let werr = |e: std::io::Error| ModelError::Write {
-        dir: dir.to_path_buf(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(werr)?;
-    std::fs::write(dir.join(META_FILE), DEFAULT_MODEL_JSON).map_err(werr)?;
-    std::fs::write(dir.join(WEIGHTS_FILE), DEFAULT_MODEL_WEIGHTS).map_err(werr)?;
-    Ok(())
 }
 
 pub fn standardize(mean: &[f32], std: &[f32], x: &[f32; N_FEATURES]) -> [f32; N_FEATURES] {
@@ -518,7 +502,7 @@ pub fn train(
     let mut model = Model {
         meta: ModelMeta {
             schema_version: SCHEMA_VERSION,
-            features: FEATURES.iter().map(|s| s.to_string()).collect(),
+            features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
             hidden: opts.hidden.clone(),
             mean,
             std,

@@ -1,0 +1,444 @@
+//! The detector: context features + autoencoder score + plain-language explanation.
+//! Plain logic, testable without actix; `actor.rs` runs it off the actor thread.
+
+pub mod features;
+pub mod model;
+pub mod train;
+
+use std::collections::HashSet;
+
+use features::{Context, Facts, Feature, N_FEATURES};
+use model::Model;
+
+use crate::alerts::{AlertKind, Severity};
+use crate::fhir::{AuditRecord, Fetched};
+use crate::state::KeyStatus;
+
+/// One scored event.
+#[derive(Debug)]
+pub struct ScoredEvent {
+    pub fetched: Fetched,
+    /// Reconstruction error divided by the calibrated threshold (≥ 1 is anomalous).
+    pub score: f32,
+    pub severity: Option<Severity>,
+    /// First line of the explanation; empty below the threshold (see `Explain`).
+    pub summary: String,
+    pub explanation: Vec<String>,
+    /// The behaviours behind the explanation's reasons, in the same order.
+    pub kinds: Vec<AlertKind>,
+}
+
+pub struct Detector {
+    ctx: Context,
+    model: Model,
+    /// Keys replayed into the context since the last snapshot (so a key is replayed once).
+    replayed: HashSet<String>,
+}
+
+impl Detector {
+    pub fn new(model: Model, ctx: Context) -> Self {
+        Detector {
+            ctx,
+            model,
+            replayed: HashSet::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Serialise the context; called when the cursor is committed.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        self.replayed.clear();
+        self.ctx.to_bytes()
+    }
+
+    /// Score the `New` events of a batch in order; `Replay` ones only update the context.
+    pub fn process(
+        &mut self,
+        batch: Vec<(Fetched, KeyStatus)>,
+    ) -> Result<Vec<ScoredEvent>, model::ModelError> {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
+        for (f, status) in batch {
+            match status {
+                KeyStatus::New => {
+                    let (x, facts) = self.ctx.observe(&f.record);
+                    rows.push(x);
+                    kept.push((f, facts));
+                }
+                KeyStatus::Replay => {
+                    if self.replayed.insert(f.record.key.clone()) {
+                        self.ctx.replay(&f.record);
+                    }
+                }
+                KeyStatus::Seen => {}
+            }
+        }
+        let records: Vec<&AuditRecord> = kept.iter().map(|(f, _)| &f.record).collect();
+        let facts: Vec<&Facts> = kept.iter().map(|(_, facts)| facts).collect();
+        let verdicts = judge(&self.model, &rows, &facts, &records, Explain::Alerts)?;
+        Ok(kept
+            .into_iter()
+            .zip(verdicts)
+            .map(|((fetched, _), v)| ScoredEvent {
+                fetched,
+                score: v.score,
+                severity: v.severity,
+                summary: match (v.explanation.first(), v.severity) {
+                    (Some(first), _) => first.clone(),
+                    (None, Some(_)) => "unusual combination of features".into(),
+                    (None, None) => String::new(),
+                },
+                explanation: v.explanation,
+                kinds: v.kinds,
+            })
+            .collect())
+    }
+}
+
+/// What the detector concludes about one event.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Anomaly score divided by the calibrated threshold (≥ 1 is anomalous).
+    pub score: f32,
+    pub severity: Option<Severity>,
+    pub explanation: Vec<String>,
+    pub kinds: Vec<AlertKind>,
+}
+
+/// Which verdicts get their explanation in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Explain {
+    /// Only events at or above the threshold (the daemon: only alerts are stored, and
+    /// wording every event would cost a quarter of the scoring time).
+    Alerts,
+    /// Every event (the `score` command writes one explanation per row).
+    All,
+}
+
+/// Score feature rows and explain them: the one place a score becomes a verdict.
+fn judge(
+    model: &Model,
+    rows: &[[f32; N_FEATURES]],
+    facts: &[&Facts],
+    records: &[&AuditRecord],
+    which: Explain,
+) -> Result<Vec<Verdict>, model::ModelError> {
+    Ok(model
+        .score(rows)?
+        .into_iter()
+        .zip(facts.iter().zip(records))
+        .map(|(s, (f, r))| {
+            let score = s.score / model.meta.threshold;
+            let severity = Severity::from_ratio(score as f64);
+            let (explanation, kinds) = if severity.is_some() || which == Explain::All {
+                explain(&s.contributions, f, r)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            Verdict {
+                score,
+                severity,
+                explanation,
+                kinds,
+            }
+        })
+        .collect())
+}
+
+/// Score every event of a stream in order (the `score` command and the benchmarks),
+/// returning each event's feature row with its verdict.
+pub fn score_stream(
+    model: &Model,
+    ctx: &mut Context,
+    records: &[AuditRecord],
+    batch: usize,
+    which: Explain,
+) -> Result<Vec<([f32; N_FEATURES], Verdict)>, model::ModelError> {
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(batch.max(1)) {
+        let (rows, facts): (Vec<_>, Vec<_>) = chunk.iter().map(|r| ctx.observe(r)).unzip();
+        let facts: Vec<&Facts> = facts.iter().collect();
+        let recs: Vec<&AuditRecord> = chunk.iter().collect();
+        out.extend(
+            rows.iter()
+                .copied()
+                .zip(judge(model, &rows, &facts, &recs, which)?),
+        );
+    }
+    Ok(out)
+}
+
+fn contrib_of(c: &[f32; N_FEATURES], f: Feature) -> f32 {
+    c[f.index()]
+}
+
+fn pct(x: f32) -> String {
+    format!("{:.0}%", (x * 100.0).clamp(0.0, 100.0))
+}
+
+/// Read a watch list: one patient reference per line (`Patient/123`, an absolute or
+/// versioned reference, or an identifier `system|value`); blank lines and lines starting
+/// with `#` are skipped. An error names the line, never its content (a mistyped line may
+/// hold a patient's name).
+pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut refs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let key = features::watch_key(l);
+        let patient = key.len() > "Patient/".len() && key.starts_with("Patient/");
+        let identifier = l.split_once('|').is_some_and(|(_, v)| !v.is_empty());
+        if l.contains(char::is_whitespace) || !(patient || identifier) {
+            return Err(format!(
+                "line {} is not a patient reference (Patient/<id>, or an identifier system|value)",
+                i + 1
+            ));
+        }
+        refs.push(key.to_string());
+    }
+    Ok(refs)
+}
+
+/// Plain-language reasons from the top contributing features, strongest first.
+pub fn explain(
+    contrib: &[f32; N_FEATURES],
+    f: &Facts,
+    r: &AuditRecord,
+) -> (Vec<String>, Vec<AlertKind>) {
+    let total: f32 = contrib.iter().sum::<f32>().max(1e-9);
+    let mut idx: Vec<usize> = (0..N_FEATURES).collect();
+    idx.sort_by(|a, b| contrib[*b].total_cmp(&contrib[*a]));
+    let mut reasons: Vec<String> = Vec::new();
+    let mut kinds: Vec<AlertKind> = Vec::new();
+    for &i in idx.iter().take(4) {
+        if contrib[i] < 0.08 * total && !reasons.is_empty() {
+            break;
+        }
+        let feature = Feature::ALL[i];
+        let kind = feature.kind();
+        if kinds.contains(&kind) {
+            continue;
+        }
+        let text = match kind {
+            AlertKind::AfterHours => {
+                let usual = f
+                    .user_usual_hours()
+                    .map(|(a, b)| format!("usual hours {a:02}:00–{:02}:00", (b + 1) % 24))
+                    .unwrap_or_else(|| "no usual hours learned yet".into());
+                let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][f.weekday as usize % 7];
+                let mut text = format!(
+                    "activity at {:02}:00 on {day}, {} of this user's past activity falls in that hour ({usual})",
+                    f.hour,
+                    pct(f.user_hour_share)
+                );
+                if f.user_sessions > 0 {
+                    text.push_str(&format!(
+                        "; the session began at {:02}:00, when {} of the user's {} earlier sessions began",
+                        f.session_start_hour, f.starts_at_that_hour, f.user_sessions
+                    ));
+                }
+                text
+            }
+            AlertKind::BulkAccess => format!(
+                "opened {} distinct patients in 10 min, {} in 1 h (usual ≤ {:.0} per hour)",
+                f.d10,
+                f.d1h,
+                f.usual_d1h.ceil()
+            ),
+            AlertKind::CrossDepartment => {
+                let access = match f.first_pair {
+                    true => "first access to this patient",
+                    false => "access to this patient",
+                };
+                let first = match f.unrelated_1h {
+                    n if n > 1 => format!(
+                        "{access}, one of {n} such lookups by this user within an hour (their habit makes {:.1} expected)",
+                        f.unrelated_expected_1h
+                    ),
+                    _ => access.to_string(),
+                };
+                let mut text = match (f.dept_share, &f.dept) {
+                    (Some(s), Some(d)) => format!(
+                        "{first}; {} of the patient's record activity ({} earlier accesses) comes from {d}",
+                        pct(s),
+                        f.patient_history
+                    ),
+                    _ if f.patient_history == 0 => format!("{first}; the patient has no earlier record activity"),
+                    _ => format!("{first}; the user's department is unknown"),
+                };
+                // The department's pattern says something only once it has one.
+                if let (Some(home), Some(d), true) = (&f.home_dept, &f.dept, f.pair_total as f32 >= features::MIN_PATTERN) {
+                    text.push_str(&format!(
+                        "; the patient is mostly seen by {home}, and {} of {d}'s {} earlier lookups of other departments' patients went there",
+                        f.pair_count, f.pair_total
+                    ));
+                }
+                text
+            }
+            AlertKind::VipSnooping => {
+                let crowd = format!(
+                    "{} different users opened this patient's record in 24 h (usual {:.0})",
+                    f.patient_users_24h,
+                    f.usual_patient_users.ceil()
+                );
+                let mut text = match f.unrelated_users_24h {
+                    0 => crowd,
+                    n => format!(
+                        "{crowd}, {n} of them from departments with (almost) no history with the patient — a watched or VIP record?"
+                    ),
+                };
+                if f.unexplained_depts_24h > 1 {
+                    text.push_str(&format!(
+                        "; staff of {} departments came outside their usual consult pattern",
+                        f.unexplained_depts_24h
+                    ));
+                }
+                text
+            }
+            AlertKind::FailedLogins => {
+                if r.outcome > 0 && f.failed_15m == 0 {
+                    "the request failed".to_string()
+                } else {
+                    format!("{} failed logins by this user in the last 15 min", f.failed_15m)
+                }
+            }
+            AlertKind::NewSource => {
+                let ip = r.source_ip.as_deref().unwrap_or("?");
+                let app = r.client_app.as_deref().unwrap_or("?");
+                match (f.ip_uses, f.app_uses) {
+                    (Some(0), Some(0)) => format!("first access from {ip} with {app} for this user"),
+                    (Some(n), _) if contrib_of(contrib, Feature::NewSourceIp) >= contrib_of(contrib, Feature::NewClientApp) => {
+                        format!("access from {ip}, an address this user had used {n} times before")
+                    }
+                    (_, Some(n)) => format!("access with {app}, a client this user had used {n} times before"),
+                    _ => "unusual source for this user".into(),
+                }
+            }
+            AlertKind::DormantAccount => format!(
+                "session began after {:.0} days without any activity by this user (usual longest break {:.0} days)",
+                f.days_inactive, f.usual_break_days
+            ),
+            AlertKind::MassExport => {
+                if f.export {
+                    "bulk data export ($export)".to_string()
+                } else {
+                    format!("search asking for {} records at once", f.query_count.unwrap_or(0))
+                }
+            }
+            AlertKind::WatchedRecord => {
+                let from = match (&f.dept, f.dept_share) {
+                    (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
+                    _ => "from an unknown department".into(),
+                };
+                let what = "a watched record (on the site's watch list or labelled restricted)";
+                let first = if f.first_pair { ", for the first time by this user" } else { "" };
+                format!("{what} opened {from}{first}: no working relationship")
+            }
+            AlertKind::FamilySnooping => match f.patients_seen {
+                0 => "the user shares the patient's family name (relative or self lookup?)".into(),
+                seen => format!(
+                    "the user shares the patient's family name, which {} of {seen} earlier patients had (relative or self lookup?)",
+                    f.name_patients
+                ),
+            },
+            AlertKind::UnusualPattern => format!(
+                "unusual {} ({})",
+                feature.name().replace('_', " "),
+                r.interaction.as_str()
+            ),
+        };
+        kinds.push(kind);
+        reasons.push(text);
+    }
+    (reasons, kinds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explanation_names_bulk_access_in_words() {
+        let mut c = [0f32; N_FEATURES];
+        c[3] = 50.0;
+        c[4] = 30.0;
+        c[0] = 1.0;
+        let facts = Facts {
+            d10: 212,
+            d1h: 240,
+            usual_d1h: 14.2,
+            ..Default::default()
+        };
+        let rec = crate::fhir::AuditEvent {
+            resource_type: "AuditEvent".into(),
+            id: Some("a".into()),
+            recorded: Some("2024-01-01T00:00:00Z".into()),
+            ..Default::default()
+        }
+        .into_record()
+        .unwrap();
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::BulkAccess]);
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::DeptPairRarity.index()] = 10.0;
+        let facts = Facts {
+            first_pair: true,
+            unrelated_1h: 1,
+            dept: Some("Cardiology".into()),
+            dept_share: Some(0.0),
+            patient_history: 42,
+            home_dept: Some("Oncology".into()),
+            pair_count: 0,
+            pair_total: 180,
+            ..Default::default()
+        };
+        let (why2, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::CrossDepartment]);
+        // Without a pattern yet, the reason does not quote one.
+        let young = Facts {
+            pair_total: 3,
+            ..facts.clone()
+        };
+        assert!(!explain(&c, &young, &rec).0[0].contains("mostly seen by"));
+        assert_eq!(
+            why2[0],
+            "first access to this patient; 0% of the patient's record activity (42 earlier accesses) comes from \
+             Cardiology; the patient is mostly seen by Oncology, and 0 of Cardiology's 180 earlier lookups of \
+             other departments' patients went there"
+        );
+        assert_eq!(
+            why[0],
+            "opened 212 distinct patients in 10 min, 240 in 1 h (usual ≤ 15 per hour)"
+        );
+    }
+
+    #[test]
+    fn watch_lists_are_read_and_bad_lines_named_without_their_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watch.txt");
+        std::fs::write(
+            &p,
+            "# VIPs\nPatient/7\n\n  https://h/fhir/Patient/8/_history/2 \nurn:oid:1.2|4711\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_watch_list(&p).unwrap(),
+            ["Patient/7", "Patient/8", "urn:oid:1.2|4711"]
+        );
+        std::fs::write(&p, "Patient/7\nJane Doe\n").unwrap();
+        let e = read_watch_list(&p).unwrap_err();
+        assert!(e.contains("line 2") && !e.contains("Jane"), "{e}");
+        let e = read_watch_list(&dir.path().join("missing")).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+}

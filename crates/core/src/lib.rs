@@ -1,0 +1,25 @@
+//! fhir-edge-core: everything fhir-edge knows about audit trails that does not need the
+//! actor framework, an HTTP server or the operating system's service manager.
+//!
+//! Layout, in the order data flows through it:
+//! - [`fhir`]: FHIR R4 AuditEvents and search Bundles read into [`fhir::AuditRecord`]
+//!   (who, which patient, what interaction, from where, outcome), tolerant of the shapes
+//!   servers write; parse errors are typed ([`fhir::ParseError`]).
+//! - [`detector`]: per-user, per-patient and per-department context turned into a feature
+//!   row ([`detector::features`]), the candle autoencoder and its calibrated score
+//!   ([`detector::model`]), the plain-language explanation, and offline training
+//!   ([`detector::train`]).
+//! - [`alerts`]: severity, status, allow-list rules, the stored alert.
+//! - [`state`]: the SQLite database (cursor, seen keys, counters, detector snapshot,
+//!   alerts) and the exactly-once rules that rest on its transactions.
+//! - [`clock`], [`rng`]: time as a parameter; a seeded generator for reproducible training.
+//!
+//! The daemon (`fhir-edge`) and the lab (`fhir-edge-lab`) depend on this crate; it depends
+//! on neither.
+
+pub mod alerts;
+pub mod clock;
+pub mod detector;
+pub mod fhir;
+pub mod rng;
+pub mod state;

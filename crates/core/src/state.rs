@@ -1,0 +1,1100 @@
+//! Durable state: one SQLite database in WAL mode holding the poll cursor, the recently seen
+//! event keys, lifetime counters, the detector snapshot and the alerts.
+//!
+//! Exactly-once rests on two rules kept here: an event's seen-key, its alert (if any) and the
+//! `events_scored` counter are written in one transaction; and the cursor only moves (with the
+//! detector snapshot) once every page of a poll has been committed.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use crate::alerts::{Alert, AlertFilter, NewAlert, Severity, Status};
+
+pub const DB_FILE: &str = "fhir-edge.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open state database {path}: {source}{}", diagnose(path))]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path} was written by a newer fhir-edge (schema {found}, this build knows {known})")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state directory {path}: {reason}")]
+    Dir { path: PathBuf, reason: String },
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    #[error("state database is read-only: {0}")]
+    ReadOnly(String),
+    #[error("state database is busy (locked by another process): {0}")]
+    Busy(String),
+    #[error("state database error: {0}")]
+    Sqlite(String),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StateError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StateError::Open { .. } => "state_open",
+            StateError::TooNew { .. } => "state_schema_too_new",
+            StateError::Dir { .. } => "state_dir",
+            StateError::DiskFull(_) => "disk_full",
+            StateError::ReadOnly(_) => "state_read_only",
+            StateError::Busy(_) => "state_busy",
+            StateError::Sqlite(_) => "sqlite",
+            StateError::NotFound => "not_found",
+            StateError::Invalid(_) => "invalid_request",
+        }
+    }
+}
+
+/// Why a database file or its folder may be unusable, in words an operator can act on
+/// (SQLite only says "unable to open database file").
+fn diagnose(db: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = db.parent().unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return String::new();
+    };
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 {
+        if vfs.f_flag & libc::ST_RDONLY != 0 {
+            return format!(
+                " ({} is on a read-only filesystem; check mounts and the unit's ReadWritePaths/StateDirectory)",
+                dir.display()
+            );
+        }
+        if vfs.f_bavail == 0 {
+            return format!(" ({} has no free space left)", dir.display());
+        }
+    }
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return format!(
+            " ({} is not writable by uid {}; check its owner and mode)",
+            dir.display(),
+            unsafe { libc::geteuid() }
+        );
+    }
+    String::new()
+}
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DiskFull) => StateError::DiskFull(e.to_string()),
+            Some(C::ReadOnly) | Some(C::CannotOpen) | Some(C::PermissionDenied) => {
+                StateError::ReadOnly(e.to_string())
+            }
+            Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => StateError::Busy(e.to_string()),
+            _ => StateError::Sqlite(e.to_string()),
+        }
+    }
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: cursor, counters, seen keys, snapshot, alerts, allow-list.
+    r#"
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE seen (
+        key TEXT PRIMARY KEY,
+        last_updated_ms INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE snapshot (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        taken_ms INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_key TEXT NOT NULL UNIQUE,
+        event_id TEXT NOT NULL,
+        event_version TEXT,
+        recorded_ms INTEGER NOT NULL,
+        detected_ms INTEGER NOT NULL,
+        score REAL NOT NULL,
+        severity INTEGER NOT NULL,
+        summary TEXT NOT NULL,
+        explanation TEXT NOT NULL,
+        kinds TEXT NOT NULL,
+        user_ref TEXT,
+        user_display TEXT,
+        patient_ref TEXT,
+        source_ip TEXT,
+        client_app TEXT,
+        action TEXT,
+        interaction TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'new',
+        status_by TEXT,
+        status_at_ms INTEGER,
+        status_note TEXT,
+        raw TEXT NOT NULL,
+        journaled INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX alerts_by_recorded ON alerts(recorded_ms);
+    CREATE INDEX alerts_by_user ON alerts(user_ref);
+    CREATE INDEX alerts_by_patient ON alerts(patient_ref);
+    CREATE TABLE allowlist (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_ref TEXT,
+        patient_ref TEXT,
+        source_ip TEXT,
+        client_app TEXT,
+        note TEXT,
+        created_by TEXT,
+        created_ms INTEGER NOT NULL,
+        from_alert INTEGER
+    );
+    "#,
+];
+
+/// Whether a fetched event needs scoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Never committed: score it.
+    New,
+    /// Already committed and already reflected in the detector's context: drop it.
+    Seen,
+    /// Committed by an earlier process after the last detector snapshot: feed it to the
+    /// detector's context (so baselines stay exact) without scoring or alerting again.
+    Replay,
+}
+
+/// One scored event to mark as seen.
+#[derive(Debug, Clone)]
+pub struct SeenEvent {
+    pub key: String,
+    pub last_updated_ms: i64,
+}
+
+/// Everything one batch commits atomically.
+#[derive(Debug, Default)]
+pub struct BatchCommit {
+    pub events: Vec<SeenEvent>,
+    pub alerts: Vec<NewAlert>,
+    pub duplicates: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BatchOutcome {
+    /// Events newly marked seen (counted into `events_scored`).
+    pub events_committed: u64,
+    /// Alerts newly stored: (alert id, index into the batch's `alerts`).
+    pub alerts_inserted: Vec<(i64, usize)>,
+}
+
+/// The end of a complete poll.
+#[derive(Debug, Default)]
+pub struct PollCommit {
+    /// `None` when no event has ever been seen: the cursor stays unset.
+    pub cursor_ms: Option<i64>,
+    /// When this commit was made (ms since epoch).
+    pub at_ms: i64,
+    /// A complete poll (recorded as the last poll), or a checkpoint inside a long one.
+    pub poll_complete: bool,
+    /// Detector context snapshot, taken after every batch of the poll was committed.
+    pub snapshot: Option<Vec<u8>>,
+    /// Seen keys older than this can be forgotten.
+    pub prune_seen_before_ms: i64,
+    /// Alerts detected before this are deleted.
+    pub prune_alerts_before_ms: i64,
+}
+
+/// What `fhir-edge status` prints.
+#[derive(Debug, Serialize, Clone, Default)]
+pub struct StatusReport {
+    pub database: String,
+    pub schema_version: i64,
+    pub cursor: Option<String>,
+    pub last_poll: Option<String>,
+    pub events_scored: u64,
+    pub events_duplicate: u64,
+    pub events_skipped: u64,
+    pub alerts: u64,
+    pub alerts_by_severity: std::collections::BTreeMap<String, u64>,
+    pub alerts_new: u64,
+    pub seen_keys: u64,
+    pub snapshot_taken: Option<String>,
+}
+
+/// What the daemon loads at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub cursor_ms: Option<i64>,
+    pub snapshot: Option<Vec<u8>>,
+    pub events_scored: u64,
+    /// Newest `lastUpdated` of the events committed after the last snapshot (by a process
+    /// that then died). They are replayed into the context as they are re-read, so no new
+    /// snapshot may be taken before the re-read has passed this point.
+    pub replay_until_ms: Option<i64>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Highest commit sequence written by earlier processes.
+    startup_seq: i64,
+    /// Sequence of the last detector snapshot (shared with the [`SeenReader`]s).
+    snapshot_seq: Arc<AtomicI64>,
+    seq: i64,
+    last_prune_ms: Option<i64>,
+}
+
+/// How often seen keys and expired alerts are pruned.
+const PRUNE_EVERY_MS: i64 = 10 * 60_000;
+
+fn apply_pragmas(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // In WAL mode NORMAL survives process crashes; a power loss can only drop the newest
+    // transactions as a whole (cursor and seen-keys together), which re-fetches them.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn kv_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn kv_set(tx: &Transaction, key: &str, v: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, v],
+    )?;
+    Ok(())
+}
+
+fn kv_add(tx: &Transaction, key: &str, v: i64) -> rusqlite::Result<()> {
+    if v == 0 {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+        params![key, v],
+    )?;
+    Ok(())
+}
+
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join(DB_FILE)
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        std::fs::create_dir_all(dir).map_err(|e| StateError::Dir {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let path = db_path(dir);
+        let mut conn = Connection::open(&path).map_err(|source| StateError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        // SQLite falls back to read-only without a word when it cannot write the file (a
+        // read-only mount, a file owned by another uid): a daemon that cannot commit must
+        // not start.
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            return Err(StateError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                    Some("the database could only be opened read-only".into()),
+                ),
+            });
+        }
+        apply_pragmas(&conn).map_err(|source| StateError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        migrate(&mut conn, &path)?;
+        let seq = kv_get(&conn, "seq")?.unwrap_or(0);
+        let snapshot_seq = conn
+            .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        Ok(Store {
+            conn,
+            path,
+            startup_seq: seq,
+            snapshot_seq: Arc::new(AtomicI64::new(snapshot_seq)),
+            seq,
+            last_prune_ms: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        let snapshot = self
+            .conn
+            .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
+        let replay_until_ms = if self.startup_seq > snapshot_seq {
+            self.conn.query_row(
+                "SELECT MAX(last_updated_ms) FROM seen WHERE seq > ?1",
+                [snapshot_seq],
+                |r| r.get(0),
+            )?
+        } else {
+            None
+        };
+        Ok(Loaded {
+            cursor_ms: kv_get(&self.conn, "cursor_ms")?,
+            snapshot,
+            events_scored: kv_get(&self.conn, "events_scored")?.unwrap_or(0) as u64,
+            replay_until_ms,
+        })
+    }
+
+    /// Classify fetched keys.
+    /// A second, read-only connection for seen-key lookups, so a page can be filtered while
+    /// the previous one commits (WAL readers do not wait for the writer). It sees committed
+    /// keys only: keys still being committed must be checked by the caller *before* the
+    /// lookup (see `DetectorActor`).
+    pub fn seen_reader(&self) -> Result<SeenReader, StateError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StateError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        Ok(SeenReader {
+            conn,
+            startup_seq: self.startup_seq,
+            snapshot_seq: self.snapshot_seq.clone(),
+        })
+    }
+
+    /// Commit a scored batch: seen keys, alerts and counters in one transaction.
+    pub fn commit_batch(
+        &mut self,
+        batch: &BatchCommit,
+        now_ms: i64,
+    ) -> Result<BatchOutcome, StateError> {
+        let seq = self.seq + 1;
+        let tx = self.conn.transaction()?;
+        let mut outcome = BatchOutcome::default();
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT OR IGNORE INTO seen(key, last_updated_ms, seq) VALUES (?1, ?2, ?3)",
+            )?;
+            for e in &batch.events {
+                outcome.events_committed +=
+                    seen.execute(params![e.key, e.last_updated_ms, seq])? as u64;
+            }
+            let mut ins = tx.prepare_cached(
+                "INSERT OR IGNORE INTO alerts(event_key, event_id, event_version, recorded_ms, detected_ms,
+                    score, severity, summary, explanation, kinds, user_ref, user_display, patient_ref,
+                    source_ip, client_app, action, interaction, raw)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            )?;
+            for (i, a) in batch.alerts.iter().enumerate() {
+                let n = ins.execute(params![
+                    a.event_key,
+                    a.event_id,
+                    a.event_version,
+                    a.recorded_ms,
+                    now_ms,
+                    a.score,
+                    a.severity as i64,
+                    a.summary,
+                    serde_json::to_string(&a.explanation).expect("strings"),
+                    serde_json::to_string(&a.kinds).expect("kinds serialise"),
+                    a.user,
+                    a.user_display,
+                    a.patient,
+                    a.source_ip,
+                    a.client_app,
+                    a.action,
+                    a.interaction,
+                    a.raw,
+                ])?;
+                if n == 1 {
+                    outcome.alerts_inserted.push((tx.last_insert_rowid(), i));
+                }
+            }
+        }
+        kv_add(&tx, "events_scored", outcome.events_committed as i64)?;
+        kv_add(&tx, "events_duplicate", batch.duplicates as i64)?;
+        kv_add(&tx, "events_skipped", batch.skipped as i64)?;
+        kv_set(&tx, "seq", seq)?;
+        tx.commit()?;
+        self.seq = seq;
+        Ok(outcome)
+    }
+
+    /// Record that alerts reached the journal (so a restart re-emits only the missing ones).
+    pub fn mark_journaled(&mut self, ids: &[i64]) -> Result<(), StateError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("UPDATE alerts SET journaled = 1 WHERE id = ?1")?;
+            for id in ids {
+                st.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Alerts stored but not yet written to the journal (after a crash in between).
+    pub fn unjournaled(&self) -> Result<Vec<Alert>, StateError> {
+        let sql = format!("SELECT {ALERT_COLS} FROM alerts WHERE journaled = 0 ORDER BY id");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([], |r| alert_from_row(r, false))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Move the cursor and save the detector snapshot: the end of a complete poll, or a
+    /// checkpoint inside a long one.
+    pub fn commit_poll(&mut self, p: &PollCommit) -> Result<u64, StateError> {
+        let tx = self.conn.transaction()?;
+        if let Some(c) = p.cursor_ms {
+            kv_set(&tx, "cursor_ms", c)?;
+        }
+        if p.poll_complete {
+            kv_set(&tx, "last_poll_ms", p.at_ms)?;
+        }
+        if let Some(data) = &p.snapshot {
+            tx.execute(
+                "INSERT INTO snapshot(id, seq, taken_ms, data) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, taken_ms = excluded.taken_ms, data = excluded.data",
+                params![self.seq, p.at_ms, data],
+            )?;
+        }
+        // Pruning scans the tables: at most every PRUNE_EVERY_MS (and at the first poll).
+        let mut pruned = 0;
+        let due = self
+            .last_prune_ms
+            .is_none_or(|t| p.at_ms - t >= PRUNE_EVERY_MS);
+        if due {
+            pruned = tx.execute(
+                "DELETE FROM seen WHERE last_updated_ms < ?1",
+                [p.prune_seen_before_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM alerts WHERE detected_ms < ?1",
+                [p.prune_alerts_before_ms],
+            )?;
+        }
+        tx.commit()?;
+        if due {
+            self.last_prune_ms = Some(p.at_ms);
+        }
+        if p.snapshot.is_some() {
+            self.snapshot_seq.store(self.seq, Ordering::Release);
+        }
+        Ok(pruned as u64)
+    }
+
+    /// Fold the WAL into the main database (clean shutdown).
+    pub fn checkpoint(&mut self) -> Result<(), StateError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Allow-list rules (user, patient, source ip, client app; `None` matches anything).
+    pub fn allowlist(&self) -> Result<Vec<crate::alerts::AllowRule>, StateError> {
+        allowlist_of(&self.conn)
+    }
+
+    pub fn add_allow_rule(
+        &mut self,
+        rule: &crate::alerts::AllowRule,
+        now_ms: i64,
+    ) -> Result<i64, StateError> {
+        if rule.user.is_none()
+            && rule.patient.is_none()
+            && rule.source_ip.is_none()
+            && rule.client_app.is_none()
+        {
+            return Err(StateError::Invalid(
+                "an allow-list rule needs at least one of user, patient, source_ip, client_app"
+                    .into(),
+            ));
+        }
+        self.conn.execute(
+            "INSERT INTO allowlist(user_ref, patient_ref, source_ip, client_app, note, created_by, created_ms, from_alert)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![rule.user, rule.patient, rule.source_ip, rule.client_app, rule.note, rule.created_by, now_ms, rule.from_alert],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn remove_allow_rule(&mut self, id: i64) -> Result<(), StateError> {
+        match self
+            .conn
+            .execute("DELETE FROM allowlist WHERE id = ?1", [id])?
+        {
+            0 => Err(StateError::NotFound),
+            _ => Ok(()),
+        }
+    }
+
+    /// Change an alert's case status.
+    pub fn set_status(
+        &mut self,
+        id: i64,
+        status: Status,
+        by: Option<&str>,
+        note: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StateError> {
+        let n = self.conn.execute(
+            "UPDATE alerts SET status = ?2, status_by = ?3, status_note = ?4, status_at_ms = ?5 WHERE id = ?1",
+            params![id, status.as_str(), by, note, now_ms],
+        )?;
+        if n == 0 {
+            return Err(StateError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+/// Allow-list rules, oldest first.
+fn allowlist_of(conn: &Connection) -> Result<Vec<crate::alerts::AllowRule>, StateError> {
+    let mut st = conn.prepare(
+        "SELECT id, user_ref, patient_ref, source_ip, client_app, note, created_by, created_ms, from_alert
+         FROM allowlist ORDER BY id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(crate::alerts::AllowRule {
+            id: r.get(0)?,
+            user: r.get(1)?,
+            patient: r.get(2)?,
+            source_ip: r.get(3)?,
+            client_app: r.get(4)?,
+            note: r.get(5)?,
+            created_by: r.get(6)?,
+            created: crate::clock::fmt_ms(crate::clock::from_ms(r.get(7)?)),
+            from_alert: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StateError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(schema_version = i + 1, "state database migrated");
+    }
+    Ok(())
+}
+
+const ALERT_COLS: &str =
+    "id, event_key, event_id, event_version, recorded_ms, detected_ms, score, severity,
+    summary, explanation, kinds, user_ref, user_display, patient_ref, source_ip, client_app, action,
+    interaction, status, status_by, status_at_ms, status_note, raw";
+
+fn alert_from_row(r: &rusqlite::Row, with_raw: bool) -> rusqlite::Result<Alert> {
+    let fmt = |ms: i64| crate::clock::fmt_ms(crate::clock::from_ms(ms));
+    let explanation: String = r.get(9)?;
+    let kinds: String = r.get(10)?;
+    let raw: String = r.get(22)?;
+    Ok(Alert {
+        id: r.get(0)?,
+        event_key: r.get(1)?,
+        event_id: r.get(2)?,
+        event_version: r.get(3)?,
+        recorded: fmt(r.get(4)?),
+        detected: fmt(r.get(5)?),
+        score: r.get(6)?,
+        severity: Severity::from_i64(r.get(7)?),
+        summary: r.get(8)?,
+        explanation: serde_json::from_str(&explanation).unwrap_or_default(),
+        kinds: serde_json::from_str(&kinds).unwrap_or_default(),
+        user: r.get(11)?,
+        user_display: r.get(12)?,
+        patient: r.get(13)?,
+        source_ip: r.get(14)?,
+        client_app: r.get(15)?,
+        action: r.get(16)?,
+        interaction: r.get(17)?,
+        status: r.get::<_, String>(18)?.parse().unwrap_or(Status::New),
+        status_by: r.get(19)?,
+        status_at: r.get::<_, Option<i64>>(20)?.map(fmt),
+        status_note: r.get(21)?,
+        event: if with_raw {
+            serde_json::from_str(&raw).ok()
+        } else {
+            None
+        },
+    })
+}
+
+/// A read-only view for `status`, `alerts` and the API; safe while the daemon writes.
+/// Seen-key lookups on a read-only connection of their own (see [`Store::seen_reader`]).
+pub struct SeenReader {
+    conn: Connection,
+    startup_seq: i64,
+    snapshot_seq: Arc<AtomicI64>,
+}
+
+impl SeenReader {
+    /// Status of each key, read in one transaction (one consistent view, one lock).
+    pub fn filter(&mut self, keys: &[&str]) -> Result<Vec<KeyStatus>, StateError> {
+        let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(keys.len());
+        {
+            let mut stmt = tx.prepare_cached("SELECT seq FROM seen WHERE key = ?1")?;
+            for k in keys {
+                let seq: Option<i64> = stmt.query_row([k], |r| r.get(0)).optional()?;
+                out.push(match seq {
+                    None => KeyStatus::New,
+                    // Committed by a process that died before its next snapshot.
+                    Some(s) if s > snapshot_seq && s <= self.startup_seq => KeyStatus::Replay,
+                    Some(_) => KeyStatus::Seen,
+                });
+            }
+        }
+        tx.finish()?;
+        Ok(out)
+    }
+}
+
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn open(dir: &Path) -> Result<Reader, StateError> {
+        let path = db_path(dir);
+        if !path.exists() {
+            return Err(StateError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::InvalidPath(path.clone()),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StateError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Reader { conn, path })
+    }
+
+    /// Lifetime events scored: one row read, cheap enough to poll (unlike `status`, which
+    /// counts the seen keys).
+    pub fn events_scored(&self) -> Result<u64, StateError> {
+        Ok(kv_get(&self.conn, "events_scored")?.unwrap_or(0) as u64)
+    }
+
+    pub fn status(&self) -> Result<StatusReport, StateError> {
+        let c = &self.conn;
+        let fmt = |ms: i64| crate::clock::fmt_ms(crate::clock::from_ms(ms));
+        let mut by_sev = std::collections::BTreeMap::new();
+        for s in Severity::ALL {
+            by_sev.insert(s.as_str().to_string(), 0);
+        }
+        let mut st = c.prepare("SELECT severity, COUNT(*) FROM alerts GROUP BY severity")?;
+        let mut total = 0;
+        for row in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))? {
+            let (s, n) = row?;
+            by_sev.insert(Severity::from_i64(s).as_str().to_string(), n as u64);
+            total += n as u64;
+        }
+        Ok(StatusReport {
+            database: self.path.display().to_string(),
+            schema_version: c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+            cursor: kv_get(c, "cursor_ms")?.map(fmt),
+            last_poll: kv_get(c, "last_poll_ms")?.map(fmt),
+            events_scored: kv_get(c, "events_scored")?.unwrap_or(0) as u64,
+            events_duplicate: kv_get(c, "events_duplicate")?.unwrap_or(0) as u64,
+            events_skipped: kv_get(c, "events_skipped")?.unwrap_or(0) as u64,
+            alerts: total,
+            alerts_by_severity: by_sev,
+            alerts_new: c.query_row(
+                "SELECT COUNT(*) FROM alerts WHERE status = 'new'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )? as u64,
+            seen_keys: c.query_row("SELECT COUNT(*) FROM seen", [], |r| r.get::<_, i64>(0))? as u64,
+            snapshot_taken: c
+                .query_row("SELECT taken_ms FROM snapshot WHERE id = 1", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?
+                .map(fmt),
+        })
+    }
+
+    /// Alerts newest first (by id), filtered; `before_id` pages.
+    pub fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>, StateError> {
+        let mut sql = format!("SELECT {ALERT_COLS} FROM alerts WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut push = |clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(t) = f.since_ms {
+            push("recorded_ms >=", t.into());
+        }
+        if let Some(t) = f.until_ms {
+            push("recorded_ms <", t.into());
+        }
+        if let Some(s) = f.min_severity {
+            push("severity >=", (s as i64).into());
+        }
+        if let Some(s) = f.status {
+            push("status =", s.as_str().to_string().into());
+        }
+        if let Some(u) = &f.user {
+            push("user_ref =", u.clone().into());
+        }
+        if let Some(p) = &f.patient {
+            push("patient_ref =", p.clone().into());
+        }
+        if let Some(b) = f.before_id {
+            push("id <", b.into());
+        }
+        args.push((f.limit.clamp(1, 1000) as i64).into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            alert_from_row(r, false)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn alert(&self, id: i64) -> Result<Alert, StateError> {
+        let sql = format!("SELECT {ALERT_COLS} FROM alerts WHERE id = ?1");
+        self.conn
+            .query_row(&sql, [id], |r| alert_from_row(r, true))
+            .optional()?
+            .ok_or(StateError::NotFound)
+    }
+
+    /// Per-minute event and alert-score series for the dashboard charts.
+    pub fn alert_series(&self, since_ms: i64) -> Result<Vec<(i64, f64, i64)>, StateError> {
+        let mut st = self.conn.prepare(
+            "SELECT recorded_ms / 60000 * 60000 AS m, MAX(score), COUNT(*) FROM alerts
+             WHERE recorded_ms >= ?1 GROUP BY m ORDER BY m",
+        )?;
+        let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn allowlist(&self) -> Result<Vec<crate::alerts::AllowRule>, StateError> {
+        allowlist_of(&self.conn)
+    }
+
+    pub fn integrity_check(&self) -> Result<String, StateError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::NewAlert;
+
+    fn alert(key: &str) -> NewAlert {
+        NewAlert {
+            event_key: key.into(),
+            event_id: key.split('|').next().unwrap().into(),
+            event_version: Some("1".into()),
+            recorded_ms: 1_000,
+            score: 3.0,
+            severity: Severity::High,
+            summary: "s".into(),
+            explanation: vec!["why".into()],
+            kinds: vec![crate::alerts::AlertKind::BulkAccess],
+            user: Some("Practitioner/1".into()),
+            user_display: None,
+            patient: Some("Patient/2".into()),
+            source_ip: None,
+            client_app: None,
+            action: Some("R".into()),
+            interaction: "read".into(),
+            raw: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn migrations_apply_once_and_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        drop(Store::open(d.path()).unwrap());
+        let s = Store::open(d.path()).unwrap();
+        let v: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = s
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        s.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        assert_eq!(
+            Store::open(d.path()).err().unwrap().kind(),
+            "state_schema_too_new"
+        );
+    }
+
+    #[test]
+    fn batch_is_idempotent_and_counts_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let b = BatchCommit {
+            events: vec![
+                SeenEvent {
+                    key: "a|v1".into(),
+                    last_updated_ms: 10,
+                },
+                SeenEvent {
+                    key: "b|v1".into(),
+                    last_updated_ms: 11,
+                },
+            ],
+            alerts: vec![alert("a|v1")],
+            ..Default::default()
+        };
+        let o = s.commit_batch(&b, 5).unwrap();
+        assert_eq!(o.events_committed, 2);
+        assert_eq!(o.alerts_inserted.len(), 1);
+        // Re-delivery of the same batch changes nothing.
+        let o = s.commit_batch(&b, 6).unwrap();
+        assert_eq!(o.events_committed, 0);
+        assert!(o.alerts_inserted.is_empty());
+        let r = Reader::open(d.path()).unwrap().status().unwrap();
+        assert_eq!(r.events_scored, 2);
+        assert_eq!(r.alerts, 1);
+        assert_eq!(
+            s.seen_reader().unwrap().filter(&["a|v1", "c|v1"]).unwrap(),
+            vec![KeyStatus::Seen, KeyStatus::New]
+        );
+    }
+
+    #[test]
+    fn cursor_moves_only_with_poll_commit_and_replay_after_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.commit_batch(
+            &BatchCommit {
+                events: vec![SeenEvent {
+                    key: "a|v1".into(),
+                    last_updated_ms: 100,
+                }],
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            s.load().unwrap().cursor_ms,
+            None,
+            "a batch never moves the cursor"
+        );
+        s.commit_poll(&PollCommit {
+            cursor_ms: Some(100),
+            at_ms: 2,
+            poll_complete: true,
+            snapshot: Some(b"snap".to_vec()),
+            prune_seen_before_ms: 0,
+            prune_alerts_before_ms: 0,
+        })
+        .unwrap();
+        // Committed after the snapshot, then the process dies.
+        s.commit_batch(
+            &BatchCommit {
+                events: vec![SeenEvent {
+                    key: "b|v1".into(),
+                    last_updated_ms: 200,
+                }],
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.cursor_ms, Some(100));
+        assert_eq!(l.snapshot.as_deref(), Some(&b"snap"[..]));
+        assert_eq!(l.events_scored, 2);
+        assert_eq!(
+            l.replay_until_ms,
+            Some(200),
+            "no snapshot before the re-read passed b"
+        );
+        let mut reader = s.seen_reader().unwrap();
+        assert_eq!(
+            reader.filter(&["a|v1", "b|v1", "c|v1"]).unwrap(),
+            vec![KeyStatus::Seen, KeyStatus::Replay, KeyStatus::New]
+        );
+        // A snapshot taken by this process covers b: the reader (opened before it) sees
+        // the new snapshot sequence and stops reporting b for replay.
+        let mut s = s;
+        s.commit_poll(&PollCommit {
+            cursor_ms: Some(200),
+            at_ms: 4,
+            poll_complete: true,
+            snapshot: Some(b"snap2".to_vec()),
+            prune_seen_before_ms: 0,
+            prune_alerts_before_ms: 0,
+        })
+        .unwrap();
+        assert_eq!(reader.filter(&["b|v1"]).unwrap(), vec![KeyStatus::Seen]);
+    }
+
+    #[test]
+    fn pruning_forgets_old_keys_only() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.commit_batch(
+            &BatchCommit {
+                events: vec![
+                    SeenEvent {
+                        key: "old".into(),
+                        last_updated_ms: 10,
+                    },
+                    SeenEvent {
+                        key: "new".into(),
+                        last_updated_ms: 1000,
+                    },
+                ],
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let n = s
+            .commit_poll(&PollCommit {
+                cursor_ms: Some(1000),
+                at_ms: 1,
+                poll_complete: true,
+                snapshot: None,
+                prune_seen_before_ms: 500,
+                prune_alerts_before_ms: 0,
+            })
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            s.seen_reader().unwrap().filter(&["old", "new"]).unwrap(),
+            vec![KeyStatus::New, KeyStatus::Seen]
+        );
+    }
+
+    #[test]
+    fn status_and_filters() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let mut a2 = alert("x|v1");
+        a2.severity = Severity::Low;
+        a2.user = Some("Practitioner/9".into());
+        s.commit_batch(
+            &BatchCommit {
+                alerts: vec![alert("a|v1"), a2],
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let r = Reader::open(d.path()).unwrap();
+        let all = r
+            .alerts(&AlertFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all[0].id > all[1].id, "newest first");
+        let high = r
+            .alerts(&AlertFilter {
+                limit: 10,
+                min_severity: Some(Severity::Medium),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(high.len(), 1);
+        let by_user = r
+            .alerts(&AlertFilter {
+                limit: 10,
+                user: Some("Practitioner/9".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(by_user.len(), 1);
+        let page2 = r
+            .alerts(&AlertFilter {
+                limit: 1,
+                before_id: Some(all[0].id),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page2[0].id, all[1].id);
+        s.set_status(
+            all[0].id,
+            Status::FalsePositive,
+            Some("officer"),
+            Some("covering shift"),
+            5,
+        )
+        .unwrap();
+        assert_eq!(r.alert(all[0].id).unwrap().status, Status::FalsePositive);
+        assert_eq!(
+            s.set_status(999, Status::Confirmed, None, None, 5)
+                .unwrap_err()
+                .kind(),
+            "not_found"
+        );
+        assert_eq!(r.integrity_check().unwrap(), "ok");
+    }
+}

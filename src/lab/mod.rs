@@ -1,0 +1,237 @@
+//! Commands that join the daemon with the lab crate (feature `lab`, on for `cargo run`, off
+//! in the Debian package): `simulate` writes a simulated hospital's events, `demo` runs the
+//! real daemon against one, `bench` and `soak` measure the daemon as separate processes, and
+//! `bench-server` serves benchmark traffic.
+
+#![allow(clippy::unwrap_used)] // Harness code: a failed unwrap is a failed test, benchmark or demo.
+
+pub mod bench;
+pub mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use chrono::Utc;
+use clap::Subcommand;
+
+/// The lab's commands, flattened into `fhir-edge`'s own.
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Generate a synthetic hospital's AuditEvents (NDJSON) with labelled anomalies.
+    Simulate {
+        #[arg(long, default_value_t = 28)]
+        days: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 150)]
+        users: usize,
+        #[arg(long, default_value_t = 3000)]
+        patients: usize,
+        /// First day (0-based) with injected anomalies; default: the last quarter of the days.
+        #[arg(long)]
+        anomalies_from_day: Option<u32>,
+        /// Anomaly incidents per day.
+        #[arg(long, default_value_t = 9.0)]
+        incidents_per_day: f64,
+        /// Site time zone of the simulated shifts.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Multiplies every user's activity rate.
+        #[arg(long, default_value_t = 1.0)]
+        activity: f64,
+    },
+    /// Sustained load: events created at a rate for minutes while the API is queried;
+    /// RSS over time, API errors and latency, every event scored once.
+    Soak {
+        #[command(flatten)]
+        opts: bench::SoakOptions,
+    },
+    /// End-to-end benchmark: catch-up rate, detection latency, peak RSS, CPU, start-up time.
+    Bench {
+        #[command(flatten)]
+        opts: bench::BenchOptions,
+        /// With --server: first POST this many simulated events to it.
+        #[arg(long, requires = "server")]
+        load: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (internal) Serve N benchmark events on the embedded endpoint until stdin closes.
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long)]
+        events: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also create events at this rate per second ...
+        #[arg(long)]
+        rate: Option<f64>,
+        /// ... for this many seconds ...
+        #[arg(long, default_value_t = 60)]
+        rate_secs: u64,
+        /// ... keeping only this many seconds of them.
+        #[arg(long, default_value_t = 300)]
+        retain_secs: u64,
+    },
+    /// Run the whole pipeline against an embedded simulated FHIR server, with the dashboard.
+    Demo {
+        /// Dashboard and API address.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: std::net::SocketAddr,
+        /// Simulated seconds per real second for the live activity.
+        #[arg(long, default_value_t = 1800.0)]
+        speedup: f64,
+        /// Simulation seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration_secs: Option<u64>,
+    },
+}
+
+/// Run one lab command.
+pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LabCommand::Simulate {
+            days,
+            seed,
+            out,
+            users,
+            patients,
+            anomalies_from_day,
+            incidents_per_day,
+            timezone,
+            activity,
+        } => {
+            let mut o = fhir_edge_lab::simulate::SimOptions::new(days, seed);
+            o.users = users;
+            o.patients = patients;
+            if let Some(d) = anomalies_from_day {
+                o.anomalies_from_day = d;
+            }
+            o.incidents_per_day = incidents_per_day;
+            o.activity = activity;
+            o.tz = timezone
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {timezone:?}"))?;
+            let events = fhir_edge_lab::simulate::simulate(&o);
+            let (ev, lb) = fhir_edge_lab::simulate::write(&events, &out)
+                .with_context(|| format!("writing to {}", out.display()))?;
+            let wl = out.join("watchlist.txt");
+            fhir_edge_lab::simulate::write_watch_list(&o, &wl)
+                .with_context(|| format!("writing {}", wl.display()))?;
+            let labelled = events.iter().filter(|e| e.label.is_some()).count();
+            println!(
+                "{} events ({} labelled anomalous) → {}, {} and {}",
+                events.len(),
+                labelled,
+                ev.display(),
+                lb.display(),
+                wl.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Demo {
+            listen,
+            speedup,
+            seed,
+            duration_secs,
+        } => {
+            if !listen.ip().is_loopback() {
+                bail!("--listen {listen}: the demo API has no token; use a loopback address");
+            }
+            if speedup.is_nan() || speedup <= 0.0 {
+                bail!("--speedup must be positive");
+            }
+            std::env::set_var(
+                "FHIR_EDGE_LOG",
+                std::env::var("FHIR_EDGE_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+            crate::telemetry::init();
+            demo::run(demo::DemoOptions {
+                listen,
+                speedup,
+                seed,
+                duration: duration_secs.map(std::time::Duration::from_secs),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::BenchServer {
+            events,
+            seed,
+            rate,
+            rate_secs,
+            retain_secs,
+        } => {
+            fhir_edge_lab::traffic::serve(events, seed, rate, rate_secs, retain_secs)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Bench {
+            mut opts,
+            load,
+            json,
+        } => {
+            if let (Some(url), Some(n)) = (&opts.server, load) {
+                let rate = bench::load(url, n, opts.seed, 4)?;
+                eprintln!("loaded {n} events into {url} at {rate:.0}/s");
+                opts.events = n;
+            }
+            if let Some(url) = &opts.server {
+                let since = Utc::now() - chrono::Duration::days(3);
+                let page = opts.page_size.min(1000);
+                let (n, rate) = bench::page_rate(url, page, since)?;
+                eprintln!(
+                    "server paging alone: {n} events at {rate:.0} events/s (page size {page})"
+                );
+            }
+            let r = bench::run(opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "events caught up        {} (page size {})",
+                    r.events, r.page_size
+                );
+                println!("READY after start       {:.0} ms", r.ready_ms);
+                println!(
+                    "catch-up                {:.1} s = {:.0} events/s",
+                    r.catch_up_secs, r.catch_up_events_per_sec
+                );
+                println!(
+                    "CPU                     {:.3} s per 1k events",
+                    r.cpu_secs_per_1k_events
+                );
+                println!("peak RSS                {:.1} MB", r.peak_rss_mb);
+                let stages: Vec<String> = r
+                    .catch_up_stage_secs
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2} s"))
+                    .collect();
+                println!("catch-up stage time     {}", stages.join(", "));
+                println!(
+                    "detection latency       p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events at {}/s, poll interval {} s)",
+                    r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.steady_samples, r.steady_rate_per_sec, r.poll_interval_secs
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Soak { opts } => {
+            let r = bench::soak(opts)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if r.scored != r.generated || r.api_errors > 0 {
+                anyhow::bail!(
+                    "soak failed: {} of {} events scored, {} API errors",
+                    r.scored,
+                    r.generated,
+                    r.api_errors
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
