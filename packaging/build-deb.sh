@@ -26,7 +26,9 @@ if ! cargo deb --version >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version 3.8.0 >&2
 fi
 
-cargo build --release --locked >&2
+# The installed daemon: without the lab (simulator, fault-injecting endpoint, embedded
+# model; see ARCHITECTURE.md).
+cargo build --release --locked -p fhir-edge --no-default-features >&2
 bin="$CARGO_TARGET_DIR/release/fhir-edge"
 mkdir -p packaging/generated
 help2man --no-info --name "explainable alerts on FHIR AuditEvent record access" \

@@ -24,8 +24,13 @@ out=$(systemd-analyze verify /lib/systemd/system/fhir-edge.service 2>&1) || true
 [ -z "$out" ] || fail "systemd-analyze verify printed: $out"
 ok "installed; unit verified; not enabled, not started; config root:fhir-edge 0640"
 
-# 2. A FHIR server inside the container: the package's own simulated endpoint.
-(sleep infinity | fhir-edge bench-server --events 3000 > /tmp/fhir-url 2>/tmp/fhir-server.log) &
+# 2. The installed binary carries no lab commands; a FHIR server inside the container comes
+# from a development build's simulated endpoint.
+if fhir-edge bench-server --help >/dev/null 2>&1 || fhir-edge simulate --help >/dev/null 2>&1; then
+    fail "the installed binary has the lab's commands (simulate, bench-server)"
+fi
+ok "installed binary has no lab commands"
+(sleep infinity | /mnt/e2e/fhir-edge-lab bench-server --events 3000 > /tmp/fhir-url 2>/tmp/fhir-server.log) &
 wait_for 120 "the FHIR server" '[ -s /tmp/fhir-url ]'
 url=$(cat /tmp/fhir-url)
 sed -i "s|^base_url = .*|base_url = \"$url\"|; s|^interval_secs = .*|interval_secs = 2|; s|^initial_lookback_secs = .*|initial_lookback_secs = 172800|" /etc/fhir-edge/config.toml

@@ -30,6 +30,10 @@ echo "$out" | grep -E "Overall exposure level" || true
 # Packages: version 1 and version 2 of the same build (for the upgrade test). cargo-deb
 # removes older packages from its output folder, so each is copied away at once.
 work=$(mktemp -d)
+# The FHIR server inside the container is the lab's simulated endpoint, from a development
+# build: the package's own binary has no lab commands (checked inside).
+cargo build --release --locked >&2
+cp "$CARGO_TARGET_DIR/release/fhir-edge" "$work/fhir-edge-lab"
 v1=$(packaging/build-deb.sh | tail -n 1)
 [ -f "$v1" ] && cp "$v1" "$work/v1.deb" || { echo "FAIL: package not built"; exit 1; }
 v2=$(cargo deb --no-build --strip --locked --deb-version 0.1.0-2 2>/dev/null | tail -n 1)
