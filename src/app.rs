@@ -14,7 +14,7 @@ use crate::api::{ApiState, HealthRound};
 use crate::client::FhirClient;
 use crate::config::{read_secret, Config};
 use crate::detector::actor::{DetectorActor, DetectorLinks};
-use crate::health::{Health, Heartbeat, ACTORS};
+use crate::health::{ActorId, Health, Heartbeat};
 use crate::poller::actor::{IsPolling, PollerActor};
 use crate::state::actor::{Flush, SeenFilterActor, StateActor};
 use crate::systemd::Notifier;
@@ -33,9 +33,13 @@ pub enum StartError {
     #[error("FHIR client: {0}")]
     Client(#[from] crate::client::FetchError),
     #[error("api.token_file: {0}")]
-    Token(String),
-    #[error("detector.watch_list: {0}")]
-    WatchList(String),
+    Token(#[source] crate::config::SecretError),
+    #[error("detector.watch_list: {path}: {source}")]
+    WatchList {
+        path: std::path::PathBuf,
+        #[source]
+        source: fhir_edge_core::detector::WatchListError,
+    },
     #[error("cannot listen on {addr} (api.listen): {reason}")]
     Bind { addr: SocketAddr, reason: String },
 }
@@ -47,7 +51,7 @@ impl StartError {
             StartError::Model(e) => e.kind(),
             StartError::Client(e) => e.kind(),
             StartError::Token(_) => "api_token",
-            StartError::WatchList(_) => "watch_list",
+            StartError::WatchList { .. } => "watch_list",
             StartError::Bind { .. } => "api_bind",
         }
     }
@@ -77,10 +81,13 @@ pub struct Daemon {
 pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> {
     let clock = opts.clock.clone();
     let health = Health::new(clock.clone());
-    health.set_step_deadline("poller", Duration::from_secs(cfg.fhir.timeout_secs + 10));
-    health.set_step_deadline("detector", Duration::from_secs(60));
-    health.set_step_deadline("alert_sink", Duration::from_secs(60));
-    health.set_step_deadline("state", Duration::from_secs(45));
+    health.set_step_deadline(
+        ActorId::Poller,
+        Duration::from_secs(cfg.fhir.timeout_secs + 10),
+    );
+    health.set_step_deadline(ActorId::Detector, Duration::from_secs(60));
+    health.set_step_deadline(ActorId::AlertSink, Duration::from_secs(60));
+    health.set_step_deadline(ActorId::State, Duration::from_secs(45));
 
     let state_dir = cfg.state_dir();
     let store = Store::open(&state_dir)?;
@@ -91,8 +98,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let tz = cfg.timezone();
     let watch = match &cfg.detector.watch_list {
         // Checked by `validate`; read again here, as the file may have changed since.
-        Some(p) => fhir_edge_core::detector::read_watch_list(p)
-            .map_err(|e| StartError::WatchList(format!("{}: {e}", p.display())))?,
+        Some(p) => fhir_edge_core::detector::read_watch_list(p).map_err(|source| {
+            StartError::WatchList {
+                path: p.clone(),
+                source,
+            }
+        })?,
         None => Vec::new(),
     };
     let mut ctx = match &loaded.snapshot {
@@ -228,7 +239,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         remove_rule: state.clone().recipient(),
         rules_changed: sink.clone().recipient(),
     };
-    let addr = cfg.listen_addr();
+    let addr = cfg.api.listen;
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(actix_web::web::Data::new(api_state.clone()))
@@ -252,10 +263,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         health.clone(),
         round,
         [
-            poller.clone().recipient(),
-            detector.recipient(),
-            sink.recipient(),
-            state.clone().recipient(),
+            (ActorId::Poller, poller.clone().recipient()),
+            (ActorId::Detector, detector.recipient()),
+            (ActorId::AlertSink, sink.recipient()),
+            (ActorId::State, state.clone().recipient()),
         ],
     ));
     tracing::info!(actor = "app", api = %api_addr, fhir = %crate::client::redact_url(&cfg.fhir.base_url), "ready");
@@ -277,7 +288,7 @@ async fn watchdog_loop(
     notifier: Notifier,
     health: Health,
     round: Arc<Mutex<HealthRound>>,
-    actors: [Recipient<Heartbeat>; 4],
+    actors: [(ActorId, Recipient<Heartbeat>); 4],
 ) {
     let interval = notifier
         .watchdog_interval()
@@ -288,13 +299,13 @@ async fn watchdog_loop(
     loop {
         let checks = actors
             .iter()
-            .map(|a| tokio::time::timeout(interval, a.send(Heartbeat)));
+            .map(|(_, a)| tokio::time::timeout(interval, a.send(Heartbeat)));
         let results = futures_util::future::join_all(checks).await;
-        let answered: Vec<&str> = ACTORS
+        let answered: Vec<ActorId> = actors
             .iter()
             .zip(&results)
             .filter(|(_, r)| matches!(r, Ok(Ok(()))))
-            .map(|(n, _)| *n)
+            .map(|((id, _), _)| *id)
             .collect();
         let reports = health.reports(&answered);
         let degraded = health.degraded();
@@ -314,7 +325,7 @@ async fn watchdog_loop(
             let bad: Vec<&str> = reports
                 .iter()
                 .filter(|r| !r.healthy)
-                .map(|r| r.name)
+                .map(|r| r.name.as_str())
                 .collect();
             tracing::error!(
                 actor = "app",
@@ -386,6 +397,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         let daemon = match start(cfg, opts).await {
             Ok(d) => d,
             Err(e) => {
+                tracing::error!(actor = "app", error_kind = e.kind(), "cannot start: {e}");
                 notifier.status(&format!("failed to start: {e}"));
                 return Err(anyhow::Error::new(e));
             }

@@ -126,7 +126,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run { since: None }) {
         Command::Run { since } => {
             crate::telemetry::init();
-            let loaded = config::load(cfg_path)?;
+            let loaded = config::load(cfg_path).inspect_err(|e| {
+                tracing::error!(actor = "app", error_kind = e.kind(), "configuration: {e}")
+            })?;
             crate::app::run(
                 loaded.config,
                 crate::app::RunOptions {

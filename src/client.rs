@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use tokio::sync::Mutex;
 use url::Url;
 
-use crate::config::{read_secret, AuthConfig, FhirConfig};
+use crate::config::{read_secret, AuthConfig, FhirConfig, SecretError};
 use fhir_edge_core::fhir::{Page, ParseError};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub enum FetchError {
     Parse(#[from] ParseError),
     #[error("authentication setup failed: {0}")]
     Auth(String),
+    #[error("authentication setup failed: {0}")]
+    Secret(#[from] SecretError),
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
 }
@@ -63,7 +65,7 @@ impl FetchError {
             FetchError::TooLarge(_) => "body_too_large",
             FetchError::Body(_) => "truncated_body",
             FetchError::Parse(p) => p.kind(),
-            FetchError::Auth(_) => "auth_setup",
+            FetchError::Auth(_) | FetchError::Secret(_) => "auth_setup",
             FetchError::Setup(_) => "client_setup",
         }
     }
@@ -77,6 +79,7 @@ impl FetchError {
                 | FetchError::PageExpired(_)
                 | FetchError::ForeignNext(_)
                 | FetchError::Auth(_)
+                | FetchError::Secret(_)
                 | FetchError::Setup(_)
         )
     }
@@ -326,7 +329,7 @@ impl FhirClient {
         let auth = match &cfg.auth {
             AuthConfig::None => Auth::None,
             AuthConfig::Bearer { token_file } => {
-                let t = read_secret(token_file).map_err(FetchError::Auth)?;
+                let t = read_secret(token_file)?;
                 Auth::Bearer {
                     file: token_file.clone(),
                     token: Mutex::new(t),
@@ -337,7 +340,7 @@ impl FhirClient {
                 password_file,
             } => {
                 use base64::Engine as _;
-                let pw = read_secret(password_file).map_err(FetchError::Auth)?;
+                let pw = read_secret(password_file)?;
                 let enc =
                     base64::engine::general_purpose::STANDARD.encode(format!("{username}:{pw}"));
                 let mut h = HeaderValue::from_str(&format!("Basic {enc}")).map_err(|_| {
@@ -354,7 +357,7 @@ impl FhirClient {
                 key_id,
                 scope,
             } => {
-                let pem = read_secret(private_key_file).map_err(FetchError::Auth)?;
+                let pem = read_secret(private_key_file)?;
                 let (alg, key) = match algorithm.as_str() {
                     "ES384" => (
                         jsonwebtoken::Algorithm::ES384,
@@ -413,7 +416,7 @@ impl FhirClient {
                 let mut t = token.lock().await;
                 if refresh {
                     // Token rotation: the file may hold a new token.
-                    *t = read_secret(file).map_err(FetchError::Auth)?;
+                    *t = read_secret(file)?;
                 }
                 bearer(&t).map(Some)
             }

@@ -29,8 +29,6 @@ pub enum ConfigError {
     },
     #[error("cannot read config file {path}: {reason}")]
     Unreadable { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Other(String),
 }
 
 impl ConfigError {
@@ -39,11 +37,11 @@ impl ConfigError {
         match self {
             ConfigError::Invalid { .. } => "config_invalid",
             ConfigError::Unreadable { .. } => "config_unreadable",
-            ConfigError::Other(_) => "config_error",
         }
     }
 
     /// The dotted key the error is about, when there is one.
+    #[cfg(test)]
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
@@ -135,17 +133,6 @@ pub enum AuthConfig {
     },
 }
 
-impl AuthConfig {
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            AuthConfig::None => "none",
-            AuthConfig::Bearer { .. } => "bearer",
-            AuthConfig::Basic { .. } => "basic",
-            AuthConfig::SmartBackend { .. } => "smart-backend",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PollerConfig {
@@ -191,7 +178,8 @@ pub struct DetectorConfig {
     /// Folder holding `model.safetensors` and `model.json`.
     pub model_dir: PathBuf,
     /// Site time zone (IANA name) for hour-of-day and weekday features.
-    pub timezone: String,
+    #[serde(with = "tz_name")]
+    pub timezone: chrono_tz::Tz,
     /// Optional file of watched patient records (public figures, board members, staff who
     /// are patients): one `Patient/<id>` per line, `#` comments. Opening a watched record
     /// without a working relationship raises the score. Records the server labels
@@ -204,7 +192,7 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
             model_dir: PathBuf::from(DEFAULT_MODEL_DIR),
-            timezone: "UTC".to_string(),
+            timezone: chrono_tz::UTC,
             watch_list: None,
         }
     }
@@ -229,7 +217,8 @@ impl Default for AlertsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Address of the HTTP API and dashboard. Non-loopback needs `token_file`.
-    pub listen: String,
+    #[serde(with = "socket_addr")]
+    pub listen: SocketAddr,
     /// File holding the bearer token every API request must carry.
     pub token_file: Option<PathBuf>,
 }
@@ -237,7 +226,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            listen: "127.0.0.1:8787".to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             token_file: None,
         }
     }
@@ -441,30 +430,42 @@ pub fn env_name(key: &str) -> String {
     )
 }
 
+/// Why a secret (token, password, private key) could not be read. Never holds the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "\"{0}\" is not an absolute path and $CREDENTIALS_DIRECTORY is not set \
+         (use an absolute path, or LoadCredential= in the unit)"
+    )]
+    NoCredentialsDirectory(PathBuf),
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{0} is empty")]
+    Empty(PathBuf),
+}
+
 /// Resolve a secret file reference: an absolute path as is, a bare name inside
 /// `$CREDENTIALS_DIRECTORY`.
-pub fn resolve_secret_path(p: &Path) -> Result<PathBuf, String> {
+pub fn resolve_secret_path(p: &Path) -> Result<PathBuf, SecretError> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) => Ok(Path::new(&dir).join(p)),
-        None => Err(format!(
-            "\"{}\" is not an absolute path and $CREDENTIALS_DIRECTORY is not set \
-             (use an absolute path, or LoadCredential= in the unit)",
-            p.display()
-        )),
+        None => Err(SecretError::NoCredentialsDirectory(p.to_path_buf())),
     }
 }
 
 /// Read a secret (trimmed). The error never contains the secret.
-pub fn read_secret(p: &Path) -> Result<String, String> {
+pub fn read_secret(p: &Path) -> Result<String, SecretError> {
     let path = resolve_secret_path(p)?;
-    let s = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = std::fs::read_to_string(&path).map_err(|e| SecretError::Unreadable {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     let s = s.trim().to_string();
     if s.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(SecretError::Empty(path));
     }
     Ok(s)
 }
@@ -558,15 +559,6 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
     range(l, "poller.max_backoff_secs", p.max_backoff_secs, 1, 86_400)?;
     range(l, "poller.max_page_bytes", p.max_page_bytes, 4096, 1 << 32)?;
     range(l, "poller.checkpoint_secs", p.checkpoint_secs, 1, 86_400)?;
-    if c.detector.timezone.parse::<chrono_tz::Tz>().is_err() {
-        return Err(l.invalid(
-            "detector.timezone",
-            format!(
-                "unknown time zone \"{}\"; use an IANA name like Europe/Berlin",
-                c.detector.timezone
-            ),
-        ));
-    }
     if let Some(w) = &c.detector.watch_list {
         fhir_edge_core::detector::read_watch_list(w)
             .map_err(|e| l.invalid("detector.watch_list", format!("{}: {e}", w.display())))?;
@@ -578,12 +570,7 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         1,
         36_500,
     )?;
-    let addr: SocketAddr = c.api.listen.parse().map_err(|_| {
-        l.invalid(
-            "api.listen",
-            format!("\"{}\" is not an address like 127.0.0.1:8787", c.api.listen),
-        )
-    })?;
+    let addr = c.api.listen;
     match &c.api.token_file {
         Some(t) => secret_file(l, "api.token_file", t)?,
         None if !addr.ip().is_loopback() => {
@@ -611,7 +598,9 @@ fn range(l: &Loaded, key: &str, v: u64, lo: u64, hi: u64) -> Result<(), ConfigEr
 }
 
 fn secret_file(l: &Loaded, key: &str, p: &Path) -> Result<(), ConfigError> {
-    read_secret(p).map(|_| ()).map_err(|e| l.invalid(key, e))
+    read_secret(p)
+        .map(|_| ())
+        .map_err(|e| l.invalid(key, e.to_string()))
 }
 
 impl Config {
@@ -630,12 +619,9 @@ impl Config {
         PathBuf::from(DEFAULT_STATE_DIR)
     }
 
+    /// The site time zone (`[detector] timezone`).
     pub fn timezone(&self) -> chrono_tz::Tz {
-        self.detector.timezone.parse().unwrap_or(chrono_tz::UTC)
-    }
-
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.api.listen.parse().expect("validated")
+        self.detector.timezone
     }
 
     /// A config for a given server with everything else at defaults (demo, tests, bench).
@@ -656,6 +642,42 @@ impl Config {
                 dir: Some(state_dir.to_path_buf()),
             },
         }
+    }
+}
+
+/// `detector.timezone`: an IANA name in the file, a `Tz` once read.
+mod tz_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<chrono_tz::Tz, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown time zone \"{name}\"; use an IANA name like Europe/Berlin"
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(tz: &chrono_tz::Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+}
+
+/// `api.listen`: `host:port` in the file, a `SocketAddr` once read.
+mod socket_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| {
+            serde::de::Error::custom(format!("\"{text}\" is not an address like 127.0.0.1:8787"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
     }
 }
 
@@ -685,7 +707,7 @@ mod tests {
         assert_eq!(l.config.poller.page_size, 200);
         assert_eq!(l.config.poller.overlap_secs, 120);
         assert_eq!(l.config.fhir.resource_type, "AuditEvent");
-        assert_eq!(l.config.api.listen, "127.0.0.1:8787");
+        assert_eq!(l.config.api.listen.to_string(), "127.0.0.1:8787");
         assert_eq!(l.config.fhir.auth, AuthConfig::None);
     }
 

@@ -4,16 +4,83 @@
 //! in flight (a page fetch, a commit), that step started within its deadline. Idle and
 //! backing-off actors are healthy: waiting for the next scheduled poll is progress.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use fhir_edge_core::alerts::Severity;
 use fhir_edge_core::clock::SharedClock;
 
-/// Names of the supervised actors, in pipeline order.
-pub const ACTORS: [&str; 4] = ["poller", "detector", "alert_sink", "state"];
+/// The supervised actors, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorId {
+    Poller,
+    Detector,
+    AlertSink,
+    State,
+}
+
+impl ActorId {
+    /// Every actor, in pipeline order.
+    pub const ALL: [ActorId; 4] = [
+        ActorId::Poller,
+        ActorId::Detector,
+        ActorId::AlertSink,
+        ActorId::State,
+    ];
+
+    /// The name in logs (`actor=`), `/api/health` and the watchdog's messages.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ActorId::Poller => "poller",
+            ActorId::Detector => "detector",
+            ActorId::AlertSink => "alert_sink",
+            ActorId::State => "state",
+        }
+    }
+}
+
+/// The process-lifetime counters: one table behind `Counters`, `/api/stats` (by name) and
+/// `/metrics` (as `fhir_edge_<name>_total`, with the help text).
+macro_rules! counter_table {
+    ($($variant:ident = $name:literal, $help:literal;)*) => {
+        /// One process-lifetime counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Counter {
+            $(#[doc = $help] $variant,)*
+        }
+
+        impl Counter {
+            /// Every counter, in the order `/api/stats` and `/metrics` list them.
+            pub const ALL: [Counter; [$($name),*].len()] = [$(Counter::$variant),*];
+
+            /// The name in `/api/stats`; `/metrics` adds `fhir_edge_` and `_total`.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+
+            /// What it counts (the metric's HELP text).
+            pub const fn help(self) -> &'static str {
+                match self { $(Counter::$variant => $help,)* }
+            }
+        }
+    };
+}
+
+counter_table! {
+    EventsFetched = "events_fetched", "AuditEvents fetched from the server (incl. duplicates).";
+    EventsScored = "events_scored", "Events scored and committed by this process.";
+    EventsModelScored = "events_model_scored", "Events run through the model (a page whose commit failed is scored again on retry).";
+    EventsDuplicate = "events_duplicate", "Fetched events already scored (overlap re-reads).";
+    EventsSkipped = "events_skipped", "Entries that could not be read.";
+    PagesFetched = "pages_fetched", "Search pages fetched.";
+    PollsCompleted = "polls_completed", "Complete polls.";
+    FetchErrors = "fetch_errors", "Failed page fetches.";
+    NotifyReceived = "notify_received", "Events received on /fhir/notify.";
+    AlertsRaised = "alerts_raised", "Alerts raised by this process.";
+}
 
 #[derive(Debug, Default)]
 struct ActorSlot {
@@ -32,27 +99,21 @@ struct ActorSlot {
 #[derive(Clone)]
 pub struct Health {
     clock: SharedClock,
-    slots: Arc<BTreeMap<&'static str, ActorSlot>>,
+    /// Indexed by `ActorId as usize`.
+    slots: Arc<[ActorSlot; 4]>,
     pub counters: Arc<Counters>,
     /// A reason the daemon cannot make progress (disk full, read-only state...), if any.
     degraded: Arc<Mutex<Option<String>>>,
 }
 
-/// Process-lifetime counters (the durable lifetime `events_scored` lives in the database).
+/// Process-lifetime counters and gauges (the durable lifetime `events_scored` lives in the
+/// database).
 #[derive(Debug)]
 pub struct Counters {
-    pub events_fetched: AtomicU64,
-    pub events_scored: AtomicU64,
-    /// Events run through the model (a page whose commit failed is scored again on retry).
-    pub events_model_scored: AtomicU64,
-    pub events_duplicate: AtomicU64,
-    pub events_skipped: AtomicU64,
-    pub pages_fetched: AtomicU64,
-    pub polls_completed: AtomicU64,
-    pub fetch_errors: AtomicU64,
-    pub alerts_raised: AtomicU64,
+    /// Indexed by `Counter as usize`.
+    values: [AtomicU64; Counter::ALL.len()],
+    /// Alerts raised, by severity (low first).
     pub alerts_by_severity: [AtomicU64; 4],
-    pub notify_received: AtomicU64,
     /// ms since epoch of the last successful complete poll.
     pub last_poll_ms: AtomicI64,
     /// Server `meta.lastUpdated` of the newest event seen, ms.
@@ -122,10 +183,6 @@ impl Histogram {
         self.observe(d.as_secs_f64());
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
     /// Append this histogram in Prometheus text exposition format.
     pub fn render(&self, name: &str, help: &str, out: &mut String) {
         use std::fmt::Write;
@@ -149,19 +206,9 @@ impl Histogram {
 
 impl Default for Counters {
     fn default() -> Self {
-        let z = || AtomicU64::new(0);
         Counters {
-            events_fetched: z(),
-            events_scored: z(),
-            events_model_scored: z(),
-            events_duplicate: z(),
-            events_skipped: z(),
-            pages_fetched: z(),
-            polls_completed: z(),
-            fetch_errors: z(),
-            alerts_raised: z(),
-            alerts_by_severity: [z(), z(), z(), z()],
-            notify_received: z(),
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+            alerts_by_severity: std::array::from_fn(|_| AtomicU64::new(0)),
             last_poll_ms: AtomicI64::new(0),
             newest_event_ms: AtomicI64::new(0),
             cursor_ms: AtomicI64::new(0),
@@ -175,17 +222,31 @@ impl Default for Counters {
 }
 
 impl Counters {
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+    /// Count `n` more.
+    pub fn add(&self, c: Counter, n: u64) {
+        self.values[c as usize].fetch_add(n, Ordering::Relaxed);
     }
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+
+    /// The current value.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Count one alert of `severity`.
+    pub fn alert(&self, severity: Severity) {
+        self.add(Counter::AlertsRaised, 1);
+        self.alerts_by_severity[severity as usize - 1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Alerts raised by this process of `severity`.
+    pub fn alerts_of(&self, severity: Severity) -> u64 {
+        self.alerts_by_severity[severity as usize - 1].load(Ordering::Relaxed)
     }
 }
 
 #[derive(Debug, Serialize, Clone)]
 pub struct ActorReport {
-    pub name: &'static str,
+    pub name: ActorId,
     pub healthy: bool,
     pub last_progress: Option<String>,
     pub busy_for_ms: Option<i64>,
@@ -197,7 +258,7 @@ pub struct ActorReport {
 
 impl Health {
     pub fn new(clock: SharedClock) -> Self {
-        let slots = ACTORS.iter().map(|n| (*n, ActorSlot::default())).collect();
+        let slots = std::array::from_fn(|_| ActorSlot::default());
         let h = Health {
             clock,
             slots: Arc::new(slots),
@@ -205,7 +266,7 @@ impl Health {
             degraded: Arc::new(Mutex::new(None)),
         };
         let now = h.now_ms();
-        for s in h.slots.values() {
+        for s in h.slots.iter() {
             s.last_progress_ms.store(now, Ordering::Relaxed);
             s.step_deadline_ms.store(60_000, Ordering::Relaxed);
         }
@@ -216,42 +277,42 @@ impl Health {
         self.clock.now().timestamp_millis()
     }
 
-    fn slot(&self, actor: &str) -> &ActorSlot {
-        self.slots.get(actor).expect("known actor name")
+    fn slot(&self, actor: ActorId) -> &ActorSlot {
+        &self.slots[actor as usize]
     }
 
     /// Set how long one step of `actor` may take before it counts as hung.
-    pub fn set_step_deadline(&self, actor: &str, d: std::time::Duration) {
+    pub fn set_step_deadline(&self, actor: ActorId, d: std::time::Duration) {
         self.slot(actor)
             .step_deadline_ms
             .store(d.as_millis() as i64, Ordering::Relaxed);
     }
 
-    pub fn progress(&self, actor: &str) {
+    pub fn progress(&self, actor: ActorId) {
         self.slot(actor)
             .last_progress_ms
             .store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub fn begin_step(&self, actor: &str) {
+    pub fn begin_step(&self, actor: ActorId) {
         self.slot(actor)
             .busy_since_ms
             .store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub fn end_step(&self, actor: &str) {
+    pub fn end_step(&self, actor: ActorId) {
         let s = self.slot(actor);
         s.busy_since_ms.store(0, Ordering::Relaxed);
         s.last_progress_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    pub fn error(&self, actor: &str, kind: &str) {
+    pub fn error(&self, actor: ActorId, kind: &str) {
         let s = self.slot(actor);
         s.errors.fetch_add(1, Ordering::Relaxed);
         *crate::sync::lock(&s.last_error) = Some((self.now_ms(), kind.to_string()));
     }
 
-    pub fn set_detail(&self, actor: &str, detail: impl Into<String>) {
+    pub fn set_detail(&self, actor: ActorId, detail: impl Into<String>) {
         *crate::sync::lock(&self.slot(actor).detail) = detail.into();
     }
 
@@ -265,10 +326,11 @@ impl Health {
 
     /// Reports for every actor; `answered` lists the actors whose mailbox answered the
     /// latest heartbeat round in time.
-    pub fn reports(&self, answered: &[&str]) -> Vec<ActorReport> {
+    pub fn reports(&self, answered: &[ActorId]) -> Vec<ActorReport> {
         let now = self.now_ms();
-        self.slots
+        ActorId::ALL
             .iter()
+            .zip(self.slots.iter())
             .map(|(name, s)| {
                 let busy = s.busy_since_ms.load(Ordering::Relaxed);
                 let busy_for = (busy > 0).then(|| now - busy);
@@ -277,7 +339,7 @@ impl Health {
                 let last_error = crate::sync::lock(&s.last_error).clone();
                 let lp = s.last_progress_ms.load(Ordering::Relaxed);
                 ActorReport {
-                    name,
+                    name: *name,
                     healthy: answered.contains(name) && !hung,
                     last_progress: Some(fhir_edge_core::clock::fmt_ms(
                         fhir_edge_core::clock::from_ms(lp),
@@ -305,9 +367,9 @@ impl Health {
         };
         let mut s = format!(
             "{} events scored, {} duplicates skipped, {} alerts; last complete poll {}",
-            Counters::get(&c.events_scored),
-            Counters::get(&c.events_duplicate),
-            Counters::get(&c.alerts_raised),
+            c.get(Counter::EventsScored),
+            c.get(Counter::EventsDuplicate),
+            c.get(Counter::AlertsRaised),
             last
         );
         if let Some(d) = self.degraded() {
@@ -328,20 +390,48 @@ mod tests {
     fn hung_step_is_unhealthy_idle_is_not() {
         let clock = ManualClock::new(chrono::Utc::now());
         let h = Health::new(Arc::new(clock.clone()));
-        h.set_step_deadline("poller", std::time::Duration::from_secs(10));
-        let all: Vec<&str> = ACTORS.to_vec();
+        h.set_step_deadline(ActorId::Poller, std::time::Duration::from_secs(10));
+        let all = ActorId::ALL;
         assert!(h.reports(&all).iter().all(|r| r.healthy));
-        h.begin_step("poller");
+        h.begin_step(ActorId::Poller);
         clock.advance(chrono::Duration::seconds(5));
         assert!(h.reports(&all).iter().all(|r| r.healthy));
         clock.advance(chrono::Duration::seconds(6));
         let r = h.reports(&all);
-        assert!(!r.iter().find(|r| r.name == "poller").unwrap().healthy);
-        h.end_step("poller");
+        assert!(
+            !r.iter()
+                .find(|r| r.name == ActorId::Poller)
+                .unwrap()
+                .healthy
+        );
+        h.end_step(ActorId::Poller);
         assert!(h.reports(&all).iter().all(|r| r.healthy));
         // An actor whose mailbox did not answer is unhealthy even when idle.
-        let r = h.reports(&["poller", "state", "alert_sink"]);
-        assert!(!r.iter().find(|r| r.name == "detector").unwrap().healthy);
+        let r = h.reports(&[ActorId::Poller, ActorId::State, ActorId::AlertSink]);
+        assert!(
+            !r.iter()
+                .find(|r| r.name == ActorId::Detector)
+                .unwrap()
+                .healthy
+        );
+    }
+
+    #[test]
+    fn counters_are_one_table_with_unique_names() {
+        let c = Counters::default();
+        for (i, k) in Counter::ALL.iter().enumerate() {
+            c.add(*k, i as u64 + 1);
+        }
+        for (i, k) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.get(*k), i as u64 + 1, "{}", k.name());
+        }
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|k| k.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+        c.alert(Severity::High);
+        assert_eq!(c.alerts_of(Severity::High), 1);
+        assert_eq!(c.get(Counter::AlertsRaised), Counter::ALL.len() as u64 + 1);
     }
 
     #[test]

@@ -17,19 +17,23 @@
 //!
 //! Dependencies run one way: `fhir-edge` → `fhir-edge-lab` → `fhir-edge-core`.
 
-pub mod alerts;
-pub mod api;
+// Public: what `main.rs` and the integration tests use. Everything else is crate-private,
+// so the compiler reports what nothing calls.
+pub(crate) mod alerts;
+pub(crate) mod api;
 pub mod app;
-pub mod cli;
+pub(crate) mod cli;
 pub mod client;
 pub mod config;
-pub mod detector;
+pub(crate) mod detector;
 pub mod health;
 #[cfg(feature = "lab")]
-pub mod lab;
-pub mod pipeline;
-pub mod poller;
-pub mod state;
-pub mod sync;
+pub(crate) mod lab;
+pub(crate) mod pipeline;
+pub(crate) mod poller;
+pub(crate) mod state;
+pub(crate) mod sync;
 pub mod systemd;
-pub mod telemetry;
+pub(crate) mod telemetry;
+
+pub use cli::{execute, Cli};

@@ -25,8 +25,8 @@ fn main() -> std::process::ExitCode {
         default_hook(info);
         std::process::abort();
     }));
-    let cli = fhir_edge::cli::Cli::parse();
-    match fhir_edge::cli::execute(cli) {
+    let cli = fhir_edge::Cli::parse();
+    match fhir_edge::execute(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fhir-edge: error: {e}");

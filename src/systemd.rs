@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
+/// Notify messages that could not be delivered (receiver not reading, socket gone); one in
+/// a hundred is logged.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-
-/// Notify messages that could not be delivered (receiver not reading, socket gone).
-pub fn dropped() -> u64 {
-    DROPPED.load(Ordering::Relaxed)
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Notifier {
@@ -28,10 +25,6 @@ impl Notifier {
         Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 
     /// The interval at which to ping: half of `WATCHDOG_USEC`, if the watchdog is on for us.

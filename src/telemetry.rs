@@ -1,5 +1,8 @@
 //! Logging: journald when started by systemd (`JOURNAL_STREAM` set), text on a terminal.
-//! Filter with `RUST_LOG` or `FHIR_EDGE_LOG` (default `info`).
+//! Filter with `RUST_LOG` or `FHIR_EDGE_LOG` (default `info`). Also the `InternalEvent`
+//! trait: each concern's events (e.g. `poller/events.rs`) log and count in one place.
+
+use crate::health::Health;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -55,4 +58,11 @@ pub fn init() -> Sink {
         )
         .try_init();
     Sink::Terminal
+}
+
+/// An internal event: something the daemon did that is both logged and counted, in one
+/// place, so a log line and its metric cannot drift apart (as in vector's internal events).
+pub trait InternalEvent {
+    /// Log the event and update the counters and actor health it concerns.
+    fn emit(self, health: &Health);
 }

@@ -7,7 +7,7 @@
 use actix::prelude::*;
 
 use super::{alert_record, journal_alert, new_alert_record, to_alert};
-use crate::health::{Counters, Health, Heartbeat};
+use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{AllowListChanged, Flush, PipelineError, Scored};
 use crate::state::actor::{CommitBatch, MarkJournaled};
 use fhir_edge_core::alerts::{AllowRule, NewAlert};
@@ -81,22 +81,21 @@ impl Handler<Scored> for AlertSinkActor {
         let journaled = self.journaled.clone();
         let health = self.health.clone();
         let fut = async move {
-            health.begin_step("alert_sink");
+            health.begin_step(ActorId::AlertSink);
             let started = std::time::Instant::now();
             let (batch, outcome) = commit.send(CommitBatch(batch)).await??;
             health
                 .counters
                 .commit_duration
                 .observe_duration(started.elapsed());
-            health.end_step("alert_sink");
+            health.end_step(ActorId::AlertSink);
             let c = &health.counters;
-            Counters::add(&c.events_scored, outcome.events_committed);
+            c.add(Counter::EventsScored, outcome.events_committed);
             let mut ids = Vec::with_capacity(outcome.alerts_inserted.len());
             for (id, i) in &outcome.alerts_inserted {
                 let a = &batch.alerts[*i];
                 journal_alert(&new_alert_record(a, *id));
-                Counters::add(&c.alerts_raised, 1);
-                Counters::add(&c.alerts_by_severity[a.severity as usize - 1], 1);
+                c.alert(a.severity);
                 ids.push(*id);
             }
             if !ids.is_empty() {
@@ -114,9 +113,9 @@ impl Handler<Scored> for AlertSinkActor {
         let health = self.health.clone();
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
             move |res: Result<BatchOutcome, PipelineError>, _, _| {
-                health.end_step("alert_sink");
+                health.end_step(ActorId::AlertSink);
                 if let Err(e) = &res {
-                    health.error("alert_sink", e.kind());
+                    health.error(ActorId::AlertSink, e.kind());
                 }
                 res
             },
@@ -159,7 +158,7 @@ impl Handler<AlertRaised> for AlertSinkActor {
 impl Handler<Heartbeat> for AlertSinkActor {
     type Result = ();
     fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
-        self.health.progress("alert_sink");
+        self.health.progress(ActorId::AlertSink);
     }
 }
 

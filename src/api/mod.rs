@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::health::{ActorReport, Counters, Health};
+use crate::health::{ActorReport, Counter, Health};
 use crate::pipeline::AllowListChanged;
 use crate::pipeline::EventsFetched;
 use crate::state::actor::{AddAllowRule, RemoveAllowRule, SetStatus};
@@ -152,31 +152,23 @@ async fn health(s: web::Data<ApiState>) -> HttpResponse {
 
 fn counters_json(h: &Health) -> serde_json::Value {
     let c = &h.counters;
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let ms = |a: &std::sync::atomic::AtomicI64| {
         let v = a.load(Ordering::Relaxed);
         (v > 0).then(|| fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(v)))
     };
-    json!({
-        "events_fetched": g(&c.events_fetched),
-        "events_scored": g(&c.events_scored),
-        "events_duplicate": g(&c.events_duplicate),
-        "events_skipped": g(&c.events_skipped),
-        "pages_fetched": g(&c.pages_fetched),
-        "polls_completed": g(&c.polls_completed),
-        "fetch_errors": g(&c.fetch_errors),
-        "notify_received": g(&c.notify_received),
-        "alerts_raised": g(&c.alerts_raised),
-        "alerts_by_severity": {
-            "low": g(&c.alerts_by_severity[0]),
-            "medium": g(&c.alerts_by_severity[1]),
-            "high": g(&c.alerts_by_severity[2]),
-            "critical": g(&c.alerts_by_severity[3]),
-        },
-        "last_poll": ms(&c.last_poll_ms),
-        "cursor": ms(&c.cursor_ms),
-        "newest_event": ms(&c.newest_event_ms),
-    })
+    let mut out = serde_json::Map::new();
+    for k in Counter::ALL {
+        out.insert(k.name().into(), c.get(k).into());
+    }
+    let by_severity: serde_json::Map<String, serde_json::Value> = Severity::ALL
+        .iter()
+        .map(|sev| (sev.as_str().to_string(), c.alerts_of(*sev).into()))
+        .collect();
+    out.insert("alerts_by_severity".into(), by_severity.into());
+    out.insert("last_poll".into(), json!(ms(&c.last_poll_ms)));
+    out.insert("cursor".into(), json!(ms(&c.cursor_ms)));
+    out.insert("newest_event".into(), json!(ms(&c.newest_event_ms)));
+    out.into()
 }
 
 async fn stats(s: web::Data<ApiState>) -> HttpResponse {
@@ -194,57 +186,21 @@ async fn stats(s: web::Data<ApiState>) -> HttpResponse {
 
 async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
     let c = &s.health.counters;
-    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        out.push_str(&format!("# HELP fhir_edge_{name} {help}\n# TYPE fhir_edge_{name} counter\nfhir_edge_{name} {v}\n"));
-    };
-    counter(
-        "events_fetched_total",
-        "AuditEvents fetched from the server (incl. duplicates).",
-        g(&c.events_fetched),
-    );
-    counter(
-        "events_scored_total",
-        "Events scored and committed by this process.",
-        g(&c.events_scored),
-    );
-    counter(
-        "events_duplicate_total",
-        "Fetched events already scored (overlap re-reads).",
-        g(&c.events_duplicate),
-    );
-    counter(
-        "events_skipped_total",
-        "Entries that could not be read.",
-        g(&c.events_skipped),
-    );
-    counter(
-        "pages_fetched_total",
-        "Search pages fetched.",
-        g(&c.pages_fetched),
-    );
-    counter(
-        "polls_completed_total",
-        "Complete polls.",
-        g(&c.polls_completed),
-    );
-    counter(
-        "fetch_errors_total",
-        "Failed page fetches.",
-        g(&c.fetch_errors),
-    );
-    counter(
-        "notify_received_total",
-        "Events received on /fhir/notify.",
-        g(&c.notify_received),
-    );
-    out.push_str("# HELP fhir_edge_alerts_total Alerts raised by this process.\n# TYPE fhir_edge_alerts_total counter\n");
-    for (i, sev) in Severity::ALL.iter().enumerate() {
+    for k in Counter::ALL {
+        let name = k.name();
+        out.push_str(&format!(
+            "# HELP fhir_edge_{name}_total {}\n# TYPE fhir_edge_{name}_total counter\nfhir_edge_{name}_total {}\n",
+            k.help(),
+            c.get(k)
+        ));
+    }
+    out.push_str("# HELP fhir_edge_alerts_total Alerts raised by this process, by severity.\n# TYPE fhir_edge_alerts_total counter\n");
+    for sev in Severity::ALL {
         out.push_str(&format!(
             "fhir_edge_alerts_total{{severity=\"{}\"}} {}\n",
             sev.as_str(),
-            g(&c.alerts_by_severity[i])
+            c.alerts_of(sev)
         ));
     }
     let newest = c.newest_event_ms.load(Ordering::Relaxed);
@@ -512,7 +468,9 @@ async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
         );
     }
     let received = page.events.len();
-    Counters::add(&s.health.counters.notify_received, received as u64);
+    s.health
+        .counters
+        .add(Counter::NotifyReceived, received as u64);
     let skipped = page.skipped.len() as u64;
     let committed = match s
         .detector

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
-use crate::health::{Counters, Health, Heartbeat};
+use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{
     BatchReport, CommitCursor, CommitTicket, EventsFetched, Flush, PipelineError, Scored,
 };
@@ -94,7 +94,7 @@ impl Handler<EventsFetched> for DetectorActor {
         let health = self.health.clone();
         let inflight = self.inflight.clone();
         let fut = async move {
-            health.begin_step("detector");
+            health.begin_step(ActorId::Detector);
             let started = std::time::Instant::now();
             // Keys of pages scored but not yet committed are checked *before* the store is
             // read: the filter reads committed keys on its own connection, and a key leaves
@@ -126,7 +126,7 @@ impl Handler<EventsFetched> for DetectorActor {
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
             let n = scored.len() as u64;
-            Counters::add(&health.counters.events_model_scored, n);
+            health.counters.add(Counter::EventsModelScored, n);
             let scoring_ms = started.elapsed().as_millis() as u64;
             health
                 .counters
@@ -169,7 +169,7 @@ impl Handler<EventsFetched> for DetectorActor {
                 drop(set);
                 let report = match res {
                     Ok(Ok(committed)) => {
-                        Counters::add(&health.counters.events_duplicate, duplicates);
+                        health.counters.add(Counter::EventsDuplicate, duplicates);
                         Ok(BatchReport {
                             scored: committed.events_committed,
                             duplicates,
@@ -189,9 +189,9 @@ impl Handler<EventsFetched> for DetectorActor {
         let health = self.health.clone();
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
             move |res: Result<CommitTicket, PipelineError>, _, _| {
-                health.end_step("detector");
+                health.end_step(ActorId::Detector);
                 if let Err(e) = &res {
-                    health.error("detector", e.kind());
+                    health.error(ActorId::Detector, e.kind());
                     tracing::warn!(
                         actor = "detector",
                         error_kind = e.kind(),
@@ -247,7 +247,7 @@ impl Handler<CommitCursor> for DetectorActor {
 impl Handler<Heartbeat> for DetectorActor {
     type Result = ();
     fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
-        self.health.progress("detector");
+        self.health.progress(ActorId::Detector);
     }
 }
 

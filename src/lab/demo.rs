@@ -6,14 +6,14 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use crate::config::Config;
-use crate::health::Counters;
+use crate::health::Counter;
+use fhir_edge_core::alerts::Severity;
 use fhir_edge_core::clock::SystemClock;
 use fhir_edge_lab::server::{serve, FhirStore};
 use fhir_edge_lab::simulate::{simulate, SimOptions};
@@ -76,7 +76,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         cfg.poller.interval_secs = 2;
         cfg.poller.page_size = 500;
         cfg.poller.initial_lookback_secs = 2 * 3600;
-        cfg.api.listen = opts.listen.to_string();
+        cfg.api.listen = opts.listen;
         let daemon = crate::app::start(
             cfg,
             crate::app::RunOptions {
@@ -133,13 +133,13 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 "sim {} | server {} events | scored {} | duplicates {} | alerts {} (critical {}, high {}, medium {}, low {})",
                 sim_now.format("%a %H:%M"),
                 store.len(),
-                Counters::get(&c.events_scored),
-                Counters::get(&c.events_duplicate),
-                Counters::get(&c.alerts_raised),
-                Counters::get(&c.alerts_by_severity[3]),
-                Counters::get(&c.alerts_by_severity[2]),
-                Counters::get(&c.alerts_by_severity[1]),
-                Counters::get(&c.alerts_by_severity[0]),
+                c.get(Counter::EventsScored),
+                c.get(Counter::EventsDuplicate),
+                c.get(Counter::AlertsRaised),
+                c.alerts_of(Severity::Critical),
+                c.alerts_of(Severity::High),
+                c.alerts_of(Severity::Medium),
+                c.alerts_of(Severity::Low),
             );
             if tty {
                 print!("\r{line}\x1b[K");
@@ -153,10 +153,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             println!();
         }
         feeder.abort();
-        let scored = c.events_scored.load(Ordering::Relaxed);
+        let scored = c.get(Counter::EventsScored);
         daemon.shutdown(Duration::from_secs(10)).await;
         fhir_handle.stop(false).await;
-        println!("stopped: {scored} events scored, {} alerts", Counters::get(&c.alerts_raised));
+        println!("stopped: {scored} events scored, {} alerts", c.get(Counter::AlertsRaised));
         actix::System::current().stop();
         Ok::<(), anyhow::Error>(())
     })

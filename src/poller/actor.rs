@@ -11,13 +11,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
-use super::{
-    next_cursor, run_poll, Backoff, PageSink, PageSizer, PollError, PollPlan, PollSummary,
-};
+use super::events::{CursorCommitFailed, PollCompleted, PollFailed};
+use super::{run_poll, PageSink, PollError, PollPlan, PollStart, PollState, PollSummary};
 use crate::client::FhirClient;
 use crate::config::PollerConfig;
-use crate::health::{Counters, Health, Heartbeat};
+use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{CommitCursor, EventsFetched, PipelineError};
+use crate::telemetry::InternalEvent as _;
 use fhir_edge_core::clock::SharedClock;
 use fhir_edge_core::fhir::Fetched;
 
@@ -102,19 +102,10 @@ pub struct PollerActor {
     health: Health,
     detector: Recipient<EventsFetched>,
     completed: Recipient<CommitCursor>,
-    cursor: Option<DateTime<Utc>>,
-    /// `--since`: where the first poll starts, once.
-    since_override: Option<DateTime<Utc>>,
-    /// Until a poll completes: see `PollPlan::replay_until`.
-    replay_until: Option<DateTime<Utc>>,
-    /// When the last poll that re-read the whole overlap started.
-    last_full_reread: Option<DateTime<Utc>>,
+    /// Cursor, start settings, backoff and page size: the decisions live in `PollState`.
+    state: PollState,
     polling: bool,
     stop: Arc<AtomicBool>,
-    backoff: Backoff,
-    /// Set when a paging link expired: the next poll restarts at once.
-    restart_now: bool,
-    page_size: PageSizer,
 }
 
 impl PollerActor {
@@ -129,8 +120,13 @@ impl PollerActor {
         resume: Resume,
         stop: Arc<AtomicBool>,
     ) -> Self {
-        let cap = Duration::from_secs(cfg.max_backoff_secs);
-        let page_size = PageSizer::new(cfg.page_size);
+        let state = PollState::new(
+            resume.cursor,
+            resume.since,
+            resume.replay_until,
+            &cfg,
+            fhir_edge_core::rng::seed_from_time(),
+        );
         PollerActor {
             client,
             cfg,
@@ -138,19 +134,9 @@ impl PollerActor {
             health,
             detector,
             completed,
-            cursor: resume.cursor,
-            since_override: resume.since,
-            replay_until: resume.replay_until,
-            last_full_reread: None,
+            state,
             polling: false,
             stop,
-            backoff: Backoff::new(
-                Duration::from_secs(1),
-                cap,
-                fhir_edge_core::rng::seed_from_time(),
-            ),
-            restart_now: false,
-            page_size,
         }
     }
 
@@ -181,12 +167,110 @@ impl PollerActor {
             }
             Err(e) => {
                 // A request to the server that failed, like a failed page fetch: counted.
-                Counters::add(&health.counters.fetch_errors, 1);
+                health.counters.add(Counter::FetchErrors, 1);
                 return Err(e.into());
             }
         };
         Ok(server_now - chrono::Duration::seconds(cfg.initial_lookback_secs as i64))
     }
+
+    /// One poll: where it starts, then every page to the detector until committed.
+    async fn poll(
+        client: FhirClient,
+        clock: SharedClock,
+        cfg: PollerConfig,
+        health: Health,
+        stop: Arc<AtomicBool>,
+        sink: DetectorSink,
+        start: PollStart,
+    ) -> Result<PollSummary, PollError> {
+        let from = Self::start_point(
+            client.clone(),
+            clock,
+            start.from_cursor,
+            start.since,
+            cfg.clone(),
+            &health,
+        )
+        .await?;
+        let plan = PollPlan {
+            since: from,
+            page_size: start.page_size,
+            page_attempts: 6,
+            max_backoff: Duration::from_secs(cfg.max_backoff_secs),
+            checkpoint_every: Duration::from_secs(cfg.checkpoint_secs),
+            replay_until: start.replay_until,
+        };
+        run_poll(&client, &sink, &plan, &health, stop).await
+    }
+
+    /// Hand a poll's outcome to `PollState` and report it. Returns the cursor commit to
+    /// send (complete polls only) and the delay before the next poll.
+    fn after_poll(
+        &mut self,
+        start: &PollStart,
+        res: &Result<PollSummary, PollError>,
+    ) -> (Option<CommitCursor>, Duration) {
+        let now = self.clock.now();
+        let duration_ms = (now - start.started).num_milliseconds();
+        match res {
+            Ok(summary) => {
+                let (cursor, delay) = self.state.tick_completed(start, summary);
+                PollCompleted {
+                    resource_type: self.client.resource_type(),
+                    summary,
+                    duration_ms,
+                    cursor,
+                    at: now,
+                }
+                .emit(&self.health);
+                let commit = CommitCursor {
+                    cursor,
+                    at: now,
+                    poll_complete: true,
+                };
+                (Some(commit), delay)
+            }
+            Err(error) => {
+                let after = self.state.tick_failed(error);
+                if !matches!(error, PollError::Stopped) {
+                    PollFailed {
+                        resource_type: self.client.resource_type(),
+                        error,
+                        duration_ms,
+                        retry_in: after.delay,
+                        page_size_now: after.page_size_now,
+                    }
+                    .emit(&self.health);
+                }
+                (None, after.delay)
+            }
+        }
+    }
+}
+
+/// Send the cursor commit after a complete poll; false when it failed (the poller backs
+/// off, and the next poll re-reads from the committed cursor).
+async fn commit_cursor(
+    detector: &Recipient<CommitCursor>,
+    c: CommitCursor,
+    health: &Health,
+) -> bool {
+    let failure = match detector.send(c).await {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) => CursorCommitFailed {
+            error_kind: e.kind(),
+            reason: e.to_string(),
+            delivered: true,
+        },
+        Err(e) => CursorCommitFailed {
+            error_kind: "mailbox",
+            reason: e.to_string(),
+            delivered: false,
+        },
+    };
+    failure.emit(health);
+    false
 }
 
 impl Actor for PollerActor {
@@ -207,162 +291,48 @@ impl actix::Supervised for PollerActor {
 impl Handler<PollNow> for PollerActor {
     type Result = ();
 
+    /// Run one poll off the actor's state, then hand its outcome to `PollState` and
+    /// schedule the next poll with `notify_later` once the cursor commit is done.
     fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
         if self.polling || self.stop.load(Ordering::Relaxed) {
             return;
         }
         self.polling = true;
-        let client = self.client.clone();
-        let clock = self.clock.clone();
-        let cfg = self.cfg.clone();
-        let health = self.health.clone();
-        let stop = self.stop.clone();
-        let sink = DetectorSink {
-            pages: self.detector.clone(),
-            cursor: self.completed.clone(),
-            clock: self.clock.clone(),
-        };
-        let since = self.since_override;
-        let started = self.clock.now();
-        let (from_cursor, full) = match self.cursor {
-            Some(c) => {
-                let (from, full) = super::poll_start(
-                    c,
-                    started,
-                    self.last_full_reread,
-                    chrono::Duration::seconds(self.cfg.overlap_secs as i64),
-                    chrono::Duration::seconds(self.cfg.recheck_secs as i64),
-                );
-                (Some(from), full)
-            }
-            None => (None, true),
-        };
-        let page_size = self.page_size.current();
-        let replay_until = self.replay_until;
-        let fut = async move {
-            let from = Self::start_point(
-                client.clone(),
-                clock,
-                from_cursor,
-                since,
-                cfg.clone(),
-                &health,
-            )
-            .await?;
-            let plan = PollPlan {
-                since: from,
-                page_size,
-                page_attempts: 6,
-                max_backoff: Duration::from_secs(cfg.max_backoff_secs),
-                checkpoint_every: Duration::from_secs(cfg.checkpoint_secs),
-                replay_until,
-            };
-            run_poll(&client, &sink, &plan, &health, stop).await
-        };
-        ctx.spawn(fut.into_actor(self).then(move |res: Result<PollSummary, PollError>, act, _ctx| {
-            let completed = act.completed.clone();
-            let health = act.health.clone();
-            let clock = act.clock.clone();
-            let elapsed_ms = (clock.now() - started).num_milliseconds();
-            let mut commit = None;
-            let delay = match &res {
-                Ok(s) => {
-                    let new_cursor = next_cursor(act.cursor, s);
-                    tracing::info!(
-                        actor = "poller",
-                        resource_type = act.client.resource_type(),
-                        duration_ms = elapsed_ms,
-                        pages = s.pages,
-                        events = s.events,
-                        scored = s.scored,
-                        duplicates = s.duplicates,
-                        skipped = s.skipped,
-                        alerts = s.alerts,
-                        sorted = s.sorted,
-                        cursor = new_cursor.map(fhir_edge_core::clock::fmt_ms).unwrap_or_default(),
-                        "poll complete"
-                    );
-                    if !s.sorted {
-                        tracing::debug!(actor = "poller", "server ignored _sort; cursor still taken from the newest lastUpdated of the whole poll");
-                    }
-                    commit = Some(CommitCursor { cursor: new_cursor.or(act.cursor), at: clock.now(), poll_complete: true });
-                    act.cursor = new_cursor.or(act.cursor);
-                    act.since_override = None;
-                    act.replay_until = None;
-                    if full {
-                        act.last_full_reread = Some(started);
-                    }
-                    act.backoff.reset();
-                    act.page_size.completed();
-                    Counters::add(&health.counters.polls_completed, 1);
-                    health.counters.poll_duration.observe(elapsed_ms as f64 / 1000.0);
-                    health.counters.last_poll_ms.store(clock.now().timestamp_millis(), Ordering::Relaxed);
-                    if let Some(c) = act.cursor {
-                        health.counters.cursor_ms.store(c.timestamp_millis(), Ordering::Relaxed);
-                    }
-                    if let Some(n) = s.newest {
-                        health.counters.newest_event_ms.fetch_max(n.timestamp_millis(), Ordering::Relaxed);
-                    }
-                    health.set_detail("poller", format!("idle; last poll {} events in {} ms", s.events, elapsed_ms));
-                    Duration::from_secs(act.cfg.interval_secs)
-                }
-                Err(PollError::Stopped) => Duration::ZERO,
-                Err(e) => {
-                    health.error("poller", e.kind());
-                    let expired = matches!(e, PollError::Fetch(crate::client::FetchError::PageExpired(_)));
-                    if matches!(e, PollError::Fetch(crate::client::FetchError::TooLarge(_))) {
-                        let n = act.page_size.too_large();
-                        tracing::warn!(actor = "poller", error_kind = e.kind(), page_size = n, "a page exceeded poller.max_page_bytes; asking for {n} entries per page until polls succeed");
-                    }
-                    let retry_after = match e {
-                        PollError::Fetch(f) => f.retry_after(),
-                        _ => None,
-                    };
-                    let delay = if expired && !act.restart_now {
-                        act.restart_now = true;
-                        Duration::ZERO
-                    } else {
-                        act.restart_now = false;
-                        act.backoff.next_delay(retry_after)
-                    };
-                    tracing::warn!(
-                        actor = "poller",
-                        resource_type = act.client.resource_type(),
-                        error_kind = e.kind(),
-                        duration_ms = elapsed_ms,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "poll failed: {e}"
-                    );
-                    health.set_detail("poller", format!("backing off {} ms after {}", delay.as_millis(), e.kind()));
-                    delay
-                }
-            };
+        let start = self.state.start(self.clock.now());
+        let fut = Self::poll(
+            self.client.clone(),
+            self.clock.clone(),
+            self.cfg.clone(),
+            self.health.clone(),
+            self.stop.clone(),
+            DetectorSink {
+                pages: self.detector.clone(),
+                cursor: self.completed.clone(),
+                clock: self.clock.clone(),
+            },
+            start,
+        );
+        ctx.spawn(fut.into_actor(self).then(move |res, act, _| {
+            let (commit, delay) = act.after_poll(&start, &res);
+            let (completed, health) = (act.completed.clone(), act.health.clone());
             async move {
-                let mut ok = true;
-                if let Some(c) = commit {
+                match commit {
                     // The cursor moves (with the detector snapshot) only after every page.
-                    match completed.send(c).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(actor = "poller", error_kind = e.kind(), "cursor commit failed: {e}");
-                            ok = false;
-                        }
-                        Err(e) => {
-                            tracing::warn!(actor = "poller", error_kind = "mailbox", "cursor commit not delivered: {e}");
-                            ok = false;
-                        }
-                    }
+                    Some(c) => commit_cursor(&completed, c, &health).await,
+                    None => true,
                 }
-                ok
             }
             .into_actor(act)
-            .map(move |ok, act, ctx| {
+            .map(move |committed, act, ctx| {
                 act.polling = false;
-                act.health.end_step("poller");
+                act.health.end_step(ActorId::Poller);
                 if act.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                let delay = if ok { delay } else { act.backoff.next_delay(None) };
+                let delay = match committed {
+                    true => delay,
+                    false => act.state.tick_commit_failed(),
+                };
                 ctx.notify_later(PollNow, delay);
             })
         }));
@@ -380,7 +350,7 @@ impl Handler<Heartbeat> for PollerActor {
     type Result = ();
     fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
         if !self.polling {
-            self.health.progress("poller");
+            self.health.progress(ActorId::Poller);
         }
     }
 }

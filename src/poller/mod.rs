@@ -5,6 +5,7 @@
 //! trusted. Plain logic here; the actor is in `actor.rs`.
 
 pub mod actor;
+mod events;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::client::{check_next, redact_url, FetchError, FhirClient};
-use crate::health::{Counters, Health};
+use crate::health::{ActorId, Counter, Health};
 use crate::pipeline::{BatchReport, PipelineError};
 use fhir_edge_core::fhir::Fetched;
 use fhir_edge_core::rng::Rng;
@@ -177,10 +178,10 @@ async fn fetch_with_retry(
         fhir_edge_core::rng::seed_from_time(),
     );
     loop {
-        health.begin_step("poller");
+        health.begin_step(ActorId::Poller);
         let started = std::time::Instant::now();
         let res = client.fetch_page(url, is_next).await;
-        health.end_step("poller");
+        health.end_step(ActorId::Poller);
         match res {
             Ok(page) => {
                 health
@@ -196,8 +197,8 @@ async fn fetch_with_retry(
                 return Ok(page);
             }
             Err(e) => {
-                Counters::add(&health.counters.fetch_errors, 1);
-                health.error("poller", e.kind());
+                health.counters.add(Counter::FetchErrors, 1);
+                health.error(ActorId::Poller, e.kind());
                 // A too-large page fails the poll at once: the next one asks for fewer.
                 if e.is_permanent()
                     || backoff.attempts() + 1 >= plan.page_attempts
@@ -258,9 +259,9 @@ async fn fetch_next_page(
 ) -> Result<fhir_edge_core::fhir::Page, PollError> {
     if let Some(mut a) = ahead.take().filter(|a| a.url == *url) {
         let started = std::time::Instant::now();
-        health.begin_step("poller");
+        health.begin_step(ActorId::Poller);
         let body = (&mut a.body).await;
-        health.end_step("poller");
+        health.end_step(ActorId::Poller);
         if let Ok(Ok(body)) = body {
             *ahead = read_ahead(
                 client,
@@ -297,7 +298,7 @@ pub async fn sleep_with_progress(d: Duration, health: &Health, stop: &AtomicBool
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        health.progress("poller");
+        health.progress(ActorId::Poller);
         tokio::time::sleep_until(
             deadline.min(tokio::time::Instant::now() + Duration::from_millis(250)),
         )
@@ -384,7 +385,7 @@ pub async fn run_poll(
             }
         }
         summary.pages += 1;
-        Counters::add(&c.pages_fetched, 1);
+        c.add(Counter::PagesFetched, 1);
         for w in &page.warnings {
             tracing::warn!(
                 actor = "poller",
@@ -403,8 +404,8 @@ pub async fn run_poll(
         let skipped = page.skipped.len() as u64;
         summary.skipped += skipped;
         summary.events += page.events.len() as u64;
-        Counters::add(&c.events_fetched, page.events.len() as u64);
-        Counters::add(&c.events_skipped, skipped);
+        c.add(Counter::EventsFetched, page.events.len() as u64);
+        c.add(Counter::EventsSkipped, skipped);
         for f in &page.events {
             if let Some(lu) = f.record.last_updated {
                 if last_seen.is_some_and(|l| lu < l) {
@@ -456,6 +457,152 @@ pub async fn run_poll(
                 })?;
             }
         }
+    }
+}
+
+/// The poller's decisions between polls, as plain state: where the next poll starts, how
+/// the cursor moves, how long to wait before the next one and how the page size moves.
+/// `PollerActor` holds one and only wires it to the network, the detector and the clock;
+/// the unit tests drive it without actix.
+#[derive(Debug)]
+pub struct PollState {
+    /// The committed cursor (newest server `lastUpdated` of a complete poll).
+    pub cursor: Option<DateTime<Utc>>,
+    /// `--since`: where the first poll starts, once.
+    since_override: Option<DateTime<Utc>>,
+    /// Until a poll completes: see `PollPlan::replay_until`.
+    replay_until: Option<DateTime<Utc>>,
+    /// When the last poll that re-read the whole overlap started.
+    last_full_reread: Option<DateTime<Utc>>,
+    backoff: Backoff,
+    /// Set when a paging link expired: the next poll restarts at once, once.
+    restart_now: bool,
+    page_size: PageSizer,
+    interval: Duration,
+    overlap: chrono::Duration,
+    recheck: chrono::Duration,
+}
+
+/// What one poll is to do, decided when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollStart {
+    /// When the poll started (local clock; for the recheck schedule and durations).
+    pub started: DateTime<Utc>,
+    /// Where to read from when a cursor exists (cursor, or cursor − overlap when full).
+    pub from_cursor: Option<DateTime<Utc>>,
+    /// `--since`, for the first poll only.
+    pub since: Option<DateTime<Utc>>,
+    /// Whether this poll re-reads the whole overlap.
+    pub full: bool,
+    pub page_size: u32,
+    pub replay_until: Option<DateTime<Utc>>,
+}
+
+/// What follows a failed poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterFailure {
+    pub delay: Duration,
+    /// The page size the next polls ask for, when a page was too large.
+    pub page_size_now: Option<u32>,
+}
+
+impl PollState {
+    pub fn new(
+        cursor: Option<DateTime<Utc>>,
+        since_override: Option<DateTime<Utc>>,
+        replay_until: Option<DateTime<Utc>>,
+        cfg: &crate::config::PollerConfig,
+        seed: u64,
+    ) -> Self {
+        PollState {
+            cursor,
+            since_override,
+            replay_until,
+            last_full_reread: None,
+            backoff: Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(cfg.max_backoff_secs),
+                seed,
+            ),
+            restart_now: false,
+            page_size: PageSizer::new(cfg.page_size),
+            interval: Duration::from_secs(cfg.interval_secs),
+            overlap: chrono::Duration::seconds(cfg.overlap_secs as i64),
+            recheck: chrono::Duration::seconds(cfg.recheck_secs as i64),
+        }
+    }
+
+    /// Decide what a poll starting `now` reads.
+    pub fn start(&self, now: DateTime<Utc>) -> PollStart {
+        let (from_cursor, full) = match self.cursor {
+            Some(c) => {
+                let (from, full) =
+                    poll_start(c, now, self.last_full_reread, self.overlap, self.recheck);
+                (Some(from), full)
+            }
+            None => (None, true),
+        };
+        PollStart {
+            started: now,
+            from_cursor,
+            since: self.since_override,
+            full,
+            page_size: self.page_size.current(),
+            replay_until: self.replay_until,
+        }
+    }
+
+    /// A poll completed: move the cursor, forget the one-off start settings, reset the
+    /// backoff and grow the page size back. Returns the cursor to commit and the delay
+    /// before the next poll.
+    pub fn tick_completed(
+        &mut self,
+        start: &PollStart,
+        summary: &PollSummary,
+    ) -> (Option<DateTime<Utc>>, Duration) {
+        self.cursor = next_cursor(self.cursor, summary);
+        self.since_override = None;
+        self.replay_until = None;
+        if start.full {
+            self.last_full_reread = Some(start.started);
+        }
+        self.backoff.reset();
+        self.page_size.completed();
+        (self.cursor, self.interval)
+    }
+
+    /// A poll failed: an expired paging link restarts at once (once in a row); a page too
+    /// large shrinks the page size; anything else backs off (honouring `Retry-After`).
+    pub fn tick_failed(&mut self, e: &PollError) -> AfterFailure {
+        if matches!(e, PollError::Stopped) {
+            return AfterFailure {
+                delay: Duration::ZERO,
+                page_size_now: None,
+            };
+        }
+        let page_size_now = matches!(e, PollError::Fetch(FetchError::TooLarge(_)))
+            .then(|| self.page_size.too_large());
+        let expired = matches!(e, PollError::Fetch(FetchError::PageExpired(_)));
+        let delay = if expired && !self.restart_now {
+            self.restart_now = true;
+            Duration::ZERO
+        } else {
+            self.restart_now = false;
+            let retry_after = match e {
+                PollError::Fetch(f) => f.retry_after(),
+                _ => None,
+            };
+            self.backoff.next_delay(retry_after)
+        };
+        AfterFailure {
+            delay,
+            page_size_now,
+        }
+    }
+
+    /// The cursor commit after a complete poll failed: back off before the next poll.
+    pub fn tick_commit_failed(&mut self) -> Duration {
+        self.backoff.next_delay(None)
     }
 }
 
@@ -530,6 +677,67 @@ mod tests {
         );
         // recheck 0: always full.
         assert!(poll_start(t(1000), t(1001), Some(t(1001)), o, chrono::Duration::zero()).1);
+    }
+
+    fn state(cursor: Option<DateTime<Utc>>) -> PollState {
+        let cfg = crate::config::PollerConfig {
+            overlap_secs: 120,
+            recheck_secs: 30,
+            interval_secs: 5,
+            page_size: 200,
+            max_backoff_secs: 60,
+            ..Default::default()
+        };
+        PollState::new(cursor, None, None, &cfg, 7)
+    }
+
+    #[test]
+    fn a_complete_poll_moves_the_cursor_and_schedules_the_next_at_the_interval() {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let mut st = state(Some(t(1000)));
+        let start = st.start(t(1001));
+        assert_eq!(
+            start.from_cursor,
+            Some(t(880)),
+            "first poll re-reads the overlap"
+        );
+        assert!(start.full);
+        let summary = PollSummary {
+            newest: Some(t(1100)),
+            ..Default::default()
+        };
+        assert_eq!(
+            st.tick_completed(&start, &summary),
+            (Some(t(1100)), Duration::from_secs(5))
+        );
+        // 10 s later no recheck is due: from the cursor itself.
+        let next = st.start(t(1011));
+        assert_eq!((next.from_cursor, next.full), (Some(t(1100)), false));
+    }
+
+    #[test]
+    fn failures_back_off_shrink_pages_and_restart_an_expired_link_once() {
+        let mut st = state(None);
+        let big = PollError::Fetch(FetchError::TooLarge(50_000_000));
+        let after = st.tick_failed(&big);
+        assert_eq!(after.page_size_now, Some(50));
+        assert!(after.delay > Duration::ZERO);
+        assert_eq!(st.start(Utc::now()).page_size, 50);
+        let expired = PollError::Fetch(FetchError::PageExpired(410));
+        assert_eq!(
+            st.tick_failed(&expired).delay,
+            Duration::ZERO,
+            "restart at once"
+        );
+        assert!(
+            st.tick_failed(&expired).delay > Duration::ZERO,
+            "but not twice in a row"
+        );
+        assert_eq!(st.tick_failed(&PollError::Stopped).delay, Duration::ZERO);
+        // A complete poll resets the backoff and grows the page size back.
+        let start = st.start(Utc::now());
+        st.tick_completed(&start, &PollSummary::default());
+        assert_eq!(st.start(Utc::now()).page_size, 100);
     }
 
     #[test]

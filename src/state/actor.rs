@@ -5,7 +5,7 @@
 
 use actix::prelude::*;
 
-use crate::health::{Health, Heartbeat};
+use crate::health::{ActorId, Health, Heartbeat};
 use fhir_edge_core::alerts::{AllowRule, Status};
 use fhir_edge_core::clock::SharedClock;
 use fhir_edge_core::state::{
@@ -74,10 +74,10 @@ impl StateActor {
         &mut self,
         f: impl FnOnce(&mut Store, i64) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        self.health.begin_step("state");
+        self.health.begin_step(ActorId::State);
         let now = self.clock.now().timestamp_millis();
         let res = f(&mut self.store, now);
-        self.health.end_step("state");
+        self.health.end_step(ActorId::State);
         match &res {
             Ok(_) => {
                 if self.health.degraded().is_some() {
@@ -86,7 +86,7 @@ impl StateActor {
                 }
             }
             Err(e) => {
-                self.health.error("state", e.kind());
+                self.health.error(ActorId::State, e.kind());
                 tracing::warn!(
                     actor = "state",
                     error_kind = e.kind(),
@@ -129,7 +129,7 @@ impl Handler<FilterKeys> for SeenFilterActor {
         let keys: Vec<&str> = msg.keys.iter().map(String::as_str).collect();
         let res = self.reader.filter(&keys);
         if let Err(e) = &res {
-            self.health.error("state", e.kind());
+            self.health.error(ActorId::State, e.kind());
         }
         res
     }
@@ -222,6 +222,6 @@ impl Handler<Flush> for StateActor {
 impl Handler<Heartbeat> for StateActor {
     type Result = ();
     fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
-        self.health.progress("state");
+        self.health.progress(ActorId::State);
     }
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use fhir_edge::config::Config;
+use fhir_edge::health::Counter;
 use fhir_edge::health::Health;
 use fhir_edge_core::clock::SystemClock;
 use fhir_edge_lab::server::FhirStore;
@@ -116,7 +117,7 @@ pub fn config(base_url: &str, state_dir: &Path) -> Config {
     c.poller.initial_lookback_secs = 7 * 86_400;
     c.poller.max_backoff_secs = 2;
     c.fhir.timeout_secs = 5;
-    c.api.listen = "127.0.0.1:0".into();
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 
@@ -172,11 +173,8 @@ impl TestDaemon {
         }
     }
 
-    pub fn counter(
-        &self,
-        f: impl Fn(&fhir_edge::health::Counters) -> &std::sync::atomic::AtomicU64,
-    ) -> u64 {
-        f(&self.health.counters).load(std::sync::atomic::Ordering::Relaxed)
+    pub fn counter(&self, c: fhir_edge::health::Counter) -> u64 {
+        self.health.counters.get(c)
     }
 }
 
@@ -206,12 +204,12 @@ pub fn status(dir: &Path) -> fhir_edge_core::state::StatusReport {
 
 /// Events this daemon process ran through the model.
 pub fn scored(d: &TestDaemon) -> u64 {
-    d.counter(|c| &c.events_model_scored)
+    d.counter(Counter::EventsModelScored)
 }
 
 /// Complete polls of this daemon process.
 pub fn polls(d: &TestDaemon) -> u64 {
-    d.counter(|c| &c.polls_completed)
+    d.counter(Counter::PollsCompleted)
 }
 
 /// Create `n` events on the server now (server-assigned lastUpdated), as arriving traffic.

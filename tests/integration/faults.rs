@@ -9,14 +9,15 @@ use std::time::Duration;
 use fhir_edge_lab::server::Fault;
 
 use crate::common::*;
+use fhir_edge::health::Counter;
 
 const T: Duration = Duration::from_secs(90);
 
 fn poller_report(d: &TestDaemon) -> fhir_edge::health::ActorReport {
     d.health
-        .reports(&fhir_edge::health::ACTORS)
+        .reports(&fhir_edge::health::ActorId::ALL)
         .into_iter()
-        .find(|r| r.name == "poller")
+        .find(|r| r.name == fhir_edge::health::ActorId::Poller)
         .unwrap()
 }
 
@@ -47,7 +48,7 @@ fn an_outage_loses_nothing_and_the_daemon_stays_healthy_while_backing_off() {
     wait_until(T, "300 events", || status(dir.path()).events_scored == 300);
 
     proxy.down();
-    let errors_before = d.counter(|c| &c.fetch_errors);
+    let errors_before = d.counter(Counter::FetchErrors);
     // The hospital keeps working: events pile up on the server during the outage.
     let started = std::time::Instant::now();
     let mut i = 0;
@@ -64,7 +65,7 @@ fn an_outage_loses_nothing_and_the_daemon_stays_healthy_while_backing_off() {
     let during = i * 10;
     let r = poller_report(&d);
     assert_eq!(r.last_error_kind.as_deref(), Some("connect"), "{r:?}");
-    assert!(d.counter(|c| &c.fetch_errors) > errors_before);
+    assert!(d.counter(Counter::FetchErrors) > errors_before);
     assert_eq!(
         status(dir.path()).events_scored,
         300,
@@ -95,7 +96,7 @@ fn a_flapping_server_loses_nothing() {
                 // window catches a request is up to the scheduler. (Before the first cursor,
                 // the request is the server-time probe, whose failures went uncounted.)
                 wait_until(T, "a poll into the outage", || {
-                    d.counter(|c| &c.fetch_errors) > 0
+                    d.counter(Counter::FetchErrors) > 0
                 });
             }
         } else {
@@ -105,7 +106,10 @@ fn a_flapping_server_loses_nothing() {
     }
     proxy.up();
     settle(&d, dir.path(), total);
-    assert!(d.counter(|c| &c.fetch_errors) > 0, "the flaps were noticed");
+    assert!(
+        d.counter(Counter::FetchErrors) > 0,
+        "the flaps were noticed"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::pipeline::reqwest::get;
+use fhir_edge::health::Counter;
 
 const T: Duration = Duration::from_secs(90);
 
@@ -103,7 +104,7 @@ fn a_full_state_disk_degrades_and_recovers_without_loss_a_read_only_one_refuses_
     });
     wait_until(T, "healthy again", || health(&d).0 == 200);
 
-    let scored = d.counter(|c| &c.events_scored);
+    let scored = d.counter(Counter::EventsScored);
     d.stop();
 
     // Read-only: the state filesystem is read-only at start (a remount under open files

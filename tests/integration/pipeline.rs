@@ -7,6 +7,7 @@ use chrono::Utc;
 use fhir_edge_lab::server::Fault;
 
 use crate::common::*;
+use fhir_edge::health::Counter;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -27,11 +28,11 @@ fn five_pages_with_ties_across_boundaries_are_scored_once() {
         "each event went through the model exactly once"
     );
     assert!(
-        d.counter(|c| &c.events_duplicate) >= 230,
+        d.counter(Counter::EventsDuplicate) >= 230,
         "overlap re-reads were recognised as duplicates"
     );
     assert_eq!(seen_keys(dir.path()).len(), 230);
-    assert!(d.counter(|c| &c.pages_fetched) >= 5);
+    assert!(d.counter(Counter::PagesFetched) >= 5);
     d.stop();
     let st = status(dir.path());
     assert_eq!(st.events_scored, 230);
@@ -72,9 +73,9 @@ fn between_rechecks_polls_start_at_the_cursor_and_the_recheck_catches_late_commi
     let d = TestDaemon::start(cfg);
     wait_until(T, "200 events", || status(dir.path()).events_scored == 200);
     let p = polls(&d);
-    let dups = d.counter(|c| &c.events_duplicate);
+    let dups = d.counter(Counter::EventsDuplicate);
     wait_until(T, "three more polls", || polls(&d) >= p + 3);
-    let reread = d.counter(|c| &c.events_duplicate) - dups;
+    let reread = d.counter(Counter::EventsDuplicate) - dups;
     assert!(
         reread < 100,
         "quick polls re-read only the cursor's instant, not the 200-event overlap: {reread}"
@@ -153,15 +154,18 @@ fn rate_limits_storms_html_and_truncated_pages_are_survived() {
         || status(dir.path()).events_scored == 150,
     );
     assert!(
-        d.counter(|c| &c.fetch_errors) >= 9,
+        d.counter(Counter::FetchErrors) >= 9,
         "every fault was counted: {}",
-        d.counter(|c| &c.fetch_errors)
+        d.counter(Counter::FetchErrors)
     );
     let p = polls(&d);
     wait_until(T, "two more polls", || polls(&d) >= p + 2);
     assert_eq!(scored(&d), 150);
-    let reports = d.health.reports(&fhir_edge::health::ACTORS);
-    let poller = reports.iter().find(|r| r.name == "poller").unwrap();
+    let reports = d.health.reports(&fhir_edge::health::ActorId::ALL);
+    let poller = reports
+        .iter()
+        .find(|r| r.name == fhir_edge::health::ActorId::Poller)
+        .unwrap();
     assert!(poller.errors >= 9);
     assert!(poller.last_error_kind.is_some());
 }
@@ -206,8 +210,15 @@ fn expired_and_foreign_next_links_restart_from_the_cursor() {
     let p = polls(&d);
     wait_until(T, "recovery after the foreign link", || polls(&d) >= p + 2);
     assert_eq!(scored(&d), 120);
-    let kinds = d.health.reports(&fhir_edge::health::ACTORS);
-    assert!(kinds.iter().find(|r| r.name == "poller").unwrap().errors >= 2);
+    let kinds = d.health.reports(&fhir_edge::health::ActorId::ALL);
+    assert!(
+        kinds
+            .iter()
+            .find(|r| r.name == fhir_edge::health::ActorId::Poller)
+            .unwrap()
+            .errors
+            >= 2
+    );
 }
 
 #[test]
@@ -221,10 +232,7 @@ fn a_restart_between_pages_loses_and_doubles_nothing() {
     wait_until(T, "a first page", || status(dir.path()).events_scored >= 50);
     let health = d.health.clone();
     d.stop();
-    let first_run = health
-        .counters
-        .events_model_scored
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let first_run = health.counters.get(Counter::EventsModelScored);
     let mid = status(dir.path()).events_scored;
     assert!(mid < 400, "stopped mid-poll ({mid})");
     assert_eq!(

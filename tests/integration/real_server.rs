@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use fhir_edge::health::Counter;
 
 pub struct Sekmet {
     child: Child,
@@ -134,12 +135,12 @@ fn every_event_loaded_in_bursts_is_scored_exactly_once() {
         "240 events from the real server",
         || status(dir.path()).events_scored == 240,
     );
-    let p = d.counter(|c| &c.polls_completed);
+    let p = d.counter(Counter::PollsCompleted);
     wait_until(Duration::from_secs(60), "three more polls", || {
-        d.counter(|c| &c.polls_completed) >= p + 3
+        d.counter(Counter::PollsCompleted) >= p + 3
     });
     assert_eq!(
-        d.counter(|c| &c.events_model_scored),
+        d.counter(Counter::EventsModelScored),
         240,
         "each event scored exactly once"
     );
@@ -156,7 +157,7 @@ fn every_event_loaded_in_bursts_is_scored_exactly_once() {
         "the scored events are exactly the ones the server assigned"
     );
     assert!(
-        d.counter(|c| &c.events_duplicate) > 0,
+        d.counter(Counter::EventsDuplicate) > 0,
         "overlap re-reads against a real server are recognised"
     );
 }

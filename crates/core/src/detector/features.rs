@@ -181,6 +181,17 @@ catalogue! {
         "1 when a watched or restricted record is opened without a working relationship.";
 }
 
+/// A detector snapshot that cannot be read (another version's, or damaged).
+#[derive(Debug, thiserror::Error)]
+#[error("detector snapshot unreadable: {0}")]
+pub struct SnapshotError(#[source] serde_json::Error);
+
+impl SnapshotError {
+    pub fn kind(&self) -> &'static str {
+        "snapshot_unreadable"
+    }
+}
+
 /// A feature row indexed by [`Feature`], for building rows by name rather than position.
 #[derive(Debug, Clone, Copy)]
 struct Row([f32; N_FEATURES]);
@@ -688,8 +699,8 @@ impl Context {
         serde_json::to_vec(self).expect("context serialises")
     }
 
-    pub fn from_bytes(b: &[u8], tz: chrono_tz::Tz) -> Result<Self, String> {
-        let mut c: Context = serde_json::from_slice(b).map_err(|e| e.to_string())?;
+    pub fn from_bytes(b: &[u8], tz: chrono_tz::Tz) -> Result<Self, SnapshotError> {
+        let mut c: Context = serde_json::from_slice(b).map_err(SnapshotError)?;
         c.tz = Some(tz);
         Ok(c)
     }
@@ -1661,10 +1672,13 @@ mod tests {
             let mut list = VecDeque::new();
             for _ in 0..n {
                 t += (rng.f64() * 20_000.0) as i64;
-                list.push_back((t, (rng.f64() * 40.0) as u64 * 0x9E37_79B9_7F4A_7C15));
+                list.push_back((
+                    t,
+                    ((rng.f64() * 40.0) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ));
             }
             let (short, long) = (t - 600_000, t - 3_600_000);
-            let key = (round % 40) as u64 * 0x9E37_79B9_7F4A_7C15;
+            let key = ((round % 40) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             let window = |since: i64| -> Vec<u64> {
                 list.iter()
                     .rev()

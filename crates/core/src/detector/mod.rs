@@ -183,12 +183,30 @@ fn pct(x: f32) -> String {
     format!("{:.0}%", (x * 100.0).clamp(0.0, 100.0))
 }
 
+/// Why a watch list could not be read. A bad line is named by number, never by content.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchListError {
+    #[error("cannot read it: {0}")]
+    Unreadable(#[source] std::io::Error),
+    #[error("line {0} is not a patient reference (Patient/<id>, or an identifier system|value)")]
+    BadLine(usize),
+}
+
+impl WatchListError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WatchListError::Unreadable(_) => "watch_list_unreadable",
+            WatchListError::BadLine(_) => "watch_list_bad_line",
+        }
+    }
+}
+
 /// Read a watch list: one patient reference per line (`Patient/123`, an absolute or
 /// versioned reference, or an identifier `system|value`); blank lines and lines starting
 /// with `#` are skipped. An error names the line, never its content (a mistyped line may
 /// hold a patient's name).
-pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, WatchListError> {
+    let text = std::fs::read_to_string(path).map_err(WatchListError::Unreadable)?;
     let mut refs = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
@@ -199,10 +217,7 @@ pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, String> {
         let patient = key.len() > "Patient/".len() && key.starts_with("Patient/");
         let identifier = l.split_once('|').is_some_and(|(_, v)| !v.is_empty());
         if l.contains(char::is_whitespace) || !(patient || identifier) {
-            return Err(format!(
-                "line {} is not a patient reference (Patient/<id>, or an identifier system|value)",
-                i + 1
-            ));
+            return Err(WatchListError::BadLine(i + 1));
         }
         refs.push(key.to_string());
     }
@@ -436,9 +451,10 @@ mod tests {
             ["Patient/7", "Patient/8", "urn:oid:1.2|4711"]
         );
         std::fs::write(&p, "Patient/7\nJane Doe\n").unwrap();
-        let e = read_watch_list(&p).unwrap_err();
+        let e = read_watch_list(&p).unwrap_err().to_string();
         assert!(e.contains("line 2") && !e.contains("Jane"), "{e}");
         let e = read_watch_list(&dir.path().join("missing")).unwrap_err();
-        assert!(e.contains("cannot read"), "{e}");
+        assert_eq!(e.kind(), "watch_list_unreadable");
+        assert!(e.to_string().contains("cannot read"), "{e}");
     }
 }
