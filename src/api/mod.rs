@@ -258,6 +258,16 @@ fn parse_time(key: &str, v: &str) -> Result<i64, String> {
         .map_err(|_| format!("{key} must be an RFC 3339 time like 2024-05-01T00:00:00Z"))
 }
 
+/// An optional name from a closed list (severity, status), or what is wrong with it.
+fn parse_name<T: std::str::FromStr<Err = UnknownName>>(
+    v: &Option<String>,
+) -> Result<Option<T>, String> {
+    v.as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: UnknownName| e.to_string())
+}
+
 impl AlertQuery {
     /// The store's filter, or what is wrong with the query (for a 400).
     fn filter(&self) -> Result<AlertFilter, String> {
@@ -272,18 +282,8 @@ impl AlertQuery {
                 .as_deref()
                 .map(|v| parse_time("until", v))
                 .transpose()?,
-            min_severity: self
-                .severity
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|e: UnknownName| e.to_string())?,
-            status: self
-                .status
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(|e: UnknownName| e.to_string())?,
+            min_severity: parse_name(&self.severity)?,
+            status: parse_name(&self.status)?,
             user: self.user.clone(),
             patient: self.patient.clone(),
             before_id: self.cursor,
