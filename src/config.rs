@@ -147,7 +147,8 @@ pub struct PollerConfig {
     /// The whole overlap is re-read at most this often; polls in between start at the cursor
     /// (ties re-read). Late commits visible up to `overlap_secs - recheck_secs` after their
     /// `lastUpdated` are caught. At or below `interval_secs`, every poll re-reads it all.
-    pub recheck_secs: u64,
+    /// Default: the smaller of 30 s and half of `overlap_secs` (see `recheck_secs()`).
+    pub recheck_secs: Option<u64>,
     /// Upper bound of the exponential backoff after errors, in seconds.
     pub max_backoff_secs: u64,
     /// Largest page body accepted, in bytes; a larger page is refused and retried later.
@@ -157,6 +158,15 @@ pub struct PollerConfig {
     pub checkpoint_secs: u64,
 }
 
+impl PollerConfig {
+    /// `recheck_secs` as set, else the smaller of 30 s and half of `overlap_secs` (so the
+    /// default is valid for every valid overlap: below it, and 0 when it is 0 or 1).
+    pub fn recheck_secs(&self) -> u64 {
+        self.recheck_secs
+            .unwrap_or_else(|| (self.overlap_secs / 2).min(30))
+    }
+}
+
 impl Default for PollerConfig {
     fn default() -> Self {
         PollerConfig {
@@ -164,7 +174,7 @@ impl Default for PollerConfig {
             page_size: 200,
             initial_lookback_secs: 3600,
             overlap_secs: 120,
-            recheck_secs: 30,
+            recheck_secs: None,
             max_backoff_secs: 300,
             max_page_bytes: 16 * 1024 * 1024,
             checkpoint_secs: 10,
@@ -546,8 +556,11 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         10 * 365 * 86_400,
     )?;
     range(l, "poller.overlap_secs", p.overlap_secs, 0, 86_400)?;
-    range(l, "poller.recheck_secs", p.recheck_secs, 0, 86_400)?;
-    if p.overlap_secs > 0 && p.recheck_secs >= p.overlap_secs {
+    // Checked only when set: the default follows overlap_secs and is always valid.
+    if let Some(recheck) = p.recheck_secs {
+        range(l, "poller.recheck_secs", recheck, 0, 86_400)?;
+    }
+    if p.overlap_secs > 0 && p.recheck_secs() >= p.overlap_secs {
         return Err(l.invalid(
             "poller.recheck_secs",
             format!(
@@ -697,6 +710,39 @@ mod tests {
     }
 
     const MINIMAL: &str = "[fhir]\nbase_url = \"http://127.0.0.1:8080/fhir\"\n";
+
+    /// The derived default of `recheck_secs` stays valid for every valid `overlap_secs`;
+    /// only a value the user set is refused, and the error names where they set it.
+    #[test]
+    fn recheck_default_follows_any_overlap() {
+        for overlap in [0, 1, 2, 30, 59, 60, 120, 86_400] {
+            let d = tempfile::tempdir().unwrap();
+            let p = write(
+                d.path(),
+                &format!("{MINIMAL}[poller]\noverlap_secs = {overlap}\n"),
+            );
+            let l = load(Some(&p)).unwrap_or_else(|e| panic!("overlap {overlap}: {e}"));
+            assert!(
+                overlap == 0 || l.config.poller.recheck_secs() < overlap,
+                "overlap {overlap}"
+            );
+        }
+        assert_eq!(
+            PollerConfig::default().recheck_secs(),
+            30,
+            "shipped behaviour"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            &format!("{MINIMAL}[poller]\noverlap_secs = 30\nrecheck_secs = 30\n"),
+        );
+        let Err(e) = load(Some(&p)) else {
+            panic!("a recheck the user set at the overlap is refused")
+        };
+        assert_eq!(e.key(), Some("poller.recheck_secs"));
+        assert!(!e.to_string().contains("built-in default"), "{e}");
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

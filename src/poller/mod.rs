@@ -528,7 +528,7 @@ impl PollState {
             page_size: PageSizer::new(cfg.page_size),
             interval: Duration::from_secs(cfg.interval_secs),
             overlap: chrono::Duration::seconds(cfg.overlap_secs as i64),
-            recheck: chrono::Duration::seconds(cfg.recheck_secs as i64),
+            recheck: chrono::Duration::seconds(cfg.recheck_secs() as i64),
         }
     }
 
@@ -682,7 +682,7 @@ mod tests {
     fn state(cursor: Option<DateTime<Utc>>) -> PollState {
         let cfg = crate::config::PollerConfig {
             overlap_secs: 120,
-            recheck_secs: 30,
+            recheck_secs: Some(30),
             interval_secs: 5,
             page_size: 200,
             max_backoff_secs: 60,

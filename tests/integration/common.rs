@@ -112,7 +112,7 @@ pub fn config(base_url: &str, state_dir: &Path) -> Config {
     c.detector.model_dir = tiny_model().to_path_buf();
     c.poller.interval_secs = 1;
     // Every poll re-reads the whole overlap (the strictest setting for de-duplication).
-    c.poller.recheck_secs = 0;
+    c.poller.recheck_secs = Some(0);
     c.poller.page_size = 50;
     c.poller.initial_lookback_secs = 7 * 86_400;
     c.poller.max_backoff_secs = 2;

@@ -69,7 +69,7 @@ fn between_rechecks_polls_start_at_the_cursor_and_the_recheck_catches_late_commi
     let s = seeded_server(200, "recheck", 19, chrono::Duration::seconds(60), 1);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&s.base_url, dir.path());
-    cfg.poller.recheck_secs = 6;
+    cfg.poller.recheck_secs = Some(6);
     let d = TestDaemon::start(cfg);
     wait_until(T, "200 events", || status(dir.path()).events_scored == 200);
     let p = polls(&d);
