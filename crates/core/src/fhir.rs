@@ -624,15 +624,23 @@ impl AuditEvent<'_> {
                     })
                 })
         });
-        // The client application: a non-requestor Device/Application agent.
-        let client_agent = self.agent.iter().find(|a| {
-            a.requestor != Some(true)
-                && (a.type_code() == Some("110150")
-                    || a.who
-                        .as_ref()
-                        .and_then(|w| w.reference.as_deref())
-                        .is_some_and(|r| r.starts_with("Device/")))
-        });
+        // The client application, from the non-requestor agents: the Application (110150),
+        // else the request's source side (110153 "Source Role ID", as IHE BALP and HAPI
+        // write the client), else any Device that is not the destination (110152, the
+        // server itself); named by display, reference or identifier.
+        let not_requestor = || self.agent.iter().filter(|a| a.requestor != Some(true));
+        let client_agent = not_requestor()
+            .find(|a| a.type_code() == Some("110150"))
+            .or_else(|| not_requestor().find(|a| a.type_code() == Some("110153")))
+            .or_else(|| {
+                not_requestor().find(|a| {
+                    a.type_code() != Some("110152")
+                        && a.who
+                            .as_ref()
+                            .and_then(|w| w.reference.as_deref())
+                            .is_some_and(|r| r.starts_with("Device/"))
+                })
+            });
         let client_app = client_agent.and_then(|a| {
             a.who
                 .as_ref()
@@ -1143,6 +1151,41 @@ mod tests {
         assert_eq!(r.interaction, Interaction::Read);
         assert_eq!(r.client_app.as_deref(), Some("Device/ex-device"));
         assert_eq!(r.outcome, 0);
+    }
+
+    #[test]
+    fn the_client_application_is_read_from_any_source_agent_shape() {
+        // 110153 "Source Role ID" named by identifier (HL7), by display (IHE BALP), by
+        // Device reference (IHE BALP); 110150 "Application" by display.
+        for (file, client) in [
+            (
+                "hl7-r4-core/AuditEvent-example-rest.json",
+                "urn:oid:2.16.840.1.113883.4.2|2.16.840.1.113883.4.2",
+            ),
+            (
+                "hl7-r4-core/AuditEvent-example-media.json",
+                "ExportToMedia.app",
+            ),
+            (
+                "ihe-balp/AuditEvent-ex-auditBasicQueryGetServer.json",
+                "myMachine.example.org",
+            ),
+            (
+                "ihe-balp/AuditEvent-ex-auditBasicReadServer.json",
+                "Device/ex-device",
+            ),
+            (
+                "ihe-balp/AuditEvent-ex-auditBasicDeleteServer.json",
+                "myMachine.example.org",
+            ),
+        ] {
+            assert_eq!(read(file).client_app.as_deref(), Some(client), "{file}");
+        }
+        // A requestor is the user, never the client application.
+        assert_eq!(
+            read("hl7-r4-core/AuditEvent-example-disclosure.json").client_app,
+            None
+        );
     }
 
     #[test]
