@@ -10,7 +10,7 @@ overall and per anomaly type, for every run (seed, hospital size, activity and a
 rates vary).
 
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
-       [--no-watch-list] [--seed-offset N]
+       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD]
 """
 import argparse, csv, json, os, subprocess, sys, time
 import numpy as np
@@ -79,11 +79,11 @@ def watched_split(ev, labels, watch):
     return sub
 
 
-def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True):
+def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
-    run([bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
+    run([sim_bin or bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
          "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day),
          "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else []))
     cutoff = START_MS + from_day * DAY_MS
@@ -172,6 +172,8 @@ def main():
     ap.add_argument("--runs", help="comma-separated run names, e.g. A,C")
     ap.add_argument("--no-watch-list", action="store_true",
                     help="do not give the simulated hospital's watch list to train and score")
+    ap.add_argument("--sim-bin", help="simulate with this build instead of --bin (to judge a "
+                    "detector on another simulator's hospitals)")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="add this to every run's seed: the same hospital shapes, fresh draws "
                          "(a check that the figures do not hang on the five seeds)")
@@ -182,7 +184,7 @@ def main():
     runs = [dict(r, seed=r["seed"] + a.seed_offset) for r in runs]
     results = []
     for r in runs:
-        res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list)
+        res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin)
         results.append(res)
         print(f"run {r['name']}: AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "

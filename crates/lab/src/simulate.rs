@@ -444,6 +444,11 @@ struct Emitter {
     seed: u64,
     n: u64,
     out: Vec<SimEvent>,
+    /// The hospital's share of routine requests that are refused (a read of a record id
+    /// that does not exist, a version conflict on an update): 0.2%–3%, drawn per seed.
+    routine_failure_rate: f64,
+    /// A generator of its own for routine failures, so they change no other draw.
+    failures: Rng,
 }
 
 #[derive(Clone, Copy)]
@@ -503,7 +508,16 @@ impl Emitter {
                     json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"}),
                     json!({"system": "http://hl7.org/fhir/restful-interaction", "code": code}),
                     action,
-                    "0",
+                    // Normal work meets refusals now and then: 404 on a read, 409 on an
+                    // update (outcome 4, minor failure).
+                    match (act, label) {
+                        (Act::Read | Act::Update, None)
+                            if self.failures.f64() < self.routine_failure_rate =>
+                        {
+                            "4"
+                        }
+                        _ => "0",
+                    },
                 )
             }
         };
@@ -606,10 +620,14 @@ fn admitted(h: &Hospital, dept: usize, day: i64) -> Vec<usize> {
 /// Generate the whole simulation, sorted by `recorded`.
 pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
     let (h, mut rng) = hospital(opts);
+    let mut failures = Rng::new(opts.seed ^ 0x0F41_1ED0);
+    let routine_failure_rate = 0.002 * 15f64.powf(failures.f64());
     let mut em = Emitter {
         seed: opts.seed,
         n: 0,
         out: Vec::new(),
+        routine_failure_rate,
+        failures,
     };
     let all_admitted: Vec<Vec<Vec<usize>>> = (0..opts.days as i64)
         .map(|day| {
