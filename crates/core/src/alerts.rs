@@ -16,8 +16,10 @@ pub enum AlertKind {
     CrossDepartment,
     /// A crowd around one patient's record (a public figure, a colleague).
     VipSnooping,
-    /// Failed logins in a burst, or a refused request.
+    /// Failed logins in a burst.
     FailedLogins,
+    /// Refused requests beyond the user's usual failure rate (probing record ids).
+    FailedRequests,
     /// An address or client application new to the user.
     NewSource,
     /// A session after a break longer than the user's usual.
@@ -34,12 +36,13 @@ pub enum AlertKind {
 
 impl AlertKind {
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 11] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::AfterHours,
         AlertKind::BulkAccess,
         AlertKind::CrossDepartment,
         AlertKind::VipSnooping,
         AlertKind::FailedLogins,
+        AlertKind::FailedRequests,
         AlertKind::NewSource,
         AlertKind::DormantAccount,
         AlertKind::MassExport,
@@ -56,6 +59,7 @@ impl AlertKind {
             AlertKind::CrossDepartment => "cross_department",
             AlertKind::VipSnooping => "vip_snooping",
             AlertKind::FailedLogins => "failed_logins",
+            AlertKind::FailedRequests => "failed_requests",
             AlertKind::NewSource => "new_source",
             AlertKind::DormantAccount => "dormant_account",
             AlertKind::MassExport => "mass_export",

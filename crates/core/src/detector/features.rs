@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertKind;
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -30,6 +30,11 @@ pub const MAX_DEPTS: usize = 8;
 pub const MAX_DEPT_PAIRS: usize = 65_536;
 /// Family names counted for `same_family_name_rarity` (how common a shared name is).
 pub const MAX_NAMES: usize = 65_536;
+/// Networks and client applications counted site-wide for `new_network_site` and
+/// `new_client_app_site` (later ones are not remembered, and stay new).
+pub const MAX_SITE_SOURCES: usize = 65_536;
+/// Events the site needs before a network or client new to it means much.
+const SITE_MATURE: f32 = 1_000.0;
 
 const MIN_10: i64 = 10 * 60_000;
 const HOUR: i64 = 3_600_000;
@@ -149,8 +154,8 @@ catalogue! {
         "ln(1 + the number of records a search asks for).";
     Export = "export", Up, MassExport,
         "1 for a bulk data export.";
-    FailureOutcome = "failure_outcome", Up, FailedLogins,
-        "1 for a refused request other than a login.";
+    FailedRequestsSurprise1h = "failed_requests_surprise_1h", Up, FailedRequests,
+        "For a refused request other than a login: -ln P(N >= n - 1) for the hour's n refused requests (the first is free), N Poisson with the user's usual failure rate (shrunk toward the site's) times the hour's accesses, less ln 20 (routine).";
     IsLogin = "is_login", Context, UnusualPattern,
         "1 for a login or logout.";
     IsSearch = "is_search", Context, UnusualPattern,
@@ -179,6 +184,10 @@ catalogue! {
         "ln(1 + departments that opened the record today outside their relationship and pattern).";
     WatchedRecordUnrelated = "watched_record_unrelated", Up, WatchedRecord,
         "1 when a watched or restricted record is opened without a working relationship.";
+    NewNetworkSite = "new_network_site", Up, NewSource,
+        "Novelty of the address's network (IPv4 /24, IPv6 /48, a host's domain) at the whole site, once the site has history: 1 never seen, decaying with use.";
+    NewClientAppSite = "new_client_app_site", Up, NewSource,
+        "Novelty of the client application at the whole site, once the site has history.";
 }
 
 /// A detector snapshot that cannot be read (another version's, or damaged).
@@ -245,11 +254,23 @@ pub struct Facts {
     /// and outside where their lookups usually go (this access included).
     pub unexplained_depts_24h: u32,
     pub failed_15m: u32,
+    /// Refused requests (other than logins) by this user in the last hour, this one
+    /// included, and how many their usual failure rate makes expected.
+    #[serde(default)]
+    pub failed_requests_1h: u32,
+    #[serde(default)]
+    pub failed_requests_expected_1h: f32,
     pub new_ip: bool,
     pub new_app: bool,
     /// Times this user used this address / app before (when known).
     pub ip_uses: Option<u32>,
     pub app_uses: Option<u32>,
+    /// Earlier events at the whole site from this address's network / this client (when
+    /// known and the site has history).
+    #[serde(default)]
+    pub network_site_uses: Option<u32>,
+    #[serde(default)]
+    pub app_site_uses: Option<u32>,
     /// Days without any activity before the current session began.
     pub days_inactive: f32,
     /// The user's usual longest break, in days (before this session).
@@ -397,9 +418,39 @@ struct UserState {
     /// against itself. `None` in snapshots from before it was kept.
     #[serde(default)]
     cross_rate_before_run: Option<f32>,
+    /// This user's refused requests and all requests (other than logins), both decaying
+    /// by `FAIL_MEMORY` per request: the evidence for their usual failure rate.
+    #[serde(default)]
+    fail_counts: [f32; 2],
+    /// Times of this user's refused requests (other than logins) in the last hour (bounded).
+    #[serde(default)]
+    failed_requests: VecDeque<i64>,
+    /// When the current run of refusals began and the user's failure rate as it stood
+    /// before it: a run is judged against the habit, not against itself, for up to an hour.
+    #[serde(default)]
+    fail_rate_before_run: Option<(i64, f32)>,
 }
 
 impl UserState {
+    /// How often this user's requests are refused: their counts with `FAIL_PRIOR` requests
+    /// at the site's rate added, so a user with little history is judged by the site.
+    fn fail_rate(&self, site: f32) -> f32 {
+        let [refused, requests] = self.fail_counts;
+        (refused + FAIL_PRIOR * site) / (requests + FAIL_PRIOR)
+    }
+
+    /// `fail_rate`, but during a run of refusals that began within the hour, no higher
+    /// than before it began. Refusals that go on for longer are the user's habit (a broken
+    /// client, a workflow that checks for records that do not exist).
+    fn habitual_fail_rate(&self, now: i64, site: f32) -> f32 {
+        let in_run = self.failed_requests.iter().any(|t| *t >= now - HOUR);
+        let rate = self.fail_rate(site);
+        match self.fail_rate_before_run {
+            Some((began, before)) if in_run && now - began <= HOUR => before.min(rate),
+            _ => rate,
+        }
+    }
+
     /// How often this user habitually opens records their department has no history with:
     /// `cross_rate`, but during a run of such lookups (any in the last hour) no higher than
     /// before the run began. Otherwise a ward nurse's second lookup in a row would count as
@@ -537,6 +588,16 @@ pub struct Context {
     names: IdMap<f32>,
     #[serde(default)]
     names_total: f32,
+    /// Refused requests and all requests (other than logins) at the site, decaying by
+    /// `SITE_FAIL_MEMORY` per request: the prior of each user's own rate.
+    #[serde(default)]
+    site_fail_counts: [f32; 2],
+    /// Successful events per network (`network_of` hash) and per client application, at
+    /// the whole site. Bounded by `MAX_SITE_SOURCES` each.
+    #[serde(default)]
+    site_networks: IdMap<f32>,
+    #[serde(default)]
+    site_apps: IdMap<f32>,
     /// The site's watch list (hashes of `watch_key`s): set from the config at each start,
     /// never snapshotted.
     #[serde(skip)]
@@ -1010,6 +1071,22 @@ impl Context {
             }
         }
 
+        // Sources new to the whole site: a network no one has worked from (outside the
+        // site's usual ranges: a VPN exit, a home, an attacker), a client no one uses.
+        // Robust where a user's own addresses churn (DHCP, shared stations, thin clients).
+        if self.site_total >= SITE_MATURE {
+            let novelty = |n: f32| 1.0 / (1.0 + n);
+            if let Some(net) = r.source_ip.as_deref().map(network_of) {
+                let n = self.site_networks.get(&net).copied().unwrap_or(0.0);
+                facts.network_site_uses = Some(n as u32);
+                x[F::NewNetworkSite] = novelty(n);
+            }
+            if let Some(app) = r.client_app.as_deref() {
+                let n = self.site_apps.get(&h64(app)).copied().unwrap_or(0.0);
+                facts.app_site_uses = Some(n as u32);
+                x[F::NewClientAppSite] = novelty(n);
+            }
+        }
         if let Some(q) = &r.query {
             facts.query_count = q.count;
             facts.export = q.export;
@@ -1017,8 +1094,26 @@ impl Context {
         }
         facts.export |= r.interaction == Interaction::Export;
         x[F::Export] = facts.export as u8 as f32;
-        // Failed logins count in `failed_logins_15m`; this is any other refused request.
-        x[F::FailureOutcome] = (r.outcome > 0 && !is_login) as u8 as f32;
+        // Any other refused request, judged against the user's usual failure rate: a 404 or
+        // a version conflict now and then is routine, so the first in an hour is free (as
+        // one mistyped password is); the ones that follow it weigh by how improbable so
+        // many are for this user, beyond what is routine (1 in 20). Failed logins count
+        // in `failed_logins_15m`.
+        if r.outcome > 0 && !is_login {
+            let p = self.fail_rate_of(user, now);
+            let before = user.map_or(0, |u| {
+                u.failed_requests
+                    .iter()
+                    .filter(|t| **t >= now - HOUR)
+                    .count()
+            });
+            let n = before as u32 + 1;
+            let expected = p * (accesses_1h + 1) as f32;
+            facts.failed_requests_1h = n;
+            facts.failed_requests_expected_1h = expected;
+            x[F::FailedRequestsSurprise1h] =
+                (poisson_tail_surprise(n - 1, expected) - ROUTINE_RUN).max(0.0);
+        }
         x[F::IsLogin] = is_login as u8 as f32;
         x[F::IsSearch] = (r.interaction == Interaction::Search) as u8 as f32;
         x[F::IsWrite] = matches!(
@@ -1069,7 +1164,20 @@ impl Context {
         if self.users.len() >= MAX_USERS && !self.users.contains_key(&uh) {
             evict_half(&mut self.users, |u| u.last_ms);
         }
+        let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
+        let site_fail_rate = self.site_fail_rate();
         let u = self.users.entry(uh).or_default();
+        if !is_login {
+            let failed = r.outcome > 0;
+            if failed && !u.failed_requests.iter().any(|t| *t >= now - HOUR) {
+                u.fail_rate_before_run = Some((now, u.fail_rate(site_fail_rate)));
+            }
+            decay_count(&mut u.fail_counts, failed, FAIL_MEMORY);
+            decay_count(&mut self.site_fail_counts, failed, SITE_FAIL_MEMORY);
+            if failed {
+                push_window(&mut u.failed_requests, now, 64, now - HOUR, |t| *t);
+            }
+        }
         let mut new_session = false;
         let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
         if failed_login {
@@ -1088,9 +1196,11 @@ impl Context {
             u.events += 1.0;
             if let Some(ip) = &r.source_ip {
                 bump(&mut u.ips, h64(ip.as_str()), MAX_IPS);
+                count_bounded(&mut self.site_networks, network_of(ip), MAX_SITE_SOURCES);
             }
             if let Some(app) = &r.client_app {
                 bump(&mut u.apps, h64(app.as_str()), MAX_APPS);
+                count_bounded(&mut self.site_apps, h64(app.as_str()), MAX_SITE_SOURCES);
             }
             if r.interaction == Interaction::Login {
                 u.failed.clear();
@@ -1252,6 +1362,64 @@ fn home_dept(p: &PatientState) -> Option<u64> {
 /// relationship with the patient: one earlier lookup from the department (a colleague's, or
 /// the user's own) does not make the next one part of the patient's care.
 const RELATED_SHARE: f32 = 0.03;
+
+impl Context {
+    /// How often a request by this user is refused: their own rate, shrunk toward the
+    /// site's while they have little history, never taken as zero.
+    fn fail_rate_of(&self, user: Option<&UserState>, now: i64) -> f32 {
+        let site = self.site_fail_rate();
+        user.map_or(site, |u| u.habitual_fail_rate(now, site))
+            .max(0.001)
+    }
+
+    /// How often requests are refused at the site (1% until it has some history).
+    fn site_fail_rate(&self) -> f32 {
+        let [refused, requests] = self.site_fail_counts;
+        (refused + 0.01 * FAIL_PRIOR) / (requests + FAIL_PRIOR)
+    }
+}
+
+/// A run of refusals at least this probable (-ln 1/20) is routine and weighs nothing.
+const ROUTINE_RUN: f32 = 2.995_732;
+/// Requests of prior weight at the site's rate in a user's failure rate.
+const FAIL_PRIOR: f32 = 100.0;
+/// Decay per request of a user's refusal counts (a memory of about a thousand requests).
+const FAIL_MEMORY: f32 = 0.999;
+/// Decay per request of the site's refusal counts (about a hundred thousand requests).
+const SITE_FAIL_MEMORY: f32 = 0.99999;
+
+/// Count one more request, refused or not, into decaying `[refused, requests]` counts.
+fn decay_count(counts: &mut [f32; 2], refused: bool, memory: f32) {
+    counts[0] = memory * counts[0] + refused as u8 as f32;
+    counts[1] = memory * counts[1] + 1.0;
+}
+
+/// The network an address belongs to, hashed: an IPv4 /24, an IPv6 /48, else (a host
+/// name) its domain without the first label.
+fn network_of(address: &str) -> u64 {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            let o = a.octets();
+            h64(&(4u8, o[0], o[1], o[2]))
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            let s = a.segments();
+            h64(&(6u8, s[0], s[1], s[2]))
+        }
+        Err(_) => h64(address
+            .split_once('.')
+            .map_or(address, |(_, domain)| domain)),
+    }
+}
+
+/// Count one more for `key`; a full map keeps its counts and forgets newcomers.
+fn count_bounded(map: &mut IdMap<f32>, key: u64, cap: usize) {
+    if let Some(n) = map.get_mut(&key) {
+        *n += 1.0;
+    } else if map.len() < cap {
+        map.insert(key, 1.0);
+    }
+}
 
 /// A patient with some record history, (almost) none of it from the user's department.
 fn is_unrelated(dept_share: f32, history: f32) -> bool {
@@ -1653,13 +1821,124 @@ mod tests {
         r.outcome = 4;
         let (x, f) = c.observe(&r);
         assert_eq!((f.failed_15m, x[feature("failed_logins_15m")]), (1, 0.0));
-        assert_eq!(x[feature("failure_outcome")], 0.0);
+        assert_eq!(
+            x[feature("failed_requests_surprise_1h")],
+            0.0,
+            "a login is not a request"
+        );
         r.recorded += chrono::Duration::seconds(5);
         let (x, f) = c.observe(&r);
         assert_eq!(f.failed_15m, 2);
         assert!(x[feature("failed_logins_15m")] > 0.0);
         let (_, f) = c.observe(&rec("Practitioner/1", "Patient/1", t0 + FAIL_WINDOW * 2));
         assert_eq!(f.failed_15m, 0);
+    }
+
+    /// A refused request is judged against how often the user's requests are refused: a
+    /// routine 404 where they are common weighs little, the same 404 from a user whose
+    /// requests never fail weighs more, and a run of them (probing ids) weighs most.
+    #[test]
+    fn refused_requests_are_judged_against_the_users_failure_rate() {
+        let t0 = monday(10);
+        let warm = |fail_every: i64| {
+            let mut c = Context::new(chrono_tz::UTC);
+            for i in 0..400 {
+                let mut r = rec(
+                    "Practitioner/1",
+                    &format!("Patient/{}", i % 50),
+                    t0 + i * 60_000,
+                );
+                if fail_every > 0 && i % fail_every == 0 {
+                    r.outcome = 4;
+                }
+                c.observe(&r);
+            }
+            c
+        };
+        let failed = |c: &mut Context, k: i64| {
+            let mut r = rec(
+                "Practitioner/1",
+                "Patient/999",
+                t0 + 400 * 60_000 + k * 1000,
+            );
+            r.outcome = 4;
+            let (x, f) = c.observe(&r);
+            (x[feature("failed_requests_surprise_1h")], f)
+        };
+        let (routine, f) = failed(&mut warm(10), 0);
+        assert_eq!(
+            f.failed_requests_1h,
+            1 + 6,
+            "the hour's earlier refusals count"
+        );
+        let mut never = warm(0);
+        let (first, f) = failed(&mut never, 0);
+        assert_eq!((first, f.failed_requests_1h), (0.0, 1), "the first is free");
+        let (second, _) = failed(&mut never, 1);
+        let (third, _) = failed(&mut never, 2);
+        assert!(
+            routine < third && second <= third,
+            "routine {routine} vs a never-failing user's second {second} and third {third}"
+        );
+        let mut run = third;
+        for k in 3..10 {
+            let (x, _) = failed(&mut never, k);
+            assert!(x >= run, "a run only grows: {x} after {run}");
+            run = x;
+        }
+        assert!(run > 3.0 * third, "ten in a row {run} vs three {third}");
+        // A successful request carries nothing.
+        let (x, _) = never.observe(&rec("Practitioner/1", "Patient/1", t0 + 401 * 60_000));
+        assert_eq!(x[feature("failed_requests_surprise_1h")], 0.0);
+    }
+
+    /// A network or client new to the whole site stands out even where users' own
+    /// addresses churn; the site needs history first.
+    #[test]
+    fn sources_new_to_the_site_are_novel_where_user_addresses_churn() {
+        let t0 = monday(9);
+        let mut c = Context::new(chrono_tz::UTC);
+        let at = |c: &mut Context, i: i64, ip: &str, app: &str| {
+            let mut r = rec(
+                &format!("Practitioner/{}", i % 40),
+                "Patient/1",
+                t0 + i * 30_000,
+            );
+            r.source_ip = Some(ip.into());
+            r.client_app = Some(app.into());
+            let (x, f) = c.observe(&r);
+            (
+                x[feature("new_network_site")],
+                x[feature("new_client_app_site")],
+                f,
+            )
+        };
+        // Before the site has history, nothing is new to it.
+        assert_eq!(at(&mut c, 0, "10.1.2.3", "Device/ehr").0, 0.0);
+        // DHCP: every event from another address of the site's few networks.
+        for i in 1..1200 {
+            at(
+                &mut c,
+                i,
+                &format!("10.1.{}.{}", i % 4, i % 250),
+                "Device/ehr",
+            );
+        }
+        let (net, app, f) = at(&mut c, 1200, "10.1.3.77", "Device/ehr");
+        assert!(net < 0.01 && app < 0.01, "{net} {app}");
+        assert_eq!(
+            f.ip_uses.map(|n| n > 0),
+            Some(false),
+            "new to the user, though"
+        );
+        let (net, app, f) = at(&mut c, 1201, "203.0.113.9", "Device/unknown-client");
+        assert_eq!((net, app), (1.0, 1.0));
+        assert_eq!((f.network_site_uses, f.app_site_uses), (Some(0), Some(0)));
+        // IPv6 by /48; host names by domain.
+        at(&mut c, 1202, "2001:db8:85a3::1", "Device/ehr");
+        assert!(at(&mut c, 1203, "2001:db8:85a3:1::2", "Device/ehr").0 < 1.0);
+        at(&mut c, 1204, "ws1.ward.example.org", "Device/ehr");
+        assert!(at(&mut c, 1205, "ws2.ward.example.org", "Device/ehr").0 < 1.0);
     }
 
     /// The one-pass hash count agrees with sorting and de-duplicating each window.

@@ -321,23 +321,38 @@ pub fn explain(
                 text
             }
             AlertKind::FailedLogins => {
-                if r.outcome > 0 && f.failed_15m == 0 {
-                    "the request failed".to_string()
-                } else {
-                    format!("{} failed logins by this user in the last 15 min", f.failed_15m)
-                }
+                format!("{} failed logins by this user in the last 15 min", f.failed_15m)
             }
+            AlertKind::FailedRequests => format!(
+                "{} refused requests by this user within an hour (outcome {}; their usual failure rate makes {:.1} expected)",
+                f.failed_requests_1h, r.outcome, f.failed_requests_expected_1h
+            ),
             AlertKind::NewSource => {
                 let ip = r.source_ip.as_deref().unwrap_or("?");
                 let app = r.client_app.as_deref().unwrap_or("?");
-                match (f.ip_uses, f.app_uses) {
+                let site_net = contrib_of(contrib, Feature::NewNetworkSite);
+                let site_app = contrib_of(contrib, Feature::NewClientAppSite);
+                let user_part = contrib_of(contrib, Feature::NewSourceIp)
+                    .max(contrib_of(contrib, Feature::NewClientApp));
+                match (f.network_site_uses, f.app_site_uses) {
+                    (Some(n), _) if site_net >= site_app && site_net >= user_part => {
+                        Some(format!(
+                            "access from {ip} with {app}: a network the site had seen {n} times before"
+                        ))
+                    }
+                    (_, Some(n)) if site_app > user_part => Some(format!(
+                        "access with {app} from {ip}: a client the site had seen {n} times before"
+                    )),
+                    _ => None,
+                }
+                .unwrap_or_else(|| match (f.ip_uses, f.app_uses) {
                     (Some(0), Some(0)) => format!("first access from {ip} with {app} for this user"),
                     (Some(n), _) if contrib_of(contrib, Feature::NewSourceIp) >= contrib_of(contrib, Feature::NewClientApp) => {
                         format!("access from {ip}, an address this user had used {n} times before")
                     }
                     (_, Some(n)) => format!("access with {app}, a client this user had used {n} times before"),
                     _ => "unusual source for this user".into(),
-                }
+                })
             }
             AlertKind::DormantAccount => format!(
                 "session began after {:.0} days without any activity by this user (usual longest break {:.0} days)",
