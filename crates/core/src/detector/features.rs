@@ -743,10 +743,6 @@ impl Context {
         }
     }
 
-    pub fn set_timezone(&mut self, tz: chrono_tz::Tz) {
-        self.tz = Some(tz);
-    }
-
     /// Replace the watch list (patient references; see `watch_key`).
     pub fn set_watch_list<'a>(&mut self, refs: impl IntoIterator<Item = &'a str>) {
         self.watched = refs.into_iter().map(|r| h64(watch_key(r))).collect();

@@ -44,10 +44,6 @@ impl Detector {
         }
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
     pub fn context(&self) -> &Context {
         &self.ctx
     }
