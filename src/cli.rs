@@ -383,26 +383,57 @@ fn read_inputs(
 }
 
 /// The configured server's AuditEvents since `since` (`train --from-server`).
+/// A progress bar for reading history from `since` to `now` on a terminal (drawn on
+/// stderr, hidden when stderr is not a terminal): the time covered so far as the position,
+/// so the percentage and time left hold for a server that returns `_lastUpdated` order.
+fn history_bar(since: DateTime<Utc>, now: DateTime<Utc>, server: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new((now - since).num_seconds().max(1) as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {percent:>3}% · {msg} · about {eta} left",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(format!("reading {server}"));
+    bar
+}
+
+/// Move the bar to a history read's progress.
+fn history_tick(
+    bar: &indicatif::ProgressBar,
+    since: DateTime<Utc>,
+    p: crate::client::HistoryProgress,
+) {
+    if let Some(newest) = p.newest {
+        bar.set_position((newest - since).num_seconds().max(0) as u64);
+    }
+    let secs = bar.elapsed().as_secs_f64().max(1e-3);
+    bar.set_message(format!(
+        "{} events, {} pages, {:.0} events/s",
+        p.events,
+        p.pages,
+        p.events as f64 / secs
+    ));
+}
+
 fn server_history(
     cfg: &crate::config::Config,
     since: DateTime<Utc>,
 ) -> anyhow::Result<Vec<fhir_edge_core::fhir::AuditRecord>> {
-    use std::io::IsTerminal;
     let client = crate::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let tty = std::io::stderr().is_terminal();
+    let bar = history_bar(
+        since,
+        Utc::now(),
+        &crate::client::redact_url(&cfg.fhir.base_url),
+    );
     let (records, skipped) = rt
-        .block_on(client.history(since, cfg.poller.page_size, |n| {
-            if tty {
-                eprint!("\rreading {}: {n} events", cfg.fhir.base_url);
-            }
+        .block_on(client.history(since, cfg.poller.page_size, |p| {
+            history_tick(&bar, since, p)
         }))
         .with_context(|| format!("reading AuditEvents from {}", cfg.fhir.base_url))?;
-    if tty {
-        eprintln!();
-    }
+    bar.finish_and_clear();
     eprintln!(
         "read {} events from {} since {}",
         records.len(),
@@ -569,5 +600,28 @@ mod tests {
             "2024-01-01T00:00:00+00:00"
         );
         assert!(parse_since("soon", now).is_err());
+    }
+
+    #[test]
+    fn history_progress_moves_by_the_time_covered() {
+        let since = DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let now = since + chrono::Duration::days(30);
+        let bar = history_bar(since, now, "http://fhir.example/fhir");
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        assert_eq!(bar.length(), Some(30 * 86_400));
+        let p = crate::client::HistoryProgress {
+            events: 1200,
+            pages: 6,
+            newest: Some(since + chrono::Duration::days(12)),
+        };
+        history_tick(&bar, since, p);
+        assert_eq!(bar.position(), 12 * 86_400, "40% of the window read");
+        assert!(
+            bar.message().starts_with("1200 events, 6 pages"),
+            "{}",
+            bar.message()
+        );
     }
 }

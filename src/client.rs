@@ -527,7 +527,7 @@ impl FhirClient {
         &self,
         since: DateTime<Utc>,
         page_size: u32,
-        mut progress: impl FnMut(usize),
+        mut progress: impl FnMut(HistoryProgress),
     ) -> Result<
         (
             Vec<fhir_edge_core::fhir::AuditRecord>,
@@ -540,6 +540,8 @@ impl FhirClient {
         let mut skipped = Vec::new();
         let mut url = self.first_url(since, page_size);
         let mut is_next = false;
+        let mut pages = 0u64;
+        let mut newest: Option<DateTime<Utc>> = None;
         loop {
             let mut attempt = 0u32;
             let page = loop {
@@ -564,12 +566,18 @@ impl FhirClient {
                 }
             };
             skipped.extend(page.skipped);
+            pages += 1;
             for f in page.events {
+                newest = newest.max(f.record.last_updated);
                 if keys.insert(f.record.key.clone()) {
                     records.push(f.record);
                 }
             }
-            progress(records.len());
+            progress(HistoryProgress {
+                events: records.len() as u64,
+                pages,
+                newest,
+            });
             match page.next {
                 Some(n) => {
                     url = check_next(&self.base, &n)?;
@@ -674,6 +682,17 @@ fn describe_error_body(body: &[u8]) -> String {
     } else {
         t
     }
+}
+
+/// How far a history read (`FhirClient::history`) has come, after each page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryProgress {
+    /// Distinct events read so far.
+    pub events: u64,
+    pub pages: u64,
+    /// The newest `meta.lastUpdated` read so far: against the window asked for, how far
+    /// the read has come when the server returns pages in `_lastUpdated` order.
+    pub newest: Option<DateTime<Utc>>,
 }
 
 /// A valid BALP-style patient-read AuditEvent for `send-test-event`.
