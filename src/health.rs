@@ -13,8 +13,7 @@ use fhir_edge_core::alerts::Severity;
 use fhir_edge_core::clock::SharedClock;
 
 /// The supervised actors, in pipeline order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActorId {
     Poller,
     Detector,
@@ -39,6 +38,13 @@ impl ActorId {
             ActorId::AlertSink => "alert_sink",
             ActorId::State => "state",
         }
+    }
+}
+
+/// Written as `as_str` (in `/api/health`): one list of names.
+impl Serialize for ActorId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 /// The behaviour an alert reason points at. One list for the detector's explanations, the
-/// simulator's labels, the stored alerts and the API; written as its snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// simulator's labels, the stored alerts and the API; written as its snake_case name
+/// (`as_str`, the one list of names: serde and `FromStr` go through it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AlertKind {
     /// Activity at an hour, weekday or session start unusual for the user.
     AfterHours,
@@ -83,6 +83,19 @@ impl std::str::FromStr for AlertKind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| UnknownName::new("alert kind", s, AlertKind::ALL.map(AlertKind::as_str)))
+    }
+}
+
+impl Serialize for AlertKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -313,6 +326,17 @@ impl AllowRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_kinds_have_one_name_for_serde_and_text() {
+        for k in AlertKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(serde_json::from_str::<AlertKind>(&json).unwrap(), k);
+            assert_eq!(k.as_str().parse::<AlertKind>(), Ok(k));
+        }
+        assert!(serde_json::from_str::<AlertKind>("\"snooping\"").is_err());
+    }
 
     #[test]
     fn severity_bands() {

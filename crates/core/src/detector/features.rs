@@ -442,8 +442,8 @@ impl UserState {
     /// `fail_rate`, but during a run of refusals that began within the hour, no higher
     /// than before it began. Refusals that go on for longer are the user's habit (a broken
     /// client, a workflow that checks for records that do not exist).
-    fn habitual_fail_rate(&self, now: i64, site: f32) -> f32 {
-        let in_run = self.failed_requests.iter().any(|t| *t >= now - HOUR);
+    /// `in_run`: a refusal in the last hour (the caller has just counted them).
+    fn habitual_fail_rate(&self, now: i64, site: f32, in_run: bool) -> f32 {
         let rate = self.fail_rate(site);
         match self.fail_rate_before_run {
             Some((began, before)) if in_run && now - began <= HOUR => before.min(rate),
@@ -598,6 +598,9 @@ pub struct Context {
     site_networks: IdMap<f32>,
     #[serde(default)]
     site_apps: IdMap<f32>,
+    /// Whether the full site-source table was logged (once per process).
+    #[serde(skip)]
+    site_sources_full_said: bool,
     /// The site's watch list (hashes of `watch_key`s): set from the config at each start,
     /// never snapshotted.
     #[serde(skip)]
@@ -630,6 +633,26 @@ struct Known {
     patient_users_24h: Option<u32>,
     /// How the user's department stood to the patient's record (which had history).
     relation: Option<Relation>,
+    /// The event's source, hashed once for both passes.
+    sources: Option<SourceKeys>,
+}
+
+/// An event's source as the context keys it: the address, its network, the client.
+#[derive(Debug, Clone, Copy, Default)]
+struct SourceKeys {
+    ip: Option<u64>,
+    network: Option<u64>,
+    app: Option<u64>,
+}
+
+impl SourceKeys {
+    fn of(r: &AuditRecord) -> Self {
+        SourceKeys {
+            ip: r.source_ip.as_deref().map(h64),
+            network: r.source_ip.as_deref().map(network_of),
+            app: r.client_app.as_deref().map(h64),
+        }
+    }
 }
 
 /// A set of 64-bit hashes for counting distinct values: open addressing, cleared in O(1)
@@ -849,7 +872,11 @@ impl Context {
         let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
         let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
 
-        let mut known = Known::default();
+        let src = SourceKeys::of(r);
+        let mut known = Known {
+            sources: Some(src),
+            ..Known::default()
+        };
         let mut x = Row([0f32; N_FEATURES]);
         // Hours: the user's own, blended with the site's while the user is new.
         let site_r = rarity(self.site_hours[hour as usize], self.site_total, 24.0);
@@ -915,16 +942,16 @@ impl Context {
             // Novelty of the address and app for a user with enough history: 1 when never
             // seen, decaying with use, so a whole session from a new place stands out.
             let mature = u.events >= MATURE;
-            let uses = |list: &Vec<(u64, u32)>, v: &str| {
-                list.iter().find(|e| e.0 == h64(v)).map_or(0, |e| e.1)
+            let uses = |list: &Vec<(u64, u32)>, key: u64| {
+                list.iter().find(|e| e.0 == key).map_or(0, |e| e.1)
             };
-            if let Some(ip) = &r.source_ip {
+            if let Some(ip) = src.ip {
                 let n = uses(&u.ips, ip);
                 facts.ip_uses = Some(n);
                 facts.new_ip = mature && n == 0;
                 x[F::NewSourceIp] = if mature { 1.0 / (1.0 + n as f32) } else { 0.0 };
             }
-            if let Some(app) = &r.client_app {
+            if let Some(app) = src.app {
                 let n = uses(&u.apps, app);
                 facts.app_uses = Some(n);
                 facts.new_app = mature && n == 0;
@@ -1072,13 +1099,13 @@ impl Context {
         // Robust where a user's own addresses churn (DHCP, shared stations, thin clients).
         if self.site_total >= SITE_MATURE {
             let novelty = |n: f32| 1.0 / (1.0 + n);
-            if let Some(net) = r.source_ip.as_deref().map(network_of) {
+            if let Some(net) = src.network {
                 let n = self.site_networks.get(&net).copied().unwrap_or(0.0);
                 facts.network_site_uses = Some(n as u32);
                 x[F::NewNetworkSite] = novelty(n);
             }
-            if let Some(app) = r.client_app.as_deref() {
-                let n = self.site_apps.get(&h64(app)).copied().unwrap_or(0.0);
+            if let Some(app) = src.app {
+                let n = self.site_apps.get(&app).copied().unwrap_or(0.0);
                 facts.app_site_uses = Some(n as u32);
                 x[F::NewClientAppSite] = novelty(n);
             }
@@ -1096,13 +1123,13 @@ impl Context {
         // many are for this user, beyond what is routine (1 in 20). Failed logins count
         // in `failed_logins_15m`.
         if r.outcome > 0 && !is_login {
-            let p = self.fail_rate_of(user, now);
             let before = user.map_or(0, |u| {
                 u.failed_requests
                     .iter()
                     .filter(|t| **t >= now - HOUR)
                     .count()
             });
+            let p = self.fail_rate_of(user, now, before > 0);
             let n = before as u32 + 1;
             let expected = p * (accesses_1h + 1) as f32;
             facts.failed_requests_1h = n;
@@ -1190,13 +1217,26 @@ impl Context {
             u.hours[hour as usize] += 1.0;
             u.weekdays[weekday as usize] += 1.0;
             u.events += 1.0;
-            if let Some(ip) = &r.source_ip {
-                bump(&mut u.ips, h64(ip.as_str()), MAX_IPS);
-                count_bounded(&mut self.site_networks, network_of(ip), MAX_SITE_SOURCES);
+            let src = known.sources.unwrap_or_else(|| SourceKeys::of(r));
+            let mut forgotten = false;
+            if let (Some(ip), Some(net)) = (src.ip, src.network) {
+                bump(&mut u.ips, ip, MAX_IPS);
+                forgotten |= count_bounded(&mut self.site_networks, net, MAX_SITE_SOURCES);
             }
-            if let Some(app) = &r.client_app {
-                bump(&mut u.apps, h64(app.as_str()), MAX_APPS);
-                count_bounded(&mut self.site_apps, h64(app.as_str()), MAX_SITE_SOURCES);
+            if let Some(app) = src.app {
+                bump(&mut u.apps, app, MAX_APPS);
+                forgotten |= count_bounded(&mut self.site_apps, app, MAX_SITE_SOURCES);
+            }
+            if forgotten && !self.site_sources_full_said {
+                self.site_sources_full_said = true;
+                tracing::warn!(
+                    actor = "detector",
+                    error_kind = "site_sources_full",
+                    limit = MAX_SITE_SOURCES,
+                    "the site has more than {MAX_SITE_SOURCES} networks or client applications: \
+                     later ones are not remembered and stay new to new_network_site and \
+                     new_client_app_site"
+                );
             }
             if r.interaction == Interaction::Login {
                 u.failed.clear();
@@ -1362,9 +1402,9 @@ const RELATED_SHARE: f32 = 0.03;
 impl Context {
     /// How often a request by this user is refused: their own rate, shrunk toward the
     /// site's while they have little history, never taken as zero.
-    fn fail_rate_of(&self, user: Option<&UserState>, now: i64) -> f32 {
+    fn fail_rate_of(&self, user: Option<&UserState>, now: i64, in_run: bool) -> f32 {
         let site = self.site_fail_rate();
-        user.map_or(site, |u| u.habitual_fail_rate(now, site))
+        user.map_or(site, |u| u.habitual_fail_rate(now, site, in_run))
             .max(0.001)
     }
 
@@ -1408,13 +1448,17 @@ fn network_of(address: &str) -> u64 {
     }
 }
 
-/// Count one more for `key`; a full map keeps its counts and forgets newcomers.
-fn count_bounded(map: &mut IdMap<f32>, key: u64, cap: usize) {
+/// Count one more for `key`; a full map keeps its counts and forgets newcomers (returns
+/// true when it forgot this one).
+fn count_bounded(map: &mut IdMap<f32>, key: u64, cap: usize) -> bool {
     if let Some(n) = map.get_mut(&key) {
         *n += 1.0;
     } else if map.len() < cap {
         map.insert(key, 1.0);
+    } else {
+        return true;
     }
+    false
 }
 
 /// A patient with some record history, (almost) none of it from the user's department.
