@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertKind;
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;

@@ -1,6 +1,16 @@
 //! The autoencoder: a small candle MLP trained to reconstruct standardized features of the
-//! site's normal activity. Anomaly score = mean squared reconstruction error; per-feature
-//! squared errors explain it.
+//! site's normal activity, and the score built from it.
+//!
+//! The network is a *masked* autoencoder: its input is the row with every directional
+//! signal hidden (set to the training mean), and it reconstructs the whole row. What it
+//! reconstructs for a signal is therefore what the site usually shows for an event of
+//! this kind from this kind of user (the context features), never an echo of the signal
+//! itself. A signal counts by its one-sided excess over that expectation, plus its tail
+//! surprise against the site's training distribution. Each signal's contribution then
+//! depends on that signal alone (and the context), and only grows as it grows: raising
+//! any directional signal, the others fixed, never lowers the score (a property test
+//! below holds the model to it). Per-feature contributions add up to the score and are
+//! what the explanation quotes.
 //!
 //! On disk: `model.safetensors` (weights) + `model.json` (schema, feature names,
 //! standardization, threshold, training summary).
@@ -185,12 +195,16 @@ impl Model {
             return Ok(Vec::new());
         }
         let mut flat = Vec::with_capacity(rows.len() * N_FEATURES);
+        let mut input = Vec::with_capacity(rows.len() * N_FEATURES);
         for r in rows {
-            flat.extend_from_slice(&self.standardize(r));
+            let z = self.standardize(r);
+            flat.extend_from_slice(&z);
+            input.extend_from_slice(&masked(&z));
         }
-        let x =
-            Tensor::from_vec(flat, (rows.len(), N_FEATURES), &self.device).map_err(candle_err)?;
-        let y = forward(&self.layers, &x).map_err(candle_err)?;
+        let shape = (rows.len(), N_FEATURES);
+        let x = Tensor::from_vec(flat, shape, &self.device).map_err(candle_err)?;
+        let input = Tensor::from_vec(input, shape, &self.device).map_err(candle_err)?;
+        let y = forward(&self.layers, &input).map_err(candle_err)?;
         let diff = (&x - y).map_err(candle_err)?;
         let diff: Vec<f32> = diff
             .flatten_all()
@@ -353,6 +367,18 @@ impl Model {
     }
 }
 
+/// The network's input for a standardized row: directional signals hidden (0 is the
+/// training mean), context features kept.
+fn masked(z: &[f32; N_FEATURES]) -> [f32; N_FEATURES] {
+    let mut m = *z;
+    for (v, d) in m.iter_mut().zip(FEATURE_DIRECTION) {
+        if d != 0 {
+            *v = 0.0;
+        }
+    }
+    m
+}
+
 pub fn standardize(mean: &[f32], std: &[f32], x: &[f32; N_FEATURES]) -> [f32; N_FEATURES] {
     let mut z = [0f32; N_FEATURES];
     for i in 0..N_FEATURES {
@@ -420,6 +446,7 @@ pub fn train(
         .map(|v| ((v / n as f64).sqrt() as f32).max(STD_FLOOR))
         .collect();
     let z: Vec<[f32; N_FEATURES]> = rows.iter().map(|r| standardize(&mean, &std, r)).collect();
+    let z_in: Vec<[f32; N_FEATURES]> = z.iter().map(masked).collect();
 
     let device = Device::Cpu;
     let mut rng = Rng::new(opts.seed);
@@ -454,6 +481,7 @@ pub fn train(
     let bs = opts.batch_size.max(8);
     let mut last_loss = 0f32;
     let mut flat = Vec::with_capacity(bs * N_FEATURES);
+    let mut flat_in = Vec::with_capacity(bs * N_FEATURES);
     for epoch in 0..opts.epochs {
         // Fisher–Yates with the seeded generator.
         for i in (1..n).rev() {
@@ -463,11 +491,15 @@ pub fn train(
         let mut batches = 0usize;
         for chunk in order.chunks(bs) {
             flat.clear();
+            flat_in.clear();
             for &i in chunk {
                 flat.extend_from_slice(&z[i]);
+                flat_in.extend_from_slice(&z_in[i]);
             }
             let x = Tensor::from_slice(&flat, (chunk.len(), N_FEATURES), &device).map_err(terr)?;
-            let y = forward(&layers, &x).map_err(terr)?;
+            let x_in =
+                Tensor::from_slice(&flat_in, (chunk.len(), N_FEATURES), &device).map_err(terr)?;
+            let y = forward(&layers, &x_in).map_err(terr)?;
             let loss = candle_nn::loss::mse(&y, &x).map_err(terr)?;
             opt.backward_step(&loss).map_err(terr)?;
             total += loss.to_scalar::<f32>().map_err(terr)? as f64;
@@ -611,6 +643,42 @@ mod tests {
             .unwrap()
             .0;
         assert_eq!(top, 5, "the odd feature explains the score");
+    }
+
+    /// One small model for the property tests (training takes a second).
+    fn shared_model() -> &'static Model {
+        static M: std::sync::OnceLock<Model> = std::sync::OnceLock::new();
+        M.get_or_init(|| {
+            let opts = TrainOptions {
+                epochs: 4,
+                ..Default::default()
+            };
+            train(&rows(3000, 11), &opts, vec![], |_, _| {}).unwrap()
+        })
+    }
+
+    proptest::proptest! {
+        /// Raising any directional signal in its suspicious direction, the others fixed,
+        /// never lowers the score; context features may move it either way.
+        #[test]
+        fn raising_a_signal_never_lowers_the_score(
+            base in proptest::collection::vec(-30f32..30.0, N_FEATURES),
+            feature in 0..N_FEATURES,
+            step in 0f32..40.0,
+        ) {
+            let m = shared_model();
+            let dir = FEATURE_DIRECTION[feature];
+            proptest::prop_assume!(dir != 0);
+            let mut x = [0f32; N_FEATURES];
+            x.copy_from_slice(&base);
+            let mut raised = x;
+            raised[feature] += dir as f32 * step;
+            let s = m.score(&[x, raised]).unwrap();
+            proptest::prop_assert!(
+                s[1].score >= s[0].score - 1e-5 * s[0].score.abs().max(1.0),
+                "feature {} raised by {}: {} -> {}", FEATURE_NAMES[feature], step, s[0].score, s[1].score
+            );
+        }
     }
 
     #[test]
