@@ -19,7 +19,6 @@ use crate::poller::actor::{IsPolling, PollerActor};
 use crate::state::actor::{Flush, SeenFilterActor, StateActor};
 use crate::systemd::Notifier;
 use fhir_edge_core::clock::SharedClock;
-use fhir_edge_core::detector::features::Context as FeatureContext;
 use fhir_edge_core::detector::model::Model;
 use fhir_edge_core::detector::Detector;
 use fhir_edge_core::state::Store;
@@ -42,6 +41,8 @@ pub enum StartError {
     },
     #[error("cannot listen on {addr} (api.listen): {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error("detector.model_dir: {0}")]
+    Baselines(#[from] fhir_edge_core::detector::baselines::BaselinesError),
 }
 
 impl StartError {
@@ -53,6 +54,7 @@ impl StartError {
             StartError::Token(_) => "api_token",
             StartError::WatchList { .. } => "watch_list",
             StartError::Bind { .. } => "api_bind",
+            StartError::Baselines(e) => e.kind(),
         }
     }
 }
@@ -76,6 +78,39 @@ pub struct Daemon {
     watchdog: tokio::task::JoinHandle<()>,
 }
 
+/// Say in the journal where the detector's history comes from.
+fn say_origin(origin: &crate::detector::Origin, had_snapshot: bool) {
+    use crate::detector::{FreshReason, Origin};
+    if had_snapshot && *origin != Origin::Own {
+        tracing::warn!(
+            actor = "detector",
+            error_kind = "snapshot_unreadable",
+            "the detector snapshot in the state is unreadable; it is not used"
+        );
+    }
+    match origin {
+        Origin::Own => {}
+        Origin::Model { mark_ms } => tracing::info!(
+            actor = "detector",
+            baselines_until = %fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(*mark_ms)),
+            "starting from the model's baselines: events up to their mark were learned in training \
+             and are passed over, not scored again"
+        ),
+        Origin::Fresh(FreshReason::NoBaselines) => tracing::warn!(
+            actor = "detector",
+            "the model carries no baselines: every user and patient starts new, so the first \
+             weeks alert more; train it on this site (`fhir-edge train --from-server`) to start warm"
+        ),
+        Origin::Fresh(FreshReason::OtherServer { learned_from }) => tracing::warn!(
+            actor = "detector",
+            learned_from = %learned_from,
+            "the model's baselines were learned from another server than fhir.base_url: they \
+             are not used and every user starts new; retrain with `fhir-edge train --from-server` \
+             against this server to start warm"
+        ),
+    }
+}
+
 /// Build and start everything. Returns once the state is open, the model loaded and the
 /// API bound — the moment to send `READY=1`.
 pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> {
@@ -90,7 +125,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     health.set_step_deadline(ActorId::State, Duration::from_secs(45));
 
     let state_dir = cfg.state_dir();
-    let store = Store::open(&state_dir)?;
+    let mut store = Store::open(&state_dir)?;
     let loaded = store.load()?;
     let unjournaled = store.unjournaled()?;
     let rules = store.allowlist()?;
@@ -106,17 +141,19 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         })?,
         None => Vec::new(),
     };
-    let mut ctx = match &loaded.snapshot {
-        Some(b) => FeatureContext::from_bytes(b, tz).unwrap_or_else(|e| {
-            tracing::warn!(
-                actor = "detector",
-                error_kind = "snapshot_unreadable",
-                "detector snapshot unreadable ({e}); baselines start fresh"
-            );
-            FeatureContext::new(tz)
-        }),
-        None => FeatureContext::new(tz),
-    };
+    let base_url = crate::client::redact_url(&cfg.fhir.base_url);
+    let start = crate::detector::starting_context(
+        loaded.snapshot.as_deref(),
+        loaded.cursor_ms,
+        &cfg.detector.model_dir,
+        tz,
+        &base_url,
+    )?;
+    let mut ctx = start.ctx;
+    say_origin(&start.origin, loaded.snapshot.is_some());
+    if let crate::detector::Origin::Model { mark_ms } = start.origin {
+        store.note_baselines(mark_ms, clock.now().timestamp_millis())?;
+    }
     ctx.set_watch_list(watch.iter().map(String::as_str));
     let client = FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let token = cfg
@@ -126,9 +163,9 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         .map(|p| read_secret(p).map(Arc::new))
         .transpose()
         .map_err(StartError::Token)?;
-    let cursor = loaded.cursor_ms.map(fhir_edge_core::clock::from_ms);
+    let cursor = start.cursor_ms.map(fhir_edge_core::clock::from_ms);
     let replay_until = loaded.replay_until_ms.map(fhir_edge_core::clock::from_ms);
-    if let Some(c) = loaded.cursor_ms {
+    if let Some(c) = start.cursor_ms {
         health.counters.cursor_ms.store(c, Ordering::Relaxed);
     }
     tracing::info!(
@@ -167,7 +204,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         })
     };
     let detector = {
-        let d = Detector::new(model, ctx);
+        let d = match start.pass_over {
+            Some(rule) => Detector::new(model, ctx).with_pass_over(rule),
+            None => Detector::new(model, ctx),
+        };
         let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
         let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
         Supervisor::start(move |_| {

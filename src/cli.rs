@@ -196,6 +196,12 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.alerts_new
                 );
                 println!("seen keys       {}", s.seen_keys);
+                match (&s.baselines_until, &s.baselines_seeded) {
+                    (Some(until), Some(seeded)) => println!(
+                        "baselines       the model's, learned until {until} (started from them at {seeded}), then this daemon's"
+                    ),
+                    _ => println!("baselines       this daemon's own, learned since its first start"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -254,21 +260,28 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
             watch_list,
         } => {
-            let (records, names, cfg) = if from_server {
+            let (records, names, cfg, server) = if from_server {
                 // The server's config is required here.
                 let cfg = config::load(cfg_path)?.config;
                 let since = parse_since(&since, Utc::now())?;
                 let records = server_history(&cfg, since)?;
-                let name = format!("{} since {}", cfg.fhir.base_url, since.to_rfc3339());
-                (records, vec![name], Some(cfg))
+                let server = crate::client::redact_url(&cfg.fhir.base_url);
+                let name = format!("{server} since {}", since.to_rfc3339());
+                (records, vec![name], Some(cfg), Some(server))
             } else {
                 let (records, names) = read_inputs(&input)?;
-                (records, names, site_config(cfg_path))
+                (records, names, site_config(cfg_path), None)
             };
             let ctx = site_context(timezone.as_deref(), watch_list.as_deref(), cfg.as_ref())?;
-            train_cmd(
-                records, names, &output, epochs, seed, percentile, ctx, until,
-            )?;
+            let run = TrainRun {
+                output: &output,
+                epochs,
+                seed,
+                percentile,
+                until,
+                server: server.as_deref(),
+            };
+            train_cmd(records, names, ctx, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {
@@ -329,7 +342,7 @@ fn site_config(cfg_path: Option<&Path>) -> Option<Config> {
 
 /// A fresh feature context for the site: its time zone and its watch list, each from its
 /// flag, else from the config (time zone UTC and no watch list without either).
-fn site_context(
+pub(crate) fn site_context(
     timezone: Option<&str>,
     watch_list: Option<&Path>,
     cfg: Option<&Config>,
@@ -415,7 +428,7 @@ fn history_tick(
     ));
 }
 
-fn server_history(
+pub(crate) fn server_history(
     cfg: &crate::config::Config,
     since: DateTime<Utc>,
 ) -> anyhow::Result<Vec<fhir_edge_core::fhir::AuditRecord>> {
@@ -456,18 +469,36 @@ fn server_history(
     Ok(records)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn train_cmd(
+/// What `train` was asked for.
+pub(crate) struct TrainRun<'a> {
+    pub output: &'a Path,
+    pub epochs: usize,
+    pub seed: u64,
+    pub percentile: f32,
+    /// Learn only from events recorded before this.
+    pub until: Option<DateTime<Utc>>,
+    /// The server's base URL (without credentials) with `--from-server`.
+    pub server: Option<&'a str>,
+}
+
+/// Train on `records` and write the model with its baselines (the context at the end of
+/// the window, and that end as a mark) to `run.output`.
+pub(crate) fn train_cmd(
     mut records: Vec<fhir_edge_core::fhir::AuditRecord>,
     names: Vec<String>,
-    output: &Path,
-    epochs: usize,
-    seed: u64,
-    percentile: f32,
     mut ctx: fhir_edge_core::detector::features::Context,
-    until: Option<DateTime<Utc>>,
+    run: &TrainRun<'_>,
 ) -> anyhow::Result<()> {
+    use fhir_edge_core::detector::baselines;
     use std::io::IsTerminal;
+    let TrainRun {
+        output,
+        epochs,
+        seed,
+        percentile,
+        until,
+        server,
+    } = *run;
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
@@ -494,14 +525,25 @@ fn train_cmd(
         }
     })?;
     model.save(output)?;
+    let mark = baselines::Mark::at_end_of(
+        &records,
+        ctx.timezone(),
+        server,
+        model.meta.training.trained_at.clone(),
+    );
+    baselines::save(output, &mark, &ctx)?;
     println!(
-        "trained on {} events in {:.1} s (final loss {:.4}); threshold {:.4} at p{}; saved to {}",
+        "trained on {} events in {:.1} s (final loss {:.4}); threshold {:.4} at p{}; saved to {} \
+         with the baselines of {} users as of {} ({})",
         rows.len(),
         model.meta.training.seconds,
         model.meta.training.final_loss,
         model.meta.threshold,
         percentile,
-        output.display()
+        output.display(),
+        ctx.users(),
+        fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(mark.recorded_ms)),
+        mark.timezone
     );
     Ok(())
 }
@@ -513,8 +555,18 @@ fn score_cmd(
     mut ctx: fhir_edge_core::detector::features::Context,
     features_out: Option<&Path>,
 ) -> anyhow::Result<()> {
+    use fhir_edge_core::detector::baselines;
     use std::io::Write;
     let model = fhir_edge_core::detector::model::Model::load(model_dir)?;
+    // A model with baselines continues from them: what it learned is not learned twice.
+    let pass_over = match baselines::load(model_dir, ctx.timezone())? {
+        Some(b) => {
+            let rule = baselines::PassOver::by_recorded(&b.mark);
+            ctx.adopt_history(b.context);
+            Some((rule, b.mark))
+        }
+        None => None,
+    };
     let i = fhir_edge_core::detector::train::read_events(input)?;
     let scored = fhir_edge_core::detector::score_stream(
         &model,
@@ -522,6 +574,7 @@ fn score_cmd(
         &i.records,
         512,
         fhir_edge_core::detector::Explain::All,
+        pass_over.as_ref().map(|(rule, _)| rule),
     )?;
     let create = |p: &Path| -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
         Ok(std::io::BufWriter::new(
@@ -564,10 +617,17 @@ fn score_cmd(
         )?;
     }
     w.flush()?;
-    let scores = &scored;
+    let passed = match &pass_over {
+        Some((rule, mark)) => format!(
+            "; {} at or before the baselines' mark {} were scored but not learned again",
+            i.records.iter().filter(|r| rule.passes_over(r)).count(),
+            fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(mark.recorded_ms))
+        ),
+        None => String::new(),
+    };
     println!(
-        "scored {} events ({} above threshold) → {}",
-        scores.len(),
+        "scored {} events ({} above threshold{passed}) → {}",
+        scored.len(),
         alerts,
         output.display()
     );

@@ -79,6 +79,7 @@ counter_table! {
     EventsFetched = "events_fetched", "AuditEvents fetched from the server (incl. duplicates).";
     EventsScored = "events_scored", "Events scored and committed by this process.";
     EventsModelScored = "events_model_scored", "Events run through the model (a page whose commit failed is scored again on retry).";
+    EventsPassedOver = "events_passed_over", "Events the model's baselines had learned already (at or before their mark): committed, not scored or alerted.";
     EventsDuplicate = "events_duplicate", "Fetched events already scored (overlap re-reads).";
     EventsSkipped = "events_skipped", "Entries that could not be read.";
     PagesFetched = "pages_fetched", "Search pages fetched.";

@@ -126,7 +126,9 @@ impl Handler<EventsFetched> for DetectorActor {
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
             let n = scored.len() as u64;
-            health.counters.add(Counter::EventsModelScored, n);
+            let passed = scored.iter().filter(|e| e.passed_over).count() as u64;
+            health.counters.add(Counter::EventsModelScored, n - passed);
+            health.counters.add(Counter::EventsPassedOver, passed);
             let scoring_ms = started.elapsed().as_millis() as u64;
             health
                 .counters

@@ -3,3 +3,164 @@
 //! [`fhir_edge_core::detector::Detector`] off the actor thread.
 
 pub mod actor;
+
+use std::path::Path;
+
+use fhir_edge_core::detector::baselines::{self, BaselinesError, PassOver};
+use fhir_edge_core::detector::features::Context;
+
+/// Where the detector's history comes from when the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The daemon's own snapshot (it has run before).
+    Own,
+    /// The model's baselines, learned up to `mark_ms` (`recorded`).
+    Model { mark_ms: i64 },
+    /// Nothing: every user starts new.
+    Fresh(FreshReason),
+}
+
+/// Why a daemon starts without history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreshReason {
+    /// The model was trained before baselines travelled with it (or by hand).
+    NoBaselines,
+    /// The baselines were learned from another server than the one configured.
+    OtherServer { learned_from: String },
+}
+
+/// The detector's starting point: its context, the rule for events its baselines had
+/// learned, and the cursor to start from when the state has none.
+pub struct Start {
+    pub ctx: Context,
+    pub pass_over: Option<PassOver>,
+    /// `meta.lastUpdated` the first poll starts from (less the overlap), ms.
+    pub cursor_ms: Option<i64>,
+    pub origin: Origin,
+}
+
+/// Decide where the detector starts (see `baselines` in the core for the rules): the
+/// daemon's own snapshot when it has one; else the model's baselines, with the cursor at
+/// their server mark when they were read from this server (`base_url`, credentials
+/// removed); else nothing. A snapshot that cannot be read counts as none (the caller says
+/// so in the journal). Baselines for another time zone or schema are refused.
+pub fn starting_context(
+    snapshot: Option<&[u8]>,
+    cursor_ms: Option<i64>,
+    model_dir: &Path,
+    tz: chrono_tz::Tz,
+    base_url: &str,
+) -> Result<Start, BaselinesError> {
+    if let Some(ctx) = snapshot.and_then(|b| Context::from_bytes(b, tz).ok()) {
+        return Ok(Start {
+            ctx,
+            pass_over: None,
+            cursor_ms,
+            origin: Origin::Own,
+        });
+    }
+    let fresh = |reason| Start {
+        ctx: Context::new(tz),
+        pass_over: None,
+        cursor_ms,
+        origin: Origin::Fresh(reason),
+    };
+    let Some(b) = baselines::load(model_dir, tz)? else {
+        return Ok(fresh(FreshReason::NoBaselines));
+    };
+    let here = base_url.trim_end_matches('/');
+    let (pass_over, mark_cursor) = match &b.mark.server {
+        Some(s) if s.base_url != here => {
+            return Ok(fresh(FreshReason::OtherServer {
+                learned_from: s.base_url.clone(),
+            }))
+        }
+        Some(s) => (PassOver::by_server(&b.mark), Some(s.last_updated_ms)),
+        None => (PassOver::by_recorded(&b.mark), None),
+    };
+    let mut ctx = Context::new(tz);
+    ctx.adopt_history(b.context);
+    Ok(Start {
+        ctx,
+        pass_over: Some(pass_over),
+        cursor_ms: cursor_ms.or(mark_cursor),
+        origin: Origin::Model {
+            mark_ms: b.mark.recorded_ms,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhir_edge_core::detector::baselines::{Mark, ServerMark};
+
+    fn mark(server: Option<&str>) -> Mark {
+        Mark {
+            recorded_ms: 1_000,
+            timezone: "UTC".into(),
+            events: 1,
+            trained_at: "t".into(),
+            server: server.map(|s| ServerMark {
+                base_url: s.into(),
+                last_updated_ms: 2_000,
+                keys_at: vec!["k".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn the_start_follows_own_state_then_the_models_baselines_then_nothing() {
+        let tz = chrono_tz::UTC;
+        let d = tempfile::tempdir().unwrap();
+        let here = "http://fhir.local/fhir";
+        let start =
+            |snap: Option<&[u8]>, cursor| starting_context(snap, cursor, d.path(), tz, here);
+        let s = start(None, None).unwrap();
+        assert_eq!(s.origin, Origin::Fresh(FreshReason::NoBaselines));
+        assert!(s.pass_over.is_none() && s.cursor_ms.is_none());
+
+        baselines::save(d.path(), &mark(Some(here)), &Context::new(tz)).unwrap();
+        let s = start(None, None).unwrap();
+        assert_eq!(s.origin, Origin::Model { mark_ms: 1_000 });
+        assert_eq!(s.cursor_ms, Some(2_000), "from the server mark");
+        assert!(s.pass_over.is_some());
+        // A daemon that committed a cursor before its first snapshot keeps the cursor.
+        assert_eq!(start(None, Some(5_000)).unwrap().cursor_ms, Some(5_000));
+        // Its own snapshot wins.
+        let own = Context::new(tz).to_bytes();
+        let s = start(Some(&own), Some(7_000)).unwrap();
+        assert_eq!((s.origin, s.cursor_ms), (Origin::Own, Some(7_000)));
+        assert!(s.pass_over.is_none());
+        // An unreadable snapshot falls back to the baselines.
+        assert_eq!(
+            start(Some(b"{"), None).unwrap().origin,
+            Origin::Model { mark_ms: 1_000 }
+        );
+
+        baselines::save(
+            d.path(),
+            &mark(Some("http://other/fhir")),
+            &Context::new(tz),
+        )
+        .unwrap();
+        let s = start(None, None).unwrap();
+        assert!(matches!(
+            s.origin,
+            Origin::Fresh(FreshReason::OtherServer { .. })
+        ));
+        assert!(s.pass_over.is_none() && s.cursor_ms.is_none());
+
+        baselines::save(d.path(), &mark(None), &Context::new(tz)).unwrap();
+        let s = start(None, None).unwrap();
+        assert_eq!(
+            (s.origin, s.cursor_ms),
+            (Origin::Model { mark_ms: 1_000 }, None)
+        );
+
+        let e = starting_context(None, None, d.path(), chrono_tz::Europe::Berlin, here)
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), "baselines_timezone_mismatch");
+    }
+}

@@ -18,7 +18,7 @@ fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .envs(env.iter().copied())
@@ -129,7 +129,7 @@ fn version_and_help() {
     }
 }
 
-fn write_config(dir: &Path, base_url: &str) -> PathBuf {
+pub fn write_config(dir: &Path, base_url: &str) -> PathBuf {
     let p = dir.join("config.toml");
     let mut f = std::fs::File::create(&p).unwrap();
     write!(
@@ -542,4 +542,107 @@ fn simulate_train_and_score_take_a_watch_list() {
     let (code, _, err) = score("s2.csv", &p("bad.txt"));
     assert_eq!(code, 1);
     assert!(err.contains("line 2") && !err.contains("Jane"), "{err}");
+}
+
+/// The judged protocol of a fresh install: a model trained on the baseline days scores the
+/// days after them alone exactly as it scores them after reading the baseline, because the
+/// baselines travel in the model folder; scoring the baseline again with it passes over
+/// what it learned (rows written, not learned twice).
+#[test]
+fn a_trained_model_scores_later_days_alone_as_after_its_baseline() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let sim = [
+        "simulate",
+        "--days",
+        "5",
+        "--seed",
+        "5",
+        "--users",
+        "40",
+        "--patients",
+        "500",
+        "--anomalies-from-day",
+        "3",
+        "--out",
+    ];
+    let (code, _, err) = run(&[&sim[..], &[&p("sim")]].concat(), &[]);
+    assert_eq!(code, 0, "{err}");
+    let all = std::fs::read_to_string(p("sim/events.ndjson")).unwrap();
+    // The simulator starts on 2026-01-05 (UTC); days 3 and 4 are the test days.
+    let until = "2026-01-08T00:00:00Z";
+    let cut = chrono::DateTime::parse_from_rfc3339(until).unwrap();
+    let test_days: Vec<&str> = all
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            chrono::DateTime::parse_from_rfc3339(v["recorded"].as_str().unwrap()).unwrap() >= cut
+        })
+        .collect();
+    assert!(test_days.len() > 500 && test_days.len() < all.lines().count());
+    std::fs::write(p("test.ndjson"), test_days.join("\n") + "\n").unwrap();
+    let (code, out, err) = run(
+        &[
+            "train",
+            "--input",
+            &p("sim/events.ndjson"),
+            "--until",
+            until,
+            "--epochs",
+            "3",
+            "--output",
+            &p("model"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("with the baselines of 40 users"), "{out}");
+    let score = |model: &str, input: &str, out_csv: &str| {
+        let (code, out, err) = run(
+            &[
+                "score",
+                "--model",
+                &p(model),
+                "--input",
+                input,
+                "--output",
+                &p(out_csv),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        let rows: std::collections::HashMap<String, String> = std::fs::read_to_string(p(out_csv))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (id, rest) = l.split_once(',').unwrap();
+                (id.to_string(), rest.to_string())
+            })
+            .collect();
+        (out, rows)
+    };
+    let (_, alone) = score("model", &p("test.ndjson"), "alone.csv");
+    let (said, continued) = score("model", &p("sim/events.ndjson"), "all.csv");
+    assert!(said.contains("were scored but not learned again"), "{said}");
+    assert_eq!(
+        continued.len(),
+        all.lines().count(),
+        "one row per input event"
+    );
+    // The old way: no baselines, the baseline read first.
+    let bare = d.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in ["model.json", "model.safetensors"] {
+        std::fs::copy(d.path().join("model").join(f), bare.join(f)).unwrap();
+    }
+    let (_, after_baseline) = score("bare", &p("sim/events.ndjson"), "bare.csv");
+    assert_eq!(alone.len(), test_days.len());
+    for (id, row) in &alone {
+        assert_eq!(
+            &after_baseline[id], row,
+            "event {id}: alone vs after the baseline"
+        );
+        assert_eq!(&continued[id], row, "event {id}: alone vs continued");
+    }
 }

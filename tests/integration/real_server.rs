@@ -203,3 +203,80 @@ fn send_test_event_posts_a_valid_audit_event_and_prints_its_id() {
             .expect("parses");
     assert!(rec.user.is_some());
 }
+
+/// A model trained with `train --from-server` carries the baselines and the server mark; a
+/// daemon with empty state starts from them at the mark. Events the training read are
+/// passed over (not scored, not alerted), events written in between and afterwards are
+/// each scored exactly once, and `status` says where the baselines came from.
+#[test]
+fn a_daemon_started_from_a_server_trained_model_scores_every_later_event_once() {
+    let Some(s) = start_sekmet() else { return };
+    let all = events(320, "warm", 43);
+    let learned = post_all(&s.base_url, &all[..200]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_file = crate::binary::write_config(dir.path(), &s.base_url);
+    let model = dir.path().join("model");
+    let (code, out, err) = crate::binary::run(
+        &[
+            "--config",
+            cfg_file.to_str().unwrap(),
+            "train",
+            "--from-server",
+            "--since",
+            "1d",
+            "--epochs",
+            "2",
+            "--output",
+            model.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("with the baselines of"), "{out}");
+    // The server keeps receiving events between training and the daemon's start.
+    let mut later = post_all(&s.base_url, &all[200..260]);
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.detector.model_dir = model;
+    cfg.poller.page_size = 40;
+    cfg.poller.overlap_secs = 30;
+    let d = TestDaemon::start(cfg);
+    later.extend(post_all(&s.base_url, &all[260..]));
+    wait_until(Duration::from_secs(120), "the 120 later events", || {
+        d.counter(Counter::EventsModelScored) >= 120
+    });
+    let p = d.counter(Counter::PollsCompleted);
+    wait_until(Duration::from_secs(60), "three more polls", || {
+        d.counter(Counter::PollsCompleted) >= p + 3
+    });
+    assert_eq!(
+        d.counter(Counter::EventsModelScored),
+        120,
+        "every event after the mark scored exactly once, none of the learned ones"
+    );
+    let seen: std::collections::HashSet<String> = seen_keys(dir.path())
+        .iter()
+        .map(|k| k.split('|').next().unwrap().to_string())
+        .collect();
+    for id in &later {
+        assert!(
+            seen.contains(id),
+            "event {id} after the mark was not scored"
+        );
+    }
+    let passed_over = seen.iter().filter(|id| learned.contains(id)).count() as u64;
+    assert_eq!(seen.len() as u64, 120 + passed_over);
+    assert_eq!(
+        d.counter(Counter::EventsPassedOver),
+        passed_over,
+        "the learned events the overlap re-read were passed over"
+    );
+    assert!(
+        passed_over > 0,
+        "the first poll re-reads the overlap before the mark"
+    );
+    let st = status(dir.path());
+    assert!(
+        st.baselines_until.is_some(),
+        "status names the model's baselines"
+    );
+}

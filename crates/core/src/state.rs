@@ -232,6 +232,11 @@ pub struct StatusReport {
     pub alerts_new: u64,
     pub seen_keys: u64,
     pub snapshot_taken: Option<String>,
+    /// When the detector started from a model's baselines: their mark (newest `recorded`
+    /// learned in training) and when the daemon started from them. None: its own history
+    /// from its first start.
+    pub baselines_until: Option<String>,
+    pub baselines_seeded: Option<String>,
 }
 
 /// What the daemon loads at start.
@@ -344,6 +349,16 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Note that the detector started from a model's baselines learned up to `mark_ms`,
+    /// at `now_ms` (for `status`).
+    pub fn note_baselines(&mut self, mark_ms: i64, now_ms: i64) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        kv_set(&tx, "baselines_mark_ms", mark_ms)?;
+        kv_set(&tx, "baselines_seeded_ms", now_ms)?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn load(&self) -> Result<Loaded, StateError> {
@@ -762,6 +777,8 @@ impl Reader {
                 })
                 .optional()?
                 .map(fmt),
+            baselines_until: kv_get(c, "baselines_mark_ms")?.map(fmt),
+            baselines_seeded: kv_get(c, "baselines_seeded_ms")?.map(fmt),
         })
     }
 

@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
     ] {
         let t = Instant::now();
         let mut ctx = site();
-        let out = score_stream(&model, &mut ctx, &records, PAGE, which)?;
+        let out = score_stream(&model, &mut ctx, &records, PAGE, which, None)?;
         rate(label, out.len(), t.elapsed().as_secs_f64());
     }
     Ok(())

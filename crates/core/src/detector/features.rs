@@ -775,6 +775,20 @@ impl Context {
         self.users.len()
     }
 
+    /// The site's time zone, as hours and weekdays are read in.
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.tz.unwrap_or(chrono_tz::UTC)
+    }
+
+    /// Take over the history `learned` holds (a model's baselines), keeping this
+    /// context's time zone and watch list, which come from the site's configuration.
+    pub fn adopt_history(&mut self, learned: Context) {
+        let (tz, watched) = (self.tz, std::mem::take(&mut self.watched));
+        *self = learned;
+        self.tz = tz;
+        self.watched = watched;
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("context serialises")
     }
@@ -789,6 +803,13 @@ impl Context {
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
         let (x, facts, known) = self.features(r);
         self.update(r, known);
+        (x, facts)
+    }
+
+    /// Compute features for `r` from the context so far without learning it (an event
+    /// the context has learned already: see `baselines::PassOver`).
+    pub fn peek(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
+        let (x, facts, _) = self.features(r);
         (x, facts)
     }
 

@@ -1,12 +1,14 @@
 //! The detector: context features + autoencoder score + plain-language explanation.
 //! Plain logic, testable without actix; `actor.rs` runs it off the actor thread.
 
+pub mod baselines;
 pub mod features;
 pub mod model;
 pub mod train;
 
 use std::collections::HashSet;
 
+use baselines::PassOver;
 use features::{Context, Facts, Feature, N_FEATURES};
 use model::Model;
 
@@ -26,6 +28,9 @@ pub struct ScoredEvent {
     pub explanation: Vec<String>,
     /// The behaviours behind the explanation's reasons, in the same order.
     pub kinds: Vec<AlertKind>,
+    /// Learned already by the baselines the context started from: not scored (score 0),
+    /// never alerted, not learned again; committed so it is not met again.
+    pub passed_over: bool,
 }
 
 pub struct Detector {
@@ -33,6 +38,8 @@ pub struct Detector {
     model: Model,
     /// Keys replayed into the context since the last snapshot (so a key is replayed once).
     replayed: HashSet<String>,
+    /// Set when the context started from a model's baselines.
+    pass_over: Option<PassOver>,
 }
 
 impl Detector {
@@ -41,7 +48,15 @@ impl Detector {
             ctx,
             model,
             replayed: HashSet::new(),
+            pass_over: None,
         }
+    }
+
+    /// A detector whose context was seeded from a model's baselines: events `rule` says
+    /// were learned already are passed over.
+    pub fn with_pass_over(mut self, rule: PassOver) -> Self {
+        self.pass_over = Some(rule);
+        self
     }
 
     pub fn context(&self) -> &Context {
@@ -61,8 +76,12 @@ impl Detector {
     ) -> Result<Vec<ScoredEvent>, model::ModelError> {
         let mut rows = Vec::with_capacity(batch.len());
         let mut kept = Vec::with_capacity(batch.len());
+        let mut passed = Vec::new();
         for (f, status) in batch {
+            let learned = |r| self.pass_over.as_ref().is_some_and(|p| p.passes_over(r));
             match status {
+                KeyStatus::New if learned(&f.record) => passed.push(f),
+                KeyStatus::Replay if learned(&f.record) => {}
                 KeyStatus::New => {
                     let (x, facts) = self.ctx.observe(&f.record);
                     rows.push(x);
@@ -79,21 +98,33 @@ impl Detector {
         let records: Vec<&AuditRecord> = kept.iter().map(|(f, _)| &f.record).collect();
         let facts: Vec<&Facts> = kept.iter().map(|(_, facts)| facts).collect();
         let verdicts = judge(&self.model, &rows, &facts, &records, Explain::Alerts)?;
-        Ok(kept
-            .into_iter()
-            .zip(verdicts)
-            .map(|((fetched, _), v)| ScoredEvent {
-                fetched,
-                score: v.score,
-                severity: v.severity,
-                summary: match (v.explanation.first(), v.severity) {
-                    (Some(first), _) => first.clone(),
-                    (None, Some(_)) => "unusual combination of features".into(),
-                    (None, None) => String::new(),
-                },
-                explanation: v.explanation,
-                kinds: v.kinds,
-            })
+        let passed = passed.into_iter().map(|fetched| ScoredEvent {
+            fetched,
+            score: 0.0,
+            severity: None,
+            summary: String::new(),
+            explanation: Vec::new(),
+            kinds: Vec::new(),
+            passed_over: true,
+        });
+        Ok(passed
+            .chain(
+                kept.into_iter()
+                    .zip(verdicts)
+                    .map(|((fetched, _), v)| ScoredEvent {
+                        fetched,
+                        score: v.score,
+                        severity: v.severity,
+                        summary: match (v.explanation.first(), v.severity) {
+                            (Some(first), _) => first.clone(),
+                            (None, Some(_)) => "unusual combination of features".into(),
+                            (None, None) => String::new(),
+                        },
+                        explanation: v.explanation,
+                        kinds: v.kinds,
+                        passed_over: false,
+                    }),
+            )
             .collect())
     }
 }
@@ -149,17 +180,26 @@ fn judge(
 }
 
 /// Score every event of a stream in order (the `score` command and the benchmarks),
-/// returning each event's feature row with its verdict.
+/// returning each event's feature row with its verdict. Events `pass_over` says the
+/// context has learned already are scored from the context as it stands but not learned
+/// again.
 pub fn score_stream(
     model: &Model,
     ctx: &mut Context,
     records: &[AuditRecord],
     batch: usize,
     which: Explain,
+    pass_over: Option<&PassOver>,
 ) -> Result<Vec<([f32; N_FEATURES], Verdict)>, model::ModelError> {
     let mut out = Vec::with_capacity(records.len());
     for chunk in records.chunks(batch.max(1)) {
-        let (rows, facts): (Vec<_>, Vec<_>) = chunk.iter().map(|r| ctx.observe(r)).unzip();
+        let (rows, facts): (Vec<_>, Vec<_>) = chunk
+            .iter()
+            .map(|r| match pass_over {
+                Some(p) if p.passes_over(r) => ctx.peek(r),
+                _ => ctx.observe(r),
+            })
+            .unzip();
         let facts: Vec<&Facts> = facts.iter().collect();
         let recs: Vec<&AuditRecord> = chunk.iter().collect();
         out.extend(
