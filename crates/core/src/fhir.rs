@@ -418,12 +418,38 @@ impl Interaction {
     }
 }
 
-/// What a search asked for, from the base64 `entity.query`.
+/// What a search asked for, from the base64 `entity.query` (or a description holding it).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueryInfo {
+    /// `_count`: records asked for per page.
     pub count: Option<u32>,
+    /// A bulk data export (`$export` at system, Patient or Group level).
     pub export: bool,
+    /// A type-level Patient search that returns people's demographics wholesale: nothing
+    /// narrows it to a person (no `_id`, identifier, name, telecom…), or its `_elements`
+    /// ask for names, addresses, telecom, birth dates or identifiers.
+    pub patient_sweep: bool,
+    /// A page beyond the first (`_offset`, `_getpagesoffset`, `page`, `_page` above 0).
+    pub later_page: bool,
 }
+
+/// Search parameters that narrow a Patient search to a person.
+const NARROWING: &[&str] = &[
+    "_id",
+    "identifier",
+    "name",
+    "family",
+    "given",
+    "phone",
+    "email",
+    "telecom",
+    "_has",
+    "link",
+    "_content",
+    "_text",
+];
+/// `_elements` that are a person's demographics.
+const DEMOGRAPHICS: &[&str] = &["name", "address", "telecom", "birthDate", "identifier"];
 
 /// De-duplication key: id + versionId, or id + lastUpdated when there is no versionId.
 pub fn event_key(id: &str, version: Option<&str>, last_updated: Option<&str>) -> String {
@@ -486,14 +512,46 @@ fn decode_query(q: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Read a search line (`GET /Patient?name=x&_count=50`, a bare path with query, or a URL).
 pub fn query_info(text: &str) -> QueryInfo {
     let line = text.lines().next().unwrap_or("");
     let export = line.contains("$export") || line.contains("%24export");
-    let count = line
-        .split(['?', '&', ' '])
-        .find_map(|p| p.strip_prefix("_count="))
-        .and_then(|v| v.parse().ok());
-    QueryInfo { count, export }
+    // The request target: the last whitespace-separated word holding a path.
+    let target = line
+        .split_whitespace()
+        .rev()
+        .find(|w| w.contains('/') || w.contains('?'))
+        .unwrap_or(line);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    let value = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let count = value("_count").and_then(|v| v.parse().ok());
+    // `Patient` as the last path segment: a type-level search, not `Patient/123`.
+    let patient_type = path.trim_end_matches('/').rsplit('/').next() == Some("Patient");
+    let narrowed = params.iter().any(|(k, _)| {
+        let base = k.split([':', '.']).next().unwrap_or(k);
+        NARROWING.contains(&base)
+    });
+    let demographics = value("_elements").is_some_and(|v| {
+        v.split([',', '%'])
+            .any(|e| DEMOGRAPHICS.iter().any(|d| e.eq_ignore_ascii_case(d)))
+    });
+    let later_page = ["_offset", "_getpagesoffset", "page", "_page"]
+        .iter()
+        .filter_map(|p| value(p))
+        .any(|v| v.parse::<u64>().is_ok_and(|n| n > 0));
+    QueryInfo {
+        count,
+        export,
+        patient_sweep: patient_type
+            && !export
+            && (!narrowed || (demographics && count.is_some_and(|c| c >= 100))),
+        later_page,
+    }
 }
 
 fn is_patient_ref(r: &str) -> bool {
@@ -1186,6 +1244,28 @@ mod tests {
             read("hl7-r4-core/AuditEvent-example-disclosure.json").client_app,
             None
         );
+    }
+
+    #[test]
+    fn search_lines_say_sweeps_pages_and_exports() {
+        let q = query_info(
+            "GET /Patient?_count=1000&_elements=name,birthDate,address,telecom&_offset=3000",
+        );
+        assert_eq!(q.count, Some(1000));
+        assert!(q.patient_sweep && q.later_page && !q.export);
+        let q = query_info("https://h/fhir/Patient?family=Doe&_count=10");
+        assert!(!q.patient_sweep && !q.later_page, "narrowed to a person");
+        assert!(
+            query_info("GET /Patient?family=Doe&_elements=name,address&_count=500").patient_sweep
+        );
+        assert!(query_info("/Patient?_count=50").patient_sweep, "unbounded");
+        assert!(
+            !query_info("GET /Patient/123").patient_sweep,
+            "an instance read"
+        );
+        assert!(!query_info("GET /Observation?patient=1&_count=1000&page=0").later_page);
+        let g = query_info("GET /Group/icu/$export?_type=Patient");
+        assert!(g.export && !g.patient_sweep);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::AlertKind;
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 11;
+pub const SCHEMA_VERSION: u32 = 12;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -188,6 +188,28 @@ catalogue! {
         "Novelty of the address's network (IPv4 /24, IPv6 /48, a host's domain) at the whole site, once the site has history: 1 never seen, decaying with use.";
     NewClientAppSite = "new_client_app_site", Up, NewSource,
         "Novelty of the client application at the whole site, once the site has history.";
+    HourRarityPeers = "hour_rarity_peers", Up, AfterHours,
+        "How rarely the user's department (their peers) is active at this local hour (blended with the site while the department is new).";
+    OffHoursUserAndPeers = "off_hours_user_and_peers", Up, AfterHours,
+        "The smaller of hour_rarity_user and hour_rarity_peers: an hour rare for the user and for their peers (a clerk at 03:00), not for a night nurse or a department that works around the clock.";
+    QueryVolume1hVsUsual = "query_volume_1h_vs_usual", Up, MassExport,
+        "For a search: ln of the records the user's searches asked for within the hour (this one included) against their usual high hour, floored at 0.";
+    DemographicSweep = "demographic_sweep", Up, MassExport,
+        "For a Patient search returning demographics wholesale: ln(1 + records asked) + ln(1 + such searches by the user in the hour before).";
+}
+
+/// Records a search without `_count` is taken to ask for (a common server default).
+const DEFAULT_PAGE: u32 = 20;
+/// Records an hour's searches may ask for before the hour means anything (five pages).
+const ASKED_FLOOR: f32 = 5.0 * DEFAULT_PAGE as f32;
+/// Events a department needs before its own hours outweigh the site's.
+const PEERS_MATURE: f32 = 300.0;
+
+/// A department's hour-of-day activity (its staff as peers of each other).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DeptHours {
+    hours: [f32; 24],
+    total: f32,
 }
 
 /// A detector snapshot that cannot be read (another version's, or damaged).
@@ -288,6 +310,23 @@ pub struct Facts {
     pub pair_total: u32,
     pub query_count: Option<u32>,
     pub export: bool,
+    /// A Patient search returning demographics wholesale; such searches by the user in the
+    /// hour, this one included; a page beyond the first.
+    #[serde(default)]
+    pub patient_sweep: bool,
+    #[serde(default)]
+    pub sweeps_1h: u32,
+    #[serde(default)]
+    pub later_page: bool,
+    /// Records the user's searches asked for within the hour (this one included), and the
+    /// user's usual high hour.
+    #[serde(default)]
+    pub asked_1h: u32,
+    #[serde(default)]
+    pub usual_asked_1h: f32,
+    /// Share of the user's department's activity in this hour (when it has history).
+    #[serde(default)]
+    pub peer_hour_share: Option<f32>,
     pub same_family_name: bool,
     /// The record is on the site's watch list or labelled restricted.
     pub watched: bool,
@@ -370,6 +409,18 @@ pub fn family_name(display: &str) -> Option<String> {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct UserState {
+    /// (time, records asked) of the user's searches in the last hour; the usual high hour
+    /// of that sum, learned only from hours that are over (so a sweep in progress does not
+    /// raise its own baseline), and the hour being counted (start, sum).
+    #[serde(default)]
+    asked: VecDeque<(i64, u32)>,
+    #[serde(default)]
+    usual_asked_hi: f32,
+    #[serde(default)]
+    asked_bucket: (i64, f32),
+    /// Times of the user's Patient sweeps in the last hour.
+    #[serde(default)]
+    sweeps: VecDeque<i64>,
     hours: [f32; 24],
     weekdays: [f32; 7],
     events: f32,
@@ -598,6 +649,9 @@ pub struct Context {
     site_networks: IdMap<f32>,
     #[serde(default)]
     site_apps: IdMap<f32>,
+    /// Hour-of-day activity per department (bounded like `dept_names`).
+    #[serde(default)]
+    dept_hours: IdMap<DeptHours>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -694,6 +748,15 @@ impl HashSetScratch {
             i = (i + 1) & mask;
         }
     }
+}
+
+/// Records a search asked for (`_count`, else the usual server default); `None` for
+/// anything that is not a search.
+fn asked_of(r: &AuditRecord) -> Option<u32> {
+    let q = r.query.as_ref();
+    let search = r.interaction == Interaction::Search || q.is_some_and(|q| !q.export);
+    (search && r.interaction != Interaction::Export)
+        .then(|| q.and_then(|q| q.count).unwrap_or(DEFAULT_PAGE))
 }
 
 /// Distinct values among the newest entries of a time-ordered list, for two windows at once
@@ -914,6 +977,18 @@ impl Context {
             }
             _ => (site_r, 0.0),
         };
+        // The same hour among the user's peers (their department): a night nurse's ward
+        // works at 03:00, an office does not.
+        let peers = match dept_h.and_then(|d| self.dept_hours.get(&d)) {
+            Some(d) if d.total > 0.0 => {
+                let w = (d.total / PEERS_MATURE).min(1.0);
+                facts.peer_hour_share = Some(d.hours[hour as usize] / d.total);
+                w * rarity(d.hours[hour as usize], d.total, 24.0) + (1.0 - w) * site_r
+            }
+            _ => site_r,
+        };
+        x[F::HourRarityPeers] = peers;
+        x[F::OffHoursUserAndPeers] = hr.min(peers);
         x[F::HourRarityUser] = hr;
         x[F::HourRaritySite] = site_r;
         x[F::WeekdayRarityUser] = wr;
@@ -1134,7 +1209,32 @@ impl Context {
         if let Some(q) = &r.query {
             facts.query_count = q.count;
             facts.export = q.export;
+            facts.later_page = q.later_page;
             x[F::QuerySize] = (q.count.unwrap_or(0) as f32).ln_1p();
+        }
+        // Query breadth within the hour, against the user's usual: pages walked add up.
+        if let Some(asked) = asked_of(r) {
+            let hour_ago = now - HOUR;
+            let before: u32 = user.map_or(0, |u| {
+                u.asked
+                    .iter()
+                    .filter(|e| e.0 >= hour_ago)
+                    .map(|e| e.1)
+                    .sum()
+            });
+            let usual = user.map_or(0.0, |u| u.usual_asked_hi).max(ASKED_FLOOR);
+            facts.asked_1h = before.saturating_add(asked);
+            facts.usual_asked_1h = usual;
+            x[F::QueryVolume1hVsUsual] = ((facts.asked_1h as f32 + 1.0) / (usual + 1.0))
+                .ln()
+                .max(0.0);
+            if r.query.as_ref().is_some_and(|q| q.patient_sweep) {
+                let earlier =
+                    user.map_or(0, |u| u.sweeps.iter().filter(|t| **t >= hour_ago).count());
+                facts.patient_sweep = true;
+                facts.sweeps_1h = earlier as u32 + 1;
+                x[F::DemographicSweep] = (asked as f32).ln_1p() + (earlier as f32).ln_1p();
+            }
         }
         facts.export |= r.interaction == Interaction::Export;
         x[F::Export] = facts.export as u8 as f32;
@@ -1205,6 +1305,14 @@ impl Context {
             return;
         };
         let uh = h64(user_ref);
+        let ok = r.outcome == 0;
+        if let Some(d) = dept_h.or_else(|| self.users.get(&uh).and_then(|u| u.dept)) {
+            if ok && (self.dept_hours.len() < 4096 || self.dept_hours.contains_key(&d)) {
+                let e = self.dept_hours.entry(d).or_default();
+                e.hours[hour as usize] += 1.0;
+                e.total += 1.0;
+            }
+        }
         if self.users.len() >= MAX_USERS && !self.users.contains_key(&uh) {
             evict_half(&mut self.users, |u| u.last_ms);
         }
@@ -1282,6 +1390,20 @@ impl Context {
         u.last_ms = u.last_ms.max(now);
         if dept_h.is_some() {
             u.dept = dept_h;
+        }
+        if let Some(asked) = asked_of(r) {
+            push_window(&mut u.asked, (now, asked), 256, now - HOUR, |e| e.0);
+            let (start, sum) = &mut u.asked_bucket;
+            if now - *start >= HOUR {
+                // An hour of searching is over: fold it into the envelope, which decays
+                // slowly from one searching hour to the next.
+                u.usual_asked_hi = (0.98 * u.usual_asked_hi).max(*sum);
+                (*start, *sum) = (now, 0.0);
+            }
+            *sum += asked as f32;
+            if r.query.as_ref().is_some_and(|q| q.patient_sweep) {
+                push_window(&mut u.sweeps, now, 64, now - HOUR, |t| *t);
+            }
         }
         if let Some(p) = ph {
             let capped = push_window(&mut u.recent, (now, p), MAX_RECENT, now - HOUR, |e| e.0);
@@ -2306,5 +2428,96 @@ mod tests {
         assert_eq!(x[j], 0.0, "a related department");
         assert_eq!(watch_key(" Patient/12 "), "Patient/12");
         assert_eq!(watch_key("urn:mrn|123"), "urn:mrn|123");
+    }
+
+    #[test]
+    fn an_hour_rare_for_the_user_and_their_peers_counts_more_than_for_either() {
+        let mut c = Context::new(chrono_tz::UTC);
+        // Weeks of work: the office 08-16 only, the ward around the clock; the night nurse
+        // works nights, the ward's day nurse days.
+        for day in 0..21 {
+            let t0 = monday(0) + day * DAY;
+            for h in 0..24 {
+                let t = t0 + h * HOUR;
+                if (8..16).contains(&h) {
+                    c.observe(&in_dept("clerk", "Billing", "Patient/1", t));
+                    c.observe(&in_dept("day-nurse", "Ward", "Patient/2", t));
+                } else {
+                    c.observe(&in_dept("night-nurse", "Ward", "Patient/3", t));
+                }
+            }
+        }
+        let at3 = monday(3) + 21 * DAY;
+        let clerk = c.peek(&in_dept("clerk", "Billing", "Patient/1", at3)).0;
+        let day_nurse = c.peek(&in_dept("day-nurse", "Ward", "Patient/2", at3)).0;
+        let night_nurse = c.peek(&in_dept("night-nurse", "Ward", "Patient/3", at3)).0;
+        let both = Feature::OffHoursUserAndPeers.index();
+        let peers = Feature::HourRarityPeers.index();
+        assert!(
+            clerk[peers] > day_nurse[peers] + 1.0,
+            "{} vs {}",
+            clerk[peers],
+            day_nurse[peers]
+        );
+        assert!(
+            clerk[both] > day_nurse[both] + 1.0,
+            "the ward works at night, the office does not"
+        );
+        assert!(
+            day_nurse[both] > night_nurse[both],
+            "the night nurse works at 03:00"
+        );
+        assert!(clerk[both] > night_nurse[both] + 1.5);
+        let (_, facts) = c.peek(&in_dept("clerk", "Billing", "Patient/1", at3));
+        assert_eq!(facts.peer_hour_share, Some(0.0));
+    }
+
+    #[test]
+    fn pages_of_a_demographic_sweep_add_up_against_the_users_usual() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let search = |user: &str, q: &str, t: i64| AuditRecord {
+            interaction: Interaction::Search,
+            patient: None,
+            query: Some(crate::fhir::query_info(q)),
+            ..rec(user, "", t)
+        };
+        // Weeks of small searches.
+        for i in 0..400 {
+            c.observe(&search(
+                "u",
+                "GET /Observation?patient=1&_count=20",
+                monday(9) + i * 600_000,
+            ));
+        }
+        let t = monday(9) + 400 * 600_000;
+        let mut last = [0f32; N_FEATURES];
+        for page in 0..6u32 {
+            let q = format!(
+                "GET /Patient?_count=1000&_elements=name,address,telecom&_offset={}",
+                page * 1000
+            );
+            let (x, facts) = c.observe(&search("u", &q, t + page as i64 * 60_000));
+            assert!(facts.patient_sweep && facts.sweeps_1h == page + 1);
+            let (sweep, volume) = (
+                Feature::DemographicSweep.index(),
+                Feature::QueryVolume1hVsUsual.index(),
+            );
+            assert!(
+                x[sweep] > last[sweep] && x[volume] > last[volume],
+                "page {page}"
+            );
+            last = x;
+        }
+        assert!(
+            last[Feature::QueryVolume1hVsUsual.index()] > 3.5,
+            "6000 records against about 120 an hour"
+        );
+        // A page of the usual size by the same user is ordinary.
+        let (x, _) = c.peek(&search(
+            "u",
+            "GET /Observation?patient=1&_count=20",
+            t + 3 * HOUR,
+        ));
+        assert_eq!(x[Feature::DemographicSweep.index()], 0.0);
     }
 }

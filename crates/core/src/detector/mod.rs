@@ -298,6 +298,12 @@ pub fn explain(
                         f.session_start_hour, f.starts_at_that_hour, f.user_sessions
                     ));
                 }
+                let peers = contrib_of(contrib, Feature::HourRarityPeers)
+                    + contrib_of(contrib, Feature::OffHoursUserAndPeers);
+                if let (Some(share), true) = (f.peer_hour_share, peers > 0.0) {
+                    let whose = f.dept.as_deref().map_or("the user's department".to_string(), |d| d.to_string());
+                    text.push_str(&format!("; {} of {whose}'s activity falls in that hour", pct(share)));
+                }
                 text
             }
             AlertKind::BulkAccess => format!(
@@ -395,10 +401,42 @@ pub fn explain(
                 f.days_inactive, f.usual_break_days
             ),
             AlertKind::MassExport => {
+                // Each part that counted, strongest first.
+                let mut parts: Vec<(f32, String)> = Vec::new();
+                let mut say = |feature: Feature, text: String| {
+                    let c = contrib_of(contrib, feature);
+                    if c > 0.0 {
+                        parts.push((c, text));
+                    }
+                };
                 if f.export {
-                    "bulk data export ($export)".to_string()
-                } else {
-                    format!("search asking for {} records at once", f.query_count.unwrap_or(0))
+                    say(Feature::Export, "bulk data export ($export)".into());
+                }
+                let count = f.query_count.unwrap_or(0);
+                if f.patient_sweep {
+                    let page = if f.later_page { ", a later page" } else { "" };
+                    let run = match f.sweeps_1h {
+                        n if n > 1 => format!(", the {n}th such search by this user within an hour"),
+                        _ => String::new(),
+                    };
+                    say(
+                        Feature::DemographicSweep,
+                        format!("a Patient search returning people's demographics wholesale, {count} records a page{page}{run}"),
+                    );
+                }
+                say(
+                    Feature::QueryVolume1hVsUsual,
+                    format!(
+                        "this user's searches asked for {} records within an hour (usual ≤ {:.0})",
+                        f.asked_1h,
+                        f.usual_asked_1h.ceil()
+                    ),
+                );
+                say(Feature::QuerySize, format!("search asking for {count} records at once"));
+                parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+                match parts.is_empty() {
+                    true => "an unusually large search".to_string(),
+                    false => parts.into_iter().map(|p| p.1).collect::<Vec<_>>().join("; "),
                 }
             }
             AlertKind::WatchedRecord => {
