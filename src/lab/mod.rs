@@ -42,6 +42,13 @@ pub enum LabCommand {
         /// Multiplies every user's activity rate.
         #[arg(long, default_value_t = 1.0)]
         activity: f64,
+        /// How the hospital works: `classic` (the style the detector was developed on),
+        /// `drawn` (every aspect drawn from the seed), or aspects joined by commas, e.g.
+        /// `rotating,stations,teaching,analysts` (shifts: classic, 12h, rotating, on-call;
+        /// network: personal, stations, nat, churning; roles: general, teaching, outpatient,
+        /// billing; analysts).
+        #[arg(long, default_value = "classic")]
+        style: String,
     },
     /// Sustained load: events created at a rate for minutes while the API is queried;
     /// RSS over time, API errors and latency, every event scored once.
@@ -107,8 +114,14 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
             incidents_per_day,
             timezone,
             activity,
+            style,
         } => {
             let mut o = fhir_edge_lab::simulate::SimOptions::new(days, seed);
+            o.style = match style.as_str() {
+                "drawn" => fhir_edge_lab::simulate::Style::draw(seed),
+                s => fhir_edge_lab::simulate::Style::parse(s)
+                    .map_err(|e| anyhow::anyhow!("--style: {e}"))?,
+            };
             o.users = users;
             o.patients = patients;
             if let Some(d) = anomalies_from_day {
@@ -127,9 +140,10 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", wl.display()))?;
             let labelled = events.iter().filter(|e| e.label.is_some()).count();
             println!(
-                "{} events ({} labelled anomalous) → {}, {} and {}",
+                "{} events ({} labelled anomalous) in a {} hospital → {}, {} and {}",
                 events.len(),
                 labelled,
+                o.style.name(),
                 ev.display(),
                 lb.display(),
                 wl.display()

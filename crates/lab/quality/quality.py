@@ -4,17 +4,22 @@
 For each run: simulate a hospital (35 days; anomalies injected from day 28 on), train the
 autoencoder on the 28 clean baseline days, score all 35 days in order with `fhir-edge
 score` (context warms up on the baseline), and evaluate on the last 7 days against the
-labels. An IsolationForest (scikit-learn) on the very same causal feature rows is the
-baseline. Reports ROC-AUC, PR-AUC, precision@k (k = true anomalies), recall at 1% FPR,
+labels. Two peers run on the very same causal feature rows: an IsolationForest and a plain
+MLP autoencoder (scikit-learn, reconstruction error), both fitted on the baseline days. Reports ROC-AUC, PR-AUC, precision@k (k = true anomalies), recall at 1% FPR,
 overall and per anomaly type, for every run (seed, hospital size, activity and anomaly
 rates vary).
 
+Also reports incident recall: the share of injected incidents with at least one event
+above the score that 1% (and 0.1%) of the normal test events exceed.
+
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
-       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD]
+       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE]
 """
 import argparse, csv, json, os, subprocess, sys, time
 import numpy as np
 from sklearn.ensemble import IsolationForest
+from sklearn.neural_network import MLPRegressor
+from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import roc_auc_score, average_precision_score
 
 START_MS = 1767571200000  # 2026-01-05T00:00:00Z, the simulator's day 0
@@ -40,7 +45,20 @@ def recall_at_fpr(neg, pos, fpr=0.01):
     return float(np.mean(pos > thr))
 
 
-def metrics(y, s, types, kinds):
+def incident_recall(neg, s, incidents, fpr):
+    """Share of incidents with at least one event above the (1 - fpr) quantile of normals."""
+    thr = np.quantile(neg, 1 - fpr)
+    ids = sorted({i for i in incidents if i != ""})
+    if not ids:
+        return float("nan")
+    hit = {i: False for i in ids}
+    for i, v in zip(incidents, s):
+        if i != "" and v > thr:
+            hit[i] = True
+    return float(np.mean(list(hit.values())))
+
+
+def metrics(y, s, types, kinds, incidents=None):
     neg = s[y == 0]
     out = {
         "roc_auc": roc_auc_score(y, s),
@@ -51,6 +69,9 @@ def metrics(y, s, types, kinds):
     top = np.argsort(-s)[:k]
     out["precision_at_k"] = float(y[top].mean()) if k else float("nan")
     out["per_type"] = per_type(neg, s, types, kinds)
+    if incidents is not None:
+        out["incident_recall_1pct"] = incident_recall(neg, s, incidents, 0.01)
+        out["incident_recall_01pct"] = incident_recall(neg, s, incidents, 0.001)
     return out
 
 
@@ -79,13 +100,14 @@ def watched_split(ev, labels, watch):
     return sub
 
 
-def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None):
+def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic"):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
     run([sim_bin or bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
          "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day),
-         "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else []))
+         "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else [])
+        + (["--style", style] if style != "classic" else []))
     cutoff = START_MS + from_day * DAY_MS
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff / 1000))
     ev = os.path.join(d, "events.ndjson")
@@ -98,10 +120,11 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
          "--until", until] + wl_args)
     run([bin_, "score", "--model", os.path.join(d, "model"), "--input", ev, "--output", os.path.join(d, "scores.csv"),
          "--features-out", os.path.join(d, "features.csv")] + wl_args)
-    labels = {}
+    labels, incident = {}, {}
     with open(os.path.join(d, "labels.csv")) as f:
         for row in csv.DictReader(f):
             labels[row["id"]] = row["anomaly"]
+            incident[row["id"]] = row.get("incident") or ""
     ids, scores = [], []
     with open(os.path.join(d, "scores.csv")) as f:
         for row in csv.DictReader(f):
@@ -116,20 +139,29 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     y = np.array([1 if i in labels else 0 for i in ids])
     types = np.array([labels.get(i, "") for i in ids])
     kinds = sorted(set(labels.values()))
-    ae = metrics(y[test], scores[test], types[test], kinds)
+    inc = np.array([incident.get(i, "") for i in ids])[test]
+    ae = metrics(y[test], scores[test], types[test], kinds, inc)
     rng = np.random.default_rng(0)
     train_idx = np.where(~test)[0]
     sample = rng.choice(train_idx, size=min(100_000, len(train_idx)), replace=False)
     iso = IsolationForest(n_estimators=200, random_state=0, n_jobs=1).fit(X[sample])
     iso_s = -iso.score_samples(X[test])
-    base = metrics(y[test], iso_s, types[test], kinds)
+    base = metrics(y[test], iso_s, types[test], kinds, inc)
+    # A plain MLP autoencoder on the same rows: standardized, reconstruction error.
+    small = rng.choice(train_idx, size=min(50_000, len(train_idx)), replace=False)
+    sc = StandardScaler().fit(X[small])
+    Z = np.clip(sc.transform(X[small]), -12, 12)
+    mlp = MLPRegressor(hidden_layer_sizes=(32, 8, 32), max_iter=40, random_state=0).fit(Z, Z)
+    Zt = np.clip(sc.transform(X[test]), -12, 12)
+    mlp_s = ((mlp.predict(Zt) - Zt) ** 2).mean(axis=1)
+    peer = metrics(y[test], mlp_s, types[test], kinds, inc)
     if listed:
         split = watched_split(ev, labels, listed)
         sub = np.array([split.get(i, "") for i in ids])[test]
-        for m, s in ((ae, scores[test]), (base, iso_s)):
+        for m, s in ((ae, scores[test]), (base, iso_s), (peer, mlp_s)):
             m["per_type"].update(per_type(s[y[test] == 0], s, sub, sorted(set(split.values()))))
-    return {"run": r, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
-            "autoencoder": ae, "isolation_forest": base, "seconds": round(time.time() - t0, 1)}
+    return {"run": r, "style": style, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
+            "autoencoder": ae, "isolation_forest": base, "mlp_autoencoder": peer, "seconds": round(time.time() - t0, 1)}
 
 
 def _read_watch(path):
@@ -142,24 +174,29 @@ def fmt(x):
 
 
 def report(results):
-    lines = ["| run | seed | users | patients | incidents/day | activity | test events | anomalies | detector | ROC-AUC | PR-AUC | P@k | recall@1%FPR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | style | seed | users | patients | incidents/day | activity | test events | anomalies | detector | ROC-AUC | PR-AUC | P@k | recall@1%FPR | incidents found @1% / @0.1% |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         r = res["run"]
-        for det in ("autoencoder", "isolation_forest"):
-            m = res[det]
-            lines.append(f"| {r['name']} | {r['seed']} | {r['users']} | {r['patients']} | {r['incidents']} | {r['activity']} | "
+        for det in ("autoencoder", "mlp_autoencoder", "isolation_forest"):
+            m = res.get(det)
+            if m is None:
+                continue
+            lines.append(f"| {r['name']} | {res.get('style', 'classic')} | {r['seed']} | {r['users']} | {r['patients']} | {r['incidents']} | {r['activity']} | "
                          f"{res['test_events']} | {res['anomalies']} | {det.replace('_', ' ')} | {fmt(m['roc_auc'])} | "
-                         f"{fmt(m['pr_auc'])} | {fmt(m['precision_at_k'])} | {fmt(m['recall_1pct'])} |")
+                         f"{fmt(m['pr_auc'])} | {fmt(m['precision_at_k'])} | {fmt(m['recall_1pct'])} | "
+                         f"{fmt(m.get('incident_recall_1pct', float('nan')))} / {fmt(m.get('incident_recall_01pct', float('nan')))} |")
     kinds = sorted({k for res in results for k in res["autoencoder"]["per_type"]})
-    lines += ["", "Recall at 1% FPR per anomaly type (autoencoder / isolation forest):", "",
+    lines += ["", "Recall at 1% FPR per anomaly type (fhir-edge / MLP autoencoder / isolation forest):", "",
               "| type | " + " | ".join(res["run"]["name"] for res in results) + " |",
               "|---|" + "---|" * len(results)]
     for k in kinds:
         cells = []
         for res in results:
             a = res["autoencoder"]["per_type"].get(k); b = res["isolation_forest"]["per_type"].get(k)
-            cells.append("—" if a is None else f"{fmt(a['recall_1pct'])} / {fmt(b['recall_1pct'])} (n={a['n']})")
+            c = res.get("mlp_autoencoder", {}).get("per_type", {}).get(k)
+            mid = f"{fmt(c['recall_1pct'])} / " if c else ""
+            cells.append("—" if a is None else f"{fmt(a['recall_1pct'])} / {mid}{fmt(b['recall_1pct'])} (n={a['n']})")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -177,6 +214,9 @@ def main():
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="add this to every run's seed: the same hospital shapes, fresh draws "
                          "(a check that the figures do not hang on the five seeds)")
+    ap.add_argument("--style", default="classic",
+                    help="the simulated hospitals' style (see `fhir-edge simulate --help`): classic, "
+                         "drawn (per run, from its seed) or aspects joined by commas")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -184,10 +224,12 @@ def main():
     runs = [dict(r, seed=r["seed"] + a.seed_offset) for r in runs]
     results = []
     for r in runs:
-        res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin)
+        res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style)
         results.append(res)
-        print(f"run {r['name']}: AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
-              f"r@1% {res['autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
+        print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
+              f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "
+              f"inc@0.1% {res['autoencoder']['incident_recall_01pct']:.3f} | MLP pr {res['mlp_autoencoder']['pr_auc']:.3f} "
+              f"r@1% {res['mlp_autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
               f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} ({res['seconds']} s)",
               file=sys.stderr)
     with open(os.path.join(a.out, "results.json"), "w") as f:

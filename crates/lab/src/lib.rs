@@ -38,3 +38,18 @@ pub fn write_default_model(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join(WEIGHTS_FILE), DEFAULT_MODEL_WEIGHTS)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shipped_default_model_loads_and_carries_no_sites_baselines() {
+        let dir = tempfile::tempdir().unwrap();
+        super::write_default_model(dir.path()).unwrap();
+        fhir_edge_core::detector::model::Model::load(dir.path()).unwrap();
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+        assert!(
+            !fhir_edge_core::detector::baselines::present(&shipped),
+            "models/default must not carry a site's baselines: delete baselines.json after retraining it"
+        );
+    }
+}

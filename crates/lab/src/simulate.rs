@@ -37,6 +37,149 @@ pub struct SimOptions {
     /// Multiplies every user's activity rate.
     pub activity: f64,
     pub tz: chrono_tz::Tz,
+    /// How the hospital works (the default is the style the detector was developed on).
+    pub style: Style,
+}
+
+/// How a hospital works, one choice per aspect, drawn independently. The default
+/// (`classic`) is the hospital the detector was developed on; the others exist so quality
+/// can be reported on styles held out of all tuning (see BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Style {
+    pub shifts: Shifts,
+    pub network: Network,
+    pub roles: Roles,
+    /// A few staff run large reports (paged searches of hundreds of records) as their job.
+    pub analysts: bool,
+}
+
+/// Shift systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shifts {
+    /// Day, late and (in the emergency and intensive-care departments) 12-hour night shifts.
+    #[default]
+    Classic,
+    /// Clinicians work 12 hours, day or night, three or four days a week.
+    TwelveHour,
+    /// Clinicians rotate weekly through early, late and night shifts of 8 hours.
+    Rotating,
+    /// Classic, and physicians are called at night now and then for a few minutes' work.
+    OnCall,
+}
+
+/// Workstation and network layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Each user at their own PC, one address per user.
+    #[default]
+    PersonalPcs,
+    /// Shared nurse stations: each session from one of the department's few stations.
+    SharedStations,
+    /// Thin clients behind one NAT address (mobile behind another).
+    Nat,
+    /// Addresses from DHCP, a new one in the department's range every day.
+    Churning,
+}
+
+/// Staff mixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Roles {
+    #[default]
+    General,
+    /// A teaching hospital: a quarter of the clinicians are residents rotating through a
+    /// new department every week.
+    Teaching,
+    /// Outpatient clinics: office hours on weekdays only.
+    Outpatient,
+    /// Billing-heavy: a third of the staff are coders who open many patients of every
+    /// department each hour.
+    BillingHeavy,
+}
+
+impl Style {
+    /// Read `classic`, or aspects joined by `,` (`rotating,nat,teaching,analysts`);
+    /// unnamed aspects keep the classic choice.
+    pub fn parse(s: &str) -> Result<Style, String> {
+        let mut st = Style::default();
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "classic" => {}
+                "12h" | "twelve-hour" => st.shifts = Shifts::TwelveHour,
+                "rotating" => st.shifts = Shifts::Rotating,
+                "on-call" => st.shifts = Shifts::OnCall,
+                "personal" => st.network = Network::PersonalPcs,
+                "stations" => st.network = Network::SharedStations,
+                "nat" => st.network = Network::Nat,
+                "churning" => st.network = Network::Churning,
+                "general" => st.roles = Roles::General,
+                "teaching" => st.roles = Roles::Teaching,
+                "outpatient" => st.roles = Roles::Outpatient,
+                "billing" => st.roles = Roles::BillingHeavy,
+                "analysts" => st.analysts = true,
+                other => {
+                    return Err(format!(
+                        "unknown style aspect {other:?} (shifts: classic, 12h, rotating, on-call; \
+                         network: personal, stations, nat, churning; roles: general, teaching, \
+                         outpatient, billing; and analysts)"
+                    ))
+                }
+            }
+        }
+        Ok(st)
+    }
+
+    /// Draw every aspect independently from `seed`.
+    pub fn draw(seed: u64) -> Style {
+        let mut r = Rng::new(seed ^ 0x5_7713_5EED);
+        Style {
+            shifts: *r.pick(&[
+                Shifts::Classic,
+                Shifts::TwelveHour,
+                Shifts::Rotating,
+                Shifts::OnCall,
+            ]),
+            network: *r.pick(&[
+                Network::PersonalPcs,
+                Network::SharedStations,
+                Network::Nat,
+                Network::Churning,
+            ]),
+            roles: *r.pick(&[
+                Roles::General,
+                Roles::Teaching,
+                Roles::Outpatient,
+                Roles::BillingHeavy,
+            ]),
+            analysts: r.chance(0.5),
+        }
+    }
+
+    /// The style's name, as `parse` reads it.
+    pub fn name(&self) -> String {
+        let shifts = match self.shifts {
+            Shifts::Classic => "classic",
+            Shifts::TwelveHour => "12h",
+            Shifts::Rotating => "rotating",
+            Shifts::OnCall => "on-call",
+        };
+        let network = match self.network {
+            Network::PersonalPcs => "personal",
+            Network::SharedStations => "stations",
+            Network::Nat => "nat",
+            Network::Churning => "churning",
+        };
+        let roles = match self.roles {
+            Roles::General => "general",
+            Roles::Teaching => "teaching",
+            Roles::Outpatient => "outpatient",
+            Roles::BillingHeavy => "billing",
+        };
+        let mut n = format!("{shifts},{network},{roles}");
+        if self.analysts {
+            n.push_str(",analysts");
+        }
+        n
+    }
 }
 
 impl SimOptions {
@@ -51,6 +194,7 @@ impl SimOptions {
             incidents_per_day: 9.0,
             activity: 1.0,
             tz: chrono_tz::UTC,
+            style: Style::default(),
         }
     }
 }
@@ -62,6 +206,8 @@ pub struct SimEvent {
     pub recorded: DateTime<Utc>,
     pub json: serde_json::Value,
     pub label: Option<AlertKind>,
+    /// The injected incident (numbered from 0) a labelled event belongs to.
+    pub incident: Option<u32>,
 }
 
 const DEPTS: &[(&str, bool)] = &[
@@ -191,9 +337,18 @@ enum Role {
     Technician,
 }
 
+#[derive(Clone)]
 struct User {
     reference: String,
     display: String,
+    role: Role,
+    /// Style traits (see `apply_style`): a resident rotating departments weekly, a billing
+    /// coder, a physician on call, an analyst running reports, a weekly shift rotation.
+    resident: bool,
+    billing: bool,
+    on_call: bool,
+    analyst: bool,
+    rotation: Option<u8>,
     last: String,
     dept: usize,
     shift_start: u32,
@@ -284,6 +439,12 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
         users.push(User {
             reference: format!("Practitioner/u{i}"),
             display,
+            role,
+            resident: false,
+            billing: false,
+            on_call: false,
+            analyst: false,
+            rotation: None,
             last,
             dept,
             shift_start,
@@ -394,7 +555,108 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             u.relatives.push(pi);
         }
     }
+    apply_style(&mut users, opts);
     Hospital { users, patients }
+}
+
+/// Make the staff work in the hospital's style. Draws come from a generator of their own,
+/// so the classic style's hospital is the same as before styles existed.
+fn apply_style(users: &mut [User], opts: &SimOptions) {
+    let st = opts.style;
+    if st == Style::default() {
+        return;
+    }
+    let mut r = Rng::new(opts.seed ^ 0x57_11E5);
+    let weekdays = [true, true, true, true, true, false, false];
+    for (i, u) in users.iter_mut().enumerate() {
+        // The first user of each department stays, so every department has staff.
+        let keep = i < DEPTS.len();
+        let clinician = matches!(u.role, Role::Physician | Role::Nurse);
+        match st.roles {
+            Roles::General => {}
+            Roles::Teaching => u.resident = clinician && !keep && r.chance(0.25),
+            Roles::Outpatient => {
+                (u.shift_start, u.shift_len) = *r.pick(&[(7, 10), (8, 9), (8, 9), (9, 8)]);
+                u.workdays = weekdays;
+            }
+            Roles::BillingHeavy if !keep && r.chance(0.33) => {
+                u.role = Role::Clerk;
+                u.billing = true;
+                (u.shift_start, u.shift_len) = (8, 9);
+                u.workdays = weekdays;
+                u.rate_per_hour = 14.0 * (0.6 + 0.8 * r.f64()) * opts.activity;
+            }
+            Roles::BillingHeavy => {}
+        }
+        let shift_worker = u.role != Role::Clerk && st.roles != Roles::Outpatient;
+        match st.shifts {
+            Shifts::Classic => {}
+            Shifts::TwelveHour if shift_worker => {
+                (u.shift_start, u.shift_len) = *r.pick(&[(7, 12), (7, 12), (19, 12)]);
+                u.workdays = [false; 7];
+                let mut n = 0;
+                while n < 3 + r.below(2) {
+                    let d = r.below(7) as usize;
+                    n += !std::mem::replace(&mut u.workdays[d], true) as u64;
+                }
+            }
+            Shifts::Rotating if shift_worker => {
+                u.rotation = Some(r.below(3) as u8);
+                u.shift_len = 8;
+            }
+            Shifts::OnCall => u.on_call = u.role == Role::Physician,
+            _ => {}
+        }
+        match st.network {
+            Network::Nat => {
+                u.ip = if u.app == "Device/ehr-mobile" {
+                    "10.0.0.2"
+                } else {
+                    "10.0.0.1"
+                }
+                .into()
+            }
+            Network::PersonalPcs | Network::SharedStations | Network::Churning => {}
+        }
+    }
+    if st.analysts {
+        let n = (users.len() / 50).max(1);
+        for _ in 0..n {
+            let i = DEPTS.len() + r.below((users.len() - DEPTS.len()).max(1) as u64) as usize;
+            if let Some(u) = users.get_mut(i) {
+                u.analyst = true;
+                u.role = Role::Clerk;
+                (u.shift_start, u.shift_len) = (8, 9);
+                u.workdays = weekdays;
+            }
+        }
+    }
+}
+
+/// The address a session comes from, in the hospital's network style.
+fn session_ip(st: Style, u: &User, ui: usize, day: i64, r: &mut Rng) -> String {
+    // Some sessions come in over the VPN, from its pool, in every style but the classic.
+    if st != Style::default() && r.chance(0.04) {
+        return format!("172.16.{}.{}", r.below(4), 2 + r.below(250));
+    }
+    match st.network {
+        Network::PersonalPcs | Network::Nat => u.ip.clone(),
+        Network::SharedStations => format!("10.{}.50.{}", 10 + u.dept, 1 + r.below(6)),
+        Network::Churning => format!(
+            "10.{}.{}.{}",
+            10 + u.dept,
+            day.rem_euclid(4),
+            10 + (ui as i64 * 7919 + day * 104_729).rem_euclid(240)
+        ),
+    }
+}
+
+/// A user's shift on `day` (start hour, length in hours): a weekly rotation moves it.
+fn shift_on(u: &User, day: i64) -> (u32, u32) {
+    match u.rotation {
+        Some(o) => ([7, 15, 23][((day / 7 + o as i64) % 3) as usize], 8),
+        None => (u.shift_start, u.shift_len),
+    }
 }
 
 /// Family names as a population has them: a few common, most of them rare. The name of rank
@@ -449,6 +711,9 @@ struct Emitter {
     routine_failure_rate: f64,
     /// A generator of its own for routine failures, so they change no other draw.
     failures: Rng,
+    /// Incidents injected so far, and the one being injected.
+    incidents: u32,
+    current: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -462,8 +727,8 @@ enum Act<'a> {
         ok: bool,
     },
     Logout,
-    #[allow(dead_code)]
-    Other(&'a str),
+    /// A search given as its request line.
+    Query(&'a str),
 }
 
 impl Emitter {
@@ -498,7 +763,7 @@ impl Emitter {
             _ => {
                 let (code, action) = match act {
                     Act::Read => ("read", "R"),
-                    Act::Search(_) => ("search-type", "E"),
+                    Act::Search(_) | Act::Query(_) => ("search-type", "E"),
                     Act::Update => ("update", "U"),
                     Act::Create => ("create", "C"),
                     Act::Export => ("operation", "E"),
@@ -541,6 +806,7 @@ impl Emitter {
             Act::Export => {
                 Some("GET /Patient/$export?_type=Patient,Observation,Condition".to_string())
             }
+            Act::Query(q) => Some(q.to_string()),
             _ => None,
         };
         if let Some(q) = query {
@@ -581,6 +847,7 @@ impl Emitter {
             recorded: t,
             json,
             label,
+            incident: label.and(self.current),
         });
     }
 }
@@ -617,9 +884,84 @@ fn admitted(h: &Hospital, dept: usize, day: i64) -> Vec<usize> {
         .collect()
 }
 
+/// A physician called at night: a login between 00:00 and 04:00, a few reads of the
+/// department's patients, a logout.
+fn night_call(
+    em: &mut Emitter,
+    r: &mut Rng,
+    u: &User,
+    midnight: DateTime<Utc>,
+    own: &[usize],
+    h: &Hospital,
+) {
+    if own.is_empty() {
+        return;
+    }
+    let mut t = midnight + Duration::minutes(r.below(240) as i64);
+    em.emit(t, u, &u.ip, u.app, None, Act::Login { ok: true }, None, r);
+    for _ in 0..(2 + r.below(5)) {
+        t += Duration::seconds(30 + r.below(300) as i64);
+        em.emit(
+            t,
+            u,
+            &u.ip,
+            u.app,
+            Some(&h.patients[*r.pick(own)]),
+            Act::Read,
+            None,
+            r,
+        );
+    }
+    em.emit(
+        t + Duration::seconds(60),
+        u,
+        &u.ip,
+        u.app,
+        None,
+        Act::Logout,
+        None,
+        r,
+    );
+}
+
+/// An analyst's reports in a working day: one or two paged searches of hundreds of
+/// records (laboratory results for a quality report, a clinic's patient list).
+fn reports(
+    em: &mut Emitter,
+    r: &mut Rng,
+    u: &User,
+    ip: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) {
+    let span = (end - start).num_seconds().max(3600);
+    for _ in 0..(1 + r.below(2)) {
+        let mut t = start + Duration::seconds(r.below(span as u64 - 1800) as i64);
+        let count = *r.pick(&[200u32, 500, 1000]);
+        let patients = r.chance(0.3);
+        for page in 0..(2 + r.below(5)) {
+            let q = if patients {
+                format!(
+                    "GET /Patient?active=true&_elements=name,birthDate&_count={count}&_offset={}",
+                    page as u32 * count
+                )
+            } else {
+                format!(
+                    "GET /Observation?code=http://loinc.org|4548-4&_count={count}&_offset={}",
+                    page as u32 * count
+                )
+            };
+            em.emit(t, u, ip, u.app, None, Act::Query(&q), None, r);
+            t += Duration::seconds(20 + r.below(90) as i64);
+        }
+    }
+}
+
 /// Generate the whole simulation, sorted by `recorded`.
 pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
     let (h, mut rng) = hospital(opts);
+    // Style draws (sessions' addresses, night calls, reports) from a generator of their own.
+    let mut sr = Rng::new(opts.seed ^ 0x57_1E55);
     let mut failures = Rng::new(opts.seed ^ 0x0F41_1ED0);
     let routine_failure_rate = 0.002 * 15f64.powf(failures.f64());
     let mut em = Emitter {
@@ -628,6 +970,8 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
         out: Vec::new(),
         routine_failure_rate,
         failures,
+        incidents: 0,
+        current: None,
     };
     let all_admitted: Vec<Vec<Vec<usize>>> = (0..opts.days as i64)
         .map(|day| {
@@ -657,13 +1001,29 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
             })
             .collect();
         for (ui, u) in h.users.iter().enumerate() {
+            // A resident works in another department every week.
+            let rotated;
+            let u = if u.resident {
+                rotated = User {
+                    dept: (u.dept + (day / 7) as usize + ui) % 9,
+                    ..u.clone()
+                };
+                &rotated
+            } else {
+                u
+            };
+            if u.on_call && !(u.dormant && day >= 3) && sr.chance(0.12) {
+                night_call(&mut em, &mut sr, u, midnight, &today[u.dept], &h);
+            }
             if !u.workdays[wd] || (u.dormant && day >= 3) {
                 continue;
             }
+            let ip = session_ip(opts.style, u, ui, day, &mut sr);
+            let (shift_start, shift_len) = shift_on(u, day);
             let start = midnight
-                + Duration::hours(u.shift_start as i64)
+                + Duration::hours(shift_start as i64)
                 + Duration::minutes(rng.below(40) as i64 - 20);
-            let len_min = (u.shift_len as i64 * 60) + rng.below(60) as i64 - 30
+            let len_min = (shift_len as i64 * 60) + rng.below(60) as i64 - 30
                 + if rng.chance(0.05) { 120 } else { 0 };
             let end = start + Duration::minutes(len_min);
             // Login, occasionally after a typo.
@@ -671,7 +1031,7 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
                 em.emit(
                     start - Duration::seconds(20),
                     u,
-                    &u.ip,
+                    &ip,
                     u.app,
                     None,
                     Act::Login { ok: false },
@@ -682,7 +1042,7 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
             em.emit(
                 start,
                 u,
-                &u.ip,
+                &ip,
                 u.app,
                 None,
                 Act::Login { ok: true },
@@ -699,7 +1059,7 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
                 // Which patient: own care-team patients, own department, a patient this
                 // department was asked to consult on, or (service departments, rare noise)
                 // anywhere.
-                let service = DEPTS[u.dept].1;
+                let service = DEPTS[u.dept].1 || u.billing;
                 let consult = !service && rng.chance(0.06) && !consulting[u.dept].is_empty();
                 let pool: &Vec<usize> = if service || own.is_empty() || rng.chance(0.005) {
                     &anywhere
@@ -730,24 +1090,30 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
                     80..=91 => Act::Update,
                     _ => Act::Create,
                 };
-                em.emit(t, u, &u.ip, u.app, Some(p), act, None, &mut rng);
+                em.emit(t, u, &ip, u.app, Some(p), act, None, &mut rng);
                 // Reads often come in small bursts on the same patient.
                 if rng.chance(0.3) {
                     t += Duration::seconds(5 + rng.below(60) as i64);
-                    em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, None, &mut rng);
+                    em.emit(t, u, &ip, u.app, Some(p), Act::Read, None, &mut rng);
                 }
             }
+            if u.analyst {
+                reports(&mut em, &mut sr, u, &ip, start, end);
+            }
             if rng.chance(0.8) {
-                em.emit(end, u, &u.ip, u.app, None, Act::Logout, None, &mut rng);
+                em.emit(end, u, &ip, u.app, None, Act::Logout, None, &mut rng);
             }
         }
         if day >= opts.anomalies_from_day as i64 {
             let n = rng.poisson(opts.incidents_per_day);
             for _ in 0..n {
                 let kind = *rng.pick(ANOMALY_KINDS);
+                em.current = Some(em.incidents);
+                em.incidents += 1;
                 inject(
                     kind, opts, &h, &mut em, &mut rng, day, midnight, &anywhere, today,
                 );
+                em.current = None;
             }
         }
     }
@@ -907,11 +1273,26 @@ fn inject(
         }
         AlertKind::NewSource => {
             let mut t = in_shift(rng, u);
-            let ip = format!("203.0.113.{}", 1 + rng.below(250));
+            // From outside, from another department's workstation inside, or with a client
+            // the user never used from their usual address (drawn on a generator of its own).
+            let mut v = Rng::new(opts.seed ^ (em.n << 8) ^ 0x5EC_0CE);
+            let outside = format!("203.0.113.{}", 1 + rng.below(250));
             let app = if rng.chance(0.5) {
                 "Device/unknown-client"
             } else {
                 u.app
+            };
+            let (ip, app) = match v.below(3) {
+                0 => (outside, app),
+                1 => {
+                    let other =
+                        (u.dept + 1 + v.below(DEPTS.len() as u64 - 1) as usize) % DEPTS.len();
+                    (
+                        format!("10.{}.{}.{}", 10 + other, v.below(4), 10 + v.below(200)),
+                        app,
+                    )
+                }
+                _ => (u.ip.clone(), "Device/unknown-client"),
             };
             em.emit(t, u, &ip, app, None, Act::Login { ok: true }, l, rng);
             let pool = if today[u.dept].is_empty() {
@@ -934,11 +1315,22 @@ fn inject(
             }
         }
         AlertKind::MassExport => {
-            let t = in_shift(rng, u);
-            if rng.chance(0.5) {
-                em.emit(t, u, &u.ip, u.app, None, Act::Export, l, rng);
-            } else {
-                em.emit(
+            // How the data leaves differs (drawn on a generator of its own): an export at
+            // patient, system or group level, one huge search, or a walk through the pages
+            // of a Patient search asking for demographics or of an Observation search.
+            let mut v = Rng::new(opts.seed ^ (em.n << 8) ^ 0xE8_9027);
+            let mut t = in_shift(rng, u);
+            let count = *v.pick(&[500u32, 1000, 1000, 2000]);
+            match v.below(5) {
+                0 => em.emit(t, u, &u.ip, u.app, None, Act::Export, l, rng),
+                1 => {
+                    let q = format!(
+                        "GET /Group/{}/$export?_type=Patient,Observation",
+                        DEPTS[u.dept].0.to_lowercase()
+                    );
+                    em.emit(t, u, &u.ip, u.app, None, Act::Query(&q), l, rng);
+                }
+                2 => em.emit(
                     t,
                     u,
                     &u.ip,
@@ -947,7 +1339,18 @@ fn inject(
                     Act::Search(1000 + rng.below(9000) as u32),
                     l,
                     rng,
-                );
+                ),
+                k => {
+                    for page in 0..(4 + v.below(10)) as u32 {
+                        let q = if k == 3 {
+                            format!("GET /Patient?_count={count}&_elements=name,birthDate,address,telecom&_offset={}", page * count)
+                        } else {
+                            format!("GET /Observation?_count={count}&_offset={}", page * count)
+                        };
+                        em.emit(t, u, &u.ip, u.app, None, Act::Query(&q), l, rng);
+                        t += Duration::seconds(15 + v.below(120) as i64);
+                    }
+                }
             }
         }
         AlertKind::DormantAccount => {
@@ -1045,12 +1448,13 @@ pub fn write(
     let lb = dir.join("labels.csv");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&ev)?);
     let mut l = std::io::BufWriter::new(std::fs::File::create(&lb)?);
-    writeln!(l, "id,anomaly")?;
+    writeln!(l, "id,anomaly,incident")?;
     for e in events {
         serde_json::to_writer(&mut w, &e.json)?;
         w.write_all(b"\n")?;
         if let Some(k) = e.label {
-            writeln!(l, "{},{k}", e.id)?;
+            let incident = e.incident.map(|i| i.to_string()).unwrap_or_default();
+            writeln!(l, "{},{k},{incident}", e.id)?;
         }
     }
     w.flush()?;
@@ -1083,6 +1487,58 @@ mod tests {
             let raw = serde_json::value::to_raw_value(&e.json).unwrap();
             fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
         }
+    }
+
+    #[test]
+    fn styles_read_back_their_names_and_change_how_the_hospital_works() {
+        for seed in 0..20 {
+            let st = Style::draw(seed);
+            assert_eq!(Style::parse(&st.name()).unwrap(), st);
+        }
+        assert_eq!(Style::parse("classic").unwrap(), Style::default());
+        let e = Style::parse("rotating,space-station").unwrap_err();
+        assert!(e.contains("space-station") && e.contains("rotating"), "{e}");
+        let hours = |style: &str| {
+            let mut o = SimOptions::new(14, 5);
+            o.users = 60;
+            o.patients = 600;
+            o.anomalies_from_day = 99;
+            o.style = Style::parse(style).unwrap();
+            let evs = simulate(&o);
+            let night = evs
+                .iter()
+                .filter(|e| {
+                    use chrono::Timelike;
+                    e.recorded.hour() < 5
+                })
+                .count();
+            let ips: std::collections::HashSet<String> = evs
+                .iter()
+                .filter_map(|e| e.json["agent"][0]["network"]["address"].as_str())
+                // The VPN pool is the same in every style but the classic.
+                .filter(|ip| !ip.starts_with("172.16."))
+                .map(str::to_owned)
+                .collect();
+            (night as f64 / evs.len() as f64, ips.len())
+        };
+        let (classic_night, classic_ips) = hours("classic");
+        let (outpatient_night, _) = hours("outpatient");
+        let (rotating_night, _) = hours("rotating");
+        let (_, nat_ips) = hours("nat");
+        let (_, churning_ips) = hours("churning");
+        assert!(
+            outpatient_night < classic_night / 4.0,
+            "{outpatient_night} vs {classic_night}"
+        );
+        assert!(
+            rotating_night > classic_night,
+            "{rotating_night} vs {classic_night}"
+        );
+        assert!(nat_ips < classic_ips / 4, "{nat_ips} vs {classic_ips}");
+        assert!(
+            churning_ips > classic_ips * 3,
+            "{churning_ips} vs {classic_ips}"
+        );
     }
 
     #[test]
