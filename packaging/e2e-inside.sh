@@ -46,8 +46,18 @@ start=$(prop ExecMainStartTimestampMonotonic); active=$(prop ActiveEnterTimestam
 [ "$active" -gt "$start" ] || fail "unit was active before READY ($active <= $start)"
 ok "activating for $(( (active - start) / 1000 )) ms until READY=1, then active (running)"
 wait_for 120 "3000 events scored" '[ "$(scored)" = 3000 ]'
+# A fresh install runs the shipped model, trained on no site: it learns, and says so.
+wait_for 15 "the learning note (now: $(prop StatusText))" '[[ "$(prop StatusText)" == *"LEARNING: learning this site"* ]]'
+fhir-edge status | grep -q "^mode            learning this site's normal since" || fail "status does not say it is learning"
+[ "$(alerts)" = 0 ] || fail "$(alerts) alerts while learning on the site's ordinary traffic"
+ok "learning: said in StatusText and status; no alerts on the baseline traffic"
+# A failed-login burst needs no baseline: it raises an alert while learning.
+fhir-edge send-test-event --failed-logins 6 >/dev/null || fail "send-test-event --failed-logins"
+total=3006
+wait_for 60 "$total events scored" '[ "$(scored)" = $total ]'
+wait_for 30 "the failed-login alert" '[ "$(alerts)" -gt 0 ]'
 # STATUS= is refreshed every watchdog interval.
-wait_for 15 "StatusText with live counters (now: $(prop StatusText))" '[[ "$(prop StatusText)" == *"3000 events scored"* ]]'
+wait_for 15 "StatusText with live counters (now: $(prop StatusText))" '[[ "$(prop StatusText)" == *"$total events scored"* ]]'
 ok "StatusText: $(prop StatusText)"
 
 # 4. Structured journal fields and alert records.
@@ -72,7 +82,7 @@ wait_for 10 "the watchdog timeout in the journal" \
 before=$(fhir-edge status --json | jq -r .last_poll)
 wait_for 30 "a poll after the restart" '[ "$(fhir-edge status --json | jq -r .last_poll)" != "$before" ]'
 sleep 3
-[ "$(scored)" = 3000 ] || fail "events scored changed after restart: $(scored)"
+[ "$(scored)" = $total ] || fail "events scored changed after restart: $(scored)"
 [ "$(alerts)" = "$n_alerts" ] && [ "$(journal_alerts)" = "$n_journal" ] || fail "re-alerted after restart: $(alerts) stored, $(journal_alerts) journaled"
 ok "SIGSTOP → watchdog restart (NRestarts $restarts → $(prop NRestarts)); resumed without re-alerting"
 
@@ -89,7 +99,7 @@ dpkg -i --force-confold /mnt/e2e/v2.deb >/dev/null
 wait_for 30 "active after upgrade" '[ "$(prop ActiveState)" = active ]'
 [ "$(prop MainPID)" != "$pid" ] || fail "service not restarted by the upgrade"
 grep -q "base_url = \"$url\"" /etc/fhir-edge/config.toml || fail "modified conffile lost"
-[ "$(scored)" = 3000 ] && [ "$(alerts)" = "$n_alerts" ] || fail "state lost in upgrade"
+[ "$(scored)" = $total ] && [ "$(alerts)" = "$n_alerts" ] || fail "state lost in upgrade"
 ok "upgrade 0.1.0-1 → 0.1.0-2: restarted, config and state kept"
 
 # 8. Purge leaves nothing.

@@ -19,6 +19,7 @@ use crate::poller::actor::{IsPolling, PollerActor};
 use crate::state::actor::{Flush, SeenFilterActor, StateActor};
 use crate::systemd::Notifier;
 use fhir_edge_core::clock::SharedClock;
+use fhir_edge_core::detector::baselines;
 use fhir_edge_core::detector::model::Model;
 use fhir_edge_core::detector::Detector;
 use fhir_edge_core::state::Store;
@@ -129,7 +130,22 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let loaded = store.load()?;
     let unjournaled = store.unjournaled()?;
     let rules = store.allowlist()?;
-    let model = Model::load(&cfg.detector.model_dir)?;
+    // The site's model: the configured one when it was trained on this site (it carries
+    // baselines), else one the daemon trained itself at the end of learning, else the
+    // configured one while learning (see `learn`).
+    let own_model = state_dir.join("model");
+    let model_dir = match baselines::present(&cfg.detector.model_dir) {
+        false
+            if own_model
+                .join(fhir_edge_core::detector::model::META_FILE)
+                .is_file() =>
+        {
+            own_model.clone()
+        }
+        _ => cfg.detector.model_dir.clone(),
+    };
+    let learning = !baselines::present(&model_dir);
+    let model = Model::load(&model_dir)?;
     let tz = cfg.timezone();
     let watch = match &cfg.detector.watch_list {
         // Checked by `validate`; read again here, as the file may have changed since.
@@ -145,10 +161,20 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let start = crate::detector::starting_context(
         loaded.snapshot.as_deref(),
         loaded.cursor_ms,
-        &cfg.detector.model_dir,
+        &model_dir,
         tz,
         &base_url,
     )?;
+    let learning_since = match learning {
+        true => {
+            let since = store.learning_since(clock.now().timestamp_millis())?;
+            let note = crate::learn::learning_note(since, cfg.detector.learn_days);
+            tracing::warn!(actor = "detector", model = %model_dir.display(), "{note}");
+            health.set_learning(Some(note));
+            Some(since)
+        }
+        false => None,
+    };
     let mut ctx = start.ctx;
     say_origin(&start.origin, loaded.snapshot.is_some());
     if let crate::detector::Origin::Model { mark_ms } = start.origin {
@@ -207,7 +233,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         let d = match start.pass_over {
             Some(rule) => Detector::new(model, ctx).with_pass_over(rule),
             None => Detector::new(model, ctx),
-        };
+        }
+        .learning(learning);
         let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
         let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
         Supervisor::start(move |_| {
@@ -225,6 +252,11 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             )
         })
     };
+    if let Some(since) = learning_since {
+        let (c, h, d, out) = (cfg.clone(), health.clone(), detector.clone(), own_model);
+        let clock = clock.clone();
+        crate::learn::actor::SiteTrainerActor::new(c, since, out, d.recipient(), h, clock).start();
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let (det, h, c, s) = (

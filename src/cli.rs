@@ -115,7 +115,12 @@ pub enum Command {
         watch_list: Option<PathBuf>,
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
-    SendTestEvent,
+    SendTestEvent {
+        /// Instead, POST this many failed logins by the test user within seconds: from 3
+        /// on they raise a `failed_logins` alert, even while the daemon is learning.
+        #[arg(long, value_name = "N")]
+        failed_logins: Option<u32>,
+    },
     #[cfg(feature = "lab")]
     #[command(flatten)]
     Lab(crate::lab::LabCommand),
@@ -196,6 +201,26 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.alerts_new
                 );
                 println!("seen keys       {}", s.seen_keys);
+                let cfg_model = &cfg.detector.model_dir;
+                let own_model = cfg.state_dir().join("model");
+                let site_model = fhir_edge_core::detector::baselines::present(cfg_model)
+                    || fhir_edge_core::detector::baselines::present(&own_model);
+                match (site_model, &s.learning_since) {
+                    (true, Some(since)) => println!(
+                        "mode            the site's model (learned since {since}, trained on this site)"
+                    ),
+                    (true, None) => println!("mode            the site's model"),
+                    (false, since) => {
+                        let since_ms = since
+                            .as_deref()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map_or_else(|| Utc::now().timestamp_millis(), |t| t.timestamp_millis());
+                        println!(
+                            "mode            {}",
+                            crate::learn::learning_note(since_ms, cfg.detector.learn_days)
+                        );
+                    }
+                }
                 match (&s.baselines_until, &s.baselines_seeded) {
                     (Some(until), Some(seeded)) => println!(
                         "baselines       the model's, learned until {until} (started from them at {seeded}), then this daemon's"
@@ -299,17 +324,28 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "lab")]
         Command::Lab(c) => crate::lab::execute(c),
-        Command::SendTestEvent => {
+        Command::SendTestEvent { failed_logins } => {
             let cfg = config::load(cfg_path)?.config;
             let client = crate::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
-            let ev = crate::client::sample_event(Utc::now());
+            let events: Vec<_> = match failed_logins {
+                None => vec![crate::client::sample_event(Utc::now())],
+                Some(n) => (0..n)
+                    .map(|i| {
+                        crate::client::sample_failed_login(
+                            Utc::now() + chrono::Duration::milliseconds(i as i64),
+                        )
+                    })
+                    .collect(),
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let id = rt
-                .block_on(client.create(&ev))
-                .context("posting the test event")?;
-            println!("{id}");
+            for ev in &events {
+                let id = rt
+                    .block_on(client.create(ev))
+                    .context("posting the test event")?;
+                println!("{id}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -718,9 +718,39 @@ pub fn sample_event(now: DateTime<Utc>) -> serde_json::Value {
     })
 }
 
+/// A failed login by the test user (`send-test-event --failed-logins`): a burst of them
+/// raises a `failed_logins` alert, one that needs no site baseline, so it shows that alerts
+/// reach the journal even while the daemon is learning.
+pub fn sample_failed_login(now: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110122", "display": "Login"}],
+        "action": "E",
+        "recorded": fhir_edge_core::clock::fmt_ms(now),
+        "outcome": "4",
+        "agent": [
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+             "who": {"reference": "Practitioner/fhir-edge-test", "display": "fhir-edge test user"}, "requestor": true,
+             "network": {"address": "127.0.0.1", "type": "2"}}
+        ],
+        "source": {"site": "fhir-edge", "observer": {"display": "fhir-edge send-test-event"}}
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_failed_login_reads_as_one() {
+        let mut e = sample_failed_login(Utc::now());
+        e["id"] = "1".into();
+        let raw = serde_json::value::to_raw_value(&e).unwrap();
+        let r = fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
+        assert_eq!(r.interaction, fhir_edge_core::fhir::Interaction::Login);
+        assert!(r.outcome > 0);
+    }
 
     #[test]
     fn search_url_has_full_precision_and_sort() {

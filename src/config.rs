@@ -196,6 +196,15 @@ pub struct DetectorConfig {
     /// restricted (R, V) or celebrity/employee (CEL, VIP, EMP) are watched without being
     /// listed. Read at start: restart to apply changes.
     pub watch_list: Option<PathBuf>,
+    /// While the model in `model_dir` was not trained on this site (it carries no site
+    /// baselines, like the shipped default), the daemon is *learning*: it follows the
+    /// stream and builds the site's baselines, but raises only the alerts that need no
+    /// baseline (failed-login bursts, bulk data exports). After this many days of learning
+    /// it trains the site's model from the server's history of those days (off the
+    /// pipeline's threads, into `<state dir>/model`) and switches to it without a restart.
+    /// 0: never train automatically (learn until `fhir-edge train --from-server` gives a
+    /// site model).
+    pub learn_days: u32,
 }
 
 impl Default for DetectorConfig {
@@ -204,6 +213,7 @@ impl Default for DetectorConfig {
             model_dir: PathBuf::from(DEFAULT_MODEL_DIR),
             timezone: chrono_tz::UTC,
             watch_list: None,
+            learn_days: 14,
         }
     }
 }
@@ -576,6 +586,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         fhir_edge_core::detector::read_watch_list(w)
             .map_err(|e| l.invalid("detector.watch_list", format!("{}: {e}", w.display())))?;
     }
+    range(
+        l,
+        "detector.learn_days",
+        c.detector.learn_days as u64,
+        0,
+        365,
+    )?;
     range(
         l,
         "alerts.retention_days",

@@ -86,6 +86,9 @@ counter_table! {
     PollsCompleted = "polls_completed", "Complete polls.";
     FetchErrors = "fetch_errors", "Failed page fetches.";
     NotifyReceived = "notify_received", "Events received on /fhir/notify.";
+    AlertsHeldLearning = "alerts_held_learning", "Events above the threshold not alerted while learning the site: their reason needs a baseline the site has not got yet.";
+    SiteModelsTrained = "site_models_trained", "Site models trained by the daemon at the end of learning.";
+    SiteTrainingErrors = "site_training_errors", "Failed attempts to train the site's model (retried later).";
     AlertsRaised = "alerts_raised", "Alerts raised by this process.";
 }
 
@@ -111,6 +114,8 @@ pub struct Health {
     pub counters: Arc<Counters>,
     /// A reason the daemon cannot make progress (disk full, read-only state...), if any.
     degraded: Arc<Mutex<Option<String>>>,
+    /// While the daemon learns the site (no site model yet): what it does meanwhile.
+    learning: Arc<Mutex<Option<String>>>,
 }
 
 /// Process-lifetime counters and gauges (the durable lifetime `events_scored` lives in the
@@ -271,6 +276,7 @@ impl Health {
             slots: Arc::new(slots),
             counters: Arc::new(Counters::default()),
             degraded: Arc::new(Mutex::new(None)),
+            learning: Arc::new(Mutex::new(None)),
         };
         let now = h.now_ms();
         for s in h.slots.iter() {
@@ -331,6 +337,15 @@ impl Health {
         crate::sync::lock(&self.degraded).clone()
     }
 
+    /// Say that the daemon is learning the site (`None`: it has the site's model).
+    pub fn set_learning(&self, what: Option<String>) {
+        *crate::sync::lock(&self.learning) = what;
+    }
+
+    pub fn learning(&self) -> Option<String> {
+        crate::sync::lock(&self.learning).clone()
+    }
+
     /// Reports for every actor; `answered` lists the actors whose mailbox answered the
     /// latest heartbeat round in time.
     pub fn reports(&self, answered: &[ActorId]) -> Vec<ActorReport> {
@@ -379,6 +394,10 @@ impl Health {
             c.get(Counter::AlertsRaised),
             last
         );
+        if let Some(l) = self.learning() {
+            s.push_str("; LEARNING: ");
+            s.push_str(&l);
+        }
         if let Some(d) = self.degraded() {
             s.push_str("; DEGRADED: ");
             s.push_str(&d);

@@ -8,6 +8,8 @@
 //! - [`pipeline`]: the requests between actors and the types both ends name.
 //! - [`poller`], [`detector`], [`alerts`], [`state`]: one folder per actor, plain decisions
 //!   in `mod.rs` (unit-tested without actix), the actor in `actor.rs`.
+//! - [`learn`]: learning a site that has no model of its own yet, and training one when
+//!   learning is over (`SiteTrainerActor`).
 //! - [`health`]: per-actor progress for the watchdog, the counters behind `/metrics`.
 //! - [`client`]: the FHIR HTTP client (auth, paging links, error classification).
 //! - [`api`]: JSON API, dashboard, `/metrics`, the push endpoint.
@@ -29,6 +31,7 @@ pub(crate) mod detector;
 pub mod health;
 #[cfg(feature = "lab")]
 pub(crate) mod lab;
+pub(crate) mod learn;
 pub(crate) mod pipeline;
 pub(crate) mod poller;
 pub(crate) mod state;

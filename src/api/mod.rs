@@ -137,6 +137,7 @@ async fn health(s: web::Data<ApiState>) -> HttpResponse {
         "status": status,
         "healthy": round.healthy && degraded.is_none(),
         "degraded": degraded,
+        "learning": s.health.learning(),
         "checked_at": round.at,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": (s.clock.now().timestamp_millis() - s.started_ms) / 1000,

@@ -127,6 +127,8 @@ impl Handler<EventsFetched> for DetectorActor {
             .map_err(|e| PipelineError::Task(e.to_string()))??;
             let n = scored.len() as u64;
             let passed = scored.iter().filter(|e| e.passed_over).count() as u64;
+            let held = scored.iter().filter(|e| e.held).count() as u64;
+            health.counters.add(Counter::AlertsHeldLearning, held);
             health.counters.add(Counter::EventsModelScored, n - passed);
             health.counters.add(Counter::EventsPassedOver, passed);
             let scoring_ms = started.elapsed().as_millis() as u64;
@@ -258,6 +260,29 @@ impl actix::Supervised for DetectorActor {
         tracing::warn!(
             actor = "detector",
             "detector restarting; context state is kept"
+        );
+    }
+}
+
+/// Request: score with the site's own model from the next page on (trained at the end of
+/// learning); learning ends. The context (the baselines) is kept.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseSiteModel(pub fhir_edge_core::detector::model::Model);
+
+impl Handler<UseSiteModel> for DetectorActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UseSiteModel, _: &mut Self::Context) {
+        // Pages are scored under this lock, so the switch falls between two pages.
+        self.detector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .use_site_model(msg.0);
+        self.health.set_learning(None);
+        tracing::info!(
+            actor = "detector",
+            "learning is over: scoring with the site's own model, every kind of alert is raised"
         );
     }
 }

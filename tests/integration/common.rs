@@ -11,7 +11,9 @@ use fhir_edge::health::Health;
 use fhir_edge_core::clock::SystemClock;
 use fhir_edge_lab::server::FhirStore;
 
-/// A tiny model trained once per test run on a small simulated hospital.
+/// A tiny model trained once per test run on a small simulated hospital. It carries
+/// (empty) baselines, so daemons take it for their site's model and do not start in
+/// learning mode; their context starts empty and nothing is passed over.
 pub fn tiny_model() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -44,6 +46,15 @@ pub fn tiny_model() -> &'static Path {
             fhir_edge_core::detector::model::train(&rows, &opts, vec!["tiny".into()], |_, _| {})
                 .unwrap();
         m.save(&dir).unwrap();
+        let tz = chrono_tz::UTC;
+        let mark =
+            fhir_edge_core::detector::baselines::Mark::at_end_of(&[], tz, None, "tiny".into());
+        fhir_edge_core::detector::baselines::save(
+            &dir,
+            &mark,
+            &fhir_edge_core::detector::features::Context::new(tz),
+        )
+        .unwrap();
         dir
     })
 }

@@ -7,6 +7,7 @@
 //! - `crash`: kill -9 ≥ 20 times during a 50k-event catch-up, compared with a clean run.
 //! - `faults`: outage, flapping, slow and oversized answers from the server.
 //! - `api`, `browser`: the HTTP API, and the dashboard in headless Chromium.
+//! - `learn`: learning a site without a model of its own, and the switch to one.
 //! - `real_server`: against a third-party FHIR server (sekmet-fhir) started by the test.
 
 mod api;
@@ -16,6 +17,7 @@ mod browser;
 mod common;
 mod crash;
 mod faults;
+mod learn;
 mod local_faults;
 mod pipeline;
 mod real_server;

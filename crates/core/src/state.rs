@@ -237,6 +237,8 @@ pub struct StatusReport {
     /// from its first start.
     pub baselines_until: Option<String>,
     pub baselines_seeded: Option<String>,
+    /// When the daemon began learning the site (it ran without a site model).
+    pub learning_since: Option<String>,
 }
 
 /// What the daemon loads at start.
@@ -349,6 +351,18 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// When the daemon began learning this site: the stored time, or `now_ms` (stored) on
+    /// the first start without a site model.
+    pub fn learning_since(&mut self, now_ms: i64) -> Result<i64, StateError> {
+        if let Some(t) = kv_get(&self.conn, "learning_since_ms")? {
+            return Ok(t);
+        }
+        let tx = self.conn.transaction()?;
+        kv_set(&tx, "learning_since_ms", now_ms)?;
+        tx.commit()?;
+        Ok(now_ms)
     }
 
     /// Note that the detector started from a model's baselines learned up to `mark_ms`,
@@ -779,6 +793,7 @@ impl Reader {
                 .map(fmt),
             baselines_until: kv_get(c, "baselines_mark_ms")?.map(fmt),
             baselines_seeded: kv_get(c, "baselines_seeded_ms")?.map(fmt),
+            learning_since: kv_get(c, "learning_since_ms")?.map(fmt),
         })
     }
 

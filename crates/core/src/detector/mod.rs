@@ -31,6 +31,19 @@ pub struct ScoredEvent {
     /// Learned already by the baselines the context started from: not scored (score 0),
     /// never alerted, not learned again; committed so it is not met again.
     pub passed_over: bool,
+    /// Above the threshold, but not alerted: the detector is learning the site and the
+    /// reason needs a baseline it does not have yet (see `Detector::learning`).
+    pub held: bool,
+}
+
+/// Whether an alert stands without any site baseline: a burst of failed logins or a bulk
+/// data export is suspicious in any hospital.
+pub fn needs_no_baseline(kinds: &[AlertKind], r: &AuditRecord) -> bool {
+    match kinds.first() {
+        Some(AlertKind::FailedLogins) => true,
+        Some(AlertKind::MassExport) => r.query.as_ref().is_some_and(|q| q.export),
+        _ => false,
+    }
 }
 
 pub struct Detector {
@@ -40,6 +53,9 @@ pub struct Detector {
     replayed: HashSet<String>,
     /// Set when the context started from a model's baselines.
     pass_over: Option<PassOver>,
+    /// Learning the site (its model was not trained on it): only alerts that need no
+    /// baseline are raised.
+    learning: bool,
 }
 
 impl Detector {
@@ -49,7 +65,24 @@ impl Detector {
             model,
             replayed: HashSet::new(),
             pass_over: None,
+            learning: false,
         }
+    }
+
+    /// Learn the site before alerting on what needs its baselines (see `needs_no_baseline`).
+    pub fn learning(mut self, on: bool) -> Self {
+        self.learning = on;
+        self
+    }
+
+    pub fn is_learning(&self) -> bool {
+        self.learning
+    }
+
+    /// Switch to the site's own model (trained while learning): learning ends.
+    pub fn use_site_model(&mut self, model: Model) {
+        self.model = model;
+        self.learning = false;
     }
 
     /// A detector whose context was seeded from a model's baselines: events `rule` says
@@ -106,25 +139,30 @@ impl Detector {
             explanation: Vec::new(),
             kinds: Vec::new(),
             passed_over: true,
+            held: false,
         });
+        let learning = self.learning;
         Ok(passed
-            .chain(
-                kept.into_iter()
-                    .zip(verdicts)
-                    .map(|((fetched, _), v)| ScoredEvent {
-                        fetched,
-                        score: v.score,
-                        severity: v.severity,
-                        summary: match (v.explanation.first(), v.severity) {
-                            (Some(first), _) => first.clone(),
-                            (None, Some(_)) => "unusual combination of features".into(),
-                            (None, None) => String::new(),
-                        },
-                        explanation: v.explanation,
-                        kinds: v.kinds,
-                        passed_over: false,
-                    }),
-            )
+            .chain(kept.into_iter().zip(verdicts).map(|((fetched, _), v)| {
+                let held = learning
+                    && v.severity.is_some()
+                    && !needs_no_baseline(&v.kinds, &fetched.record);
+                let severity = v.severity.filter(|_| !held);
+                ScoredEvent {
+                    fetched,
+                    score: v.score,
+                    severity,
+                    summary: match (v.explanation.first(), severity) {
+                        (_, None) => String::new(),
+                        (Some(first), _) => first.clone(),
+                        (None, Some(_)) => "unusual combination of features".into(),
+                    },
+                    explanation: v.explanation,
+                    kinds: v.kinds,
+                    passed_over: false,
+                    held,
+                }
+            }))
             .collect())
     }
 }
@@ -424,15 +462,21 @@ pub fn explain(
                         format!("a Patient search returning people's demographics wholesale, {count} records a page{page}{run}"),
                     );
                 }
-                say(
-                    Feature::QueryVolume1hVsUsual,
-                    format!(
-                        "this user's searches asked for {} records within an hour (usual ≤ {:.0})",
-                        f.asked_1h,
-                        f.usual_asked_1h.ceil()
-                    ),
-                );
-                say(Feature::QuerySize, format!("search asking for {count} records at once"));
+                // A part is said only when the event shows it (a signal at its floor can
+                // still sit above the network's expectation for events of its kind).
+                if f.asked_1h > 0 {
+                    say(
+                        Feature::QueryVolume1hVsUsual,
+                        format!(
+                            "this user's searches asked for {} records within an hour (usual ≤ {:.0})",
+                            f.asked_1h,
+                            f.usual_asked_1h.ceil()
+                        ),
+                    );
+                }
+                if count > 0 {
+                    say(Feature::QuerySize, format!("search asking for {count} records at once"));
+                }
                 parts.sort_by(|a, b| b.0.total_cmp(&a.0));
                 match parts.is_empty() {
                     true => "an unusually large search".to_string(),

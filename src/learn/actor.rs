@@ -1,0 +1,152 @@
+//! `SiteTrainerActor`: checks the learning clock every few minutes; when learning is due
+//! to end, trains the site's model on a thread of its own (reading the server's history
+//! as `train --from-server` does, then training), writes it to `<state dir>/model`, and
+//! asks the detector to switch to it. A failed training is logged, counted and tried
+//! again `RETRY_MS` later; learning goes on meanwhile.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::{tick_learning, Tick, RETRY_MS};
+use crate::config::Config;
+use crate::detector::actor::UseSiteModel;
+use crate::health::{Counter, Health};
+use fhir_edge_core::clock::SharedClock;
+use fhir_edge_core::detector::model::Model;
+
+/// How often the learning clock is checked.
+const CHECK: Duration = Duration::from_secs(300);
+
+pub struct SiteTrainerActor {
+    cfg: Config,
+    since_ms: i64,
+    out: PathBuf,
+    detector: Recipient<UseSiteModel>,
+    health: Health,
+    clock: SharedClock,
+    retry_at_ms: Option<i64>,
+    running: bool,
+    done: bool,
+}
+
+impl SiteTrainerActor {
+    pub fn new(
+        cfg: Config,
+        since_ms: i64,
+        out: PathBuf,
+        detector: Recipient<UseSiteModel>,
+        health: Health,
+        clock: SharedClock,
+    ) -> Self {
+        SiteTrainerActor {
+            cfg,
+            since_ms,
+            out,
+            detector,
+            health,
+            clock,
+            retry_at_ms: None,
+            running: false,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, ctx: &mut Context<Self>) {
+        if self.running || self.done {
+            return;
+        }
+        let now = self.clock.now().timestamp_millis();
+        let since_ms = match tick_learning(
+            now,
+            self.since_ms,
+            self.cfg.detector.learn_days,
+            self.retry_at_ms,
+        ) {
+            Tick::Train { since_ms } => since_ms,
+            Tick::Wait { .. } | Tick::Never => return,
+        };
+        self.running = true;
+        tracing::info!(
+            actor = "site_trainer",
+            since = %fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(since_ms)),
+            "learning is due to end: training the site's model from the server's history"
+        );
+        let (cfg, out) = (self.cfg.clone(), self.out.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(train_site(&cfg, since_ms, &out));
+        });
+        let trained = async move {
+            rx.await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the training thread stopped")))
+        };
+        ctx.spawn(trained.into_actor(self).then(|res, act, _| {
+            act.running = false;
+            let model = match res {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let now = act.clock.now().timestamp_millis();
+                    act.retry_at_ms = Some(now + RETRY_MS);
+                    act.health.counters.add(Counter::SiteTrainingErrors, 1);
+                    tracing::error!(
+                        actor = "site_trainer",
+                        error_kind = "site_training_failed",
+                        retry_in_hours = RETRY_MS / 3_600_000,
+                        "training the site's model failed, learning goes on: {e:#}"
+                    );
+                    None
+                }
+            };
+            let detector = act.detector.clone();
+            let health = act.health.clone();
+            act.done = model.is_some();
+            async move {
+                if let Some(m) = model {
+                    if detector.send(UseSiteModel(m)).await.is_ok() {
+                        health.counters.add(Counter::SiteModelsTrained, 1);
+                    }
+                }
+            }
+            .into_actor(act)
+        }));
+    }
+}
+
+/// Train the site's model from the server's history since `since_ms` into `out`
+/// (written beside it first, then moved into place), and load it.
+fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Result<Model> {
+    let since = fhir_edge_core::clock::from_ms(since_ms);
+    let records = crate::cli::server_history(cfg, since)?;
+    let server = crate::client::redact_url(&cfg.fhir.base_url);
+    let ctx = crate::cli::site_context(None, None, Some(cfg))?;
+    let partial = out.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let run = crate::cli::TrainRun {
+        output: &partial,
+        epochs: fhir_edge_core::detector::model::TrainOptions::default().epochs,
+        seed: 1,
+        percentile: fhir_edge_core::detector::model::TrainOptions::default().threshold_percentile,
+        until: None,
+        server: Some(&server),
+    };
+    crate::cli::train_cmd(
+        records,
+        vec![format!("{server} (learned by the daemon)")],
+        ctx,
+        &run,
+    )?;
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::rename(&partial, out)?;
+    Ok(Model::load(out)?)
+}
+
+impl Actor for SiteTrainerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.check(ctx);
+        ctx.run_interval(CHECK, |act, ctx| act.check(ctx));
+    }
+}

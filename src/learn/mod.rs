@@ -1,0 +1,92 @@
+//! Learning a site. While the model the daemon runs was not trained on its site (it
+//! carries no site baselines, like the shipped default), the daemon *learns*: it follows
+//! the stream and builds the site's baselines, raises only the alerts that need none
+//! (`fhir_edge_core::detector::needs_no_baseline`), and says so in `status`, the
+//! dashboard and the journal. After `[detector] learn_days` it trains the site's model
+//! from the server's history of those days, off the pipeline's threads, and switches to
+//! it without a restart (`actor.rs`). `fhir-edge train --from-server` ends learning at
+//! the next start.
+//!
+//! The decisions are plain functions, tested without actix.
+
+pub mod actor;
+
+/// How long a failed training waits before it is tried again.
+pub const RETRY_MS: i64 = 6 * 3_600_000;
+
+/// What the learning clock says at one of its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// Not yet: learning goes on until `until_ms`.
+    Wait { until_ms: i64 },
+    /// Train now, from the server's history since `since_ms`.
+    Train { since_ms: i64 },
+    /// Never train automatically (`learn_days = 0`).
+    Never,
+}
+
+/// Decide at `now_ms`, for learning that began at `since_ms`, whether to train; a failed
+/// attempt moves the next one to `retry_at_ms`.
+pub fn tick_learning(
+    now_ms: i64,
+    since_ms: i64,
+    learn_days: u32,
+    retry_at_ms: Option<i64>,
+) -> Tick {
+    if learn_days == 0 {
+        return Tick::Never;
+    }
+    let due = since_ms + learn_days as i64 * 86_400_000;
+    let due = retry_at_ms.map_or(due, |r| r.max(due));
+    if now_ms < due {
+        Tick::Wait { until_ms: due }
+    } else {
+        Tick::Train { since_ms }
+    }
+}
+
+/// What `status`, the dashboard and the journal say while learning.
+pub fn learning_note(since_ms: i64, learn_days: u32) -> String {
+    let since = fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(since_ms));
+    let then = match learn_days {
+        0 => "until a site model is trained with `fhir-edge train --from-server` (detector.learn_days = 0)".to_string(),
+        d => format!(
+            "until the site's model is trained automatically after {d} days (at {}), or earlier with `fhir-edge train --from-server`",
+            fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(since_ms + d as i64 * 86_400_000))
+        ),
+    };
+    format!(
+        "learning this site's normal since {since}: only failed-login bursts and bulk exports raise alerts {then}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn learning_trains_after_its_days_and_retries_later_after_a_failure() {
+        assert_eq!(
+            tick_learning(5 * DAY, 0, 14, None),
+            Tick::Wait { until_ms: 14 * DAY }
+        );
+        assert_eq!(
+            tick_learning(14 * DAY, 0, 14, None),
+            Tick::Train { since_ms: 0 }
+        );
+        let retry = 14 * DAY + RETRY_MS;
+        assert_eq!(
+            tick_learning(14 * DAY + 1, 0, 14, Some(retry)),
+            Tick::Wait { until_ms: retry }
+        );
+        assert_eq!(
+            tick_learning(retry, 0, 14, Some(retry)),
+            Tick::Train { since_ms: 0 }
+        );
+        assert_eq!(tick_learning(99 * DAY, 0, 0, None), Tick::Never);
+        assert!(learning_note(0, 14).contains("after 14 days (at 1970-01-15"));
+        assert!(learning_note(0, 0).contains("learn_days = 0"));
+    }
+}
