@@ -289,7 +289,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 // The server's config is required here.
                 let cfg = config::load(cfg_path)?.config;
                 let since = parse_since(&since, Utc::now())?;
-                let records = server_history(&cfg, since)?;
+                let records = crate::training::server_history(&cfg, since)?;
                 let server = crate::client::redact_url(&cfg.fhir.base_url);
                 let name = format!("{server} since {}", since.to_rfc3339());
                 (records, vec![name], Some(cfg), Some(server))
@@ -297,8 +297,12 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (records, names) = read_inputs(&input)?;
                 (records, names, site_config(cfg_path), None)
             };
-            let ctx = site_context(timezone.as_deref(), watch_list.as_deref(), cfg.as_ref())?;
-            let run = TrainRun {
+            let ctx = crate::training::site_context(
+                timezone.as_deref(),
+                watch_list.as_deref(),
+                cfg.as_ref(),
+            )?;
+            let run = crate::training::TrainRun {
                 output: &output,
                 epochs,
                 seed,
@@ -306,7 +310,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 until,
                 server: server.as_deref(),
             };
-            train_cmd(records, names, ctx, &run)?;
+            crate::training::train_cmd(records, names, ctx, &run)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Score {
@@ -318,7 +322,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             watch_list,
         } => {
             let cfg = site_config(cfg_path);
-            let ctx = site_context(timezone.as_deref(), watch_list.as_deref(), cfg.as_ref())?;
+            let ctx = crate::training::site_context(
+                timezone.as_deref(),
+                watch_list.as_deref(),
+                cfg.as_ref(),
+            )?;
             score_cmd(&model, &input, &output, ctx, features_out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -376,32 +384,6 @@ fn site_config(cfg_path: Option<&Path>) -> Option<Config> {
     config::load(cfg_path).ok().map(|l| l.config)
 }
 
-/// A fresh feature context for the site: its time zone and its watch list, each from its
-/// flag, else from the config (time zone UTC and no watch list without either).
-pub(crate) fn site_context(
-    timezone: Option<&str>,
-    watch_list: Option<&Path>,
-    cfg: Option<&Config>,
-) -> anyhow::Result<fhir_edge_core::detector::features::Context> {
-    let tz = match timezone {
-        Some(t) => t
-            .parse()
-            .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {t:?}"))?,
-        None => cfg.map_or(chrono_tz::UTC, Config::timezone),
-    };
-    let path = watch_list
-        .map(Path::to_path_buf)
-        .or_else(|| cfg.and_then(|c| c.detector.watch_list.clone()));
-    let watch = match &path {
-        Some(p) => fhir_edge_core::detector::read_watch_list(p)
-            .map_err(|e| anyhow::anyhow!("watch list {}: {e}", p.display()))?,
-        None => Vec::new(),
-    };
-    let mut ctx = fhir_edge_core::detector::features::Context::new(tz);
-    ctx.set_watch_list(watch.iter().map(String::as_str));
-    Ok(ctx)
-}
-
 /// Events of training files, and the files' names (for the training summary).
 fn read_inputs(
     inputs: &[PathBuf],
@@ -429,159 +411,6 @@ fn read_inputs(
         })
         .collect();
     Ok((records, names))
-}
-
-/// The configured server's AuditEvents since `since` (`train --from-server`).
-/// A progress bar for reading history from `since` to `now` on a terminal (drawn on
-/// stderr, hidden when stderr is not a terminal): the time covered so far as the position,
-/// so the percentage and time left hold for a server that returns `_lastUpdated` order.
-fn history_bar(since: DateTime<Utc>, now: DateTime<Utc>, server: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new((now - since).num_seconds().max(1) as u64);
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix} [{elapsed_precise}] {wide_bar} {percent:>3}% · {msg} · about {eta} left",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(format!("reading {server}"));
-    bar
-}
-
-/// Move the bar to a history read's progress.
-fn history_tick(
-    bar: &indicatif::ProgressBar,
-    since: DateTime<Utc>,
-    p: crate::client::HistoryProgress,
-) {
-    if let Some(newest) = p.newest {
-        bar.set_position((newest - since).num_seconds().max(0) as u64);
-    }
-    let secs = bar.elapsed().as_secs_f64().max(1e-3);
-    bar.set_message(format!(
-        "{} events, {} pages, {:.0} events/s",
-        p.events,
-        p.pages,
-        p.events as f64 / secs
-    ));
-}
-
-pub(crate) fn server_history(
-    cfg: &crate::config::Config,
-    since: DateTime<Utc>,
-) -> anyhow::Result<Vec<fhir_edge_core::fhir::AuditRecord>> {
-    let client = crate::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let bar = history_bar(
-        since,
-        Utc::now(),
-        &crate::client::redact_url(&cfg.fhir.base_url),
-    );
-    let (records, skipped) = rt
-        .block_on(client.history(since, cfg.poller.page_size, |p| {
-            history_tick(&bar, since, p)
-        }))
-        .with_context(|| format!("reading AuditEvents from {}", cfg.fhir.base_url))?;
-    bar.finish_and_clear();
-    eprintln!(
-        "read {} events from {} since {}",
-        records.len(),
-        cfg.fhir.base_url,
-        since.to_rfc3339()
-    );
-    if let Some((id, why)) = skipped.first() {
-        eprintln!(
-            "skipped {} unreadable entries (first: {id} — {why})",
-            skipped.len()
-        );
-    }
-    if records.is_empty() {
-        bail!(
-            "{} holds no AuditEvents since {}: nothing to learn from (try a longer --since)",
-            cfg.fhir.base_url,
-            since.to_rfc3339()
-        );
-    }
-    Ok(records)
-}
-
-/// What `train` was asked for.
-pub(crate) struct TrainRun<'a> {
-    pub output: &'a Path,
-    pub epochs: usize,
-    pub seed: u64,
-    pub percentile: f32,
-    /// Learn only from events recorded before this.
-    pub until: Option<DateTime<Utc>>,
-    /// The server's base URL (without credentials) with `--from-server`.
-    pub server: Option<&'a str>,
-}
-
-/// Train on `records` and write the model with its baselines (the context at the end of
-/// the window, and that end as a mark) to `run.output`.
-pub(crate) fn train_cmd(
-    mut records: Vec<fhir_edge_core::fhir::AuditRecord>,
-    names: Vec<String>,
-    mut ctx: fhir_edge_core::detector::features::Context,
-    run: &TrainRun<'_>,
-) -> anyhow::Result<()> {
-    use fhir_edge_core::detector::baselines;
-    use std::io::IsTerminal;
-    let TrainRun {
-        output,
-        epochs,
-        seed,
-        percentile,
-        until,
-        server,
-    } = *run;
-    if let Some(u) = until {
-        records.retain(|r| r.recorded < u);
-    }
-    let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);
-    let opts = fhir_edge_core::detector::model::TrainOptions {
-        epochs,
-        seed,
-        threshold_percentile: percentile,
-        ..Default::default()
-    };
-    let tty = std::io::stderr().is_terminal();
-    let model = fhir_edge_core::detector::model::train(&rows, &opts, names, |epoch, loss| {
-        if tty {
-            let width = 30;
-            let done = epoch * width / epochs.max(1);
-            eprint!(
-                "\rtraining [{}{}] epoch {epoch}/{epochs} loss {loss:.4}",
-                "#".repeat(done),
-                " ".repeat(width - done)
-            );
-            if epoch == epochs {
-                eprintln!();
-            }
-        }
-    })?;
-    model.save(output)?;
-    let mark = baselines::Mark::at_end_of(
-        &records,
-        ctx.timezone(),
-        server,
-        model.meta.training.trained_at.clone(),
-    );
-    baselines::save(output, &mark, &ctx)?;
-    println!(
-        "trained on {} events in {:.1} s (final loss {:.4}); threshold {:.4} at p{}; saved to {} \
-         with the baselines of {} users as of {} ({})",
-        rows.len(),
-        model.meta.training.seconds,
-        model.meta.training.final_loss,
-        model.meta.threshold,
-        percentile,
-        output.display(),
-        ctx.users(),
-        fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(mark.recorded_ms)),
-        mark.timezone
-    );
-    Ok(())
 }
 
 fn score_cmd(
@@ -696,28 +525,5 @@ mod tests {
             "2024-01-01T00:00:00+00:00"
         );
         assert!(parse_since("soon", now).is_err());
-    }
-
-    #[test]
-    fn history_progress_moves_by_the_time_covered() {
-        let since = DateTime::parse_from_rfc3339("2024-05-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let now = since + chrono::Duration::days(30);
-        let bar = history_bar(since, now, "http://fhir.example/fhir");
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        assert_eq!(bar.length(), Some(30 * 86_400));
-        let p = crate::client::HistoryProgress {
-            events: 1200,
-            pages: 6,
-            newest: Some(since + chrono::Duration::days(12)),
-        };
-        history_tick(&bar, since, p);
-        assert_eq!(bar.position(), 12 * 86_400, "40% of the window read");
-        assert!(
-            bar.message().starts_with("1200 events, 6 pages"),
-            "{}",
-            bar.message()
-        );
     }
 }

@@ -14,7 +14,9 @@
 //! - [`client`]: the FHIR HTTP client (auth, paging links, error classification).
 //! - [`api`]: JSON API, dashboard, `/metrics`, the push endpoint.
 //! - [`app`]: wiring, start-up and shutdown; [`systemd`]: READY, WATCHDOG, STOPPING.
-//! - [`config`]: the typed configuration; [`cli`]: commands; [`telemetry`]: logging.
+//! - [`config`]: the typed configuration; [`cli`]: commands; [`training`]: reading a
+//!   server's history and training a site's model (`train`, the demo, the end of learning);
+//!   [`telemetry`]: logging.
 //! - `lab` (feature `lab`): `demo`, `bench`, `soak`, `simulate`, `bench-server`.
 //!
 //! Dependencies run one way: `fhir-edge` → `fhir-edge-lab` → `fhir-edge-core`.
@@ -38,5 +40,6 @@ pub(crate) mod state;
 pub(crate) mod sync;
 pub mod systemd;
 pub(crate) mod telemetry;
+pub(crate) mod training;
 
 pub use cli::{execute, Cli};

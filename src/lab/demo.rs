@@ -197,10 +197,10 @@ async fn learn_site(
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let run = || -> anyhow::Result<()> {
-            let records = crate::cli::server_history(&cfg, since)?;
+            let records = crate::training::server_history(&cfg, since)?;
             let server = crate::client::redact_url(&cfg.fhir.base_url);
-            let ctx = crate::cli::site_context(None, None, Some(&cfg))?;
-            let run = crate::cli::TrainRun {
+            let ctx = crate::training::site_context(None, None, Some(&cfg))?;
+            let run = crate::training::TrainRun {
                 output: &model_dir,
                 epochs: EPOCHS,
                 seed,
@@ -209,7 +209,7 @@ async fn learn_site(
                 until: None,
                 server: Some(&server),
             };
-            crate::cli::train_cmd(records, vec![format!("{server} (demo history)")], ctx, &run)
+            crate::training::train_cmd(records, vec![format!("{server} (demo history)")], ctx, &run)
         };
         let _ = tx.send(run());
     });

@@ -118,12 +118,12 @@ impl SiteTrainerActor {
 /// (written beside it first, then moved into place), and load it.
 fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Result<Model> {
     let since = fhir_edge_core::clock::from_ms(since_ms);
-    let records = crate::cli::server_history(cfg, since)?;
+    let records = crate::training::server_history(cfg, since)?;
     let server = crate::client::redact_url(&cfg.fhir.base_url);
-    let ctx = crate::cli::site_context(None, None, Some(cfg))?;
+    let ctx = crate::training::site_context(None, None, Some(cfg))?;
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
-    let run = crate::cli::TrainRun {
+    let run = crate::training::TrainRun {
         output: &partial,
         epochs: fhir_edge_core::detector::model::TrainOptions::default().epochs,
         seed: 1,
@@ -131,7 +131,7 @@ fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Res
         until: None,
         server: Some(&server),
     };
-    crate::cli::train_cmd(
+    crate::training::train_cmd(
         records,
         vec![format!("{server} (learned by the daemon)")],
         ctx,
