@@ -59,6 +59,29 @@ pub fn tiny_model() -> &'static Path {
     })
 }
 
+/// The shipped default model as if it were the site's: its files and (empty) baselines,
+/// so a daemon does not start in learning mode (tests that compare alerts need them).
+pub fn default_model_as_sites() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("fhir-edge-default-as-site")
+            .tempdir()
+            .unwrap()
+            .keep();
+        fhir_edge_lab::write_default_model(&dir).unwrap();
+        let tz = chrono_tz::UTC;
+        let mark = fhir_edge_core::detector::baselines::Mark::at_end_of(&[], tz, None, "-".into());
+        fhir_edge_core::detector::baselines::save(
+            &dir,
+            &mark,
+            &fhir_edge_core::detector::features::Context::new(tz),
+        )
+        .unwrap();
+        dir
+    })
+}
+
 /// `n` simulated AuditEvents (JSON) with ids `{prefix}-{i}`, recorded over the last day.
 pub fn events(n: usize, prefix: &str, seed: u64) -> Vec<serde_json::Value> {
     let mut o = fhir_edge_lab::simulate::SimOptions::new(3, seed);

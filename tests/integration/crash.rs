@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fhir_edge_lab::server::{Fault, FhirStore};
 
-use crate::common::{status, wait_until};
+use crate::common::{default_model_as_sites, status, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fhir-edge");
 
@@ -28,7 +28,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 fn write_config(dir: &Path, base_url: &str) -> PathBuf {
     let p = dir.join("config.toml");
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    let model = default_model_as_sites();
     let mut f = std::fs::File::create(&p).unwrap();
     write!(
         f,
