@@ -390,7 +390,21 @@ fn read_inputs(
 ) -> anyhow::Result<(Vec<fhir_edge_core::fhir::AuditRecord>, Vec<String>)> {
     let mut records = Vec::new();
     for p in inputs {
-        let i = fhir_edge_core::detector::train::read_events(p)?;
+        // Bytes of the file read, on a terminal (indicatif draws nothing otherwise).
+        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let bar = indicatif::ProgressBar::new(size.max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} · {msg} · about {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("reading {}", p.display()));
+        let i = fhir_edge_core::detector::train::read_events_with(p, |bytes, events| {
+            bar.set_position(bytes);
+            bar.set_message(format!("{events} events"));
+        })?;
+        bar.finish_and_clear();
         if !i.skipped.is_empty() {
             eprintln!(
                 "{}: skipped {} unreadable entries (first: {} — {})",

@@ -130,7 +130,6 @@ pub(crate) fn train_cmd(
     run: &TrainRun<'_>,
 ) -> anyhow::Result<()> {
     use fhir_edge_core::detector::baselines;
-    use std::io::IsTerminal;
     let TrainRun {
         output,
         epochs,
@@ -149,21 +148,20 @@ pub(crate) fn train_cmd(
         threshold_percentile: percentile,
         ..Default::default()
     };
-    let tty = std::io::stderr().is_terminal();
+    // Epochs on a terminal (indicatif draws nothing when stderr is not one).
+    let bar = indicatif::ProgressBar::new(epochs as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "training [{elapsed_precise}] {wide_bar} epoch {pos}/{len} · {msg} · about {eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{} events", rows.len()));
     let model = fhir_edge_core::detector::model::train(&rows, &opts, names, |epoch, loss| {
-        if tty {
-            let width = 30;
-            let done = epoch * width / epochs.max(1);
-            eprint!(
-                "\rtraining [{}{}] epoch {epoch}/{epochs} loss {loss:.4}",
-                "#".repeat(done),
-                " ".repeat(width - done)
-            );
-            if epoch == epochs {
-                eprintln!();
-            }
-        }
+        bar.set_position(epoch as u64);
+        bar.set_message(format!("{} events, loss {loss:.4}", rows.len()));
     })?;
+    bar.finish_and_clear();
     model.save(output)?;
     let mark = baselines::Mark::at_end_of(
         &records,

@@ -33,6 +33,15 @@ pub struct Input {
 
 /// Read NDJSON (one AuditEvent per line) or a Bundle / single AuditEvent JSON document.
 pub fn read_events(path: &Path) -> Result<Input, InputError> {
+    read_events_with(path, |_, _| {})
+}
+
+/// As `read_events`, calling `progress(bytes read, events read)` every 10,000 lines of
+/// NDJSON (a Bundle is read whole).
+pub fn read_events_with(
+    path: &Path,
+    mut progress: impl FnMut(u64, usize),
+) -> Result<Input, InputError> {
     let p = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| InputError::Read {
         path: p.clone(),
@@ -65,13 +74,19 @@ pub fn read_events(path: &Path) -> Result<Input, InputError> {
             }
         };
         handle(&first_line, 1, &mut input);
+        let mut bytes = first_line.len() as u64;
         for (i, line) in reader.lines().enumerate() {
             let line = line.map_err(|e| InputError::Read {
                 path: p.clone(),
                 reason: e.to_string(),
             })?;
+            bytes += line.len() as u64 + 1;
             handle(&line, i + 2, &mut input);
+            if i % 10_000 == 0 {
+                progress(bytes, input.records.len());
+            }
         }
+        progress(bytes, input.records.len());
     } else {
         let mut body = first_line.into_bytes();
         std::io::Read::read_to_end(&mut reader, &mut body).map_err(|e| InputError::Read {
