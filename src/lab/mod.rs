@@ -49,6 +49,12 @@ pub enum LabCommand {
         /// billing; analysts).
         #[arg(long, default_value = "classic")]
         style: String,
+        /// How the server writes the events: `balp` (the simulator's own layout) or `hapi`
+        /// (HAPI FHIR's BALP interceptor: its agent layout, a request id on every event, no
+        /// logins or refused requests, a search without a patient written once per patient
+        /// in its results).
+        #[arg(long, default_value = "balp")]
+        shape: String,
     },
     /// Sustained load: events created at a rate for minutes while the API is queried;
     /// RSS over time, API errors and latency, every event scored once.
@@ -115,7 +121,10 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
             timezone,
             activity,
             style,
+            shape,
         } => {
+            let shape = fhir_edge_lab::shape::Shape::parse(&shape)
+                .map_err(|e| anyhow::anyhow!("--shape: {e}"))?;
             let mut o = fhir_edge_lab::simulate::SimOptions::new(days, seed);
             o.style = match style.as_str() {
                 "drawn" => fhir_edge_lab::simulate::Style::draw(seed),
@@ -132,7 +141,8 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
             o.tz = timezone
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {timezone:?}"))?;
-            let events = fhir_edge_lab::simulate::simulate(&o);
+            let events =
+                fhir_edge_lab::shape::reshape(fhir_edge_lab::simulate::simulate(&o), shape, seed);
             let (ev, lb) = fhir_edge_lab::simulate::write(&events, &out)
                 .with_context(|| format!("writing to {}", out.display()))?;
             let wl = out.join("watchlist.txt");

@@ -431,6 +431,11 @@ pub struct QueryInfo {
     pub patient_sweep: bool,
     /// A page beyond the first (`_offset`, `_getpagesoffset`, `page`, `_page` above 0).
     pub later_page: bool,
+    /// The search is about one patient (`patient=`, `subject=`, a Patient `_id`, or a
+    /// Patient compartment path): an event naming a patient is that patient's record. A
+    /// search that is not, written once per patient in its results (HAPI), only *lists*
+    /// those patients.
+    pub patient_scoped: bool,
 }
 
 /// Search parameters that narrow a Patient search to a person.
@@ -489,6 +494,9 @@ pub struct AuditRecord {
     pub purpose: Option<String>,
     pub observer: Option<String>,
     pub query: Option<QueryInfo>,
+    /// The server's request id (IHE BALP's `XrequestId` entity): events of one request
+    /// share it, as HAPI writes a search once per patient in its results.
+    pub request_id: Option<String>,
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -540,6 +548,10 @@ pub fn query_info(text: &str) -> QueryInfo {
         v.split([',', '%'])
             .any(|e| DEMOGRAPHICS.iter().any(|d| e.eq_ignore_ascii_case(d)))
     });
+    let patient_scoped = params.iter().any(|(k, _)| {
+        let base = k.split([':', '.']).next().unwrap_or(k);
+        matches!(base, "patient" | "subject") || (patient_type && base == "_id")
+    }) || path.contains("Patient/");
     let later_page = ["_offset", "_getpagesoffset", "page", "_page"]
         .iter()
         .filter_map(|p| value(p))
@@ -551,6 +563,7 @@ pub fn query_info(text: &str) -> QueryInfo {
             && !export
             && (!narrowed || (demographics && count.is_some_and(|c| c >= 100))),
         later_page,
+        patient_scoped,
     }
 }
 
@@ -612,6 +625,12 @@ impl AuditEvent<'_> {
                     })
                     .map(query_info)
             });
+        let request_id = self
+            .entity
+            .iter()
+            .filter(|e| e.type_.as_ref().and_then(|t| t.code.as_deref()) == Some("XrequestId"))
+            .find_map(|e| e.what.as_ref()?.identifier.as_ref()?.value.as_deref())
+            .map(str::to_string);
         let action = self.action.as_deref().and_then(|a| a.chars().next());
         let has = |c: &str| subtypes.contains(&c);
         let interaction = if has("110122") || type_code == "110122" {
@@ -685,7 +704,7 @@ impl AuditEvent<'_> {
         // The client application, from the non-requestor agents: the Application (110150),
         // else the request's source side (110153 "Source Role ID", as IHE BALP and HAPI
         // write the client), else any Device that is not the destination (110152, the
-        // server itself); named by display, reference or identifier.
+        // server itself); named by reference or identifier, else by display.
         let not_requestor = || self.agent.iter().filter(|a| a.requestor != Some(true));
         let client_agent = not_requestor()
             .find(|a| a.type_code() == Some("110150"))
@@ -699,10 +718,16 @@ impl AuditEvent<'_> {
                             .is_some_and(|r| r.starts_with("Device/"))
                 })
             });
+        // A reference or identifier names the client for good; a display only when it is
+        // not just the client's address (HAPI writes the address there).
         let client_app = client_agent.and_then(|a| {
+            let address = a.network.as_ref().and_then(|n| n.address.as_deref());
             a.who
                 .as_ref()
-                .and_then(|w| owned(&w.display).or_else(|| w.stable()))
+                .and_then(|w| {
+                    w.stable()
+                        .or_else(|| owned(&w.display).filter(|d| Some(d.as_str()) != address))
+                })
                 .or_else(|| owned(&a.name))
         });
         let source_ip = user_agent
@@ -777,6 +802,7 @@ impl AuditEvent<'_> {
             purpose,
             observer,
             query,
+            request_id,
         })
     }
 }
@@ -1149,7 +1175,7 @@ pub fn parse_push(body: &[u8]) -> Result<Page, ParseError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1244,6 +1270,61 @@ mod tests {
             read("hl7-r4-core/AuditEvent-example-disclosure.json").client_app,
             None
         );
+    }
+
+    /// HAPI's BALP interceptor writes a search without a patient of its own once per
+    /// patient in its results, each with the same request-id entity (written here from
+    /// its documented layout: client 110153 with the address, server, user IRCP).
+    pub(crate) fn hapi_fanned_search(request: &str, patient: &str, t: &str) -> serde_json::Value {
+        let q = base64::engine::general_purpose::STANDARD
+            .encode("http://hapi.example/fhir/Observation?code=4548-4&_count=50");
+        serde_json::json!({
+            "resourceType": "AuditEvent",
+            "id": format!("{request}-{patient}"),
+            "meta": {"versionId": "1", "lastUpdated": t},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "search-type"}],
+            "action": "E", "recorded": t, "outcome": "0",
+            "agent": [
+                {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153"}]},
+                 "who": {"identifier": {"value": "ward-app"}, "display": "10.1.2.3"},
+                 "network": {"address": "10.1.2.3", "type": "2"}, "requestor": false},
+                {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152"}]},
+                 "who": {"display": "http://hapi.example/fhir"}, "requestor": false},
+                {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                 "who": {"reference": "Practitioner/nurse-1"}, "requestor": true}
+            ],
+            "source": {"observer": {"display": "http://hapi.example/fhir"}},
+            "entity": [
+                {"type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"},
+                 "what": {"identifier": {"value": request}}},
+                {"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+                 "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
+                 "description": "GET http://hapi.example/fhir/Observation?code=4548-4&_count=50", "query": q},
+                {"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                 "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+                 "what": {"reference": patient}}
+            ]
+        })
+    }
+
+    #[test]
+    fn a_hapi_fanned_search_names_its_request_and_is_not_about_its_patient() {
+        let raw = serde_json::value::to_raw_value(&hapi_fanned_search(
+            "req-7",
+            "Patient/p1",
+            "2026-01-05T08:00:00Z",
+        ))
+        .unwrap();
+        let r = parse_audit_event(&raw).unwrap();
+        assert_eq!(r.request_id.as_deref(), Some("req-7"));
+        assert_eq!(r.patient.as_deref(), Some("Patient/p1"));
+        assert_eq!(r.interaction, Interaction::Search);
+        let q = r.query.unwrap();
+        assert!(!q.patient_scoped && q.count == Some(50));
+        assert!(query_info("GET /Observation?patient=p1&_count=50").patient_scoped);
+        assert!(query_info("GET /Patient/p1/$everything").patient_scoped);
+        assert!(query_info("GET /Patient?_id=p1").patient_scoped);
     }
 
     #[test]

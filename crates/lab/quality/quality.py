@@ -13,7 +13,7 @@ Also reports incident recall: the share of injected incidents with at least one 
 above the score that 1% (and 0.1%) of the normal test events exceed.
 
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
-       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE]
+       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE] [--shape balp|hapi]
 """
 import argparse, csv, json, os, subprocess, sys, time
 import numpy as np
@@ -100,14 +100,16 @@ def watched_split(ev, labels, watch):
     return sub
 
 
-def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic"):
+def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
+        shape="balp"):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
     run([sim_bin or bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
          "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day),
          "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else [])
-        + (["--style", style] if style != "classic" else []))
+        + (["--style", style] if style != "classic" else [])
+        + (["--shape", shape] if shape != "balp" else []))
     cutoff = START_MS + from_day * DAY_MS
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff / 1000))
     ev = os.path.join(d, "events.ndjson")
@@ -160,7 +162,7 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
         sub = np.array([split.get(i, "") for i in ids])[test]
         for m, s in ((ae, scores[test]), (base, iso_s), (peer, mlp_s)):
             m["per_type"].update(per_type(s[y[test] == 0], s, sub, sorted(set(split.values()))))
-    return {"run": r, "style": style, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
+    return {"run": r, "style": style, "shape": shape, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
             "autoencoder": ae, "isolation_forest": base, "mlp_autoencoder": peer, "seconds": round(time.time() - t0, 1)}
 
 
@@ -217,6 +219,8 @@ def main():
     ap.add_argument("--style", default="classic",
                     help="the simulated hospitals' style (see `fhir-edge simulate --help`): classic, "
                          "drawn (per run, from its seed) or aspects joined by commas")
+    ap.add_argument("--shape", default="balp",
+                    help="how the simulated server writes AuditEvents: balp or hapi (see `fhir-edge simulate --help`)")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -224,7 +228,8 @@ def main():
     runs = [dict(r, seed=r["seed"] + a.seed_offset) for r in runs]
     results = []
     for r in runs:
-        res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style)
+        res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
+                  shape=a.shape)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "

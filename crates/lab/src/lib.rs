@@ -18,6 +18,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod server;
+pub mod shape;
 pub mod simulate;
 pub mod traffic;
 

@@ -205,6 +205,29 @@ const ASKED_FLOOR: f32 = 5.0 * DEFAULT_PAGE as f32;
 /// Events a department needs before its own hours outweigh the site's.
 const PEERS_MATURE: f32 = 300.0;
 
+/// Requests remembered for grouping a search written once per patient in its results.
+pub const MAX_REQUESTS: usize = 4_096;
+/// How long the events of one request may keep arriving.
+const REQUEST_SPAN: i64 = 10 * 60_000;
+
+/// One request's events so far (see `Context::fanout`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct RequestState {
+    first_ms: i64,
+    /// Patients its events listed, and records its query asked for.
+    listed: u32,
+    asked: u32,
+    /// Whether one of its events was alerted on.
+    alerted: bool,
+}
+
+/// How an event stands to a search fanned out over the patients in its results.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    key: u64,
+    first: bool,
+}
+
 /// A department's hour-of-day activity (its staff as peers of each other).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct DeptHours {
@@ -327,6 +350,10 @@ pub struct Facts {
     /// Share of the user's department's activity in this hour (when it has history).
     #[serde(default)]
     pub peer_hour_share: Option<f32>,
+    /// For an event a search wrote per patient in its results: the patients its request
+    /// has listed so far, this one included.
+    #[serde(default)]
+    pub listed: Option<u32>,
     pub same_family_name: bool,
     /// The record is on the site's watch list or labelled restricted.
     pub watched: bool,
@@ -652,6 +679,9 @@ pub struct Context {
     /// Hour-of-day activity per department (bounded like `dept_names`).
     #[serde(default)]
     dept_hours: IdMap<DeptHours>,
+    /// Recent requests by id hash (bounded by `MAX_REQUESTS`).
+    #[serde(default)]
+    requests: IdMap<RequestState>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -747,6 +777,17 @@ impl HashSetScratch {
             }
             i = (i + 1) & mask;
         }
+    }
+}
+
+/// A listed event as the features read it: a search without a patient of its own (the
+/// patient is in its results, not opened).
+fn listed_view(r: &AuditRecord) -> AuditRecord {
+    AuditRecord {
+        patient: None,
+        patient_display: None,
+        restricted: false,
+        ..r.clone()
     }
 }
 
@@ -864,16 +905,125 @@ impl Context {
 
     /// Compute features for `r` from the context so far, then fold `r` into the context.
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
-        let (x, facts, known) = self.features(r);
-        self.update(r, known);
-        (x, facts)
+        match self.fanout(r) {
+            None => {
+                let (x, facts, known) = self.features(r, asked_of(r));
+                self.update(r, known, asked_of(r));
+                (x, facts)
+            }
+            Some(l) => {
+                let (view, asked) = (listed_view(r), self.asked_listed(r, l));
+                let (x, mut facts, known) = self.features(&view, asked);
+                facts.listed = Some(self.requests.get(&l.key).map_or(0, |s| s.listed) + 1);
+                self.update(&view, known, asked);
+                self.note_listed(r, l, asked);
+                (x, facts)
+            }
+        }
     }
 
     /// Compute features for `r` from the context so far without learning it (an event
     /// the context has learned already: see `baselines::PassOver`).
     pub fn peek(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
-        let (x, facts, _) = self.features(r);
-        (x, facts)
+        match self.fanout(r) {
+            None => {
+                let (x, facts, _) = self.features(r, asked_of(r));
+                (x, facts)
+            }
+            Some(l) => {
+                let (x, facts, _) = self.features(&listed_view(r), self.asked_listed(r, l));
+                (x, facts)
+            }
+        }
+    }
+
+    /// Whether `r` is one of the events a search writes per patient in its results (HAPI's
+    /// BALP interceptor): a search naming a patient with a request id, whose query is not
+    /// about one patient, or whose request already wrote events. Such a search *lists*
+    /// patients: it is one query that touched many, not many chart opens. Without a
+    /// request id or a patient, `None`.
+    fn fanout(&self, r: &AuditRecord) -> Option<Listed> {
+        let id = r.request_id.as_deref()?;
+        if r.interaction != Interaction::Search || r.patient.is_none() {
+            return None;
+        }
+        let key = h64(id);
+        let now = r.recorded.timestamp_millis();
+        let seen = self
+            .requests
+            .get(&key)
+            .filter(|s| now - s.first_ms <= REQUEST_SPAN);
+        let listed = match (&r.query, seen) {
+            (Some(q), _) => !q.patient_scoped,
+            (None, seen) => seen.is_some(),
+        };
+        listed.then_some(Listed {
+            key,
+            first: seen.is_none(),
+        })
+    }
+
+    /// Records a listed event adds to its user's searches: the query's page for the first
+    /// of its request, then one per patient listed beyond it.
+    fn asked_listed(&self, r: &AuditRecord, l: Listed) -> Option<u32> {
+        let page = r
+            .query
+            .as_ref()
+            .and_then(|q| q.count)
+            .unwrap_or(DEFAULT_PAGE);
+        match (l.first, self.requests.get(&l.key)) {
+            (false, Some(s)) => Some((s.listed + 1 > s.asked) as u32),
+            _ => Some(page),
+        }
+    }
+
+    fn note_listed(&mut self, r: &AuditRecord, l: Listed, asked: Option<u32>) {
+        let now = r.recorded.timestamp_millis();
+        if self.requests.len() >= MAX_REQUESTS && !self.requests.contains_key(&l.key) {
+            self.requests
+                .retain(|_, s| now - s.first_ms <= REQUEST_SPAN);
+            if self.requests.len() >= MAX_REQUESTS {
+                evict_half(&mut self.requests, |s| s.first_ms);
+            }
+        }
+        let s = self.requests.entry(l.key).or_default();
+        if l.first {
+            *s = RequestState {
+                first_ms: now,
+                ..RequestState::default()
+            };
+        }
+        s.listed += 1;
+        s.asked += asked.unwrap_or(0);
+    }
+
+    /// Whether an alert on `r` may be raised: one per fanned-out search (the first of its
+    /// events to reach the threshold), every other event as usual. Marks the request.
+    pub fn claim_alert(&mut self, r: &AuditRecord) -> bool {
+        let Some(l) = self.fanout_member(r) else {
+            return true;
+        };
+        match self.requests.get_mut(&l) {
+            Some(s) if s.alerted => false,
+            Some(s) => {
+                s.alerted = true;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The request key of an event already folded in as a listed one.
+    fn fanout_member(&self, r: &AuditRecord) -> Option<u64> {
+        let id = r.request_id.as_deref()?;
+        if r.interaction != Interaction::Search || r.patient.is_none() {
+            return None;
+        }
+        let key = h64(id);
+        let s = self.requests.get(&key)?;
+        let now = r.recorded.timestamp_millis();
+        (now - s.first_ms <= REQUEST_SPAN && r.query.as_ref().is_none_or(|q| !q.patient_scoped))
+            .then_some(key)
     }
 
     /// How department `dept` (if known) stands to a record with history `p`. The rarity of
@@ -926,7 +1076,14 @@ impl Context {
 
     /// Fold an event into the context without computing features (replay after restart).
     pub fn replay(&mut self, r: &AuditRecord) {
-        self.update(r, Known::default());
+        match self.fanout(r) {
+            None => self.update(r, Known::default(), asked_of(r)),
+            Some(l) => {
+                let asked = self.asked_listed(r, l);
+                self.update(&listed_view(r), Known::default(), asked);
+                self.note_listed(r, l, asked);
+            }
+        }
     }
 
     fn local(&self, t: chrono::DateTime<chrono::Utc>) -> (u32, u32) {
@@ -935,7 +1092,7 @@ impl Context {
         (l.hour(), l.weekday().num_days_from_monday())
     }
 
-    fn features(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts, Known) {
+    fn features(&self, r: &AuditRecord, asked: Option<u32>) -> ([f32; N_FEATURES], Facts, Known) {
         use Feature as F;
         let now = r.recorded.timestamp_millis();
         let (hour, weekday) = self.local(r.recorded);
@@ -1213,7 +1370,7 @@ impl Context {
             x[F::QuerySize] = (q.count.unwrap_or(0) as f32).ln_1p();
         }
         // Query breadth within the hour, against the user's usual: pages walked add up.
-        if let Some(asked) = asked_of(r) {
+        if let Some(asked) = asked {
             let hour_ago = now - HOUR;
             let before: u32 = user.map_or(0, |u| {
                 u.asked
@@ -1288,7 +1445,7 @@ impl Context {
 
     /// Fold `r` into the context. `known` carries counts `features` already worked out for
     /// this same event and state (the same values `update` would compute).
-    fn update(&mut self, r: &AuditRecord, known: Known) {
+    fn update(&mut self, r: &AuditRecord, known: Known, asked: Option<u32>) {
         let now = r.recorded.timestamp_millis();
         let (hour, weekday) = self.local(r.recorded);
         self.site_hours[hour as usize] += 1.0;
@@ -1391,7 +1548,7 @@ impl Context {
         if dept_h.is_some() {
             u.dept = dept_h;
         }
-        if let Some(asked) = asked_of(r) {
+        if let Some(asked) = asked {
             push_window(&mut u.asked, (now, asked), 256, now - HOUR, |e| e.0);
             let (start, sum) = &mut u.asked_bucket;
             if now - *start >= HOUR {
@@ -1705,6 +1862,7 @@ mod tests {
             purpose: None,
             observer: None,
             query: None,
+            request_id: None,
         }
     }
 
@@ -2519,5 +2677,47 @@ mod tests {
             t + 3 * HOUR,
         ));
         assert_eq!(x[Feature::DemographicSweep.index()], 0.0);
+    }
+
+    #[test]
+    fn a_search_written_once_per_patient_is_one_query_and_alerts_once() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = monday(9);
+        let fanned = |req: &str, i: usize, t: i64| {
+            let raw = serde_json::value::to_raw_value(&crate::fhir::tests::hapi_fanned_search(
+                req,
+                &format!("Patient/p{i}"),
+                &crate::clock::fmt_ms(crate::clock::from_ms(t)),
+            ))
+            .unwrap();
+            crate::fhir::parse_audit_event(&raw).unwrap()
+        };
+        let mut last = ([0f32; N_FEATURES], Facts::default());
+        for i in 0..40 {
+            last = c.observe(&fanned("req-1", i, t0 + i as i64));
+        }
+        let (x, facts) = last;
+        assert_eq!(facts.listed, Some(40));
+        assert!(
+            x[Feature::DistinctPatients1h.index()] < 1.0,
+            "not forty chart opens"
+        );
+        assert_eq!(x[Feature::FirstAccessToPatient.index()], 0.0);
+        // One query of 50 records that listed 40 patients.
+        assert_eq!(facts.asked_1h, 50);
+        // The first event of the request to alert claims it; the others do not alert.
+        let r = fanned("req-1", 3, t0 + 3);
+        assert!(c.claim_alert(&r));
+        assert!(!c.claim_alert(&fanned("req-1", 7, t0 + 7)));
+        // Another request alerts on its own; a chart open alerts as always.
+        c.observe(&fanned("req-2", 1, t0 + 100));
+        assert!(c.claim_alert(&fanned("req-2", 1, t0 + 100)));
+        assert!(c.claim_alert(&rec("u", "Patient/p1", t0 + 200)));
+        // Past its page of 50 the query listed more: each patient beyond adds one record.
+        for i in 40..60 {
+            c.observe(&fanned("req-1", i, t0 + i as i64));
+        }
+        // 50 + 11 beyond its page, and req-2's page of 50 in the same hour.
+        assert_eq!(c.observe(&fanned("req-1", 60, t0 + 60)).1.asked_1h, 111);
     }
 }

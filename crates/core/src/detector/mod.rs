@@ -130,7 +130,8 @@ impl Detector {
         }
         let records: Vec<&AuditRecord> = kept.iter().map(|(f, _)| &f.record).collect();
         let facts: Vec<&Facts> = kept.iter().map(|(_, facts)| facts).collect();
-        let verdicts = judge(&self.model, &rows, &facts, &records, Explain::Alerts)?;
+        let mut verdicts = judge(&self.model, &rows, &facts, &records, Explain::Alerts)?;
+        one_alert_per_fanned_search(&mut self.ctx, &mut verdicts, &records);
         let passed = passed.into_iter().map(|fetched| ScoredEvent {
             fetched,
             score: 0.0,
@@ -217,6 +218,20 @@ fn judge(
         .collect())
 }
 
+/// A search written once per patient in its results alerts once: the first of its events
+/// to reach the threshold; the others keep their score and explanation, without severity.
+fn one_alert_per_fanned_search(
+    ctx: &mut Context,
+    verdicts: &mut [Verdict],
+    records: &[&AuditRecord],
+) {
+    for (v, r) in verdicts.iter_mut().zip(records) {
+        if v.severity.is_some() && !ctx.claim_alert(r) {
+            v.severity = None;
+        }
+    }
+}
+
 /// Score every event of a stream in order (the `score` command and the benchmarks),
 /// returning each event's feature row with its verdict. Events `pass_over` says the
 /// context has learned already are scored from the context as it stands but not learned
@@ -240,11 +255,9 @@ pub fn score_stream(
             .unzip();
         let facts: Vec<&Facts> = facts.iter().collect();
         let recs: Vec<&AuditRecord> = chunk.iter().collect();
-        out.extend(
-            rows.iter()
-                .copied()
-                .zip(judge(model, &rows, &facts, &recs, which)?),
-        );
+        let mut verdicts = judge(model, &rows, &facts, &recs, which)?;
+        one_alert_per_fanned_search(ctx, &mut verdicts, &recs);
+        out.extend(rows.iter().copied().zip(verdicts));
     }
     Ok(out)
 }
