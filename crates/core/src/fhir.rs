@@ -512,12 +512,18 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         })
 }
 
+/// `entity.query` is base64 in FHIR; Medplum writes the search as plain text, read as it is
+/// when it looks like one (`Patient?name=x`).
 fn decode_query(q: &str) -> Option<String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(q.trim())
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(q.trim()))
-        .ok()?;
-    String::from_utf8(bytes).ok()
+    let q = q.trim();
+    let plain = || (q.contains('?') || q.contains('$')).then(|| q.to_string());
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD
+        .decode(q)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(q))
+    else {
+        return plain();
+    };
+    String::from_utf8(bytes).ok().or_else(plain)
 }
 
 /// Read a search line (`GET /Patient?name=x&_count=50`, a bare path with query, or a URL).
@@ -544,10 +550,13 @@ pub fn query_info(text: &str) -> QueryInfo {
         let base = k.split([':', '.']).next().unwrap_or(k);
         NARROWING.contains(&base)
     });
-    let demographics = value("_elements").is_some_and(|v| {
-        v.split([',', '%'])
-            .any(|e| DEMOGRAPHICS.iter().any(|d| e.eq_ignore_ascii_case(d)))
-    });
+    // Medplum names `_elements` `_fields`.
+    let demographics = value("_elements")
+        .or_else(|| value("_fields"))
+        .is_some_and(|v| {
+            v.split([',', '%'])
+                .any(|e| DEMOGRAPHICS.iter().any(|d| e.eq_ignore_ascii_case(d)))
+        });
     let patient_scoped = params.iter().any(|(k, _)| {
         let base = k.split([':', '.']).next().unwrap_or(k);
         matches!(base, "patient" | "subject") || (patient_type && base == "_id")
@@ -704,7 +713,8 @@ impl AuditEvent<'_> {
         // The client application, from the non-requestor agents: the Application (110150),
         // else the request's source side (110153 "Source Role ID", as IHE BALP and HAPI
         // write the client), else any Device that is not the destination (110152, the
-        // server itself); named by reference or identifier, else by display.
+        // server itself), else any other non-requestor agent with an address; named by
+        // reference or identifier, else by display.
         let not_requestor = || self.agent.iter().filter(|a| a.requestor != Some(true));
         let client_agent = not_requestor()
             .find(|a| a.type_code() == Some("110150"))
@@ -716,6 +726,13 @@ impl AuditEvent<'_> {
                             .as_ref()
                             .and_then(|w| w.reference.as_deref())
                             .is_some_and(|r| r.starts_with("Device/"))
+                })
+            })
+            .or_else(|| {
+                // Else a non-requestor agent that is not the server and says where the
+                // request came from (Firely's client agent: an identifier and an address).
+                not_requestor().find(|a| {
+                    a.type_code() != Some("110152") && a.who.is_some() && a.address().is_some()
                 })
             });
         // A reference or identifier names the client for good; a display only when it is
@@ -742,6 +759,16 @@ impl AuditEvent<'_> {
                             && a.network
                                 .as_ref()
                                 .is_some_and(|n| n.type_.as_deref() != Some("5"))
+                    })
+                    .and_then(Agent::address)
+            })
+            // Else the client agent's, when it carries one that is not a URI (Firely).
+            .or_else(|| {
+                client_agent
+                    .filter(|a| {
+                        a.network
+                            .as_ref()
+                            .is_some_and(|n| n.type_.as_deref() != Some("5"))
                     })
                     .and_then(Agent::address)
             })
@@ -1306,6 +1333,63 @@ pub(crate) mod tests {
                  "what": {"reference": patient}}
             ]
         })
+    }
+
+    fn server_fixture(name: &str) -> AuditRecord {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/servers")
+            .join(name);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let raw: Box<serde_json::value::RawValue> = serde_json::from_str(&text).unwrap();
+        parse_audit_event(&raw).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Events written as each server writes them (from its documentation and code, by
+    /// hand) read alike: one key per person, the client and its address from whichever
+    /// agent carries them, the patient, the interaction and the query.
+    #[test]
+    fn server_shapes_normalise_alike() {
+        let r = server_fixture("medplum-read-patient.json");
+        assert_eq!(r.user.as_deref(), Some("Practitioner/7c1f"));
+        assert_eq!(r.patient.as_deref(), Some("Patient/93ab"));
+        assert_eq!(r.source_ip.as_deref(), Some("10.20.30.40"));
+        assert_eq!((r.interaction, r.outcome), (Interaction::Read, 0));
+
+        let r = server_fixture("medplum-search.json");
+        assert_eq!(r.interaction, Interaction::Search);
+        let q = r.query.expect("Medplum writes the query as plain text");
+        assert_eq!(q.count, Some(1000));
+        assert!(q.patient_sweep, "_fields is Medplum's _elements");
+
+        let r = server_fixture("medplum-login-failed.json");
+        assert_eq!((r.interaction, r.outcome), (Interaction::Login, 4));
+        assert_eq!(r.user.as_deref(), Some("Practitioner/7c1f"));
+
+        let r = server_fixture("firely-read.json");
+        assert_eq!(
+            r.user.as_deref(),
+            Some("https://idp.hospital.example/realms/staff|4711"),
+            "the user by identifier: one key"
+        );
+        assert_eq!(r.client_app.as_deref(), Some("ward-portal"));
+        assert_eq!(r.source_ip.as_deref(), Some("10.9.8.7"));
+        assert_eq!(r.patient.as_deref(), Some("Patient/example"));
+        assert_eq!(r.interaction, Interaction::Read);
+
+        let raw = serde_json::value::to_raw_value(&hapi_fanned_search(
+            "r1",
+            "Patient/p9",
+            "2026-03-02T12:00:00Z",
+        ))
+        .unwrap();
+        let r = parse_audit_event(&raw).unwrap();
+        assert_eq!(r.user.as_deref(), Some("Practitioner/nurse-1"));
+        assert_eq!(
+            r.client_app.as_deref(),
+            Some("ward-app"),
+            "not the address HAPI writes as display"
+        );
+        assert_eq!(r.source_ip.as_deref(), Some("10.1.2.3"));
     }
 
     #[test]
