@@ -116,6 +116,8 @@ pub struct Health {
     degraded: Arc<Mutex<Option<String>>>,
     /// While the daemon learns the site (no site model yet): what it does meanwhile.
     learning: Arc<Mutex<Option<String>>>,
+    /// What the events scored by this process carried.
+    coverage: Arc<Mutex<fhir_edge_core::detector::coverage::Coverage>>,
 }
 
 /// Process-lifetime counters and gauges (the durable lifetime `events_scored` lives in the
@@ -277,6 +279,7 @@ impl Health {
             counters: Arc::new(Counters::default()),
             degraded: Arc::new(Mutex::new(None)),
             learning: Arc::new(Mutex::new(None)),
+            coverage: Arc::default(),
         };
         let now = h.now_ms();
         for s in h.slots.iter() {
@@ -344,6 +347,18 @@ impl Health {
 
     pub fn learning(&self) -> Option<String> {
         crate::sync::lock(&self.learning).clone()
+    }
+
+    /// Record what the scored events carried; returns the previous counts.
+    pub fn set_coverage(
+        &self,
+        c: fhir_edge_core::detector::coverage::Coverage,
+    ) -> fhir_edge_core::detector::coverage::Coverage {
+        std::mem::replace(&mut *crate::sync::lock(&self.coverage), c)
+    }
+
+    pub fn coverage(&self) -> fhir_edge_core::detector::coverage::Coverage {
+        *crate::sync::lock(&self.coverage)
     }
 
     /// Reports for every actor; `answered` lists the actors whose mailbox answered the

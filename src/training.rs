@@ -141,6 +141,9 @@ pub(crate) fn train_cmd(
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
+    let mut coverage = fhir_edge_core::detector::coverage::Coverage::default();
+    records.iter().for_each(|r| coverage.observe(r));
+    eprintln!("the audit trail: {}", coverage.summary());
     let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);
     let opts = fhir_edge_core::detector::model::TrainOptions {
         epochs,

@@ -178,6 +178,9 @@ async fn stats(s: web::Data<ApiState>) -> HttpResponse {
     let durable = with_reader(s.state_dir.clone(), |r| r.status()).await;
     let mut body = json!({ "process": counters_json(&s.health) });
     body["poll_lag_secs"] = json!((newest > 0).then(|| (now - newest) as f64 / 1000.0));
+    let coverage = s.health.coverage();
+    body["coverage"] =
+        json!({"counts": coverage, "blind": coverage.blind(), "summary": coverage.summary()});
     match durable {
         Ok(d) => body["durable"] = serde_json::to_value(d).unwrap_or_default(),
         Err(resp) => return resp,

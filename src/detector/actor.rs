@@ -119,12 +119,13 @@ impl Handler<EventsFetched> for DetectorActor {
                 .filter(|s| **s != fhir_edge_core::state::KeyStatus::New)
                 .count() as u64;
             let batch: Vec<_> = msg.events.into_iter().zip(statuses).collect();
-            let scored = tokio::task::spawn_blocking(move || {
+            let (scored, coverage) = tokio::task::spawn_blocking(move || {
                 let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
-                d.process(batch)
+                d.process(batch).map(|s| (s, d.coverage()))
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
+            say_coverage(&health, coverage);
             let n = scored.len() as u64;
             let passed = scored.iter().filter(|e| e.passed_over).count() as u64;
             let held = scored.iter().filter(|e| e.held).count() as u64;
@@ -284,5 +285,28 @@ impl Handler<UseSiteModel> for DetectorActor {
             actor = "detector",
             "learning is over: scoring with the site's own model, every kind of alert is raised"
         );
+    }
+}
+
+/// Keep what the scored events carried for `/api/stats`, and say it in the journal once
+/// enough events show it (a warning when some evidence never comes).
+fn say_coverage(health: &Health, now: fhir_edge_core::detector::coverage::Coverage) {
+    use fhir_edge_core::detector::coverage::ENOUGH;
+    let before = health.set_coverage(now);
+    if before.events < ENOUGH && now.events >= ENOUGH {
+        if now.blind().is_empty() {
+            tracing::info!(
+                actor = "detector",
+                "the audit trail feeds every signal: {}",
+                now.summary()
+            );
+        } else {
+            tracing::warn!(
+                actor = "detector",
+                error_kind = "signals_blind",
+                "the audit trail leaves some signals blind: {}",
+                now.summary()
+            );
+        }
     }
 }

@@ -69,6 +69,18 @@ fn while_learning_only_baseline_free_alerts_are_raised_and_it_says_so() {
         h["status_line"].as_str().unwrap().contains("LEARNING"),
         "{h}"
     );
+    // What the trail fed, for the privacy officer and the sysadmin.
+    let (_, st) = crate::pipeline::reqwest::get(&format!("http://{}/api/stats", d.api), None);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["coverage"]["counts"]["events"], n, "{st}");
+    assert!(
+        st["coverage"]["counts"]["failed_logins"].as_u64().unwrap() >= 6,
+        "{st}"
+    );
+    assert!(st["coverage"]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("of {n} events")));
     assert!(
         d.counter(Counter::AlertsHeldLearning) > 0,
         "the tiny model finds the ordinary traffic odd"

@@ -2,6 +2,7 @@
 //! Plain logic, testable without actix; `actor.rs` runs it off the actor thread.
 
 pub mod baselines;
+pub mod coverage;
 pub mod features;
 pub mod model;
 pub mod train;
@@ -56,6 +57,8 @@ pub struct Detector {
     /// Learning the site (its model was not trained on it): only alerts that need no
     /// baseline are raised.
     learning: bool,
+    /// What the events scored by this process carried.
+    coverage: coverage::Coverage,
 }
 
 impl Detector {
@@ -66,7 +69,13 @@ impl Detector {
             replayed: HashSet::new(),
             pass_over: None,
             learning: false,
+            coverage: coverage::Coverage::default(),
         }
+    }
+
+    /// What the events scored by this process carried (see `coverage`).
+    pub fn coverage(&self) -> coverage::Coverage {
+        self.coverage
     }
 
     /// Learn the site before alerting on what needs its baselines (see `needs_no_baseline`).
@@ -116,6 +125,7 @@ impl Detector {
                 KeyStatus::New if learned(&f.record) => passed.push(f),
                 KeyStatus::Replay if learned(&f.record) => {}
                 KeyStatus::New => {
+                    self.coverage.observe(&f.record);
                     let (x, facts) = self.ctx.observe(&f.record);
                     rows.push(x);
                     kept.push((f, facts));
