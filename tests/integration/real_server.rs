@@ -280,3 +280,91 @@ fn a_daemon_started_from_a_server_trained_model_scores_every_later_event_once() 
         "status names the model's baselines"
     );
 }
+
+/// Events in HAPI's BALP layout (three agents, a request id, searches written once per
+/// patient in their results), stored by the real server and followed by the daemon: each
+/// is scored once, the fanned-out searches are read as such, and none alerts twice.
+#[test]
+fn hapi_shaped_events_from_the_real_server_are_scored_once_and_fanned_searches_alert_once() {
+    let Some(s) = start_sekmet() else { return };
+    let mut o = fhir_edge_lab::simulate::SimOptions::new(2, 17);
+    o.users = 30;
+    o.patients = 300;
+    o.anomalies_from_day = 0;
+    o.incidents_per_day = 40.0;
+    let hapi = fhir_edge_lab::shape::reshape(
+        fhir_edge_lab::simulate::simulate(&o),
+        fhir_edge_lab::shape::Shape::Hapi,
+        17,
+    );
+    // Every fanned-out search and enough ordinary events around them.
+    let fanned: std::collections::HashSet<&str> = hapi
+        .iter()
+        .filter(|e| e.id.matches('-').count() > 1)
+        .map(|e| e.id.rsplit_once('-').unwrap().0)
+        .collect();
+    assert!(
+        !fanned.is_empty(),
+        "the simulated day has fanned-out searches"
+    );
+    let picked: Vec<serde_json::Value> = hapi
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| *i < 150 || fanned.iter().any(|f| e.id.starts_with(&format!("{f}-"))))
+        .map(|(_, e)| {
+            let mut j = e.json.clone();
+            j["recorded"] = fhir_edge_core::clock::fmt_ms(chrono::Utc::now()).into();
+            j
+        })
+        .collect();
+    let ids = post_all(&s.base_url, &picked);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&s.base_url, dir.path());
+    let d = TestDaemon::start(cfg);
+    let n = ids.len() as u64;
+    wait_until(Duration::from_secs(120), "every HAPI-shaped event", || {
+        status(dir.path()).events_scored == n
+    });
+    assert_eq!(d.counter(Counter::EventsModelScored), n, "each scored once");
+    let (_, st) = crate::pipeline::reqwest::get(&format!("http://{}/api/stats", d.api), None);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(
+        st["coverage"]["counts"]["fanned_out"].as_u64().unwrap() > 1,
+        "the request ids survive the real server: {st}"
+    );
+    // No request alerts twice.
+    let alerts = fhir_edge_core::state::Reader::open(dir.path())
+        .unwrap()
+        .alerts(&fhir_edge_core::alerts::AlertFilter {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut per_request = std::collections::HashMap::<String, usize>::new();
+    for a in &alerts {
+        let ev = fhir_edge_core::state::Reader::open(dir.path())
+            .unwrap()
+            .alert(a.id)
+            .unwrap()
+            .event
+            .unwrap();
+        let listed = ev["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["role"]["code"] == "24")
+            && ev["subtype"][0]["code"] == "search-type";
+        if let (true, Some(req)) = (
+            listed,
+            ev["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["type"]["code"] == "XrequestId")
+                .and_then(|x| x["what"]["identifier"]["value"].as_str()),
+        ) {
+            *per_request.entry(req.to_string()).or_default() += 1;
+        }
+    }
+    assert!(per_request.values().all(|n| *n == 1), "{per_request:?}");
+}
