@@ -52,6 +52,8 @@ try {
   if (counts < rows) throw new Error(`severity counts add up to ${counts}, fewer than the ${rows} rows`);
   const health = await page.textContent("#health");
   if (health !== "ok") throw new Error(`health badge says ${JSON.stringify(health)}`);
+  // A site model: no learning note (the daemon here does not learn).
+  if (await page.locator("#learning").isVisible()) throw new Error("the learning note shows for a site model");
   const inked = await page.evaluate(() => {
     const c = document.getElementById("score-chart");
     const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
