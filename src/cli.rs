@@ -56,6 +56,7 @@ pub enum Command {
         /// Only alerts with this status: new, acknowledged, false_positive, confirmed.
         #[arg(long)]
         status: Option<Status>,
+        /// The newest this many alerts (any number: they are read page by page).
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Print a JSON array of alert objects.
@@ -245,13 +246,27 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|s| parse_since(s, Utc::now()))
                 .transpose()?
                 .map(|t| t.timestamp_millis());
-            let alerts = r.alerts(&AlertFilter {
-                since_ms,
-                min_severity: severity,
-                status,
-                limit,
-                ..Default::default()
-            })?;
+            // Pages of the store's size until `limit` alerts (or all there are).
+            let mut alerts = Vec::new();
+            let mut before_id = None;
+            while alerts.len() < limit as usize {
+                let want = (limit as usize - alerts.len())
+                    .min(fhir_edge_core::state::MAX_ALERTS_PAGE as usize);
+                let page = r.alerts(&AlertFilter {
+                    since_ms,
+                    min_severity: severity,
+                    status,
+                    before_id,
+                    limit: want as u32,
+                    ..Default::default()
+                })?;
+                let full = page.len() == want;
+                before_id = page.last().map(|a| a.id);
+                alerts.extend(page);
+                if !full {
+                    break;
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
             } else if alerts.is_empty() {

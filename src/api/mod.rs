@@ -272,6 +272,9 @@ fn parse_name<T: std::str::FromStr<Err = UnknownName>>(
         .map_err(|e: UnknownName| e.to_string())
 }
 
+/// The most alerts one page of `/api/alerts` holds (the store's own cap).
+const MAX_PAGE: u32 = fhir_edge_core::state::MAX_ALERTS_PAGE;
+
 impl AlertQuery {
     /// The store's filter, or what is wrong with the query (for a 400).
     fn filter(&self) -> Result<AlertFilter, String> {
@@ -291,7 +294,14 @@ impl AlertQuery {
             user: self.user.clone(),
             patient: self.patient.clone(),
             before_id: self.cursor,
-            limit: self.limit.unwrap_or(50).clamp(1, 1000),
+            limit: match self.limit.unwrap_or(50) {
+                l @ 1..=MAX_PAGE => l,
+                l => {
+                    return Err(format!(
+                        "limit must be 1–{MAX_PAGE} (got {l}); follow next_cursor for more"
+                    ))
+                }
+            },
         })
     }
 }

@@ -234,3 +234,19 @@ fn false_positive_with_allow_rule_suppresses_the_pattern() {
         "{m}"
     );
 }
+
+/// A page size the API cannot honour is refused, saying how to get more, not cut silently.
+#[test]
+fn a_limit_beyond_one_page_is_refused_with_the_way_to_page() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    let (code, body) = get(&format!("http://{}/api/alerts?limit=100000", d.api), None);
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("limit must be 1–1000 (got 100000); follow next_cursor"),
+        "{body}"
+    );
+    let (code, _) = get(&format!("http://{}/api/alerts?limit=1000", d.api), None);
+    assert_eq!(code, 200);
+}

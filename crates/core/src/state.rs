@@ -241,6 +241,9 @@ pub struct StatusReport {
     pub learning_since: Option<String>,
 }
 
+/// The most alerts one `Reader::alerts` call returns; page on with `before_id`.
+pub const MAX_ALERTS_PAGE: u32 = 1000;
+
 /// What the daemon loads at start.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -826,7 +829,7 @@ impl Reader {
         if let Some(b) = f.before_id {
             push("id <", b.into());
         }
-        args.push((f.limit.clamp(1, 1000) as i64).into());
+        args.push((f.limit.clamp(1, MAX_ALERTS_PAGE) as i64).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
         let mut st = self.conn.prepare(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
