@@ -46,17 +46,18 @@ pub fn tiny_model() -> &'static Path {
             fhir_edge_core::detector::model::train(&rows, &opts, vec!["tiny".into()], |_, _| {})
                 .unwrap();
         m.save(&dir).unwrap();
-        let tz = chrono_tz::UTC;
-        let mark =
-            fhir_edge_core::detector::baselines::Mark::at_end_of(&[], tz, None, "tiny".into());
-        fhir_edge_core::detector::baselines::save(
-            &dir,
-            &mark,
-            &fhir_edge_core::detector::features::Context::new(tz),
-        )
-        .unwrap();
+        as_sites_model(&dir);
         dir
     })
+}
+
+/// Give a model folder empty baselines, so a daemon takes it for its site's model (no
+/// learning mode) and starts with an empty context, passing nothing over.
+fn as_sites_model(dir: &Path) {
+    let tz = chrono_tz::UTC;
+    let mark = fhir_edge_core::detector::baselines::Mark::at_end_of(&[], tz, None, "-".into());
+    let empty = fhir_edge_core::detector::features::Context::new(tz);
+    fhir_edge_core::detector::baselines::save(dir, &mark, &empty).unwrap();
 }
 
 /// The shipped default model as if it were the site's: its files and (empty) baselines,
@@ -70,14 +71,7 @@ pub fn default_model_as_sites() -> &'static Path {
             .unwrap()
             .keep();
         fhir_edge_lab::write_default_model(&dir).unwrap();
-        let tz = chrono_tz::UTC;
-        let mark = fhir_edge_core::detector::baselines::Mark::at_end_of(&[], tz, None, "-".into());
-        fhir_edge_core::detector::baselines::save(
-            &dir,
-            &mark,
-            &fhir_edge_core::detector::features::Context::new(tz),
-        )
-        .unwrap();
+        as_sites_model(&dir);
         dir
     })
 }

@@ -1000,10 +1000,11 @@ impl Context {
     /// Whether an alert on `r` may be raised: one per fanned-out search (the first of its
     /// events to reach the threshold), every other event as usual. Marks the request.
     pub fn claim_alert(&mut self, r: &AuditRecord) -> bool {
-        let Some(l) = self.fanout_member(r) else {
+        // Folded in already, so its request is known (`first` is false).
+        let Some(l) = self.fanout(r).filter(|l| !l.first) else {
             return true;
         };
-        match self.requests.get_mut(&l) {
+        match self.requests.get_mut(&l.key) {
             Some(s) if s.alerted => false,
             Some(s) => {
                 s.alerted = true;
@@ -1011,19 +1012,6 @@ impl Context {
             }
             None => true,
         }
-    }
-
-    /// The request key of an event already folded in as a listed one.
-    fn fanout_member(&self, r: &AuditRecord) -> Option<u64> {
-        let id = r.request_id.as_deref()?;
-        if r.interaction != Interaction::Search || r.patient.is_none() {
-            return None;
-        }
-        let key = h64(id);
-        let s = self.requests.get(&key)?;
-        let now = r.recorded.timestamp_millis();
-        (now - s.first_ms <= REQUEST_SPAN && r.query.as_ref().is_none_or(|q| !q.patient_scoped))
-            .then_some(key)
     }
 
     /// How department `dept` (if known) stands to a record with history `p`. The rarity of
