@@ -228,6 +228,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     ),
                     _ => println!("baselines       this daemon's own, learned since its first start"),
                 }
+                // The shares, then what the detector is blind to for want of evidence.
+                println!("audit trail     {}", s.coverage.summary());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -117,7 +117,7 @@ pub struct Health {
     /// While the daemon learns the site (no site model yet): what it does meanwhile.
     learning: Arc<Mutex<Option<String>>>,
     /// What the events scored by this process carried.
-    coverage: Arc<Mutex<fhir_edge_core::detector::coverage::Coverage>>,
+    coverage: Arc<Mutex<fhir_edge_core::coverage::Coverage>>,
 }
 
 /// Process-lifetime counters and gauges (the durable lifetime `events_scored` lives in the
@@ -352,12 +352,12 @@ impl Health {
     /// Record what the scored events carried; returns the previous counts.
     pub fn set_coverage(
         &self,
-        c: fhir_edge_core::detector::coverage::Coverage,
-    ) -> fhir_edge_core::detector::coverage::Coverage {
+        c: fhir_edge_core::coverage::Coverage,
+    ) -> fhir_edge_core::coverage::Coverage {
         std::mem::replace(&mut *crate::sync::lock(&self.coverage), c)
     }
 
-    pub fn coverage(&self) -> fhir_edge_core::detector::coverage::Coverage {
+    pub fn coverage(&self) -> fhir_edge_core::coverage::Coverage {
         *crate::sync::lock(&self.coverage)
     }
 

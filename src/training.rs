@@ -141,7 +141,7 @@ pub(crate) fn train_cmd(
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
-    let mut coverage = fhir_edge_core::detector::coverage::Coverage::default();
+    let mut coverage = fhir_edge_core::coverage::Coverage::default();
     records.iter().for_each(|r| coverage.observe(r));
     eprintln!("the audit trail: {}", coverage.summary());
     let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);

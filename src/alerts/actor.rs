@@ -11,6 +11,7 @@ use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{AllowListChanged, Flush, PipelineError, Scored};
 use crate::state::actor::{CommitBatch, MarkJournaled};
 use fhir_edge_core::alerts::{AllowRule, NewAlert};
+use fhir_edge_core::coverage::Coverage;
 use fhir_edge_core::state::{BatchCommit, BatchOutcome, SeenEvent};
 
 /// Request: journal alerts stored earlier but never journaled (a crash came in between).
@@ -71,6 +72,7 @@ impl Handler<Scored> for AlertSinkActor {
                         .last_updated
                         .unwrap_or(e.fetched.record.recorded)
                         .timestamp_millis(),
+                    carried: Coverage::of(&e.fetched.record),
                 })
                 .collect(),
             alerts,

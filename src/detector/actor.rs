@@ -290,8 +290,8 @@ impl Handler<UseSiteModel> for DetectorActor {
 
 /// Keep what the scored events carried for `/api/stats`, and say it in the journal once
 /// enough events show it (a warning when some evidence never comes).
-fn say_coverage(health: &Health, now: fhir_edge_core::detector::coverage::Coverage) {
-    use fhir_edge_core::detector::coverage::ENOUGH;
+fn say_coverage(health: &Health, now: fhir_edge_core::coverage::Coverage) {
+    use fhir_edge_core::coverage::ENOUGH;
     let before = health.set_coverage(now);
     if before.events < ENOUGH && now.events >= ENOUGH {
         if now.blind().is_empty() {

@@ -49,10 +49,12 @@ pub enum LabCommand {
         /// billing; analysts).
         #[arg(long, default_value = "classic")]
         style: String,
-        /// How the server writes the events: `balp` (the simulator's own layout) or `hapi`
+        /// How the server writes the events: `balp` (the simulator's own layout), `hapi`
         /// (HAPI FHIR's BALP interceptor: its agent layout, a request id on every event, no
         /// logins or refused requests, a search without a patient written once per patient
-        /// in its results).
+        /// in its results), `medplum` (one agent: no client, no department), `firely` (the
+        /// user by identifier, no logins, no department) or `aidbox` (BALP server-side,
+        /// its own login types, no department). Each writes only what that server writes.
         #[arg(long, default_value = "balp")]
         shape: String,
     },

@@ -436,6 +436,10 @@ pub struct QueryInfo {
     /// search that is not, written once per patient in its results (HAPI), only *lists*
     /// those patients.
     pub patient_scoped: bool,
+    /// The one patient the query names (`patient=123`, `subject=Patient/123`, a Patient
+    /// `_id`, a `Patient/123/...` path), as `Patient/123`: the patient of an event whose
+    /// server names no patient entity for a search (Medplum writes only the query).
+    pub patient: Option<String>,
 }
 
 /// Search parameters that narrow a Patient search to a person.
@@ -561,6 +565,26 @@ pub fn query_info(text: &str) -> QueryInfo {
         let base = k.split([':', '.']).next().unwrap_or(k);
         matches!(base, "patient" | "subject") || (patient_type && base == "_id")
     }) || path.contains("Patient/");
+    // One patient named outright (no modifier, no list of several).
+    let one = |v: &str| {
+        let id = v.strip_prefix("Patient/").unwrap_or(v);
+        (!id.is_empty() && !id.contains([',', '/', '%', '$'])).then(|| format!("Patient/{id}"))
+    };
+    let patient = value("patient")
+        .and_then(one)
+        .or_else(|| {
+            value("subject")
+                .filter(|v| v.starts_with("Patient/"))
+                .and_then(one)
+        })
+        .or_else(|| value("_id").filter(|_| patient_type).and_then(one))
+        .or_else(|| {
+            let mut segs = path.split('/');
+            segs.find(|s| *s == "Patient")?;
+            segs.next()
+                .filter(|s| !s.starts_with(['$', '_']))
+                .and_then(one)
+        });
     let later_page = ["_offset", "_getpagesoffset", "page", "_page"]
         .iter()
         .filter_map(|p| value(p))
@@ -573,6 +597,7 @@ pub fn query_info(text: &str) -> QueryInfo {
             && (!narrowed || (demographics && count.is_some_and(|c| c >= 100))),
         later_page,
         patient_scoped,
+        patient,
     }
 }
 
@@ -642,9 +667,10 @@ impl AuditEvent<'_> {
             .map(str::to_string);
         let action = self.action.as_deref().and_then(|a| a.chars().next());
         let has = |c: &str| subtypes.contains(&c);
-        let interaction = if has("110122") || type_code == "110122" {
+        // Logins: DICOM 110122 (BALP, Medplum), or Aidbox's own `user-login` type.
+        let interaction = if has("110122") || type_code == "110122" || type_code == "user-login" {
             Interaction::Login
-        } else if has("110123") {
+        } else if has("110123") || type_code == "user-logout" {
             Interaction::Logout
         } else if query.as_ref().is_some_and(|q| q.export) || has("export") || has("$export") {
             Interaction::Export
@@ -789,7 +815,11 @@ impl AuditEvent<'_> {
             let role_patient = e.role.as_ref().and_then(|r| r.code()) == Some("1");
             refp || (role_patient && e.what.is_some())
         });
-        let patient = patient_entity.and_then(|e| e.what.as_ref().and_then(Reference::stable));
+        // Else the one patient a search's query names (Medplum writes no patient entity
+        // for a search, only its query).
+        let patient = patient_entity
+            .and_then(|e| e.what.as_ref().and_then(Reference::stable))
+            .or_else(|| query.as_ref().and_then(|q| q.patient.clone()));
         let patient_display = patient_entity.and_then(|e| {
             e.what
                 .as_ref()
@@ -1344,37 +1374,15 @@ pub(crate) mod tests {
         parse_audit_event(&raw).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
-    /// Events written as each server writes them (from its documentation and code, by
-    /// hand) read alike: one key per person, the client and its address from whichever
-    /// agent carries them, the patient, the interaction and the query.
+    /// Medplum writes a search's query as plain text; HAPI writes the client's address as
+    /// its display.
     #[test]
     fn server_shapes_normalise_alike() {
-        let r = server_fixture("medplum-read-patient.json");
-        assert_eq!(r.user.as_deref(), Some("Practitioner/7c1f"));
-        assert_eq!(r.patient.as_deref(), Some("Patient/93ab"));
-        assert_eq!(r.source_ip.as_deref(), Some("10.20.30.40"));
-        assert_eq!((r.interaction, r.outcome), (Interaction::Read, 0));
-
         let r = server_fixture("medplum-search.json");
         assert_eq!(r.interaction, Interaction::Search);
         let q = r.query.expect("Medplum writes the query as plain text");
         assert_eq!(q.count, Some(1000));
         assert!(q.patient_sweep, "_fields is Medplum's _elements");
-
-        let r = server_fixture("medplum-login-failed.json");
-        assert_eq!((r.interaction, r.outcome), (Interaction::Login, 4));
-        assert_eq!(r.user.as_deref(), Some("Practitioner/7c1f"));
-
-        let r = server_fixture("firely-read.json");
-        assert_eq!(
-            r.user.as_deref(),
-            Some("https://idp.hospital.example/realms/staff|4711"),
-            "the user by identifier: one key"
-        );
-        assert_eq!(r.client_app.as_deref(), Some("ward-portal"));
-        assert_eq!(r.source_ip.as_deref(), Some("10.9.8.7"));
-        assert_eq!(r.patient.as_deref(), Some("Patient/example"));
-        assert_eq!(r.interaction, Interaction::Read);
 
         let raw = serde_json::value::to_raw_value(&hapi_fanned_search(
             "r1",
@@ -1390,6 +1398,297 @@ pub(crate) mod tests {
             "not the address HAPI writes as display"
         );
         assert_eq!(r.source_ip.as_deref(), Some("10.1.2.3"));
+    }
+
+    /// Every server fixture normalises to the record written here by hand: who, which
+    /// client from where, which patient, what was done and how it ended, the request.
+    #[test]
+    fn every_server_fixture_normalises_to_its_golden_record() {
+        use Interaction::*;
+        type Golden = (
+            &'static str,
+            Option<&'static str>, // user
+            Option<&'static str>, // client
+            Option<&'static str>, // address
+            Option<&'static str>, // patient
+            Interaction,
+            u8,                   // outcome
+            Option<&'static str>, // request id
+        );
+        const MP: Option<&str> = Some("Practitioner/7c1f");
+        const FS: Option<&str> = Some("https://idp.hospital.example/realms/staff|4711");
+        const AB: Option<&str> = Some("User/dr-lee");
+        const HP: Option<&str> = Some("Practitioner/nurse-1");
+        let golden: &[Golden] = &[
+            (
+                "medplum-read-patient.json",
+                MP,
+                None,
+                Some("10.20.30.40"),
+                Some("Patient/93ab"),
+                Read,
+                0,
+                None,
+            ),
+            (
+                "medplum-search.json",
+                MP,
+                None,
+                Some("10.20.30.40"),
+                None,
+                Search,
+                0,
+                None,
+            ),
+            (
+                "medplum-create.json",
+                MP,
+                None,
+                Some("10.20.30.40"),
+                Some("Patient/93ab"),
+                Create,
+                0,
+                None,
+            ),
+            (
+                "medplum-login.json",
+                MP,
+                None,
+                Some("10.20.30.40"),
+                None,
+                Login,
+                0,
+                None,
+            ),
+            (
+                "medplum-login-failed.json",
+                MP,
+                None,
+                Some("203.0.113.9"),
+                None,
+                Login,
+                4,
+                None,
+            ),
+            (
+                "medplum-export.json",
+                MP,
+                None,
+                Some("198.51.100.23"),
+                None,
+                Export,
+                0,
+                None,
+            ),
+            (
+                "firely-read.json",
+                FS,
+                Some("ward-portal"),
+                Some("10.9.8.7"),
+                Some("Patient/example"),
+                Read,
+                0,
+                None,
+            ),
+            (
+                "firely-search.json",
+                FS,
+                Some("ward-portal"),
+                Some("10.9.8.7"),
+                Some("Patient/example"),
+                Search,
+                0,
+                None,
+            ),
+            (
+                "firely-create.json",
+                FS,
+                Some("ward-portal"),
+                Some("10.9.8.7"),
+                Some("Patient/example"),
+                Create,
+                0,
+                None,
+            ),
+            (
+                "firely-export.json",
+                FS,
+                Some("ward-portal"),
+                Some("10.9.8.7"),
+                None,
+                Export,
+                0,
+                None,
+            ),
+            (
+                "aidbox-read.json",
+                AB,
+                Some("Client/ward-app"),
+                Some("10.4.5.6"),
+                Some("Patient/pt-42"),
+                Read,
+                0,
+                None,
+            ),
+            (
+                "aidbox-search.json",
+                AB,
+                Some("Client/ward-app"),
+                Some("10.4.5.6"),
+                None,
+                Search,
+                0,
+                None,
+            ),
+            (
+                "aidbox-create.json",
+                AB,
+                Some("Client/ward-app"),
+                Some("10.4.5.6"),
+                Some("Patient/pt-42"),
+                Create,
+                0,
+                None,
+            ),
+            (
+                "aidbox-login.json",
+                AB,
+                None,
+                Some("10.4.5.6"),
+                None,
+                Login,
+                0,
+                None,
+            ),
+            (
+                "aidbox-login-failed.json",
+                AB,
+                None,
+                Some("10.4.5.6"),
+                None,
+                Login,
+                4,
+                None,
+            ),
+            (
+                "aidbox-export.json",
+                AB,
+                Some("Client/ward-app"),
+                Some("10.4.5.6"),
+                None,
+                Export,
+                0,
+                None,
+            ),
+            (
+                "hapi-read.json",
+                HP,
+                Some("ward-app"),
+                Some("10.1.2.3"),
+                Some("Patient/p9"),
+                Read,
+                0,
+                Some("r-read"),
+            ),
+            (
+                "hapi-create.json",
+                HP,
+                Some("ward-app"),
+                Some("10.1.2.3"),
+                Some("Patient/p9"),
+                Create,
+                0,
+                Some("r-create"),
+            ),
+            (
+                "hapi-search-fanned-1.json",
+                HP,
+                Some("ward-app"),
+                Some("10.1.2.3"),
+                Some("Patient/p1"),
+                Search,
+                0,
+                Some("r-search"),
+            ),
+            (
+                "hapi-search-fanned-2.json",
+                HP,
+                Some("ward-app"),
+                Some("10.1.2.3"),
+                Some("Patient/p2"),
+                Search,
+                0,
+                Some("r-search"),
+            ),
+            (
+                "hapi-export.json",
+                HP,
+                Some("ward-app"),
+                Some("10.1.2.3"),
+                None,
+                Export,
+                0,
+                Some("r-export"),
+            ),
+        ];
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/servers");
+        let on_disk = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "json")
+            })
+            .count();
+        assert_eq!(on_disk, golden.len(), "every fixture has its golden record");
+        for &(name, user, client, address, patient, interaction, outcome, request) in golden {
+            let r = server_fixture(name);
+            let got = (
+                r.user.as_deref(),
+                r.client_app.as_deref(),
+                r.source_ip.as_deref(),
+                r.patient.as_deref(),
+                r.interaction,
+                r.outcome,
+                r.request_id.as_deref(),
+            );
+            assert_eq!(
+                got,
+                (
+                    user,
+                    client,
+                    address,
+                    patient,
+                    interaction,
+                    outcome,
+                    request
+                ),
+                "{name}"
+            );
+        }
+        // Searches keep what they asked for, whichever way the query is written.
+        let q = server_fixture("aidbox-search.json").query.unwrap();
+        assert_eq!(q.count, Some(200));
+        assert!(
+            q.patient_sweep,
+            "names, addresses and phones of every patient"
+        );
+        assert!(
+            server_fixture("firely-search.json")
+                .query
+                .unwrap()
+                .patient_scoped
+        );
+        // A fanned HAPI search is not a chart opened for its listed patient.
+        assert!(
+            !server_fixture("hapi-search-fanned-1.json")
+                .query
+                .unwrap()
+                .patient_scoped
+        );
     }
 
     #[test]
@@ -1409,6 +1708,23 @@ pub(crate) mod tests {
         assert!(query_info("GET /Observation?patient=p1&_count=50").patient_scoped);
         assert!(query_info("GET /Patient/p1/$everything").patient_scoped);
         assert!(query_info("GET /Patient?_id=p1").patient_scoped);
+        let named = |q: &str| query_info(q).patient;
+        assert_eq!(
+            named("Observation?patient=p1&_count=5").as_deref(),
+            Some("Patient/p1")
+        );
+        assert_eq!(
+            named("GET /Observation?subject=Patient/p2").as_deref(),
+            Some("Patient/p2")
+        );
+        assert_eq!(
+            named("GET /Patient/p3/$everything").as_deref(),
+            Some("Patient/p3")
+        );
+        assert_eq!(named("GET /Patient?_id=p4").as_deref(), Some("Patient/p4"));
+        assert_eq!(named("GET /Observation?patient=p1,p2"), None, "several");
+        assert_eq!(named("GET /Observation?subject=Group/g"), None);
+        assert_eq!(named("GET /Patient/$export"), None);
     }
 
     #[test]

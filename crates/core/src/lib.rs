@@ -5,6 +5,8 @@
 //! - [`fhir`]: FHIR R4 AuditEvents and search Bundles read into [`fhir::AuditRecord`]
 //!   (who, which patient, what interaction, from where, outcome), tolerant of the shapes
 //!   servers write; parse errors are typed ([`fhir::ParseError`]).
+//! - [`coverage`]: which kinds of evidence a site's audit trail carries, and so what the
+//!   detector is blind to there.
 //! - [`detector`]: per-user, per-patient and per-department context turned into a feature
 //!   row ([`detector::features`]), the candle autoencoder and its calibrated score
 //!   ([`detector::model`]), the plain-language explanation, and offline training
@@ -19,6 +21,7 @@
 
 pub mod alerts;
 pub mod clock;
+pub mod coverage;
 pub mod detector;
 pub mod fhir;
 pub mod rng;

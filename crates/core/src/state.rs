@@ -181,6 +181,8 @@ pub enum KeyStatus {
 pub struct SeenEvent {
     pub key: String,
     pub last_updated_ms: i64,
+    /// What the event carried (`Coverage::of`), counted once, when its key is new.
+    pub carried: crate::coverage::Coverage,
 }
 
 /// Everything one batch commits atomically.
@@ -239,6 +241,8 @@ pub struct StatusReport {
     pub baselines_seeded: Option<String>,
     /// When the daemon began learning the site (it ran without a site model).
     pub learning_since: Option<String>,
+    /// What the events scored so far carried, and so what the detector is blind to.
+    pub coverage: crate::coverage::Coverage,
 }
 
 /// The most alerts one `Reader::alerts` call returns; page on with `before_id`.
@@ -291,6 +295,29 @@ fn kv_set(tx: &Transaction, key: &str, v: i64) -> rusqlite::Result<()> {
         params![key, v],
     )?;
     Ok(())
+}
+
+/// The kv prefix of the lifetime coverage counts (`coverage.logins`, …).
+const COVERAGE_KEY: &str = "coverage.";
+
+fn coverage_counts(c: &crate::coverage::Coverage) -> Vec<(String, i64)> {
+    match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_i64()?)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn coverage_read(conn: &Connection) -> rusqlite::Result<crate::coverage::Coverage> {
+    let mut st = conn.prepare("SELECT key, value FROM kv WHERE key LIKE 'coverage.%'")?;
+    let mut m = serde_json::Map::new();
+    for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (k, v) = row?;
+        m.insert(k[COVERAGE_KEY.len()..].to_string(), v.into());
+    }
+    Ok(serde_json::from_value(serde_json::Value::Object(m)).unwrap_or_default())
 }
 
 fn kv_add(tx: &Transaction, key: &str, v: i64) -> rusqlite::Result<()> {
@@ -436,9 +463,15 @@ impl Store {
             let mut seen = tx.prepare_cached(
                 "INSERT OR IGNORE INTO seen(key, last_updated_ms, seq) VALUES (?1, ?2, ?3)",
             )?;
+            let mut carried = crate::coverage::Coverage::default();
             for e in &batch.events {
-                outcome.events_committed +=
-                    seen.execute(params![e.key, e.last_updated_ms, seq])? as u64;
+                if seen.execute(params![e.key, e.last_updated_ms, seq])? == 1 {
+                    outcome.events_committed += 1;
+                    carried.add(&e.carried);
+                }
+            }
+            for (name, n) in coverage_counts(&carried) {
+                kv_add(&tx, &format!("{COVERAGE_KEY}{name}"), n)?;
             }
             let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO alerts(event_key, event_id, event_version, recorded_ms, detected_ms,
@@ -797,6 +830,7 @@ impl Reader {
             baselines_until: kv_get(c, "baselines_mark_ms")?.map(fmt),
             baselines_seeded: kv_get(c, "baselines_seeded_ms")?.map(fmt),
             learning_since: kv_get(c, "learning_since_ms")?.map(fmt),
+            coverage: coverage_read(c)?,
         })
     }
 
@@ -932,10 +966,16 @@ mod tests {
                 SeenEvent {
                     key: "a|v1".into(),
                     last_updated_ms: 10,
+                    carried: Default::default(),
                 },
                 SeenEvent {
                     key: "b|v1".into(),
                     last_updated_ms: 11,
+                    carried: crate::coverage::Coverage {
+                        events: 1,
+                        logins: 1,
+                        ..Default::default()
+                    },
                 },
             ],
             alerts: vec![alert("a|v1")],
@@ -952,6 +992,11 @@ mod tests {
         assert_eq!(r.events_scored, 2);
         assert_eq!(r.alerts, 1);
         assert_eq!(
+            (r.coverage.events, r.coverage.logins),
+            (1, 1),
+            "counted once"
+        );
+        assert_eq!(
             s.seen_reader().unwrap().filter(&["a|v1", "c|v1"]).unwrap(),
             vec![KeyStatus::Seen, KeyStatus::New]
         );
@@ -966,6 +1011,7 @@ mod tests {
                 events: vec![SeenEvent {
                     key: "a|v1".into(),
                     last_updated_ms: 100,
+                    carried: Default::default(),
                 }],
                 ..Default::default()
             },
@@ -992,6 +1038,7 @@ mod tests {
                 events: vec![SeenEvent {
                     key: "b|v1".into(),
                     last_updated_ms: 200,
+                    carried: Default::default(),
                 }],
                 ..Default::default()
             },
@@ -1039,10 +1086,12 @@ mod tests {
                     SeenEvent {
                         key: "old".into(),
                         last_updated_ms: 10,
+                        carried: Default::default(),
                     },
                     SeenEvent {
                         key: "new".into(),
                         last_updated_ms: 1000,
+                        carried: Default::default(),
                     },
                 ],
                 ..Default::default()

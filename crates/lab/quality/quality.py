@@ -13,7 +13,7 @@ Also reports incident recall: the share of injected incidents with at least one 
 above the score that 1% (and 0.1%) of the normal test events exceed.
 
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
-       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE] [--shape balp|hapi]
+       [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE] [--shape balp|hapi|medplum|firely|aidbox]
 """
 import argparse, csv, json, os, subprocess, sys, time
 import numpy as np
@@ -220,7 +220,8 @@ def main():
                     help="the simulated hospitals' style (see `fhir-edge simulate --help`): classic, "
                          "drawn (per run, from its seed) or aspects joined by commas")
     ap.add_argument("--shape", default="balp",
-                    help="how the simulated server writes AuditEvents: balp or hapi (see `fhir-edge simulate --help`)")
+                    help="how the simulated server writes AuditEvents: balp, hapi, medplum, firely or aidbox "
+                         "(see `fhir-edge simulate --help`)")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:

@@ -8,6 +8,19 @@
 //!   storage events (no logins, no failed requests), and a search without a patient of its
 //!   own written once per patient in its results (up to `FANOUT` patients), all sharing
 //!   the request id.
+//! - `medplum`: one agent, the user's profile with the address (`network` type 2): no
+//!   client application, no department; a search's entity is its query alone, as plain
+//!   text (its patient only inside it); logins (110114/110122) with their failures; no
+//!   logouts.
+//! - `firely`: the user named by an identifier (token issuer + user id) with `altId` and
+//!   the token id in `policy`, a second agent with the client id and address; no
+//!   department; no logins (the identity provider authenticates).
+//! - `aidbox`: BALP server-side: the client (110153, a `Client/` reference, with the
+//!   address), the server (110152), the user as a `User/` reference; no department;
+//!   logins and logouts as Aidbox's own `user-login` / `user-logout` types.
+//!
+//! Each shape writes only what that server writes by default: what it leaves out is left
+//! out here too, so the quality benchmark shows what each server's audit trail can carry.
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -24,6 +37,9 @@ pub enum Shape {
     #[default]
     Balp,
     Hapi,
+    Medplum,
+    Firely,
+    Aidbox,
 }
 
 impl Shape {
@@ -31,7 +47,12 @@ impl Shape {
         match s {
             "balp" => Ok(Shape::Balp),
             "hapi" => Ok(Shape::Hapi),
-            other => Err(format!("unknown shape {other:?} (balp, hapi)")),
+            "medplum" => Ok(Shape::Medplum),
+            "firely" => Ok(Shape::Firely),
+            "aidbox" => Ok(Shape::Aidbox),
+            other => Err(format!(
+                "unknown shape {other:?} (balp, hapi, medplum, firely, aidbox)"
+            )),
         }
     }
 }
@@ -42,7 +63,152 @@ pub fn reshape(events: Vec<SimEvent>, shape: Shape, seed: u64) -> Vec<SimEvent> 
     match shape {
         Shape::Balp => events,
         Shape::Hapi => hapi(events, seed),
+        Shape::Medplum | Shape::Firely | Shape::Aidbox => events
+            .into_iter()
+            .filter_map(|e| {
+                let json = match shape {
+                    Shape::Medplum => medplum(&e.json),
+                    Shape::Firely => firely(&e.json),
+                    _ => aidbox(&e.json),
+                }?;
+                Some(SimEvent { json, ..e })
+            })
+            .collect(),
     }
+}
+
+/// What a simulated event says, read once for the one-to-one shapes.
+struct Said<'a> {
+    j: &'a Value,
+    user: &'a str,
+    address: &'a str,
+    app: &'a str,
+    login: bool,
+    logout: bool,
+    query: Option<String>,
+}
+
+fn said(j: &Value) -> Said<'_> {
+    let sub = j["subtype"][0]["code"].as_str().unwrap_or("");
+    Said {
+        j,
+        user: j["agent"][0]["who"]["reference"].as_str().unwrap_or(""),
+        address: j["agent"][0]["network"]["address"].as_str().unwrap_or(""),
+        app: j["agent"][1]["who"]["reference"]
+            .as_str()
+            .unwrap_or("Device/unknown")
+            .trim_start_matches("Device/"),
+        login: sub == "110122",
+        logout: sub == "110123",
+        query: query_of(j),
+    }
+}
+
+/// The patient entity alone (`what` and nothing else, as Medplum writes its entity).
+fn patient_entity(j: &Value, full: bool) -> Option<Value> {
+    let p = patient_of(j)?;
+    Some(if full {
+        json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+               "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+               "what": {"reference": p}})
+    } else {
+        json!({"what": {"reference": p}})
+    })
+}
+
+fn query_entity(q: &str, base: &str) -> Value {
+    json!({"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+           "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24"},
+           "query": base64::engine::general_purpose::STANDARD.encode(q),
+           "description": format!("GET {base}{}", q.trim_start_matches("GET ").trim_start_matches('/'))})
+}
+
+fn medplum(j: &Value) -> Option<Value> {
+    let s = said(j);
+    if s.logout {
+        return None;
+    }
+    let mut e = s.j.clone();
+    e["agent"] = json!([{"who": {"reference": s.user}, "requestor": true,
+                         "network": {"address": s.address, "type": "2"}}]);
+    e["source"] = json!({"observer": {"identifier": {"value": "https://medplum.example.org/"}}});
+    // The resource read, or a search's query alone (as plain text, not base64): a
+    // search names its patient only inside the query.
+    e["entity"] = match &s.query {
+        Some(q) => {
+            if e["subtype"][0]["code"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("search"))
+            {
+                e["subtype"] = json!([{"system": "http://hl7.org/fhir/restful-interaction", "code": "search", "display": "search"}]);
+                e["action"] = "R".into();
+            }
+            json!([{"query": q.trim_start_matches("GET ").trim_start_matches('/')}])
+        }
+        None => Value::Array(patient_entity(j, false).into_iter().collect()),
+    };
+    Some(e)
+}
+
+fn firely(j: &Value) -> Option<Value> {
+    let s = said(j);
+    if s.login || s.logout {
+        return None;
+    }
+    let id = s.user.rsplit('/').next().unwrap_or(s.user);
+    let mut e = s.j.clone();
+    // One token per user and day, as a site's tokens last a shift or so.
+    let day = j["recorded"].as_str().unwrap_or("").get(..10).unwrap_or("");
+    e["agent"] = json!([
+        {"type": {"coding": [{"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes", "code": "UserOauthAgent"}]},
+         "who": {"identifier": {"system": "https://idp.hospital.example/realms/staff", "value": id}},
+         "altId": id, "requestor": true,
+         "policy": [format!("urn:ietf:params:oauth:jti:{id}-{day}")]},
+        {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110150", "display": "Application"}]},
+         "who": {"identifier": {"value": s.app}}, "requestor": false,
+         "network": {"address": s.address, "type": "2"}}
+    ]);
+    e["source"] = json!({"observer": {"display": "Firely Server"}});
+    let mut ents: Vec<Value> = patient_entity(j, true).into_iter().collect();
+    if let Some(q) = &s.query {
+        let mut x = query_entity(q, "https://fhir.hospital.example/");
+        x.as_object_mut().unwrap().remove("query");
+        ents.push(x);
+    }
+    e["entity"] = Value::Array(ents);
+    Some(e)
+}
+
+fn aidbox(j: &Value) -> Option<Value> {
+    let s = said(j);
+    let user = format!("User/{}", s.user.rsplit('/').next().unwrap_or(s.user));
+    let mut e = s.j.clone();
+    e["source"] = json!({"observer": {"display": "https://aidbox.hospital.example"}});
+    if s.login || s.logout {
+        let code = if s.login { "user-login" } else { "user-logout" };
+        e["type"] =
+            json!({"system": "http://aidbox.app/CodeSystem/audit-event-type", "code": code});
+        e.as_object_mut().unwrap().remove("subtype");
+        e["agent"] = json!([{"who": {"reference": user}, "requestor": true,
+                             "network": {"address": s.address, "type": "2"}}]);
+        e.as_object_mut().unwrap().remove("entity");
+        return Some(e);
+    }
+    e["agent"] = json!([
+        {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
+         "who": {"reference": format!("Client/{}", s.app)}, "requestor": false,
+         "network": {"address": s.address, "type": "2"}},
+        {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152", "display": "Destination Role ID"}]},
+         "who": {"display": "https://aidbox.hospital.example"}, "requestor": false,
+         "network": {"address": "https://aidbox.hospital.example", "type": "5"}},
+        {"who": {"reference": user}, "requestor": true}
+    ]);
+    let mut ents: Vec<Value> = patient_entity(j, true).into_iter().collect();
+    if let Some(q) = &s.query {
+        ents.push(query_entity(q, "/fhir/"));
+    }
+    e["entity"] = Value::Array(ents);
+    Some(e)
 }
 
 fn patient_of(e: &Value) -> Option<&str> {
@@ -182,5 +348,74 @@ mod tests {
         // A fanned-out search's copies keep its label.
         let labelled: usize = hapi.iter().filter(|e| e.label.is_some()).count();
         assert!(labelled > 0);
+    }
+
+    /// Each one-to-one shape reads back as the same events: one key per person, the same
+    /// patient, the same interaction and outcome; what the server does not write is absent.
+    #[test]
+    fn every_shape_reads_back_as_the_same_hospital() {
+        use fhir_edge_core::fhir::{parse_audit_event, AuditRecord, Interaction};
+        let mut o = SimOptions::new(2, 5);
+        o.users = 25;
+        o.patients = 200;
+        o.anomalies_from_day = 1;
+        o.incidents_per_day = 20.0;
+        let balp = simulate(&o);
+        let read = |e: &SimEvent| -> AuditRecord {
+            let raw = serde_json::value::to_raw_value(&e.json).unwrap();
+            parse_audit_event(&raw).unwrap_or_else(|err| panic!("{err}: {}", e.json))
+        };
+        let original: std::collections::HashMap<String, AuditRecord> =
+            balp.iter().map(|e| (e.id.clone(), read(e))).collect();
+        let logins = original
+            .values()
+            .filter(|r| r.interaction == Interaction::Login)
+            .count();
+        assert!(logins > 0);
+        for shape in [Shape::Medplum, Shape::Firely, Shape::Aidbox] {
+            let events = reshape(balp.clone(), shape, 5);
+            let mut user_of = std::collections::HashMap::<String, String>::new();
+            let mut seen_logins = 0;
+            for e in &events {
+                let r = read(e);
+                let o = &original[&e.id];
+                assert_eq!(
+                    (
+                        r.patient.as_deref(),
+                        r.interaction,
+                        r.outcome,
+                        r.source_ip.as_deref()
+                    ),
+                    (
+                        o.patient.as_deref(),
+                        o.interaction,
+                        o.outcome,
+                        o.source_ip.as_deref()
+                    ),
+                    "{shape:?} {}",
+                    e.json
+                );
+                assert_eq!(r.query.is_some(), o.query.is_some(), "{shape:?} {}", e.json);
+                // One person, one key: the shape's key maps to one original user only.
+                let was = user_of
+                    .entry(r.user.clone().unwrap())
+                    .or_insert_with(|| o.user.clone().unwrap());
+                assert_eq!(Some(was.as_str()), o.user.as_deref(), "{shape:?}");
+                assert_eq!(r.department, None, "{shape:?} writes no department");
+                match shape {
+                    Shape::Medplum => assert_eq!(r.client_app, None),
+                    _ if r.interaction != Interaction::Login
+                        && r.interaction != Interaction::Logout =>
+                    {
+                        assert!(r.client_app.is_some(), "{shape:?}")
+                    }
+                    _ => {}
+                }
+                seen_logins += (r.interaction == Interaction::Login) as usize;
+            }
+            let expect = if shape == Shape::Firely { 0 } else { logins };
+            assert_eq!(seen_logins, expect, "{shape:?}");
+            assert!(events.iter().any(|e| e.label.is_some()));
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! Plain logic, testable without actix; `actor.rs` runs it off the actor thread.
 
 pub mod baselines;
-pub mod coverage;
 pub mod features;
 pub mod model;
 pub mod train;
@@ -14,6 +13,7 @@ use features::{Context, Facts, Feature, N_FEATURES};
 use model::Model;
 
 use crate::alerts::{AlertKind, Severity};
+use crate::coverage;
 use crate::fhir::{AuditRecord, Fetched};
 use crate::state::KeyStatus;
 

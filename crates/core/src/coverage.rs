@@ -2,9 +2,9 @@
 //! events carried it. A server that never writes a login leaves brute-force detection
 //! blind; one that writes no query leaves mass export to `$export` alone. `train` prints
 //! it, the daemon says it in the journal once it has seen enough events and in
-//! `/api/stats`.
+//! `/api/stats`; the state database keeps the lifetime counts for `fhir-edge status`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fhir::{AuditRecord, Interaction};
 
@@ -12,7 +12,8 @@ use crate::fhir::{AuditRecord, Interaction};
 pub const ENOUGH: u64 = 5_000;
 
 /// Counts of events carrying each kind of evidence.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Coverage {
     pub events: u64,
     pub with_user: u64,
@@ -37,6 +38,30 @@ pub struct Blind {
 }
 
 impl Coverage {
+    /// What one event carries.
+    pub fn of(r: &AuditRecord) -> Coverage {
+        let mut c = Coverage::default();
+        c.observe(r);
+        c
+    }
+
+    /// Add another's counts.
+    pub fn add(&mut self, o: &Coverage) {
+        self.events += o.events;
+        self.with_user += o.with_user;
+        self.with_patient += o.with_patient;
+        self.with_department += o.with_department;
+        self.with_address += o.with_address;
+        self.with_client += o.with_client;
+        self.logins += o.logins;
+        self.failed_logins += o.failed_logins;
+        self.refused_requests += o.refused_requests;
+        self.searches += o.searches;
+        self.searches_with_query += o.searches_with_query;
+        self.exports += o.exports;
+        self.fanned_out += o.fanned_out;
+    }
+
     pub fn observe(&mut self, r: &AuditRecord) {
         let n = |b: bool| b as u64;
         self.events += 1;
