@@ -127,8 +127,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
 
     let state_dir = cfg.state_dir();
     let mut store = Store::open(&state_dir)?;
+    store.set_case_rule(fhir_edge_core::cases::CaseRule::hours(
+        cfg.alerts.case_window_hours,
+    ));
     let loaded = store.load()?;
     let unjournaled = store.unjournaled()?;
+    let unjournaled_cases = store.unjournaled_cases()?;
     let rules = store.allowlist()?;
     // The site's model: the configured one when it was trained on this site (it carries
     // baselines), else one the daemon trained itself at the end of learning, else the
@@ -285,13 +289,17 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             )
         })
     };
-    if !unjournaled.is_empty() {
+    if !unjournaled.is_empty() || !unjournaled_cases.is_empty() {
         tracing::info!(
             actor = "alert_sink",
             alerts = unjournaled.len(),
-            "re-emitting alerts stored before a crash but not journaled"
+            cases = unjournaled_cases.len(),
+            "re-emitting alerts and cases stored before a crash but not journaled"
         );
-        sink.do_send(AlertRaised(unjournaled));
+        sink.do_send(AlertRaised {
+            alerts: unjournaled,
+            cases: unjournaled_cases,
+        });
     }
 
     let round = Arc::new(Mutex::new(HealthRound {
@@ -307,6 +315,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         started_ms: clock.now().timestamp_millis(),
         detector: detector.clone().recipient(),
         set_status: state.clone().recipient(),
+        set_case_status: state.clone().recipient(),
         add_rule: state.clone().recipient(),
         remove_rule: state.clone().recipient(),
         rules_changed: sink.clone().recipient(),

@@ -63,6 +63,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List cases (alerts of one user's episode, with a title and a narrative), newest first.
+    Cases {
+        /// Only cases active at or after this time (RFC 3339) or this long ago (e.g. 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only cases with this status: new, in_review, closed.
+        #[arg(long)]
+        status: Option<fhir_edge_core::cases::CaseStatus>,
+        /// Minimum severity: low, medium, high, critical.
+        #[arg(long)]
+        severity: Option<Severity>,
+        /// The newest this many cases (any number: they are read page by page).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print a JSON array of case objects.
+        #[arg(long)]
+        json: bool,
+    },
     /// Train a model on AuditEvents (NDJSON or Bundle JSON, auto-detected).
     Train {
         /// NDJSON of AuditEvents or FHIR Bundle JSON files (auto-detected).
@@ -98,7 +116,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         watch_list: Option<PathBuf>,
     },
-    /// Score every event of a file in order and write id,score,severity,explanation as CSV.
+    /// Score every event of a file in order and write id,score,severity,case,explanation as CSV.
     Score {
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
@@ -201,6 +219,12 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     sev.join(", "),
                     s.alerts_new
                 );
+                let cases: Vec<String> = r
+                    .case_counts()?
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                println!("cases           {}", cases.join(", "));
                 println!("seen keys       {}", s.seen_keys);
                 let cfg_model = &cfg.detector.model_dir;
                 let own_model = cfg.state_dir().join("model");
@@ -285,6 +309,64 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         a.patient.as_deref().unwrap_or("-"),
                         a.status.as_str(),
                         a.explanation.join("; ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cases {
+            since,
+            status,
+            severity,
+            limit,
+            json,
+        } => {
+            let cfg = config::load(cfg_path)?.config;
+            let r = fhir_edge_core::state::Reader::open(&cfg.state_dir())
+                .context("no state yet (has the daemon run?)")?;
+            let since_ms = since
+                .as_deref()
+                .map(|s| parse_since(s, Utc::now()))
+                .transpose()?
+                .map(|t| t.timestamp_millis());
+            let mut cases = Vec::new();
+            let mut before_id = None;
+            while cases.len() < limit as usize {
+                let want = (limit as usize - cases.len())
+                    .min(fhir_edge_core::state::MAX_ALERTS_PAGE as usize);
+                let page = r.cases(&fhir_edge_core::cases::CaseFilter {
+                    since_ms,
+                    status,
+                    min_severity: severity,
+                    before_id,
+                    limit: want as u32,
+                    ..Default::default()
+                })?;
+                let full = page.len() == want;
+                before_id = page.last().map(|c| c.id);
+                cases.extend(page);
+                if !full {
+                    break;
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cases)?);
+            } else if cases.is_empty() {
+                println!("no cases");
+            } else {
+                for c in &cases {
+                    println!(
+                        "#{:<6} {:<8} {:<9} {}  {}  ({} alert{}, {} patient{})\n        {}",
+                        c.id,
+                        c.severity.as_str(),
+                        c.status.as_str(),
+                        c.user.as_deref().unwrap_or("-"),
+                        c.title,
+                        c.alerts,
+                        if c.alerts == 1 { "" } else { "s" },
+                        c.patients,
+                        if c.patients == 1 { "" } else { "s" },
+                        c.narrative
                     );
                 }
             }
@@ -498,17 +580,25 @@ fn score_cmd(
         w.flush()?;
     }
     let mut w = create(output)?;
-    writeln!(w, "id,score,severity,explanation")?;
+    // The case each alert would be filed in, by the daemon's rule at its default window.
+    let mut cases = fhir_edge_core::cases::Grouper::new(Default::default());
+    writeln!(w, "id,score,severity,case,explanation")?;
     let mut alerts = 0;
     for (r, (_, v)) in i.records.iter().zip(&scored) {
         alerts += v.severity.is_some() as usize;
+        let case = v.severity.map(|_| {
+            cases
+                .assign(r.user.as_deref(), r.recorded.timestamp_millis())
+                .to_string()
+        });
         let expl = v.explanation.join("; ").replace('"', "\"\"");
         writeln!(
             w,
-            "{},{:.5},{},\"{}\"",
+            "{},{:.5},{},{},\"{}\"",
             r.id,
             v.score,
             v.severity.map(|s| s.as_str()).unwrap_or(""),
+            case.unwrap_or_default(),
             expl
         )?;
     }
@@ -522,9 +612,10 @@ fn score_cmd(
         None => String::new(),
     };
     println!(
-        "scored {} events ({} above threshold{passed}) → {}",
+        "scored {} events ({} above threshold, in {} cases{passed}) → {}",
         scored.len(),
         alerts,
+        cases.cases(),
         output.display()
     );
     Ok(())

@@ -221,14 +221,18 @@ impl Default for DetectorConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// Alerts older than this many days are deleted.
+    /// Alerts older than this many days are deleted (a case goes with its last alert).
     pub retention_days: u32,
+    /// Alerts of one user this many hours apart or closer are one case (an episode); an
+    /// alert further from the user's open case opens a new one.
+    pub case_window_hours: u32,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             retention_days: 365,
+            case_window_hours: fhir_edge_core::cases::DEFAULT_JOIN_WITHIN_HOURS,
         }
     }
 }
@@ -599,6 +603,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         c.alerts.retention_days as u64,
         1,
         36_500,
+    )?;
+    range(
+        l,
+        "alerts.case_window_hours",
+        c.alerts.case_window_hours as u64,
+        1,
+        24 * 30,
     )?;
     let addr = c.api.listen;
     match &c.api.token_file {

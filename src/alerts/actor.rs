@@ -6,7 +6,7 @@
 
 use actix::prelude::*;
 
-use super::{alert_record, journal_alert, new_alert_record, to_alert};
+use super::{alert_record, journal_alert, journal_case, new_alert_record, to_alert};
 use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{AllowListChanged, Flush, PipelineError, Scored};
 use crate::state::actor::{CommitBatch, MarkJournaled};
@@ -14,10 +14,14 @@ use fhir_edge_core::alerts::{AllowRule, NewAlert};
 use fhir_edge_core::coverage::Coverage;
 use fhir_edge_core::state::{BatchCommit, BatchOutcome, SeenEvent};
 
-/// Request: journal alerts stored earlier but never journaled (a crash came in between).
+/// Request: journal alerts, and cases opened or escalated, stored earlier but never
+/// journaled (a crash came in between).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AlertRaised(pub Vec<fhir_edge_core::alerts::Alert>);
+pub struct AlertRaised {
+    pub alerts: Vec<fhir_edge_core::alerts::Alert>,
+    pub cases: Vec<fhir_edge_core::cases::CaseNote>,
+}
 
 pub struct AlertSinkActor {
     commit: Recipient<CommitBatch>,
@@ -100,9 +104,18 @@ impl Handler<Scored> for AlertSinkActor {
                 c.alert(a.severity);
                 ids.push(*id);
             }
-            if !ids.is_empty() {
-                // Best effort: an unmarked alert is re-journaled after a restart.
-                if let Ok(Err(e)) = journaled.send(MarkJournaled(ids)).await {
+            for case in &outcome.cases_to_journal {
+                journal_case(case);
+            }
+            let cases: Vec<_> = outcome
+                .cases_to_journal
+                .iter()
+                .map(|c| (c.id, c.severity))
+                .collect();
+            if !ids.is_empty() || !cases.is_empty() {
+                // Best effort: an unmarked alert or case is re-journaled after a restart.
+                let mark = MarkJournaled { alerts: ids, cases };
+                if let Ok(Err(e)) = journaled.send(mark).await {
                     tracing::warn!(
                         actor = "alert_sink",
                         error_kind = e.kind(),
@@ -140,16 +153,20 @@ impl Handler<AllowListChanged> for AlertSinkActor {
 impl Handler<AlertRaised> for AlertSinkActor {
     type Result = ();
     fn handle(&mut self, msg: AlertRaised, ctx: &mut Self::Context) {
-        let mut ids = Vec::new();
-        for a in &msg.0 {
+        let mut mark = MarkJournaled::default();
+        for a in &msg.alerts {
             journal_alert(&alert_record(a));
-            ids.push(a.id);
+            mark.alerts.push(a.id);
         }
-        if !ids.is_empty() {
+        for c in &msg.cases {
+            journal_case(c);
+            mark.cases.push((c.id, c.severity));
+        }
+        if !mark.alerts.is_empty() || !mark.cases.is_empty() {
             let j = self.journaled.clone();
             ctx.spawn(
                 async move {
-                    let _ = j.send(MarkJournaled(ids)).await;
+                    let _ = j.send(mark).await;
                 }
                 .into_actor(self),
             );

@@ -114,3 +114,33 @@ pub fn journal_alert(a: &JournalRecord) {
         Severity::High | Severity::Critical => rec!(error),
     }
 }
+
+/// Write one structured journal record when a case opens or escalates, at a priority from
+/// its severity (as alerts): the privacy officer's queue in the journal.
+pub fn journal_case(c: &fhir_edge_core::cases::CaseNote) {
+    let user = c.user.as_deref().unwrap_or("");
+    let what = if c.opened { "OPENED" } else { "ESCALATED" };
+    macro_rules! rec {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                actor = "alert_sink",
+                fhir_edge_case_id = c.id,
+                fhir_edge_case_event = if c.opened { "opened" } else { "escalated" },
+                fhir_edge_severity = c.severity.as_str(),
+                fhir_edge_user = user,
+                fhir_edge_alerts = c.alerts,
+                "CASE {what} {} #{}: {} (user {}, {} alert{})",
+                c.severity.as_str(),
+                c.id,
+                c.title,
+                if user.is_empty() { "-" } else { user },
+                c.alerts,
+                if c.alerts == 1 { "" } else { "s" },
+            )
+        };
+    }
+    match c.severity {
+        Severity::Low | Severity::Medium => rec!(warn),
+        Severity::High | Severity::Critical => rec!(error),
+    }
+}

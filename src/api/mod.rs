@@ -1,6 +1,7 @@
-//! The local HTTP API (actix-web): health, stats, metrics, alerts with case status and
-//! allow-list, the `/fhir/notify` push endpoint, and the embedded dashboard.
+//! The local HTTP API (actix-web): health, stats, metrics, alerts with their status and
+//! the allow-list, cases (`cases.rs`), the `/fhir/notify` push endpoint, and the embedded dashboard.
 
+mod cases;
 mod dashboard;
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
+
 use serde::Deserialize;
 use serde_json::json;
 
@@ -44,6 +46,7 @@ pub struct ApiState {
     pub started_ms: i64,
     pub detector: Recipient<EventsFetched>,
     pub set_status: Recipient<SetStatus>,
+    pub set_case_status: Recipient<crate::state::actor::SetCaseStatus>,
     pub add_rule: Recipient<AddAllowRule>,
     pub remove_rule: Recipient<RemoveAllowRule>,
     pub rules_changed: Recipient<AllowListChanged>,
@@ -94,6 +97,7 @@ fn state_err(e: StateError) -> HttpResponse {
     match e {
         StateError::NotFound => err_json(S::NOT_FOUND, "not found"),
         StateError::Invalid(m) => err_json(S::BAD_REQUEST, m),
+        StateError::Decision(e) => err_json(S::BAD_REQUEST, e.to_string()),
         e => {
             tracing::warn!(
                 actor = "api",
@@ -237,6 +241,14 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
         "Duration of one SQLite commit of a scored page with its alerts and cursor keys.",
         &mut out,
     );
+    if let Ok(counts) = with_reader(s.state_dir.clone(), |r| r.case_counts()).await {
+        out.push_str(
+            "# HELP fhir_edge_cases Cases in the store, by status.\n# TYPE fhir_edge_cases gauge\n",
+        );
+        for (status, n) in counts {
+            out.push_str(&format!("fhir_edge_cases{{status=\"{status}\"}} {n}\n"));
+        }
+    }
     let healthy = crate::sync::lock(&s.round).healthy && s.health.degraded().is_none();
     out.push_str(&format!("# HELP fhir_edge_healthy 1 when every actor makes progress.\n# TYPE fhir_edge_healthy gauge\nfhir_edge_healthy {}\n", healthy as u8));
     HttpResponse::Ok()
@@ -538,6 +550,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/api/alerts", web::get().to(list_alerts))
             .route("/api/alerts/{id}", web::get().to(get_alert))
             .route("/api/alerts/{id}/status", web::post().to(set_status))
+            .route("/api/cases", web::get().to(cases::list))
+            .route("/api/cases/{id}", web::get().to(cases::get))
+            .route("/api/cases/{id}/status", web::post().to(cases::set_status))
             .route("/api/allowlist", web::get().to(list_allow))
             .route("/api/allowlist", web::post().to(add_allow))
             .route("/api/allowlist/{id}", web::delete().to(remove_allow))

@@ -57,6 +57,10 @@ pub enum LabCommand {
         /// its own login types, no department). Each writes only what that server writes.
         #[arg(long, default_value = "balp")]
         shape: String,
+        /// Keep the user's department on the requesting agent in every shape (a control:
+        /// what a shape loses by its layout, apart from the departments it does not write).
+        #[arg(long)]
+        keep_department: bool,
     },
     /// Sustained load: events created at a rate for minutes while the API is queried;
     /// RSS over time, API errors and latency, every event scored once.
@@ -124,6 +128,7 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
             activity,
             style,
             shape,
+            keep_department,
         } => {
             let shape = fhir_edge_lab::shape::Shape::parse(&shape)
                 .map_err(|e| anyhow::anyhow!("--shape: {e}"))?;
@@ -143,8 +148,11 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
             o.tz = timezone
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {timezone:?}"))?;
-            let events =
-                fhir_edge_lab::shape::reshape(fhir_edge_lab::simulate::simulate(&o), shape, seed);
+            let original = fhir_edge_lab::simulate::simulate(&o);
+            let mut events = fhir_edge_lab::shape::reshape(original.clone(), shape, seed);
+            if keep_department {
+                fhir_edge_lab::shape::keep_department(&original, &mut events);
+            }
             let (ev, lb) = fhir_edge_lab::simulate::write(&events, &out)
                 .with_context(|| format!("writing to {}", out.display()))?;
             let wl = out.join("watchlist.txt");

@@ -27,9 +27,14 @@ pub struct CommitBatch(pub BatchCommit);
 #[rtype(result = "Result<(), StateError>")]
 pub struct CommitPoll(pub PollCommit);
 
-#[derive(Message)]
+/// Request: record that these alerts, and these cases at these severities, reached the
+/// journal (what is not marked is journaled again after a restart).
+#[derive(Message, Default)]
 #[rtype(result = "Result<(), StateError>")]
-pub struct MarkJournaled(pub Vec<i64>);
+pub struct MarkJournaled {
+    pub alerts: Vec<i64>,
+    pub cases: Vec<(i64, fhir_edge_core::alerts::Severity)>,
+}
 
 #[derive(Message)]
 #[rtype(result = "Result<Vec<AllowRule>, StateError>")]
@@ -40,6 +45,23 @@ pub struct SetStatus {
     pub note: Option<String>,
     /// With `false_positive`: an allow-list rule to add.
     pub allow: Option<AllowRule>,
+}
+
+/// Request: decide a case (`in_review`, or `closed` with a resolution). With `apply`, the
+/// allow-list rules a closing as appropriate or false positive implies are added too.
+#[derive(Message)]
+#[rtype(result = "Result<CaseDecided, StateError>")]
+pub struct SetCaseStatus {
+    pub id: i64,
+    pub decision: fhir_edge_core::cases::CaseDecision,
+    pub apply: bool,
+}
+
+/// A decided case, the rules its decision implies, and the allow-list when they were added.
+pub struct CaseDecided {
+    pub case: fhir_edge_core::cases::Case,
+    pub implied: Vec<AllowRule>,
+    pub allowlist: Option<Vec<AllowRule>>,
 }
 
 #[derive(Message)]
@@ -169,7 +191,10 @@ impl Handler<CommitPoll> for StateActor {
 impl Handler<MarkJournaled> for StateActor {
     type Result = Result<(), StateError>;
     fn handle(&mut self, msg: MarkJournaled, _: &mut Self::Context) -> Self::Result {
-        self.write(|s, _| s.mark_journaled(&msg.0))
+        self.write(|s, _| {
+            s.mark_journaled(&msg.alerts)?;
+            s.mark_cases_journaled(&msg.cases)
+        })
     }
 }
 
@@ -188,6 +213,45 @@ impl Handler<SetStatus> for StateActor {
                 s.add_allow_rule(rule, now)?;
             }
             s.allowlist()
+        })
+    }
+}
+
+impl Handler<SetCaseStatus> for StateActor {
+    type Result = Result<CaseDecided, StateError>;
+    fn handle(&mut self, msg: SetCaseStatus, _: &mut Self::Context) -> Self::Result {
+        let d = &msg.decision;
+        self.write(|s, now| {
+            let (case, implied) = s.set_case_status(msg.id, d, now)?;
+            tracing::info!(
+                actor = "state",
+                fhir_edge_case_id = case.id,
+                status = case.status.as_str(),
+                resolution = case.resolution.map_or("", |r| r.as_str()),
+                "case #{} now {}{}",
+                case.id,
+                case.status.as_str(),
+                case.resolution
+                    .map_or(String::new(), |r| format!(" ({})", r.as_str())),
+            );
+            let allowlist = if msg.apply && !implied.is_empty() {
+                for rule in &implied {
+                    let rule = AllowRule {
+                        note: d.note.clone(),
+                        created_by: d.by.clone(),
+                        ..rule.clone()
+                    };
+                    s.add_allow_rule(&rule, now)?;
+                }
+                Some(s.allowlist()?)
+            } else {
+                None
+            };
+            Ok(CaseDecided {
+                case,
+                implied,
+                allowlist,
+            })
         })
     }
 }

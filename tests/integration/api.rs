@@ -250,3 +250,140 @@ fn a_limit_beyond_one_page_is_refused_with_the_way_to_page() {
     let (code, _) = get(&format!("http://{}/api/alerts?limit=1000", d.api), None);
     assert_eq!(code, 200);
 }
+
+/// Alerts of one user close in time are one case; the case API lists, shows (with the
+/// AuditEvent ids) and decides it; closing as appropriate offers, and with `allow` adds,
+/// the rules it implies, after which the same access raises nothing; `/metrics` counts
+/// cases by status.
+#[test]
+fn one_users_alerts_form_one_case_that_is_reviewed_and_closed() {
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start(config(&s.base_url, dir.path()));
+    let api = format!("http://{}", d.api);
+    for (id, user) in [
+        ("c1", "Practitioner/alice"),
+        ("c2", "Practitioner/alice"),
+        ("c3", "Practitioner/bob"),
+    ] {
+        let (code, body) = blocking_free_post(
+            &format!("{api}/fhir/notify"),
+            export_event(id, user).to_string(),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, list) = request("GET", &format!("{api}/api/cases"), None, None);
+    assert_eq!(code, 200, "{list}");
+    let cases = list["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2, "alice's two alerts are one case: {list}");
+    assert_eq!(list["counts"]["new"], 2);
+    let alice = cases
+        .iter()
+        .find(|c| c["user"] == "Practitioner/alice")
+        .unwrap();
+    assert_eq!(alice["alerts"], 2);
+    assert_eq!(alice["title"], "mass export or wide search", "{alice}");
+    assert!(
+        alice["narrative"]
+            .as_str()
+            .unwrap()
+            .contains("2 flagged accesses"),
+        "{alice}"
+    );
+    let id = alice["id"].as_i64().unwrap();
+    let (code, one) = request("GET", &format!("{api}/api/cases/{id}"), None, None);
+    assert_eq!(code, 200);
+    let mut events: Vec<&str> = one["event_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    events.sort();
+    assert_eq!(events, ["c1", "c2"]);
+    assert_eq!(one["alerts"].as_array().unwrap().len(), 2);
+
+    // Filters, paging limits, and decisions that cannot be taken.
+    let (_, bobs) = request(
+        "GET",
+        &format!("{api}/api/cases?user=Practitioner/bob&status=new"),
+        None,
+        None,
+    );
+    assert_eq!(bobs["cases"].as_array().unwrap().len(), 1);
+    let (code, body) = request("GET", &format!("{api}/api/cases?limit=5000"), None, None);
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = request(
+        "POST",
+        &format!("{api}/api/cases/{id}/status"),
+        None,
+        Some(serde_json::json!({"status": "closed"})),
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs a resolution"),
+        "{body}"
+    );
+    let (code, _) = request(
+        "POST",
+        &format!("{api}/api/cases/999/status"),
+        None,
+        Some(serde_json::json!({"status": "in_review"})),
+    );
+    assert_eq!(code, 404);
+
+    // In review, then closed as appropriate with the implied rules added.
+    let (code, r) = request(
+        "POST",
+        &format!("{api}/api/cases/{id}/status"),
+        None,
+        Some(serde_json::json!({"status": "in_review", "by": "officer"})),
+    );
+    assert_eq!(
+        (code, r["case"]["status"].as_str()),
+        (200, Some("in_review")),
+        "{r}"
+    );
+    let (code, r) = request(
+        "POST",
+        &format!("{api}/api/cases/{id}/status"),
+        None,
+        Some(
+            serde_json::json!({"status": "closed", "resolution": "appropriate",
+                                "note": "approved research export", "by": "officer", "allow": true}),
+        ),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["case"]["resolution"], "appropriate");
+    assert_eq!(r["rules_added"], true);
+    let implied = r["implied_rules"].as_array().unwrap();
+    assert!(
+        !implied.is_empty() && implied.iter().all(|x| x["user"] == "Practitioner/alice"),
+        "{r}"
+    );
+    let (_, rules) = request("GET", &format!("{api}/api/allowlist"), None, None);
+    assert_eq!(
+        rules["rules"].as_array().map_or(0, |a| a.len()),
+        implied.len(),
+        "{rules}"
+    );
+    // The same access again raises nothing; the closed case keeps its two alerts.
+    blocking_free_post(
+        &format!("{api}/fhir/notify"),
+        export_event("c4", "Practitioner/alice").to_string(),
+    );
+    let (_, list) = request("GET", &format!("{api}/api/alerts"), None, None);
+    assert_eq!(list["alerts"].as_array().unwrap().len(), 3, "{list}");
+    let (_, metrics) = get(&format!("{api}/metrics"), None);
+    assert!(
+        metrics.contains("fhir_edge_cases{status=\"closed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fhir_edge_cases{status=\"new\"} 1"),
+        "{metrics}"
+    );
+}

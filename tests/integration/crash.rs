@@ -6,7 +6,7 @@
 //! Sizes can be raised for a longer run (RELIABILITY.md): CRASH_EVENTS, CRASH_KILLS,
 //! CRASH_SEED.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,6 +111,44 @@ fn alerts_of(
     out
 }
 
+/// Cases as the sets of their alerts' event keys; panics if an alert is in no case or
+/// in two.
+fn cases_of(state: &Path) -> BTreeSet<BTreeSet<String>> {
+    let r = fhir_edge_core::state::Reader::open(state).unwrap();
+    let mut cases = Vec::new();
+    loop {
+        let page = r
+            .cases(&fhir_edge_core::cases::CaseFilter {
+                limit: 1000,
+                before_id: cases.last().map(|c: &fhir_edge_core::cases::Case| c.id),
+                ..Default::default()
+            })
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cases.extend(page);
+    }
+    let mut filed = BTreeSet::new();
+    let mut out = BTreeSet::new();
+    for c in &cases {
+        let (_, alerts) = r.case(c.id).unwrap();
+        assert_eq!(
+            alerts.len() as u64,
+            c.alerts,
+            "case #{} counts its alerts",
+            c.id
+        );
+        let keys: BTreeSet<String> = alerts.iter().map(|a| a.event_key.clone()).collect();
+        for k in &keys {
+            assert!(filed.insert(k.clone()), "{k} in two cases");
+        }
+        out.insert(keys);
+    }
+    assert_eq!(filed.len(), alerts_of(state).len(), "every alert in a case");
+    out
+}
+
 /// What the daemon was doing when it was killed, from the last pipeline line of its debug
 /// log (the fetch of page k+1 overlaps the scoring and commit of page k).
 fn phase(log: &Path) -> &'static str {
@@ -191,7 +229,9 @@ fn kill_minus_nine_twenty_times_during_a_50k_catch_up_loses_and_doubles_nothing(
     // The reference: one run, never interrupted.
     let ref_dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let reference = alerts_of(&uninterrupted(&base_url, ref_dir.path(), n));
+    let reference_state = uninterrupted(&base_url, ref_dir.path(), n);
+    let reference = alerts_of(&reference_state);
+    let reference_cases = cases_of(&reference_state);
     let reference_secs = started.elapsed().as_secs_f64();
     assert!(
         reference.len() > 20,
@@ -292,4 +332,16 @@ fn kill_minus_nine_twenty_times_during_a_50k_catch_up_loses_and_doubles_nothing(
         assert_eq!((sev, kinds), (s2, k2), "{k}");
         assert!((score - sc2).abs() < 1e-3, "{k}: score {score} vs {sc2}");
     }
+    // Cases: the same alerts grouped the same way, none split or doubled by the kills.
+    let crashed_cases = cases_of(&state);
+    assert!(reference_cases.len() > 1 && reference_cases.len() < reference.len());
+    assert_eq!(
+        crashed_cases.len(),
+        reference_cases.len(),
+        "as many cases as the uninterrupted run"
+    );
+    assert!(
+        crashed_cases == reference_cases,
+        "cases differ from the uninterrupted run"
+    );
 }

@@ -109,7 +109,11 @@ pub struct UnknownName {
 }
 
 impl UnknownName {
-    fn new<const N: usize>(what: &'static str, given: &str, expected: [&str; N]) -> Self {
+    pub(crate) fn new<const N: usize>(
+        what: &'static str,
+        given: &str,
+        expected: [&str; N],
+    ) -> Self {
         UnknownName {
             what,
             given: given.to_string(),

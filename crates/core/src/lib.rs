@@ -12,6 +12,8 @@
 //!   ([`detector::model`]), the plain-language explanation, and offline training
 //!   ([`detector::train`]).
 //! - [`alerts`]: severity, status, allow-list rules, the stored alert.
+//! - [`cases`]: alerts of one user's episode grouped into a case (the rule, title,
+//!   narrative, lifecycle, the allow-list rules a decision implies).
 //! - [`state`]: the SQLite database (cursor, seen keys, counters, detector snapshot,
 //!   alerts) and the exactly-once rules that rest on its transactions.
 //! - [`clock`], [`rng`]: time as a parameter; a seeded generator for reproducible training.
@@ -20,6 +22,7 @@
 //! on neither.
 
 pub mod alerts;
+pub mod cases;
 pub mod clock;
 pub mod coverage;
 pub mod detector;

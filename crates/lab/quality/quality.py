@@ -101,7 +101,7 @@ def watched_split(ev, labels, watch):
 
 
 def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
-        shape="balp"):
+        shape="balp", keep_department=False):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
@@ -109,7 +109,8 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
          "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day),
          "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else [])
         + (["--style", style] if style != "classic" else [])
-        + (["--shape", shape] if shape != "balp" else []))
+        + (["--shape", shape] if shape != "balp" else [])
+        + (["--keep-department"] if keep_department else []))
     cutoff = START_MS + from_day * DAY_MS
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff / 1000))
     ev = os.path.join(d, "events.ndjson")
@@ -127,10 +128,12 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
         for row in csv.DictReader(f):
             labels[row["id"]] = row["anomaly"]
             incident[row["id"]] = row.get("incident") or ""
-    ids, scores = [], []
+    ids, scores, case_of = [], [], {}
     with open(os.path.join(d, "scores.csv")) as f:
         for row in csv.DictReader(f):
             ids.append(row["id"]); scores.append(float(row["score"]))
+            if row.get("case"):
+                case_of[row["id"]] = row["case"]
     with open(os.path.join(d, "features.csv")) as f:
         ncols = len(f.readline().split(","))
     feats = np.loadtxt(os.path.join(d, "features.csv"), delimiter=",", skiprows=1, usecols=range(1, ncols), dtype=np.float64)
@@ -162,8 +165,28 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
         sub = np.array([split.get(i, "") for i in ids])[test]
         for m, s in ((ae, scores[test]), (base, iso_s), (peer, mlp_s)):
             m["per_type"].update(per_type(s[y[test] == 0], s, sub, sorted(set(split.values()))))
-    return {"run": r, "style": style, "shape": shape, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
+    budget = case_budget(ids, test, labels, incident, case_of, r["users"], days - from_day)
+    return {"run": r, "style": style, "shape": shape, "cases": budget, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
             "autoencoder": ae, "isolation_forest": base, "mlp_autoencoder": peer, "seconds": round(time.time() - t0, 1)}
+
+
+def case_budget(ids, test, labels, incident, case_of, staff, days):
+    """The alert budget at the default threshold, in cases (`score`'s case column, the
+    daemon's grouping rule): cases a day per 100 staff that hold no injected event, and the
+    share of injected incidents with at least one event in a case."""
+    in_test = {i for i, t in zip(ids, test) if t}
+    cases, injected = set(), set()
+    for i, c in case_of.items():
+        if i in in_test:
+            cases.add(c)
+            if i in labels:
+                injected.add(c)
+    incidents = {incident[i] for i in in_test if i in labels and incident.get(i)}
+    found = {incident[i] for i in in_test if i in labels and incident.get(i) and i in case_of}
+    quiet = len(cases - injected)
+    return {"cases": len(cases), "cases_injected": len(injected), "cases_not_injected": quiet,
+            "not_injected_per_day_per_100_staff": quiet / days / (staff / 100.0),
+            "incidents": len(incidents), "incidents_in_a_case": len(found) / max(1, len(incidents))}
 
 
 def _read_watch(path):
@@ -188,6 +211,14 @@ def report(results):
                          f"{res['test_events']} | {res['anomalies']} | {det.replace('_', ' ')} | {fmt(m['roc_auc'])} | "
                          f"{fmt(m['pr_auc'])} | {fmt(m['precision_at_k'])} | {fmt(m['recall_1pct'])} | "
                          f"{fmt(m.get('incident_recall_1pct', float('nan')))} / {fmt(m.get('incident_recall_01pct', float('nan')))} |")
+    lines += ["", "The alert budget at the default threshold, in cases (the daemon's grouping rule):", "",
+              "| run | cases | with an injected event | without, per day per 100 staff | incidents in a case |",
+              "|---|---|---|---|---|"]
+    for res in results:
+        c = res.get("cases")
+        if c:
+            lines.append(f"| {res['run']['name']} | {c['cases']} | {c['cases_injected']} | "
+                         f"{c['not_injected_per_day_per_100_staff']:.2f} | {c['incidents_in_a_case']:.3f} |")
     kinds = sorted({k for res in results for k in res["autoencoder"]["per_type"]})
     lines += ["", "Recall at 1% FPR per anomaly type (fhir-edge / MLP autoencoder / isolation forest):", "",
               "| type | " + " | ".join(res["run"]["name"] for res in results) + " |",
@@ -222,6 +253,8 @@ def main():
     ap.add_argument("--shape", default="balp",
                     help="how the simulated server writes AuditEvents: balp, hapi, medplum, firely or aidbox "
                          "(see `fhir-edge simulate --help`)")
+    ap.add_argument("--keep-department", action="store_true",
+                    help="keep the user's department in every shape (a control; see `fhir-edge simulate --help`)")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -230,13 +263,15 @@ def main():
     results = []
     for r in runs:
         res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
-                  shape=a.shape)
+                  shape=a.shape, keep_department=a.keep_department)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "
               f"inc@0.1% {res['autoencoder']['incident_recall_01pct']:.3f} | MLP pr {res['mlp_autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['mlp_autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
-              f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} ({res['seconds']} s)",
+              f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} | "
+              f"cases {res['cases']['cases']} ({res['cases']['not_injected_per_day_per_100_staff']:.2f} not injected /day/100 staff), "
+              f"incidents in a case {res['cases']['incidents_in_a_case']:.3f} ({res['seconds']} s)",
               file=sys.stderr)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

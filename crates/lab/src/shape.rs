@@ -77,6 +77,27 @@ pub fn reshape(events: Vec<SimEvent>, shape: Shape, seed: u64) -> Vec<SimEvent> 
     }
 }
 
+/// Put the user's department back on the requesting agent of `shaped` events (from the
+/// `original` events of the same ids): the control that tells what a shape loses by its
+/// layout from what it loses by not writing departments (`simulate --keep-department`).
+pub fn keep_department(original: &[SimEvent], shaped: &mut [SimEvent]) {
+    let dept: std::collections::HashMap<&str, &Value> = original
+        .iter()
+        .filter_map(|e| Some((e.id.as_str(), e.json["agent"][0].get("location")?)))
+        .collect();
+    for e in shaped.iter_mut() {
+        let id = e.id.split_once('-').map_or(e.id.as_str(), |(a, _)| a);
+        let Some(loc) = dept.get(e.id.as_str()).or_else(|| dept.get(id)) else {
+            continue;
+        };
+        if let Some(agents) = e.json["agent"].as_array_mut() {
+            if let Some(user) = agents.iter_mut().find(|a| a["requestor"] == true) {
+                user["location"] = (*loc).clone();
+            }
+        }
+    }
+}
+
 /// What a simulated event says, read once for the one-to-one shapes.
 struct Said<'a> {
     j: &'a Value,

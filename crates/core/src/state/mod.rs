@@ -12,6 +12,8 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
 
+mod cases;
+
 use crate::alerts::{Alert, AlertFilter, NewAlert, Severity, Status};
 
 pub const DB_FILE: &str = "fhir-edge.db";
@@ -43,6 +45,8 @@ pub enum StateError {
     NotFound,
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Decision(#[from] crate::cases::DecisionError),
 }
 
 impl StateError {
@@ -57,6 +61,7 @@ impl StateError {
             StateError::Sqlite(_) => "sqlite",
             StateError::NotFound => "not_found",
             StateError::Invalid(_) => "invalid_request",
+            StateError::Decision(e) => e.kind(),
         }
     }
 }
@@ -162,6 +167,30 @@ const MIGRATIONS: &[&str] = &[
         from_alert INTEGER
     );
     "#,
+    // 2: cases (alerts of one user's episode; `cases.rs`). Alerts stored before keep no
+    // case until `Store::open` files them by the rule.
+    r#"
+    CREATE TABLE cases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_ref TEXT NOT NULL,
+        first_ms INTEGER NOT NULL,
+        last_ms INTEGER NOT NULL,
+        opened_ms INTEGER NOT NULL,
+        alerts INTEGER NOT NULL,
+        score REAL NOT NULL,
+        severity INTEGER NOT NULL,
+        journaled_severity INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'new',
+        resolution TEXT,
+        status_by TEXT,
+        status_at_ms INTEGER,
+        status_note TEXT
+    );
+    CREATE INDEX cases_by_user ON cases(user_ref, last_ms);
+    CREATE INDEX cases_by_status ON cases(status);
+    ALTER TABLE alerts ADD COLUMN case_id INTEGER;
+    CREATE INDEX alerts_by_case ON alerts(case_id);
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -200,6 +229,8 @@ pub struct BatchOutcome {
     pub events_committed: u64,
     /// Alerts newly stored: (alert id, index into the batch's `alerts`).
     pub alerts_inserted: Vec<(i64, usize)>,
+    /// Cases this batch opened or raised in severity, to journal (`Store::mark_journaled`).
+    pub cases_to_journal: Vec<crate::cases::CaseNote>,
 }
 
 /// The end of a complete poll.
@@ -269,6 +300,7 @@ pub struct Store {
     snapshot_seq: Arc<AtomicI64>,
     seq: i64,
     last_prune_ms: Option<i64>,
+    case_rule: crate::cases::CaseRule,
 }
 
 /// How often seen keys and expired alerts are pruned.
@@ -364,6 +396,7 @@ impl Store {
             source,
         })?;
         migrate(&mut conn, &path)?;
+        cases::file_orphans(&mut conn, &crate::cases::CaseRule::default())?;
         let seq = kv_get(&conn, "seq")?.unwrap_or(0);
         let snapshot_seq = conn
             .query_row("SELECT seq FROM snapshot WHERE id = 1", [], |r| r.get(0))
@@ -376,7 +409,13 @@ impl Store {
             snapshot_seq: Arc::new(AtomicI64::new(snapshot_seq)),
             seq,
             last_prune_ms: None,
+            case_rule: crate::cases::CaseRule::default(),
         })
+    }
+
+    /// Group alerts into cases by `rule` from now on (`[cases] join_within_hours`).
+    pub fn set_case_rule(&mut self, rule: crate::cases::CaseRule) {
+        self.case_rule = rule;
     }
 
     pub fn path(&self) -> &Path {
@@ -457,7 +496,11 @@ impl Store {
         now_ms: i64,
     ) -> Result<BatchOutcome, StateError> {
         let seq = self.seq + 1;
-        let tx = self.conn.transaction()?;
+        // Immediate: the write lock is taken (waiting out another writer) before the first
+        // read; a read first would make SQLite refuse the later upgrade at once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut outcome = BatchOutcome::default();
         {
             let mut seen = tx.prepare_cached(
@@ -473,6 +516,7 @@ impl Store {
             for (name, n) in coverage_counts(&carried) {
                 kv_add(&tx, &format!("{COVERAGE_KEY}{name}"), n)?;
             }
+            let mut touched: Vec<i64> = Vec::new();
             let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO alerts(event_key, event_id, event_version, recorded_ms, detected_ms,
                     score, severity, summary, explanation, kinds, user_ref, user_display, patient_ref,
@@ -501,8 +545,16 @@ impl Store {
                     a.raw,
                 ])?;
                 if n == 1 {
-                    outcome.alerts_inserted.push((tx.last_insert_rowid(), i));
+                    let id = tx.last_insert_rowid();
+                    outcome.alerts_inserted.push((id, i));
+                    let case = cases::file(&tx, id, a.user.as_deref(), a, &self.case_rule)?;
+                    if !touched.contains(&case) {
+                        touched.push(case);
+                    }
                 }
+            }
+            if !touched.is_empty() {
+                outcome.cases_to_journal = cases::to_journal(&tx, Some(&touched))?;
             }
         }
         kv_add(&tx, "events_scored", outcome.events_committed as i64)?;
@@ -568,6 +620,11 @@ impl Store {
             tx.execute(
                 "DELETE FROM alerts WHERE detected_ms < ?1",
                 [p.prune_alerts_before_ms],
+            )?;
+            // A case goes with the last of its alerts.
+            tx.execute(
+                "DELETE FROM cases WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE case_id = cases.id)",
+                [],
             )?;
         }
         tx.commit()?;
@@ -926,6 +983,152 @@ mod tests {
             interaction: "read".into(),
             raw: "{}".into(),
         }
+    }
+
+    fn alert_at(key: &str, user: &str, at_ms: i64, severity: Severity) -> NewAlert {
+        NewAlert {
+            recorded_ms: at_ms,
+            severity,
+            user: Some(user.into()),
+            ..alert(key)
+        }
+    }
+
+    fn batch_of(alerts: Vec<NewAlert>) -> BatchCommit {
+        BatchCommit {
+            events: alerts
+                .iter()
+                .map(|a| SeenEvent {
+                    key: a.event_key.clone(),
+                    last_updated_ms: a.recorded_ms,
+                    carried: Default::default(),
+                })
+                .collect(),
+            alerts,
+            ..Default::default()
+        }
+    }
+
+    /// Alerts of one user within the window are one case, in the transaction that stores
+    /// them: a batch delivered again files nothing twice; a case opened is journaled once,
+    /// and again only when it escalates; a closed case takes no more alerts.
+    #[test]
+    fn alerts_file_into_cases_once_and_cases_journal_on_open_and_escalation() {
+        const H: i64 = 3_600_000;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let first = batch_of(vec![
+            alert_at("a|1", "Practitioner/1", 10 * H, Severity::Low),
+            alert_at("b|1", "Practitioner/1", 11 * H, Severity::Low),
+            alert_at("c|1", "Practitioner/2", 11 * H, Severity::Medium),
+        ]);
+        let o = s.commit_batch(&first, 1).unwrap();
+        assert_eq!(o.cases_to_journal.len(), 2);
+        assert!(o.cases_to_journal.iter().all(|c| c.opened));
+        let notes: Vec<(i64, Severity)> = o
+            .cases_to_journal
+            .iter()
+            .map(|c| (c.id, c.severity))
+            .collect();
+        s.mark_cases_journaled(&notes).unwrap();
+        // The same batch again (a crash before the poll committed): nothing changes.
+        let o = s.commit_batch(&first, 2).unwrap();
+        assert!(o.alerts_inserted.is_empty() && o.cases_to_journal.is_empty());
+        // A later, stronger alert of user 1 joins and escalates; one a day later opens.
+        let o = s
+            .commit_batch(
+                &batch_of(vec![
+                    alert_at("d|1", "Practitioner/1", 18 * H, Severity::High),
+                    alert_at("e|1", "Practitioner/1", 40 * H, Severity::Low),
+                ]),
+                3,
+            )
+            .unwrap();
+        let by_opened: Vec<bool> = o.cases_to_journal.iter().map(|c| c.opened).collect();
+        assert_eq!(by_opened, vec![false, true], "escalated, then opened");
+        let r = Reader::open(d.path()).unwrap();
+        let all = r
+            .cases(&crate::cases::CaseFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        let (case, alerts) = r.case(o.cases_to_journal[0].id).unwrap();
+        assert_eq!(
+            (case.alerts, alerts.len(), case.severity),
+            (3, 3, Severity::High)
+        );
+        assert_eq!(case.user.as_deref(), Some("Practitioner/1"));
+        let later = r.case(o.cases_to_journal[1].id).unwrap().0;
+        assert_eq!(later.earlier_cases, 1, "{}", later.narrative);
+        assert!(later
+            .narrative
+            .ends_with("The 2nd case for this user in 90 days."));
+        // Closed, a case takes no more alerts: the next one opens a new case.
+        let decision = crate::cases::CaseDecision {
+            status: crate::cases::CaseStatus::Closed,
+            resolution: Some(crate::cases::Resolution::Appropriate),
+            note: Some("covering a colleague's patients".into()),
+            by: Some("po".into()),
+        };
+        let (closed, rules) = s.set_case_status(later.id, &decision, 4).unwrap();
+        assert_eq!(closed.status, crate::cases::CaseStatus::Closed);
+        assert_eq!(rules.len(), 1, "the user with the one patient: {rules:?}");
+        s.commit_batch(
+            &batch_of(vec![alert_at(
+                "f|1",
+                "Practitioner/1",
+                41 * H,
+                Severity::Low,
+            )]),
+            5,
+        )
+        .unwrap();
+        let r = Reader::open(d.path()).unwrap();
+        assert_eq!(r.case_counts().unwrap()["new"], 3);
+        assert_eq!(r.case_counts().unwrap()["closed"], 1);
+        let wrong = crate::cases::CaseDecision {
+            resolution: None,
+            ..decision
+        };
+        assert_eq!(
+            s.set_case_status(later.id, &wrong, 6).unwrap_err().kind(),
+            "closed_without_resolution"
+        );
+    }
+
+    /// A database from before cases: its alerts are filed at the first open, as
+    /// journaled (the journal had them as alerts).
+    #[test]
+    fn alerts_stored_before_cases_existed_are_filed_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.commit_batch(
+            &batch_of(vec![
+                alert_at("a|1", "Practitioner/1", 1_000, Severity::Low),
+                alert_at("b|1", "Practitioner/1", 2_000, Severity::High),
+            ]),
+            1,
+        )
+        .unwrap();
+        s.conn
+            .execute_batch("UPDATE alerts SET case_id = NULL; DELETE FROM cases;")
+            .unwrap();
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert!(s.unjournaled_cases().unwrap().is_empty());
+        let r = Reader::open(d.path()).unwrap();
+        let all = r
+            .cases(&crate::cases::CaseFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (all.len(), all[0].alerts, all[0].severity),
+            (1, 2, Severity::High)
+        );
     }
 
     #[test]

@@ -1,0 +1,526 @@
+//! Cases: what a privacy officer opens. Alerts of one user that belong together — one
+//! episode — form one case with a title, a narrative, a lifecycle and the user's history.
+//!
+//! The rule ([`CaseRule::joins`]): an alert joins its user's newest case that is not
+//! closed when it happened within `join_within` of that case's span (before its first
+//! alert or after its last); otherwise it opens a new case. A closed case takes no more
+//! alerts: what comes after a decision is a new episode. Alerts without a user group
+//! under the empty user the same way (a failed-login burst from nobody in particular is
+//! one case). The store applies the rule in the transaction that stores the alert, so a
+//! case is never split or doubled by a crash; `score --cases-out` applies the same rule
+//! offline.
+
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::{AlertKind, Severity, UnknownName};
+
+/// How far apart two alerts of one user may be and still be one episode, by default.
+pub const DEFAULT_JOIN_WITHIN_HOURS: u32 = 8;
+
+/// Earlier cases of the user counted beside a case ("3rd case in 90 days").
+pub const HISTORY_DAYS: i64 = 90;
+
+/// How alerts group into cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaseRule {
+    pub join_within_ms: i64,
+}
+
+impl Default for CaseRule {
+    fn default() -> Self {
+        CaseRule::hours(DEFAULT_JOIN_WITHIN_HOURS)
+    }
+}
+
+impl CaseRule {
+    pub fn hours(h: u32) -> CaseRule {
+        CaseRule {
+            join_within_ms: i64::from(h) * 3_600_000,
+        }
+    }
+
+    /// Whether an alert at `at_ms` joins a case spanning `first_ms..=last_ms`.
+    pub fn joins(&self, first_ms: i64, last_ms: i64, at_ms: i64) -> bool {
+        at_ms >= first_ms - self.join_within_ms && at_ms <= last_ms + self.join_within_ms
+    }
+}
+
+/// Where a case is in its review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseStatus {
+    New,
+    InReview,
+    Closed,
+}
+
+impl CaseStatus {
+    pub const ALL: [CaseStatus; 3] = [CaseStatus::New, CaseStatus::InReview, CaseStatus::Closed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseStatus::New => "new",
+            CaseStatus::InReview => "in_review",
+            CaseStatus::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for CaseStatus {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        CaseStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                UnknownName::new("case status", s, CaseStatus::ALL.map(CaseStatus::as_str))
+            })
+    }
+}
+
+/// How a closed case was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The access had a reason: allow-list rules are offered so it does not come back.
+    Appropriate,
+    /// A privacy breach.
+    Inappropriate,
+    /// The detector was wrong: allow-list rules are offered too.
+    FalsePositive,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 3] = [
+        Resolution::Appropriate,
+        Resolution::Inappropriate,
+        Resolution::FalsePositive,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Appropriate => "appropriate",
+            Resolution::Inappropriate => "inappropriate",
+            Resolution::FalsePositive => "false_positive",
+        }
+    }
+}
+
+impl std::str::FromStr for Resolution {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        Resolution::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                UnknownName::new("resolution", s, Resolution::ALL.map(Resolution::as_str))
+            })
+    }
+}
+
+/// A requested change of a case's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseDecision {
+    pub status: CaseStatus,
+    /// Required when closing, refused otherwise.
+    pub resolution: Option<Resolution>,
+    pub note: Option<String>,
+    pub by: Option<String>,
+}
+
+/// Why a case decision is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    #[error("closing a case needs a resolution (appropriate, inappropriate or false_positive)")]
+    ClosedWithoutResolution,
+    #[error("a resolution is given only when closing (status \"closed\")")]
+    ResolutionWhileOpen,
+}
+
+impl DecisionError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecisionError::ClosedWithoutResolution => "closed_without_resolution",
+            DecisionError::ResolutionWhileOpen => "resolution_while_open",
+        }
+    }
+}
+
+impl CaseDecision {
+    pub fn check(&self) -> Result<(), DecisionError> {
+        match (self.status, self.resolution) {
+            (CaseStatus::Closed, None) => Err(DecisionError::ClosedWithoutResolution),
+            (CaseStatus::New | CaseStatus::InReview, Some(_)) => {
+                Err(DecisionError::ResolutionWhileOpen)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One alert of a case, as the narrative needs it.
+#[derive(Debug, Clone)]
+pub struct CaseAlert {
+    pub alert_id: i64,
+    pub event_id: String,
+    pub recorded_ms: i64,
+    pub score: f64,
+    pub severity: Severity,
+    pub kinds: Vec<AlertKind>,
+    pub explanation: Vec<String>,
+    pub patient: Option<String>,
+    pub client_app: Option<String>,
+    pub source_ip: Option<String>,
+}
+
+/// A case as the API, the CLI and the journal show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Case {
+    pub id: i64,
+    /// The user's reference (`Practitioner/123`), or none.
+    pub user: Option<String>,
+    pub title: String,
+    pub narrative: String,
+    /// The behaviour that weighs most in the case.
+    pub kind: AlertKind,
+    pub score: f64,
+    pub severity: Severity,
+    /// When its first and last alerted access happened.
+    pub first: String,
+    pub last: String,
+    pub alerts: u64,
+    pub patients: u64,
+    pub status: CaseStatus,
+    pub resolution: Option<Resolution>,
+    pub status_note: Option<String>,
+    pub status_by: Option<String>,
+    pub status_at: Option<String>,
+    /// The user's other cases opened in the `HISTORY_DAYS` before this one.
+    pub earlier_cases: u64,
+}
+
+/// A case to journal: opened, or raised to a higher severity, and not yet journaled at it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseNote {
+    pub id: i64,
+    pub user: Option<String>,
+    pub severity: Severity,
+    pub title: String,
+    pub alerts: u64,
+    /// Never journaled before (opened), else escalated.
+    pub opened: bool,
+}
+
+/// Which cases to list.
+#[derive(Debug, Clone, Default)]
+pub struct CaseFilter {
+    /// Cases whose last alerted access is at or after this.
+    pub since_ms: Option<i64>,
+    pub status: Option<CaseStatus>,
+    pub min_severity: Option<Severity>,
+    pub user: Option<String>,
+    /// Page on: cases with a smaller id.
+    pub before_id: Option<i64>,
+    /// At most this many (1 to `state::MAX_ALERTS_PAGE`).
+    pub limit: u32,
+}
+
+/// The behaviour weighing most: each alert's first (strongest) kind, weighted by its score.
+pub fn dominant_kind(alerts: &[CaseAlert]) -> AlertKind {
+    let mut weight = std::collections::BTreeMap::<AlertKind, f64>::new();
+    for a in alerts {
+        let k = a
+            .kinds
+            .first()
+            .copied()
+            .unwrap_or(AlertKind::UnusualPattern);
+        *weight.entry(k).or_default() += a.score;
+    }
+    weight
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(AlertKind::UnusualPattern, |(k, _)| k)
+}
+
+fn distinct_patients(alerts: &[CaseAlert]) -> usize {
+    let mut p: Vec<&str> = alerts.iter().filter_map(|a| a.patient.as_deref()).collect();
+    p.sort_unstable();
+    p.dedup();
+    p.len()
+}
+
+fn span_words(ms: i64) -> String {
+    let min = ms / 60_000;
+    match min {
+        0 => "under a minute".to_string(),
+        1..=89 => format!("{min} min"),
+        _ => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
+}
+
+/// The case's title, from its dominant behaviour and its size.
+pub fn title(alerts: &[CaseAlert]) -> String {
+    let n = distinct_patients(alerts);
+    let first = alerts.iter().map(|a| a.recorded_ms).min().unwrap_or(0);
+    let last = alerts.iter().map(|a| a.recorded_ms).max().unwrap_or(0);
+    let span = span_words(last - first);
+    match dominant_kind(alerts) {
+        AlertKind::AfterHours => "after-hours session".to_string(),
+        AlertKind::BulkAccess => format!("opened {n} patients in {span}"),
+        AlertKind::CrossDepartment => format!("{n} records outside the user's department"),
+        AlertKind::VipSnooping => "looked up a record many colleagues opened".to_string(),
+        AlertKind::FailedLogins => "failed-login burst".to_string(),
+        AlertKind::FailedRequests => "runs of refused requests".to_string(),
+        AlertKind::NewSource => "new device or network".to_string(),
+        AlertKind::DormantAccount => "dormant account back in use".to_string(),
+        AlertKind::MassExport => "mass export or wide search".to_string(),
+        AlertKind::FamilySnooping => "looked up a relative".to_string(),
+        AlertKind::WatchedRecord => "opened a watched record".to_string(),
+        AlertKind::UnusualPattern => "unusual pattern of access".to_string(),
+    }
+}
+
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, x) if x != 11 => "st",
+        (2, x) if x != 12 => "nd",
+        (3, x) if x != 13 => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+/// The narrative: when it began and ended, how many events and patients, the strongest
+/// reasons in order (each said once), and the user's history.
+pub fn narrative(alerts: &[CaseAlert], earlier_cases: u64) -> String {
+    let fmt = |ms| crate::clock::fmt_ms(crate::clock::from_ms(ms));
+    let first = alerts.iter().map(|a| a.recorded_ms).min().unwrap_or(0);
+    let last = alerts.iter().map(|a| a.recorded_ms).max().unwrap_or(0);
+    let mut s = if first == last {
+        format!("At {}, 1 flagged access", fmt(first))
+    } else {
+        format!(
+            "From {} to {} ({}), {} flagged accesses",
+            fmt(first),
+            fmt(last),
+            span_words(last - first),
+            alerts.len()
+        )
+    };
+    match distinct_patients(alerts) {
+        0 => s.push_str(" naming no patient."),
+        1 => s.push_str(" to 1 patient's record."),
+        n => s.push_str(&format!(" to {n} patients' records.")),
+    }
+    let mut by_score: Vec<&CaseAlert> = alerts.iter().collect();
+    by_score.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut reasons: Vec<&str> = Vec::new();
+    for r in by_score.iter().flat_map(|a| a.explanation.iter()) {
+        if reasons.len() == 3 {
+            break;
+        }
+        if !reasons.contains(&r.as_str()) {
+            reasons.push(r);
+        }
+    }
+    if !reasons.is_empty() {
+        s.push_str(" Strongest reasons: ");
+        s.push_str(&reasons.join("; "));
+        s.push('.');
+    }
+    if earlier_cases > 0 {
+        s.push_str(&format!(
+            " The {} case for this user in {HISTORY_DAYS} days.",
+            ordinal(earlier_cases + 1)
+        ));
+    }
+    s
+}
+
+/// The allow-list rules a case closed as appropriate or a false positive implies: this
+/// user with each patient in it, and each client application it named as new.
+pub fn implied_rules(user: Option<&str>, alerts: &[CaseAlert]) -> Vec<crate::alerts::AllowRule> {
+    let Some(user) = user else { return Vec::new() };
+    let mut out: Vec<crate::alerts::AllowRule> = Vec::new();
+    let mut push = |r: crate::alerts::AllowRule| {
+        if !out
+            .iter()
+            .any(|o| o.patient == r.patient && o.client_app == r.client_app)
+        {
+            out.push(r);
+        }
+    };
+    for a in alerts {
+        if let Some(p) = &a.patient {
+            push(crate::alerts::AllowRule {
+                user: Some(user.to_string()),
+                patient: Some(p.clone()),
+                from_alert: Some(a.alert_id),
+                ..Default::default()
+            });
+        }
+        if a.kinds.contains(&AlertKind::NewSource) {
+            if let Some(c) = &a.client_app {
+                push(crate::alerts::AllowRule {
+                    user: Some(user.to_string()),
+                    client_app: Some(c.clone()),
+                    from_alert: Some(a.alert_id),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The same rule in memory, for offline scoring (`score --cases-out`): alerts in the order
+/// they come, grouped per user as the store groups them.
+#[derive(Debug, Default)]
+pub struct Grouper {
+    rule: CaseRule,
+    open: std::collections::HashMap<String, (u64, i64, i64)>,
+    next: u64,
+}
+
+impl Grouper {
+    pub fn new(rule: CaseRule) -> Grouper {
+        Grouper {
+            rule,
+            ..Default::default()
+        }
+    }
+
+    /// The case number of an alert of `user` at `at_ms`.
+    pub fn assign(&mut self, user: Option<&str>, at_ms: i64) -> u64 {
+        let key = user.unwrap_or("").to_string();
+        match self.open.get_mut(&key) {
+            Some((id, first, last)) if self.rule.joins(*first, *last, at_ms) => {
+                *first = (*first).min(at_ms);
+                *last = (*last).max(at_ms);
+                *id
+            }
+            _ => {
+                self.next += 1;
+                self.open.insert(key, (self.next, at_ms, at_ms));
+                self.next
+            }
+        }
+    }
+
+    pub fn cases(&self) -> u64 {
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    fn alert(id: i64, at: i64, kind: AlertKind, score: f64, patient: &str) -> CaseAlert {
+        CaseAlert {
+            alert_id: id,
+            event_id: format!("e{id}"),
+            recorded_ms: at,
+            score,
+            severity: Severity::Medium,
+            kinds: vec![kind],
+            explanation: vec![format!("reason {kind:?}")],
+            patient: Some(patient.to_string()),
+            client_app: Some("app".into()),
+            source_ip: None,
+        }
+    }
+
+    #[test]
+    fn an_alert_joins_within_the_window_and_opens_a_new_case_beyond_it() {
+        let r = CaseRule::hours(8);
+        assert!(r.joins(10 * H, 12 * H, 19 * H));
+        assert!(!r.joins(10 * H, 12 * H, 20 * H + 1));
+        assert!(
+            r.joins(10 * H, 12 * H, 3 * H),
+            "a late event from before the case"
+        );
+        let mut g = Grouper::new(r);
+        let a = g.assign(Some("Practitioner/1"), 0);
+        assert_eq!(g.assign(Some("Practitioner/1"), 7 * H), a);
+        assert_eq!(
+            g.assign(Some("Practitioner/1"), 14 * H),
+            a,
+            "the window moves on"
+        );
+        assert_ne!(g.assign(Some("Practitioner/2"), 14 * H), a, "another user");
+        assert_ne!(g.assign(Some("Practitioner/1"), 30 * H), a, "a day later");
+        assert_eq!(g.cases(), 3);
+    }
+
+    #[test]
+    fn a_case_is_titled_by_its_heaviest_behaviour_and_tells_its_story() {
+        let alerts: Vec<CaseAlert> = (0..5)
+            .map(|i| {
+                alert(
+                    i,
+                    i * 60_000,
+                    AlertKind::BulkAccess,
+                    2.0,
+                    &format!("Patient/{i}"),
+                )
+            })
+            .chain([alert(
+                9,
+                2 * 60_000,
+                AlertKind::AfterHours,
+                3.0,
+                "Patient/0",
+            )])
+            .collect();
+        assert_eq!(dominant_kind(&alerts), AlertKind::BulkAccess);
+        assert_eq!(title(&alerts), "opened 5 patients in 4 min");
+        let n = narrative(&alerts, 2);
+        assert!(
+            n.contains("6 flagged accesses to 5 patients' records"),
+            "{n}"
+        );
+        assert!(
+            n.contains("Strongest reasons: reason AfterHours; reason BulkAccess."),
+            "{n}"
+        );
+        assert!(n.ends_with("The 3rd case for this user in 90 days."), "{n}");
+    }
+
+    #[test]
+    fn closing_needs_a_resolution_and_only_closing_takes_one() {
+        let d = |status, resolution| CaseDecision {
+            status,
+            resolution,
+            note: None,
+            by: None,
+        };
+        assert_eq!(
+            d(CaseStatus::Closed, None).check(),
+            Err(DecisionError::ClosedWithoutResolution)
+        );
+        assert_eq!(
+            d(CaseStatus::InReview, Some(Resolution::Appropriate)).check(),
+            Err(DecisionError::ResolutionWhileOpen)
+        );
+        assert!(d(CaseStatus::Closed, Some(Resolution::FalsePositive))
+            .check()
+            .is_ok());
+    }
+
+    #[test]
+    fn an_appropriate_case_implies_one_rule_per_patient_and_new_client() {
+        let mut a = alert(1, 0, AlertKind::NewSource, 2.0, "Patient/1");
+        a.kinds.push(AlertKind::AfterHours);
+        let alerts = vec![a, alert(2, 1, AlertKind::BulkAccess, 2.0, "Patient/1")];
+        let rules = implied_rules(Some("Practitioner/7"), &alerts);
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert!(rules
+            .iter()
+            .all(|r| r.user.as_deref() == Some("Practitioner/7")));
+        assert!(rules.iter().any(|r| r.client_app.as_deref() == Some("app")));
+        assert!(implied_rules(None, &alerts).is_empty(), "no user, no rule");
+    }
+}

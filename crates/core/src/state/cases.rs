@@ -1,0 +1,326 @@
+//! Cases in the state database: filed in the transaction that stores their alerts (so a
+//! crash never splits or doubles one), read with their alerts, decided.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::{alert_from_row, Reader, StateError, Store, ALERT_COLS, MAX_ALERTS_PAGE};
+use crate::alerts::{Alert, AllowRule, NewAlert, Severity};
+use crate::cases::{
+    implied_rules, narrative, title, Case, CaseAlert, CaseDecision, CaseFilter, CaseNote, CaseRule,
+    CaseStatus, HISTORY_DAYS,
+};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// File a just-stored alert into its user's open case, or open one; the case's id.
+pub(super) fn file(
+    tx: &Transaction,
+    alert_id: i64,
+    user: Option<&str>,
+    a: &NewAlert,
+    rule: &CaseRule,
+) -> rusqlite::Result<i64> {
+    file_one(
+        tx,
+        alert_id,
+        user.unwrap_or(""),
+        a.recorded_ms,
+        a.score,
+        a.severity,
+        rule,
+    )
+}
+
+fn file_one(
+    conn: &Connection,
+    alert_id: i64,
+    user: &str,
+    at_ms: i64,
+    score: f64,
+    severity: Severity,
+    rule: &CaseRule,
+) -> rusqlite::Result<i64> {
+    let open: Option<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, first_ms, last_ms FROM cases WHERE user_ref = ?1 AND status != 'closed'
+             ORDER BY last_ms DESC LIMIT 1",
+        )?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let id = match open {
+        Some((id, first, last)) if rule.joins(first, last, at_ms) => {
+            conn.prepare_cached(
+                "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
+                    alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4)
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, at_ms, score, severity as i64])?;
+            id
+        }
+        _ => {
+            conn.prepare_cached(
+                "INSERT INTO cases(user_ref, first_ms, last_ms, opened_ms, alerts, score, severity)
+                 VALUES (?1, ?2, ?2, ?2, 1, ?3, ?4)",
+            )?
+            .execute(params![user, at_ms, score, severity as i64])?;
+            conn.last_insert_rowid()
+        }
+    };
+    conn.prepare_cached("UPDATE alerts SET case_id = ?2 WHERE id = ?1")?
+        .execute(params![alert_id, id])?;
+    Ok(id)
+}
+
+/// File alerts stored before cases existed (an upgraded database), oldest first; they
+/// count as journaled (the journal had them as alerts).
+pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(), StateError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let orphans: Vec<(i64, String, i64, f64, i64)> = {
+        let mut st = tx.prepare(
+            "SELECT id, COALESCE(user_ref, ''), recorded_ms, score, severity FROM alerts
+             WHERE case_id IS NULL ORDER BY recorded_ms, id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    for (id, user, at, score, sev) in &orphans {
+        file_one(&tx, *id, user, *at, *score, Severity::from_i64(*sev), rule)?;
+    }
+    tx.execute("UPDATE cases SET journaled_severity = severity", [])?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn case_alerts(conn: &Connection, id: i64) -> rusqlite::Result<Vec<CaseAlert>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, event_id, recorded_ms, score, severity, kinds, explanation, patient_ref,
+                client_app, source_ip
+         FROM alerts WHERE case_id = ?1 ORDER BY recorded_ms, id",
+    )?;
+    let rows = st.query_map([id], |r| {
+        let kinds: String = r.get(5)?;
+        let explanation: String = r.get(6)?;
+        Ok(CaseAlert {
+            alert_id: r.get(0)?,
+            event_id: r.get(1)?,
+            recorded_ms: r.get(2)?,
+            score: r.get(3)?,
+            severity: Severity::from_i64(r.get(4)?),
+            kinds: serde_json::from_str(&kinds).unwrap_or_default(),
+            explanation: serde_json::from_str(&explanation).unwrap_or_default(),
+            patient: r.get(7)?,
+            client_app: r.get(8)?,
+            source_ip: r.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+const CASE_COLS: &str =
+    "id, user_ref, first_ms, last_ms, opened_ms, alerts, score, severity, status,
+    resolution, status_by, status_at_ms, status_note";
+
+fn case_from_row(conn: &Connection, r: &rusqlite::Row) -> rusqlite::Result<Case> {
+    let fmt = |ms: i64| crate::clock::fmt_ms(crate::clock::from_ms(ms));
+    let id: i64 = r.get(0)?;
+    let user: String = r.get(1)?;
+    let opened_ms: i64 = r.get(4)?;
+    let alerts = case_alerts(conn, id)?;
+    let earlier: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM cases WHERE user_ref = ?1 AND id != ?2
+             AND opened_ms < ?3 AND opened_ms >= ?3 - ?4",
+        )?
+        .query_row(params![user, id, opened_ms, HISTORY_DAYS * DAY_MS], |r| {
+            r.get(0)
+        })?;
+    let mut patients: Vec<&str> = alerts.iter().filter_map(|a| a.patient.as_deref()).collect();
+    patients.sort_unstable();
+    patients.dedup();
+    Ok(Case {
+        id,
+        title: title(&alerts),
+        narrative: narrative(&alerts, earlier as u64),
+        kind: crate::cases::dominant_kind(&alerts),
+        user: (!user.is_empty()).then_some(user),
+        first: fmt(r.get(2)?),
+        last: fmt(r.get(3)?),
+        alerts: r.get::<_, i64>(5)? as u64,
+        patients: patients.len() as u64,
+        score: r.get(6)?,
+        severity: Severity::from_i64(r.get(7)?),
+        status: r.get::<_, String>(8)?.parse().unwrap_or(CaseStatus::New),
+        resolution: r.get::<_, Option<String>>(9)?.and_then(|s| s.parse().ok()),
+        status_by: r.get(10)?,
+        status_at: r.get::<_, Option<i64>>(11)?.map(fmt),
+        status_note: r.get(12)?,
+        earlier_cases: earlier as u64,
+    })
+}
+
+fn case_by_id(conn: &Connection, id: i64) -> Result<Case, StateError> {
+    let sql = format!("SELECT {CASE_COLS} FROM cases WHERE id = ?1");
+    conn.query_row(&sql, [id], |r| case_from_row(conn, r))
+        .optional()?
+        .ok_or(StateError::NotFound)
+}
+
+/// Cases (of `only`, or all) whose severity is above the one last journaled.
+pub(super) fn to_journal(
+    conn: &Connection,
+    only: Option<&[i64]>,
+) -> rusqlite::Result<Vec<CaseNote>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, user_ref, severity, journaled_severity, alerts FROM cases
+         WHERE severity > journaled_severity ORDER BY id",
+    )?;
+    let rows: Vec<(i64, String, i64, i64, i64)> = st
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (id, user, sev, journaled, alerts) in rows {
+        if only.is_some_and(|o| !o.contains(&id)) {
+            continue;
+        }
+        out.push(CaseNote {
+            id,
+            user: (!user.is_empty()).then_some(user),
+            severity: Severity::from_i64(sev),
+            title: title(&case_alerts(conn, id)?),
+            alerts: alerts as u64,
+            opened: journaled == 0,
+        });
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Record that cases reached the journal at these severities.
+    pub fn mark_cases_journaled(&mut self, cases: &[(i64, Severity)]) -> Result<(), StateError> {
+        if cases.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE cases SET journaled_severity = MAX(journaled_severity, ?2) WHERE id = ?1",
+            )?;
+            for (id, sev) in cases {
+                st.execute(params![id, *sev as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Cases opened or escalated but not journaled (a crash came in between).
+    pub fn unjournaled_cases(&self) -> Result<Vec<CaseNote>, StateError> {
+        Ok(to_journal(&self.conn, None)?)
+    }
+
+    /// Decide a case. Closing it as appropriate or a false positive returns the allow-list
+    /// rules it implies (offered, not applied).
+    pub fn set_case_status(
+        &mut self,
+        id: i64,
+        d: &CaseDecision,
+        now_ms: i64,
+    ) -> Result<(Case, Vec<AllowRule>), StateError> {
+        d.check()?;
+        let n = self.conn.execute(
+            "UPDATE cases SET status = ?2, resolution = ?3, status_by = ?4, status_note = ?5,
+                status_at_ms = ?6 WHERE id = ?1",
+            params![
+                id,
+                d.status.as_str(),
+                d.resolution.map(|r| r.as_str()),
+                d.by,
+                d.note,
+                now_ms
+            ],
+        )?;
+        if n == 0 {
+            return Err(StateError::NotFound);
+        }
+        let case = case_by_id(&self.conn, id)?;
+        let rules = match d.resolution {
+            Some(crate::cases::Resolution::Appropriate)
+            | Some(crate::cases::Resolution::FalsePositive) => {
+                implied_rules(case.user.as_deref(), &case_alerts(&self.conn, id)?)
+            }
+            _ => Vec::new(),
+        };
+        Ok((case, rules))
+    }
+}
+
+impl Reader {
+    /// Cases newest first (by id), filtered; `before_id` pages.
+    pub fn cases(&self, f: &CaseFilter) -> Result<Vec<Case>, StateError> {
+        let mut sql = format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut push = |clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        };
+        if let Some(t) = f.since_ms {
+            push("last_ms >=", t.into());
+        }
+        if let Some(s) = f.status {
+            push("status =", s.as_str().to_string().into());
+        }
+        if let Some(s) = f.min_severity {
+            push("severity >=", (s as i64).into());
+        }
+        if let Some(u) = &f.user {
+            push("user_ref =", u.clone().into());
+        }
+        if let Some(b) = f.before_id {
+            push("id <", b.into());
+        }
+        args.push((f.limit.clamp(1, MAX_ALERTS_PAGE) as i64).into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+            case_from_row(&self.conn, r)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One case with its alerts (oldest first).
+    pub fn case(&self, id: i64) -> Result<(Case, Vec<Alert>), StateError> {
+        let case = case_by_id(&self.conn, id)?;
+        let sql =
+            format!("SELECT {ALERT_COLS} FROM alerts WHERE case_id = ?1 ORDER BY recorded_ms, id");
+        let mut st = self.conn.prepare(&sql)?;
+        let alerts = st
+            .query_map([id], |r| alert_from_row(r, false))?
+            .collect::<Result<_, _>>()?;
+        Ok((case, alerts))
+    }
+
+    /// How many cases are in each status (every status listed).
+    pub fn case_counts(&self) -> Result<BTreeMap<&'static str, u64>, StateError> {
+        let mut out: BTreeMap<&'static str, u64> =
+            CaseStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut st = self
+            .conn
+            .prepare("SELECT status, COUNT(*) FROM cases GROUP BY status")?;
+        for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (s, n) = row?;
+            if let Ok(s) = s.parse::<CaseStatus>() {
+                out.insert(s.as_str(), n as u64);
+            }
+        }
+        Ok(out)
+    }
+}
