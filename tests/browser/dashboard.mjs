@@ -7,9 +7,12 @@
 //  2. a click on an alert opens its explanation; "False positive" marks it, and the page
 //     shows the new status;
 //  3. an event pushed to /fhir/notify while the page is open appears in the list without a
-//     reload (the list is live).
-// Prints one JSON line {"false_positive_id": N, "live_event_id": "..."} for the caller to
-// check against the API. Exits non-zero with a message on any failure.
+//     reload (the list is live);
+//  4. the case queue lists the cases; a click opens one with its narrative and timeline;
+//     "Close: appropriate" with a note closes it, adds the allow-list rules it implies, and
+//     the page shows both.
+// Prints one JSON line {"false_positive_id": N, "live_event_id": "...", "closed_case_id": N}
+// for the caller to check against the API. Exits non-zero with a message on any failure.
 import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
 
@@ -90,10 +93,33 @@ try {
   await page.waitForFunction(n => document.querySelectorAll("tr.alert").length > n, before, { timeout: 20000 });
   if (navigations.length) throw new Error(`page reloaded (${navigations.join(", ")}) instead of updating live`);
 
+  // 4. The case queue: open a case, read its story, close it as appropriate.
+  await page.waitForSelector("tr.case", { timeout: 15000 });
+  const caseRows = await page.locator("tr.case").count();
+  if (caseRows < 2) throw new Error(`expected at least 2 case rows, found ${caseRows}`);
+  const firstCase = page.locator("tr.case").first();
+  const caseId = Number(await firstCase.getAttribute("data-id"));
+  await firstCase.click();
+  await page.waitForSelector("#d-narrative", { timeout: 10000 });
+  const narrative = await page.textContent("#d-narrative");
+  if (!/flagged access/.test(narrative)) throw new Error(`case narrative reads ${JSON.stringify(narrative)}`);
+  const steps = await page.locator("#detail ol.timeline li").count();
+  if (steps < 1) throw new Error("the case shows no timeline");
+  await page.fill("#case-note", "approved export for the quality registry");
+  await page.click('#detail button[data-res="appropriate"]');
+  await page.waitForFunction(() => /closed — appropriate/.test(document.getElementById("d-case-status")?.textContent || ""),
+    null, { timeout: 10000 });
+  await page.waitForFunction(() => /^Added \d+ allow-list rule/.test(document.getElementById("d-implied")?.textContent || ""),
+    null, { timeout: 10000 });
+  await page.waitForFunction(i => {
+    const tr = document.querySelector(`tr.case[data-id="${i}"] td.status`);
+    return tr && /closed · appropriate/.test(tr.textContent);
+  }, caseId, { timeout: 10000 });
+
   await page.screenshot({ path: shot, fullPage: true });
   if (consoleErrors.length) throw new Error("console errors: " + consoleErrors.join(" | "));
   if (foreign.length) throw new Error("requests outside the daemon: " + foreign.join(", "));
-  console.log(JSON.stringify({ false_positive_id: id, live_event_id: ev.id, rows_before: before }));
+  console.log(JSON.stringify({ false_positive_id: id, live_event_id: ev.id, rows_before: before, closed_case_id: caseId }));
 } catch (e) {
   failed = e;
 } finally {

@@ -34,7 +34,7 @@ fn browser_kit() -> Option<(PathBuf, PathBuf)> {
 }
 
 #[test]
-fn dashboard_lists_alerts_marks_false_positive_and_updates_live() {
+fn dashboard_lists_cases_and_alerts_decides_them_and_updates_live() {
     let Some((kit, chromium)) = browser_kit() else {
         return;
     };
@@ -78,12 +78,28 @@ fn dashboard_lists_alerts_marks_false_positive_and_updates_live() {
     assert_eq!(a["status"], "false_positive", "{a}");
     let (_, rules) = request("GET", &format!("{api}/api/allowlist"), None, None);
     let rules = rules["rules"].as_array().cloned().unwrap_or_default();
+    let from_alert: Vec<_> = rules.iter().filter(|r| r["from_alert"] == id).collect();
     assert_eq!(
-        rules.len(),
+        from_alert.len(),
         1,
         "the checked 'allow this pair' box made one rule: {rules:?}"
     );
-    assert_eq!(rules[0]["user"], a["user"]);
+    assert_eq!(from_alert[0]["user"], a["user"]);
+    // The case closed in the page is closed in the store, with its note, and the rules it
+    // implied were added.
+    let case_id = report["closed_case_id"].as_i64().unwrap();
+    let (code, c) = request("GET", &format!("{api}/api/cases/{case_id}"), None, None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        (c["status"].as_str(), c["resolution"].as_str()),
+        (Some("closed"), Some("appropriate")),
+        "{c}"
+    );
+    assert_eq!(c["status_note"], "approved export for the quality registry");
+    assert!(
+        rules.iter().any(|r| r["user"] == c["user"] && r["note"] == c["status_note"]),
+        "the case's implied rules were added: {rules:?}"
+    );
     // The live event is stored too.
     let (_, list) = request("GET", &format!("{api}/api/alerts"), None, None);
     assert!(list["alerts"]
