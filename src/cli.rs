@@ -68,9 +68,12 @@ pub enum Command {
         /// Only cases active at or after this time (RFC 3339) or this long ago (e.g. 24h, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Only cases with this status: new, in_review, closed.
-        #[arg(long)]
+        /// Only cases with this status: watching, new, in_review, closed.
+        #[arg(long, conflicts_with = "queue")]
         status: Option<fhir_edge_core::cases::CaseStatus>,
+        /// Only the review queue: new and in-review cases.
+        #[arg(long)]
+        queue: bool,
         /// Minimum severity: low, medium, high, critical.
         #[arg(long)]
         severity: Option<Severity>,
@@ -116,7 +119,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         watch_list: Option<PathBuf>,
     },
-    /// Score every event of a file in order and write id,score,severity,case,explanation as CSV.
+    /// Score every event of a file in order and write id,score,severity,case,case_queued,explanation as CSV.
     Score {
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
@@ -317,6 +320,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cases {
             since,
             status,
+            queue,
             severity,
             limit,
             json,
@@ -337,6 +341,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 let page = r.cases(&fhir_edge_core::cases::CaseFilter {
                     since_ms,
                     status,
+                    open_only: queue,
                     min_severity: severity,
                     before_id,
                     limit: want as u32,
@@ -580,25 +585,36 @@ fn score_cmd(
         w.flush()?;
     }
     let mut w = create(output)?;
-    // The case each alert would be filed in, by the daemon's rule at its default window.
+    // The case each alert would be filed in, by the daemon's rule at its default window,
+    // and whether that case reaches the queue (by all its alerts: a watched case that a
+    // later alert corroborates is queued).
     let mut cases = fhir_edge_core::cases::Grouper::new(Default::default());
-    writeln!(w, "id,score,severity,case,explanation")?;
+    let case_of: Vec<Option<u64>> = i
+        .records
+        .iter()
+        .zip(&scored)
+        .map(|(r, (_, v))| {
+            let kind = v.kinds.first().copied();
+            v.severity.map(|sev| {
+                let kind = kind.unwrap_or(fhir_edge_core::alerts::AlertKind::UnusualPattern);
+                cases.assign(r.user.as_deref(), r.recorded.timestamp_millis(), sev, kind)
+            })
+        })
+        .collect();
+    writeln!(w, "id,score,severity,case,case_queued,explanation")?;
     let mut alerts = 0;
-    for (r, (_, v)) in i.records.iter().zip(&scored) {
+    for ((r, (_, v)), case) in i.records.iter().zip(&scored).zip(&case_of) {
         alerts += v.severity.is_some() as usize;
-        let case = v.severity.map(|_| {
-            cases
-                .assign(r.user.as_deref(), r.recorded.timestamp_millis())
-                .to_string()
-        });
         let expl = v.explanation.join("; ").replace('"', "\"\"");
         writeln!(
             w,
-            "{},{:.5},{},{},\"{}\"",
+            "{},{:.5},{},{},{},\"{}\"",
             r.id,
             v.score,
             v.severity.map(|s| s.as_str()).unwrap_or(""),
-            case.unwrap_or_default(),
+            case.map(|c| c.to_string()).unwrap_or_default(),
+            case.map(|c| u8::from(cases.is_queued(c)).to_string())
+                .unwrap_or_default(),
             expl
         )?;
     }
@@ -612,10 +628,11 @@ fn score_cmd(
         None => String::new(),
     };
     println!(
-        "scored {} events ({} above threshold, in {} cases{passed}) → {}",
+        "scored {} events ({} above threshold, in {} cases of which {} queued{passed}) → {}",
         scored.len(),
         alerts,
         cases.cases(),
+        (1..=cases.cases()).filter(|c| cases.is_queued(*c)).count(),
         output.display()
     );
     Ok(())

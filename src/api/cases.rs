@@ -23,13 +23,20 @@ pub(super) struct CaseQuery {
 
 impl CaseQuery {
     fn filter(&self) -> Result<CaseFilter, String> {
+        // `open`: the review queue (new and in review).
+        let open_only = self.status.as_deref() == Some("open");
         Ok(CaseFilter {
             since_ms: self
                 .since
                 .as_deref()
                 .map(|v| parse_time("since", v))
                 .transpose()?,
-            status: parse_name(&self.status)?,
+            status: if open_only {
+                None
+            } else {
+                parse_name(&self.status)?
+            },
+            open_only,
             min_severity: parse_name(&self.severity)?,
             user: self.user.clone(),
             before_id: self.cursor,
@@ -46,7 +53,8 @@ impl CaseQuery {
 }
 
 /// `GET /api/cases`: newest first; `since` (the case's last access at or after),
-/// `status`, `severity` (the minimum), `user`, `limit`, `cursor`.
+/// `status` (a status, or `open` for the queue: new and in review), `severity` (the
+/// minimum), `user`, `limit`, `cursor`.
 pub(super) async fn list(s: web::Data<ApiState>, q: web::Query<CaseQuery>) -> HttpResponse {
     let f = match q.filter() {
         Ok(f) => f,

@@ -10,7 +10,7 @@
 //     reload (the list is live);
 //  4. the case queue lists the cases; a click opens one with its narrative and timeline;
 //     "Close: appropriate" with a note closes it, adds the allow-list rules it implies, and
-//     the page shows both.
+//     the page shows both; the case leaves the queue and is listed under "closed".
 // Prints one JSON line {"false_positive_id": N, "live_event_id": "...", "closed_case_id": N}
 // for the caller to check against the API. Exits non-zero with a message on any failure.
 import { chromium } from "playwright-core";
@@ -111,6 +111,10 @@ try {
     null, { timeout: 10000 });
   await page.waitForFunction(() => /^Added \d+ allow-list rule/.test(document.getElementById("d-implied")?.textContent || ""),
     null, { timeout: 10000 });
+  // The queue (the default view) no longer holds it; the closed filter does.
+  await page.waitForFunction(i => !document.querySelector(`tr.case[data-id="${i}"]`)
+    && /1 closed/.test(document.getElementById("case-counts").textContent), caseId, { timeout: 10000 });
+  await page.selectOption("#fc-status", "closed");
   await page.waitForFunction(i => {
     const tr = document.querySelector(`tr.case[data-id="${i}"] td.status`);
     return tr && /closed · appropriate/.test(tr.textContent);

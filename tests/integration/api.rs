@@ -377,6 +377,10 @@ fn one_users_alerts_form_one_case_that_is_reviewed_and_closed() {
     );
     let (_, list) = request("GET", &format!("{api}/api/alerts"), None, None);
     assert_eq!(list["alerts"].as_array().unwrap().len(), 3, "{list}");
+    let (_, queue) = request("GET", &format!("{api}/api/cases?status=open"), None, None);
+    let queue = queue["cases"].as_array().unwrap();
+    assert_eq!(queue.len(), 1, "the queue holds bob's case only: {queue:?}");
+    assert_eq!(queue[0]["user"], "Practitioner/bob");
     let (_, metrics) = get(&format!("{api}/metrics"), None);
     assert!(
         metrics.contains("fhir_edge_cases{status=\"closed\"} 1"),

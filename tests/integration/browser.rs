@@ -97,7 +97,9 @@ fn dashboard_lists_cases_and_alerts_decides_them_and_updates_live() {
     );
     assert_eq!(c["status_note"], "approved export for the quality registry");
     assert!(
-        rules.iter().any(|r| r["user"] == c["user"] && r["note"] == c["status_note"]),
+        rules
+            .iter()
+            .any(|r| r["user"] == c["user"] && r["note"] == c["status_note"]),
         "the case's implied rules were added: {rules:?}"
     );
     // The live event is stored too.

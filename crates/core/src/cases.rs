@@ -7,8 +7,15 @@
 //! alerts: what comes after a decision is a new episode. Alerts without a user group
 //! under the empty user the same way (a failed-login burst from nobody in particular is
 //! one case). The store applies the rule in the transaction that stores the alert, so a
-//! case is never split or doubled by a crash; `score --cases-out` applies the same rule
-//! offline.
+//! case is never split or doubled by a crash; `score` applies the same rule offline (its
+//! `case` and `case_queued` columns).
+//!
+//! What reaches the queue ([`queued`]): a case of one low-severity alert whose reason is
+//! common in legitimate work — a watched record opened, one access at an unusual hour, a
+//! pattern with no single behaviour behind it — is *watched*, not queued: it waits for
+//! corroboration (a second alert of the user within the window, which makes it `new`) and
+//! is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
+//! its first alert.
 
 use serde::{Deserialize, Serialize};
 
@@ -49,21 +56,45 @@ impl CaseRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaseStatus {
+    /// One weak alert, waiting for corroboration: not in the queue (see [`queued`]).
+    Watching,
+    /// In the queue, not yet looked at.
     New,
     InReview,
     Closed,
 }
 
 impl CaseStatus {
-    pub const ALL: [CaseStatus; 3] = [CaseStatus::New, CaseStatus::InReview, CaseStatus::Closed];
+    pub const ALL: [CaseStatus; 4] = [
+        CaseStatus::Watching,
+        CaseStatus::New,
+        CaseStatus::InReview,
+        CaseStatus::Closed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            CaseStatus::Watching => "watching",
             CaseStatus::New => "new",
             CaseStatus::InReview => "in_review",
             CaseStatus::Closed => "closed",
         }
     }
+}
+
+/// Behaviours common in legitimate work: alone, at low severity, they do not make a case
+/// worth opening.
+pub fn needs_corroboration(kind: AlertKind) -> bool {
+    matches!(
+        kind,
+        AlertKind::WatchedRecord | AlertKind::AfterHours | AlertKind::UnusualPattern
+    )
+}
+
+/// Whether a case of `alerts` alerts, at `severity`, whose first alert's strongest reason is
+/// `kind`, belongs in the queue (`new`) rather than being watched.
+pub fn queued(alerts: u64, severity: Severity, kind: AlertKind) -> bool {
+    alerts >= 2 || severity >= Severity::Medium || !needs_corroboration(kind)
 }
 
 impl std::str::FromStr for CaseStatus {
@@ -217,6 +248,8 @@ pub struct CaseFilter {
     /// Cases whose last alerted access is at or after this.
     pub since_ms: Option<i64>,
     pub status: Option<CaseStatus>,
+    /// Only the queue: `new` and `in_review`.
+    pub open_only: bool,
     pub min_severity: Option<Severity>,
     pub user: Option<String>,
     /// Page on: cases with a smaller id.
@@ -378,8 +411,10 @@ pub fn implied_rules(user: Option<&str>, alerts: &[CaseAlert]) -> Vec<crate::ale
 #[derive(Debug, Default)]
 pub struct Grouper {
     rule: CaseRule,
+    /// Per user: the open case (id, first, last).
     open: std::collections::HashMap<String, (u64, i64, i64)>,
-    next: u64,
+    /// Per case: alerts, highest severity, first alert's kind.
+    cases: Vec<(u64, Severity, AlertKind)>,
 }
 
 impl Grouper {
@@ -390,25 +425,43 @@ impl Grouper {
         }
     }
 
-    /// The case number of an alert of `user` at `at_ms`.
-    pub fn assign(&mut self, user: Option<&str>, at_ms: i64) -> u64 {
+    /// The case number (from 1) of an alert of `user` at `at_ms`.
+    pub fn assign(
+        &mut self,
+        user: Option<&str>,
+        at_ms: i64,
+        severity: Severity,
+        kind: AlertKind,
+    ) -> u64 {
         let key = user.unwrap_or("").to_string();
         match self.open.get_mut(&key) {
             Some((id, first, last)) if self.rule.joins(*first, *last, at_ms) => {
                 *first = (*first).min(at_ms);
                 *last = (*last).max(at_ms);
+                let c = &mut self.cases[*id as usize - 1];
+                c.0 += 1;
+                c.1 = c.1.max(severity);
                 *id
             }
             _ => {
-                self.next += 1;
-                self.open.insert(key, (self.next, at_ms, at_ms));
-                self.next
+                self.cases.push((1, severity, kind));
+                let id = self.cases.len() as u64;
+                self.open.insert(key, (id, at_ms, at_ms));
+                id
             }
         }
     }
 
+    /// Cases so far.
     pub fn cases(&self) -> u64 {
-        self.next
+        self.cases.len() as u64
+    }
+
+    /// Whether case `id` is in the queue (by its alerts so far).
+    pub fn is_queued(&self, id: u64) -> bool {
+        self.cases
+            .get((id as usize).wrapping_sub(1))
+            .is_some_and(|&(n, sev, kind)| queued(n, sev, kind))
     }
 }
 
@@ -443,16 +496,32 @@ mod tests {
             "a late event from before the case"
         );
         let mut g = Grouper::new(r);
-        let a = g.assign(Some("Practitioner/1"), 0);
-        assert_eq!(g.assign(Some("Practitioner/1"), 7 * H), a);
-        assert_eq!(
-            g.assign(Some("Practitioner/1"), 14 * H),
-            a,
-            "the window moves on"
-        );
-        assert_ne!(g.assign(Some("Practitioner/2"), 14 * H), a, "another user");
-        assert_ne!(g.assign(Some("Practitioner/1"), 30 * H), a, "a day later");
+        let mut at =
+            |user: &str, t: i64| g.assign(Some(user), t, Severity::Low, AlertKind::BulkAccess);
+        let a = at("Practitioner/1", 0);
+        assert_eq!(at("Practitioner/1", 7 * H), a);
+        assert_eq!(at("Practitioner/1", 14 * H), a, "the window moves on");
+        assert_ne!(at("Practitioner/2", 14 * H), a, "another user");
+        assert_ne!(at("Practitioner/1", 30 * H), a, "a day later");
         assert_eq!(g.cases(), 3);
+    }
+
+    #[test]
+    fn one_weak_low_alert_is_watched_until_corroborated() {
+        use AlertKind::*;
+        assert!(!queued(1, Severity::Low, WatchedRecord));
+        assert!(!queued(1, Severity::Low, AfterHours));
+        assert!(queued(1, Severity::Medium, WatchedRecord), "stronger");
+        assert!(queued(2, Severity::Low, WatchedRecord), "corroborated");
+        assert!(
+            queued(1, Severity::Low, FamilySnooping),
+            "specific on its own"
+        );
+        let mut g = Grouper::new(CaseRule::default());
+        let c = g.assign(Some("u"), 0, Severity::Low, WatchedRecord);
+        assert!(!g.is_queued(c));
+        g.assign(Some("u"), H, Severity::Low, AfterHours);
+        assert!(g.is_queued(c));
     }
 
     #[test]

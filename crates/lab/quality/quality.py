@@ -132,7 +132,8 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     with open(os.path.join(d, "scores.csv")) as f:
         for row in csv.DictReader(f):
             ids.append(row["id"]); scores.append(float(row["score"]))
-            if row.get("case"):
+            # Only cases that reach the review queue (a watched case does not).
+            if row.get("case") and row.get("case_queued", "1") == "1":
                 case_of[row["id"]] = row["case"]
     with open(os.path.join(d, "features.csv")) as f:
         ncols = len(f.readline().split(","))

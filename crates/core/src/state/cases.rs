@@ -1,15 +1,17 @@
 //! Cases in the state database: filed in the transaction that stores their alerts (so a
-//! crash never splits or doubles one), read with their alerts, decided.
+//! crash never splits or doubles one), read with their alerts, decided. A case opens as
+//! `new` or `watching` by [`crate::cases::queued`]; a second alert makes a watched case
+//! new; a watched case is not journaled.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{alert_from_row, Reader, StateError, Store, ALERT_COLS, MAX_ALERTS_PAGE};
-use crate::alerts::{Alert, AllowRule, NewAlert, Severity};
+use crate::alerts::{Alert, AlertKind, AllowRule, NewAlert, Severity};
 use crate::cases::{
-    implied_rules, narrative, title, Case, CaseAlert, CaseDecision, CaseFilter, CaseNote, CaseRule,
-    CaseStatus, HISTORY_DAYS,
+    implied_rules, narrative, queued, title, Case, CaseAlert, CaseDecision, CaseFilter, CaseNote,
+    CaseRule, CaseStatus, HISTORY_DAYS,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -22,24 +24,23 @@ pub(super) fn file(
     a: &NewAlert,
     rule: &CaseRule,
 ) -> rusqlite::Result<i64> {
-    file_one(
-        tx,
-        alert_id,
-        user.unwrap_or(""),
-        a.recorded_ms,
-        a.score,
-        a.severity,
-        rule,
-    )
+    let kind = a
+        .kinds
+        .first()
+        .copied()
+        .unwrap_or(AlertKind::UnusualPattern);
+    let filed = (a.recorded_ms, a.score, a.severity, kind);
+    file_one(tx, alert_id, user.unwrap_or(""), filed, rule)
 }
+
+/// What filing needs of an alert: when, its score and severity, its strongest kind.
+type Filed = (i64, f64, Severity, AlertKind);
 
 fn file_one(
     conn: &Connection,
     alert_id: i64,
     user: &str,
-    at_ms: i64,
-    score: f64,
-    severity: Severity,
+    (at_ms, score, severity, kind): Filed,
     rule: &CaseRule,
 ) -> rusqlite::Result<i64> {
     let open: Option<(i64, i64, i64)> = conn
@@ -49,25 +50,34 @@ fn file_one(
         )?
         .query_row([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let id = match open {
-        Some((id, first, last)) if rule.joins(first, last, at_ms) => {
-            conn.prepare_cached(
-                "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
-                    alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4)
+    let id =
+        match open {
+            Some((id, first, last)) if rule.joins(first, last, at_ms) => {
+                // A second alert corroborates a watched case: it joins the queue.
+                conn.prepare_cached(
+                    "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
+                    alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4),
+                    status = CASE status WHEN 'watching' THEN 'new' ELSE status END
                  WHERE id = ?1",
+                )?
+                .execute(params![id, at_ms, score, severity as i64])?;
+                id
+            }
+            _ => {
+                let status = if queued(1, severity, kind) {
+                    CaseStatus::New
+                } else {
+                    CaseStatus::Watching
+                };
+                conn.prepare_cached(
+                "INSERT INTO cases(user_ref, first_ms, last_ms, opened_ms, alerts, score, severity,
+                    status)
+                 VALUES (?1, ?2, ?2, ?2, 1, ?3, ?4, ?5)",
             )?
-            .execute(params![id, at_ms, score, severity as i64])?;
-            id
-        }
-        _ => {
-            conn.prepare_cached(
-                "INSERT INTO cases(user_ref, first_ms, last_ms, opened_ms, alerts, score, severity)
-                 VALUES (?1, ?2, ?2, ?2, 1, ?3, ?4)",
-            )?
-            .execute(params![user, at_ms, score, severity as i64])?;
-            conn.last_insert_rowid()
-        }
-    };
+            .execute(params![user, at_ms, score, severity as i64, status.as_str()])?;
+                conn.last_insert_rowid()
+            }
+        };
     conn.prepare_cached("UPDATE alerts SET case_id = ?2 WHERE id = ?1")?
         .execute(params![alert_id, id])?;
     Ok(id)
@@ -77,21 +87,25 @@ fn file_one(
 /// count as journaled (the journal had them as alerts).
 pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(), StateError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let orphans: Vec<(i64, String, i64, f64, i64)> = {
+    let orphans: Vec<(i64, String, Filed)> = {
         let mut st = tx.prepare(
-            "SELECT id, COALESCE(user_ref, ''), recorded_ms, score, severity FROM alerts
+            "SELECT id, COALESCE(user_ref, ''), recorded_ms, score, severity, kinds FROM alerts
              WHERE case_id IS NULL ORDER BY recorded_ms, id",
         )?;
         let rows = st.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            let kinds: Vec<AlertKind> =
+                serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default();
+            let kind = kinds.first().copied().unwrap_or(AlertKind::UnusualPattern);
+            let sev = Severity::from_i64(r.get(4)?);
+            Ok((r.get(0)?, r.get(1)?, (r.get(2)?, r.get(3)?, sev, kind)))
         })?;
         rows.collect::<Result<_, _>>()?
     };
     if orphans.is_empty() {
         return Ok(());
     }
-    for (id, user, at, score, sev) in &orphans {
-        file_one(&tx, *id, user, *at, *score, Severity::from_i64(*sev), rule)?;
+    for (id, user, filed) in &orphans {
+        file_one(&tx, *id, user, *filed, rule)?;
     }
     tx.execute("UPDATE cases SET journaled_severity = severity", [])?;
     tx.commit()?;
@@ -179,7 +193,7 @@ pub(super) fn to_journal(
 ) -> rusqlite::Result<Vec<CaseNote>> {
     let mut st = conn.prepare_cached(
         "SELECT id, user_ref, severity, journaled_severity, alerts FROM cases
-         WHERE severity > journaled_severity ORDER BY id",
+         WHERE severity > journaled_severity AND status != 'watching' ORDER BY id",
     )?;
     let rows: Vec<(i64, String, i64, i64, i64)> = st
         .query_map([], |r| {
@@ -267,6 +281,9 @@ impl Reader {
     /// Cases newest first (by id), filtered; `before_id` pages.
     pub fn cases(&self, f: &CaseFilter) -> Result<Vec<Case>, StateError> {
         let mut sql = format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1");
+        if f.open_only {
+            sql.push_str(" AND status IN ('new', 'in_review')");
+        }
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut push = |clause: &str, v: rusqlite::types::Value| {
             args.push(v);
@@ -278,6 +295,7 @@ impl Reader {
         if let Some(s) = f.status {
             push("status =", s.as_str().to_string().into());
         }
+
         if let Some(s) = f.min_severity {
             push("severity >=", (s as i64).into());
         }

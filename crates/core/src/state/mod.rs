@@ -1088,6 +1088,34 @@ mod tests {
         let r = Reader::open(d.path()).unwrap();
         assert_eq!(r.case_counts().unwrap()["new"], 3);
         assert_eq!(r.case_counts().unwrap()["closed"], 1);
+        // One low alert on a watched record is watched, not queued or journaled, until a
+        // second alert of the user corroborates it.
+        let watched = NewAlert {
+            kinds: vec![crate::alerts::AlertKind::WatchedRecord],
+            ..alert_at("g|1", "Practitioner/3", 50 * H, Severity::Low)
+        };
+        let o = s.commit_batch(&batch_of(vec![watched]), 7).unwrap();
+        assert!(
+            o.cases_to_journal.is_empty(),
+            "a watched case is not journaled"
+        );
+        let r = Reader::open(d.path()).unwrap();
+        assert_eq!(r.case_counts().unwrap()["watching"], 1);
+        let o = s
+            .commit_batch(
+                &batch_of(vec![NewAlert {
+                    kinds: vec![crate::alerts::AlertKind::AfterHours],
+                    ..alert_at("h|1", "Practitioner/3", 51 * H, Severity::Low)
+                }]),
+                8,
+            )
+            .unwrap();
+        assert_eq!(o.cases_to_journal.len(), 1);
+        assert!(
+            o.cases_to_journal[0].opened,
+            "corroborated: opened in the queue"
+        );
+        assert_eq!(r.case_counts().unwrap()["watching"], 0);
         let wrong = crate::cases::CaseDecision {
             resolution: None,
             ..decision
