@@ -105,7 +105,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("fhir-edge demo");
         println!("  simulated FHIR server  {base_url}  ({} AuditEvents of baseline history)", split);
         println!("  dashboard              http://{}/", daemon.api_addr);
-        println!("  API                    http://{}/api/alerts", daemon.api_addr);
+        println!("  API                    http://{}/api/cases", daemon.api_addr);
         println!("  state                  {}", state.path().display());
         println!("  live activity at {}× real time; Ctrl-C stops\n", opts.speedup);
 
@@ -180,6 +180,12 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             alerted.len(),
             100.0 * other as f64 / scored.max(1) as f64
         );
+        let (with, without, watched) = case_tally(state.path(), &injected)?;
+        println!(
+            "cases: {} in the queue ({with} holding an injected incident, {without} not), \
+             {watched} watched (one weak alert); `fhir-edge cases --queue` lists them",
+            with + without
+        );
         actix::System::current().stop();
         Ok::<(), anyhow::Error>(())
     })
@@ -232,6 +238,35 @@ fn alerted_events(state: &std::path::Path) -> anyhow::Result<Vec<String>> {
         ids.extend(page.into_iter().map(|a| a.event_id));
     }
     Ok(ids)
+}
+
+/// Cases in the queue holding an injected event, those holding none, and watched cases.
+fn case_tally(
+    state: &std::path::Path,
+    injected: &std::collections::HashSet<String>,
+) -> anyhow::Result<(usize, usize, usize)> {
+    let r = fhir_edge_core::state::Reader::open(state)?;
+    let (mut with, mut without, mut watched) = (0, 0, 0);
+    let mut before_id = None;
+    loop {
+        let page = r.cases(&fhir_edge_core::cases::CaseFilter {
+            before_id,
+            limit: 1000,
+            ..Default::default()
+        })?;
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        for c in &page {
+            if c.status == fhir_edge_core::cases::CaseStatus::Watching {
+                watched += 1;
+            } else if r.case(c.id)?.1.iter().any(|a| injected.contains(&a.event_id)) {
+                with += 1;
+            } else {
+                without += 1;
+            }
+        }
+    }
+    Ok((with, without, watched))
 }
 
 /// Alerts on injected events, and on the others.
