@@ -259,7 +259,12 @@ fn case_tally(
         for c in &page {
             if c.status == fhir_edge_core::cases::CaseStatus::Watching {
                 watched += 1;
-            } else if r.case(c.id)?.1.iter().any(|a| injected.contains(&a.event_id)) {
+            } else if r
+                .case(c.id)?
+                .1
+                .iter()
+                .any(|a| injected.contains(&a.event_id))
+            {
                 with += 1;
             } else {
                 without += 1;

@@ -15,7 +15,8 @@
 //! pattern with no single behaviour behind it — is *watched*, not queued: it waits for
 //! corroboration (a second alert of the user within the window, which makes it `new`) and
 //! is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
-//! its first alert.
+//! its first alert. After a case of the user was closed as inappropriate, the user's cases
+//! for `HISTORY_DAYS` go to the queue at once, one severity higher ([`raised`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -323,9 +324,24 @@ fn ordinal(n: u64) -> String {
     format!("{n}{suffix}")
 }
 
+/// One severity higher (critical stays critical).
+pub fn raised(s: Severity) -> Severity {
+    match s {
+        Severity::Low => Severity::Medium,
+        Severity::Medium => Severity::High,
+        Severity::High | Severity::Critical => Severity::Critical,
+    }
+}
+
 /// The narrative: when it began and ended, how many events and patients, the strongest
-/// reasons in order (each said once), and the user's history.
-pub fn narrative(alerts: &[CaseAlert], earlier_cases: u64) -> String {
+/// reasons in order (each said once), and the user's history: earlier cases, and a case
+/// closed as inappropriate (at `inappropriate_ms`) within `HISTORY_DAYS` before this one,
+/// which puts this one straight in the queue one severity higher.
+pub fn narrative(
+    alerts: &[CaseAlert],
+    earlier_cases: u64,
+    inappropriate_ms: Option<i64>,
+) -> String {
     let fmt = |ms| crate::clock::fmt_ms(crate::clock::from_ms(ms));
     let first = alerts.iter().map(|a| a.recorded_ms).min().unwrap_or(0);
     let last = alerts.iter().map(|a| a.recorded_ms).max().unwrap_or(0);
@@ -365,6 +381,13 @@ pub fn narrative(alerts: &[CaseAlert], earlier_cases: u64) -> String {
         s.push_str(&format!(
             " The {} case for this user in {HISTORY_DAYS} days.",
             ordinal(earlier_cases + 1)
+        ));
+    }
+    if let Some(t) = inappropriate_ms {
+        s.push_str(&format!(
+            " A case of this user was closed as inappropriate on {}: their cases go to the \
+             queue one severity higher for {HISTORY_DAYS} days.",
+            fmt(t).get(..10).unwrap_or("")
         ));
     }
     s
@@ -546,7 +569,7 @@ mod tests {
             .collect();
         assert_eq!(dominant_kind(&alerts), AlertKind::BulkAccess);
         assert_eq!(title(&alerts), "opened 5 patients in 4 min");
-        let n = narrative(&alerts, 2);
+        let n = narrative(&alerts, 2, None);
         assert!(
             n.contains("6 flagged accesses to 5 patients' records"),
             "{n}"

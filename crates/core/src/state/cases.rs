@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{alert_from_row, Reader, StateError, Store, ALERT_COLS, MAX_ALERTS_PAGE};
 use crate::alerts::{Alert, AlertKind, AllowRule, NewAlert, Severity};
 use crate::cases::{
-    implied_rules, narrative, queued, title, Case, CaseAlert, CaseDecision, CaseFilter, CaseNote,
-    CaseRule, CaseStatus, HISTORY_DAYS,
+    implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseFilter,
+    CaseNote, CaseRule, CaseStatus, HISTORY_DAYS,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -36,6 +36,27 @@ pub(super) fn file(
 /// What filing needs of an alert: when, its score and severity, its strongest kind.
 type Filed = (i64, f64, Severity, AlertKind);
 
+/// When a case of `user` other than `case` was last closed as inappropriate, from
+/// `HISTORY_DAYS` before `at_ms` until `until_ms`.
+fn inappropriate_before(
+    conn: &Connection,
+    user: &str,
+    case: i64,
+    (at_ms, until_ms): (i64, i64),
+) -> rusqlite::Result<Option<i64>> {
+    if user.is_empty() {
+        return Ok(None);
+    }
+    conn.prepare_cached(
+        "SELECT MAX(status_at_ms) FROM cases WHERE user_ref = ?1 AND resolution = 'inappropriate'
+         AND status_at_ms >= ?2 - ?4 AND status_at_ms <= ?3 AND id != ?5",
+    )?
+    .query_row(
+        params![user, at_ms, until_ms, HISTORY_DAYS * DAY_MS, case],
+        |r| r.get(0),
+    )
+}
+
 fn file_one(
     conn: &Connection,
     alert_id: i64,
@@ -43,6 +64,9 @@ fn file_one(
     (at_ms, score, severity, kind): Filed,
     rule: &CaseRule,
 ) -> rusqlite::Result<i64> {
+    // After an inappropriate case, the user's cases are weighted higher.
+    let flagged = inappropriate_before(conn, user, -1, (at_ms, at_ms))?.is_some();
+    let severity = if flagged { raised(severity) } else { severity };
     let open: Option<(i64, i64, i64)> = conn
         .prepare_cached(
             "SELECT id, first_ms, last_ms FROM cases WHERE user_ref = ?1 AND status != 'closed'
@@ -64,7 +88,7 @@ fn file_one(
                 id
             }
             _ => {
-                let status = if queued(1, severity, kind) {
+                let status = if flagged || queued(1, severity, kind) {
                     CaseStatus::New
                 } else {
                     CaseStatus::Watching
@@ -158,10 +182,12 @@ fn case_from_row(conn: &Connection, r: &rusqlite::Row) -> rusqlite::Result<Case>
     let mut patients: Vec<&str> = alerts.iter().filter_map(|a| a.patient.as_deref()).collect();
     patients.sort_unstable();
     patients.dedup();
+    let last_ms: i64 = r.get(3)?;
+    let inappropriate = inappropriate_before(conn, &user, id, (opened_ms, last_ms))?;
     Ok(Case {
         id,
         title: title(&alerts),
-        narrative: narrative(&alerts, earlier as u64),
+        narrative: narrative(&alerts, earlier as u64, inappropriate),
         kind: crate::cases::dominant_kind(&alerts),
         user: (!user.is_empty()).then_some(user),
         first: fmt(r.get(2)?),

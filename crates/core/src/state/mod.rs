@@ -1116,6 +1116,44 @@ mod tests {
             "corroborated: opened in the queue"
         );
         assert_eq!(r.case_counts().unwrap()["watching"], 0);
+        // After a case closed as inappropriate, the user's next case goes straight to the
+        // queue one severity higher, and says why.
+        let breach = crate::cases::CaseDecision {
+            status: crate::cases::CaseStatus::Closed,
+            resolution: Some(crate::cases::Resolution::Inappropriate),
+            note: None,
+            by: None,
+        };
+        let first_of_3 = r
+            .cases(&crate::cases::CaseFilter {
+                user: Some("Practitioner/3".into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap()[0]
+            .id;
+        s.set_case_status(first_of_3, &breach, 60 * H).unwrap();
+        let o = s
+            .commit_batch(
+                &batch_of(vec![NewAlert {
+                    kinds: vec![crate::alerts::AlertKind::WatchedRecord],
+                    ..alert_at("i|1", "Practitioner/3", 70 * H, Severity::Low)
+                }]),
+                9,
+            )
+            .unwrap();
+        assert_eq!(o.cases_to_journal.len(), 1, "queued at once");
+        assert_eq!(
+            o.cases_to_journal[0].severity,
+            Severity::Medium,
+            "one higher"
+        );
+        let (after, _) = r.case(o.cases_to_journal[0].id).unwrap();
+        assert!(
+            after.narrative.contains("closed as inappropriate"),
+            "{}",
+            after.narrative
+        );
         let wrong = crate::cases::CaseDecision {
             resolution: None,
             ..decision
