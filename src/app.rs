@@ -316,6 +316,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         detector: detector.clone().recipient(),
         set_status: state.clone().recipient(),
         set_case_status: state.clone().recipient(),
+        user_card: detector.clone().recipient(),
         add_rule: state.clone().recipient(),
         remove_rule: state.clone().recipient(),
         rules_changed: sink.clone().recipient(),

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{err_json, parse_name, parse_time, state_err, with_reader, ApiState, MAX_PAGE};
+use crate::detector::actor::UserCard;
 use crate::pipeline::AllowListChanged;
 use crate::state::actor::SetCaseStatus;
 use fhir_edge_core::cases::{CaseDecision, CaseFilter, CaseStatus};
@@ -150,5 +151,61 @@ pub(super) async fn set_status(
         }
         Ok(Err(e)) => state_err(e),
         Err(e) => err_json(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct UserQuery {
+    #[serde(rename = "ref")]
+    user: String,
+}
+
+/// `GET /api/user?ref=Practitioner/123`: the user card beside a case — what the detector
+/// has learned of the user (usual hours, addresses and applications, usual patients per
+/// hour, how often they open new patients and other departments' patients), the
+/// departments their alerted events named, and their cases, newest first.
+pub(super) async fn user(s: web::Data<ApiState>, q: web::Query<UserQuery>) -> HttpResponse {
+    let user = q.into_inner().user;
+    let learned = s
+        .user_card
+        .send(UserCard(user.clone()))
+        .await
+        .ok()
+        .flatten();
+    let u = user.clone();
+    let stored = with_reader(s.state_dir.clone(), move |r| {
+        let cases = r.cases(&CaseFilter {
+            user: Some(u.clone()),
+            limit: 100,
+            ..Default::default()
+        })?;
+        let alerts = r.alerts(&fhir_edge_core::alerts::AlertFilter {
+            user: Some(u),
+            limit: 200,
+            ..Default::default()
+        })?;
+        // The departments the user's events named (their agent's location or role).
+        let mut departments: Vec<String> = Vec::new();
+        for a in alerts.iter().take(50) {
+            let raw = r.alert(a.id)?.event.unwrap_or_default();
+            let dept = serde_json::value::to_raw_value(&raw)
+                .ok()
+                .and_then(|raw| fhir_edge_core::fhir::parse_audit_event(&raw).ok())
+                .and_then(|rec| rec.department);
+            if let Some(d) = dept.filter(|d| !departments.contains(d)) {
+                departments.push(d);
+            }
+        }
+        Ok((cases, departments))
+    })
+    .await;
+    match stored {
+        Ok((cases, departments)) => HttpResponse::Ok().json(json!({
+            "user": user,
+            "learned": learned,
+            "departments": departments,
+            "cases": cases,
+        })),
+        Err(r) => r,
     }
 }

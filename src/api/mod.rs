@@ -47,6 +47,7 @@ pub struct ApiState {
     pub detector: Recipient<EventsFetched>,
     pub set_status: Recipient<SetStatus>,
     pub set_case_status: Recipient<crate::state::actor::SetCaseStatus>,
+    pub user_card: Recipient<crate::detector::actor::UserCard>,
     pub add_rule: Recipient<AddAllowRule>,
     pub remove_rule: Recipient<RemoveAllowRule>,
     pub rules_changed: Recipient<AllowListChanged>,
@@ -553,6 +554,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/api/cases", web::get().to(cases::list))
             .route("/api/cases/{id}", web::get().to(cases::get))
             .route("/api/cases/{id}/status", web::post().to(cases::set_status))
+            .route("/api/user", web::get().to(cases::user))
             .route("/api/allowlist", web::get().to(list_allow))
             .route("/api/allowlist", web::post().to(add_allow))
             .route("/api/allowlist/{id}", web::delete().to(remove_allow))

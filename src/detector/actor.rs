@@ -288,6 +288,32 @@ impl Handler<UseSiteModel> for DetectorActor {
     }
 }
 
+/// Request: what the detector has learned of one user (`/api/users`), read off the actor
+/// thread (the lock is held while a page is scored).
+#[derive(Message)]
+#[rtype(result = "Option<fhir_edge_core::detector::features::UserProfile>")]
+pub struct UserCard(pub String);
+
+impl Handler<UserCard> for DetectorActor {
+    type Result = ResponseFuture<Option<fhir_edge_core::detector::features::UserProfile>>;
+
+    fn handle(&mut self, msg: UserCard, _: &mut Self::Context) -> Self::Result {
+        let detector = self.detector.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                detector
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .context()
+                    .user_profile(&msg.0)
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    }
+}
+
 /// Keep what the scored events carried for `/api/stats`, and say it in the journal once
 /// enough events show it (a warning when some evidence never comes).
 fn say_coverage(health: &Health, now: fhir_edge_core::coverage::Coverage) {

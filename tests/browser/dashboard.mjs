@@ -8,7 +8,8 @@
 //     shows the new status;
 //  3. an event pushed to /fhir/notify while the page is open appears in the list without a
 //     reload (the list is live);
-//  4. the case queue lists the cases; a click opens one with its narrative and timeline;
+//  4. the case queue lists the cases; a click opens one with its narrative, the user card
+//     and the timeline;
 //     "Close: appropriate" with a note closes it, adds the allow-list rules it implies, and
 //     the page shows both; the case leaves the queue and is listed under "closed".
 // Prints one JSON line {"false_positive_id": N, "live_event_id": "...", "closed_case_id": N}
@@ -105,6 +106,8 @@ try {
   if (!/flagged access/.test(narrative)) throw new Error(`case narrative reads ${JSON.stringify(narrative)}`);
   const steps = await page.locator("#detail ol.timeline li").count();
   if (steps < 1) throw new Error("the case shows no timeline");
+  const card = await page.textContent("#d-user");
+  if (!/Usual hours/.test(card) || !/Learned from\s*\d+ events/.test(card)) throw new Error(`user card reads ${JSON.stringify(card)}`);
   await page.fill("#case-note", "approved export for the quality registry");
   await page.click('#detail button[data-res="appropriate"]');
   await page.waitForFunction(() => /closed — appropriate/.test(document.getElementById("d-case-status")?.textContent || ""),

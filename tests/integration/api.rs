@@ -266,10 +266,9 @@ fn one_users_alerts_form_one_case_that_is_reviewed_and_closed() {
         ("c2", "Practitioner/alice"),
         ("c3", "Practitioner/bob"),
     ] {
-        let (code, body) = blocking_free_post(
-            &format!("{api}/fhir/notify"),
-            export_event(id, user).to_string(),
-        );
+        let mut ev = export_event(id, user);
+        ev["agent"][0]["location"] = serde_json::json!({"display": "Cardiology"});
+        let (code, body) = blocking_free_post(&format!("{api}/fhir/notify"), ev.to_string());
         assert_eq!(code, 200, "{body}");
     }
     let (code, list) = request("GET", &format!("{api}/api/cases"), None, None);
@@ -302,6 +301,29 @@ fn one_users_alerts_form_one_case_that_is_reviewed_and_closed() {
     events.sort();
     assert_eq!(events, ["c1", "c2"]);
     assert_eq!(one["alerts"].as_array().unwrap().len(), 2);
+
+    // The user card: what the detector learned of alice, the department her events
+    // named, her cases.
+    let (code, card) = request(
+        "GET",
+        &format!("{api}/api/user?ref=Practitioner/alice"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{card}");
+    assert!(card["learned"]["events"].as_u64().unwrap() >= 2, "{card}");
+    assert_eq!(card["cases"].as_array().unwrap().len(), 1);
+    assert!(
+        !card["departments"].as_array().unwrap().is_empty(),
+        "{card}"
+    );
+    let (_, nobody) = request(
+        "GET",
+        &format!("{api}/api/user?ref=Practitioner/none"),
+        None,
+        None,
+    );
+    assert!(nobody["learned"].is_null() && nobody["cases"].as_array().unwrap().is_empty());
 
     // Filters, paging limits, and decisions that cannot be taken.
     let (_, bobs) = request(

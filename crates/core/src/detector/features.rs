@@ -879,6 +879,22 @@ impl Context {
         self.users.len()
     }
 
+    /// What the context has learned of one user, for a privacy officer's user card; `None`
+    /// for a user it has never seen.
+    pub fn user_profile(&self, user_ref: &str) -> Option<UserProfile> {
+        let u = self.users.get(&h64(user_ref))?;
+        Some(UserProfile {
+            events: u.events.round() as u64,
+            usual_hours: usual_hours(&u.hours),
+            addresses: u.ips.len() as u32,
+            applications: u.apps.len() as u32,
+            usual_patients_per_hour: u.usual_d1h,
+            new_patient_share: u.first_rate,
+            other_department_share: u.cross_rate,
+            last_active: crate::clock::fmt_ms(crate::clock::from_ms(u.last_ms)),
+        })
+    }
+
     /// The site's time zone, as hours and weekdays are read in.
     pub fn timezone(&self) -> chrono_tz::Tz {
         self.tz.unwrap_or(chrono_tz::UTC)
@@ -1787,6 +1803,27 @@ fn poisson_tail_surprise(n: u32, mean: f32) -> f32 {
         -(ln_pmf(n) + sum.ln())
     };
     surprise.max(0.0) as f32
+}
+
+/// A user as the detector knows them (`Context::user_profile`): no names, no patients.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct UserProfile {
+    /// Events learned from (decayed counts, so recent activity weighs more).
+    pub events: u64,
+    /// The shortest band of local hours holding 90 % of their activity (start, end), once
+    /// there is enough history.
+    pub usual_hours: Option<(u32, u32)>,
+    /// Network addresses and client applications they have worked from.
+    pub addresses: u32,
+    pub applications: u32,
+    /// Their usual number of distinct patients in an hour.
+    pub usual_patients_per_hour: f32,
+    /// How often they open a patient for the first time, and one their department never
+    /// touched (0–1).
+    pub new_patient_share: f32,
+    pub other_department_share: f32,
+    /// Their last activity.
+    pub last_active: String,
 }
 
 impl Facts {
