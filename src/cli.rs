@@ -148,6 +148,17 @@ pub enum Command {
     Lab(crate::lab::LabCommand),
 }
 
+impl Cli {
+    /// Whether the command only prints a report and exits (no network peers, no daemon),
+    /// so a closed stdout may end it as it ends Unix tools.
+    pub fn reports_to_a_terminal(&self) -> bool {
+        matches!(
+            self.command,
+            Some(Command::Status { .. } | Command::Alerts { .. } | Command::Cases { .. })
+        )
+    }
+}
+
 pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg_path = cli.config.as_deref();
     match cli.command.unwrap_or(Command::Run { since: None }) {

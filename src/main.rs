@@ -26,6 +26,13 @@ fn main() -> std::process::ExitCode {
         std::process::abort();
     }));
     let cli = fhir_edge::Cli::parse();
+    // A report command piped into `head` or `grep -q` ends quietly when the reader goes
+    // away, as Unix tools do (Rust ignores SIGPIPE, and a print to a closed pipe would
+    // panic). The daemon keeps ignoring it: a peer that hangs up is an error to handle.
+    if cli.reports_to_a_terminal() {
+        // SAFETY: restoring a signal's default disposition; no other thread exists yet.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match fhir_edge::execute(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -375,6 +375,31 @@ fn without_notify_socket_the_daemon_runs_and_status_reads_while_it_does() {
             assert!(a.get(k).is_some(), "alert has {k}");
         }
     }
+    // The reports read like a Unix tool's: piped into a reader that has gone (`| head`),
+    // they end quietly, killed by SIGPIPE, with no panic on the closed pipe.
+    for cmd in ["status", "cases", "alerts"] {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: the write end is ours and open; Stdio takes it over.
+        let write_end =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+        let out = Command::new(BIN)
+            .args([cmd, "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::from(write_end))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{cmd} into a closed pipe: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{cmd}: {:?} {err}",
+            out.status
+        );
+    }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success());
 }
