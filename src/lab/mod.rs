@@ -18,7 +18,8 @@ use clap::Subcommand;
 /// The lab's commands, flattened into `fhir-edge`'s own.
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
-    /// Generate a synthetic hospital's AuditEvents (NDJSON) with labelled anomalies.
+    /// Generate a synthetic hospital's AuditEvents (NDJSON) with labelled anomalies, its
+    /// watch list and its context resources (context.ndjson: staff, patients, admissions).
     Simulate {
         #[arg(long, default_value_t = 28)]
         days: u32,
@@ -158,15 +159,20 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
             let wl = out.join("watchlist.txt");
             fhir_edge_lab::simulate::write_watch_list(&o, &wl)
                 .with_context(|| format!("writing {}", wl.display()))?;
+            let cx = out.join("context.ndjson");
+            let resources = fhir_edge_lab::simulate::write_context(&o, &cx)
+                .with_context(|| format!("writing {}", cx.display()))?;
             let labelled = events.iter().filter(|e| e.label.is_some()).count();
             println!(
-                "{} events ({} labelled anomalous) in a {} hospital → {}, {} and {}",
+                "{} events ({} labelled anomalous) in a {} hospital → {}, {} and {}; \
+                 {resources} context resources (staff, patients, admissions, relatives) → {}",
                 events.len(),
                 labelled,
                 o.style.name(),
                 ev.display(),
                 lb.display(),
-                wl.display()
+                wl.display(),
+                cx.display()
             );
             Ok(ExitCode::SUCCESS)
         }

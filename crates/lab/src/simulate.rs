@@ -1426,6 +1426,98 @@ pub fn watch_list(opts: &SimOptions) -> Vec<String> {
         .collect()
 }
 
+/// The simulated hospital as FHIR context resources, as its server would hold them (issue
+/// #22's `--context`): a `Practitioner` and a `PractitionerRole` (department as location,
+/// role as code) per user, a `Patient` per patient (names; the simulated hospital keeps no
+/// addresses), an `Encounter` per admission (its department, its period, the care team as
+/// participants, consulting departments as further locations), and a `RelatedPerson` for
+/// each staff member's relative among the patients (named as the staff member).
+pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
+    let (h, _) = hospital(opts);
+    let day = |d: i64| fhir_edge_core::clock::fmt_ms(opts.start + Duration::days(d));
+    let role_code = |r: Role| match r {
+        Role::Physician => "doctor",
+        Role::Nurse => "nurse",
+        Role::Clerk => "clerk",
+        Role::Technician => "technician",
+    };
+    let id_of = |r: &str| r.rsplit('/').next().unwrap_or(r).to_string();
+    let mut out = Vec::new();
+    for u in &h.users {
+        let id = id_of(&u.reference);
+        let given: Vec<&str> = u
+            .display
+            .trim_start_matches("Dr. ")
+            .split(' ')
+            .take(1)
+            .collect();
+        out.push(json!({
+            "resourceType": "Practitioner", "id": id, "meta": {"lastUpdated": day(-30)},
+            "identifier": [{"system": "https://hospital.example/staff", "value": id}],
+            "name": [{"family": u.last, "given": given}]
+        }));
+        out.push(json!({
+            "resourceType": "PractitionerRole", "id": format!("role-{id}"), "meta": {"lastUpdated": day(-30)},
+            "practitioner": {"reference": u.reference},
+            "code": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/practitioner-role", "code": role_code(u.role)}]}],
+            "location": [{"display": DEPTS[u.dept].0}]
+        }));
+    }
+    for (i, p) in h.patients.iter().enumerate() {
+        let id = id_of(&p.reference);
+        out.push(json!({
+            "resourceType": "Patient", "id": id, "meta": {"lastUpdated": day(p.admit_day.min(0))},
+            "name": [{"family": p.last, "given": [p.first]}]
+        }));
+        let mut locations = vec![json!({"location": {"display": DEPTS[p.dept].0}})];
+        locations.extend(
+            p.consults
+                .iter()
+                .map(|c| json!({"location": {"display": DEPTS[*c].0}, "status": "active"})),
+        );
+        let participants: Vec<serde_json::Value> = p
+            .care_team
+            .iter()
+            .map(|u| json!({"individual": {"reference": h.users[*u].reference}}))
+            .collect();
+        out.push(json!({
+            "resourceType": "Encounter", "id": format!("enc-{i}"), "meta": {"lastUpdated": day(p.admit_day)},
+            "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": p.reference},
+            "period": {"start": day(p.admit_day), "end": day(p.discharge_day)},
+            "serviceProvider": {"display": DEPTS[p.dept].0},
+            "location": locations,
+            "participant": participants
+        }));
+    }
+    for u in &h.users {
+        for p in &u.relatives {
+            let patient = &h.patients[*p];
+            out.push(json!({
+                "resourceType": "RelatedPerson", "id": format!("rel-{}-{}", id_of(&u.reference), id_of(&patient.reference)),
+                "meta": {"lastUpdated": day(-30)},
+                "patient": {"reference": patient.reference},
+                "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FAMMEMB"}]}],
+                "name": [{"family": u.last}]
+            }));
+        }
+    }
+    out
+}
+
+/// Write `context_resources` as NDJSON to `path`.
+pub fn write_context(opts: &SimOptions, path: &std::path::Path) -> std::io::Result<usize> {
+    use std::io::Write;
+    let resources = context_resources(opts);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in &resources {
+        serde_json::to_writer(&mut w, r)?;
+        w.write_all(b"\n")?;
+    }
+    w.flush()?;
+    Ok(resources.len())
+}
+
 /// Write the watch list of `watch_list` to `path`, one reference per line.
 pub fn write_watch_list(opts: &SimOptions, path: &std::path::Path) -> std::io::Result<()> {
     std::fs::write(
@@ -1465,6 +1557,48 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The context resources describe the hospital the events come from: every care-team
+    /// member of an admission is a Practitioner with a role in the admitting department or
+    /// a consulting one, and the events' users and patients all have a resource.
+    #[test]
+    fn context_resources_describe_the_hospital_of_the_events() {
+        let mut o = SimOptions::new(2, 9);
+        o.users = 30;
+        o.patients = 200;
+        let ctx = context_resources(&o);
+        let of = |t: &'static str| ctx.iter().filter(move |r| r["resourceType"] == t);
+        let staff: std::collections::HashSet<String> = of("Practitioner")
+            .map(|r| format!("Practitioner/{}", r["id"].as_str().unwrap()))
+            .collect();
+        let patients: std::collections::HashSet<String> = of("Patient")
+            .map(|r| format!("Patient/{}", r["id"].as_str().unwrap()))
+            .collect();
+        assert_eq!((staff.len(), patients.len()), (30, 200));
+        assert_eq!(of("PractitionerRole").count(), 30);
+        assert_eq!(of("Encounter").count(), 200);
+        for e in of("Encounter") {
+            assert!(patients.contains(e["subject"]["reference"].as_str().unwrap()));
+            for p in e["participant"].as_array().unwrap() {
+                assert!(
+                    staff.contains(p["individual"]["reference"].as_str().unwrap()),
+                    "{e}"
+                );
+            }
+            assert!(e["period"]["start"].as_str() <= e["period"]["end"].as_str());
+        }
+        assert!(
+            of("RelatedPerson").count() > 0,
+            "staff have relatives among the patients"
+        );
+        for e in simulate(&o) {
+            let user = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
+            assert!(staff.contains(user), "{user}");
+            if let Some(p) = e.json["entity"][0]["what"]["reference"].as_str() {
+                assert!(patients.contains(p), "{p}");
+            }
+        }
+    }
 
     #[test]
     fn deterministic_sorted_and_parseable() {
