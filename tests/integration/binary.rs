@@ -673,3 +673,79 @@ fn a_trained_model_scores_later_days_alone_as_after_its_baseline() {
         assert_eq!(&continued[id], row, "event {id}: alone vs continued");
     }
 }
+
+/// `fhir-edge alerts --limit N` and `fhir-edge cases --limit N` read page by page: a store
+/// holding more than one page (1,000) of each gives back exactly N, newest first, each once.
+#[test]
+fn alerts_and_cases_commands_page_through_more_than_a_thousand() {
+    use fhir_edge_core::state::{BatchCommit, SeenEvent, Store};
+    let d = tempfile::tempdir().unwrap();
+    // Written straight into the state database, as the daemon would have: 2,400 alerts of
+    // 1,200 users two days apart, so 2,400 cases.
+    let cfg = write_config(d.path(), "http://127.0.0.1:9/fhir");
+    let mut store = Store::open(&d.path().join("state")).unwrap();
+    let alerts: Vec<fhir_edge_core::alerts::NewAlert> = (0..2400)
+        .map(|i| fhir_edge_core::alerts::NewAlert {
+            event_key: format!("e{i}|1"),
+            event_id: format!("e{i}"),
+            event_version: Some("1".into()),
+            recorded_ms: 1_700_000_000_000 + (i / 1200) * 2 * 86_400_000 + i,
+            score: 2.0,
+            severity: fhir_edge_core::alerts::Severity::Medium,
+            summary: "bulk data export ($export)".into(),
+            explanation: vec!["bulk data export ($export)".into()],
+            kinds: vec![fhir_edge_core::alerts::AlertKind::MassExport],
+            user: Some(format!("Practitioner/u{}", i % 1200)),
+            user_display: None,
+            patient: None,
+            source_ip: None,
+            client_app: None,
+            action: Some("E".into()),
+            interaction: "export".into(),
+            raw: "{}".into(),
+        })
+        .collect();
+    let events = alerts
+        .iter()
+        .map(|a| SeenEvent {
+            key: a.event_key.clone(),
+            last_updated_ms: a.recorded_ms,
+            carried: Default::default(),
+        })
+        .collect();
+    store
+        .commit_batch(
+            &BatchCommit {
+                events,
+                alerts,
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+    drop(store);
+    for (cmd, n) in [("alerts", 1500usize), ("cases", 2100)] {
+        let (code, out, err) = run(
+            &[
+                cmd,
+                "--json",
+                "--limit",
+                &n.to_string(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{cmd}: {err}");
+        let got: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        assert_eq!(got.len(), n, "{cmd} --limit {n}");
+        let ids: std::collections::BTreeSet<i64> =
+            got.iter().map(|x| x["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids.len(), n, "{cmd}: each once");
+        assert!(
+            got.windows(2)
+                .all(|w| w[0]["id"].as_i64() > w[1]["id"].as_i64()),
+            "{cmd}: newest first"
+        );
+    }
+}

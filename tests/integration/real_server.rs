@@ -366,6 +366,10 @@ fn hapi_shaped_events_from_the_real_server_are_scored_once_and_fanned_searches_a
             *per_request.entry(req.to_string()).or_default() += 1;
         }
     }
+    assert!(
+        !per_request.is_empty(),
+        "some fanned-out search alerts (else the check below proves nothing)"
+    );
     assert!(per_request.values().all(|n| *n == 1), "{per_request:?}");
 }
 
