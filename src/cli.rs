@@ -287,26 +287,20 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .transpose()?
                 .map(|t| t.timestamp_millis());
             // Pages of the store's size until `limit` alerts (or all there are).
-            let mut alerts = Vec::new();
-            let mut before_id = None;
-            while alerts.len() < limit as usize {
-                let want = (limit as usize - alerts.len())
-                    .min(fhir_edge_core::state::MAX_ALERTS_PAGE as usize);
-                let page = r.alerts(&AlertFilter {
-                    since_ms,
-                    min_severity: severity,
-                    status,
-                    before_id,
-                    limit: want as u32,
-                    ..Default::default()
-                })?;
-                let full = page.len() == want;
-                before_id = page.last().map(|a| a.id);
-                alerts.extend(page);
-                if !full {
-                    break;
-                }
-            }
+            let alerts = fhir_edge_core::state::read_pages(
+                limit as usize,
+                |before_id, want| {
+                    r.alerts(&AlertFilter {
+                        since_ms,
+                        min_severity: severity,
+                        status,
+                        before_id,
+                        limit: want,
+                        ..Default::default()
+                    })
+                },
+                |a| a.id,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
             } else if alerts.is_empty() {
@@ -344,27 +338,21 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|s| parse_since(s, Utc::now()))
                 .transpose()?
                 .map(|t| t.timestamp_millis());
-            let mut cases = Vec::new();
-            let mut before_id = None;
-            while cases.len() < limit as usize {
-                let want = (limit as usize - cases.len())
-                    .min(fhir_edge_core::state::MAX_ALERTS_PAGE as usize);
-                let page = r.cases(&fhir_edge_core::cases::CaseFilter {
-                    since_ms,
-                    status,
-                    open_only: queue,
-                    min_severity: severity,
-                    before_id,
-                    limit: want as u32,
-                    ..Default::default()
-                })?;
-                let full = page.len() == want;
-                before_id = page.last().map(|c| c.id);
-                cases.extend(page);
-                if !full {
-                    break;
-                }
-            }
+            let cases = fhir_edge_core::state::read_pages(
+                limit as usize,
+                |before_id, want| {
+                    r.cases(&fhir_edge_core::cases::CaseFilter {
+                        since_ms,
+                        status,
+                        open_only: queue,
+                        min_severity: severity,
+                        before_id,
+                        limit: want,
+                        ..Default::default()
+                    })
+                },
+                |c| c.id,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cases)?);
             } else if cases.is_empty() {

@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{err_json, parse_name, parse_time, state_err, with_reader, ApiState, MAX_PAGE};
+use super::{err_json, page_limit, parse_name, parse_time, state_err, with_reader, ApiState};
 use crate::detector::actor::UserCard;
 use crate::pipeline::AllowListChanged;
 use crate::state::actor::SetCaseStatus;
@@ -41,14 +41,7 @@ impl CaseQuery {
             min_severity: parse_name(&self.severity)?,
             user: self.user.clone(),
             before_id: self.cursor,
-            limit: match self.limit.unwrap_or(50) {
-                l @ 1..=MAX_PAGE => l,
-                l => {
-                    return Err(format!(
-                        "limit must be 1–{MAX_PAGE} (got {l}); follow next_cursor for more"
-                    ))
-                }
-            },
+            limit: page_limit(self.limit)?,
         })
     }
 }

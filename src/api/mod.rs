@@ -285,8 +285,20 @@ fn parse_name<T: std::str::FromStr<Err = UnknownName>>(
         .map_err(|e: UnknownName| e.to_string())
 }
 
-/// The most alerts one page of `/api/alerts` holds (the store's own cap).
+/// The most alerts (or cases) one page of `/api/alerts` (`/api/cases`) holds (the store's
+/// own cap).
 const MAX_PAGE: u32 = fhir_edge_core::state::MAX_ALERTS_PAGE;
+
+/// A page's `limit` (default 50), or what is wrong with it: more than a page is refused,
+/// never cut without a word.
+fn page_limit(limit: Option<u32>) -> Result<u32, String> {
+    match limit.unwrap_or(50) {
+        l @ 1..=MAX_PAGE => Ok(l),
+        l => Err(format!(
+            "limit must be 1–{MAX_PAGE} (got {l}); follow next_cursor for more"
+        )),
+    }
+}
 
 impl AlertQuery {
     /// The store's filter, or what is wrong with the query (for a 400).
@@ -307,14 +319,7 @@ impl AlertQuery {
             user: self.user.clone(),
             patient: self.patient.clone(),
             before_id: self.cursor,
-            limit: match self.limit.unwrap_or(50) {
-                l @ 1..=MAX_PAGE => l,
-                l => {
-                    return Err(format!(
-                        "limit must be 1–{MAX_PAGE} (got {l}); follow next_cursor for more"
-                    ))
-                }
-            },
+            limit: page_limit(self.limit)?,
         })
     }
 }

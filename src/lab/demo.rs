@@ -225,19 +225,18 @@ async fn learn_site(
 /// Event ids of the alerts the demo's daemon stored.
 fn alerted_events(state: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let r = fhir_edge_core::state::Reader::open(state)?;
-    let mut ids = Vec::new();
-    let mut before_id = None;
-    loop {
-        let page = r.alerts(&fhir_edge_core::alerts::AlertFilter {
-            before_id,
-            limit: 1000,
-            ..Default::default()
-        })?;
-        let Some(last) = page.last() else { break };
-        before_id = Some(last.id);
-        ids.extend(page.into_iter().map(|a| a.event_id));
-    }
-    Ok(ids)
+    let alerts = fhir_edge_core::state::read_pages(
+        usize::MAX,
+        |before_id, limit| {
+            r.alerts(&fhir_edge_core::alerts::AlertFilter {
+                before_id,
+                limit,
+                ..Default::default()
+            })
+        },
+        |a| a.id,
+    )?;
+    Ok(alerts.into_iter().map(|a| a.event_id).collect())
 }
 
 /// Cases in the queue holding an injected event, those holding none, and watched cases.
@@ -246,29 +245,30 @@ fn case_tally(
     injected: &std::collections::HashSet<String>,
 ) -> anyhow::Result<(usize, usize, usize)> {
     let r = fhir_edge_core::state::Reader::open(state)?;
+    let cases = fhir_edge_core::state::read_pages(
+        usize::MAX,
+        |before_id, limit| {
+            r.cases(&fhir_edge_core::cases::CaseFilter {
+                before_id,
+                limit,
+                ..Default::default()
+            })
+        },
+        |c| c.id,
+    )?;
     let (mut with, mut without, mut watched) = (0, 0, 0);
-    let mut before_id = None;
-    loop {
-        let page = r.cases(&fhir_edge_core::cases::CaseFilter {
-            before_id,
-            limit: 1000,
-            ..Default::default()
-        })?;
-        let Some(last) = page.last() else { break };
-        before_id = Some(last.id);
-        for c in &page {
-            if c.status == fhir_edge_core::cases::CaseStatus::Watching {
-                watched += 1;
-            } else if r
-                .case(c.id)?
-                .1
-                .iter()
-                .any(|a| injected.contains(&a.event_id))
-            {
-                with += 1;
-            } else {
-                without += 1;
-            }
+    for c in &cases {
+        if c.status == fhir_edge_core::cases::CaseStatus::Watching {
+            watched += 1;
+        } else if r
+            .case(c.id)?
+            .1
+            .iter()
+            .any(|a| injected.contains(&a.event_id))
+        {
+            with += 1;
+        } else {
+            without += 1;
         }
     }
     Ok((with, without, watched))

@@ -276,8 +276,32 @@ pub struct StatusReport {
     pub coverage: crate::coverage::Coverage,
 }
 
-/// The most alerts one `Reader::alerts` call returns; page on with `before_id`.
+/// The most alerts (or cases) one `Reader::alerts` (`Reader::cases`) call returns; page on
+/// with `before_id`.
 pub const MAX_ALERTS_PAGE: u32 = 1000;
+
+/// Up to `limit` items read page by page, newest first: `page(before_id, want)` reads one
+/// page of at most `want` (≤ `MAX_ALERTS_PAGE`) items older than `before_id`; `id` names
+/// an item for the next page.
+pub fn read_pages<T>(
+    limit: usize,
+    mut page: impl FnMut(Option<i64>, u32) -> Result<Vec<T>, StateError>,
+    id: impl Fn(&T) -> i64,
+) -> Result<Vec<T>, StateError> {
+    let mut out = Vec::new();
+    let mut before_id = None;
+    while out.len() < limit {
+        let want = (limit - out.len()).min(MAX_ALERTS_PAGE as usize);
+        let items = page(before_id, want as u32)?;
+        let full = items.len() == want;
+        before_id = items.last().map(&id);
+        out.extend(items);
+        if !full {
+            break;
+        }
+    }
+    Ok(out)
+}
 
 /// What the daemon loads at start.
 #[derive(Debug, Default)]
@@ -1195,6 +1219,38 @@ mod tests {
             (all.len(), all[0].alerts, all[0].severity),
             (1, 2, Severity::High)
         );
+    }
+
+    /// Pages of at most a thousand, each starting below the last id seen, until the limit
+    /// or a short page.
+    #[test]
+    fn read_pages_reads_up_to_the_limit_and_stops_at_a_short_page() {
+        let all: Vec<i64> = (1..=2500).rev().collect();
+        let page_of = |before: Option<i64>, want: u32| -> Vec<i64> {
+            all.iter()
+                .copied()
+                .filter(|i| before.is_none_or(|b| *i < b))
+                .take(want as usize)
+                .collect()
+        };
+        let mut calls = Vec::new();
+        let got = read_pages(
+            2100,
+            |b, w| {
+                calls.push((b, w));
+                Ok(page_of(b, w))
+            },
+            |i| *i,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 2100);
+        assert_eq!((got[0], got[2099]), (2500, 401));
+        assert_eq!(
+            calls,
+            vec![(None, 1000), (Some(1501), 1000), (Some(501), 100)]
+        );
+        let every = read_pages(usize::MAX, |b, w| Ok(page_of(b, w)), |i| *i).unwrap();
+        assert_eq!(every.len(), 2500, "a short page ends it");
     }
 
     #[test]
