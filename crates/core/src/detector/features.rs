@@ -507,6 +507,9 @@ struct UserState {
     /// before it: a run is judged against the habit, not against itself, for up to an hour.
     #[serde(default)]
     fail_rate_before_run: Option<(i64, f32)>,
+    /// The department the user's events last named (for the user card only).
+    #[serde(default)]
+    dept_name: Option<String>,
 }
 
 impl UserState {
@@ -892,6 +895,7 @@ impl Context {
             new_patient_share: u.first_rate,
             other_department_share: u.cross_rate,
             last_active: crate::clock::fmt_ms(crate::clock::from_ms(u.last_ms)),
+            department: u.dept_name.clone(),
         })
     }
 
@@ -1551,6 +1555,14 @@ impl Context {
         u.last_ms = u.last_ms.max(now);
         if dept_h.is_some() {
             u.dept = dept_h;
+            // The name too, for the user card (a department, never a person's detail).
+            if let Some(d) = r
+                .department
+                .as_deref()
+                .filter(|d| u.dept_name.as_deref() != Some(*d))
+            {
+                u.dept_name = Some(d.to_string());
+            }
         }
         if let Some(asked) = asked {
             push_window(&mut u.asked, (now, asked), 256, now - HOUR, |e| e.0);
@@ -1824,6 +1836,8 @@ pub struct UserProfile {
     pub other_department_share: f32,
     /// Their last activity.
     pub last_active: String,
+    /// The department their events last named.
+    pub department: Option<String>,
 }
 
 impl Facts {
