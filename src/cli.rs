@@ -151,7 +151,7 @@ pub enum Command {
 impl Cli {
     /// Whether the command only prints a report and exits (no network peers, no daemon),
     /// so a closed stdout may end it as it ends Unix tools.
-    pub fn reports_to_a_terminal(&self) -> bool {
+    pub fn only_prints_a_report(&self) -> bool {
         matches!(
             self.command,
             Some(Command::Status { .. } | Command::Alerts { .. } | Command::Cases { .. })
@@ -206,9 +206,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Status { json } => {
-            let cfg = config::load(cfg_path)?.config;
-            let r = fhir_edge_core::state::Reader::open(&cfg.state_dir())
-                .context("no state yet (has the daemon run?)")?;
+            let (cfg, r) = open_state(cfg_path)?;
             let s = r.status()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -278,14 +276,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let cfg = config::load(cfg_path)?.config;
-            let r = fhir_edge_core::state::Reader::open(&cfg.state_dir())
-                .context("no state yet (has the daemon run?)")?;
-            let since_ms = since
-                .as_deref()
-                .map(|s| parse_since(s, Utc::now()))
-                .transpose()?
-                .map(|t| t.timestamp_millis());
+            let (_, r) = open_state(cfg_path)?;
+            let since_ms = since_ms(since.as_deref())?;
             // Pages of the store's size until `limit` alerts (or all there are).
             let alerts = fhir_edge_core::state::read_pages(
                 limit as usize,
@@ -330,14 +322,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             json,
         } => {
-            let cfg = config::load(cfg_path)?.config;
-            let r = fhir_edge_core::state::Reader::open(&cfg.state_dir())
-                .context("no state yet (has the daemon run?)")?;
-            let since_ms = since
-                .as_deref()
-                .map(|s| parse_since(s, Utc::now()))
-                .transpose()?
-                .map(|t| t.timestamp_millis());
+            let (_, r) = open_state(cfg_path)?;
+            let since_ms = since_ms(since.as_deref())?;
             let cases = fhir_edge_core::state::read_pages(
                 limit as usize,
                 |before_id, want| {
@@ -430,7 +416,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 watch_list.as_deref(),
                 cfg.as_ref(),
             )?;
-            score_cmd(&model, &input, &output, ctx, features_out.as_deref())?;
+            // Alerts are filed into cases by the site's window, as the daemon would.
+            let rule = cfg.as_ref().map_or_else(Default::default, |c| {
+                fhir_edge_core::cases::CaseRule::hours(c.alerts.case_window_hours)
+            });
+            score_cmd(&model, &input, &output, ctx, rule, features_out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "lab")]
@@ -483,6 +473,22 @@ pub fn parse_since(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>>
 
 /// The config, when one is readable: offline commands (`train` from files, `score`) take
 /// the site's settings from it, and run without one.
+/// The configuration and a read-only view of its state database (for the reports).
+fn open_state(cfg_path: Option<&Path>) -> anyhow::Result<(Config, fhir_edge_core::state::Reader)> {
+    let cfg = config::load(cfg_path)?.config;
+    let r = fhir_edge_core::state::Reader::open(&cfg.state_dir())
+        .context("no state yet (has the daemon run?)")?;
+    Ok((cfg, r))
+}
+
+/// `--since` (a time or a span ago) in ms, when given.
+fn since_ms(since: Option<&str>) -> anyhow::Result<Option<i64>> {
+    Ok(since
+        .map(|s| parse_since(s, Utc::now()))
+        .transpose()?
+        .map(|t| t.timestamp_millis()))
+}
+
 fn site_config(cfg_path: Option<&Path>) -> Option<Config> {
     config::load(cfg_path).ok().map(|l| l.config)
 }
@@ -535,6 +541,7 @@ fn score_cmd(
     input: &Path,
     output: &Path,
     mut ctx: fhir_edge_core::detector::features::Context,
+    case_rule: fhir_edge_core::cases::CaseRule,
     features_out: Option<&Path>,
 ) -> anyhow::Result<()> {
     use fhir_edge_core::detector::baselines;
@@ -584,10 +591,11 @@ fn score_cmd(
         w.flush()?;
     }
     let mut w = create(output)?;
-    // The case each alert would be filed in, by the daemon's rule at its default window,
-    // and whether that case reaches the queue (by all its alerts: a watched case that a
-    // later alert corroborates is queued).
-    let mut cases = fhir_edge_core::cases::Grouper::new(Default::default());
+    // The case each alert would be filed in, by the daemon's rule (the site's
+    // `alerts.case_window_hours` when a configuration is found, else the default), and
+    // whether that case reaches the queue (by all its alerts: a watched case that a later
+    // alert corroborates is queued).
+    let mut cases = fhir_edge_core::cases::Grouper::new(case_rule);
     let case_of: Vec<Option<u64>> = i
         .records
         .iter()

@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     // A report command piped into `head` or `grep -q` ends quietly when the reader goes
     // away, as Unix tools do (Rust ignores SIGPIPE, and a print to a closed pipe would
     // panic). The daemon keeps ignoring it: a peer that hangs up is an error to handle.
-    if cli.reports_to_a_terminal() {
+    if cli.only_prints_a_report() {
         // SAFETY: restoring a signal's default disposition; no other thread exists yet.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

@@ -153,10 +153,16 @@ pub(super) struct UserQuery {
     user: String,
 }
 
+/// Cases the user card lists; `more_cases_cursor` pages on through `/api/cases?user=`.
+const CARD_CASES: u32 = 100;
+/// Newest alerted events whose departments the card names.
+const CARD_EVENTS: u32 = 50;
+
 /// `GET /api/user?ref=Practitioner/123`: the user card beside a case — what the detector
-/// has learned of the user (usual hours, addresses and applications, usual patients per
-/// hour, how often they open new patients and other departments' patients), the
-/// departments their alerted events named, and their cases, newest first.
+/// has learned of the user (their department, usual hours, addresses and applications,
+/// usual patients per hour, how often they open new patients and other departments'
+/// patients), the departments their newest `CARD_EVENTS` alerted events named, and their
+/// newest `CARD_CASES` cases (with `more_cases_cursor` when there are more).
 pub(super) async fn user(s: web::Data<ApiState>, q: web::Query<UserQuery>) -> HttpResponse {
     let user = q.into_inner().user;
     let learned = s
@@ -167,19 +173,23 @@ pub(super) async fn user(s: web::Data<ApiState>, q: web::Query<UserQuery>) -> Ht
         .flatten();
     let u = user.clone();
     let stored = with_reader(s.state_dir.clone(), move |r| {
-        let cases = r.cases(&CaseFilter {
+        let mut cases = r.cases(&CaseFilter {
             user: Some(u.clone()),
-            limit: 100,
+            limit: CARD_CASES + 1,
             ..Default::default()
         })?;
+        let more = (cases.len() > CARD_CASES as usize).then(|| {
+            cases.truncate(CARD_CASES as usize);
+            cases.last().map(|c| c.id)
+        });
         let alerts = r.alerts(&fhir_edge_core::alerts::AlertFilter {
             user: Some(u),
-            limit: 200,
+            limit: CARD_EVENTS,
             ..Default::default()
         })?;
         // The departments the user's events named (their agent's location or role).
         let mut departments: Vec<String> = Vec::new();
-        for a in alerts.iter().take(50) {
+        for a in &alerts {
             let raw = r.alert(a.id)?.event.unwrap_or_default();
             let dept = serde_json::value::to_raw_value(&raw)
                 .ok()
@@ -189,15 +199,16 @@ pub(super) async fn user(s: web::Data<ApiState>, q: web::Query<UserQuery>) -> Ht
                 departments.push(d);
             }
         }
-        Ok((cases, departments))
+        Ok((cases, more.flatten(), departments))
     })
     .await;
     match stored {
-        Ok((cases, departments)) => HttpResponse::Ok().json(json!({
+        Ok((cases, more, departments)) => HttpResponse::Ok().json(json!({
             "user": user,
             "learned": learned,
             "departments": departments,
             "cases": cases,
+            "more_cases_cursor": more,
         })),
         Err(r) => r,
     }

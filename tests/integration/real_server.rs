@@ -333,13 +333,19 @@ fn hapi_shaped_events_from_the_real_server_are_scored_once_and_fanned_searches_a
         "the request ids survive the real server: {st}"
     );
     // No request alerts twice.
-    let alerts = fhir_edge_core::state::Reader::open(dir.path())
-        .unwrap()
-        .alerts(&fhir_edge_core::alerts::AlertFilter {
-            limit: 10_000,
-            ..Default::default()
-        })
-        .unwrap();
+    let reader = fhir_edge_core::state::Reader::open(dir.path()).unwrap();
+    let alerts = fhir_edge_core::state::read_pages(
+        usize::MAX,
+        |before_id, limit| {
+            reader.alerts(&fhir_edge_core::alerts::AlertFilter {
+                before_id,
+                limit,
+                ..Default::default()
+            })
+        },
+        |a| a.id,
+    )
+    .unwrap();
     let mut per_request = std::collections::HashMap::<String, usize>::new();
     for a in &alerts {
         let ev = fhir_edge_core::state::Reader::open(dir.path())

@@ -927,8 +927,9 @@ impl Context {
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
         match self.fanout(r) {
             None => {
-                let (x, facts, known) = self.features(r, asked_of(r));
-                self.update(r, known, asked_of(r));
+                let asked = asked_of(r);
+                let (x, facts, known) = self.features(r, asked);
+                self.update(r, known, asked);
                 (x, facts)
             }
             Some(l) => {

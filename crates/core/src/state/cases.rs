@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{alert_from_row, Reader, StateError, Store, ALERT_COLS, MAX_ALERTS_PAGE};
+use super::{alert_from_row, Page, Reader, StateError, Store, ALERT_COLS};
 use crate::alerts::{Alert, AlertKind, AllowRule, NewAlert, Severity};
 use crate::cases::{
     implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseFilter,
@@ -212,35 +212,43 @@ fn case_by_id(conn: &Connection, id: i64) -> Result<Case, StateError> {
         .ok_or(StateError::NotFound)
 }
 
-/// Cases (of `only`, or all) whose severity is above the one last journaled.
+/// Cases whose severity is above the one last journaled (not watched ones): among `only`
+/// (the cases a batch touched, each read by id), or all of them (at start, after a crash).
 pub(super) fn to_journal(
     conn: &Connection,
     only: Option<&[i64]>,
 ) -> rusqlite::Result<Vec<CaseNote>> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, user_ref, severity, journaled_severity, alerts FROM cases
-         WHERE severity > journaled_severity AND status != 'watching' ORDER BY id",
-    )?;
-    let rows: Vec<(i64, String, i64, i64, i64)> = st
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut out = Vec::new();
-    for (id, user, sev, journaled, alerts) in rows {
-        if only.is_some_and(|o| !o.contains(&id)) {
-            continue;
+    const DUE: &str = "severity > journaled_severity AND status != 'watching'";
+    let row = |r: &rusqlite::Row| -> rusqlite::Result<(i64, String, i64, i64, i64)> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    };
+    let cols = "SELECT id, user_ref, severity, journaled_severity, alerts FROM cases";
+    let rows: Vec<(i64, String, i64, i64, i64)> = match only {
+        Some(ids) => {
+            let mut st = conn.prepare_cached(&format!("{cols} WHERE id = ?1 AND {DUE}"))?;
+            let mut out = Vec::new();
+            for id in ids {
+                out.extend(st.query_row([id], row).optional()?);
+            }
+            out
         }
-        out.push(CaseNote {
-            id,
-            user: (!user.is_empty()).then_some(user),
-            severity: Severity::from_i64(sev),
-            title: title(&case_alerts(conn, id)?),
-            alerts: alerts as u64,
-            opened: journaled == 0,
-        });
-    }
-    Ok(out)
+        None => conn
+            .prepare(&format!("{cols} WHERE {DUE} ORDER BY id"))?
+            .query_map([], row)?
+            .collect::<Result<_, _>>()?,
+    };
+    rows.into_iter()
+        .map(|(id, user, sev, journaled, alerts)| {
+            Ok(CaseNote {
+                id,
+                user: (!user.is_empty()).then_some(user),
+                severity: Severity::from_i64(sev),
+                title: title(&case_alerts(conn, id)?),
+                alerts: alerts as u64,
+                opened: journaled == 0,
+            })
+        })
+        .collect()
 }
 
 impl Store {
@@ -306,38 +314,19 @@ impl Store {
 impl Reader {
     /// Cases newest first (by id), filtered; `before_id` pages.
     pub fn cases(&self, f: &CaseFilter) -> Result<Vec<Case>, StateError> {
-        let mut sql = format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1");
-        if f.open_only {
-            sql.push_str(" AND status IN ('new', 'in_review')");
-        }
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut push = |clause: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+        let open = if f.open_only {
+            " AND status IN ('new', 'in_review')"
+        } else {
+            ""
         };
-        if let Some(t) = f.since_ms {
-            push("last_ms >=", t.into());
-        }
-        if let Some(s) = f.status {
-            push("status =", s.as_str().to_string().into());
-        }
-
-        if let Some(s) = f.min_severity {
-            push("severity >=", (s as i64).into());
-        }
-        if let Some(u) = &f.user {
-            push("user_ref =", u.clone().into());
-        }
-        if let Some(b) = f.before_id {
-            push("id <", b.into());
-        }
-        args.push((f.limit.clamp(1, MAX_ALERTS_PAGE) as i64).into());
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+        let mut q = Page::new(format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1{open}"));
+        q.and_opt("last_ms >=", f.since_ms);
+        q.and_opt("status =", f.status.map(|s| s.as_str().to_string()));
+        q.and_opt("severity >=", f.min_severity.map(|s| s as i64));
+        q.and_opt("user_ref =", f.user.clone());
+        q.rows(&self.conn, f.before_id, f.limit, |r| {
             case_from_row(&self.conn, r)
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     /// One case with its alerts (oldest first).

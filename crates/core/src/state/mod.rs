@@ -280,6 +280,53 @@ pub struct StatusReport {
 /// with `before_id`.
 pub const MAX_ALERTS_PAGE: u32 = 1000;
 
+/// One page of a filtered listing, newest first: `WHERE` clauses with their values, then
+/// `id < before_id`, `ORDER BY id DESC` and the limit. A limit beyond `MAX_ALERTS_PAGE` is
+/// refused, never cut (page on with `before_id`, or `read_pages`).
+struct Page {
+    sql: String,
+    args: Vec<rusqlite::types::Value>,
+}
+
+impl Page {
+    fn new(select: String) -> Page {
+        Page {
+            sql: select,
+            args: Vec::new(),
+        }
+    }
+
+    /// `AND {clause} ?n` with `v`, when there is a value.
+    fn and_opt<V: Into<rusqlite::types::Value>>(&mut self, clause: &str, v: Option<V>) {
+        if let Some(v) = v {
+            self.args.push(v.into());
+            self.sql
+                .push_str(&format!(" AND {clause} ?{}", self.args.len()));
+        }
+    }
+
+    fn rows<T>(
+        mut self,
+        conn: &Connection,
+        before_id: Option<i64>,
+        limit: u32,
+        row: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StateError> {
+        if !(1..=MAX_ALERTS_PAGE).contains(&limit) {
+            return Err(StateError::Invalid(format!(
+                "limit must be 1–{MAX_ALERTS_PAGE} (got {limit}); page on with before_id"
+            )));
+        }
+        self.and_opt("id <", before_id);
+        self.args.push(i64::from(limit).into());
+        self.sql
+            .push_str(&format!(" ORDER BY id DESC LIMIT ?{}", self.args.len()));
+        let mut st = conn.prepare(&self.sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(self.args), row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
 /// Up to `limit` items read page by page, newest first: `page(before_id, want)` reads one
 /// page of at most `want` (≤ `MAX_ALERTS_PAGE`) items older than `before_id`; `id` names
 /// an item for the next page.
@@ -917,40 +964,16 @@ impl Reader {
 
     /// Alerts newest first (by id), filtered; `before_id` pages.
     pub fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>, StateError> {
-        let mut sql = format!("SELECT {ALERT_COLS} FROM alerts WHERE 1 = 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut push = |clause: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&format!(" AND {clause} ?{}", args.len()));
-        };
-        if let Some(t) = f.since_ms {
-            push("recorded_ms >=", t.into());
-        }
-        if let Some(t) = f.until_ms {
-            push("recorded_ms <", t.into());
-        }
-        if let Some(s) = f.min_severity {
-            push("severity >=", (s as i64).into());
-        }
-        if let Some(s) = f.status {
-            push("status =", s.as_str().to_string().into());
-        }
-        if let Some(u) = &f.user {
-            push("user_ref =", u.clone().into());
-        }
-        if let Some(p) = &f.patient {
-            push("patient_ref =", p.clone().into());
-        }
-        if let Some(b) = f.before_id {
-            push("id <", b.into());
-        }
-        args.push((f.limit.clamp(1, MAX_ALERTS_PAGE) as i64).into());
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+        let mut q = Page::new(format!("SELECT {ALERT_COLS} FROM alerts WHERE 1 = 1"));
+        q.and_opt("recorded_ms >=", f.since_ms);
+        q.and_opt("recorded_ms <", f.until_ms);
+        q.and_opt("severity >=", f.min_severity.map(|s| s as i64));
+        q.and_opt("status =", f.status.map(|s| s.as_str().to_string()));
+        q.and_opt("user_ref =", f.user.clone());
+        q.and_opt("patient_ref =", f.patient.clone());
+        q.rows(&self.conn, f.before_id, f.limit, |r| {
             alert_from_row(r, false)
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        })
     }
 
     pub fn alert(&self, id: i64) -> Result<Alert, StateError> {
@@ -1219,6 +1242,33 @@ mod tests {
             (all.len(), all[0].alerts, all[0].severity),
             (1, 2, Severity::High)
         );
+    }
+
+    /// A page larger than the store gives is refused, naming the way on, never cut.
+    #[test]
+    fn a_page_beyond_the_cap_is_refused_not_cut() {
+        let d = tempfile::tempdir().unwrap();
+        drop(Store::open(d.path()).unwrap());
+        let r = Reader::open(d.path()).unwrap();
+        let too_many = AlertFilter {
+            limit: MAX_ALERTS_PAGE + 1,
+            ..Default::default()
+        };
+        let e = r.alerts(&too_many).unwrap_err();
+        assert_eq!(e.kind(), "invalid_request");
+        assert!(e.to_string().contains("page on with before_id"), "{e}");
+        let cases = crate::cases::CaseFilter {
+            limit: 0,
+            ..Default::default()
+        };
+        assert_eq!(r.cases(&cases).unwrap_err().kind(), "invalid_request");
+        assert!(r
+            .alerts(&AlertFilter {
+                limit: MAX_ALERTS_PAGE,
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty());
     }
 
     /// Pages of at most a thousand, each starting below the last id seen, until the limit
