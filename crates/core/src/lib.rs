@@ -5,6 +5,8 @@
 //! - [`fhir`]: FHIR R4 AuditEvents and search Bundles read into [`fhir::AuditRecord`]
 //!   (who, which patient, what interaction, from where, outcome), tolerant of the shapes
 //!   servers write; parse errors are typed ([`fhir::ParseError`]).
+//! - [`care`]: who treats whom and who is whom, from the server's Practitioner, Patient,
+//!   Encounter, CareTeam… resources, kept as references, periods and keyed hashes.
 //! - [`coverage`]: which kinds of evidence a site's audit trail carries, and so what the
 //!   detector is blind to there.
 //! - [`detector`]: per-user, per-patient and per-department context turned into a feature
@@ -22,6 +24,7 @@
 //! on neither.
 
 pub mod alerts;
+pub mod care;
 pub mod cases;
 pub mod clock;
 pub mod coverage;

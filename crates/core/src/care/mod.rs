@@ -1,0 +1,436 @@
+//! care: who treats whom, and who is whom, as the FHIR server's own resources say.
+//!
+//! - [`resources`]: Practitioner, PractitionerRole, Patient, RelatedPerson, Encounter,
+//!   EpisodeOfCare, CareTeam and Appointment read into [`Facts`] that keep only what
+//!   detection needs — references, periods, and tags (keyed hashes, [`key`]) of normalised
+//!   family names, addresses, phones, birth dates and identifiers. Never a name, address or
+//!   phone in clear.
+//! - [`Index`]: built from the facts; answers the detector's questions about one access —
+//!   which Practitioner the audit user is ([`Index::practitioner_of`]), whether a treatment
+//!   relationship active at that moment links them to the patient ([`Index::relation`]),
+//!   and whether the patient is personally linked to them ([`Index::personal`]).
+//!
+//! The rules, in one place:
+//! - A relationship is *personal* when the user (their Practitioner, one of their
+//!   PractitionerRoles, or a CareTeam they are in) is a participant of the patient's
+//!   Encounter, CareTeam, Appointment or EpisodeOfCare, or the patient's general
+//!   practitioner; it is *departmental* when a unit the user works in (their roles'
+//!   organisation, locations and services, or the department the AuditEvent names) is
+//!   where the patient is (Encounter location or service provider, the managing
+//!   organisation).
+//! - It is active from its start (an Appointment: from its booking, else its start) until
+//!   [`GRACE_AFTER_MS`] after its end (results, letters and billing follow a discharge); one
+//!   without an end is active until it gets one. Never before its start: an access is not
+//!   explained by a relationship that began after it.
+//! - Personal links, strongest first: the patient *is* the user (a shared identifier, or
+//!   family name and birth date with a given name, address or phone); a RelatedPerson or
+//!   contact of the patient names the user; the patient shares the user's family name and
+//!   address or phone (household); the patient is another member of staff (co-worker).
+
+pub mod key;
+pub mod resources;
+
+use std::collections::HashMap;
+
+pub use key::{CareKey, Tag};
+pub use resources::{CareKind, Facts, Person};
+
+/// How long after its end a relationship still explains an access.
+pub const GRACE_AFTER_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Errors of the care context.
+#[derive(Debug, thiserror::Error)]
+pub enum CareError {
+    #[error("care key too short: {len} bytes, at least {} needed", key::KEY_LEN)]
+    KeyTooShort { len: usize },
+    #[error("care key file {path}: {why}")]
+    KeyFile { path: std::path::PathBuf, why: String },
+    #[error("no random numbers for a care key: {0}")]
+    Random(String),
+    #[error("context file {path}: {why}")]
+    File { path: std::path::PathBuf, why: String },
+}
+
+impl CareError {
+    /// A stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CareError::KeyTooShort { .. } => "care_key_short",
+            CareError::KeyFile { .. } => "care_key_file",
+            CareError::Random(_) => "care_key_random",
+            CareError::File { .. } => "context_file",
+        }
+    }
+}
+
+/// A treatment relationship active at an access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relation {
+    pub kind: CareKind,
+    /// The user personally (else a unit they work in).
+    pub personal: bool,
+    /// When it began (ms), when known.
+    pub since: Option<i64>,
+}
+
+impl Relation {
+    /// In words, for an explanation: "the user is on the patient's care team since
+    /// 2026-11-03".
+    pub fn words(&self) -> String {
+        let who = if self.personal {
+            format!("the user is a participant of the patient's {}", self.kind.words())
+        } else {
+            format!("the user's department holds the patient's {}", self.kind.words())
+        };
+        match self.since.and_then(chrono::DateTime::from_timestamp_millis) {
+            Some(t) => format!("{who} since {}", t.format("%Y-%m-%d")),
+            None => who,
+        }
+    }
+}
+
+/// How the patient is personally linked to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Personal {
+    /// Another member of staff.
+    Coworker,
+    /// Same family name and address or phone.
+    Household,
+    /// A RelatedPerson or contact of the patient is the user.
+    NamedRelative,
+    /// The patient is the user.
+    SelfRecord,
+}
+
+impl Personal {
+    pub fn words(self) -> &'static str {
+        match self {
+            Personal::Coworker => "the patient is a member of staff (a co-worker)",
+            Personal::Household => "the patient shares the user's family name and address or phone (a relative or neighbour)",
+            Personal::NamedRelative => "the patient's records name the user as a relative or contact",
+            Personal::SelfRecord => "the patient is the user (self-access)",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    kind: CareKind,
+    /// Practitioners, roles and care teams, expanded to the practitioners behind them.
+    who: Vec<String>,
+    units: Vec<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl Link {
+    fn active(&self, at: i64) -> bool {
+        self.from.is_none_or(|f| at >= f) && self.to.is_none_or(|t| at <= t.saturating_add(GRACE_AFTER_MS))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct PatientEntry {
+    person: Person,
+    relatives: Vec<Person>,
+    /// The practitioner this patient is, when one matches.
+    staff: Option<String>,
+}
+
+/// What the index holds, in counts (for `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IndexCounts {
+    pub practitioners: usize,
+    pub roles: usize,
+    pub patients: usize,
+    pub patients_with_care: usize,
+    pub relationships: usize,
+    pub related_persons: usize,
+    pub staff_as_patients: usize,
+}
+
+/// Everything the detector asks of the care context, built from the facts.
+#[derive(Debug, Clone)]
+pub struct Index {
+    key: CareKey,
+    practitioners: HashMap<String, Person>,
+    role_of: HashMap<String, String>,
+    /// Practitioner → units (with their period).
+    units: HashMap<String, Vec<(String, Option<i64>, Option<i64>)>>,
+    by_identifier: HashMap<Tag, String>,
+    patients: HashMap<String, PatientEntry>,
+    care: HashMap<String, Vec<Link>>,
+    counts: IndexCounts,
+}
+
+impl Index {
+    /// The index of `facts` (each resource's latest).
+    pub fn build<'a>(key: CareKey, facts: impl IntoIterator<Item = &'a Facts>) -> Index {
+        let mut ix = Index {
+            key,
+            practitioners: HashMap::new(),
+            role_of: HashMap::new(),
+            units: HashMap::new(),
+            by_identifier: HashMap::new(),
+            patients: HashMap::new(),
+            care: HashMap::new(),
+            counts: IndexCounts::default(),
+        };
+        let mut teams: HashMap<String, Vec<String>> = HashMap::new();
+        let mut cares = Vec::new();
+        let mut related: Vec<(String, Person)> = Vec::new();
+        for f in facts {
+            match f {
+                Facts::Practitioner { id, person } => {
+                    for t in &person.ids {
+                        ix.by_identifier.insert(*t, id.clone());
+                    }
+                    ix.practitioners.insert(id.clone(), person.clone());
+                }
+                Facts::Role { id, practitioner, units, from, to } => {
+                    ix.counts.roles += 1;
+                    if let Some(p) = practitioner {
+                        ix.role_of.insert(id.clone(), p.clone());
+                        let mine = ix.units.entry(p.clone()).or_default();
+                        mine.extend(units.iter().map(|u| (u.clone(), *from, *to)));
+                    }
+                }
+                Facts::Patient { id, person, contacts } => {
+                    let e = ix.patients.entry(id.clone()).or_default();
+                    e.person = person.clone();
+                    e.relatives.extend(contacts.iter().cloned());
+                }
+                Facts::RelatedPerson { patient, person, .. } => related.push((patient.clone(), person.clone())),
+                Facts::Team { id, members } => {
+                    teams.insert(id.clone(), members.clone());
+                }
+                Facts::Care { id, kind, patient, who, units, from, to } => {
+                    if *kind == CareKind::CareTeam {
+                        teams.insert(id.clone(), who.clone());
+                    }
+                    cares.push((patient.clone(), Link { kind: *kind, who: who.clone(), units: units.clone(), from: *from, to: *to }));
+                }
+            }
+        }
+        ix.counts.related_persons = related.len();
+        for (patient, person) in related {
+            ix.patients.entry(patient).or_default().relatives.push(person);
+        }
+        // Expand roles and care teams to the practitioners behind them (one level of teams
+        // within teams).
+        let expand = |who: &[String], role_of: &HashMap<String, String>| -> Vec<String> {
+            let mut out: Vec<String> = Vec::new();
+            let add = |w: &str, out: &mut Vec<String>| {
+                if !out.iter().any(|o| o == w) {
+                    out.push(w.to_string());
+                }
+                if let Some(p) = role_of.get(w) {
+                    if !out.contains(p) {
+                        out.push(p.clone());
+                    }
+                }
+            };
+            for w in who {
+                add(w, &mut out);
+                if let Some(members) = teams.get(w) {
+                    for m in members {
+                        add(m, &mut out);
+                        for m2 in teams.get(m).into_iter().flatten() {
+                            add(m2, &mut out);
+                        }
+                    }
+                }
+            }
+            out
+        };
+        for (patient, mut link) in cares {
+            if link.who.is_empty() && link.units.is_empty() {
+                continue;
+            }
+            link.who = expand(&link.who, &ix.role_of);
+            ix.counts.relationships += 1;
+            ix.care.entry(patient).or_default().push(link);
+        }
+        // Which patients are staff: by identifier, else by family name and birth date.
+        let mut by_birth: HashMap<Tag, Vec<&String>> = HashMap::new();
+        for (id, p) in &ix.practitioners {
+            if let Some(b) = p.birth {
+                by_birth.entry(b).or_default().push(id);
+            }
+        }
+        let mut staff_patients = 0;
+        for e in ix.patients.values_mut() {
+            let by_id = e.person.ids.iter().find_map(|t| ix.by_identifier.get(t)).cloned();
+            e.staff = by_id.or_else(|| {
+                let b = e.person.birth?;
+                by_birth
+                    .get(&b)?
+                    .iter()
+                    .find(|id| ix.practitioners.get(**id).is_some_and(|p| p.same_person(&e.person)))
+                    .map(|id| (*id).clone())
+            });
+            staff_patients += e.staff.is_some() as usize;
+        }
+        ix.counts.practitioners = ix.practitioners.len();
+        ix.counts.patients = ix.patients.len();
+        ix.counts.patients_with_care = ix.care.len();
+        ix.counts.staff_as_patients = staff_patients;
+        ix
+    }
+
+    /// What the index holds.
+    pub fn counts(&self) -> IndexCounts {
+        self.counts
+    }
+
+    /// The Practitioner an audit user is: a Practitioner reference, a PractitionerRole's
+    /// practitioner, or a Practitioner with that identifier (`system|value` or a value).
+    pub fn practitioner_of(&self, user: &str) -> Option<String> {
+        let r = resources::norm_ref(user);
+        if self.practitioners.contains_key(&r) {
+            return Some(r);
+        }
+        if let Some(p) = self.role_of.get(&r) {
+            return Some(p.clone());
+        }
+        if r.contains('/') && !r.contains('|') {
+            // A reference to something the server has not shown us.
+            return r.starts_with("Practitioner/").then_some(r);
+        }
+        self.by_identifier.get(&resources::user_identifier_tag(user, &self.key)).cloned()
+    }
+
+    /// Whether the index knows any treatment relationship of the patient (else "no
+    /// relationship" says nothing).
+    pub fn covers(&self, patient: &str) -> bool {
+        self.care.contains_key(&resources::norm_ref(patient))
+    }
+
+    /// The treatment relationship linking the user (the audit user `user`, working in
+    /// `event_unit` when the AuditEvent names one) to the patient at `at_ms`, personal ones
+    /// first, then the oldest.
+    pub fn relation(&self, user: &str, event_unit: Option<&str>, patient: &str, at_ms: i64) -> Option<Relation> {
+        let links = self.care.get(&resources::norm_ref(patient))?;
+        let me = self.practitioner_of(user);
+        let user_ref = resources::norm_ref(user);
+        let mut my_units: Vec<&str> = Vec::new();
+        if let Some(us) = me.as_ref().and_then(|m| self.units.get(m)) {
+            for (u, from, to) in us {
+                if from.is_none_or(|f| at_ms >= f) && to.is_none_or(|t| at_ms <= t) {
+                    my_units.push(u);
+                }
+            }
+        }
+        let event_unit = event_unit.and_then(resources::unit_name);
+        if let Some(u) = &event_unit {
+            my_units.push(u);
+        }
+        let mut best: Option<Relation> = None;
+        for l in links.iter().filter(|l| l.active(at_ms)) {
+            let personal = l.who.iter().any(|w| Some(w) == me.as_ref() || *w == user_ref);
+            let unit = !personal && l.units.iter().any(|u| my_units.contains(&u.as_str()));
+            if !(personal || unit) {
+                continue;
+            }
+            let r = Relation { kind: l.kind, personal, since: l.from };
+            best = Some(match best {
+                None => r,
+                Some(b) if (r.personal, std::cmp::Reverse(r.since.unwrap_or(i64::MIN))) > (b.personal, std::cmp::Reverse(b.since.unwrap_or(i64::MIN))) => r,
+                Some(b) => b,
+            });
+        }
+        best
+    }
+
+    /// How the patient is personally linked to the user, the strongest link.
+    pub fn personal(&self, user: &str, patient: &str) -> Option<Personal> {
+        let pat = self.patients.get(&resources::norm_ref(patient))?;
+        let me = self.practitioner_of(user)?;
+        if pat.staff.as_deref() == Some(me.as_str()) {
+            return Some(Personal::SelfRecord);
+        }
+        let mine = self.practitioners.get(&me);
+        if let Some(p) = mine {
+            if p.same_person(&pat.person) {
+                return Some(Personal::SelfRecord);
+            }
+            if pat.relatives.iter().any(|r| p.named_by(r)) {
+                return Some(Personal::NamedRelative);
+            }
+            if p.same_family(&pat.person) && p.same_home(&pat.person) {
+                return Some(Personal::Household);
+            }
+        }
+        pat.staff.is_some().then_some(Personal::Coworker)
+    }
+}
+
+/// The latest facts of every resource, by `Type/id` (what the state database keeps, and
+/// what offline commands read from NDJSON).
+#[derive(Debug, Clone, Default)]
+pub struct FactSet {
+    by_id: HashMap<String, Facts>,
+}
+
+impl FactSet {
+    /// Keep `f` as its resource's latest facts.
+    pub fn upsert(&mut self, f: Facts) {
+        self.by_id.insert(f.id().to_string(), f);
+    }
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Facts> {
+        self.by_id.values()
+    }
+    /// The index of these facts.
+    pub fn index(&self, key: CareKey) -> Index {
+        Index::build(key, self.by_id.values())
+    }
+
+    /// Read NDJSON files of resources (one resource or Bundle per line), tagging with `key`.
+    /// Lines that are not JSON are counted, not fatal; a missing file is an error.
+    pub fn read_ndjson(paths: &[std::path::PathBuf], key: &CareKey) -> Result<(FactSet, ReadSummary), CareError> {
+        use std::io::BufRead;
+        let mut set = FactSet::default();
+        let mut sum = ReadSummary::default();
+        for path in paths {
+            let f = std::fs::File::open(path).map_err(|e| CareError::File { path: path.clone(), why: e.to_string() })?;
+            for line in std::io::BufReader::new(f).lines() {
+                let line = line.map_err(|e| CareError::File { path: path.clone(), why: e.to_string() })?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    sum.unreadable += 1;
+                    continue;
+                };
+                for r in resources::resources(v) {
+                    let facts = resources::read(&r, key);
+                    if facts.is_empty() {
+                        sum.skipped += 1;
+                    }
+                    for f in facts {
+                        sum.read += 1;
+                        set.upsert(f);
+                    }
+                }
+            }
+        }
+        Ok((set, sum))
+    }
+}
+
+/// What reading context files found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadSummary {
+    pub read: usize,
+    pub skipped: usize,
+    pub unreadable: usize,
+}
+
+#[cfg(test)]
+mod tests;

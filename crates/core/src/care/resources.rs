@@ -1,0 +1,482 @@
+//! FHIR resources read into [`Facts`]: references, periods and tags, nothing in clear.
+//!
+//! Tolerant as the AuditEvent reader is: a field a server leaves out is simply not known;
+//! a resource of a type this module does not read, or without an id, is not an error of the
+//! stream (`Ok(None)`); a body that is not JSON is.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::key::{CareKey, Tag, TagKind};
+
+/// The resource types the care context follows, in the order they are polled.
+pub const TYPES: [&str; 8] = [
+    "Practitioner",
+    "PractitionerRole",
+    "Patient",
+    "RelatedPerson",
+    "Encounter",
+    "EpisodeOfCare",
+    "CareTeam",
+    "Appointment",
+];
+
+/// One person as the index matches people: tags of normalised values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Person {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub family: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub given: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phone: Vec<Tag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth: Option<Tag>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<Tag>,
+}
+
+fn meets(a: &[Tag], b: &[Tag]) -> bool {
+    a.iter().any(|t| b.contains(t))
+}
+
+impl Person {
+    /// Shares a family name.
+    pub fn same_family(&self, o: &Person) -> bool {
+        meets(&self.family, &o.family)
+    }
+    /// Shares an address (line and postal code) or a phone number.
+    pub fn same_home(&self, o: &Person) -> bool {
+        meets(&self.address, &o.address) || meets(&self.phone, &o.phone)
+    }
+    /// The same person: a shared identifier, or family name and birth date with a given
+    /// name, address or phone.
+    pub fn same_person(&self, o: &Person) -> bool {
+        meets(&self.ids, &o.ids)
+            || (self.same_family(o)
+                && self.birth.is_some()
+                && self.birth == o.birth
+                && (meets(&self.given, &o.given) || self.same_home(o)))
+    }
+    /// `o` names this person as a relative or contact would: a shared identifier, or the
+    /// family name with a given name, address, phone or birth date.
+    pub fn named_by(&self, o: &Person) -> bool {
+        meets(&self.ids, &o.ids)
+            || (self.same_family(o)
+                && (meets(&self.given, &o.given)
+                    || self.same_home(o)
+                    || (self.birth.is_some() && self.birth == o.birth)))
+    }
+    fn is_empty(&self) -> bool {
+        *self == Person::default()
+    }
+}
+
+/// What kind of resource a treatment relationship comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CareKind {
+    Encounter,
+    EpisodeOfCare,
+    CareTeam,
+    Appointment,
+    GeneralPractitioner,
+}
+
+impl CareKind {
+    /// In words, as a narrative names it.
+    pub fn words(self) -> &'static str {
+        match self {
+            CareKind::Encounter => "encounter",
+            CareKind::EpisodeOfCare => "episode of care",
+            CareKind::CareTeam => "care team",
+            CareKind::Appointment => "appointment",
+            CareKind::GeneralPractitioner => "general practitioner",
+        }
+    }
+}
+
+/// What one resource tells detection. `id` is the resource's `Type/id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Facts {
+    Practitioner {
+        id: String,
+        person: Person,
+    },
+    /// A PractitionerRole: the practitioner and the units (organisation, locations,
+    /// services) they work in, for its period.
+    Role {
+        id: String,
+        practitioner: Option<String>,
+        units: Vec<String>,
+        from: Option<i64>,
+        to: Option<i64>,
+    },
+    Patient {
+        id: String,
+        person: Person,
+        /// `Patient.contact`: next of kin and other contacts.
+        contacts: Vec<Person>,
+    },
+    RelatedPerson {
+        id: String,
+        patient: String,
+        person: Person,
+    },
+    /// A treatment relationship: who (practitioners, roles, care teams) and which units
+    /// (locations, organisations, services) care for the patient, from when to when.
+    Care {
+        id: String,
+        kind: CareKind,
+        patient: String,
+        who: Vec<String>,
+        units: Vec<String>,
+        from: Option<i64>,
+        to: Option<i64>,
+    },
+    /// A CareTeam's members (also a treatment relationship of its subject, as `Care`).
+    Team {
+        id: String,
+        members: Vec<String>,
+    },
+}
+
+impl Facts {
+    /// The `Type/id` of the resource these facts come from.
+    pub fn id(&self) -> &str {
+        match self {
+            Facts::Practitioner { id, .. }
+            | Facts::Role { id, .. }
+            | Facts::Patient { id, .. }
+            | Facts::RelatedPerson { id, .. }
+            | Facts::Care { id, .. }
+            | Facts::Team { id, .. } => id,
+        }
+    }
+}
+
+/// `Type/id` out of a relative, absolute or versioned reference
+/// (`https://h/fhir/Practitioner/7/_history/2` → `Practitioner/7`); a contained or
+/// logical reference (`#x`, `urn:uuid:…`) is kept as it is.
+pub fn norm_ref(r: &str) -> String {
+    let r = r.trim();
+    let r = r.split("/_history/").next().unwrap_or(r);
+    let parts: Vec<&str> = r.rsplitn(3, '/').collect();
+    match parts.as_slice() {
+        [id, ty, ..] if ty.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() => {
+            format!("{ty}/{id}")
+        }
+        _ => r.to_string(),
+    }
+}
+
+/// A unit (department) key: its reference, else its name (`name:cardiology`).
+pub fn unit_key(reference: &Value) -> Option<String> {
+    if let Some(r) = reference.get("reference").and_then(Value::as_str) {
+        return Some(norm_ref(r));
+    }
+    unit_name(reference.get("display").and_then(Value::as_str)?)
+}
+
+/// The unit key of a department named in words (an AuditEvent's agent location, say).
+pub fn unit_name(display: &str) -> Option<String> {
+    let n = norm_text(display);
+    (!n.is_empty()).then(|| format!("name:{n}"))
+}
+
+/// Lower-case letters and digits only: "O'Brien-Smith" → "obriensmith".
+pub fn norm_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The last ten digits of a phone number with at least seven.
+fn norm_phone(s: &str) -> Option<String> {
+    let d: String = s.chars().filter(char::is_ascii_digit).collect();
+    (d.len() >= 7).then(|| d[d.len().saturating_sub(10)..].to_string())
+}
+
+fn time_ms(s: &str, end: bool) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc).timestamp_millis());
+    }
+    // A date (or year-month) without a time: the whole day counts.
+    let padded = match s.len() {
+        4 => format!("{s}-01-01"),
+        7 => format!("{s}-01"),
+        _ => s.to_string(),
+    };
+    let d = NaiveDate::parse_from_str(&padded, "%Y-%m-%d").ok()?;
+    let t = d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
+    Some(if end { t + 86_400_000 - 1 } else { t })
+}
+
+fn period(v: &Value) -> (Option<i64>, Option<i64>) {
+    (
+        v.get("start").and_then(Value::as_str).and_then(|s| time_ms(s, false)),
+        v.get("end").and_then(Value::as_str).and_then(|s| time_ms(s, true)),
+    )
+}
+
+fn arr(v: &Value, key: &str) -> impl Iterator<Item = Value> {
+    match v.get(key) {
+        Some(Value::Array(a)) => a.clone(),
+        Some(o @ Value::Object(_)) => vec![o.clone()],
+        _ => Vec::new(),
+    }
+    .into_iter()
+}
+
+fn reference(v: &Value) -> Option<String> {
+    v.get("reference").and_then(Value::as_str).map(norm_ref)
+}
+
+/// Tags of a person's names, addresses, phones, birth date and identifiers.
+pub fn person(v: &Value, key: &CareKey) -> Person {
+    let mut p = Person::default();
+    let push = |list: &mut Vec<Tag>, t: Tag| {
+        if !list.contains(&t) {
+            list.push(t);
+        }
+    };
+    for n in arr(v, "name") {
+        if let Some(f) = n.get("family").and_then(Value::as_str).map(norm_text).filter(|f| !f.is_empty()) {
+            push(&mut p.family, key.tag(TagKind::Family, &f));
+        } else if let Some(text) = n.get("text").and_then(Value::as_str) {
+            // "Given Family" or "Family, Given".
+            let f = match text.split_once(',') {
+                Some((fam, _)) => fam.to_string(),
+                None => text.split_whitespace().last().unwrap_or("").to_string(),
+            };
+            let f = norm_text(&f);
+            if !f.is_empty() {
+                push(&mut p.family, key.tag(TagKind::Family, &f));
+            }
+        }
+        for g in arr(&n, "given").filter_map(|g| g.as_str().map(norm_text)) {
+            if !g.is_empty() {
+                push(&mut p.given, key.tag(TagKind::Given, &g));
+            }
+        }
+    }
+    for a in arr(v, "address") {
+        let lines: String = arr(&a, "line").filter_map(|l| l.as_str().map(norm_text)).collect();
+        let postal = a.get("postalCode").and_then(Value::as_str).map(norm_text).unwrap_or_default();
+        if !lines.is_empty() {
+            push(&mut p.address, key.tag(TagKind::Address, &format!("{lines}|{postal}")));
+        }
+    }
+    for t in arr(v, "telecom") {
+        let phone = t.get("system").and_then(Value::as_str).is_none_or(|s| s == "phone" || s == "sms");
+        if let (true, Some(n)) = (phone, t.get("value").and_then(Value::as_str).and_then(norm_phone)) {
+            push(&mut p.phone, key.tag(TagKind::Phone, &n));
+        }
+    }
+    p.birth = v
+        .get("birthDate")
+        .and_then(Value::as_str)
+        .filter(|b| b.len() == 10 && NaiveDate::parse_from_str(b, "%Y-%m-%d").is_ok())
+        .map(|b| key.tag(TagKind::Birth, b));
+    for i in arr(v, "identifier") {
+        if let Some(val) = i.get("value").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()) {
+            let sys = i.get("system").and_then(Value::as_str).unwrap_or("").trim();
+            push(&mut p.ids, key.tag(TagKind::Identifier, &format!("{sys}|{val}")));
+            push(&mut p.ids, key.tag(TagKind::Identifier, &format!("|{val}")));
+        }
+    }
+    p
+}
+
+/// The tags an audit user written as an identifier (`system|value`, or a bare value) would
+/// have among a Practitioner's identifiers.
+pub fn user_identifier_tag(user: &str, key: &CareKey) -> Tag {
+    let u = user.trim();
+    match u.split_once('|') {
+        Some((sys, val)) => key.tag(TagKind::Identifier, &format!("{}|{}", sys.trim(), val.trim())),
+        None => key.tag(TagKind::Identifier, &format!("|{u}")),
+    }
+}
+
+/// A resource that is withdrawn: its facts no longer hold.
+fn withdrawn(v: &Value) -> bool {
+    matches!(
+        v.get("status").and_then(Value::as_str),
+        Some("entered-in-error" | "cancelled" | "noshow" | "inactive")
+    ) || v.get("active").and_then(Value::as_bool) == Some(false)
+}
+
+/// The facts of one resource; `Ok(None)` for a type not read here or one without an id.
+pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
+    let ty = v.get("resourceType")?.as_str()?;
+    let id = format!("{ty}/{}", v.get("id")?.as_str()?);
+    let subject = |field: &str| v.get(field).and_then(reference);
+    Some(match ty {
+        "Practitioner" => Facts::Practitioner { id, person: person(v, key) },
+        "PractitionerRole" => {
+            let mut units: Vec<String> = Vec::new();
+            for u in v.get("organization").into_iter().cloned().chain(arr(v, "location")).chain(arr(v, "healthcareService")) {
+                if let Some(k) = unit_key(&u) {
+                    units.push(k);
+                }
+            }
+            for s in arr(v, "specialty") {
+                if let Some(t) = s.get("text").and_then(Value::as_str).and_then(unit_name) {
+                    units.push(t);
+                }
+            }
+            let (from, to) = v.get("period").map(period).unwrap_or_default();
+            Facts::Role {
+                id,
+                practitioner: if withdrawn(v) { None } else { subject("practitioner") },
+                units,
+                from,
+                to,
+            }
+        }
+        "Patient" => {
+            let mut contacts: Vec<Person> = arr(v, "contact")
+                .map(|c| {
+                    let mut c2 = c.clone();
+                    if let Some(n) = c.get("name") {
+                        c2["name"] = Value::Array(vec![n.clone()]);
+                    }
+                    if let Some(a) = c.get("address") {
+                        c2["address"] = Value::Array(vec![a.clone()]);
+                    }
+                    person(&c2, key)
+                })
+                .collect();
+            contacts.retain(|c| !c.is_empty());
+            // `generalPractitioner` is a standing relationship too: `read` adds it.
+            Facts::Patient { id, person: person(v, key), contacts }
+        }
+        "RelatedPerson" => Facts::RelatedPerson {
+            id,
+            patient: subject("patient")?,
+            person: person(v, key),
+        },
+        "Encounter" => {
+            let mut who = Vec::new();
+            let mut units = Vec::new();
+            for p in arr(v, "participant") {
+                if let Some(r) = p.get("individual").and_then(reference) {
+                    who.push(r);
+                }
+            }
+            for l in arr(v, "location") {
+                if let Some(k) = l.get("location").and_then(unit_key) {
+                    units.push(k);
+                }
+            }
+            if let Some(k) = v.get("serviceProvider").and_then(unit_key) {
+                units.push(k);
+            }
+            let (from, to) = v.get("period").map(period).unwrap_or_default();
+            care(id, CareKind::Encounter, subject("subject")?, who, units, from, to, v)
+        }
+        "EpisodeOfCare" => {
+            let mut who: Vec<String> = v.get("careManager").and_then(reference).into_iter().collect();
+            who.extend(arr(v, "team").filter_map(|t| reference(&t)));
+            let units = v.get("managingOrganization").and_then(unit_key).into_iter().collect();
+            let (from, to) = v.get("period").map(period).unwrap_or_default();
+            care(id, CareKind::EpisodeOfCare, subject("patient")?, who, units, from, to, v)
+        }
+        "CareTeam" => {
+            let members: Vec<String> = arr(v, "participant")
+                .filter_map(|p| p.get("member").and_then(reference))
+                .collect();
+            let mut units: Vec<String> = arr(v, "managingOrganization").filter_map(|o| unit_key(&o)).collect();
+            units.extend(members.iter().filter(|m| m.starts_with("Organization/")).cloned());
+            let (from, to) = v.get("period").map(period).unwrap_or_default();
+            match subject("subject").filter(|s| s.starts_with("Patient/")) {
+                Some(patient) => care(id, CareKind::CareTeam, patient, members, units, from, to, v),
+                None => Facts::Team { id, members },
+            }
+        }
+        "Appointment" => {
+            let mut patient = None;
+            let mut who = Vec::new();
+            let mut units = Vec::new();
+            for p in arr(v, "participant") {
+                if p.get("status").and_then(Value::as_str) == Some("declined") {
+                    continue;
+                }
+                let Some(actor) = p.get("actor") else { continue };
+                match reference(actor) {
+                    Some(r) if r.starts_with("Patient/") => patient = Some(r),
+                    Some(r) if r.starts_with("Location/") || r.starts_with("HealthcareService/") => units.push(r),
+                    Some(r) => who.push(r),
+                    None => {}
+                }
+            }
+            // From its booking (`created`), else its start; to its end, else its start.
+            let start = v.get("start").and_then(Value::as_str).and_then(|s| time_ms(s, false));
+            let created = v.get("created").and_then(Value::as_str).and_then(|s| time_ms(s, false));
+            let end = v.get("end").and_then(Value::as_str).and_then(|s| time_ms(s, true)).or(start);
+            let from = match (created, start) {
+                (Some(c), Some(s)) => Some(c.min(s)),
+                (c, s) => c.or(s),
+            };
+            care(id, CareKind::Appointment, patient?, who, units, from, end, v)
+        }
+        _ => return None,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn care(
+    id: String,
+    kind: CareKind,
+    patient: String,
+    mut who: Vec<String>,
+    mut units: Vec<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+    v: &Value,
+) -> Facts {
+    if withdrawn(v) {
+        who.clear();
+        units.clear();
+    }
+    Facts::Care { id, kind, patient, who, units, from, to }
+}
+
+/// A Patient's `generalPractitioner`s, as a standing relationship.
+pub fn general_practitioners(v: &Value) -> Vec<String> {
+    arr(v, "generalPractitioner").filter_map(|g| reference(&g)).collect()
+}
+
+/// Every resource in a JSON value: one resource, or a Bundle's entries.
+pub fn resources(v: Value) -> Vec<Value> {
+    if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        arr(&v, "entry").filter_map(|e| e.get("resource").cloned()).collect()
+    } else {
+        vec![v]
+    }
+}
+
+/// The facts of one resource, and for a Patient with general practitioners the standing
+/// relationship as well (`Type/id#gp`).
+pub fn read(v: &Value, key: &CareKey) -> Vec<Facts> {
+    let mut out: Vec<Facts> = facts_of(v, key).into_iter().collect();
+    if let Some(Facts::Patient { id, .. }) = out.first() {
+        let gps = general_practitioners(v);
+        let id = id.clone();
+        out.push(Facts::Care {
+            id: format!("{id}#gp"),
+            kind: CareKind::GeneralPractitioner,
+            patient: id,
+            units: gps.iter().filter(|g| g.starts_with("Organization/")).cloned().collect(),
+            who: gps,
+            from: None,
+            to: None,
+        });
+    }
+    out
+}

@@ -1,0 +1,164 @@
+use super::*;
+use serde_json::json;
+
+fn key() -> CareKey {
+    CareKey::from_bytes(&[7u8; 32]).unwrap()
+}
+
+fn ms(s: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+}
+
+fn hospital() -> Vec<serde_json::Value> {
+    vec![
+        json!({"resourceType": "Practitioner", "id": "ann",
+               "identifier": [{"system": "urn:npi", "value": "111"}],
+               "name": [{"family": "Okafor", "given": ["Ann"]}],
+               "address": [{"line": ["1 Elm St"], "postalCode": "02100"}],
+               "telecom": [{"system": "phone", "value": "+1 (555) 010-2000"}],
+               "birthDate": "1980-04-02"}),
+        json!({"resourceType": "Practitioner", "id": "bob", "name": [{"family": "Lindqvist", "given": ["Bob"]}],
+               "birthDate": "1975-01-09", "identifier": [{"system": "urn:staff", "value": "b-9"}]}),
+        json!({"resourceType": "PractitionerRole", "id": "ann-icu", "practitioner": {"reference": "Practitioner/ann"},
+               "location": [{"display": "Intensive Care"}], "organization": {"reference": "Organization/icu"}}),
+        json!({"resourceType": "PractitionerRole", "id": "bob-card", "practitioner": {"reference": "https://fhir.example/Practitioner/bob"},
+               "location": [{"reference": "Location/cardio"}]}),
+        // Admitted to intensive care on 3 Nov, Bob on the encounter from 5 Nov.
+        json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Marsh", "given": ["Eve"]}],
+               "generalPractitioner": [{"reference": "Practitioner/bob"}]}),
+        json!({"resourceType": "Encounter", "id": "e1", "status": "in-progress", "subject": {"reference": "Patient/p1"},
+               "period": {"start": "2026-11-03T08:00:00Z"},
+               "location": [{"location": {"display": "intensive care"}}],
+               "participant": [{"individual": {"reference": "PractitionerRole/bob-card"}}]}),
+        // Ann's mother: named as a relative, same home.
+        json!({"resourceType": "Patient", "id": "p2", "name": [{"family": "Okafor", "given": ["Grace"]}],
+               "address": [{"line": ["1 Elm St."], "postalCode": "02100"}], "birthDate": "1950-06-01"}),
+        json!({"resourceType": "RelatedPerson", "id": "r1", "patient": {"reference": "Patient/p2"},
+               "name": [{"family": "OKAFOR", "given": ["ann"]}]}),
+        // Bob as a patient (same staff identifier).
+        json!({"resourceType": "Patient", "id": "p3", "name": [{"family": "Lindqvist", "given": ["Bob"]}],
+               "identifier": [{"system": "urn:staff", "value": "b-9"}]}),
+        // A neighbour-in-name only: same family, other home.
+        json!({"resourceType": "Patient", "id": "p4", "name": [{"family": "Okafor", "given": ["Tom"]}],
+               "address": [{"line": ["9 Oak Rd"], "postalCode": "02999"}]}),
+        // A finished admission, a care team via an episode, a booked appointment.
+        json!({"resourceType": "Encounter", "id": "e2", "status": "finished", "subject": {"reference": "Patient/p4"},
+               "period": {"start": "2026-10-01", "end": "2026-10-05"},
+               "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
+        json!({"resourceType": "CareTeam", "id": "t1", "participant": [{"member": {"reference": "Practitioner/ann"}}]}),
+        json!({"resourceType": "EpisodeOfCare", "id": "ep1", "patient": {"reference": "Patient/p3"},
+               "period": {"start": "2026-09-01"}, "team": [{"reference": "CareTeam/t1"}]}),
+        json!({"resourceType": "Appointment", "id": "a1", "status": "booked", "created": "2026-11-20T10:00:00Z",
+               "start": "2026-11-28T09:00:00Z", "end": "2026-11-28T09:30:00Z",
+               "participant": [{"actor": {"reference": "Patient/p2"}}, {"actor": {"reference": "Practitioner/bob"}}]}),
+        json!({"resourceType": "Appointment", "id": "a2", "status": "cancelled", "start": "2026-11-28T09:00:00Z",
+               "participant": [{"actor": {"reference": "Patient/p4"}}, {"actor": {"reference": "Practitioner/bob"}}]}),
+    ]
+}
+
+fn index() -> Index {
+    let k = key();
+    let mut set = FactSet::default();
+    for r in hospital() {
+        for f in resources::read(&r, &k) {
+            set.upsert(f);
+        }
+    }
+    set.index(k)
+}
+
+#[test]
+fn audit_users_link_to_practitioners_by_reference_role_or_identifier() {
+    let ix = index();
+    assert_eq!(ix.practitioner_of("Practitioner/ann").as_deref(), Some("Practitioner/ann"));
+    assert_eq!(ix.practitioner_of("https://fhir.example/fhir/Practitioner/ann/_history/3").as_deref(), Some("Practitioner/ann"));
+    assert_eq!(ix.practitioner_of("PractitionerRole/bob-card").as_deref(), Some("Practitioner/bob"));
+    assert_eq!(ix.practitioner_of("urn:npi|111").as_deref(), Some("Practitioner/ann"));
+    assert_eq!(ix.practitioner_of("b-9").as_deref(), Some("Practitioner/bob"));
+    assert_eq!(ix.practitioner_of("urn:npi|999"), None);
+    assert_eq!(ix.practitioner_of("Device/x"), None);
+    let c = ix.counts();
+    assert_eq!((c.practitioners, c.patients, c.staff_as_patients, c.related_persons), (2, 4, 1, 1));
+}
+
+#[test]
+fn relationships_hold_from_their_start_to_a_week_after_their_end_never_before() {
+    let ix = index();
+    let r = |u: &str, unit: Option<&str>, p: &str, t: &str| ix.relation(u, unit, p, ms(t));
+    // Bob joined the encounter through his role: personal, from the encounter's start.
+    let bob = r("Practitioner/bob", None, "Patient/p1", "2026-11-06T10:00:00Z").unwrap();
+    assert!(bob.personal);
+    // Bob is also p1's GP (no period): personal either way, before the admission too.
+    assert_eq!(r("Practitioner/bob", None, "Patient/p1", "2026-01-01T00:00:00Z").unwrap().kind, CareKind::GeneralPractitioner);
+    // Ann's unit (her role's location, by name) has p1's encounter: departmental.
+    let ann = r("Practitioner/ann", None, "Patient/p1", "2026-11-03T09:00:00Z").unwrap();
+    assert_eq!((ann.kind, ann.personal), (CareKind::Encounter, false));
+    assert!(ann.words().contains("since 2026-11-03"), "{}", ann.words());
+    // …but not before it began: no clearing backwards in time.
+    assert_eq!(r("Practitioner/ann", None, "Patient/p1", "2026-11-03T07:59:00Z"), None);
+    // An unknown user in the unit the AuditEvent names.
+    assert!(r("Practitioner/zed", Some("Intensive  Care"), "Patient/p1", "2026-11-04T00:00:00Z").is_some());
+    assert_eq!(r("Practitioner/zed", Some("Radiology"), "Patient/p1", "2026-11-04T00:00:00Z"), None);
+    // A finished encounter: through the 5th and a week after, not later.
+    assert!(r("Practitioner/ann", None, "Patient/p4", "2026-10-12T00:00:00Z").is_some());
+    assert_eq!(r("Practitioner/ann", None, "Patient/p4", "2026-10-13T00:00:01Z"), None);
+    // Through a care team named by an episode of care.
+    assert_eq!(r("Practitioner/ann", None, "Patient/p3", "2026-10-01T00:00:00Z").unwrap().kind, CareKind::EpisodeOfCare);
+    // An appointment from its booking; a cancelled one never.
+    assert!(r("Practitioner/bob", None, "Patient/p2", "2026-11-21T00:00:00Z").is_some());
+    assert_eq!(r("Practitioner/bob", None, "Patient/p2", "2026-11-19T00:00:00Z"), None);
+    assert_eq!(r("Practitioner/bob", None, "Patient/p4", "2026-11-28T09:00:00Z"), None);
+    assert!(ix.covers("Patient/p1") && !ix.covers("Patient/nobody"));
+}
+
+#[test]
+fn personal_links_self_relative_household_and_coworker() {
+    let ix = index();
+    assert_eq!(ix.personal("Practitioner/bob", "Patient/p3"), Some(Personal::SelfRecord));
+    assert_eq!(ix.personal("Practitioner/ann", "Patient/p3"), Some(Personal::Coworker));
+    assert_eq!(ix.personal("Practitioner/ann", "Patient/p2"), Some(Personal::NamedRelative));
+    // The same family name alone is not a personal link here.
+    assert_eq!(ix.personal("Practitioner/ann", "Patient/p4"), None);
+    assert_eq!(ix.personal("Practitioner/bob", "Patient/p1"), None);
+    // Household: family name and phone, no RelatedPerson.
+    let k = key();
+    let mut set = FactSet::default();
+    for r in [
+        json!({"resourceType": "Practitioner", "id": "c", "name": [{"family": "Ng"}], "telecom": [{"value": "555-0100-777"}]}),
+        json!({"resourceType": "Patient", "id": "q", "name": [{"text": "Lee Ng"}], "telecom": [{"system": "phone", "value": "(555) 0100 777"}]}),
+    ] {
+        for f in resources::read(&r, &k) {
+            set.upsert(f);
+        }
+    }
+    assert_eq!(set.index(k).personal("Practitioner/c", "Patient/q"), Some(Personal::Household));
+}
+
+#[test]
+fn facts_keep_no_name_address_phone_or_birth_date_in_clear() {
+    let k = key();
+    for r in hospital() {
+        for f in resources::read(&r, &k) {
+            let raw = serde_json::to_string(&f).unwrap();
+            let s = raw.to_lowercase();
+            for clear in ["okafor", "eve", "grace", "elm", "02100", "555", "1980", "marsh", "lindqvist", "b-9", "111"] {
+                assert!(!s.contains(clear), "{clear} in {s}");
+            }
+            let back: Facts = serde_json::from_str(&raw).unwrap();
+            assert_eq!(back, f);
+        }
+    }
+}
+
+#[test]
+fn context_files_read_resources_and_bundles_and_count_what_they_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ctx.ndjson");
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset",
+        "entry": [{"resource": hospital()[0]}, {"resource": {"resourceType": "Observation", "id": "o"}}]});
+    std::fs::write(&p, format!("{}\nnot json\n\n{}\n", bundle, hospital()[5])).unwrap();
+    let (set, sum) = FactSet::read_ndjson(&[p], &key()).unwrap();
+    assert_eq!((set.len(), sum.read, sum.skipped, sum.unreadable), (2, 2, 1, 1));
+    let e = FactSet::read_ndjson(&[dir.path().join("missing")], &key()).unwrap_err();
+    assert_eq!(e.kind(), "context_file");
+}
