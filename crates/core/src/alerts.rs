@@ -14,7 +14,8 @@ pub enum AlertKind {
     BulkAccess,
     /// A record outside the work of the user's department.
     CrossDepartment,
-    /// A crowd around one patient's record (a public figure, a colleague).
+    /// A crowd around one patient's record (a public figure, a colleague), or a colleague's
+    /// record opened outside any treatment relationship.
     VipSnooping,
     /// Failed logins in a burst.
     FailedLogins,
@@ -26,7 +27,8 @@ pub enum AlertKind {
     DormantAccount,
     /// A bulk export or a search for very many records.
     MassExport,
-    /// The patient shares the user's (rare) family name.
+    /// A personal link: the patient shares the user's (rare) family name, or the care
+    /// context shows them to be the user's relative, household, or the user themself.
     FamilySnooping,
     /// A watched or restricted record opened without a working relationship.
     WatchedRecord,

@@ -64,7 +64,7 @@ impl CareError {
 }
 
 /// A treatment relationship active at an access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Relation {
     pub kind: CareKind,
     /// The user personally (else a unit they work in).
@@ -90,7 +90,8 @@ impl Relation {
 }
 
 /// How the patient is personally linked to the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Personal {
     /// Another member of staff.
     Coworker,
@@ -135,6 +136,14 @@ struct PatientEntry {
     relatives: Vec<Person>,
     /// The practitioner this patient is, when one matches.
     staff: Option<String>,
+}
+
+/// What the index says about one access (see [`Index::assess`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Assessment {
+    pub covered: bool,
+    pub relation: Option<Relation>,
+    pub personal: Option<Personal>,
 }
 
 /// What the index holds, in counts (for `status`).
@@ -342,10 +351,29 @@ impl Index {
         best
     }
 
+    /// Everything the index says about one access, in one pass: whether it can answer for
+    /// it at all (the patient has known relationships, and the user is a known
+    /// Practitioner or the event names their unit), the active relationship, the personal
+    /// link.
+    pub fn assess(&self, user: &str, event_unit: Option<&str>, patient: &str, at_ms: i64) -> Assessment {
+        let me = self.practitioner_of(user);
+        let p = resources::norm_ref(patient);
+        let covered = self.care.contains_key(&p) && (me.is_some() || event_unit.is_some());
+        Assessment {
+            covered,
+            relation: if covered { self.relation(user, event_unit, patient, at_ms) } else { None },
+            personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),
+        }
+    }
+
     /// How the patient is personally linked to the user, the strongest link.
     pub fn personal(&self, user: &str, patient: &str) -> Option<Personal> {
-        let pat = self.patients.get(&resources::norm_ref(patient))?;
-        let me = self.practitioner_of(user)?;
+        self.personal_of(&self.practitioner_of(user)?, &resources::norm_ref(patient))
+    }
+
+    fn personal_of(&self, me: &str, patient: &str) -> Option<Personal> {
+        let pat = self.patients.get(patient)?;
+        let me = me.to_string();
         if pat.staff.as_deref() == Some(me.as_str()) {
             return Some(Personal::SelfRecord);
         }

@@ -14,9 +14,10 @@ use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertKind;
+use crate::care;
 use crate::fhir::{AuditRecord, Interaction};
 
-pub const SCHEMA_VERSION: u32 = 12;
+pub const SCHEMA_VERSION: u32 = 13;
 
 pub const MAX_USERS: usize = 50_000;
 pub const MAX_PATIENTS: usize = 200_000;
@@ -196,6 +197,16 @@ catalogue! {
         "For a search: ln of the records the user's searches asked for within the hour (this one included) against their usual high hour, floored at 0.";
     DemographicSweep = "demographic_sweep", Up, MassExport,
         "For a Patient search returning demographics wholesale: ln(1 + records asked) + ln(1 + such searches by the user in the hour before).";
+    OutsideCare = "outside_care", Up, CrossDepartment,
+        "When the care context knows the patient's relationships: no encounter, appointment, episode or care team active at the time links the user or their unit to the patient, weighed by how unusual such accesses are for the user (0 without care context).";
+    UserOutsideCareRate = "user_outside_care_rate", Context, UnusualPattern,
+        "The user's running rate of accesses outside any known treatment relationship (where the care context answers).";
+    PersonalLink = "personal_link", Up, FamilySnooping,
+        "1 when the care context shows the patient is the user's relative: named as their RelatedPerson or contact, or sharing their family name and address or phone.";
+    SelfRecord = "self_record", Up, FamilySnooping,
+        "1 when the care context shows the patient is the user (a shared identifier, or family name and birth date with a given name, address or phone).";
+    CoworkerRecord = "coworker_record", Up, VipSnooping,
+        "1 when the care context shows the patient is another member of staff and no treatment relationship links the user to them.";
 }
 
 /// Records a search without `_count` is taken to ask for (a common server default).
@@ -355,6 +366,15 @@ pub struct Facts {
     #[serde(default)]
     pub listed: Option<u32>,
     pub same_family_name: bool,
+    /// What the care context said of this access: the treatment relationship active at the
+    /// time, the personal link, and whether it answered at all (no relationship then means
+    /// none is known).
+    #[serde(default)]
+    pub care: Option<care::Relation>,
+    #[serde(default)]
+    pub personal: Option<care::Personal>,
+    #[serde(default)]
+    pub care_covered: bool,
     /// The record is on the site's watch list or labelled restricted.
     pub watched: bool,
     /// For a shared family name: how many earlier patients had it, of how many.
@@ -510,6 +530,10 @@ struct UserState {
     /// The department the user's events last named (for the user card only).
     #[serde(default)]
     dept_name: Option<String>,
+    /// Running rate of this user's accesses outside any known treatment relationship, over
+    /// the accesses the care context answers for.
+    #[serde(default)]
+    outside_rate: f32,
 }
 
 impl UserState {
@@ -694,6 +718,10 @@ pub struct Context {
     watched: IdSet,
     #[serde(skip)]
     tz: Option<chrono_tz::Tz>,
+    /// The site's care context (see `crate::care`): set by the owner, never snapshotted
+    /// (the state database keeps its facts).
+    #[serde(skip)]
+    care: Option<std::sync::Arc<care::Index>>,
 }
 
 fn bump(list: &mut Vec<(u64, u32)>, key: u64, cap: usize) -> bool {
@@ -722,6 +750,8 @@ struct Known {
     relation: Option<Relation>,
     /// The event's source, hashed once for both passes.
     sources: Option<SourceKeys>,
+    /// What the care context said of the access.
+    care: Option<care::Assessment>,
 }
 
 /// An event's source as the context keys it: the address, its network, the client.
@@ -874,6 +904,42 @@ impl Context {
     }
 
     /// Replace the watch list (patient references; see `watch_key`).
+    /// Use the site's care context from now on (`None`: without one, as before it was read).
+    pub fn set_care(&mut self, index: Option<std::sync::Arc<care::Index>>) {
+        self.care = index;
+    }
+
+    /// The care context in use, if any.
+    pub fn care(&self) -> Option<&care::Index> {
+        self.care.as_deref()
+    }
+
+    /// What the care context says of this access (nothing without one, or for an event
+    /// without a user and a patient).
+    fn care_reading(&self, r: &AuditRecord) -> care::Assessment {
+        match (&self.care, r.user.as_deref(), r.patient.as_deref()) {
+            (Some(ix), Some(u), Some(p)) => {
+                ix.assess(u, r.department.as_deref(), p, r.recorded.timestamp_millis())
+            }
+            _ => care::Assessment::default(),
+        }
+    }
+
+    /// A department's relation to a record, with a treatment relationship the care context
+    /// knows of counting as a working one: the access is related, whatever the department's
+    /// share of the record.
+    fn with_care(rel: Relation, c: &care::Assessment) -> Relation {
+        match c.relation {
+            Some(_) => Relation {
+                unrelated: false,
+                cares: true,
+                pair: None,
+                ..rel
+            },
+            None => rel,
+        }
+    }
+
     pub fn set_watch_list<'a>(&mut self, refs: impl IntoIterator<Item = &'a str>) {
         self.watched = refs.into_iter().map(|r| h64(watch_key(r))).collect();
     }
@@ -1123,10 +1189,15 @@ impl Context {
         let failed_login = r.interaction == Interaction::Login && r.outcome > 0;
 
         let src = SourceKeys::of(r);
+        let cr = self.care_reading(r);
         let mut known = Known {
             sources: Some(src),
+            care: Some(cr),
             ..Known::default()
         };
+        facts.care = cr.relation;
+        facts.personal = cr.personal;
+        facts.care_covered = cr.covered;
         let mut x = Row([0f32; N_FEATURES]);
         // Hours: the user's own, blended with the site's while the user is new.
         let site_r = rarity(self.site_hours[hour as usize], self.site_total, 24.0);
@@ -1250,7 +1321,8 @@ impl Context {
         if let (Some(u), Some(p)) = (uh, ph) {
             let pair = h64(&(u, p));
             facts.first_pair = !self.pairs_now.contains(&pair) && !self.pairs_old.contains(&pair);
-            x[F::FirstAccessToPatient] = facts.first_pair as u8 as f32;
+            // A first access inside a treatment relationship is the relationship's first.
+            x[F::FirstAccessToPatient] = (facts.first_pair && cr.relation.is_none()) as u8 as f32;
         }
         x[F::HasPatient] = ph.is_some() as u8 as f32;
         facts.watched = r.restricted
@@ -1261,7 +1333,7 @@ impl Context {
         match patient {
             Some(p) if p.total > 0.0 => {
                 facts.patient_history = p.total as u32;
-                let rel = self.relation(dept_h, p);
+                let rel = Self::with_care(self.relation(dept_h, p), &cr);
                 known.relation = Some(rel);
                 let share = rel.share;
                 facts.dept_share = dept_h.map(|_| share);
@@ -1317,7 +1389,7 @@ impl Context {
                 // a new patient or one the department works with, very negative for a long
                 // record the department never touched.
                 let own = share * p.total;
-                x[F::DeptHistoryWithPatient] = if dept_h.is_some() {
+                x[F::DeptHistoryWithPatient] = if dept_h.is_some() && cr.relation.is_none() {
                     ((own + 1.0) / (p.total + 1.0)).ln()
                 } else {
                     0.0
@@ -1430,6 +1502,21 @@ impl Context {
             r.interaction,
             Interaction::Create | Interaction::Update | Interaction::Delete
         ) as u8 as f32;
+        // The care context: an access where it knows the patient's relationships and none
+        // links the user, weighed by the user's habit; a personal link, whatever the care.
+        let outside_rate = user.map_or(0.0, |u| u.outside_rate);
+        x[F::UserOutsideCareRate] = outside_rate;
+        if cr.covered && cr.relation.is_none() {
+            x[F::OutsideCare] = unrelated_weight(outside_rate);
+        }
+        match cr.personal {
+            Some(care::Personal::SelfRecord) => x[F::SelfRecord] = 1.0,
+            Some(care::Personal::NamedRelative | care::Personal::Household) => {
+                x[F::PersonalLink] = 1.0
+            }
+            Some(care::Personal::Coworker) if cr.relation.is_none() => x[F::CoworkerRecord] = 1.0,
+            _ => {}
+        }
         if let (Some(ud), Some(pd)) = (&r.user_display, &r.patient_display) {
             if let (Some(a), Some(b)) = (family_name(ud), family_name(pd)) {
                 if a == b {
@@ -1442,7 +1529,7 @@ impl Context {
                     // A namesake the user's department cares for is explained by the care
                     // (a relative on one's own ward is a matter for policy, not for this
                     // score); one with no working relationship is not.
-                    if !known.relation.is_some_and(|r| r.cares) {
+                    if !known.relation.is_some_and(|r| r.cares) && cr.relation.is_none() {
                         x[F::SameFamilyNameRarity] =
                             ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
                     }
@@ -1596,9 +1683,10 @@ impl Context {
             let first = !self.pairs_old.contains(&pair) && !self.pairs_now.contains(&pair);
             let user_dept = dept_h.or(u.dept);
             // The reading `features` made of this access, or the same one made now (replay).
+            let cr = known.care.unwrap_or_else(|| self.care_reading(r));
             let rel = known.relation.or_else(|| {
                 let ps = self.patients.get(&p).filter(|ps| ps.total > 0.0)?;
-                Some(self.relation(user_dept, ps))
+                Some(Self::with_care(self.relation(user_dept, ps), &cr))
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
@@ -1618,6 +1706,10 @@ impl Context {
             }
             let u = self.users.get_mut(&uh).expect("inserted above");
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
+            if cr.covered {
+                let outside = cr.relation.is_none() as u8 as f32;
+                u.outside_rate = 0.97 * u.outside_rate + 0.03 * outside;
+            }
             let rate_before = u.cross_rate;
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
@@ -1904,6 +1996,56 @@ mod tests {
             query: None,
             request_id: None,
         }
+    }
+
+    #[test]
+    fn a_treatment_relationship_clears_only_what_it_answers_and_never_before_it_began() {
+        use serde_json::json;
+        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
+        let mut set = care::FactSet::default();
+        for r in [
+            json!({"resourceType": "Practitioner", "id": "ann", "name": [{"family": "Smith", "given": ["Ann"]}],
+                   "address": [{"line": ["1 Elm St"], "postalCode": "02100"}]}),
+            json!({"resourceType": "Patient", "id": "7", "name": [{"family": "Jones"}]}),
+            json!({"resourceType": "Patient", "id": "8", "name": [{"family": "Smith", "given": ["Liz"]}],
+                   "address": [{"line": ["1 Elm St"], "postalCode": "02100"}]}),
+            json!({"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/7"},
+                   "period": {"start": "2024-03-04T10:00:00Z"},
+                   "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
+            json!({"resourceType": "Encounter", "id": "f", "subject": {"reference": "Patient/8"},
+                   "period": {"start": "2024-03-01T10:00:00Z"}, "location": [{"location": {"display": "Oncology"}}]}),
+        ] {
+            for f in care::resources::read(&r, &key) {
+                set.upsert(f);
+            }
+        }
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_care(Some(std::sync::Arc::new(set.index(key))));
+        let row = |c: &Context, r: &AuditRecord| c.peek(r);
+        // Before the encounter began: outside care, a first access.
+        let (x, f) = row(&c, &rec("Practitioner/ann", "Patient/7", monday(9)));
+        assert!(f.care_covered && f.care.is_none());
+        assert!(x[Feature::OutsideCare.index()] > 1.0);
+        assert_eq!(x[Feature::FirstAccessToPatient.index()], 1.0);
+        // Inside it: related, and the first access is the relationship's.
+        let (x, f) = row(&c, &rec("Practitioner/ann", "Patient/7", monday(11)));
+        assert!(f.care.is_some_and(|r| r.personal));
+        assert_eq!(x[Feature::OutsideCare.index()], 0.0);
+        assert_eq!(x[Feature::FirstAccessToPatient.index()], 0.0);
+        // …but not what it does not answer: the hour, a personal link.
+        assert!(x[Feature::HourRaritySite.index()] >= 0.0);
+        let (x, f) = row(&c, &rec("Practitioner/ann", "Patient/8", monday(11)));
+        assert_eq!(f.personal, Some(care::Personal::Household));
+        assert_eq!(x[Feature::PersonalLink.index()], 1.0);
+        assert!(x[Feature::OutsideCare.index()] > 0.0, "Cardiology is not Oncology");
+        // A user in the unit that holds the patient is related through it.
+        let (x, _) = row(&c, &in_dept("Practitioner/zed", "Oncology", "Patient/8", monday(11)));
+        assert_eq!(x[Feature::OutsideCare.index()], 0.0);
+        // Without care context, nothing changes.
+        let plain = Context::new(chrono_tz::UTC);
+        let (x, f) = row(&plain, &rec("Practitioner/ann", "Patient/8", monday(11)));
+        assert!(!f.care_covered);
+        assert_eq!(x[Feature::OutsideCare.index()] + x[Feature::PersonalLink.index()], 0.0);
     }
 
     fn in_dept(user: &str, dept: &str, patient: &str, t: i64) -> AuditRecord {

@@ -401,7 +401,13 @@ pub fn explain(
                         f.pair_count, f.pair_total
                     ));
                 }
-                text
+                let outside = contrib_of(contrib, Feature::OutsideCare);
+                let history = kind_total(contrib, AlertKind::CrossDepartment) - outside;
+                match (outside > 0.0, history > 0.0) {
+                    (true, true) => format!("{OUTSIDE_CARE}; {text}"),
+                    (true, false) => format!("{OUTSIDE_CARE} ({})", if f.first_pair { "first access to this patient" } else { "an access to this patient" }),
+                    _ => text,
+                }
             }
             AlertKind::VipSnooping => {
                 let crowd = format!(
@@ -421,7 +427,14 @@ pub fn explain(
                         f.unexplained_depts_24h
                     ));
                 }
-                text
+                let coworker = contrib_of(contrib, Feature::CoworkerRecord);
+                let crowd = kind_total(contrib, AlertKind::VipSnooping) - coworker;
+                let staff = "the patient is a member of staff (a co-worker) and no treatment relationship links this user to them";
+                match (coworker > 0.0, crowd > 0.0) {
+                    (true, true) => format!("{staff}; {text}"),
+                    (true, false) => staff.to_string(),
+                    _ => text,
+                }
             }
             AlertKind::FailedLogins => {
                 format!("{} failed logins by this user in the last 15 min", f.failed_15m)
@@ -515,6 +528,14 @@ pub fn explain(
                 let first = if f.first_pair { ", for the first time by this user" } else { "" };
                 format!("{what} opened {from}{first}: no working relationship")
             }
+            AlertKind::FamilySnooping if contrib_of(contrib, Feature::PersonalLink) + contrib_of(contrib, Feature::SelfRecord) > 0.0 => {
+                let link = f.personal.map_or("a personal link", |p| p.words());
+                let name = contrib_of(contrib, Feature::SameFamilyNameRarity) > 0.0;
+                match name {
+                    true => format!("{link}; the family name is one {} of {} earlier patients had", f.name_patients, f.patients_seen),
+                    false => link.to_string(),
+                }
+            }
             AlertKind::FamilySnooping => match f.patients_seen {
                 0 => "the user shares the patient's family name (relative or self lookup?)".into(),
                 seen => format!(
@@ -531,7 +552,25 @@ pub fn explain(
         kinds.push(kind);
         reasons.push(text);
     }
+    // What the care context knew in the user's favour, which lowered the score (the
+    // signals a treatment relationship answers counted as related).
+    if let (Some(rel), false) = (f.care, reasons.is_empty()) {
+        reasons.push(format!("care relationship, counted in the user's favour: {}", rel.words()));
+    }
     (reasons, kinds)
+}
+
+/// What an explanation says of an access outside any known treatment relationship.
+const OUTSIDE_CARE: &str =
+    "no encounter, appointment, episode of care or care team active at the time links this user or their department to the patient";
+
+/// The summed contribution of a kind's features.
+fn kind_total(contrib: &[f32; N_FEATURES], kind: AlertKind) -> f32 {
+    Feature::ALL
+        .iter()
+        .filter(|f| f.kind() == kind)
+        .map(|f| contrib[f.index()])
+        .sum()
 }
 
 #[cfg(test)]
