@@ -44,6 +44,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, reason: String },
     #[error("detector.model_dir: {0}")]
     Baselines(#[from] fhir_edge_core::detector::baselines::BaselinesError),
+    #[error("context.key_file: {0}")]
+    Care(#[from] fhir_edge_core::care::CareError),
 }
 
 impl StartError {
@@ -56,6 +58,7 @@ impl StartError {
             StartError::WatchList { .. } => "watch_list",
             StartError::Bind { .. } => "api_bind",
             StartError::Baselines(e) => e.kind(),
+            StartError::Care(e) => e.kind(),
         }
     }
 }
@@ -124,6 +127,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     health.set_step_deadline(ActorId::Detector, Duration::from_secs(60));
     health.set_step_deadline(ActorId::AlertSink, Duration::from_secs(60));
     health.set_step_deadline(ActorId::State, Duration::from_secs(45));
+    health.set_step_deadline(
+        ActorId::Context,
+        Duration::from_secs(cfg.fhir.timeout_secs + 60),
+    );
 
     let state_dir = cfg.state_dir();
     let mut store = Store::open(&state_dir)?;
@@ -134,6 +141,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let unjournaled = store.unjournaled()?;
     let unjournaled_cases = store.unjournaled_cases()?;
     let rules = store.allowlist()?;
+    let care = crate::detector::care_start(&cfg, &mut store)?;
     // The site's model: the configured one when it was trained on this site (it carries
     // baselines), else one the daemon trained itself at the end of learning, else the
     // configured one while learning (see `learn`).
@@ -185,6 +193,9 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         store.note_baselines(mark_ms, clock.now().timestamp_millis())?;
     }
     ctx.set_watch_list(watch.iter().map(String::as_str));
+    if let Some((_, index, _)) = &care {
+        ctx.set_care(index.clone());
+    }
     let client = FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let token = cfg
         .api
@@ -262,6 +273,29 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         crate::learn::actor::SiteTrainerActor::new(c, since, out, d.recipient(), h, clock).start();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // The care context: its own actor, polling on its own schedule (none when disabled;
+    // the watchdog then sees it answer and idle).
+    let context = {
+        let links = crate::context::actor::ContextLinks {
+            store: state.clone().recipient(),
+            refuse: state.clone().recipient(),
+            detector: detector.clone().recipient(),
+        };
+        let (h, s, client) = (health.clone(), stop.clone(), client.clone());
+        match care {
+            Some((key, _, start)) => crate::context::actor::ContextActor::new(
+                client,
+                cfg.context.clone(),
+                key,
+                start,
+                links,
+                h,
+                s,
+            )
+            .start(),
+            None => crate::context::actor::ContextActor::idle(client, links, h, s).start(),
+        }
+    };
     let poller = {
         let (det, h, c, s) = (
             detector.clone(),
@@ -349,6 +383,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             (ActorId::Detector, detector.recipient()),
             (ActorId::AlertSink, sink.recipient()),
             (ActorId::State, state.clone().recipient()),
+            (ActorId::Context, context.recipient()),
         ],
     ));
     tracing::info!(actor = "app", api = %api_addr, fhir = %crate::client::redact_url(&cfg.fhir.base_url), "ready");
@@ -370,7 +405,7 @@ async fn watchdog_loop(
     notifier: Notifier,
     health: Health,
     round: Arc<Mutex<HealthRound>>,
-    actors: [(ActorId, Recipient<Heartbeat>); 4],
+    actors: [(ActorId, Recipient<Heartbeat>); ActorId::ALL.len()],
 ) {
     let interval = notifier
         .watchdog_interval()

@@ -118,6 +118,11 @@ pub enum Command {
         /// Watched patient records, one per line (default: the config's detector.watch_list).
         #[arg(long, value_name = "FILE")]
         watch_list: Option<PathBuf>,
+        /// The site's care context: FHIR Practitioner, PractitionerRole, Patient,
+        /// RelatedPerson, Encounter, EpisodeOfCare, CareTeam and Appointment resources as
+        /// NDJSON (a resource or a Bundle per line), as `simulate` writes `context.ndjson`.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        context: Vec<PathBuf>,
     },
     /// Score every event of a file in order and write id,score,severity,case,case_queued,explanation as CSV.
     Score {
@@ -135,6 +140,11 @@ pub enum Command {
         /// Watched patient records, one per line (default: the config's detector.watch_list).
         #[arg(long, value_name = "FILE")]
         watch_list: Option<PathBuf>,
+        /// The site's care context: FHIR Practitioner, PractitionerRole, Patient,
+        /// RelatedPerson, Encounter, EpisodeOfCare, CareTeam and Appointment resources as
+        /// NDJSON (a resource or a Bundle per line), as `simulate` writes `context.ndjson`.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        context: Vec<PathBuf>,
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent {
@@ -208,8 +218,18 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let (cfg, r) = open_state(cfg_path)?;
             let s = r.status()?;
+            // Users the care context linked to a Practitioner, from the detector's snapshot.
+            let links = r
+                .snapshot()?
+                .and_then(|b| fhir_edge_core::detector::features::Context::from_bytes(&b, cfg.timezone()).ok())
+                .map(|c| c.care_links());
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                if let (Some((linked, unlinked)), Some(o)) = (links, v.as_object_mut()) {
+                    o.insert("care_users_linked".into(), linked.into());
+                    o.insert("care_users_not_linked".into(), unlinked.into());
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("database        {}", s.database);
                 println!("cursor          {}", s.cursor.as_deref().unwrap_or("none"));
@@ -266,6 +286,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 // The shares, then what the detector is blind to for want of evidence.
                 println!("audit trail     {}", s.coverage.summary());
+                println!("care context    {}", care_summary(&cfg, &s.care, links));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -373,6 +394,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             timezone,
             until,
             watch_list,
+            context,
         } => {
             let (records, names, cfg, server) = if from_server {
                 // The server's config is required here.
@@ -389,6 +411,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = crate::training::site_context(
                 timezone.as_deref(),
                 watch_list.as_deref(),
+                &context,
                 cfg.as_ref(),
             )?;
             let run = crate::training::TrainRun {
@@ -409,11 +432,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             timezone,
             features_out,
             watch_list,
+            context,
         } => {
             let cfg = site_config(cfg_path);
             let ctx = crate::training::site_context(
                 timezone.as_deref(),
                 watch_list.as_deref(),
+                &context,
                 cfg.as_ref(),
             )?;
             // Alerts are filed into cases by the site's window, as the daemon would.
@@ -534,6 +559,39 @@ fn read_inputs(
         })
         .collect();
     Ok((records, names))
+}
+
+/// The care context in one line: resources kept per type, the types the server refused
+/// (their signals are off), the users linked to a Practitioner.
+fn care_summary(
+    cfg: &crate::config::Config,
+    types: &[fhir_edge_core::state::CareTypeStatus],
+    links: Option<(usize, usize)>,
+) -> String {
+    if !cfg.context.enabled {
+        return "not followed ([context] enabled = false)".into();
+    }
+    if types.is_empty() {
+        return "not read yet".into();
+    }
+    let kept: Vec<String> = types
+        .iter()
+        .filter(|t| t.refused.is_none())
+        .map(|t| format!("{} {}", t.resource_type, t.resources))
+        .collect();
+    let refused: Vec<String> = types
+        .iter()
+        .filter_map(|t| Some(format!("{} ({})", t.resource_type, t.refused.as_deref()?)))
+        .collect();
+    let mut out = kept.join(", ");
+    if !refused.is_empty() {
+        out.push_str(&format!("; refused by the server, so off: {}", refused.join(", ")));
+    }
+    match links {
+        Some((l, u)) if l + u > 0 => out.push_str(&format!("; audit users linked to a Practitioner: {l} of {}", l + u)),
+        _ => out.push_str("; no audit user linked to a Practitioner yet"),
+    }
+    out
 }
 
 fn score_cmd(

@@ -71,6 +71,55 @@ pub struct Config {
     /// Durable state (SQLite database).
     #[serde(default)]
     pub state: StateConfig,
+    /// The care context followed from the same FHIR server.
+    #[serde(default)]
+    pub context: ContextConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// Follow the server's Practitioner, PractitionerRole, Patient, RelatedPerson,
+    /// Encounter, EpisodeOfCare, CareTeam and Appointment resources, so a treatment
+    /// relationship explains an access and a personal link (the patient is the user, a
+    /// relative, a co-worker) raises it. Only references, periods and keyed hashes are kept.
+    pub enabled: bool,
+    /// Seconds between two rounds over the types (each type from its own cursor).
+    pub interval_secs: u64,
+    /// Resources asked for per page (`_count`).
+    pub page_size: u32,
+    /// The types to follow: any of the eight above (default all). A type the server
+    /// refuses (403, 404, unsupported) is logged once, marked in `status`, and retried at
+    /// the next start.
+    pub types: Vec<String>,
+    /// The per-install key behind the keyed hashes: a file of 32 random bytes, made at the
+    /// first start when missing. Default: the systemd credential `care-key` when one is
+    /// passed, else `care.key` in the state directory. Losing it makes the daemon re-read the
+    /// context.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            enabled: true,
+            interval_secs: 300,
+            page_size: 500,
+            types: fhir_edge_core::care::resources::TYPES.iter().map(|t| t.to_string()).collect(),
+            key_file: None,
+        }
+    }
+}
+
+impl ContextConfig {
+    /// The followed types, as the care module names them (validated at load).
+    pub fn types(&self) -> Vec<&'static str> {
+        fhir_edge_core::care::resources::TYPES
+            .iter()
+            .copied()
+            .filter(|t| self.types.iter().any(|c| c == t))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -611,6 +660,22 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         1,
         24 * 30,
     )?;
+    range(l, "context.interval_secs", c.context.interval_secs, 10, 86_400)?;
+    range(l, "context.page_size", c.context.page_size as u64, 1, 1_000)?;
+    if let Some(t) = c
+        .context
+        .types
+        .iter()
+        .find(|t| !fhir_edge_core::care::resources::TYPES.contains(&t.as_str()))
+    {
+        return Err(l.invalid(
+            "context.types",
+            format!(
+                "{t:?} is not a followed type; use any of {}",
+                fhir_edge_core::care::resources::TYPES.join(", ")
+            ),
+        ));
+    }
     let addr = c.api.listen;
     match &c.api.token_file {
         Some(t) => secret_file(l, "api.token_file", t)?,
@@ -660,6 +725,21 @@ impl Config {
         PathBuf::from(DEFAULT_STATE_DIR)
     }
 
+    /// The care key's file: `[context] key_file`, else the systemd credential `care-key`,
+    /// else `care.key` in the state directory.
+    pub fn care_key_file(&self) -> PathBuf {
+        if let Some(k) = &self.context.key_file {
+            return k.clone();
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let p = PathBuf::from(dir).join("care-key");
+            if p.is_file() {
+                return p;
+            }
+        }
+        self.state_dir().join("care.key")
+    }
+
     /// The site time zone (`[detector] timezone`).
     pub fn timezone(&self) -> chrono_tz::Tz {
         self.detector.timezone
@@ -682,6 +762,7 @@ impl Config {
             state: StateConfig {
                 dir: Some(state_dir.to_path_buf()),
             },
+            context: ContextConfig::default(),
         }
     }
 }

@@ -19,15 +19,17 @@ pub enum ActorId {
     Detector,
     AlertSink,
     State,
+    Context,
 }
 
 impl ActorId {
     /// Every actor, in pipeline order.
-    pub const ALL: [ActorId; 4] = [
+    pub const ALL: [ActorId; 5] = [
         ActorId::Poller,
         ActorId::Detector,
         ActorId::AlertSink,
         ActorId::State,
+        ActorId::Context,
     ];
 
     /// The name in logs (`actor=`), `/api/health` and the watchdog's messages.
@@ -37,6 +39,7 @@ impl ActorId {
             ActorId::Detector => "detector",
             ActorId::AlertSink => "alert_sink",
             ActorId::State => "state",
+            ActorId::Context => "context",
         }
     }
 }
@@ -89,6 +92,8 @@ counter_table! {
     AlertsHeldLearning = "alerts_held_learning", "Events above the threshold not alerted while learning the site: their reason needs a baseline the site has not got yet.";
     SiteModelsTrained = "site_models_trained", "Site models trained by the daemon at the end of learning.";
     SiteTrainingErrors = "site_training_errors", "Failed attempts to train the site's model (retried later).";
+    ContextResourcesRead = "context_resources_read", "Care context resources read from the server (Practitioner, Encounter, CareTeam…).";
+    ContextErrors = "context_errors", "Failed reads or stores of a care context type (retried next round).";
     AlertsRaised = "alerts_raised", "Alerts raised by this process.";
 }
 
@@ -110,7 +115,7 @@ struct ActorSlot {
 pub struct Health {
     clock: SharedClock,
     /// Indexed by `ActorId as usize`.
-    slots: Arc<[ActorSlot; 4]>,
+    slots: Arc<[ActorSlot; ActorId::ALL.len()]>,
     pub counters: Arc<Counters>,
     /// A reason the daemon cannot make progress (disk full, read-only state...), if any.
     degraded: Arc<Mutex<Option<String>>>,

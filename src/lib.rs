@@ -8,6 +8,8 @@
 //! - [`pipeline`]: the requests between actors and the types both ends name.
 //! - [`poller`], [`detector`], [`alerts`], [`state`]: one folder per actor, plain decisions
 //!   in `mod.rs` (unit-tested without actix), the actor in `actor.rs`.
+//! - [`context`]: following the server's care context (Practitioner, Encounter, CareTeam…)
+//!   for the detector (`ContextActor`).
 //! - [`learn`]: learning a site that has no model of its own yet, and training one when
 //!   learning is over (`SiteTrainerActor`).
 //! - [`health`]: per-actor progress for the watchdog, the counters behind `/metrics`.
@@ -27,6 +29,7 @@ pub(crate) mod alerts;
 pub(crate) mod api;
 pub mod app;
 pub(crate) mod cli;
+pub(crate) mod context;
 pub mod client;
 pub mod config;
 pub(crate) mod detector;

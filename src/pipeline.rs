@@ -108,3 +108,26 @@ pub struct Flush;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AllowListChanged(pub Vec<AllowRule>);
+
+/// Request: keep the care facts of one page of a context type, and with `cursor_ms` move
+/// the type's cursor (one transaction).
+#[derive(Message)]
+#[rtype(result = "Result<(), PipelineError>")]
+pub struct StoreCare {
+    pub resource_type: &'static str,
+    pub facts: Vec<fhir_edge_core::care::Facts>,
+    pub cursor_ms: Option<i64>,
+}
+
+/// Request: note that the server refuses a context type (`why`: its answer).
+#[derive(Message)]
+#[rtype(result = "Result<(), PipelineError>")]
+pub struct RefuseCareType {
+    pub resource_type: &'static str,
+    pub why: String,
+}
+
+/// Request: score with this care context from the next page on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseCare(pub std::sync::Arc<fhir_edge_core::care::Index>);

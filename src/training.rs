@@ -10,10 +10,13 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 
 /// A fresh feature context for the site: its time zone and its watch list, each from its
-/// flag, else from the config (time zone UTC and no watch list without either).
+/// flag, else from the config (time zone UTC and no watch list without either), and the
+/// care context of `context` files (FHIR resources as NDJSON, tagged with a key that lives
+/// as long as the process: nothing of them is written anywhere).
 pub(crate) fn site_context(
     timezone: Option<&str>,
     watch_list: Option<&Path>,
+    context: &[std::path::PathBuf],
     cfg: Option<&Config>,
 ) -> anyhow::Result<fhir_edge_core::detector::features::Context> {
     let tz = match timezone {
@@ -32,6 +35,20 @@ pub(crate) fn site_context(
     };
     let mut ctx = fhir_edge_core::detector::features::Context::new(tz);
     ctx.set_watch_list(watch.iter().map(String::as_str));
+    if !context.is_empty() {
+        use fhir_edge_core::care;
+        let key = care::CareKey::ephemeral()?;
+        let (set, read) = care::FactSet::read_ndjson(context, &key)?;
+        let index = set.index(key);
+        let c = index.counts();
+        eprintln!(
+            "care context: {} resources read ({} of other types, {} lines not JSON): {} practitioners, \
+             {} patients ({} with a known relationship, {} of them staff), {} relationships, {} related persons",
+            read.read, read.skipped, read.unreadable, c.practitioners, c.patients,
+            c.patients_with_care, c.staff_as_patients, c.relationships, c.related_persons
+        );
+        ctx.set_care(Some(std::sync::Arc::new(index)));
+    }
     Ok(ctx)
 }
 

@@ -22,13 +22,14 @@ pub fn to_alert(e: &ScoredEvent, rules: &[AllowRule]) -> Option<NewAlert> {
         explanation: e.explanation.clone(),
         kinds: e.kinds.clone(),
         user: r.user.clone(),
-        user_display: r.user_display.clone(),
+        // Kept in memory for the namesake signal only: no person's name is stored.
+        user_display: None,
         patient: r.patient.clone(),
         source_ip: r.source_ip.clone(),
         client_app: r.client_app.clone(),
         action: r.action.map(|c| c.to_string()),
         interaction: r.interaction.as_str().to_string(),
-        raw: e.fetched.raw.get().to_string(),
+        raw: fhir_edge_core::fhir::without_people(e.fetched.raw.get()),
     };
     if rules.iter().any(|rule| rule.matches(&a)) {
         return None;

@@ -336,3 +336,22 @@ fn say_coverage(health: &Health, now: fhir_edge_core::coverage::Coverage) {
         }
     }
 }
+
+impl Handler<crate::pipeline::UseCare> for DetectorActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    /// Swapped under the scoring lock, off the actor thread, between two pages.
+    fn handle(&mut self, msg: crate::pipeline::UseCare, _: &mut Self::Context) -> Self::Result {
+        let detector = self.detector.clone();
+        let fut = async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                detector
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_care(Some(msg.0));
+            })
+            .await;
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+    }
+}

@@ -205,7 +205,7 @@ async fn learn_site(
         let run = || -> anyhow::Result<()> {
             let records = crate::training::server_history(&cfg, since)?;
             let server = crate::client::redact_url(&cfg.fhir.base_url);
-            let ctx = crate::training::site_context(None, None, Some(&cfg))?;
+            let ctx = crate::training::site_context(None, None, &[], Some(&cfg))?;
             let run = crate::training::TrainRun {
                 output: &model_dir,
                 epochs: EPOCHS,

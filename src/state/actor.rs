@@ -289,3 +289,17 @@ impl Handler<Heartbeat> for StateActor {
         self.health.progress(ActorId::State);
     }
 }
+
+impl Handler<crate::pipeline::StoreCare> for StateActor {
+    type Result = Result<(), crate::pipeline::PipelineError>;
+    fn handle(&mut self, msg: crate::pipeline::StoreCare, _: &mut Self::Context) -> Self::Result {
+        Ok(self.write(|s, now| s.store_care(msg.resource_type, &msg.facts, msg.cursor_ms, now))?)
+    }
+}
+
+impl Handler<crate::pipeline::RefuseCareType> for StateActor {
+    type Result = Result<(), crate::pipeline::PipelineError>;
+    fn handle(&mut self, msg: crate::pipeline::RefuseCareType, _: &mut Self::Context) -> Self::Result {
+        Ok(self.write(|s, now| s.refuse_care_type(msg.resource_type, &msg.why, now))?)
+    }
+}

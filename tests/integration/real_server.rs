@@ -429,3 +429,137 @@ fn every_server_shape_from_the_real_server_is_scored_once_and_counted_in_status(
     );
     assert_eq!(c.with_user, n, "every shape names its user");
 }
+
+/// PUT each resource at its id on the real server (references between them stay stable).
+fn put_all(base_url: &str, resources: &[serde_json::Value]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        for r in resources {
+            let url = format!(
+                "{base_url}/{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            );
+            let resp = http
+                .put(&url)
+                .header("Content-Type", "application/fhir+json")
+                .body(r.to_string())
+                .send()
+                .await
+                .unwrap();
+            let code = resp.status().as_u16();
+            assert!(
+                code == 200 || code == 201,
+                "sekmet stores {url}: {code} {}",
+                resp.text().await.unwrap_or_default()
+            );
+        }
+    });
+}
+
+#[test]
+fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
+    use serde_json::json;
+    let Some(s) = start_sekmet() else { return };
+    let now = chrono::Utc::now();
+    let at = |h: i64| fhir_edge_core::clock::fmt_ms(now + chrono::Duration::hours(h));
+    let class = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"});
+    // Staff, their roles, patients (one of them Ann's mother, named as her relative), an
+    // admission with Ann on it, one that begins tomorrow, a care team, an appointment and an
+    // episode of care: all eight types.
+    let context = vec![
+        json!({"resourceType": "Practitioner", "id": "ann", "identifier": [{"system": "urn:oid:2.16.840.1.113883.4.6", "value": "1234567893"}],
+               "name": [{"family": "Quennell", "given": ["Annabel"]}], "birthDate": "1981-02-03",
+               "address": [{"line": ["17 Wistful Vista"], "postalCode": "40412"}], "telecom": [{"system": "phone", "value": "555-0142-998"}]}),
+        json!({"resourceType": "Practitioner", "id": "bob", "name": [{"family": "Tarkington", "given": ["Bob"]}]}),
+        json!({"resourceType": "PractitionerRole", "id": "ann-card", "practitioner": {"reference": "Practitioner/ann"},
+               "location": [{"display": "Cardiology"}]}),
+        json!({"resourceType": "Patient", "id": "cx-1", "name": [{"family": "Hollowell", "given": ["Ida"]}]}),
+        json!({"resourceType": "Patient", "id": "cx-2", "name": [{"family": "Quennell", "given": ["Maud"]}],
+               "address": [{"line": ["17 Wistful Vista"], "postalCode": "40412"}], "birthDate": "1950-06-01"}),
+        json!({"resourceType": "RelatedPerson", "id": "cx-2-ann", "patient": {"reference": "Patient/cx-2"},
+               "name": [{"family": "Quennell", "given": ["Annabel"]}]}),
+        json!({"resourceType": "Encounter", "id": "cx-enc-1", "status": "in-progress", "class": class,
+               "subject": {"reference": "Patient/cx-1"}, "period": {"start": at(-3)},
+               "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
+        json!({"resourceType": "Encounter", "id": "cx-enc-2", "status": "planned", "class": class,
+               "subject": {"reference": "Patient/cx-2"}, "period": {"start": at(24)},
+               "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
+        json!({"resourceType": "CareTeam", "id": "cx-team", "status": "active", "subject": {"reference": "Patient/cx-1"},
+               "participant": [{"member": {"reference": "Practitioner/bob"}}]}),
+        json!({"resourceType": "Appointment", "id": "cx-appt", "status": "booked", "start": at(2), "end": at(3),
+               "participant": [{"actor": {"reference": "Patient/cx-1"}, "status": "accepted"},
+                               {"actor": {"reference": "Practitioner/bob"}, "status": "accepted"}]}),
+        json!({"resourceType": "EpisodeOfCare", "id": "cx-eoc", "status": "active", "patient": {"reference": "Patient/cx-1"},
+               "period": {"start": at(-48)}, "team": [{"reference": "CareTeam/cx-team"}]}),
+    ];
+    put_all(&s.base_url, &context);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.context.interval_secs = 10;
+    let d = TestDaemon::start(cfg);
+    wait_until(Duration::from_secs(60), "the care context read", || {
+        status(dir.path()).care.iter().filter(|t| t.resources > 0).count() == 8
+    });
+    let st = status(dir.path());
+    let count = |t: &str| st.care.iter().find(|c| c.resource_type == t).unwrap().resources;
+    assert_eq!(
+        (count("Practitioner"), count("Patient"), count("Encounter")),
+        (2, 2, 2)
+    );
+    assert_eq!(count("Patient"), 2);
+    assert!(st.care.iter().all(|t| t.refused.is_none()), "{:?}", st.care);
+    // Now Ann opens her mother's record, and her own patient's.
+    let event = |patient: &str| {
+        json!({"resourceType": "AuditEvent",
+               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+               "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+               "action": "R", "recorded": at(0), "outcome": "0",
+               "agent": [{"who": {"reference": "Practitioner/ann", "display": "Annabel Quennell"}, "requestor": true,
+                          "network": {"address": "10.0.0.5", "type": "2"}}],
+               "source": {"observer": {"display": "sekmet"}},
+               "entity": [{"what": {"reference": patient}}]})
+    };
+    let ids = post_all(&s.base_url, &[event("Patient/cx-2"), event("Patient/cx-1")]);
+    wait_until(Duration::from_secs(60), "both accesses scored", || {
+        status(dir.path()).events_scored == 2
+    });
+    assert_eq!(d.counter(Counter::EventsModelScored), 2);
+    // Her mother's: an alert that says why; her patient's, inside the admission: none.
+    let r = fhir_edge_core::state::Reader::open(dir.path()).unwrap();
+    let alerts = r
+        .alerts(&fhir_edge_core::alerts::AlertFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let on = |id: &str| alerts.iter().find(|a| a.event_id == id);
+    let mother = on(&ids[0]).expect("the relative's record raised an alert");
+    assert!(
+        mother.explanation.iter().any(|e| e.contains("name the user as a relative")),
+        "{:?}",
+        mother.explanation
+    );
+    assert!(on(&ids[1]).is_none(), "inside a treatment relationship: {:?}", on(&ids[1]));
+    // Nothing of the people in clear in the state database, and the key file is private.
+    drop(r);
+    d.stop();
+    let mut db = Vec::new();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() {
+            db.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    let db = String::from_utf8_lossy(&db).to_lowercase();
+    for clear in ["quennell", "annabel", "hollowell", "maud", "wistful", "40412", "555-0142", "0142998", "1234567893", "1981-02-03"] {
+        assert!(!db.contains(clear), "{clear} is in the state directory");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(dir.path().join("care.key")).unwrap();
+    assert_eq!((key.len(), key.permissions().mode() & 0o777), (32, 0o600));
+}

@@ -503,6 +503,38 @@ pub struct AuditRecord {
     pub request_id: Option<String>,
 }
 
+/// What an AuditEvent may say of people in words, removed before it is stored: display
+/// names, names, addresses, phones and e-mail, birth dates, narrative, contained resources,
+/// free-text details. What remains (references, codes, times, addresses of machines) is what
+/// the alert needs; the people are looked up in the EHR by reference.
+const PEOPLE_KEYS: &[&str] = &["display", "name", "address", "telecom", "birthDate", "text", "contained", "detail"];
+
+/// The AuditEvent `raw` without anything that names, locates or reaches a person
+/// (`PEOPLE_KEYS`, at any depth), as it is kept with an alert. An event that is not JSON is
+/// kept as `{}`.
+pub fn without_people(raw: &str) -> String {
+    // `network.address` is a machine's; every other `address` a person's.
+    fn strip(v: &mut serde_json::Value, in_network: bool) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !(PEOPLE_KEYS.contains(&k.as_str()) && !(in_network && k == "address")));
+                for (k, v) in m.iter_mut() {
+                    strip(v, k == "network");
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| strip(v, false)),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(mut v) => {
+            strip(&mut v, false);
+            v.to_string()
+        }
+        Err(_) => "{}".into(),
+    }
+}
+
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()

@@ -15,7 +15,7 @@ above the score that 1% (and 0.1%) of the normal test events exceed.
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
        [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE] [--shape balp|hapi|medplum|firely|aidbox]
 """
-import argparse, csv, json, os, subprocess, sys, time
+import argparse, collections, csv, json, os, subprocess, sys, time
 import numpy as np
 from sklearn.ensemble import IsolationForest
 from sklearn.neural_network import MLPRegressor
@@ -101,7 +101,7 @@ def watched_split(ev, labels, watch):
 
 
 def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
-        shape="balp", keep_department=False):
+        shape="balp", keep_department=False, context=False):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
@@ -119,19 +119,25 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     wl = os.path.join(d, "watchlist.txt")
     listed = _read_watch(wl) if os.path.exists(wl) else set()
     wl_args = ["--watch-list", wl] if listed and use_watch_list else []
+    # The hospital's care context (its Practitioners, Patients, Encounters, CareTeams…), given
+    # to train and score as `--context` when asked.
+    ctx_file = os.path.join(d, "context.ndjson")
+    ctx_args = ["--context", ctx_file] if context else []
     run([bin_, "train", "--input", ev, "--output", os.path.join(d, "model"), "--epochs", str(epochs), "--seed", "1",
-         "--until", until] + wl_args)
+         "--until", until] + wl_args + ctx_args)
     run([bin_, "score", "--model", os.path.join(d, "model"), "--input", ev, "--output", os.path.join(d, "scores.csv"),
-         "--features-out", os.path.join(d, "features.csv")] + wl_args)
+         "--features-out", os.path.join(d, "features.csv")] + wl_args + ctx_args)
     labels, incident = {}, {}
     with open(os.path.join(d, "labels.csv")) as f:
         for row in csv.DictReader(f):
             labels[row["id"]] = row["anomaly"]
             incident[row["id"]] = row.get("incident") or ""
-    ids, scores, case_of = [], [], {}
+    ids, scores, case_of, alerted = [], [], {}, set()
     with open(os.path.join(d, "scores.csv")) as f:
         for row in csv.DictReader(f):
             ids.append(row["id"]); scores.append(float(row["score"]))
+            if row.get("severity"):
+                alerted.add(row["id"])
             # Only cases that reach the review queue (a watched case does not).
             if row.get("case") and row.get("case_queued", "1") == "1":
                 case_of[row["id"]] = row["case"]
@@ -167,8 +173,50 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
         for m, s in ((ae, scores[test]), (base, iso_s), (peer, mlp_s)):
             m["per_type"].update(per_type(s[y[test] == 0], s, sub, sorted(set(split.values()))))
     budget = case_budget(ids, test, labels, incident, case_of, r["users"], days - from_day)
-    return {"run": r, "style": style, "shape": shape, "cases": budget, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
+    care = inside_care(ev, ctx_file, labels, alerted, cutoff) if os.path.exists(ctx_file) else None
+    return {"run": r, "style": style, "shape": shape, "context": context, "care": care, "cases": budget, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
             "autoencoder": ae, "isolation_forest": base, "mlp_autoencoder": peer, "seconds": round(time.time() - t0, 1)}
+
+
+def inside_care(events_path, context_path, labels, alerted, cutoff_ms):
+    """Of the test days' accesses the simulator did not inject that fall inside a treatment
+    relationship its context resources state (the user on the Encounter or its CareTeam, or
+    working in one of its locations, between the Encounter's start and end), the share that
+    raised an alert. Read from the resources, not from the detector."""
+    import datetime
+    ms = lambda t: int(datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000)
+    dept_of, enc, team = {}, collections.defaultdict(list), {}
+    with open(context_path) as f:
+        for line in f:
+            x = json.loads(line)
+            t = x["resourceType"]
+            if t == "PractitionerRole":
+                dept_of[x["practitioner"]["reference"]] = {l.get("display") for l in x.get("location", [])}
+            elif t == "CareTeam":
+                team[(x["subject"]["reference"], x["period"]["start"])] = {m["member"]["reference"] for m in x.get("participant", [])}
+            elif t == "Encounter":
+                enc[x["subject"]["reference"]].append((x, ms(x["period"]["start"]), ms(x["period"]["end"])))
+    inside = hit = 0
+    with open(events_path) as f:
+        for line in f:
+            e = json.loads(line)
+            if e["id"] in labels:
+                continue
+            t = ms(e["recorded"])
+            if t < cutoff_ms:
+                continue
+            p = next((x["what"].get("reference") for x in e.get("entity", []) if "what" in x), None)
+            u = e["agent"][0]["who"].get("reference")
+            for x, s, end in enc.get(p, []):
+                if not s <= t <= end:
+                    continue
+                who = {q["individual"]["reference"] for q in x.get("participant", [])} | team.get((p, x["period"]["start"]), set())
+                where = {l["location"]["display"] for l in x.get("location", [])}
+                if u in who or dept_of.get(u, set()) & where:
+                    inside += 1
+                    hit += e["id"] in alerted
+                    break
+    return {"inside_accesses": inside, "inside_alerted": hit, "inside_alert_rate": hit / max(1, inside)}
 
 
 def case_budget(ids, test, labels, incident, case_of, staff, days):
@@ -220,6 +268,14 @@ def report(results):
         if c:
             lines.append(f"| {res['run']['name']} | {c['cases']} | {c['cases_injected']} | "
                          f"{c['not_injected_per_day_per_100_staff']:.2f} | {c['incidents_in_a_case']:.3f} |")
+    if any(res.get("care") for res in results):
+        lines += ["", f"Accesses inside a treatment relationship the context states (not injected, test days) that raised an alert"
+                  f" ({'with' if results[0].get('context') else 'without'} --context):", "",
+                  "| run | inside accesses | alerted | share |", "|---|---|---|---|"]
+        for res in results:
+            c = res.get("care")
+            if c:
+                lines.append(f"| {res['run']['name']} | {c['inside_accesses']} | {c['inside_alerted']} | {100 * c['inside_alert_rate']:.3f}% |")
     kinds = sorted({k for res in results for k in res["autoencoder"]["per_type"]})
     lines += ["", "Recall at 1% FPR per anomaly type (fhir-edge / MLP autoencoder / isolation forest):", "",
               "| type | " + " | ".join(res["run"]["name"] for res in results) + " |",
@@ -254,6 +310,8 @@ def main():
     ap.add_argument("--shape", default="balp",
                     help="how the simulated server writes AuditEvents: balp, hapi, medplum, firely or aidbox "
                          "(see `fhir-edge simulate --help`)")
+    ap.add_argument("--context", action="store_true",
+                    help="give train and score the hospital's care context (its context.ndjson) as --context")
     ap.add_argument("--keep-department", action="store_true",
                     help="keep the user's department in every shape (a control; see `fhir-edge simulate --help`)")
     a = ap.parse_args()
@@ -264,7 +322,7 @@ def main():
     results = []
     for r in runs:
         res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
-                  shape=a.shape, keep_department=a.keep_department)
+                  shape=a.shape, keep_department=a.keep_department, context=a.context)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "
@@ -272,7 +330,9 @@ def main():
               f"r@1% {res['mlp_autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
               f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} | "
               f"cases {res['cases']['cases']} ({res['cases']['not_injected_per_day_per_100_staff']:.2f} not injected /day/100 staff), "
-              f"incidents in a case {res['cases']['incidents_in_a_case']:.3f} ({res['seconds']} s)",
+              f"incidents in a case {res['cases']['incidents_in_a_case']:.3f}"
+              + (f", alerts inside care {res['care']['inside_alerted']}/{res['care']['inside_accesses']}" if res.get('care') else "")
+              + f" ({res['seconds']} s)",
               file=sys.stderr)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -1434,6 +1434,8 @@ pub fn watch_list(opts: &SimOptions) -> Vec<String> {
 /// each staff member's relative among the patients (named as the staff member).
 pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
     let (h, _) = hospital(opts);
+    // People's details come from a generator of their own: the events stay as they were.
+    let mut rng = Rng::new(opts.seed ^ 0xC0_47E7);
     let day = |d: i64| fhir_edge_core::clock::fmt_ms(opts.start + Duration::days(d));
     let role_code = |r: Role| match r {
         Role::Physician => "doctor",
@@ -1442,19 +1444,34 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
         Role::Technician => "technician",
     };
     let id_of = |r: &str| r.rsplit('/').next().unwrap_or(r).to_string();
+    const STREETS: [&str; 12] = [
+        "Elm", "Oak", "Maple", "Cedar", "Mill", "Church", "High", "Park", "Station", "Lake",
+        "Hill", "River",
+    ];
+    let home = |rng: &mut Rng| {
+        let line = format!("{} {} St", 1 + rng.below(200), rng.pick(&STREETS));
+        let postal = format!("{:05}", 10_000 + rng.below(80) * 7);
+        let phone = format!("555-{:03}-{:04}", rng.below(1000), rng.below(10_000));
+        (line, postal, phone)
+    };
+    let birth = |rng: &mut Rng, from: i64, span: u64| {
+        format!("{}-{:02}-{:02}", from + rng.below(span) as i64, 1 + rng.below(12), 1 + rng.below(28))
+    };
     let mut out = Vec::new();
+    // Staff: a name, a home, a phone, a birth date, a staff identifier; a role in their
+    // department.
+    let mut staff_home = Vec::new();
     for u in &h.users {
         let id = id_of(&u.reference);
-        let given: Vec<&str> = u
-            .display
-            .trim_start_matches("Dr. ")
-            .split(' ')
-            .take(1)
-            .collect();
+        let given = u.display.trim_start_matches("Dr. ").split(' ').next().unwrap_or("").to_string();
+        let (line, postal, phone) = home(&mut rng);
         out.push(json!({
             "resourceType": "Practitioner", "id": id, "meta": {"lastUpdated": day(-30)},
             "identifier": [{"system": "https://hospital.example/staff", "value": id}],
-            "name": [{"family": u.last, "given": given}]
+            "name": [{"family": u.last, "given": [given]}],
+            "address": [{"line": [line], "postalCode": postal}],
+            "telecom": [{"system": "phone", "value": phone}],
+            "birthDate": birth(&mut rng, 1960, 40)
         }));
         out.push(json!({
             "resourceType": "PractitionerRole", "id": format!("role-{id}"), "meta": {"lastUpdated": day(-30)},
@@ -1462,45 +1479,81 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
             "code": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/practitioner-role", "code": role_code(u.role)}]}],
             "location": [{"display": DEPTS[u.dept].0}]
         }));
+        staff_home.push((given, line, postal, phone));
+    }
+    // Who each staff relative is related to, and how the records say so: a RelatedPerson
+    // naming the staff member, a contact on the patient, or only a shared home.
+    let mut relative_of: std::collections::HashMap<usize, usize> = Default::default();
+    for (ui, u) in h.users.iter().enumerate() {
+        for p in &u.relatives {
+            relative_of.insert(*p, ui);
+        }
     }
     for (i, p) in h.patients.iter().enumerate() {
         let id = id_of(&p.reference);
-        out.push(json!({
+        let (mut line, mut postal, mut phone) = home(&mut rng);
+        let form = rng.below(3);
+        let mut patient = json!({
             "resourceType": "Patient", "id": id, "meta": {"lastUpdated": day(p.admit_day.min(0))},
-            "name": [{"family": p.last, "given": [p.first]}]
-        }));
+            "name": [{"family": p.last, "given": [p.first]}],
+            "birthDate": birth(&mut rng, 1930, 90)
+        });
+        if let Some(&ui) = relative_of.get(&i) {
+            let u = &h.users[ui];
+            let (given, sl, sp, sph) = &staff_home[ui];
+            match form {
+                0 => out.push(json!({
+                    "resourceType": "RelatedPerson", "id": format!("rel-{}-{id}", id_of(&u.reference)),
+                    "meta": {"lastUpdated": day(-30)},
+                    "patient": {"reference": p.reference},
+                    "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FAMMEMB"}]}],
+                    "name": [{"family": u.last, "given": [given]}],
+                    "telecom": [{"system": "phone", "value": sph}]
+                })),
+                1 => {
+                    patient["contact"] = json!([{
+                        "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "N"}]}],
+                        "name": {"family": u.last, "given": [given]}
+                    }]);
+                }
+                _ => (line, postal, phone) = (sl.clone(), sp.clone(), sph.clone()),
+            }
+        }
+        patient["address"] = json!([{"line": [line], "postalCode": postal}]);
+        patient["telecom"] = json!([{"system": "phone", "value": phone}]);
+        out.push(patient);
         let mut locations = vec![json!({"location": {"display": DEPTS[p.dept].0}})];
         locations.extend(
             p.consults
                 .iter()
                 .map(|c| json!({"location": {"display": DEPTS[*c].0}, "status": "active"})),
         );
-        let participants: Vec<serde_json::Value> = p
+        let members: Vec<serde_json::Value> = p
             .care_team
             .iter()
-            .map(|u| json!({"individual": {"reference": h.users[*u].reference}}))
+            .map(|u| json!({"reference": h.users[*u].reference}))
             .collect();
-        out.push(json!({
+        let period = json!({"start": day(p.admit_day), "end": day(p.discharge_day)});
+        let mut encounter = json!({
             "resourceType": "Encounter", "id": format!("enc-{i}"), "meta": {"lastUpdated": day(p.admit_day)},
             "status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
             "subject": {"reference": p.reference},
-            "period": {"start": day(p.admit_day), "end": day(p.discharge_day)},
+            "period": period,
             "serviceProvider": {"display": DEPTS[p.dept].0},
-            "location": locations,
-            "participant": participants
-        }));
-    }
-    for u in &h.users {
-        for p in &u.relatives {
-            let patient = &h.patients[*p];
+            "location": locations
+        });
+        // The care team on the encounter for half the admissions, as a CareTeam of its own
+        // for the others.
+        if i % 2 == 0 {
+            encounter["participant"] = members.iter().map(|m| json!({"individual": m})).collect();
+        } else {
             out.push(json!({
-                "resourceType": "RelatedPerson", "id": format!("rel-{}-{}", id_of(&u.reference), id_of(&patient.reference)),
-                "meta": {"lastUpdated": day(-30)},
-                "patient": {"reference": patient.reference},
-                "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FAMMEMB"}]}],
-                "name": [{"family": u.last}]
+                "resourceType": "CareTeam", "id": format!("team-{i}"), "meta": {"lastUpdated": day(p.admit_day)},
+                "status": "active", "subject": {"reference": p.reference}, "period": period,
+                "participant": members.iter().map(|m| json!({"member": m})).collect::<Vec<_>>()
             }));
         }
+        out.push(encounter);
     }
     out
 }
@@ -1577,9 +1630,10 @@ mod tests {
         assert_eq!((staff.len(), patients.len()), (30, 200));
         assert_eq!(of("PractitionerRole").count(), 30);
         assert_eq!(of("Encounter").count(), 200);
+        assert_eq!(of("CareTeam").count(), 100);
         for e in of("Encounter") {
             assert!(patients.contains(e["subject"]["reference"].as_str().unwrap()));
-            for p in e["participant"].as_array().unwrap() {
+            for p in e["participant"].as_array().into_iter().flatten() {
                 assert!(
                     staff.contains(p["individual"]["reference"].as_str().unwrap()),
                     "{e}"
@@ -1591,6 +1645,31 @@ mod tests {
             of("RelatedPerson").count() > 0,
             "staff have relatives among the patients"
         );
+        // Read as the detector reads it: every staff relative is a personal link, in one
+        // of the three ways the records say so; a care team member is related.
+        use fhir_edge_core::care;
+        let key = care::CareKey::from_bytes(&[1u8; 32]).unwrap();
+        let mut set = care::FactSet::default();
+        for r in &ctx {
+            care::resources::read(r, &key).into_iter().for_each(|f| set.upsert(f));
+        }
+        let ix = set.index(key);
+        let (h, _) = hospital(&o);
+        let mut links = 0;
+        for u in &h.users {
+            for p in &u.relatives {
+                let link = ix.personal(&u.reference, &h.patients[*p].reference);
+                assert!(matches!(link, Some(care::Personal::NamedRelative | care::Personal::Household)), "{link:?}");
+                links += 1;
+            }
+        }
+        assert!(links > 0);
+        for p in &h.patients {
+            let at = (o.start + Duration::days(p.admit_day) + Duration::hours(1)).timestamp_millis();
+            for u in &p.care_team {
+                assert!(ix.relation(&h.users[*u].reference, None, &p.reference, at).is_some_and(|r| r.personal));
+            }
+        }
         for e in simulate(&o) {
             let user = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
             assert!(staff.contains(user), "{user}");

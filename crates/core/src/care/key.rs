@@ -97,6 +97,12 @@ impl CareKey {
         }
     }
 
+    /// A fingerprint of the key (a tag of a fixed text), to tell whether stored tags were
+    /// made with it; says nothing about the key itself.
+    pub fn fingerprint(&self) -> i64 {
+        self.tag(TagKind::Identifier, "fhir-edge care key check").0 as i64
+    }
+
     /// The tag of `value` of kind `kind` (already normalised).
     pub fn tag(&self, kind: TagKind, value: &str) -> Tag {
         let mut m = self.0.clone();

@@ -141,6 +141,8 @@ struct PatientEntry {
 /// What the index says about one access (see [`Index::assess`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Assessment {
+    /// The audit user is a known Practitioner.
+    pub linked: bool,
     pub covered: bool,
     pub relation: Option<Relation>,
     pub personal: Option<Personal>,
@@ -360,6 +362,7 @@ impl Index {
         let p = resources::norm_ref(patient);
         let covered = self.care.contains_key(&p) && (me.is_some() || event_unit.is_some());
         Assessment {
+            linked: me.is_some(),
             covered,
             relation: if covered { self.relation(user, event_unit, patient, at_ms) } else { None },
             personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),

@@ -480,3 +480,42 @@ pub fn read(v: &Value, key: &CareKey) -> Vec<Facts> {
     }
     out
 }
+
+/// One searchset page of a context type, read.
+#[derive(Debug, Default)]
+pub struct SearchPage {
+    pub facts: Vec<Facts>,
+    /// Entries of the page (resources of the searched type).
+    pub resources: usize,
+    /// Newest `meta.lastUpdated` on the page (ms).
+    pub newest_ms: Option<i64>,
+    /// The `next` link, as the server wrote it.
+    pub next: Option<String>,
+}
+
+/// Read a searchset Bundle of `resource_type`; entries of other types (included
+/// resources, an OperationOutcome) are passed over. `None` when the body is not a Bundle.
+pub fn search_page(body: &[u8], resource_type: &str, key: &CareKey) -> Option<SearchPage> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    if v.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return None;
+    }
+    let mut page = SearchPage {
+        next: arr(&v, "link")
+            .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+            .and_then(|l| l.get("url").and_then(Value::as_str).map(str::to_string)),
+        ..SearchPage::default()
+    };
+    for e in arr(&v, "entry") {
+        let Some(r) = e.get("resource") else { continue };
+        if r.get("resourceType").and_then(Value::as_str) != Some(resource_type) {
+            continue;
+        }
+        page.resources += 1;
+        if let Some(t) = r.pointer("/meta/lastUpdated").and_then(Value::as_str).and_then(|s| time_ms(s, false)) {
+            page.newest_ms = Some(page.newest_ms.map_or(t, |n| n.max(t)));
+        }
+        page.facts.extend(read(r, key));
+    }
+    Some(page)
+}

@@ -534,6 +534,10 @@ struct UserState {
     /// the accesses the care context answers for.
     #[serde(default)]
     outside_rate: f32,
+    /// Whether the care context links this user to a Practitioner (as of their latest
+    /// event; `None` before any event met a care context).
+    #[serde(default)]
+    linked: Option<bool>,
 }
 
 impl UserState {
@@ -948,6 +952,14 @@ impl Context {
         self.users.len()
     }
 
+    /// Users the care context linked to a Practitioner, and users it could not link (of
+    /// those whose events met a care context).
+    pub fn care_links(&self) -> (usize, usize) {
+        let linked = self.users.values().filter(|u| u.linked == Some(true)).count();
+        let unlinked = self.users.values().filter(|u| u.linked == Some(false)).count();
+        (linked, unlinked)
+    }
+
     /// What the context has learned of one user, for a privacy officer's user card; `None`
     /// for a user it has never seen.
     pub fn user_profile(&self, user_ref: &str) -> Option<UserProfile> {
@@ -973,10 +985,11 @@ impl Context {
     /// Take over the history `learned` holds (a model's baselines), keeping this
     /// context's time zone and watch list, which come from the site's configuration.
     pub fn adopt_history(&mut self, learned: Context) {
-        let (tz, watched) = (self.tz, std::mem::take(&mut self.watched));
+        let (tz, watched, care) = (self.tz, std::mem::take(&mut self.watched), self.care.take());
         *self = learned;
         self.tz = tz;
         self.watched = watched;
+        self.care = care;
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -1147,6 +1160,16 @@ impl Context {
     /// when unknown. The one formula for the current access and the stored ones.
     fn access_weight(&self, cross_rate: f32, pair_rarity: f32) -> f32 {
         unrelated_weight(cross_rate) + (pair_rarity - self.departments().ln()).max(0.0)
+    }
+
+    /// An access's weight in the patient's crowd: `access_weight` when the department has
+    /// no history with the record (`cross_rate` given), the user's habit of accesses
+    /// outside care when the care context knows no relationship (`outside_rate` given), the
+    /// larger of the two when both.
+    fn crowd_weight(&self, cross_rate: Option<f32>, pair_rarity: f32, outside_rate: Option<f32>) -> f32 {
+        let a = cross_rate.map_or(0.0, |c| self.access_weight(c, pair_rarity));
+        let b = outside_rate.map_or(0.0, unrelated_weight);
+        a.max(b)
     }
 
     /// Fold an event into the context without computing features (replay after restart).
@@ -1325,6 +1348,10 @@ impl Context {
             x[F::FirstAccessToPatient] = (facts.first_pair && cr.relation.is_none()) as u8 as f32;
         }
         x[F::HasPatient] = ph.is_some() as u8 as f32;
+        // Outside any treatment relationship the care context knows of (where it answers).
+        let outside_now = cr.covered && cr.relation.is_none();
+        // Whether the department's history with the record calls the access unrelated.
+        let mut unrelated_by_history = false;
         facts.watched = r.restricted
             || (!self.watched.is_empty()
                 && r.patient
@@ -1341,11 +1368,14 @@ impl Context {
                 // An access to a patient with a history none of it from the user's department,
                 // weighed by how unusual such access is for this user.
                 let unrelated_now = rel.unrelated;
+                unrelated_by_history = unrelated_now;
                 // A record the site watches (a public figure, a member of staff) opened by a
                 // department without a working relationship with it. (Every first access
                 // from outside the home department was tried too: the departments that go
                 // everywhere made it flag routine work, see BENCHMARKS.md.)
-                x[F::WatchedRecordUnrelated] = (facts.watched && unrelated_now) as u8 as f32;
+                // With care context, also one opened outside any treatment relationship.
+                x[F::WatchedRecordUnrelated] =
+                    (facts.watched && (unrelated_now || outside_now)) as u8 as f32;
                 if unrelated_now {
                     let rate = user.map_or(0.0, |u| u.habitual_cross_rate(now));
                     x[F::UnrelatedPatientRarity] = unrelated_weight(rate);
@@ -1376,12 +1406,15 @@ impl Context {
                 }
                 // VIP pressure: how unusual, summed over distinct users, today's unrelated
                 // accesses to this patient are (ward staff weigh much, radiology little).
+                // With care context, an access outside any treatment relationship joins the
+                // crowd too, weighed by the user's habit of such accesses.
                 let (mut seen_users, mut pressure) = unrelated_crowd(p, now);
-                if unrelated_now && uh.is_some_and(|u| !seen_users.contains(&u)) {
+                if (unrelated_now || outside_now) && uh.is_some_and(|u| !seen_users.contains(&u)) {
                     seen_users.push(uh.unwrap_or_default());
-                    pressure += self.access_weight(
-                        user.map_or(0.0, |u| u.habitual_cross_rate(now)),
+                    pressure += self.crowd_weight(
+                        unrelated_now.then(|| user.map_or(0.0, |u| u.habitual_cross_rate(now))),
                         x[F::DeptPairRarity],
+                        outside_now.then(|| user.map_or(0.0, |u| u.outside_rate)),
                     );
                 }
                 facts.unrelated_users_24h = seen_users.len() as u32;
@@ -1506,7 +1539,11 @@ impl Context {
         // links the user, weighed by the user's habit; a personal link, whatever the care.
         let outside_rate = user.map_or(0.0, |u| u.outside_rate);
         x[F::UserOutsideCareRate] = outside_rate;
-        if cr.covered && cr.relation.is_none() {
+        // Only where the department's history does not already call the access unrelated
+        // (one piece of evidence counts once): a record without history, a user without a
+        // department, or a record the department worked with before but has no
+        // relationship with now.
+        if outside_now && !unrelated_by_history {
             x[F::OutsideCare] = unrelated_weight(outside_rate);
         }
         match cr.personal {
@@ -1691,11 +1728,15 @@ impl Context {
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
             let stray = dept_pair.filter(|p| self.strays(p));
-            let weight = self.access_weight(
-                self.users
-                    .get(&uh)
-                    .map_or(0.0, |u| u.habitual_cross_rate(now)),
+            let outside = cr.covered && cr.relation.is_none();
+            let weight = self.crowd_weight(
+                (cross == Some(1.0)).then(|| {
+                    self.users
+                        .get(&uh)
+                        .map_or(0.0, |u| u.habitual_cross_rate(now))
+                }),
                 dept_pair.map_or(0.0, |p| p.rarity),
+                outside.then(|| self.users.get(&uh).map_or(0.0, |u| u.outside_rate)),
             );
             if let Some(dp) = dept_pair {
                 let key = h64(&(dp.dept, dp.home));
@@ -1706,6 +1747,9 @@ impl Context {
             }
             let u = self.users.get_mut(&uh).expect("inserted above");
             u.first_rate = 0.97 * u.first_rate + 0.03 * first as u8 as f32;
+            if self.care.is_some() {
+                u.linked = Some(cr.linked);
+            }
             if cr.covered {
                 let outside = cr.relation.is_none() as u8 as f32;
                 u.outside_rate = 0.97 * u.outside_rate + 0.03 * outside;
@@ -1748,7 +1792,7 @@ impl Context {
                 now - DAY,
                 |e| e.0,
             );
-            if cross == Some(1.0) {
+            if cross == Some(1.0) || outside {
                 push_window(&mut ps.unrelated, (now, uh, weight), 64, now - DAY, |e| e.0);
             }
             if let Some(dp) = stray {

@@ -105,6 +105,11 @@ impl Detector {
         &self.ctx
     }
 
+    /// Use the site's care context from the next event on (see `Context::set_care`).
+    pub fn set_care(&mut self, index: Option<std::sync::Arc<crate::care::Index>>) {
+        self.ctx.set_care(index);
+    }
+
     /// Serialise the context; called when the cursor is committed.
     pub fn snapshot(&mut self) -> Vec<u8> {
         self.replayed.clear();
@@ -418,7 +423,12 @@ pub fn explain(
                 let mut text = match f.unrelated_users_24h {
                     0 => crowd,
                     n => format!(
-                        "{crowd}, {n} of them from departments with (almost) no history with the patient — a watched or VIP record?"
+                        "{crowd}, {n} of them {} — a watched or VIP record?",
+                        if f.care_covered {
+                            "with no treatment relationship or department history with the patient"
+                        } else {
+                            "from departments with (almost) no history with the patient"
+                        }
                     ),
                 };
                 if f.unexplained_depts_24h > 1 {

@@ -218,9 +218,14 @@ impl Model {
                 let mut tail = [0f32; N_FEATURES];
                 for i in 0..N_FEATURES {
                     let dir = FEATURE_DIRECTION[i];
+                    // A signal at its floor (nothing of it in the event: no failed login,
+                    // no export, no care link) shows no excess, whatever the network
+                    // expected of it: it counts nothing and no reason names it.
                     let d = match dir {
                         0 => 0.0,
+                        1 if raw[i] <= 0.0 => 0.0,
                         1 => c[i].max(0.0),
+                        _ if raw[i] >= 0.0 => 0.0,
                         _ => c[i].min(0.0),
                     };
                     ae[i] = d * d / n_signal();

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
 
+mod care;
 mod cases;
+pub use care::CareTypeStatus;
 
 use crate::alerts::{Alert, AlertFilter, NewAlert, Severity, Status};
 
@@ -191,6 +193,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN case_id INTEGER;
     CREATE INDEX alerts_by_case ON alerts(case_id);
     "#,
+    // 3: the care context — each followed resource's facts (references, periods, keyed
+    // hashes; see `crate::care`), and per resource type its cursor and whether the server
+    // refused it.
+    r#"
+    CREATE TABLE care_facts (id TEXT PRIMARY KEY, type TEXT NOT NULL, facts TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE care_types (
+        type TEXT PRIMARY KEY,
+        cursor_ms INTEGER,
+        last_poll_ms INTEGER,
+        resources INTEGER NOT NULL DEFAULT 0,
+        refused TEXT
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -274,6 +289,8 @@ pub struct StatusReport {
     pub learning_since: Option<String>,
     /// What the events scored so far carried, and so what the detector is blind to.
     pub coverage: crate::coverage::Coverage,
+    /// The care context's types: cursor, resources kept, refused or not.
+    pub care: Vec<CareTypeStatus>,
 }
 
 /// The most alerts (or cases) one `Reader::alerts` (`Reader::cases`) call returns; page on
@@ -959,6 +976,7 @@ impl Reader {
             baselines_seeded: kv_get(c, "baselines_seeded_ms")?.map(fmt),
             learning_since: kv_get(c, "learning_since_ms")?.map(fmt),
             coverage: coverage_read(c)?,
+            care: self.care_types()?,
         })
     }
 

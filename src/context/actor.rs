@@ -1,0 +1,249 @@
+//! `ContextActor`: one round over the followed types every `[context] interval_secs`, the
+//! next scheduled with `notify_later` once a round completes. Pages are fetched and read
+//! off the actor thread; their facts go to the `StateActor` (`StoreCare`, awaited:
+//! backpressure), the rebuilt index to the `DetectorActor` (`UseCare`). A failed type is
+//! retried next round; a refused one is not asked again until the next start. A panic
+//! aborts the process and systemd restarts it; the cursors are in the state database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::client::{check_next, search_url, FetchError, FhirClient};
+use crate::config::ContextConfig;
+use crate::health::{ActorId, Counter, Health, Heartbeat};
+use crate::pipeline::{PipelineError, RefuseCareType, StoreCare, UseCare};
+use fhir_edge_core::care::{CareKey, FactSet};
+
+/// Re-read this much before a type's cursor (a resource committed late with an earlier
+/// `lastUpdated`); reading a resource twice changes nothing.
+const OVERLAP_MS: i64 = 5 * 60_000;
+
+pub(crate) struct ContextActor {
+    client: FhirClient,
+    cfg: ContextConfig,
+    key: CareKey,
+    facts: Arc<Mutex<FactSet>>,
+    cursors: HashMap<&'static str, Option<i64>>,
+    refused: HashSet<&'static str>,
+    links: ContextLinks,
+    health: Health,
+    stop: Arc<AtomicBool>,
+}
+
+/// Where the context actor sends what it read.
+#[derive(Clone)]
+pub(crate) struct ContextLinks {
+    pub store: Recipient<StoreCare>,
+    pub refuse: Recipient<RefuseCareType>,
+    pub detector: Recipient<UseCare>,
+}
+
+impl ContextActor {
+    pub(crate) fn new(
+        client: FhirClient,
+        cfg: ContextConfig,
+        key: CareKey,
+        start: (FactSet, HashMap<&'static str, Option<i64>>),
+        links: ContextLinks,
+        health: Health,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        ContextActor {
+            client,
+            cfg,
+            key,
+            facts: Arc::new(Mutex::new(start.0)),
+            cursors: start.1,
+            refused: HashSet::new(),
+            links,
+            health,
+            stop,
+        }
+    }
+}
+
+impl ContextActor {
+    /// An actor that follows nothing (`[context] enabled = false`): it answers the
+    /// watchdog and idles.
+    pub(crate) fn idle(client: FhirClient, links: ContextLinks, health: Health, stop: Arc<AtomicBool>) -> Self {
+        let cfg = ContextConfig { types: Vec::new(), ..ContextConfig::default() };
+        let key = CareKey::from_bytes(&[0u8; fhir_edge_core::care::key::KEY_LEN]).expect("a key of KEY_LEN bytes");
+        ContextActor::new(client, cfg, key, Default::default(), links, health, stop)
+    }
+}
+
+/// Request (internal): go over the followed types once.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Round;
+
+impl Actor for ContextActor {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Round);
+    }
+}
+
+/// How reading one type ended.
+enum TypeOutcome {
+    Read { pages: usize, resources: usize, newest: Option<i64> },
+    Refused(String),
+    Failed(FetchError),
+    Pipeline(PipelineError),
+}
+
+/// Read `ty` from `cursor` on: every page's facts stored as it comes, the cursor moved at
+/// the end.
+async fn read_type(
+    client: &FhirClient,
+    ty: &'static str,
+    cursor: Option<i64>,
+    page_size: u32,
+    key: &CareKey,
+    facts: &Arc<Mutex<FactSet>>,
+    store: &Recipient<StoreCare>,
+    health: &Health,
+) -> TypeOutcome {
+    let since = fhir_edge_core::clock::from_ms(cursor.map_or(0, |c| (c - OVERLAP_MS).max(0)));
+    let mut url = search_url(client.base(), ty, since, page_size);
+    let (mut pages, mut resources, mut newest) = (0, 0, cursor);
+    loop {
+        // Each page is a step of its own for the watchdog.
+        health.begin_step(ActorId::Context);
+        let body = match client.fetch_body(&url, pages > 0).await {
+            Ok(b) => b,
+            Err(e) => {
+                return match crate::context::refuses(&e) {
+                    Some(why) if pages == 0 => TypeOutcome::Refused(why),
+                    _ => TypeOutcome::Failed(e),
+                }
+            }
+        };
+        let k = key.clone();
+        let page = tokio::task::spawn_blocking(move || fhir_edge_core::care::resources::search_page(&body, ty, &k)).await;
+        let Ok(Some(page)) = page else {
+            return TypeOutcome::Failed(FetchError::Body(format!("the {ty} search answered something other than a Bundle")));
+        };
+        pages += 1;
+        resources += page.resources;
+        newest = match (newest, page.newest_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        {
+            let mut set = crate::sync::lock(facts);
+            page.facts.iter().cloned().for_each(|f| set.upsert(f));
+        }
+        let stored = store.send(StoreCare { resource_type: ty, facts: page.facts, cursor_ms: None }).await;
+        if let Err(e) = stored.map_err(PipelineError::from).and_then(|r| r) {
+            return TypeOutcome::Pipeline(e);
+        }
+        match page.next {
+            Some(next) if pages < crate::context::MAX_PAGES_PER_ROUND => match check_next(client.base(), &next) {
+                Ok(u) => url = u,
+                Err(e) => return TypeOutcome::Failed(e),
+            },
+            _ => break,
+        }
+    }
+    let moved = store.send(StoreCare { resource_type: ty, facts: Vec::new(), cursor_ms: newest }).await;
+    match moved.map_err(PipelineError::from).and_then(|r| r) {
+        Ok(()) => TypeOutcome::Read { pages, resources, newest },
+        Err(e) => TypeOutcome::Pipeline(e),
+    }
+}
+
+impl Handler<Round> for ContextActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Round, ctx: &mut Self::Context) {
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let types: Vec<&'static str> = self.cfg.types().into_iter().filter(|t| !self.refused.contains(t)).collect();
+        let cursors = self.cursors.clone();
+        let (client, key, facts, links, health) =
+            (self.client.clone(), self.key.clone(), self.facts.clone(), self.links.clone(), self.health.clone());
+        let page_size = self.cfg.page_size;
+        let fut = async move {
+            health.begin_step(ActorId::Context);
+            let mut outcomes = Vec::new();
+            for ty in types {
+                let o = read_type(&client, ty, cursors.get(ty).copied().flatten(), page_size, &key, &facts, &links.store, &health).await;
+                if let TypeOutcome::Refused(why) = &o {
+                    let noted = links.refuse.send(RefuseCareType { resource_type: ty, why: why.clone() }).await;
+                    if let Err(e) = noted.map_err(PipelineError::from).and_then(|r| r) {
+                        tracing::warn!(actor = "context", error_kind = e.kind(), "cannot note that {ty} is refused: {e}");
+                    }
+                }
+                outcomes.push((ty, o));
+            }
+            let changed = outcomes.iter().any(|(_, o)| matches!(o, TypeOutcome::Read { resources, .. } if *resources > 0));
+            if changed {
+                let (facts, key) = (facts.clone(), key.clone());
+                let index = tokio::task::spawn_blocking(move || crate::sync::lock(&facts).index(key)).await;
+                if let Ok(index) = index {
+                    let c = index.counts();
+                    tracing::info!(
+                        actor = "context",
+                        practitioners = c.practitioners,
+                        patients = c.patients,
+                        patients_with_care = c.patients_with_care,
+                        relationships = c.relationships,
+                        related_persons = c.related_persons,
+                        staff_as_patients = c.staff_as_patients,
+                        "care context updated"
+                    );
+                    let _ = links.detector.send(UseCare(Arc::new(index))).await;
+                }
+            }
+            health.end_step(ActorId::Context);
+            outcomes
+        };
+        ctx.spawn(fut.into_actor(self).map(|outcomes, act, ctx| {
+            for (ty, o) in outcomes {
+                match o {
+                    TypeOutcome::Read { pages, resources, newest } => {
+                        act.cursors.insert(ty, newest);
+                        act.health.counters.add(Counter::ContextResourcesRead, resources as u64);
+                        if resources > 0 {
+                            tracing::debug!(actor = "context", resource_type = ty, pages, resources, "context read");
+                        }
+                    }
+                    TypeOutcome::Refused(why) => {
+                        act.refused.insert(ty);
+                        tracing::warn!(
+                            actor = "context",
+                            resource_type = ty,
+                            error_kind = "context_type_refused",
+                            "the server refuses {ty} searches ({why}): the signals it feeds are off \
+                             (see `fhir-edge status`); asked again at the next start"
+                        );
+                    }
+                    TypeOutcome::Failed(e) => {
+                        act.health.counters.add(Counter::ContextErrors, 1);
+                        act.health.error(ActorId::Context, e.kind());
+                        tracing::warn!(actor = "context", resource_type = ty, error_kind = e.kind(), "reading {ty} failed, retried next round: {e}");
+                    }
+                    TypeOutcome::Pipeline(e) => {
+                        act.health.counters.add(Counter::ContextErrors, 1);
+                        act.health.error(ActorId::Context, e.kind());
+                        tracing::warn!(actor = "context", resource_type = ty, error_kind = e.kind(), "storing {ty} failed, retried next round: {e}");
+                    }
+                }
+            }
+            ctx.notify_later(Round, Duration::from_secs(act.cfg.interval_secs));
+        }));
+    }
+}
+
+impl Handler<Heartbeat> for ContextActor {
+    type Result = ();
+    fn handle(&mut self, _: Heartbeat, _: &mut Self::Context) {
+        self.health.progress(ActorId::Context);
+    }
+}
