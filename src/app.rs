@@ -193,9 +193,6 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         store.note_baselines(mark_ms, clock.now().timestamp_millis())?;
     }
     ctx.set_watch_list(watch.iter().map(String::as_str));
-    if let Some((_, index, _)) = &care {
-        ctx.set_care(index.clone());
-    }
     let client = FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let token = cfg
         .api
@@ -250,6 +247,12 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             None => Detector::new(model, ctx),
         }
         .learning(learning);
+        let mut d = d;
+        if let Some((_, Some(index), _)) = &care {
+            if !d.set_care(Some(index.clone())) {
+                crate::detector::say_care_unused(&model_dir);
+            }
+        }
         let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
         let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
         Supervisor::start(move |_| {

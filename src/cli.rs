@@ -221,7 +221,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             // Users the care context linked to a Practitioner, from the detector's snapshot.
             let links = r
                 .snapshot()?
-                .and_then(|b| fhir_edge_core::detector::features::Context::from_bytes(&b, cfg.timezone()).ok())
+                .and_then(|b| {
+                    fhir_edge_core::detector::features::Context::from_bytes(&b, cfg.timezone()).ok()
+                })
                 .map(|c| c.care_links());
             if json {
                 let mut v = serde_json::to_value(&s)?;
@@ -408,12 +410,16 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (records, names) = read_inputs(&input)?;
                 (records, names, site_config(cfg_path), None)
             };
-            let ctx = crate::training::site_context(
+            let mut ctx = crate::training::site_context(
                 timezone.as_deref(),
                 watch_list.as_deref(),
                 &context,
                 cfg.as_ref(),
             )?;
+            // From the server without --context files: the care context the daemon follows.
+            if let (true, true, Some(c)) = (from_server, context.is_empty(), cfg.as_ref()) {
+                ctx.set_care(crate::training::followed_care(c));
+            }
             let run = crate::training::TrainRun {
                 output: &output,
                 epochs,
@@ -585,10 +591,16 @@ fn care_summary(
         .collect();
     let mut out = kept.join(", ");
     if !refused.is_empty() {
-        out.push_str(&format!("; refused by the server, so off: {}", refused.join(", ")));
+        out.push_str(&format!(
+            "; refused by the server, so off: {}",
+            refused.join(", ")
+        ));
     }
     match links {
-        Some((l, u)) if l + u > 0 => out.push_str(&format!("; audit users linked to a Practitioner: {l} of {}", l + u)),
+        Some((l, u)) if l + u > 0 => out.push_str(&format!(
+            "; audit users linked to a Practitioner: {l} of {}",
+            l + u
+        )),
         _ => out.push_str("; no audit user linked to a Practitioner yet"),
     }
     out
@@ -605,6 +617,19 @@ fn score_cmd(
     use fhir_edge_core::detector::baselines;
     use std::io::Write;
     let model = fhir_edge_core::detector::model::Model::load(model_dir)?;
+    match (ctx.care().is_some(), model.meta.training.care_context) {
+        (true, false) => {
+            eprintln!(
+                "note: the model was trained without a care context; --context is not used \
+                 (retrain with --context to use it)"
+            );
+            ctx.set_care(None);
+        }
+        (false, true) => eprintln!(
+            "note: the model was trained with a care context; without --context its care signals stay quiet"
+        ),
+        _ => {}
+    }
     // A model with baselines continues from them: what it learned is not learned twice.
     let pass_over = match baselines::load(model_dir, ctx.timezone())? {
         Some(b) => {

@@ -105,7 +105,10 @@ impl Default for ContextConfig {
             enabled: true,
             interval_secs: 300,
             page_size: 500,
-            types: fhir_edge_core::care::resources::TYPES.iter().map(|t| t.to_string()).collect(),
+            types: fhir_edge_core::care::resources::TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
             key_file: None,
         }
     }
@@ -660,7 +663,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         1,
         24 * 30,
     )?;
-    range(l, "context.interval_secs", c.context.interval_secs, 10, 86_400)?;
+    range(
+        l,
+        "context.interval_secs",
+        c.context.interval_secs,
+        10,
+        86_400,
+    )?;
     range(l, "context.page_size", c.context.page_size as u64, 1, 1_000)?;
     if let Some(t) = c
         .context

@@ -29,9 +29,9 @@ pub(crate) mod alerts;
 pub(crate) mod api;
 pub mod app;
 pub(crate) mod cli;
-pub(crate) mod context;
 pub mod client;
 pub mod config;
+pub(crate) mod context;
 pub(crate) mod detector;
 pub mod health;
 #[cfg(feature = "lab")]

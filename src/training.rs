@@ -52,6 +52,39 @@ pub(crate) fn site_context(
     Ok(ctx)
 }
 
+/// The care context the daemon has followed from the server (the state directory's facts,
+/// tagged with the install's key), for training on the server's history with it; `None`
+/// when `[context]` is off or nothing has been read yet (then training goes without, and
+/// says so).
+pub(crate) fn followed_care(cfg: &Config) -> Option<std::sync::Arc<fhir_edge_core::care::Index>> {
+    use fhir_edge_core::care::CareKey;
+    if !cfg.context.enabled {
+        return None;
+    }
+    let key = CareKey::load_or_create(&cfg.care_key_file()).ok()?;
+    let facts = fhir_edge_core::state::Reader::open(&cfg.state_dir())
+        .and_then(|r| r.care_facts())
+        .ok()
+        .filter(|f| !f.is_empty());
+    match facts {
+        Some(f) => {
+            let index = f.index(key);
+            let c = index.counts();
+            eprintln!(
+                "care context: the daemon's, {} practitioners, {} patients, {} relationships",
+                c.practitioners, c.patients, c.relationships
+            );
+            Some(std::sync::Arc::new(index))
+        }
+        None => {
+            eprintln!(
+                "care context: none read from the server yet (the daemon reads it); training without it"
+            );
+            None
+        }
+    }
+}
+
 /// A progress bar for reading history from `since` to `now` on a terminal (drawn on
 /// stderr, hidden when stderr is not a terminal): the time covered so far as the position,
 /// so the percentage and time left hold for a server that returns `_lastUpdated` order.
@@ -182,6 +215,8 @@ pub(crate) fn train_cmd(
         bar.set_message(format!("{} events, loss {loss:.4}", rows.len()));
     })?;
     bar.finish_and_clear();
+    let mut model = model;
+    model.meta.training.care_context = ctx.care().is_some();
     model.save(output)?;
     let mark = baselines::Mark::at_end_of(
         &records,

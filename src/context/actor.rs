@@ -69,9 +69,18 @@ impl ContextActor {
 impl ContextActor {
     /// An actor that follows nothing (`[context] enabled = false`): it answers the
     /// watchdog and idles.
-    pub(crate) fn idle(client: FhirClient, links: ContextLinks, health: Health, stop: Arc<AtomicBool>) -> Self {
-        let cfg = ContextConfig { types: Vec::new(), ..ContextConfig::default() };
-        let key = CareKey::from_bytes(&[0u8; fhir_edge_core::care::key::KEY_LEN]).expect("a key of KEY_LEN bytes");
+    pub(crate) fn idle(
+        client: FhirClient,
+        links: ContextLinks,
+        health: Health,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let cfg = ContextConfig {
+            types: Vec::new(),
+            ..ContextConfig::default()
+        };
+        let key = CareKey::from_bytes(&[0u8; fhir_edge_core::care::key::KEY_LEN])
+            .expect("a key of KEY_LEN bytes");
         ContextActor::new(client, cfg, key, Default::default(), links, health, stop)
     }
 }
@@ -90,24 +99,37 @@ impl Actor for ContextActor {
 
 /// How reading one type ended.
 enum TypeOutcome {
-    Read { pages: usize, resources: usize, newest: Option<i64> },
+    Read {
+        pages: usize,
+        resources: usize,
+        newest: Option<i64>,
+    },
     Refused(String),
     Failed(FetchError),
     Pipeline(PipelineError),
 }
 
+/// What reading a type needs besides the type and its cursor.
+struct Reading<'a> {
+    client: &'a FhirClient,
+    key: &'a CareKey,
+    facts: &'a Arc<Mutex<FactSet>>,
+    store: &'a Recipient<StoreCare>,
+    health: &'a Health,
+    page_size: u32,
+}
+
 /// Read `ty` from `cursor` on: every page's facts stored as it comes, the cursor moved at
 /// the end.
-async fn read_type(
-    client: &FhirClient,
-    ty: &'static str,
-    cursor: Option<i64>,
-    page_size: u32,
-    key: &CareKey,
-    facts: &Arc<Mutex<FactSet>>,
-    store: &Recipient<StoreCare>,
-    health: &Health,
-) -> TypeOutcome {
+async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> TypeOutcome {
+    let Reading {
+        client,
+        key,
+        facts,
+        store,
+        health,
+        page_size,
+    } = *r;
     let since = fhir_edge_core::clock::from_ms(cursor.map_or(0, |c| (c - OVERLAP_MS).max(0)));
     let mut url = search_url(client.base(), ty, since, page_size);
     let (mut pages, mut resources, mut newest) = (0, 0, cursor);
@@ -124,9 +146,14 @@ async fn read_type(
             }
         };
         let k = key.clone();
-        let page = tokio::task::spawn_blocking(move || fhir_edge_core::care::resources::search_page(&body, ty, &k)).await;
+        let page = tokio::task::spawn_blocking(move || {
+            fhir_edge_core::care::resources::search_page(&body, ty, &k)
+        })
+        .await;
         let Ok(Some(page)) = page else {
-            return TypeOutcome::Failed(FetchError::Body(format!("the {ty} search answered something other than a Bundle")));
+            return TypeOutcome::Failed(FetchError::Body(format!(
+                "the {ty} search answered something other than a Bundle"
+            )));
         };
         pages += 1;
         resources += page.resources;
@@ -138,21 +165,39 @@ async fn read_type(
             let mut set = crate::sync::lock(facts);
             page.facts.iter().cloned().for_each(|f| set.upsert(f));
         }
-        let stored = store.send(StoreCare { resource_type: ty, facts: page.facts, cursor_ms: None }).await;
+        let stored = store
+            .send(StoreCare {
+                resource_type: ty,
+                facts: page.facts,
+                cursor_ms: None,
+            })
+            .await;
         if let Err(e) = stored.map_err(PipelineError::from).and_then(|r| r) {
             return TypeOutcome::Pipeline(e);
         }
         match page.next {
-            Some(next) if pages < crate::context::MAX_PAGES_PER_ROUND => match check_next(client.base(), &next) {
-                Ok(u) => url = u,
-                Err(e) => return TypeOutcome::Failed(e),
-            },
+            Some(next) if pages < crate::context::MAX_PAGES_PER_ROUND => {
+                match check_next(client.base(), &next) {
+                    Ok(u) => url = u,
+                    Err(e) => return TypeOutcome::Failed(e),
+                }
+            }
             _ => break,
         }
     }
-    let moved = store.send(StoreCare { resource_type: ty, facts: Vec::new(), cursor_ms: newest }).await;
+    let moved = store
+        .send(StoreCare {
+            resource_type: ty,
+            facts: Vec::new(),
+            cursor_ms: newest,
+        })
+        .await;
     match moved.map_err(PipelineError::from).and_then(|r| r) {
-        Ok(()) => TypeOutcome::Read { pages, resources, newest },
+        Ok(()) => TypeOutcome::Read {
+            pages,
+            resources,
+            newest,
+        },
         Err(e) => TypeOutcome::Pipeline(e),
     }
 }
@@ -164,28 +209,59 @@ impl Handler<Round> for ContextActor {
         if self.stop.load(Ordering::Relaxed) {
             return;
         }
-        let types: Vec<&'static str> = self.cfg.types().into_iter().filter(|t| !self.refused.contains(t)).collect();
+        let types: Vec<&'static str> = self
+            .cfg
+            .types()
+            .into_iter()
+            .filter(|t| !self.refused.contains(t))
+            .collect();
         let cursors = self.cursors.clone();
-        let (client, key, facts, links, health) =
-            (self.client.clone(), self.key.clone(), self.facts.clone(), self.links.clone(), self.health.clone());
+        let (client, key, facts, links, health) = (
+            self.client.clone(),
+            self.key.clone(),
+            self.facts.clone(),
+            self.links.clone(),
+            self.health.clone(),
+        );
         let page_size = self.cfg.page_size;
         let fut = async move {
             health.begin_step(ActorId::Context);
             let mut outcomes = Vec::new();
             for ty in types {
-                let o = read_type(&client, ty, cursors.get(ty).copied().flatten(), page_size, &key, &facts, &links.store, &health).await;
+                let reading = Reading {
+                    client: &client,
+                    key: &key,
+                    facts: &facts,
+                    store: &links.store,
+                    health: &health,
+                    page_size,
+                };
+                let o = read_type(&reading, ty, cursors.get(ty).copied().flatten()).await;
                 if let TypeOutcome::Refused(why) = &o {
-                    let noted = links.refuse.send(RefuseCareType { resource_type: ty, why: why.clone() }).await;
+                    let noted = links
+                        .refuse
+                        .send(RefuseCareType {
+                            resource_type: ty,
+                            why: why.clone(),
+                        })
+                        .await;
                     if let Err(e) = noted.map_err(PipelineError::from).and_then(|r| r) {
-                        tracing::warn!(actor = "context", error_kind = e.kind(), "cannot note that {ty} is refused: {e}");
+                        tracing::warn!(
+                            actor = "context",
+                            error_kind = e.kind(),
+                            "cannot note that {ty} is refused: {e}"
+                        );
                     }
                 }
                 outcomes.push((ty, o));
             }
-            let changed = outcomes.iter().any(|(_, o)| matches!(o, TypeOutcome::Read { resources, .. } if *resources > 0));
+            let changed = outcomes
+                .iter()
+                .any(|(_, o)| matches!(o, TypeOutcome::Read { resources, .. } if *resources > 0));
             if changed {
                 let (facts, key) = (facts.clone(), key.clone());
-                let index = tokio::task::spawn_blocking(move || crate::sync::lock(&facts).index(key)).await;
+                let index =
+                    tokio::task::spawn_blocking(move || crate::sync::lock(&facts).index(key)).await;
                 if let Ok(index) = index {
                     let c = index.counts();
                     tracing::info!(

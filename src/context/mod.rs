@@ -21,8 +21,17 @@ use crate::client::FetchError;
 /// Whether a failed search means the server does not offer the type (to this client).
 pub(crate) fn refuses(e: &FetchError) -> Option<String> {
     match e {
-        FetchError::Status { status, detail } if matches!(status, 400 | 403 | 404 | 405 | 410 | 422 | 501) => {
-            Some(format!("HTTP {status}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") }))
+        FetchError::Status { status, detail }
+            if matches!(status, 400 | 403 | 404 | 405 | 410 | 422 | 501) =>
+        {
+            Some(format!(
+                "HTTP {status}{}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                }
+            ))
         }
         _ => None,
     }
@@ -38,7 +47,10 @@ mod tests {
 
     #[test]
     fn refusals_are_told_apart_from_outages() {
-        let status = |s: u16| FetchError::Status { status: s, detail: String::new() };
+        let status = |s: u16| FetchError::Status {
+            status: s,
+            detail: String::new(),
+        };
         assert!(refuses(&status(403)).is_some());
         assert!(refuses(&status(404)).unwrap().contains("404"));
         assert!(refuses(&status(500)).is_none());

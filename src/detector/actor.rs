@@ -344,13 +344,19 @@ impl Handler<crate::pipeline::UseCare> for DetectorActor {
     fn handle(&mut self, msg: crate::pipeline::UseCare, _: &mut Self::Context) -> Self::Result {
         let detector = self.detector.clone();
         let fut = async move {
-            let _ = tokio::task::spawn_blocking(move || {
+            let used = tokio::task::spawn_blocking(move || {
                 detector
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .set_care(Some(msg.0));
+                    .set_care(Some(msg.0))
             })
             .await;
+            if used.is_ok_and(|u| !u) {
+                tracing::debug!(
+                    actor = "detector",
+                    "care context kept for a model trained with one"
+                );
+            }
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self)))
     }

@@ -120,7 +120,9 @@ fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Res
     let since = fhir_edge_core::clock::from_ms(since_ms);
     let records = crate::training::server_history(cfg, since)?;
     let server = crate::client::redact_url(&cfg.fhir.base_url);
-    let ctx = crate::training::site_context(None, None, &[], Some(cfg))?;
+    let mut ctx = crate::training::site_context(None, None, &[], Some(cfg))?;
+    // With the care context the daemon follows, so the site's model knows its signals.
+    ctx.set_care(crate::training::followed_care(cfg));
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     let run = crate::training::TrainRun {

@@ -299,7 +299,11 @@ impl Handler<crate::pipeline::StoreCare> for StateActor {
 
 impl Handler<crate::pipeline::RefuseCareType> for StateActor {
     type Result = Result<(), crate::pipeline::PipelineError>;
-    fn handle(&mut self, msg: crate::pipeline::RefuseCareType, _: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        msg: crate::pipeline::RefuseCareType,
+        _: &mut Self::Context,
+    ) -> Self::Result {
         Ok(self.write(|s, now| s.refuse_care_type(msg.resource_type, &msg.why, now))?)
     }
 }

@@ -16,9 +16,20 @@ use fhir_edge_lab::server::FhirStore;
 /// learning mode; their context starts empty and nothing is passed over.
 pub fn tiny_model() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
+    DIR.get_or_init(|| train_tiny("fhir-edge-tiny-model", false))
+}
+
+/// A tiny model trained with the simulated hospital's care context (its care signals in
+/// use).
+pub fn tiny_care_model() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| train_tiny("fhir-edge-tiny-care-model", true))
+}
+
+fn train_tiny(prefix: &str, care: bool) -> PathBuf {
+    {
         let dir = tempfile::Builder::new()
-            .prefix("fhir-edge-tiny-model")
+            .prefix(prefix)
             .tempdir()
             .unwrap()
             .keep();
@@ -37,18 +48,30 @@ pub fn tiny_model() -> &'static Path {
             })
             .collect();
         let mut ctx = fhir_edge_core::detector::features::Context::new(chrono_tz::UTC);
+        if care {
+            use fhir_edge_core::care;
+            let key = care::CareKey::ephemeral().unwrap();
+            let mut set = care::FactSet::default();
+            for r in fhir_edge_lab::simulate::context_resources(&o) {
+                care::resources::read(&r, &key)
+                    .into_iter()
+                    .for_each(|f| set.upsert(f));
+            }
+            ctx.set_care(Some(Arc::new(set.index(key))));
+        }
         let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);
         let opts = fhir_edge_core::detector::model::TrainOptions {
             epochs: 3,
             ..Default::default()
         };
-        let m =
+        let mut m =
             fhir_edge_core::detector::model::train(&rows, &opts, vec!["tiny".into()], |_, _| {})
                 .unwrap();
+        m.meta.training.care_context = care;
         m.save(&dir).unwrap();
         as_sites_model(&dir);
         dir
-    })
+    }
 }
 
 /// Give a model folder empty baselines, so a daemon takes it for its site's model (no

@@ -406,12 +406,29 @@ fn a_server_that_refuses_the_care_context_types_still_gets_every_event_scored_an
     let mut cfg = config(&s.base_url, dir.path());
     cfg.context.types = vec!["Practitioner".into(), "Encounter".into()];
     let d = TestDaemon::start(cfg);
-    wait_until(Duration::from_secs(60), "120 events and both types refused", || {
-        let st = status(dir.path());
-        st.events_scored == 120 && st.care.iter().filter(|t| t.refused.is_some()).count() == 2
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "120 events and both types refused",
+        || {
+            let st = status(dir.path());
+            st.events_scored == 120 && st.care.iter().filter(|t| t.refused.is_some()).count() == 2
+        },
+    );
     let st = status(dir.path());
-    assert!(st.care.iter().all(|t| t.refused.as_deref().unwrap().contains("404")), "{:?}", st.care);
-    assert_eq!(d.counter(fhir_edge::health::Counter::ContextErrors), 0, "a refusal is not an error");
-    assert_eq!(d.counter(fhir_edge::health::Counter::EventsModelScored), 120);
+    assert!(
+        st.care
+            .iter()
+            .all(|t| t.refused.as_deref().unwrap().contains("404")),
+        "{:?}",
+        st.care
+    );
+    assert_eq!(
+        d.counter(fhir_edge::health::Counter::ContextErrors),
+        0,
+        "a refusal is not an error"
+    );
+    assert_eq!(
+        d.counter(fhir_edge::health::Counter::EventsModelScored),
+        120
+    );
 }

@@ -467,7 +467,8 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     let Some(s) = start_sekmet() else { return };
     let now = chrono::Utc::now();
     let at = |h: i64| fhir_edge_core::clock::fmt_ms(now + chrono::Duration::hours(h));
-    let class = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"});
+    let class =
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"});
     // Staff, their roles, patients (one of them Ann's mother, named as her relative), an
     // admission with Ann on it, one that begins tomorrow, a care team, an appointment and an
     // episode of care: all eight types.
@@ -500,13 +501,25 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     put_all(&s.base_url, &context);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&s.base_url, dir.path());
+    cfg.detector.model_dir = tiny_care_model().to_path_buf();
     cfg.context.interval_secs = 10;
     let d = TestDaemon::start(cfg);
     wait_until(Duration::from_secs(60), "the care context read", || {
-        status(dir.path()).care.iter().filter(|t| t.resources > 0).count() == 8
+        status(dir.path())
+            .care
+            .iter()
+            .filter(|t| t.resources > 0)
+            .count()
+            == 8
     });
     let st = status(dir.path());
-    let count = |t: &str| st.care.iter().find(|c| c.resource_type == t).unwrap().resources;
+    let count = |t: &str| {
+        st.care
+            .iter()
+            .find(|c| c.resource_type == t)
+            .unwrap()
+            .resources
+    };
     assert_eq!(
         (count("Practitioner"), count("Patient"), count("Encounter")),
         (2, 2, 2)
@@ -540,11 +553,18 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     let on = |id: &str| alerts.iter().find(|a| a.event_id == id);
     let mother = on(&ids[0]).expect("the relative's record raised an alert");
     assert!(
-        mother.explanation.iter().any(|e| e.contains("name the user as a relative")),
+        mother
+            .explanation
+            .iter()
+            .any(|e| e.contains("name the user as a relative")),
         "{:?}",
         mother.explanation
     );
-    assert!(on(&ids[1]).is_none(), "inside a treatment relationship: {:?}", on(&ids[1]));
+    assert!(
+        on(&ids[1]).is_none(),
+        "inside a treatment relationship: {:?}",
+        on(&ids[1])
+    );
     // Nothing of the people in clear in the state database, and the key file is private.
     drop(r);
     d.stop();
@@ -556,7 +576,18 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
         }
     }
     let db = String::from_utf8_lossy(&db).to_lowercase();
-    for clear in ["quennell", "annabel", "hollowell", "maud", "wistful", "40412", "555-0142", "0142998", "1234567893", "1981-02-03"] {
+    for clear in [
+        "quennell",
+        "annabel",
+        "hollowell",
+        "maud",
+        "wistful",
+        "40412",
+        "555-0142",
+        "0142998",
+        "1234567893",
+        "1981-02-03",
+    ] {
         assert!(!db.contains(clear), "{clear} is in the state directory");
     }
     use std::os::unix::fs::PermissionsExt;

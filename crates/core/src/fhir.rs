@@ -507,7 +507,16 @@ pub struct AuditRecord {
 /// names, names, addresses, phones and e-mail, birth dates, narrative, contained resources,
 /// free-text details. What remains (references, codes, times, addresses of machines) is what
 /// the alert needs; the people are looked up in the EHR by reference.
-const PEOPLE_KEYS: &[&str] = &["display", "name", "address", "telecom", "birthDate", "text", "contained", "detail"];
+const PEOPLE_KEYS: &[&str] = &[
+    "display",
+    "name",
+    "address",
+    "telecom",
+    "birthDate",
+    "text",
+    "contained",
+    "detail",
+];
 
 /// The AuditEvent `raw` without anything that names, locates or reaches a person
 /// (`PEOPLE_KEYS`, at any depth), as it is kept with an alert. An event that is not JSON is
@@ -517,7 +526,9 @@ pub fn without_people(raw: &str) -> String {
     fn strip(v: &mut serde_json::Value, in_network: bool) {
         match v {
             serde_json::Value::Object(m) => {
-                m.retain(|k, _| !(PEOPLE_KEYS.contains(&k.as_str()) && !(in_network && k == "address")));
+                m.retain(|k, _| {
+                    !(PEOPLE_KEYS.contains(&k.as_str()) && !(in_network && k == "address"))
+                });
                 for (k, v) in m.iter_mut() {
                     strip(v, k == "network");
                 }

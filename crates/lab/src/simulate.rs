@@ -1455,7 +1455,12 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
         (line, postal, phone)
     };
     let birth = |rng: &mut Rng, from: i64, span: u64| {
-        format!("{}-{:02}-{:02}", from + rng.below(span) as i64, 1 + rng.below(12), 1 + rng.below(28))
+        format!(
+            "{}-{:02}-{:02}",
+            from + rng.below(span) as i64,
+            1 + rng.below(12),
+            1 + rng.below(28)
+        )
     };
     let mut out = Vec::new();
     // Staff: a name, a home, a phone, a birth date, a staff identifier; a role in their
@@ -1463,7 +1468,13 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
     let mut staff_home = Vec::new();
     for u in &h.users {
         let id = id_of(&u.reference);
-        let given = u.display.trim_start_matches("Dr. ").split(' ').next().unwrap_or("").to_string();
+        let given = u
+            .display
+            .trim_start_matches("Dr. ")
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .to_string();
         let (line, postal, phone) = home(&mut rng);
         out.push(json!({
             "resourceType": "Practitioner", "id": id, "meta": {"lastUpdated": day(-30)},
@@ -1651,7 +1662,9 @@ mod tests {
         let key = care::CareKey::from_bytes(&[1u8; 32]).unwrap();
         let mut set = care::FactSet::default();
         for r in &ctx {
-            care::resources::read(r, &key).into_iter().for_each(|f| set.upsert(f));
+            care::resources::read(r, &key)
+                .into_iter()
+                .for_each(|f| set.upsert(f));
         }
         let ix = set.index(key);
         let (h, _) = hospital(&o);
@@ -1659,15 +1672,24 @@ mod tests {
         for u in &h.users {
             for p in &u.relatives {
                 let link = ix.personal(&u.reference, &h.patients[*p].reference);
-                assert!(matches!(link, Some(care::Personal::NamedRelative | care::Personal::Household)), "{link:?}");
+                assert!(
+                    matches!(
+                        link,
+                        Some(care::Personal::NamedRelative | care::Personal::Household)
+                    ),
+                    "{link:?}"
+                );
                 links += 1;
             }
         }
         assert!(links > 0);
         for p in &h.patients {
-            let at = (o.start + Duration::days(p.admit_day) + Duration::hours(1)).timestamp_millis();
+            let at =
+                (o.start + Duration::days(p.admit_day) + Duration::hours(1)).timestamp_millis();
             for u in &p.care_team {
-                assert!(ix.relation(&h.users[*u].reference, None, &p.reference, at).is_some_and(|r| r.personal));
+                assert!(ix
+                    .relation(&h.users[*u].reference, None, &p.reference, at)
+                    .is_some_and(|r| r.personal));
             }
         }
         for e in simulate(&o) {

@@ -57,9 +57,9 @@ impl CareKey {
         if bytes.len() < KEY_LEN {
             return Err(CareError::KeyTooShort { len: bytes.len() });
         }
-        Ok(CareKey(
-            Hmac::<Sha256>::new_from_slice(bytes).map_err(|_| CareError::KeyTooShort { len: bytes.len() })?,
-        ))
+        Ok(CareKey(Hmac::<Sha256>::new_from_slice(bytes).map_err(
+            |_| CareError::KeyTooShort { len: bytes.len() },
+        )?))
     }
 
     /// A fresh random key, kept only in memory (the offline commands: tags live as long as
@@ -138,17 +138,32 @@ mod tests {
     fn tags_depend_on_key_kind_and_value_and_the_key_file_is_made_once_private() {
         let a = CareKey::from_bytes(&[1u8; 32]).unwrap();
         let b = CareKey::from_bytes(&[2u8; 32]).unwrap();
-        assert_eq!(a.tag(TagKind::Family, "smith"), a.tag(TagKind::Family, "smith"));
-        assert_ne!(a.tag(TagKind::Family, "smith"), b.tag(TagKind::Family, "smith"));
-        assert_ne!(a.tag(TagKind::Family, "smith"), a.tag(TagKind::Given, "smith"));
+        assert_eq!(
+            a.tag(TagKind::Family, "smith"),
+            a.tag(TagKind::Family, "smith")
+        );
+        assert_ne!(
+            a.tag(TagKind::Family, "smith"),
+            b.tag(TagKind::Family, "smith")
+        );
+        assert_ne!(
+            a.tag(TagKind::Family, "smith"),
+            a.tag(TagKind::Given, "smith")
+        );
         assert!(CareKey::from_bytes(&[0u8; 8]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("care.key");
         let k1 = CareKey::load_or_create(&p).unwrap();
         let k2 = CareKey::load_or_create(&p).unwrap();
-        assert_eq!(k1.tag(TagKind::Phone, "5551234"), k2.tag(TagKind::Phone, "5551234"));
+        assert_eq!(
+            k1.tag(TagKind::Phone, "5551234"),
+            k2.tag(TagKind::Phone, "5551234")
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         std::fs::write(&p, b"short").unwrap();
         let e = CareKey::load_or_create(&p).unwrap_err();
         assert_eq!(e.kind(), "care_key_file");

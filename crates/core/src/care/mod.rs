@@ -44,11 +44,17 @@ pub enum CareError {
     #[error("care key too short: {len} bytes, at least {} needed", key::KEY_LEN)]
     KeyTooShort { len: usize },
     #[error("care key file {path}: {why}")]
-    KeyFile { path: std::path::PathBuf, why: String },
+    KeyFile {
+        path: std::path::PathBuf,
+        why: String,
+    },
     #[error("no random numbers for a care key: {0}")]
     Random(String),
     #[error("context file {path}: {why}")]
-    File { path: std::path::PathBuf, why: String },
+    File {
+        path: std::path::PathBuf,
+        why: String,
+    },
 }
 
 impl CareError {
@@ -78,9 +84,15 @@ impl Relation {
     /// 2026-11-03".
     pub fn words(&self) -> String {
         let who = if self.personal {
-            format!("the user is a participant of the patient's {}", self.kind.words())
+            format!(
+                "the user is a participant of the patient's {}",
+                self.kind.words()
+            )
         } else {
-            format!("the user's department holds the patient's {}", self.kind.words())
+            format!(
+                "the user's department holds the patient's {}",
+                self.kind.words()
+            )
         };
         match self.since.and_then(chrono::DateTime::from_timestamp_millis) {
             Some(t) => format!("{who} since {}", t.format("%Y-%m-%d")),
@@ -90,7 +102,9 @@ impl Relation {
 }
 
 /// How the patient is personally linked to the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Personal {
     /// Another member of staff.
@@ -126,7 +140,10 @@ struct Link {
 
 impl Link {
     fn active(&self, at: i64) -> bool {
-        self.from.is_none_or(|f| at >= f) && self.to.is_none_or(|t| at <= t.saturating_add(GRACE_AFTER_MS))
+        self.from.is_none_or(|f| at >= f)
+            && self
+                .to
+                .is_none_or(|t| at <= t.saturating_add(GRACE_AFTER_MS))
     }
 }
 
@@ -160,6 +177,9 @@ pub struct IndexCounts {
     pub staff_as_patients: usize,
 }
 
+/// A unit a practitioner works in, from when to when (ms).
+type UnitSpan = (String, Option<i64>, Option<i64>);
+
 /// Everything the detector asks of the care context, built from the facts.
 #[derive(Debug, Clone)]
 pub struct Index {
@@ -167,7 +187,7 @@ pub struct Index {
     practitioners: HashMap<String, Person>,
     role_of: HashMap<String, String>,
     /// Practitioner → units (with their period).
-    units: HashMap<String, Vec<(String, Option<i64>, Option<i64>)>>,
+    units: HashMap<String, Vec<UnitSpan>>,
     by_identifier: HashMap<Tag, String>,
     patients: HashMap<String, PatientEntry>,
     care: HashMap<String, Vec<Link>>,
@@ -198,7 +218,13 @@ impl Index {
                     }
                     ix.practitioners.insert(id.clone(), person.clone());
                 }
-                Facts::Role { id, practitioner, units, from, to } => {
+                Facts::Role {
+                    id,
+                    practitioner,
+                    units,
+                    from,
+                    to,
+                } => {
                     ix.counts.roles += 1;
                     if let Some(p) = practitioner {
                         ix.role_of.insert(id.clone(), p.clone());
@@ -206,26 +232,53 @@ impl Index {
                         mine.extend(units.iter().map(|u| (u.clone(), *from, *to)));
                     }
                 }
-                Facts::Patient { id, person, contacts } => {
+                Facts::Patient {
+                    id,
+                    person,
+                    contacts,
+                } => {
                     let e = ix.patients.entry(id.clone()).or_default();
                     e.person = person.clone();
                     e.relatives.extend(contacts.iter().cloned());
                 }
-                Facts::RelatedPerson { patient, person, .. } => related.push((patient.clone(), person.clone())),
+                Facts::RelatedPerson {
+                    patient, person, ..
+                } => related.push((patient.clone(), person.clone())),
                 Facts::Team { id, members } => {
                     teams.insert(id.clone(), members.clone());
                 }
-                Facts::Care { id, kind, patient, who, units, from, to } => {
+                Facts::Care {
+                    id,
+                    kind,
+                    patient,
+                    who,
+                    units,
+                    from,
+                    to,
+                } => {
                     if *kind == CareKind::CareTeam {
                         teams.insert(id.clone(), who.clone());
                     }
-                    cares.push((patient.clone(), Link { kind: *kind, who: who.clone(), units: units.clone(), from: *from, to: *to }));
+                    cares.push((
+                        patient.clone(),
+                        Link {
+                            kind: *kind,
+                            who: who.clone(),
+                            units: units.clone(),
+                            from: *from,
+                            to: *to,
+                        },
+                    ));
                 }
             }
         }
         ix.counts.related_persons = related.len();
         for (patient, person) in related {
-            ix.patients.entry(patient).or_default().relatives.push(person);
+            ix.patients
+                .entry(patient)
+                .or_default()
+                .relatives
+                .push(person);
         }
         // Expand roles and care teams to the practitioners behind them (one level of teams
         // within teams).
@@ -271,13 +324,22 @@ impl Index {
         }
         let mut staff_patients = 0;
         for e in ix.patients.values_mut() {
-            let by_id = e.person.ids.iter().find_map(|t| ix.by_identifier.get(t)).cloned();
+            let by_id = e
+                .person
+                .ids
+                .iter()
+                .find_map(|t| ix.by_identifier.get(t))
+                .cloned();
             e.staff = by_id.or_else(|| {
                 let b = e.person.birth?;
                 by_birth
                     .get(&b)?
                     .iter()
-                    .find(|id| ix.practitioners.get(**id).is_some_and(|p| p.same_person(&e.person)))
+                    .find(|id| {
+                        ix.practitioners
+                            .get(**id)
+                            .is_some_and(|p| p.same_person(&e.person))
+                    })
                     .map(|id| (*id).clone())
             });
             staff_patients += e.staff.is_some() as usize;
@@ -308,7 +370,9 @@ impl Index {
             // A reference to something the server has not shown us.
             return r.starts_with("Practitioner/").then_some(r);
         }
-        self.by_identifier.get(&resources::user_identifier_tag(user, &self.key)).cloned()
+        self.by_identifier
+            .get(&resources::user_identifier_tag(user, &self.key))
+            .cloned()
     }
 
     /// Whether the index knows any treatment relationship of the patient (else "no
@@ -320,7 +384,13 @@ impl Index {
     /// The treatment relationship linking the user (the audit user `user`, working in
     /// `event_unit` when the AuditEvent names one) to the patient at `at_ms`, personal ones
     /// first, then the oldest.
-    pub fn relation(&self, user: &str, event_unit: Option<&str>, patient: &str, at_ms: i64) -> Option<Relation> {
+    pub fn relation(
+        &self,
+        user: &str,
+        event_unit: Option<&str>,
+        patient: &str,
+        at_ms: i64,
+    ) -> Option<Relation> {
         let links = self.care.get(&resources::norm_ref(patient))?;
         let me = self.practitioner_of(user);
         let user_ref = resources::norm_ref(user);
@@ -338,15 +408,27 @@ impl Index {
         }
         let mut best: Option<Relation> = None;
         for l in links.iter().filter(|l| l.active(at_ms)) {
-            let personal = l.who.iter().any(|w| Some(w) == me.as_ref() || *w == user_ref);
+            let personal = l
+                .who
+                .iter()
+                .any(|w| Some(w) == me.as_ref() || *w == user_ref);
             let unit = !personal && l.units.iter().any(|u| my_units.contains(&u.as_str()));
             if !(personal || unit) {
                 continue;
             }
-            let r = Relation { kind: l.kind, personal, since: l.from };
+            let r = Relation {
+                kind: l.kind,
+                personal,
+                since: l.from,
+            };
             best = Some(match best {
                 None => r,
-                Some(b) if (r.personal, std::cmp::Reverse(r.since.unwrap_or(i64::MIN))) > (b.personal, std::cmp::Reverse(b.since.unwrap_or(i64::MIN))) => r,
+                Some(b)
+                    if (r.personal, std::cmp::Reverse(r.since.unwrap_or(i64::MIN)))
+                        > (b.personal, std::cmp::Reverse(b.since.unwrap_or(i64::MIN))) =>
+                {
+                    r
+                }
                 Some(b) => b,
             });
         }
@@ -357,14 +439,24 @@ impl Index {
     /// it at all (the patient has known relationships, and the user is a known
     /// Practitioner or the event names their unit), the active relationship, the personal
     /// link.
-    pub fn assess(&self, user: &str, event_unit: Option<&str>, patient: &str, at_ms: i64) -> Assessment {
+    pub fn assess(
+        &self,
+        user: &str,
+        event_unit: Option<&str>,
+        patient: &str,
+        at_ms: i64,
+    ) -> Assessment {
         let me = self.practitioner_of(user);
         let p = resources::norm_ref(patient);
         let covered = self.care.contains_key(&p) && (me.is_some() || event_unit.is_some());
         Assessment {
             linked: me.is_some(),
             covered,
-            relation: if covered { self.relation(user, event_unit, patient, at_ms) } else { None },
+            relation: if covered {
+                self.relation(user, event_unit, patient, at_ms)
+            } else {
+                None
+            },
             personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),
         }
     }
@@ -424,14 +516,23 @@ impl FactSet {
 
     /// Read NDJSON files of resources (one resource or Bundle per line), tagging with `key`.
     /// Lines that are not JSON are counted, not fatal; a missing file is an error.
-    pub fn read_ndjson(paths: &[std::path::PathBuf], key: &CareKey) -> Result<(FactSet, ReadSummary), CareError> {
+    pub fn read_ndjson(
+        paths: &[std::path::PathBuf],
+        key: &CareKey,
+    ) -> Result<(FactSet, ReadSummary), CareError> {
         use std::io::BufRead;
         let mut set = FactSet::default();
         let mut sum = ReadSummary::default();
         for path in paths {
-            let f = std::fs::File::open(path).map_err(|e| CareError::File { path: path.clone(), why: e.to_string() })?;
+            let f = std::fs::File::open(path).map_err(|e| CareError::File {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
             for line in std::io::BufReader::new(f).lines() {
-                let line = line.map_err(|e| CareError::File { path: path.clone(), why: e.to_string() })?;
+                let line = line.map_err(|e| CareError::File {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -441,13 +542,11 @@ impl FactSet {
                 };
                 for r in resources::resources(v) {
                     let facts = resources::read(&r, key);
-                    if facts.is_empty() {
-                        sum.skipped += 1;
+                    match facts.is_empty() {
+                        true => sum.skipped += 1,
+                        false => sum.read += 1,
                     }
-                    for f in facts {
-                        sum.read += 1;
-                        set.upsert(f);
-                    }
+                    facts.into_iter().for_each(|f| set.upsert(f));
                 }
             }
         }

@@ -167,7 +167,9 @@ pub fn norm_ref(r: &str) -> String {
     let r = r.split("/_history/").next().unwrap_or(r);
     let parts: Vec<&str> = r.rsplitn(3, '/').collect();
     match parts.as_slice() {
-        [id, ty, ..] if ty.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() => {
+        [id, ty, ..]
+            if ty.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !id.is_empty() =>
+        {
             format!("{ty}/{id}")
         }
         _ => r.to_string(),
@@ -219,8 +221,12 @@ fn time_ms(s: &str, end: bool) -> Option<i64> {
 
 fn period(v: &Value) -> (Option<i64>, Option<i64>) {
     (
-        v.get("start").and_then(Value::as_str).and_then(|s| time_ms(s, false)),
-        v.get("end").and_then(Value::as_str).and_then(|s| time_ms(s, true)),
+        v.get("start")
+            .and_then(Value::as_str)
+            .and_then(|s| time_ms(s, false)),
+        v.get("end")
+            .and_then(Value::as_str)
+            .and_then(|s| time_ms(s, true)),
     )
 }
 
@@ -246,7 +252,12 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
         }
     };
     for n in arr(v, "name") {
-        if let Some(f) = n.get("family").and_then(Value::as_str).map(norm_text).filter(|f| !f.is_empty()) {
+        if let Some(f) = n
+            .get("family")
+            .and_then(Value::as_str)
+            .map(norm_text)
+            .filter(|f| !f.is_empty())
+        {
             push(&mut p.family, key.tag(TagKind::Family, &f));
         } else if let Some(text) = n.get("text").and_then(Value::as_str) {
             // "Given Family" or "Family, Given".
@@ -266,15 +277,30 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
         }
     }
     for a in arr(v, "address") {
-        let lines: String = arr(&a, "line").filter_map(|l| l.as_str().map(norm_text)).collect();
-        let postal = a.get("postalCode").and_then(Value::as_str).map(norm_text).unwrap_or_default();
+        let lines: String = arr(&a, "line")
+            .filter_map(|l| l.as_str().map(norm_text))
+            .collect();
+        let postal = a
+            .get("postalCode")
+            .and_then(Value::as_str)
+            .map(norm_text)
+            .unwrap_or_default();
         if !lines.is_empty() {
-            push(&mut p.address, key.tag(TagKind::Address, &format!("{lines}|{postal}")));
+            push(
+                &mut p.address,
+                key.tag(TagKind::Address, &format!("{lines}|{postal}")),
+            );
         }
     }
     for t in arr(v, "telecom") {
-        let phone = t.get("system").and_then(Value::as_str).is_none_or(|s| s == "phone" || s == "sms");
-        if let (true, Some(n)) = (phone, t.get("value").and_then(Value::as_str).and_then(norm_phone)) {
+        let phone = t
+            .get("system")
+            .and_then(Value::as_str)
+            .is_none_or(|s| s == "phone" || s == "sms");
+        if let (true, Some(n)) = (
+            phone,
+            t.get("value").and_then(Value::as_str).and_then(norm_phone),
+        ) {
             push(&mut p.phone, key.tag(TagKind::Phone, &n));
         }
     }
@@ -284,9 +310,17 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
         .filter(|b| b.len() == 10 && NaiveDate::parse_from_str(b, "%Y-%m-%d").is_ok())
         .map(|b| key.tag(TagKind::Birth, b));
     for i in arr(v, "identifier") {
-        if let Some(val) = i.get("value").and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(val) = i
+            .get("value")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let sys = i.get("system").and_then(Value::as_str).unwrap_or("").trim();
-            push(&mut p.ids, key.tag(TagKind::Identifier, &format!("{sys}|{val}")));
+            push(
+                &mut p.ids,
+                key.tag(TagKind::Identifier, &format!("{sys}|{val}")),
+            );
             push(&mut p.ids, key.tag(TagKind::Identifier, &format!("|{val}")));
         }
     }
@@ -298,7 +332,10 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
 pub fn user_identifier_tag(user: &str, key: &CareKey) -> Tag {
     let u = user.trim();
     match u.split_once('|') {
-        Some((sys, val)) => key.tag(TagKind::Identifier, &format!("{}|{}", sys.trim(), val.trim())),
+        Some((sys, val)) => key.tag(
+            TagKind::Identifier,
+            &format!("{}|{}", sys.trim(), val.trim()),
+        ),
         None => key.tag(TagKind::Identifier, &format!("|{u}")),
     }
 }
@@ -317,10 +354,19 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
     let id = format!("{ty}/{}", v.get("id")?.as_str()?);
     let subject = |field: &str| v.get(field).and_then(reference);
     Some(match ty {
-        "Practitioner" => Facts::Practitioner { id, person: person(v, key) },
+        "Practitioner" => Facts::Practitioner {
+            id,
+            person: person(v, key),
+        },
         "PractitionerRole" => {
             let mut units: Vec<String> = Vec::new();
-            for u in v.get("organization").into_iter().cloned().chain(arr(v, "location")).chain(arr(v, "healthcareService")) {
+            for u in v
+                .get("organization")
+                .into_iter()
+                .cloned()
+                .chain(arr(v, "location"))
+                .chain(arr(v, "healthcareService"))
+            {
                 if let Some(k) = unit_key(&u) {
                     units.push(k);
                 }
@@ -333,7 +379,11 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
             let (from, to) = v.get("period").map(period).unwrap_or_default();
             Facts::Role {
                 id,
-                practitioner: if withdrawn(v) { None } else { subject("practitioner") },
+                practitioner: if withdrawn(v) {
+                    None
+                } else {
+                    subject("practitioner")
+                },
                 units,
                 from,
                 to,
@@ -354,7 +404,11 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 .collect();
             contacts.retain(|c| !c.is_empty());
             // `generalPractitioner` is a standing relationship too: `read` adds it.
-            Facts::Patient { id, person: person(v, key), contacts }
+            Facts::Patient {
+                id,
+                person: person(v, key),
+                contacts,
+            }
         }
         "RelatedPerson" => Facts::RelatedPerson {
             id,
@@ -378,21 +432,54 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 units.push(k);
             }
             let (from, to) = v.get("period").map(period).unwrap_or_default();
-            care(id, CareKind::Encounter, subject("subject")?, who, units, from, to, v)
+            care(
+                id,
+                CareKind::Encounter,
+                subject("subject")?,
+                who,
+                units,
+                from,
+                to,
+                v,
+            )
         }
         "EpisodeOfCare" => {
-            let mut who: Vec<String> = v.get("careManager").and_then(reference).into_iter().collect();
+            let mut who: Vec<String> = v
+                .get("careManager")
+                .and_then(reference)
+                .into_iter()
+                .collect();
             who.extend(arr(v, "team").filter_map(|t| reference(&t)));
-            let units = v.get("managingOrganization").and_then(unit_key).into_iter().collect();
+            let units = v
+                .get("managingOrganization")
+                .and_then(unit_key)
+                .into_iter()
+                .collect();
             let (from, to) = v.get("period").map(period).unwrap_or_default();
-            care(id, CareKind::EpisodeOfCare, subject("patient")?, who, units, from, to, v)
+            care(
+                id,
+                CareKind::EpisodeOfCare,
+                subject("patient")?,
+                who,
+                units,
+                from,
+                to,
+                v,
+            )
         }
         "CareTeam" => {
             let members: Vec<String> = arr(v, "participant")
                 .filter_map(|p| p.get("member").and_then(reference))
                 .collect();
-            let mut units: Vec<String> = arr(v, "managingOrganization").filter_map(|o| unit_key(&o)).collect();
-            units.extend(members.iter().filter(|m| m.starts_with("Organization/")).cloned());
+            let mut units: Vec<String> = arr(v, "managingOrganization")
+                .filter_map(|o| unit_key(&o))
+                .collect();
+            units.extend(
+                members
+                    .iter()
+                    .filter(|m| m.starts_with("Organization/"))
+                    .cloned(),
+            );
             let (from, to) = v.get("period").map(period).unwrap_or_default();
             match subject("subject").filter(|s| s.starts_with("Patient/")) {
                 Some(patient) => care(id, CareKind::CareTeam, patient, members, units, from, to, v),
@@ -407,23 +494,48 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 if p.get("status").and_then(Value::as_str) == Some("declined") {
                     continue;
                 }
-                let Some(actor) = p.get("actor") else { continue };
+                let Some(actor) = p.get("actor") else {
+                    continue;
+                };
                 match reference(actor) {
                     Some(r) if r.starts_with("Patient/") => patient = Some(r),
-                    Some(r) if r.starts_with("Location/") || r.starts_with("HealthcareService/") => units.push(r),
+                    Some(r)
+                        if r.starts_with("Location/") || r.starts_with("HealthcareService/") =>
+                    {
+                        units.push(r)
+                    }
                     Some(r) => who.push(r),
                     None => {}
                 }
             }
             // From its booking (`created`), else its start; to its end, else its start.
-            let start = v.get("start").and_then(Value::as_str).and_then(|s| time_ms(s, false));
-            let created = v.get("created").and_then(Value::as_str).and_then(|s| time_ms(s, false));
-            let end = v.get("end").and_then(Value::as_str).and_then(|s| time_ms(s, true)).or(start);
+            let start = v
+                .get("start")
+                .and_then(Value::as_str)
+                .and_then(|s| time_ms(s, false));
+            let created = v
+                .get("created")
+                .and_then(Value::as_str)
+                .and_then(|s| time_ms(s, false));
+            let end = v
+                .get("end")
+                .and_then(Value::as_str)
+                .and_then(|s| time_ms(s, true))
+                .or(start);
             let from = match (created, start) {
                 (Some(c), Some(s)) => Some(c.min(s)),
                 (c, s) => c.or(s),
             };
-            care(id, CareKind::Appointment, patient?, who, units, from, end, v)
+            care(
+                id,
+                CareKind::Appointment,
+                patient?,
+                who,
+                units,
+                from,
+                end,
+                v,
+            )
         }
         _ => return None,
     })
@@ -444,18 +556,30 @@ fn care(
         who.clear();
         units.clear();
     }
-    Facts::Care { id, kind, patient, who, units, from, to }
+    Facts::Care {
+        id,
+        kind,
+        patient,
+        who,
+        units,
+        from,
+        to,
+    }
 }
 
 /// A Patient's `generalPractitioner`s, as a standing relationship.
 pub fn general_practitioners(v: &Value) -> Vec<String> {
-    arr(v, "generalPractitioner").filter_map(|g| reference(&g)).collect()
+    arr(v, "generalPractitioner")
+        .filter_map(|g| reference(&g))
+        .collect()
 }
 
 /// Every resource in a JSON value: one resource, or a Bundle's entries.
 pub fn resources(v: Value) -> Vec<Value> {
     if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
-        arr(&v, "entry").filter_map(|e| e.get("resource").cloned()).collect()
+        arr(&v, "entry")
+            .filter_map(|e| e.get("resource").cloned())
+            .collect()
     } else {
         vec![v]
     }
@@ -472,7 +596,11 @@ pub fn read(v: &Value, key: &CareKey) -> Vec<Facts> {
             id: format!("{id}#gp"),
             kind: CareKind::GeneralPractitioner,
             patient: id,
-            units: gps.iter().filter(|g| g.starts_with("Organization/")).cloned().collect(),
+            units: gps
+                .iter()
+                .filter(|g| g.starts_with("Organization/"))
+                .cloned()
+                .collect(),
             who: gps,
             from: None,
             to: None,
@@ -512,7 +640,11 @@ pub fn search_page(body: &[u8], resource_type: &str, key: &CareKey) -> Option<Se
             continue;
         }
         page.resources += 1;
-        if let Some(t) = r.pointer("/meta/lastUpdated").and_then(Value::as_str).and_then(|s| time_ms(s, false)) {
+        if let Some(t) = r
+            .pointer("/meta/lastUpdated")
+            .and_then(Value::as_str)
+            .and_then(|s| time_ms(s, false))
+        {
             page.newest_ms = Some(page.newest_ms.map_or(t, |n| n.max(t)));
         }
         page.facts.extend(read(r, key));

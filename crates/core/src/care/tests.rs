@@ -6,7 +6,9 @@ fn key() -> CareKey {
 }
 
 fn ms(s: &str) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .timestamp_millis()
 }
 
 fn hospital() -> Vec<serde_json::Value> {
@@ -70,15 +72,39 @@ fn index() -> Index {
 #[test]
 fn audit_users_link_to_practitioners_by_reference_role_or_identifier() {
     let ix = index();
-    assert_eq!(ix.practitioner_of("Practitioner/ann").as_deref(), Some("Practitioner/ann"));
-    assert_eq!(ix.practitioner_of("https://fhir.example/fhir/Practitioner/ann/_history/3").as_deref(), Some("Practitioner/ann"));
-    assert_eq!(ix.practitioner_of("PractitionerRole/bob-card").as_deref(), Some("Practitioner/bob"));
-    assert_eq!(ix.practitioner_of("urn:npi|111").as_deref(), Some("Practitioner/ann"));
-    assert_eq!(ix.practitioner_of("b-9").as_deref(), Some("Practitioner/bob"));
+    assert_eq!(
+        ix.practitioner_of("Practitioner/ann").as_deref(),
+        Some("Practitioner/ann")
+    );
+    assert_eq!(
+        ix.practitioner_of("https://fhir.example/fhir/Practitioner/ann/_history/3")
+            .as_deref(),
+        Some("Practitioner/ann")
+    );
+    assert_eq!(
+        ix.practitioner_of("PractitionerRole/bob-card").as_deref(),
+        Some("Practitioner/bob")
+    );
+    assert_eq!(
+        ix.practitioner_of("urn:npi|111").as_deref(),
+        Some("Practitioner/ann")
+    );
+    assert_eq!(
+        ix.practitioner_of("b-9").as_deref(),
+        Some("Practitioner/bob")
+    );
     assert_eq!(ix.practitioner_of("urn:npi|999"), None);
     assert_eq!(ix.practitioner_of("Device/x"), None);
     let c = ix.counts();
-    assert_eq!((c.practitioners, c.patients, c.staff_as_patients, c.related_persons), (2, 4, 1, 1));
+    assert_eq!(
+        (
+            c.practitioners,
+            c.patients,
+            c.staff_as_patients,
+            c.related_persons
+        ),
+        (2, 4, 1, 1)
+    );
 }
 
 #[test]
@@ -86,37 +112,136 @@ fn relationships_hold_from_their_start_to_a_week_after_their_end_never_before() 
     let ix = index();
     let r = |u: &str, unit: Option<&str>, p: &str, t: &str| ix.relation(u, unit, p, ms(t));
     // Bob joined the encounter through his role: personal, from the encounter's start.
-    let bob = r("Practitioner/bob", None, "Patient/p1", "2026-11-06T10:00:00Z").unwrap();
+    let bob = r(
+        "Practitioner/bob",
+        None,
+        "Patient/p1",
+        "2026-11-06T10:00:00Z",
+    )
+    .unwrap();
     assert!(bob.personal);
     // Bob is also p1's GP (no period): personal either way, before the admission too.
-    assert_eq!(r("Practitioner/bob", None, "Patient/p1", "2026-01-01T00:00:00Z").unwrap().kind, CareKind::GeneralPractitioner);
+    assert_eq!(
+        r(
+            "Practitioner/bob",
+            None,
+            "Patient/p1",
+            "2026-01-01T00:00:00Z"
+        )
+        .unwrap()
+        .kind,
+        CareKind::GeneralPractitioner
+    );
     // Ann's unit (her role's location, by name) has p1's encounter: departmental.
-    let ann = r("Practitioner/ann", None, "Patient/p1", "2026-11-03T09:00:00Z").unwrap();
+    let ann = r(
+        "Practitioner/ann",
+        None,
+        "Patient/p1",
+        "2026-11-03T09:00:00Z",
+    )
+    .unwrap();
     assert_eq!((ann.kind, ann.personal), (CareKind::Encounter, false));
     assert!(ann.words().contains("since 2026-11-03"), "{}", ann.words());
     // …but not before it began: no clearing backwards in time.
-    assert_eq!(r("Practitioner/ann", None, "Patient/p1", "2026-11-03T07:59:00Z"), None);
+    assert_eq!(
+        r(
+            "Practitioner/ann",
+            None,
+            "Patient/p1",
+            "2026-11-03T07:59:00Z"
+        ),
+        None
+    );
     // An unknown user in the unit the AuditEvent names.
-    assert!(r("Practitioner/zed", Some("Intensive  Care"), "Patient/p1", "2026-11-04T00:00:00Z").is_some());
-    assert_eq!(r("Practitioner/zed", Some("Radiology"), "Patient/p1", "2026-11-04T00:00:00Z"), None);
+    assert!(r(
+        "Practitioner/zed",
+        Some("Intensive  Care"),
+        "Patient/p1",
+        "2026-11-04T00:00:00Z"
+    )
+    .is_some());
+    assert_eq!(
+        r(
+            "Practitioner/zed",
+            Some("Radiology"),
+            "Patient/p1",
+            "2026-11-04T00:00:00Z"
+        ),
+        None
+    );
     // A finished encounter: through the 5th and a week after, not later.
-    assert!(r("Practitioner/ann", None, "Patient/p4", "2026-10-12T00:00:00Z").is_some());
-    assert_eq!(r("Practitioner/ann", None, "Patient/p4", "2026-10-13T00:00:01Z"), None);
+    assert!(r(
+        "Practitioner/ann",
+        None,
+        "Patient/p4",
+        "2026-10-12T00:00:00Z"
+    )
+    .is_some());
+    assert_eq!(
+        r(
+            "Practitioner/ann",
+            None,
+            "Patient/p4",
+            "2026-10-13T00:00:01Z"
+        ),
+        None
+    );
     // Through a care team named by an episode of care.
-    assert_eq!(r("Practitioner/ann", None, "Patient/p3", "2026-10-01T00:00:00Z").unwrap().kind, CareKind::EpisodeOfCare);
+    assert_eq!(
+        r(
+            "Practitioner/ann",
+            None,
+            "Patient/p3",
+            "2026-10-01T00:00:00Z"
+        )
+        .unwrap()
+        .kind,
+        CareKind::EpisodeOfCare
+    );
     // An appointment from its booking; a cancelled one never.
-    assert!(r("Practitioner/bob", None, "Patient/p2", "2026-11-21T00:00:00Z").is_some());
-    assert_eq!(r("Practitioner/bob", None, "Patient/p2", "2026-11-19T00:00:00Z"), None);
-    assert_eq!(r("Practitioner/bob", None, "Patient/p4", "2026-11-28T09:00:00Z"), None);
+    assert!(r(
+        "Practitioner/bob",
+        None,
+        "Patient/p2",
+        "2026-11-21T00:00:00Z"
+    )
+    .is_some());
+    assert_eq!(
+        r(
+            "Practitioner/bob",
+            None,
+            "Patient/p2",
+            "2026-11-19T00:00:00Z"
+        ),
+        None
+    );
+    assert_eq!(
+        r(
+            "Practitioner/bob",
+            None,
+            "Patient/p4",
+            "2026-11-28T09:00:00Z"
+        ),
+        None
+    );
     assert!(ix.covers("Patient/p1") && !ix.covers("Patient/nobody"));
 }
 
 #[test]
 fn personal_links_self_relative_household_and_coworker() {
     let ix = index();
-    assert_eq!(ix.personal("Practitioner/bob", "Patient/p3"), Some(Personal::SelfRecord));
-    assert_eq!(ix.personal("Practitioner/ann", "Patient/p3"), Some(Personal::Coworker));
-    assert_eq!(ix.personal("Practitioner/ann", "Patient/p2"), Some(Personal::NamedRelative));
+    assert_eq!(
+        ix.personal("Practitioner/bob", "Patient/p3"),
+        Some(Personal::SelfRecord)
+    );
+    assert_eq!(
+        ix.personal("Practitioner/ann", "Patient/p3"),
+        Some(Personal::Coworker)
+    );
+    assert_eq!(
+        ix.personal("Practitioner/ann", "Patient/p2"),
+        Some(Personal::NamedRelative)
+    );
     // The same family name alone is not a personal link here.
     assert_eq!(ix.personal("Practitioner/ann", "Patient/p4"), None);
     assert_eq!(ix.personal("Practitioner/bob", "Patient/p1"), None);
@@ -131,7 +256,10 @@ fn personal_links_self_relative_household_and_coworker() {
             set.upsert(f);
         }
     }
-    assert_eq!(set.index(k).personal("Practitioner/c", "Patient/q"), Some(Personal::Household));
+    assert_eq!(
+        set.index(k).personal("Practitioner/c", "Patient/q"),
+        Some(Personal::Household)
+    );
 }
 
 #[test]
@@ -141,7 +269,19 @@ fn facts_keep_no_name_address_phone_or_birth_date_in_clear() {
         for f in resources::read(&r, &k) {
             let raw = serde_json::to_string(&f).unwrap();
             let s = raw.to_lowercase();
-            for clear in ["okafor", "eve", "grace", "elm", "02100", "555", "1980", "marsh", "lindqvist", "b-9", "111"] {
+            for clear in [
+                "okafor",
+                "eve",
+                "grace",
+                "elm",
+                "02100",
+                "555",
+                "1980",
+                "marsh",
+                "lindqvist",
+                "b-9",
+                "111",
+            ] {
                 assert!(!s.contains(clear), "{clear} in {s}");
             }
             let back: Facts = serde_json::from_str(&raw).unwrap();
@@ -158,7 +298,11 @@ fn context_files_read_resources_and_bundles_and_count_what_they_skip() {
         "entry": [{"resource": hospital()[0]}, {"resource": {"resourceType": "Observation", "id": "o"}}]});
     std::fs::write(&p, format!("{}\nnot json\n\n{}\n", bundle, hospital()[5])).unwrap();
     let (set, sum) = FactSet::read_ndjson(&[p], &key()).unwrap();
-    assert_eq!((set.len(), sum.read, sum.skipped, sum.unreadable), (2, 2, 1, 1));
+    assert_eq!(
+        (set.len(), sum.read, sum.skipped, sum.unreadable),
+        (2, 2, 1, 1),
+        "a Practitioner and an Encounter"
+    );
     let e = FactSet::read_ndjson(&[dir.path().join("missing")], &key()).unwrap_err();
     assert_eq!(e.kind(), "context_file");
 }

@@ -955,8 +955,16 @@ impl Context {
     /// Users the care context linked to a Practitioner, and users it could not link (of
     /// those whose events met a care context).
     pub fn care_links(&self) -> (usize, usize) {
-        let linked = self.users.values().filter(|u| u.linked == Some(true)).count();
-        let unlinked = self.users.values().filter(|u| u.linked == Some(false)).count();
+        let linked = self
+            .users
+            .values()
+            .filter(|u| u.linked == Some(true))
+            .count();
+        let unlinked = self
+            .users
+            .values()
+            .filter(|u| u.linked == Some(false))
+            .count();
         (linked, unlinked)
     }
 
@@ -1166,7 +1174,12 @@ impl Context {
     /// no history with the record (`cross_rate` given), the user's habit of accesses
     /// outside care when the care context knows no relationship (`outside_rate` given), the
     /// larger of the two when both.
-    fn crowd_weight(&self, cross_rate: Option<f32>, pair_rarity: f32, outside_rate: Option<f32>) -> f32 {
+    fn crowd_weight(
+        &self,
+        cross_rate: Option<f32>,
+        pair_rarity: f32,
+        outside_rate: Option<f32>,
+    ) -> f32 {
         let a = cross_rate.map_or(0.0, |c| self.access_weight(c, pair_rarity));
         let b = outside_rate.map_or(0.0, unrelated_weight);
         a.max(b)
@@ -2081,15 +2094,24 @@ mod tests {
         let (x, f) = row(&c, &rec("Practitioner/ann", "Patient/8", monday(11)));
         assert_eq!(f.personal, Some(care::Personal::Household));
         assert_eq!(x[Feature::PersonalLink.index()], 1.0);
-        assert!(x[Feature::OutsideCare.index()] > 0.0, "Cardiology is not Oncology");
+        assert!(
+            x[Feature::OutsideCare.index()] > 0.0,
+            "Cardiology is not Oncology"
+        );
         // A user in the unit that holds the patient is related through it.
-        let (x, _) = row(&c, &in_dept("Practitioner/zed", "Oncology", "Patient/8", monday(11)));
+        let (x, _) = row(
+            &c,
+            &in_dept("Practitioner/zed", "Oncology", "Patient/8", monday(11)),
+        );
         assert_eq!(x[Feature::OutsideCare.index()], 0.0);
         // Without care context, nothing changes.
         let plain = Context::new(chrono_tz::UTC);
         let (x, f) = row(&plain, &rec("Practitioner/ann", "Patient/8", monday(11)));
         assert!(!f.care_covered);
-        assert_eq!(x[Feature::OutsideCare.index()] + x[Feature::PersonalLink.index()], 0.0);
+        assert_eq!(
+            x[Feature::OutsideCare.index()] + x[Feature::PersonalLink.index()],
+            0.0
+        );
     }
 
     fn in_dept(user: &str, dept: &str, patient: &str, t: i64) -> AuditRecord {

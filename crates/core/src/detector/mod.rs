@@ -59,6 +59,8 @@ pub struct Detector {
     learning: bool,
     /// What the events scored by this process carried.
     coverage: coverage::Coverage,
+    /// The site's care context, used while the model was trained with one.
+    care: Option<std::sync::Arc<crate::care::Index>>,
 }
 
 impl Detector {
@@ -70,6 +72,7 @@ impl Detector {
             pass_over: None,
             learning: false,
             coverage: coverage::Coverage::default(),
+            care: None,
         }
     }
 
@@ -92,6 +95,7 @@ impl Detector {
     pub fn use_site_model(&mut self, model: Model) {
         self.model = model;
         self.learning = false;
+        self.apply_care();
     }
 
     /// A detector whose context was seeded from a model's baselines: events `rule` says
@@ -105,9 +109,19 @@ impl Detector {
         &self.ctx
     }
 
-    /// Use the site's care context from the next event on (see `Context::set_care`).
-    pub fn set_care(&mut self, index: Option<std::sync::Arc<crate::care::Index>>) {
-        self.ctx.set_care(index);
+    /// Use the site's care context from the next event on (see `Context::set_care`), if
+    /// the model was trained with one; false when it was not (the context is then kept for
+    /// a later model, not used: retrain with it).
+    pub fn set_care(&mut self, index: Option<std::sync::Arc<crate::care::Index>>) -> bool {
+        self.care = index;
+        self.apply_care()
+    }
+
+    fn apply_care(&mut self) -> bool {
+        let usable = self.model.meta.training.care_context;
+        self.ctx
+            .set_care(if usable { self.care.clone() } else { None });
+        usable || self.care.is_none()
     }
 
     /// Serialise the context; called when the cursor is committed.
@@ -565,7 +579,10 @@ pub fn explain(
     // What the care context knew in the user's favour, which lowered the score (the
     // signals a treatment relationship answers counted as related).
     if let (Some(rel), false) = (f.care, reasons.is_empty()) {
-        reasons.push(format!("care relationship, counted in the user's favour: {}", rel.words()));
+        reasons.push(format!(
+            "care relationship, counted in the user's favour: {}",
+            rel.words()
+        ));
     }
     (reasons, kinds)
 }

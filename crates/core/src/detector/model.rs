@@ -90,6 +90,12 @@ pub struct TrainingSummary {
     pub inputs: Vec<String>,
     pub trained_at: String,
     pub seconds: f32,
+    /// Whether the training rows had a care context (`Context::set_care`): only then does
+    /// the model know what its care signals look like at the site, and only then are they
+    /// used when scoring (a model trained without would take every access outside care for
+    /// something never seen).
+    #[serde(default)]
+    pub care_context: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -556,6 +562,7 @@ pub fn train(
                 inputs,
                 trained_at: crate::clock::fmt_ms(chrono::Utc::now()),
                 seconds: 0.0,
+                care_context: false,
             },
         },
         layers,

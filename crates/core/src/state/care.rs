@@ -40,7 +40,8 @@ impl Store {
                  ON CONFLICT(id) DO UPDATE SET facts = excluded.facts",
             )?;
             for f in facts {
-                let json = serde_json::to_string(f).map_err(|e| StateError::Sqlite(format!("care facts unreadable: {e}")))?;
+                let json = serde_json::to_string(f)
+                    .map_err(|e| StateError::Sqlite(format!("care facts unreadable: {e}")))?;
                 put.execute(params![f.id(), resource_type, json])?;
             }
         }
@@ -59,7 +60,12 @@ impl Store {
     }
 
     /// Note that the server refused `resource_type` (`why`: its status and message).
-    pub fn refuse_care_type(&mut self, resource_type: &str, why: &str, now_ms: i64) -> Result<(), StateError> {
+    pub fn refuse_care_type(
+        &mut self,
+        resource_type: &str,
+        why: &str,
+        now_ms: i64,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "INSERT INTO care_types(type, last_poll_ms, refused) VALUES (?1, ?2, ?3)
              ON CONFLICT(type) DO UPDATE SET last_poll_ms = excluded.last_poll_ms, refused = excluded.refused",
@@ -88,7 +94,11 @@ impl Store {
     pub fn care_cursor(&self, resource_type: &str) -> Result<Option<i64>, StateError> {
         Ok(self
             .conn
-            .query_row("SELECT cursor_ms FROM care_types WHERE type = ?1", [resource_type], |r| r.get(0))
+            .query_row(
+                "SELECT cursor_ms FROM care_types WHERE type = ?1",
+                [resource_type],
+                |r| r.get(0),
+            )
             .optional()?
             .flatten())
     }
@@ -104,7 +114,8 @@ fn read_facts(conn: &rusqlite::Connection) -> Result<FactSet, StateError> {
     let mut st = conn.prepare("SELECT facts FROM care_facts")?;
     for row in st.query_map([], |r| r.get::<_, String>(0))? {
         let json = row?;
-        let f: Facts = serde_json::from_str(&json).map_err(|e| StateError::Sqlite(format!("care facts unreadable: {e}")))?;
+        let f: Facts = serde_json::from_str(&json)
+            .map_err(|e| StateError::Sqlite(format!("care facts unreadable: {e}")))?;
         set.upsert(f);
     }
     Ok(set)
@@ -117,6 +128,11 @@ impl Reader {
             .conn
             .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Every kept resource's facts.
+    pub fn care_facts(&self) -> Result<FactSet, StateError> {
+        read_facts(&self.conn)
     }
 
     /// The followed resource types, by name.
@@ -155,15 +171,31 @@ mod tests {
                 &key,
             )
         };
-        s.store_care("Encounter", &enc("2026-01-01"), Some(2_000), 10).unwrap();
+        s.store_care("Encounter", &enc("2026-01-01"), Some(2_000), 10)
+            .unwrap();
         // The same page again (a crash before the cursor moved), then a newer version.
-        s.store_care("Encounter", &enc("2026-01-01"), Some(2_000), 11).unwrap();
-        s.store_care("Encounter", &enc("2026-02-01"), Some(1_000), 12).unwrap();
-        assert_eq!(s.care_cursor("Encounter").unwrap(), Some(2_000), "never backwards");
+        s.store_care("Encounter", &enc("2026-01-01"), Some(2_000), 11)
+            .unwrap();
+        s.store_care("Encounter", &enc("2026-02-01"), Some(1_000), 12)
+            .unwrap();
+        assert_eq!(
+            s.care_cursor("Encounter").unwrap(),
+            Some(2_000),
+            "never backwards"
+        );
         let set = s.care_facts().unwrap();
         assert_eq!(set.len(), 1);
         let ix = set.index(key);
-        assert!(ix.relation("Practitioner/a", None, "Patient/1", chrono::DateTime::parse_from_rfc3339("2026-01-15T00:00:00Z").unwrap().timestamp_millis()).is_none());
+        assert!(ix
+            .relation(
+                "Practitioner/a",
+                None,
+                "Patient/1",
+                chrono::DateTime::parse_from_rfc3339("2026-01-15T00:00:00Z")
+                    .unwrap()
+                    .timestamp_millis()
+            )
+            .is_none());
         s.refuse_care_type("CareTeam", "403 Forbidden", 13).unwrap();
         let r = Reader::open(dir.path()).unwrap();
         let types = r.care_types().unwrap();
@@ -178,6 +210,12 @@ mod tests {
         assert_eq!(s.care_facts().unwrap().len(), 1);
         // …unless the key changed: then the tags are useless and the context is read anew.
         assert!(s.check_care_key(43).unwrap());
-        assert_eq!((s.care_facts().unwrap().len(), s.care_cursor("Encounter").unwrap()), (0, None));
+        assert_eq!(
+            (
+                s.care_facts().unwrap().len(),
+                s.care_cursor("Encounter").unwrap()
+            ),
+            (0, None)
+        );
     }
 }
