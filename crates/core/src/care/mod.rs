@@ -30,6 +30,7 @@
 pub mod key;
 pub mod resources;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 pub use key::{CareKey, Tag};
@@ -359,26 +360,30 @@ impl Index {
     /// The Practitioner an audit user is: a Practitioner reference, a PractitionerRole's
     /// practitioner, or a Practitioner with that identifier (`system|value` or a value).
     pub fn practitioner_of(&self, user: &str) -> Option<String> {
-        let r = resources::norm_ref(user);
-        if self.practitioners.contains_key(&r) {
-            return Some(r);
+        self.practitioner_ref(user).map(Cow::into_owned)
+    }
+
+    fn practitioner_ref<'a>(&'a self, user: &'a str) -> Option<Cow<'a, str>> {
+        let r = resources::ref_key(user);
+        if let Some((k, _)) = self.practitioners.get_key_value(&*r) {
+            return Some(Cow::Borrowed(k.as_str()));
         }
-        if let Some(p) = self.role_of.get(&r) {
-            return Some(p.clone());
+        if let Some(p) = self.role_of.get(&*r) {
+            return Some(Cow::Borrowed(p.as_str()));
         }
         if r.contains('/') && !r.contains('|') {
-            // A reference to something the server has not shown us.
+            // A reference to a Practitioner the server has not shown us.
             return r.starts_with("Practitioner/").then_some(r);
         }
         self.by_identifier
             .get(&resources::user_identifier_tag(user, &self.key))
-            .cloned()
+            .map(|p| Cow::Borrowed(p.as_str()))
     }
 
     /// Whether the index knows any treatment relationship of the patient (else "no
     /// relationship" says nothing).
     pub fn covers(&self, patient: &str) -> bool {
-        self.care.contains_key(&resources::norm_ref(patient))
+        self.care.contains_key(&*resources::ref_key(patient))
     }
 
     /// The treatment relationship linking the user (the audit user `user`, working in
@@ -391,11 +396,27 @@ impl Index {
         patient: &str,
         at_ms: i64,
     ) -> Option<Relation> {
-        let links = self.care.get(&resources::norm_ref(patient))?;
-        let me = self.practitioner_of(user);
-        let user_ref = resources::norm_ref(user);
+        let links = self.care.get(&*resources::ref_key(patient))?;
+        let me = self.practitioner_ref(user);
+        self.relation_in(
+            links,
+            me.as_deref(),
+            &resources::ref_key(user),
+            event_unit,
+            at_ms,
+        )
+    }
+
+    fn relation_in(
+        &self,
+        links: &[Link],
+        me: Option<&str>,
+        user_ref: &str,
+        event_unit: Option<&str>,
+        at_ms: i64,
+    ) -> Option<Relation> {
         let mut my_units: Vec<&str> = Vec::new();
-        if let Some(us) = me.as_ref().and_then(|m| self.units.get(m)) {
+        if let Some(us) = me.and_then(|m| self.units.get(m)) {
             for (u, from, to) in us {
                 if from.is_none_or(|f| at_ms >= f) && to.is_none_or(|t| at_ms <= t) {
                     my_units.push(u);
@@ -406,12 +427,13 @@ impl Index {
         if let Some(u) = &event_unit {
             my_units.push(u);
         }
+        let rank = |r: &Relation| (r.personal, std::cmp::Reverse(r.since.unwrap_or(i64::MIN)));
         let mut best: Option<Relation> = None;
         for l in links.iter().filter(|l| l.active(at_ms)) {
             let personal = l
                 .who
                 .iter()
-                .any(|w| Some(w) == me.as_ref() || *w == user_ref);
+                .any(|w| Some(w.as_str()) == me || w == user_ref);
             let unit = !personal && l.units.iter().any(|u| my_units.contains(&u.as_str()));
             if !(personal || unit) {
                 continue;
@@ -422,14 +444,8 @@ impl Index {
                 since: l.from,
             };
             best = Some(match best {
-                None => r,
-                Some(b)
-                    if (r.personal, std::cmp::Reverse(r.since.unwrap_or(i64::MIN)))
-                        > (b.personal, std::cmp::Reverse(b.since.unwrap_or(i64::MIN))) =>
-                {
-                    r
-                }
-                Some(b) => b,
+                Some(b) if rank(&b) >= rank(&r) => b,
+                _ => r,
             });
         }
         best
@@ -446,33 +462,39 @@ impl Index {
         patient: &str,
         at_ms: i64,
     ) -> Assessment {
-        let me = self.practitioner_of(user);
-        let p = resources::norm_ref(patient);
-        let covered = self.care.contains_key(&p) && (me.is_some() || event_unit.is_some());
+        let me = self.practitioner_ref(user);
+        let p = resources::ref_key(patient);
+        let links = self.care.get(&*p);
+        let covered = links.is_some() && (me.is_some() || event_unit.is_some());
+        let relation = match (links, covered) {
+            (Some(links), true) => self.relation_in(
+                links,
+                me.as_deref(),
+                &resources::ref_key(user),
+                event_unit,
+                at_ms,
+            ),
+            _ => None,
+        };
         Assessment {
             linked: me.is_some(),
             covered,
-            relation: if covered {
-                self.relation(user, event_unit, patient, at_ms)
-            } else {
-                None
-            },
+            relation,
             personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),
         }
     }
 
     /// How the patient is personally linked to the user, the strongest link.
     pub fn personal(&self, user: &str, patient: &str) -> Option<Personal> {
-        self.personal_of(&self.practitioner_of(user)?, &resources::norm_ref(patient))
+        self.personal_of(&self.practitioner_ref(user)?, &resources::ref_key(patient))
     }
 
     fn personal_of(&self, me: &str, patient: &str) -> Option<Personal> {
         let pat = self.patients.get(patient)?;
-        let me = me.to_string();
-        if pat.staff.as_deref() == Some(me.as_str()) {
+        if pat.staff.as_deref() == Some(me) {
             return Some(Personal::SelfRecord);
         }
-        let mine = self.practitioners.get(&me);
+        let mine = self.practitioners.get(me);
         if let Some(p) = mine {
             if p.same_person(&pat.person) {
                 return Some(Personal::SelfRecord);

@@ -176,6 +176,19 @@ pub fn norm_ref(r: &str) -> String {
     }
 }
 
+/// `norm_ref` without a copy when the reference is already `Type/id` (the common case, on
+/// the path of every scored event).
+pub fn ref_key(r: &str) -> std::borrow::Cow<'_, str> {
+    let plain = r.bytes().filter(|b| *b == b'/').count() == 1
+        && r.starts_with(|c: char| c.is_ascii_uppercase())
+        && !r.ends_with('/')
+        && !r.contains(char::is_whitespace);
+    match plain {
+        true => std::borrow::Cow::Borrowed(r),
+        false => std::borrow::Cow::Owned(norm_ref(r)),
+    }
+}
+
 /// A unit (department) key: its reference, else its name (`name:cardiology`).
 pub fn unit_key(reference: &Value) -> Option<String> {
     if let Some(r) = reference.get("reference").and_then(Value::as_str) {
