@@ -115,6 +115,46 @@ fn say_origin(origin: &crate::detector::Origin, had_snapshot: bool) {
     }
 }
 
+/// What the daemon starts its care context from: the key, the index of the facts the state
+/// database keeps (none yet: `None`), and the facts with each type's cursor for the
+/// context actor. `None` when `[context] enabled = false`.
+type CareStart = (
+    fhir_edge_core::care::CareKey,
+    Option<std::sync::Arc<fhir_edge_core::care::Index>>,
+    (
+        fhir_edge_core::care::FactSet,
+        std::collections::HashMap<&'static str, Option<i64>>,
+    ),
+);
+
+/// Open the care context at start: the per-install key (made at the first start), the
+/// stored facts (forgotten when they were tagged with another key), the cursors.
+fn care_start(
+    cfg: &crate::config::Config,
+    store: &mut fhir_edge_core::state::Store,
+) -> Result<Option<CareStart>, StartError> {
+    use fhir_edge_core::care::CareKey;
+    if !cfg.context.enabled {
+        return Ok(None);
+    }
+    let path = cfg.care_key_file();
+    let key = CareKey::load_or_create(&path)?;
+    if store.check_care_key(key.fingerprint())? {
+        tracing::warn!(
+            actor = "context",
+            key_file = %path.display(),
+            "the care key is not the one the stored care context was tagged with: it is read anew from the server"
+        );
+    }
+    let facts = store.care_facts()?;
+    let mut cursors = std::collections::HashMap::new();
+    for t in cfg.context.types() {
+        cursors.insert(t, store.care_cursor(t)?);
+    }
+    let index = (!facts.is_empty()).then(|| std::sync::Arc::new(facts.index(key.clone())));
+    Ok(Some((key, index, (facts, cursors))))
+}
+
 /// Build and start everything. Returns once the state is open, the model loaded and the
 /// API bound — the moment to send `READY=1`.
 pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> {
@@ -141,7 +181,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let unjournaled = store.unjournaled()?;
     let unjournaled_cases = store.unjournaled_cases()?;
     let rules = store.allowlist()?;
-    let care = crate::detector::care_start(&cfg, &mut store)?;
+    let care = care_start(&cfg, &mut store)?;
     // The site's model: the configured one when it was trained on this site (it carries
     // baselines), else one the daemon trained itself at the end of learning, else the
     // configured one while learning (see `learn`).

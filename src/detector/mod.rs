@@ -90,46 +90,6 @@ pub fn starting_context(
     })
 }
 
-/// What the daemon starts its care context from: the key, the index of the facts the state
-/// database keeps (none yet: `None`), and the facts with each type's cursor for the
-/// context actor. `None` when `[context] enabled = false`.
-pub(crate) type CareStart = (
-    fhir_edge_core::care::CareKey,
-    Option<std::sync::Arc<fhir_edge_core::care::Index>>,
-    (
-        fhir_edge_core::care::FactSet,
-        std::collections::HashMap<&'static str, Option<i64>>,
-    ),
-);
-
-/// Open the care context at start: the per-install key (made at the first start), the
-/// stored facts (forgotten when they were tagged with another key), the cursors.
-pub(crate) fn care_start(
-    cfg: &crate::config::Config,
-    store: &mut fhir_edge_core::state::Store,
-) -> Result<Option<CareStart>, crate::app::StartError> {
-    use fhir_edge_core::care::CareKey;
-    if !cfg.context.enabled {
-        return Ok(None);
-    }
-    let path = cfg.care_key_file();
-    let key = CareKey::load_or_create(&path)?;
-    if store.check_care_key(key.fingerprint())? {
-        tracing::warn!(
-            actor = "context",
-            key_file = %path.display(),
-            "the care key is not the one the stored care context was tagged with: it is read anew from the server"
-        );
-    }
-    let facts = store.care_facts()?;
-    let mut cursors = std::collections::HashMap::new();
-    for t in cfg.context.types() {
-        cursors.insert(t, store.care_cursor(t)?);
-    }
-    let index = (!facts.is_empty()).then(|| std::sync::Arc::new(facts.index(key.clone())));
-    Ok(Some((key, index, (facts, cursors))))
-}
-
 /// Say (once per model) that the care context is read but the model cannot use it.
 pub(crate) fn say_care_unused(model_dir: &std::path::Path) {
     tracing::warn!(

@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How an explanation's last line begins when a treatment relationship lowered the score
+/// (it is context, not a reason: case narratives list it apart).
+pub const CARE_NOTE: &str = "care relationship, counted in the user's favour: ";
+
 /// The behaviour an alert reason points at. One list for the detector's explanations, the
 /// simulator's labels, the stored alerts and the API; written as its snake_case name
 /// (`as_str`, the one list of names: serde and `FromStr` go through it).

@@ -364,17 +364,24 @@ pub fn narrative(
     let mut by_score: Vec<&CaseAlert> = alerts.iter().collect();
     by_score.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut reasons: Vec<&str> = Vec::new();
+    let mut care: Vec<&str> = Vec::new();
     for r in by_score.iter().flat_map(|a| a.explanation.iter()) {
-        if reasons.len() == 3 {
-            break;
-        }
-        if !reasons.contains(&r.as_str()) {
-            reasons.push(r);
+        match r.strip_prefix(crate::alerts::CARE_NOTE) {
+            Some(c) if care.len() < 2 && !care.contains(&c) => care.push(c),
+            Some(_) => {}
+            None if reasons.len() < 3 && !reasons.contains(&r.as_str()) => reasons.push(r),
+            None => {}
         }
     }
     if !reasons.is_empty() {
         s.push_str(" Strongest reasons: ");
         s.push_str(&reasons.join("; "));
+        s.push('.');
+    }
+    // What the care context said in the user's favour, apart from the reasons.
+    if !care.is_empty() {
+        s.push_str(" In the user's favour: ");
+        s.push_str(&care.join("; "));
         s.push('.');
     }
     if earlier_cases > 0 {
@@ -579,6 +586,19 @@ mod tests {
             "{n}"
         );
         assert!(n.ends_with("The 3rd case for this user in 90 days."), "{n}");
+        // A care relationship is said apart from the reasons, once.
+        let mut cared = alerts.clone();
+        for a in cared.iter_mut() {
+            a.explanation.push(format!(
+                "{}the user is a participant of the patient's encounter since 2026-11-03",
+                crate::alerts::CARE_NOTE
+            ));
+        }
+        let n = narrative(&cared, 0, None);
+        assert!(
+            n.contains("Strongest reasons: reason AfterHours; reason BulkAccess. In the user's favour: the user is a participant of the patient's encounter since 2026-11-03."),
+            "{n}"
+        );
     }
 
     #[test]
