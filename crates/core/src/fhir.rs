@@ -503,12 +503,12 @@ pub struct AuditRecord {
     pub request_id: Option<String>,
 }
 
-/// What an AuditEvent may say of people in words, removed before it is stored: display
-/// names, names, addresses, phones and e-mail, birth dates, narrative, contained resources,
-/// free-text details. What remains (references, codes, times, addresses of machines) is what
-/// the alert needs; the people are looked up in the EHR by reference.
+/// What an AuditEvent may say of people in words, removed before it is stored: names,
+/// addresses, phones and e-mail, birth dates, narrative, contained resources, free-text
+/// details, and the display of a reference to someone (an agent's `who`, an entity's
+/// `what`). What remains (references, codes, times, departments, addresses of machines) is
+/// what the alert needs; the people are looked up in the EHR by reference.
 const PEOPLE_KEYS: &[&str] = &[
-    "display",
     "name",
     "address",
     "telecom",
@@ -518,28 +518,42 @@ const PEOPLE_KEYS: &[&str] = &[
     "detail",
 ];
 
+/// References whose `display` names a person.
+const PERSON_REFERENCES: &[&str] = &[
+    "who",
+    "what",
+    "patient",
+    "subject",
+    "individual",
+    "member",
+    "actor",
+];
+
 /// The AuditEvent `raw` without anything that names, locates or reaches a person
-/// (`PEOPLE_KEYS`, at any depth), as it is kept with an alert. An event that is not JSON is
-/// kept as `{}`.
+/// (`PEOPLE_KEYS` at any depth, the display of `PERSON_REFERENCES`), as it is kept with an
+/// alert. An event that is not JSON is kept as `{}`.
 pub fn without_people(raw: &str) -> String {
     // `network.address` is a machine's; every other `address` a person's.
-    fn strip(v: &mut serde_json::Value, in_network: bool) {
+    fn strip(v: &mut serde_json::Value, parent: &str) {
         match v {
             serde_json::Value::Object(m) => {
                 m.retain(|k, _| {
-                    !(PEOPLE_KEYS.contains(&k.as_str()) && !(in_network && k == "address"))
+                    let person = PEOPLE_KEYS.contains(&k.as_str())
+                        && !(parent == "network" && k == "address");
+                    let named = k == "display" && PERSON_REFERENCES.contains(&parent);
+                    !(person || named)
                 });
                 for (k, v) in m.iter_mut() {
-                    strip(v, k == "network");
+                    strip(v, k);
                 }
             }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| strip(v, false)),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| strip(v, parent)),
             _ => {}
         }
     }
     match serde_json::from_str::<serde_json::Value>(raw) {
         Ok(mut v) => {
-            strip(&mut v, false);
+            strip(&mut v, "");
             v.to_string()
         }
         Err(_) => "{}".into(),
