@@ -33,7 +33,7 @@ ok "installed binary has no lab commands"
 (sleep infinity | /mnt/e2e/fhir-edge-lab bench-server --events 3000 > /tmp/fhir-url 2>/tmp/fhir-server.log) &
 wait_for 120 "the FHIR server" '[ -s /tmp/fhir-url ]'
 url=$(cat /tmp/fhir-url)
-sed -i "s|^base_url = .*|base_url = \"$url\"|; s|^interval_secs = .*|interval_secs = 2|; s|^initial_lookback_secs = .*|initial_lookback_secs = 172800|" /etc/fhir-edge/config.toml
+sed -i "s|^base_url = .*|base_url = \"$url\"|; /^\[poller\]/,/^\[/ s|^interval_secs = .*|interval_secs = 2|; s|^initial_lookback_secs = .*|initial_lookback_secs = 172800|" /etc/fhir-edge/config.toml
 mkdir -p /etc/systemd/system/fhir-edge.service.d
 printf '[Service]\nWatchdogSec=5s\n' > /etc/systemd/system/fhir-edge.service.d/e2e.conf
 systemctl daemon-reload

@@ -1293,6 +1293,30 @@ pub(crate) mod tests {
     use super::*;
 
     #[test]
+    fn stored_events_keep_references_departments_and_machines_but_no_people() {
+        let raw = r#"{"resourceType":"AuditEvent","id":"a","text":{"div":"<div>Ann Smith read Bob Jones</div>"},
+            "agent":[{"who":{"reference":"Practitioner/7","display":"Dr. Ann Smith"},"name":"Ann Smith",
+                      "location":{"display":"Cardiology"},"network":{"address":"10.0.0.9","type":"2"}}],
+            "entity":[{"what":{"reference":"Patient/9","display":"Jones, Bob"},
+                       "detail":[{"type":"note","valueString":"Bob Jones, 1 Elm St"}]}],
+            "contained":[{"resourceType":"Patient","name":[{"family":"Jones"}],"address":[{"line":["1 Elm St"]}],"telecom":[{"value":"555"}]}]}"#;
+        let kept = without_people(raw);
+        for gone in ["Smith", "Jones", "Elm", "555"] {
+            assert!(!kept.contains(gone), "{gone} in {kept}");
+        }
+        for stays in [
+            "Practitioner/7",
+            "Patient/9",
+            "10.0.0.9",
+            "AuditEvent",
+            "Cardiology",
+        ] {
+            assert!(kept.contains(stays), "{stays} gone from {kept}");
+        }
+        assert_eq!(without_people("not json"), "{}");
+    }
+
+    #[test]
     fn long_non_ascii_operation_outcome_text_is_cut_at_a_character() {
         // Regression (fuzzing, search_page): a 500-byte cut inside "ü" panicked.
         // "error/invalid: " is 15 bytes, so byte 500 falls inside the 243rd "ü".
