@@ -72,6 +72,13 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             })
             .collect();
         store.insert_raw(history);
+        // The hospital's care context, served like a real server's Practitioners,
+        // Encounters and CareTeams (the daemon follows them; training reads them too).
+        let context = fhir_edge_lab::simulate::context_resources(&sim);
+        let context_file = state.path().join("context.ndjson");
+        fhir_edge_lab::simulate::write_context(&sim, &context_file)
+            .context("writing the demo's care context")?;
+        store.insert_context(context);
         let (fhir_addr, fhir_handle) = serve(store.clone(), "127.0.0.1:0".parse().unwrap(), 1)?;
         let base_url = format!("http://{fhir_addr}/fhir");
 
@@ -90,7 +97,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "learning the simulated hospital's normal from its {BASELINE_DAYS} days of history \
              ({split} AuditEvents), as `fhir-edge train --from-server` does on a real site…"
         );
-        learn_site(&cfg, &model_dir, now - chrono::Duration::hours(2), opts.seed).await?;
+        learn_site(&cfg, &model_dir, now - chrono::Duration::hours(2), opts.seed, &context_file).await?;
         let daemon = crate::app::start(
             cfg,
             crate::app::RunOptions {
@@ -198,14 +205,16 @@ async fn learn_site(
     model_dir: &std::path::Path,
     since: chrono::DateTime<chrono::Utc>,
     seed: u64,
+    context: &std::path::Path,
 ) -> anyhow::Result<()> {
     let (cfg, model_dir) = (cfg.clone(), model_dir.to_path_buf());
+    let context = vec![context.to_path_buf()];
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let run = || -> anyhow::Result<()> {
             let records = crate::training::server_history(&cfg, since)?;
             let server = crate::client::redact_url(&cfg.fhir.base_url);
-            let ctx = crate::training::site_context(None, None, &[], Some(&cfg))?;
+            let ctx = crate::training::site_context(None, None, &context, Some(&cfg))?;
             let run = crate::training::TrainRun {
                 output: &model_dir,
                 epochs: EPOCHS,

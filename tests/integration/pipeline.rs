@@ -432,3 +432,83 @@ fn a_server_that_refuses_the_care_context_types_still_gets_every_event_scored_an
         120
     );
 }
+
+#[test]
+fn the_care_context_is_read_page_by_page_once_and_links_the_audit_users() {
+    let mut o = fhir_edge_lab::simulate::SimOptions::new(1, 11);
+    o.users = 20;
+    o.patients = 60;
+    o.anomalies_from_day = 99;
+    let context = fhir_edge_lab::simulate::context_resources(&o);
+    let of = |t: &str| context.iter().filter(|r| r["resourceType"] == t).count() as u64;
+    let s = server();
+    s.store.insert_context(context.clone());
+    let mut events: Vec<serde_json::Value> = fhir_edge_lab::simulate::simulate(&o)
+        .into_iter()
+        .take(300)
+        .map(|e| e.json)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.detector.model_dir = tiny_care_model().to_path_buf();
+    cfg.context.page_size = 7;
+    cfg.context.interval_secs = 10;
+    let d = TestDaemon::start(cfg);
+    wait_until(Duration::from_secs(60), "the context read", || {
+        status(dir.path())
+            .care
+            .iter()
+            .filter(|t| t.cursor_ms.is_some())
+            .count()
+            >= 6
+    });
+    // The audit trail once the detector has the context (events scored before it arrives
+    // are scored without it).
+    stamp(&mut events, Utc::now(), 1);
+    s.store.insert_raw(events);
+    wait_until(Duration::from_secs(60), "the events", || {
+        status(dir.path()).events_scored == 300
+    });
+    let p = d.counter(Counter::PollsCompleted);
+    wait_until(Duration::from_secs(30), "a snapshot after them", || {
+        d.counter(Counter::PollsCompleted) > p
+    });
+    let st = status(dir.path());
+    let kept = |t: &str| {
+        st.care
+            .iter()
+            .find(|c| c.resource_type == t)
+            .map_or(0, |c| c.resources)
+    };
+    for t in [
+        "Practitioner",
+        "PractitionerRole",
+        "Patient",
+        "Encounter",
+        "CareTeam",
+        "RelatedPerson",
+    ] {
+        assert_eq!(
+            kept(t),
+            of(t),
+            "{t}: every resource kept once, over pages of 7"
+        );
+    }
+    assert!(st.care.iter().all(|t| t.refused.is_none()), "{:?}", st.care);
+    assert!(d.counter(Counter::ContextResourcesRead) >= context.len() as u64);
+    assert_eq!(d.counter(Counter::ContextErrors), 0);
+    // The snapshot taken after the poll says how many audit users were linked.
+    let snap = fhir_edge_core::state::Reader::open(dir.path())
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .unwrap();
+    let (linked, unlinked) =
+        fhir_edge_core::detector::features::Context::from_bytes(&snap, chrono_tz::UTC)
+            .unwrap()
+            .care_links();
+    assert!(
+        linked > 0 && unlinked == 0,
+        "{linked} linked, {unlinked} not"
+    );
+}

@@ -1,6 +1,7 @@
 //! A small in-memory FHIR R4 AuditEvent endpoint: `_lastUpdated` (ge/gt/le/lt), `_sort`,
 //! `_count` and offset `next` links like a real server, `POST` to create, `metadata` with a
-//! `Date` header. The demo, the benchmarks and the tests run the real daemon against it
+//! `Date` header; care context resources (Practitioner, Encounter…) searched the same way
+//! when given (`insert_context`), a 404 for a type it has none of. The demo, the benchmarks and the tests run the real daemon against it
 //! over HTTP. Faults can be injected to imitate real servers misbehaving.
 
 use std::collections::VecDeque;
@@ -79,6 +80,10 @@ struct Inner {
     next_id: u64,
     /// Last assigned lastUpdated, to keep it strictly increasing like a real server.
     last_assigned_ms: i64,
+    /// Care context resources by type (the demo's Practitioners, Encounters…), each
+    /// type in `lastUpdated` order. Types with none answer 404, as a server that does not
+    /// offer them.
+    context: std::collections::HashMap<String, Vec<Stored>>,
 }
 
 /// Handle to the endpoint's data; cheap to clone, usable from any thread.
@@ -150,6 +155,31 @@ impl FhirStore {
     }
 
     /// Insert events as given; each must carry `id` and `meta.lastUpdated`.
+    /// Serve these care context resources (any types but AuditEvent), stamped now; every
+    /// type the daemon follows is offered from then on (an empty Bundle when it has none).
+    pub fn insert_context(&self, resources: impl IntoIterator<Item = serde_json::Value>) {
+        let now = self.clock.now().timestamp_millis();
+        let mut w = self.inner.write().unwrap();
+        // A server with a care context offers every type of it, some perhaps empty.
+        for t in fhir_edge_core::care::resources::TYPES {
+            w.context.entry(t.to_string()).or_default();
+        }
+        for mut r in resources {
+            let (Some(ty), Some(id)) = (
+                r["resourceType"].as_str().map(str::to_string),
+                r["id"].as_str().map(str::to_string),
+            ) else {
+                continue;
+            };
+            r["meta"]["lastUpdated"] = fmt_ms(fhir_edge_core::clock::from_ms(now)).into();
+            w.context.entry(ty).or_default().push(Stored {
+                last_updated_ms: now,
+                id,
+                json: r.to_string().into(),
+            });
+        }
+    }
+
     pub fn insert_raw(&self, events: impl IntoIterator<Item = serde_json::Value>) {
         let mut w = self.inner.write().unwrap();
         for ev in events {
@@ -537,6 +567,75 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
         .body(body)
 }
 
+/// A search of a care context type: `_lastUpdated=ge…`, `_count`, `_offset`, in
+/// `lastUpdated` order (the demo's context is small); 404 for a type the store has none of.
+async fn context_search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    store: web::Data<FhirStore>,
+) -> HttpResponse {
+    if !store.authorized(&req) {
+        return unauthorized();
+    }
+    let q: SearchParams = serde_html_form_lite(req.query_string());
+    let lo = q
+        .last_updated
+        .iter()
+        .filter_map(|b| parse_bound(b))
+        .filter(|(op, _)| *op == "ge")
+        .map(|(_, t)| t)
+        .max()
+        .unwrap_or(i64::MIN);
+    let (count, offset) = (q.count.unwrap_or(20).clamp(1, 1000), q.offset.unwrap_or(0));
+    let page: Option<(Vec<Arc<str>>, usize)> = {
+        let r = store.inner.read().unwrap();
+        r.context.get(path.as_str()).map(|all| {
+            let matching: Vec<&Stored> = all.iter().filter(|e| e.last_updated_ms >= lo).collect();
+            let total = matching.len();
+            (
+                matching
+                    .iter()
+                    .skip(offset)
+                    .take(count)
+                    .map(|e| e.json.clone())
+                    .collect(),
+                total,
+            )
+        })
+    };
+    let Some((page, total)) = page else {
+        return HttpResponse::NotFound().content_type("application/fhir+json").body(
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"unknown resource type"}]}"#,
+        );
+    };
+    let conn = req.connection_info();
+    let base = format!("{}://{}{}", conn.scheme(), conn.host(), req.path());
+    let mut links = vec![
+        serde_json::json!({"relation": "self", "url": format!("{base}?{}", req.query_string())}),
+    ];
+    if offset + page.len() < total {
+        let mut qs: Vec<String> = q
+            .last_updated
+            .iter()
+            .map(|b| format!("_lastUpdated={}", urlencode(b)))
+            .collect();
+        qs.push(format!("_count={count}"));
+        qs.push(format!("_offset={}", offset + page.len()));
+        links.push(
+            serde_json::json!({"relation": "next", "url": format!("{base}?{}", qs.join("&"))}),
+        );
+    }
+    let entries: Vec<serde_json::Value> = page
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .map(|r| serde_json::json!({"resource": r}))
+        .collect();
+    HttpResponse::Ok().content_type("application/fhir+json").body(
+        serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries})
+            .to_string(),
+    )
+}
+
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -583,7 +682,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, store: FhirStore) {
                 .route("/metadata", web::get().to(metadata))
                 .route("/AuditEvent", web::get().to(search))
                 .route("/AuditEvent", web::post().to(create))
-                .route("/token", web::post().to(token)),
+                .route("/token", web::post().to(token))
+                .route("/{resource_type}", web::get().to(context_search)),
         );
 }
 

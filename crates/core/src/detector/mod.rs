@@ -550,7 +550,11 @@ pub fn explain(
                 };
                 let what = "a watched record (on the site's watch list or labelled restricted)";
                 let first = if f.first_pair { ", for the first time by this user" } else { "" };
-                format!("{what} opened {from}{first}: no working relationship")
+                let why = match (f.care_covered, f.care) {
+                    (true, None) => "no encounter, appointment, episode of care or care team links this user to the patient",
+                    _ => "no working relationship",
+                };
+                format!("{what} opened {from}{first}: {why}")
             }
             AlertKind::FamilySnooping if contrib_of(contrib, Feature::PersonalLink) + contrib_of(contrib, Feature::SelfRecord) > 0.0 => {
                 let link = f.personal.map_or("a personal link", |p| p.words());
