@@ -102,6 +102,8 @@ enum TypeOutcome {
     Read {
         pages: usize,
         resources: usize,
+        /// Resources new or changed since the last read (the rest were re-read).
+        changed: usize,
         newest: Option<i64>,
     },
     Refused(String),
@@ -132,7 +134,7 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
     } = *r;
     let since = fhir_edge_core::clock::from_ms(cursor.map_or(0, |c| (c - OVERLAP_MS).max(0)));
     let mut url = search_url(client.base(), ty, since, page_size);
-    let (mut pages, mut resources, mut newest) = (0, 0, cursor);
+    let (mut pages, mut resources, mut newest, mut changed) = (0, 0, cursor, 0);
     loop {
         // Each page is a step of its own for the watchdog.
         health.begin_step(ActorId::Context);
@@ -161,19 +163,26 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        {
+        // Only what is new or changed is written (the overlap re-reads the same resources
+        // every round), and kept in memory once it is stored.
+        let fresh: Vec<_> = {
+            let set = crate::sync::lock(facts);
+            page.facts.into_iter().filter(|f| set.changes(f)).collect()
+        };
+        if !fresh.is_empty() {
+            let stored = store
+                .send(StoreCare {
+                    resource_type: ty,
+                    facts: fresh.clone(),
+                    cursor_ms: None,
+                })
+                .await;
+            if let Err(e) = stored.map_err(PipelineError::from).and_then(|r| r) {
+                return TypeOutcome::Pipeline(e);
+            }
+            changed += fresh.len();
             let mut set = crate::sync::lock(facts);
-            page.facts.iter().cloned().for_each(|f| set.upsert(f));
-        }
-        let stored = store
-            .send(StoreCare {
-                resource_type: ty,
-                facts: page.facts,
-                cursor_ms: None,
-            })
-            .await;
-        if let Err(e) = stored.map_err(PipelineError::from).and_then(|r| r) {
-            return TypeOutcome::Pipeline(e);
+            fresh.into_iter().for_each(|f| set.upsert(f));
         }
         match page.next {
             Some(next) if pages < crate::context::MAX_PAGES_PER_ROUND => {
@@ -196,6 +205,7 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
         Ok(()) => TypeOutcome::Read {
             pages,
             resources,
+            changed,
             newest,
         },
         Err(e) => TypeOutcome::Pipeline(e),
@@ -257,7 +267,7 @@ impl Handler<Round> for ContextActor {
             }
             let changed = outcomes
                 .iter()
-                .any(|(_, o)| matches!(o, TypeOutcome::Read { resources, .. } if *resources > 0));
+                .any(|(_, o)| matches!(o, TypeOutcome::Read { changed, .. } if *changed > 0));
             if changed {
                 let (facts, key) = (facts.clone(), key.clone());
                 let index =
@@ -283,11 +293,16 @@ impl Handler<Round> for ContextActor {
         ctx.spawn(fut.into_actor(self).map(|outcomes, act, ctx| {
             for (ty, o) in outcomes {
                 match o {
-                    TypeOutcome::Read { pages, resources, newest } => {
+                    TypeOutcome::Read {
+                        pages,
+                        resources,
+                        changed,
+                        newest,
+                    } => {
                         act.cursors.insert(ty, newest);
                         act.health.counters.add(Counter::ContextResourcesRead, resources as u64);
                         if resources > 0 {
-                            tracing::debug!(actor = "context", resource_type = ty, pages, resources, "context read");
+                            tracing::debug!(actor = "context", resource_type = ty, pages, resources, changed, "context read");
                         }
                     }
                     TypeOutcome::Refused(why) => {

@@ -522,6 +522,10 @@ impl FactSet {
     pub fn upsert(&mut self, f: Facts) {
         self.by_id.insert(f.id().to_string(), f);
     }
+    /// Whether `f` differs from what is kept for its resource (new, or changed).
+    pub fn changes(&self, f: &Facts) -> bool {
+        self.by_id.get(f.id()) != Some(f)
+    }
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
