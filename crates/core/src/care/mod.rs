@@ -191,6 +191,9 @@ pub struct Index {
     units: HashMap<String, Vec<UnitSpan>>,
     by_identifier: HashMap<Tag, String>,
     patients: HashMap<String, PatientEntry>,
+    /// Patient identifier tags → the Patient (for AuditEvents that name the patient by
+    /// identifier rather than reference).
+    patient_by_identifier: HashMap<Tag, String>,
     care: HashMap<String, Vec<Link>>,
     counts: IndexCounts,
 }
@@ -204,6 +207,7 @@ impl Index {
             role_of: HashMap::new(),
             units: HashMap::new(),
             by_identifier: HashMap::new(),
+            patient_by_identifier: HashMap::new(),
             patients: HashMap::new(),
             care: HashMap::new(),
             counts: IndexCounts::default(),
@@ -323,6 +327,11 @@ impl Index {
                 by_birth.entry(b).or_default().push(id);
             }
         }
+        for (id, e) in &ix.patients {
+            for t in &e.person.ids {
+                ix.patient_by_identifier.insert(*t, id.clone());
+            }
+        }
         let mut staff_patients = 0;
         for e in ix.patients.values_mut() {
             let by_id = e
@@ -380,10 +389,29 @@ impl Index {
             .map(|p| Cow::Borrowed(p.as_str()))
     }
 
+    /// The Patient an AuditEvent's patient is: its reference, or a Patient with that
+    /// identifier (`system|value` or a value).
+    fn patient_ref<'a>(&'a self, patient: &'a str) -> Cow<'a, str> {
+        let k = resources::ref_key(patient);
+        if self.care.contains_key(&*k) || self.patients.contains_key(&*k) {
+            return k;
+        }
+        if k.contains('/') && !k.contains('|') {
+            return k;
+        }
+        match self
+            .patient_by_identifier
+            .get(&resources::user_identifier_tag(patient, &self.key))
+        {
+            Some(p) => Cow::Borrowed(p.as_str()),
+            None => k,
+        }
+    }
+
     /// Whether the index knows any treatment relationship of the patient (else "no
     /// relationship" says nothing).
     pub fn covers(&self, patient: &str) -> bool {
-        self.care.contains_key(&*resources::ref_key(patient))
+        self.care.contains_key(&*self.patient_ref(patient))
     }
 
     /// The treatment relationship linking the user (the audit user `user`, working in
@@ -396,7 +424,7 @@ impl Index {
         patient: &str,
         at_ms: i64,
     ) -> Option<Relation> {
-        let links = self.care.get(&*resources::ref_key(patient))?;
+        let links = self.care.get(&*self.patient_ref(patient))?;
         let me = self.practitioner_ref(user);
         self.relation_in(
             links,
@@ -463,7 +491,7 @@ impl Index {
         at_ms: i64,
     ) -> Assessment {
         let me = self.practitioner_ref(user);
-        let p = resources::ref_key(patient);
+        let p = self.patient_ref(patient);
         let links = self.care.get(&*p);
         let covered = links.is_some() && (me.is_some() || event_unit.is_some());
         let relation = match (links, covered) {
@@ -486,7 +514,7 @@ impl Index {
 
     /// How the patient is personally linked to the user, the strongest link.
     pub fn personal(&self, user: &str, patient: &str) -> Option<Personal> {
-        self.personal_of(&self.practitioner_ref(user)?, &resources::ref_key(patient))
+        self.personal_of(&self.practitioner_ref(user)?, &self.patient_ref(patient))
     }
 
     fn personal_of(&self, me: &str, patient: &str) -> Option<Personal> {

@@ -27,6 +27,7 @@ fn hospital() -> Vec<serde_json::Value> {
                "location": [{"reference": "Location/cardio"}]}),
         // Admitted to intensive care on 3 Nov, Bob on the encounter from 5 Nov.
         json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Marsh", "given": ["Eve"]}],
+               "identifier": [{"system": "urn:mrn", "value": "MRN-77"}],
                "generalPractitioner": [{"reference": "Practitioner/bob"}]}),
         json!({"resourceType": "Encounter", "id": "e1", "status": "in-progress", "subject": {"reference": "Patient/p1"},
                "period": {"start": "2026-11-03T08:00:00Z"},
@@ -225,6 +226,16 @@ fn relationships_hold_from_their_start_to_a_week_after_their_end_never_before() 
         None
     );
     assert!(ix.covers("Patient/p1") && !ix.covers("Patient/nobody"));
+    // An AuditEvent that names the patient by identifier (BALP allows it).
+    assert!(ix.covers("urn:mrn|MRN-77"));
+    assert!(r(
+        "Practitioner/bob",
+        None,
+        "urn:mrn|MRN-77",
+        "2026-11-06T10:00:00Z"
+    )
+    .is_some());
+    assert!(!ix.covers("urn:mrn|MRN-78"));
 }
 
 #[test]
@@ -281,6 +292,7 @@ fn facts_keep_no_name_address_phone_or_birth_date_in_clear() {
                 "lindqvist",
                 "b-9",
                 "111",
+                "mrn-77",
             ] {
                 assert!(!s.contains(clear), "{clear} in {s}");
             }
