@@ -218,7 +218,7 @@ impl Index {
         for f in facts {
             match f {
                 Facts::Practitioner { id, person } => {
-                    for t in &person.ids {
+                    for t in person.ids.iter().chain(&person.bare_ids) {
                         ix.by_identifier.insert(*t, id.clone());
                     }
                     ix.practitioners.insert(id.clone(), person.clone());
@@ -328,8 +328,16 @@ impl Index {
             }
         }
         for (id, e) in &ix.patients {
-            for t in &e.person.ids {
+            for t in e.person.ids.iter().chain(&e.person.bare_ids) {
                 ix.patient_by_identifier.insert(*t, id.clone());
+            }
+        }
+        // Identifiers with their system only: a bare value may be an MRN in one system and
+        // a staff number in another.
+        let mut by_qualified: HashMap<Tag, &String> = HashMap::new();
+        for (id, p) in &ix.practitioners {
+            for t in &p.ids {
+                by_qualified.insert(*t, id);
             }
         }
         let mut staff_patients = 0;
@@ -338,8 +346,8 @@ impl Index {
                 .person
                 .ids
                 .iter()
-                .find_map(|t| ix.by_identifier.get(t))
-                .cloned();
+                .find_map(|t| by_qualified.get(t))
+                .map(|id| (*id).clone());
             e.staff = by_id.or_else(|| {
                 let b = e.person.birth?;
                 by_birth

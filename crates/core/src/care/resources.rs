@@ -1,8 +1,8 @@
 //! FHIR resources read into [`Facts`]: references, periods and tags, nothing in clear.
 //!
 //! Tolerant as the AuditEvent reader is: a field a server leaves out is simply not known;
-//! a resource of a type this module does not read, or without an id, is not an error of the
-//! stream (`Ok(None)`); a body that is not JSON is.
+//! a resource of a type this module does not read, or without an id, gives no facts (`None`);
+//! a page that is not a Bundle is refused (`search_page`).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -35,8 +35,14 @@ pub struct Person {
     pub phone: Vec<Tag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub birth: Option<Tag>,
+    /// Identifiers with their system (`system|value`): what says two records are one person.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<Tag>,
+    /// The same identifiers' values alone (`|value`): only to find the record an
+    /// AuditEvent names by a bare value. Never compared between records, where an MRN and a
+    /// staff number may share digits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bare_ids: Vec<Tag>,
 }
 
 fn meets(a: &[Tag], b: &[Tag]) -> bool {
@@ -243,13 +249,13 @@ fn period(v: &Value) -> (Option<i64>, Option<i64>) {
     )
 }
 
-fn arr(v: &Value, key: &str) -> impl Iterator<Item = Value> {
+/// The values of `key`: an array's items, or a lone object (servers write both), borrowed.
+fn arr<'a>(v: &'a Value, key: &str) -> std::slice::Iter<'a, Value> {
     match v.get(key) {
-        Some(Value::Array(a)) => a.clone(),
-        Some(o @ Value::Object(_)) => vec![o.clone()],
-        _ => Vec::new(),
+        Some(Value::Array(a)) => a.iter(),
+        Some(o @ Value::Object(_)) => std::slice::from_ref(o).iter(),
+        _ => [].iter(),
     }
-    .into_iter()
 }
 
 fn reference(v: &Value) -> Option<String> {
@@ -334,7 +340,10 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
                 &mut p.ids,
                 key.tag(TagKind::Identifier, &format!("{sys}|{val}")),
             );
-            push(&mut p.ids, key.tag(TagKind::Identifier, &format!("|{val}")));
+            push(
+                &mut p.bare_ids,
+                key.tag(TagKind::Identifier, &format!("|{val}")),
+            );
         }
     }
     p
@@ -361,7 +370,7 @@ fn withdrawn(v: &Value) -> bool {
     ) || v.get("active").and_then(Value::as_bool) == Some(false)
 }
 
-/// The facts of one resource; `Ok(None)` for a type not read here or one without an id.
+/// The facts of one resource; `None` for a type not read here or one without an id.
 pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
     let ty = v.get("resourceType")?.as_str()?;
     let id = format!("{ty}/{}", v.get("id")?.as_str()?);
@@ -376,11 +385,10 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
             for u in v
                 .get("organization")
                 .into_iter()
-                .cloned()
                 .chain(arr(v, "location"))
                 .chain(arr(v, "healthcareService"))
             {
-                if let Some(k) = unit_key(&u) {
+                if let Some(k) = unit_key(u) {
                     units.push(k);
                 }
             }

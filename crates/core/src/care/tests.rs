@@ -274,6 +274,30 @@ fn personal_links_self_relative_household_and_coworker() {
 }
 
 #[test]
+fn a_bare_identifier_value_finds_a_record_but_never_makes_two_records_one_person() {
+    let k = key();
+    let mut set = FactSet::default();
+    for r in [
+        json!({"resourceType": "Practitioner", "id": "cy", "identifier": [{"system": "urn:staff", "value": "4711"}],
+               "name": [{"family": "Cyr"}]}),
+        // An MRN with the same digits as Cy's staff number, in another system.
+        json!({"resourceType": "Patient", "id": "q", "identifier": [{"system": "urn:mrn", "value": "4711"}],
+               "name": [{"family": "Quist"}]}),
+    ] {
+        resources::read(&r, &k)
+            .into_iter()
+            .for_each(|f| set.upsert(f));
+    }
+    let ix = set.index(k);
+    assert_eq!(
+        ix.practitioner_of("4711").as_deref(),
+        Some("Practitioner/cy")
+    );
+    assert_eq!(ix.counts().staff_as_patients, 0);
+    assert_eq!(ix.personal("Practitioner/cy", "Patient/q"), None);
+}
+
+#[test]
 fn facts_keep_no_name_address_phone_or_birth_date_in_clear() {
     let k = key();
     for r in hospital() {
