@@ -115,24 +115,13 @@ fn say_origin(origin: &crate::detector::Origin, had_snapshot: bool) {
     }
 }
 
-/// What the daemon starts its care context from: the key, the index of the facts the state
-/// database keeps (none yet: `None`), and the facts with each type's cursor for the
-/// context actor. `None` when `[context] enabled = false`.
-type CareStart = (
-    fhir_edge_core::care::CareKey,
-    Option<std::sync::Arc<fhir_edge_core::care::Index>>,
-    (
-        fhir_edge_core::care::FactSet,
-        std::collections::HashMap<&'static str, Option<i64>>,
-    ),
-);
-
 /// Open the care context at start: the per-install key (made at the first start), the
-/// stored facts (forgotten when they were tagged with another key), the cursors.
+/// stored facts (forgotten when they were tagged with another key), the cursors; `None`
+/// when `[context] enabled = false`.
 fn care_start(
     cfg: &crate::config::Config,
     store: &mut fhir_edge_core::state::Store,
-) -> Result<Option<CareStart>, StartError> {
+) -> Result<Option<crate::context::CareStart>, StartError> {
     use fhir_edge_core::care::CareKey;
     if !cfg.context.enabled {
         return Ok(None);
@@ -151,8 +140,11 @@ fn care_start(
     for t in cfg.context.types() {
         cursors.insert(t, store.care_cursor(t)?);
     }
-    let index = (!facts.is_empty()).then(|| std::sync::Arc::new(facts.index(key.clone())));
-    Ok(Some((key, index, (facts, cursors))))
+    Ok(Some(crate::context::CareStart {
+        key,
+        facts,
+        cursors,
+    }))
 }
 
 /// Build and start everything. Returns once the state is open, the model loaded and the
@@ -287,12 +279,6 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             None => Detector::new(model, ctx),
         }
         .learning(learning);
-        let mut d = d;
-        if let Some((_, Some(index), _)) = &care {
-            if !d.set_care(Some(index.clone())) {
-                crate::detector::say_care_unused(&model_dir);
-            }
-        }
         let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
         let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
         Supervisor::start(move |_| {
@@ -316,8 +302,18 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         crate::learn::actor::SiteTrainerActor::new(c, since, out, d.recipient(), h, clock).start();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    // The care context: its own actor, polling on its own schedule (none when disabled;
-    // the watchdog then sees it answer and idle).
+    // The care context the state keeps, in use before the first page is scored; then its
+    // own actor, polling on its own schedule (following nothing when disabled: the
+    // watchdog sees it answer).
+    if let Some(c) = care.as_ref().filter(|c| !c.facts.is_empty()) {
+        let index = std::sync::Arc::new(c.facts.index(c.key.clone()));
+        if let Err(e) = detector.send(crate::pipeline::UseCare(index)).await {
+            tracing::warn!(
+                actor = "context",
+                "the detector did not take the care context: {e}"
+            );
+        }
+    }
     let context = {
         let links = crate::context::actor::ContextLinks {
             store: state.clone().recipient(),
@@ -325,19 +321,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             detector: detector.clone().recipient(),
         };
         let (h, s, client) = (health.clone(), stop.clone(), client.clone());
-        match care {
-            Some((key, _, start)) => crate::context::actor::ContextActor::new(
-                client,
-                cfg.context.clone(),
-                key,
-                start,
-                links,
-                h,
-                s,
-            )
-            .start(),
-            None => crate::context::actor::ContextActor::idle(client, links, h, s).start(),
-        }
+        crate::context::actor::ContextActor::new(client, cfg.context.clone(), care, links, h, s)
+            .start()
     };
     let poller = {
         let (det, h, c, s) = (

@@ -218,20 +218,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let (cfg, r) = open_state(cfg_path)?;
             let s = r.status()?;
-            // Users the care context linked to a Practitioner, from the detector's snapshot.
-            let links = r
-                .snapshot()?
-                .and_then(|b| {
-                    fhir_edge_core::detector::features::Context::from_bytes(&b, cfg.timezone()).ok()
-                })
-                .map(|c| c.care_links());
             if json {
-                let mut v = serde_json::to_value(&s)?;
-                if let (Some((linked, unlinked)), Some(o)) = (links, v.as_object_mut()) {
-                    o.insert("care_users_linked".into(), linked.into());
-                    o.insert("care_users_not_linked".into(), unlinked.into());
-                }
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 println!("database        {}", s.database);
                 println!("cursor          {}", s.cursor.as_deref().unwrap_or("none"));
@@ -288,6 +276,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 // The shares, then what the detector is blind to for want of evidence.
                 println!("audit trail     {}", s.coverage.summary());
+                let links = s.care_users_linked.zip(s.care_users_not_linked);
                 println!("care context    {}", care_summary(&cfg, &s.care, links));
             }
             Ok(ExitCode::SUCCESS)
@@ -302,19 +291,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let (_, r) = open_state(cfg_path)?;
             let since_ms = since_ms(since.as_deref())?;
             // Pages of the store's size until `limit` alerts (or all there are).
-            let alerts = fhir_edge_core::state::read_pages(
-                limit as usize,
-                |before_id, want| {
-                    r.alerts(&AlertFilter {
-                        since_ms,
-                        min_severity: severity,
-                        status,
-                        before_id,
-                        limit: want,
-                        ..Default::default()
-                    })
+            let alerts = r.alerts_upto(
+                &AlertFilter {
+                    since_ms,
+                    min_severity: severity,
+                    status,
+                    ..Default::default()
                 },
-                |a| a.id,
+                limit as usize,
             )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
@@ -347,20 +331,15 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let (_, r) = open_state(cfg_path)?;
             let since_ms = since_ms(since.as_deref())?;
-            let cases = fhir_edge_core::state::read_pages(
-                limit as usize,
-                |before_id, want| {
-                    r.cases(&fhir_edge_core::cases::CaseFilter {
-                        since_ms,
-                        status,
-                        open_only: queue,
-                        min_severity: severity,
-                        before_id,
-                        limit: want,
-                        ..Default::default()
-                    })
+            let cases = r.cases_upto(
+                &fhir_edge_core::cases::CaseFilter {
+                    since_ms,
+                    status,
+                    open_only: queue,
+                    min_severity: severity,
+                    ..Default::default()
                 },
-                |c| c.id,
+                limit as usize,
             )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cases)?);
@@ -572,7 +551,7 @@ fn read_inputs(
 fn care_summary(
     cfg: &crate::config::Config,
     types: &[fhir_edge_core::state::CareTypeStatus],
-    links: Option<(usize, usize)>,
+    links: Option<(u64, u64)>,
 ) -> String {
     if !cfg.context.enabled {
         return "not followed ([context] enabled = false)".into();

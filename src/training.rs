@@ -61,28 +61,36 @@ pub(crate) fn followed_care(cfg: &Config) -> Option<std::sync::Arc<fhir_edge_cor
     if !cfg.context.enabled {
         return None;
     }
-    let key = CareKey::load_or_create(&cfg.care_key_file()).ok()?;
-    let facts = fhir_edge_core::state::Reader::open(&cfg.state_dir())
-        .and_then(|r| r.care_facts())
-        .ok()
-        .filter(|f| !f.is_empty());
-    match facts {
-        Some(f) => {
-            let index = f.index(key);
-            let c = index.counts();
-            eprintln!(
-                "care context: the daemon's, {} practitioners, {} patients, {} relationships",
-                c.practitioners, c.patients, c.relationships
-            );
-            Some(std::sync::Arc::new(index))
+    // Only the daemon makes the key (as its own user): a training command run by another
+    // user must not leave a key the daemon cannot read.
+    let without = |why: String| {
+        eprintln!("care context: {why}; training without it");
+        None
+    };
+    let path = cfg.care_key_file();
+    let key = match CareKey::load(&path) {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            return without(format!(
+                "no key at {} yet (the daemon makes it and reads the context)",
+                path.display()
+            ))
         }
-        None => {
-            eprintln!(
-                "care context: none read from the server yet (the daemon reads it); training without it"
-            );
-            None
-        }
-    }
+        Err(e) => return without(e.to_string()),
+    };
+    let facts =
+        match fhir_edge_core::state::Reader::open(&cfg.state_dir()).and_then(|r| r.care_facts()) {
+            Ok(f) if !f.is_empty() => f,
+            Ok(_) => return without("none read from the server yet (the daemon reads it)".into()),
+            Err(e) => return without(format!("the state database cannot be read: {e}")),
+        };
+    let index = facts.index(key);
+    let c = index.counts();
+    eprintln!(
+        "care context: the daemon's, {} practitioners, {} patients, {} relationships",
+        c.practitioners, c.patients, c.relationships
+    );
+    Some(std::sync::Arc::new(index))
 }
 
 /// A progress bar for reading history from `since` to `now` on a terminal (drawn on

@@ -14,8 +14,12 @@ use actix::prelude::*;
 
 use crate::client::{check_next, search_url, FetchError, FhirClient};
 use crate::config::ContextConfig;
-use crate::health::{ActorId, Counter, Health, Heartbeat};
+use crate::context::{
+    CareStart, ContextTypeFailed, ContextTypeRead, ContextTypeRefused, ContextUpdated,
+};
+use crate::health::{ActorId, Health, Heartbeat};
 use crate::pipeline::{PipelineError, RefuseCareType, StoreCare, UseCare};
+use crate::telemetry::InternalEvent;
 use fhir_edge_core::care::{CareKey, FactSet};
 
 /// Re-read this much before a type's cursor (a resource committed late with an earlier
@@ -25,7 +29,9 @@ const OVERLAP_MS: i64 = 5 * 60_000;
 pub(crate) struct ContextActor {
     client: FhirClient,
     cfg: ContextConfig,
-    key: CareKey,
+    /// None: the context is not followed (`[context] enabled = false`); the actor only
+    /// answers the watchdog.
+    key: Option<CareKey>,
     facts: Arc<Mutex<FactSet>>,
     cursors: HashMap<&'static str, Option<i64>>,
     refused: HashSet<&'static str>,
@@ -46,42 +52,26 @@ impl ContextActor {
     pub(crate) fn new(
         client: FhirClient,
         cfg: ContextConfig,
-        key: CareKey,
-        start: (FactSet, HashMap<&'static str, Option<i64>>),
+        start: Option<CareStart>,
         links: ContextLinks,
         health: Health,
         stop: Arc<AtomicBool>,
     ) -> Self {
+        let (key, facts, cursors) = match start {
+            Some(s) => (Some(s.key), s.facts, s.cursors),
+            None => (None, FactSet::default(), HashMap::new()),
+        };
         ContextActor {
             client,
             cfg,
             key,
-            facts: Arc::new(Mutex::new(start.0)),
-            cursors: start.1,
+            facts: Arc::new(Mutex::new(facts)),
+            cursors,
             refused: HashSet::new(),
             links,
             health,
             stop,
         }
-    }
-}
-
-impl ContextActor {
-    /// An actor that follows nothing (`[context] enabled = false`): it answers the
-    /// watchdog and idles.
-    pub(crate) fn idle(
-        client: FhirClient,
-        links: ContextLinks,
-        health: Health,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
-        let cfg = ContextConfig {
-            types: Vec::new(),
-            ..ContextConfig::default()
-        };
-        let key = CareKey::from_bytes(&[0u8; fhir_edge_core::care::key::KEY_LEN])
-            .expect("a key of KEY_LEN bytes");
-        ContextActor::new(client, cfg, key, Default::default(), links, health, stop)
     }
 }
 
@@ -93,7 +83,9 @@ struct Round;
 impl Actor for ContextActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.notify(Round);
+        if self.key.is_some() {
+            ctx.notify(Round);
+        }
     }
 }
 
@@ -104,11 +96,34 @@ enum TypeOutcome {
         resources: usize,
         /// Resources new or changed since the last read (the rest were re-read).
         changed: usize,
+        /// Stopped at `MAX_PAGES_PER_ROUND`: the rest next round.
+        capped: bool,
         newest: Option<i64>,
     },
     Refused(String),
-    Failed(FetchError),
-    Pipeline(PipelineError),
+    /// Reading or storing failed: retried next round from the committed cursor.
+    Failed {
+        storing: bool,
+        kind: &'static str,
+        error: String,
+    },
+}
+
+impl TypeOutcome {
+    fn reading(e: FetchError) -> Self {
+        TypeOutcome::Failed {
+            storing: false,
+            kind: e.kind(),
+            error: e.to_string(),
+        }
+    }
+    fn storing(e: PipelineError) -> Self {
+        TypeOutcome::Failed {
+            storing: true,
+            kind: e.kind(),
+            error: e.to_string(),
+        }
+    }
 }
 
 /// What reading a type needs besides the type and its cursor.
@@ -135,6 +150,7 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
     let since = fhir_edge_core::clock::from_ms(cursor.map_or(0, |c| (c - OVERLAP_MS).max(0)));
     let mut url = search_url(client.base(), ty, since, page_size);
     let (mut pages, mut resources, mut newest, mut changed) = (0, 0, cursor, 0);
+    let mut capped = false;
     loop {
         // Each page is a step of its own for the watchdog.
         health.begin_step(ActorId::Context);
@@ -143,7 +159,7 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
             Err(e) => {
                 return match crate::context::refuses(&e) {
                     Some(why) if pages == 0 => TypeOutcome::Refused(why),
-                    _ => TypeOutcome::Failed(e),
+                    _ => TypeOutcome::reading(e),
                 }
             }
         };
@@ -153,7 +169,7 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
         })
         .await;
         let Ok(Some(page)) = page else {
-            return TypeOutcome::Failed(FetchError::Body(format!(
+            return TypeOutcome::reading(FetchError::Body(format!(
                 "the {ty} search answered something other than a Bundle"
             )));
         };
@@ -178,20 +194,22 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
                 })
                 .await;
             if let Err(e) = stored.map_err(PipelineError::from).and_then(|r| r) {
-                return TypeOutcome::Pipeline(e);
+                return TypeOutcome::storing(e);
             }
             changed += fresh.len();
             let mut set = crate::sync::lock(facts);
             fresh.into_iter().for_each(|f| set.upsert(f));
         }
         match page.next {
-            Some(next) if pages < crate::context::MAX_PAGES_PER_ROUND => {
-                match check_next(client.base(), &next) {
-                    Ok(u) => url = u,
-                    Err(e) => return TypeOutcome::Failed(e),
-                }
+            Some(_) if pages >= crate::context::MAX_PAGES_PER_ROUND => {
+                capped = true;
+                break;
             }
-            _ => break,
+            Some(next) => match check_next(client.base(), &next) {
+                Ok(u) => url = u,
+                Err(e) => return TypeOutcome::reading(e),
+            },
+            None => break,
         }
     }
     let moved = store
@@ -206,9 +224,10 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
             pages,
             resources,
             changed,
+            capped,
             newest,
         },
-        Err(e) => TypeOutcome::Pipeline(e),
+        Err(e) => TypeOutcome::storing(e),
     }
 }
 
@@ -216,6 +235,9 @@ impl Handler<Round> for ContextActor {
     type Result = ();
 
     fn handle(&mut self, _: Round, ctx: &mut Self::Context) {
+        let Some(key) = self.key.clone() else {
+            return;
+        };
         if self.stop.load(Ordering::Relaxed) {
             return;
         }
@@ -226,9 +248,8 @@ impl Handler<Round> for ContextActor {
             .filter(|t| !self.refused.contains(t))
             .collect();
         let cursors = self.cursors.clone();
-        let (client, key, facts, links, health) = (
+        let (client, facts, links, health) = (
             self.client.clone(),
-            self.key.clone(),
             self.facts.clone(),
             self.links.clone(),
             self.health.clone(),
@@ -273,17 +294,7 @@ impl Handler<Round> for ContextActor {
                 let index =
                     tokio::task::spawn_blocking(move || crate::sync::lock(&facts).index(key)).await;
                 if let Ok(index) = index {
-                    let c = index.counts();
-                    tracing::info!(
-                        actor = "context",
-                        practitioners = c.practitioners,
-                        patients = c.patients,
-                        patients_with_care = c.patients_with_care,
-                        relationships = c.relationships,
-                        related_persons = c.related_persons,
-                        staff_as_patients = c.staff_as_patients,
-                        "care context updated"
-                    );
+                    ContextUpdated(index.counts()).emit(&health);
                     let _ = links.detector.send(UseCare(Arc::new(index))).await;
                 }
             }
@@ -297,33 +308,39 @@ impl Handler<Round> for ContextActor {
                         pages,
                         resources,
                         changed,
+                        capped,
                         newest,
                     } => {
                         act.cursors.insert(ty, newest);
-                        act.health.counters.add(Counter::ContextResourcesRead, resources as u64);
-                        if resources > 0 {
-                            tracing::debug!(actor = "context", resource_type = ty, pages, resources, changed, "context read");
+                        ContextTypeRead {
+                            resource_type: ty,
+                            pages,
+                            resources,
+                            changed,
+                            capped,
                         }
+                        .emit(&act.health);
                     }
                     TypeOutcome::Refused(why) => {
                         act.refused.insert(ty);
-                        tracing::warn!(
-                            actor = "context",
-                            resource_type = ty,
-                            error_kind = "context_type_refused",
-                            "the server refuses {ty} searches ({why}): the signals it feeds are off \
-                             (see `fhir-edge status`); asked again at the next start"
-                        );
+                        ContextTypeRefused {
+                            resource_type: ty,
+                            why: &why,
+                        }
+                        .emit(&act.health);
                     }
-                    TypeOutcome::Failed(e) => {
-                        act.health.counters.add(Counter::ContextErrors, 1);
-                        act.health.error(ActorId::Context, e.kind());
-                        tracing::warn!(actor = "context", resource_type = ty, error_kind = e.kind(), "reading {ty} failed, retried next round: {e}");
-                    }
-                    TypeOutcome::Pipeline(e) => {
-                        act.health.counters.add(Counter::ContextErrors, 1);
-                        act.health.error(ActorId::Context, e.kind());
-                        tracing::warn!(actor = "context", resource_type = ty, error_kind = e.kind(), "storing {ty} failed, retried next round: {e}");
+                    TypeOutcome::Failed {
+                        storing,
+                        kind,
+                        error,
+                    } => {
+                        ContextTypeFailed {
+                            resource_type: ty,
+                            storing,
+                            kind,
+                            error: &error,
+                        }
+                        .emit(&act.health);
                     }
                 }
             }

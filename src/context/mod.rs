@@ -16,7 +16,11 @@
 
 pub(crate) mod actor;
 
+use std::collections::HashMap;
+
 use crate::client::FetchError;
+use crate::health::{ActorId, Counter, Health};
+use crate::telemetry::InternalEvent;
 
 /// Whether a failed search means the server does not offer the type (to this client).
 pub(crate) fn refuses(e: &FetchError) -> Option<String> {
@@ -37,9 +41,119 @@ pub(crate) fn refuses(e: &FetchError) -> Option<String> {
     }
 }
 
+/// What the context actor starts from (none when `[context] enabled = false`): the
+/// install's key, the facts the state database keeps, each followed type's cursor.
+pub(crate) struct CareStart {
+    pub key: fhir_edge_core::care::CareKey,
+    pub facts: fhir_edge_core::care::FactSet,
+    pub cursors: HashMap<&'static str, Option<i64>>,
+}
+
 /// Pages read of one type in one round at most: a first read of a large server goes on at
 /// the next round, from where this one stopped.
 pub(crate) const MAX_PAGES_PER_ROUND: usize = 2_000;
+
+/// One type read to the end of its paging this round.
+pub(crate) struct ContextTypeRead {
+    pub resource_type: &'static str,
+    pub pages: usize,
+    pub resources: usize,
+    /// New or changed since the last read (the rest were the overlap re-read).
+    pub changed: usize,
+    /// Stopped at `MAX_PAGES_PER_ROUND` pages; the rest is read next round.
+    pub capped: bool,
+}
+
+impl InternalEvent for ContextTypeRead {
+    fn emit(self, health: &Health) {
+        health
+            .counters
+            .add(Counter::ContextResourcesRead, self.resources as u64);
+        if self.capped {
+            tracing::info!(
+                actor = "context",
+                resource_type = self.resource_type,
+                pages = self.pages,
+                "read {} pages of {} this round, the most a round reads; the rest follows next round",
+                self.pages,
+                self.resource_type
+            );
+        } else if self.resources > 0 {
+            tracing::debug!(
+                actor = "context",
+                resource_type = self.resource_type,
+                pages = self.pages,
+                resources = self.resources,
+                changed = self.changed,
+                "context read"
+            );
+        }
+    }
+}
+
+/// The server refuses a type: said once (it is not asked again until the next start).
+pub(crate) struct ContextTypeRefused<'a> {
+    pub resource_type: &'static str,
+    pub why: &'a str,
+}
+
+impl InternalEvent for ContextTypeRefused<'_> {
+    fn emit(self, _: &Health) {
+        let (ty, why) = (self.resource_type, self.why);
+        tracing::warn!(
+            actor = "context",
+            resource_type = ty,
+            error_kind = "context_type_refused",
+            "the server refuses {ty} searches ({why}): the signals it feeds are off (see \
+             `fhir-edge status`); asked again at the next start"
+        );
+    }
+}
+
+/// Reading or storing a type failed; it is retried next round from its committed cursor.
+pub(crate) struct ContextTypeFailed<'a> {
+    pub resource_type: &'static str,
+    pub storing: bool,
+    pub kind: &'static str,
+    pub error: &'a str,
+}
+
+impl InternalEvent for ContextTypeFailed<'_> {
+    fn emit(self, health: &Health) {
+        health.counters.add(Counter::ContextErrors, 1);
+        health.error(ActorId::Context, self.kind);
+        let (ty, what) = (
+            self.resource_type,
+            if self.storing { "storing" } else { "reading" },
+        );
+        tracing::warn!(
+            actor = "context",
+            resource_type = ty,
+            error_kind = self.kind,
+            "{what} {ty} failed, retried next round: {}",
+            self.error
+        );
+    }
+}
+
+/// The index was rebuilt and handed to the detector.
+pub(crate) struct ContextUpdated(pub fhir_edge_core::care::IndexCounts);
+
+impl InternalEvent for ContextUpdated {
+    fn emit(self, _: &Health) {
+        let c = self.0;
+        tracing::info!(
+            actor = "context",
+            practitioners = c.practitioners,
+            patients = c.patients,
+            patients_with_care = c.patients_with_care,
+            relationships = c.relationships,
+            related_persons = c.related_persons,
+            staff_as_patients = c.staff_as_patients,
+            "care context updated"
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

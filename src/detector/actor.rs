@@ -37,6 +37,8 @@ pub struct DetectorActor {
     retention_ms: i64,
     /// Keys scored and handed to the sink but not yet committed.
     inflight: Arc<Mutex<KeySet>>,
+    /// Whether the journal was told that the model cannot use the care context (once).
+    care_unused_said: bool,
 }
 
 /// Where the detector sends its work: the state actor (seen keys, the cursor commit) and
@@ -72,6 +74,7 @@ impl DetectorActor {
             overlap_ms: overlap_secs as i64 * 1000,
             retention_ms: retention_days as i64 * 86_400_000,
             inflight: Arc::default(),
+            care_unused_said: false,
         }
     }
 }
@@ -221,11 +224,10 @@ impl Handler<CommitCursor> for DetectorActor {
         let fut = async move {
             // Every page scored so far (polled or pushed) is committed before the snapshot.
             flush.send(Flush).await?;
-            let snapshot = tokio::task::spawn_blocking(move || {
-                detector
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .snapshot()
+            let (snapshot, care_links) = tokio::task::spawn_blocking(move || {
+                let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
+                let (linked, unlinked) = d.context().care_links();
+                (d.snapshot(), (linked as u64, unlinked as u64))
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))?;
@@ -237,6 +239,7 @@ impl Handler<CommitCursor> for DetectorActor {
                     at_ms: now,
                     poll_complete: msg.poll_complete,
                     snapshot: Some(snapshot),
+                    care_links: Some(care_links),
                     // Keys older than the re-read window (plus an hour of margin) never come back.
                     prune_seen_before_ms: cursor_ms
                         .map_or(i64::MIN, |c| c - overlap_ms - 3_600_000),
@@ -351,13 +354,14 @@ impl Handler<crate::pipeline::UseCare> for DetectorActor {
                     .set_care(Some(msg.0))
             })
             .await;
-            if used.is_ok_and(|u| !u) {
-                tracing::debug!(
-                    actor = "detector",
-                    "care context kept for a model trained with one"
-                );
-            }
+            used.unwrap_or(true)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+        let fut = fut.into_actor(self).map(|used, act, _| {
+            // Kept for a later model trained with it; said once.
+            if !used && !std::mem::replace(&mut act.care_unused_said, true) {
+                crate::detector::say_care_unused();
+            }
+        });
+        AtomicResponse::new(Box::pin(fut))
     }
 }

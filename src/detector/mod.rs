@@ -90,11 +90,11 @@ pub fn starting_context(
     })
 }
 
-/// Say (once per model) that the care context is read but the model cannot use it.
-pub(crate) fn say_care_unused(model_dir: &std::path::Path) {
+/// Say that the care context is followed but the model cannot use it (the detector actor
+/// says it once per process).
+pub(crate) fn say_care_unused() {
     tracing::warn!(
         actor = "detector",
-        model = %model_dir.display(),
         error_kind = "care_context_unused",
         "the model was trained without a care context, so its care signals are not used (they \
          would look like nothing it has seen); retrain with it: `fhir-edge train --from-server` \

@@ -234,17 +234,7 @@ async fn learn_site(
 /// Event ids of the alerts the demo's daemon stored.
 fn alerted_events(state: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let r = fhir_edge_core::state::Reader::open(state)?;
-    let alerts = fhir_edge_core::state::read_pages(
-        usize::MAX,
-        |before_id, limit| {
-            r.alerts(&fhir_edge_core::alerts::AlertFilter {
-                before_id,
-                limit,
-                ..Default::default()
-            })
-        },
-        |a| a.id,
-    )?;
+    let alerts = r.alerts_upto(&Default::default(), usize::MAX)?;
     Ok(alerts.into_iter().map(|a| a.event_id).collect())
 }
 
@@ -254,17 +244,7 @@ fn case_tally(
     injected: &std::collections::HashSet<String>,
 ) -> anyhow::Result<(usize, usize, usize)> {
     let r = fhir_edge_core::state::Reader::open(state)?;
-    let cases = fhir_edge_core::state::read_pages(
-        usize::MAX,
-        |before_id, limit| {
-            r.cases(&fhir_edge_core::cases::CaseFilter {
-                before_id,
-                limit,
-                ..Default::default()
-            })
-        },
-        |c| c.id,
-    )?;
+    let cases = r.cases_upto(&Default::default(), usize::MAX)?;
     let (mut with, mut without, mut watched) = (0, 0, 0);
     for c in &cases {
         if c.status == fhir_edge_core::cases::CaseStatus::Watching {

@@ -65,36 +65,39 @@ impl CareKey {
     /// A fresh random key, kept only in memory (the offline commands: tags live as long as
     /// the process).
     pub fn ephemeral() -> Result<Self, CareError> {
-        let mut b = [0u8; KEY_LEN];
-        getrandom::fill(&mut b).map_err(|e| CareError::Random(e.to_string()))?;
-        Self::from_bytes(&b)
+        Self::from_bytes(&random_key()?)
     }
 
-    /// The key in `path`, made there first (random, mode 0600, written whole then renamed)
-    /// when the file does not exist yet.
-    pub fn load_or_create(path: &Path) -> Result<Self, CareError> {
+    /// The key in `path`; `None` when there is no such file yet.
+    pub fn load(path: &Path) -> Result<Option<Self>, CareError> {
         match std::fs::read(path) {
-            Ok(b) => Self::from_bytes(&b).map_err(|e| match e {
+            Ok(b) => Self::from_bytes(&b).map(Some).map_err(|e| match e {
                 CareError::KeyTooShort { len } => CareError::KeyFile {
                     path: path.to_path_buf(),
                     why: format!("holds {len} bytes, a key has {KEY_LEN}; remove it to make a new one (stored tags then no longer match)"),
                 },
                 e => e,
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut b = [0u8; KEY_LEN];
-                getrandom::fill(&mut b).map_err(|e| CareError::Random(e.to_string()))?;
-                write_private(path, &b).map_err(|e| CareError::KeyFile {
-                    path: path.to_path_buf(),
-                    why: format!("cannot be created: {e}"),
-                })?;
-                Self::from_bytes(&b)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CareError::KeyFile {
                 path: path.to_path_buf(),
                 why: format!("cannot be read: {e}"),
             }),
         }
+    }
+
+    /// The key in `path`, made there first (random, mode 0600, written whole then renamed)
+    /// when the file does not exist yet.
+    pub fn load_or_create(path: &Path) -> Result<Self, CareError> {
+        if let Some(k) = Self::load(path)? {
+            return Ok(k);
+        }
+        let b = random_key()?;
+        write_private(path, &b).map_err(|e| CareError::KeyFile {
+            path: path.to_path_buf(),
+            why: format!("cannot be created: {e}"),
+        })?;
+        Self::from_bytes(&b)
     }
 
     /// A fingerprint of the key (a tag of a fixed text), to tell whether stored tags were
@@ -113,6 +116,12 @@ impl CareKey {
         first.copy_from_slice(&out[..8]);
         Tag(u64::from_le_bytes(first))
     }
+}
+
+fn random_key() -> Result<[u8; KEY_LEN], CareError> {
+    let mut b = [0u8; KEY_LEN];
+    getrandom::fill(&mut b).map_err(|e| CareError::Random(e.to_string()))?;
+    Ok(b)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -153,6 +162,7 @@ mod tests {
         assert!(CareKey::from_bytes(&[0u8; 8]).is_err());
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("care.key");
+        assert!(CareKey::load(&p).unwrap().is_none(), "loading makes no key");
         let k1 = CareKey::load_or_create(&p).unwrap();
         let k2 = CareKey::load_or_create(&p).unwrap();
         assert_eq!(

@@ -388,7 +388,7 @@ impl Index {
         if let Some(p) = self.role_of.get(&*r) {
             return Some(Cow::Borrowed(p.as_str()));
         }
-        if r.contains('/') && !r.contains('|') {
+        if resources::is_reference(&r) {
             // A reference to a Practitioner the server has not shown us.
             return r.starts_with("Practitioner/").then_some(r);
         }
@@ -404,7 +404,7 @@ impl Index {
         if self.care.contains_key(&*k) || self.patients.contains_key(&*k) {
             return k;
         }
-        if k.contains('/') && !k.contains('|') {
+        if resources::is_reference(&k) {
             return k;
         }
         match self

@@ -182,6 +182,12 @@ pub fn norm_ref(r: &str) -> String {
     }
 }
 
+/// Whether an AuditEvent names someone by reference (`Type/id`, possibly absolute), not by
+/// identifier (`system|value`, or a bare value).
+pub fn is_reference(r: &str) -> bool {
+    r.contains('/') && !r.contains('|')
+}
+
 /// `norm_ref` without a copy when the reference is already `Type/id` (the common case, on
 /// the path of every scored event).
 pub fn ref_key(r: &str) -> std::borrow::Cow<'_, str> {
@@ -289,14 +295,14 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
                 push(&mut p.family, key.tag(TagKind::Family, &f));
             }
         }
-        for g in arr(&n, "given").filter_map(|g| g.as_str().map(norm_text)) {
+        for g in arr(n, "given").filter_map(|g| g.as_str().map(norm_text)) {
             if !g.is_empty() {
                 push(&mut p.given, key.tag(TagKind::Given, &g));
             }
         }
     }
     for a in arr(v, "address") {
-        let lines: String = arr(&a, "line")
+        let lines: String = arr(a, "line")
             .filter_map(|l| l.as_str().map(norm_text))
             .collect();
         let postal = a
@@ -470,7 +476,7 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 .and_then(reference)
                 .into_iter()
                 .collect();
-            who.extend(arr(v, "team").filter_map(|t| reference(&t)));
+            who.extend(arr(v, "team").filter_map(reference));
             let units = v
                 .get("managingOrganization")
                 .and_then(unit_key)
@@ -493,7 +499,7 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 .filter_map(|p| p.get("member").and_then(reference))
                 .collect();
             let mut units: Vec<String> = arr(v, "managingOrganization")
-                .filter_map(|o| unit_key(&o))
+                .filter_map(unit_key)
                 .collect();
             units.extend(
                 members
@@ -591,7 +597,7 @@ fn care(
 /// A Patient's `generalPractitioner`s, as a standing relationship.
 pub fn general_practitioners(v: &Value) -> Vec<String> {
     arr(v, "generalPractitioner")
-        .filter_map(|g| reference(&g))
+        .filter_map(reference)
         .collect()
 }
 

@@ -955,17 +955,13 @@ impl Context {
     /// Users the care context linked to a Practitioner, and users it could not link (of
     /// those whose events met a care context).
     pub fn care_links(&self) -> (usize, usize) {
-        let linked = self
-            .users
+        self.users
             .values()
-            .filter(|u| u.linked == Some(true))
-            .count();
-        let unlinked = self
-            .users
-            .values()
-            .filter(|u| u.linked == Some(false))
-            .count();
-        (linked, unlinked)
+            .fold((0, 0), |(l, u), s| match s.linked {
+                Some(true) => (l + 1, u),
+                Some(false) => (l, u + 1),
+                None => (l, u),
+            })
     }
 
     /// What the context has learned of one user, for a privacy officer's user card; `None`
@@ -2089,8 +2085,17 @@ mod tests {
         assert!(f.care.is_some_and(|r| r.personal));
         assert_eq!(x[Feature::OutsideCare.index()], 0.0);
         assert_eq!(x[Feature::FirstAccessToPatient.index()], 0.0);
-        // …but not what it does not answer: the hour, a personal link.
-        assert!(x[Feature::HourRaritySite.index()] >= 0.0);
+        // …but not what it does not answer: the hours count as without it, and a personal
+        // link (below) still counts.
+        let (bare, _) =
+            Context::new(chrono_tz::UTC).peek(&rec("Practitioner/ann", "Patient/7", monday(11)));
+        for h in [
+            Feature::HourRarityUser,
+            Feature::HourRaritySite,
+            Feature::HourRarityPeers,
+        ] {
+            assert_eq!(x[h.index()], bare[h.index()], "{}", h.name());
+        }
         let (x, f) = row(&c, &rec("Practitioner/ann", "Patient/8", monday(11)));
         assert_eq!(f.personal, Some(care::Personal::Household));
         assert_eq!(x[Feature::PersonalLink.index()], 1.0);

@@ -122,14 +122,6 @@ fn read_facts(conn: &rusqlite::Connection) -> Result<FactSet, StateError> {
 }
 
 impl Reader {
-    /// The detector's latest snapshot (to count what it learned, e.g. linked users).
-    pub fn snapshot(&self) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .conn
-            .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
-            .optional()?)
-    }
-
     /// Every kept resource's facts.
     pub fn care_facts(&self) -> Result<FactSet, StateError> {
         read_facts(&self.conn)

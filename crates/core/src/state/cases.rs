@@ -313,6 +313,22 @@ impl Store {
 
 impl Reader {
     /// Cases newest first (by id), filtered; `before_id` pages.
+    /// Up to `limit` cases matching `f` (its own `before_id` and `limit` aside), newest
+    /// first, read a page of `MAX_ALERTS_PAGE` at a time.
+    pub fn cases_upto(&self, f: &CaseFilter, limit: usize) -> Result<Vec<Case>, StateError> {
+        super::read_pages(
+            limit,
+            |before_id, want| {
+                self.cases(&CaseFilter {
+                    before_id,
+                    limit: want,
+                    ..f.clone()
+                })
+            },
+            |c| c.id,
+        )
+    }
+
     pub fn cases(&self, f: &CaseFilter) -> Result<Vec<Case>, StateError> {
         let open = if f.open_only {
             " AND status IN ('new', 'in_review')"

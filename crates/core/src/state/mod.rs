@@ -259,6 +259,9 @@ pub struct PollCommit {
     pub poll_complete: bool,
     /// Detector context snapshot, taken after every batch of the poll was committed.
     pub snapshot: Option<Vec<u8>>,
+    /// With the snapshot: audit users the care context linked to a Practitioner, and users
+    /// it could not link (`Context::care_links`), for `status`.
+    pub care_links: Option<(u64, u64)>,
     /// Seen keys older than this can be forgotten.
     pub prune_seen_before_ms: i64,
     /// Alerts detected before this are deleted.
@@ -291,6 +294,10 @@ pub struct StatusReport {
     pub coverage: crate::coverage::Coverage,
     /// The care context's types: cursor, resources kept, refused or not.
     pub care: Vec<CareTypeStatus>,
+    /// Audit users the care context linked to a Practitioner, and those it could not, as
+    /// of the last snapshot (none before one met a care context).
+    pub care_users_linked: Option<u64>,
+    pub care_users_not_linked: Option<u64>,
 }
 
 /// The most alerts (or cases) one `Reader::alerts` (`Reader::cases`) call returns; page on
@@ -299,7 +306,7 @@ pub const MAX_ALERTS_PAGE: u32 = 1000;
 
 /// One page of a filtered listing, newest first: `WHERE` clauses with their values, then
 /// `id < before_id`, `ORDER BY id DESC` and the limit. A limit beyond `MAX_ALERTS_PAGE` is
-/// refused, never cut (page on with `before_id`, or `read_pages`).
+/// refused, never cut (page on with `before_id`, or `Reader::alerts_upto`/`cases_upto`).
 struct Page {
     sql: String,
     args: Vec<rusqlite::types::Value>,
@@ -347,7 +354,7 @@ impl Page {
 /// Up to `limit` items read page by page, newest first: `page(before_id, want)` reads one
 /// page of at most `want` (≤ `MAX_ALERTS_PAGE`) items older than `before_id`; `id` names
 /// an item for the next page.
-pub fn read_pages<T>(
+fn read_pages<T>(
     limit: usize,
     mut page: impl FnMut(Option<i64>, u32) -> Result<Vec<T>, StateError>,
     id: impl Fn(&T) -> i64,
@@ -688,6 +695,10 @@ impl Store {
         if p.poll_complete {
             kv_set(&tx, "last_poll_ms", p.at_ms)?;
         }
+        if let Some((linked, unlinked)) = p.care_links {
+            kv_set(&tx, "care_users_linked", linked as i64)?;
+            kv_set(&tx, "care_users_not_linked", unlinked as i64)?;
+        }
         if let Some(data) = &p.snapshot {
             tx.execute(
                 "INSERT INTO snapshot(id, seq, taken_ms, data) VALUES (1, ?1, ?2, ?3)
@@ -977,10 +988,28 @@ impl Reader {
             learning_since: kv_get(c, "learning_since_ms")?.map(fmt),
             coverage: coverage_read(c)?,
             care: self.care_types()?,
+            care_users_linked: kv_get(c, "care_users_linked")?.map(|n| n as u64),
+            care_users_not_linked: kv_get(c, "care_users_not_linked")?.map(|n| n as u64),
         })
     }
 
     /// Alerts newest first (by id), filtered; `before_id` pages.
+    /// Up to `limit` alerts matching `f` (its own `before_id` and `limit` aside), newest
+    /// first, read a page of `MAX_ALERTS_PAGE` at a time.
+    pub fn alerts_upto(&self, f: &AlertFilter, limit: usize) -> Result<Vec<Alert>, StateError> {
+        read_pages(
+            limit,
+            |before_id, want| {
+                self.alerts(&AlertFilter {
+                    before_id,
+                    limit: want,
+                    ..f.clone()
+                })
+            },
+            |a| a.id,
+        )
+    }
+
     pub fn alerts(&self, f: &AlertFilter) -> Result<Vec<Alert>, StateError> {
         let mut q = Page::new(format!("SELECT {ALERT_COLS} FROM alerts WHERE 1 = 1"));
         q.and_opt("recorded_ms >=", f.since_ms);
@@ -1421,6 +1450,7 @@ mod tests {
             at_ms: 2,
             poll_complete: true,
             snapshot: Some(b"snap".to_vec()),
+            care_links: None,
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
         })
@@ -1462,6 +1492,7 @@ mod tests {
             at_ms: 4,
             poll_complete: true,
             snapshot: Some(b"snap2".to_vec()),
+            care_links: None,
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
         })
@@ -1498,6 +1529,7 @@ mod tests {
                 at_ms: 1,
                 poll_complete: true,
                 snapshot: None,
+                care_links: None,
                 prune_seen_before_ms: 500,
                 prune_alerts_before_ms: 0,
             })
