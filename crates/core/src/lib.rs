@@ -16,6 +16,7 @@
 //! - [`alerts`]: severity, status, allow-list rules, the stored alert.
 //! - [`cases`]: alerts of one user's episode grouped into a case (the rule, title,
 //!   narrative, lifecycle, the allow-list rules a decision implies).
+//! - [`export`]: the messages an edge sends to a broker or a SIEM (schema, ids, syslog).
 //! - [`state`]: the SQLite database (cursor, seen keys, counters, detector snapshot,
 //!   alerts) and the exactly-once rules that rest on its transactions.
 //! - [`clock`], [`rng`]: time as a parameter; a seeded generator for reproducible training.
@@ -29,6 +30,7 @@ pub mod cases;
 pub mod clock;
 pub mod coverage;
 pub mod detector;
+pub mod export;
 pub mod fhir;
 pub mod rng;
 pub mod state;

@@ -251,6 +251,20 @@ pub(super) fn to_journal(
         .collect()
 }
 
+/// Write the case `id` as it now stands to the export outbox; `false` when it was full.
+pub(super) fn export(
+    tx: &Transaction,
+    setup: &super::ExportSetup,
+    room: &mut u64,
+    id: i64,
+    now_ms: i64,
+) -> Result<bool, StateError> {
+    let case = case_by_id(tx, id)?;
+    let body = crate::export::case_message(&setup.site, &case, now_ms);
+    let item = (crate::export::ItemKind::Case, id, Some(case.severity));
+    Ok(super::outbox::push(tx, setup, room, item, &body, now_ms)?)
+}
+
 impl Store {
     /// Record that cases reached the journal at these severities.
     pub fn mark_cases_journaled(&mut self, cases: &[(i64, Severity)]) -> Result<(), StateError> {
@@ -284,7 +298,8 @@ impl Store {
         now_ms: i64,
     ) -> Result<(Case, Vec<AllowRule>), StateError> {
         d.check()?;
-        let n = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
             "UPDATE cases SET status = ?2, resolution = ?3, status_by = ?4, status_note = ?5,
                 status_at_ms = ?6 WHERE id = ?1",
             params![
@@ -299,14 +314,31 @@ impl Store {
         if n == 0 {
             return Err(StateError::NotFound);
         }
-        let case = case_by_id(&self.conn, id)?;
+        if let Some(setup) = &self.export {
+            let of = crate::export::ItemKind::Case;
+            let body = crate::export::status_message(
+                &setup.site,
+                of,
+                id,
+                d.status.as_str(),
+                d.resolution.map(|r| r.as_str()),
+                d.by.as_deref(),
+                now_ms,
+            );
+            let mut room = super::outbox::room(&tx, setup)?;
+            let item = (crate::export::ItemKind::Status, id, None);
+            super::outbox::push(&tx, setup, &mut room, item, &body, now_ms)?;
+            export(&tx, setup, &mut room, id, now_ms)?;
+        }
+        let case = case_by_id(&tx, id)?;
         let rules = match d.resolution {
             Some(crate::cases::Resolution::Appropriate)
             | Some(crate::cases::Resolution::FalsePositive) => {
-                implied_rules(case.user.as_deref(), &case_alerts(&self.conn, id)?)
+                implied_rules(case.user.as_deref(), &case_alerts(&tx, id)?)
             }
             _ => Vec::new(),
         };
+        tx.commit()?;
         Ok((case, rules))
     }
 }

@@ -14,7 +14,9 @@ use serde::Serialize;
 
 mod care;
 mod cases;
+mod outbox;
 pub use care::CareTypeStatus;
+pub use outbox::{ExportSetup, ExportStatus};
 
 use crate::alerts::{Alert, AlertFilter, NewAlert, Severity, Status};
 
@@ -206,6 +208,20 @@ const MIGRATIONS: &[&str] = &[
         refused TEXT
     ) WITHOUT ROWID;
     "#,
+    // 4: the export outbox (`outbox.rs`): items to send, and per exporter the last
+    // position the far side acknowledged.
+    r#"
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        item_id INTEGER NOT NULL,
+        site TEXT NOT NULL,
+        severity INTEGER,
+        created_ms INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE export_cursors (exporter TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL) WITHOUT ROWID;
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -246,6 +262,8 @@ pub struct BatchOutcome {
     pub alerts_inserted: Vec<(i64, usize)>,
     /// Cases this batch opened or raised in severity, to journal (`Store::mark_journaled`).
     pub cases_to_journal: Vec<crate::cases::CaseNote>,
+    /// Items not written to the export outbox because it was full (`ExportSetup`).
+    pub exports_refused: u64,
 }
 
 /// The end of a complete poll.
@@ -298,6 +316,10 @@ pub struct StatusReport {
     /// of the last snapshot (none before one met a care context).
     pub care_users_linked: Option<u64>,
     pub care_users_not_linked: Option<u64>,
+    /// Each exporter's acknowledged position and backlog (none when nothing was exported).
+    pub export: Vec<ExportStatus>,
+    /// Items refused because the export outbox was full, over the database's life.
+    pub export_refused: u64,
 }
 
 /// The most alerts (or cases) one `Reader::alerts` (`Reader::cases`) call returns; page on
@@ -396,6 +418,8 @@ pub struct Store {
     seq: i64,
     last_prune_ms: Option<i64>,
     case_rule: crate::cases::CaseRule,
+    /// What to export (`set_export`); `None`: nothing is written to the outbox.
+    export: Option<ExportSetup>,
 }
 
 /// How often seen keys and expired alerts are pruned.
@@ -505,6 +529,7 @@ impl Store {
             seq,
             last_prune_ms: None,
             case_rule: crate::cases::CaseRule::default(),
+            export: None,
         })
     }
 
@@ -612,6 +637,8 @@ impl Store {
                 kv_add(&tx, &format!("{COVERAGE_KEY}{name}"), n)?;
             }
             let mut touched: Vec<i64> = Vec::new();
+            // What the export outbox still takes, read once the batch has something.
+            let mut room: Option<u64> = None;
             let mut ins = tx.prepare_cached(
                 "INSERT OR IGNORE INTO alerts(event_key, event_id, event_version, recorded_ms, detected_ms,
                     score, severity, summary, explanation, kinds, user_ref, user_display, patient_ref,
@@ -646,10 +673,27 @@ impl Store {
                     if !touched.contains(&case) {
                         touched.push(case);
                     }
+                    if let Some(setup) = &self.export {
+                        let room = room.get_or_insert(outbox::room(&tx, setup)?);
+                        let body =
+                            crate::export::alert_message(&setup.site, id, Some(case), a, now_ms);
+                        let item = (crate::export::ItemKind::Alert, id, Some(a.severity));
+                        if !outbox::push(&tx, setup, room, item, &body, now_ms)? {
+                            outcome.exports_refused += 1;
+                        }
+                    }
                 }
             }
             if !touched.is_empty() {
                 outcome.cases_to_journal = cases::to_journal(&tx, Some(&touched))?;
+                if let Some(setup) = &self.export {
+                    let room = room.get_or_insert(outbox::room(&tx, setup)?);
+                    for id in &touched {
+                        if !cases::export(&tx, setup, room, *id, now_ms)? {
+                            outcome.exports_refused += 1;
+                        }
+                    }
+                }
             }
         }
         kv_add(&tx, "events_scored", outcome.events_committed as i64)?;
@@ -790,13 +834,30 @@ impl Store {
         note: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StateError> {
-        let n = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
             "UPDATE alerts SET status = ?2, status_by = ?3, status_note = ?4, status_at_ms = ?5 WHERE id = ?1",
             params![id, status.as_str(), by, note, now_ms],
         )?;
         if n == 0 {
             return Err(StateError::NotFound);
         }
+        if let Some(setup) = &self.export {
+            let of = crate::export::ItemKind::Alert;
+            let body = crate::export::status_message(
+                &setup.site,
+                of,
+                id,
+                status.as_str(),
+                None,
+                by,
+                now_ms,
+            );
+            let mut room = outbox::room(&tx, setup)?;
+            let item = (crate::export::ItemKind::Status, id, None);
+            outbox::push(&tx, setup, &mut room, item, &body, now_ms)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 }
@@ -990,6 +1051,8 @@ impl Reader {
             care: self.care_types()?,
             care_users_linked: kv_get(c, "care_users_linked")?.map(|n| n as u64),
             care_users_not_linked: kv_get(c, "care_users_not_linked")?.map(|n| n as u64),
+            export: self.export_status(&[])?,
+            export_refused: self.export_refused()?,
         })
     }
 
