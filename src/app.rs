@@ -46,6 +46,8 @@ pub enum StartError {
     Baselines(#[from] fhir_edge_core::detector::baselines::BaselinesError),
     #[error("context.key_file: {0}")]
     Care(#[from] fhir_edge_core::care::CareError),
+    #[error("export: {0}")]
+    Export(String),
 }
 
 impl StartError {
@@ -59,6 +61,7 @@ impl StartError {
             StartError::Bind { .. } => "api_bind",
             StartError::Baselines(e) => e.kind(),
             StartError::Care(e) => e.kind(),
+            StartError::Export(_) => "export_setup",
         }
     }
 }
@@ -169,6 +172,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     store.set_case_rule(fhir_edge_core::cases::CaseRule::hours(
         cfg.alerts.case_window_hours,
     ));
+    store.set_export(crate::export::setup(&cfg));
     let loaded = store.load()?;
     let unjournaled = store.unjournaled()?;
     let unjournaled_cases = store.unjournaled_cases()?;
@@ -324,6 +328,14 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         crate::context::actor::ContextActor::new(client, cfg.context.clone(), care, links, h, s)
             .start()
     };
+    let export = crate::export::actor::ExportActor::new(
+        &cfg,
+        state.clone().recipient(),
+        health.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| StartError::Export(e.to_string()))?
+    .start();
     let poller = {
         let (det, h, c, s) = (
             detector.clone(),
@@ -382,6 +394,10 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         add_rule: state.clone().recipient(),
         remove_rule: state.clone().recipient(),
         rules_changed: sink.clone().recipient(),
+        exporters: crate::export::configured(&cfg)
+            .iter()
+            .map(|e| e.as_str())
+            .collect(),
     };
     let addr = cfg.api.listen;
     let server = actix_web::HttpServer::new(move || {
@@ -412,6 +428,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             (ActorId::AlertSink, sink.recipient()),
             (ActorId::State, state.clone().recipient()),
             (ActorId::Context, context.recipient()),
+            (ActorId::Export, export.recipient()),
         ],
     ));
     tracing::info!(actor = "app", api = %api_addr, fhir = %crate::client::redact_url(&cfg.fhir.base_url), "ready");

@@ -278,6 +278,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("audit trail     {}", s.coverage.summary());
                 let links = s.care_users_linked.zip(s.care_users_not_linked);
                 println!("care context    {}", care_summary(&cfg, &s.care, links));
+                println!("export          {}", export_summary(&cfg, &s));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -705,6 +706,39 @@ fn score_cmd(
         output.display()
     );
     Ok(())
+}
+
+/// One line on the exporters: each one's backlog and oldest waiting item, and what the
+/// full outbox refused.
+fn export_summary(cfg: &crate::config::Config, s: &fhir_edge_core::state::StatusReport) -> String {
+    let on = crate::export::configured(cfg);
+    if on.is_empty() {
+        return "off (no [export.nats] or [export.syslog])".into();
+    }
+    let mut parts: Vec<String> = on
+        .iter()
+        .map(|e| {
+            let st = s.export.iter().find(|x| x.exporter == e.as_str());
+            match st {
+                Some(x) if x.backlog > 0 => format!(
+                    "{}: {} waiting since {}",
+                    e.as_str(),
+                    x.backlog,
+                    x.oldest_waiting.as_deref().unwrap_or("?")
+                ),
+                Some(_) => format!("{}: up to date", e.as_str()),
+                None => format!("{}: nothing acknowledged yet", e.as_str()),
+            }
+        })
+        .collect();
+    parts.insert(0, format!("site {}", cfg.site_name()));
+    if s.export_refused > 0 {
+        parts.push(format!(
+            "{} items REFUSED by the full outbox ([export] max_items {})",
+            s.export_refused, cfg.export.max_items
+        ));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]

@@ -74,6 +74,120 @@ pub struct Config {
     /// The care context followed from the same FHIR server.
     #[serde(default)]
     pub context: ContextConfig,
+    /// This edge among a health system's others.
+    #[serde(default)]
+    pub site: SiteConfig,
+    /// Alerts, cases and decisions sent on to NATS JetStream and/or a SIEM over syslog.
+    #[serde(default)]
+    pub export: ExportConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// The site's name in every exported message and NATS subject: letters, digits, `-`
+    /// and `_` (at most 64). Default: the machine's host name, with any other character
+    /// made `-`.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Items the outbox holds for exporters that cannot send (the broker or the SIEM is
+    /// down) before new ones are refused — the oldest are kept, every refusal is logged and
+    /// counted (`export_refused`), the alerts themselves are stored all the same. About 1 KB
+    /// each on disk.
+    pub max_items: u64,
+    /// Items sent per batch (NATS: published, then every acknowledgement awaited).
+    pub batch: u32,
+    /// NATS JetStream; on when this table is present.
+    pub nats: Option<NatsExportConfig>,
+    /// RFC 5424 syslog over TCP or TLS to a SIEM; on when this table is present.
+    pub syslog: Option<SyslogExportConfig>,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            max_items: 1_000_000,
+            batch: 256,
+            nats: None,
+            syslog: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsExportConfig {
+    /// Server URLs (`nats://host:4222`, `tls://host:4222`); the client fails over among them.
+    pub servers: Vec<String>,
+    /// The JetStream stream the messages go to; created when missing (with the subjects
+    /// below) if the account may, else checked and the command to create it said.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Subjects are `<subject_prefix>.alert`, `.case` and `.status`. Default
+    /// `fhir-edge.<site name>`.
+    #[serde(default)]
+    pub subject_prefix: Option<String>,
+    /// A file holding the server's auth token (or a systemd credential name).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// A NATS credentials file (JWT and NKey seed), for operator-mode accounts.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for the servers' TLS (then TLS is required).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The stream's duplicate window when fhir-edge creates it: a message re-sent after a
+    /// crash within this many seconds of the first send is dropped by the server. Longer
+    /// than any restart; messages are re-sent only when their acknowledgement was not yet
+    /// recorded.
+    #[serde(default = "default_duplicate_window")]
+    pub duplicate_window_secs: u64,
+    /// Seconds to wait for the server (connecting, each publish acknowledgement).
+    #[serde(default = "default_nats_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_stream() -> String {
+    "FHIR_EDGE".into()
+}
+fn default_duplicate_window() -> u64 {
+    3600
+}
+fn default_nats_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogExportConfig {
+    /// The receiver, `host:port` (TCP, octet-counted frames, RFC 6587; 6514 is TLS's port).
+    pub address: String,
+    /// Connect with TLS (RFC 5425), checking the receiver's certificate.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA certificates to trust for the receiver (with `tls`; default: the system's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `auth`, `authpriv` or `local0`–`local7`.
+    #[serde(default = "default_facility")]
+    pub facility: String,
+    /// APP-NAME in each message.
+    #[serde(default = "default_app_name")]
+    pub app_name: String,
+    /// Seconds to wait for connecting and for each batch's write.
+    #[serde(default = "default_nats_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_facility() -> String {
+    "authpriv".into()
+}
+fn default_app_name() -> String {
+    "fhir-edge".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -685,6 +799,15 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if let Some(n) = &c.site.name {
+        if !fhir_edge_core::export::valid_site(n) {
+            return Err(l.invalid(
+                "site.name",
+                "use 1–64 letters, digits, - or _ (it becomes a NATS subject token)",
+            ));
+        }
+    }
+    validate_export(l)?;
     let addr = c.api.listen;
     match &c.api.token_file {
         Some(t) => secret_file(l, "api.token_file", t)?,
@@ -698,6 +821,114 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
             ))
         }
         None => {}
+    }
+    Ok(())
+}
+
+fn validate_export(l: &Loaded) -> Result<(), ConfigError> {
+    let e = &l.config.export;
+    range(l, "export.max_items", e.max_items, 1_000, 100_000_000)?;
+    range(l, "export.batch", e.batch as u64, 1, 10_000)?;
+    if let Some(n) = &e.nats {
+        if n.servers.is_empty() {
+            return Err(l.invalid(
+                "export.nats.servers",
+                "name at least one server, e.g. [\"nats://127.0.0.1:4222\"]",
+            ));
+        }
+        for srv in &n.servers {
+            let ok = url::Url::parse(srv)
+                .is_ok_and(|u| matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some());
+            if !ok {
+                return Err(l.invalid(
+                    "export.nats.servers",
+                    format!("{srv:?} is not a nats:// or tls:// URL with a host"),
+                ));
+            }
+        }
+        if !fhir_edge_core::export::valid_site(&n.stream) {
+            return Err(l.invalid(
+                "export.nats.stream",
+                "a stream name is letters, digits, - or _",
+            ));
+        }
+        if let Some(p) = &n.subject_prefix {
+            if p.is_empty() || !p.split('.').all(fhir_edge_core::export::valid_site) {
+                return Err(l.invalid(
+                    "export.nats.subject_prefix",
+                    "dot-separated tokens of letters, digits, - or _ (no wildcards)",
+                ));
+            }
+        }
+        match (&n.token_file, &n.credentials_file) {
+            (Some(_), Some(_)) => {
+                return Err(l.invalid(
+                    "export.nats.credentials_file",
+                    "give token_file or credentials_file, not both",
+                ))
+            }
+            (Some(t), None) => secret_file(l, "export.nats.token_file", t)?,
+            (None, Some(c)) => secret_file(l, "export.nats.credentials_file", c)?,
+            (None, None) => {}
+        }
+        if let Some(ca) = &n.ca_file {
+            std::fs::read(ca).map_err(|err| {
+                l.invalid(
+                    "export.nats.ca_file",
+                    format!("cannot read {}: {err}", ca.display()),
+                )
+            })?;
+        }
+        range(
+            l,
+            "export.nats.duplicate_window_secs",
+            n.duplicate_window_secs,
+            60,
+            7 * 86_400,
+        )?;
+        range(l, "export.nats.timeout_secs", n.timeout_secs, 1, 300)?;
+    }
+    if let Some(s) = &e.syslog {
+        let port_ok = s
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(l.invalid(
+                "export.syslog.address",
+                format!(
+                    "{:?} is not host:port, e.g. siem.example.org:6514",
+                    s.address
+                ),
+            ));
+        }
+        if fhir_edge_core::export::syslog::Facility::parse(&s.facility).is_none() {
+            return Err(l.invalid(
+                "export.syslog.facility",
+                "use auth, authpriv or local0–local7",
+            ));
+        }
+        if s.app_name.is_empty()
+            || s.app_name.len() > 48
+            || !s.app_name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(l.invalid(
+                "export.syslog.app_name",
+                "1–48 printable ASCII characters without spaces",
+            ));
+        }
+        if let Some(ca) = &s.ca_file {
+            if !s.tls {
+                return Err(l.invalid("export.syslog.ca_file", "is used only with tls = true"));
+            }
+            std::fs::read(ca).map_err(|err| {
+                l.invalid(
+                    "export.syslog.ca_file",
+                    format!("cannot read {}: {err}", ca.display()),
+                )
+            })?;
+        }
+        range(l, "export.syslog.timeout_secs", s.timeout_secs, 1, 300)?;
     }
     Ok(())
 }
@@ -749,6 +980,25 @@ impl Config {
         self.state_dir().join("care.key")
     }
 
+    /// The site's name: `[site] name`, else the host name made a valid one.
+    pub fn site_name(&self) -> String {
+        if let Some(n) = &self.site.name {
+            return n.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        fhir_edge_core::export::site_from_host(host.trim())
+    }
+
+    /// The NATS subject prefix: `[export.nats] subject_prefix`, else `fhir-edge.<site>`.
+    pub fn nats_subject_prefix(&self) -> Option<String> {
+        let n = self.export.nats.as_ref()?;
+        Some(
+            n.subject_prefix
+                .clone()
+                .unwrap_or_else(|| format!("fhir-edge.{}", self.site_name())),
+        )
+    }
+
     /// The site time zone (`[detector] timezone`).
     pub fn timezone(&self) -> chrono_tz::Tz {
         self.detector.timezone
@@ -772,6 +1022,8 @@ impl Config {
                 dir: Some(state_dir.to_path_buf()),
             },
             context: ContextConfig::default(),
+            site: SiteConfig::default(),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -860,6 +1112,73 @@ mod tests {
         };
         assert_eq!(e.key(), Some("poller.recheck_secs"));
         assert!(!e.to_string().contains("built-in default"), "{e}");
+    }
+
+    #[test]
+    fn export_mistakes_name_their_key_and_a_good_table_derives_its_subjects() {
+        let _g = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("t"), "tok\n").unwrap();
+        let tok = d.path().join("t").display().to_string();
+        let nats = |extra: &str| {
+            format!("{MINIMAL}[export.nats]\nservers = [\"nats://127.0.0.1:4222\"]\n{extra}")
+        };
+        let bad = [
+            (
+                format!("{MINIMAL}[export.nats]\nservers = []\n"),
+                "export.nats.servers",
+            ),
+            (
+                format!("{MINIMAL}[export.nats]\nservers = [\"http://x:4222\"]\n"),
+                "export.nats.servers",
+            ),
+            (nats("stream = \"a.b\"\n"), "export.nats.stream"),
+            (
+                nats("subject_prefix = \"a.*\"\n"),
+                "export.nats.subject_prefix",
+            ),
+            (
+                nats(&format!(
+                    "token_file = \"{tok}\"\ncredentials_file = \"{tok}\"\n"
+                )),
+                "export.nats.credentials_file",
+            ),
+            (
+                nats("token_file = \"/nonexistent/t\"\n"),
+                "export.nats.token_file",
+            ),
+            (
+                format!("{MINIMAL}[export.syslog]\naddress = \"siem\"\n"),
+                "export.syslog.address",
+            ),
+            (
+                format!("{MINIMAL}[export.syslog]\naddress = \"siem:514\"\nfacility = \"kern\"\n"),
+                "export.syslog.facility",
+            ),
+            (
+                format!("{MINIMAL}[export.syslog]\naddress = \"siem:514\"\nca_file = \"{tok}\"\n"),
+                "export.syslog.ca_file",
+            ),
+            (
+                format!("{MINIMAL}[site]\nname = \"st marys\"\n"),
+                "site.name",
+            ),
+            (
+                format!("{MINIMAL}[export]\nmax_items = 5\n"),
+                "export.max_items",
+            ),
+        ];
+        for (text, key) in bad {
+            let e = load(Some(&write(d.path(), &text))).err().unwrap();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+        }
+        let text = format!(
+            "{}[site]\nname = \"north\"\n",
+            nats(&format!("token_file = \"{tok}\"\n"))
+        );
+        let l = load(Some(&write(d.path(), &text))).unwrap();
+        assert_eq!(l.config.nats_subject_prefix().unwrap(), "fhir-edge.north");
+        assert_eq!(l.config.export.nats.as_ref().unwrap().stream, "FHIR_EDGE");
     }
 
     #[test]

@@ -20,16 +20,18 @@ pub enum ActorId {
     AlertSink,
     State,
     Context,
+    Export,
 }
 
 impl ActorId {
     /// Every actor, in pipeline order.
-    pub const ALL: [ActorId; 5] = [
+    pub const ALL: [ActorId; 6] = [
         ActorId::Poller,
         ActorId::Detector,
         ActorId::AlertSink,
         ActorId::State,
         ActorId::Context,
+        ActorId::Export,
     ];
 
     /// The name in logs (`actor=`), `/api/health` and the watchdog's messages.
@@ -40,6 +42,7 @@ impl ActorId {
             ActorId::AlertSink => "alert_sink",
             ActorId::State => "state",
             ActorId::Context => "context",
+            ActorId::Export => "export",
         }
     }
 }
@@ -95,6 +98,10 @@ counter_table! {
     ContextResourcesRead = "context_resources_read", "Care context resources read from the server (Practitioner, Encounter, CareTeam…).";
     ContextErrors = "context_errors", "Failed reads or stores of a care context type (retried next round).";
     AlertsRaised = "alerts_raised", "Alerts raised by this process.";
+    ExportSent = "export_sent", "Outbox items (alerts, case changes, decisions) the broker or SIEM acknowledged.";
+    ExportDuplicates = "export_duplicates", "Re-sent items the broker already held (after a crash or a lost acknowledgement), dropped there by message id.";
+    ExportErrors = "export_errors", "Failed export attempts (the items stay in the outbox and are retried).";
+    ExportRefused = "export_refused", "Items not written to the export outbox because it was full ([export] max_items).";
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +130,9 @@ pub struct Health {
     learning: Arc<Mutex<Option<String>>>,
     /// What the events scored by this process carried.
     coverage: Arc<Mutex<fhir_edge_core::coverage::Coverage>>,
+    /// Exporters whose last attempt failed, with the error (the daemon is degraded, not
+    /// stalled: restarting would not bring a broker back).
+    export_failing: Arc<Mutex<std::collections::BTreeMap<&'static str, String>>>,
 }
 
 /// Process-lifetime counters and gauges (the durable lifetime `events_scored` lives in the
@@ -285,6 +295,7 @@ impl Health {
             degraded: Arc::new(Mutex::new(None)),
             learning: Arc::new(Mutex::new(None)),
             coverage: Arc::default(),
+            export_failing: Arc::default(),
         };
         let now = h.now_ms();
         for s in h.slots.iter() {
@@ -343,6 +354,27 @@ impl Health {
 
     pub fn degraded(&self) -> Option<String> {
         crate::sync::lock(&self.degraded).clone()
+    }
+
+    /// Say that an exporter failed (`Some(error)`) or sends again (`None`).
+    pub fn set_export_failing(&self, exporter: &'static str, error: Option<String>) {
+        let mut m = crate::sync::lock(&self.export_failing);
+        match error {
+            Some(e) => {
+                m.insert(exporter, e);
+            }
+            None => {
+                m.remove(exporter);
+            }
+        }
+    }
+
+    /// The exporters whose last attempt failed, with the error.
+    pub fn export_failing(&self) -> Vec<(&'static str, String)> {
+        crate::sync::lock(&self.export_failing)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     /// Say that the daemon is learning the site (`None`: it has the site's model).
@@ -421,6 +453,9 @@ impl Health {
         if let Some(d) = self.degraded() {
             s.push_str("; DEGRADED: ");
             s.push_str(&d);
+        }
+        for (exporter, _) in self.export_failing() {
+            s.push_str(&format!("; {exporter} export failing (outbox kept)"));
         }
         s
     }

@@ -10,6 +10,8 @@
 //!   in `mod.rs` (unit-tested without actix), the actor in `actor.rs`.
 //! - [`context`]: following the server's care context (Practitioner, Encounter, CareTeam…)
 //!   for the detector (`ContextActor`).
+//! - [`export`]: alerts, cases and decisions from the state's outbox to NATS JetStream and
+//!   to a SIEM over syslog (`ExportActor`), each acknowledged item recorded.
 //! - [`learn`]: learning a site that has no model of its own yet, and training one when
 //!   learning is over (`SiteTrainerActor`).
 //! - [`health`]: per-actor progress for the watchdog, the counters behind `/metrics`.
@@ -33,6 +35,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod context;
 pub(crate) mod detector;
+pub(crate) mod export;
 pub mod health;
 #[cfg(feature = "lab")]
 pub(crate) mod lab;

@@ -15,11 +15,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 # System packages: a C/C++ toolchain for the bundled SQLite and crypto, Python for the
 # real FHIR server, Chromium and Node.js for the dashboard browser test, openssl and
-# socat for the auth and TLS tests (test keys, a TLS terminator in front of the server).
+# socat for the auth and TLS tests (test keys, a TLS terminator in front of the server),
+# nats-server for the export tests (Debian's, with JetStream).
 missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
-for pkg in gcc g++ make python3-venv ca-certificates chromium openssl socat; do
+for pkg in gcc g++ make python3-venv ca-certificates chromium openssl socat nats-server; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -52,6 +53,8 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --silent)
 fi
 export REQUIRE_BROWSER=1
+# The export tests start their own nats-server (the package's service is not used).
+export REQUIRE_NATS=1
 # As root, the local-fault test mounts a small tmpfs to fill up and make read-only.
 if [ "$(id -u)" = 0 ]; then
     export REQUIRE_LOCAL_FAULTS=1

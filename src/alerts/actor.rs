@@ -107,6 +107,12 @@ impl Handler<Scored> for AlertSinkActor {
             for case in &outcome.cases_to_journal {
                 journal_case(case);
             }
+            if outcome.exports_refused > 0 {
+                crate::telemetry::InternalEvent::emit(
+                    crate::export::ExportRefused(outcome.exports_refused),
+                    &health,
+                );
+            }
             let cases: Vec<_> = outcome
                 .cases_to_journal
                 .iter()

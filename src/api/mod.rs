@@ -51,6 +51,8 @@ pub struct ApiState {
     pub add_rule: Recipient<AddAllowRule>,
     pub remove_rule: Recipient<RemoveAllowRule>,
     pub rules_changed: Recipient<AllowListChanged>,
+    /// The configured exporters (`nats`, `syslog`), whose standing `/api/health` shows.
+    pub exporters: Vec<&'static str>,
 }
 
 /// Compare without an early exit on the first differing byte.
@@ -130,7 +132,44 @@ async fn with_reader<T: Send + 'static>(
 
 async fn health(s: web::Data<ApiState>) -> HttpResponse {
     let round = crate::sync::lock(&s.round).clone();
-    let degraded = s.health.degraded();
+    let failing = s.health.export_failing();
+    // Where each exporter stands (its backlog read from the outbox), when any is set up.
+    let export = match s.exporters.is_empty() {
+        true => Vec::new(),
+        false => {
+            let names = s.exporters.clone();
+            with_reader(s.state_dir.clone(), move |r| r.export_status(&names))
+                .await
+                .unwrap_or_default()
+        }
+    };
+    let export: Vec<serde_json::Value> = export
+        .into_iter()
+        .filter(|e| s.exporters.contains(&e.exporter.as_str()))
+        .map(|e| {
+            let error = failing
+                .iter()
+                .find(|(n, _)| *n == e.exporter)
+                .map(|(_, err)| err.clone());
+            json!({
+                "exporter": e.exporter,
+                "state": if error.is_some() { "failing" } else { "ok" },
+                "backlog": e.backlog,
+                "oldest_waiting": e.oldest_waiting,
+                "acked_seq": e.acked_seq,
+                "error": error,
+            })
+        })
+        .collect();
+    let degraded = s.health.degraded().or_else(|| {
+        (!failing.is_empty()).then(|| {
+            failing
+                .iter()
+                .map(|(n, e)| format!("{n} export failing, items kept in the outbox: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    });
     let status = if !round.healthy {
         "unhealthy"
     } else if degraded.is_some() {
@@ -147,6 +186,7 @@ async fn health(s: web::Data<ApiState>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": (s.clock.now().timestamp_millis() - s.started_ms) / 1000,
         "actors": round.reports,
+        "export": export,
         "status_line": s.health.status_line(),
     });
     if status == "ok" {
@@ -248,6 +288,22 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
         );
         for (status, n) in counts {
             out.push_str(&format!("fhir_edge_cases{{status=\"{status}\"}} {n}\n"));
+        }
+    }
+    if !s.exporters.is_empty() {
+        let names = s.exporters.clone();
+        if let Ok(export) = with_reader(s.state_dir.clone(), move |r| r.export_status(&names)).await
+        {
+            out.push_str("# HELP fhir_edge_export_backlog Outbox items the exporter has not had acknowledged yet.\n# TYPE fhir_edge_export_backlog gauge\n");
+            for e in export
+                .iter()
+                .filter(|e| s.exporters.contains(&e.exporter.as_str()))
+            {
+                out.push_str(&format!(
+                    "fhir_edge_export_backlog{{exporter=\"{}\"}} {}\n",
+                    e.exporter, e.backlog
+                ));
+            }
         }
     }
     let healthy = crate::sync::lock(&s.round).healthy && s.health.degraded().is_none();

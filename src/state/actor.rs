@@ -72,6 +72,15 @@ pub struct AddAllowRule(pub AllowRule);
 #[rtype(result = "Result<Vec<AllowRule>, StateError>")]
 pub struct RemoveAllowRule(pub i64);
 
+/// Request: `exporter`'s far side acknowledged every outbox item up to `upto` (its
+/// position only moves forward; rows every exporter acknowledged are deleted).
+#[derive(Message)]
+#[rtype(result = "Result<(), StateError>")]
+pub struct AckExport {
+    pub exporter: &'static str,
+    pub upto: i64,
+}
+
 /// Checkpoint the WAL before exit.
 #[derive(Message)]
 #[rtype(result = "Result<(), StateError>")]
@@ -273,6 +282,13 @@ impl Handler<RemoveAllowRule> for StateActor {
             s.remove_allow_rule(msg.0)?;
             s.allowlist()
         })
+    }
+}
+
+impl Handler<AckExport> for StateActor {
+    type Result = Result<(), StateError>;
+    fn handle(&mut self, msg: AckExport, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, _| s.ack_export(msg.exporter, msg.upto))
     }
 }
 

@@ -16,6 +16,7 @@ mod binary;
 mod browser;
 mod common;
 mod crash;
+mod export;
 mod faults;
 mod learn;
 mod local_faults;
