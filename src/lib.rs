@@ -12,6 +12,7 @@
 //!   for the detector (`ContextActor`).
 //! - [`export`]: alerts, cases and decisions from the state's outbox to NATS JetStream and
 //!   to a SIEM over syslog (`ExportActor`), each acknowledged item recorded.
+//! - [`fleet`]: `fhir-edge fleet`, one read-only view of many sites from their stream.
 //! - [`learn`]: learning a site that has no model of its own yet, and training one when
 //!   learning is over (`SiteTrainerActor`).
 //! - [`health`]: per-actor progress for the watchdog, the counters behind `/metrics`.
@@ -36,6 +37,7 @@ pub mod config;
 pub(crate) mod context;
 pub(crate) mod detector;
 pub(crate) mod export;
+pub(crate) mod fleet;
 pub mod health;
 #[cfg(feature = "lab")]
 pub(crate) mod lab;

@@ -18,7 +18,7 @@ pub enum Sink {
 fn filter() -> EnvFilter {
     let spec = std::env::var("FHIR_EDGE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
+        .unwrap_or_else(|_| "info,async_nats=warn".to_string());
     EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 

@@ -2,7 +2,7 @@
 //! the allow-list, cases (`cases.rs`), the `/fhir/notify` push endpoint, and the embedded dashboard.
 
 mod cases;
-mod dashboard;
+pub(crate) mod dashboard;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

@@ -12,7 +12,7 @@ use crate::api::{export_event, request};
 use crate::common::*;
 use crate::pipeline::reqwest::blocking_free_post;
 
-fn browser_kit() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn browser_kit() -> Option<(PathBuf, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)

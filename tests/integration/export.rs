@@ -166,6 +166,10 @@ fn lab_server(n: usize, seed: u64) -> (FhirStore, String) {
 }
 
 fn write_config(dir: &Path, base_url: &str, export: &str) -> PathBuf {
+    write_site_config(dir, base_url, "north", export)
+}
+
+fn write_site_config(dir: &Path, base_url: &str, site: &str, export: &str) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(
         &p,
@@ -173,7 +177,7 @@ fn write_config(dir: &Path, base_url: &str, export: &str) -> PathBuf {
             "[fhir]\nbase_url = \"{base_url}\"\ntimeout_secs = 5\n\
              [poller]\ninterval_secs = 1\npage_size = 100\ninitial_lookback_secs = 172800\nmax_backoff_secs = 1\ncheckpoint_secs = 1\n\
              [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n\
-             [site]\nname = \"north\"\n{export}",
+             [site]\nname = \"{site}\"\n{export}",
             default_model_as_sites().display(),
             dir.join("state").display()
         ),
@@ -832,4 +836,144 @@ fn syslog_over_tls_checks_the_receiver_and_delivers_every_alert_once() {
     let alerts: BTreeSet<i64> = stored_alert_ids(&state).into_iter().collect();
     assert!(!alerts.is_empty());
     assert_eq!(got, alerts, "every alert once");
+}
+
+/// Every case in the state of one site, with its alerts' AuditEvent ids.
+fn stored_cases(state: &Path) -> BTreeMap<i64, BTreeSet<String>> {
+    let r = fhir_edge_core::state::Reader::open(state).unwrap();
+    r.cases_upto(&Default::default(), usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let (_, alerts) = r.case(c.id).unwrap();
+            (c.id, alerts.iter().map(|a| a.event_id.clone()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn two_sites_feed_one_fleet_view_rebuilt_from_the_stream_at_every_start() {
+    let Some(exe) = nats_exe() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&exe, &dir.path().join("nats"), &[]);
+    let export = format!("[export.nats]\nservers = [\"{}\"]\n", nats.url());
+    let mut sites = Vec::new();
+    for (site, seed) in [("north", 21u64), ("south", 22)] {
+        let (_store, url) = lab_server(4_000, seed);
+        let sd = dir.path().join(site);
+        std::fs::create_dir_all(&sd).unwrap();
+        let cfg = write_site_config(&sd, &url, site, &export);
+        let d = Proc::spawn(&cfg, &sd.join("run.log"));
+        sites.push((site, sd.join("state"), d, _store));
+    }
+    for (_, state, _, _) in &sites {
+        wait_until(T, "events scored", || status(state).events_scored >= 4_000);
+        wait_until(T, "exported", || backlog(state, "nats") == Some(0));
+    }
+    let port = free_port();
+    let start_fleet = |log: &str| {
+        Proc(
+            Command::new(BIN)
+                .args([
+                    "fleet",
+                    "--nats",
+                    &nats.url(),
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let api = format!("127.0.0.1:{port}");
+    for round in ["first", "restarted"] {
+        let fleet = start_fleet(&format!("fleet-{round}.log"));
+        let mut all = Vec::new();
+        wait_until(T, "the fleet view caught up", || {
+            all.clear();
+            let mut cursor = None;
+            loop {
+                let q = match cursor {
+                    Some(c) => format!("/api/cases?limit=1000&cursor={c}"),
+                    None => "/api/cases?limit=1000".to_string(),
+                };
+                let Ok(s) = std::net::TcpStream::connect(&api) else {
+                    return false;
+                };
+                drop(s);
+                let (code, body) = get(&api, &q);
+                if code != 200 {
+                    return false;
+                }
+                all.extend(body["cases"].as_array().unwrap().iter().cloned());
+                match body["next_cursor"].as_u64() {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let expected: usize = sites
+                .iter()
+                .map(|(_, st, _, _)| stored_cases(st).len())
+                .sum();
+            all.len() == expected
+        });
+        let (code, health) = get(&api, "/api/health");
+        assert_eq!(code, 200, "{health}");
+        assert_eq!(health["mode"], "fleet");
+        assert_eq!(health["sites"].as_array().unwrap().len(), 2, "{health}");
+        for (site, state, _, _) in &sites {
+            let stored = stored_cases(state);
+            let mine: Vec<&serde_json::Value> = all.iter().filter(|c| c["site"] == *site).collect();
+            assert_eq!(mine.len(), stored.len(), "{site}: every case, once");
+            // A case of the view holds the AuditEvents the site's own store holds.
+            for (id, events) in stored.iter().take(20) {
+                let (code, c) = get(&api, &format!("/api/cases/{site}:{id}"));
+                assert_eq!(code, 200);
+                assert_eq!(c["key"], format!("{site}:{id}"));
+                let got: BTreeSet<String> = c["event_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_string())
+                    .collect();
+                assert_eq!(&got, events, "{site}:{id}");
+            }
+        }
+        // Read-only: no decision through the view.
+        let (code, _) = post(
+            &api,
+            "/api/cases/north:1/status",
+            r#"{"status":"in_review"}"#,
+        );
+        assert!(code == 404 || code == 405, "{code}");
+        // The same dashboard, with a Site column, in a real browser.
+        if round == "first" {
+            if let Some((kit, chromium)) = crate::browser::browser_kit() {
+                let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet.png");
+                let out = Command::new("node")
+                    .current_dir(&kit)
+                    .arg("fleet.mjs")
+                    .arg(format!("http://{api}"))
+                    .arg(&shot)
+                    .env("CHROMIUM", &chromium)
+                    .output()
+                    .expect("node runs");
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success(),
+                    "fleet browser test failed:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let report: serde_json::Value =
+                    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+                assert_eq!(report["sites"], serde_json::json!(["north", "south"]));
+            }
+        }
+        fleet.term();
+    }
+    for (_, _, d, _) in sites {
+        d.term();
+    }
 }

@@ -17,6 +17,7 @@
 //! - [`cases`]: alerts of one user's episode grouped into a case (the rule, title,
 //!   narrative, lifecycle, the allow-list rules a decision implies).
 //! - [`export`]: the messages an edge sends to a broker or a SIEM (schema, ids, syslog).
+//! - [`fleet`]: many sites' exported alerts and cases as one view (`fhir-edge fleet`).
 //! - [`state`]: the SQLite database (cursor, seen keys, counters, detector snapshot,
 //!   alerts) and the exactly-once rules that rest on its transactions.
 //! - [`clock`], [`rng`]: time as a parameter; a seeded generator for reproducible training.
@@ -32,5 +33,6 @@ pub mod coverage;
 pub mod detector;
 pub mod export;
 pub mod fhir;
+pub mod fleet;
 pub mod rng;
 pub mod state;
