@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod export_bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,12 @@ pub enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// How fast each exporter empties an outbox of N alerts and their cases (the backlog an
+    /// outage leaves): NATS JetStream (a running nats-server with JetStream) and/or syslog.
+    BenchExport {
+        #[command(flatten)]
+        opts: export_bench::ExportBenchOptions,
+    },
     /// (internal) Serve N benchmark events on the embedded endpoint until stdin closes.
     #[command(hide = true)]
     BenchServer {
@@ -117,6 +124,11 @@ pub enum LabCommand {
 /// Run one lab command.
 pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
     match command {
+        LabCommand::BenchExport { opts } => {
+            crate::telemetry::init();
+            export_bench::run(&opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Simulate {
             days,
             seed,

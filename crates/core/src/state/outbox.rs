@@ -44,16 +44,32 @@ pub struct ExportStatus {
 /// Lifetime count of items refused because the outbox was full.
 const REFUSED_KEY: &str = "export_refused";
 
-/// Items in the outbox: rows leave only from the head, so they are contiguous.
+/// The first and last position held (rows leave only from the head, so every position
+/// between is held). Two subqueries: SQLite answers a lone MIN or MAX from the index, but
+/// both in one query by scanning the table.
+fn span(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT (SELECT MIN(seq) FROM outbox), (SELECT MAX(seq) FROM outbox)")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(lo.zip(hi))
+}
+
+/// Items in the outbox.
 fn held(conn: &Connection) -> rusqlite::Result<u64> {
-    let (lo, hi): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT MIN(seq), MAX(seq) FROM outbox", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    Ok(match (lo, hi) {
-        (Some(lo), Some(hi)) => (hi - lo + 1) as u64,
-        _ => 0,
-    })
+    Ok(span(conn)?.map_or(0, |(lo, hi)| (hi - lo + 1) as u64))
+}
+
+/// Items after position `acked`, and when the first of them was written.
+fn waiting(conn: &Connection, acked: i64) -> rusqlite::Result<(u64, Option<i64>)> {
+    let Some((lo, hi)) = span(conn)? else {
+        return Ok((0, None));
+    };
+    let n = (hi - acked.max(lo - 1)).max(0) as u64;
+    let oldest = conn
+        .prepare_cached("SELECT created_ms FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT 1")?
+        .query_row([acked], |r| r.get(0))
+        .optional()?;
+    Ok((n, oldest))
 }
 
 /// Items the outbox still takes before it is full.
@@ -192,15 +208,11 @@ impl Reader {
             .into_iter()
             .map(|exporter| {
                 let acked_seq = cursor(&self.conn, &exporter)?;
-                let (backlog, oldest): (i64, Option<i64>) = self.conn.query_row(
-                    "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE seq > ?1",
-                    [acked_seq],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
+                let (backlog, oldest) = waiting(&self.conn, acked_seq)?;
                 Ok(ExportStatus {
                     exporter,
                     acked_seq,
-                    backlog: backlog as u64,
+                    backlog,
                     oldest_waiting: oldest
                         .map(|ms| crate::clock::fmt_ms(crate::clock::from_ms(ms))),
                 })
