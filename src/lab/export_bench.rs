@@ -148,16 +148,16 @@ fn discard_receiver() -> anyhow::Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
-    if o.nats.is_none() && !o.syslog {
-        anyhow::bail!("nothing to measure: give --nats URL and/or --syslog");
-    }
-    let mut lanes: Vec<(&'static str, Box<dyn Fn(&mut Config)>)> = Vec::new();
-    if let Some(url) = &o.nats {
-        let url = url.clone();
-        lanes.push((
-            "nats",
-            Box::new(move |c: &mut Config| {
+/// Where one measured exporter sends.
+enum Target {
+    Nats(String),
+    Syslog(std::net::SocketAddr),
+}
+
+impl Target {
+    fn configure(&self, c: &mut Config) {
+        match self {
+            Target::Nats(url) => {
                 c.export.nats = Some(NatsExportConfig {
                     servers: vec![url.clone()],
                     stream: "FHIR_EDGE_BENCH".into(),
@@ -168,14 +168,8 @@ pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
                     duplicate_window_secs: 120,
                     timeout_secs: 10,
                 })
-            }),
-        ));
-    }
-    if o.syslog {
-        let addr = discard_receiver()?;
-        lanes.push((
-            "syslog",
-            Box::new(move |c: &mut Config| {
+            }
+            Target::Syslog(addr) => {
                 c.export.syslog = Some(SyslogExportConfig {
                     address: addr.to_string(),
                     tls: false,
@@ -184,10 +178,23 @@ pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
                     app_name: "fhir-edge".into(),
                     timeout_secs: 10,
                 })
-            }),
-        ));
+            }
+        }
     }
-    for (exporter, set) in lanes {
+}
+
+pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
+    if o.nats.is_none() && !o.syslog {
+        anyhow::bail!("nothing to measure: give --nats URL and/or --syslog");
+    }
+    let mut lanes: Vec<(&'static str, Target)> = Vec::new();
+    if let Some(url) = &o.nats {
+        lanes.push(("nats", Target::Nats(url.clone())));
+    }
+    if o.syslog {
+        lanes.push(("syslog", Target::Syslog(discard_receiver()?)));
+    }
+    for (exporter, target) in lanes {
         let dir = tempfile::tempdir()?;
         eprintln!(
             "{exporter}: filling the outbox with {} alerts and their cases…",
@@ -197,7 +204,7 @@ pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
         let mut cfg = Config::for_server("http://127.0.0.1:1/fhir", dir.path());
         cfg.site.name = Some("bench".into());
         cfg.export.batch = o.batch;
-        set(&mut cfg);
+        target.configure(&mut cfg);
         eprintln!("{exporter}: sending {items} items…");
         let took = drain(cfg, exporter)?;
         println!(
