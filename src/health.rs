@@ -97,11 +97,11 @@ counter_table! {
     SiteTrainingErrors = "site_training_errors", "Failed attempts to train the site's model (retried later).";
     ContextResourcesRead = "context_resources_read", "Care context resources read from the server (Practitioner, Encounter, CareTeam…).";
     ContextErrors = "context_errors", "Failed reads or stores of a care context type (retried next round).";
-    AlertsRaised = "alerts_raised", "Alerts raised by this process.";
     ExportSent = "export_sent", "Outbox items (alerts, case changes, decisions) the broker or SIEM acknowledged.";
     ExportDuplicates = "export_duplicates", "Re-sent items the broker already held (after a crash or a lost acknowledgement), dropped there by message id.";
     ExportErrors = "export_errors", "Failed export attempts (the items stay in the outbox and are retried).";
     ExportRefused = "export_refused", "Items not written to the export outbox because it was full ([export] max_items).";
+    AlertsRaised = "alerts_raised", "Alerts raised by this process.";
 }
 
 #[derive(Debug, Default)]
