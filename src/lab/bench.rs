@@ -21,6 +21,12 @@ use fhir_edge_lab::traffic::bench_events;
 #[derive(Debug, Serialize, Default)]
 pub struct BenchReport {
     pub events: usize,
+    pub staff: usize,
+    pub patients: usize,
+    /// Size of the state database (with its WAL) after the run, MB.
+    pub state_db_mb: f64,
+    /// Size of the detector's last snapshot, MB.
+    pub snapshot_mb: f64,
     pub page_size: u32,
     pub ready_ms: f64,
     pub catch_up_secs: f64,
@@ -29,6 +35,8 @@ pub struct BenchReport {
     pub peak_rss_mb: f64,
     pub steady_rate_per_sec: f64,
     pub steady_samples: usize,
+    /// Steady-state events created (`steady_samples` of them alerted).
+    pub steady_created: usize,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
@@ -51,6 +59,25 @@ fn stage_sums(metrics: &str) -> std::collections::BTreeMap<String, f64> {
             Some((stage.to_string(), v.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// The state database with its WAL and shared memory, MB.
+fn db_mb(state: &Path) -> f64 {
+    let db = state.join(fhir_edge_core::state::DB_FILE);
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
+        .map(|m| m.len())
+        .sum::<u64>() as f64
+        / 1e6
+}
+
+/// The stored detector snapshot's size, bytes.
+fn snapshot_bytes(conn: &rusqlite::Connection) -> u64 {
+    conn.query_row("SELECT length(data) FROM snapshot WHERE id = 1", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_or(0, |n| n as u64)
 }
 
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
@@ -94,6 +121,13 @@ pub struct BenchOptions {
     pub page_size: u32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The hospital's staff: up to 150 simulated as one hospital, more as units of 150
+    /// (each with its own staff, departments and patients).
+    #[arg(long, default_value_t = 150)]
+    pub staff: usize,
+    /// The hospital's patients (a unit names at most 3,000 of them).
+    #[arg(long, default_value_t = 3000)]
+    pub patients: usize,
     /// Steady-state phase: seconds, and events created per second.
     #[arg(long, default_value_t = 30)]
     pub steady_secs: u64,
@@ -197,6 +231,10 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
                     &o.events.to_string(),
                     "--seed",
                     &o.seed.to_string(),
+                    "--staff",
+                    &o.staff.to_string(),
+                    "--patients",
+                    &o.patients.to_string(),
                 ])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -295,12 +333,26 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
         std::thread::sleep(period.saturating_sub(Duration::from_millis(2)));
     }
-    // Wait for the last ones, then read detection times from the store.
-    std::thread::sleep(Duration::from_secs(o.interval_secs + 3));
+    // Wait for the last ones (at most a minute: a slow pipeline shows in the latency, not
+    // as missing alerts), then read detection times from the store.
     let conn = rusqlite::Connection::open_with_flags(
         state.join(fhir_edge_core::state::DB_FILE),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
+    let waited = Instant::now();
+    std::thread::sleep(Duration::from_secs(o.interval_secs + 3));
+    while waited.elapsed() < Duration::from_secs(60) {
+        let last = created.last().map(|(id, _)| id.as_str()).unwrap_or("");
+        let done: bool = conn
+            .query_row("SELECT 1 FROM alerts WHERE event_id = ?1", [last], |_| {
+                Ok(true)
+            })
+            .unwrap_or(false);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut lat = Vec::new();
     for (id, visible) in &created {
         let detected: Option<i64> = conn
@@ -314,9 +366,16 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
             lat.push((d - visible).max(0) as f64);
         }
     }
-    if lat.len() < created.len() * 9 / 10 {
+    if lat.is_empty() {
         bail!(
-            "only {} of {} steady-state events produced an alert",
+            "none of the {} steady-state events produced an alert: no latency to measure",
+            created.len()
+        );
+    }
+    if lat.len() < created.len() {
+        eprintln!(
+            "bench: {} of {} steady-state events (bulk exports by users new to the site) \
+             produced an alert; the latency is of those",
             lat.len(),
             created.len()
         );
@@ -327,6 +386,10 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let st = status(&state);
     Ok(BenchReport {
         events: target as usize,
+        staff: o.staff,
+        patients: o.patients,
+        state_db_mb: db_mb(&state),
+        snapshot_mb: snapshot_bytes(&conn) as f64 / 1e6,
         page_size: o.page_size,
         ready_ms,
         catch_up_secs,
@@ -335,6 +398,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         peak_rss_mb: peak_kb as f64 / 1024.0,
         steady_rate_per_sec: o.steady_rate,
         steady_samples: lat.len(),
+        steady_created: created.len(),
         latency_p50_ms: pct(0.5),
         latency_p99_ms: pct(0.99),
         latency_max_ms: *lat.last().unwrap(),

@@ -94,6 +94,11 @@ pub enum LabCommand {
         events: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// The hospital's staff and patients (see `fhir_edge_lab::traffic::Size`).
+        #[arg(long, default_value_t = 150)]
+        staff: usize,
+        #[arg(long, default_value_t = 3000)]
+        patients: usize,
         /// Also create events at this rate per second ...
         #[arg(long)]
         rate: Option<f64>,
@@ -216,11 +221,14 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::BenchServer {
             events,
             seed,
+            staff,
+            patients,
             rate,
             rate_secs,
             retain_secs,
         } => {
-            fhir_edge_lab::traffic::serve(events, seed, rate, rate_secs, retain_secs)?;
+            let size = fhir_edge_lab::traffic::Size { staff, patients };
+            fhir_edge_lab::traffic::serve(events, seed, size, rate, rate_secs, retain_secs)?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Bench {
@@ -246,8 +254,12 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "events caught up        {} (page size {})",
-                    r.events, r.page_size
+                    "events caught up        {} (page size {}; {} staff, {} patients)",
+                    r.events, r.page_size, r.staff, r.patients
+                );
+                println!(
+                    "state                   {:.1} MB database, {:.1} MB snapshot",
+                    r.state_db_mb, r.snapshot_mb
                 );
                 println!("READY after start       {:.0} ms", r.ready_ms);
                 println!(

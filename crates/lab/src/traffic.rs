@@ -11,16 +11,57 @@ use fhir_edge_core::clock::{fmt_ms, SystemClock};
 use crate::server::FhirStore;
 use crate::simulate::{simulate, SimOptions};
 
-/// Generate `n` distinct events: a simulated fortnight replicated with fresh ids and
-/// shifted times, `lastUpdated` increasing (with ties) over the 24 h before `now`. Each is
-/// serialised as it is made, so a million events take about their JSON size in memory.
+/// How big the benchmark's hospital is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    pub staff: usize,
+    pub patients: usize,
+}
+
+impl Size {
+    /// The simulated hospital as `simulate` makes it by default.
+    pub const DEFAULT: Size = Size {
+        staff: 150,
+        patients: 3000,
+    };
+}
+
+/// Generate `n` distinct events of the default hospital (`Size::DEFAULT`).
 pub fn bench_events_json(
     n: usize,
     seed: u64,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<(i64, String, Arc<str>)> {
+    bench_events_sized(n, seed, now, Size::DEFAULT)
+}
+
+/// Generate `n` distinct events of a hospital of `size`: a simulated fortnight replicated
+/// with fresh ids and shifted times, `lastUpdated` increasing (with ties) over the 24 h
+/// before `now`. Each is serialised as it is made, so a million events take about their
+/// JSON size in memory.
+///
+/// Up to 150 staff the fortnight is simulated at that size. A larger hospital is made of
+/// `ceil(staff / 150)` units, each a copy of the 150-staff hospital with its own staff,
+/// departments (renamed per unit) and patients (`patients / units` each, at most the 3,000
+/// a unit's simulation names); the events interleave the units, each unit's in its own
+/// order, so `n` events give each unit `n / units` of its fortnight.
+pub fn bench_events_sized(
+    n: usize,
+    seed: u64,
+    now: chrono::DateTime<chrono::Utc>,
+    size: Size,
+) -> Vec<(i64, String, Arc<str>)> {
     let mut o = SimOptions::new(14, seed);
     o.anomalies_from_day = 7;
+    let units = size.staff.div_ceil(o.users).max(1);
+    if units == 1 {
+        o.users = size.staff.max(1);
+    }
+    let unit_patients = (size.patients / units).max(1);
+    o.patients = match units {
+        1 => size.patients.max(1),
+        _ => unit_patients.min(o.patients),
+    };
     let base = simulate(&o);
     let span = chrono::Duration::days(14);
     let start = now - chrono::Duration::hours(24);
@@ -28,12 +69,19 @@ pub fn bench_events_json(
     let mut out = Vec::with_capacity(n);
     let mut j = serde_json::Value::Null;
     for i in 0..n {
-        let copy = i / base.len();
-        let e = &base[i % base.len()];
+        let (unit, k) = (i % units, i / units);
+        let copy = k / base.len();
+        let e = &base[k % base.len()];
         j.clone_from(&e.json);
-        let id = format!("b{copy}-{}", e.id);
+        let id = match units {
+            1 => format!("b{copy}-{}", e.id),
+            _ => format!("b{copy}-g{unit}-{}", e.id),
+        };
         j["id"] = id.clone().into();
         j["recorded"] = fmt_ms(e.recorded + span * copy as i32).into();
+        if units > 1 {
+            into_unit(&mut j, unit, unit_patients);
+        }
         // Groups of three share a lastUpdated: ties across page boundaries.
         let lu = start + chrono::Duration::microseconds((i as i64 / 3) * 3 * step_us);
         j["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(lu)});
@@ -44,6 +92,37 @@ pub fn bench_events_json(
         ));
     }
     out
+}
+
+/// Make a simulated event one of unit `unit`'s: its staff, department and patients.
+fn into_unit(j: &mut serde_json::Value, unit: usize, unit_patients: usize) {
+    let patient = |r: &str| -> Option<String> {
+        let n: usize = r.strip_prefix("Patient/p")?.parse().ok()?;
+        Some(format!("Patient/g{unit}p{}", n % unit_patients))
+    };
+    if let Some(agents) = j["agent"].as_array_mut() {
+        for a in agents {
+            if let Some(r) = a["who"]["reference"].as_str() {
+                if let Some(u) = r.strip_prefix("Practitioner/") {
+                    a["who"]["reference"] = format!("Practitioner/g{unit}{u}").into();
+                }
+            }
+            let loc = &mut a["location"];
+            if let Some(d) = loc["display"].as_str() {
+                loc["display"] = format!("{d} {unit}").into();
+            }
+            if let Some(r) = loc["reference"].as_str() {
+                loc["reference"] = format!("{r}-{unit}").into();
+            }
+        }
+    }
+    if let Some(entities) = j["entity"].as_array_mut() {
+        for e in entities {
+            if let Some(p) = e["what"]["reference"].as_str().and_then(patient) {
+                e["what"]["reference"] = p.into();
+            }
+        }
+    }
 }
 
 /// As `bench_events_json`, as JSON values (small n).
@@ -130,13 +209,14 @@ fn generate(store: &FhirStore, seed: u64, rate: f64, secs: u64, retain_secs: u64
 pub fn serve(
     n: usize,
     seed: u64,
+    size: Size,
     rate: Option<f64>,
     rate_secs: u64,
     retain_secs: u64,
 ) -> std::io::Result<()> {
     let store = FhirStore::new(Arc::new(SystemClock));
     let started = Instant::now();
-    store.insert_serialized(bench_events_json(n, seed, chrono::Utc::now()));
+    store.insert_serialized(bench_events_sized(n, seed, chrono::Utc::now(), size));
     eprintln!(
         "bench-server: {} events ready in {:.1} s",
         store.len(),
