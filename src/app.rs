@@ -285,6 +285,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         .learning(learning);
         let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
         let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
+        let snapshot_every = Duration::from_secs(cfg.poller.checkpoint_secs);
         Supervisor::start(move |_| {
             DetectorActor::new(
                 d,
@@ -297,6 +298,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
                 h,
                 overlap,
                 retention,
+                snapshot_every,
             )
         })
     };

@@ -319,8 +319,10 @@ pub struct PollerConfig {
     pub max_backoff_secs: u64,
     /// Largest page body accepted, in bytes; a larger page is refused and retried later.
     pub max_page_bytes: u64,
-    /// During a long poll (a catch-up) over a server that honours `_sort`, commit the cursor
-    /// and detector snapshot at most this often, so a crash re-reads at most this much.
+    /// Commit the cursor with the detector's snapshot at most this often: inside a long poll
+    /// (a catch-up) over a server that honours `_sort`, and across short polls (a snapshot
+    /// holds the detector while it is written). A crash re-reads at most this much more, and
+    /// replays it into the baselines without scoring it again.
     pub checkpoint_secs: u64,
 }
 

@@ -39,6 +39,9 @@ pub struct DetectorActor {
     inflight: Arc<Mutex<KeySet>>,
     /// Whether the journal was told that the model cannot use the care context (once).
     care_unused_said: bool,
+    /// At most one snapshot per this at the end of complete polls (`super::snapshot_due`).
+    snapshot_every: std::time::Duration,
+    last_snapshot: Option<std::time::Instant>,
 }
 
 /// Where the detector sends its work: the state actor (seen keys, the cursor commit) and
@@ -57,6 +60,7 @@ impl DetectorActor {
         health: Health,
         overlap_secs: u64,
         retention_days: u32,
+        snapshot_every: std::time::Duration,
     ) -> Self {
         let DetectorLinks {
             state_filter,
@@ -75,6 +79,8 @@ impl DetectorActor {
             retention_ms: retention_days as i64 * 86_400_000,
             inflight: Arc::default(),
             care_unused_said: false,
+            snapshot_every,
+            last_snapshot: None,
         }
     }
 }
@@ -216,6 +222,15 @@ impl Handler<CommitCursor> for DetectorActor {
     type Result = AtomicResponse<Self, Result<(), PipelineError>>;
 
     fn handle(&mut self, msg: CommitCursor, _: &mut Self::Context) -> Self::Result {
+        let now = std::time::Instant::now();
+        if !super::snapshot_due(
+            self.last_snapshot,
+            now,
+            self.snapshot_every,
+            msg.poll_complete,
+        ) {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+        }
         let detector = self.detector.clone();
         let commit = self.state_commit.clone();
         let overlap_ms = self.overlap_ms;
@@ -248,7 +263,12 @@ impl Handler<CommitCursor> for DetectorActor {
                 .await??;
             Ok(())
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, _| {
+            if res.is_ok() {
+                act.last_snapshot = Some(now);
+            }
+            res
+        })))
     }
 }
 
