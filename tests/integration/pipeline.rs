@@ -497,12 +497,18 @@ fn the_care_context_is_read_page_by_page_once_and_links_the_audit_users() {
     assert!(st.care.iter().all(|t| t.refused.is_none()), "{:?}", st.care);
     assert!(d.counter(Counter::ContextResourcesRead) >= context.len() as u64);
     assert_eq!(d.counter(Counter::ContextErrors), 0);
-    // The commit after the poll says how many audit users were linked.
-    let st = status(dir.path());
-    let (linked, unlinked) = (
-        st.care_users_linked.unwrap(),
-        st.care_users_not_linked.unwrap(),
-    );
+    // The next snapshot's commit (at most `checkpoint_secs` after the last) says how many
+    // audit users were linked.
+    let mut counts = (0, 0);
+    wait_until(Duration::from_secs(60), "a snapshot with the links", || {
+        let st = status(dir.path());
+        counts = (
+            st.care_users_linked.unwrap_or(0),
+            st.care_users_not_linked.unwrap_or(0),
+        );
+        counts.0 > 0
+    });
+    let (linked, unlinked) = counts;
     assert!(
         linked > 0 && unlinked == 0,
         "{linked} linked, {unlinked} not"
