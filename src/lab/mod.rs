@@ -261,7 +261,10 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
                     "state                   {:.1} MB database, {:.1} MB snapshot",
                     r.state_db_mb, r.snapshot_mb
                 );
-                println!("READY after start       {:.0} ms", r.ready_ms);
+                println!(
+                    "READY after start       {:.0} ms (restart on the run's state: {:.0} ms)",
+                    r.ready_ms, r.restart_ready_ms
+                );
                 println!(
                     "catch-up                {:.1} s = {:.0} events/s",
                     r.catch_up_secs, r.catch_up_events_per_sec
