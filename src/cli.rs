@@ -270,6 +270,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     l.config.detector.model_dir.display(),
                     model.meta.schema_version
                 );
+                println!("export: {}", export_plan(&l.config));
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -768,6 +769,30 @@ fn score_cmd(
         output.display()
     );
     Ok(())
+}
+
+/// Where the configuration exports to (for `check-config`).
+fn export_plan(cfg: &crate::config::Config) -> String {
+    let mut parts = Vec::new();
+    if let (Some(n), Some(prefix)) = (&cfg.export.nats, cfg.nats_subject_prefix()) {
+        parts.push(format!(
+            "NATS {} (stream {}, subjects {prefix}.alert|case|status)",
+            n.servers.join(","),
+            n.stream
+        ));
+    }
+    if let Some(s) = &cfg.export.syslog {
+        parts.push(format!(
+            "syslog {} ({}, facility {})",
+            s.address,
+            if s.tls { "TLS" } else { "TCP" },
+            s.facility
+        ));
+    }
+    match parts.is_empty() {
+        true => "off".into(),
+        false => format!("{} as site {}", parts.join(" and "), cfg.site_name()),
+    }
 }
 
 /// One line on the exporters: each one's backlog and oldest waiting item, and what the

@@ -42,6 +42,21 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
         &model_env,
     );
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("export: off"), "{out}");
+    // Where it exports, as an operator would set it from the environment.
+    let (code, out, err) = run(
+        &["check-config", "--config", example.to_str().unwrap()],
+        &[
+            model_env[0],
+            ("FHIR_EDGE_EXPORT__SYSLOG__ADDRESS", "siem.example.org:6514"),
+            ("FHIR_EDGE_SITE__NAME", "north"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("export: syslog siem.example.org:6514 (TCP, facility authpriv) as site north"),
+        "{out}"
+    );
     // The model is checked too: missing, corrupt, wrong schema.
     let d = tempfile::tempdir().unwrap();
     let m = d.path().join("model");
