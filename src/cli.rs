@@ -155,41 +155,7 @@ pub enum Command {
     },
     /// Serve one read-only view of many sites' cases and alerts, followed from the NATS
     /// JetStream stream their edges export to ([export.nats]), with a site column.
-    Fleet {
-        /// NATS server URLs (nats:// or tls://), comma-separated or repeated.
-        #[arg(
-            long = "nats",
-            value_delimiter = ',',
-            required = true,
-            value_name = "URL"
-        )]
-        nats: Vec<String>,
-        /// The stream the edges export to.
-        #[arg(long, default_value = "FHIR_EDGE")]
-        stream: String,
-        /// The durable consumer's name (recreated at every start: the view is rebuilt from
-        /// the stream's start).
-        #[arg(long, default_value = "fhir-edge-fleet")]
-        consumer: String,
-        /// A file holding the NATS token.
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// A NATS credentials file (JWT and NKey seed).
-        #[arg(long, value_name = "FILE")]
-        credentials_file: Option<PathBuf>,
-        /// PEM CA certificates for the servers' TLS (then TLS is required).
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<PathBuf>,
-        /// Where the view's dashboard and API listen; beyond loopback only with --api-token-file.
-        #[arg(long, default_value = "127.0.0.1:8788")]
-        listen: std::net::SocketAddr,
-        /// A file holding the bearer token every request to the view must carry.
-        #[arg(long, value_name = "FILE")]
-        api_token_file: Option<PathBuf>,
-        /// Alerts (and cases) kept in memory; beyond it the longest unchanged are forgotten.
-        #[arg(long, default_value_t = 200_000)]
-        max_items: usize,
-    },
+    Fleet(crate::fleet::FleetOptions),
     #[cfg(feature = "lab")]
     #[command(flatten)]
     Lab(crate::lab::LabCommand),
@@ -224,29 +190,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fleet {
-            nats,
-            stream,
-            consumer,
-            token_file,
-            credentials_file,
-            ca_file,
-            listen,
-            api_token_file,
-            max_items,
-        } => {
+        Command::Fleet(opts) => {
             crate::telemetry::init();
-            crate::fleet::run(crate::fleet::FleetOptions {
-                servers: nats,
-                stream,
-                consumer,
-                token_file,
-                credentials_file,
-                ca_file,
-                listen,
-                api_token_file,
-                max_items,
-            })?;
+            crate::fleet::run(opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => match config::load(cfg_path) {

@@ -66,27 +66,42 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The 401 for a request without the right bearer token, when one is required: the one
+/// check the API and the fleet view share.
+pub(crate) fn bearer_refused(
+    req: &actix_web::HttpRequest,
+    token: Option<&str>,
+) -> Option<actix_web::Error> {
+    let token = token?;
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return None;
+    }
+    Some(
+        actix_web::error::InternalError::from_response(
+            "unauthorized",
+            HttpResponse::Unauthorized()
+                .insert_header(("WWW-Authenticate", "Bearer"))
+                .json(json!({"error": "missing or wrong bearer token"})),
+        )
+        .into(),
+    )
+}
+
 async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let state = req.app_data::<web::Data<ApiState>>().cloned();
-    if let Some(token) = state.and_then(|s| s.token.clone()) {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return Err(actix_web::error::InternalError::from_response(
-                "unauthorized",
-                HttpResponse::Unauthorized()
-                    .insert_header(("WWW-Authenticate", "Bearer"))
-                    .json(json!({"error": "missing or wrong bearer token"})),
-            )
-            .into());
-        }
+    let token = req
+        .app_data::<web::Data<ApiState>>()
+        .and_then(|s| s.token.clone());
+    if let Some(refused) = bearer_refused(req.request(), token.as_deref().map(String::as_str)) {
+        return Err(refused);
     }
     next.call(req).await
 }

@@ -22,16 +22,41 @@ use serde_json::json;
 use fhir_edge_core::fleet::{FleetFilter, FleetView};
 
 /// What `fhir-edge fleet` is given on its command line.
-#[derive(Debug, Clone)]
-pub(crate) struct FleetOptions {
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetOptions {
+    /// NATS server URLs (nats:// or tls://), comma-separated or repeated.
+    #[arg(
+        long = "nats",
+        value_delimiter = ',',
+        required = true,
+        value_name = "URL"
+    )]
     pub servers: Vec<String>,
+    /// The stream the edges export to.
+    #[arg(long, default_value = "FHIR_EDGE")]
     pub stream: String,
+    /// The durable consumer's name (recreated at every start: the view is rebuilt from the
+    /// stream's start).
+    #[arg(long, default_value = "fhir-edge-fleet")]
     pub consumer: String,
+    /// A file holding the NATS token.
+    #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// A NATS credentials file (JWT and NKey seed).
+    #[arg(long, value_name = "FILE")]
     pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates for the servers' TLS (then TLS is required).
+    #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Where the view's dashboard and API listen; beyond loopback only with --api-token-file.
+    #[arg(long, default_value = "127.0.0.1:8788")]
     pub listen: SocketAddr,
+    /// A file holding the bearer token every request to the view must carry.
+    #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// Alerts (and cases) kept in memory; beyond it the longest unchanged are forgotten
+    /// (logged when it begins, counted in /api/health).
+    #[arg(long, default_value_t = 200_000)]
     pub max_items: usize,
 }
 
@@ -167,7 +192,17 @@ async fn follow_once(state: &FleetState, fresh: &mut bool) -> Result<(), FleetFo
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| FleetFollowError::Consumer(e.to_string()))?;
         let mut s = crate::sync::lock(&state.shared);
-        if let Err(e) = s.view.apply(&m.payload) {
+        let forgotten = s.view.forgotten;
+        let applied = s.view.apply(&m.payload);
+        if forgotten == 0 && s.view.forgotten > 0 {
+            tracing::warn!(
+                actor = "fleet",
+                max_items = o.max_items,
+                "the view holds --max-items alerts and cases: the longest unchanged are forgotten \
+                 from now on (counted as `forgotten` in /api/health)"
+            );
+        }
+        if let Err(e) = applied {
             s.skipped += 1;
             tracing::warn!(
                 actor = "fleet",
@@ -294,18 +329,6 @@ async fn alert(s: web::Data<FleetState>, key: web::Path<String>) -> HttpResponse
     }
 }
 
-/// A bearer token on every route when one is set (as on an edge's API).
-fn authorised(req: &actix_web::HttpRequest, token: &Option<Arc<String>>) -> bool {
-    let Some(t) = token else { return true };
-    let got = req
-        .headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    crate::api::constant_time_eq(got.as_bytes(), t.as_bytes())
-}
-
 /// Serve the view until a signal.
 pub(crate) fn run(opts: FleetOptions) -> anyhow::Result<()> {
     if !opts.listen.ip().is_loopback() && opts.api_token_file.is_none() {
@@ -343,14 +366,15 @@ pub(crate) fn run(opts: FleetOptions) -> anyhow::Result<()> {
                 .wrap(actix_web::middleware::from_fn(
                     move |req: actix_web::dev::ServiceRequest,
                           next: actix_web::middleware::Next<_>| {
-                        let ok = authorised(req.request(), &token);
+                        let refused = crate::api::bearer_refused(
+                            req.request(),
+                            token.as_deref().map(String::as_str),
+                        );
                         async move {
-                            if !ok {
-                                return Err(actix_web::error::ErrorUnauthorized(
-                                    "a bearer token is required",
-                                ));
+                            match refused {
+                                Some(e) => Err(e),
+                                None => next.call(req).await,
                             }
-                            next.call(req).await
                         }
                     },
                 ))

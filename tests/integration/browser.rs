@@ -33,6 +33,30 @@ pub(crate) fn browser_kit() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
+/// Run a Playwright script of `tests/browser` with `args`; its last stdout line, a JSON
+/// report. Fails the test with the script's output when it fails.
+pub(crate) fn run_script(
+    kit: &Path,
+    chromium: &Path,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> serde_json::Value {
+    let out = Command::new("node")
+        .current_dir(kit)
+        .arg(script)
+        .args(args)
+        .env("CHROMIUM", chromium)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON report line")
+}
+
 #[test]
 fn dashboard_lists_cases_and_alerts_decides_them_and_updates_live() {
     let Some((kit, chromium)) = browser_kit() else {
@@ -53,23 +77,12 @@ fn dashboard_lists_cases_and_alerts_decides_them_and_updates_live() {
     std::fs::write(&live, export_event("b3", "Practitioner/carol").to_string()).unwrap();
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
 
-    let out = Command::new("node")
-        .current_dir(&kit)
-        .arg("dashboard.mjs")
-        .arg(&api)
-        .arg(&live)
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser test failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = run_script(
+        &kit,
+        &chromium,
+        "dashboard.mjs",
+        &[api.as_ref(), live.as_ref(), shot.as_ref()],
     );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON report line");
 
     // What the click did is what the API says.
     let id = report["false_positive_id"].as_i64().unwrap();

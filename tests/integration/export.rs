@@ -952,22 +952,13 @@ fn two_sites_feed_one_fleet_view_rebuilt_from_the_stream_at_every_start() {
         if round == "first" {
             if let Some((kit, chromium)) = crate::browser::browser_kit() {
                 let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet.png");
-                let out = Command::new("node")
-                    .current_dir(&kit)
-                    .arg("fleet.mjs")
-                    .arg(format!("http://{api}"))
-                    .arg(&shot)
-                    .env("CHROMIUM", &chromium)
-                    .output()
-                    .expect("node runs");
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    out.status.success(),
-                    "fleet browser test failed:\n{stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
+                let url = format!("http://{api}");
+                let report = crate::browser::run_script(
+                    &kit,
+                    &chromium,
+                    "fleet.mjs",
+                    &[url.as_ref(), shot.as_ref()],
                 );
-                let report: serde_json::Value =
-                    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
                 assert_eq!(report["sites"], serde_json::json!(["north", "south"]));
             }
         }

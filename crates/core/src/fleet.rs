@@ -57,17 +57,18 @@ impl Items {
         self.order.insert(at, key);
     }
 
-    /// Forget the least recently changed beyond `max`; how many were forgotten.
-    fn bound(&mut self, max: usize) -> u64 {
-        let mut n = 0;
+    /// Forget the least recently changed beyond `max`; what was forgotten.
+    fn bound(&mut self, max: usize) -> Vec<(Key, Value)> {
+        let mut gone = Vec::new();
         while self.by_key.len() > max {
             let Some((_, key)) = self.order.pop_first() else {
                 break;
             };
-            self.by_key.remove(&key);
-            n += 1;
+            if let Some((_, v)) = self.by_key.remove(&key) {
+                gone.push((key, v));
+            }
         }
-        n
+        gone
     }
 
     /// Newest change first, from before `cursor`, those `keep` takes, at most `limit`;
@@ -225,7 +226,24 @@ impl FleetView {
                 }
             }
         }
-        self.forgotten += self.alerts.bound(self.max_items) + self.cases.bound(self.max_items);
+        // What the bound forgets leaves the case index too, so it stays as bounded.
+        for ((site, id), alert) in self.alerts.bound(self.max_items) {
+            self.forgotten += 1;
+            let Some(case) = alert.get("case_id").and_then(Value::as_i64) else {
+                continue;
+            };
+            let key = (site, case);
+            if let Some(ids) = self.case_alerts.get_mut(&key) {
+                ids.retain(|a| *a != id);
+                if ids.is_empty() {
+                    self.case_alerts.remove(&key);
+                }
+            }
+        }
+        for (key, _) in self.cases.bound(self.max_items) {
+            self.forgotten += 1;
+            self.case_alerts.remove(&key);
+        }
         Ok(kind)
     }
 
@@ -393,6 +411,7 @@ mod tests {
         }
         assert_eq!(v.forgotten, 2);
         assert!(v.alert("north:1").is_none());
+        assert_eq!(v.case_alerts[&("north".to_string(), 1)], [3, 4, 5]);
         assert!(v.alert("north:5").is_some());
         assert_eq!(v.apply(b"[1]"), Err(FleetError::NotAnObject));
         let newer = json!({"schema": 99, "site": "n", "type": "alert", "id": 1});
