@@ -68,9 +68,10 @@ pub enum Command {
         /// Only cases active at or after this time (RFC 3339) or this long ago (e.g. 24h, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Only cases with this status: watching, new, in_review, closed.
+        /// Only cases with this status: watching, new, in_review, closed; or `any`. Without
+        /// it every case but the watched ones (one weak alert waiting for a second).
         #[arg(long, conflicts_with = "queue")]
-        status: Option<fhir_edge_core::cases::CaseStatus>,
+        status: Option<String>,
         /// Only the review queue: new and in-review cases.
         #[arg(long)]
         queue: bool,
@@ -341,11 +342,17 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let (_, r) = open_state(cfg_path)?;
             let since_ms = since_ms(since.as_deref())?;
+            let (scope, status) = if queue {
+                (fhir_edge_core::cases::CaseScope::Queue, None)
+            } else {
+                fhir_edge_core::cases::CaseScope::parse(status.as_deref())
+                    .with_context(|| "--status")?
+            };
             let cases = r.cases_upto(
                 &fhir_edge_core::cases::CaseFilter {
                     since_ms,
                     status,
-                    open_only: queue,
+                    scope,
                     min_severity: severity,
                     ..Default::default()
                 },

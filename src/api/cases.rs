@@ -10,7 +10,7 @@ use super::{err_json, page_limit, parse_name, parse_time, state_err, with_reader
 use crate::detector::actor::UserCard;
 use crate::pipeline::AllowListChanged;
 use crate::state::actor::SetCaseStatus;
-use fhir_edge_core::cases::{CaseDecision, CaseFilter, CaseStatus};
+use fhir_edge_core::cases::{CaseDecision, CaseFilter, CaseScope, CaseStatus};
 
 #[derive(Deserialize)]
 pub(super) struct CaseQuery {
@@ -24,20 +24,16 @@ pub(super) struct CaseQuery {
 
 impl CaseQuery {
     fn filter(&self) -> Result<CaseFilter, String> {
-        // `open`: the review queue (new and in review).
-        let open_only = self.status.as_deref() == Some("open");
+        let (scope, status) =
+            CaseScope::parse(self.status.as_deref()).map_err(|e| e.to_string())?;
         Ok(CaseFilter {
             since_ms: self
                 .since
                 .as_deref()
                 .map(|v| parse_time("since", v))
                 .transpose()?,
-            status: if open_only {
-                None
-            } else {
-                parse_name(&self.status)?
-            },
-            open_only,
+            status,
+            scope,
             min_severity: parse_name(&self.severity)?,
             user: self.user.clone(),
             before_id: self.cursor,
@@ -47,8 +43,9 @@ impl CaseQuery {
 }
 
 /// `GET /api/cases`: newest first; `since` (the case's last access at or after),
-/// `status` (a status, or `open` for the queue: new and in review), `severity` (the
-/// minimum), `user`, `limit`, `cursor`.
+/// `status` (a status, `open` for the queue — new and in review —, or `any`; without it
+/// every case but the watched ones, see `CaseScope::Reviewable`), `severity` (the minimum),
+/// `user`, `limit`, `cursor`.
 pub(super) async fn list(s: web::Data<ApiState>, q: web::Query<CaseQuery>) -> HttpResponse {
     let f = match q.filter() {
         Ok(f) => f,

@@ -249,14 +249,59 @@ pub struct CaseFilter {
     /// Cases whose last alerted access is at or after this.
     pub since_ms: Option<i64>,
     pub status: Option<CaseStatus>,
-    /// Only the queue: `new` and `in_review`.
-    pub open_only: bool,
+    /// Which statuses, beside `status`: every case (the default here), the cases worth
+    /// opening (the API's and CLI's default), or the queue.
+    pub scope: CaseScope,
     pub min_severity: Option<Severity>,
     pub user: Option<String>,
     /// Page on: cases with a smaller id.
     pub before_id: Option<i64>,
     /// At most this many (1 to `state::MAX_ALERTS_PAGE`).
     pub limit: u32,
+}
+
+/// Which cases a listing holds (beside a single `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CaseScope {
+    /// Every case, watched ones included (`status=any`).
+    #[default]
+    All,
+    /// Every case but the watched ones: what a privacy officer may open (`new`, `in_review`,
+    /// `closed`). What `GET /api/cases` and `fhir-edge cases` list unless asked otherwise.
+    Reviewable,
+    /// The review queue: `new` and `in_review` (`status=open`).
+    Queue,
+}
+
+impl CaseScope {
+    /// The statuses in this scope.
+    pub fn holds(self, s: CaseStatus) -> bool {
+        match self {
+            CaseScope::All => true,
+            CaseScope::Reviewable => s != CaseStatus::Watching,
+            CaseScope::Queue => matches!(s, CaseStatus::New | CaseStatus::InReview),
+        }
+    }
+
+    /// The SQL condition on `status` (constant text: no input in it).
+    pub fn sql(self) -> &'static str {
+        match self {
+            CaseScope::All => "",
+            CaseScope::Reviewable => " AND status != 'watching'",
+            CaseScope::Queue => " AND status IN ('new', 'in_review')",
+        }
+    }
+
+    /// A `status` query value as the API and CLI take it: `open` (the queue), `any` (every
+    /// case) or one status; none is [`CaseScope::Reviewable`].
+    pub fn parse(status: Option<&str>) -> Result<(CaseScope, Option<CaseStatus>), UnknownName> {
+        match status {
+            None => Ok((CaseScope::Reviewable, None)),
+            Some("open") => Ok((CaseScope::Queue, None)),
+            Some("any") => Ok((CaseScope::All, None)),
+            Some(s) => Ok((CaseScope::All, Some(s.parse()?))),
+        }
+    }
 }
 
 /// The behaviour weighing most: each alert's first (strongest) kind, weighted by its score.
@@ -534,6 +579,33 @@ mod tests {
         assert_ne!(at("Practitioner/2", 14 * H), a, "another user");
         assert_ne!(at("Practitioner/1", 30 * H), a, "a day later");
         assert_eq!(g.cases(), 3);
+    }
+
+    #[test]
+    fn a_listing_leaves_watched_cases_out_unless_asked() {
+        let (scope, status) = CaseScope::parse(None).unwrap();
+        assert_eq!((scope, status), (CaseScope::Reviewable, None));
+        assert!(!scope.holds(CaseStatus::Watching));
+        assert!(scope.holds(CaseStatus::Closed));
+        let (any, _) = CaseScope::parse(Some("any")).unwrap();
+        assert!(any.holds(CaseStatus::Watching));
+        let (queue, _) = CaseScope::parse(Some("open")).unwrap();
+        assert!(!queue.holds(CaseStatus::Closed) && queue.holds(CaseStatus::InReview));
+        let one = CaseScope::parse(Some("watching")).unwrap();
+        assert_eq!(one, (CaseScope::All, Some(CaseStatus::Watching)));
+        assert!(CaseScope::parse(Some("pending")).is_err());
+        for scope in [CaseScope::All, CaseScope::Reviewable, CaseScope::Queue] {
+            let sql = scope.sql();
+            for s in CaseStatus::ALL {
+                let named = sql.contains(&format!("'{}'", s.as_str()));
+                let listed = if sql.contains("!=") {
+                    !named
+                } else {
+                    named || sql.is_empty()
+                };
+                assert_eq!(listed, scope.holds(s), "{scope:?} {s:?}");
+            }
+        }
     }
 
     #[test]

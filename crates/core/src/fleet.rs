@@ -110,7 +110,8 @@ pub struct SiteSeen {
 #[derive(Debug, Clone, Default)]
 pub struct FleetFilter {
     pub site: Option<String>,
-    /// A status name, or `open` for the queue (`new`, `in_review`).
+    /// A status name, `open` for the queue (`new`, `in_review`) or `any`; none: every case
+    /// but the watched ones (as `crate::cases::CaseScope::Reviewable`), every alert.
     pub status: Option<String>,
     pub severity: Option<String>,
     pub user: Option<String>,
@@ -129,6 +130,8 @@ impl FleetFilter {
                 v.get("status").and_then(Value::as_str),
                 Some("new" | "in_review")
             ),
+            None => v.get("status").and_then(Value::as_str) != Some("watching"),
+            Some("any") => true,
             _ => is("status", &self.status),
         };
         status && is("site", &self.site) && is("severity", &self.severity) && is("user", &self.user)
@@ -357,10 +360,19 @@ mod tests {
         ] {
             v.apply(&m).unwrap();
         }
-        let (cases, next) = v.cases(&all());
+        let (cases, next) = v.cases(&FleetFilter {
+            status: Some("any".into()),
+            ..all()
+        });
         assert!(next.is_none());
         let keys: Vec<&str> = cases.iter().map(|c| c["key"].as_str().unwrap()).collect();
         assert_eq!(keys, ["north:1", "south:1"], "newest change first");
+        let (listed, _) = v.cases(&all());
+        assert_eq!(
+            listed.len(),
+            1,
+            "without a status, watched cases are not listed"
+        );
         assert_eq!(cases[0]["alerts"], 2);
         let (c, alerts) = v.case("north:1").unwrap();
         assert_eq!(c["site"], "north");

@@ -362,11 +362,7 @@ impl Reader {
     }
 
     pub fn cases(&self, f: &CaseFilter) -> Result<Vec<Case>, StateError> {
-        let open = if f.open_only {
-            " AND status IN ('new', 'in_review')"
-        } else {
-            ""
-        };
+        let open = f.scope.sql();
         let mut q = Page::new(format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1{open}"));
         q.and_opt("last_ms >=", f.since_ms);
         q.and_opt("status =", f.status.map(|s| s.as_str().to_string()));
