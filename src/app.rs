@@ -13,7 +13,7 @@ use crate::alerts::actor::{AlertRaised, AlertSinkActor};
 use crate::api::{ApiState, HealthRound};
 use crate::client::FhirClient;
 use crate::config::{read_secret, Config};
-use crate::detector::actor::{DetectorActor, DetectorLinks};
+use crate::detector::actor::{DetectorActor, DetectorLinks, SnapshotsWritten};
 use crate::health::{ActorId, Health, Heartbeat};
 use crate::poller::actor::{IsPolling, PollerActor};
 use crate::state::actor::{Flush, SeenFilterActor, StateActor};
@@ -80,6 +80,7 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     server: actix_web::dev::ServerHandle,
     poller: Addr<PollerActor>,
+    detector: Addr<DetectorActor>,
     state: Addr<StateActor>,
     notifier: Notifier,
     watchdog: tokio::task::JoinHandle<()>,
@@ -285,20 +286,24 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         .learning(learning);
         let (st, sk, h) = (state.clone(), sink.clone(), health.clone());
         let (overlap, retention) = (cfg.poller.overlap_secs, cfg.alerts.retention_days);
-        let snapshot_every = Duration::from_secs(cfg.poller.checkpoint_secs);
+        let snapshots = crate::detector::SnapshotPlan {
+            every: Duration::from_secs(cfg.poller.checkpoint_secs),
+            dir: state_dir.clone(),
+        };
         Supervisor::start(move |_| {
             DetectorActor::new(
                 d,
                 DetectorLinks {
                     state_filter: seen_filter.recipient(),
-                    state_commit: st.recipient(),
+                    state_commit: st.clone().recipient(),
+                    state_point: st.recipient(),
                     sink: sk.clone().recipient(),
                     flush: sk.recipient(),
                 },
                 h,
                 overlap,
                 retention,
-                snapshot_every,
+                snapshots.clone(),
             )
         })
     };
@@ -426,7 +431,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         round,
         [
             (ActorId::Poller, poller.clone().recipient()),
-            (ActorId::Detector, detector.recipient()),
+            (ActorId::Detector, detector.clone().recipient()),
             (ActorId::AlertSink, sink.recipient()),
             (ActorId::State, state.clone().recipient()),
             (ActorId::Context, context.recipient()),
@@ -440,6 +445,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         stop,
         server: server_handle,
         poller,
+        detector,
         state,
         notifier: opts.notifier,
         watchdog,
@@ -522,6 +528,8 @@ impl Daemon {
             while let Ok(true) = self.poller.send(IsPolling).await {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // A snapshot still being written is committed (a restart starts from it).
+            let _ = self.detector.send(SnapshotsWritten).await;
         };
         if tokio::time::timeout(deadline, drain).await.is_err() {
             tracing::warn!(

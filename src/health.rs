@@ -159,6 +159,12 @@ pub struct Counters {
     pub scoring_duration: Histogram,
     /// Wall time of one SQLite commit of a scored page, seconds.
     pub commit_duration: Histogram,
+    /// Wall time to encode the detector's context for a snapshot (the pipeline waits),
+    /// seconds.
+    pub snapshot_encode_duration: Histogram,
+    /// Wall time to write a snapshot's file and commit it with the cursor (the pipeline
+    /// goes on), seconds.
+    pub snapshot_write_duration: Histogram,
 }
 
 /// Bucket upper bounds of the duration histograms, seconds.
@@ -246,6 +252,8 @@ impl Default for Counters {
             batch_size: Histogram::sizes(),
             scoring_duration: Histogram::seconds(),
             commit_duration: Histogram::seconds(),
+            snapshot_encode_duration: Histogram::seconds(),
+            snapshot_write_duration: Histogram::seconds(),
         }
     }
 }

@@ -297,6 +297,16 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
         "Duration of one SQLite commit of a scored page with its alerts and cursor keys.",
         &mut out,
     );
+    c.snapshot_encode_duration.render(
+        "fhir_edge_snapshot_encode_duration_seconds",
+        "Duration to encode the detector's context for a snapshot (scoring waits).",
+        &mut out,
+    );
+    c.snapshot_write_duration.render(
+        "fhir_edge_snapshot_write_duration_seconds",
+        "Duration to write a snapshot's file and commit it with the cursor (scoring goes on).",
+        &mut out,
+    );
     if let Ok(counts) = with_reader(s.state_dir.clone(), |r| r.case_counts()).await {
         out.push_str(
             "# HELP fhir_edge_cases Cases in the store, by status.\n# TYPE fhir_edge_cases gauge\n",

@@ -15,7 +15,7 @@ use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{
     BatchReport, CommitCursor, CommitTicket, EventsFetched, Flush, PipelineError, Scored,
 };
-use crate::state::actor::{CommitPoll, FilterKeys};
+use crate::state::actor::{CommitPoll, FilterKeys, SnapshotPoint};
 use fhir_edge_core::detector::Detector;
 use fhir_edge_core::state::PollCommit;
 
@@ -30,6 +30,7 @@ pub struct DetectorActor {
     detector: Arc<Mutex<Detector>>,
     state_filter: Recipient<FilterKeys>,
     state_commit: Recipient<CommitPoll>,
+    state_point: Recipient<SnapshotPoint>,
     sink: Recipient<Scored>,
     flush: Recipient<Flush>,
     health: Health,
@@ -39,9 +40,11 @@ pub struct DetectorActor {
     inflight: Arc<Mutex<KeySet>>,
     /// Whether the journal was told that the model cannot use the care context (once).
     care_unused_said: bool,
-    /// At most one snapshot per this at the end of complete polls (`super::snapshot_due`).
-    snapshot_every: std::time::Duration,
+    snapshots: super::SnapshotPlan,
     last_snapshot: Option<std::time::Instant>,
+    /// Held while a snapshot is written and committed (one at a time); `SnapshotsWritten`
+    /// waits on it.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Where the detector sends its work: the state actor (seen keys, the cursor commit) and
@@ -49,6 +52,7 @@ pub struct DetectorActor {
 pub struct DetectorLinks {
     pub state_filter: Recipient<FilterKeys>,
     pub state_commit: Recipient<CommitPoll>,
+    pub state_point: Recipient<SnapshotPoint>,
     pub sink: Recipient<Scored>,
     pub flush: Recipient<Flush>,
 }
@@ -60,11 +64,12 @@ impl DetectorActor {
         health: Health,
         overlap_secs: u64,
         retention_days: u32,
-        snapshot_every: std::time::Duration,
+        snapshots: super::SnapshotPlan,
     ) -> Self {
         let DetectorLinks {
             state_filter,
             state_commit,
+            state_point,
             sink,
             flush,
         } = links;
@@ -72,6 +77,7 @@ impl DetectorActor {
             detector: Arc::new(Mutex::new(detector)),
             state_filter,
             state_commit,
+            state_point,
             sink,
             flush,
             health,
@@ -79,8 +85,9 @@ impl DetectorActor {
             retention_ms: retention_days as i64 * 86_400_000,
             inflight: Arc::default(),
             care_unused_said: false,
-            snapshot_every,
+            snapshots,
             last_snapshot: None,
+            writing: Arc::default(),
         }
     }
 }
@@ -218,49 +225,59 @@ impl Handler<EventsFetched> for DetectorActor {
     }
 }
 
+/// The cursor commit is made in two parts. Inside the handler (the pipeline waits): the
+/// pages scored so far are committed (`Flush`), the store's commit sequence read
+/// (`SnapshotPoint`) and the context encoded. After it (the pipeline goes on): the encoding
+/// is written to its file and committed with the cursor, one snapshot at a time. A failure
+/// there is logged and counted and leaves the previous snapshot and cursor in place; the
+/// next checkpoint tries again.
 impl Handler<CommitCursor> for DetectorActor {
     type Result = AtomicResponse<Self, Result<(), PipelineError>>;
 
     fn handle(&mut self, msg: CommitCursor, _: &mut Self::Context) -> Self::Result {
         let now = std::time::Instant::now();
-        if !super::snapshot_due(
+        let guard = self.writing.clone().try_lock_owned().ok();
+        let due = super::snapshot_due(
             self.last_snapshot,
             now,
-            self.snapshot_every,
+            self.snapshots.every,
             msg.poll_complete,
-        ) {
+            guard.is_none(),
+        );
+        let Some(guard) = guard.filter(|_| due) else {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
-        }
+        };
         let detector = self.detector.clone();
-        let commit = self.state_commit.clone();
-        let overlap_ms = self.overlap_ms;
-        let retention_ms = self.retention_ms;
-        let flush = self.flush.clone();
+        let health = self.health.clone();
+        let (flush, point) = (self.flush.clone(), self.state_point.clone());
+        let write = SnapshotWrite {
+            commit: self.state_commit.clone(),
+            health: self.health.clone(),
+            dir: self.snapshots.dir.clone(),
+            overlap_ms: self.overlap_ms,
+            retention_ms: self.retention_ms,
+            msg,
+        };
         let fut = async move {
             // Every page scored so far (polled or pushed) is committed before the snapshot.
             flush.send(Flush).await?;
-            let (snapshot, care_links) = tokio::task::spawn_blocking(move || {
+            let seq = point.send(SnapshotPoint).await?;
+            let started = std::time::Instant::now();
+            let (bytes, care_links) = tokio::task::spawn_blocking(move || {
                 let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
                 let (linked, unlinked) = d.context().care_links();
                 (d.snapshot(), (linked as u64, unlinked as u64))
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))?;
-            let now = msg.at.timestamp_millis();
-            let cursor_ms = msg.cursor.map(|c| c.timestamp_millis());
-            commit
-                .send(CommitPoll(PollCommit {
-                    cursor_ms,
-                    at_ms: now,
-                    poll_complete: msg.poll_complete,
-                    snapshot: Some(snapshot),
-                    care_links: Some(care_links),
-                    // Keys older than the re-read window (plus an hour of margin) never come back.
-                    prune_seen_before_ms: cursor_ms
-                        .map_or(i64::MIN, |c| c - overlap_ms - 3_600_000),
-                    prune_alerts_before_ms: now - retention_ms,
-                }))
-                .await??;
+            health
+                .counters
+                .snapshot_encode_duration
+                .observe_duration(started.elapsed());
+            actix_rt::spawn(async move {
+                write.run(seq, bytes, care_links).await;
+                drop(guard);
+            });
             Ok(())
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, _| {
@@ -269,6 +286,76 @@ impl Handler<CommitCursor> for DetectorActor {
             }
             res
         })))
+    }
+}
+
+/// A snapshot's second part: its file, then the commit that pairs it with the cursor.
+struct SnapshotWrite {
+    commit: Recipient<CommitPoll>,
+    health: Health,
+    dir: std::path::PathBuf,
+    overlap_ms: i64,
+    retention_ms: i64,
+    msg: CommitCursor,
+}
+
+impl SnapshotWrite {
+    async fn run(self, seq: i64, bytes: Vec<u8>, care_links: (u64, u64)) {
+        let started = std::time::Instant::now();
+        let dir = self.dir.clone();
+        let res: Result<(), PipelineError> = async {
+            let file = tokio::task::spawn_blocking(move || {
+                fhir_edge_core::state::Store::write_snapshot(&dir, seq, &bytes)
+            })
+            .await
+            .map_err(|e| PipelineError::Task(e.to_string()))??;
+            let now = self.msg.at.timestamp_millis();
+            let cursor_ms = self.msg.cursor.map(|c| c.timestamp_millis());
+            self.commit
+                .send(CommitPoll(PollCommit {
+                    cursor_ms,
+                    at_ms: now,
+                    poll_complete: self.msg.poll_complete,
+                    snapshot: Some(file),
+                    care_links: Some(care_links),
+                    // Keys older than the re-read window (plus an hour of margin) never come back.
+                    prune_seen_before_ms: cursor_ms
+                        .map_or(i64::MIN, |c| c - self.overlap_ms - 3_600_000),
+                    prune_alerts_before_ms: now - self.retention_ms,
+                }))
+                .await??;
+            Ok(())
+        }
+        .await;
+        self.health
+            .counters
+            .snapshot_write_duration
+            .observe_duration(started.elapsed());
+        if let Err(e) = res {
+            self.health.error(ActorId::Detector, e.kind());
+            tracing::warn!(
+                actor = "detector",
+                error_kind = e.kind(),
+                "snapshot not saved ({e}); the previous one and its cursor stay, the next checkpoint tries again"
+            );
+        }
+    }
+}
+
+/// Request: answer once the snapshot being written (if any) is committed (at shutdown,
+/// so a restart starts from the newest one).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotsWritten;
+
+impl Handler<SnapshotsWritten> for DetectorActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: SnapshotsWritten, _: &mut Self::Context) -> Self::Result {
+        let writing = self.writing.clone();
+        Box::pin(async move {
+            drop(writing.lock().await);
+        })
     }
 }
 

@@ -10,20 +10,30 @@ use std::time::{Duration, Instant};
 use fhir_edge_core::detector::baselines::{self, BaselinesError, PassOver};
 use fhir_edge_core::detector::features::Context;
 
-/// Whether a complete poll's cursor commit takes a new snapshot of the detector's context,
-/// or is skipped: at most one every `every` (`[poller] checkpoint_secs`). A snapshot holds
-/// the detector while it is written, and at a large site it is large (160 MB at 30,000
-/// staff, BENCHMARKS.md), so one per second of polling stalls scoring. Skipping is safe: the
-/// committed cursor and snapshot stay a pair, and a restart replays into the context what
-/// was committed after them (`KeyStatus::Replay`) while it re-reads from that cursor.
-/// Checkpoints inside a long poll are paced by the poller itself.
+/// Whether a cursor commit takes a new snapshot of the detector's context, or is skipped:
+/// never while the previous one is still being written (`writing`), and at the end of a
+/// complete poll at most one every `every` (`[poller] checkpoint_secs`) — at a large site a
+/// snapshot is tens of MB (BENCHMARKS.md), and encoding it holds the detector. Checkpoints
+/// inside a long poll are paced by the poller itself. Skipping is safe: the committed
+/// cursor and snapshot stay a pair, and a restart replays into the context what was
+/// committed after them (`KeyStatus::Replay`) while it re-reads from that cursor.
 pub(crate) fn snapshot_due(
     last: Option<Instant>,
     now: Instant,
     every: Duration,
     poll_complete: bool,
+    writing: bool,
 ) -> bool {
-    !poll_complete || last.is_none_or(|l| now.saturating_duration_since(l) >= every)
+    !writing && (!poll_complete || last.is_none_or(|l| now.saturating_duration_since(l) >= every))
+}
+
+/// How the detector's context is saved: how often at most, and where its files go.
+#[derive(Debug, Clone)]
+pub struct SnapshotPlan {
+    /// At most one snapshot per this at the end of complete polls (`snapshot_due`).
+    pub every: Duration,
+    /// The state directory (`Store::write_snapshot`).
+    pub dir: std::path::PathBuf,
 }
 
 /// Where the detector's history comes from when the daemon starts.
@@ -127,16 +137,21 @@ mod tests {
     fn a_complete_poll_snapshots_at_most_once_per_checkpoint_interval() {
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
-        assert!(snapshot_due(None, t0, every, true), "the first poll");
+        assert!(snapshot_due(None, t0, every, true, false), "the first poll");
+        assert!(
+            !snapshot_due(None, t0, every, false, true),
+            "never while one is being written"
+        );
         assert!(!snapshot_due(
             Some(t0),
             t0 + Duration::from_secs(9),
             every,
-            true
+            true,
+            false
         ));
-        assert!(snapshot_due(Some(t0), t0 + every, every, true));
+        assert!(snapshot_due(Some(t0), t0 + every, every, true, false));
         // A checkpoint inside a long poll is the poller's to pace.
-        assert!(snapshot_due(Some(t0), t0, every, false));
+        assert!(snapshot_due(Some(t0), t0, every, false, false));
     }
     use fhir_edge_core::detector::baselines::{Mark, ServerMark};
 

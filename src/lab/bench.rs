@@ -74,12 +74,18 @@ fn db_mb(state: &Path) -> f64 {
         / 1e6
 }
 
-/// The stored detector snapshot's size, bytes.
-fn snapshot_bytes(conn: &rusqlite::Connection) -> u64 {
-    conn.query_row("SELECT length(data) FROM snapshot WHERE id = 1", [], |r| {
-        r.get::<_, i64>(0)
+/// The stored detector snapshot's size, bytes: its file in the state directory, or the
+/// row of a database from before snapshot files.
+fn snapshot_bytes(conn: &rusqlite::Connection, state: &Path) -> u64 {
+    conn.query_row(
+        "SELECT length(data), file FROM snapshot WHERE id = 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
+    )
+    .map_or(0, |(n, file)| match file {
+        Some(f) => std::fs::metadata(state.join(f)).map_or(0, |m| m.len()),
+        None => n as u64,
     })
-    .map_or(0, |n| n as u64)
 }
 
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
@@ -388,7 +394,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     let pct = |p: f64| lat[((p * (lat.len() - 1) as f64).round() as usize).min(lat.len() - 1)];
     peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
     let st = status(&state);
-    let (state_db_mb, snapshot_mb) = (db_mb(&state), snapshot_bytes(&conn) as f64 / 1e6);
+    let (state_db_mb, snapshot_mb) = (db_mb(&state), snapshot_bytes(&conn, &state) as f64 / 1e6);
     // A restart on this state: stop (SIGTERM, as systemd does), start again, time READY.
     let mut first = daemon;
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };

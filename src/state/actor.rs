@@ -81,6 +81,12 @@ pub struct AckExport {
     pub upto: i64,
 }
 
+/// Request: the store's commit sequence now. Every batch sent before this is committed, so
+/// a snapshot of the context taken next holds exactly the events up to it.
+#[derive(Message)]
+#[rtype(result = "i64")]
+pub struct SnapshotPoint;
+
 /// Checkpoint the WAL before exit.
 #[derive(Message)]
 #[rtype(result = "Result<(), StateError>")]
@@ -289,6 +295,13 @@ impl Handler<AckExport> for StateActor {
     type Result = Result<(), StateError>;
     fn handle(&mut self, msg: AckExport, _: &mut Self::Context) -> Self::Result {
         self.write(|s, _| s.ack_export(msg.exporter, msg.upto))
+    }
+}
+
+impl Handler<SnapshotPoint> for StateActor {
+    type Result = i64;
+    fn handle(&mut self, _: SnapshotPoint, _: &mut Self::Context) -> i64 {
+        self.store.seq()
     }
 }
 

@@ -37,6 +37,8 @@ pub enum StateError {
     },
     #[error("state directory {path}: {reason}")]
     Dir { path: PathBuf, reason: String },
+    #[error("detector snapshot {path}: {reason}")]
+    SnapshotFile { path: PathBuf, reason: String },
     #[error("disk full: {0}")]
     DiskFull(String),
     #[error("state database is read-only: {0}")]
@@ -59,6 +61,7 @@ impl StateError {
             StateError::Open { .. } => "state_open",
             StateError::TooNew { .. } => "state_schema_too_new",
             StateError::Dir { .. } => "state_dir",
+            StateError::SnapshotFile { .. } => "snapshot_file",
             StateError::DiskFull(_) => "disk_full",
             StateError::ReadOnly(_) => "state_read_only",
             StateError::Busy(_) => "state_busy",
@@ -222,6 +225,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE export_cursors (exporter TEXT PRIMARY KEY, acked_seq INTEGER NOT NULL) WITHOUT ROWID;
     "#,
+    // 5: the detector snapshot in a file of its own beside the database (`SnapshotFile`);
+    // `data` stays for snapshots written before (and is emptied when a file replaces it).
+    r#"
+    ALTER TABLE snapshot ADD COLUMN file TEXT;
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -275,8 +283,9 @@ pub struct PollCommit {
     pub at_ms: i64,
     /// A complete poll (recorded as the last poll), or a checkpoint inside a long one.
     pub poll_complete: bool,
-    /// Detector context snapshot, taken after every batch of the poll was committed.
-    pub snapshot: Option<Vec<u8>>,
+    /// Detector context snapshot (written to its file already), taken after every batch
+    /// before it was committed.
+    pub snapshot: Option<SnapshotFile>,
     /// With the snapshot: audit users the care context linked to a Practitioner, and users
     /// it could not link (`Context::care_links`), for `status`.
     pub care_links: Option<(u64, u64)>,
@@ -285,6 +294,21 @@ pub struct PollCommit {
     /// Alerts detected before this are deleted.
     pub prune_alerts_before_ms: i64,
 }
+
+/// A detector snapshot in its own file in the state directory, written before the commit
+/// that names it ([`Store::write_snapshot`]): a large site's snapshot (tens of MB) is
+/// written off the pipeline, and the commit that pairs it with the cursor stays small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// The file's name in the state directory (`snapshot-<seq>.ctx`).
+    pub name: String,
+    /// The store's commit sequence when the snapshot was taken: events committed after it
+    /// are not in the snapshot and are replayed into the context after a crash.
+    pub seq: i64,
+}
+
+const SNAPSHOT_PREFIX: &str = "snapshot-";
+const SNAPSHOT_SUFFIX: &str = ".ctx";
 
 /// What `fhir-edge status` prints.
 #[derive(Debug, Serialize, Clone, Default)]
@@ -565,10 +589,35 @@ impl Store {
     }
 
     pub fn load(&self) -> Result<Loaded, StateError> {
-        let snapshot = self
+        let row: Option<(Vec<u8>, Option<String>)> = self
             .conn
-            .query_row("SELECT data FROM snapshot WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT data, file FROM snapshot WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
+        // Files of snapshots never committed (a crash between the write and the commit).
+        let committed = row.as_ref().and_then(|(_, f)| f.clone());
+        self.remove_snapshots_but(committed.as_deref());
+        let snapshot = match row {
+            Some((_, Some(name))) => {
+                let path = self.path.with_file_name(&name);
+                match std::fs::read(&path) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        // As an unreadable snapshot: the detector starts from the model's
+                        // baselines (and says so).
+                        tracing::warn!(
+                            error_kind = "snapshot_file",
+                            "detector snapshot {} cannot be read: {e}",
+                            path.display()
+                        );
+                        None
+                    }
+                }
+            }
+            Some((data, None)) => Some(data),
+            None => None,
+        };
         let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
         let replay_until_ms = if self.startup_seq > snapshot_seq {
             self.conn.query_row(
@@ -743,11 +792,19 @@ impl Store {
             kv_set(&tx, "care_users_linked", linked as i64)?;
             kv_set(&tx, "care_users_not_linked", unlinked as i64)?;
         }
-        if let Some(data) = &p.snapshot {
+        if let Some(f) = &p.snapshot {
+            let committed = self.snapshot_seq.load(Ordering::Acquire);
+            if f.seq > self.seq || f.seq < committed {
+                return Err(StateError::Invalid(format!(
+                    "snapshot at commit {} is outside {committed}..={}",
+                    f.seq, self.seq
+                )));
+            }
             tx.execute(
-                "INSERT INTO snapshot(id, seq, taken_ms, data) VALUES (1, ?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, taken_ms = excluded.taken_ms, data = excluded.data",
-                params![self.seq, p.at_ms, data],
+                "INSERT INTO snapshot(id, seq, taken_ms, data, file) VALUES (1, ?1, ?2, x'', ?3)
+                 ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, taken_ms = excluded.taken_ms,
+                 data = excluded.data, file = excluded.file",
+                params![f.seq, p.at_ms, f.name],
             )?;
         }
         // Pruning scans the tables: at most every PRUNE_EVERY_MS (and at the first poll).
@@ -774,10 +831,60 @@ impl Store {
         if due {
             self.last_prune_ms = Some(p.at_ms);
         }
-        if p.snapshot.is_some() {
-            self.snapshot_seq.store(self.seq, Ordering::Release);
+        if let Some(f) = &p.snapshot {
+            self.snapshot_seq.store(f.seq, Ordering::Release);
+            self.remove_snapshots_but(Some(&f.name));
         }
         Ok(pruned as u64)
+    }
+
+    /// The store's commit sequence: a snapshot taken now holds every batch committed so far.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// Write a snapshot taken at commit sequence `seq` to its own file in `dir` (the state
+    /// directory): written to a temporary name, synced, renamed, the directory synced — a
+    /// crash leaves either the whole file or none. Needs no `Store`, so it runs off the
+    /// store's thread; the snapshot counts once a `commit_poll` names it.
+    pub fn write_snapshot(dir: &Path, seq: i64, bytes: &[u8]) -> Result<SnapshotFile, StateError> {
+        use std::io::Write as _;
+        let name = format!("{SNAPSHOT_PREFIX}{seq}{SNAPSHOT_SUFFIX}");
+        let path = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let err = |reason: std::io::Error| StateError::SnapshotFile {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+        Ok(SnapshotFile { name, seq })
+    }
+
+    /// Remove snapshot files other than `keep` (older ones, and any whose commit never
+    /// came): best effort, a file left behind is removed at the next snapshot.
+    fn remove_snapshots_but(&self, keep: Option<&str>) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let ours = name.starts_with(SNAPSHOT_PREFIX)
+                && (name.ends_with(SNAPSHOT_SUFFIX) || name.ends_with(".tmp"));
+            if ours && Some(name) != keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Fold the WAL into the main database (clean shutdown).
@@ -1512,7 +1619,7 @@ mod tests {
             cursor_ms: Some(100),
             at_ms: 2,
             poll_complete: true,
-            snapshot: Some(b"snap".to_vec()),
+            snapshot: Some(Store::write_snapshot(d.path(), s.seq(), b"snap").unwrap()),
             care_links: None,
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
@@ -1554,13 +1661,66 @@ mod tests {
             cursor_ms: Some(200),
             at_ms: 4,
             poll_complete: true,
-            snapshot: Some(b"snap2".to_vec()),
+            snapshot: Some(Store::write_snapshot(d.path(), s.seq(), b"snap2").unwrap()),
             care_links: None,
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
         })
         .unwrap();
         assert_eq!(reader.filter(&["b|v1"]).unwrap(), vec![KeyStatus::Seen]);
+    }
+
+    /// The pipeline goes on while a snapshot is written: what was committed after the
+    /// snapshot was taken is replayed into the context after a restart, not lost.
+    #[test]
+    fn a_snapshot_written_beside_the_store_covers_what_was_committed_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let batch = |key: &str| BatchCommit {
+            events: vec![SeenEvent {
+                key: key.into(),
+                last_updated_ms: 100,
+                carried: Default::default(),
+            }],
+            ..Default::default()
+        };
+        s.commit_batch(&batch("a|v1"), 1).unwrap();
+        let taken = s.seq();
+        s.commit_batch(&batch("b|v1"), 2).unwrap();
+        let file = Store::write_snapshot(d.path(), taken, b"ctx").unwrap();
+        let poll = |snapshot| PollCommit {
+            cursor_ms: Some(100),
+            at_ms: 3,
+            poll_complete: true,
+            snapshot,
+            ..Default::default()
+        };
+        s.commit_poll(&poll(Some(file))).unwrap();
+        // A file whose commit never came (a crash in between) is removed at the next start.
+        std::fs::write(d.path().join("snapshot-99.ctx"), b"x").unwrap();
+        drop(s);
+        let mut s = Store::open(d.path()).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.snapshot.as_deref(), Some(&b"ctx"[..]));
+        assert!(!d.path().join("snapshot-99.ctx").exists());
+        assert_eq!(
+            s.seen_reader().unwrap().filter(&["a|v1", "b|v1"]).unwrap(),
+            vec![KeyStatus::Seen, KeyStatus::Replay]
+        );
+        // A snapshot older than the committed one is refused, never taken for newer.
+        let older = Store::write_snapshot(d.path(), taken - 1, b"old").unwrap();
+        let e = s.commit_poll(&poll(Some(older))).unwrap_err();
+        assert_eq!(e.kind(), "invalid_request");
+        // A newer one replaces it, and its file is the only one left.
+        let newer = Store::write_snapshot(d.path(), s.seq(), b"new").unwrap();
+        s.commit_poll(&poll(Some(newer.clone()))).unwrap();
+        let files: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(SNAPSHOT_PREFIX))
+            .collect();
+        assert_eq!(files, vec![newer.name]);
+        assert_eq!(s.load().unwrap().snapshot.as_deref(), Some(&b"new"[..]));
     }
 
     #[test]
