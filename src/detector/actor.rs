@@ -135,13 +135,15 @@ impl Handler<EventsFetched> for DetectorActor {
                 .filter(|s| **s != fhir_edge_core::state::KeyStatus::New)
                 .count() as u64;
             let batch: Vec<_> = msg.events.into_iter().zip(statuses).collect();
-            let (scored, coverage) = tokio::task::spawn_blocking(move || {
+            let (scored, coverage, forgotten) = tokio::task::spawn_blocking(move || {
                 let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
-                d.process(batch).map(|s| (s, d.coverage()))
+                let scored = d.process(batch)?;
+                Ok::<_, PipelineError>((scored, d.coverage(), d.take_forgotten()))
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
             say_coverage(&health, coverage);
+            say_forgotten(&health, forgotten);
             let n = scored.len() as u64;
             let passed = scored.iter().filter(|e| e.passed_over).count() as u64;
             let held = scored.iter().filter(|e| e.held).count() as u64;
@@ -426,6 +428,31 @@ impl Handler<UserCard> for DetectorActor {
 
 /// Keep what the scored events carried for `/api/stats`, and say it in the journal once
 /// enough events show it (a warning when some evidence never comes).
+/// Count what the detector's memory bounds made it forget, and say so in the journal when
+/// users or patients go (the pairs' generations turn over routinely: counted only).
+fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgotten) {
+    use fhir_edge_core::detector::features::{MAX_PATIENTS, MAX_USERS};
+    health.counters.add(Counter::ContextUsersForgotten, f.users);
+    health
+        .counters
+        .add(Counter::ContextPatientsForgotten, f.patients);
+    health.counters.add(Counter::ContextPairsForgotten, f.pairs);
+    for (n, what, bound) in [
+        (f.users, "users", MAX_USERS),
+        (f.patients, "patients", MAX_PATIENTS),
+    ] {
+        if n > 0 {
+            tracing::warn!(
+                actor = "detector",
+                error_kind = "context_bound",
+                forgotten = n,
+                bound,
+                "the detector's memory holds at most {bound} {what}: it forgot the {n} seen least recently (they start again as new)"
+            );
+        }
+    }
+}
+
 fn say_coverage(health: &Health, now: fhir_edge_core::coverage::Coverage) {
     use fhir_edge_core::coverage::ENOUGH;
     let before = health.set_coverage(now);

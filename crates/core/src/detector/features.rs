@@ -733,6 +733,9 @@ pub struct Context {
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
+    /// Not snapshotted: counted into the daemon's metrics as it happens.
+    #[serde(skip)]
+    forgotten: Forgotten,
     /// The site's watch list (hashes of `watch_key`s): set from the config at each start,
     /// never snapshotted.
     #[serde(skip)]
@@ -908,12 +911,27 @@ fn rarity(count: f32, total: f32, bins: f32) -> f32 {
     (-p.ln()).clamp(0.0, 10.0)
 }
 
-fn evict_half<V>(map: &mut IdMap<V>, last: impl Fn(&V) -> i64) {
+/// Forget the least recently active half of `map`; how many were forgotten.
+fn evict_half<V>(map: &mut IdMap<V>, last: impl Fn(&V) -> i64) -> u64 {
+    let before = map.len();
     let mut times: Vec<i64> = map.values().map(&last).collect();
     let mid = times.len() / 2;
     let (_, cut, _) = times.select_nth_unstable(mid);
     let cut = *cut;
     map.retain(|_, v| last(v) > cut);
+    (before - map.len()) as u64
+}
+
+/// What the memory bounds made the context forget (since the last `take_forgotten`): the
+/// least recently active users and patients when `MAX_USERS` / `MAX_PATIENTS` is reached
+/// (the half not seen for longest, all at once), and the older generation of user–patient
+/// pairs each time the newer one holds `MAX_PAIRS / 2`. A forgotten user or patient starts
+/// again as new; a forgotten pair reads as a first access.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    pub users: u64,
+    pub patients: u64,
+    pub pairs: u64,
 }
 
 impl Context {
@@ -967,6 +985,12 @@ impl Context {
 
     pub fn users(&self) -> usize {
         self.users.len()
+    }
+
+    /// What the memory bounds made the context forget since the last call (see
+    /// [`Forgotten`]).
+    pub fn take_forgotten(&mut self) -> Forgotten {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Users the care context linked to a Practitioner, and users it could not link (of
@@ -1127,7 +1151,7 @@ impl Context {
             self.requests
                 .retain(|_, s| now - s.first_ms <= REQUEST_SPAN);
             if self.requests.len() >= MAX_REQUESTS {
-                evict_half(&mut self.requests, |s| s.first_ms);
+                let _ = evict_half(&mut self.requests, |s| s.first_ms);
             }
         }
         let s = self.requests.entry(l.key).or_default();
@@ -1653,7 +1677,7 @@ impl Context {
             }
         }
         if self.users.len() >= MAX_USERS && !self.users.contains_key(&uh) {
-            evict_half(&mut self.users, |u| u.last_ms);
+            self.forgotten.users += evict_half(&mut self.users, |u| u.last_ms);
         }
         let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
         let site_fail_rate = self.site_fail_rate();
@@ -1814,11 +1838,12 @@ impl Context {
                 push_window(&mut u.unrelated_recent, now, 64, now - HOUR, |t| *t);
             }
             if first && self.pairs_now.insert(pair) && self.pairs_now.len() >= MAX_PAIRS / 2 {
+                self.forgotten.pairs += self.pairs_old.len() as u64;
                 self.pairs_old = std::mem::take(&mut self.pairs_now);
             }
             if !self.patients.contains_key(&p) {
                 if self.patients.len() >= MAX_PATIENTS {
-                    evict_half(&mut self.patients, |p| p.last_ms);
+                    self.forgotten.patients += evict_half(&mut self.patients, |p| p.last_ms);
                 }
                 if let Some(name) = r.patient_display.as_deref().and_then(family_name) {
                     self.names_total += 1.0;
@@ -2211,6 +2236,38 @@ mod tests {
         assert!(matches!(e, SnapshotError::Layout { .. }), "{e}");
         let cut = &c.to_bytes()[..40];
         assert!(Context::from_bytes(cut, chrono_tz::UTC).is_err());
+    }
+
+    /// At `MAX_PATIENTS` the least recently seen half is forgotten, and counted.
+    #[test]
+    fn the_patient_bound_forgets_the_least_recently_seen_half_and_says_so() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = monday(10);
+        for i in 0..MAX_PATIENTS as i64 {
+            c.observe(&rec("Practitioner/1", &format!("Patient/{i}"), t0 + i));
+        }
+        assert_eq!(
+            c.take_forgotten().patients,
+            0,
+            "at the bound, nothing forgotten yet"
+        );
+        c.observe(&rec(
+            "Practitioner/1",
+            "Patient/new",
+            t0 + MAX_PATIENTS as i64,
+        ));
+        let f = c.take_forgotten();
+        assert!(
+            (MAX_PATIENTS as u64 / 2..=MAX_PATIENTS as u64 / 2 + 1).contains(&f.patients),
+            "{f:?}"
+        );
+        assert_eq!(f.users, 0);
+        assert_eq!(c.take_forgotten(), Forgotten::default(), "taken once");
+        // The newest are kept: the latest patient is known, the first one is new again.
+        let (_, known) = c.observe(&rec("Practitioner/2", "Patient/new", t0 + 10_000_000));
+        let (_, first) = c.observe(&rec("Practitioner/2", "Patient/0", t0 + 10_000_001));
+        assert!(known.patient_history >= 1, "{known:?}");
+        assert_eq!(first.patient_history, 0, "forgotten: {first:?}");
     }
 
     /// A context touching every kind of state the snapshot holds.

@@ -109,6 +109,11 @@ impl Detector {
         &self.ctx
     }
 
+    /// What the context's memory bounds made it forget since the last call.
+    pub fn take_forgotten(&mut self) -> features::Forgotten {
+        self.ctx.take_forgotten()
+    }
+
     /// Use the site's care context from the next event on (see `Context::set_care`), if
     /// the model was trained with one; false when it was not (the context is then kept for
     /// a later model, not used: retrain with it).
