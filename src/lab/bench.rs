@@ -47,6 +47,11 @@ pub struct BenchReport {
     /// Seconds spent per pipeline stage during catch-up (sums of the daemon's `/metrics`
     /// histograms; stages overlap, so they do not add up to the catch-up time).
     pub catch_up_stage_secs: std::collections::BTreeMap<String, f64>,
+    /// What the detector's memory bounds made it forget during the catch-up (users,
+    /// patients, pairs; the `context_*_forgotten` counters).
+    pub catch_up_forgotten: std::collections::BTreeMap<String, u64>,
+    /// Snapshots taken during the catch-up.
+    pub catch_up_snapshots: u64,
 }
 
 /// `<name>_sum` of every `fhir_edge_*_duration_seconds` histogram in a `/metrics` text.
@@ -72,6 +77,33 @@ fn db_mb(state: &Path) -> f64 {
         .map(|m| m.len())
         .sum::<u64>() as f64
         / 1e6
+}
+
+/// `fhir_edge_context_<what>_forgotten_total` of a `/metrics` text, by `<what>`.
+fn forgotten(metrics: &str) -> std::collections::BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let (name, v) = l.split_once(' ')?;
+            let what = name
+                .strip_prefix("fhir_edge_context_")?
+                .strip_suffix("_forgotten_total")?;
+            Some((what.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// How many snapshots a `/metrics` text counts (the encode histogram's `_count`).
+fn snapshots(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fhir_edge_snapshot_encode_duration_seconds_count ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The stored detector snapshot's size, bytes: its file in the state directory, or the
@@ -300,7 +332,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         .enable_all()
         .build()?;
     let client = reqwest::Client::new();
-    let catch_up_stage_secs = match &api {
+    let metrics = match &api {
         Some(a) => rt
             .block_on(async {
                 client
@@ -310,10 +342,10 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
                     .text()
                     .await
             })
-            .map(|m| stage_sums(&m))
             .unwrap_or_default(),
-        None => Default::default(),
+        None => String::new(),
     };
+    let catch_up_stage_secs = stage_sums(&metrics);
     let mut created: Vec<(String, i64)> = Vec::new();
     let steady_start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / o.steady_rate);
@@ -432,6 +464,8 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         poll_interval_secs: o.interval_secs,
         alerts: st.alerts,
         catch_up_stage_secs,
+        catch_up_forgotten: forgotten(&metrics),
+        catch_up_snapshots: snapshots(&metrics),
     })
 }
 

@@ -281,6 +281,15 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("catch-up stage time     {}", stages.join(", "));
                 println!(
+                    "catch-up snapshots      {}; forgotten at the memory bounds: {}",
+                    r.catch_up_snapshots,
+                    r.catch_up_forgotten
+                        .iter()
+                        .map(|(k, v)| format!("{v} {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                println!(
                     "detection latency       p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} events at {}/s, poll interval {} s)",
                     r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.steady_samples, r.steady_rate_per_sec, r.poll_interval_secs
                 );
