@@ -320,9 +320,11 @@ pub struct PollerConfig {
     /// Largest page body accepted, in bytes; a larger page is refused and retried later.
     pub max_page_bytes: u64,
     /// Commit the cursor with the detector's snapshot at most this often: inside a long poll
-    /// (a catch-up) over a server that honours `_sort`, and across short polls (a snapshot
-    /// holds the detector while it is written). A crash re-reads at most this much more, and
-    /// replays it into the baselines without scoring it again.
+    /// (a catch-up) over a server that honours `_sort`, and across short polls (encoding a
+    /// snapshot holds the detector). A snapshot of 8 MB or more (a large site) is taken
+    /// across short polls only after 50,000 new events or 30 times this, whichever comes
+    /// first. A crash re-reads what came after the last snapshot, and replays it into the
+    /// baselines without scoring it again.
     pub checkpoint_secs: u64,
 }
 

@@ -41,7 +41,9 @@ pub struct DetectorActor {
     /// Whether the journal was told that the model cannot use the care context (once).
     care_unused_said: bool,
     snapshots: super::SnapshotPlan,
-    last_snapshot: Option<std::time::Instant>,
+    last_snapshot: Option<super::LastSnapshot>,
+    /// Events scored into the context since the last snapshot was encoded.
+    since_snapshot: Arc<std::sync::atomic::AtomicU64>,
     /// Held while a snapshot is written and committed (one at a time); `SnapshotsWritten`
     /// waits on it.
     writing: Arc<tokio::sync::Mutex<()>>,
@@ -87,6 +89,7 @@ impl DetectorActor {
             care_unused_said: false,
             snapshots,
             last_snapshot: None,
+            since_snapshot: Arc::default(),
             writing: Arc::default(),
         }
     }
@@ -109,6 +112,7 @@ impl Handler<EventsFetched> for DetectorActor {
         let sink = self.sink.clone();
         let health = self.health.clone();
         let inflight = self.inflight.clone();
+        let since_snapshot = self.since_snapshot.clone();
         let fut = async move {
             health.begin_step(ActorId::Detector);
             let started = std::time::Instant::now();
@@ -145,6 +149,7 @@ impl Handler<EventsFetched> for DetectorActor {
             say_coverage(&health, coverage);
             say_forgotten(&health, forgotten);
             let n = scored.len() as u64;
+            since_snapshot.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             let passed = scored.iter().filter(|e| e.passed_over).count() as u64;
             let held = scored.iter().filter(|e| e.held).count() as u64;
             health.counters.add(Counter::AlertsHeldLearning, held);
@@ -245,12 +250,15 @@ impl Handler<CommitCursor> for DetectorActor {
             self.snapshots.every,
             msg.poll_complete,
             guard.is_none(),
+            self.since_snapshot
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         let Some(guard) = guard.filter(|_| due) else {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
         };
         let detector = self.detector.clone();
         let health = self.health.clone();
+        let since_snapshot = self.since_snapshot.clone();
         let (flush, point) = (self.flush.clone(), self.state_point.clone());
         let write = SnapshotWrite {
             commit: self.state_commit.clone(),
@@ -268,10 +276,12 @@ impl Handler<CommitCursor> for DetectorActor {
             let (bytes, care_links) = tokio::task::spawn_blocking(move || {
                 let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
                 let (linked, unlinked) = d.context().care_links();
+                since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
                 (d.snapshot(), (linked as u64, unlinked as u64))
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))?;
+            let encoded = bytes.len();
             health
                 .counters
                 .snapshot_encode_duration
@@ -280,13 +290,12 @@ impl Handler<CommitCursor> for DetectorActor {
                 write.run(seq, bytes, care_links).await;
                 drop(guard);
             });
-            Ok(())
+            Ok(encoded)
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, _| {
-            if res.is_ok() {
-                act.last_snapshot = Some(now);
-            }
-            res
+            res.map(|bytes| {
+                act.last_snapshot = Some(super::LastSnapshot { at: now, bytes });
+            })
         })))
     }
 }

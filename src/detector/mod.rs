@@ -10,21 +10,48 @@ use std::time::{Duration, Instant};
 use fhir_edge_core::detector::baselines::{self, BaselinesError, PassOver};
 use fhir_edge_core::detector::features::Context;
 
+/// The last snapshot taken: when, and how large its encoding was.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LastSnapshot {
+    pub at: Instant,
+    pub bytes: usize,
+}
+
+/// A snapshot this large or larger is a large site's (65 MB at 30,000 staff): taken every
+/// `checkpoint_secs` it would write hundreds of GB a day to the edge machine's disk and hold
+/// scoring for a few hundred ms each time, whatever the event rate. Such a site's next
+/// complete-poll snapshot waits for `LARGE_SNAPSHOT_EVENTS` new events or
+/// `LARGE_SNAPSHOT_INTERVALS` checkpoint intervals, whichever comes first.
+pub(crate) const LARGE_SNAPSHOT_BYTES: usize = 8 << 20;
+pub(crate) const LARGE_SNAPSHOT_EVENTS: u64 = 50_000;
+pub(crate) const LARGE_SNAPSHOT_INTERVALS: u32 = 30;
+
 /// Whether a cursor commit takes a new snapshot of the detector's context, or is skipped:
-/// never while the previous one is still being written (`writing`), and at the end of a
-/// complete poll at most one every `every` (`[poller] checkpoint_secs`) — at a large site a
-/// snapshot is tens of MB (BENCHMARKS.md), and encoding it holds the detector. Checkpoints
-/// inside a long poll are paced by the poller itself. Skipping is safe: the committed
-/// cursor and snapshot stay a pair, and a restart replays into the context what was
-/// committed after them (`KeyStatus::Replay`) while it re-reads from that cursor.
+/// never while the previous one is still being written (`writing`); at the end of a
+/// complete poll at most one every `every` (`[poller] checkpoint_secs`), and for a large
+/// snapshot only once enough has changed (`LARGE_SNAPSHOT_*`; `events` scored since the
+/// last). Checkpoints inside a long poll are paced by the poller itself. Skipping is safe:
+/// the committed cursor and snapshot stay a pair, and a restart replays into the context
+/// what was committed after them (`KeyStatus::Replay`) while it re-reads from that cursor.
 pub(crate) fn snapshot_due(
-    last: Option<Instant>,
+    last: Option<LastSnapshot>,
     now: Instant,
     every: Duration,
     poll_complete: bool,
     writing: bool,
+    events: u64,
 ) -> bool {
-    !writing && (!poll_complete || last.is_none_or(|l| now.saturating_duration_since(l) >= every))
+    if writing {
+        return false;
+    }
+    let Some(last) = last.filter(|_| poll_complete) else {
+        return true;
+    };
+    let age = now.saturating_duration_since(last.at);
+    age >= every
+        && (last.bytes < LARGE_SNAPSHOT_BYTES
+            || events >= LARGE_SNAPSHOT_EVENTS
+            || age >= every * LARGE_SNAPSHOT_INTERVALS)
 }
 
 /// How the detector's context is saved: how often at most, and where its files go.
@@ -137,22 +164,49 @@ mod tests {
     fn a_complete_poll_snapshots_at_most_once_per_checkpoint_interval() {
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
-        assert!(snapshot_due(None, t0, every, true, false), "the first poll");
+        let small = Some(LastSnapshot {
+            at: t0,
+            bytes: 1 << 20,
+        });
         assert!(
-            !snapshot_due(None, t0, every, false, true),
+            snapshot_due(None, t0, every, true, false, 0),
+            "the first poll"
+        );
+        assert!(
+            !snapshot_due(None, t0, every, false, true, 0),
             "never while one is being written"
         );
-        assert!(!snapshot_due(
-            Some(t0),
-            t0 + Duration::from_secs(9),
+        let nine = t0 + Duration::from_secs(9);
+        assert!(!snapshot_due(small, nine, every, true, false, 1_000_000));
+        assert!(snapshot_due(small, t0 + every, every, true, false, 0));
+        // A checkpoint inside a long poll is the poller's to pace.
+        assert!(snapshot_due(small, t0, every, false, false, 0));
+    }
+
+    #[test]
+    fn a_large_snapshot_waits_for_enough_change() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        let large = Some(LastSnapshot {
+            at: t0,
+            bytes: LARGE_SNAPSHOT_BYTES,
+        });
+        let later = t0 + every;
+        assert!(!snapshot_due(large, later, every, true, false, 20 * 10));
+        assert!(snapshot_due(
+            large,
+            later,
             every,
             true,
-            false
+            false,
+            LARGE_SNAPSHOT_EVENTS
         ));
-        assert!(snapshot_due(Some(t0), t0 + every, every, true, false));
-        // A checkpoint inside a long poll is the poller's to pace.
-        assert!(snapshot_due(Some(t0), t0, every, false, false));
+        let quiet = t0 + every * LARGE_SNAPSHOT_INTERVALS;
+        assert!(snapshot_due(large, quiet, every, true, false, 1));
+        // Never more often than `every`, however many events.
+        assert!(!snapshot_due(large, t0, every, true, false, u64::MAX));
     }
+
     use fhir_edge_core::detector::baselines::{Mark, ServerMark};
 
     fn mark(server: Option<&str>) -> Mark {
