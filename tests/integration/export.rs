@@ -896,8 +896,8 @@ fn two_sites_feed_one_fleet_view_rebuilt_from_the_stream_at_every_start() {
             let mut cursor = None;
             loop {
                 let q = match cursor {
-                    Some(c) => format!("/api/cases?limit=1000&cursor={c}"),
-                    None => "/api/cases?limit=1000".to_string(),
+                    Some(c) => format!("/api/cases?status=any&limit=1000&cursor={c}"),
+                    None => "/api/cases?status=any&limit=1000".to_string(),
                 };
                 let Ok(s) = std::net::TcpStream::connect(&api) else {
                     return false;
@@ -941,6 +941,13 @@ fn two_sites_feed_one_fleet_view_rebuilt_from_the_stream_at_every_start() {
                 assert_eq!(&got, events, "{site}:{id}");
             }
         }
+        // Without a status, the watched cases are left out, as on a site's own API.
+        let (code, listed) = get(&api, "/api/cases?limit=1000");
+        assert_eq!(code, 200);
+        let listed = listed["cases"].as_array().unwrap();
+        let reviewable = all.iter().filter(|c| c["status"] != "watching").count();
+        assert_eq!(listed.len(), reviewable.min(1000), "of {} cases", all.len());
+        assert!(listed.iter().all(|c| c["status"] != "watching"));
         // Read-only: no decision through the view.
         let (code, _) = post(
             &api,
