@@ -1,12 +1,5 @@
 use clap::Parser;
 
-/// mimalloc: memory is freed on other threads than it was allocated on all the time here
-/// (pages parsed on the blocking pool, dropped by the alert sink on the actor thread), and
-/// glibc's arenas paid for that in locks and consolidation — a cost that grew with the
-/// hospital's state (BENCHMARKS.md, "Hospital size").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // Candle's matrix kernels default to one thread per core; the daemon batches instead,
     // so keep them from competing with the actor threads. Set before any thread starts.
@@ -14,10 +7,11 @@ fn main() -> std::process::ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
-    // What still allocates through glibc (SQLite, the C parts of dependencies): glibc gives
-    // each thread that allocates its own arena (up to 8 per core) and keeps freed memory in
-    // them; two arenas are plenty for that. An explicit MALLOC_ARENA_MAX from the
-    // environment wins.
+    // glibc gives each thread that allocates its own arena (up to 8 per core) and keeps
+    // freed memory in them: with actix threads and tokio's blocking pool (parsing, scoring,
+    // snapshots, SQLite) that was up to ~12 MB of peak RSS held for nothing in a 1M-event
+    // catch-up (BENCHMARKS.md); two arenas showed no measurable cost in speed there. An
+    // explicit MALLOC_ARENA_MAX from the environment wins.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.

@@ -451,8 +451,9 @@ const PRUNE_EVERY_MS: i64 = 10 * 60_000;
 
 /// Page cache of the writer and of the seen-key reader, KiB (SQLite's default is 2 MiB): a
 /// large site's seen keys span more pages than that, and each miss is a read of the file.
-/// Used only as pages are touched.
-const CACHE_KIB: i64 = 32 * 1024;
+/// Used only as pages are touched; 8 MiB keeps a small site within its RSS target
+/// (BENCHMARKS.md: 32 MiB cost about 30 MB there).
+const CACHE_KIB: i64 = 8 * 1024;
 
 /// WAL pages between checkpoints (SQLite's default is 1,000). A large site's page of
 /// events touches seen keys all over their B-tree, so consecutive commits dirty the same
