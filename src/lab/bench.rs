@@ -54,18 +54,25 @@ pub struct BenchReport {
     pub catch_up_snapshots: u64,
 }
 
-/// `<name>_sum` of every `fhir_edge_*_duration_seconds` histogram in a `/metrics` text.
-fn stage_sums(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+/// The values of the unlabelled `/metrics` lines named `<prefix><what><suffix>`, by `<what>`.
+fn metric_values<T: std::str::FromStr>(
+    metrics: &str,
+    prefix: &str,
+    suffix: &str,
+) -> std::collections::BTreeMap<String, T> {
     metrics
         .lines()
         .filter_map(|l| {
             let (name, v) = l.split_once(' ')?;
-            let stage = name
-                .strip_prefix("fhir_edge_")?
-                .strip_suffix("_duration_seconds_sum")?;
-            Some((stage.to_string(), v.trim().parse().ok()?))
+            let what = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+            Some((what.to_string(), v.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// `<name>_sum` of every `fhir_edge_*_duration_seconds` histogram in a `/metrics` text.
+fn stage_sums(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+    metric_values(metrics, "fhir_edge_", "_duration_seconds_sum")
 }
 
 /// The state database with its WAL and shared memory, MB.
@@ -81,29 +88,18 @@ fn db_mb(state: &Path) -> f64 {
 
 /// `fhir_edge_context_<what>_forgotten_total` of a `/metrics` text, by `<what>`.
 fn forgotten(metrics: &str) -> std::collections::BTreeMap<String, u64> {
-    metrics
-        .lines()
-        .filter_map(|l| {
-            let (name, v) = l.split_once(' ')?;
-            let what = name
-                .strip_prefix("fhir_edge_context_")?
-                .strip_suffix("_forgotten_total")?;
-            Some((what.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
+    metric_values(metrics, "fhir_edge_context_", "_forgotten_total")
 }
 
 /// How many snapshots a `/metrics` text counts (the encode histogram's `_count`).
 fn snapshots(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("fhir_edge_snapshot_encode_duration_seconds_count ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    metric_values(
+        metrics,
+        "fhir_edge_snapshot_encode_duration_seconds",
+        "_count",
+    )
+    .remove("")
+    .unwrap_or(0)
 }
 
 /// The stored detector snapshot's size, bytes: its file in the state directory, or the
@@ -733,4 +729,27 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
         api_p99_ms: pct(0.99),
         alerts: st.alerts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_reads_stage_times_forgetting_and_snapshots_from_metrics() {
+        let m = "# HELP x\n\
+                 fhir_edge_scoring_duration_seconds_sum 1.5\n\
+                 fhir_edge_scoring_duration_seconds_count 7\n\
+                 fhir_edge_snapshot_encode_duration_seconds_sum 0.25\n\
+                 fhir_edge_snapshot_encode_duration_seconds_count 3\n\
+                 fhir_edge_context_pairs_forgotten_total 500000\n\
+                 fhir_edge_cases{status=\"new\"} 2\n";
+        let stages = stage_sums(m);
+        assert_eq!(stages.get("scoring"), Some(&1.5));
+        assert_eq!(stages.get("snapshot_encode"), Some(&0.25));
+        assert_eq!(stages.len(), 2);
+        assert_eq!(forgotten(m).get("pairs"), Some(&500_000));
+        assert_eq!(snapshots(m), 3);
+        assert_eq!(snapshots(""), 0);
+    }
 }
