@@ -296,7 +296,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
                 DetectorLinks {
                     state_filter: seen_filter.recipient(),
                     state_commit: st.clone().recipient(),
-                    state_point: st.recipient(),
+                    state_point: st.clone().recipient(),
+                    state_poll: st.recipient(),
                     sink: sk.clone().recipient(),
                     flush: sk.recipient(),
                 },

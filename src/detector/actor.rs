@@ -15,7 +15,7 @@ use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{
     BatchReport, CommitCursor, CommitTicket, EventsFetched, Flush, PipelineError, Scored,
 };
-use crate::state::actor::{CommitPoll, FilterKeys, SnapshotPoint};
+use crate::state::actor::{CommitPoll, FilterKeys, NotePoll, SnapshotPoint};
 use fhir_edge_core::detector::Detector;
 use fhir_edge_core::state::PollCommit;
 
@@ -31,6 +31,7 @@ pub struct DetectorActor {
     state_filter: Recipient<FilterKeys>,
     state_commit: Recipient<CommitPoll>,
     state_point: Recipient<SnapshotPoint>,
+    state_poll: Recipient<NotePoll>,
     sink: Recipient<Scored>,
     flush: Recipient<Flush>,
     health: Health,
@@ -55,6 +56,7 @@ pub struct DetectorLinks {
     pub state_filter: Recipient<FilterKeys>,
     pub state_commit: Recipient<CommitPoll>,
     pub state_point: Recipient<SnapshotPoint>,
+    pub state_poll: Recipient<NotePoll>,
     pub sink: Recipient<Scored>,
     pub flush: Recipient<Flush>,
 }
@@ -72,6 +74,7 @@ impl DetectorActor {
             state_filter,
             state_commit,
             state_point,
+            state_poll,
             sink,
             flush,
         } = links;
@@ -80,6 +83,7 @@ impl DetectorActor {
             state_filter,
             state_commit,
             state_point,
+            state_poll,
             sink,
             flush,
             health,
@@ -254,7 +258,20 @@ impl Handler<CommitCursor> for DetectorActor {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         let Some(guard) = guard.filter(|_| due) else {
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+            // No snapshot: the cursor stays with the last one; a complete poll is still
+            // recorded, so `status` does not show a stale last poll.
+            let note = self.state_poll.clone();
+            let at_ms = msg.at.timestamp_millis();
+            let complete = msg.poll_complete;
+            return AtomicResponse::new(Box::pin(
+                async move {
+                    if complete {
+                        note.send(NotePoll { at_ms }).await??;
+                    }
+                    Ok(())
+                }
+                .into_actor(self),
+            ));
         };
         let detector = self.detector.clone();
         let health = self.health.clone();
@@ -435,8 +452,6 @@ impl Handler<UserCard> for DetectorActor {
     }
 }
 
-/// Keep what the scored events carried for `/api/stats`, and say it in the journal once
-/// enough events show it (a warning when some evidence never comes).
 /// Count what the detector's memory bounds made it forget, and say so in the journal when
 /// users or patients go (the pairs' generations turn over routinely: counted only).
 fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgotten) {
@@ -462,6 +477,8 @@ fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgott
     }
 }
 
+/// Keep what the scored events carried for `/api/stats`, and say it in the journal once
+/// enough events show it (a warning when some evidence never comes).
 fn say_coverage(health: &Health, now: fhir_edge_core::coverage::Coverage) {
     use fhir_edge_core::coverage::ENOUGH;
     let before = health.set_coverage(now);

@@ -102,18 +102,14 @@ fn snapshots(metrics: &str) -> u64 {
     .unwrap_or(0)
 }
 
-/// The stored detector snapshot's size, bytes: its file in the state directory, or the
-/// row of a database from before snapshot files.
+/// The stored detector snapshot's size, bytes (its file in the state directory).
 fn snapshot_bytes(conn: &rusqlite::Connection, state: &Path) -> u64 {
-    conn.query_row(
-        "SELECT length(data), file FROM snapshot WHERE id = 1",
-        [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
-    )
-    .map_or(0, |(n, file)| match file {
-        Some(f) => std::fs::metadata(state.join(f)).map_or(0, |m| m.len()),
-        None => n as u64,
+    conn.query_row("SELECT file FROM snapshot WHERE id = 1", [], |r| {
+        r.get::<_, String>(0)
     })
+    .ok()
+    .and_then(|f| std::fs::metadata(state.join(f)).ok())
+    .map_or(0, |m| m.len())
 }
 
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
@@ -286,6 +282,17 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
             (line.trim().to_string(), Some(Killer(child)))
         }
     };
+    // The daemon under test, on the run's state (started again at the end, after SIGTERM).
+    let start = || {
+        start_daemon(
+            &exe,
+            dir.path(),
+            &base_url,
+            o.interval_secs,
+            o.page_size,
+            "",
+        )
+    };
     let Started {
         pid,
         ready_ms,
@@ -293,14 +300,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
         state,
         _daemon: daemon,
         ..
-    } = start_daemon(
-        &exe,
-        dir.path(),
-        &base_url,
-        o.interval_secs,
-        o.page_size,
-        "",
-    )?;
+    } = start()?;
     let target = o.events as u64;
     let cpu0 = proc_cpu_secs(pid).unwrap_or(0.0);
     let catch_start = Instant::now();
@@ -428,14 +428,7 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = first.0.wait();
     drop(first);
-    let again = start_daemon(
-        &exe,
-        dir.path(),
-        &base_url,
-        o.interval_secs,
-        o.page_size,
-        "",
-    )?;
+    let again = start()?;
     let restart_ready_ms = again.ready_ms;
     drop(again);
     Ok(BenchReport {

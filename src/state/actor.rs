@@ -87,6 +87,13 @@ pub struct AckExport {
 #[rtype(result = "i64")]
 pub struct SnapshotPoint;
 
+/// Request: record a complete poll that took no snapshot (its time, for `status`).
+#[derive(Message)]
+#[rtype(result = "Result<(), StateError>")]
+pub struct NotePoll {
+    pub at_ms: i64,
+}
+
 /// Checkpoint the WAL before exit.
 #[derive(Message)]
 #[rtype(result = "Result<(), StateError>")]
@@ -302,6 +309,13 @@ impl Handler<SnapshotPoint> for StateActor {
     type Result = i64;
     fn handle(&mut self, _: SnapshotPoint, _: &mut Self::Context) -> i64 {
         self.store.seq()
+    }
+}
+
+impl Handler<NotePoll> for StateActor {
+    type Result = Result<(), StateError>;
+    fn handle(&mut self, msg: NotePoll, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, _| s.note_poll(msg.at_ms))
     }
 }
 

@@ -283,13 +283,17 @@ impl CaseScope {
         }
     }
 
-    /// The SQL condition on `status` (constant text: no input in it).
-    pub fn sql(self) -> &'static str {
-        match self {
-            CaseScope::All => "",
-            CaseScope::Reviewable => " AND status != 'watching'",
-            CaseScope::Queue => " AND status IN ('new', 'in_review')",
+    /// The SQL condition on `status`, made from [`CaseScope::holds`] (no input in it).
+    pub fn sql(self) -> String {
+        if self == CaseScope::All {
+            return String::new();
         }
+        let held: Vec<String> = CaseStatus::ALL
+            .into_iter()
+            .filter(|s| self.holds(*s))
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        format!(" AND status IN ({})", held.join(", "))
     }
 
     /// A `status` query value as the API and CLI take it: `open` (the queue), `any` (every
@@ -299,7 +303,13 @@ impl CaseScope {
             None => Ok((CaseScope::Reviewable, None)),
             Some("open") => Ok((CaseScope::Queue, None)),
             Some("any") => Ok((CaseScope::All, None)),
-            Some(s) => Ok((CaseScope::All, Some(s.parse()?))),
+            Some(s) => {
+                let one = s.parse().map_err(|_| {
+                    let [a, b, c, d] = CaseStatus::ALL.map(CaseStatus::as_str);
+                    UnknownName::new("case status", s, [a, b, c, d, "open", "any"])
+                })?;
+                Ok((CaseScope::All, Some(one)))
+            }
         }
     }
 }
@@ -593,7 +603,8 @@ mod tests {
         assert!(!queue.holds(CaseStatus::Closed) && queue.holds(CaseStatus::InReview));
         let one = CaseScope::parse(Some("watching")).unwrap();
         assert_eq!(one, (CaseScope::All, Some(CaseStatus::Watching)));
-        assert!(CaseScope::parse(Some("pending")).is_err());
+        let e = CaseScope::parse(Some("pending")).unwrap_err().to_string();
+        assert!(e.contains("open, any"), "{e}");
         for scope in [CaseScope::All, CaseScope::Reviewable, CaseScope::Queue] {
             let sql = scope.sql();
             for s in CaseStatus::ALL {

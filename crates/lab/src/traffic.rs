@@ -62,6 +62,14 @@ pub fn bench_events_sized(
         1 => size.patients.max(1),
         _ => unit_patients.min(o.patients),
     };
+    let (staff, patients) = (units * o.users, units * o.patients);
+    if (staff, patients) != (size.staff, size.patients) {
+        eprintln!(
+            "bench: {} staff and {} patients asked; made as {units} unit(s) of {} staff and \
+             {} patients: {staff} staff, at most {patients} distinct patients",
+            size.staff, size.patients, o.users, o.patients
+        );
+    }
     let base = simulate(&o);
     let span = chrono::Duration::days(14);
     let start = now - chrono::Duration::hours(24);

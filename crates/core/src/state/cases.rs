@@ -362,8 +362,8 @@ impl Reader {
     }
 
     pub fn cases(&self, f: &CaseFilter) -> Result<Vec<Case>, StateError> {
-        let open = f.scope.sql();
-        let mut q = Page::new(format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1{open}"));
+        let scope = f.scope.sql();
+        let mut q = Page::new(format!("SELECT {CASE_COLS} FROM cases WHERE 1 = 1{scope}"));
         q.and_opt("last_ms >=", f.since_ms);
         q.and_opt("status =", f.status.map(|s| s.as_str().to_string()));
         q.and_opt("severity >=", f.min_severity.map(|s| s as i64));

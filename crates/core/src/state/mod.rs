@@ -592,6 +592,15 @@ impl Store {
         Ok(now_ms)
     }
 
+    /// Record a complete poll whose cursor commit took no snapshot (`fhir-edge status`'s
+    /// last poll stays current while snapshots are paced).
+    pub fn note_poll(&mut self, at_ms: i64) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        kv_set(&tx, "last_poll_ms", at_ms)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Note that the detector started from a model's baselines learned up to `mark_ms`,
     /// at `now_ms` (for `status`).
     pub fn note_baselines(&mut self, mark_ms: i64, now_ms: i64) -> Result<(), StateError> {
@@ -1736,6 +1745,25 @@ mod tests {
             .collect();
         assert_eq!(files, vec![newer.name]);
         assert_eq!(s.load().unwrap().snapshot.as_deref(), Some(&b"new"[..]));
+    }
+
+    /// A complete poll that takes no snapshot still shows in `status`; the cursor stays.
+    #[test]
+    fn a_poll_without_a_snapshot_is_recorded_and_leaves_the_cursor() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.commit_poll(&PollCommit {
+            cursor_ms: Some(100),
+            at_ms: 1_000,
+            poll_complete: true,
+            ..Default::default()
+        })
+        .unwrap();
+        s.note_poll(5_000).unwrap();
+        let st = Reader::open(d.path()).unwrap().status().unwrap();
+        let at = |ms| crate::clock::fmt_ms(crate::clock::from_ms(ms));
+        assert_eq!(st.last_poll, Some(at(5_000)));
+        assert_eq!(s.load().unwrap().cursor_ms, Some(100));
     }
 
     #[test]
