@@ -69,7 +69,7 @@ pub enum Command {
         #[arg(long)]
         since: Option<String>,
         /// Only cases with this status: watching, new, in_review, closed; or `any`. Without
-        /// it every case but the watched ones (one weak alert waiting for a second).
+        /// it every case but the watched ones (weak alerts waiting for corroboration).
         #[arg(long, conflicts_with = "queue")]
         status: Option<String>,
         /// Only the review queue: new and in-review cases.
@@ -125,7 +125,7 @@ pub enum Command {
         #[arg(long, num_args = 1.., value_name = "FILE")]
         context: Vec<PathBuf>,
     },
-    /// Score every event of a file in order and write id,score,severity,case,case_queued,explanation as CSV.
+    /// Score every event of a file in order and write id,score,severity,kind,case,case_queued,explanation as CSV.
     Score {
         #[arg(long, value_name = "DIR")]
         model: PathBuf,
@@ -683,21 +683,28 @@ fn score_cmd(
             let kind = v.kinds.first().copied();
             v.severity.map(|sev| {
                 let kind = kind.unwrap_or(fhir_edge_core::alerts::AlertKind::UnusualPattern);
-                cases.assign(r.user.as_deref(), r.recorded.timestamp_millis(), sev, kind)
+                cases.assign(
+                    r.user.as_deref(),
+                    r.patient.as_deref(),
+                    r.recorded.timestamp_millis(),
+                    sev,
+                    kind,
+                )
             })
         })
         .collect();
-    writeln!(w, "id,score,severity,case,case_queued,explanation")?;
+    writeln!(w, "id,score,severity,kind,case,case_queued,explanation")?;
     let mut alerts = 0;
     for ((r, (_, v)), case) in i.records.iter().zip(&scored).zip(&case_of) {
         alerts += v.severity.is_some() as usize;
         let expl = v.explanation.join("; ").replace('"', "\"\"");
         writeln!(
             w,
-            "{},{:.5},{},{},{},\"{}\"",
+            "{},{:.5},{},{},{},{},\"{}\"",
             r.id,
             v.score,
             v.severity.map(|s| s.as_str()).unwrap_or(""),
+            v.kinds.first().map(|k| k.as_str()).unwrap_or(""),
             case.map(|c| c.to_string()).unwrap_or_default(),
             case.map(|c| u8::from(cases.is_queued(c)).to_string())
                 .unwrap_or_default(),
@@ -714,7 +721,7 @@ fn score_cmd(
         None => String::new(),
     };
     println!(
-        "scored {} events ({} above threshold, in {} cases of which {} queued{passed}) → {}",
+        "scored {} events ({} alerts, in {} cases of which {} queued{passed}) → {}",
         scored.len(),
         alerts,
         cases.cases(),

@@ -656,10 +656,10 @@ fn a_trained_model_scores_later_days_alone_as_after_its_baseline() {
             .lines()
             .skip(1)
             .map(|l| {
-                // id, score, severity, case, case_queued, explanation: all but the case
-                // (its number counts the cases of the whole file scored).
-                let f: Vec<&str> = l.splitn(6, ',').collect();
-                (f[0].to_string(), [f[1], f[2], f[5]].join(","))
+                // id, score, severity, kind, case, case_queued, explanation: all but the
+                // case (its number counts the cases of the whole file scored).
+                let f: Vec<&str> = l.splitn(7, ',').collect();
+                (f[0].to_string(), [f[1], f[2], f[3], f[6]].join(","))
             })
             .collect();
         (out, rows)

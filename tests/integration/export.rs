@@ -942,8 +942,8 @@ fn two_sites_feed_one_fleet_view_rebuilt_from_the_stream_at_every_start() {
             }
         }
         // Without a status, the watched cases are left out, as on a site's own API (read
-        // twice until both listings agree: a watched case turns new when its second alert
-        // arrives).
+        // twice until both listings agree: a watched case turns new when an alert that
+        // corroborates it arrives).
         wait_until(
             T,
             "the default listing leaves the watched cases out",

@@ -10,11 +10,13 @@
 //! case is never split or doubled by a crash; `score` applies the same rule offline (its
 //! `case` and `case_queued` columns).
 //!
-//! What reaches the queue ([`queued`]): a case of one low-severity alert whose reason is
+//! What reaches the queue ([`queued`]): a case of low-severity alerts whose reason is
 //! common in legitimate work — a watched record opened, one access at an unusual hour, a
-//! pattern with no single behaviour behind it — is *watched*, not queued: it waits for
-//! corroboration (a second alert of the user within the window, which makes it `new`) and
-//! is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
+//! record of another department (a consult looks the same), a crowd around a record, a
+//! pattern with no single behaviour behind it — is *watched*, not queued: it waits for corroboration (an alert of
+//! the user within the window about another patient or of another behaviour, which makes
+//! it `new`; the same look at the same record continued is not corroboration) and is
+//! neither journaled nor counted in the queue meanwhile. Every other case is `new` from
 //! its first alert. After a case of the user was closed as inappropriate, the user's cases
 //! for `HISTORY_DAYS` go to the queue at once, one severity higher ([`raised`]).
 
@@ -57,7 +59,7 @@ impl CaseRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaseStatus {
-    /// One weak alert, waiting for corroboration: not in the queue (see [`queued`]).
+    /// Weak alerts waiting for corroboration: not in the queue (see [`queued`]).
     Watching,
     /// In the queue, not yet looked at.
     New,
@@ -84,18 +86,63 @@ impl CaseStatus {
 }
 
 /// Behaviours common in legitimate work: alone, at low severity, they do not make a case
-/// worth opening.
+/// worth opening. A record of another department is one of them: a consult, a transfer or
+/// a covering shift reads exactly like a lookup out of curiosity until a second patient or
+/// a second behaviour joins it. So is a crowd around a record: it says something about the
+/// patient, and the user may be one of its legitimate visitors.
 pub fn needs_corroboration(kind: AlertKind) -> bool {
     matches!(
         kind,
-        AlertKind::WatchedRecord | AlertKind::AfterHours | AlertKind::UnusualPattern
+        AlertKind::WatchedRecord
+            | AlertKind::AfterHours
+            | AlertKind::CrossDepartment
+            | AlertKind::VipSnooping
+            | AlertKind::UnusualPattern
     )
 }
 
-/// Whether a case of `alerts` alerts, at `severity`, whose first alert's strongest reason is
-/// `kind`, belongs in the queue (`new`) rather than being watched.
-pub fn queued(alerts: u64, severity: Severity, kind: AlertKind) -> bool {
-    alerts >= 2 || severity >= Severity::Medium || !needs_corroboration(kind)
+/// Whether a case belongs in the queue (`new`) rather than being watched: its strongest
+/// alert reached `severity` `Medium`, or the behaviour of its alert (`kind`) is specific on
+/// its own, or it is `corroborated` — two of its alerts concern different patients or
+/// point at different behaviours (see [`Corroboration`]).
+pub fn queued(corroborated: bool, severity: Severity, kind: AlertKind) -> bool {
+    corroborated || severity >= Severity::Medium || !needs_corroboration(kind)
+}
+
+/// What corroborates a case: an alert about another patient, or of another behaviour,
+/// than the case's first alert. A second low alert on the same record for the same reason
+/// is the same look continued (a consultant opening the chart twice), not a second piece
+/// of evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corroboration {
+    /// The first alert's patient reference and strongest behaviour.
+    first: (Option<String>, AlertKind),
+    corroborated: bool,
+}
+
+impl Corroboration {
+    /// A case's evidence after its first alert.
+    pub fn first(patient: Option<&str>, kind: AlertKind) -> Corroboration {
+        Corroboration {
+            first: (patient.map(str::to_string), kind),
+            corroborated: false,
+        }
+    }
+
+    /// Whether an alert about `patient` pointing at `kind` is independent of the first.
+    pub fn independent(&self, patient: Option<&str>, kind: AlertKind) -> bool {
+        self.first.0.as_deref() != patient || self.first.1 != kind
+    }
+
+    /// Add a later alert; whether the case is corroborated now.
+    pub fn add(&mut self, patient: Option<&str>, kind: AlertKind) -> bool {
+        self.corroborated |= self.independent(patient, kind);
+        self.corroborated
+    }
+
+    pub fn corroborated(&self) -> bool {
+        self.corroborated
+    }
 }
 
 impl std::str::FromStr for CaseStatus {
@@ -498,8 +545,8 @@ pub struct Grouper {
     rule: CaseRule,
     /// Per user: the open case (id, first, last).
     open: std::collections::HashMap<String, (u64, i64, i64)>,
-    /// Per case: alerts, highest severity, first alert's kind.
-    cases: Vec<(u64, Severity, AlertKind)>,
+    /// Per case: highest severity, first alert's kind, its corroboration.
+    cases: Vec<(Severity, AlertKind, Corroboration)>,
 }
 
 impl Grouper {
@@ -510,10 +557,11 @@ impl Grouper {
         }
     }
 
-    /// The case number (from 1) of an alert of `user` at `at_ms`.
+    /// The case number (from 1) of an alert of `user` about `patient` at `at_ms`.
     pub fn assign(
         &mut self,
         user: Option<&str>,
+        patient: Option<&str>,
         at_ms: i64,
         severity: Severity,
         kind: AlertKind,
@@ -524,12 +572,13 @@ impl Grouper {
                 *first = (*first).min(at_ms);
                 *last = (*last).max(at_ms);
                 let c = &mut self.cases[*id as usize - 1];
-                c.0 += 1;
-                c.1 = c.1.max(severity);
+                c.0 = c.0.max(severity);
+                c.2.add(patient, kind);
                 *id
             }
             _ => {
-                self.cases.push((1, severity, kind));
+                self.cases
+                    .push((severity, kind, Corroboration::first(patient, kind)));
                 let id = self.cases.len() as u64;
                 self.open.insert(key, (id, at_ms, at_ms));
                 id
@@ -546,7 +595,7 @@ impl Grouper {
     pub fn is_queued(&self, id: u64) -> bool {
         self.cases
             .get((id as usize).wrapping_sub(1))
-            .is_some_and(|&(n, sev, kind)| queued(n, sev, kind))
+            .is_some_and(|(sev, kind, c)| queued(c.corroborated(), *sev, *kind))
     }
 }
 
@@ -581,8 +630,9 @@ mod tests {
             "a late event from before the case"
         );
         let mut g = Grouper::new(r);
-        let mut at =
-            |user: &str, t: i64| g.assign(Some(user), t, Severity::Low, AlertKind::BulkAccess);
+        let mut at = |user: &str, t: i64| {
+            g.assign(Some(user), None, t, Severity::Low, AlertKind::BulkAccess)
+        };
         let a = at("Practitioner/1", 0);
         assert_eq!(at("Practitioner/1", 7 * H), a);
         assert_eq!(at("Practitioner/1", 14 * H), a, "the window moves on");
@@ -622,19 +672,75 @@ mod tests {
     #[test]
     fn one_weak_low_alert_is_watched_until_corroborated() {
         use AlertKind::*;
-        assert!(!queued(1, Severity::Low, WatchedRecord));
-        assert!(!queued(1, Severity::Low, AfterHours));
-        assert!(queued(1, Severity::Medium, WatchedRecord), "stronger");
-        assert!(queued(2, Severity::Low, WatchedRecord), "corroborated");
+        assert!(!queued(false, Severity::Low, WatchedRecord));
+        assert!(!queued(false, Severity::Low, AfterHours));
+        assert!(!queued(false, Severity::Low, CrossDepartment), "a consult?");
         assert!(
-            queued(1, Severity::Low, FamilySnooping),
+            !queued(false, Severity::Low, VipSnooping),
+            "one of the crowd?"
+        );
+        assert!(queued(false, Severity::Medium, WatchedRecord), "stronger");
+        assert!(queued(true, Severity::Low, WatchedRecord), "corroborated");
+        assert!(
+            queued(false, Severity::Low, FamilySnooping),
             "specific on its own"
         );
         let mut g = Grouper::new(CaseRule::default());
-        let c = g.assign(Some("u"), 0, Severity::Low, WatchedRecord);
+        let c = g.assign(
+            Some("u"),
+            Some("Patient/1"),
+            0,
+            Severity::Low,
+            WatchedRecord,
+        );
         assert!(!g.is_queued(c));
-        g.assign(Some("u"), H, Severity::Low, AfterHours);
-        assert!(g.is_queued(c));
+        g.assign(Some("u"), Some("Patient/1"), H, Severity::Low, AfterHours);
+        assert!(g.is_queued(c), "another behaviour");
+        let c = g.assign(
+            Some("v"),
+            Some("Patient/1"),
+            0,
+            Severity::Low,
+            CrossDepartment,
+        );
+        g.assign(
+            Some("v"),
+            Some("Patient/1"),
+            H,
+            Severity::Low,
+            CrossDepartment,
+        );
+        assert!(
+            !g.is_queued(c),
+            "the same look at the same record, continued"
+        );
+        g.assign(
+            Some("v"),
+            Some("Patient/2"),
+            2 * H,
+            Severity::Low,
+            CrossDepartment,
+        );
+        assert!(g.is_queued(c), "another patient");
+    }
+
+    #[test]
+    fn corroboration_is_another_patient_or_another_behaviour() {
+        use AlertKind::*;
+        let mut c = Corroboration::first(Some("Patient/1"), CrossDepartment);
+        assert!(!c.add(Some("Patient/1"), CrossDepartment));
+        assert!(!c.corroborated());
+        assert!(
+            c.independent(None, CrossDepartment),
+            "no patient is another"
+        );
+        assert!(c.add(Some("Patient/1"), AfterHours));
+        assert!(
+            c.add(Some("Patient/1"), CrossDepartment),
+            "once corroborated, stays"
+        );
+        let mut c = Corroboration::first(None, FailedLogins);
+        assert!(!c.add(None, FailedLogins));
     }
 
     #[test]

@@ -524,8 +524,8 @@ struct UserState {
     break_hi_ms: f32,
     #[serde(default)]
     break_hi_before_ms: f32,
-    /// Times of this user's accesses to patients their department has no history with, in
-    /// the last hour (bounded).
+    /// Times of this user's first accesses to patients their department has no history
+    /// with, in the last hour (bounded).
     #[serde(default)]
     unrelated_recent: VecDeque<i64>,
     /// `cross_rate` as it stood before the first of the unrelated lookups in
@@ -1452,18 +1452,22 @@ impl Context {
                     // A run of such lookups weighs more than one, by how improbable so many
                     // are in the hour for this user: two in a row are routine in radiology
                     // and rare on a ward. (The first of a run is `unrelated_patient_rarity`.)
-                    let before = user.map_or(0, |u| {
-                        u.unrelated_recent
-                            .iter()
-                            .filter(|t| **t >= now - HOUR)
-                            .count()
-                    });
-                    let expected = habit_share(rate) * (accesses_1h + 1) as f32;
-                    facts.unrelated_1h = before as u32 + 1;
-                    facts.unrelated_expected_1h = expected;
-                    if before > 0 {
-                        x[F::UnrelatedRunSurprise1h] =
-                            poisson_tail_surprise(before as u32 + 1, expected);
+                    // A run is of different records: opening the same one again (a consult
+                    // going back to the chart) neither extends a run nor is one.
+                    if facts.first_pair {
+                        let before = user.map_or(0, |u| {
+                            u.unrelated_recent
+                                .iter()
+                                .filter(|t| **t >= now - HOUR)
+                                .count()
+                        });
+                        let expected = habit_share(rate) * (accesses_1h + 1) as f32;
+                        facts.unrelated_1h = before as u32 + 1;
+                        facts.unrelated_expected_1h = expected;
+                        if before > 0 {
+                            x[F::UnrelatedRunSurprise1h] =
+                                poisson_tail_surprise(before as u32 + 1, expected);
+                        }
                     }
                     // How rarely the department's unrelated accesses land on patients homed
                     // where this one is (smoothed: uniform while the department is new).
@@ -1828,7 +1832,7 @@ impl Context {
             if let Some(c) = cross {
                 u.cross_rate = 0.97 * u.cross_rate + 0.03 * c;
             }
-            if cross == Some(1.0) {
+            if cross == Some(1.0) && first {
                 if !u.in_unrelated_run(now) {
                     u.cross_rate_before_run = Some(rate_before);
                 }
@@ -2464,6 +2468,14 @@ mod tests {
         t += 60_000;
         let (x, _) = c.observe(&in_dept("Practitioner/r0", "Radiology", "Patient/s3", t));
         assert!(x[rarity] < 1.5 && x[run] < 1.0, "{x:?}");
+        // The same record opened again is not a run: no run surprise, and the next new
+        // record is the third of the run, not the fourth.
+        t += 60_000;
+        let (again, fa) = c.observe(&in_dept("Practitioner/n", "Cardiology", "Patient/s2", t));
+        assert_eq!((again[run], fa.unrelated_1h), (0.0, 0), "{fa:?}");
+        t += 60_000;
+        let (_, f3) = c.observe(&in_dept("Practitioner/n", "Cardiology", "Patient/s4", t));
+        assert_eq!(f3.unrelated_1h, 3);
     }
 
     /// A user whose department is unknown has no relationship to measure: neither the

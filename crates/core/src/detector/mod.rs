@@ -21,7 +21,8 @@ use crate::state::KeyStatus;
 #[derive(Debug)]
 pub struct ScoredEvent {
     pub fetched: Fetched,
-    /// Reconstruction error divided by the calibrated threshold (≥ 1 is anomalous).
+    /// Reconstruction error divided by the calibrated threshold (≥ 1 is anomalous; an
+    /// alert from [`crate::alerts::ALERT_FLOOR`]).
     pub score: f32,
     pub severity: Option<Severity>,
     /// First line of the explanation; empty below the threshold (see `Explain`).
@@ -205,7 +206,8 @@ impl Detector {
 /// What the detector concludes about one event.
 #[derive(Debug, Clone)]
 pub struct Verdict {
-    /// Anomaly score divided by the calibrated threshold (≥ 1 is anomalous).
+    /// Anomaly score divided by the calibrated threshold (≥ 1 is anomalous; an alert from
+    /// [`crate::alerts::ALERT_FLOOR`]).
     pub score: f32,
     pub severity: Option<Severity>,
     pub explanation: Vec<String>,
@@ -215,7 +217,7 @@ pub struct Verdict {
 /// Which verdicts get their explanation in words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Explain {
-    /// Only events at or above the threshold (the daemon: only alerts are stored, and
+    /// Only alerts, events from [`crate::alerts::ALERT_FLOOR`] (the daemon: only alerts are stored, and
     /// wording every event would cost a quarter of the scoring time).
     Alerts,
     /// Every event (the `score` command writes one explanation per row).

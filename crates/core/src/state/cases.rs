@@ -1,7 +1,8 @@
 //! Cases in the state database: filed in the transaction that stores their alerts (so a
 //! crash never splits or doubles one), read with their alerts, decided. A case opens as
-//! `new` or `watching` by [`crate::cases::queued`]; a second alert makes a watched case
-//! new; a watched case is not journaled.
+//! `new` or `watching` by [`crate::cases::queued`]; an alert that corroborates a watched
+//! case (another patient or another behaviour, [`Corroboration`]) makes it new; a watched
+//! case is not journaled.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use super::{alert_from_row, Page, Reader, StateError, Store, ALERT_COLS};
 use crate::alerts::{Alert, AlertKind, AllowRule, NewAlert, Severity};
 use crate::cases::{
     implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseFilter,
-    CaseNote, CaseRule, CaseStatus, HISTORY_DAYS,
+    CaseNote, CaseRule, CaseStatus, Corroboration, HISTORY_DAYS,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -29,12 +30,26 @@ pub(super) fn file(
         .first()
         .copied()
         .unwrap_or(AlertKind::UnusualPattern);
-    let filed = (a.recorded_ms, a.score, a.severity, kind);
+    let filed = Filed {
+        at_ms: a.recorded_ms,
+        score: a.score,
+        severity: a.severity,
+        kind,
+        patient: a.patient.clone(),
+    };
     file_one(tx, alert_id, user.unwrap_or(""), filed, rule)
 }
 
-/// What filing needs of an alert: when, its score and severity, its strongest kind.
-type Filed = (i64, f64, Severity, AlertKind);
+/// What filing needs of an alert.
+#[derive(Debug, Clone)]
+struct Filed {
+    at_ms: i64,
+    score: f64,
+    severity: Severity,
+    /// Its strongest behaviour.
+    kind: AlertKind,
+    patient: Option<String>,
+}
 
 /// When a case of `user` other than `case` was last closed as inappropriate, from
 /// `HISTORY_DAYS` before `at_ms` until `until_ms`.
@@ -57,51 +72,97 @@ fn inappropriate_before(
     )
 }
 
+/// Whether an alert about `patient` pointing at `kind` corroborates watched case `case`:
+/// judged against the case's first alert ([`Corroboration`]).
+fn corroborates(
+    conn: &Connection,
+    case: i64,
+    patient: Option<&str>,
+    kind: AlertKind,
+) -> rusqlite::Result<bool> {
+    let first: Option<(Option<String>, String)> = conn
+        .prepare_cached(
+            "SELECT patient_ref, kinds FROM alerts WHERE case_id = ?1 ORDER BY recorded_ms, id
+             LIMIT 1",
+        )?
+        .query_row([case], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match first {
+        None => false,
+        Some((first_patient, kinds)) => {
+            let first_kind = serde_json::from_str::<Vec<AlertKind>>(&kinds)
+                .ok()
+                .and_then(|k| k.first().copied())
+                .unwrap_or(AlertKind::UnusualPattern);
+            Corroboration::first(first_patient.as_deref(), first_kind).independent(patient, kind)
+        }
+    })
+}
+
 fn file_one(
     conn: &Connection,
     alert_id: i64,
     user: &str,
-    (at_ms, score, severity, kind): Filed,
+    a: Filed,
     rule: &CaseRule,
 ) -> rusqlite::Result<i64> {
     // After an inappropriate case, the user's cases are weighted higher.
-    let flagged = inappropriate_before(conn, user, -1, (at_ms, at_ms))?.is_some();
-    let severity = if flagged { raised(severity) } else { severity };
-    let open: Option<(i64, i64, i64)> = conn
+    let flagged = inappropriate_before(conn, user, -1, (a.at_ms, a.at_ms))?.is_some();
+    let severity = if flagged {
+        raised(a.severity)
+    } else {
+        a.severity
+    };
+    let open: Option<(i64, i64, i64, CaseStatus)> = conn
         .prepare_cached(
-            "SELECT id, first_ms, last_ms FROM cases WHERE user_ref = ?1 AND status != 'closed'
-             ORDER BY last_ms DESC LIMIT 1",
+            "SELECT id, first_ms, last_ms, status FROM cases
+             WHERE user_ref = ?1 AND status != 'closed' ORDER BY last_ms DESC LIMIT 1",
         )?
-        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([user], |r| {
+            let status = r.get::<_, String>(3)?.parse().unwrap_or(CaseStatus::New);
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, status))
+        })
         .optional()?;
-    let id =
-        match open {
-            Some((id, first, last)) if rule.joins(first, last, at_ms) => {
-                // A second alert corroborates a watched case: it joins the queue.
-                conn.prepare_cached(
-                    "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
+    let id = match open {
+        Some((id, first, last, status)) if rule.joins(first, last, a.at_ms) => {
+            // An alert that corroborates a watched case, or is strong or specific on
+            // its own, brings the case to the queue.
+            let to_queue = status == CaseStatus::Watching
+                && queued(
+                    corroborates(conn, id, a.patient.as_deref(), a.kind)?,
+                    severity,
+                    a.kind,
+                );
+            conn.prepare_cached(
+                "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
                     alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4),
-                    status = CASE status WHEN 'watching' THEN 'new' ELSE status END
+                    status = CASE WHEN ?5 THEN 'new' ELSE status END
                  WHERE id = ?1",
-                )?
-                .execute(params![id, at_ms, score, severity as i64])?;
-                id
-            }
-            _ => {
-                let status = if flagged || queued(1, severity, kind) {
-                    CaseStatus::New
-                } else {
-                    CaseStatus::Watching
-                };
-                conn.prepare_cached(
+            )?
+            .execute(params![id, a.at_ms, a.score, severity as i64, to_queue])?;
+            id
+        }
+        _ => {
+            let status = if flagged || queued(false, severity, a.kind) {
+                CaseStatus::New
+            } else {
+                CaseStatus::Watching
+            };
+            conn.prepare_cached(
                 "INSERT INTO cases(user_ref, first_ms, last_ms, opened_ms, alerts, score, severity,
                     status)
                  VALUES (?1, ?2, ?2, ?2, 1, ?3, ?4, ?5)",
             )?
-            .execute(params![user, at_ms, score, severity as i64, status.as_str()])?;
-                conn.last_insert_rowid()
-            }
-        };
+            .execute(params![
+                user,
+                a.at_ms,
+                a.score,
+                severity as i64,
+                status.as_str()
+            ])?;
+            conn.last_insert_rowid()
+        }
+    };
     conn.prepare_cached("UPDATE alerts SET case_id = ?2 WHERE id = ?1")?
         .execute(params![alert_id, id])?;
     Ok(id)
@@ -113,23 +174,28 @@ pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(),
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let orphans: Vec<(i64, String, Filed)> = {
         let mut st = tx.prepare(
-            "SELECT id, COALESCE(user_ref, ''), recorded_ms, score, severity, kinds FROM alerts
-             WHERE case_id IS NULL ORDER BY recorded_ms, id",
+            "SELECT id, COALESCE(user_ref, ''), recorded_ms, score, severity, kinds, patient_ref
+             FROM alerts WHERE case_id IS NULL ORDER BY recorded_ms, id",
         )?;
         let rows = st.query_map([], |r| {
             let kinds: Vec<AlertKind> =
                 serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default();
-            let kind = kinds.first().copied().unwrap_or(AlertKind::UnusualPattern);
-            let sev = Severity::from_i64(r.get(4)?);
-            Ok((r.get(0)?, r.get(1)?, (r.get(2)?, r.get(3)?, sev, kind)))
+            let filed = Filed {
+                at_ms: r.get(2)?,
+                score: r.get(3)?,
+                severity: Severity::from_i64(r.get(4)?),
+                kind: kinds.first().copied().unwrap_or(AlertKind::UnusualPattern),
+                patient: r.get(6)?,
+            };
+            Ok((r.get(0)?, r.get(1)?, filed))
         })?;
         rows.collect::<Result<_, _>>()?
     };
     if orphans.is_empty() {
         return Ok(());
     }
-    for (id, user, filed) in &orphans {
-        file_one(&tx, *id, user, *filed, rule)?;
+    for (id, user, filed) in orphans {
+        file_one(&tx, id, &user, filed, rule)?;
     }
     tx.execute("UPDATE cases SET journaled_severity = severity", [])?;
     tx.commit()?;

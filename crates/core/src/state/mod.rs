@@ -1297,6 +1297,74 @@ mod tests {
         }
     }
 
+    /// The store files and queues cases by the rule `score`'s offline `Grouper` applies
+    /// (the quality benchmark counts the queue through it): random alerts of a few users,
+    /// patients and behaviours, filed both ways, make the same cases with the same
+    /// statuses.
+    #[test]
+    fn the_store_files_and_queues_cases_as_the_offline_grouper_does() {
+        use crate::alerts::AlertKind::*;
+        use crate::cases::{CaseFilter, CaseRule, CaseScope, CaseStatus, Grouper};
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let mut g = Grouper::new(CaseRule::default());
+        let mut rng = crate::rng::Rng::new(7);
+        let mut grouped = std::collections::HashMap::new();
+        let mut at = 0i64;
+        for i in 0..400 {
+            at += (rng.exp(1.5) * 3_600_000.0) as i64;
+            let user = format!("Practitioner/{}", rng.below(4));
+            let patient = (!rng.chance(0.1)).then(|| format!("Patient/{}", rng.below(3)));
+            let kind = *rng.pick(&[CrossDepartment, AfterHours, VipSnooping, BulkAccess]);
+            let severity = *rng.pick(&[Severity::Low, Severity::Low, Severity::Medium]);
+            let a = NewAlert {
+                kinds: vec![kind],
+                patient: patient.clone(),
+                ..alert_at(&format!("e{i}|1"), &user, at, severity)
+            };
+            s.commit_batch(&batch_of(vec![a]), i + 1).unwrap();
+            let c = g.assign(Some(&user), patient.as_deref(), at, severity, kind);
+            grouped.insert(format!("e{i}"), c);
+        }
+        let r = Reader::open(d.path()).unwrap();
+        let stored = r
+            .cases(&CaseFilter {
+                scope: CaseScope::All,
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(stored.len() as u64, g.cases());
+        let (mut watched, mut queued) = (0, 0);
+        for case in stored {
+            let (_, alerts) = r.case(case.id).unwrap();
+            let theirs: std::collections::BTreeSet<u64> =
+                alerts.iter().map(|a| grouped[&a.event_id]).collect();
+            assert_eq!(
+                theirs.len(),
+                1,
+                "case {} split offline: {theirs:?}",
+                case.id
+            );
+            let c = *theirs.first().unwrap();
+            assert_eq!(
+                case.status == CaseStatus::New,
+                g.is_queued(c),
+                "case {} ({:?}) against the grouper's {c}",
+                case.id,
+                case.status
+            );
+            match case.status {
+                CaseStatus::Watching => watched += 1,
+                _ => queued += 1,
+            }
+        }
+        assert!(
+            watched > 5 && queued > 5,
+            "{watched} watched, {queued} queued"
+        );
+    }
+
     /// Alerts of one user within the window are one case, in the transaction that stores
     /// them: a batch delivered again files nothing twice; a case opened is journaled once,
     /// and again only when it escalates; a closed case takes no more alerts.
@@ -1376,8 +1444,8 @@ mod tests {
         let r = Reader::open(d.path()).unwrap();
         assert_eq!(r.case_counts().unwrap()["new"], 3);
         assert_eq!(r.case_counts().unwrap()["closed"], 1);
-        // One low alert on a watched record is watched, not queued or journaled, until a
-        // second alert of the user corroborates it.
+        // One low alert on a watched record is watched, not queued or journaled, until an
+        // alert of the user about another patient or of another behaviour corroborates it.
         let watched = NewAlert {
             kinds: vec![crate::alerts::AlertKind::WatchedRecord],
             ..alert_at("g|1", "Practitioner/3", 50 * H, Severity::Low)
@@ -1389,13 +1457,21 @@ mod tests {
         );
         let r = Reader::open(d.path()).unwrap();
         assert_eq!(r.case_counts().unwrap()["watching"], 1);
+        // The same look at the same record, continued, is not corroboration.
+        let again = NewAlert {
+            kinds: vec![crate::alerts::AlertKind::WatchedRecord],
+            ..alert_at("g|2", "Practitioner/3", 50 * H + 60_000, Severity::Low)
+        };
+        let o = s.commit_batch(&batch_of(vec![again]), 8).unwrap();
+        assert!(o.cases_to_journal.is_empty(), "still watched");
+        assert_eq!(r.case_counts().unwrap()["watching"], 1);
         let o = s
             .commit_batch(
                 &batch_of(vec![NewAlert {
                     kinds: vec![crate::alerts::AlertKind::AfterHours],
                     ..alert_at("h|1", "Practitioner/3", 51 * H, Severity::Low)
                 }]),
-                8,
+                9,
             )
             .unwrap();
         assert_eq!(o.cases_to_journal.len(), 1);
@@ -1427,7 +1503,7 @@ mod tests {
                     kinds: vec![crate::alerts::AlertKind::WatchedRecord],
                     ..alert_at("i|1", "Practitioner/3", 70 * H, Severity::Low)
                 }]),
-                9,
+                10,
             )
             .unwrap();
         assert_eq!(o.cases_to_journal.len(), 1, "queued at once");
