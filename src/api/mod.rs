@@ -357,7 +357,7 @@ fn parse_time(key: &str, v: &str) -> Result<i64, String> {
 }
 
 /// An optional name from a closed list (severity, status), or what is wrong with it.
-fn parse_name<T: std::str::FromStr<Err = UnknownName>>(
+pub(crate) fn parse_name<T: std::str::FromStr<Err = UnknownName>>(
     v: &Option<String>,
 ) -> Result<Option<T>, String> {
     v.as_deref()

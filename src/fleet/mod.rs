@@ -19,7 +19,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use fhir_edge_core::fleet::{FleetFilter, FleetView};
+use fhir_edge_core::cases::CaseScope;
+use fhir_edge_core::fleet::{FleetFilter, FleetView, StatusFilter};
 
 /// What `fhir-edge fleet` is given on its command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -227,8 +228,17 @@ struct ListQuery {
     cursor: Option<u64>,
 }
 
+/// Which listing a query is for: its statuses are named differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Cases,
+    Alerts,
+}
+
 impl ListQuery {
-    fn filter(&self) -> Result<FleetFilter, String> {
+    /// The view's filter, or what is wrong with the query (for a 400), with the names the
+    /// edge's own API takes.
+    fn filter(&self, listing: Listing) -> Result<FleetFilter, String> {
         let limit = self.limit.unwrap_or(50);
         if !(1..=fhir_edge_core::state::MAX_ALERTS_PAGE as usize).contains(&limit) {
             return Err(format!(
@@ -238,10 +248,19 @@ impl ListQuery {
         }
         // An empty value is no filter (the dashboard's "any").
         let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let status = given(&self.status);
+        let status = match listing {
+            Listing::Cases => {
+                let (scope, one) =
+                    CaseScope::parse(status.as_deref()).map_err(|e| e.to_string())?;
+                StatusFilter::Cases(scope, one)
+            }
+            Listing::Alerts => StatusFilter::Alerts(crate::api::parse_name(&status)?),
+        };
         Ok(FleetFilter {
             site: given(&self.site),
-            status: given(&self.status),
-            severity: given(&self.severity),
+            status,
+            severity: crate::api::parse_name(&given(&self.severity))?,
             user: given(&self.user),
             cursor: self.cursor,
             limit,
@@ -286,7 +305,7 @@ async fn stats(s: web::Data<FleetState>) -> HttpResponse {
 }
 
 async fn cases(s: web::Data<FleetState>, q: web::Query<ListQuery>) -> HttpResponse {
-    let f = match q.filter() {
+    let f = match q.filter(Listing::Cases) {
         Ok(f) => f,
         Err(m) => return bad(m),
     };
@@ -311,7 +330,7 @@ async fn case(s: web::Data<FleetState>, key: web::Path<String>) -> HttpResponse 
 }
 
 async fn alerts(s: web::Data<FleetState>, q: web::Query<ListQuery>) -> HttpResponse {
-    let f = match q.filter() {
+    let f = match q.filter(Listing::Alerts) {
         Ok(f) => f,
         Err(m) => return bad(m),
     };

@@ -960,6 +960,22 @@ fn two_sites_feed_one_fleet_view_rebuilt_from_the_stream_at_every_start() {
                 listed.len() == reviewable
             },
         );
+        // A misspelt name is refused with the names it takes, as on a site's own API; a
+        // severity is the minimum.
+        let (code, body) = get(&api, "/api/cases?status=opne");
+        assert_eq!(code, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("any"), "{body}");
+        let (code, body) = get(&api, "/api/alerts?severity=hgih");
+        assert_eq!(code, 400, "{body}");
+        let (_, high) = get(&api, "/api/alerts?severity=high&limit=1000");
+        assert!(
+            high["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["severity"] == "high" || a["severity"] == "critical"),
+            "{high}"
+        );
         // Read-only: no decision through the view.
         let (code, _) = post(
             &api,

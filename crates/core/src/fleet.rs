@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::alerts::{Severity, Status as AlertStatus};
+use crate::cases::{CaseScope, CaseStatus};
 use crate::export::{ItemKind, SCHEMA};
 
 /// Why a message could not be applied (it is counted and skipped).
@@ -106,14 +108,40 @@ pub struct SiteSeen {
     pub last_message: Option<String>,
 }
 
+/// Which statuses a listing keeps, parsed as the edge's own API parses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatusFilter {
+    /// Cases: a scope and perhaps one status ([`CaseScope::parse`]: none lists every case
+    /// but the watched ones, `open` the queue, `any` every case).
+    Cases(CaseScope, Option<CaseStatus>),
+    /// Alerts: every one, or those of one status.
+    Alerts(Option<AlertStatus>),
+}
+
+impl Default for StatusFilter {
+    fn default() -> Self {
+        StatusFilter::Cases(CaseScope::All, None)
+    }
+}
+
+impl StatusFilter {
+    fn keeps(&self, status: Option<&str>) -> bool {
+        match *self {
+            StatusFilter::Cases(scope, one) => status
+                .and_then(|s| s.parse::<CaseStatus>().ok())
+                .is_some_and(|s| scope.holds(s) && one.is_none_or(|o| o == s)),
+            StatusFilter::Alerts(one) => one.is_none_or(|o| status == Some(o.as_str())),
+        }
+    }
+}
+
 /// Which items to list.
 #[derive(Debug, Clone, Default)]
 pub struct FleetFilter {
     pub site: Option<String>,
-    /// A status name, `open` for the queue (`new`, `in_review`) or `any`; none: every case
-    /// but the watched ones (as `crate::cases::CaseScope::Reviewable`), every alert.
-    pub status: Option<String>,
-    pub severity: Option<String>,
+    pub status: StatusFilter,
+    /// The minimum severity.
+    pub severity: Option<Severity>,
     pub user: Option<String>,
     pub cursor: Option<u64>,
     pub limit: usize,
@@ -121,20 +149,19 @@ pub struct FleetFilter {
 
 impl FleetFilter {
     fn keeps(&self, v: &Value) -> bool {
-        let is = |field: &str, want: &Option<String>| {
-            want.as_deref()
-                .is_none_or(|w| v.get(field).and_then(Value::as_str) == Some(w))
+        let field = |name: &str| v.get(name).and_then(Value::as_str);
+        let is = |name: &str, want: &Option<String>| {
+            want.as_deref().is_none_or(|w| field(name) == Some(w))
         };
-        let status = match self.status.as_deref() {
-            Some("open") => matches!(
-                v.get("status").and_then(Value::as_str),
-                Some("new" | "in_review")
-            ),
-            None => v.get("status").and_then(Value::as_str) != Some("watching"),
-            Some("any") => true,
-            _ => is("status", &self.status),
-        };
-        status && is("site", &self.site) && is("severity", &self.severity) && is("user", &self.user)
+        let severe = self.severity.is_none_or(|min| {
+            field("severity")
+                .and_then(|s| s.parse::<Severity>().ok())
+                .is_some_and(|s| s >= min)
+        });
+        self.status.keeps(field("status"))
+            && severe
+            && is("site", &self.site)
+            && is("user", &self.user)
     }
 }
 
@@ -340,9 +367,11 @@ mod tests {
         .into_bytes()
     }
 
+    /// Every alert (cases: name a `StatusFilter::Cases`).
     fn all() -> FleetFilter {
         FleetFilter {
             limit: 100,
+            status: StatusFilter::Alerts(None),
             ..Default::default()
         }
     }
@@ -361,13 +390,16 @@ mod tests {
             v.apply(&m).unwrap();
         }
         let (cases, next) = v.cases(&FleetFilter {
-            status: Some("any".into()),
+            status: StatusFilter::Cases(CaseScope::All, None),
             ..all()
         });
         assert!(next.is_none());
         let keys: Vec<&str> = cases.iter().map(|c| c["key"].as_str().unwrap()).collect();
         assert_eq!(keys, ["north:1", "south:1"], "newest change first");
-        let (listed, _) = v.cases(&all());
+        let (listed, _) = v.cases(&FleetFilter {
+            status: StatusFilter::Cases(CaseScope::Reviewable, None),
+            ..all()
+        });
         assert_eq!(
             listed.len(),
             1,
@@ -379,10 +411,21 @@ mod tests {
         assert_eq!(alerts.len(), 2);
         assert_eq!(v.case("south:1").unwrap().1.len(), 1);
         let queue = v.cases(&FleetFilter {
-            status: Some("open".into()),
+            status: StatusFilter::Cases(CaseScope::Queue, None),
             ..all()
         });
         assert_eq!(queue.0.len(), 1);
+        let watched = v.cases(&FleetFilter {
+            status: StatusFilter::Cases(CaseScope::All, Some(CaseStatus::Watching)),
+            ..all()
+        });
+        assert_eq!(watched.0[0]["key"], "south:1");
+        let severe = v.alerts(&FleetFilter {
+            status: StatusFilter::Alerts(None),
+            severity: Some(Severity::Medium),
+            ..all()
+        });
+        assert_eq!(severe.0.len(), 2, "medium and higher");
         let south = v.alerts(&FleetFilter {
             site: Some("south".into()),
             ..all()
