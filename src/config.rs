@@ -323,7 +323,8 @@ pub struct PollerConfig {
     /// (a catch-up) over a server that honours `_sort`, and across short polls (encoding a
     /// snapshot holds the detector). A snapshot of 8 MB or more (a large site) is taken
     /// across short polls only after 50,000 new events or 30 times this, whichever comes
-    /// first. A crash re-reads what came after the last snapshot, and replays it into the
+    /// first; the end of a catch-up always takes one (so the polls after it do not wait for
+    /// it). A crash re-reads what came after the last snapshot, and replays it into the
     /// baselines without scoring it again.
     pub checkpoint_secs: u64,
 }

@@ -257,7 +257,15 @@ impl Handler<CommitCursor> for DetectorActor {
             self.since_snapshot
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
-        let Some(guard) = guard.filter(|_| due) else {
+        let in_poll = !msg.poll_complete;
+        // The write in flight, awaited (the end of a catch-up), or the one just taken.
+        let writing = self.writing.clone();
+        let guard = match due {
+            super::SnapshotDue::Skip => None,
+            super::SnapshotDue::Now => guard.map(Writing::Held),
+            super::SnapshotDue::AfterWrite => Some(Writing::Awaited(writing)),
+        };
+        let Some(guard) = guard else {
             // No snapshot: the cursor stays with the last one; a complete poll is still
             // recorded, so `status` does not show a stale last poll.
             let note = self.state_poll.clone();
@@ -286,6 +294,7 @@ impl Handler<CommitCursor> for DetectorActor {
             msg,
         };
         let fut = async move {
+            let guard = guard.hold().await;
             // Every page scored so far (polled or pushed) is committed before the snapshot.
             flush.send(Flush).await?;
             let seq = point.send(SnapshotPoint).await?;
@@ -311,9 +320,28 @@ impl Handler<CommitCursor> for DetectorActor {
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, _| {
             res.map(|bytes| {
-                act.last_snapshot = Some(super::LastSnapshot { at: now, bytes });
+                act.last_snapshot = Some(super::LastSnapshot {
+                    at: now,
+                    bytes,
+                    in_poll,
+                });
             })
         })))
+    }
+}
+
+/// The right to write a snapshot (one at a time): held already, or to be awaited.
+enum Writing {
+    Held(tokio::sync::OwnedMutexGuard<()>),
+    Awaited(Arc<tokio::sync::Mutex<()>>),
+}
+
+impl Writing {
+    async fn hold(self) -> tokio::sync::OwnedMutexGuard<()> {
+        match self {
+            Writing::Held(g) => g,
+            Writing::Awaited(m) => m.lock_owned().await,
+        }
     }
 }
 

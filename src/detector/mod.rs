@@ -10,11 +10,23 @@ use std::time::{Duration, Instant};
 use fhir_edge_core::detector::baselines::{self, BaselinesError, PassOver};
 use fhir_edge_core::detector::features::Context;
 
-/// The last snapshot taken: when, and how large its encoding was.
+/// The last snapshot taken: when, how large its encoding was, and whether it was a
+/// checkpoint inside a poll (a catch-up's) rather than the end of one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LastSnapshot {
     pub at: Instant,
     pub bytes: usize,
+    pub in_poll: bool,
+}
+
+/// What a cursor commit does about the detector's snapshot (`snapshot_due`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SnapshotDue {
+    /// None: the cursor stays with the last snapshot.
+    Skip,
+    Now,
+    /// One, once the snapshot being written is on disk.
+    AfterWrite,
 }
 
 /// A snapshot this large or larger is a large site's (65 MB at 30,000 staff): taken every
@@ -30,9 +42,13 @@ pub(crate) const LARGE_SNAPSHOT_INTERVALS: u32 = 30;
 /// never while the previous one is still being written (`writing`); at the end of a
 /// complete poll at most one every `every` (`[poller] checkpoint_secs`), and for a large
 /// snapshot only once enough has changed (`LARGE_SNAPSHOT_*`; `events` scored since the
-/// last). Checkpoints inside a long poll are paced by the poller itself. Skipping is safe:
-/// the committed cursor and snapshot stay a pair, and a restart replays into the context
-/// what was committed after them (`KeyStatus::Replay`) while it re-reads from that cursor.
+/// last). Checkpoints inside a long poll are paced by the poller itself, and the end of
+/// such a poll (a catch-up) always takes one, after the one being written if need be: the
+/// encoding holds scoring for a few hundred ms at a large site, and there the events are
+/// old already, while in the polls that follow every such stall is detection latency.
+/// Skipping is safe: the committed cursor and snapshot stay a pair, and a restart replays
+/// into the context what was committed after them (`KeyStatus::Replay`) while it re-reads
+/// from that cursor.
 pub(crate) fn snapshot_due(
     last: Option<LastSnapshot>,
     now: Instant,
@@ -40,18 +56,26 @@ pub(crate) fn snapshot_due(
     poll_complete: bool,
     writing: bool,
     events: u64,
-) -> bool {
-    if writing {
-        return false;
+) -> SnapshotDue {
+    let after_catch_up = poll_complete && last.is_some_and(|l| l.in_poll);
+    match (writing, after_catch_up) {
+        (true, true) => return SnapshotDue::AfterWrite,
+        (true, false) => return SnapshotDue::Skip,
+        (false, true) => return SnapshotDue::Now,
+        (false, false) => {}
     }
     let Some(last) = last.filter(|_| poll_complete) else {
-        return true;
+        return SnapshotDue::Now;
     };
     let age = now.saturating_duration_since(last.at);
-    age >= every
+    let due = age >= every
         && (last.bytes < LARGE_SNAPSHOT_BYTES
             || events >= LARGE_SNAPSHOT_EVENTS
-            || age >= every * LARGE_SNAPSHOT_INTERVALS)
+            || age >= every * LARGE_SNAPSHOT_INTERVALS);
+    match due {
+        true => SnapshotDue::Now,
+        false => SnapshotDue::Skip,
+    }
 }
 
 /// How the detector's context is saved: how often at most, and where its files go.
@@ -162,49 +186,78 @@ mod tests {
 
     #[test]
     fn a_complete_poll_snapshots_at_most_once_per_checkpoint_interval() {
+        use SnapshotDue::*;
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
         let small = Some(LastSnapshot {
             at: t0,
             bytes: 1 << 20,
+            in_poll: false,
         });
-        assert!(
+        assert_eq!(
             snapshot_due(None, t0, every, true, false, 0),
+            Now,
             "the first poll"
         );
-        assert!(
-            !snapshot_due(None, t0, every, false, true, 0),
+        assert_eq!(
+            snapshot_due(None, t0, every, false, true, 0),
+            Skip,
             "never while one is being written"
         );
         let nine = t0 + Duration::from_secs(9);
-        assert!(!snapshot_due(small, nine, every, true, false, 1_000_000));
-        assert!(snapshot_due(small, t0 + every, every, true, false, 0));
+        assert_eq!(
+            snapshot_due(small, nine, every, true, false, 1_000_000),
+            Skip
+        );
+        assert_eq!(snapshot_due(small, t0 + every, every, true, false, 0), Now);
         // A checkpoint inside a long poll is the poller's to pace.
-        assert!(snapshot_due(small, t0, every, false, false, 0));
+        assert_eq!(snapshot_due(small, t0, every, false, false, 0), Now);
     }
 
     #[test]
     fn a_large_snapshot_waits_for_enough_change() {
+        use SnapshotDue::*;
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
         let large = Some(LastSnapshot {
             at: t0,
             bytes: LARGE_SNAPSHOT_BYTES,
+            in_poll: false,
         });
         let later = t0 + every;
-        assert!(!snapshot_due(large, later, every, true, false, 20 * 10));
-        assert!(snapshot_due(
-            large,
-            later,
-            every,
-            true,
-            false,
-            LARGE_SNAPSHOT_EVENTS
-        ));
+        assert_eq!(
+            snapshot_due(large, later, every, true, false, 20 * 10),
+            Skip
+        );
+        assert_eq!(
+            snapshot_due(large, later, every, true, false, LARGE_SNAPSHOT_EVENTS),
+            Now
+        );
         let quiet = t0 + every * LARGE_SNAPSHOT_INTERVALS;
-        assert!(snapshot_due(large, quiet, every, true, false, 1));
+        assert_eq!(snapshot_due(large, quiet, every, true, false, 1), Now);
         // Never more often than `every`, however many events.
-        assert!(!snapshot_due(large, t0, every, true, false, u64::MAX));
+        assert_eq!(snapshot_due(large, t0, every, true, false, u64::MAX), Skip);
+    }
+
+    /// The end of a catch-up (a poll that checkpointed along the way) takes its snapshot
+    /// there, after the one being written, so the polls that follow do not stall for it.
+    #[test]
+    fn the_end_of_a_catch_up_snapshots_at_once() {
+        use SnapshotDue::*;
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        let inside = Some(LastSnapshot {
+            at: t0,
+            bytes: LARGE_SNAPSHOT_BYTES,
+            in_poll: true,
+        });
+        assert_eq!(snapshot_due(inside, t0, every, true, false, 1), Now);
+        assert_eq!(snapshot_due(inside, t0, every, true, true, 1), AfterWrite);
+        assert_eq!(
+            snapshot_due(inside, t0, every, false, true, 1),
+            Skip,
+            "inside the poll: paced by the poller"
+        );
     }
 
     use fhir_edge_core::detector::baselines::{Mark, ServerMark};

@@ -209,21 +209,43 @@ fn start_daemon(
     // A restart in the same directory binds anew.
     let _ = std::fs::remove_file(&sock_path);
     let sock = UnixDatagram::bind(&sock_path)?;
-    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    // The daemon's errors go to a file beside its state, shown if it never gets ready.
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path)?;
     let t0 = Instant::now();
     let child = Command::new(exe)
         .args(["run", "--config", cfg.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("FHIR_EDGE_LOG", "warn,fhir_edge=error")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?;
     let pid = child.id();
-    let daemon = Killer(child);
+    let mut daemon = Killer(child);
     let mut buf = [0u8; 4096];
     let mut api = None;
     let ready_ms = loop {
-        let n = sock.recv(&mut buf).context("waiting for READY=1")?;
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let exited = daemon.0.try_wait().ok().flatten();
+                if exited.is_none() && t0.elapsed() < Duration::from_secs(30) {
+                    continue;
+                }
+                let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = said.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "the daemon {} without READY=1 ({e}); its last words:\n{}",
+                    match exited {
+                        Some(st) => format!("exited ({st})"),
+                        None => "ran 30 s".to_string(),
+                    },
+                    tail.join("\n")
+                );
+            }
+        };
         let msg = String::from_utf8_lossy(&buf[..n]);
         if let Some(a) = msg
             .lines()
