@@ -680,9 +680,8 @@ fn score_cmd(
         .iter()
         .zip(&scored)
         .map(|(r, (_, v))| {
-            let kind = v.kinds.first().copied();
             v.severity.map(|sev| {
-                let kind = kind.unwrap_or(fhir_edge_core::alerts::AlertKind::UnusualPattern);
+                let kind = fhir_edge_core::alerts::AlertKind::strongest(&v.kinds);
                 cases.assign(
                     r.user.as_deref(),
                     r.patient.as_deref(),

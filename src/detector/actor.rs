@@ -258,12 +258,11 @@ impl Handler<CommitCursor> for DetectorActor {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         let in_poll = !msg.poll_complete;
-        // The write in flight, awaited (the end of a catch-up), or the one just taken.
-        let writing = self.writing.clone();
+        // The right to write: just taken, or the write in flight awaited (end of a catch-up).
         let guard = match due {
             super::SnapshotDue::Skip => None,
             super::SnapshotDue::Now => guard.map(Writing::Held),
-            super::SnapshotDue::AfterWrite => Some(Writing::Awaited(writing)),
+            super::SnapshotDue::AfterWrite => Some(Writing::Awaited(self.writing.clone())),
         };
         let Some(guard) = guard else {
             // No snapshot: the cursor stays with the last one; a complete poll is still

@@ -190,7 +190,8 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let (with, without, watched) = case_tally(state.path(), &injected)?;
         println!(
             "cases: {} in the queue ({with} holding an injected incident, {without} not), \
-             {watched} watched (weak alerts waiting for corroboration); `fhir-edge cases --queue` lists them",
+             {watched} watched (weak alerts waiting for corroboration); \
+             `fhir-edge cases --queue` lists them",
             with + without
         );
         actix::System::current().stop();

@@ -11,9 +11,11 @@ pub const CARE_NOTE: &str = "care relationship, counted in the user's favour: ";
 /// normal by default) from which an event is a low alert. Just under the threshold: the
 /// queue is kept short by cases, not by single events — a low alert of a behaviour common
 /// in legitimate work waits in a watched case for corroboration
-/// ([`crate::cases::queued`]) — so events near the threshold are kept as evidence. On the
-/// development hospitals this found 2–4 % more incidents for about one more case a day per
-/// 100 staff (BENCHMARKS.md, "Corroboration and the alert floor").
+/// ([`crate::cases::queued`]) — so events near the threshold are kept as evidence. Chosen
+/// on the development hospitals (classic A and C), where against a floor of 1.0 it put 0–4
+/// points more of the incidents in a case for 0.6–1.5 more false cases a day per 100 staff;
+/// the held-out hospitals' figures are in BENCHMARKS.md, "Corroboration and the alert
+/// floor".
 pub const ALERT_FLOOR: f64 = 0.9;
 
 /// The behaviour an alert reason points at. One list for the detector's explanations, the
@@ -50,6 +52,12 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// An alert's strongest behaviour: the first of its kinds (they come in order of
+    /// contribution), or `UnusualPattern` when no single behaviour was named.
+    pub fn strongest(kinds: &[AlertKind]) -> AlertKind {
+        kinds.first().copied().unwrap_or(AlertKind::UnusualPattern)
+    }
+
     /// Every kind, in a stable order.
     pub const ALL: [AlertKind; 12] = [
         AlertKind::AfterHours,

@@ -13,10 +13,10 @@
 //! What reaches the queue ([`queued`]): a case of low-severity alerts whose reason is
 //! common in legitimate work — a watched record opened, one access at an unusual hour, a
 //! record of another department (a consult looks the same), a crowd around a record, a
-//! pattern with no single behaviour behind it — is *watched*, not queued: it waits for corroboration (an alert of
-//! the user within the window about another patient or of another behaviour, which makes
-//! it `new`; the same look at the same record continued is not corroboration) and is
-//! neither journaled nor counted in the queue meanwhile. Every other case is `new` from
+//! pattern with no single behaviour behind it — is *watched*, not queued: it waits for
+//! corroboration (an alert of the user within the window about another patient or of
+//! another behaviour, which makes it `new`; the same look at the same record continued is
+//! not corroboration) and is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
 //! its first alert. After a case of the user was closed as inappropriate, the user's cases
 //! for `HISTORY_DAYS` go to the queue at once, one severity higher ([`raised`]).
 
@@ -365,12 +365,7 @@ impl CaseScope {
 pub fn dominant_kind(alerts: &[CaseAlert]) -> AlertKind {
     let mut weight = std::collections::BTreeMap::<AlertKind, f64>::new();
     for a in alerts {
-        let k = a
-            .kinds
-            .first()
-            .copied()
-            .unwrap_or(AlertKind::UnusualPattern);
-        *weight.entry(k).or_default() += a.score;
+        *weight.entry(AlertKind::strongest(&a.kinds)).or_default() += a.score;
     }
     weight
         .into_iter()

@@ -118,12 +118,6 @@ pub enum StatusFilter {
     Alerts(Option<AlertStatus>),
 }
 
-impl Default for StatusFilter {
-    fn default() -> Self {
-        StatusFilter::Cases(CaseScope::All, None)
-    }
-}
-
 impl StatusFilter {
     fn keeps(&self, status: Option<&str>) -> bool {
         match *self {
@@ -135,8 +129,8 @@ impl StatusFilter {
     }
 }
 
-/// Which items to list.
-#[derive(Debug, Clone, Default)]
+/// Which items to list (no default: cases and alerts take different statuses).
+#[derive(Debug, Clone)]
 pub struct FleetFilter {
     pub site: Option<String>,
     pub status: StatusFilter,
@@ -370,9 +364,12 @@ mod tests {
     /// Every alert (cases: name a `StatusFilter::Cases`).
     fn all() -> FleetFilter {
         FleetFilter {
-            limit: 100,
+            site: None,
             status: StatusFilter::Alerts(None),
-            ..Default::default()
+            severity: None,
+            user: None,
+            cursor: None,
+            limit: 100,
         }
     }
 

@@ -217,8 +217,8 @@ pub struct Verdict {
 /// Which verdicts get their explanation in words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Explain {
-    /// Only alerts, events from [`crate::alerts::ALERT_FLOOR`] (the daemon: only alerts are stored, and
-    /// wording every event would cost a quarter of the scoring time).
+    /// Only alerts, events from [`crate::alerts::ALERT_FLOOR`] (the daemon: only alerts are
+    /// stored, and wording every event would cost a quarter of the scoring time).
     Alerts,
     /// Every event (the `score` command writes one explanation per row).
     All,

@@ -25,23 +25,18 @@ pub(super) fn file(
     a: &NewAlert,
     rule: &CaseRule,
 ) -> rusqlite::Result<i64> {
-    let kind = a
-        .kinds
-        .first()
-        .copied()
-        .unwrap_or(AlertKind::UnusualPattern);
     let filed = Filed {
         at_ms: a.recorded_ms,
         score: a.score,
         severity: a.severity,
-        kind,
+        kind: AlertKind::strongest(&a.kinds),
         patient: a.patient.clone(),
     };
     file_one(tx, alert_id, user.unwrap_or(""), filed, rule)
 }
 
 /// What filing needs of an alert.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Filed {
     at_ms: i64,
     score: f64,
@@ -90,10 +85,9 @@ fn corroborates(
     Ok(match first {
         None => false,
         Some((first_patient, kinds)) => {
-            let first_kind = serde_json::from_str::<Vec<AlertKind>>(&kinds)
-                .ok()
-                .and_then(|k| k.first().copied())
-                .unwrap_or(AlertKind::UnusualPattern);
+            let first_kind = AlertKind::strongest(
+                &serde_json::from_str::<Vec<AlertKind>>(&kinds).unwrap_or_default(),
+            );
             Corroboration::first(first_patient.as_deref(), first_kind).independent(patient, kind)
         }
     })
@@ -135,8 +129,8 @@ fn file_one(
                 );
             conn.prepare_cached(
                 "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
-                    alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4),
-                    status = CASE WHEN ?5 THEN 'new' ELSE status END
+                 alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4),
+                 status = CASE WHEN ?5 THEN 'new' ELSE status END
                  WHERE id = ?1",
             )?
             .execute(params![id, a.at_ms, a.score, severity as i64, to_queue])?;
@@ -150,7 +144,7 @@ fn file_one(
             };
             conn.prepare_cached(
                 "INSERT INTO cases(user_ref, first_ms, last_ms, opened_ms, alerts, score, severity,
-                    status)
+                 status)
                  VALUES (?1, ?2, ?2, ?2, 1, ?3, ?4, ?5)",
             )?
             .execute(params![
@@ -184,7 +178,7 @@ pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(),
                 at_ms: r.get(2)?,
                 score: r.get(3)?,
                 severity: Severity::from_i64(r.get(4)?),
-                kind: kinds.first().copied().unwrap_or(AlertKind::UnusualPattern),
+                kind: AlertKind::strongest(&kinds),
                 patient: r.get(6)?,
             };
             Ok((r.get(0)?, r.get(1)?, filed))
