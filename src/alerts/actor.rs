@@ -70,12 +70,7 @@ impl Handler<Scored> for AlertSinkActor {
                 .iter()
                 .map(|e| SeenEvent {
                     key: e.fetched.record.key.clone(),
-                    last_updated_ms: e
-                        .fetched
-                        .record
-                        .last_updated
-                        .unwrap_or(e.fetched.record.recorded)
-                        .timestamp_millis(),
+                    last_updated_ms: e.fetched.record.seen_at_ms(),
                     carried: Coverage::of(&e.fetched.record),
                 })
                 .collect(),

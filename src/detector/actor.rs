@@ -17,7 +17,7 @@ use crate::pipeline::{
 };
 use crate::state::actor::{CommitPoll, FilterKeys, NotePoll, SnapshotPoint};
 use fhir_edge_core::detector::Detector;
-use fhir_edge_core::state::PollCommit;
+use fhir_edge_core::state::{PollCommit, SeenKey};
 
 /// Event keys, hashed with FNV (SipHash showed in profiles: a page adds and removes a
 /// thousand keys on the actor thread).
@@ -131,7 +131,14 @@ impl Handler<EventsFetched> for DetectorActor {
                     .map(|f| inflight.contains(&f.record.key))
                     .collect()
             };
-            let keys: Vec<String> = msg.events.iter().map(|f| f.record.key.clone()).collect();
+            let keys = msg
+                .events
+                .iter()
+                .map(|f| SeenKey {
+                    at_ms: f.record.seen_at_ms(),
+                    key: f.record.key.clone(),
+                })
+                .collect();
             let mut statuses = filter.send(FilterKeys { keys }).await??;
             for (s, pending) in statuses.iter_mut().zip(pending) {
                 if pending {

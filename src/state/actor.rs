@@ -9,13 +9,14 @@ use crate::health::{ActorId, Health, Heartbeat};
 use fhir_edge_core::alerts::{AllowRule, Status};
 use fhir_edge_core::clock::SharedClock;
 use fhir_edge_core::state::{
-    BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenReader, StateError, Store,
+    BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenKey, SeenReader, StateError, Store,
 };
 
+/// Request: whether each fetched event is new, seen, or to replay (`KeyStatus`), in order.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<KeyStatus>, StateError>")]
 pub struct FilterKeys {
-    pub keys: Vec<String>,
+    pub keys: Vec<SeenKey>,
 }
 
 /// Commit a scored page; the batch comes back with the outcome (no copy of the alerts).
@@ -170,8 +171,7 @@ impl Actor for SeenFilterActor {
 impl Handler<FilterKeys> for SeenFilterActor {
     type Result = Result<Vec<KeyStatus>, StateError>;
     fn handle(&mut self, msg: FilterKeys, _: &mut Self::Context) -> Self::Result {
-        let keys: Vec<&str> = msg.keys.iter().map(String::as_str).collect();
-        let res = self.reader.filter(&keys);
+        let res = self.reader.filter(&msg.keys);
         if let Err(e) = &res {
             self.health.error(ActorId::State, e.kind());
         }

@@ -503,6 +503,17 @@ pub struct AuditRecord {
     pub request_id: Option<String>,
 }
 
+impl AuditRecord {
+    /// The time the event's seen-key is filed under (`state::SeenKey`): its
+    /// `meta.lastUpdated`, or `recorded` when the server gives none. Fixed for one version
+    /// of one event, so a re-read finds the key where it was filed.
+    pub fn seen_at_ms(&self) -> i64 {
+        self.last_updated
+            .unwrap_or(self.recorded)
+            .timestamp_millis()
+    }
+}
+
 /// What an AuditEvent may say of people in words, removed before it is stored: names,
 /// addresses, phones and e-mail, birth dates, narrative, contained resources, free-text
 /// details, and the display of a reference to someone (an agent's `who`, an entity's

@@ -230,6 +230,20 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE snapshot ADD COLUMN file TEXT;
     "#,
+    // 6: seen keys filed by time ([`SeenKey`]): a page's keys go in at the newest end of the
+    // B-tree, which stays in the page cache, rather than wherever their ids sort (anywhere for
+    // servers with UUID ids); a re-read looks in the recent end; pruning cuts the oldest.
+    r#"
+    CREATE TABLE seen_by_time (
+        last_updated_ms INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (last_updated_ms, key)
+    ) WITHOUT ROWID;
+    INSERT INTO seen_by_time(last_updated_ms, key, seq) SELECT last_updated_ms, key, seq FROM seen;
+    DROP TABLE seen;
+    ALTER TABLE seen_by_time RENAME TO seen;
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -242,6 +256,16 @@ pub enum KeyStatus {
     /// Committed by an earlier process after the last detector snapshot: feed it to the
     /// detector's context (so baselines stay exact) without scoring or alerting again.
     Replay,
+}
+
+/// A fetched event to look up in the seen keys: its key (`fhir::event_key`) and the time it is
+/// filed under (`AuditRecord::seen_at_ms`). Both are fixed for one version of one event; a
+/// server that gave an unchanged version a new `meta.lastUpdated` would have it scored again
+/// (its alert, keyed by the event's key alone, is still stored once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenKey {
+    pub at_ms: i64,
+    pub key: String,
 }
 
 /// One scored event to mark as seen.
@@ -1086,14 +1110,17 @@ pub struct SeenReader {
 
 impl SeenReader {
     /// Status of each key, read in one transaction (one consistent view, one lock).
-    pub fn filter(&mut self, keys: &[&str]) -> Result<Vec<KeyStatus>, StateError> {
+    pub fn filter(&mut self, keys: &[SeenKey]) -> Result<Vec<KeyStatus>, StateError> {
         let snapshot_seq = self.snapshot_seq.load(Ordering::Acquire);
         let tx = self.conn.transaction()?;
         let mut out = Vec::with_capacity(keys.len());
         {
-            let mut stmt = tx.prepare_cached("SELECT seq FROM seen WHERE key = ?1")?;
+            let mut stmt =
+                tx.prepare_cached("SELECT seq FROM seen WHERE last_updated_ms = ?1 AND key = ?2")?;
             for k in keys {
-                let seq: Option<i64> = stmt.query_row([k], |r| r.get(0)).optional()?;
+                let seq: Option<i64> = stmt
+                    .query_row(params![k.at_ms, k.key], |r| r.get(0))
+                    .optional()?;
                 out.push(match seq {
                     None => KeyStatus::New,
                     // Committed by a process that died before its next snapshot.
@@ -1620,6 +1647,78 @@ mod tests {
         assert_eq!(every.len(), 2500, "a short page ends it");
     }
 
+    fn keys(pairs: &[(i64, &str)]) -> Vec<SeenKey> {
+        pairs
+            .iter()
+            .map(|(at_ms, key)| SeenKey {
+                at_ms: *at_ms,
+                key: (*key).into(),
+            })
+            .collect()
+    }
+
+    /// A key is found under the time it was filed at; the same id and version under another
+    /// `meta.lastUpdated` is another version to the stream.
+    #[test]
+    fn a_seen_key_is_found_under_its_time() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let events = (0..50)
+            .map(|i| SeenEvent {
+                key: format!("id-{}|v1", (i * 37) % 50),
+                last_updated_ms: 1000 + i,
+                carried: Default::default(),
+            })
+            .collect();
+        s.commit_batch(
+            &BatchCommit {
+                events,
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let mut r = s.seen_reader().unwrap();
+        assert_eq!(
+            r.filter(&keys(&[
+                (1000, "id-0|v1"),
+                (1001, "id-37|v1"),
+                (1001, "id-0|v1")
+            ]))
+            .unwrap(),
+            vec![KeyStatus::Seen, KeyStatus::Seen, KeyStatus::New]
+        );
+    }
+
+    /// Seen keys written under schema 5 (filed by key) are kept by the migration that files
+    /// them by time, and found afterwards.
+    #[test]
+    fn seen_keys_survive_the_migration_to_time_order() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut c = Connection::open(db_path(d.path())).unwrap();
+            for (i, sql) in MIGRATIONS.iter().take(5).enumerate() {
+                let tx = c.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+                tx.commit().unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO seen(key, last_updated_ms, seq) VALUES ('z|v1', 5, 1), ('a|v2', 9, 1)",
+            )
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(
+            s.seen_reader()
+                .unwrap()
+                .filter(&keys(&[(5, "z|v1"), (9, "a|v2"), (9, "z|v1")]))
+                .unwrap(),
+            vec![KeyStatus::Seen, KeyStatus::Seen, KeyStatus::New]
+        );
+    }
+
     #[test]
     fn migrations_apply_once_and_reopen() {
         let d = tempfile::tempdir().unwrap();
@@ -1689,7 +1788,10 @@ mod tests {
             "counted once"
         );
         assert_eq!(
-            s.seen_reader().unwrap().filter(&["a|v1", "c|v1"]).unwrap(),
+            s.seen_reader()
+                .unwrap()
+                .filter(&keys(&[(10, "a|v1"), (12, "c|v1")]))
+                .unwrap(),
             vec![KeyStatus::Seen, KeyStatus::New]
         );
     }
@@ -1751,7 +1853,9 @@ mod tests {
         );
         let mut reader = s.seen_reader().unwrap();
         assert_eq!(
-            reader.filter(&["a|v1", "b|v1", "c|v1"]).unwrap(),
+            reader
+                .filter(&keys(&[(100, "a|v1"), (200, "b|v1"), (300, "c|v1")]))
+                .unwrap(),
             vec![KeyStatus::Seen, KeyStatus::Replay, KeyStatus::New]
         );
         // A snapshot taken by this process covers b: the reader (opened before it) sees
@@ -1767,7 +1871,10 @@ mod tests {
             prune_alerts_before_ms: 0,
         })
         .unwrap();
-        assert_eq!(reader.filter(&["b|v1"]).unwrap(), vec![KeyStatus::Seen]);
+        assert_eq!(
+            reader.filter(&keys(&[(200, "b|v1")])).unwrap(),
+            vec![KeyStatus::Seen]
+        );
     }
 
     /// The pipeline goes on while a snapshot is written: what was committed after the
@@ -1804,7 +1911,10 @@ mod tests {
         assert_eq!(l.snapshot.as_deref(), Some(&b"ctx"[..]));
         assert!(!d.path().join("snapshot-99.ctx").exists());
         assert_eq!(
-            s.seen_reader().unwrap().filter(&["a|v1", "b|v1"]).unwrap(),
+            s.seen_reader()
+                .unwrap()
+                .filter(&keys(&[(100, "a|v1"), (100, "b|v1")]))
+                .unwrap(),
             vec![KeyStatus::Seen, KeyStatus::Replay]
         );
         // A snapshot older than the committed one is refused, never taken for newer.
@@ -1878,7 +1988,10 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         assert_eq!(
-            s.seen_reader().unwrap().filter(&["old", "new"]).unwrap(),
+            s.seen_reader()
+                .unwrap()
+                .filter(&keys(&[(10, "old"), (1000, "new")]))
+                .unwrap(),
             vec![KeyStatus::New, KeyStatus::Seen]
         );
     }
