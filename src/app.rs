@@ -272,6 +272,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         StateActor::new(store, h.clone(), c.clone())
     });
 
+    let seen_counts = seen_filter.clone().recipient();
     let sink = {
         let (st, h) = (state.clone(), health.clone());
         Supervisor::start(move |_| {
@@ -362,6 +363,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
                 h,
                 det.clone().recipient(),
                 det.recipient(),
+                seen_counts,
                 crate::poller::actor::Resume {
                     cursor,
                     since,

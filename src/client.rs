@@ -121,6 +121,28 @@ pub fn search_url(base: &Url, resource_type: &str, since: DateTime<Utc>, page_si
     u
 }
 
+/// The count of events with `meta.lastUpdated` in `[from, to)`:
+/// `_lastUpdated=ge{from}&_lastUpdated=lt{to}&_summary=count&_total=accurate`.
+pub fn count_url(base: &Url, resource_type: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Url {
+    let mut u = base.clone();
+    {
+        let mut segs = u.path_segments_mut().expect("http(s) base URL");
+        segs.pop_if_empty().push(resource_type);
+    }
+    u.query_pairs_mut()
+        .append_pair(
+            "_lastUpdated",
+            &format!("ge{}", fhir_edge_core::clock::fmt_ms(from)),
+        )
+        .append_pair(
+            "_lastUpdated",
+            &format!("lt{}", fhir_edge_core::clock::fmt_ms(to)),
+        )
+        .append_pair("_summary", "count")
+        .append_pair("_total", "accurate");
+    u
+}
+
 /// A `next` link must stay on the server's origin (scheme, host, port).
 pub fn check_next(base: &Url, next: &str) -> Result<Url, FetchError> {
     let u = base
@@ -593,6 +615,22 @@ impl FhirClient {
     /// The first page of a search from `since`.
     pub fn first_url(&self, since: DateTime<Utc>, page_size: u32) -> Url {
         search_url(&self.base, &self.resource_type, since, page_size)
+    }
+
+    /// How many events the server holds with `meta.lastUpdated` in `[from, to)` (the
+    /// searchset's `total`); `None` when it gives no total, or refuses the count (a 4xx):
+    /// the caller reads the events instead.
+    pub async fn count(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<u64>, FetchError> {
+        let url = count_url(&self.base, &self.resource_type, from, to);
+        match self.fetch_page(&url, false).await {
+            Ok(page) => Ok(page.total),
+            Err(FetchError::Status { status, .. }) if (400..500).contains(&status) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The server's clock, from the `Date` header of `GET metadata` (falls back to None).

@@ -315,6 +315,12 @@ pub struct PollerConfig {
     /// `lastUpdated` are caught. At or below `interval_secs`, every poll re-reads it all.
     /// Default: the smaller of 30 s and half of `overlap_secs` (see `recheck_secs()`).
     pub recheck_secs: Option<u64>,
+    /// A recheck first asks the server how many events the overlap holds (`_summary=count`,
+    /// then halves of the overlap down to an eighth) and re-reads only from the earliest part
+    /// whose count differs from the events scored there; nothing when none does. A server
+    /// that gives no count (or refuses it) has the whole overlap re-read, as with `false`.
+    /// Set `false` for a server whose search totals are estimates.
+    pub recheck_by_count: bool,
     /// Upper bound of the exponential backoff after errors, in seconds.
     pub max_backoff_secs: u64,
     /// Largest page body accepted, in bytes; a larger page is refused and retried later.
@@ -346,6 +352,7 @@ impl Default for PollerConfig {
             initial_lookback_secs: 3600,
             overlap_secs: 120,
             recheck_secs: None,
+            recheck_by_count: true,
             max_backoff_secs: 300,
             max_page_bytes: 16 * 1024 * 1024,
             checkpoint_secs: 10,

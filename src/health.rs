@@ -90,6 +90,8 @@ counter_table! {
     EventsSkipped = "events_skipped", "Entries that could not be read.";
     PagesFetched = "pages_fetched", "Search pages fetched.";
     PollsCompleted = "polls_completed", "Complete polls.";
+    OverlapRechecks = "overlap_rechecks", "Rechecks of the overlap answered by the server's count against the events scored there (poller.recheck_by_count).";
+    OverlapRereads = "overlap_rereads", "Rechecks whose counts differed: the overlap re-read from the earliest part that differed.";
     FetchErrors = "fetch_errors", "Failed page fetches.";
     NotifyReceived = "notify_received", "Events received on /fhir/notify.";
     AlertsHeldLearning = "alerts_held_learning", "Events above the threshold not alerted while learning the site: their reason needs a baseline the site has not got yet.";

@@ -572,6 +572,9 @@ pub struct SoakOptions {
     /// `poller.recheck_secs` of the daemon.
     #[arg(long, default_value_t = 30)]
     pub recheck_secs: u64,
+    /// `poller.recheck_by_count` of the daemon (`false`: every recheck reads the overlap).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub recheck_by_count: bool,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -580,6 +583,7 @@ pub struct SoakReport {
     pub rate_per_sec: f64,
     pub overlap_secs: u64,
     pub recheck_secs: u64,
+    pub recheck_by_count: bool,
     pub generated: u64,
     pub scored: u64,
     pub drain_secs_after_load: f64,
@@ -592,6 +596,13 @@ pub struct SoakReport {
     pub api_p50_ms: f64,
     pub api_p99_ms: f64,
     pub alerts: u64,
+    /// Fetched events already scored (re-reads of the overlap and of the cursor's instant).
+    pub events_duplicate: u64,
+    /// Rechecks answered by counts, and those of them that re-read part of the overlap.
+    pub overlap_rechecks: u64,
+    pub overlap_rereads: u64,
+    /// Seconds per pipeline stage over the whole run (see `BenchReport`).
+    pub stage_secs: std::collections::BTreeMap<String, f64>,
 }
 
 /// `fhir-edge bench --soak-secs N`: events created at `rate` on a local endpoint for `secs`,
@@ -635,8 +646,8 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
         o.interval_secs,
         o.page_size,
         &format!(
-            "overlap_secs = {}\nrecheck_secs = {}\n",
-            o.overlap_secs, o.recheck_secs
+            "overlap_secs = {}\nrecheck_secs = {}\nrecheck_by_count = {}\n",
+            o.overlap_secs, o.recheck_secs, o.recheck_by_count
         ),
     )?;
     let api = d
@@ -649,7 +660,7 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
     // API load on its own thread.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let api_thread = {
-        let stop = stop.clone();
+        let (stop, api) = (stop.clone(), api.clone());
         let rps = o.api_rps;
         std::thread::spawn(move || -> (u64, u64, Vec<f64>) {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -727,6 +738,22 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
         proc_status_kb(d.pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
     ));
     let st = status(&d.state);
+    let metrics = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            reqwest::get(format!("http://{api}/metrics"))
+                .await?
+                .text()
+                .await
+        })
+        .unwrap_or_default();
+    let total = |name: &str| {
+        metric_values::<u64>(&metrics, "fhir_edge_", "_total")
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    };
     Ok(SoakReport {
         secs: o.secs,
         rate_per_sec: o.rate,
@@ -743,6 +770,11 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
         api_p50_ms: pct(0.5),
         api_p99_ms: pct(0.99),
         alerts: st.alerts,
+        events_duplicate: total("events_duplicate"),
+        overlap_rechecks: total("overlap_rechecks"),
+        overlap_rereads: total("overlap_rereads"),
+        stage_secs: stage_sums(&metrics),
+        recheck_by_count: o.recheck_by_count,
     })
 }
 

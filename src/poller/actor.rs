@@ -11,12 +11,16 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 
-use super::events::{CursorCommitFailed, PollCompleted, PollFailed};
-use super::{run_poll, PageSink, PollError, PollPlan, PollStart, PollState, PollSummary};
+use super::events::{CursorCommitFailed, OverlapRechecked, PollCompleted, PollFailed};
+use super::{
+    recheck_start, run_poll, PageSink, PollError, PollPlan, PollStart, PollState, PollSummary,
+    Recheck,
+};
 use crate::client::FhirClient;
 use crate::config::PollerConfig;
 use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{CommitCursor, EventsFetched, PipelineError};
+use crate::state::actor::CountSeen;
 use crate::telemetry::InternalEvent as _;
 use fhir_edge_core::clock::SharedClock;
 use fhir_edge_core::fhir::Fetched;
@@ -102,6 +106,8 @@ pub struct PollerActor {
     health: Health,
     detector: Recipient<EventsFetched>,
     completed: Recipient<CommitCursor>,
+    /// The seen keys' counts, for overlap rechecks.
+    seen: Recipient<CountSeen>,
     /// Cursor, start settings, backoff and page size: the decisions live in `PollState`.
     state: PollState,
     polling: bool,
@@ -117,6 +123,7 @@ impl PollerActor {
         health: Health,
         detector: Recipient<EventsFetched>,
         completed: Recipient<CommitCursor>,
+        seen: Recipient<CountSeen>,
         resume: Resume,
         stop: Arc<AtomicBool>,
     ) -> Self {
@@ -134,6 +141,7 @@ impl PollerActor {
             health,
             detector,
             completed,
+            seen,
             state,
             polling: false,
             stop,
@@ -174,7 +182,34 @@ impl PollerActor {
         Ok(server_now - chrono::Duration::seconds(cfg.initial_lookback_secs as i64))
     }
 
+    /// Where a recheck of the overlap `window` re-reads from: the server's counts against
+    /// the seen keys' (`recheck_start`).
+    async fn recheck(
+        client: &FhirClient,
+        seen: &Recipient<CountSeen>,
+        window: (DateTime<Utc>, DateTime<Utc>),
+    ) -> Result<Recheck, PollError> {
+        recheck_start(
+            window.0,
+            window.1,
+            |from, to| async move { Ok(client.count(from, to).await?) },
+            |from, to| async move {
+                let n = seen
+                    .send(CountSeen {
+                        from_ms: from.timestamp_millis(),
+                        to_ms: to.timestamp_millis(),
+                    })
+                    .await
+                    .map_err(PipelineError::from)?
+                    .map_err(PipelineError::from)?;
+                Ok(n)
+            },
+        )
+        .await
+    }
+
     /// One poll: where it starts, then every page to the detector until committed.
+    #[allow(clippy::too_many_arguments)]
     async fn poll(
         client: FhirClient,
         clock: SharedClock,
@@ -182,12 +217,26 @@ impl PollerActor {
         health: Health,
         stop: Arc<AtomicBool>,
         sink: DetectorSink,
+        seen: Recipient<CountSeen>,
         start: PollStart,
     ) -> Result<PollSummary, PollError> {
+        let recheck = match start.count_window {
+            Some(window) => {
+                let r = Self::recheck(&client, &seen, window).await?;
+                OverlapRechecked { recheck: r }.emit(&health);
+                Some(r)
+            }
+            None => None,
+        };
+        let from_cursor = match (recheck, start.count_window) {
+            (Some(Recheck::Settled), Some((_, cursor))) => Some(cursor),
+            (Some(Recheck::From(t)), _) => Some(t),
+            _ => start.from_cursor,
+        };
         let from = Self::start_point(
             client.clone(),
             clock,
-            start.from_cursor,
+            from_cursor,
             start.since,
             cfg.clone(),
             &health,
@@ -201,7 +250,9 @@ impl PollerActor {
             checkpoint_every: Duration::from_secs(cfg.checkpoint_secs),
             replay_until: start.replay_until,
         };
-        run_poll(&client, &sink, &plan, &health, stop).await
+        let mut summary = run_poll(&client, &sink, &plan, &health, stop).await?;
+        summary.recheck = recheck;
+        Ok(summary)
     }
 
     /// Hand a poll's outcome to `PollState` and report it. Returns the cursor commit to
@@ -310,6 +361,7 @@ impl Handler<PollNow> for PollerActor {
                 cursor: self.completed.clone(),
                 clock: self.clock.clone(),
             },
+            self.seen.clone(),
             start,
         );
         ctx.spawn(fut.into_actor(self).then(move |res, act, _| {

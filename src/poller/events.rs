@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use fhir_edge_core::clock::fmt_ms;
 
-use super::{PollError, PollSummary};
+use super::{PollError, PollSummary, Recheck};
 use crate::health::{ActorId, Counter, Health};
 use crate::telemetry::InternalEvent;
 
@@ -129,5 +129,40 @@ impl InternalEvent for CursorCommitFailed<'_> {
             "{what}: {}",
             self.reason
         );
+    }
+}
+
+/// A due recheck of the overlap, answered by counting (`recheck_start`).
+pub struct OverlapRechecked {
+    pub recheck: Recheck,
+}
+
+impl InternalEvent for OverlapRechecked {
+    fn emit(self, health: &Health) {
+        let c = &health.counters;
+        match self.recheck {
+            Recheck::Settled => {
+                c.add(Counter::OverlapRechecks, 1);
+                tracing::debug!(
+                    actor = "poller",
+                    "overlap recheck: counts agree, nothing late"
+                );
+            }
+            Recheck::From(t) => {
+                c.add(Counter::OverlapRechecks, 1);
+                c.add(Counter::OverlapRereads, 1);
+                tracing::info!(
+                    actor = "poller",
+                    from = fmt_ms(t),
+                    "overlap recheck: the server holds events not yet scored; re-reading from {}",
+                    fmt_ms(t)
+                );
+            }
+            Recheck::NoCount => tracing::info!(
+                actor = "poller",
+                "the server gives no search count; the whole overlap is re-read at each recheck \
+                 (poller.recheck_secs)"
+            ),
+        }
     }
 }

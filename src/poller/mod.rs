@@ -104,6 +104,8 @@ pub struct PollSummary {
     pub newest: Option<DateTime<Utc>>,
     /// Whether the server returned ascending `lastUpdated` across all pages.
     pub sorted: bool,
+    /// How the overlap recheck this poll began with came out, when it counted.
+    pub recheck: Option<Recheck>,
 }
 
 /// Exponential backoff with full jitter, capped.
@@ -324,6 +326,67 @@ pub fn poll_start(
     }
 }
 
+/// How a due recheck of the overlap came out ([`recheck_start`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// The server holds as many events in the overlap as were scored there: none came
+    /// late, the poll reads from the cursor.
+    Settled,
+    /// The counts differ from this instant on: the poll re-reads from it.
+    From(DateTime<Utc>),
+    /// The server gave no count: the poll re-reads the whole overlap (and later rechecks
+    /// do not ask again).
+    NoCount,
+}
+
+/// The narrowest part of the overlap a recheck tells apart: an eighth of it (15 s of the
+/// default 120), found in at most four more counts after the first.
+pub const RECHECK_PARTS: i64 = 8;
+
+/// Where a due recheck of the overlap `[from, to)` (to: the cursor) re-reads from. It
+/// compares the server's count of events in the window (`server`) with the count of events
+/// scored there (`seen`); when they differ it halves the window, keeping the earlier half
+/// while that differs, else the later (the counts add up, so the later half differs when
+/// the earlier does not), down to `RECHECK_PARTS`. A late commit is an event the server
+/// counts and the seen keys do not. An event updated or deleted since it was scored
+/// (AuditEvents are meant to be neither) shows as a difference too, and is re-read; one
+/// deleted from the same part of the window as a late commit landed in would hide it
+/// (`recheck_by_count = false` reads everything). Plain logic: the counts are closures (the
+/// server over HTTP, the seen keys in SQLite).
+pub async fn recheck_start<E, S, SF, L, LF>(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut server: S,
+    mut seen: L,
+) -> Result<Recheck, E>
+where
+    S: FnMut(DateTime<Utc>, DateTime<Utc>) -> SF,
+    SF: Future<Output = Result<Option<u64>, E>>,
+    L: FnMut(DateTime<Utc>, DateTime<Utc>) -> LF,
+    LF: Future<Output = Result<u64, E>>,
+{
+    let Some(total) = server(from, to).await? else {
+        return Ok(Recheck::NoCount);
+    };
+    if total == seen(from, to).await? {
+        return Ok(Recheck::Settled);
+    }
+    let narrowest = ((to - from) / RECHECK_PARTS as i32).max(chrono::Duration::milliseconds(1));
+    let (mut lo, mut hi) = (from, to);
+    while hi - lo > narrowest {
+        let mid = lo + chrono::Duration::milliseconds((hi - lo).num_milliseconds() / 2);
+        let Some(n) = server(lo, mid).await? else {
+            return Ok(Recheck::From(lo));
+        };
+        if n != seen(lo, mid).await? {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(Recheck::From(lo))
+}
+
 /// Pages read in ascending `lastUpdated` order before a poll may checkpoint its cursor.
 pub const CHECKPOINT_MIN_PAGES: u64 = 10;
 
@@ -481,6 +544,8 @@ pub struct PollState {
     interval: Duration,
     overlap: chrono::Duration,
     recheck: chrono::Duration,
+    /// Rechecks count before they re-read (`recheck_by_count`, until a server gives no count).
+    count_rechecks: bool,
 }
 
 /// What one poll is to do, decided when it starts.
@@ -492,8 +557,12 @@ pub struct PollStart {
     pub from_cursor: Option<DateTime<Utc>>,
     /// `--since`, for the first poll only.
     pub since: Option<DateTime<Utc>>,
-    /// Whether this poll re-reads the whole overlap.
+    /// Whether this poll rechecks the whole overlap.
     pub full: bool,
+    /// With `full`: the overlap `[cursor − overlap, cursor)` to count first
+    /// ([`recheck_start`]); `None` re-reads it all (counting off, or a crash's events to
+    /// replay, which must be read again).
+    pub count_window: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub page_size: u32,
     pub replay_until: Option<DateTime<Utc>>,
 }
@@ -529,6 +598,7 @@ impl PollState {
             interval: Duration::from_secs(cfg.interval_secs),
             overlap: chrono::Duration::seconds(cfg.overlap_secs as i64),
             recheck: chrono::Duration::seconds(cfg.recheck_secs() as i64),
+            count_rechecks: cfg.recheck_by_count,
         }
     }
 
@@ -542,11 +612,24 @@ impl PollState {
             }
             None => (None, true),
         };
+        let count_window = match (self.cursor, from_cursor) {
+            (Some(c), Some(from))
+                if full
+                    && self.count_rechecks
+                    && self.since_override.is_none()
+                    && self.replay_until.is_none()
+                    && from < c =>
+            {
+                Some((from, c))
+            }
+            _ => None,
+        };
         PollStart {
             started: now,
             from_cursor,
             since: self.since_override,
             full,
+            count_window,
             page_size: self.page_size.current(),
             replay_until: self.replay_until,
         }
@@ -565,6 +648,9 @@ impl PollState {
         self.replay_until = None;
         if start.full {
             self.last_full_reread = Some(start.started);
+        }
+        if summary.recheck == Some(Recheck::NoCount) {
+            self.count_rechecks = false;
         }
         self.backoff.reset();
         self.page_size.completed();
@@ -677,6 +763,94 @@ mod tests {
         );
         // recheck 0: always full.
         assert!(poll_start(t(1000), t(1001), Some(t(1001)), o, chrono::Duration::zero()).1);
+    }
+
+    /// `recheck_start` against a server holding events at `server` (seconds) of which the
+    /// seen keys hold those at `seen`; `counts`: whether the server answers counts. Returns
+    /// the outcome and the number of counts asked of the server.
+    fn recheck(server: &[i64], seen: &[i64], counts: bool) -> (Recheck, usize) {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let within = |v: &[i64], a: DateTime<Utc>, b: DateTime<Utc>| {
+            v.iter().filter(|s| (a..b).contains(&t(**s))).count() as u64
+        };
+        let asked = std::cell::Cell::new(0);
+        let r = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(recheck_start::<(), _, _, _, _>(
+                t(880),
+                t(1000),
+                |a, b| {
+                    asked.set(asked.get() + 1);
+                    std::future::ready(Ok(counts.then(|| within(server, a, b))))
+                },
+                |a, b| std::future::ready(Ok(within(seen, a, b))),
+            ))
+            .unwrap();
+        (r, asked.get())
+    }
+
+    #[test]
+    fn a_recheck_reads_from_the_narrowest_part_of_the_overlap_whose_count_differs() {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let scored: Vec<i64> = (880..1000).step_by(2).collect();
+        // Everything scored: one count, nothing to re-read.
+        assert_eq!(recheck(&scored, &scored, true), (Recheck::Settled, 1));
+        // A late commit at 955 (75 s into the 120 s overlap): halves [880, 940) agree,
+        // [940, 970) differs, [940, 955) agrees: re-read from 955, the start of the
+        // narrowest part (15 s, an eighth) holding it, after 1 + 3 counts.
+        let mut late = scored.clone();
+        late.push(955);
+        assert_eq!(recheck(&late, &scored, true), (Recheck::From(t(955)), 4));
+        // Two: the earlier decides.
+        late.push(883);
+        assert_eq!(recheck(&late, &scored, true).0, Recheck::From(t(880)));
+        // An event updated since it was scored (the server holds it past the cursor now):
+        // its old place differs, so it is re-read from there.
+        let mut moved = scored.clone();
+        moved.retain(|s| *s != 900);
+        moved.push(1010);
+        assert_eq!(recheck(&moved, &scored, true).0, Recheck::From(t(895)));
+        // No count from the server: the whole overlap.
+        assert_eq!(recheck(&late, &scored, false), (Recheck::NoCount, 1));
+    }
+
+    #[test]
+    fn only_a_due_recheck_with_counting_on_and_nothing_to_replay_counts() {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let mut st = state(Some(t(1000)));
+        let start = st.start(t(1001));
+        assert_eq!(start.count_window, Some((t(880), t(1000))));
+        // A server without counts: later rechecks read the overlap.
+        let summary = PollSummary {
+            newest: Some(t(1000)),
+            recheck: Some(Recheck::NoCount),
+            ..Default::default()
+        };
+        st.tick_completed(&start, &summary);
+        let later = st.start(t(1040));
+        assert!(later.full);
+        assert_eq!(
+            (later.count_window, later.from_cursor),
+            (None, Some(t(880)))
+        );
+        // Events to replay after a crash are read, never counted.
+        let cfg = crate::config::PollerConfig::default();
+        let replaying = PollState::new(Some(t(1000)), None, Some(t(990)), &cfg, 7);
+        assert_eq!(replaying.start(t(1001)).count_window, None);
+        // Counting off.
+        let off = crate::config::PollerConfig {
+            recheck_by_count: false,
+            ..Default::default()
+        };
+        assert_eq!(
+            PollState::new(Some(t(1000)), None, None, &off, 7)
+                .start(t(1001))
+                .count_window,
+            None
+        );
+        // No cursor yet: nothing to count against.
+        assert_eq!(state(None).start(t(1001)).count_window, None);
     }
 
     fn state(cursor: Option<DateTime<Utc>>) -> PollState {

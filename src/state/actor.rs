@@ -19,6 +19,15 @@ pub struct FilterKeys {
     pub keys: Vec<SeenKey>,
 }
 
+/// Request: how many events were scored with `meta.lastUpdated` in `[from_ms, to_ms)`
+/// (the poller's overlap recheck compares it with the server's count).
+#[derive(Message)]
+#[rtype(result = "Result<u64, StateError>")]
+pub struct CountSeen {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
 /// Commit a scored page; the batch comes back with the outcome (no copy of the alerts).
 #[derive(Message)]
 #[rtype(result = "Result<(BatchCommit, BatchOutcome), StateError>")]
@@ -172,6 +181,17 @@ impl Handler<FilterKeys> for SeenFilterActor {
     type Result = Result<Vec<KeyStatus>, StateError>;
     fn handle(&mut self, msg: FilterKeys, _: &mut Self::Context) -> Self::Result {
         let res = self.reader.filter(&msg.keys);
+        if let Err(e) = &res {
+            self.health.error(ActorId::State, e.kind());
+        }
+        res
+    }
+}
+
+impl Handler<CountSeen> for SeenFilterActor {
+    type Result = Result<u64, StateError>;
+    fn handle(&mut self, msg: CountSeen, _: &mut Self::Context) -> Self::Result {
+        let res = self.reader.count(msg.from_ms, msg.to_ms);
         if let Err(e) = &res {
             self.health.error(ActorId::State, e.kind());
         }

@@ -164,6 +164,8 @@ pub fn config(base_url: &str, state_dir: &Path) -> Config {
     c.poller.interval_secs = 1;
     // Every poll re-reads the whole overlap (the strictest setting for de-duplication).
     c.poller.recheck_secs = Some(0);
+    // Read, not counted (`recheck_by_count`; its own tests in `pipeline.rs` turn it on).
+    c.poller.recheck_by_count = false;
     c.poller.page_size = 50;
     c.poller.initial_lookback_secs = 7 * 86_400;
     c.poller.max_backoff_secs = 2;

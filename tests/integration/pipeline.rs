@@ -64,12 +64,46 @@ fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
         .any(|k| k.starts_with("late-commit-1|")));
 }
 
+/// How a recheck learns of late commits: by reading the whole overlap, by the server's
+/// counts, or by counts from a server that gives none (which falls back to reading).
+#[derive(Clone, Copy, PartialEq)]
+enum RecheckBy {
+    Reading,
+    Counts,
+    CountsUnanswered,
+}
+
 #[test]
 fn between_rechecks_polls_start_at_the_cursor_and_the_recheck_catches_late_commits() {
-    let s = seeded_server(200, "recheck", 19, chrono::Duration::seconds(60), 1);
+    recheck_catches_a_late_commit(RecheckBy::Reading);
+}
+
+#[test]
+fn a_recheck_by_counts_reads_nothing_until_a_late_commit_and_then_catches_it() {
+    recheck_catches_a_late_commit(RecheckBy::Counts);
+}
+
+#[test]
+fn a_server_without_counts_has_the_overlap_read_and_late_commits_caught() {
+    recheck_catches_a_late_commit(RecheckBy::CountsUnanswered);
+}
+
+fn recheck_catches_a_late_commit(by: RecheckBy) {
+    // 200 events half a second apart, the newest 10 s ago: all inside the 120 s overlap.
+    let s = server();
+    let mut evs = events(200, "recheck", 19);
+    let first = Utc::now() - chrono::Duration::seconds(110);
+    for (i, e) in evs.iter_mut().enumerate() {
+        let t = first + chrono::Duration::milliseconds(i as i64 * 500);
+        e["meta"] =
+            serde_json::json!({"versionId": "1", "lastUpdated": fhir_edge_core::clock::fmt_ms(t)});
+    }
+    s.store.insert_raw(evs);
+    s.store.set_no_count(by == RecheckBy::CountsUnanswered);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&s.base_url, dir.path());
     cfg.poller.recheck_secs = Some(6);
+    cfg.poller.recheck_by_count = by != RecheckBy::Reading;
     let d = TestDaemon::start(cfg);
     wait_until(T, "200 events", || status(dir.path()).events_scored == 200);
     let p = polls(&d);
@@ -80,10 +114,19 @@ fn between_rechecks_polls_start_at_the_cursor_and_the_recheck_catches_late_commi
         reread < 100,
         "quick polls re-read only the cursor's instant, not the 200-event overlap: {reread}"
     );
-    // A late commit 20 s behind the cursor: caught by the next full re-read.
+    let rechecks = d.counter(Counter::OverlapRechecks);
+    if by == RecheckBy::Counts {
+        // Rechecks came and went (every 6 s), counted, and re-read nothing.
+        wait_until(T, "a counted recheck", || {
+            d.counter(Counter::OverlapRechecks) > rechecks
+        });
+        assert_eq!(d.counter(Counter::OverlapRereads), 0);
+    }
+    // A late commit 20 s behind the cursor: caught by the next recheck.
     let cursor = chrono::DateTime::parse_from_rfc3339(&status(dir.path()).cursor.unwrap())
         .unwrap()
         .with_timezone(&Utc);
+    let dups = d.counter(Counter::EventsDuplicate);
     let mut late = events(1, "recheck-late", 20).pop().unwrap();
     late["id"] = "recheck-late-1".into();
     s.store
@@ -92,6 +135,19 @@ fn between_rechecks_polls_start_at_the_cursor_and_the_recheck_catches_late_commi
         status(dir.path()).events_scored == 201
     });
     assert_eq!(scored(&d), 201);
+    let reread = d.counter(Counter::EventsDuplicate) - dups;
+    match by {
+        RecheckBy::Counts => {
+            assert_eq!(d.counter(Counter::OverlapRereads), 1);
+            // From the narrowest part of the overlap holding the late event (40 events
+            // after it, at most 30 more before it), not all of it.
+            assert!(reread < 100, "re-read {reread} of the 200-event overlap");
+        }
+        RecheckBy::Reading | RecheckBy::CountsUnanswered => {
+            assert_eq!(d.counter(Counter::OverlapRechecks), 0);
+            assert!(reread >= 200, "the whole overlap re-read: {reread}");
+        }
+    }
 }
 
 #[test]

@@ -116,10 +116,21 @@ fn post_all(base_url: &str, events: &[serde_json::Value]) -> Vec<String> {
 
 #[test]
 fn every_event_loaded_in_bursts_is_scored_exactly_once() {
+    bursts_are_scored_once(false);
+}
+
+/// The same with every poll's recheck answered by the server's `_summary=count`.
+#[test]
+fn every_event_loaded_in_bursts_is_scored_exactly_once_with_rechecks_by_count() {
+    bursts_are_scored_once(true);
+}
+
+fn bursts_are_scored_once(by_count: bool) {
     let Some(s) = start_sekmet() else { return };
     let all = events(240, "real", 31);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&s.base_url, dir.path());
+    cfg.poller.recheck_by_count = by_count;
     cfg.poller.page_size = 25;
     cfg.poller.initial_lookback_secs = 3600;
     // A first burst before the daemon starts, then three while it runs.
@@ -160,6 +171,10 @@ fn every_event_loaded_in_bursts_is_scored_exactly_once() {
         d.counter(Counter::EventsDuplicate) > 0,
         "overlap re-reads against a real server are recognised"
     );
+    if by_count {
+        // The server counts: rechecks were answered without reading the overlap.
+        assert!(d.counter(Counter::OverlapRechecks) >= 3);
+    }
 }
 
 #[test]

@@ -69,6 +69,8 @@ struct Inner {
     /// Faults applied in order to search requests (one per request).
     faults: VecDeque<Fault>,
     ignore_sort: bool,
+    /// Like a server that keeps no search totals: `_summary=count` ignored, no `total`.
+    no_count: bool,
     searches: u64,
     access: Access,
     /// Access tokens issued and still honoured.
@@ -331,6 +333,11 @@ impl FhirStore {
         self.inner.write().unwrap().ignore_sort = on;
     }
 
+    /// Answer like a server that keeps no search totals (see `Inner::no_count`).
+    pub fn set_no_count(&self, on: bool) {
+        self.inner.write().unwrap().no_count = on;
+    }
+
     pub fn searches(&self) -> u64 {
         self.inner.read().unwrap().searches
     }
@@ -344,6 +351,9 @@ struct SearchParams {
     count: Option<usize>,
     #[serde(rename = "_offset")]
     offset: Option<usize>,
+    /// `_summary=count`: the total only, no entries (unless `FhirStore::set_no_count`).
+    #[serde(skip)]
+    summary_count: bool,
 }
 
 fn parse_bound(v: &str) -> Option<(&str, i64)> {
@@ -501,7 +511,7 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
             }
         }
     }
-    let (page, total, ignore_sort): (Vec<Arc<str>>, usize, bool) = {
+    let (page, total, ignore_sort, no_count): (Vec<Arc<str>>, usize, bool, bool) = {
         let r = store.inner.read().unwrap();
         let start = r.events.partition_point(|e| e.last_updated_ms < lo);
         let end = r.events.partition_point(|e| e.last_updated_ms <= hi);
@@ -512,8 +522,16 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
             r.events[from..to].iter().map(|e| e.json.clone()).collect(),
             total,
             r.ignore_sort,
+            r.no_count,
         )
     };
+    if q.summary_count && !no_count {
+        return HttpResponse::Ok()
+            .content_type("application/fhir+json")
+            .body(format!(
+                r#"{{"resourceType":"Bundle","type":"searchset","total":{total}}}"#
+            ));
+    }
     let mut page = page;
     if ignore_sort {
         // A server that ignores _sort: a stable but scrambled order within the page.
@@ -548,7 +566,11 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
     links.push(']');
     let mut body = String::with_capacity(page.iter().map(|p| p.len() + 16).sum::<usize>() + 256);
     body.push_str(&format!(
-        r#"{{"resourceType":"Bundle","type":"searchset","total":{total},"link":{links},"entry":["#
+        r#"{{"resourceType":"Bundle","type":"searchset",{}"link":{links},"entry":["#,
+        match no_count {
+            true => String::new(),
+            false => format!(r#""total":{total},"#),
+        }
     ));
     for (i, e) in page.iter().enumerate() {
         if i > 0 {
@@ -648,6 +670,7 @@ fn serde_html_form_lite(qs: &str) -> SearchParams {
             "_lastUpdated" => p.last_updated.push(v.into_owned()),
             "_count" => p.count = v.parse().ok(),
             "_offset" => p.offset = v.parse().ok(),
+            "_summary" => p.summary_count = v == "count",
             _ => {}
         }
     }

@@ -1132,6 +1132,18 @@ impl SeenReader {
         tx.finish()?;
         Ok(out)
     }
+
+    /// How many seen keys are filed at `[from_ms, to_ms)`: a range of the table's order, to
+    /// compare with the server's count of the same window (the poller's overlap recheck).
+    pub fn count(&mut self, from_ms: i64, to_ms: i64) -> Result<u64, StateError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM seen WHERE last_updated_ms >= ?1 AND last_updated_ms < ?2",
+            )?
+            .query_row([from_ms, to_ms], |r| r.get(0))?;
+        Ok(n as u64)
+    }
 }
 
 pub struct Reader {
@@ -1688,6 +1700,9 @@ mod tests {
             .unwrap(),
             vec![KeyStatus::Seen, KeyStatus::Seen, KeyStatus::New]
         );
+        assert_eq!(r.count(1000, 1050).unwrap(), 50);
+        assert_eq!(r.count(1010, 1020).unwrap(), 10, "from included, to not");
+        assert_eq!(r.count(0, 1000).unwrap(), 0);
     }
 
     /// Seen keys written under schema 5 (filed by key) are kept by the migration that files
