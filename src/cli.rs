@@ -124,6 +124,11 @@ pub enum Command {
         /// NDJSON (a resource or a Bundle per line), as `simulate` writes `context.ndjson`.
         #[arg(long, num_args = 1.., value_name = "FILE")]
         context: Vec<PathBuf>,
+        /// Forget patients at this many instead of the built-in bound (200,000; the least
+        /// recently seen half each time): a small hospital read as one whose records
+        /// outnumber the bound, to measure what forgetting costs detection.
+        #[arg(long, value_name = "N")]
+        max_patients: Option<usize>,
     },
     /// Score every event of a file in order and write id,score,severity,kind,case,case_queued,explanation as CSV.
     Score {
@@ -146,6 +151,11 @@ pub enum Command {
         /// NDJSON (a resource or a Bundle per line), as `simulate` writes `context.ndjson`.
         #[arg(long, num_args = 1.., value_name = "FILE")]
         context: Vec<PathBuf>,
+        /// Forget patients at this many instead of the built-in bound (200,000; the least
+        /// recently seen half each time): a small hospital read as one whose records
+        /// outnumber the bound, to measure what forgetting costs detection.
+        #[arg(long, value_name = "N")]
+        max_patients: Option<usize>,
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent {
@@ -393,6 +403,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             until,
             watch_list,
             context,
+            max_patients,
         } => {
             let (records, names, cfg, server) = if from_server {
                 // The server's config is required here.
@@ -412,6 +423,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 &context,
                 cfg.as_ref(),
             )?;
+            if let Some(n) = max_patients {
+                ctx.set_max_patients(n);
+            }
             // From the server without --context files: the care context the daemon follows.
             if let (true, true, Some(c)) = (from_server, context.is_empty(), cfg.as_ref()) {
                 ctx.set_care(crate::training::followed_care(c));
@@ -435,14 +449,18 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             features_out,
             watch_list,
             context,
+            max_patients,
         } => {
             let cfg = site_config(cfg_path);
-            let ctx = crate::training::site_context(
+            let mut ctx = crate::training::site_context(
                 timezone.as_deref(),
                 watch_list.as_deref(),
                 &context,
                 cfg.as_ref(),
             )?;
+            if let Some(n) = max_patients {
+                ctx.set_max_patients(n);
+            }
             // Alerts are filed into cases by the site's window, as the daemon would.
             let rule = cfg.as_ref().map_or_else(Default::default, |c| {
                 fhir_edge_core::cases::CaseRule::hours(c.alerts.case_window_hours)

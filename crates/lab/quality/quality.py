@@ -101,7 +101,7 @@ def watched_split(ev, labels, watch):
 
 
 def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
-        shape="balp", keep_department=False, context=False):
+        shape="balp", keep_department=False, context=False, max_patients=None):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
@@ -123,6 +123,10 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     # to train and score as `--context` when asked.
     ctx_file = os.path.join(d, "context.ndjson")
     ctx_args = ["--context", ctx_file] if context else []
+    # A patient bound below the hospital's records (train and score forget as a site beyond
+    # the built-in bound would).
+    if max_patients:
+        ctx_args += ["--max-patients", str(max_patients)]
     run([bin_, "train", "--input", ev, "--output", os.path.join(d, "model"), "--epochs", str(epochs), "--seed", "1",
          "--until", until] + wl_args + ctx_args)
     run([bin_, "score", "--model", os.path.join(d, "model"), "--input", ev, "--output", os.path.join(d, "scores.csv"),
@@ -314,6 +318,9 @@ def main():
                     help="give train and score the hospital's care context (its context.ndjson) as --context")
     ap.add_argument("--keep-department", action="store_true",
                     help="keep the user's department in every shape (a control; see `fhir-edge simulate --help`)")
+    ap.add_argument("--max-patients", type=int,
+                    help="forget patients at this many (train and score --max-patients): detection "
+                         "at the memory bound, on a hospital whose records outnumber it")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -322,7 +329,8 @@ def main():
     results = []
     for r in runs:
         res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
-                  shape=a.shape, keep_department=a.keep_department, context=a.context)
+                  shape=a.shape, keep_department=a.keep_department, context=a.context,
+                  max_patients=a.max_patients)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "

@@ -746,6 +746,10 @@ pub struct Context {
     /// (the state database keeps its facts).
     #[serde(skip)]
     care: Option<std::sync::Arc<care::Index>>,
+    /// The patient bound in force: `MAX_PATIENTS` unless lowered (`set_max_patients`) to
+    /// measure detection at the bound on a small hospital. Never snapshotted.
+    #[serde(skip)]
+    max_patients: Option<usize>,
 }
 
 fn bump(list: &mut Vec<(u64, u32)>, key: u64, cap: usize) -> bool {
@@ -1031,10 +1035,19 @@ impl Context {
     /// context's time zone and watch list, which come from the site's configuration.
     pub fn adopt_history(&mut self, learned: Context) {
         let (tz, watched, care) = (self.tz, std::mem::take(&mut self.watched), self.care.take());
+        let max_patients = self.max_patients;
         *self = learned;
         self.tz = tz;
         self.watched = watched;
         self.care = care;
+        self.max_patients = max_patients;
+    }
+
+    /// Forget patients at `n` instead of `MAX_PATIENTS` (the least recently seen half each
+    /// time the bound is reached): a small hospital scored as one whose records outnumber
+    /// the bound, to measure what forgetting costs detection (BENCHMARKS.md).
+    pub fn set_max_patients(&mut self, n: usize) {
+        self.max_patients = Some(n.max(2));
     }
 
     /// The context as a snapshot: binary (postcard after a tag and the layout), about 40 %
@@ -1843,7 +1856,7 @@ impl Context {
                 self.pairs_old = std::mem::take(&mut self.pairs_now);
             }
             if !self.patients.contains_key(&p) {
-                if self.patients.len() >= MAX_PATIENTS {
+                if self.patients.len() >= self.max_patients.unwrap_or(MAX_PATIENTS) {
                     self.forgotten.patients += evict_half(&mut self.patients, |p| p.last_ms);
                 }
                 if let Some(name) = r.patient_display.as_deref().and_then(family_name) {
@@ -2270,6 +2283,22 @@ mod tests {
         let (_, first) = c.observe(&rec("Practitioner/2", "Patient/0", t0 + 10_000_001));
         assert!(known.patient_history >= 1, "{known:?}");
         assert_eq!(first.patient_history, 0, "forgotten: {first:?}");
+    }
+
+    /// A lowered bound (`set_max_patients`, for measuring detection at the bound) forgets
+    /// the same way, and survives adopting a model's baselines.
+    #[test]
+    fn a_lowered_patient_bound_forgets_at_it_and_survives_adopting_baselines() {
+        let t0 = monday(10);
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_max_patients(10);
+        c.adopt_history(Context::new(chrono_tz::UTC));
+        for i in 0..10 {
+            c.observe(&rec("Practitioner/1", &format!("Patient/{i}"), t0 + i));
+        }
+        assert_eq!(c.take_forgotten().patients, 0);
+        c.observe(&rec("Practitioner/1", "Patient/new", t0 + 10));
+        assert!((5..=6).contains(&c.take_forgotten().patients));
     }
 
     /// A context touching every kind of state the snapshot holds.
