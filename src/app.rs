@@ -391,7 +391,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         ..Default::default()
     }));
     let api_state = ApiState {
-        state_dir: state_dir.clone(),
+        readers: Arc::new(crate::api::ReaderPool::new(state_dir.clone())),
         health: health.clone(),
         round: round.clone(),
         token,

@@ -52,7 +52,7 @@ pub(super) async fn list(s: web::Data<ApiState>, q: web::Query<CaseQuery>) -> Ht
         Err(m) => return err_json(StatusCode::BAD_REQUEST, m),
     };
     let limit = f.limit as usize;
-    match with_reader(s.state_dir.clone(), move |r| {
+    match with_reader(s.readers.clone(), move |r| {
         Ok((r.cases(&f)?, r.case_counts()?))
     })
     .await
@@ -70,7 +70,7 @@ pub(super) async fn list(s: web::Data<ApiState>, q: web::Query<CaseQuery>) -> Ht
 /// `GET /api/cases/{id}`: the case, its alerts (oldest first) and the AuditEvent ids.
 pub(super) async fn get(s: web::Data<ApiState>, id: web::Path<i64>) -> HttpResponse {
     let id = id.into_inner();
-    match with_reader(s.state_dir.clone(), move |r| r.case(id)).await {
+    match with_reader(s.readers.clone(), move |r| r.case(id)).await {
         Ok((case, alerts)) => {
             let event_ids: Vec<&str> = alerts.iter().map(|a| a.event_id.as_str()).collect();
             let mut body = serde_json::to_value(&case).unwrap_or_default();
@@ -169,7 +169,7 @@ pub(super) async fn user(s: web::Data<ApiState>, q: web::Query<UserQuery>) -> Ht
         .ok()
         .flatten();
     let u = user.clone();
-    let stored = with_reader(s.state_dir.clone(), move |r| {
+    let stored = with_reader(s.readers.clone(), move |r| {
         let mut cases = r.cases(&CaseFilter {
             user: Some(u.clone()),
             limit: CARD_CASES + 1,

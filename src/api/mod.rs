@@ -38,7 +38,8 @@ pub struct HealthRound {
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub state_dir: PathBuf,
+    /// Read connections to the state database.
+    pub readers: Arc<ReaderPool>,
     pub health: Health,
     pub round: Arc<Mutex<HealthRound>>,
     pub token: Option<Arc<String>>,
@@ -130,11 +131,49 @@ fn state_err(e: StateError) -> HttpResponse {
     }
 }
 
-async fn with_reader<T: Send + 'static>(
+/// Read-only connections to the state database, kept between requests: opening one reads
+/// the schema, which was most of a small request's cost (about 1 ms of CPU per
+/// `GET /api/alerts?limit=50` under the soak's load; BENCHMARKS.md).
+pub struct ReaderPool {
     dir: PathBuf,
+    idle: Mutex<Vec<Reader>>,
+}
+
+/// Connections kept idle at most (one per request served at once, up to this).
+const IDLE_READERS: usize = 4;
+
+impl ReaderPool {
+    pub fn new(dir: PathBuf) -> Self {
+        ReaderPool {
+            dir,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Run `f` on a kept connection, or a new one; the connection is kept again unless `f`
+    /// failed (a connection that saw an error is not trusted with the next request).
+    fn with<T>(&self, f: impl FnOnce(&Reader) -> Result<T, StateError>) -> Result<T, StateError> {
+        let kept = crate::sync::lock(&self.idle).pop();
+        let r = match kept {
+            Some(r) => r,
+            None => Reader::open(&self.dir)?,
+        };
+        let res = f(&r);
+        if res.is_ok() {
+            let mut idle = crate::sync::lock(&self.idle);
+            if idle.len() < IDLE_READERS {
+                idle.push(r);
+            }
+        }
+        res
+    }
+}
+
+async fn with_reader<T: Send + 'static>(
+    readers: Arc<ReaderPool>,
     f: impl FnOnce(&Reader) -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, HttpResponse> {
-    web::block(move || Reader::open(&dir).and_then(|r| f(&r)))
+    web::block(move || readers.with(f))
         .await
         .map_err(|e| {
             err_json(
@@ -153,7 +192,7 @@ async fn health(s: web::Data<ApiState>) -> HttpResponse {
         true => Vec::new(),
         false => {
             let names = s.exporters.clone();
-            with_reader(s.state_dir.clone(), move |r| r.export_status(&names))
+            with_reader(s.readers.clone(), move |r| r.export_status(&names))
                 .await
                 .unwrap_or_default()
         }
@@ -235,7 +274,7 @@ fn counters_json(h: &Health) -> serde_json::Value {
 async fn stats(s: web::Data<ApiState>) -> HttpResponse {
     let now = s.clock.now().timestamp_millis();
     let newest = s.health.counters.newest_event_ms.load(Ordering::Relaxed);
-    let durable = with_reader(s.state_dir.clone(), |r| r.status()).await;
+    let durable = with_reader(s.readers.clone(), |r| r.status()).await;
     let mut body = json!({ "process": counters_json(&s.health) });
     body["poll_lag_secs"] = json!((newest > 0).then(|| (now - newest) as f64 / 1000.0));
     let coverage = s.health.coverage();
@@ -307,7 +346,7 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
         "Duration to write a snapshot's file and commit it with the cursor (scoring goes on).",
         &mut out,
     );
-    if let Ok(counts) = with_reader(s.state_dir.clone(), |r| r.case_counts()).await {
+    if let Ok(counts) = with_reader(s.readers.clone(), |r| r.case_counts()).await {
         out.push_str(
             "# HELP fhir_edge_cases Cases in the store, by status.\n# TYPE fhir_edge_cases gauge\n",
         );
@@ -317,8 +356,7 @@ async fn metrics(s: web::Data<ApiState>) -> HttpResponse {
     }
     if !s.exporters.is_empty() {
         let names = s.exporters.clone();
-        if let Ok(export) = with_reader(s.state_dir.clone(), move |r| r.export_status(&names)).await
-        {
+        if let Ok(export) = with_reader(s.readers.clone(), move |r| r.export_status(&names)).await {
             out.push_str("# HELP fhir_edge_export_backlog Outbox items the exporter has not had acknowledged yet.\n# TYPE fhir_edge_export_backlog gauge\n");
             for e in export
                 .iter()
@@ -411,7 +449,7 @@ async fn list_alerts(s: web::Data<ApiState>, q: web::Query<AlertQuery>) -> HttpR
         Err(m) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, m),
     };
     let limit = f.limit as usize;
-    match with_reader(s.state_dir.clone(), move |r| r.alerts(&f)).await {
+    match with_reader(s.readers.clone(), move |r| r.alerts(&f)).await {
         Ok(alerts) => {
             let next = (alerts.len() == limit)
                 .then(|| alerts.last().map(|a| a.id))
@@ -424,7 +462,7 @@ async fn list_alerts(s: web::Data<ApiState>, q: web::Query<AlertQuery>) -> HttpR
 
 async fn get_alert(s: web::Data<ApiState>, id: web::Path<i64>) -> HttpResponse {
     let id = id.into_inner();
-    match with_reader(s.state_dir.clone(), move |r| r.alert(id)).await {
+    match with_reader(s.readers.clone(), move |r| r.alert(id)).await {
         Ok(a) => HttpResponse::Ok().json(a),
         Err(r) => r,
     }
@@ -474,7 +512,7 @@ async fn set_status(
         }
         Err(e) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let alert = match with_reader(s.state_dir.clone(), move |r| r.alert(id)).await {
+    let alert = match with_reader(s.readers.clone(), move |r| r.alert(id)).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -518,7 +556,7 @@ async fn set_status(
 }
 
 async fn list_allow(s: web::Data<ApiState>) -> HttpResponse {
-    match with_reader(s.state_dir.clone(), |r| r.allowlist()).await {
+    match with_reader(s.readers.clone(), |r| r.allowlist()).await {
         Ok(rules) => HttpResponse::Ok().json(json!({"rules": rules})),
         Err(r) => r,
     }
