@@ -104,13 +104,19 @@ pub fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some((t - now).to_std().unwrap_or(Duration::ZERO))
 }
 
+/// `{base}/{resource_type}`, whether the base ends in a slash or not.
+fn type_url(base: &Url, resource_type: &str) -> Url {
+    let mut u = base.clone();
+    u.path_segments_mut()
+        .expect("http(s) base URL")
+        .pop_if_empty()
+        .push(resource_type);
+    u
+}
+
 /// The first search URL: `_lastUpdated=ge{since}&_sort=_lastUpdated&_count={n}`, full precision.
 pub fn search_url(base: &Url, resource_type: &str, since: DateTime<Utc>, page_size: u32) -> Url {
-    let mut u = base.clone();
-    {
-        let mut segs = u.path_segments_mut().expect("http(s) base URL");
-        segs.pop_if_empty().push(resource_type);
-    }
+    let mut u = type_url(base, resource_type);
     u.query_pairs_mut()
         .append_pair(
             "_lastUpdated",
@@ -124,11 +130,7 @@ pub fn search_url(base: &Url, resource_type: &str, since: DateTime<Utc>, page_si
 /// The count of events with `meta.lastUpdated` in `[from, to)`:
 /// `_lastUpdated=ge{from}&_lastUpdated=lt{to}&_summary=count&_total=accurate`.
 pub fn count_url(base: &Url, resource_type: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Url {
-    let mut u = base.clone();
-    {
-        let mut segs = u.path_segments_mut().expect("http(s) base URL");
-        segs.pop_if_empty().push(resource_type);
-    }
+    let mut u = type_url(base, resource_type);
     u.query_pairs_mut()
         .append_pair(
             "_lastUpdated",
@@ -800,6 +802,18 @@ mod tests {
         assert_eq!(
             u.as_str(),
             "http://h:1/fhir/AuditEvent?_lastUpdated=ge2024-01-02T03%3A04%3A05.678Z&_sort=_lastUpdated&_count=200"
+        );
+        // The overlap recheck's count: both bounds at full precision, no base slash needed.
+        let c = count_url(
+            &Url::parse("http://h:1/fhir").unwrap(),
+            "AuditEvent",
+            t,
+            t + chrono::Duration::seconds(120),
+        );
+        assert_eq!(
+            c.as_str(),
+            "http://h:1/fhir/AuditEvent?_lastUpdated=ge2024-01-02T03%3A04%3A05.678Z\
+             &_lastUpdated=lt2024-01-02T03%3A06%3A05.678Z&_summary=count&_total=accurate"
         );
     }
 
