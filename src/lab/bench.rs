@@ -330,11 +330,16 @@ pub fn run(o: BenchOptions) -> anyhow::Result<BenchReport> {
     // One reader and a one-row read per probe: the harness must not take CPU from the
     // daemon it measures (`status()` counts every seen key).
     let reader = fhir_edge_core::state::Reader::open(&state)?;
+    let mut said = Instant::now();
     loop {
         peak_kb = peak_kb.max(proc_status_kb(pid, "VmHWM:").unwrap_or(0));
         let scored = reader.events_scored().unwrap_or(0);
         if scored >= target {
             break;
+        }
+        if said.elapsed() >= Duration::from_secs(15) {
+            eprintln!("bench: catch-up: {scored} of {target} events scored");
+            said = Instant::now();
         }
         if catch_start.elapsed() > Duration::from_secs(3600) {
             bail!("catch-up did not finish within an hour ({scored} of {target})");

@@ -93,6 +93,9 @@ struct Inner {
 pub struct FhirStore {
     inner: Arc<RwLock<Inner>>,
     clock: SharedClock,
+    /// The lower `_lastUpdated` bound of the latest search that had one (ms; `i64::MIN`
+    /// before any): how far back a client still reads.
+    read_from_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl FhirStore {
@@ -100,7 +103,20 @@ impl FhirStore {
         FhirStore {
             inner: Arc::new(RwLock::new(Inner::default())),
             clock,
+            read_from_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
         }
+    }
+
+    /// Record that a client read from `ms` on (each search with a lower bound does).
+    pub fn note_read_from(&self, ms: i64) {
+        self.read_from_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The lower `_lastUpdated` bound of the latest search that had one.
+    pub fn read_from_ms(&self) -> Option<i64> {
+        Some(self.read_from_ms.load(std::sync::atomic::Ordering::Relaxed))
+            .filter(|ms| *ms != i64::MIN)
     }
 
     pub fn set_access(&self, a: Access) {
@@ -307,6 +323,12 @@ impl FhirStore {
             .map(|e| fhir_edge_core::clock::from_ms(e.last_updated_ms))
     }
 
+    /// How many events are held with `lastUpdated` at or after `ms`.
+    pub fn len_from(&self, ms: i64) -> usize {
+        let r = self.inner.read().unwrap();
+        r.events.len() - r.events.partition_point(|e| e.last_updated_ms < ms)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().unwrap().events.len()
     }
@@ -490,6 +512,9 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
         Some(Fault::Truncate(n)) => truncate = Some(n),
         None => {}
     }
+    if let Some(lo) = lo_bound(&q.last_updated) {
+        store.note_read_from(lo);
+    }
     let count = q.count.unwrap_or(20).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
     let mut lo = i64::MIN;
@@ -656,6 +681,18 @@ async fn context_search(
         serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries})
             .to_string(),
     )
+}
+
+/// The lower bound (`ge`/`gt`) of a search's `_lastUpdated` parameters, ms.
+fn lo_bound(bounds: &[String]) -> Option<i64> {
+    bounds
+        .iter()
+        .filter_map(|b| match parse_bound(b) {
+            Some(("ge", t)) => Some(t),
+            Some(("gt", t)) => Some(t + 1),
+            _ => None,
+        })
+        .max()
 }
 
 fn urlencode(s: &str) -> String {

@@ -51,55 +51,75 @@ pub fn bench_events_sized(
     now: chrono::DateTime<chrono::Utc>,
     size: Size,
 ) -> Vec<(i64, String, Arc<str>)> {
-    let mut o = SimOptions::new(14, seed);
-    o.anomalies_from_day = 7;
-    let units = size.staff.div_ceil(o.users).max(1);
-    if units == 1 {
-        o.users = size.staff.max(1);
+    let made = BenchEvents::new(n, seed, now, size);
+    (0..n).map(|i| made.event(i)).collect()
+}
+
+/// The benchmark's `n` events of a hospital (`bench_events_sized`), each made on its own:
+/// event `i` depends on `i` alone, so they can be made in order, a chunk at a time.
+pub struct BenchEvents {
+    base: Vec<crate::simulate::SimEvent>,
+    units: usize,
+    unit_patients: usize,
+    start: chrono::DateTime<chrono::Utc>,
+    step_us: i64,
+}
+
+impl BenchEvents {
+    pub fn new(n: usize, seed: u64, now: chrono::DateTime<chrono::Utc>, size: Size) -> Self {
+        let mut o = SimOptions::new(14, seed);
+        o.anomalies_from_day = 7;
+        let units = size.staff.div_ceil(o.users).max(1);
+        if units == 1 {
+            o.users = size.staff.max(1);
+        }
+        let unit_patients = (size.patients / units).max(1);
+        o.patients = match units {
+            1 => size.patients.max(1),
+            _ => unit_patients.min(o.patients),
+        };
+        let (staff, patients) = (units * o.users, units * o.patients);
+        if (staff, patients) != (size.staff, size.patients) {
+            eprintln!(
+                "bench: {} staff and {} patients asked; made as {units} unit(s) of {} staff and \
+                 {} patients: {staff} staff, at most {patients} distinct patients",
+                size.staff, size.patients, o.users, o.patients
+            );
+        }
+        BenchEvents {
+            base: simulate(&o),
+            units,
+            unit_patients,
+            start: now - chrono::Duration::hours(24),
+            step_us: (24 * 3_600_000_000i64 / n.max(1) as i64).max(1),
+        }
     }
-    let unit_patients = (size.patients / units).max(1);
-    o.patients = match units {
-        1 => size.patients.max(1),
-        _ => unit_patients.min(o.patients),
-    };
-    let (staff, patients) = (units * o.users, units * o.patients);
-    if (staff, patients) != (size.staff, size.patients) {
-        eprintln!(
-            "bench: {} staff and {} patients asked; made as {units} unit(s) of {} staff and \
-             {} patients: {staff} staff, at most {patients} distinct patients",
-            size.staff, size.patients, o.users, o.patients
-        );
-    }
-    let base = simulate(&o);
-    let span = chrono::Duration::days(14);
-    let start = now - chrono::Duration::hours(24);
-    let step_us = (24 * 3_600_000_000i64 / n.max(1) as i64).max(1);
-    let mut out = Vec::with_capacity(n);
-    let mut j = serde_json::Value::Null;
-    for i in 0..n {
-        let (unit, k) = (i % units, i / units);
-        let copy = k / base.len();
-        let e = &base[k % base.len()];
-        j.clone_from(&e.json);
-        let id = match units {
+
+    /// Event `i`: (lastUpdated ms, id, JSON).
+    pub fn event(&self, i: usize) -> (i64, String, Arc<str>) {
+        let span = chrono::Duration::days(14);
+        let (unit, k) = (i % self.units, i / self.units);
+        let copy = k / self.base.len();
+        let e = &self.base[k % self.base.len()];
+        let mut j = e.json.clone();
+        let id = match self.units {
             1 => format!("b{copy}-{}", e.id),
             _ => format!("b{copy}-g{unit}-{}", e.id),
         };
         j["id"] = id.clone().into();
         j["recorded"] = fmt_ms(e.recorded + span * copy as i32).into();
-        if units > 1 {
-            into_unit(&mut j, unit, unit_patients);
+        if self.units > 1 {
+            into_unit(&mut j, unit, self.unit_patients);
         }
         // Groups of three share a lastUpdated: ties across page boundaries.
-        let lu = start + chrono::Duration::microseconds((i as i64 / 3) * 3 * step_us);
+        let lu = self.start + chrono::Duration::microseconds((i as i64 / 3) * 3 * self.step_us);
         j["meta"] = serde_json::json!({"versionId": "1", "lastUpdated": fmt_ms(lu)});
-        out.push((
+        (
             lu.timestamp_millis(),
             id,
             serde_json::to_string(&j).expect("json").into(),
-        ));
+        )
     }
-    out
 }
 
 /// Make a simulated event one of unit `unit`'s: its staff, department and patients.
@@ -212,6 +232,40 @@ fn generate(store: &FhirStore, seed: u64, rate: f64, secs: u64, retain_secs: u64
     g.next
 }
 
+/// More events than this are not all held at once (about 2.5 KB each): the first this many
+/// are, and the rest are added as the client reads, the ones it has read long since
+/// forgotten — like a server whose events arrive while it is followed.
+pub const FEED_ABOVE: usize = 2_000_000;
+
+/// What is kept behind the client's read point (ms of `lastUpdated`): more than any overlap
+/// or checkpoint lag.
+const FEED_KEEP_BEHIND_MS: i64 = 3_600_000;
+
+/// Add events `next..n` in chunks while fewer than `window` are held ahead of what the
+/// client reads (`FhirStore::read_from_ms`), forgetting what lies an hour behind it.
+fn feed(store: &FhirStore, made: &BenchEvents, mut next: usize, n: usize, window: usize) {
+    let chunk = window.clamp(1, 100_000);
+    let started = Instant::now();
+    while next < n {
+        let read_from = store.read_from_ms().unwrap_or(i64::MIN);
+        let ahead = store.len_from(read_from);
+        if ahead < window {
+            let to = (next + chunk).min(n);
+            store.insert_serialized((next..to).map(|i| made.event(i)).collect());
+            next = to;
+            if read_from != i64::MIN {
+                store.prune_before(read_from.saturating_sub(FEED_KEEP_BEHIND_MS));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "bench-server: all {n} events added ({:.1} s after the first were ready)",
+        started.elapsed().as_secs_f32()
+    );
+}
+
 /// `fhir-edge bench-server`: serve N events until stdin closes; prints the address. With
 /// `rate`, also creates events at that rate for `rate_secs` and prints `generated N`.
 pub fn serve(
@@ -224,15 +278,24 @@ pub fn serve(
 ) -> std::io::Result<()> {
     let store = FhirStore::new(Arc::new(SystemClock));
     let started = Instant::now();
-    store.insert_serialized(bench_events_sized(n, seed, chrono::Utc::now(), size));
+    let made = BenchEvents::new(n, seed, chrono::Utc::now(), size);
+    let held = n.min(FEED_ABOVE);
+    store.insert_serialized((0..held).map(|i| made.event(i)).collect());
     eprintln!(
-        "bench-server: {} events ready in {:.1} s",
+        "bench-server: {} events ready in {:.1} s{}",
         store.len(),
-        started.elapsed().as_secs_f32()
+        started.elapsed().as_secs_f32(),
+        match n > held {
+            true => format!("; the other {} are added as they are read", n - held),
+            false => String::new(),
+        }
     );
     let addr = crate::server::spawn_thread(store.clone(), 1);
     println!("http://{addr}/fhir");
     std::io::stdout().flush()?;
+    if n > held {
+        feed(&store, &made, held, n, FEED_ABOVE);
+    }
     if let Some(r) = rate {
         let total = generate(&store, seed, r, rate_secs, retain_secs);
         println!("generated {total}");
@@ -242,4 +305,45 @@ pub fn serve(
     let mut sink = String::new();
     while std::io::stdin().read_line(&mut sink)? > 0 {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events beyond the window are added as the client reads on, in the order they would
+    /// have been held, and what lies an hour behind its read point is forgotten.
+    #[test]
+    fn fed_events_arrive_as_they_are_read_and_old_ones_are_forgotten() {
+        let n = 3_000;
+        let now = chrono::Utc::now();
+        let made = BenchEvents::new(n, 7, now, Size::DEFAULT);
+        let all: Vec<_> = (0..n).map(|i| made.event(i)).collect();
+        let store = FhirStore::new(Arc::new(SystemClock));
+        store.insert_serialized(all[..1_000].to_vec());
+        let fed = {
+            let store = store.clone();
+            std::thread::spawn(move || feed(&store, &made, 1_000, n, 1_000))
+        };
+        // Nothing read yet: the feeder holds its window and waits.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(store.len(), 1_000);
+        // The client reads from the last of the held events on: the rest follow, and the
+        // events more than an hour (of lastUpdated) behind that point are forgotten.
+        let mut read = 1_000;
+        while !fed.is_finished() {
+            store.note_read_from(all[read - 1].0);
+            read = (read + 500).min(n);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let held = store.ids();
+        assert_eq!(held.last(), Some(&all[n - 1].1));
+        let kept_from = store.read_from_ms().unwrap() - FEED_KEEP_BEHIND_MS;
+        let within = all.iter().filter(|e| e.0 >= kept_from).count();
+        assert!(
+            held.len() < n && held.len() >= within,
+            "{} of {n} held, {within} within an hour of the read point",
+            held.len()
+        );
+    }
 }
