@@ -340,7 +340,7 @@ pub enum Recheck {
 }
 
 /// The narrowest part of the overlap a recheck tells apart: an eighth of it (15 s of the
-/// default 120), found in at most four more counts after the first.
+/// default 120), found in at most three more counts after the first.
 pub const RECHECK_PARTS: i64 = 8;
 
 /// Where a due recheck of the overlap `[from, to)` (to: the cursor) re-reads from. It
