@@ -127,8 +127,8 @@ pub enum Command {
         /// Forget patients at this many instead of the built-in bound (200,000; the least
         /// recently seen half each time): a small hospital read as one whose records
         /// outnumber the bound, to measure what forgetting costs detection.
-        #[arg(long, value_name = "N")]
-        max_patients: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_patients: Option<u32>,
     },
     /// Score every event of a file in order and write id,score,severity,kind,case,case_queued,explanation as CSV.
     Score {
@@ -154,8 +154,8 @@ pub enum Command {
         /// Forget patients at this many instead of the built-in bound (200,000; the least
         /// recently seen half each time): a small hospital read as one whose records
         /// outnumber the bound, to measure what forgetting costs detection.
-        #[arg(long, value_name = "N")]
-        max_patients: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_patients: Option<u32>,
     },
     /// POST a valid sample AuditEvent to the configured server and print its id.
     SendTestEvent {
@@ -424,7 +424,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.as_ref(),
             )?;
             if let Some(n) = max_patients {
-                ctx.set_max_patients(n);
+                ctx.set_max_patients(n as usize);
             }
             // From the server without --context files: the care context the daemon follows.
             if let (true, true, Some(c)) = (from_server, context.is_empty(), cfg.as_ref()) {
@@ -459,7 +459,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.as_ref(),
             )?;
             if let Some(n) = max_patients {
-                ctx.set_max_patients(n);
+                ctx.set_max_patients(n as usize);
             }
             // Alerts are filed into cases by the site's window, as the daemon would.
             let rule = cfg.as_ref().map_or_else(Default::default, |c| {

@@ -132,8 +132,8 @@ fn state_err(e: StateError) -> HttpResponse {
 }
 
 /// Read-only connections to the state database, kept between requests: opening one reads
-/// the schema, which was most of a small request's cost (about 1 ms of CPU per
-/// `GET /api/alerts?limit=50` under the soak's load; BENCHMARKS.md).
+/// the schema, about a third of a small request's cost (`GET /api/alerts?limit=50` under
+/// the soak's load: ~1.1 → ~0.7 ms of CPU; BENCHMARKS.md).
 pub struct ReaderPool {
     dir: PathBuf,
     idle: Mutex<Vec<Reader>>,

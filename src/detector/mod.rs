@@ -184,16 +184,17 @@ pub(crate) fn say_care_unused() {
 mod tests {
     use super::*;
 
+    /// The last snapshot: taken at `at`, `bytes` long, inside a poll or at its end.
+    fn taken(at: Instant, bytes: usize, in_poll: bool) -> Option<LastSnapshot> {
+        Some(LastSnapshot { at, bytes, in_poll })
+    }
+
     #[test]
     fn a_complete_poll_snapshots_at_most_once_per_checkpoint_interval() {
         use SnapshotDue::*;
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
-        let small = Some(LastSnapshot {
-            at: t0,
-            bytes: 1 << 20,
-            in_poll: false,
-        });
+        let small = taken(t0, 1 << 20, false);
         assert_eq!(
             snapshot_due(None, t0, every, true, false, 0),
             Now,
@@ -219,11 +220,7 @@ mod tests {
         use SnapshotDue::*;
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
-        let large = Some(LastSnapshot {
-            at: t0,
-            bytes: LARGE_SNAPSHOT_BYTES,
-            in_poll: false,
-        });
+        let large = taken(t0, LARGE_SNAPSHOT_BYTES, false);
         let later = t0 + every;
         assert_eq!(
             snapshot_due(large, later, every, true, false, 20 * 10),
@@ -246,11 +243,7 @@ mod tests {
         use SnapshotDue::*;
         let t0 = Instant::now();
         let every = Duration::from_secs(10);
-        let inside = Some(LastSnapshot {
-            at: t0,
-            bytes: LARGE_SNAPSHOT_BYTES,
-            in_poll: true,
-        });
+        let inside = taken(t0, LARGE_SNAPSHOT_BYTES, true);
         assert_eq!(snapshot_due(inside, t0, every, true, false, 1), Now);
         assert_eq!(snapshot_due(inside, t0, every, true, true, 1), AfterWrite);
         assert_eq!(

@@ -753,12 +753,8 @@ pub fn soak(o: SoakOptions) -> anyhow::Result<SoakReport> {
                 .await
         })
         .unwrap_or_default();
-    let total = |name: &str| {
-        metric_values::<u64>(&metrics, "fhir_edge_", "_total")
-            .get(name)
-            .copied()
-            .unwrap_or(0)
-    };
+    let totals = metric_values::<u64>(&metrics, "fhir_edge_", "_total");
+    let total = |name: &str| totals.get(name).copied().unwrap_or(0);
     Ok(SoakReport {
         secs: o.secs,
         rate_per_sec: o.rate,

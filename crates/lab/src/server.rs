@@ -512,9 +512,6 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
         Some(Fault::Truncate(n)) => truncate = Some(n),
         None => {}
     }
-    if let Some(lo) = lo_bound(&q.last_updated) {
-        store.note_read_from(lo);
-    }
     let count = q.count.unwrap_or(20).clamp(1, 1000);
     let offset = q.offset.unwrap_or(0);
     let mut lo = i64::MIN;
@@ -535,6 +532,9 @@ async fn search(req: HttpRequest, store: web::Data<FhirStore>) -> HttpResponse {
                 )
             }
         }
+    }
+    if lo != i64::MIN {
+        store.note_read_from(lo);
     }
     let (page, total, ignore_sort, no_count): (Vec<Arc<str>>, usize, bool, bool) = {
         let r = store.inner.read().unwrap();
@@ -681,18 +681,6 @@ async fn context_search(
         serde_json::json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries})
             .to_string(),
     )
-}
-
-/// The lower bound (`ge`/`gt`) of a search's `_lastUpdated` parameters, ms.
-fn lo_bound(bounds: &[String]) -> Option<i64> {
-    bounds
-        .iter()
-        .filter_map(|b| match parse_bound(b) {
-            Some(("ge", t)) => Some(t),
-            Some(("gt", t)) => Some(t + 1),
-            _ => None,
-        })
-        .max()
 }
 
 fn urlencode(s: &str) -> String {

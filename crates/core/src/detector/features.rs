@@ -1047,7 +1047,7 @@ impl Context {
     /// time the bound is reached): a small hospital scored as one whose records outnumber
     /// the bound, to measure what forgetting costs detection (BENCHMARKS.md).
     pub fn set_max_patients(&mut self, n: usize) {
-        self.max_patients = Some(n.max(2));
+        self.max_patients = Some(n);
     }
 
     /// The context as a snapshot: binary (postcard after a tag and the layout), about 40 %

