@@ -297,12 +297,23 @@ const SESSION_GAP: i64 = 8 * HOUR;
 const SESSION_IDLE: i64 = 2 * HOUR;
 /// Sessions after which a user's own start hours outweigh the site's.
 const MATURE_SESSIONS: f32 = 10.0;
+/// How late a shift may run and still be judged by its usual hours: in a session still
+/// going (activity within `SESSION_IDLE`), the hour of an event counts as the least unusual
+/// of the session's last hours, up to this many back (see [`judged_hour`]). Overtime of an
+/// hour or three is everyday work on a ward; a session *begun* at an unusual hour is not
+/// covered, and neither is anything but the time of day (who was opened still counts).
+pub const OVERRUN_HOURS: u32 = 3;
 
 /// Raw facts behind the features, for plain-language explanations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Facts {
     pub hour: u32,
     pub weekday: u32,
+    /// The hour the time of day was judged at, when a session running late made it an
+    /// earlier one than `hour` (see [`judged_hour`]); `user_hour_share` and
+    /// `peer_hour_share` are that hour's.
+    #[serde(default)]
+    pub judged_hour: Option<u32>,
     pub user_hour_share: f32,
     /// Local hour at which the current session began, and how many of the user's earlier
     /// sessions began in that hour (of how many).
@@ -910,6 +921,29 @@ fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
     distinct2(recent, since, since, None).long
 }
 
+/// The local hour an event at `hour` is judged at, in a session that began at `start`
+/// (this event's hour for the session's first event): the least unusual (by `rarity`) of
+/// the hours from `hour` back to `OVERRUN_HOURS` earlier, never before the session's start,
+/// and in the session's first hour the hour after it — `hour` itself when none is less
+/// unusual. A shift running two hours late is judged at its usual last hour, one begun at
+/// 06:40 by 07:00; a session begun at 02:00 only by its own night hours.
+pub fn judged_hour(hour: u32, start: u32, rarity: impl Fn(u32) -> f32) -> u32 {
+    let elapsed = (hour + 24 - start % 24) % 24;
+    // In the session's first hour, the hour after it too: a shift begun twenty minutes
+    // early is judged by the hour it runs into.
+    let early = (elapsed == 0).then_some((hour + 1) % 24);
+    (0..=elapsed.min(OVERRUN_HOURS))
+        .map(|k| (hour + 24 - k) % 24)
+        .chain(early)
+        .map(|h| (h, rarity(h)))
+        // The first of equals: `hour` itself unless an earlier hour is less unusual.
+        .fold(None::<(u32, f32)>, |best, (h, r)| match best {
+            Some((_, b)) if b <= r => best,
+            _ => Some((h, r)),
+        })
+        .map_or(hour, |(h, _)| h)
+}
+
 fn rarity(count: f32, total: f32, bins: f32) -> f32 {
     let p = (count + 0.5) / (total + 0.5 * bins);
     (-p.ln()).clamp(0.0, 10.0)
@@ -1305,16 +1339,30 @@ impl Context {
         facts.personal = cr.personal;
         facts.care_covered = cr.covered;
         let mut x = Row([0f32; N_FEATURES]);
-        // Hours: the user's own, blended with the site's while the user is new.
-        let site_r = rarity(self.site_hours[hour as usize], self.site_total, 24.0);
+        // The session this event continues, if any (activity within `SESSION_IDLE`).
+        let continuing = user.filter(|u| u.last_ok_ms > 0 && now - u.last_ok_ms <= SESSION_IDLE);
+        // Hours: the user's own, blended with the site's while the user is new; judged at
+        // an earlier hour of the session when it is running late.
+        let site_rarity = |h: u32| rarity(self.site_hours[h as usize], self.site_total, 24.0);
+        let user_rarity = |u: &UserState, h: u32| {
+            let w = (u.events / MATURE).min(1.0);
+            w * rarity(u.hours[h as usize], u.events, 24.0) + (1.0 - w) * site_rarity(h)
+        };
+        // The hour the session began (this one, for a session's first event).
+        let began = continuing.map_or(hour, |u| u.session_start_hour.into());
+        let at = match user {
+            Some(u) => judged_hour(hour, began, |h| user_rarity(u, h)),
+            None => judged_hour(hour, began, site_rarity),
+        };
+        facts.judged_hour = (at != hour).then_some(at);
+        let site_r = site_rarity(at);
         let (hr, wr) = match user {
             Some(u) if u.events > 0.0 => {
                 let w = (u.events / MATURE).min(1.0);
-                let own = rarity(u.hours[hour as usize], u.events, 24.0);
-                facts.user_hour_share = u.hours[hour as usize] / u.events;
+                facts.user_hour_share = u.hours[at as usize] / u.events;
                 facts.user_hours = Some(u.hours);
                 (
-                    w * own + (1.0 - w) * site_r,
+                    user_rarity(u, at),
                     rarity(u.weekdays[weekday as usize], u.events, 7.0) * w,
                 )
             }
@@ -1325,8 +1373,8 @@ impl Context {
         let peers = match dept_h.and_then(|d| self.dept_hours.get(&d)) {
             Some(d) if d.total > 0.0 => {
                 let w = (d.total / PEERS_MATURE).min(1.0);
-                facts.peer_hour_share = Some(d.hours[hour as usize] / d.total);
-                w * rarity(d.hours[hour as usize], d.total, 24.0) + (1.0 - w) * site_r
+                facts.peer_hour_share = Some(d.hours[at as usize] / d.total);
+                w * rarity(d.hours[at as usize], d.total, 24.0) + (1.0 - w) * site_r
             }
             _ => site_r,
         };
@@ -1338,7 +1386,6 @@ impl Context {
         // When the session began, against the user's own session starts: a shift running
         // late keeps its usual start hour, a session opened at 02:00 does not. The current
         // session is not counted, so every event of it carries the same value.
-        let continuing = user.filter(|u| u.last_ok_ms > 0 && now - u.last_ok_ms <= SESSION_IDLE);
         let start = continuing.map_or(hour, |u| u.session_start_hour as u32) as usize;
         let own_current = continuing.is_some() as u8 as f32;
         let site_starts = self.site_starts[start] - own_current;
@@ -2826,6 +2873,67 @@ mod tests {
             night.iter().all(|v| (v - night[0]).abs() < 1e-6),
             "{night:?}"
         );
+    }
+
+    #[test]
+    fn a_running_session_is_judged_at_its_least_unusual_recent_hour() {
+        // Usual hours 08:00–16:59.
+        let r = |h: u32| if (8..17).contains(&h) { 1.0 } else { 6.0 };
+        // Two hours late in a session begun at 07:00: judged at 16:00.
+        assert_eq!(judged_hour(18, 7, r), 16);
+        // Four hours late: only three hours back, all of them unusual.
+        assert_eq!(judged_hour(20, 7, r), 20);
+        // A session begun at 18:00 has no usual hour behind it.
+        assert_eq!(judged_hour(19, 18, r), 19);
+        // Never before the session's start; in its first hour, the next one too.
+        assert_eq!(judged_hour(17, 17, r), 17);
+        assert_eq!(judged_hour(7, 7, r), 8);
+        assert_eq!(judged_hour(2, 2, r), 2);
+        // A late shift past midnight: 14:00–22:59 usual.
+        let late = |h: u32| if (14..23).contains(&h) { 1.0 } else { 6.0 };
+        assert_eq!(judged_hour(1, 14, late), 22);
+        // Equals keep the hour itself.
+        assert_eq!(judged_hour(12, 8, r), 12);
+    }
+
+    #[test]
+    fn a_shift_running_late_is_not_after_hours_but_a_session_begun_late_is() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let day0 = monday(0);
+        let at = |d: i64, h: i64, m: i64| day0 + d * DAY + h * HOUR + m * 60_000;
+        // 08:00–15:30 for 20 days.
+        for d in 0..20 {
+            for k in 0..16 {
+                c.observe(&rec(
+                    "Practitioner/1",
+                    &format!("Patient/{k}"),
+                    at(d, 8, k * 30),
+                ));
+            }
+        }
+        let j = feature("hour_rarity_user");
+        // Day 20: the shift runs on to 17:30, in one session.
+        let mut late = (0f32, None);
+        for k in 0..20 {
+            let (x, f) = c.observe(&rec("Practitioner/1", "Patient/1", at(20, 8, k * 30)));
+            late = (late.0.max(x[j]), f.judged_hour);
+        }
+        // Day 21: the shift ends at 15:30 as usual; back at 17:45, a new session.
+        for k in 0..16 {
+            c.observe(&rec("Practitioner/1", "Patient/1", at(21, 8, k * 30)));
+        }
+        let (fresh, f) = c.observe(&rec("Practitioner/1", "Patient/2", at(21, 17, 45)));
+        assert!(
+            late.0 < 2.5,
+            "a late run is judged at its usual hours: {late:?}"
+        );
+        assert_eq!(late.1, Some(15), "{late:?}");
+        assert!(
+            fresh[j] > 4.0,
+            "a session begun at 17:45 is not: {}",
+            fresh[j]
+        );
+        assert_eq!(f.judged_hour, None);
     }
 
     /// Dormancy is measured against the user's own usual breaks.

@@ -374,11 +374,20 @@ pub fn explain(
                     .map(|(a, b)| format!("usual hours {a:02}:00–{:02}:00", (b + 1) % 24))
                     .unwrap_or_else(|| "no usual hours learned yet".into());
                 let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][f.weekday as usize % 7];
-                let mut text = format!(
-                    "activity at {:02}:00 on {day}, {} of this user's past activity falls in that hour ({usual})",
-                    f.hour,
-                    pct(f.user_hour_share)
-                );
+                let mut text = match f.judged_hour {
+                    // A session running late or begun early, judged at a usual hour of it.
+                    Some(j) => format!(
+                        "activity at {:02}:00 on {day}, judged as at {j:02}:00, a usual hour of the same session: \
+                         {} of this user's past activity falls in that hour ({usual})",
+                        f.hour,
+                        pct(f.user_hour_share)
+                    ),
+                    None => format!(
+                        "activity at {:02}:00 on {day}, {} of this user's past activity falls in that hour ({usual})",
+                        f.hour,
+                        pct(f.user_hour_share)
+                    ),
+                };
                 if f.user_sessions > 0 {
                     text.push_str(&format!(
                         "; the session began at {:02}:00, when {} of the user's {} earlier sessions began",
@@ -668,6 +677,47 @@ mod tests {
             why[0],
             "opened 212 distinct patients in 10 min, 240 in 1 h (usual ≤ 15 per hour)"
         );
+    }
+
+    #[test]
+    fn an_hour_judged_as_another_says_which() {
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::HourRarityUser.index()] = 3.0;
+        let mut hours = [0f32; 24];
+        hours[8..17].fill(10.0);
+        let facts = Facts {
+            hour: 18,
+            judged_hour: Some(16),
+            user_hour_share: 0.11,
+            user_hours: Some(hours),
+            session_start_hour: 7,
+            starts_at_that_hour: 9,
+            user_sessions: 24,
+            ..Default::default()
+        };
+        let rec = crate::fhir::AuditEvent {
+            resource_type: "AuditEvent".into(),
+            id: Some("a".into()),
+            recorded: Some("2024-01-01T18:00:00Z".into()),
+            ..Default::default()
+        }
+        .into_record()
+        .unwrap();
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::AfterHours]);
+        assert!(
+            why[0].starts_with(
+                "activity at 18:00 on Mon, judged as at 16:00, a usual hour of the same session: \
+                 11% of this user's past activity falls in that hour"
+            ),
+            "{}",
+            why[0]
+        );
+        let plain = Facts {
+            judged_hour: None,
+            ..facts
+        };
+        assert!(!explain(&c, &plain, &rec).0[0].contains("judged"));
     }
 
     #[test]
