@@ -129,6 +129,11 @@ pub enum Command {
         /// outnumber the bound, to measure what forgetting costs detection.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_patients: Option<u32>,
+        /// Fit the threshold to this many queued cases a day per 100 active users on the
+        /// second half of the window (default: the config's `[alerts] case_budget`, else
+        /// 2.5; 0: the percentile's threshold as it is).
+        #[arg(long, value_name = "N", value_parser = parse_budget)]
+        case_budget: Option<f64>,
     },
     /// Score every event of a file in order and write id,score,severity,kind,case,case_queued,explanation as CSV.
     Score {
@@ -404,6 +409,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             watch_list,
             context,
             max_patients,
+            case_budget,
         } => {
             let (records, names, cfg, server) = if from_server {
                 // The server's config is required here.
@@ -430,6 +436,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if let (true, true, Some(c)) = (from_server, context.is_empty(), cfg.as_ref()) {
                 ctx.set_care(crate::training::followed_care(c));
             }
+            let (case_rule, site_budget) = crate::training::TrainRun::queue_of(cfg.as_ref());
             let run = crate::training::TrainRun {
                 output: &output,
                 epochs,
@@ -437,6 +444,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 percentile,
                 until,
                 server: server.as_deref(),
+                case_rule,
+                case_budget: case_budget.unwrap_or(site_budget),
             };
             crate::training::train_cmd(records, names, ctx, &run)?;
             Ok(ExitCode::SUCCESS)
@@ -494,6 +503,16 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A queue budget: cases a day per 100 users, from 0 (off) to 1000.
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s} is not a number of cases a day per 100 users from 0 (off) to 1000"
+        )),
     }
 }
 

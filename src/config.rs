@@ -404,6 +404,14 @@ pub struct AlertsConfig {
     /// Alerts of one user this many hours apart or closer are one case (an episode); an
     /// alert further from the user's open case opens a new one.
     pub case_window_hours: u32,
+    /// The queue budget: cases a day per 100 active users that training fits the alert
+    /// threshold to. Training (the daemon's own at the end of learning, and `fhir-edge
+    /// train` with this config) replays the case rule over the second half of its window
+    /// — the site's own normal work — and raises the threshold until at most this many
+    /// cases a day per 100 users would have reached the queue; a quiet site keeps the
+    /// percentile's threshold. Applies to models trained after a change: retrain to apply
+    /// it. 0: no fitting (the percentile's threshold as it is).
+    pub case_budget: f64,
 }
 
 impl Default for AlertsConfig {
@@ -411,6 +419,7 @@ impl Default for AlertsConfig {
         AlertsConfig {
             retention_days: 365,
             case_window_hours: fhir_edge_core::cases::DEFAULT_JOIN_WITHIN_HOURS,
+            case_budget: fhir_edge_core::detector::budget::DEFAULT_CASE_BUDGET,
         }
     }
 }
@@ -789,6 +798,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         1,
         24 * 30,
     )?;
+    let budget = c.alerts.case_budget;
+    if !(budget.is_finite() && (0.0..=1000.0).contains(&budget)) {
+        return Err(l.invalid(
+            "alerts.case_budget",
+            format!("{budget} is not a number of cases a day per 100 users from 0 (off) to 1000"),
+        ));
+    }
     range(
         l,
         "context.interval_secs",
@@ -1297,6 +1313,16 @@ mod tests {
         assert!(e.to_string().contains("line 2"), "{e}");
         std::fs::write(&w, "Patient/1\n").unwrap();
         assert!(load(Some(&p)).is_ok());
+        for bad in ["-1.0", "nan", "1e9"] {
+            let p = write(
+                d.path(),
+                &format!("{MINIMAL}[alerts]\ncase_budget = {bad}\n"),
+            );
+            let e = load(Some(&p)).err().unwrap();
+            assert_eq!(e.key(), Some("alerts.case_budget"), "{bad}: {e}");
+        }
+        let p = write(d.path(), &format!("{MINIMAL}[alerts]\ncase_budget = 0\n"));
+        assert_eq!(load(Some(&p)).unwrap().config.alerts.case_budget, 0.0);
     }
 
     #[test]

@@ -177,6 +177,26 @@ pub(crate) struct TrainRun<'a> {
     pub until: Option<DateTime<Utc>>,
     /// The server's base URL (without credentials) with `--from-server`.
     pub server: Option<&'a str>,
+    /// The case rule and the queue budget the threshold is fitted to (`[alerts]
+    /// case_window_hours`, `case_budget`; 0: not fitted).
+    pub case_rule: fhir_edge_core::cases::CaseRule,
+    pub case_budget: f64,
+}
+
+impl TrainRun<'_> {
+    /// The case rule and queue budget of `cfg`, else the defaults.
+    pub fn queue_of(cfg: Option<&Config>) -> (fhir_edge_core::cases::CaseRule, f64) {
+        match cfg {
+            Some(c) => (
+                fhir_edge_core::cases::CaseRule::hours(c.alerts.case_window_hours),
+                c.alerts.case_budget,
+            ),
+            None => (
+                fhir_edge_core::cases::CaseRule::default(),
+                fhir_edge_core::detector::budget::DEFAULT_CASE_BUDGET,
+            ),
+        }
+    }
 }
 
 /// Train on `records` and write the model with its baselines (the context at the end of
@@ -195,6 +215,8 @@ pub(crate) fn train_cmd(
         percentile,
         until,
         server,
+        case_rule,
+        case_budget,
     } = *run;
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
@@ -225,6 +247,9 @@ pub(crate) fn train_cmd(
     bar.finish_and_clear();
     let mut model = model;
     model.meta.training.care_context = ctx.care().is_some();
+    if case_budget > 0.0 {
+        fit_queue_budget(&mut model, &rows, &records, case_rule, case_budget)?;
+    }
     model.save(output)?;
     let mark = baselines::Mark::at_end_of(
         &records,
@@ -246,6 +271,45 @@ pub(crate) fn train_cmd(
         fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(mark.recorded_ms)),
         mark.timezone
     );
+    Ok(())
+}
+
+/// Fit the model's threshold to the queue budget on the second half of the training
+/// window (see `detector::budget`), and say what it did.
+fn fit_queue_budget(
+    model: &mut fhir_edge_core::detector::model::Model,
+    rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
+    records: &[fhir_edge_core::fhir::AuditRecord],
+    rule: fhir_edge_core::cases::CaseRule,
+    budget: f64,
+) -> anyhow::Result<()> {
+    use fhir_edge_core::detector::budget;
+    let Some((candidates, days, users)) = budget::candidates(model, rows, records)? else {
+        eprintln!(
+            "queue budget: the training window is too short to judge the site's days \
+             (its second half must span 3 days); the percentile's threshold is kept"
+        );
+        return Ok(());
+    };
+    let fit = budget::fit(&candidates, rule, budget, days, users);
+    model.meta.threshold *= fit.raised;
+    let at = format!(
+        "{:.2} cases a day per 100 users would have been queued in the last {:.1} days ({} users active)",
+        fit.before, days, users
+    );
+    match (fit.raised > 1.0, fit.met()) {
+        (false, _) => eprintln!("queue budget {budget}: {at}; the threshold is kept"),
+        (true, true) => eprintln!(
+            "queue budget {budget}: {at}; the threshold is raised {:.2}× to {:.4}, for {:.2}",
+            fit.raised, model.meta.threshold, fit.after
+        ),
+        (true, false) => eprintln!(
+            "queue budget {budget}: {at}; NOT MET: the threshold is raised the most it may be, \
+             {:.2}× to {:.4}, for {:.2} (look at what the queue holds, or set [alerts] case_budget higher)",
+            fit.raised, model.meta.threshold, fit.after
+        ),
+    }
+    model.meta.training.queue_budget = Some(fit);
     Ok(())
 }
 

@@ -216,6 +216,7 @@ async fn learn_site(
             let records = crate::training::server_history(&cfg, since)?;
             let server = crate::client::redact_url(&cfg.fhir.base_url);
             let ctx = crate::training::site_context(None, None, &context, Some(&cfg))?;
+            let (case_rule, case_budget) = crate::training::TrainRun::queue_of(Some(&cfg));
             let run = crate::training::TrainRun {
                 output: &model_dir,
                 epochs: EPOCHS,
@@ -224,6 +225,8 @@ async fn learn_site(
                     .threshold_percentile,
                 until: None,
                 server: Some(&server),
+                case_rule,
+                case_budget,
             };
             crate::training::train_cmd(records, vec![format!("{server} (demo history)")], ctx, &run)
         };

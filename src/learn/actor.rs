@@ -125,6 +125,7 @@ fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Res
     ctx.set_care(crate::training::followed_care(cfg));
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
+    let (case_rule, case_budget) = crate::training::TrainRun::queue_of(Some(cfg));
     let run = crate::training::TrainRun {
         output: &partial,
         epochs: fhir_edge_core::detector::model::TrainOptions::default().epochs,
@@ -132,6 +133,8 @@ fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Res
         percentile: fhir_edge_core::detector::model::TrainOptions::default().threshold_percentile,
         until: None,
         server: Some(&server),
+        case_rule,
+        case_budget,
     };
     crate::training::train_cmd(
         records,

@@ -510,6 +510,104 @@ fn train_from_server_reads_the_whole_history_once() {
     assert!(err.contains("nothing to learn from"), "{err}");
 }
 
+/// `train` fits the threshold to the queue budget on the second half of its window, says
+/// so, and keeps the figures in `model.json`; `--case-budget 0` leaves the percentile's.
+#[test]
+fn train_fits_the_threshold_to_the_queue_budget() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |name: &str| d.path().join(name).to_str().unwrap().to_string();
+    let (code, _, err) = run(
+        &[
+            "simulate",
+            "--days",
+            "8",
+            "--seed",
+            "5",
+            "--users",
+            "40",
+            "--patients",
+            "400",
+            "--anomalies-from-day",
+            "99",
+            "--out",
+            &p("sim"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let events = p("sim/events.ndjson");
+    let train = |out: &str, budget: &str| {
+        let (code, _, err) = run(
+            &[
+                "train",
+                "--input",
+                &events,
+                "--output",
+                &p(out),
+                "--epochs",
+                "2",
+                "--case-budget",
+                budget,
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.path().join(out).join("model.json")).unwrap(),
+        )
+        .unwrap();
+        (meta, err)
+    };
+    let (plain, _) = train("plain", "0");
+    assert!(plain["training"].get("queue_budget").is_none(), "{plain}");
+    // A budget of almost nothing: raised until nothing is queued, or as far as it may be
+    // and said to be missed.
+    let (strict, err) = train("strict", "0.01");
+    let fit = &strict["training"]["queue_budget"];
+    let f = |k: &str| fit[k].as_f64().unwrap();
+    let raised = f("raised");
+    assert!(f("before") > 0.01 && raised > 1.0, "{fit}");
+    assert!(f("after") <= f("before"), "{fit}");
+    // The second half of 8 days that begin and end with a shift.
+    assert!((3.5..=4.0).contains(&f("days")), "{fit}");
+    match f("after") <= 0.01 {
+        true => assert!(
+            err.contains("queue budget 0.01") && err.contains("raised"),
+            "{err}"
+        ),
+        false => assert!(
+            raised > 2.9 && raised <= 3.0 + 1e-6 && err.contains("NOT MET"),
+            "{fit} {err}"
+        ),
+    }
+    // The same training otherwise: the threshold is the percentile's, raised.
+    let t = |m: &serde_json::Value| m["threshold"].as_f64().unwrap();
+    assert!(
+        (t(&strict) / t(&plain) - raised).abs() < 1e-3,
+        "{} {} {raised}",
+        t(&strict),
+        t(&plain)
+    );
+    // A budget this small hospital's week meets as it is: kept.
+    let (loose, err) = train("loose", "1000");
+    assert_eq!(loose["training"]["queue_budget"]["raised"], 1.0, "{loose}");
+    assert!((t(&loose) - t(&plain)).abs() < 1e-9);
+    assert!(err.contains("the threshold is kept"), "{err}");
+    let (code, _, err) = run(
+        &[
+            "train",
+            "--input",
+            &events,
+            "--output",
+            &p("x"),
+            "--case-budget=-1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--case-budget"), "{err}");
+}
+
 #[test]
 fn simulate_train_and_score_take_a_watch_list() {
     let d = tempfile::tempdir().unwrap();

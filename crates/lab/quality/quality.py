@@ -101,7 +101,7 @@ def watched_split(ev, labels, watch):
 
 
 def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
-        shape="balp", keep_department=False, context=False, max_patients=None):
+        shape="balp", keep_department=False, context=False, max_patients=None, queue_budget=None):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
@@ -127,8 +127,10 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     # the built-in bound would).
     if max_patients:
         ctx_args += ["--max-patients", str(max_patients)]
+    # The queue budget the threshold is fitted to (train's default unless given).
+    budget_args = ["--case-budget", str(queue_budget)] if queue_budget is not None else []
     run([bin_, "train", "--input", ev, "--output", os.path.join(d, "model"), "--epochs", str(epochs), "--seed", "1",
-         "--until", until] + wl_args + ctx_args)
+         "--until", until] + wl_args + ctx_args + budget_args)
     run([bin_, "score", "--model", os.path.join(d, "model"), "--input", ev, "--output", os.path.join(d, "scores.csv"),
          "--features-out", os.path.join(d, "features.csv")] + wl_args + ctx_args)
     labels, incident = {}, {}
@@ -178,7 +180,9 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
             m["per_type"].update(per_type(s[y[test] == 0], s, sub, sorted(set(split.values()))))
     budget = case_budget(ids, test, labels, incident, case_of, r["users"], days - from_day)
     care = inside_care(ev, ctx_file, labels, alerted, cutoff) if os.path.exists(ctx_file) else None
-    return {"run": r, "style": style, "shape": shape, "context": context, "care": care, "cases": budget, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
+    with open(os.path.join(d, "model", "model.json")) as f:
+        fitted = json.load(f)["training"].get("queue_budget")
+    return {"run": r, "style": style, "shape": shape, "context": context, "care": care, "cases": budget, "queue_budget": fitted, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
             "autoencoder": ae, "isolation_forest": base, "mlp_autoencoder": peer, "seconds": round(time.time() - t0, 1)}
 
 
@@ -321,6 +325,9 @@ def main():
     ap.add_argument("--max-patients", type=int,
                     help="forget patients at this many (train and score --max-patients): detection "
                          "at the memory bound, on a hospital whose records outnumber it")
+    ap.add_argument("--case-budget", type=float,
+                    help="fit the threshold to this many queued cases a day per 100 users "
+                         "(train --case-budget; default: train's, 0: off)")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -330,13 +337,14 @@ def main():
     for r in runs:
         res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
                   shape=a.shape, keep_department=a.keep_department, context=a.context,
-                  max_patients=a.max_patients)
+                  max_patients=a.max_patients, queue_budget=a.case_budget)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "
               f"inc@0.1% {res['autoencoder']['incident_recall_01pct']:.3f} | MLP pr {res['mlp_autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['mlp_autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
               f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} | "
+              f"threshold ×{(res['queue_budget'] or {}).get('raised', 1.0):.2f} | "
               f"cases {res['cases']['cases']} ({res['cases']['not_injected_per_day_per_100_staff']:.2f} not injected /day/100 staff), "
               f"incidents in a case {res['cases']['incidents_in_a_case']:.3f}"
               + (f", alerts inside care {res['care']['inside_alerted']}/{res['care']['inside_accesses']}" if res.get('care') else "")

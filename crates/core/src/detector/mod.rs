@@ -2,6 +2,7 @@
 //! Plain logic, testable without actix; `actor.rs` runs it off the actor thread.
 
 pub mod baselines;
+pub mod budget;
 pub mod features;
 pub mod model;
 pub mod train;

@@ -96,6 +96,10 @@ pub struct TrainingSummary {
     /// something never seen).
     #[serde(default)]
     pub care_context: bool,
+    /// How the threshold was fitted to the site's queue budget (`None`: not fitted — a
+    /// model from before, a budget of 0, or a window too short to judge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_budget: Option<super::budget::BudgetFit>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,7 +116,8 @@ pub struct ModelMeta {
     pub tails: Vec<Vec<f32>>,
     /// Scale of the tail-surprise part: its calibration percentile on the training data.
     pub tail_scale: f32,
-    /// Combined score at the calibration percentile of the training scores.
+    /// Combined score at the calibration percentile of the training scores, raised to fit
+    /// the site's queue budget (`training.queue_budget`).
     pub threshold: f32,
     pub training: TrainingSummary,
 }
@@ -563,6 +568,7 @@ pub fn train(
                 trained_at: crate::clock::fmt_ms(chrono::Utc::now()),
                 seconds: 0.0,
                 care_context: false,
+                queue_budget: None,
             },
         },
         layers,
