@@ -13,9 +13,8 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
-
 use super::features::{Feature, N_FEATURES};
+pub use super::model::BudgetFit;
 use super::model::{Model, ModelError};
 use crate::alerts::{AlertKind, Severity};
 use crate::cases::{CaseRule, Grouper};
@@ -33,29 +32,6 @@ const MAX_RAISE: f32 = 3.0;
 /// A second half of the window shorter than this says nothing about a site's days.
 const MIN_DAYS: f64 = 3.0;
 const DAY_MS: f64 = 86_400_000.0;
-
-/// How the threshold was fitted to the budget (kept in the model's training summary).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BudgetFit {
-    /// Queued cases a day per 100 active users asked for.
-    pub budget: f64,
-    /// The days replayed (the second half of the training window) and the users active in
-    /// them.
-    pub days: f64,
-    pub users: u64,
-    /// Queued cases a day per 100 users at the percentile's threshold, and at the fitted one.
-    pub before: f64,
-    pub after: f64,
-    /// The factor the threshold was multiplied by (1: unchanged).
-    pub raised: f32,
-}
-
-impl BudgetFit {
-    /// Whether the budget was met within the largest raise.
-    pub fn met(&self) -> bool {
-        self.after <= self.budget
-    }
-}
 
 /// An event of the replayed window that may alert: who, whom, when, its score as a
 /// multiple of the percentile's threshold, and its strongest behaviour.

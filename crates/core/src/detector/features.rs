@@ -2839,11 +2839,12 @@ mod tests {
 
     /// A day worker's shift running late keeps its usual session start; a session opened
     /// at 02:00 carries its unusual start on every event, not just the first.
-    #[test]
-    fn session_start_hour_separates_a_late_shift_from_a_night_session() {
+    /// A user who worked 08:00–15:30 (an access every half hour) for 20 days from a
+    /// Monday, and the clock (day, hour, minute) the tests go on with.
+    fn day_worker() -> (Context, impl Fn(i64, i64, i64) -> i64) {
         let mut c = Context::new(chrono_tz::UTC);
         let day0 = monday(0);
-        let at = |d: i64, h: i64, m: i64| day0 + d * DAY + h * HOUR + m * 60_000;
+        let at = move |d: i64, h: i64, m: i64| day0 + d * DAY + h * HOUR + m * 60_000;
         for d in 0..20 {
             for k in 0..16 {
                 c.observe(&rec(
@@ -2853,6 +2854,12 @@ mod tests {
                 ));
             }
         }
+        (c, at)
+    }
+
+    #[test]
+    fn session_start_hour_separates_a_late_shift_from_a_night_session() {
+        let (mut c, at) = day_worker();
         let j = feature("session_start_rarity");
         // Day 20: the shift runs to 18:30, in one session.
         let mut late = 0f32;
@@ -2898,19 +2905,7 @@ mod tests {
 
     #[test]
     fn a_shift_running_late_is_not_after_hours_but_a_session_begun_late_is() {
-        let mut c = Context::new(chrono_tz::UTC);
-        let day0 = monday(0);
-        let at = |d: i64, h: i64, m: i64| day0 + d * DAY + h * HOUR + m * 60_000;
-        // 08:00–15:30 for 20 days.
-        for d in 0..20 {
-            for k in 0..16 {
-                c.observe(&rec(
-                    "Practitioner/1",
-                    &format!("Patient/{k}"),
-                    at(d, 8, k * 30),
-                ));
-            }
-        }
+        let (mut c, at) = day_worker();
         let j = feature("hour_rarity_user");
         // Day 20: the shift runs on to 17:30, in one session.
         let mut late = (0f32, None);

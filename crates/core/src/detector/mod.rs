@@ -625,6 +625,18 @@ fn kind_total(contrib: &[f32; N_FEATURES], kind: AlertKind) -> f32 {
 mod tests {
     use super::*;
 
+    /// A bare AuditEvent recorded at `recorded`.
+    fn record_at(recorded: &str) -> AuditRecord {
+        crate::fhir::AuditEvent {
+            resource_type: "AuditEvent".into(),
+            id: Some("a".into()),
+            recorded: Some(recorded.into()),
+            ..Default::default()
+        }
+        .into_record()
+        .unwrap()
+    }
+
     #[test]
     fn explanation_names_bulk_access_in_words() {
         let mut c = [0f32; N_FEATURES];
@@ -637,14 +649,7 @@ mod tests {
             usual_d1h: 14.2,
             ..Default::default()
         };
-        let rec = crate::fhir::AuditEvent {
-            resource_type: "AuditEvent".into(),
-            id: Some("a".into()),
-            recorded: Some("2024-01-01T00:00:00Z".into()),
-            ..Default::default()
-        }
-        .into_record()
-        .unwrap();
+        let rec = record_at("2024-01-01T00:00:00Z");
         let (why, kinds) = explain(&c, &facts, &rec);
         assert_eq!(kinds, vec![AlertKind::BulkAccess]);
         let mut c = [0f32; N_FEATURES];
@@ -696,14 +701,7 @@ mod tests {
             user_sessions: 24,
             ..Default::default()
         };
-        let rec = crate::fhir::AuditEvent {
-            resource_type: "AuditEvent".into(),
-            id: Some("a".into()),
-            recorded: Some("2024-01-01T18:00:00Z".into()),
-            ..Default::default()
-        }
-        .into_record()
-        .unwrap();
+        let rec = record_at("2024-01-01T18:00:00Z");
         let (why, kinds) = explain(&c, &facts, &rec);
         assert_eq!(kinds, vec![AlertKind::AfterHours]);
         assert!(

@@ -99,7 +99,31 @@ pub struct TrainingSummary {
     /// How the threshold was fitted to the site's queue budget (`None`: not fitted — a
     /// model from before, a budget of 0, or a window too short to judge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_budget: Option<super::budget::BudgetFit>,
+    pub queue_budget: Option<BudgetFit>,
+}
+
+/// How the threshold was fitted to the site's queue budget (`super::budget`; kept in the
+/// model's training summary).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetFit {
+    /// Queued cases a day per 100 active users asked for.
+    pub budget: f64,
+    /// The days replayed (the second half of the training window) and the users active in
+    /// them.
+    pub days: f64,
+    pub users: u64,
+    /// Queued cases a day per 100 users at the percentile's threshold, and at the fitted one.
+    pub before: f64,
+    pub after: f64,
+    /// The factor the threshold was multiplied by (1: unchanged).
+    pub raised: f32,
+}
+
+impl BudgetFit {
+    /// Whether the budget was met within the largest raise.
+    pub fn met(&self) -> bool {
+        self.after <= self.budget
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
