@@ -303,11 +303,19 @@ fn fit_queue_budget(
             "queue budget {budget}: {at}; the threshold is raised {:.2}× to {:.4}, for {:.2}",
             fit.raised, model.meta.threshold, fit.after
         ),
-        (true, false) => eprintln!(
-            "queue budget {budget}: {at}; NOT MET: the threshold is raised the most it may be, \
-             {:.2}× to {:.4}, for {:.2} (look at what the queue holds, or set [alerts] case_budget higher)",
-            fit.raised, model.meta.threshold, fit.after
-        ),
+        (true, false) => {
+            let loud = budget::loudest_users(&candidates, fit.raised, rule, 5)
+                .into_iter()
+                .map(|(u, n)| format!("{u} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            eprintln!(
+                "queue budget {budget}: {at}; NOT MET: the threshold is raised the most it may be, \
+                 {:.2}× to {:.4}, for {:.2}. Most of those cases are of: {loud}. Look at what their \
+                 work looks like and allow-list what is routine, or set [alerts] case_budget higher",
+                fit.raised, model.meta.threshold, fit.after
+            )
+        }
     }
     model.meta.training.queue_budget = Some(fit);
     Ok(())

@@ -27,8 +27,15 @@ use crate::fhir::AuditRecord;
 pub const DEFAULT_CASE_BUDGET: f64 = 2.5;
 /// Each raise of the threshold.
 const STEP: f32 = 1.05;
-/// The threshold is raised at most this much: beyond it the budget is said to be missed.
-const MAX_RAISE: f32 = 3.0;
+/// The threshold is raised at most this much: the budget trims the queue, it must not
+/// blind the detector. A site whose normal weeks need more has a few users whose normal
+/// work the model flags day after day (a report writer's wide searches, a coder's many
+/// patients): training says the budget is missed and names them ([`loudest_users`]), for
+/// the privacy office to look at and allow-list. The largest raise the development
+/// hospitals needed for a budget of 2.5 was 1.48 (BENCHMARKS.md); one held-out hospital
+/// (`drawn`, seed 303) was raised 2.65× under a limit of 3 and kept a third of its
+/// incidents in a case.
+pub const MAX_RAISE: f32 = 1.5;
 /// A second half of the window shorter than this says nothing about a site's days.
 const MIN_DAYS: f64 = 3.0;
 const DAY_MS: f64 = 86_400_000.0;
@@ -128,6 +135,42 @@ pub fn queue_rate(
     queued as f64 / days / (users as f64 / 100.0)
 }
 
+/// The users with the most cases in the queue when the threshold is `raised` times the
+/// percentile's, most first (at most `n`): who fills the replayed queue.
+pub fn loudest_users(
+    candidates: &[Candidate],
+    raised: f32,
+    rule: CaseRule,
+    n: usize,
+) -> Vec<(String, usize)> {
+    let mut g = Grouper::new(rule);
+    let mut user_of = std::collections::HashMap::new();
+    for c in candidates {
+        if let Some(sev) = Severity::from_ratio((c.ratio / raised) as f64) {
+            let id = g.assign(
+                c.user.as_deref(),
+                c.patient.as_deref(),
+                c.at_ms,
+                sev,
+                c.kind,
+            );
+            user_of
+                .entry(id)
+                .or_insert_with(|| c.user.clone().unwrap_or_else(|| "(no user)".into()));
+        }
+    }
+    let mut per = std::collections::BTreeMap::<String, usize>::new();
+    for (id, user) in user_of {
+        if g.is_queued(id) {
+            *per.entry(user).or_default() += 1;
+        }
+    }
+    let mut v: Vec<(String, usize)> = per.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
 /// The smallest raise (1, 1.05, 1.05², … up to `MAX_RAISE`) at which the replay queues at
 /// most `budget` cases a day per 100 users; the largest when none does (`met()` says so).
 pub fn fit(
@@ -140,7 +183,7 @@ pub fn fit(
     let before = queue_rate(candidates, 1.0, rule, days, users);
     let mut raised = 1.0f32;
     let mut after = before;
-    while after > budget && raised * STEP <= MAX_RAISE + 1e-4 {
+    while after > budget && raised * STEP <= MAX_RAISE {
         raised *= STEP;
         after = queue_rate(candidates, raised, rule, days, users);
     }
@@ -192,11 +235,11 @@ mod tests {
     #[test]
     fn the_threshold_is_raised_only_as_far_as_the_budget_needs() {
         let rule = CaseRule::default();
-        // Ten users, one specific low alert each a day for 4 days at ratios 1.0..1.9.
+        // Ten users, one specific low alert each a day for 4 days at ratios 1.0..1.45.
         let mut c = Vec::new();
         for d in 0..4 {
             for u in 0..10 {
-                let ratio = 1.0 + u as f32 / 10.0;
+                let ratio = 1.0 + u as f32 / 20.0;
                 c.push(cand(
                     &format!("u{u}"),
                     "p",
@@ -211,8 +254,8 @@ mod tests {
         let f = fit(&c, rule, 50.0, 4.0, 10);
         assert!((f.before - 100.0).abs() < 1e-9, "{f:?}");
         assert!(f.met() && f.after <= 50.0, "{f:?}");
-        // Ratios 1.0..1.4 under 0.9 × raised: raised ≥ 1.4/0.9 = 1.556 → 1.05^10 = 1.629.
-        assert!((f.raised - 1.05f32.powi(10)).abs() < 1e-3, "{f:?}");
+        // Ratios 1.0..1.2 under 0.9 × raised, 1.25 not: raised > 1.2/0.9 = 1.333 → 1.05^6 = 1.340.
+        assert!((f.raised - 1.05f32.powi(6)).abs() < 1e-3, "{f:?}");
         // A quiet site keeps its threshold.
         let quiet = fit(&c, rule, 1000.0, 4.0, 10);
         assert_eq!(quiet.raised, 1.0);
@@ -225,9 +268,13 @@ mod tests {
         c.sort_by_key(|c| c.at_ms);
         let strict = fit(&c, rule, 0.0, 4.0, 10);
         assert!(
-            !strict.met() && strict.raised <= MAX_RAISE + 1e-3 && strict.raised > 2.9,
+            !strict.met() && strict.raised <= MAX_RAISE && strict.raised * STEP > MAX_RAISE,
             "{strict:?}"
         );
+        // Who fills the queue at that raise: the loud user first, a case a day.
+        let loud = loudest_users(&c, strict.raised, rule, 2);
+        assert_eq!(loud[0], ("loud".to_string(), 4), "{loud:?}");
+        assert_eq!(loud.len(), 2, "{loud:?}");
     }
 
     #[test]
