@@ -303,6 +303,11 @@ const MATURE_SESSIONS: f32 = 10.0;
 /// hour or three is everyday work on a ward; a session *begun* at an unusual hour is not
 /// covered, and neither is anything but the time of day (who was opened still counts).
 pub const OVERRUN_HOURS: u32 = 3;
+/// A session's first hour is judged with the hour after it only where at least this share
+/// of the user's earlier sessions began in it: a shift begun twenty minutes early leans on
+/// the hour it runs into, a login at 04:20 does not lean on the 05:00 an early shift
+/// sometimes starts in.
+pub const USUAL_START_SHARE: f32 = 0.1;
 
 /// Raw facts behind the features, for plain-language explanations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -924,14 +929,15 @@ fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
 /// The local hour an event at `hour` is judged at, in a session that began at `start`
 /// (this event's hour for the session's first event): the least unusual (by `rarity`) of
 /// the hours from `hour` back to `OVERRUN_HOURS` earlier, never before the session's start,
-/// and in the session's first hour the hour after it — `hour` itself when none is less
-/// unusual. A shift running two hours late is judged at its usual last hour, one begun at
-/// 06:40 by 07:00; a session begun at 02:00 only by its own night hours.
-pub fn judged_hour(hour: u32, start: u32, rarity: impl Fn(u32) -> f32) -> u32 {
+/// and, in the session's first hour when sessions often begin then (`usual_start`, see
+/// `USUAL_START_SHARE`), the hour after it — `hour` itself when none is less unusual. A
+/// shift running two hours late is judged at its usual last hour, one begun at 06:40 by
+/// 07:00; a session begun at 02:00 only by its own night hours.
+pub fn judged_hour(hour: u32, start: u32, usual_start: bool, rarity: impl Fn(u32) -> f32) -> u32 {
     let elapsed = (hour + 24 - start % 24) % 24;
     // In the session's first hour, the hour after it too: a shift begun twenty minutes
     // early is judged by the hour it runs into.
-    let early = (elapsed == 0).then_some((hour + 1) % 24);
+    let early = (elapsed == 0 && usual_start).then_some((hour + 1) % 24);
     (0..=elapsed.min(OVERRUN_HOURS))
         .map(|k| (hour + 24 - k) % 24)
         .chain(early)
@@ -1351,8 +1357,15 @@ impl Context {
         // The hour the session began (this one, for a session's first event).
         let began = continuing.map_or(hour, |u| u.session_start_hour.into());
         let at = match user {
-            Some(u) => judged_hour(hour, began, |h| user_rarity(u, h)),
-            None => judged_hour(hour, began, site_rarity),
+            Some(u) => {
+                // Whether the user's sessions often begin at this session's hour (the
+                // current session, once counted, not among them).
+                let own = continuing.is_some() as u8 as f32;
+                let (n, total) = (u.starts[began as usize] - own, u.sessions - own);
+                let usual_start = total > 0.0 && n / total >= USUAL_START_SHARE;
+                judged_hour(hour, began, usual_start, |h| user_rarity(u, h))
+            }
+            None => hour,
         };
         facts.judged_hour = (at != hour).then_some(at);
         let site_r = site_rarity(at);
@@ -2887,20 +2900,24 @@ mod tests {
         // Usual hours 08:00–16:59.
         let r = |h: u32| if (8..17).contains(&h) { 1.0 } else { 6.0 };
         // Two hours late in a session begun at 07:00: judged at 16:00.
-        assert_eq!(judged_hour(18, 7, r), 16);
+        assert_eq!(judged_hour(18, 7, true, r), 16);
         // Four hours late: only three hours back, all of them unusual.
-        assert_eq!(judged_hour(20, 7, r), 20);
+        assert_eq!(judged_hour(20, 7, true, r), 20);
         // A session begun at 18:00 has no usual hour behind it.
-        assert_eq!(judged_hour(19, 18, r), 19);
+        assert_eq!(judged_hour(19, 18, false, r), 19);
         // Never before the session's start; in its first hour, the next one too.
-        assert_eq!(judged_hour(17, 17, r), 17);
-        assert_eq!(judged_hour(7, 7, r), 8);
-        assert_eq!(judged_hour(2, 2, r), 2);
+        assert_eq!(judged_hour(17, 17, false, r), 17);
+        assert_eq!(judged_hour(7, 7, true, r), 8);
+        assert_eq!(judged_hour(2, 2, true, r), 2);
+        // Only where sessions often begin: a login at 04:20 does not lean on 05:00.
+        let early = |h: u32| if (5..14).contains(&h) { 1.0 } else { 6.0 };
+        assert_eq!(judged_hour(4, 4, false, early), 4);
+        assert_eq!(judged_hour(4, 4, true, early), 5);
         // A late shift past midnight: 14:00–22:59 usual.
         let late = |h: u32| if (14..23).contains(&h) { 1.0 } else { 6.0 };
-        assert_eq!(judged_hour(1, 14, late), 22);
+        assert_eq!(judged_hour(1, 14, true, late), 22);
         // Equals keep the hour itself.
-        assert_eq!(judged_hour(12, 8, r), 12);
+        assert_eq!(judged_hour(12, 8, true, r), 12);
     }
 
     #[test]
