@@ -40,13 +40,15 @@ pub struct ScoredEvent {
 }
 
 /// Whether an alert stands without any site baseline: a burst of failed logins or a bulk
-/// data export is suspicious in any hospital.
+/// data export is suspicious in any hospital. Either among its reasons will do, not only
+/// the strongest: a new user's burst at night names the hour first (judged against the
+/// site's hours while the user has none), and the burst is no less a burst.
 pub fn needs_no_baseline(kinds: &[AlertKind], r: &AuditRecord) -> bool {
-    match kinds.first() {
-        Some(AlertKind::FailedLogins) => true,
-        Some(AlertKind::MassExport) => r.query.as_ref().is_some_and(|q| q.export),
+    kinds.iter().any(|k| match k {
+        AlertKind::FailedLogins => true,
+        AlertKind::MassExport => r.query.as_ref().is_some_and(|q| q.export),
         _ => false,
-    }
+    })
 }
 
 pub struct Detector {
@@ -683,6 +685,17 @@ mod tests {
             why[0],
             "opened 212 distinct patients in 10 min, 240 in 1 h (usual ≤ 15 per hour)"
         );
+    }
+
+    #[test]
+    fn a_burst_or_an_export_among_the_reasons_needs_no_baseline() {
+        let rec = record_at("2024-01-01T23:00:00Z");
+        use AlertKind::*;
+        assert!(needs_no_baseline(&[AfterHours, FailedLogins], &rec));
+        assert!(needs_no_baseline(&[FailedLogins], &rec));
+        assert!(!needs_no_baseline(&[AfterHours, NewSource], &rec));
+        // A wide search is not an export.
+        assert!(!needs_no_baseline(&[AfterHours, MassExport], &rec));
     }
 
     #[test]
