@@ -508,12 +508,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// A queue budget: cases a day per 100 users, from 0 (off) to 1000.
 fn parse_budget(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=1000.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{s} is not a number of cases a day per 100 users from 0 (off) to 1000"
-        )),
-    }
+    let v = s
+        .parse::<f64>()
+        .map_err(|_| format!("{s} is not a number of cases a day per 100 users"))?;
+    fhir_edge_core::detector::budget::check_budget(v).map_err(|e| e.to_string())
 }
 
 /// `--since 24h` / `7d` / `30m` or an RFC 3339 time.

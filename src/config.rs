@@ -798,13 +798,8 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         1,
         24 * 30,
     )?;
-    let budget = c.alerts.case_budget;
-    if !(budget.is_finite() && (0.0..=1000.0).contains(&budget)) {
-        return Err(l.invalid(
-            "alerts.case_budget",
-            format!("{budget} is not a number of cases a day per 100 users from 0 (off) to 1000"),
-        ));
-    }
+    fhir_edge_core::detector::budget::check_budget(c.alerts.case_budget)
+        .map_err(|e| l.invalid("alerts.case_budget", e.to_string()))?;
     range(
         l,
         "context.interval_secs",

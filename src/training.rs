@@ -286,8 +286,9 @@ fn fit_queue_budget(
     use fhir_edge_core::detector::budget;
     let Some((candidates, days, users)) = budget::candidates(model, rows, records)? else {
         eprintln!(
-            "queue budget: the training window is too short to judge the site's days \
-             (its second half must span 3 days); the percentile's threshold is kept"
+            "queue budget: not fitted, the training window's second half spans under {} days \
+             or names no user; the percentile's threshold is kept",
+            budget::MIN_DAYS
         );
         return Ok(());
     };

@@ -37,7 +37,22 @@ const STEP: f32 = 1.05;
 /// incidents in a case.
 pub const MAX_RAISE: f32 = 1.5;
 /// A second half of the window shorter than this says nothing about a site's days.
-const MIN_DAYS: f64 = 3.0;
+pub const MIN_DAYS: f64 = 3.0;
+/// The largest budget taken (cases a day per 100 users).
+const MAX_BUDGET: f64 = 1000.0;
+
+/// A queue budget that is not a number of cases a day per 100 users in range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0} is not a number of cases a day per 100 users from 0 (off) to 1000")]
+pub struct InvalidBudget(pub f64);
+
+/// A queue budget as the config and `train --case-budget` take it: 0 (off) to 1000.
+pub fn check_budget(v: f64) -> Result<f64, InvalidBudget> {
+    match v.is_finite() && (0.0..=MAX_BUDGET).contains(&v) {
+        true => Ok(v),
+        false => Err(InvalidBudget(v)),
+    }
+}
 const DAY_MS: f64 = 86_400_000.0;
 
 /// An event of the replayed window that may alert: who, whom, when, its score as a
@@ -110,8 +125,36 @@ pub fn candidates(
     Ok(Some((out, days, users.len() as u64)))
 }
 
+/// The case rule replayed over `candidates` (in time order) with the threshold `raised`
+/// times the percentile's: each case's user (its first alert's) and whether it reached the
+/// queue.
+fn replay(candidates: &[Candidate], raised: f32, rule: CaseRule) -> Vec<(Option<&str>, bool)> {
+    let mut g = Grouper::new(rule);
+    let mut users: Vec<Option<&str>> = Vec::new();
+    for c in candidates {
+        if let Some(sev) = Severity::from_ratio((c.ratio / raised) as f64) {
+            let id = g.assign(
+                c.user.as_deref(),
+                c.patient.as_deref(),
+                c.at_ms,
+                sev,
+                c.kind,
+            );
+            // Case ids count from 1 in the order cases open.
+            if id as usize > users.len() {
+                users.push(c.user.as_deref());
+            }
+        }
+    }
+    users
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (u, g.is_queued(i as u64 + 1)))
+        .collect()
+}
+
 /// Queued cases a day per 100 users when the threshold is `raised` times the
-/// percentile's: the case rule replayed over `candidates` (in time order).
+/// percentile's.
 pub fn queue_rate(
     candidates: &[Candidate],
     raised: f32,
@@ -119,19 +162,10 @@ pub fn queue_rate(
     days: f64,
     users: u64,
 ) -> f64 {
-    let mut g = Grouper::new(rule);
-    for c in candidates {
-        if let Some(sev) = Severity::from_ratio((c.ratio / raised) as f64) {
-            g.assign(
-                c.user.as_deref(),
-                c.patient.as_deref(),
-                c.at_ms,
-                sev,
-                c.kind,
-            );
-        }
-    }
-    let queued = (1..=g.cases()).filter(|id| g.is_queued(*id)).count();
+    let queued = replay(candidates, raised, rule)
+        .iter()
+        .filter(|(_, q)| *q)
+        .count();
     queued as f64 / days / (users as f64 / 100.0)
 }
 
@@ -143,29 +177,14 @@ pub fn loudest_users(
     rule: CaseRule,
     n: usize,
 ) -> Vec<(String, usize)> {
-    let mut g = Grouper::new(rule);
-    let mut user_of = std::collections::HashMap::new();
-    for c in candidates {
-        if let Some(sev) = Severity::from_ratio((c.ratio / raised) as f64) {
-            let id = g.assign(
-                c.user.as_deref(),
-                c.patient.as_deref(),
-                c.at_ms,
-                sev,
-                c.kind,
-            );
-            user_of
-                .entry(id)
-                .or_insert_with(|| c.user.clone().unwrap_or_else(|| "(no user)".into()));
-        }
+    let mut per = std::collections::BTreeMap::<&str, usize>::new();
+    for (user, _) in replay(candidates, raised, rule)
+        .into_iter()
+        .filter(|(_, q)| *q)
+    {
+        *per.entry(user.unwrap_or("(no user)")).or_default() += 1;
     }
-    let mut per = std::collections::BTreeMap::<String, usize>::new();
-    for (id, user) in user_of {
-        if g.is_queued(id) {
-            *per.entry(user).or_default() += 1;
-        }
-    }
-    let mut v: Vec<(String, usize)> = per.into_iter().collect();
+    let mut v: Vec<(String, usize)> = per.into_iter().map(|(u, k)| (u.to_string(), k)).collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     v.truncate(n);
     v
@@ -275,6 +294,15 @@ mod tests {
         let loud = loudest_users(&c, strict.raised, rule, 2);
         assert_eq!(loud[0], ("loud".to_string(), 4), "{loud:?}");
         assert_eq!(loud.len(), 2, "{loud:?}");
+    }
+
+    #[test]
+    fn budgets_outside_0_to_1000_are_refused() {
+        assert_eq!(check_budget(0.0), Ok(0.0));
+        assert_eq!(check_budget(2.5), Ok(2.5));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1000.5] {
+            assert!(check_budget(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

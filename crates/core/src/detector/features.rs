@@ -1354,14 +1354,18 @@ impl Context {
             let w = (u.events / MATURE).min(1.0);
             w * rarity(u.hours[h as usize], u.events, 24.0) + (1.0 - w) * site_rarity(h)
         };
-        // The hour the session began (this one, for a session's first event).
+        // The hour the session began (this one, for a session's first event), and whether
+        // the current session is already counted among the user's and the site's starts
+        // (it is not judged against itself).
         let began = continuing.map_or(hour, |u| u.session_start_hour.into());
+        let own_current = continuing.is_some() as u8 as f32;
         let at = match user {
             Some(u) => {
-                // Whether the user's sessions often begin at this session's hour (the
-                // current session, once counted, not among them).
-                let own = continuing.is_some() as u8 as f32;
-                let (n, total) = (u.starts[began as usize] - own, u.sessions - own);
+                // Whether the user's sessions often begin at this session's hour.
+                let (n, total) = (
+                    u.starts[began as usize] - own_current,
+                    u.sessions - own_current,
+                );
                 let usual_start = total > 0.0 && n / total >= USUAL_START_SHARE;
                 judged_hour(hour, began, usual_start, |h| user_rarity(u, h))
             }
@@ -1399,8 +1403,7 @@ impl Context {
         // When the session began, against the user's own session starts: a shift running
         // late keeps its usual start hour, a session opened at 02:00 does not. The current
         // session is not counted, so every event of it carries the same value.
-        let start = continuing.map_or(hour, |u| u.session_start_hour as u32) as usize;
-        let own_current = continuing.is_some() as u8 as f32;
+        let start = began as usize;
         let site_starts = self.site_starts[start] - own_current;
         let site_sr = rarity(site_starts, self.site_sessions - own_current, 24.0);
         facts.session_start_hour = start as u32;
