@@ -405,12 +405,13 @@ pub struct AlertsConfig {
     /// alert further from the user's open case opens a new one.
     pub case_window_hours: u32,
     /// The queue budget: cases a day per 100 active users that training fits the alert
-    /// threshold to. Training (the daemon's own at the end of learning, and `fhir-edge
+    /// thresholds to. Training (the daemon's own at the end of learning, and `fhir-edge
     /// train` with this config) replays the case rule over the second half of its window
-    /// — the site's own normal work — and raises the threshold until at most this many
-    /// cases a day per 100 users would have reached the queue; a quiet site keeps the
-    /// percentile's threshold. Applies to models trained after a change: retrain to apply
-    /// it. 0: no fitting (the percentile's threshold as it is).
+    /// — the site's own normal work — and raises the thresholds of the behaviours that
+    /// fill its queue, one step at a time, until at most this many cases a day per 100
+    /// users would have reached it; a quiet site keeps the percentile's threshold.
+    /// Applies to models trained after a change: retrain to apply it. 0: no fitting (the
+    /// percentile's threshold as it is).
     pub case_budget: f64,
 }
 

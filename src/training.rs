@@ -274,7 +274,7 @@ pub(crate) fn train_cmd(
     Ok(())
 }
 
-/// Fit the model's threshold to the queue budget on the second half of the training
+/// Fit the model's thresholds to the queue budget on the second half of the training
 /// window (see `detector::budget`), and say what it did.
 fn fit_queue_budget(
     model: &mut fhir_edge_core::detector::model::Model,
@@ -292,32 +292,34 @@ fn fit_queue_budget(
         );
         return Ok(());
     };
-    let fit = budget::fit(&candidates, rule, budget, days, users);
-    model.meta.threshold *= fit.raised;
+    let (fit, raises) = budget::fit(&candidates, rule, budget, days, users);
     let at = format!(
         "{:.2} cases a day per 100 users would have been queued in the last {:.1} days ({} users active)",
         fit.before, days, users
     );
-    match (fit.raised > 1.0, fit.met()) {
-        (false, _) => eprintln!("queue budget {budget}: {at}; the threshold is kept"),
-        (true, true) => eprintln!(
-            "queue budget {budget}: {at}; the threshold is raised {:.2}× to {:.4}, for {:.2}",
-            fit.raised, model.meta.threshold, fit.after
+    match (raises.is_empty(), fit.met()) {
+        (true, _) => eprintln!("queue budget {budget}: {at}; the thresholds are kept"),
+        (false, true) => eprintln!(
+            "queue budget {budget}: {at}; thresholds raised for {}, for {:.2}",
+            raises.describe(),
+            fit.after
         ),
-        (true, false) => {
-            let loud = budget::loudest_users(&candidates, fit.raised, rule, 5)
+        (false, false) => {
+            let loud = budget::loudest_users(&candidates, &raises, rule, 5)
                 .into_iter()
                 .map(|(u, n)| format!("{u} ({n})"))
                 .collect::<Vec<_>>()
                 .join(", ");
             eprintln!(
-                "queue budget {budget}: {at}; NOT MET: the threshold is raised the most it may be, \
-                 {:.2}× to {:.4}, for {:.2}. Most of those cases are of: {loud}. Look at what their \
-                 work looks like and allow-list what is routine, or set [alerts] case_budget higher",
-                fit.raised, model.meta.threshold, fit.after
+                "queue budget {budget}: {at}; NOT MET: thresholds raised the most they may be ({}), \
+                 for {:.2}. Most of those cases are of: {loud}. Look at what their work looks like and \
+                 allow-list what is routine, or set [alerts] case_budget higher",
+                raises.describe(),
+                fit.after
             )
         }
     }
+    model.meta.raises = raises;
     model.meta.training.queue_budget = Some(fit);
     Ok(())
 }

@@ -181,7 +181,9 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     budget = case_budget(ids, test, labels, incident, case_of, r["users"], days - from_day)
     care = inside_care(ev, ctx_file, labels, alerted, cutoff) if os.path.exists(ctx_file) else None
     with open(os.path.join(d, "model", "model.json")) as f:
-        fitted = json.load(f)["training"].get("queue_budget")
+        meta = json.load(f)
+        # The fit, and per behaviour how far its threshold was raised for it.
+        fitted = dict(meta["training"].get("queue_budget") or {}, raises=meta.get("raises", {}))
     return {"run": r, "style": style, "shape": shape, "context": context, "care": care, "cases": budget, "queue_budget": fitted, "events": len(ids), "test_events": int(test.sum()), "anomalies": int(y[test].sum()),
             "autoencoder": ae, "isolation_forest": base, "mlp_autoencoder": peer, "seconds": round(time.time() - t0, 1)}
 
@@ -344,7 +346,7 @@ def main():
               f"inc@0.1% {res['autoencoder']['incident_recall_01pct']:.3f} | MLP pr {res['mlp_autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['mlp_autoencoder']['recall_1pct']:.3f} | IF roc {res['isolation_forest']['roc_auc']:.3f} "
               f"pr {res['isolation_forest']['pr_auc']:.3f} r@1% {res['isolation_forest']['recall_1pct']:.3f} | "
-              f"threshold ×{(res['queue_budget'] or {}).get('raised', 1.0):.2f} | "
+              f"raised {', '.join(f'{k} ×{v:.2f}' for k, v in sorted(res['queue_budget']['raises'].items(), key=lambda x: -x[1])) or 'none'} | "
               f"cases {res['cases']['cases']} ({res['cases']['not_injected_per_day_per_100_staff']:.2f} not injected /day/100 staff), "
               f"incidents in a case {res['cases']['incidents_in_a_case']:.3f}"
               + (f", alerts inside care {res['care']['inside_alerted']}/{res['care']['inside_accesses']}" if res.get('care') else "")

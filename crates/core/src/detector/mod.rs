@@ -240,7 +240,16 @@ fn judge(
         .into_iter()
         .zip(facts.iter().zip(records))
         .map(|(s, (f, r))| {
-            let score = s.score / model.meta.threshold;
+            // Against the threshold of the event's strongest behaviour (its first reason),
+            // unless it shows what the budget's replay never saw.
+            let raise = match s.beyond_seen {
+                true => 1.0,
+                false => model
+                    .meta
+                    .raises
+                    .of(budget::strongest_kind(&s.contributions)),
+            };
+            let score = s.score / (model.meta.threshold * raise);
             let severity = Severity::from_ratio(score as f64);
             let (explanation, kinds) = if severity.is_some() || which == Explain::All {
                 explain(&s.contributions, f, r)

@@ -15,7 +15,7 @@
 //! On disk: `model.safetensors` (weights) + `model.json` (schema, feature names,
 //! standardization, threshold, training summary).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -23,6 +23,7 @@ use candle_nn::{Module, Optimizer};
 use serde::{Deserialize, Serialize};
 
 use super::features::{FEATURE_DIRECTION, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
+use crate::alerts::AlertKind;
 use crate::rng::Rng;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -112,11 +113,49 @@ pub struct BudgetFit {
     /// them.
     pub days: f64,
     pub users: u64,
-    /// Queued cases a day per 100 users at the percentile's threshold, and at the fitted one.
+    /// Queued cases a day per 100 users at the percentile's threshold, and at the fitted
+    /// ones (`ModelMeta::raises`).
     pub before: f64,
     pub after: f64,
-    /// The factor the threshold was multiplied by (1: unchanged).
-    pub raised: f32,
+}
+
+/// Per behaviour, the factor its alert threshold is raised by above the percentile's,
+/// fitted to the site's queue budget (`super::budget`). An event is judged against the
+/// threshold of its strongest behaviour, the first reason of its explanation; a behaviour
+/// not named keeps the percentile's threshold. On disk: `{"after_hours": 1.5, …}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Raises(pub BTreeMap<AlertKind, f32>);
+
+impl Raises {
+    /// The factor for events whose strongest behaviour is `kind` (1: not raised).
+    pub fn of(&self, kind: AlertKind) -> f32 {
+        self.0.get(&kind).copied().unwrap_or(1.0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Raise `kind`'s factor `by` times.
+    pub fn raise(&mut self, kind: AlertKind, by: f32) {
+        let next = self.of(kind) * by;
+        self.0.insert(kind, next);
+    }
+
+    /// `after_hours 1.50×, cross_department 1.10×`, largest first; `none` when empty.
+    pub fn describe(&self) -> String {
+        let mut v: Vec<(AlertKind, f32)> = self.0.iter().map(|(k, r)| (*k, *r)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        match v.is_empty() {
+            true => "none".into(),
+            false => v
+                .iter()
+                .map(|(k, r)| format!("{} {r:.2}×", k.as_str()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 impl BudgetFit {
@@ -140,9 +179,13 @@ pub struct ModelMeta {
     pub tails: Vec<Vec<f32>>,
     /// Scale of the tail-surprise part: its calibration percentile on the training data.
     pub tail_scale: f32,
-    /// Combined score at the calibration percentile of the training scores, raised to fit
-    /// the site's queue budget (`training.queue_budget`).
+    /// Combined score at the calibration percentile of the training scores (a model
+    /// fitted before behaviours were raised one by one has its queue-budget raise in it).
     pub threshold: f32,
+    /// Per behaviour, how far its threshold is raised to fit the site's queue budget
+    /// (`training.queue_budget`); none when not fitted.
+    #[serde(default, skip_serializing_if = "Raises::is_empty")]
+    pub raises: Raises,
     pub training: TrainingSummary,
 }
 
@@ -193,6 +236,10 @@ pub struct Model {
 pub struct Scored {
     pub score: f32,
     pub contributions: [f32; N_FEATURES],
+    /// A signal of the event lies beyond anything the training window showed (an export
+    /// where the site never exported, a break longer than any before): nothing like it
+    /// was in the work the queue budget was fitted on, so no raise applies to it.
+    pub beyond_seen: bool,
 }
 
 /// Per feature of one row: the reconstruction part and the tail part of the score.
@@ -286,6 +333,7 @@ impl Model {
                 Scored {
                     score: contributions.iter().sum(),
                     contributions,
+                    beyond_seen: tail.iter().any(|t| *t >= BEYOND_SEEN - ORDINARY),
                 }
             })
             .collect())
@@ -335,6 +383,17 @@ impl Model {
             if !(v.is_finite() && v > 0.0) {
                 return Err(corrupt(format!("{name} is not a positive number")));
             }
+        }
+        if let Some((k, _)) = meta
+            .raises
+            .0
+            .iter()
+            .find(|(_, r)| !(r.is_finite() && **r >= 1.0))
+        {
+            return Err(corrupt(format!(
+                "the raise of {} is not a number from 1 up",
+                k.as_str()
+            )));
         }
         if meta.hidden.is_empty() || meta.hidden.iter().any(|h| *h == 0 || *h > 1024) {
             return Err(corrupt("hidden layer sizes are invalid".into()));
@@ -582,6 +641,7 @@ pub fn train(
             tails,
             tail_scale: 1.0,
             threshold: 1.0,
+            raises: Raises::default(),
             training: TrainingSummary {
                 events: n,
                 epochs: opts.epochs,
@@ -721,6 +781,43 @@ mod tests {
                 "feature {} raised by {}: {} -> {}", FEATURE_NAMES[feature], step, s[0].score, s[1].score
             );
         }
+    }
+
+    #[test]
+    fn a_signal_beyond_the_training_window_is_marked_and_raises_round_trip() {
+        let m = shared_model();
+        let data = rows(3000, 11);
+        // Every training row lies within what training saw.
+        assert!(m.score(&data).unwrap().iter().all(|s| !s.beyond_seen));
+        // A signal past the largest the training rows showed.
+        let i = FEATURE_DIRECTION.iter().position(|d| *d == 1).unwrap();
+        let most = data.iter().map(|r| r[i]).fold(f32::MIN, f32::max);
+        let mut odd = data[0];
+        odd[i] = most + 1.0;
+        assert!(m.score(&[odd]).unwrap()[0].beyond_seen);
+        // Raises are kept with the model and must be numbers from 1 up.
+        let mut m = train(
+            &rows(300, 6),
+            &TrainOptions {
+                epochs: 1,
+                ..Default::default()
+            },
+            vec![],
+            |_, _| {},
+        )
+        .unwrap();
+        m.meta.raises.raise(AlertKind::AfterHours, 1.5);
+        let d = tempfile::tempdir().unwrap();
+        m.save(d.path()).unwrap();
+        let back = Model::load(d.path()).unwrap();
+        assert_eq!(back.meta.raises.of(AlertKind::AfterHours), 1.5);
+        assert_eq!(back.meta.raises.of(AlertKind::MassExport), 1.0);
+        m.meta.raises.raise(AlertKind::MassExport, 0.5);
+        m.save(d.path()).unwrap();
+        let err = Model::load(d.path())
+            .err()
+            .expect("a raise under 1 is refused");
+        assert!(err.to_string().contains("mass_export"), "{err}");
     }
 
     #[test]
