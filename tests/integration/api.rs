@@ -277,7 +277,10 @@ fn one_users_alerts_form_one_case_that_is_reviewed_and_closed() {
         .find(|c| c["user"] == "Practitioner/alice")
         .unwrap();
     assert_eq!(alice["alerts"], 2);
-    assert_eq!(alice["title"], "mass export or wide search", "{alice}");
+    assert_eq!(
+        alice["title"], "bulk export or very large search",
+        "{alice}"
+    );
     assert!(
         alice["narrative"]
             .as_str()

@@ -40,8 +40,12 @@ pub enum AlertKind {
     NewSource,
     /// A session after a break longer than the user's usual.
     DormantAccount,
-    /// A bulk export or a search for very many records.
+    /// A bulk export, a sweep of people's demographics, or one search for very many records.
     MassExport,
+    /// Searches asking for far more records within an hour than the user's usual: a busy
+    /// day as often as a harvest, so alone and low it waits for corroboration (a harvest
+    /// big enough to matter scores higher, or shows as an export or a sweep).
+    WideSearch,
     /// A personal link: the patient shares the user's (rare) family name, or the care
     /// context shows them to be the user's relative, household, or the user themself.
     FamilySnooping,
@@ -59,7 +63,7 @@ impl AlertKind {
     }
 
     /// Every kind, in a stable order.
-    pub const ALL: [AlertKind; 12] = [
+    pub const ALL: [AlertKind; 13] = [
         AlertKind::AfterHours,
         AlertKind::BulkAccess,
         AlertKind::CrossDepartment,
@@ -69,6 +73,7 @@ impl AlertKind {
         AlertKind::NewSource,
         AlertKind::DormantAccount,
         AlertKind::MassExport,
+        AlertKind::WideSearch,
         AlertKind::FamilySnooping,
         AlertKind::WatchedRecord,
         AlertKind::UnusualPattern,
@@ -86,6 +91,7 @@ impl AlertKind {
             AlertKind::NewSource => "new_source",
             AlertKind::DormantAccount => "dormant_account",
             AlertKind::MassExport => "mass_export",
+            AlertKind::WideSearch => "wide_search",
             AlertKind::FamilySnooping => "family_snooping",
             AlertKind::WatchedRecord => "watched_record",
             AlertKind::UnusualPattern => "unusual_pattern",

@@ -12,8 +12,9 @@
 //!
 //! What reaches the queue ([`queued`]): a case of low-severity alerts whose reason is
 //! common in legitimate work — a watched record opened, one access at an unusual hour, a
-//! record of another department (a consult looks the same), a crowd around a record, a
-//! pattern with no single behaviour behind it — is *watched*, not queued: it waits for
+//! record of another department (a consult looks the same), a crowd around a record,
+//! searches wider than the user's usual (a busy day), a pattern with no single behaviour
+//! behind it — is *watched*, not queued: it waits for
 //! corroboration (an alert of the user within the window about another patient or of
 //! another behaviour, which makes it `new`; the same look at the same record continued is
 //! not corroboration) and is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
@@ -97,6 +98,7 @@ pub fn needs_corroboration(kind: AlertKind) -> bool {
             | AlertKind::AfterHours
             | AlertKind::CrossDepartment
             | AlertKind::VipSnooping
+            | AlertKind::WideSearch
             | AlertKind::UnusualPattern
     )
 }
@@ -404,7 +406,8 @@ pub fn title(alerts: &[CaseAlert]) -> String {
         AlertKind::FailedRequests => "runs of refused requests".to_string(),
         AlertKind::NewSource => "new device or network".to_string(),
         AlertKind::DormantAccount => "dormant account back in use".to_string(),
-        AlertKind::MassExport => "mass export or wide search".to_string(),
+        AlertKind::MassExport => "bulk export or very large search".to_string(),
+        AlertKind::WideSearch => "searches far wider than usual".to_string(),
         AlertKind::FamilySnooping => "looked up a relative".to_string(),
         AlertKind::WatchedRecord => "opened a watched record".to_string(),
         AlertKind::UnusualPattern => "unusual pattern of access".to_string(),
@@ -670,6 +673,11 @@ mod tests {
         assert!(!queued(false, Severity::Low, WatchedRecord));
         assert!(!queued(false, Severity::Low, AfterHours));
         assert!(!queued(false, Severity::Low, CrossDepartment), "a consult?");
+        assert!(!queued(false, Severity::Low, WideSearch), "a busy day?");
+        assert!(
+            queued(false, Severity::Low, MassExport),
+            "an export is specific"
+        );
         assert!(
             !queued(false, Severity::Low, VipSnooping),
             "one of the crowd?"

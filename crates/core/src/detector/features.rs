@@ -193,7 +193,7 @@ catalogue! {
         "How rarely the user's department (their peers) is active at this local hour (blended with the site while the department is new).";
     OffHoursUserAndPeers = "off_hours_user_and_peers", Up, AfterHours,
         "The smaller of hour_rarity_user and hour_rarity_peers: an hour rare for the user and for their peers (a clerk at 03:00), not for a night nurse or a department that works around the clock.";
-    QueryVolume1hVsUsual = "query_volume_1h_vs_usual", Up, MassExport,
+    QueryVolume1hVsUsual = "query_volume_1h_vs_usual", Up, WideSearch,
         "For a search: ln of the records the user's searches asked for within the hour (this one included) against their usual high hour, floored at 0.";
     DemographicSweep = "demographic_sweep", Up, MassExport,
         "For a Patient search returning demographics wholesale: ln(1 + records asked) + ln(1 + such searches by the user in the hour before).";

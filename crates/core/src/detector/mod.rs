@@ -550,18 +550,6 @@ pub fn explain(
                         format!("a Patient search returning people's demographics wholesale, {count} records a page{page}{run}"),
                     );
                 }
-                // A part is said only when the event shows it (a signal at its floor can
-                // still sit above the network's expectation for events of its kind).
-                if f.asked_1h > 0 {
-                    say(
-                        Feature::QueryVolume1hVsUsual,
-                        format!(
-                            "this user's searches asked for {} records within an hour (usual ≤ {:.0})",
-                            f.asked_1h,
-                            f.usual_asked_1h.ceil()
-                        ),
-                    );
-                }
                 if count > 0 {
                     say(Feature::QuerySize, format!("search asking for {count} records at once"));
                 }
@@ -571,6 +559,13 @@ pub fn explain(
                     false => parts.into_iter().map(|p| p.1).collect::<Vec<_>>().join("; "),
                 }
             }
+            AlertKind::WideSearch => match f.asked_1h {
+                0 => "searches asking for more records than this user's usual".to_string(),
+                n => format!(
+                    "this user's searches asked for {n} records within an hour (usual ≤ {:.0})",
+                    f.usual_asked_1h.ceil()
+                ),
+            },
             AlertKind::WatchedRecord => {
                 let from = match (&f.dept, f.dept_share) {
                     (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
