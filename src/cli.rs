@@ -129,9 +129,9 @@ pub enum Command {
         /// outnumber the bound, to measure what forgetting costs detection.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_patients: Option<u32>,
-        /// Fit the threshold to this many queued cases a day per 100 active users on the
-        /// second half of the window (default: the config's `[alerts] case_budget`, else
-        /// 2.5; 0: the percentile's threshold as it is).
+        /// Fit the thresholds of the behaviours that fill the queue to this many queued
+        /// cases a day per 100 active users on the second half of the window (default: the
+        /// config's `[alerts] case_budget`, else 2.5; 0: the percentile's threshold as it is).
         #[arg(long, value_name = "N", value_parser = parse_budget)]
         case_budget: Option<f64>,
     },

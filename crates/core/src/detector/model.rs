@@ -747,6 +747,15 @@ mod tests {
         assert_eq!(top, 5, "the odd feature explains the score");
     }
 
+    /// A model trained one epoch on `data`: for what is kept with a model, not its scores.
+    fn one_epoch(data: &[[f32; N_FEATURES]]) -> Model {
+        let opts = TrainOptions {
+            epochs: 1,
+            ..Default::default()
+        };
+        train(data, &opts, vec![], |_, _| {}).unwrap()
+    }
+
     /// One small model for the property tests (training takes a second).
     fn shared_model() -> &'static Model {
         static M: std::sync::OnceLock<Model> = std::sync::OnceLock::new();
@@ -796,16 +805,7 @@ mod tests {
         odd[i] = most + 1.0;
         assert!(m.score(&[odd]).unwrap()[0].beyond_seen);
         // Raises are kept with the model and must be numbers from 1 up.
-        let mut m = train(
-            &rows(300, 6),
-            &TrainOptions {
-                epochs: 1,
-                ..Default::default()
-            },
-            vec![],
-            |_, _| {},
-        )
-        .unwrap();
+        let mut m = one_epoch(&rows(300, 6));
         m.meta.raises.raise(AlertKind::AfterHours, 1.5);
         let d = tempfile::tempdir().unwrap();
         m.save(d.path()).unwrap();
@@ -834,17 +834,7 @@ mod tests {
 
     #[test]
     fn bad_models_are_refused_clearly() {
-        let data = rows(300, 5);
-        let m = train(
-            &data,
-            &TrainOptions {
-                epochs: 1,
-                ..Default::default()
-            },
-            vec![],
-            |_, _| {},
-        )
-        .unwrap();
+        let m = one_epoch(&rows(300, 5));
         let d = tempfile::tempdir().unwrap();
         m.save(d.path()).unwrap();
         // Wrong schema.
