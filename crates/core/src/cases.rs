@@ -132,8 +132,12 @@ impl Corroboration {
     }
 
     /// Whether an alert about `patient` pointing at `kind` is independent of the first.
+    /// Searches wider than usual are one signal for the user's whole hour: every event of
+    /// that hour carries it, whichever patient it names, so only another behaviour
+    /// corroborates them.
     pub fn independent(&self, patient: Option<&str>, kind: AlertKind) -> bool {
-        self.first.0.as_deref() != patient || self.first.1 != kind
+        let another_patient = self.first.0.as_deref() != patient && kind != AlertKind::WideSearch;
+        another_patient || self.first.1 != kind
     }
 
     /// Add a later alert; whether the case is corroborated now.
@@ -744,6 +748,16 @@ mod tests {
         );
         let mut c = Corroboration::first(None, FailedLogins);
         assert!(!c.add(None, FailedLogins));
+        // The hour's wide searches name a patient per event: still one signal.
+        let mut c = Corroboration::first(Some("Patient/1"), WideSearch);
+        assert!(
+            !c.add(Some("Patient/2"), WideSearch),
+            "the same hour's searches"
+        );
+        assert!(
+            c.add(Some("Patient/2"), CrossDepartment),
+            "another behaviour"
+        );
     }
 
     #[test]
