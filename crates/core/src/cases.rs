@@ -103,6 +103,13 @@ pub fn needs_corroboration(kind: AlertKind) -> bool {
     )
 }
 
+/// Whether an alert about another patient is another piece of evidence for this behaviour.
+/// Not for searches wider than usual: the breadth is one signal for the user's whole hour,
+/// carried by every event of it whichever patient the event names.
+pub fn another_patient_corroborates(kind: AlertKind) -> bool {
+    kind != AlertKind::WideSearch
+}
+
 /// Whether a case belongs in the queue (`new`) rather than being watched: its strongest
 /// alert reached `severity` `Medium`, or the behaviour of its alert (`kind`) is specific on
 /// its own, or it is `corroborated` — two of its alerts concern different patients or
@@ -131,12 +138,11 @@ impl Corroboration {
         }
     }
 
-    /// Whether an alert about `patient` pointing at `kind` is independent of the first.
-    /// Searches wider than usual are one signal for the user's whole hour: every event of
-    /// that hour carries it, whichever patient it names, so only another behaviour
-    /// corroborates them.
+    /// Whether an alert about `patient` pointing at `kind` is independent of the first
+    /// (another patient counts where [`another_patient_corroborates`]).
     pub fn independent(&self, patient: Option<&str>, kind: AlertKind) -> bool {
-        let another_patient = self.first.0.as_deref() != patient && kind != AlertKind::WideSearch;
+        let another_patient =
+            self.first.0.as_deref() != patient && another_patient_corroborates(kind);
         another_patient || self.first.1 != kind
     }
 

@@ -240,16 +240,7 @@ fn judge(
         .into_iter()
         .zip(facts.iter().zip(records))
         .map(|(s, (f, r))| {
-            // Against the threshold of the event's strongest behaviour (its first reason),
-            // unless it shows what the budget's replay never saw.
-            let raise = match s.beyond_seen {
-                true => 1.0,
-                false => model
-                    .meta
-                    .raises
-                    .of(budget::strongest_kind(&s.contributions)),
-            };
-            let score = s.score / (model.meta.threshold * raise);
+            let score = s.score / model.meta.threshold_for(&s);
             let severity = Severity::from_ratio(score as f64);
             let (explanation, kinds) = if severity.is_some() || which == Explain::All {
                 explain(&s.contributions, f, r)
@@ -698,7 +689,7 @@ mod tests {
         assert!(needs_no_baseline(&[AfterHours, FailedLogins], &rec));
         assert!(needs_no_baseline(&[FailedLogins], &rec));
         assert!(!needs_no_baseline(&[AfterHours, NewSource], &rec));
-        // A wide search is not an export.
+        // A very large search is not an `$export`.
         assert!(!needs_no_baseline(&[AfterHours, MassExport], &rec));
     }
 

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Module, Optimizer};
 use serde::{Deserialize, Serialize};
 
-use super::features::{FEATURE_DIRECTION, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
+use super::features::{Feature, FEATURE_DIRECTION, FEATURE_NAMES, N_FEATURES, SCHEMA_VERSION};
 use crate::alerts::AlertKind;
 use crate::rng::Rng;
 
@@ -143,18 +143,14 @@ impl Raises {
         self.0.insert(kind, next);
     }
 
-    /// `after_hours 1.50×, cross_department 1.10×`, largest first; `none` when empty.
+    /// `after_hours 1.50×, cross_department 1.10×`, largest first.
     pub fn describe(&self) -> String {
         let mut v: Vec<(AlertKind, f32)> = self.0.iter().map(|(k, r)| (*k, *r)).collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
-        match v.is_empty() {
-            true => "none".into(),
-            false => v
-                .iter()
-                .map(|(k, r)| format!("{} {r:.2}×", k.as_str()))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
+        v.iter()
+            .map(|(k, r)| format!("{} {r:.2}×", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -189,6 +185,18 @@ pub struct ModelMeta {
     pub training: TrainingSummary,
 }
 
+impl ModelMeta {
+    /// The threshold `s` is judged against: the percentile's raised for its strongest
+    /// behaviour (`raises`), or the percentile's alone when it shows a signal beyond the
+    /// training window, which the replay the raises were fitted on could not hold.
+    pub fn threshold_for(&self, s: &Scored) -> f32 {
+        match s.beyond_seen || self.raises.is_empty() {
+            true => self.threshold,
+            false => self.threshold * self.raises.of(s.strongest_kind()),
+        }
+    }
+}
+
 /// Tail probabilities at which training quantiles are kept.
 pub const TAIL_P: [f32; 12] = [
     0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001,
@@ -198,6 +206,9 @@ const BEYOND_SEEN: f32 = 5.0;
 /// Surprises up to this (p ≥ 5%) are ordinary and count nothing, so many small deviations
 /// cannot add up to an alert.
 const ORDINARY: f32 = 1.3;
+/// The tail part of a value beyond anything seen in training (no step of the grid reaches
+/// it: the last is 4).
+const BEYOND_SEEN_PART: f32 = BEYOND_SEEN - ORDINARY;
 
 /// How improbable `x` is on its suspicious side, in -log10(probability), from the grid.
 fn tail_surprise(grid: &[f32], dir: i8, x: f32) -> f32 {
@@ -240,6 +251,20 @@ pub struct Scored {
     /// where the site never exported, a break longer than any before): nothing like it
     /// was in the work the queue budget was fitted on, so no raise applies to it.
     pub beyond_seen: bool,
+}
+
+impl Scored {
+    /// The strongest behaviour: the kind of the largest part, the first reason of the
+    /// explanation (the first of equals, as the explanation's stable sort takes it).
+    pub fn strongest_kind(&self) -> AlertKind {
+        let mut best: Option<(usize, f32)> = None;
+        for (i, c) in self.contributions.iter().enumerate() {
+            if best.is_none_or(|(_, b)| *c > b) {
+                best = Some((i, *c));
+            }
+        }
+        best.map_or(AlertKind::UnusualPattern, |(i, _)| Feature::ALL[i].kind())
+    }
 }
 
 /// Per feature of one row: the reconstruction part and the tail part of the score.
@@ -333,7 +358,7 @@ impl Model {
                 Scored {
                     score: contributions.iter().sum(),
                     contributions,
-                    beyond_seen: tail.iter().any(|t| *t >= BEYOND_SEEN - ORDINARY),
+                    beyond_seen: tail.iter().any(|t| *t >= BEYOND_SEEN_PART),
                 }
             })
             .collect())
@@ -818,6 +843,35 @@ mod tests {
             .err()
             .expect("a raise under 1 is refused");
         assert!(err.to_string().contains("mass_export"), "{err}");
+    }
+
+    #[test]
+    fn an_event_is_judged_against_its_strongest_behaviours_threshold() {
+        let mut meta = one_epoch(&rows(300, 7)).meta;
+        let mut contributions = [0f32; N_FEATURES];
+        contributions[Feature::NewSourceIp.index()] = 2.0;
+        contributions[Feature::HourRarityUser.index()] = 1.0;
+        let s = Scored {
+            score: 3.0,
+            contributions,
+            beyond_seen: false,
+        };
+        assert_eq!(s.strongest_kind(), AlertKind::NewSource);
+        let base = meta.threshold;
+        assert_eq!(meta.threshold_for(&s), base, "nothing raised");
+        meta.raises.raise(AlertKind::AfterHours, 1.5);
+        assert_eq!(meta.threshold_for(&s), base, "another behaviour raised");
+        meta.raises.raise(AlertKind::NewSource, 1.2);
+        assert_eq!(meta.threshold_for(&s), base * 1.2);
+        let beyond = Scored {
+            beyond_seen: true,
+            ..s
+        };
+        assert_eq!(
+            meta.threshold_for(&beyond),
+            base,
+            "beyond the window: unraised"
+        );
     }
 
     #[test]
