@@ -320,6 +320,9 @@ pub struct Facts {
     #[serde(default)]
     pub judged_hour: Option<u32>,
     pub user_hour_share: f32,
+    /// The share of the user's past activity that fell on this weekday.
+    #[serde(default)]
+    pub user_weekday_share: f32,
     /// Local hour at which the current session began, and how many of the user's earlier
     /// sessions began in that hour (of how many).
     pub session_start_hour: u32,
@@ -1377,6 +1380,7 @@ impl Context {
             Some(u) if u.events > 0.0 => {
                 let w = (u.events / MATURE).min(1.0);
                 facts.user_hour_share = u.hours[at as usize] / u.events;
+                facts.user_weekday_share = u.weekdays[weekday as usize] / u.events;
                 facts.user_hours = Some(u.hours);
                 (
                     user_rarity(u, at),

@@ -350,6 +350,19 @@ pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, WatchListE
     Ok(refs)
 }
 
+/// The part of a score a feature must carry to be named as a reason (the strongest always is).
+const REASON_SHARE: f32 = 0.08;
+
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
 /// Plain-language reasons from the top contributing features, strongest first.
 pub fn explain(
     contrib: &[f32; N_FEATURES],
@@ -362,7 +375,7 @@ pub fn explain(
     let mut reasons: Vec<String> = Vec::new();
     let mut kinds: Vec<AlertKind> = Vec::new();
     for &i in idx.iter().take(4) {
-        if contrib[i] < 0.08 * total && !reasons.is_empty() {
+        if contrib[i] < REASON_SHARE * total && !reasons.is_empty() {
             break;
         }
         let feature = Feature::ALL[i];
@@ -391,6 +404,15 @@ pub fn explain(
                         pct(f.user_hour_share)
                     ),
                 };
+                // A day the user seldom works on says as much as the hour: named where it
+                // counts as a reason does.
+                if contrib_of(contrib, Feature::WeekdayRarityUser) >= REASON_SHARE * total {
+                    text.push_str(&format!(
+                        "; {} of their past activity falls on a {}",
+                        pct(f.user_weekday_share),
+                        WEEKDAYS[f.weekday as usize % 7]
+                    ));
+                }
                 if f.user_sessions > 0 {
                     text.push_str(&format!(
                         "; the session began at {:02}:00, when {} of the user's {} earlier sessions began",
@@ -725,6 +747,31 @@ mod tests {
             ..facts
         };
         assert!(!explain(&c, &plain, &rec).0[0].contains("judged"));
+    }
+
+    #[test]
+    fn a_day_the_user_never_works_is_named_when_it_drives_the_score() {
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::HourRarityUser.index()] = 0.4;
+        c[Feature::WeekdayRarityUser.index()] = 2.0;
+        let facts = Facts {
+            hour: 9,
+            weekday: 0,
+            user_hour_share: 0.11,
+            user_weekday_share: 0.0,
+            ..Default::default()
+        };
+        let rec = record_at("2024-01-01T09:00:00Z");
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::AfterHours]);
+        assert!(
+            why[0].contains("; 0% of their past activity falls on a Monday"),
+            "{}",
+            why[0]
+        );
+        // Where the weekday carries next to nothing, the hour is the reason alone.
+        c[Feature::WeekdayRarityUser.index()] = 0.01;
+        assert!(!explain(&c, &facts, &rec).0[0].contains("Monday"));
     }
 
     #[test]
