@@ -179,20 +179,8 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let unjournaled_cases = store.unjournaled_cases()?;
     let rules = store.allowlist()?;
     let care = care_start(&cfg, &mut store)?;
-    // The site's model: the configured one when it was trained on this site (it carries
-    // baselines), else one the daemon trained itself at the end of learning, else the
-    // configured one while learning (see `learn`).
     let own_model = state_dir.join("model");
-    let model_dir = match baselines::present(&cfg.detector.model_dir) {
-        false
-            if own_model
-                .join(fhir_edge_core::detector::model::META_FILE)
-                .is_file() =>
-        {
-            own_model.clone()
-        }
-        _ => cfg.detector.model_dir.clone(),
-    };
+    let model_dir = site_model_dir(&cfg);
     let learning = !baselines::present(&model_dir);
     let model = Model::load(&model_dir)?;
     let tz = cfg.timezone();
@@ -583,4 +571,21 @@ pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         System::current().stop();
         Ok(())
     })
+}
+
+/// The model the daemon runs: the configured one when it was trained on this site (it
+/// carries baselines), else one the daemon trained itself at the end of learning (the
+/// state directory's `model`), else the configured one while learning (see `learn`).
+pub(crate) fn site_model_dir(cfg: &Config) -> std::path::PathBuf {
+    let own_model = cfg.state_dir().join("model");
+    match baselines::present(&cfg.detector.model_dir) {
+        false
+            if own_model
+                .join(fhir_edge_core::detector::model::META_FILE)
+                .is_file() =>
+        {
+            own_model
+        }
+        _ => cfg.detector.model_dir.clone(),
+    }
 }

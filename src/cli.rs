@@ -243,8 +243,18 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { json } => {
             let (cfg, r) = open_state(cfg_path)?;
             let s = r.status()?;
+            // How the running model's thresholds stand to the queue budget (a model that
+            // cannot be read is said so; the daemon would refuse it at start).
+            let budget = match fhir_edge_core::detector::model::Model::load(
+                &crate::app::site_model_dir(&cfg),
+            ) {
+                Ok(m) => m.meta.queue_budget_summary(),
+                Err(e) => format!("unknown: {e}"),
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                v["queue_budget"] = serde_json::Value::String(budget);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("database        {}", s.database);
                 println!("cursor          {}", s.cursor.as_deref().unwrap_or("none"));
@@ -293,6 +303,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+                println!("queue budget    {budget}");
                 match (&s.baselines_until, &s.baselines_seeded) {
                     (Some(until), Some(seeded)) => println!(
                         "baselines       the model's, learned until {until} (started from them at {seeded}), then this daemon's"

@@ -372,6 +372,13 @@ fn without_notify_socket_the_daemon_runs_and_status_reads_while_it_does() {
     assert_eq!(v["events_scored"], 40);
     assert!(v["cursor"].is_string());
     assert!(v["last_poll"].is_string());
+    // The running model's standing to the queue budget (the test model was not fitted).
+    assert!(
+        v["queue_budget"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("not fitted")),
+        "{v}"
+    );
     let (code, out, _) = run(
         &["alerts", "--json", "--config", cfg.to_str().unwrap()],
         &[],

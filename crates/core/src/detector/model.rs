@@ -186,6 +186,40 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// How the model's thresholds stand to the site's queue budget, in a line (`fhir-edge
+    /// status`): not fitted, met at the percentile's threshold, met by the raises, or not
+    /// met with the largest raises allowed.
+    pub fn queue_budget_summary(&self) -> String {
+        let Some(fit) = &self.training.queue_budget else {
+            return "not fitted (a model trained before the budget, a budget of 0, or a training \
+                    window too short to replay): the percentile's threshold"
+                .into();
+        };
+        let budget = format!(
+            "{} cases a day per 100 users, replayed over {:.1} days ({} users active)",
+            fit.budget, fit.days, fit.users
+        );
+        match (self.raises.is_empty(), fit.met()) {
+            (true, _) => format!(
+                "{budget}: met at the percentile's threshold ({:.2} would have been queued)",
+                fit.before
+            ),
+            (false, true) => format!(
+                "{budget}: met with thresholds raised for {} ({:.2} → {:.2})",
+                self.raises.describe(),
+                fit.before,
+                fit.after
+            ),
+            (false, false) => format!(
+                "{budget}: NOT MET with the largest raises allowed, {} ({:.2} → {:.2}); allow-list \
+                 what is routine or raise [alerts] case_budget, then retrain",
+                self.raises.describe(),
+                fit.before,
+                fit.after
+            ),
+        }
+    }
+
     /// The threshold `s` is judged against: the percentile's raised for its strongest
     /// behaviour (`raises`), or the percentile's alone when it shows a signal beyond the
     /// training window, which the replay the raises were fitted on could not hold.
@@ -843,6 +877,42 @@ mod tests {
             .err()
             .expect("a raise under 1 is refused");
         assert!(err.to_string().contains("mass_export"), "{err}");
+    }
+
+    #[test]
+    fn the_queue_budget_is_summed_up_as_fitted() {
+        let mut meta = one_epoch(&rows(300, 8)).meta;
+        assert!(meta.queue_budget_summary().starts_with("not fitted"));
+        let mut fit = BudgetFit {
+            budget: 2.5,
+            days: 13.9,
+            users: 147,
+            before: 2.26,
+            after: 2.26,
+        };
+        meta.training.queue_budget = Some(fit.clone());
+        assert_eq!(
+            meta.queue_budget_summary(),
+            "2.5 cases a day per 100 users, replayed over 13.9 days (147 users active): met at \
+             the percentile's threshold (2.26 would have been queued)"
+        );
+        fit.before = 3.84;
+        fit.after = 2.40;
+        meta.training.queue_budget = Some(fit.clone());
+        meta.raises.raise(AlertKind::NewSource, 1.34);
+        meta.raises.raise(AlertKind::FamilySnooping, 1.28);
+        assert!(
+            meta.queue_budget_summary().ends_with(
+                "met with thresholds raised for new_source 1.34×, family_snooping 1.28× (3.84 → 2.40)"
+            ),
+            "{}",
+            meta.queue_budget_summary()
+        );
+        fit.after = 3.1;
+        meta.training.queue_budget = Some(fit);
+        assert!(meta
+            .queue_budget_summary()
+            .contains(": NOT MET with the largest raises"));
     }
 
     #[test]
