@@ -51,6 +51,7 @@ wait_for 15 "the learning note (now: $(prop StatusText))" '[[ "$(prop StatusText
 # grep reads to the end (not -q): under pipefail, a grep that quits at the first match
 # leaves status killed by SIGPIPE mid-output, and the pipeline failing by timing alone.
 fhir-edge status | grep "^mode            learning this site's normal since" >/dev/null || fail "status does not say it is learning"
+fhir-edge status | grep "^queue budget    fitted to this site when its model is trained" >/dev/null || fail "status gives the shipped model's queue budget as the site's"
 [ "$(alerts)" = 0 ] || fail "$(alerts) alerts while learning on the site's ordinary traffic"
 ok "learning: said in StatusText and status; no alerts on the baseline traffic"
 # A failed-login burst needs no baseline: it raises an alert while learning.

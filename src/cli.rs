@@ -244,10 +244,13 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let (cfg, r) = open_state(cfg_path)?;
             let s = r.status()?;
             // How the running model's thresholds stand to the queue budget (a model that
-            // cannot be read is said so; the daemon would refuse it at start).
-            let budget = match fhir_edge_core::detector::model::Model::load(
-                &crate::app::site_model_dir(&cfg),
-            ) {
+            // cannot be read is said so; the daemon would refuse it at start). While the
+            // daemon learns, the shipped model's figures are not the site's.
+            let site_dir = crate::app::site_model_dir(&cfg);
+            let budget = match fhir_edge_core::detector::model::Model::load(&site_dir) {
+                Ok(_) if !fhir_edge_core::detector::baselines::present(&site_dir) => {
+                    "fitted to this site when its model is trained, at the end of learning".into()
+                }
                 Ok(m) => m.meta.queue_budget_summary(),
                 Err(e) => format!("unknown: {e}"),
             };
