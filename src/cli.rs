@@ -286,10 +286,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("cases           {}", cases.join(", "));
                 println!("seen keys       {}", s.seen_keys);
-                let cfg_model = &cfg.detector.model_dir;
-                let own_model = cfg.state_dir().join("model");
-                let site_model = fhir_edge_core::detector::baselines::present(cfg_model)
-                    || fhir_edge_core::detector::baselines::present(&own_model);
+                let site_model = fhir_edge_core::detector::baselines::present(&site_dir);
                 match (site_model, &s.learning_since) {
                     (true, Some(since)) => println!(
                         "mode            the site's model (learned since {since}, trained on this site)"
