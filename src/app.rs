@@ -179,7 +179,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let unjournaled_cases = store.unjournaled_cases()?;
     let rules = store.allowlist()?;
     let care = care_start(&cfg, &mut store)?;
-    let own_model = state_dir.join("model");
+    let own_model = own_model_dir(&cfg);
     let model_dir = site_model_dir(&cfg);
     let learning = !baselines::present(&model_dir);
     let model = Model::load(&model_dir)?;
@@ -577,7 +577,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
 /// carries baselines), else one the daemon trained itself at the end of learning (the
 /// state directory's `model`), else the configured one while learning (see `learn`).
 pub(crate) fn site_model_dir(cfg: &Config) -> std::path::PathBuf {
-    let own_model = cfg.state_dir().join("model");
+    let own_model = own_model_dir(cfg);
     match baselines::present(&cfg.detector.model_dir) {
         false
             if own_model
@@ -588,4 +588,9 @@ pub(crate) fn site_model_dir(cfg: &Config) -> std::path::PathBuf {
         }
         _ => cfg.detector.model_dir.clone(),
     }
+}
+
+/// Where the daemon keeps the model it trains at the end of learning.
+fn own_model_dir(cfg: &Config) -> std::path::PathBuf {
+    cfg.state_dir().join("model")
 }

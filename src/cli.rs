@@ -247,8 +247,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             // cannot be read is said so; the daemon would refuse it at start). While the
             // daemon learns, the shipped model's figures are not the site's.
             let site_dir = crate::app::site_model_dir(&cfg);
+            let site_model = fhir_edge_core::detector::baselines::present(&site_dir);
             let budget = match fhir_edge_core::detector::model::Model::load(&site_dir) {
-                Ok(_) if !fhir_edge_core::detector::baselines::present(&site_dir) => {
+                Ok(_) if !site_model => {
                     "fitted to this site when its model is trained, at the end of learning".into()
                 }
                 Ok(m) => m.meta.queue_budget_summary(),
@@ -286,7 +287,6 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("cases           {}", cases.join(", "));
                 println!("seen keys       {}", s.seen_keys);
-                let site_model = fhir_edge_core::detector::baselines::present(&site_dir);
                 match (site_model, &s.learning_since) {
                     (true, Some(since)) => println!(
                         "mode            the site's model (learned since {since}, trained on this site)"

@@ -389,7 +389,7 @@ pub fn explain(
                     .user_usual_hours()
                     .map(|(a, b)| format!("usual hours {a:02}:00–{:02}:00", (b + 1) % 24))
                     .unwrap_or_else(|| "no usual hours learned yet".into());
-                let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][f.weekday as usize % 7];
+                let day = &WEEKDAYS[f.weekday as usize % 7][..3];
                 let mut text = match f.judged_hour {
                     // A session running late or begun early, judged at a usual hour of it.
                     Some(j) => format!(

@@ -199,7 +199,17 @@ impl ModelMeta {
             "{} cases a day per 100 users, replayed over {:.1} days ({} users active)",
             fit.budget, fit.days, fit.users
         );
+        // A model fitted before behaviours were raised one by one kept its one raise in
+        // `threshold` and names none: what it did shows in `before` against the budget.
+        let single = fit.before > fit.budget;
         match (self.raises.is_empty(), fit.met()) {
+            (true, _) if single => format!(
+                "{budget}: {} with every threshold raised together, an older model's fit \
+                 ({:.2} → {:.2})",
+                if fit.met() { "met" } else { "NOT MET" },
+                fit.before,
+                fit.after
+            ),
             (true, _) => format!(
                 "{budget}: met at the percentile's threshold ({:.2} would have been queued)",
                 fit.before
@@ -909,10 +919,45 @@ mod tests {
             meta.queue_budget_summary()
         );
         fit.after = 3.1;
-        meta.training.queue_budget = Some(fit);
+        meta.training.queue_budget = Some(fit.clone());
         assert!(meta
             .queue_budget_summary()
             .contains(": NOT MET with the largest raises"));
+        // An older model: its one raise is in the threshold, no behaviour is named.
+        meta.raises = Raises::default();
+        fit.after = 2.3;
+        meta.training.queue_budget = Some(fit);
+        assert!(
+            meta.queue_budget_summary().ends_with(
+                ": met with every threshold raised together, an older model's fit (3.84 → 2.30)"
+            ),
+            "{}",
+            meta.queue_budget_summary()
+        );
+    }
+
+    #[test]
+    fn a_model_fitted_with_one_raise_for_all_still_loads_and_says_so() {
+        let m = one_epoch(&rows(300, 9));
+        let d = tempfile::tempdir().unwrap();
+        m.save(d.path()).unwrap();
+        // As such a model was written: the raise in `threshold` and in the fit, no `raises`.
+        let path = d.path().join(META_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["training"]["queue_budget"] = serde_json::json!({
+            "budget": 2.5, "days": 12.8, "users": 147, "before": 3.84, "after": 2.4, "raised": 1.41
+        });
+        std::fs::write(&path, v.to_string()).unwrap();
+        let back = Model::load(d.path()).unwrap();
+        assert!(back.meta.raises.is_empty());
+        assert!(
+            back.meta
+                .queue_budget_summary()
+                .contains("met with every threshold raised together"),
+            "{}",
+            back.meta.queue_budget_summary()
+        );
     }
 
     #[test]
