@@ -167,10 +167,15 @@ pub fn execute(command: LabCommand) -> anyhow::Result<ExitCode> {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("--timezone: unknown time zone {timezone:?}"))?;
             let original = fhir_edge_lab::simulate::simulate(&o);
-            let mut events = fhir_edge_lab::shape::reshape(original.clone(), shape, seed);
-            if keep_department {
+            // The original events are kept beside the shaped ones only for the control that
+            // needs both (a copy of every event doubles the memory a large hospital takes).
+            let events = if keep_department {
+                let mut events = fhir_edge_lab::shape::reshape(original.clone(), shape, seed);
                 fhir_edge_lab::shape::keep_department(&original, &mut events);
-            }
+                events
+            } else {
+                fhir_edge_lab::shape::reshape(original, shape, seed)
+            };
             let (ev, lb) = fhir_edge_lab::simulate::write(&events, &out)
                 .with_context(|| format!("writing to {}", out.display()))?;
             let wl = out.join("watchlist.txt");
