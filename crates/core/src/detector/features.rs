@@ -308,6 +308,12 @@ pub const OVERRUN_HOURS: u32 = 3;
 /// the hour it runs into, a login at 04:20 does not lean on the 05:00 an early shift
 /// sometimes starts in.
 pub const USUAL_START_SHARE: f32 = 0.1;
+/// An hour is odd for a user when less than this share of their activity falls in it.
+/// Sessions begun at odd hours near an hour are the user's habit of it (see
+/// [`odd_hour_habit`]).
+pub const ODD_HOUR_SHARE: f32 = 0.02;
+/// How many hours either side of an odd hour count as near it, for the habit.
+pub const ODD_HOUR_BAND: u32 = 2;
 
 /// Raw facts behind the features, for plain-language explanations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -328,6 +334,11 @@ pub struct Facts {
     pub session_start_hour: u32,
     pub starts_at_that_hour: u32,
     pub user_sessions: u32,
+    /// How many of the user's earlier sessions began at odd hours for them near the hour
+    /// judged (`judged_hour`, else `hour`; see [`odd_hour_habit`]), when that habit made
+    /// the hour less rare for them.
+    #[serde(default)]
+    pub odd_starts: Option<u32>,
     /// The user's hour-of-day histogram (the usual band is worked out only when an
     /// explanation needs it: see `user_usual_hours`).
     pub user_hours: Option<[f32; 24]>,
@@ -953,6 +964,33 @@ pub fn judged_hour(hour: u32, start: u32, usual_start: bool, rarity: impl Fn(u32
         .map_or(hour, |(h, _)| h)
 }
 
+/// Whether `hour` is odd for the user (under `ODD_HOUR_SHARE` of their activity) and they
+/// have a habit of it: how many of their earlier sessions (the current one, begun at
+/// `began`, not counted when `own_current` is 1) began at odd hours within `ODD_HOUR_BAND`
+/// of it, and how rare that makes the hour, -ln(share of sessions). A physician called in
+/// at night now and then has such a habit at 02:00; a day worker who sometimes stays on
+/// into the evening does not. `None` while the user has fewer than `MATURE_SESSIONS`
+/// sessions, or `hour` is not odd, or no session began near it.
+fn odd_hour_habit(u: &UserState, hour: u32, began: u32, own_current: f32) -> Option<(u32, f32)> {
+    let odd = |h: u32| u.hours[h as usize] < ODD_HOUR_SHARE * u.events;
+    let total = u.sessions - own_current;
+    if u.events <= 0.0 || total < MATURE_SESSIONS || !odd(hour) {
+        return None;
+    }
+    let near = (0..=2 * ODD_HOUR_BAND).map(|k| (hour + 24 + k - ODD_HOUR_BAND) % 24);
+    let n = near
+        .clone()
+        .filter(|&h| odd(h))
+        .map(|h| u.starts[h as usize])
+        .sum::<f32>()
+        - if near.clone().any(|h| h == began) && odd(began) {
+            own_current
+        } else {
+            0.0
+        };
+    (n >= 1.0).then(|| (n as u32, (-(n / total).ln()).clamp(0.0, 10.0)))
+}
+
 fn rarity(count: f32, total: f32, bins: f32) -> f32 {
     let p = (count + 0.5) / (total + 0.5 * bins);
     (-p.ln()).clamp(0.0, 10.0)
@@ -1399,6 +1437,17 @@ impl Context {
             }
             _ => site_r,
         };
+        // A user called in now and then (on call, covering a night) works odd hours by habit
+        // even though those short sessions are a sliver of their activity: an odd hour is
+        // no rarer for them than their sessions begun at odd hours.
+        let habit = user.and_then(|u| odd_hour_habit(u, at, began, own_current));
+        let hr = match habit {
+            Some((n, r)) if r < hr => {
+                facts.odd_starts = Some(n);
+                r
+            }
+            _ => hr,
+        };
         x[F::HourRarityPeers] = peers;
         x[F::OffHoursUserAndPeers] = hr.min(peers);
         x[F::HourRarityUser] = hr;
@@ -1417,7 +1466,12 @@ impl Context {
                 facts.starts_at_that_hour = n as u32;
                 facts.user_sessions = total as u32;
                 let w = (total / MATURE_SESSIONS).min(1.0);
-                w * rarity(n, total, 24.0) + (1.0 - w) * site_sr
+                let r = w * rarity(n, total, 24.0) + (1.0 - w) * site_sr;
+                // Begun at an odd hour by a user who begins sessions at odd hours.
+                match odd_hour_habit(u, began, began, own_current) {
+                    Some((_, odd)) => r.min(odd),
+                    None => r,
+                }
             }
             _ => site_sr,
         };
@@ -2900,6 +2954,49 @@ mod tests {
             night.iter().all(|v| (v - night[0]).abs() < 1e-6),
             "{night:?}"
         );
+    }
+
+    #[test]
+    fn a_user_called_in_at_night_now_and_then_is_less_strange_at_night() {
+        // Two day workers; one of them has been called in at night three times, a few
+        // reads each: a sliver of their activity, but 3 of their 23 sessions.
+        let (mut c, at) = day_worker();
+        let calls = [(3, 1), (9, 3), (15, 0)];
+        for d in 0..20 {
+            if let Some((_, h)) = calls.iter().find(|(day, _)| *day == d) {
+                for k in 0..3 {
+                    c.observe(&rec("Practitioner/2", "Patient/9", at(d, *h, k * 5)));
+                }
+            }
+            for k in 0..16 {
+                c.observe(&rec(
+                    "Practitioner/2",
+                    &format!("Patient/{k}"),
+                    at(d, 8, k * 30),
+                ));
+            }
+        }
+        let (hour, start) = (feature("hour_rarity_user"), feature("session_start_rarity"));
+        let night = |c: &mut Context, who: &str| {
+            let (first, _) = c.observe(&rec(who, "Patient/3", at(21, 2, 0)));
+            let (next, f) = c.observe(&rec(who, "Patient/4", at(21, 2, 10)));
+            (first[start], next[hour], f.odd_starts)
+        };
+        let (never_start, never_hour, never_odd) = night(&mut c, "Practitioner/1");
+        let (called_start, called_hour, called_odd) = night(&mut c, "Practitioner/2");
+        assert_eq!((never_odd, called_odd), (None, Some(3)));
+        // -ln(3/23) ≈ 2.0, against ≈ 3.8 and ≈ 5.9 for someone never there at night.
+        assert!(
+            called_start < 2.2 && never_start > 3.5,
+            "{called_start} vs {never_start}"
+        );
+        assert!(
+            called_hour < 2.2 && never_hour > 5.0,
+            "{called_hour} vs {never_hour}"
+        );
+        // Daytime is judged as before.
+        let (x, f) = c.observe(&rec("Practitioner/2", "Patient/5", at(22, 9, 0)));
+        assert!(x[hour] < 2.5 && f.odd_starts.is_none(), "{}", x[hour]);
     }
 
     #[test]

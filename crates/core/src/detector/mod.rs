@@ -10,7 +10,7 @@ pub mod train;
 use std::collections::HashSet;
 
 use baselines::PassOver;
-use features::{Context, Facts, Feature, N_FEATURES};
+use features::{Context, Facts, Feature, N_FEATURES, ODD_HOUR_BAND};
 use model::Model;
 
 use crate::alerts::{AlertKind, Severity};
@@ -419,6 +419,13 @@ pub fn explain(
                         f.session_start_hour, f.starts_at_that_hour, f.user_sessions
                     ));
                 }
+                if let Some(n) = f.odd_starts {
+                    text.push_str(&format!(
+                        "; {n} of their earlier sessions began within {ODD_HOUR_BAND} h of {:02}:00, at hours \
+                         they seldom work (a habit, counted in)",
+                        f.judged_hour.unwrap_or(f.hour)
+                    ));
+                }
                 let peers = contrib_of(contrib, Feature::HourRarityPeers)
                     + contrib_of(contrib, Feature::OffHoursUserAndPeers);
                 if let (Some(share), true) = (f.peer_hour_share, peers > 0.0) {
@@ -772,6 +779,28 @@ mod tests {
         // Where the weekday carries next to nothing, the hour is the reason alone.
         c[Feature::WeekdayRarityUser.index()] = 0.01;
         assert!(!explain(&c, &facts, &rec).0[0].contains("Monday"));
+    }
+
+    #[test]
+    fn a_habit_of_odd_hours_is_said_when_it_counted() {
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::HourRarityUser.index()] = 1.2;
+        let mut facts = Facts {
+            hour: 2,
+            weekday: 0,
+            user_hour_share: 0.001,
+            odd_starts: Some(3),
+            ..Default::default()
+        };
+        let rec = record_at("2024-01-01T02:00:00Z");
+        let why = explain(&c, &facts, &rec).0;
+        assert!(
+            why[0].contains("; 3 of their earlier sessions began within 2 h of 02:00, at hours they seldom work"),
+            "{}",
+            why[0]
+        );
+        facts.odd_starts = None;
+        assert!(!explain(&c, &facts, &rec).0[0].contains("seldom work"));
     }
 
     #[test]
