@@ -184,7 +184,7 @@ catalogue! {
     UnexplainedDepts24h = "unexplained_depts_24h", Up, VipSnooping,
         "ln(1 + departments that opened the record today outside their relationship and pattern).";
     WatchedRecordUnrelated = "watched_record_unrelated", Up, WatchedRecord,
-        "1 when a watched or restricted record is opened without a working relationship.";
+        "1 when a watched or restricted record is opened without a working relationship, by a user whose work the care context describes (see CARE_BLIND_RATE).";
     NewNetworkSite = "new_network_site", Up, NewSource,
         "Novelty of the address's network (IPv4 /24, IPv6 /48, a host's domain) at the whole site, once the site has history: 1 never seen, decaying with use.";
     NewClientAppSite = "new_client_app_site", Up, NewSource,
@@ -308,6 +308,14 @@ pub const OVERRUN_HOURS: u32 = 3;
 /// the hour it runs into, a login at 04:20 does not lean on the 05:00 an early shift
 /// sometimes starts in.
 pub const USUAL_START_SHARE: f32 = 0.1;
+/// A user whose running rate of accesses outside every relationship the care context
+/// knows is at least this works where the context does not describe the work — a
+/// pharmacist, a radiographer, a coder, whose patients come by orders — and goes to
+/// records their department has no history with as routinely: for them a watched record
+/// opened without a known relationship is the day's work, not a reason (measured in
+/// BENCHMARKS.md: the ordinary such cases came from them, the injected lookups from staff
+/// who work inside relationships).
+pub const CARE_BLIND_RATE: f32 = 0.5;
 /// An hour is odd for a user when less than this share of their activity falls in it.
 /// Sessions begun at odd hours near an hour are the user's habit of it (see
 /// [`odd_hour_habit`]).
@@ -1578,8 +1586,11 @@ impl Context {
                 // from outside the home department was tried too: the departments that go
                 // everywhere made it flag routine work, see BENCHMARKS.md.)
                 // With care context, also one opened outside any treatment relationship.
+                // Not by a user whose work the care context does not describe (see
+                // `CARE_BLIND_RATE`): for them neither reading means much.
+                let care_blind = user.is_some_and(|u| u.outside_rate >= CARE_BLIND_RATE);
                 x[F::WatchedRecordUnrelated] =
-                    (facts.watched && (unrelated_now || outside_now)) as u8 as f32;
+                    (facts.watched && (unrelated_now || outside_now) && !care_blind) as u8 as f32;
                 if unrelated_now {
                     let rate = user.map_or(0.0, |u| u.habitual_cross_rate(now));
                     x[F::UnrelatedPatientRarity] = unrelated_weight(rate);
@@ -2317,6 +2328,56 @@ mod tests {
             x[Feature::OutsideCare.index()] + x[Feature::PersonalLink.index()],
             0.0
         );
+    }
+
+    #[test]
+    fn a_watched_record_is_no_reason_for_staff_whose_work_the_care_context_does_not_describe() {
+        use serde_json::json;
+        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
+        let mut set = care::FactSet::default();
+        for r in [
+            json!({"resourceType": "Patient", "id": "7", "name": [{"family": "Jones"}]}),
+            json!({"resourceType": "Patient", "id": "8", "name": [{"family": "Berg"}]}),
+            json!({"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/7"},
+                   "period": {"start": "2024-03-01T10:00:00Z"},
+                   "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
+            json!({"resourceType": "Encounter", "id": "f", "subject": {"reference": "Patient/8"},
+                   "period": {"start": "2024-03-01T10:00:00Z"}, "location": [{"location": {"display": "Oncology"}}]}),
+        ] {
+            for f in care::resources::read(&r, &key) {
+                set.upsert(f);
+            }
+        }
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_care(Some(std::sync::Arc::new(set.index(key))));
+        c.set_watch_list(["Patient/7"]);
+        let j = feature("watched_record_unrelated");
+        let t0 = monday(11);
+        // Ann treats Patient/7; a ward nurse works inside Oncology's care of Patient/8; a
+        // radiographer's work (by orders) is outside every relationship the context knows.
+        for k in 0..60 {
+            let t = t0 + k * 60_000;
+            c.observe(&in_dept("Practitioner/ann", "Cardiology", "Patient/7", t));
+            c.observe(&in_dept("Practitioner/zed", "Oncology", "Patient/8", t));
+            c.observe(&in_dept("Practitioner/rad", "Radiology", "Patient/8", t));
+        }
+        let later = t0 + 2 * HOUR;
+        let (x, f) = c.observe(&in_dept("Practitioner/zed", "Oncology", "Patient/7", later));
+        assert!(f.watched && f.care_covered && f.care.is_none());
+        assert_eq!(x[j], 1.0, "the nurse usually works inside a relationship");
+        let (x, f) = c.observe(&in_dept(
+            "Practitioner/rad",
+            "Radiology",
+            "Patient/7",
+            later,
+        ));
+        assert!(f.watched && f.care.is_none());
+        assert_eq!(
+            x[j], 0.0,
+            "the radiographer's day is outside every known relationship"
+        );
+        // The outside-care signal itself is weighed by the same habit.
+        assert!(x[Feature::OutsideCare.index()] < 0.5);
     }
 
     fn in_dept(user: &str, dept: &str, patient: &str, t: i64) -> AuditRecord {
