@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Why injected incidents stay out of the review queue, and what queuing more would cost.
+
+Reads the run directories that `crates/lab/quality/quality.py --out DIR` leaves behind
+(labels.csv, scores.csv with its `case` and `case_queued` columns, features.csv for the
+time of each event, results.json for the hospital's size) and, on each run's 7 test days:
+
+- lists every injected incident with no event in a queued case, with why: `under the
+  floor` (no event alerted), `watched` (alerted, but its case waits for corroboration),
+  and its strongest event's score (a multiple of the threshold), behaviour and
+  explanation;
+- for the watched cases whose first alert is a lookup of another department's record,
+  what queuing them from a score cut would add: false cases a day per 100 staff and
+  incidents not otherwise in a queued case; and the same for those whose explanation
+  states the care context's "no encounter … links this user" (an access outside every
+  known relationship).
+
+Scores in scores.csv are already divided by the threshold (1 is the threshold). Nothing
+here changes the detector; it measures a rule before one is built.
+
+usage: crates/lab/quality/misses.py DIR [--runs A,B] [--cuts 1.4,1.3,1.2,1.1]
+"""
+import argparse, collections, csv, json, os
+
+START_MS = 1767571200000  # the simulator's day 0, as in quality.py
+DAY_MS = 86_400_000
+TEST_FROM_DAY = 28
+TEST_DAYS = 7
+OUTSIDE_CARE = "no encounter, appointment, episode of care or care team"
+
+
+def test_events(d):
+    """Ids of the events on the test days (features.csv: id, recorded_ms, …)."""
+    cut = START_MS + TEST_FROM_DAY * DAY_MS
+    ids = set()
+    with open(os.path.join(d, "features.csv")) as f:
+        f.readline()
+        for line in f:
+            i, t = line.split(",", 2)[:2]
+            if float(t) >= cut:
+                ids.add(i)
+    return ids
+
+
+def one(d, staff, cuts):
+    labels = {r["id"]: r for r in csv.DictReader(open(os.path.join(d, "labels.csv")))}
+    test = test_events(d)
+    rows = [r for r in csv.DictReader(open(os.path.join(d, "scores.csv"))) if r["id"] in test]
+    by_id = {r["id"]: r for r in rows}
+    cases = collections.defaultdict(list)
+    for r in rows:
+        if r["case"]:
+            cases[r["case"]].append(r)
+    queued = {c for c, rs in cases.items() if any(x["case_queued"] == "1" for x in rs)}
+    incident_of = lambda r: labels[r["id"]]["incident"] if r["id"] in labels else ""
+    incidents = collections.defaultdict(list)
+    for i, l in labels.items():
+        if l["incident"] and i in by_id:
+            incidents[l["incident"]].append(by_id[i])
+    found = {incident_of(r) for c in queued for r in cases[c]} - {""}
+    print(f"## {os.path.basename(d)}: {len(found)} of {len(incidents)} incidents in a queued case\n")
+    for inc, evs in sorted(incidents.items(), key=lambda kv: int(kv[0])):
+        if inc in found:
+            continue
+        best = max(evs, key=lambda r: float(r["score"]))
+        why = "watched" if any(r["case"] for r in evs) else "under the floor"
+        kind = labels[best["id"]]["anomaly"]
+        print(f"- incident {inc} ({kind}, {len(evs)} events): {why}; strongest {float(best['score']):.2f}× "
+              f"as {best['kind'] or '—'}: {best['explanation'][:240]}")
+    watched = [rs for c, rs in cases.items() if c not in queued and rs[0]["kind"] == "cross_department"]
+    per = TEST_DAYS * staff / 100.0
+    print(f"\nWatched cross-department cases: {len(watched)}, "
+          f"{sum(any(x['id'] in labels for x in rs) for rs in watched)} of them with an injected event.\n")
+    print("| queue them when | added false cases a day per 100 staff | added incidents |")
+    print("|---|---|---|")
+    rules = [(f"score ≥ {k}×", lambda rs, k=k: max(float(x["score"]) for x in rs) >= k) for k in cuts]
+    rules.append(("outside every known relationship", lambda rs: any(OUTSIDE_CARE in x["explanation"] for x in rs)))
+    for name, rule in rules:
+        take = [rs for rs in watched if rule(rs)]
+        false = sum(not any(x["id"] in labels for x in rs) for rs in take)
+        new = {incident_of(x) for rs in take for x in rs} - {""} - found
+        print(f"| {name} | {false / per:.2f} ({false}) | {len(new)} |")
+    print()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir")
+    ap.add_argument("--runs", help="comma-separated run names, e.g. A,B")
+    ap.add_argument("--cuts", default="1.4,1.3,1.2,1.1")
+    a = ap.parse_args()
+    results = json.load(open(os.path.join(a.dir, "results.json")))
+    want = set(a.runs.split(",")) if a.runs else None
+    cuts = [float(x) for x in a.cuts.split(",")]
+    for res in results:
+        name = res["run"]["name"]
+        if want is None or name in want:
+            one(os.path.join(a.dir, name), res["run"]["users"], cuts)
+
+
+if __name__ == "__main__":
+    main()
