@@ -316,6 +316,18 @@ pub const USUAL_START_SHARE: f32 = 0.1;
 /// BENCHMARKS.md: the ordinary such cases came from them, the injected lookups from staff
 /// who work inside relationships).
 pub const CARE_BLIND_RATE: f32 = 0.5;
+/// A site whose users' outside-care rates average at least this has a care context that
+/// describes nobody's work — its Encounters name practitioners and locations that no
+/// audit user or unit matches. There no user is read against the context for a watched
+/// record: the department's history is read as it is without a context, and
+/// [`CARE_BLIND_RATE`] does not apply. (On the simulated hospitals the users' rates
+/// average 0.2–0.6, weighed by events.)
+pub const SITE_CARE_BLIND_RATE: f32 = 0.8;
+/// Users with fewer events do not count in the site's outside-care rate: theirs is still
+/// climbing from 0.
+const SITE_OUTSIDE_USER_EVENTS: f32 = 100.0;
+/// Events between two refreshes of the site's outside-care rate (a pass over the users).
+const SITE_OUTSIDE_REFRESH: u32 = 4096;
 /// An hour is odd for a user when less than this share of their activity falls in it.
 /// Sessions begun at odd hours near an hour are the user's habit of it (see
 /// [`odd_hour_habit`]).
@@ -735,6 +747,14 @@ pub struct Context {
     site_starts: [f32; 24],
     #[serde(default)]
     site_sessions: f32,
+    /// The mean outside-care rate of the users with [`SITE_OUTSIDE_USER_EVENTS`] events
+    /// the care context has met: derived from the users' rates (not kept in a snapshot,
+    /// so that the snapshot's layout stays), refreshed every [`SITE_OUTSIDE_REFRESH`]
+    /// events and when a snapshot is read.
+    #[serde(skip)]
+    site_outside_rate: f32,
+    #[serde(skip)]
+    site_outside_stale_in: u32,
     /// Department names by hash, for explanations (bounded by the number of departments seen).
     dept_names: IdMap<String>,
     /// Where each department's staff go when they open a record their department has no
@@ -1166,7 +1186,19 @@ impl Context {
             None => serde_json::from_slice(b).map_err(SnapshotError::Json)?,
         };
         c.tz = Some(tz);
+        c.refresh_site_outside();
         Ok(c)
+    }
+
+    /// Recompute the site's outside-care rate from the users' (see `site_outside_rate`).
+    fn refresh_site_outside(&mut self) {
+        let (n, sum) = self
+            .users
+            .values()
+            .filter(|u| u.linked.is_some() && u.events >= SITE_OUTSIDE_USER_EVENTS)
+            .fold((0u32, 0.0f32), |(n, s), u| (n + 1, s + u.outside_rate));
+        self.site_outside_rate = if n == 0 { 0.0 } else { sum / n as f32 };
+        self.site_outside_stale_in = SITE_OUTSIDE_REFRESH;
     }
 
     /// Compute features for `r` from the context so far, then fold `r` into the context.
@@ -1587,10 +1619,16 @@ impl Context {
                 // everywhere made it flag routine work, see BENCHMARKS.md.)
                 // With care context, also one opened outside any treatment relationship.
                 // Not by a user whose work the care context does not describe (see
-                // `CARE_BLIND_RATE`): for them neither reading means much.
-                let care_blind = user.is_some_and(|u| u.outside_rate >= CARE_BLIND_RATE);
-                x[F::WatchedRecordUnrelated] =
-                    (facts.watched && (unrelated_now || outside_now) && !care_blind) as u8 as f32;
+                // `CARE_BLIND_RATE`): for them neither reading means much. Where it
+                // describes nobody's work (`SITE_CARE_BLIND_RATE`), as without a context.
+                let reads = if self.site_outside_rate >= SITE_CARE_BLIND_RATE {
+                    unrelated_now
+                } else if user.is_some_and(|u| u.outside_rate >= CARE_BLIND_RATE) {
+                    false
+                } else {
+                    unrelated_now || outside_now
+                };
+                x[F::WatchedRecordUnrelated] = (facts.watched && reads) as u8 as f32;
                 if unrelated_now {
                     let rate = user.map_or(0.0, |u| u.habitual_cross_rate(now));
                     x[F::UnrelatedPatientRarity] = unrelated_weight(rate);
@@ -1799,6 +1837,10 @@ impl Context {
     /// this same event and state (the same values `update` would compute).
     fn update(&mut self, r: &AuditRecord, known: Known, asked: Option<u32>) {
         let now = r.recorded.timestamp_millis();
+        if self.site_outside_stale_in == 0 {
+            self.refresh_site_outside();
+        }
+        self.site_outside_stale_in -= 1;
         let (hour, weekday) = self.local(r.recorded);
         self.site_hours[hour as usize] += 1.0;
         self.site_total += 1.0;
@@ -2378,6 +2420,59 @@ mod tests {
         );
         // The outside-care signal itself is weighed by the same habit.
         assert!(x[Feature::OutsideCare.index()] < 0.5);
+    }
+
+    #[test]
+    fn where_the_care_context_describes_nobodys_work_a_watched_record_is_read_as_without_one() {
+        use serde_json::json;
+        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
+        let mut set = care::FactSet::default();
+        // Relationships the audit trail's users and units never match: a locum nobody logs
+        // in as, a ward name no event carries.
+        for r in [
+            json!({"resourceType": "Patient", "id": "7", "name": [{"family": "Jones"}]}),
+            json!({"resourceType": "Patient", "id": "8", "name": [{"family": "Berg"}]}),
+            json!({"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/7"},
+                   "period": {"start": "2024-03-01T10:00:00Z"},
+                   "participant": [{"individual": {"reference": "Practitioner/locum"}}]}),
+            json!({"resourceType": "Encounter", "id": "f", "subject": {"reference": "Patient/8"},
+                   "period": {"start": "2024-03-01T10:00:00Z"}, "location": [{"location": {"display": "Ward 9"}}]}),
+        ] {
+            for f in care::resources::read(&r, &key) {
+                set.upsert(f);
+            }
+        }
+        let care = std::sync::Arc::new(set.index(key));
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_care(Some(care.clone()));
+        c.set_watch_list(["Patient/7"]);
+        let j = feature("watched_record_unrelated");
+        let t0 = monday(11);
+        for k in 0..SITE_OUTSIDE_REFRESH as i64 {
+            let t = t0 + k * 10_000;
+            c.observe(&in_dept("Practitioner/ann", "Cardiology", "Patient/7", t));
+            c.observe(&in_dept("Practitioner/zed", "Oncology", "Patient/8", t));
+        }
+        // Derived, not stored: a snapshot read back says the same.
+        let mut c2 = Context::from_bytes(&c.to_bytes(), chrono_tz::UTC).unwrap();
+        c2.set_care(Some(care));
+        c2.set_watch_list(["Patient/7"]);
+        for c in [&mut c, &mut c2] {
+            assert!(c.site_outside_rate >= SITE_CARE_BLIND_RATE);
+            let later = t0 + SITE_OUTSIDE_REFRESH as i64 * 10_000 + HOUR;
+            // Everyone is "outside" here, so that says nothing; Oncology has no history
+            // with the watched record, Cardiology works it.
+            let (x, f) = c.observe(&in_dept("Practitioner/zed", "Oncology", "Patient/7", later));
+            assert!(f.watched && f.care_covered && f.care.is_none());
+            assert_eq!(x[j], 1.0, "read from the department's history");
+            let (x, _) = c.observe(&in_dept(
+                "Practitioner/ann",
+                "Cardiology",
+                "Patient/7",
+                later,
+            ));
+            assert_eq!(x[j], 0.0, "the department works the record");
+        }
     }
 
     fn in_dept(user: &str, dept: &str, patient: &str, t: i64) -> AuditRecord {
