@@ -2304,12 +2304,22 @@ mod tests {
         }
     }
 
+    /// A care index of `resources`, as the daemon builds one from the server's.
+    fn care_index(resources: Vec<serde_json::Value>) -> std::sync::Arc<care::Index> {
+        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
+        let mut set = care::FactSet::default();
+        for r in &resources {
+            for f in care::resources::read(r, &key) {
+                set.upsert(f);
+            }
+        }
+        std::sync::Arc::new(set.index(key))
+    }
+
     #[test]
     fn a_treatment_relationship_clears_only_what_it_answers_and_never_before_it_began() {
         use serde_json::json;
-        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
-        let mut set = care::FactSet::default();
-        for r in [
+        let care = care_index(vec![
             json!({"resourceType": "Practitioner", "id": "ann", "name": [{"family": "Smith", "given": ["Ann"]}],
                    "address": [{"line": ["1 Elm St"], "postalCode": "02100"}]}),
             json!({"resourceType": "Patient", "id": "7", "name": [{"family": "Jones"}]}),
@@ -2320,13 +2330,9 @@ mod tests {
                    "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
             json!({"resourceType": "Encounter", "id": "f", "subject": {"reference": "Patient/8"},
                    "period": {"start": "2024-03-01T10:00:00Z"}, "location": [{"location": {"display": "Oncology"}}]}),
-        ] {
-            for f in care::resources::read(&r, &key) {
-                set.upsert(f);
-            }
-        }
+        ]);
         let mut c = Context::new(chrono_tz::UTC);
-        c.set_care(Some(std::sync::Arc::new(set.index(key))));
+        c.set_care(Some(care));
         let row = |c: &Context, r: &AuditRecord| c.peek(r);
         // Before the encounter began: outside care, a first access.
         let (x, f) = row(&c, &rec("Practitioner/ann", "Patient/7", monday(9)));
@@ -2375,9 +2381,7 @@ mod tests {
     #[test]
     fn a_watched_record_is_no_reason_for_staff_whose_work_the_care_context_does_not_describe() {
         use serde_json::json;
-        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
-        let mut set = care::FactSet::default();
-        for r in [
+        let care = care_index(vec![
             json!({"resourceType": "Patient", "id": "7", "name": [{"family": "Jones"}]}),
             json!({"resourceType": "Patient", "id": "8", "name": [{"family": "Berg"}]}),
             json!({"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/7"},
@@ -2385,13 +2389,9 @@ mod tests {
                    "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
             json!({"resourceType": "Encounter", "id": "f", "subject": {"reference": "Patient/8"},
                    "period": {"start": "2024-03-01T10:00:00Z"}, "location": [{"location": {"display": "Oncology"}}]}),
-        ] {
-            for f in care::resources::read(&r, &key) {
-                set.upsert(f);
-            }
-        }
+        ]);
         let mut c = Context::new(chrono_tz::UTC);
-        c.set_care(Some(std::sync::Arc::new(set.index(key))));
+        c.set_care(Some(care));
         c.set_watch_list(["Patient/7"]);
         let j = feature("watched_record_unrelated");
         let t0 = monday(11);
@@ -2425,11 +2425,9 @@ mod tests {
     #[test]
     fn where_the_care_context_describes_nobodys_work_a_watched_record_is_read_as_without_one() {
         use serde_json::json;
-        let key = care::CareKey::from_bytes(&[3u8; 32]).unwrap();
-        let mut set = care::FactSet::default();
         // Relationships the audit trail's users and units never match: a locum nobody logs
         // in as, a ward name no event carries.
-        for r in [
+        let care = care_index(vec![
             json!({"resourceType": "Patient", "id": "7", "name": [{"family": "Jones"}]}),
             json!({"resourceType": "Patient", "id": "8", "name": [{"family": "Berg"}]}),
             json!({"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/7"},
@@ -2437,12 +2435,7 @@ mod tests {
                    "participant": [{"individual": {"reference": "Practitioner/locum"}}]}),
             json!({"resourceType": "Encounter", "id": "f", "subject": {"reference": "Patient/8"},
                    "period": {"start": "2024-03-01T10:00:00Z"}, "location": [{"location": {"display": "Ward 9"}}]}),
-        ] {
-            for f in care::resources::read(&r, &key) {
-                set.upsert(f);
-            }
-        }
-        let care = std::sync::Arc::new(set.index(key));
+        ]);
         let mut c = Context::new(chrono_tz::UTC);
         c.set_care(Some(care.clone()));
         c.set_watch_list(["Patient/7"]);
