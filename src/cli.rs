@@ -313,7 +313,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 // The shares, then what the detector is blind to for want of evidence.
                 println!("audit trail     {}", s.coverage.summary());
                 let links = s.care_users_linked.zip(s.care_users_not_linked);
-                println!("care context    {}", care_summary(&cfg, &s.care, links));
+                println!(
+                    "care context    {}",
+                    care_summary(&cfg, &s.care, links, s.care_outside_rate)
+                );
                 println!("export          {}", export_summary(&cfg, &s));
             }
             Ok(ExitCode::SUCCESS)
@@ -610,11 +613,13 @@ fn read_inputs(
 }
 
 /// The care context in one line: resources kept per type, the types the server refused
-/// (their signals are off), the users linked to a Practitioner.
+/// (their signals are off), the users linked to a Practitioner, and how much of the
+/// staff's work lies outside every relationship it knows.
 fn care_summary(
     cfg: &crate::config::Config,
     types: &[fhir_edge_core::state::CareTypeStatus],
     links: Option<(u64, u64)>,
+    outside_rate: Option<f32>,
 ) -> String {
     if !cfg.context.enabled {
         return "not followed ([context] enabled = false)".into();
@@ -644,6 +649,22 @@ fn care_summary(
             l + u
         )),
         _ => out.push_str("; no audit user linked to a Practitioner yet"),
+    }
+    match outside_rate {
+        Some(r) if fhir_edge_core::detector::features::describes_nobody(r) => {
+            out.push_str(&format!(
+                "; {:.0}% of accesses outside every relationship it knows: it describes almost \
+                 nobody's work, so a watched record is read from the department's history, as \
+                 without a context (check that its Encounters and CareTeams name the audit \
+                 users' Practitioners and units)",
+                r * 100.0
+            ))
+        }
+        Some(r) if r > 0.0 => out.push_str(&format!(
+            "; {:.0}% of accesses outside every relationship it knows",
+            r * 100.0
+        )),
+        _ => {}
     }
     out
 }

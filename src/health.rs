@@ -106,6 +106,7 @@ counter_table! {
     ContextUsersForgotten = "context_users_forgotten", "Users the detector forgot at its memory bound (the least recently active half at MAX_USERS); they start again as new.";
     ContextPatientsForgotten = "context_patients_forgotten", "Patients the detector forgot at its memory bound (the least recently seen half at MAX_PATIENTS); they start again as new.";
     ContextPairsForgotten = "context_pairs_forgotten", "User-patient pairs the detector forgot (the older generation, each time the newer holds MAX_PAIRS / 2); a forgotten pair reads as a first access.";
+    CareContextDescribesNobody = "care_context_describes_nobody", "Times scoring found the care context describing almost nobody's work (the users' accesses outside every relationship it knows 80% of the time or more): from then a watched record is read from the department's history, as without a context.";
     AlertsRaised = "alerts_raised", "Alerts raised by this process.";
 }
 
@@ -135,6 +136,9 @@ pub struct Health {
     learning: Arc<Mutex<Option<String>>>,
     /// What the events scored by this process carried.
     coverage: Arc<Mutex<fhir_edge_core::coverage::Coverage>>,
+    /// Whether the care context describes almost nobody's work, as scoring last read it
+    /// (`None` before this process scored a page).
+    care_describes_nobody: Arc<Mutex<Option<bool>>>,
     /// Exporters whose last attempt failed, with the error (the daemon is degraded, not
     /// stalled: restarting would not bring a broker back).
     export_failing: Arc<Mutex<std::collections::BTreeMap<&'static str, String>>>,
@@ -308,6 +312,7 @@ impl Health {
             degraded: Arc::new(Mutex::new(None)),
             learning: Arc::new(Mutex::new(None)),
             coverage: Arc::default(),
+            care_describes_nobody: Arc::default(),
             export_failing: Arc::default(),
         };
         let now = h.now_ms();
@@ -405,6 +410,11 @@ impl Health {
         c: fhir_edge_core::coverage::Coverage,
     ) -> fhir_edge_core::coverage::Coverage {
         std::mem::replace(&mut *crate::sync::lock(&self.coverage), c)
+    }
+
+    /// Keep whether the care context describes almost nobody's work; the value before.
+    pub fn set_care_describes_nobody(&self, now: bool) -> Option<bool> {
+        crate::sync::lock(&self.care_describes_nobody).replace(now)
     }
 
     pub fn coverage(&self) -> fhir_edge_core::coverage::Coverage {

@@ -150,15 +150,17 @@ impl Handler<EventsFetched> for DetectorActor {
                 .filter(|s| **s != fhir_edge_core::state::KeyStatus::New)
                 .count() as u64;
             let batch: Vec<_> = msg.events.into_iter().zip(statuses).collect();
-            let (scored, coverage, forgotten) = tokio::task::spawn_blocking(move || {
+            let (scored, coverage, forgotten, outside) = tokio::task::spawn_blocking(move || {
                 let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
                 let scored = d.process(batch)?;
-                Ok::<_, PipelineError>((scored, d.coverage(), d.take_forgotten()))
+                let outside = d.context().site_outside_rate();
+                Ok::<_, PipelineError>((scored, d.coverage(), d.take_forgotten(), outside))
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))??;
             say_coverage(&health, coverage);
             say_forgotten(&health, forgotten);
+            say_care_reach(&health, outside);
             let n = scored.len() as u64;
             since_snapshot.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             let passed = scored.iter().filter(|e| e.passed_over).count() as u64;
@@ -305,11 +307,11 @@ impl Handler<CommitCursor> for DetectorActor {
             flush.send(Flush).await?;
             let seq = point.send(SnapshotPoint).await?;
             let started = std::time::Instant::now();
-            let (bytes, care_links) = tokio::task::spawn_blocking(move || {
+            let (bytes, care_reach) = tokio::task::spawn_blocking(move || {
                 let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
-                let (linked, unlinked) = d.context().care_links();
+                let reach = d.context().care_reach();
                 since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
-                (d.snapshot(), (linked as u64, unlinked as u64))
+                (d.snapshot(), reach)
             })
             .await
             .map_err(|e| PipelineError::Task(e.to_string()))?;
@@ -319,7 +321,7 @@ impl Handler<CommitCursor> for DetectorActor {
                 .snapshot_encode_duration
                 .observe_duration(started.elapsed());
             actix_rt::spawn(async move {
-                write.run(seq, bytes, care_links).await;
+                write.run(seq, bytes, care_reach).await;
                 drop(guard);
             });
             Ok(encoded)
@@ -362,7 +364,7 @@ struct SnapshotWrite {
 }
 
 impl SnapshotWrite {
-    async fn run(self, seq: i64, bytes: Vec<u8>, care_links: (u64, u64)) {
+    async fn run(self, seq: i64, bytes: Vec<u8>, care_reach: fhir_edge_core::state::CareReach) {
         let started = std::time::Instant::now();
         let dir = self.dir.clone();
         let res: Result<(), PipelineError> = async {
@@ -379,7 +381,7 @@ impl SnapshotWrite {
                     at_ms: now,
                     poll_complete: self.msg.poll_complete,
                     snapshot: Some(file),
-                    care_links: Some(care_links),
+                    care_reach: Some(care_reach),
                     // Keys older than the re-read window (plus an hour of margin) never come back.
                     prune_seen_before_ms: cursor_ms
                         .map_or(i64::MIN, |c| c - self.overlap_ms - 3_600_000),
@@ -511,6 +513,39 @@ fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgott
     }
 }
 
+/// Say in the journal, once each time it changes (and at the first page of a process when
+/// it holds), that the care context describes almost nobody's work, and count it: a
+/// watched record is then read from the department's history, as without a context.
+fn say_care_reach(health: &Health, site_outside_rate: f32) {
+    use fhir_edge_core::detector::features::{describes_nobody, SITE_CARE_BLIND_RATE};
+    let now = describes_nobody(site_outside_rate);
+    let before = health.set_care_describes_nobody(now);
+    let percent = (site_outside_rate * 100.0).round();
+    match (before, now) {
+        (Some(true), true) | (Some(false) | None, false) => {}
+        (_, true) => {
+            health.counters.add(Counter::CareContextDescribesNobody, 1);
+            tracing::warn!(
+                actor = "detector",
+                error_kind = "care_context_describes_nobody",
+                outside_percent = percent,
+                "the care context describes almost nobody's work: {percent}% of the staff's \
+                 accesses fall outside every relationship it knows (at {}% or more it is not \
+                 believed): a watched record is read from the department's history, as \
+                 without a context. Check that the server's Encounters, CareTeams and \
+                 appointments name the Practitioners and units the audit trail's users are",
+                (SITE_CARE_BLIND_RATE * 100.0).round()
+            );
+        }
+        (Some(true), false) => tracing::info!(
+            actor = "detector",
+            outside_percent = percent,
+            "the care context describes the staff's work again ({percent}% of accesses outside \
+             every relationship it knows): a watched record opened outside one counts again"
+        ),
+    }
+}
+
 /// Keep what the scored events carried for `/api/stats`, and say it in the journal once
 /// enough events show it (a warning when some evidence never comes).
 fn say_coverage(health: &Health, now: fhir_edge_core::coverage::Coverage) {
@@ -557,5 +592,32 @@ impl Handler<crate::pipeline::UseCare> for DetectorActor {
             }
         });
         AtomicResponse::new(Box::pin(fut))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhir_edge_core::clock::ManualClock;
+
+    #[test]
+    fn a_care_context_that_describes_nobody_is_said_once_each_time_it_turns() {
+        let h = Health::new(std::sync::Arc::new(ManualClock::new(chrono::Utc::now())));
+        let said = || h.counters.get(Counter::CareContextDescribesNobody);
+        say_care_reach(&h, 0.3);
+        assert_eq!(said(), 0, "a context that describes the work says nothing");
+        say_care_reach(&h, 0.9);
+        say_care_reach(&h, 0.95);
+        assert_eq!(said(), 1, "said when it turns, not for every page");
+        say_care_reach(&h, 0.5);
+        say_care_reach(&h, 0.85);
+        assert_eq!(said(), 2, "and again when it turns back");
+        let fresh = Health::new(std::sync::Arc::new(ManualClock::new(chrono::Utc::now())));
+        say_care_reach(&fresh, 0.9);
+        assert_eq!(
+            fresh.counters.get(Counter::CareContextDescribesNobody),
+            1,
+            "a process that starts on such a context says it at its first page"
+        );
     }
 }

@@ -555,18 +555,25 @@ fn the_care_context_is_read_page_by_page_once_and_links_the_audit_users() {
     assert_eq!(d.counter(Counter::ContextErrors), 0);
     // The next snapshot's commit (at most `checkpoint_secs` after the last) says how many
     // audit users were linked.
-    let mut counts = (0, 0);
+    let mut counts = (0, 0, None);
     wait_until(Duration::from_secs(60), "a snapshot with the links", || {
         let st = status(dir.path());
         counts = (
             st.care_users_linked.unwrap_or(0),
             st.care_users_not_linked.unwrap_or(0),
+            st.care_outside_rate,
         );
         counts.0 > 0
     });
-    let (linked, unlinked) = counts;
+    let (linked, unlinked, outside) = counts;
     assert!(
         linked > 0 && unlinked == 0,
         "{linked} linked, {unlinked} not"
     );
+    // The simulated hospital's context describes its staff's work: nothing said of it.
+    assert!(
+        outside.is_some_and(|r| !fhir_edge_core::detector::features::describes_nobody(r)),
+        "{outside:?}"
+    );
+    assert_eq!(d.counter(Counter::CareContextDescribesNobody), 0);
 }

@@ -1047,6 +1047,12 @@ pub struct Forgotten {
     pub pairs: u64,
 }
 
+/// Whether a site with this outside-care rate has a care context that describes almost
+/// nobody's work ([`SITE_CARE_BLIND_RATE`]).
+pub fn describes_nobody(site_outside_rate: f32) -> bool {
+    site_outside_rate >= SITE_CARE_BLIND_RATE
+}
+
 impl Context {
     pub fn new(tz: chrono_tz::Tz) -> Self {
         Context {
@@ -1106,16 +1112,27 @@ impl Context {
         std::mem::take(&mut self.forgotten)
     }
 
-    /// Users the care context linked to a Practitioner, and users it could not link (of
-    /// those whose events met a care context).
-    pub fn care_links(&self) -> (usize, usize) {
-        self.users
+    /// How far the care context reaches into the staff's work: a pass over the users.
+    pub fn care_reach(&self) -> crate::state::CareReach {
+        let (linked, not_linked) = self
+            .users
             .values()
             .fold((0, 0), |(l, u), s| match s.linked {
                 Some(true) => (l + 1, u),
                 Some(false) => (l, u + 1),
                 None => (l, u),
-            })
+            });
+        crate::state::CareReach {
+            linked,
+            not_linked,
+            outside_rate: self.site_outside_rate,
+        }
+    }
+
+    /// The site's outside-care rate as scoring reads it now (see [`describes_nobody`]);
+    /// cheap.
+    pub fn site_outside_rate(&self) -> f32 {
+        self.site_outside_rate
     }
 
     /// What the context has learned of one user, for a privacy officer's user card; `None`
@@ -1621,7 +1638,7 @@ impl Context {
                 // Not by a user whose work the care context does not describe (see
                 // `CARE_BLIND_RATE`): for them neither reading means much. Where it
                 // describes nobody's work (`SITE_CARE_BLIND_RATE`), as without a context.
-                let reads = if self.site_outside_rate >= SITE_CARE_BLIND_RATE {
+                let reads = if describes_nobody(self.site_outside_rate) {
                     unrelated_now
                 } else if user.is_some_and(|u| u.outside_rate >= CARE_BLIND_RATE) {
                     false
@@ -2451,7 +2468,10 @@ mod tests {
         c2.set_care(Some(care));
         c2.set_watch_list(["Patient/7"]);
         for c in [&mut c, &mut c2] {
-            assert!(c.site_outside_rate >= SITE_CARE_BLIND_RATE);
+            let reach = c.care_reach();
+            assert!(describes_nobody(reach.outside_rate), "{reach:?}");
+            // Both are Practitioners (linked), yet no relationship names them.
+            assert_eq!((reach.linked, reach.not_linked), (2, 0), "{reach:?}");
             let later = t0 + SITE_OUTSIDE_REFRESH as i64 * 10_000 + HOUR;
             // Everyone is "outside" here, so that says nothing; Oncology has no history
             // with the watched record, Cardiology works it.

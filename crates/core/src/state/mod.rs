@@ -300,6 +300,20 @@ pub struct BatchOutcome {
     pub exports_refused: u64,
 }
 
+/// How far the care context reaches into the staff's work, as the detector's context
+/// counted it for a snapshot (`Context::care_reach`), for `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CareReach {
+    /// Audit users the care context linked to a Practitioner, and users it could not link
+    /// (of those whose events met a care context).
+    pub linked: u64,
+    pub not_linked: u64,
+    /// The mean share of the users' accesses outside every treatment relationship the
+    /// context knows (users with enough events; 0 before any): at
+    /// `features::SITE_CARE_BLIND_RATE` or more the context describes almost nobody's work.
+    pub outside_rate: f32,
+}
+
 /// The end of a complete poll.
 #[derive(Debug, Default)]
 pub struct PollCommit {
@@ -312,9 +326,9 @@ pub struct PollCommit {
     /// Detector context snapshot (written to its file already), taken after every batch
     /// before it was committed.
     pub snapshot: Option<SnapshotFile>,
-    /// With the snapshot: audit users the care context linked to a Practitioner, and users
-    /// it could not link (`Context::care_links`), for `status`.
-    pub care_links: Option<(u64, u64)>,
+    /// With the snapshot: how far the care context reaches into the staff's work
+    /// (`Context::care_reach`), for `status`.
+    pub care_reach: Option<CareReach>,
     /// Seen keys older than this can be forgotten.
     pub prune_seen_before_ms: i64,
     /// Alerts detected before this are deleted.
@@ -366,6 +380,9 @@ pub struct StatusReport {
     /// of the last snapshot (none before one met a care context).
     pub care_users_linked: Option<u64>,
     pub care_users_not_linked: Option<u64>,
+    /// The mean share of the users' accesses outside every relationship the care context
+    /// knows, as of the last snapshot (`CareReach::outside_rate`).
+    pub care_outside_rate: Option<f32>,
     /// Each exporter's acknowledged position and backlog (none when nothing was exported).
     pub export: Vec<ExportStatus>,
     /// Items refused because the export outbox was full, over the database's life.
@@ -838,9 +855,11 @@ impl Store {
         if p.poll_complete {
             kv_set(&tx, "last_poll_ms", p.at_ms)?;
         }
-        if let Some((linked, unlinked)) = p.care_links {
-            kv_set(&tx, "care_users_linked", linked as i64)?;
-            kv_set(&tx, "care_users_not_linked", unlinked as i64)?;
+        if let Some(r) = p.care_reach {
+            kv_set(&tx, "care_users_linked", r.linked as i64)?;
+            kv_set(&tx, "care_users_not_linked", r.not_linked as i64)?;
+            let permille = (r.outside_rate * 1000.0).round() as i64;
+            kv_set(&tx, "care_outside_permille", permille)?;
         }
         if let Some(f) = &p.snapshot {
             let committed = self.snapshot_seq.load(Ordering::Acquire);
@@ -1226,6 +1245,7 @@ impl Reader {
             care: self.care_types()?,
             care_users_linked: kv_get(c, "care_users_linked")?.map(|n| n as u64),
             care_users_not_linked: kv_get(c, "care_users_not_linked")?.map(|n| n as u64),
+            care_outside_rate: kv_get(c, "care_outside_permille")?.map(|n| n as f32 / 1000.0),
             export: self.export_status(&[])?,
             export_refused: self.export_refused()?,
         })
@@ -1842,7 +1862,7 @@ mod tests {
             at_ms: 2,
             poll_complete: true,
             snapshot: Some(Store::write_snapshot(d.path(), s.seq(), b"snap").unwrap()),
-            care_links: None,
+            care_reach: None,
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
         })
@@ -1886,7 +1906,11 @@ mod tests {
             at_ms: 4,
             poll_complete: true,
             snapshot: Some(Store::write_snapshot(d.path(), s.seq(), b"snap2").unwrap()),
-            care_links: None,
+            care_reach: Some(CareReach {
+                linked: 3,
+                not_linked: 1,
+                outside_rate: 0.85,
+            }),
             prune_seen_before_ms: 0,
             prune_alerts_before_ms: 0,
         })
@@ -1895,6 +1919,13 @@ mod tests {
             reader.filter(&keys(&[(200, "b|v1")])).unwrap(),
             vec![KeyStatus::Seen]
         );
+        // What the snapshot said of the care context, for `status`.
+        let st = Reader::open(d.path()).unwrap().status().unwrap();
+        assert_eq!(
+            (st.care_users_linked, st.care_users_not_linked),
+            (Some(3), Some(1))
+        );
+        assert_eq!(st.care_outside_rate, Some(0.85));
     }
 
     /// The pipeline goes on while a snapshot is written: what was committed after the
@@ -2001,7 +2032,7 @@ mod tests {
                 at_ms: 1,
                 poll_complete: true,
                 snapshot: None,
-                care_links: None,
+                care_reach: None,
                 prune_seen_before_ms: 500,
                 prune_alerts_before_ms: 0,
             })
