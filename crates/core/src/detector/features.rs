@@ -266,7 +266,7 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
 /// model's baselines and says so). `a_snapshot_of_this_layout_still_reads` fails when the
 /// fields change without it.
-pub const SNAPSHOT_LAYOUT: u32 = 1;
+pub const SNAPSHOT_LAYOUT: u32 = 2;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -295,6 +295,20 @@ impl std::ops::IndexMut<Feature> for Row {
 const SESSION_GAP: i64 = 8 * HOUR;
 /// Idle time after which activity counts as a new session (for session-start hours).
 const SESSION_IDLE: i64 = 2 * HOUR;
+/// An account back from at least this many days without activity, and at least
+/// [`REVIVAL_RATIO`] times its usual long break, stays suspect after its first session
+/// (a dormant account's later sessions are no less its own) until it is back at work:
+/// [`REVIVAL_SESSIONS`] of its usual sessions' worth of events since it came back, or
+/// [`REVIVAL_DAYS`]. Two weeks is shorter than any dormancy policy we know of (30–90 days).
+pub const REVIVAL_MIN_DAYS: f32 = 14.0;
+/// See [`REVIVAL_MIN_DAYS`]: the gap over the usual long break, days + 1 each (the
+/// `dormancy_vs_usual_break` feature's ratio).
+pub const REVIVAL_RATIO: f32 = 4.0;
+/// See [`REVIVAL_MIN_DAYS`]: staff back from leave do a working day's worth on their first
+/// day; an account used for a few looks a day does not.
+pub const REVIVAL_SESSIONS: f32 = 2.0;
+/// See [`REVIVAL_MIN_DAYS`].
+pub const REVIVAL_DAYS: i64 = 7;
 /// Sessions after which a user's own start hours outweigh the site's.
 const MATURE_SESSIONS: f32 = 10.0;
 /// How late a shift may run and still be judged by its usual hours: in a session still
@@ -396,6 +410,10 @@ pub struct Facts {
     pub app_site_uses: Option<u32>,
     /// Days without any activity before the current session began.
     pub days_inactive: f32,
+    /// The account came back from dormancy before this session and is not back at work
+    /// yet: `dormancy_vs_usual_break` carries the return (see [`REVIVAL_MIN_DAYS`]).
+    #[serde(default)]
+    pub revived: Option<Revived>,
     /// The user's usual longest break, in days (before this session).
     pub usual_break_days: f32,
     /// Accesses to unrelated patients by this user in the last hour, this one included,
@@ -788,6 +806,11 @@ pub struct Context {
     /// Recent requests by id hash (bounded by `MAX_REQUESTS`).
     #[serde(default)]
     requests: IdMap<RequestState>,
+    /// Accounts back from dormancy and not back at work yet, by user (see
+    /// [`REVIVAL_MIN_DAYS`]; dropped when they are, or when the user is forgotten). The
+    /// last field of the snapshot: layout 1 ends before it.
+    #[serde(default)]
+    revivals: IdMap<Revived>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -838,6 +861,40 @@ struct Known {
     sources: Option<SourceKeys>,
     /// What the care context said of the access.
     care: Option<care::Assessment>,
+}
+
+/// An account back from dormancy that is not back at work yet (see [`REVIVAL_MIN_DAYS`]):
+/// kept per user in the context, said in [`Facts::revived`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Revived {
+    /// When it came back (ms since epoch).
+    pub at_ms: i64,
+    /// The days without activity it came back from, and its usual longest break then.
+    pub gap_days: f32,
+    pub usual_days: f32,
+    /// Its events since it came back, and the events that put it back at work
+    /// ([`REVIVAL_SESSIONS`] of its usual sessions).
+    pub events: f32,
+    pub work: f32,
+}
+
+impl Revived {
+    /// The `dormancy_vs_usual_break` value of the return.
+    fn dormancy(&self) -> f32 {
+        dormancy(self.gap_days, self.usual_days)
+    }
+
+    /// Whether it is still suspect at `now`: not back at work, not past [`REVIVAL_DAYS`].
+    fn open_at(&self, now: i64) -> bool {
+        self.events < self.work && now - self.at_ms <= REVIVAL_DAYS * DAY
+    }
+}
+
+/// `dormancy_vs_usual_break`: the idle days over the usual longest break, as a log ratio.
+fn dormancy(days_inactive: f32, usual_break_days: f32) -> f32 {
+    ((days_inactive + 1.0) / (usual_break_days + 1.0))
+        .ln()
+        .max(0.0)
 }
 
 /// An event's source as the context keys it: the address, its network, the client.
@@ -1194,11 +1251,14 @@ impl Context {
                 let (layout, body) = rest
                     .split_first_chunk::<4>()
                     .ok_or(SnapshotError::Layout { found: 0 })?;
-                let found = u32::from_le_bytes(*layout);
-                if found != SNAPSHOT_LAYOUT {
-                    return Err(SnapshotError::Layout { found });
+                match u32::from_le_bytes(*layout) {
+                    SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
+                    // Layout 1 ends before `revivals`: read as none (an empty map, in
+                    // postcard a zero length).
+                    1 => postcard::from_bytes(&[body, &[0u8][..]].concat())
+                        .map_err(SnapshotError::Binary)?,
+                    found => return Err(SnapshotError::Layout { found }),
                 }
-                postcard::from_bytes(body).map_err(SnapshotError::Binary)?
             }
             None => serde_json::from_slice(b).map_err(SnapshotError::Json)?,
         };
@@ -1216,6 +1276,9 @@ impl Context {
             .fold((0u32, 0.0f32), |(n, s), u| (n + 1, s + u.outside_rate));
         self.site_outside_rate = if n == 0 { 0.0 } else { sum / n as f32 };
         self.site_outside_stale_in = SITE_OUTSIDE_REFRESH;
+        // Users forgotten at the memory bound are forgotten here too.
+        let users = &self.users;
+        self.revivals.retain(|u, _| users.contains_key(u));
     }
 
     /// Compute features for `r` from the context so far, then fold `r` into the context.
@@ -1589,10 +1652,17 @@ impl Context {
                 u.break_hi_before_ms
             };
             facts.usual_break_days = usual / DAY as f32;
-            x[F::DormancyVsUsualBreak] = ((facts.days_inactive + 1.0)
-                / (facts.usual_break_days + 1.0))
-                .ln()
-                .max(0.0);
+            x[F::DormancyVsUsualBreak] = dormancy(facts.days_inactive, facts.usual_break_days);
+            // A later session of an account back from dormancy carries the return.
+            if let Some(rv) = uh
+                .and_then(|k| self.revivals.get(&k))
+                .filter(|rv| rv.open_at(now))
+            {
+                if rv.dormancy() > x[F::DormancyVsUsualBreak] {
+                    x[F::DormancyVsUsualBreak] = rv.dormancy();
+                    facts.revived = Some(*rv);
+                }
+            }
             x[F::UserHistory] = u.events.ln_1p();
             x[F::UserCrossDeptRate] = u.cross_rate;
             x[F::UserFirstAccessRate] = u.first_rate;
@@ -1944,8 +2014,34 @@ impl Context {
             self.site_sessions += 1.0;
         }
         let u = self.users.get_mut(&uh).expect("inserted above");
+        if let Some(rv) = self.revivals.get_mut(&uh).filter(|_| !failed_login) {
+            rv.events += 1.0;
+            if !rv.open_at(now) {
+                self.revivals.remove(&uh);
+            }
+        }
         if u.last_ms > 0 && now - u.last_ms > SESSION_GAP {
             let gap = now - u.last_ms;
+            let (gap_days, usual_days) = (gap as f32 / DAY as f32, u.break_hi_ms / DAY as f32);
+            // Back from dormancy: suspect until back at work (counted from this event on).
+            if gap_days >= REVIVAL_MIN_DAYS
+                && (gap_days + 1.0) / (usual_days + 1.0) >= REVIVAL_RATIO
+                && u.sessions > 1.0
+                && !failed_login
+            {
+                // Its usual session, before this one (counted above) began.
+                let usual_session = (u.events - 1.0).max(1.0) / (u.sessions - 1.0);
+                self.revivals.insert(
+                    uh,
+                    Revived {
+                        at_ms: now,
+                        gap_days,
+                        usual_days,
+                        events: 1.0,
+                        work: REVIVAL_SESSIONS * usual_session,
+                    },
+                );
+            }
             u.session_gap_ms = gap;
             u.break_hi_before_ms = u.break_hi_ms;
             let g = gap as f32;
@@ -2612,6 +2708,16 @@ mod tests {
             failed.outcome = if i % 4 == 0 { 4 } else { 0 };
             c.observe(&failed);
         }
+        c.revivals.insert(
+            h64("Practitioner/0"),
+            Revived {
+                at_ms: t0,
+                gap_days: 30.0,
+                usual_days: 2.0,
+                events: 3.0,
+                work: 40.0,
+            },
+        );
         c
     }
 
@@ -2639,6 +2745,23 @@ mod tests {
         assert_eq!(c.patients.len(), 11);
         let events = |c: &Context| c.user_profile("Practitioner/1").map(|u| u.events);
         assert_eq!(events(&c), events(&layout_sample()));
+        assert_eq!(c.revivals, layout_sample().revivals);
+    }
+
+    /// A snapshot of layout 1 (before `revivals`) still reads, with no account revived: an
+    /// upgrade keeps the site's running context.
+    #[test]
+    fn a_snapshot_of_layout_1_still_reads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/detector/testdata/snapshot-layout-1.bin");
+        let c = Context::from_bytes(&std::fs::read(path).unwrap(), chrono_tz::UTC)
+            .expect("layout 1 reads");
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert!(c.revivals.is_empty());
+        assert!(matches!(
+            Context::from_bytes(b"fhirctx\0\x07\0\0\0", chrono_tz::UTC),
+            Err(SnapshotError::Layout { found: 7 })
+        ));
     }
 
     /// A consulting department's pattern (cardiology on surgical patients) makes its next
@@ -3265,6 +3388,68 @@ mod tests {
             f.days_inactive,
             f.usual_break_days
         );
+    }
+
+    /// An account back from a month without activity carries the return into its later
+    /// sessions while it does less than its usual work, and not once it is back at work,
+    /// nor after `REVIVAL_DAYS`; a snapshot keeps it.
+    #[test]
+    fn an_account_back_from_dormancy_stays_suspect_until_it_is_back_at_work() {
+        let j = feature("dormancy_vs_usual_break");
+        let day0 = monday(0);
+        // Ten working days of 20 events a day, one session each.
+        let worked = |user: &str| {
+            let mut c = Context::new(chrono_tz::UTC);
+            for d in 0..10 {
+                for i in 0..20 {
+                    c.observe(&rec(
+                        user,
+                        "Patient/1",
+                        day0 + d * DAY + 9 * HOUR + i * 60_000,
+                    ));
+                }
+            }
+            c
+        };
+        let back = day0 + 40 * DAY + 9 * HOUR;
+        // A few looks on the day it comes back, a few the next day and the day after.
+        let mut c = worked("Practitioner/1");
+        let (x, f) = c.observe(&rec("Practitioner/1", "Patient/2", back));
+        let returned = x[j];
+        assert!(returned > 1.5 && f.revived.is_none(), "{returned} {f:?}");
+        for i in 1..4 {
+            c.observe(&rec("Practitioner/1", "Patient/3", back + i * 60_000));
+        }
+        let mut c = Context::from_bytes(&c.to_bytes(), chrono_tz::UTC).unwrap();
+        for day in 1..=2 {
+            let (x, f) = c.observe(&rec("Practitioner/1", "Patient/4", back + day * DAY));
+            assert_eq!(x[j], returned, "day {day} after the return carries it");
+            let rv = f.revived.expect("said");
+            assert_eq!(rv.at_ms, back);
+            assert!(
+                rv.work > 39.0 && rv.work < 41.0,
+                "two usual sessions: {rv:?}"
+            );
+            for i in 1..4 {
+                c.observe(&rec(
+                    "Practitioner/1",
+                    "Patient/4",
+                    back + day * DAY + i * 60_000,
+                ));
+            }
+        }
+        // Past REVIVAL_DAYS it is an account in use again.
+        let late = back + (REVIVAL_DAYS + 1) * DAY;
+        let (x, f) = c.observe(&rec("Practitioner/1", "Patient/5", late));
+        assert!(x[j] < 0.05 && f.revived.is_none(), "{} {f:?}", x[j]);
+
+        // Back from leave to a working day: the next day is an ordinary one.
+        let mut c = worked("Practitioner/2");
+        for i in 0..40 {
+            c.observe(&rec("Practitioner/2", "Patient/1", back + i * 60_000));
+        }
+        let (x, f) = c.observe(&rec("Practitioner/2", "Patient/1", back + DAY));
+        assert!(x[j] < 0.05 && f.revived.is_none(), "{} {f:?}", x[j]);
     }
 
     #[test]

@@ -363,6 +363,16 @@ const WEEKDAYS: [&str; 7] = [
     "Sunday",
 ];
 
+/// A past span in words: hours within two days, days after.
+fn ago(ms: i64) -> String {
+    let hours = ms.max(0) / 3_600_000;
+    if hours < 48 {
+        format!("{hours} h")
+    } else {
+        format!("{} days", hours / 24)
+    }
+}
+
 /// Plain-language reasons from the top contributing features, strongest first.
 pub fn explain(
     contrib: &[f32; N_FEATURES],
@@ -542,10 +552,21 @@ pub fn explain(
                     _ => "unusual source for this user".into(),
                 })
             }
-            AlertKind::DormantAccount => format!(
-                "session began after {:.0} days without any activity by this user (usual longest break {:.0} days)",
-                f.days_inactive, f.usual_break_days
-            ),
+            AlertKind::DormantAccount => match f.revived {
+                Some(rv) => format!(
+                    "the account came back {} ago after {:.0} days without any activity (usual longest break {:.0} days) and is not back at work: {:.0} events since, under {:.0} of its usual sessions' worth ({:.0})",
+                    ago(r.recorded.timestamp_millis() - rv.at_ms),
+                    rv.gap_days,
+                    rv.usual_days,
+                    rv.events,
+                    features::REVIVAL_SESSIONS,
+                    rv.work
+                ),
+                None => format!(
+                    "session began after {:.0} days without any activity by this user (usual longest break {:.0} days)",
+                    f.days_inactive, f.usual_break_days
+                ),
+            },
             AlertKind::MassExport => {
                 // Each part that counted, strongest first.
                 let mut parts: Vec<(f32, String)> = Vec::new();
@@ -801,6 +822,35 @@ mod tests {
         );
         facts.odd_starts = None;
         assert!(!explain(&c, &facts, &rec).0[0].contains("seldom work"));
+    }
+
+    #[test]
+    fn an_account_back_from_dormancy_says_when_it_came_back() {
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::DormancyVsUsualBreak.index()] = 2.0;
+        let rec = record_at("2024-01-03T09:00:00Z");
+        let mut facts = Facts {
+            revived: Some(features::Revived {
+                at_ms: record_at("2024-01-02T08:00:00Z")
+                    .recorded
+                    .timestamp_millis(),
+                gap_days: 31.0,
+                usual_days: 2.0,
+                events: 9.0,
+                work: 40.0,
+            }),
+            ..Default::default()
+        };
+        let why = explain(&c, &facts, &rec).0;
+        assert_eq!(
+            why[0],
+            "the account came back 25 h ago after 31 days without any activity (usual longest \
+             break 2 days) and is not back at work: 9 events since, under 2 of its usual \
+             sessions' worth (40)"
+        );
+        facts.revived = None;
+        facts.days_inactive = 31.0;
+        assert!(explain(&c, &facts, &rec).0[0].starts_with("session began after 31 days"));
     }
 
     #[test]
