@@ -264,8 +264,9 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// The layout of [`Context`]'s fields in a binary snapshot. A binary encoding has no field
 /// names: adding, removing or reordering a field of the context (or of what it holds)
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
-/// model's baselines and says so). `a_snapshot_of_this_layout_still_reads` fails when the
-/// fields change without it.
+/// model's baselines and says so) — except layout 1, which is layout 2 without its last
+/// field (`revivals`) and is read as having none. `a_snapshot_of_this_layout_still_reads`
+/// fails when the fields change without a bump.
 pub const SNAPSHOT_LAYOUT: u32 = 2;
 
 impl SnapshotError {
@@ -2721,7 +2722,7 @@ mod tests {
         c
     }
 
-    /// The committed snapshot (`testdata/snapshot-layout-1.bin`, written by this build's
+    /// The committed snapshot (`testdata/snapshot-layout-{SNAPSHOT_LAYOUT}.bin`, written by this build's
     /// layout) still reads, to the same size: a field added, removed or moved without a new
     /// `SNAPSHOT_LAYOUT` fails here. `FHIR_EDGE_BLESS=1` rewrites the file after a bump.
     #[test]
