@@ -29,17 +29,31 @@ TEST_DAYS = 7
 OUTSIDE_CARE = "no encounter, appointment, episode of care or care team"
 
 
-def test_events(d):
-    """Ids of the events on the test days (features.csv: id, recorded_ms, …)."""
-    cut = START_MS + TEST_FROM_DAY * DAY_MS
-    ids = set()
+TEST_FROM_MS = START_MS + TEST_FROM_DAY * DAY_MS
+
+
+def event_times(d):
+    """Each event's time, ms (features.csv: id, recorded_ms, …)."""
+    times = {}
     with open(os.path.join(d, "features.csv")) as f:
         f.readline()
         for line in f:
             i, t = line.split(",", 2)[:2]
-            if float(t) >= cut:
-                ids.add(i)
-    return ids
+            times[i] = float(t)
+    return times
+
+
+def test_events(d):
+    """Ids of the events on the test days."""
+    return {i for i, t in event_times(d).items() if t >= TEST_FROM_MS}
+
+
+def runs(d, want):
+    """(run directory, run as results.json has it) for each run of `d`, or those in `want`."""
+    for res in json.load(open(os.path.join(d, "results.json"))):
+        name = res["run"]["name"]
+        if want is None or name in want:
+            yield os.path.join(d, name), res["run"]
 
 
 def one(d, staff, cuts):
@@ -89,13 +103,10 @@ def main():
     ap.add_argument("--runs", help="comma-separated run names, e.g. A,B")
     ap.add_argument("--cuts", default="1.4,1.3,1.2,1.1")
     a = ap.parse_args()
-    results = json.load(open(os.path.join(a.dir, "results.json")))
     want = set(a.runs.split(",")) if a.runs else None
     cuts = [float(x) for x in a.cuts.split(",")]
-    for res in results:
-        name = res["run"]["name"]
-        if want is None or name in want:
-            one(os.path.join(a.dir, name), res["run"]["users"], cuts)
+    for path, run in runs(a.dir, want):
+        one(path, run["users"], cuts)
 
 
 if __name__ == "__main__":

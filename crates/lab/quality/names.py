@@ -16,7 +16,7 @@ usage: crates/lab/quality/names.py DIR [--runs A,B]
 """
 import argparse, collections, csv, json, os
 
-from misses import DAY_MS, START_MS, TEST_FROM_DAY, test_events
+from misses import DAY_MS, TEST_FROM_MS, event_times, runs
 
 NAMED_RELATIVE = "name the user as a relative"
 
@@ -30,15 +30,9 @@ def user_of(e):
     return None
 
 
-def volume(d):
+def volume(d, when):
     """Each event's user, and each user's distinct patients a day over the training days."""
-    cut = START_MS + TEST_FROM_DAY * DAY_MS
-    when = {}
-    with open(os.path.join(d, "features.csv")) as f:
-        f.readline()
-        for line in f:
-            i, t = line.split(",", 2)[:2]
-            when[i] = float(t)
+    cut = TEST_FROM_MS
     who, patients, days = {}, collections.defaultdict(set), collections.defaultdict(set)
     with open(os.path.join(d, "events.ndjson")) as f:
         for line in f:
@@ -58,12 +52,12 @@ def volume(d):
 
 def one(d):
     labels = {r["id"] for r in csv.DictReader(open(os.path.join(d, "labels.csv")))}
-    test = test_events(d)
+    when = event_times(d)
     cases = collections.defaultdict(list)
     for r in csv.DictReader(open(os.path.join(d, "scores.csv"))):
-        if r["id"] in test and r["case"]:
+        if when.get(r["id"], 0.0) >= TEST_FROM_MS and r["case"]:
             cases[r["case"]].append(r)
-    who, per_day = volume(d)
+    who, per_day = volume(d, when)
     print(f"## {os.path.basename(d)}\n")
     print("| injected | user's patients a day | score | user |")
     print("|---|---|---|---|")
@@ -88,10 +82,8 @@ def main():
     ap.add_argument("--runs", help="comma-separated run names, e.g. A,B")
     a = ap.parse_args()
     want = set(a.runs.split(",")) if a.runs else None
-    for res in json.load(open(os.path.join(a.dir, "results.json"))):
-        name = res["run"]["name"]
-        if want is None or name in want:
-            one(os.path.join(a.dir, name))
+    for path, _ in runs(a.dir, want):
+        one(path)
 
 
 if __name__ == "__main__":

@@ -1277,9 +1277,6 @@ impl Context {
             .fold((0u32, 0.0f32), |(n, s), u| (n + 1, s + u.outside_rate));
         self.site_outside_rate = if n == 0 { 0.0 } else { sum / n as f32 };
         self.site_outside_stale_in = SITE_OUTSIDE_REFRESH;
-        // Users forgotten at the memory bound are forgotten here too.
-        let users = &self.users;
-        self.revivals.retain(|u, _| users.contains_key(u));
     }
 
     /// Compute features for `r` from the context so far, then fold `r` into the context.
@@ -1954,6 +1951,9 @@ impl Context {
         }
         if self.users.len() >= MAX_USERS && !self.users.contains_key(&uh) {
             self.forgotten.users += evict_half(&mut self.users, |u| u.last_ms);
+            // A forgotten user's revival goes with them.
+            let users = &self.users;
+            self.revivals.retain(|u, _| users.contains_key(u));
         }
         let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
         let site_fail_rate = self.site_fail_rate();
