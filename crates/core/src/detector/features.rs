@@ -164,7 +164,7 @@ catalogue! {
     IsWrite = "is_write", Context, UnusualPattern,
         "1 for a create, update or delete.";
     SameFamilyNameRarity = "same_family_name_rarity", Up, FamilySnooping,
-        "The user shares the patient's family name, weighed by how rare the name is, unless the department cares for the patient.";
+        "-ln of the chance that the user meets a patient of their family name on a day (the name's share of patients, the user's new patients a day), less ln 100 (routine: once in 100 working days); 0 when the department cares for the patient.";
     UserHistory = "user_history", Context, UnusualPattern,
         "ln(1 + the user's earlier events).";
     HasPatient = "has_patient", Context, UnusualPattern,
@@ -264,10 +264,11 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// The layout of [`Context`]'s fields in a binary snapshot. A binary encoding has no field
 /// names: adding, removing or reordering a field of the context (or of what it holds)
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
-/// model's baselines and says so) — except layout 1, which is layout 2 without its last
-/// field (`revivals`) and is read as having none. `a_snapshot_of_this_layout_still_reads`
-/// fails when the fields change without a bump.
-pub const SNAPSHOT_LAYOUT: u32 = 2;
+/// model's baselines and says so) — except layouts 1 and 2, which are layout 3 without its
+/// last two fields (`revivals`, `new_patients`) or its last one, and are read as having
+/// none. `a_snapshot_of_this_layout_still_reads` fails when the fields change without a
+/// bump.
+pub const SNAPSHOT_LAYOUT: u32 = 3;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -463,9 +464,12 @@ pub struct Facts {
     pub care_covered: bool,
     /// The record is on the site's watch list or labelled restricted.
     pub watched: bool,
-    /// For a shared family name: how many earlier patients had it, of how many.
+    /// For a shared family name: how many earlier patients had it, of how many, and the
+    /// user's new patients a day (their exposure to a namesake by chance).
     pub name_patients: u32,
     pub patients_seen: u32,
+    #[serde(default)]
+    pub new_patients_per_day: f32,
     pub user_events: u32,
 }
 
@@ -808,10 +812,14 @@ pub struct Context {
     #[serde(default)]
     requests: IdMap<RequestState>,
     /// Accounts back from dormancy and not back at work yet, by user (see
-    /// [`REVIVAL_MIN_DAYS`]; dropped when they are, or when the user is forgotten). The
-    /// last field of the snapshot: layout 1 ends before it.
+    /// [`REVIVAL_MIN_DAYS`]; dropped when they are, or when the user is forgotten).
+    /// Layout 1 ends before it.
     #[serde(default)]
     revivals: IdMap<Revived>,
+    /// Each user's new patients a day (see [`NewPatients`]; bounded by the users, forgotten
+    /// with them). Layout 2 ends before it.
+    #[serde(default)]
+    new_patients: IdMap<NewPatients>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -896,6 +904,79 @@ fn dormancy(days_inactive: f32, usual_break_days: f32) -> f32 {
     ((days_inactive + 1.0) / (usual_break_days + 1.0))
         .ln()
         .max(0.0)
+}
+
+/// How much of a user's daily volume of new patients the running estimate keeps from
+/// one day to the next (an EWMA over the user's working days; about a week's memory).
+const NEW_PATIENTS_MEMORY: f32 = 0.85;
+
+/// How many patients a user opens for the first time a day: their exposure to namesakes
+/// by chance (see `same_family_name_rarity`). Kept per user in the context.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewPatients {
+    /// When the day being counted began (ms since epoch; a day is the 24 hours from the
+    /// user's first patient access after the previous one ended) and its first accesses
+    /// so far.
+    pub since_ms: i64,
+    pub today: f32,
+    /// The running estimate over the user's past days (`NEW_PATIENTS_MEMORY`), and
+    /// whether a day is over yet.
+    pub usual: f32,
+    pub days: u32,
+}
+
+impl NewPatients {
+    /// Count an access to a patient at `now`, `first` when the user had not opened them.
+    fn count(&mut self, now: i64, first: bool) {
+        if now - self.since_ms >= DAY {
+            if self.since_ms > 0 {
+                self.usual = match self.days {
+                    0 => self.today,
+                    _ => {
+                        NEW_PATIENTS_MEMORY * self.usual + (1.0 - NEW_PATIENTS_MEMORY) * self.today
+                    }
+                };
+                self.days = self.days.saturating_add(1);
+            }
+            (self.since_ms, self.today) = (now, 0.0);
+        }
+        self.today += first as u8 as f32;
+    }
+
+    /// The user's new patients a day as of `now`: the usual, or today's so far when more
+    /// (a user's first day, a busy one), at least 1.
+    fn per_day(&self, now: i64) -> f32 {
+        let today = if now - self.since_ms < DAY {
+            self.today
+        } else {
+            0.0
+        };
+        self.usual.max(today).max(1.0)
+    }
+}
+
+/// How many days pass, on average, before a user opening `per_day` new patients a day
+/// meets by chance a namesake a name `name_patients` of `patients_seen` patients have (for
+/// the explanation; the inverse of the chance `namesake_surprise` weighs), rounded.
+pub fn namesake_days(name_patients: u32, patients_seen: u32, per_day: f32) -> u64 {
+    let share = (name_patients as f32 + 1.0) / (patients_seen as f32 + 1.0);
+    (1.0 / -(-(per_day.max(1.0) * share)).exp_m1()).round() as u64
+}
+
+/// Working days per chance namesake below which meeting one is routine for a user (see
+/// `namesake_surprise`). The review queue holds a few cases a day per 100 staff, about
+/// 0.03 per user and day for every behaviour together; a namesake a user meets by chance
+/// once in 100 days (0.01) would alone take a third of it.
+const NAMESAKE_ROUTINE_DAYS: f32 = 100.0;
+
+/// `same_family_name_rarity`: -ln of the chance that a user who opens `per_day` new
+/// patients a day meets, on a given day, one with a name `share` of the patients have
+/// (1 - e^(-per_day * share)), less ln `NAMESAKE_ROUTINE_DAYS`, floored at 0. A rare name
+/// is a surprise for a ward nurse and a monthly event for a pharmacist who opens hundreds
+/// of records; a common one is routine for both.
+fn namesake_surprise(share: f32, per_day: f32) -> f32 {
+    let p = -(-(per_day * share)).exp_m1();
+    (-p.max(f32::MIN_POSITIVE).ln() - NAMESAKE_ROUTINE_DAYS.ln()).max(0.0)
 }
 
 /// An event's source as the context keys it: the address, its network, the client.
@@ -1254,10 +1335,14 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 1 ends before `revivals`: read as none (an empty map, in
-                    // postcard a zero length).
-                    1 => postcard::from_bytes(&[body, &[0u8][..]].concat())
-                        .map_err(SnapshotError::Binary)?,
+                    // Layout 2 ends before `new_patients`, layout 1 before `revivals` too:
+                    // read as none (empty maps, in postcard a zero length each).
+                    found @ (1 | 2) => {
+                        let missing = [0u8; 2];
+                        let missing = &missing[..(SNAPSHOT_LAYOUT - found) as usize];
+                        postcard::from_bytes(&[body, missing].concat())
+                            .map_err(SnapshotError::Binary)?
+                    }
                     found => return Err(SnapshotError::Layout { found }),
                 }
             }
@@ -1902,15 +1987,19 @@ impl Context {
                     // Smoothed -ln of the share of earlier patients with the name: about 4.5
                     // for a name one patient in a hundred has, 7 or more for a rare one.
                     let n = self.names.get(&h64(b.as_str())).copied().unwrap_or(0.0);
+                    let per_day = uh
+                        .and_then(|u| self.new_patients.get(&u))
+                        .map_or(1.0, |v| v.per_day(now));
                     facts.same_family_name = true;
                     facts.name_patients = n as u32;
                     facts.patients_seen = self.names_total as u32;
+                    facts.new_patients_per_day = per_day;
                     // A namesake the user's department cares for is explained by the care
                     // (a relative on one's own ward is a matter for policy, not for this
                     // score); one with no working relationship is not.
                     if !known.relation.is_some_and(|r| r.cares) && cr.relation.is_none() {
                         x[F::SameFamilyNameRarity] =
-                            ((self.names_total + 1.0) / (n + 1.0)).ln().max(1.0);
+                            namesake_surprise((n + 1.0) / (self.names_total + 1.0), per_day);
                     }
                 }
             }
@@ -1951,9 +2040,10 @@ impl Context {
         }
         if self.users.len() >= MAX_USERS && !self.users.contains_key(&uh) {
             self.forgotten.users += evict_half(&mut self.users, |u| u.last_ms);
-            // A forgotten user's revival goes with them.
+            // A forgotten user's revival and daily volume go with them.
             let users = &self.users;
             self.revivals.retain(|u, _| users.contains_key(u));
+            self.new_patients.retain(|u, _| users.contains_key(u));
         }
         let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
         let site_fail_rate = self.site_fail_rate();
@@ -2093,6 +2183,7 @@ impl Context {
             };
             let pair = h64(&(uh, p));
             let first = !self.pairs_old.contains(&pair) && !self.pairs_now.contains(&pair);
+            self.new_patients.entry(uh).or_default().count(now, first);
             let user_dept = dept_h.or(u.dept);
             // The reading `features` made of this access, or the same one made now (replay).
             let cr = known.care.unwrap_or_else(|| self.care_reading(r));
@@ -2747,18 +2838,28 @@ mod tests {
         let events = |c: &Context| c.user_profile("Practitioner/1").map(|u| u.events);
         assert_eq!(events(&c), events(&layout_sample()));
         assert_eq!(c.revivals, layout_sample().revivals);
+        assert_eq!(c.new_patients, layout_sample().new_patients);
+        assert_eq!(c.new_patients.len(), 5);
     }
 
-    /// A snapshot of layout 1 (before `revivals`) still reads, with no account revived: an
-    /// upgrade keeps the site's running context.
+    /// Snapshots of layouts 1 (before `revivals`) and 2 (before `new_patients`) still
+    /// read, with nothing of the missing fields: an upgrade keeps the site's running context.
     #[test]
-    fn a_snapshot_of_layout_1_still_reads() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/detector/testdata/snapshot-layout-1.bin");
-        let c = Context::from_bytes(&std::fs::read(path).unwrap(), chrono_tz::UTC)
-            .expect("layout 1 reads");
+    fn snapshots_of_layouts_1_and_2_still_read() {
+        let read = |layout: u32| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "src/detector/testdata/snapshot-layout-{layout}.bin"
+            ));
+            Context::from_bytes(&std::fs::read(path).unwrap(), chrono_tz::UTC)
+                .unwrap_or_else(|e| panic!("layout {layout} reads: {e}"))
+        };
+        let c = read(1);
         assert_eq!((c.users.len(), c.patients.len()), (5, 11));
-        assert!(c.revivals.is_empty());
+        assert!(c.revivals.is_empty() && c.new_patients.is_empty());
+        let c = read(2);
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert_eq!(c.revivals, layout_sample().revivals);
+        assert!(c.new_patients.is_empty());
         assert!(matches!(
             Context::from_bytes(b"fhirctx\0\x07\0\0\0", chrono_tz::UTC),
             Err(SnapshotError::Layout { found: 7 })
@@ -3504,8 +3605,10 @@ mod tests {
             t0 + HOUR,
         ));
         assert_eq!((f.name_patients, f.patients_seen), (0, 202));
+        // One patient in five is a Smith: routine. One of 202 is rarer than once in 100
+        // days for a user who opens one new patient a day.
         assert!(
-            rare[j] > common[j] + 2.0 && common[j] >= 1.0,
+            rare[j] > 0.5 && common[j] == 0.0,
             "rare {} against common {}",
             rare[j],
             common[j]
@@ -3537,6 +3640,106 @@ mod tests {
             t0 + HOUR + 2,
         ));
         assert_eq!(f.name_patients, 1);
+    }
+
+    /// A namesake is weighed by the user's exposure: the same rare name weighs less from a
+    /// user who opens fifty new patients a day (pharmacy) than from one who opens five (a
+    /// ward), by the chance of meeting it on a day.
+    #[test]
+    fn a_namesake_weighs_less_from_a_user_who_opens_many_patients_a_day() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = monday(8);
+        let j = feature("same_family_name_rarity");
+        let named =
+            |user: &str, user_name: &str, patient: String, name: String, t: i64| AuditRecord {
+                user_display: Some(user_name.into()),
+                patient_display: Some(name),
+                ..rec(user, &patient, t)
+            };
+        // 5,000 patients with names of their own; then five days in which Practitioner/1
+        // opens 50 new patients a day and Practitioner/2 opens 5 (and goes back to each).
+        for k in 0..5000 {
+            let t = t0 - DAY + k * 10_000;
+            c.observe(&named(
+                "Practitioner/9",
+                "Jo Other",
+                format!("Patient/{}", 10_000 + k),
+                format!("Other{k}, Eva"),
+                t,
+            ));
+        }
+        for day in 0..5 {
+            for i in 0..50 {
+                let k = day * 50 + i;
+                let t = t0 + day * DAY + i * 60_000;
+                c.observe(&named(
+                    "Practitioner/1",
+                    "Ann Quist",
+                    format!("Patient/{k}"),
+                    format!("Name{k}, Eva"),
+                    t,
+                ));
+            }
+            for i in 0..5 {
+                let k = 1000 + day * 5 + i;
+                let t = t0 + day * DAY + i * 600_000;
+                c.observe(&named(
+                    "Practitioner/2",
+                    "Bo Varga",
+                    format!("Patient/{k}"),
+                    format!("Name{k}, Eva"),
+                    t,
+                ));
+                c.observe(&named(
+                    "Practitioner/2",
+                    "Bo Varga",
+                    format!("Patient/{k}"),
+                    format!("Name{k}, Eva"),
+                    t + 60_000,
+                ));
+            }
+        }
+        let at = t0 + 5 * DAY + HOUR;
+        let (busy, fb) = c.observe(&named(
+            "Practitioner/1",
+            "Ann Quist",
+            "Patient/5000".into(),
+            "Quist, Al".into(),
+            at,
+        ));
+        let (quiet, fq) = c.observe(&named(
+            "Practitioner/2",
+            "Bo Varga",
+            "Patient/5001".into(),
+            "Varga, Al".into(),
+            at,
+        ));
+        assert!(fb.same_family_name && fq.same_family_name);
+        assert_eq!(
+            (fb.new_patients_per_day, fq.new_patients_per_day),
+            (50.0, 5.0)
+        );
+        let seen = fb.patients_seen as f32;
+        assert_eq!(seen, 5275.0);
+        assert!((busy[j] - namesake_surprise(1.0 / (seen + 1.0), 50.0)).abs() < 1e-4);
+        // Once in 106 days for fifty a day, just past routine; once in 1,055 for five.
+        assert!(
+            quiet[j] > busy[j] + 2.0 && busy[j] < 0.1,
+            "five a day {} against fifty {}",
+            quiet[j],
+            busy[j]
+        );
+        assert_eq!(namesake_days(0, 5275, 50.0), 106);
+        assert_eq!(namesake_days(0, 5276, 5.0), 1056);
+        // A new user is judged by today's count so far (at least one).
+        let (_, f) = c.observe(&named(
+            "Practitioner/3",
+            "Cy Quist",
+            "Patient/5002".into(),
+            "Quist, Bo".into(),
+            at,
+        ));
+        assert_eq!(f.new_patients_per_day, 1.0);
     }
 
     #[test]

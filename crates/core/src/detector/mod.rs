@@ -631,8 +631,10 @@ pub fn explain(
             AlertKind::FamilySnooping => match f.patients_seen {
                 0 => "the user shares the patient's family name (relative or self lookup?)".into(),
                 seen => format!(
-                    "the user shares the patient's family name, which {} of {seen} earlier patients had (relative or self lookup?)",
-                    f.name_patients
+                    "the user shares the patient's family name, which {} of {seen} earlier patients had: by chance one day in {} for a user opening {} new patients a day (relative or self lookup?)",
+                    f.name_patients,
+                    features::namesake_days(f.name_patients, f.patients_seen, f.new_patients_per_day),
+                    f.new_patients_per_day.round()
                 ),
             },
             AlertKind::UnusualPattern => format!(
