@@ -913,16 +913,16 @@ const NEW_PATIENTS_MEMORY: f32 = 0.85;
 /// How many patients a user opens for the first time a day: their exposure to namesakes
 /// by chance (see `same_family_name_rarity`). Kept per user in the context.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct NewPatients {
+struct NewPatients {
     /// When the day being counted began (ms since epoch; a day is the 24 hours from the
     /// user's first patient access after the previous one ended) and its first accesses
     /// so far.
-    pub since_ms: i64,
-    pub today: f32,
-    /// The running estimate over the user's past days (`NEW_PATIENTS_MEMORY`), and
-    /// whether a day is over yet.
-    pub usual: f32,
-    pub days: u32,
+    since_ms: i64,
+    today: f32,
+    /// The running estimate over the user's past days (`NEW_PATIENTS_MEMORY`), and the
+    /// days it has seen end.
+    usual: f32,
+    days: u32,
 }
 
 impl NewPatients {
@@ -958,7 +958,7 @@ impl NewPatients {
 /// How many days pass, on average, before a user opening `per_day` new patients a day
 /// meets by chance a namesake a name `name_patients` of `patients_seen` patients have (for
 /// the explanation; the inverse of the chance `namesake_surprise` weighs), rounded.
-pub fn namesake_days(name_patients: u32, patients_seen: u32, per_day: f32) -> u64 {
+pub(crate) fn namesake_days(name_patients: u32, patients_seen: u32, per_day: f32) -> u64 {
     let share = (name_patients as f32 + 1.0) / (patients_seen as f32 + 1.0);
     (1.0 / -(-(per_day.max(1.0) * share)).exp_m1()).round() as u64
 }
