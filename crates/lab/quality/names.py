@@ -4,13 +4,15 @@
 Reads the run directories that `crates/lab/quality/quality.py --out DIR` leaves behind
 (labels.csv, scores.csv, features.csv, events.ndjson, results.json) and lists, per run,
 every queued case on the test days whose strongest alert is a family name the user shares
-with the patient (not a relative the patient's records name), injected or not, with the
+with the patient (not a personal link the care context knows: a relative the patient's
+records name, a shared name and address), injected or not, with the
 user's distinct patients a day over the training days and the case's score (a multiple
 of the threshold).
 
 What it is for: a user who opens many patients a day shares a rare name with one of them
 by chance; if the false cases come from such users and the injected ones do not, the
-coincidence wants weighing by the user's volume. Nothing here changes the detector.
+coincidence wants weighing by the user's volume (as `same_family_name_rarity` has done
+since 70955d9). Nothing here changes the detector.
 
 usage: crates/lab/quality/names.py DIR [--runs A,B]
 """
@@ -18,7 +20,9 @@ import argparse, collections, csv, json, os
 
 from misses import DAY_MS, TEST_FROM_MS, event_times, runs
 
-NAMED_RELATIVE = "name the user as a relative"
+# A personal link the care context knows (a relative the patient's records name, or a
+# shared family name *and* address or phone) is not a namesake by chance: left out.
+PERSONAL_LINKS = ("name the user as a relative", "family name and address or phone")
 
 
 def user_of(e):
@@ -66,7 +70,7 @@ def one(d):
         if not any(x["case_queued"] == "1" for x in rs):
             continue
         top = max(rs, key=lambda x: float(x["score"]))
-        if top["kind"] != "family_snooping" or NAMED_RELATIVE in top["explanation"]:
+        if top["kind"] != "family_snooping" or any(p in top["explanation"] for p in PERSONAL_LINKS):
             continue
         u = who.get(top["id"])
         injected = any(x["id"] in labels for x in rs)
