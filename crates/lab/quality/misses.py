@@ -43,11 +43,6 @@ def event_times(d):
     return times
 
 
-def test_events(d):
-    """Ids of the events on the test days."""
-    return {i for i, t in event_times(d).items() if t >= TEST_FROM_MS}
-
-
 def runs(d, want):
     """(run directory, run as results.json has it) for each run of `d`, or those in `want`."""
     for res in json.load(open(os.path.join(d, "results.json"))):
@@ -56,15 +51,33 @@ def runs(d, want):
             yield os.path.join(d, name), res["run"]
 
 
-def one(d, staff, cuts):
-    labels = {r["id"]: r for r in csv.DictReader(open(os.path.join(d, "labels.csv")))}
-    test = test_events(d)
-    rows = [r for r in csv.DictReader(open(os.path.join(d, "scores.csv"))) if r["id"] in test]
-    by_id = {r["id"]: r for r in rows}
+def test_rows(d, when=None):
+    """scores.csv's rows of the events on the test days, and those rows by case."""
+    when = event_times(d) if when is None else when
+    rows = [r for r in csv.DictReader(open(os.path.join(d, "scores.csv")))
+            if when.get(r["id"], 0.0) >= TEST_FROM_MS]
     cases = collections.defaultdict(list)
     for r in rows:
         if r["case"]:
             cases[r["case"]].append(r)
+    return rows, cases
+
+
+def arguments(doc, add=lambda ap: None):
+    """The command line of a script over quality.py's run directories: DIR [--runs A,B],
+    and what `add` adds; the arguments and the runs wanted (None: all)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("dir")
+    ap.add_argument("--runs", help="comma-separated run names, e.g. A,B")
+    add(ap)
+    a = ap.parse_args()
+    return a, set(a.runs.split(",")) if a.runs else None
+
+
+def one(d, staff, cuts):
+    labels = {r["id"]: r for r in csv.DictReader(open(os.path.join(d, "labels.csv")))}
+    rows, cases = test_rows(d)
+    by_id = {r["id"]: r for r in rows}
     queued = {c for c, rs in cases.items() if any(x["case_queued"] == "1" for x in rs)}
     incident_of = lambda r: labels[r["id"]]["incident"] if r["id"] in labels else ""
     incidents = collections.defaultdict(list)
@@ -98,12 +111,7 @@ def one(d, staff, cuts):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dir")
-    ap.add_argument("--runs", help="comma-separated run names, e.g. A,B")
-    ap.add_argument("--cuts", default="1.4,1.3,1.2,1.1")
-    a = ap.parse_args()
-    want = set(a.runs.split(",")) if a.runs else None
+    a, want = arguments(__doc__, lambda ap: ap.add_argument("--cuts", default="1.4,1.3,1.2,1.1"))
     cuts = [float(x) for x in a.cuts.split(",")]
     for path, run in runs(a.dir, want):
         one(path, run["users"], cuts)

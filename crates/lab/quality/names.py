@@ -16,9 +16,9 @@ since 70955d9). Nothing here changes the detector.
 
 usage: crates/lab/quality/names.py DIR [--runs A,B]
 """
-import argparse, collections, csv, json, os
+import collections, csv, json, os
 
-from misses import DAY_MS, TEST_FROM_MS, event_times, runs
+from misses import DAY_MS, TEST_FROM_MS, arguments, event_times, runs, test_rows
 
 # A personal link the care context knows (a relative the patient's records name, or a
 # shared family name *and* address or phone) is not a namesake by chance: left out.
@@ -57,10 +57,7 @@ def volume(d, when):
 def one(d):
     labels = {r["id"] for r in csv.DictReader(open(os.path.join(d, "labels.csv")))}
     when = event_times(d)
-    cases = collections.defaultdict(list)
-    for r in csv.DictReader(open(os.path.join(d, "scores.csv"))):
-        if when.get(r["id"], 0.0) >= TEST_FROM_MS and r["case"]:
-            cases[r["case"]].append(r)
+    _, cases = test_rows(d, when)
     who, per_day = volume(d, when)
     print(f"## {os.path.basename(d)}\n")
     print("| injected | user's patients a day | score | user |")
@@ -81,11 +78,7 @@ def one(d):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dir")
-    ap.add_argument("--runs", help="comma-separated run names, e.g. A,B")
-    a = ap.parse_args()
-    want = set(a.runs.split(",")) if a.runs else None
+    a, want = arguments(__doc__)
     for path, _ in runs(a.dir, want):
         one(path)
 

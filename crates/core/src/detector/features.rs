@@ -960,7 +960,13 @@ impl NewPatients {
 /// the explanation; the inverse of the chance `namesake_surprise` weighs), rounded.
 pub(crate) fn namesake_days(name_patients: u32, patients_seen: u32, per_day: f32) -> u64 {
     let share = (name_patients as f32 + 1.0) / (patients_seen as f32 + 1.0);
-    (1.0 / -(-(per_day.max(1.0) * share)).exp_m1()).round() as u64
+    (1.0 / namesake_chance(share, per_day.max(1.0))).round() as u64
+}
+
+/// The chance that a user who opens `per_day` new patients a day meets, on a given day, one
+/// with a name `share` of the patients have: 1 - e^(-per_day * share).
+fn namesake_chance(share: f32, per_day: f32) -> f32 {
+    -(-(per_day * share)).exp_m1()
 }
 
 /// Working days per chance namesake below which meeting one is routine for a user (see
@@ -969,13 +975,11 @@ pub(crate) fn namesake_days(name_patients: u32, patients_seen: u32, per_day: f32
 /// once in 100 days (0.01) would alone take a third of it.
 const NAMESAKE_ROUTINE_DAYS: f32 = 100.0;
 
-/// `same_family_name_rarity`: -ln of the chance that a user who opens `per_day` new
-/// patients a day meets, on a given day, one with a name `share` of the patients have
-/// (1 - e^(-per_day * share)), less ln `NAMESAKE_ROUTINE_DAYS`, floored at 0. A rare name
-/// is a surprise for a ward nurse and a monthly event for a pharmacist who opens hundreds
-/// of records; a common one is routine for both.
+/// `same_family_name_rarity`: -ln of `namesake_chance`, less ln `NAMESAKE_ROUTINE_DAYS`,
+/// floored at 0. A rare name is a surprise for a ward nurse and a monthly event for a
+/// pharmacist who opens hundreds of records; a common one is routine for both.
 fn namesake_surprise(share: f32, per_day: f32) -> f32 {
-    let p = -(-(per_day * share)).exp_m1();
+    let p = namesake_chance(share, per_day);
     (-p.max(f32::MIN_POSITIVE).ln() - NAMESAKE_ROUTINE_DAYS.ln()).max(0.0)
 }
 
