@@ -855,6 +855,59 @@ mod tests {
         assert!(explain(&c, &facts, &rec).0[0].starts_with("session began after 31 days"));
     }
 
+    /// The namesake's sentence gives the chance it is weighed by, from the user's new
+    /// patients a day; a personal link says the link, and the name only where it counted.
+    #[test]
+    fn a_namesake_says_how_often_chance_would_bring_one() {
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::SameFamilyNameRarity.index()] = 2.0;
+        let rec = record_at("2024-01-03T09:00:00Z");
+        let mut facts = Facts {
+            name_patients: 2,
+            patients_seen: 5433,
+            new_patients_per_day: 15.2,
+            ..Default::default()
+        };
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::FamilySnooping]);
+        assert_eq!(
+            why[0],
+            format!(
+                "the user shares the patient's family name, which 2 of 5433 earlier patients had: \
+                 by chance one day in {} for a user opening 15 new patients a day (relative or \
+                 self lookup?)",
+                features::namesake_days(2, 5433, 15.2)
+            )
+        );
+        // The figure is the one the score weighs: a busier user meets the name sooner.
+        assert!(features::namesake_days(2, 5433, 60.0) < features::namesake_days(2, 5433, 15.2));
+        // Without any earlier patients there is no share to quote.
+        facts.patients_seen = 0;
+        assert_eq!(
+            explain(&c, &facts, &rec).0[0],
+            "the user shares the patient's family name (relative or self lookup?)"
+        );
+        // A personal link the care context knows is said as such; the name only where it
+        // also counted.
+        facts.patients_seen = 5433;
+        facts.personal = Some(crate::care::Personal::NamedRelative);
+        c[Feature::PersonalLink.index()] = 3.0;
+        let (linked, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::FamilySnooping]);
+        assert_eq!(
+            linked[0],
+            format!(
+                "{}; the family name is one 2 of 5433 earlier patients had",
+                crate::care::Personal::NamedRelative.words()
+            )
+        );
+        c[Feature::SameFamilyNameRarity.index()] = 0.0;
+        assert_eq!(
+            explain(&c, &facts, &rec).0[0],
+            crate::care::Personal::NamedRelative.words()
+        );
+    }
+
     #[test]
     fn watch_lists_are_read_and_bad_lines_named_without_their_content() {
         let dir = tempfile::tempdir().unwrap();
