@@ -809,10 +809,14 @@ fn export_plan(cfg: &crate::config::Config) -> String {
     }
     if let Some(s) = &cfg.export.syslog {
         parts.push(format!(
-            "syslog {} ({}, facility {})",
+            "syslog {} ({}, facility {}{})",
             s.address,
             if s.tls { "TLS" } else { "TCP" },
-            s.facility
+            s.facility,
+            match s.format {
+                fhir_edge_core::export::syslog::Payload::Json => "",
+                fhir_edge_core::export::syslog::Payload::Cef => ", CEF",
+            }
         ));
     }
     match parts.is_empty() {

@@ -178,6 +178,12 @@ pub struct SyslogExportConfig {
     /// APP-NAME in each message.
     #[serde(default = "default_app_name")]
     pub app_name: String,
+    /// What each message carries after the header: `json` (the JSON message, its routing
+    /// fields also as RFC 5424 structured data) or `cef` (one ArcSight CEF line, for
+    /// collectors that parse CEF: Sentinel's `CommonSecurityLog`, QRadar, ArcSight; field
+    /// mapping in `fhir_edge_core::export::cef`).
+    #[serde(default)]
+    pub format: fhir_edge_core::export::syslog::Payload,
     /// Seconds to wait for connecting and for each batch's write.
     #[serde(default = "default_nats_timeout")]
     pub timeout_secs: u64,
@@ -1184,6 +1190,10 @@ mod tests {
                 "export.syslog.ca_file",
             ),
             (
+                format!("{MINIMAL}[export.syslog]\naddress = \"siem:514\"\nformat = \"leef\"\n"),
+                "export.syslog.format",
+            ),
+            (
                 format!("{MINIMAL}[site]\nname = \"st marys\"\n"),
                 "site.name",
             ),
@@ -1203,6 +1213,20 @@ mod tests {
         let l = load(Some(&write(d.path(), &text))).unwrap();
         assert_eq!(l.config.nats_subject_prefix().unwrap(), "fhir-edge.north");
         assert_eq!(l.config.export.nats.as_ref().unwrap().stream, "FHIR_EDGE");
+        // The syslog payload: JSON unless CEF is asked for.
+        use fhir_edge_core::export::syslog::Payload;
+        let syslog = |extra: &str| {
+            let text = format!("{MINIMAL}[export.syslog]\naddress = \"siem:514\"\n{extra}");
+            load(Some(&write(d.path(), &text)))
+                .unwrap()
+                .config
+                .export
+                .syslog
+                .unwrap()
+                .format
+        };
+        assert_eq!(syslog(""), Payload::Json);
+        assert_eq!(syslog("format = \"cef\"\n"), Payload::Cef);
     }
 
     #[test]

@@ -254,6 +254,7 @@ mod tests {
             ca_file: None,
             facility: "authpriv".into(),
             app_name: "fhir-edge".into(),
+            format: Default::default(),
             timeout_secs: 10,
         });
         let s = setup(&cfg).unwrap();

@@ -13,7 +13,8 @@
 //! `KV_MODE = json` on MSG, or the RFC 5424 add-on's structured-data extraction; Elastic:
 //! the `syslog` input or Filebeat's syslog input (format `rfc5424`) then a `json`
 //! processor on `message`; Wazuh: `<remote><connection>syslog</connection>` and its JSON
-//! decoder on the message after the structured data.
+//! decoder on the message after the structured data. With `format = "cef"` MSG is one CEF
+//! line instead and there is no structured data (`fhir_edge_core::export::cef`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,7 @@ impl SyslogSink {
             let msg = format(
                 item,
                 self.facility,
+                self.cfg.format,
                 &self.host,
                 &self.cfg.app_name,
                 self.pid,

@@ -176,6 +176,7 @@ impl Target {
                     ca_file: None,
                     facility: "authpriv".into(),
                     app_name: "fhir-edge".into(),
+                    format: Default::default(),
                     timeout_secs: 10,
                 })
             }

@@ -687,17 +687,25 @@ impl Receiver {
     }
 }
 
-#[test]
-fn a_syslog_receiver_gets_every_item_once_and_what_it_missed_while_away() {
+/// A daemon that has read `n` simulated events and sent its outbox to a syslog receiver,
+/// with `keys` added under `[export.syslog]`.
+struct SyslogRun {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    rx: Receiver,
+    d: Proc,
+    _store: FhirStore,
+}
+
+fn syslog_run(n: u64, keys: &str) -> SyslogRun {
     let dir = tempfile::tempdir().unwrap();
-    let n = 6_000u64;
-    let (_store, url) = lab_server(n as usize, 5);
+    let (store, url) = lab_server(n as usize, 5);
     let rx = Receiver::start();
     let cfg = write_config(
         dir.path(),
         &url,
         &format!(
-            "[export.syslog]\naddress = \"127.0.0.1:{}\"\nfacility = \"local4\"\n",
+            "[export.syslog]\naddress = \"127.0.0.1:{}\"\n{keys}",
             rx.port
         ),
     );
@@ -707,6 +715,24 @@ fn a_syslog_receiver_gets_every_item_once_and_what_it_missed_while_away() {
     wait_until(T, "the outbox sent", || {
         backlog(&state, "syslog") == Some(0)
     });
+    SyslogRun {
+        dir,
+        state,
+        rx,
+        d,
+        _store: store,
+    }
+}
+
+#[test]
+fn a_syslog_receiver_gets_every_item_once_and_what_it_missed_while_away() {
+    let SyslogRun {
+        dir,
+        state,
+        rx,
+        d,
+        _store,
+    } = syslog_run(6_000, "facility = \"local4\"\n");
     let alerts = stored_alert_ids(&state);
     assert!(!alerts.is_empty());
     let (ids, got) = rx.received();
@@ -757,6 +783,53 @@ fn a_syslog_receiver_gets_every_item_once_and_what_it_missed_while_away() {
         "syslog: {} items, {twice} received twice (by msg_id)",
         ids.len()
     );
+}
+
+/// `format = "cef"`: every item one CEF line after an RFC 5424 header without structured
+/// data; every alert once, found by its signature and id.
+#[test]
+fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
+    let SyslogRun {
+        dir: _dir,
+        state,
+        rx,
+        d,
+        _store,
+    } = syslog_run(3_000, "format = \"cef\"\n");
+    d.term();
+    let alerts: BTreeSet<i64> = stored_alert_ids(&state).into_iter().collect();
+    assert!(!alerts.is_empty());
+    let mut ids = BTreeMap::<String, usize>::new();
+    let mut got = BTreeSet::new();
+    let mut cases = 0;
+    for m in rx.got.lock().unwrap().iter() {
+        let (head, cef) = m.split_once(" - CEF:0|fhir-edge|fhir-edge|").expect(m);
+        assert!(
+            head.starts_with('<') && head.contains(">1 "),
+            "RFC 5424: {m}"
+        );
+        assert!(!m.contains('\n') && !m.contains("fhir-edge@32473"), "{m}");
+        // The extension's fields this test reads hold no spaces.
+        let field = |k: &str| {
+            cef.split(&format!(" {k}="))
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+        };
+        *ids.entry(field("externalId").expect(m).to_string())
+            .or_default() += 1;
+        let signature = cef.split('|').nth(1).unwrap();
+        if signature.starts_with("alert:") {
+            assert!(
+                field("suser").is_none_or(|u| u.contains('/')),
+                "a user is a reference: {m}"
+            );
+            got.insert(field("cn2").unwrap().parse::<i64>().unwrap());
+        }
+        cases += usize::from(signature.starts_with("case:"));
+    }
+    assert!(ids.values().all(|k| *k == 1), "an item twice");
+    assert_eq!(got, alerts, "every alert once");
+    assert!(cases > 0, "cases too");
 }
 
 #[test]

@@ -329,24 +329,53 @@ pub mod syslog {
         p
     }
 
+    /// What a message's MSG holds (`[export.syslog] format`: `json` or `cef`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Payload {
+        #[default]
+        /// The JSON message, after the structured data.
+        Json,
+        /// The item as a CEF line ([`super::cef`]), with no structured data (`-`): one
+        /// form per message, what CEF collectors expect.
+        Cef,
+    }
+
     /// One RFC 5424 message (without transport framing): `<PRI>1 TIMESTAMP HOSTNAME
-    /// APP-NAME PROCID MSGID [SD] MSG`, MSGID the item's type, MSG its JSON.
-    pub fn format(item: &Item, facility: Facility, host: &str, app: &str, pid: u32) -> String {
+    /// APP-NAME PROCID MSGID SD MSG`, MSGID the item's type; with `Payload::Json` SD the
+    /// fields of [`params`] and MSG the JSON, with `Payload::Cef` SD `-` and MSG the CEF
+    /// line.
+    pub fn format(
+        item: &Item,
+        facility: Facility,
+        payload: Payload,
+        host: &str,
+        app: &str,
+        pid: u32,
+    ) -> String {
         let pri = u32::from(facility.code()) * 8 + u32::from(level(item.severity));
-        let body: serde_json::Value =
-            serde_json::from_str(&item.body).unwrap_or(serde_json::Value::Null);
-        let sd: String = params(item, &body)
-            .into_iter()
-            .map(|(k, v)| format!(" {k}=\"{}\"", escape(&v)))
-            .collect();
+        let (sd, msg) = match payload {
+            Payload::Json => {
+                let body: serde_json::Value =
+                    serde_json::from_str(&item.body).unwrap_or(serde_json::Value::Null);
+                let sd: String = params(item, &body)
+                    .into_iter()
+                    .map(|(k, v)| format!(" {k}=\"{}\"", escape(&v)))
+                    .collect();
+                (format!("[{SD_ID}{sd}]"), item.body_with_id())
+            }
+            Payload::Cef => (
+                "-".to_string(),
+                super::cef::line(item, env!("CARGO_PKG_VERSION")),
+            ),
+        };
         let ts = crate::clock::from_ms(item.created_ms)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         format!(
-            "<{pri}>1 {ts} {} {} {pid} {} [{SD_ID}{sd}] {}",
+            "<{pri}>1 {ts} {} {} {pid} {} {sd} {msg}",
             header(host, 255),
             header(app, 48),
             item.kind.as_str(),
-            item.body_with_id()
         )
     }
 
@@ -355,6 +384,196 @@ pub mod syslog {
         let mut out = format!("{} ", msg.len()).into_bytes();
         out.extend_from_slice(msg.as_bytes());
         out
+    }
+}
+
+/// ArcSight's Common Event Format (CEF 0), the line most SIEMs parse without a custom
+/// decoder (Sentinel's `CommonSecurityLog`, QRadar, ArcSight, Splunk's and Elastic's CEF
+/// parsers): `CEF:0|fhir-edge|fhir-edge|VERSION|SIGNATURE|NAME|SEVERITY|EXTENSION`, built
+/// from the same JSON message as every other form, so it carries nothing the JSON does
+/// not (no names: references only, never a decision's note).
+///
+/// | CEF | alert | case | status |
+/// |---|---|---|---|
+/// | signature | `alert:<strongest kind>` | `case:<kind>` | `status:<of>` |
+/// | name | `summary` | `title` | "`<of>` `<id>` `<status>`" |
+/// | severity | low 3, medium 5, high 8, critical 10 | the same | 1 |
+/// | `rt` (ms) | `at` | `at` | `at` |
+/// | `externalId` | `msg_id` | `msg_id` | `msg_id` |
+/// | `cs1` site, `cn2` id | ✓ | ✓ | ✓ |
+/// | `suser` | `user` | `user` | `by` |
+/// | `cs2` patient, `cs3` event_id, `cn1` case_id, `src`, `requestClientApplication`, `start` (`recorded`) | ✓ | | |
+/// | `cfp1` score, `cat` kinds / kind, `act` status, `msg` explanation / narrative | ✓ | ✓ | `act` |
+/// | `outcome` resolution | | ✓ | ✓ |
+/// | `start`, `end` (`first`, `last`), `cnt` alerts, `cn3` patients | | ✓ | |
+pub mod cef {
+    use serde_json::Value;
+
+    use super::{Item, ItemKind};
+    use crate::alerts::Severity;
+
+    /// A header field: `\` and `|` escaped, line breaks as spaces.
+    fn header(v: &str) -> String {
+        let mut out = String::with_capacity(v.len());
+        for c in v.chars() {
+            match c {
+                '\\' | '|' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                '\r' | '\n' => out.push(' '),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// An extension value: `\` and `=` escaped, line breaks as `\n` and `\r`.
+    fn value(v: &str) -> String {
+        let mut out = String::with_capacity(v.len());
+        for c in v.chars() {
+            match c {
+                '\\' | '=' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// CEF severity (0–10) of an item's severity; a decision carries none and is 1.
+    pub fn severity(s: Option<Severity>) -> u8 {
+        match s {
+            Some(Severity::Critical) => 10,
+            Some(Severity::High) => 8,
+            Some(Severity::Medium) => 5,
+            Some(Severity::Low) => 3,
+            None => 1,
+        }
+    }
+
+    /// A field of the message as text (`None`: absent or null).
+    fn text(body: &Value, k: &str) -> Option<String> {
+        match body.get(k)? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Array(a) => Some(
+                a.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(if k == "explanation" { "; " } else { "," }),
+            ),
+            v => Some(v.to_string()),
+        }
+    }
+
+    /// An RFC 3339 field as milliseconds since the epoch (CEF's timestamps).
+    fn millis(body: &Value, k: &str) -> Option<String> {
+        let t = chrono::DateTime::parse_from_rfc3339(body.get(k)?.as_str()?).ok()?;
+        Some(t.timestamp_millis().to_string())
+    }
+
+    /// The CEF line of an item (no syslog header), `version` the product's.
+    pub fn line(item: &Item, version: &str) -> String {
+        let body: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
+        let get = |k: &str| text(&body, k);
+        let (signature, name) = match item.kind {
+            ItemKind::Alert => {
+                let kind = body["kinds"].get(0).and_then(Value::as_str);
+                (
+                    format!("alert:{}", kind.unwrap_or("unusual_pattern")),
+                    get("summary").unwrap_or_default(),
+                )
+            }
+            ItemKind::Case => (
+                format!("case:{}", get("kind").unwrap_or_default()),
+                get("title").unwrap_or_default(),
+            ),
+            ItemKind::Status => {
+                let of = get("of").unwrap_or_default();
+                let name = format!("{of} {} {}", item.id, get("status").unwrap_or_default());
+                (format!("status:{of}"), name)
+            }
+        };
+        let mut ext: Vec<(&str, Option<String>)> = vec![
+            (
+                "rt",
+                millis(&body, "at").or_else(|| Some(item.created_ms.to_string())),
+            ),
+            ("externalId", Some(item.msg_id())),
+            ("cs1Label", Some("site".into())),
+            ("cs1", Some(item.site.clone())),
+            ("cn2Label", Some("id".into())),
+            ("cn2", Some(item.id.to_string())),
+        ];
+        match item.kind {
+            ItemKind::Alert => ext.extend([
+                ("suser", get("user")),
+                ("cs2Label", Some("patient".into())),
+                ("cs2", get("patient")),
+                ("cs3Label", Some("event_id".into())),
+                ("cs3", get("event_id")),
+                ("cn1Label", Some("case_id".into())),
+                ("cn1", get("case_id")),
+                // `src` must be an address; anything else a server wrote stays in the JSON.
+                (
+                    "src",
+                    get("source_ip").filter(|a| a.parse::<std::net::IpAddr>().is_ok()),
+                ),
+                ("requestClientApplication", get("client_app")),
+                ("start", millis(&body, "recorded")),
+                ("cfp1Label", Some("score".into())),
+                ("cfp1", get("score")),
+                ("cat", get("kinds")),
+                ("act", get("status")),
+                ("msg", get("explanation")),
+            ]),
+            ItemKind::Case => ext.extend([
+                ("suser", get("user")),
+                ("start", millis(&body, "first")),
+                ("end", millis(&body, "last")),
+                ("cnt", get("alerts")),
+                ("cn3Label", Some("patients".into())),
+                ("cn3", get("patients")),
+                ("cfp1Label", Some("score".into())),
+                ("cfp1", get("score")),
+                ("cat", get("kind")),
+                ("act", get("status")),
+                ("outcome", get("resolution")),
+                ("msg", get("narrative")),
+            ]),
+            ItemKind::Status => ext.extend([
+                ("suser", get("by")),
+                ("act", get("status")),
+                ("outcome", get("resolution")),
+            ]),
+        }
+        // A label goes out only with its value.
+        let present: Vec<(&str, String)> = ext
+            .iter()
+            .filter(|(k, v)| {
+                v.is_some()
+                    && k.strip_suffix("Label")
+                        .is_none_or(|base| ext.iter().any(|(k2, v2)| *k2 == base && v2.is_some()))
+            })
+            .map(|(k, v)| (*k, v.clone().unwrap_or_default()))
+            .collect();
+        let extension: Vec<String> = present
+            .into_iter()
+            .map(|(k, v)| format!("{k}={}", value(&v)))
+            .collect();
+        format!(
+            "CEF:0|fhir-edge|fhir-edge|{}|{}|{}|{}|{}",
+            header(version),
+            header(&signature),
+            header(&name),
+            severity(item.severity),
+            extension.join(" ")
+        )
     }
 }
 
@@ -381,6 +600,25 @@ mod tests {
             action: Some("R".into()),
             interaction: "read".into(),
             raw: "{\"name\":\"Ann Smith\"}".into(),
+        }
+    }
+
+    /// An outbox item of site `north` holding `body`.
+    fn outbox_item(
+        seq: i64,
+        kind: ItemKind,
+        id: i64,
+        severity: Option<Severity>,
+        body: &Value,
+    ) -> Item {
+        Item {
+            seq,
+            kind,
+            id,
+            site: "north".into(),
+            severity,
+            created_ms: 1_700_000_001_000,
+            body: body.to_string(),
         }
     }
 
@@ -459,18 +697,11 @@ mod tests {
         let mut body = body;
         body["summary"] = json!("a \"quoted\" ] summary");
         body["user"] = json!("Practitioner/\"x]");
-        let item = Item {
-            seq: 1,
-            kind: ItemKind::Alert,
-            id: 12,
-            site: "north".into(),
-            severity: Some(Severity::High),
-            created_ms: 1_700_000_001_000,
-            body: body.to_string(),
-        };
+        let item = outbox_item(1, ItemKind::Alert, 12, Some(Severity::High), &body);
         let m = syslog::format(
             &item,
             syslog::Facility::Authpriv,
+            syslog::Payload::Json,
             "edge 01",
             "fhir-edge",
             42,
@@ -496,5 +727,150 @@ mod tests {
         );
         assert_eq!(syslog::Facility::parse("local8"), None);
         assert_eq!(syslog::Facility::parse("kern"), None);
+    }
+    /// Splits a CEF line into its seven header fields (unescaping `\|`) and its
+    /// extension's key=value pairs (unescaping `\=`, `\\`, `\n`), as a collector does.
+    fn parse_cef(line: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let mut head = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while head.len() < 7 {
+            match chars.next() {
+                Some('\\') => cur.push(chars.next().unwrap()),
+                Some('|') => head.push(std::mem::take(&mut cur)),
+                Some(c) => cur.push(c),
+                None => panic!("short header: {line}"),
+            }
+        }
+        let ext: String = chars.collect();
+        // Keys are the words before an unescaped `=`; a value runs to the next key.
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let (mut word, mut esc) = (String::new(), false);
+        for c in ext.chars() {
+            match (esc, c) {
+                (true, 'n') => (word.push('\n'), esc = false).1,
+                (true, c) => (word.push(c), esc = false).1,
+                (false, '\\') => esc = true,
+                (false, '=') => {
+                    let (value, key) = match word.rsplit_once(' ') {
+                        Some((v, k)) => (v.to_string(), k.to_string()),
+                        None => (String::new(), word.clone()),
+                    };
+                    if let Some(last) = pairs.last_mut() {
+                        last.1 = value;
+                    }
+                    pairs.push((key, String::new()));
+                    word.clear();
+                }
+                (false, c) => word.push(c),
+            }
+        }
+        if let Some(last) = pairs.last_mut() {
+            last.1 = word;
+        }
+        (head, pairs)
+    }
+
+    #[test]
+    fn a_cef_line_carries_each_item_escaped_and_no_names() {
+        let mut a = alert();
+        a.summary = "a|b \\ c".into();
+        a.explanation = vec!["x=1".into(), "two\nlines".into()];
+        a.kinds = vec![crate::alerts::AlertKind::FamilySnooping];
+        a.source_ip = Some("not an address".into());
+        let body = alert_message("north", 12, None, &a, 1_700_000_001_000);
+        let item = outbox_item(1, ItemKind::Alert, 12, Some(Severity::High), &body);
+        let line = cef::line(&item, "0.1.0");
+        assert!(!line.contains("Ann") && !line.contains('\n'), "{line}");
+        let (head, ext) = parse_cef(&line);
+        assert_eq!(
+            head,
+            [
+                "CEF:0",
+                "fhir-edge",
+                "fhir-edge",
+                "0.1.0",
+                "alert:family_snooping",
+                "a|b \\ c",
+                "8"
+            ]
+        );
+        let get = |k: &str| ext.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("externalId"), Some("north.alert.12"));
+        assert_eq!(get("rt"), Some("1700000001000"));
+        assert_eq!(get("start"), Some("1700000000000"));
+        assert_eq!(get("suser"), Some("Practitioner/7"));
+        assert_eq!(
+            (get("cs2Label"), get("cs2")),
+            (Some("patient"), Some("Patient/9"))
+        );
+        assert_eq!(get("cfp1"), Some("3.5"));
+        assert_eq!(get("msg"), Some("x=1; two\nlines"));
+        assert_eq!(get("cat"), Some("family_snooping"));
+        // No case yet: neither the value nor its label; a non-address is not `src`.
+        assert_eq!(
+            (get("cn1"), get("cn1Label"), get("src")),
+            (None, None, None)
+        );
+
+        // A case: its span, size, narrative and resolution.
+        let body = json!({
+            "schema": 1, "site": "north", "type": "case", "id": 4,
+            "at": "2023-11-14T22:13:21.000Z", "title": "looked up a relative",
+            "narrative": "one event", "kind": "family_snooping", "score": 2.0,
+            "severity": "medium", "status": "closed", "resolution": "inappropriate",
+            "user": "Practitioner/7", "first": "2023-11-14T22:00:00Z",
+            "last": "2023-11-14T22:10:00Z", "alerts": 3, "patients": 1, "earlier_cases": 0,
+        });
+        let case = outbox_item(2, ItemKind::Case, 4, Some(Severity::Medium), &body);
+        let (head, ext) = parse_cef(&cef::line(&case, "0.1.0"));
+        assert_eq!(
+            &head[4..],
+            ["case:family_snooping", "looked up a relative", "5"]
+        );
+        let get = |k: &str| ext.iter().find(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("externalId"), Some("north.case.4.2"));
+        assert_eq!(
+            (get("start"), get("end")),
+            (Some("1699999200000"), Some("1699999800000"))
+        );
+        assert_eq!((get("cnt"), get("cn3")), (Some("3"), Some("1")));
+        assert_eq!(
+            (get("act"), get("outcome")),
+            (Some("closed"), Some("inappropriate"))
+        );
+
+        // A decision: who, what; never its note.
+        let body = status_message(
+            "north",
+            ItemKind::Case,
+            4,
+            "closed",
+            Some("appropriate"),
+            Some("po-1"),
+            0,
+        );
+        let status = outbox_item(3, ItemKind::Status, 4, None, &body);
+        let (head, ext) = parse_cef(&cef::line(&status, "0.1.0"));
+        assert_eq!(&head[4..], ["status:case", "case 4 closed", "1"]);
+        assert!(ext.contains(&("suser".into(), "po-1".into())), "{ext:?}");
+        assert!(
+            ext.contains(&("outcome".into(), "appropriate".into())),
+            "{ext:?}"
+        );
+
+        // In syslog: no structured data, the line as MSG.
+        let m = syslog::format(
+            &item,
+            syslog::Facility::Authpriv,
+            syslog::Payload::Cef,
+            "edge",
+            "fhir-edge",
+            1,
+        );
+        assert!(
+            m.starts_with("<83>1 2023-11-14T22:13:21.000Z edge fhir-edge 1 alert - CEF:0|"),
+            "{m}"
+        );
     }
 }
