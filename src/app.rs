@@ -391,6 +391,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         user_card: detector.clone().recipient(),
         add_rule: state.clone().recipient(),
         remove_rule: state.clone().recipient(),
+        backfill: state.clone().recipient(),
         rules_changed: sink.clone().recipient(),
         exporters: crate::export::configured(&cfg)
             .iter()

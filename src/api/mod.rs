@@ -51,6 +51,7 @@ pub struct ApiState {
     pub user_card: Recipient<crate::detector::actor::UserCard>,
     pub add_rule: Recipient<AddAllowRule>,
     pub remove_rule: Recipient<RemoveAllowRule>,
+    pub backfill: Recipient<crate::state::actor::BackfillExport>,
     pub rules_changed: Recipient<AllowListChanged>,
     /// The configured exporters (`nats`, `syslog`), whose standing `/api/health` shows.
     pub exporters: Vec<&'static str>,
@@ -590,6 +591,35 @@ async fn remove_allow(s: web::Data<ApiState>, id: web::Path<i64>) -> HttpRespons
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    /// RFC 3339: alerts stored and cases active from then on.
+    since: String,
+}
+
+/// Send again what was stored since a time to every configured exporter (an exporter
+/// added later, a SIEM that lost its index): `{"since": "2024-05-01T00:00:00Z"}` →
+/// `{"alerts": n, "cases": m}`; 400 when export is off or the outbox has no room for all.
+async fn backfill_export(s: web::Data<ApiState>, body: web::Json<BackfillBody>) -> HttpResponse {
+    let since_ms = match parse_time("since", &body.since) {
+        Ok(t) => t,
+        Err(m) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, m),
+    };
+    match s
+        .backfill
+        .send(crate::state::actor::BackfillExport { since_ms })
+        .await
+    {
+        Ok(Ok(b)) => HttpResponse::Ok().json(b),
+        Ok(Err(e)) => state_err(e),
+        Err(e) => err_json(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ),
+    }
+}
+
 /// Push: an AuditEvent, a Bundle of them, or a subscription notification Bundle. Runs the
 /// same pipeline as polling (de-duplicated against it) and answers once committed.
 async fn notify(s: web::Data<ApiState>, body: web::Bytes) -> HttpResponse {
@@ -682,6 +712,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/api/allowlist", web::get().to(list_allow))
             .route("/api/allowlist", web::post().to(add_allow))
             .route("/api/allowlist/{id}", web::delete().to(remove_allow))
+            .route("/api/export/backfill", web::post().to(backfill_export))
             .route("/fhir/notify", web::post().to(notify))
             .default_service(web::to(not_found)),
     );

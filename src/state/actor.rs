@@ -74,6 +74,15 @@ pub struct CaseDecided {
     pub allowlist: Option<Vec<AllowRule>>,
 }
 
+/// Request: write the alerts stored and the cases active since `since_ms` to the export
+/// outbox again, as they stand now, for an exporter configured after them or a far side
+/// that lost them (`Store::backfill_export`: all or nothing).
+#[derive(Message)]
+#[rtype(result = "Result<fhir_edge_core::state::Backfilled, StateError>")]
+pub struct BackfillExport {
+    pub since_ms: i64,
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<Vec<AllowRule>, StateError>")]
 pub struct AddAllowRule(pub AllowRule);
@@ -294,6 +303,25 @@ impl Handler<SetCaseStatus> for StateActor {
                 implied,
                 allowlist,
             })
+        })
+    }
+}
+
+impl Handler<BackfillExport> for StateActor {
+    type Result = Result<fhir_edge_core::state::Backfilled, StateError>;
+    fn handle(&mut self, msg: BackfillExport, _: &mut Self::Context) -> Self::Result {
+        self.write(|s, now| {
+            let b = s.backfill_export(msg.since_ms, now)?;
+            tracing::info!(
+                actor = "state",
+                alerts = b.alerts,
+                cases = b.cases,
+                "export back-fill: {} alerts and {} cases since {} written to the outbox again",
+                b.alerts,
+                b.cases,
+                fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(msg.since_ms)),
+            );
+            Ok(b)
         })
     }
 }

@@ -785,20 +785,9 @@ fn a_syslog_receiver_gets_every_item_once_and_what_it_missed_while_away() {
     );
 }
 
-/// `format = "cef"`: every item one CEF line after an RFC 5424 header without structured
-/// data; every alert once, found by its signature and id.
-#[test]
-fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
-    let SyslogRun {
-        dir: _dir,
-        state,
-        rx,
-        d,
-        _store,
-    } = syslog_run(3_000, "format = \"cef\"\n");
-    d.term();
-    let alerts: BTreeSet<i64> = stored_alert_ids(&state).into_iter().collect();
-    assert!(!alerts.is_empty());
+/// A CEF receiver's view: each message's `externalId` → how many times, the alert ids
+/// (`cn2` of an `alert:` signature), and how many case messages.
+fn cef_received(rx: &Receiver) -> (BTreeMap<String, usize>, BTreeSet<i64>, usize) {
     let mut ids = BTreeMap::<String, usize>::new();
     let mut got = BTreeSet::new();
     let mut cases = 0;
@@ -809,7 +798,7 @@ fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
             "RFC 5424: {m}"
         );
         assert!(!m.contains('\n') && !m.contains("fhir-edge@32473"), "{m}");
-        // The extension's fields this test reads hold no spaces.
+        // The extension's fields read here hold no spaces.
         let field = |k: &str| {
             cef.split(&format!(" {k}="))
                 .nth(1)
@@ -827,9 +816,58 @@ fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
         }
         cases += usize::from(signature.starts_with("case:"));
     }
+    (ids, got, cases)
+}
+
+/// `format = "cef"`: every item one CEF line after an RFC 5424 header without structured
+/// data; every alert once, found by its signature and id. A back-fill then sends every
+/// alert again under its own message id, and every case as a new version.
+#[test]
+fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
+    let SyslogRun {
+        dir,
+        state,
+        rx,
+        d,
+        _store,
+    } = syslog_run(3_000, "format = \"cef\"\n");
+    let alerts: BTreeSet<i64> = stored_alert_ids(&state).into_iter().collect();
+    assert!(!alerts.is_empty());
+    let (ids, got, cases) = cef_received(&rx);
     assert!(ids.values().all(|k| *k == 1), "an item twice");
     assert_eq!(got, alerts, "every alert once");
     assert!(cases > 0, "cases too");
+
+    let api = api_addr(&dir.path().join("run.log"));
+    let (code, body) = post(&api, "/api/export/backfill", r#"{"since":"yesterday"}"#);
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(
+        &api,
+        "/api/export/backfill",
+        r#"{"since":"2000-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["alerts"], alerts.len());
+    let cases_sent = body["cases"].as_u64().unwrap() as usize;
+    wait_until(T, "the back-fill sent", || {
+        rx.got.lock().unwrap().len() >= ids.len() + alerts.len() + cases_sent
+    });
+    d.term();
+    let (again, got, cases_now) = cef_received(&rx);
+    assert_eq!(got, alerts);
+    for a in &alerts {
+        assert_eq!(
+            again[&format!("north.alert.{a}")],
+            2,
+            "alert {a} twice, by one id"
+        );
+    }
+    assert_eq!(
+        cases_now,
+        cases + cases_sent,
+        "each case once more, as it stands"
+    );
+    assert!(again.values().all(|k| *k <= 2));
 }
 
 #[test]

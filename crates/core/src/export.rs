@@ -25,7 +25,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::alerts::{NewAlert, Severity};
+use crate::alerts::{Alert, NewAlert, Severity};
 use crate::cases::Case;
 
 /// The message schema this build writes.
@@ -123,6 +123,39 @@ pub fn alert_message(site: &str, id: i64, case_id: Option<i64>, a: &NewAlert, at
         "client_app": a.client_app,
         "interaction": a.interaction,
     })
+}
+
+/// The message of an alert stored earlier, as it stands now (a back-fill,
+/// `Store::backfill_export`): the same fields and `msg_id` as when it was stored, with its
+/// current `status`; `at` is when it was stored (`detected_ms`).
+pub fn stored_alert_message(
+    site: &str,
+    a: &Alert,
+    case_id: Option<i64>,
+    (recorded_ms, detected_ms): (i64, i64),
+) -> Value {
+    let fields = NewAlert {
+        event_key: a.event_key.clone(),
+        event_id: a.event_id.clone(),
+        event_version: a.event_version.clone(),
+        recorded_ms,
+        score: a.score,
+        severity: a.severity,
+        summary: a.summary.clone(),
+        explanation: a.explanation.clone(),
+        kinds: a.kinds.clone(),
+        user: a.user.clone(),
+        user_display: None,
+        patient: a.patient.clone(),
+        source_ip: a.source_ip.clone(),
+        client_app: a.client_app.clone(),
+        action: a.action.clone(),
+        interaction: a.interaction.clone(),
+        raw: String::new(),
+    };
+    let mut m = alert_message(site, a.id, case_id, &fields, detected_ms);
+    m["status"] = json!(a.status);
+    m
 }
 
 /// The message of a case as it stands after a change.

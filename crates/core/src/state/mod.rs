@@ -16,7 +16,7 @@ mod care;
 mod cases;
 mod outbox;
 pub use care::CareTypeStatus;
-pub use outbox::{ExportSetup, ExportStatus};
+pub use outbox::{Backfilled, ExportSetup, ExportStatus};
 
 use crate::alerts::{Alert, AlertFilter, NewAlert, Severity, Status};
 
