@@ -12,11 +12,13 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use serde::Serialize;
 
+mod backfill;
 mod care;
 mod cases;
 mod outbox;
+pub use backfill::Backfilled;
 pub use care::CareTypeStatus;
-pub use outbox::{Backfilled, ExportSetup, ExportStatus};
+pub use outbox::{ExportSetup, ExportStatus};
 
 use crate::alerts::{Alert, AlertFilter, NewAlert, Severity, Status};
 
