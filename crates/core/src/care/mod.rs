@@ -161,6 +161,9 @@ struct PatientEntry {
 pub struct Assessment {
     /// The audit user is a known Practitioner.
     pub linked: bool,
+    /// The index holds the user's own Practitioner resource (name, address), so a relative
+    /// or a household of theirs would show as one ([`Personal`]).
+    pub described: bool,
     pub covered: bool,
     pub relation: Option<Relation>,
     pub personal: Option<Personal>,
@@ -514,6 +517,9 @@ impl Index {
         };
         Assessment {
             linked: me.is_some(),
+            described: me
+                .as_deref()
+                .is_some_and(|m| self.practitioners.contains_key(m)),
             covered,
             relation,
             personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),
