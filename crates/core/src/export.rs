@@ -206,6 +206,23 @@ pub fn status_message(
     })
 }
 
+/// A field of a message as text, for the forms that carry fields one by one (syslog's
+/// structured data, CEF's extension): `None` when absent or null; a list joined (`; `
+/// between an explanation's reasons, `,` otherwise).
+fn field_text(body: &Value, k: &str) -> Option<String> {
+    match body.get(k)? {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => Some(
+            a.iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(if k == "explanation" { "; " } else { "," }),
+        ),
+        v => Some(v.to_string()),
+    }
+}
+
 /// One message as the outbox holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -330,13 +347,7 @@ pub mod syslog {
             ("id", item.id.to_string()),
             ("msg_id", item.msg_id()),
         ];
-        let field = |k: &str| -> Option<String> {
-            match body.get(k)? {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(s.clone()),
-                v => Some(v.to_string()),
-            }
-        };
+        let field = |k: &str| super::field_text(body, k);
         let keys: &[&'static str] = match item.kind {
             ItemKind::Alert => &[
                 "event_id", "severity", "score", "status", "user", "patient", "recorded", "case_id",
@@ -489,21 +500,6 @@ pub mod cef {
         }
     }
 
-    /// A field of the message as text (`None`: absent or null).
-    fn text(body: &Value, k: &str) -> Option<String> {
-        match body.get(k)? {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            Value::Array(a) => Some(
-                a.iter()
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
-                    .collect::<Vec<_>>()
-                    .join(if k == "explanation" { "; " } else { "," }),
-            ),
-            v => Some(v.to_string()),
-        }
-    }
-
     /// An RFC 3339 field as milliseconds since the epoch (CEF's timestamps).
     fn millis(body: &Value, k: &str) -> Option<String> {
         let t = chrono::DateTime::parse_from_rfc3339(body.get(k)?.as_str()?).ok()?;
@@ -513,7 +509,7 @@ pub mod cef {
     /// The CEF line of an item (no syslog header), `version` the product's.
     pub fn line(item: &Item, version: &str) -> String {
         let body: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
-        let get = |k: &str| text(&body, k);
+        let get = |k: &str| super::field_text(&body, k);
         let (signature, name) = match item.kind {
             ItemKind::Alert => {
                 let kind = body["kinds"].get(0).and_then(Value::as_str);
