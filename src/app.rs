@@ -392,6 +392,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         add_rule: state.clone().recipient(),
         remove_rule: state.clone().recipient(),
         backfill: state.clone().recipient(),
+        backfilling: Default::default(),
         rules_changed: sink.clone().recipient(),
         exporters: crate::export::configured(&cfg)
             .iter()

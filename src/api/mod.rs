@@ -52,6 +52,8 @@ pub struct ApiState {
     pub add_rule: Recipient<AddAllowRule>,
     pub remove_rule: Recipient<RemoveAllowRule>,
     pub backfill: Recipient<crate::state::actor::BackfillExport>,
+    /// Set while a back-fill of the export runs (one at a time).
+    pub backfilling: Arc<std::sync::atomic::AtomicBool>,
     pub rules_changed: Recipient<AllowListChanged>,
     /// The configured exporters (`nats`, `syslog`), whose standing `/api/health` shows.
     pub exporters: Vec<&'static str>,
@@ -600,22 +602,49 @@ struct BackfillBody {
 
 /// Send again what was stored since a time to every configured exporter (an exporter
 /// added later, a SIEM that lost its index): `{"since": "2024-05-01T00:00:00Z"}` →
-/// `{"alerts": n, "cases": m}`; 400 when export is off or the outbox has no room for all.
+/// `{"alerts": n, "cases": m}` once written; 400 when export is off or the outbox has no
+/// room for all, 409 while another runs. It runs to its end (in steps, logged) even when
+/// the client stops waiting.
 async fn backfill_export(s: web::Data<ApiState>, body: web::Json<BackfillBody>) -> HttpResponse {
+    use actix_web::http::StatusCode as S;
     let since_ms = match parse_time("since", &body.since) {
         Ok(t) => t,
-        Err(m) => return err_json(actix_web::http::StatusCode::BAD_REQUEST, m),
+        Err(m) => return err_json(S::BAD_REQUEST, m),
     };
-    match s
-        .backfill
-        .send(crate::state::actor::BackfillExport { since_ms })
-        .await
+    if s.backfilling
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
     {
+        return err_json(
+            S::CONFLICT,
+            "a back-fill is running: wait for its end (the journal logs its progress)",
+        );
+    }
+    let (state, running) = (s.backfill.clone(), s.backfilling.clone());
+    let run = actix_web::rt::spawn(async move {
+        let res = crate::state::actor::run_backfill(&state, since_ms).await;
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        res
+    });
+    match run.await {
         Ok(Ok(b)) => HttpResponse::Ok().json(b),
-        Ok(Err(e)) => state_err(e),
+        Ok(Err((e, written))) if written.items() == 0 => state_err(e),
+        Ok(Err((e, written))) => {
+            tracing::warn!(
+                actor = "api",
+                error_kind = e.kind(),
+                "export back-fill stopped after {} alerts and {} cases: {e}",
+                written.alerts,
+                written.cases
+            );
+            HttpResponse::ServiceUnavailable().json(json!({
+                "error": e.to_string(),
+                "alerts": written.alerts,
+                "cases": written.cases,
+            }))
+        }
         Err(e) => err_json(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
+            S::INTERNAL_SERVER_ERROR,
+            format!("the back-fill failed: {e}"),
         ),
     }
 }

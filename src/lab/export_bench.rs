@@ -33,6 +33,12 @@ pub struct ExportBenchOptions {
     /// Items per batch (`[export] batch`).
     #[arg(long, default_value_t = 256)]
     pub batch: u32,
+    /// Instead: a back-fill of the export (`POST /api/export/backfill`) of `--alerts`
+    /// alerts stored before export was configured, in the daemon's steps and in one
+    /// transaction; its time, its longest step (the state writes wait that long) and the
+    /// memory it takes.
+    #[arg(long)]
+    pub backfill: bool,
 }
 
 fn alert(i: usize, now_ms: i64) -> NewAlert {
@@ -60,14 +66,19 @@ fn alert(i: usize, now_ms: i64) -> NewAlert {
     }
 }
 
-/// Fill a fresh outbox in `dir` for `exporter`; the number of items.
-fn fill(dir: &std::path::Path, exporter: &str, alerts: usize) -> anyhow::Result<u64> {
-    let mut store = Store::open(dir)?;
-    store.set_export(Some(fhir_edge_core::state::ExportSetup {
+fn bench_setup(exporter: &str) -> fhir_edge_core::state::ExportSetup {
+    fhir_edge_core::state::ExportSetup {
         site: "bench".into(),
         exporters: vec![exporter.into()],
         max_items: 100_000_000,
-    }));
+    }
+}
+
+/// Fill a fresh outbox in `dir` for `exporter`; the number of items. Without an exporter,
+/// the alerts and cases are stored and nothing is exported.
+fn fill(dir: &std::path::Path, exporter: Option<&str>, alerts: usize) -> anyhow::Result<u64> {
+    let mut store = Store::open(dir)?;
+    store.set_export(exporter.map(bench_setup));
     let now = chrono::Utc::now().timestamp_millis();
     for chunk in (0..alerts).collect::<Vec<_>>().chunks(500) {
         let batch = BatchCommit {
@@ -84,6 +95,9 @@ fn fill(dir: &std::path::Path, exporter: &str, alerts: usize) -> anyhow::Result<
         };
         store.commit_batch(&batch, now)?;
     }
+    let Some(exporter) = exporter else {
+        return Ok(0);
+    };
     let r = Reader::open(dir)?;
     Ok(r.export_status(&[exporter])?
         .into_iter()
@@ -184,7 +198,61 @@ impl Target {
     }
 }
 
+/// The resident and peak resident memory of this process, in KiB (`/proc/self/status`).
+fn rss_kib() -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/self/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A back-fill of `alerts` stored alerts (and their cases) in steps of `step` items.
+fn backfill(alerts: usize, step: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    fill(dir.path(), None, alerts)?;
+    let mut store = Store::open(dir.path())?;
+    store.set_export(Some(bench_setup("syslog")));
+    // Reset the peak to now (Linux: `5` to clear_refs), so the peak is the back-fill's.
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    let (before, _) = rss_kib()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let started = Instant::now();
+    let mut b = store.plan_backfill(0)?;
+    let mut longest = started.elapsed();
+    let mut steps = 0;
+    while !b.done() {
+        let t = Instant::now();
+        store.backfill_step(&mut b, step, now)?;
+        longest = longest.max(t.elapsed());
+        steps += 1;
+    }
+    let took = started.elapsed();
+    let (_, peak) = rss_kib()?;
+    println!(
+        "back-fill of {} items ({} alerts, {} cases) in {steps} steps of {step}: {:.2} s, \
+         longest step {:.1} ms, peak memory +{:.1} MiB",
+        b.written.items(),
+        b.written.alerts,
+        b.written.cases,
+        took.as_secs_f64(),
+        longest.as_secs_f64() * 1e3,
+        peak.saturating_sub(before) as f64 / 1024.0
+    );
+    Ok(())
+}
+
 pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
+    if o.backfill {
+        eprintln!("back-fill: storing {} alerts and their cases…", o.alerts);
+        backfill(o.alerts, fhir_edge_core::state::BACKFILL_STEP)?;
+        eprintln!("back-fill in one transaction: storing them again…");
+        return backfill(o.alerts, usize::MAX);
+    }
     if o.nats.is_none() && !o.syslog {
         anyhow::bail!("nothing to measure: give --nats URL and/or --syslog");
     }
@@ -201,7 +269,7 @@ pub fn run(o: &ExportBenchOptions) -> anyhow::Result<()> {
             "{exporter}: filling the outbox with {} alerts and their cases…",
             o.alerts
         );
-        let items = fill(dir.path(), exporter, o.alerts)?;
+        let items = fill(dir.path(), Some(exporter), o.alerts)?;
         let mut cfg = Config::for_server("http://127.0.0.1:1/fhir", dir.path());
         cfg.site.name = Some("bench".into());
         cfg.export.batch = o.batch;

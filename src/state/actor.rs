@@ -9,7 +9,8 @@ use crate::health::{ActorId, Health, Heartbeat};
 use fhir_edge_core::alerts::{AllowRule, Status};
 use fhir_edge_core::clock::SharedClock;
 use fhir_edge_core::state::{
-    BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenKey, SeenReader, StateError, Store,
+    Backfill, Backfilled, BatchCommit, BatchOutcome, KeyStatus, PollCommit, SeenKey, SeenReader,
+    StateError, Store, BACKFILL_STEP,
 };
 
 /// Request: whether each fetched event is new, seen, or to replay (`KeyStatus`), in order.
@@ -74,13 +75,16 @@ pub struct CaseDecided {
     pub allowlist: Option<Vec<AllowRule>>,
 }
 
-/// Request: write the alerts stored and the cases active since `since_ms` to the export
-/// outbox again, as they stand now, for an exporter configured after them or a far side
-/// that lost them (`Store::backfill_export`: all or nothing).
+/// Request: a back-fill of the export, for an exporter configured after what was stored
+/// or a far side that lost it. `Plan` counts the alerts stored and the cases active since
+/// `since_ms` and refuses unless the outbox has room for all; `Step` writes the next
+/// `BACKFILL_STEP` items of a plan (one transaction), so the pipeline's commits go on
+/// between the steps ([`run_backfill`] sends them).
 #[derive(Message)]
-#[rtype(result = "Result<fhir_edge_core::state::Backfilled, StateError>")]
-pub struct BackfillExport {
-    pub since_ms: i64,
+#[rtype(result = "Result<Backfill, StateError>")]
+pub enum BackfillExport {
+    Plan { since_ms: i64 },
+    Step(Backfill),
 }
 
 #[derive(Message)]
@@ -308,22 +312,69 @@ impl Handler<SetCaseStatus> for StateActor {
 }
 
 impl Handler<BackfillExport> for StateActor {
-    type Result = Result<fhir_edge_core::state::Backfilled, StateError>;
+    type Result = Result<Backfill, StateError>;
     fn handle(&mut self, msg: BackfillExport, _: &mut Self::Context) -> Self::Result {
-        self.write(|s, now| {
-            let b = s.backfill_export(msg.since_ms, now)?;
+        match msg {
+            BackfillExport::Plan { since_ms } => self.store.plan_backfill(since_ms),
+            BackfillExport::Step(mut b) => self.write(|s, now| {
+                s.backfill_step(&mut b, BACKFILL_STEP, now)?;
+                Ok(b)
+            }),
+        }
+    }
+}
+
+/// Run a back-fill of the export to its end: plan it, then send its steps one by one,
+/// logging the start, the progress every `PROGRESS` and the end. `Err` says why it
+/// stopped and what it had written by then (whole steps: running it again sends those
+/// again, which receivers drop or take as a newer version).
+pub async fn run_backfill(
+    state: &Recipient<BackfillExport>,
+    since_ms: i64,
+) -> Result<Backfilled, (StateError, Backfilled)> {
+    const PROGRESS: std::time::Duration = std::time::Duration::from_secs(10);
+    let gone = |e: MailboxError| StateError::Invalid(format!("the state actor is gone ({e})"));
+    let since = fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(since_ms));
+    let mut b = match state.send(BackfillExport::Plan { since_ms }).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return Err((e, Backfilled::default())),
+        Err(e) => return Err((gone(e), Backfilled::default())),
+    };
+    tracing::info!(
+        actor = "state",
+        alerts = b.total.alerts,
+        cases = b.total.cases,
+        "export back-fill since {since}: {} alerts and {} cases to write to the outbox again",
+        b.total.alerts,
+        b.total.cases,
+    );
+    let mut said = std::time::Instant::now();
+    while !b.done() {
+        let written = b.written;
+        b = match state.send(BackfillExport::Step(b)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err((e, written)),
+            Err(e) => return Err((gone(e), written)),
+        };
+        if said.elapsed() >= PROGRESS && !b.done() {
+            said = std::time::Instant::now();
             tracing::info!(
                 actor = "state",
-                alerts = b.alerts,
-                cases = b.cases,
-                "export back-fill: {} alerts and {} cases since {} written to the outbox again",
-                b.alerts,
-                b.cases,
-                fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(msg.since_ms)),
+                "export back-fill since {since}: {} of {} items written",
+                b.written.items(),
+                b.total.items(),
             );
-            Ok(b)
-        })
+        }
     }
+    tracing::info!(
+        actor = "state",
+        alerts = b.written.alerts,
+        cases = b.written.cases,
+        "export back-fill: {} alerts and {} cases since {since} written to the outbox again",
+        b.written.alerts,
+        b.written.cases,
+    );
+    Ok(b.written)
 }
 
 impl Handler<AddAllowRule> for StateActor {

@@ -868,6 +868,13 @@ fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
         "each case once more, as it stands"
     );
     assert!(again.values().all(|k| *k <= 2));
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    for said in [
+        "cases to write to the outbox again",
+        "written to the outbox again",
+    ] {
+        assert!(log.contains(said), "the log says the back-fill's {said:?}");
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ mod backfill;
 mod care;
 mod cases;
 mod outbox;
-pub use backfill::Backfilled;
+pub use backfill::{Backfill, Backfilled, BACKFILL_STEP};
 pub use care::CareTypeStatus;
 pub use outbox::{ExportSetup, ExportStatus};
 
