@@ -753,8 +753,7 @@ fn score_cmd(
                     r.user.as_deref(),
                     r.patient.as_deref(),
                     r.recorded.timestamp_millis(),
-                    sev,
-                    kind,
+                    (sev, kind, v.self_corroborated),
                 )
             })
         })

@@ -269,6 +269,9 @@ pub struct NewAlert {
     pub action: Option<String>,
     pub interaction: String,
     pub raw: String,
+    /// Evidence twice over on its own, so that its case need not wait for corroboration
+    /// (`detector::corroborates_itself`); used when filing it, not stored.
+    pub self_corroborated: bool,
 }
 
 /// A stored alert, as the API and `fhir-edge alerts --json` show it.
@@ -403,6 +406,7 @@ mod tests {
             action: None,
             interaction: "read".into(),
             raw: String::new(),
+            self_corroborated: false,
         };
         let r = AllowRule {
             user: Some("Practitioner/1".into()),

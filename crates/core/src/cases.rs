@@ -17,7 +17,8 @@
 //! behind it — is *watched*, not queued: it waits for
 //! corroboration (an alert of the user within the window about another patient or of
 //! another behaviour, which makes it `new`; the same look at the same record continued is
-//! not corroboration) and is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
+//! not corroboration; an access at an unusual hour in a session begun at an hour the user
+//! never begins one corroborates itself) and is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
 //! its first alert. After a case of the user was closed as inappropriate, the user's cases
 //! for `HISTORY_DAYS` go to the queue at once, one severity higher ([`raised`]).
 
@@ -150,6 +151,14 @@ impl Corroboration {
     pub fn add(&mut self, patient: Option<&str>, kind: AlertKind) -> bool {
         self.corroborated |= self.independent(patient, kind);
         self.corroborated
+    }
+
+    /// An alert that corroborates itself joined: one whose behaviour needs corroboration
+    /// but which carries a second, independent piece of evidence (an access at an unusual
+    /// hour in a session begun at an hour the user never begins one:
+    /// `detector::corroborates_itself`).
+    pub fn itself(&mut self) {
+        self.corroborated = true;
     }
 
     pub fn corroborated(&self) -> bool {
@@ -565,17 +574,17 @@ impl Grouper {
         }
     }
 
-    /// The case number (from 1) of an alert of `user` about `patient` at `at_ms`.
+    /// The case number (from 1) of an alert of `user` about `patient` at `at_ms`;
+    /// `itself` when the alert corroborates itself (see [`Corroboration::itself`]).
     pub fn assign(
         &mut self,
         user: Option<&str>,
         patient: Option<&str>,
         at_ms: i64,
-        severity: Severity,
-        kind: AlertKind,
+        (severity, kind, itself): (Severity, AlertKind, bool),
     ) -> u64 {
         let key = user.unwrap_or("").to_string();
-        match self.open.get_mut(&key) {
+        let id = match self.open.get_mut(&key) {
             Some((id, first, last)) if self.rule.joins(*first, *last, at_ms) => {
                 *first = (*first).min(at_ms);
                 *last = (*last).max(at_ms);
@@ -591,7 +600,11 @@ impl Grouper {
                 self.open.insert(key, (id, at_ms, at_ms));
                 id
             }
+        };
+        if itself {
+            self.cases[id as usize - 1].2.itself();
         }
+        id
     }
 
     /// Cases so far.
@@ -639,7 +652,12 @@ mod tests {
         );
         let mut g = Grouper::new(r);
         let mut at = |user: &str, t: i64| {
-            g.assign(Some(user), None, t, Severity::Low, AlertKind::BulkAccess)
+            g.assign(
+                Some(user),
+                None,
+                t,
+                (Severity::Low, AlertKind::BulkAccess, false),
+            )
         };
         let a = at("Practitioner/1", 0);
         assert_eq!(at("Practitioner/1", 7 * H), a);
@@ -703,25 +721,27 @@ mod tests {
             Some("u"),
             Some("Patient/1"),
             0,
-            Severity::Low,
-            WatchedRecord,
+            (Severity::Low, WatchedRecord, false),
         );
         assert!(!g.is_queued(c));
-        g.assign(Some("u"), Some("Patient/1"), H, Severity::Low, AfterHours);
+        g.assign(
+            Some("u"),
+            Some("Patient/1"),
+            H,
+            (Severity::Low, AfterHours, false),
+        );
         assert!(g.is_queued(c), "another behaviour");
         let c = g.assign(
             Some("v"),
             Some("Patient/1"),
             0,
-            Severity::Low,
-            CrossDepartment,
+            (Severity::Low, CrossDepartment, false),
         );
         g.assign(
             Some("v"),
             Some("Patient/1"),
             H,
-            Severity::Low,
-            CrossDepartment,
+            (Severity::Low, CrossDepartment, false),
         );
         assert!(
             !g.is_queued(c),
@@ -731,10 +751,26 @@ mod tests {
             Some("v"),
             Some("Patient/2"),
             2 * H,
-            Severity::Low,
-            CrossDepartment,
+            (Severity::Low, CrossDepartment, false),
         );
         assert!(g.is_queued(c), "another patient");
+        let c = g.assign(
+            Some("w"),
+            Some("Patient/1"),
+            0,
+            (Severity::Low, AfterHours, false),
+        );
+        assert!(!g.is_queued(c), "one access at an unusual hour");
+        let c = g.assign(
+            Some("x"),
+            Some("Patient/1"),
+            0,
+            (Severity::Low, AfterHours, true),
+        );
+        assert!(
+            g.is_queued(c),
+            "in a session begun at an hour never begun at"
+        );
     }
 
     #[test]

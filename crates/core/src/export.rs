@@ -152,6 +152,7 @@ pub fn stored_alert_message(
         action: a.action.clone(),
         interaction: a.interaction.clone(),
         raw: String::new(),
+        self_corroborated: false,
     };
     let mut m = alert_message(site, a.id, case_id, &fields, detected_ms);
     m["status"] = json!(a.status);
@@ -629,6 +630,7 @@ mod tests {
             action: Some("R".into()),
             interaction: "read".into(),
             raw: "{\"name\":\"Ann Smith\"}".into(),
+            self_corroborated: false,
         }
     }
 

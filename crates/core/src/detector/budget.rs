@@ -68,6 +68,8 @@ pub struct Candidate {
     pub at_ms: i64,
     pub ratio: f32,
     pub kind: AlertKind,
+    /// Whether it corroborates itself (`super::corroborates_itself`).
+    pub itself: bool,
 }
 
 /// The events of the second half of the training window (`records` and their feature
@@ -102,12 +104,14 @@ pub fn candidates(
             let ratio = s.score / model.meta.threshold;
             if Severity::from_ratio(ratio as f64).is_some() {
                 let r = &records[*i];
+                let kind = s.strongest_kind();
                 out.push(Candidate {
                     user: r.user.clone(),
                     patient: r.patient.clone(),
                     at_ms: r.recorded.timestamp_millis(),
                     ratio,
-                    kind: s.strongest_kind(),
+                    kind,
+                    itself: super::corroborates_itself(kind, &rows[*i]),
                 });
             }
         }
@@ -137,8 +141,7 @@ fn replay<'a>(candidates: &'a [Candidate], raises: &Raises, rule: CaseRule) -> V
                 c.user.as_deref(),
                 c.patient.as_deref(),
                 c.at_ms,
-                sev,
-                c.kind,
+                (sev, c.kind, c.itself),
             ) as usize;
             if id > cases.len() {
                 cases.push((c.user.as_deref(), ratio, c.kind));
@@ -258,6 +261,7 @@ mod tests {
             at_ms,
             ratio,
             kind,
+            itself: false,
         }
     }
 

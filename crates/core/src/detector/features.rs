@@ -1171,6 +1171,13 @@ fn odd_hour_habit(u: &UserState, hour: u32, began: u32, own_current: f32) -> Opt
     (n >= 1.0).then(|| (n as u32, (-(n / total).ln()).clamp(0.0, 10.0)))
 }
 
+/// The session-start rarity of a session begun at an hour at which none of a user's
+/// `MATURE_SESSIONS` earlier sessions began (or at most one of about fifty): what makes an
+/// access at an unusual hour evidence twice over (see `super::corroborates_itself`).
+pub fn unprecedented_start() -> f32 {
+    rarity(0.0, MATURE_SESSIONS, 24.0)
+}
+
 fn rarity(count: f32, total: f32, bins: f32) -> f32 {
     let p = (count + 0.5) / (total + 0.5 * bins);
     (-p.ln()).clamp(0.0, 10.0)
@@ -3360,6 +3367,13 @@ mod tests {
             .collect();
         assert!(late < 0.5, "a late shift starts as usual: {late}");
         assert!(night.iter().all(|v| *v > 3.0), "{night:?}");
+        // None of the 21 earlier sessions began at 02:00: the start is unprecedented (an
+        // after-hours alert there corroborates itself); the late shift's is not.
+        assert!(
+            night.iter().all(|v| *v >= unprecedented_start()) && late < unprecedented_start(),
+            "{night:?} {late} against {}",
+            unprecedented_start()
+        );
         assert!(
             night.iter().all(|v| (v - night[0]).abs() < 1e-6),
             "{night:?}"
@@ -3400,6 +3414,8 @@ mod tests {
             called_start < 2.2 && never_start > 3.5,
             "{called_start} vs {never_start}"
         );
+        // Called in before: not an unprecedented start; never there at night: one.
+        assert!(called_start < unprecedented_start() && never_start >= unprecedented_start());
         assert!(
             called_hour < 2.2 && never_hour > 5.0,
             "{called_hour} vs {never_hour}"

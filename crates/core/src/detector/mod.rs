@@ -31,12 +31,27 @@ pub struct ScoredEvent {
     pub explanation: Vec<String>,
     /// The behaviours behind the explanation's reasons, in the same order.
     pub kinds: Vec<AlertKind>,
+    /// Evidence twice over on its own: its case goes to the queue without waiting for
+    /// corroboration ([`corroborates_itself`]).
+    pub self_corroborated: bool,
     /// Learned already by the baselines the context started from: not scored (score 0),
     /// never alerted, not learned again; committed so it is not met again.
     pub passed_over: bool,
     /// Above the threshold, but not alerted: the detector is learning the site and the
     /// reason needs a baseline it does not have yet (see `Detector::learning`).
     pub held: bool,
+}
+
+/// Whether an alert of behaviour `kind` with feature row `row` carries a second,
+/// independent piece of evidence in itself, so that its case need not wait for another
+/// alert to corroborate it ([`crate::cases::queued`]): an access at an unusual hour in a
+/// session begun at an hour the user has never, or almost never, begun one (the session's
+/// start at least as rare as none of ten; `features::unprecedented_start`). A shift running
+/// late keeps its usual start and stays watched; a login on a day off or in the night to
+/// open a record does not. The alert's explanation states the session's start.
+pub fn corroborates_itself(kind: AlertKind, row: &[f32; N_FEATURES]) -> bool {
+    kind == AlertKind::AfterHours
+        && row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
 }
 
 /// Whether an alert stands without any site baseline: a burst of failed logins or a bulk
@@ -177,6 +192,7 @@ impl Detector {
             summary: String::new(),
             explanation: Vec::new(),
             kinds: Vec::new(),
+            self_corroborated: false,
             passed_over: true,
             held: false,
         });
@@ -198,6 +214,7 @@ impl Detector {
                     },
                     explanation: v.explanation,
                     kinds: v.kinds,
+                    self_corroborated: v.self_corroborated,
                     passed_over: false,
                     held,
                 }
@@ -215,6 +232,8 @@ pub struct Verdict {
     pub severity: Option<Severity>,
     pub explanation: Vec<String>,
     pub kinds: Vec<AlertKind>,
+    /// Evidence twice over on its own ([`corroborates_itself`]).
+    pub self_corroborated: bool,
 }
 
 /// Which verdicts get their explanation in words.
@@ -238,8 +257,8 @@ fn judge(
     Ok(model
         .score(rows)?
         .into_iter()
-        .zip(facts.iter().zip(records))
-        .map(|(s, (f, r))| {
+        .zip(rows.iter().zip(facts.iter().zip(records)))
+        .map(|(s, (row, (f, r)))| {
             let score = s.score / model.meta.threshold_for(&s);
             let severity = Severity::from_ratio(score as f64);
             let (explanation, kinds) = if severity.is_some() || which == Explain::All {
@@ -247,11 +266,14 @@ fn judge(
             } else {
                 (Vec::new(), Vec::new())
             };
+            let self_corroborated =
+                severity.is_some() && corroborates_itself(AlertKind::strongest(&kinds), row);
             Verdict {
                 score,
                 severity,
                 explanation,
                 kinds,
+                self_corroborated,
             }
         })
         .collect())
@@ -906,6 +928,26 @@ mod tests {
             explain(&c, &facts, &rec).0[0],
             crate::care::Personal::NamedRelative.words()
         );
+    }
+
+    /// An alert for an unusual hour corroborates itself only where its session began at
+    /// an hour the user has (almost) never begun one; no other behaviour does by it.
+    #[test]
+    fn an_unusual_hour_corroborates_itself_only_in_a_session_begun_at_an_unprecedented_hour() {
+        let at = |rarity: f32| {
+            let mut row = [0f32; N_FEATURES];
+            row[Feature::SessionStartRarity.index()] = rarity;
+            row
+        };
+        let mark = features::unprecedented_start();
+        // -ln(0.5 / 22): none of ten sessions began at that hour.
+        assert!((mark - 3.784).abs() < 0.01, "{mark}");
+        assert!(corroborates_itself(AlertKind::AfterHours, &at(mark)));
+        assert!(corroborates_itself(AlertKind::AfterHours, &at(6.0)));
+        // One of ten began then: a habit, however thin.
+        assert!(!corroborates_itself(AlertKind::AfterHours, &at(2.69)));
+        assert!(!corroborates_itself(AlertKind::CrossDepartment, &at(6.0)));
+        assert!(!corroborates_itself(AlertKind::WatchedRecord, &at(6.0)));
     }
 
     #[test]

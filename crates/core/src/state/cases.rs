@@ -31,6 +31,7 @@ pub(super) fn file(
         severity: a.severity,
         kind: AlertKind::strongest(&a.kinds),
         patient: a.patient.clone(),
+        itself: a.self_corroborated,
     };
     file_one(tx, alert_id, user.unwrap_or(""), filed, rule)
 }
@@ -44,6 +45,8 @@ struct Filed {
     /// Its strongest behaviour.
     kind: AlertKind,
     patient: Option<String>,
+    /// It corroborates itself (`Corroboration::itself`).
+    itself: bool,
 }
 
 /// When a case of `user` other than `case` was last closed as inappropriate, from
@@ -123,7 +126,7 @@ fn file_one(
             // its own, brings the case to the queue.
             let to_queue = status == CaseStatus::Watching
                 && queued(
-                    corroborates(conn, id, a.patient.as_deref(), a.kind)?,
+                    a.itself || corroborates(conn, id, a.patient.as_deref(), a.kind)?,
                     severity,
                     a.kind,
                 );
@@ -137,7 +140,7 @@ fn file_one(
             id
         }
         _ => {
-            let status = if flagged || queued(false, severity, a.kind) {
+            let status = if flagged || queued(a.itself, severity, a.kind) {
                 CaseStatus::New
             } else {
                 CaseStatus::Watching
@@ -180,6 +183,7 @@ pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(),
                 severity: Severity::from_i64(r.get(4)?),
                 kind: AlertKind::strongest(&kinds),
                 patient: r.get(6)?,
+                itself: false,
             };
             Ok((r.get(0)?, r.get(1)?, filed))
         })?;

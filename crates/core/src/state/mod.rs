@@ -1336,6 +1336,7 @@ mod tests {
             action: Some("R".into()),
             interaction: "read".into(),
             raw: "{}".into(),
+            self_corroborated: false,
         }
     }
 
@@ -1383,13 +1384,21 @@ mod tests {
             let patient = (!rng.chance(0.1)).then(|| format!("Patient/{}", rng.below(3)));
             let kind = *rng.pick(&[CrossDepartment, AfterHours, VipSnooping, BulkAccess]);
             let severity = *rng.pick(&[Severity::Low, Severity::Low, Severity::Medium]);
+            // Now and then an access at an unusual hour that corroborates itself.
+            let itself = kind == AfterHours && rng.chance(0.2);
             let a = NewAlert {
                 kinds: vec![kind],
                 patient: patient.clone(),
+                self_corroborated: itself,
                 ..alert_at(&format!("e{i}|1"), &user, at, severity)
             };
             s.commit_batch(&batch_of(vec![a]), i + 1).unwrap();
-            let c = g.assign(Some(&user), patient.as_deref(), at, severity, kind);
+            let c = g.assign(
+                Some(&user),
+                patient.as_deref(),
+                at,
+                (severity, kind, itself),
+            );
             grouped.insert(format!("e{i}"), c);
         }
         let r = Reader::open(d.path()).unwrap();
