@@ -112,7 +112,8 @@ fn snapshot_bytes(conn: &rusqlite::Connection, state: &Path) -> u64 {
     .map_or(0, |m| m.len())
 }
 
-fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
+pub(crate) fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with(key))?

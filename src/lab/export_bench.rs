@@ -201,13 +201,9 @@ impl Target {
 
 /// The resident and peak resident memory of this process, in KiB (`/proc/self/status`).
 fn rss_kib() -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/self/status"))
+    let field = |key: &str| {
+        super::bench::proc_status_kb(std::process::id(), key)
+            .ok_or_else(|| anyhow::anyhow!("no {key} in /proc/self/status"))
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
@@ -234,9 +230,14 @@ fn backfill(alerts: usize, step: usize) -> anyhow::Result<()> {
     }
     let took = started.elapsed();
     let (_, peak) = rss_kib()?;
+    let how = if step == usize::MAX {
+        "in one transaction".to_string()
+    } else {
+        format!("in {steps} steps of {step}")
+    };
     println!(
-        "back-fill of {} items ({} alerts, {} cases) in {steps} steps of {step}: {:.2} s, \
-         longest step {:.1} ms, peak memory +{:.1} MiB",
+        "back-fill of {} items ({} alerts, {} cases) {how}: {:.2} s, longest step {:.1} ms, \
+         peak memory +{:.1} MiB",
         b.written.items(),
         b.written.alerts,
         b.written.cases,
