@@ -629,13 +629,7 @@ async fn backfill_export(s: web::Data<ApiState>, body: web::Json<BackfillBody>) 
         Ok(Ok(b)) => HttpResponse::Ok().json(b),
         Ok(Err((e, written))) if written.items() == 0 => state_err(e),
         Ok(Err((e, written))) => {
-            tracing::warn!(
-                actor = "api",
-                error_kind = e.kind(),
-                "export back-fill stopped after {} alerts and {} cases: {e}",
-                written.alerts,
-                written.cases
-            );
+            // run_backfill logged where it stopped.
             HttpResponse::ServiceUnavailable().json(json!({
                 "error": e.to_string(),
                 "alerts": written.alerts,

@@ -325,9 +325,10 @@ impl Handler<BackfillExport> for StateActor {
 }
 
 /// Run a back-fill of the export to its end: plan it, then send its steps one by one,
-/// logging the start, the progress every `PROGRESS` and the end. `Err` says why it
-/// stopped and what it had written by then (whole steps: running it again sends those
-/// again, which receivers drop or take as a newer version).
+/// logging the start, the progress every `PROGRESS`, and the end or why it stopped half
+/// way (also when no client waits for it any more). `Err` says why it stopped and what it
+/// had written by then (whole steps: running it again sends those again, which receivers
+/// drop or take as a newer version).
 pub async fn run_backfill(
     state: &Recipient<BackfillExport>,
     since_ms: i64,
@@ -350,11 +351,24 @@ pub async fn run_backfill(
     );
     let mut said = std::time::Instant::now();
     while !b.done() {
-        let written = b.written;
+        let (written, total) = (b.written, b.total);
+        let stopped = |e: StateError| {
+            tracing::warn!(
+                actor = "state",
+                error_kind = e.kind(),
+                "export back-fill since {since} stopped after {} of {} items ({} alerts, {} \
+                 cases): {e}; run it again when that is mended (receivers drop what goes twice)",
+                written.items(),
+                total.items(),
+                written.alerts,
+                written.cases,
+            );
+            Err((e, written))
+        };
         b = match state.send(BackfillExport::Step(b)).await {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Err((e, written)),
-            Err(e) => return Err((gone(e), written)),
+            Ok(Err(e)) => return stopped(e),
+            Err(e) => return stopped(gone(e)),
         };
         if said.elapsed() >= PROGRESS && !b.done() {
             said = std::time::Instant::now();
