@@ -334,13 +334,17 @@ pub async fn run_backfill(
     since_ms: i64,
 ) -> Result<Backfilled, (StateError, Backfilled)> {
     const PROGRESS: std::time::Duration = std::time::Duration::from_secs(10);
-    let gone = |e: MailboxError| StateError::Invalid(format!("the state actor is gone ({e})"));
-    let since = fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(since_ms));
-    let mut b = match state.send(BackfillExport::Plan { since_ms }).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err((e, Backfilled::default())),
-        Err(e) => return Err((gone(e), Backfilled::default())),
+    let ask = |m: BackfillExport| async move {
+        state.send(m).await.unwrap_or_else(|e| {
+            Err(StateError::Invalid(format!(
+                "the state actor is gone ({e})"
+            )))
+        })
     };
+    let since = fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(since_ms));
+    let mut b = ask(BackfillExport::Plan { since_ms })
+        .await
+        .map_err(|e| (e, Backfilled::default()))?;
     tracing::info!(
         actor = "state",
         alerts = b.total.alerts,
@@ -365,10 +369,9 @@ pub async fn run_backfill(
             );
             Err((e, written))
         };
-        b = match state.send(BackfillExport::Step(b)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return stopped(e),
-            Err(e) => return stopped(gone(e)),
+        b = match ask(BackfillExport::Step(b)).await {
+            Ok(b) => b,
+            Err(e) => return stopped(e),
         };
         if said.elapsed() >= PROGRESS && !b.done() {
             said = std::time::Instant::now();

@@ -74,20 +74,20 @@ impl Store {
     pub fn plan_backfill(&self, since_ms: i64) -> Result<Backfill, StateError> {
         let setup = self.export_setup()?;
         let tx = self.conn.unchecked_transaction()?;
-        let (alerts, alerts_upto): (i64, i64) = tx.query_row(
-            "SELECT COUNT(*), (SELECT COALESCE(MAX(id), 0) FROM alerts)
-             FROM alerts WHERE detected_ms >= ?1",
-            [since_ms],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (cases, cases_upto): (i64, i64) = tx.query_row(
-            "SELECT COUNT(*), (SELECT COALESCE(MAX(id), 0) FROM cases)
-             FROM cases WHERE last_ms >= ?1",
-            [since_ms],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        // How many rows of `table` have `at` from `since_ms` on, and its newest id now.
+        let count = |table: &str, at: &str| -> rusqlite::Result<(u64, i64)> {
+            tx.query_row(
+                &format!(
+                    "SELECT COUNT(*), (SELECT COALESCE(MAX(id), 0) FROM {table})
+                     FROM {table} WHERE {at} >= ?1"
+                ),
+                [since_ms],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+        };
+        let (alerts, alerts_upto) = count("alerts", "detected_ms")?;
+        let (cases, cases_upto) = count("cases", "last_ms")?;
         let room = outbox::room(&tx, &setup)?;
-        let (alerts, cases) = (alerts as u64, cases as u64);
         let total = Backfilled { alerts, cases };
         if total.items() > room {
             return Err(StateError::Invalid(format!(
