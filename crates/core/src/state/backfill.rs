@@ -106,8 +106,8 @@ impl Store {
             cases_upto,
             alert_after: 0,
             case_after: 0,
-            alerts_done: false,
-            cases_done: false,
+            alerts_done: alerts == 0,
+            cases_done: cases == 0,
         })
     }
 
@@ -171,7 +171,9 @@ impl Store {
                 next.written.alerts += 1;
                 got += 1;
             }
-            next.alerts_done = got < budget;
+            // Through when the list ran short, or when the plan's count is written (so an
+            // exact last step is not followed by an empty one).
+            next.alerts_done = got < budget || next.written.alerts >= next.total.alerts;
             budget -= got;
         }
         if budget > 0 && !next.cases_done {
@@ -197,7 +199,7 @@ impl Store {
                 next.case_after = *id;
                 next.written.cases += 1;
             }
-            next.cases_done = (ids.len() as u64) < budget;
+            next.cases_done = (ids.len() as u64) < budget || next.written.cases >= next.total.cases;
         }
         tx.commit()?;
         *b = next;
@@ -302,6 +304,28 @@ mod tests {
     /// A back-fill is counted first and written in steps; alerts that come after it is
     /// planned go out as usual and not twice; an outbox filled in between stops it with
     /// the step unwritten and says how far it got.
+    /// A back-fill whose items fill its last step exactly ends with that step, not with an
+    /// empty one after it.
+    #[test]
+    fn a_back_fill_that_fills_its_last_step_exactly_takes_no_empty_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let t = 1_700_000_000_000;
+        store.commit_batch(&batch(&["a", "b", "c"], t), t).unwrap();
+        store.set_export(Some(setup(100)));
+        for (step, steps) in [(2, 2), (4, 1), (1, 4), (3, 2)] {
+            let mut b = store.plan_backfill(0).unwrap();
+            assert_eq!(b.total.items(), 4, "3 alerts and their case");
+            let mut n = 0;
+            while !b.done() {
+                store.backfill_step(&mut b, step, t + 1000).unwrap();
+                n += 1;
+                assert!(n < 10, "a back-fill ends");
+            }
+            assert_eq!((n, b.written), (steps, b.total), "steps of {step}");
+        }
+    }
+
     #[test]
     fn a_back_fill_goes_in_steps_and_stops_whole_when_the_outbox_fills() {
         let dir = tempfile::tempdir().unwrap();
@@ -330,6 +354,7 @@ mod tests {
             steps.push(b.written);
             assert!(steps.len() < 10, "a back-fill ends");
         }
+        assert_eq!(steps.len(), 3, "5 items in steps of 2: {steps:?}");
         assert_eq!(
             steps[0],
             Backfilled {
