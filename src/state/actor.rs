@@ -466,3 +466,174 @@ impl Handler<crate::pipeline::RefuseCareType> for StateActor {
         Ok(self.write(|s, now| s.refuse_care_type(msg.resource_type, &msg.why, now))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use fhir_edge_core::alerts::{AlertKind, NewAlert, Severity};
+    use fhir_edge_core::state::{ExportSetup, SeenEvent};
+
+    const T: i64 = 1_700_000_000_000;
+
+    fn setup(max_items: u64) -> ExportSetup {
+        ExportSetup {
+            site: "north".into(),
+            exporters: vec!["syslog".into()],
+            max_items,
+        }
+    }
+
+    /// Three alerts of one user: four items with their case.
+    fn stored(dir: &std::path::Path) -> Store {
+        let mut store = Store::open(dir).unwrap();
+        let keys = ["a", "b", "c"];
+        let batch = BatchCommit {
+            events: keys
+                .iter()
+                .map(|k| SeenEvent {
+                    key: k.to_string(),
+                    last_updated_ms: T,
+                    carried: Default::default(),
+                })
+                .collect(),
+            alerts: keys
+                .iter()
+                .map(|k| NewAlert {
+                    event_key: k.to_string(),
+                    event_id: k.to_string(),
+                    event_version: None,
+                    recorded_ms: T,
+                    score: 2.5,
+                    severity: Severity::High,
+                    summary: "opened 40 patients in an hour".into(),
+                    explanation: vec!["opened 40 patients in an hour (usually 3)".into()],
+                    kinds: vec![AlertKind::BulkAccess],
+                    user: Some("Practitioner/1".into()),
+                    user_display: None,
+                    patient: Some(format!("Patient/{k}")),
+                    source_ip: None,
+                    client_app: None,
+                    action: Some("R".into()),
+                    interaction: "read".into(),
+                    raw: "{}".into(),
+                    self_corroborated: false,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        store.commit_batch(&batch, T).unwrap();
+        store
+    }
+
+    /// Stands in for the `StateActor`: answers a back-fill from its store one item a step,
+    /// and before step `shrink_at` lowers the outbox's bound to what it holds (live alerts
+    /// filling it meanwhile), so that step is refused.
+    struct OneItemSteps {
+        store: Store,
+        steps: usize,
+        shrink_at: usize,
+    }
+
+    impl Actor for OneItemSteps {
+        type Context = actix::Context<Self>;
+    }
+
+    impl Handler<BackfillExport> for OneItemSteps {
+        type Result = Result<Backfill, StateError>;
+        fn handle(&mut self, msg: BackfillExport, _: &mut Self::Context) -> Self::Result {
+            match msg {
+                BackfillExport::Plan { since_ms } => self.store.plan_backfill(since_ms),
+                BackfillExport::Step(mut b) => {
+                    self.steps += 1;
+                    if self.steps == self.shrink_at {
+                        self.store.set_export(Some(setup(b.written.items())));
+                    }
+                    self.store.backfill_step(&mut b, 1, T + 1000)?;
+                    Ok(b)
+                }
+            }
+        }
+    }
+
+    /// The log lines of what runs while it is set, as text.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    /// A back-fill that stops half way says so, once, with how far it got, and returns
+    /// what it had written; one that runs through says where it ended.
+    #[actix_rt::test]
+    async fn a_back_fill_stopped_half_way_says_how_far_it_got() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = stored(dir.path());
+        store.set_export(Some(setup(100)));
+        let state = OneItemSteps {
+            store,
+            steps: 0,
+            shrink_at: 3,
+        }
+        .start();
+        let (e, written) = run_backfill(&state.clone().recipient(), 0)
+            .await
+            .expect_err("the third step finds no room");
+        assert_eq!(e.kind(), "invalid_request", "{e}");
+        assert_eq!(
+            written,
+            Backfilled {
+                alerts: 2,
+                cases: 0
+            }
+        );
+        let text = log.text();
+        assert!(
+            text.contains("3 alerts and 1 cases to write to the outbox again"),
+            "{text}"
+        );
+        let stop = "stopped after 2 of 4 items (2 alerts, 0 cases): the outbox filled up";
+        assert_eq!(text.matches(stop).count(), 1, "{text}");
+        assert!(!text.contains("written to the outbox again"), "{text}");
+
+        // Room again: run again, it goes through.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = stored(dir.path());
+        store.set_export(Some(setup(100)));
+        let state = OneItemSteps {
+            store,
+            steps: 0,
+            shrink_at: 0,
+        }
+        .start();
+        let done = run_backfill(&state.recipient(), 0).await.unwrap();
+        assert_eq!(done.items(), 4);
+        assert!(
+            log.text().contains("3 alerts and 1 cases since 1970-01-01"),
+            "{}",
+            log.text()
+        );
+    }
+}
