@@ -815,6 +815,7 @@ fn export_plan(cfg: &crate::config::Config) -> String {
             match s.format {
                 fhir_edge_core::export::syslog::Payload::Json => "",
                 fhir_edge_core::export::syslog::Payload::Cef => ", CEF",
+                fhir_edge_core::export::syslog::Payload::Ocsf => ", OCSF",
             }
         ));
     }

@@ -179,9 +179,11 @@ pub struct SyslogExportConfig {
     #[serde(default = "default_app_name")]
     pub app_name: String,
     /// What each message carries after the header: `json` (the JSON message, its routing
-    /// fields also as RFC 5424 structured data) or `cef` (one ArcSight CEF line, for
+    /// fields also as RFC 5424 structured data), `cef` (one ArcSight CEF line, for
     /// collectors that parse CEF: Sentinel's `CommonSecurityLog`, QRadar, ArcSight; field
-    /// mapping in `fhir_edge_core::export::cef`).
+    /// mapping in `fhir_edge_core::export::cef`) or `ocsf` (one OCSF 1.3 Detection Finding
+    /// as JSON, for Security Lake and OCSF pipelines; mapping in
+    /// `fhir_edge_core::export::ocsf`).
     #[serde(default)]
     pub format: fhir_edge_core::export::syslog::Payload,
     /// Seconds to wait for connecting and for each batch's write.
@@ -1227,6 +1229,7 @@ mod tests {
         };
         assert_eq!(syslog(""), Payload::Json);
         assert_eq!(syslog("format = \"cef\"\n"), Payload::Cef);
+        assert_eq!(syslog("format = \"ocsf\"\n"), Payload::Ocsf);
     }
 
     #[test]

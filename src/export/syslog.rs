@@ -14,7 +14,8 @@
 //! the `syslog` input or Filebeat's syslog input (format `rfc5424`) then a `json`
 //! processor on `message`; Wazuh: `<remote><connection>syslog</connection>` and its JSON
 //! decoder on the message after the structured data. With `format = "cef"` MSG is one CEF
-//! line instead and there is no structured data (`fhir_edge_core::export::cef`).
+//! line instead and there is no structured data (`fhir_edge_core::export::cef`); with
+//! `format = "ocsf"` an OCSF Detection Finding's JSON (`fhir_edge_core::export::ocsf`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use fhir_edge_lab::server::{Fault, FhirStore};
 
 use crate::common::{default_model_as_sites, status, wait_until};
@@ -875,6 +877,101 @@ fn a_syslog_receiver_asking_for_cef_gets_every_alert_as_one_cef_line() {
     ] {
         assert!(log.contains(said), "the log says the back-fill's {said:?}");
     }
+}
+
+/// `format = "ocsf"`: every item one OCSF Detection Finding (JSON) after an RFC 5424 header
+/// without structured data; every alert created once, each case created with its first
+/// alert; a case closed as a false positive is a closed, suppressed finding.
+#[test]
+fn a_syslog_receiver_asking_for_ocsf_gets_every_alert_as_one_detection_finding() {
+    let SyslogRun {
+        dir,
+        state,
+        rx,
+        d,
+        _store,
+    } = syslog_run(3_000, "format = \"ocsf\"\n");
+    let alerts: BTreeSet<i64> = stored_alert_ids(&state).into_iter().collect();
+    assert!(!alerts.is_empty());
+    let api = api_addr(&dir.path().join("run.log"));
+    let (code, _) = post(
+        &api,
+        "/api/cases/1/status",
+        r#"{"status":"closed","resolution":"false_positive","by":"privacy-officer","note":"Ann Smith called"}"#,
+    );
+    assert_eq!(code, 200);
+    wait_until(T, "the decision sent", || {
+        backlog(&state, "syslog") == Some(0)
+            && rx
+                .got
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains("\"Close\""))
+    });
+    d.term();
+    let findings: Vec<Value> = rx
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let (head, msg) = m.split_once(" - {").expect(m);
+            assert!(
+                head.starts_with('<') && head.contains(">1 "),
+                "RFC 5424: {m}"
+            );
+            assert!(
+                !m.contains("fhir-edge@32473") && !m.contains("Ann Smith"),
+                "{m}"
+            );
+            serde_json::from_str(&format!("{{{msg}")).expect(m)
+        })
+        .collect();
+    let mut uids = BTreeSet::new();
+    let mut created = BTreeSet::new();
+    let mut cases_created = 0;
+    for f in &findings {
+        assert_eq!(
+            (&f["class_uid"], &f["category_uid"]),
+            (&json!(2004), &json!(2)),
+            "{f}"
+        );
+        assert!(
+            uids.insert(f["metadata"]["uid"].as_str().unwrap().to_string()),
+            "a message twice: {f}"
+        );
+        let uid = f["finding_info"]["uid"].as_str().unwrap();
+        if let Some(id) = uid.strip_prefix("north.alert.") {
+            if f["activity_id"] == 1 {
+                assert!(
+                    created.insert(id.parse::<i64>().unwrap()),
+                    "alert {id} created twice"
+                );
+                assert!(
+                    f["evidences"][0]["actor"]["user"]["uid"]
+                        .as_str()
+                        .is_none_or(|u| u.contains('/')),
+                    "{f}"
+                );
+                assert_eq!(f["is_alert"], true);
+            }
+        }
+        if uid.starts_with("north.case.") && f["activity_id"] == 1 {
+            cases_created += 1;
+        }
+    }
+    assert_eq!(created, alerts, "every alert created once");
+    assert!(cases_created > 0, "cases created too");
+    let closed: Vec<&Value> = findings
+        .iter()
+        .filter(|f| f["finding_info"]["uid"] == "north.case.1" && f["activity_id"] == 3)
+        .collect();
+    assert!(!closed.is_empty(), "the case closed");
+    assert!(
+        closed.iter().all(|f| f["status_id"] == 3),
+        "closed as suppressed: {closed:?}"
+    );
 }
 
 #[test]

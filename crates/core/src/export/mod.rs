@@ -374,7 +374,7 @@ pub mod syslog {
         p
     }
 
-    /// What a message's MSG holds (`[export.syslog] format`: `json` or `cef`).
+    /// What a message's MSG holds (`[export.syslog] format`: `json`, `cef` or `ocsf`).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "snake_case")]
     pub enum Payload {
@@ -384,12 +384,15 @@ pub mod syslog {
         /// The item as a CEF line ([`super::cef`]), with no structured data (`-`): one
         /// form per message, what CEF collectors expect.
         Cef,
+        /// The item as an OCSF Detection Finding ([`super::ocsf`]), JSON, with no
+        /// structured data (`-`).
+        Ocsf,
     }
 
     /// One RFC 5424 message (without transport framing): `<PRI>1 TIMESTAMP HOSTNAME
     /// APP-NAME PROCID MSGID SD MSG`, MSGID the item's type; with `Payload::Json` SD the
     /// fields of [`params`] and MSG the JSON, with `Payload::Cef` SD `-` and MSG the CEF
-    /// line.
+    /// line, with `Payload::Ocsf` SD `-` and MSG the OCSF finding's JSON.
     pub fn format(
         item: &Item,
         facility: Facility,
@@ -413,6 +416,10 @@ pub mod syslog {
                 "-".to_string(),
                 super::cef::line(item, env!("CARGO_PKG_VERSION")),
             ),
+            Payload::Ocsf => (
+                "-".to_string(),
+                super::ocsf::finding(item, env!("CARGO_PKG_VERSION")).to_string(),
+            ),
         };
         let ts = crate::clock::from_ms(item.created_ms)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -431,6 +438,8 @@ pub mod syslog {
         out
     }
 }
+
+pub mod ocsf;
 
 /// ArcSight's Common Event Format (CEF 0), the line most SIEMs parse without a custom
 /// decoder (Sentinel's `CommonSecurityLog`, QRadar, ArcSight, Splunk's and Elastic's CEF
@@ -611,7 +620,7 @@ pub mod cef {
 mod tests {
     use super::*;
 
-    fn alert() -> NewAlert {
+    pub(super) fn alert() -> NewAlert {
         NewAlert {
             event_key: "k".into(),
             event_id: "ev-1".into(),
@@ -635,7 +644,7 @@ mod tests {
     }
 
     /// An outbox item of site `north` holding `body`.
-    fn outbox_item(
+    pub(super) fn outbox_item(
         seq: i64,
         kind: ItemKind,
         id: i64,
