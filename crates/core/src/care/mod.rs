@@ -192,6 +192,8 @@ pub struct Index {
     role_of: HashMap<String, String>,
     /// Practitioner → units (with their period).
     units: HashMap<String, Vec<UnitSpan>>,
+    /// Practitioner → their roles' departments in words (with each role's period).
+    departments: HashMap<String, Vec<UnitSpan>>,
     by_identifier: HashMap<Tag, String>,
     patients: HashMap<String, PatientEntry>,
     /// Patient identifier tags → the Patient (for AuditEvents that name the patient by
@@ -209,6 +211,7 @@ impl Index {
             practitioners: HashMap::new(),
             role_of: HashMap::new(),
             units: HashMap::new(),
+            departments: HashMap::new(),
             by_identifier: HashMap::new(),
             patient_by_identifier: HashMap::new(),
             patients: HashMap::new(),
@@ -232,12 +235,24 @@ impl Index {
                     units,
                     from,
                     to,
+                    department,
                 } => {
                     ix.counts.roles += 1;
                     if let Some(p) = practitioner {
                         ix.role_of.insert(id.clone(), p.clone());
                         let mine = ix.units.entry(p.clone()).or_default();
                         mine.extend(units.iter().map(|u| (u.clone(), *from, *to)));
+                        // The first unit's words, else the unit itself.
+                        let named = department.clone().or_else(|| {
+                            let u = units.first()?;
+                            Some(u.strip_prefix("name:").unwrap_or(u).to_string())
+                        });
+                        if let Some(d) = named {
+                            ix.departments
+                                .entry(p.clone())
+                                .or_default()
+                                .push((d, *from, *to));
+                        }
                     }
                 }
                 Facts::Patient {
@@ -398,6 +413,19 @@ impl Index {
         self.by_identifier
             .get(&resources::user_identifier_tag(user, &self.key))
             .map(|p| Cow::Borrowed(p.as_str()))
+    }
+
+    /// The department an audit user works in at `at_ms`, as their PractitionerRoles say
+    /// (the most specific unit of the first role active then: a ward or a service before a
+    /// specialty, before the organisation), for AuditEvents that name none (Medplum,
+    /// Firely and Aidbox write none by default): its name as the resource gives it, else
+    /// its reference.
+    pub fn department_of(&self, user: &str, at_ms: i64) -> Option<&str> {
+        let me = self.practitioner_ref(user)?;
+        let (d, _, _) = self.departments.get(&*me)?.iter().find(|(_, from, to)| {
+            from.is_none_or(|f| at_ms >= f) && to.is_none_or(|t| at_ms <= t)
+        })?;
+        Some(d)
     }
 
     /// The Patient an AuditEvent's patient is: its reference, or a Patient with that

@@ -121,6 +121,11 @@ pub enum Facts {
         units: Vec<String>,
         from: Option<i64>,
         to: Option<i64>,
+        /// The first unit's name in words, as the resource gives it (`Intensive Care`): the
+        /// user's department where the AuditEvent names none. Absent in facts stored
+        /// before it was kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        department: Option<String>,
     },
     Patient {
         id: String,
@@ -387,20 +392,32 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
             person: person(v, key),
         },
         "PractitionerRole" => {
+            // The most specific unit first (a ward, a service, a specialty, then the
+            // organisation): the first is the user's department where the AuditEvent names
+            // none (`Index::department_of`).
             let mut units: Vec<String> = Vec::new();
-            for u in v
-                .get("organization")
-                .into_iter()
-                .chain(arr(v, "location"))
-                .chain(arr(v, "healthcareService"))
-            {
+            let mut department = None;
+            let mut named = |u: &Value, k: &str| {
+                if department.is_none() {
+                    department = u.get(k).and_then(Value::as_str).map(str::to_string);
+                }
+            };
+            for u in arr(v, "location").chain(arr(v, "healthcareService")) {
                 if let Some(k) = unit_key(u) {
+                    named(u, "display");
                     units.push(k);
                 }
             }
             for s in arr(v, "specialty") {
                 if let Some(t) = s.get("text").and_then(Value::as_str).and_then(unit_name) {
+                    named(s, "text");
                     units.push(t);
+                }
+            }
+            if let Some(o) = v.get("organization") {
+                if let Some(k) = unit_key(o) {
+                    named(o, "display");
+                    units.push(k);
                 }
             }
             let (from, to) = v.get("period").map(period).unwrap_or_default();
@@ -414,6 +431,7 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 units,
                 from,
                 to,
+                department,
             }
         }
         "Patient" => {

@@ -108,6 +108,53 @@ fn audit_users_link_to_practitioners_by_reference_role_or_identifier() {
     );
 }
 
+/// Where the AuditEvent names no department, the user's is their role's most specific
+/// unit: the ward before the organisation, by name or by reference; a role is the user's
+/// only within its period; nobody's without a role.
+#[test]
+fn a_users_department_is_their_roles_ward_within_its_period() {
+    let ix = index();
+    let now = ms("2026-11-10T12:00:00Z");
+    assert_eq!(
+        ix.department_of("Practitioner/ann", now),
+        Some("Intensive Care")
+    );
+    assert_eq!(ix.department_of("urn:npi|111", now), Some("Intensive Care"));
+    assert_eq!(
+        ix.department_of("PractitionerRole/bob-card", now),
+        Some("Location/cardio")
+    );
+    assert_eq!(ix.department_of("Practitioner/nobody", now), None);
+
+    let k = key();
+    let mut set = FactSet::default();
+    for r in [
+        json!({"resourceType": "PractitionerRole", "id": "cy-1", "practitioner": {"reference": "Practitioner/cy"},
+               "organization": {"reference": "Organization/hospital"}, "specialty": [{"text": "Oncology"}],
+               "period": {"start": "2026-01-01", "end": "2026-06-30"}}),
+        json!({"resourceType": "PractitionerRole", "id": "cy-2", "practitioner": {"reference": "Practitioner/cy"},
+               "organization": {"reference": "Organization/hospital"},
+               "period": {"start": "2026-07-01"}}),
+    ] {
+        for f in resources::read(&r, &k) {
+            set.upsert(f);
+        }
+    }
+    let ix = set.index(k);
+    assert_eq!(
+        ix.department_of("Practitioner/cy", ms("2026-03-01T00:00:00Z")),
+        Some("Oncology")
+    );
+    assert_eq!(
+        ix.department_of("Practitioner/cy", ms("2026-08-01T00:00:00Z")),
+        Some("Organization/hospital")
+    );
+    assert_eq!(
+        ix.department_of("Practitioner/cy", ms("2025-12-01T00:00:00Z")),
+        None
+    );
+}
+
 #[test]
 fn relationships_hold_from_their_start_to_a_week_after_their_end_never_before() {
     let ix = index();

@@ -7,6 +7,7 @@
 //! patient at most `MAX_PATIENT_RECENT` recent accessors and `MAX_DEPTS` departments. When
 //! a map is full, the least recently active half is forgotten.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
@@ -1384,8 +1385,28 @@ impl Context {
         self.site_outside_stale_in = SITE_OUTSIDE_REFRESH;
     }
 
+    /// `r`, with the user's department from the care context when the event names none
+    /// (`care::Index::department_of`): the department signals then work on servers whose
+    /// AuditEvents carry no department, as they do where the events carry one. Training
+    /// and scoring read events through this alike.
+    fn with_department<'a>(&self, r: &'a AuditRecord) -> Cow<'a, AuditRecord> {
+        let dept = match (&self.care, &r.department, r.user.as_deref()) {
+            (Some(ix), None, Some(u)) => ix.department_of(u, r.recorded.timestamp_millis()),
+            _ => None,
+        };
+        match dept {
+            Some(d) => Cow::Owned(AuditRecord {
+                department: Some(d.to_string()),
+                ..r.clone()
+            }),
+            None => Cow::Borrowed(r),
+        }
+    }
+
     /// Compute features for `r` from the context so far, then fold `r` into the context.
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
+        let filled = self.with_department(r);
+        let r: &AuditRecord = &filled;
         match self.fanout(r) {
             None => {
                 let asked = asked_of(r);
@@ -1407,6 +1428,8 @@ impl Context {
     /// Compute features for `r` from the context so far without learning it (an event
     /// the context has learned already: see `baselines::PassOver`).
     pub fn peek(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
+        let filled = self.with_department(r);
+        let r: &AuditRecord = &filled;
         match self.fanout(r) {
             None => {
                 let (x, facts, _) = self.features(r, asked_of(r));
@@ -1561,6 +1584,8 @@ impl Context {
 
     /// Fold an event into the context without computing features (replay after restart).
     pub fn replay(&mut self, r: &AuditRecord) {
+        let filled = self.with_department(r);
+        let r: &AuditRecord = &filled;
         match self.fanout(r) {
             None => self.update(r, Known::default(), asked_of(r)),
             Some(l) => {
@@ -2648,6 +2673,75 @@ mod tests {
         );
         // The outside-care signal itself is weighed by the same habit.
         assert!(x[Feature::OutsideCare.index()] < 0.5);
+    }
+
+    /// Events that name no department (Medplum, Firely, Aidbox) read as events that name
+    /// the user's, when the care context's PractitionerRoles say where each user works: the
+    /// same rows, the same explanation's department; without a role, no department.
+    #[test]
+    fn a_users_department_comes_from_their_role_when_the_event_names_none() {
+        use serde_json::json;
+        let roles = |with: bool| {
+            let mut r =
+                vec![json!({"resourceType": "Patient", "id": "1", "name": [{"family": "Jones"}]})];
+            if with {
+                r.push(json!({"resourceType": "PractitionerRole", "id": "a", "practitioner": {"reference": "Practitioner/ann"},
+                              "location": [{"display": "Cardiology"}], "organization": {"reference": "Organization/h"}}));
+                r.push(json!({"resourceType": "PractitionerRole", "id": "o", "practitioner": {"reference": "Practitioner/olu"},
+                              "specialty": [{"text": "Oncology"}]}));
+            }
+            care_index(r)
+        };
+        let t0 = monday(9);
+        let stream = |named: bool| {
+            (0..400i64).map(move |k| {
+                let (user, dept, patient) = match k % 4 {
+                    0 | 1 => (
+                        "Practitioner/ann",
+                        "Cardiology",
+                        format!("Patient/c{}", k % 7),
+                    ),
+                    2 => (
+                        "Practitioner/olu",
+                        "Oncology",
+                        format!("Patient/o{}", k % 5),
+                    ),
+                    // Olu's first look at one of Cardiology's patients, now and then.
+                    _ => (
+                        "Practitioner/olu",
+                        "Oncology",
+                        format!("Patient/c{}", k % 11),
+                    ),
+                };
+                AuditRecord {
+                    department: named.then(|| dept.into()),
+                    ..rec(user, &patient, t0 + k * 60_000)
+                }
+            })
+        };
+        let run = |named: bool, with_roles: bool| {
+            let mut c = Context::new(chrono_tz::UTC);
+            c.set_care(Some(roles(with_roles)));
+            stream(named).map(|r| c.observe(&r)).collect::<Vec<_>>()
+        };
+        let (named, filled, blind) = (run(true, true), run(false, true), run(false, false));
+        for (i, ((x, f), (y, g))) in named.iter().zip(&filled).enumerate() {
+            assert_eq!(x, y, "event {i}: the same row");
+            assert_eq!(f.dept, g.dept, "event {i}");
+        }
+        assert!(filled
+            .iter()
+            .any(|(_, f)| f.dept.as_deref() == Some("Cardiology")));
+        assert!(blind.iter().all(|(_, f)| f.dept.is_none()));
+        let j = Feature::UnrelatedPatientRarity.index();
+        assert!(
+            filled.iter().any(|(x, _)| x[j] > 0.0),
+            "a look outside the department"
+        );
+        assert!(
+            blind.iter().all(|(x, _)| x[j] == 0.0),
+            "nothing to compare without one"
+        );
     }
 
     #[test]
