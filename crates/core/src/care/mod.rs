@@ -218,14 +218,26 @@ impl Index {
             care: HashMap::new(),
             counts: IndexCounts::default(),
         };
+        let mut ambiguous: Vec<Tag> = Vec::new();
         let mut teams: HashMap<String, Vec<String>> = HashMap::new();
         let mut cares = Vec::new();
         let mut related: Vec<(String, Person)> = Vec::new();
         for f in facts {
             match f {
                 Facts::Practitioner { id, person } => {
-                    for t in person.ids.iter().chain(&person.bare_ids) {
+                    for t in &person.ids {
                         ix.by_identifier.insert(*t, id.clone());
+                    }
+                    // A value alone names a practitioner only when it names one.
+                    for t in &person.bare_ids {
+                        match ix.by_identifier.get(t) {
+                            Some(other) if other != id => {
+                                ambiguous.push(*t);
+                            }
+                            _ => {
+                                ix.by_identifier.insert(*t, id.clone());
+                            }
+                        }
                     }
                     ix.practitioners.insert(id.clone(), person.clone());
                 }
@@ -294,6 +306,9 @@ impl Index {
                     ));
                 }
             }
+        }
+        for t in ambiguous {
+            ix.by_identifier.remove(&t);
         }
         ix.counts.related_persons = related.len();
         for (patient, person) in related {
@@ -394,6 +409,10 @@ impl Index {
 
     /// The Practitioner an audit user is: a Practitioner reference, a PractitionerRole's
     /// practitioner, or a Practitioner with that identifier (`system|value` or a value).
+    /// An identifier no Practitioner carries (a login realm's, where the Practitioner
+    /// carries the staff registry's: Firely writes the token's subject) names the
+    /// Practitioner whose identifier has the same value in another system, when exactly one
+    /// has.
     pub fn practitioner_of(&self, user: &str) -> Option<String> {
         self.practitioner_ref(user).map(Cow::into_owned)
     }
@@ -410,8 +429,12 @@ impl Index {
             // A reference to a Practitioner the server has not shown us.
             return r.starts_with("Practitioner/").then_some(r);
         }
-        self.by_identifier
-            .get(&resources::user_identifier_tag(user, &self.key))
+        let by = |u: &str| {
+            self.by_identifier
+                .get(&resources::user_identifier_tag(u, &self.key))
+        };
+        by(user)
+            .or_else(|| by(user.split_once('|')?.1))
             .map(|p| Cow::Borrowed(p.as_str()))
     }
 

@@ -344,6 +344,43 @@ fn a_bare_identifier_value_finds_a_record_but_never_makes_two_records_one_person
     assert_eq!(ix.personal("Practitioner/cy", "Patient/q"), None);
 }
 
+/// A login realm's identifier (Firely writes the token's subject) finds the Practitioner
+/// whose identifier has its value in the staff registry's system; a value two
+/// Practitioners carry finds neither.
+#[test]
+fn a_login_realms_identifier_finds_the_one_practitioner_with_its_value() {
+    let k = key();
+    let mut set = FactSet::default();
+    for r in [
+        json!({"resourceType": "Practitioner", "id": "cy", "identifier": [{"system": "urn:staff", "value": "u4"}]}),
+        json!({"resourceType": "Practitioner", "id": "di", "identifier": [{"system": "urn:staff", "value": "u5"}]}),
+        json!({"resourceType": "Practitioner", "id": "ed", "identifier": [{"system": "urn:badge", "value": "u5"}]}),
+    ] {
+        resources::read(&r, &k)
+            .into_iter()
+            .for_each(|f| set.upsert(f));
+    }
+    let ix = set.index(k);
+    assert_eq!(
+        ix.practitioner_of("https://idp.example/realms/staff|u4")
+            .as_deref(),
+        Some("Practitioner/cy")
+    );
+    assert_eq!(
+        ix.practitioner_of("urn:staff|u5").as_deref(),
+        Some("Practitioner/di")
+    );
+    assert_eq!(
+        ix.practitioner_of("https://idp.example/realms/staff|u5"),
+        None
+    );
+    assert_eq!(ix.practitioner_of("u5"), None);
+    assert_eq!(
+        ix.practitioner_of("https://idp.example/realms/staff|u9"),
+        None
+    );
+}
+
 #[test]
 fn facts_keep_no_name_address_phone_or_birth_date_in_clear() {
     let k = key();
