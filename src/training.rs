@@ -222,7 +222,10 @@ pub(crate) fn train_cmd(
         records.retain(|r| r.recorded < u);
     }
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
-    records.iter().for_each(|r| coverage.observe(r));
+    records.iter().for_each(|r| {
+        coverage.observe(r);
+        coverage.department_from_context += ctx.department_from_care(r).is_some() as u64;
+    });
     eprintln!("the audit trail: {}", coverage.summary());
     let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);
     let opts = fhir_edge_core::detector::model::TrainOptions {

@@ -11,7 +11,6 @@ use crate::health::{ActorId, Counter, Health, Heartbeat};
 use crate::pipeline::{AllowListChanged, Flush, PipelineError, Scored};
 use crate::state::actor::{CommitBatch, MarkJournaled};
 use fhir_edge_core::alerts::{AllowRule, NewAlert};
-use fhir_edge_core::coverage::Coverage;
 use fhir_edge_core::state::{BatchCommit, BatchOutcome, SeenEvent};
 
 /// Request: journal alerts, and cases opened or escalated, stored earlier but never
@@ -71,7 +70,7 @@ impl Handler<Scored> for AlertSinkActor {
                 .map(|e| SeenEvent {
                     key: e.fetched.record.key.clone(),
                     last_updated_ms: e.fetched.record.seen_at_ms(),
-                    carried: Coverage::of(&e.fetched.record),
+                    carried: e.carried,
                 })
                 .collect(),
             alerts,

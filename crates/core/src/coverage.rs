@@ -19,6 +19,9 @@ pub struct Coverage {
     pub with_user: u64,
     pub with_patient: u64,
     pub with_department: u64,
+    /// Events that named no department, read with the one the care context gives the user
+    /// (their PractitionerRole's unit; `care::Index::department_of`).
+    pub department_from_context: u64,
     pub with_address: u64,
     pub with_client: u64,
     pub logins: u64,
@@ -51,6 +54,7 @@ impl Coverage {
         self.with_user += o.with_user;
         self.with_patient += o.with_patient;
         self.with_department += o.with_department;
+        self.department_from_context += o.department_from_context;
         self.with_address += o.with_address;
         self.with_client += o.with_client;
         self.logins += o.logins;
@@ -108,7 +112,7 @@ impl Coverage {
             "probing (runs of refused requests) cannot be seen",
         );
         say(
-            self.with_department == 0,
+            self.with_department == 0 && self.department_from_context == 0,
             "departments",
             "cross-department and consult-pattern signals have nothing to compare",
         );
@@ -154,6 +158,12 @@ impl Coverage {
             self.searches_with_query,
             self.exports
         );
+        if self.department_from_context > 0 {
+            s.push_str(&format!(
+                "; the care context gave {} of events the user's department, which they did not name",
+                pct(self.department_from_context)
+            ));
+        }
         if self.fanned_out > 0 {
             s.push_str(&format!(
                 "; {} search results written per patient",
@@ -205,6 +215,19 @@ mod tests {
         assert!(
             Coverage { events: 10, ..c }.blind().is_empty(),
             "too few events to say"
+        );
+        // No event names a department: blind, unless the care context gives the users'.
+        assert!(blind.contains(&"departments"), "{blind:?}");
+        let given = Coverage {
+            department_from_context: 2_500,
+            ..c
+        };
+        let blind: Vec<&str> = given.blind().iter().map(|b| b.missing).collect();
+        assert!(!blind.contains(&"departments"), "{blind:?}");
+        let s = given.summary();
+        assert!(
+            s.contains("the care context gave 50% of events the user's department, which they did not name"),
+            "{s}"
         );
     }
 }

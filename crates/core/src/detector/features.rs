@@ -1390,16 +1390,20 @@ impl Context {
     /// AuditEvents carry no department, as they do where the events carry one. Training
     /// and scoring read events through this alike.
     fn with_department<'a>(&self, r: &'a AuditRecord) -> Cow<'a, AuditRecord> {
-        let dept = match (&self.care, &r.department, r.user.as_deref()) {
-            (Some(ix), None, Some(u)) => ix.department_of(u, r.recorded.timestamp_millis()),
-            _ => None,
-        };
-        match dept {
+        match self.department_from_care(r) {
             Some(d) => Cow::Owned(AuditRecord {
                 department: Some(d.to_string()),
                 ..r.clone()
             }),
             None => Cow::Borrowed(r),
+        }
+    }
+
+    /// The user's department as the care context gives it, for an event that names none.
+    pub fn department_from_care(&self, r: &AuditRecord) -> Option<&str> {
+        match (&self.care, &r.department, r.user.as_deref()) {
+            (Some(ix), None, Some(u)) => ix.department_of(u, r.recorded.timestamp_millis()),
+            _ => None,
         }
     }
 

@@ -40,6 +40,9 @@ pub struct ScoredEvent {
     /// Above the threshold, but not alerted: the detector is learning the site and the
     /// reason needs a baseline it does not have yet (see `Detector::learning`).
     pub held: bool,
+    /// What the event carried (counted once per new event in the state's lifetime counts),
+    /// with what the care context added to it.
+    pub carried: coverage::Coverage,
 }
 
 /// Whether an alert of behaviour `kind` with feature row `row` carries a second,
@@ -168,10 +171,13 @@ impl Detector {
                 KeyStatus::New if learned(&f.record) => passed.push(f),
                 KeyStatus::Replay if learned(&f.record) => {}
                 KeyStatus::New => {
-                    self.coverage.observe(&f.record);
+                    let mut carried = coverage::Coverage::of(&f.record);
+                    carried.department_from_context =
+                        self.ctx.department_from_care(&f.record).is_some() as u64;
+                    self.coverage.add(&carried);
                     let (x, facts) = self.ctx.observe(&f.record);
                     rows.push(x);
-                    kept.push((f, facts));
+                    kept.push((f, facts, carried));
                 }
                 KeyStatus::Replay => {
                     if self.replayed.insert(f.record.key.clone()) {
@@ -181,11 +187,12 @@ impl Detector {
                 KeyStatus::Seen => {}
             }
         }
-        let records: Vec<&AuditRecord> = kept.iter().map(|(f, _)| &f.record).collect();
-        let facts: Vec<&Facts> = kept.iter().map(|(_, facts)| facts).collect();
+        let records: Vec<&AuditRecord> = kept.iter().map(|(f, _, _)| &f.record).collect();
+        let facts: Vec<&Facts> = kept.iter().map(|(_, facts, _)| facts).collect();
         let mut verdicts = judge(&self.model, &rows, &facts, &records, Explain::Alerts)?;
         one_alert_per_fanned_search(&mut self.ctx, &mut verdicts, &records);
         let passed = passed.into_iter().map(|fetched| ScoredEvent {
+            carried: coverage::Coverage::of(&fetched.record),
             fetched,
             score: 0.0,
             severity: None,
@@ -198,27 +205,32 @@ impl Detector {
         });
         let learning = self.learning;
         Ok(passed
-            .chain(kept.into_iter().zip(verdicts).map(|((fetched, _), v)| {
-                let held = learning
-                    && v.severity.is_some()
-                    && !needs_no_baseline(&v.kinds, &fetched.record);
-                let severity = v.severity.filter(|_| !held);
-                ScoredEvent {
-                    fetched,
-                    score: v.score,
-                    severity,
-                    summary: match (v.explanation.first(), severity) {
-                        (_, None) => String::new(),
-                        (Some(first), _) => first.clone(),
-                        (None, Some(_)) => "unusual combination of features".into(),
-                    },
-                    explanation: v.explanation,
-                    kinds: v.kinds,
-                    self_corroborated: v.self_corroborated,
-                    passed_over: false,
-                    held,
-                }
-            }))
+            .chain(
+                kept.into_iter()
+                    .zip(verdicts)
+                    .map(|((fetched, _, carried), v)| {
+                        let held = learning
+                            && v.severity.is_some()
+                            && !needs_no_baseline(&v.kinds, &fetched.record);
+                        let severity = v.severity.filter(|_| !held);
+                        ScoredEvent {
+                            fetched,
+                            score: v.score,
+                            severity,
+                            summary: match (v.explanation.first(), severity) {
+                                (_, None) => String::new(),
+                                (Some(first), _) => first.clone(),
+                                (None, Some(_)) => "unusual combination of features".into(),
+                            },
+                            explanation: v.explanation,
+                            kinds: v.kinds,
+                            self_corroborated: v.self_corroborated,
+                            passed_over: false,
+                            held,
+                            carried,
+                        }
+                    }),
+            )
             .collect())
     }
 }
