@@ -16,7 +16,8 @@
 //! - [`alerts`]: severity, status, allow-list rules, the stored alert.
 //! - [`cases`]: alerts of one user's episode grouped into a case (the rule, title,
 //!   narrative, lifecycle, the allow-list rules a decision implies).
-//! - [`export`]: the messages an edge sends to a broker or a SIEM (schema, ids, syslog).
+//! - [`export`]: the messages an edge sends to a broker or a SIEM (schema, ids, syslog,
+//!   CEF, OCSF).
 //! - [`fleet`]: many sites' exported alerts and cases as one view (`fhir-edge fleet`).
 //! - [`state`]: the SQLite database (cursor, seen keys, counters, detector snapshot,
 //!   alerts) and the exactly-once rules that rest on its transactions.
