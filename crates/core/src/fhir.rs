@@ -185,7 +185,7 @@ pub struct Agent<'a> {
     pub location: Option<Reference<'a>>,
     #[serde(borrow)]
     pub network: Option<Network<'a>>,
-    /// R5: network[x]
+    /// R5: `network[x]`
     #[serde(borrow)]
     pub network_string: Option<Text<'a>>,
     #[serde(borrow)]

@@ -347,7 +347,7 @@ const SITE_OUTSIDE_USER_EVENTS: f32 = 100.0;
 const SITE_OUTSIDE_REFRESH: u32 = 4096;
 /// An hour is odd for a user when less than this share of their activity falls in it.
 /// Sessions begun at odd hours near an hour are the user's habit of it (see
-/// [`odd_hour_habit`]).
+/// `odd_hour_habit`).
 pub const ODD_HOUR_SHARE: f32 = 0.02;
 /// How many hours either side of an odd hour count as near it, for the habit.
 pub const ODD_HOUR_BAND: u32 = 2;
@@ -372,7 +372,7 @@ pub struct Facts {
     pub starts_at_that_hour: u32,
     pub user_sessions: u32,
     /// How many of the user's earlier sessions began at odd hours for them near the hour
-    /// judged (`judged_hour`, else `hour`; see [`odd_hour_habit`]), when that habit made
+    /// judged (`judged_hour`, else `hour`; see `odd_hour_habit`), when that habit made
     /// the hour less rare for them.
     #[serde(default)]
     pub odd_starts: Option<u32>,

@@ -391,7 +391,7 @@ pub mod syslog {
 
     /// One RFC 5424 message (without transport framing): `<PRI>1 TIMESTAMP HOSTNAME
     /// APP-NAME PROCID MSGID SD MSG`, MSGID the item's type; with `Payload::Json` SD the
-    /// fields of [`params`] and MSG the JSON, with `Payload::Cef` SD `-` and MSG the CEF
+    /// fields of `params` and MSG the JSON, with `Payload::Cef` SD `-` and MSG the CEF
     /// line, with `Payload::Ocsf` SD `-` and MSG the OCSF finding's JSON.
     pub fn format(
         item: &Item,
