@@ -536,6 +536,21 @@ mod tests {
         shrink_at: usize,
     }
 
+    impl OneItemSteps {
+        /// Three alerts of one user stored in `dir`, export configured, the stand-in
+        /// started on them.
+        fn start_on(dir: &std::path::Path, shrink_at: usize) -> Addr<OneItemSteps> {
+            let mut store = stored(dir);
+            store.set_export(Some(setup(100)));
+            OneItemSteps {
+                store,
+                steps: 0,
+                shrink_at,
+            }
+            .start()
+        }
+    }
+
     impl Actor for OneItemSteps {
         type Context = actix::Context<Self>;
     }
@@ -590,15 +605,8 @@ mod tests {
                 .finish(),
         );
         let dir = tempfile::tempdir().unwrap();
-        let mut store = stored(dir.path());
-        store.set_export(Some(setup(100)));
-        let state = OneItemSteps {
-            store,
-            steps: 0,
-            shrink_at: 3,
-        }
-        .start();
-        let (e, written) = run_backfill(&state.clone().recipient(), 0)
+        let state = OneItemSteps::start_on(dir.path(), 3);
+        let (e, written) = run_backfill(&state.recipient(), 0)
             .await
             .expect_err("the third step finds no room");
         assert_eq!(e.kind(), "invalid_request", "{e}");
@@ -620,14 +628,7 @@ mod tests {
 
         // Room again: run again, it goes through.
         let dir = tempfile::tempdir().unwrap();
-        let mut store = stored(dir.path());
-        store.set_export(Some(setup(100)));
-        let state = OneItemSteps {
-            store,
-            steps: 0,
-            shrink_at: 0,
-        }
-        .start();
+        let state = OneItemSteps::start_on(dir.path(), 0);
         let done = run_backfill(&state.recipient(), 0).await.unwrap();
         assert_eq!(done.items(), 4);
         assert!(

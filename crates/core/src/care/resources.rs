@@ -121,9 +121,11 @@ pub enum Facts {
         units: Vec<String>,
         from: Option<i64>,
         to: Option<i64>,
-        /// The first unit's name in words, as the resource gives it (`Intensive Care`): the
-        /// user's department where the AuditEvent names none. Absent in facts stored
-        /// before it was kept.
+        /// The name in words of the most specific unit that has one (a ward's display,
+        /// else a service's, a specialty's text, the organisation's display), as the
+        /// resource gives it (`Intensive Care`): the user's department where the AuditEvent
+        /// names none. Absent in facts stored before it was kept, or when no unit has a
+        /// name (`Index::department_of` then gives the first unit's key).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         department: Option<String>,
     },

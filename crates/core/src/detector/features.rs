@@ -357,6 +357,10 @@ pub const ODD_HOUR_BAND: u32 = 2;
 pub struct Facts {
     pub hour: u32,
     pub weekday: u32,
+    /// The event named no department and was read with the user's from the care context
+    /// (`Context::department_from_care`).
+    #[serde(default)]
+    pub dept_from_care: bool,
     /// The hour the time of day was judged at, when a session running late made it an
     /// earlier one than `hour` (see [`judged_hour`]); `user_hour_share` and
     /// `peer_hour_share` are that hour's.
@@ -1411,7 +1415,7 @@ impl Context {
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
         let filled = self.with_department(r);
         let r: &AuditRecord = &filled;
-        match self.fanout(r) {
+        let (x, mut facts) = match self.fanout(r) {
             None => {
                 let asked = asked_of(r);
                 let (x, facts, known) = self.features(r, asked);
@@ -1426,7 +1430,9 @@ impl Context {
                 self.note_listed(r, l, asked);
                 (x, facts)
             }
-        }
+        };
+        facts.dept_from_care = matches!(filled, Cow::Owned(_));
+        (x, facts)
     }
 
     /// Compute features for `r` from the context so far without learning it (an event
@@ -1434,16 +1440,12 @@ impl Context {
     pub fn peek(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
         let filled = self.with_department(r);
         let r: &AuditRecord = &filled;
-        match self.fanout(r) {
-            None => {
-                let (x, facts, _) = self.features(r, asked_of(r));
-                (x, facts)
-            }
-            Some(l) => {
-                let (x, facts, _) = self.features(&listed_view(r), self.asked_listed(r, l));
-                (x, facts)
-            }
-        }
+        let (x, mut facts, _) = match self.fanout(r) {
+            None => self.features(r, asked_of(r)),
+            Some(l) => self.features(&listed_view(r), self.asked_listed(r, l)),
+        };
+        facts.dept_from_care = matches!(filled, Cow::Owned(_));
+        (x, facts)
     }
 
     /// Whether `r` is one of the events a search writes per patient in its results (HAPI's
@@ -2737,6 +2739,11 @@ mod tests {
             .iter()
             .any(|(_, f)| f.dept.as_deref() == Some("Cardiology")));
         assert!(blind.iter().all(|(_, f)| f.dept.is_none()));
+        assert!(
+            filled.iter().all(|(_, f)| f.dept_from_care),
+            "said, for coverage"
+        );
+        assert!(named.iter().chain(&blind).all(|(_, f)| !f.dept_from_care));
         let j = Feature::UnrelatedPatientRarity.index();
         assert!(
             filled.iter().any(|(x, _)| x[j] > 0.0),

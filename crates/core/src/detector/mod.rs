@@ -171,11 +171,10 @@ impl Detector {
                 KeyStatus::New if learned(&f.record) => passed.push(f),
                 KeyStatus::Replay if learned(&f.record) => {}
                 KeyStatus::New => {
-                    let mut carried = coverage::Coverage::of(&f.record);
-                    carried.department_from_context =
-                        self.ctx.department_from_care(&f.record).is_some() as u64;
-                    self.coverage.add(&carried);
                     let (x, facts) = self.ctx.observe(&f.record);
+                    let mut carried = coverage::Coverage::of(&f.record);
+                    carried.department_from_context = facts.dept_from_care as u64;
+                    self.coverage.add(&carried);
                     rows.push(x);
                     kept.push((f, facts, carried));
                 }

@@ -224,6 +224,13 @@ fn field_text(body: &Value, k: &str) -> Option<String> {
     }
 }
 
+/// An RFC 3339 field of a message as milliseconds since the epoch (CEF's and OCSF's
+/// timestamps).
+fn field_millis(body: &Value, k: &str) -> Option<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(body.get(k)?.as_str()?).ok()?;
+    Some(t.timestamp_millis())
+}
+
 /// One message as the outbox holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
@@ -510,10 +517,9 @@ pub mod cef {
         }
     }
 
-    /// An RFC 3339 field as milliseconds since the epoch (CEF's timestamps).
+    /// An RFC 3339 field as milliseconds since the epoch (CEF's timestamps), as text.
     fn millis(body: &Value, k: &str) -> Option<String> {
-        let t = chrono::DateTime::parse_from_rfc3339(body.get(k)?.as_str()?).ok()?;
-        Some(t.timestamp_millis().to_string())
+        super::field_millis(body, k).map(|t| t.to_string())
     }
 
     /// The CEF line of an item (no syslog header), `version` the product's.

@@ -25,7 +25,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{field_text, Item, ItemKind};
+use super::{field_millis as millis, field_text, Item, ItemKind};
 use crate::alerts::Severity;
 
 /// The OCSF version these events follow.
@@ -77,12 +77,6 @@ fn status(status: &str, resolution: Option<&str>) -> (u8, &'static str) {
     }
 }
 
-/// An RFC 3339 field as milliseconds since the epoch.
-fn millis(body: &Value, k: &str) -> Option<i64> {
-    let t = chrono::DateTime::parse_from_rfc3339(body.get(k)?.as_str()?).ok()?;
-    Some(t.timestamp_millis())
-}
-
 /// The fields of `pairs` that are present, as an object.
 fn present(pairs: Vec<(&str, Option<Value>)>) -> Value {
     Value::Object(
@@ -107,8 +101,7 @@ pub fn finding(item: &Item, version: &str) -> Value {
             "alert",
         ),
         ItemKind::Case => {
-            let first =
-                body["alerts"].as_u64() == Some(1) && get("status").as_deref() != Some("closed");
+            let first = body["alerts"].as_u64() == Some(1);
             let activity = match (closed, first) {
                 (true, _) => Activity::Close,
                 (false, true) => Activity::Create,

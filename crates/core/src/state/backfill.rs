@@ -301,9 +301,6 @@ mod tests {
         assert_eq!(case["alerts"], 3);
     }
 
-    /// A back-fill is counted first and written in steps; alerts that come after it is
-    /// planned go out as usual and not twice; an outbox filled in between stops it with
-    /// the step unwritten and says how far it got.
     /// A back-fill whose items fill its last step exactly ends with that step, not with an
     /// empty one after it.
     #[test]
@@ -326,6 +323,9 @@ mod tests {
         }
     }
 
+    /// A back-fill is counted first and written in steps; alerts that come after it is
+    /// planned go out as usual and not twice; an outbox filled in between stops it with
+    /// the step unwritten and says how far it got.
     #[test]
     fn a_back_fill_goes_in_steps_and_stops_whole_when_the_outbox_fills() {
         let dir = tempfile::tempdir().unwrap();
