@@ -221,13 +221,19 @@ pub(crate) fn train_cmd(
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
+    // One pass: each event's feature row, and what the audit trail holds (the department
+    // the care context gave an event is the one its row was computed with).
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
-    records.iter().for_each(|r| {
-        coverage.observe(r);
-        coverage.department_from_context += ctx.department_from_care(r).is_some() as u64;
-    });
+    let rows: Vec<_> = records
+        .iter()
+        .map(|r| {
+            coverage.observe(r);
+            let (row, facts) = ctx.observe(r);
+            coverage.department_from_context += facts.dept_from_care as u64;
+            row
+        })
+        .collect();
     eprintln!("the audit trail: {}", coverage.summary());
-    let rows = fhir_edge_core::detector::train::feature_rows(&mut ctx, &records);
     let opts = fhir_edge_core::detector::model::TrainOptions {
         epochs,
         seed,
