@@ -102,7 +102,7 @@ counter_table! {
     ExportSent = "export_sent", "Outbox items (alerts, case changes, decisions) the broker or SIEM acknowledged.";
     ExportDuplicates = "export_duplicates", "Re-sent items the broker already held (after a crash or a lost acknowledgement), dropped there by message id.";
     ExportErrors = "export_errors", "Failed export attempts (the items stay in the outbox and are retried).";
-    ExportRefused = "export_refused", "Items not written to the export outbox because it was full ([export] max_items).";
+    ExportRefused = "export_refused", "Items not written to the export outbox because it was full (export.max_items).";
     ContextUsersForgotten = "context_users_forgotten", "Users the detector forgot at its memory bound (the least recently active half at MAX_USERS); they start again as new.";
     ContextPatientsForgotten = "context_patients_forgotten", "Patients the detector forgot at its memory bound (the least recently seen half at MAX_PATIENTS); they start again as new.";
     ContextPairsForgotten = "context_pairs_forgotten", "User-patient pairs the detector forgot (the older generation, each time the newer holds MAX_PAIRS / 2); a forgotten pair reads as a first access.";

@@ -5,23 +5,23 @@
 //! fault-injecting server live in `fhir-edge-lab` (linked only with the `lab` feature).
 //!
 //! Layout:
-//! - [`pipeline`]: the requests between actors and the types both ends name.
-//! - [`poller`], [`detector`], [`alerts`], [`state`]: one folder per actor, plain decisions
+//! - `pipeline`: the requests between actors and the types both ends name.
+//! - `poller`, `detector`, `alerts`, `state`: one folder per actor, plain decisions
 //!   in `mod.rs` (unit-tested without actix), the actor in `actor.rs`.
-//! - [`context`]: following the server's care context (Practitioner, Encounter, CareTeam…)
+//! - `context`: following the server's care context (Practitioner, Encounter, CareTeam…)
 //!   for the detector (`ContextActor`).
-//! - [`export`]: alerts, cases and decisions from the state's outbox to NATS JetStream and
+//! - `export`: alerts, cases and decisions from the state's outbox to NATS JetStream and
 //!   to a SIEM over syslog (`ExportActor`), each acknowledged item recorded.
-//! - [`fleet`]: `fhir-edge fleet`, one read-only view of many sites from their stream.
-//! - [`learn`]: learning a site that has no model of its own yet, and training one when
+//! - `fleet`: `fhir-edge fleet`, one read-only view of many sites from their stream.
+//! - `learn`: learning a site that has no model of its own yet, and training one when
 //!   learning is over (`SiteTrainerActor`).
 //! - [`health`]: per-actor progress for the watchdog, the counters behind `/metrics`.
 //! - [`client`]: the FHIR HTTP client (auth, paging links, error classification).
-//! - [`api`]: JSON API, dashboard, `/metrics`, the push endpoint.
+//! - `api`: JSON API, dashboard, `/metrics`, the push endpoint.
 //! - [`app`]: wiring, start-up and shutdown; [`systemd`]: READY, WATCHDOG, STOPPING.
-//! - [`config`]: the typed configuration; [`cli`]: commands; [`training`]: reading a
+//! - [`config`]: the typed configuration; `cli`: commands; `training`: reading a
 //!   server's history and training a site's model (`train`, the demo, the end of learning);
-//!   [`telemetry`]: logging.
+//!   `telemetry`: logging.
 //! - `lab` (feature `lab`): `demo`, `bench`, `soak`, `simulate`, `bench-server`.
 //!
 //! Dependencies run one way: `fhir-edge` → `fhir-edge-lab` → `fhir-edge-core`.

@@ -76,6 +76,8 @@ cargo clippy --release --locked --all-targets -- -D warnings
 cargo clippy --release --locked -p fhir-edge --no-default-features -- -D warnings
 # Dependencies run one way: crates, and modules inside each crate (ARCHITECTURE.md).
 python3 tests/check-structure.py
+# The crates' docs build without a warning (a broken link is a reader's dead end).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --workspace --quiet
 
 cargo test --release --locked "$@"
 
