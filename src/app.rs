@@ -183,6 +183,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let model_dir = site_model_dir(&cfg);
     let learning = !baselines::present(&model_dir);
     let model = Model::load(&model_dir)?;
+    let model_uses_care = model.meta.training.care_context;
     let tz = cfg.timezone();
     let watch = match &cfg.detector.watch_list {
         // Checked by `validate`; read again here, as the file may have changed since.
@@ -315,6 +316,16 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
             );
         }
     }
+    // A model trained with the care context and none stored yet (the first start after
+    // `train --from-server`): the first poll waits for the context's first read, so that
+    // no event is scored as if the site had no relationships, roles or relatives.
+    let (first_read, hold) = match care.as_ref() {
+        Some(c) if model_uses_care && c.facts.is_empty() => {
+            let (done, ready) = tokio::sync::watch::channel(false);
+            (Some(done), Some(ready))
+        }
+        _ => (None, None),
+    };
     let context = {
         let links = crate::context::actor::ContextLinks {
             store: state.clone().recipient(),
@@ -323,6 +334,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         };
         let (h, s, client) = (health.clone(), stop.clone(), client.clone());
         crate::context::actor::ContextActor::new(client, cfg.context.clone(), care, links, h, s)
+            .telling_first_read(first_read)
             .start()
     };
     let export = crate::export::actor::ExportActor::new(
@@ -359,6 +371,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
                 },
                 s,
             )
+            .holding_until(hold)
         })
     };
     if !unjournaled.is_empty() || !unjournaled_cases.is_empty() {

@@ -446,9 +446,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(n) = max_patients {
                 ctx.set_max_patients(n as usize);
             }
-            // From the server without --context files: the care context the daemon follows.
+            // From the server without --context files: the care context the daemon follows,
+            // else the server's, read now.
             if let (true, true, Some(c)) = (from_server, context.is_empty(), cfg.as_ref()) {
-                ctx.set_care(crate::training::followed_care(c));
+                ctx.set_care(crate::training::care_for_training(c)?);
             }
             let (case_rule, site_budget) = crate::training::TrainRun::queue_of(cfg.as_ref());
             let run = crate::training::TrainRun {

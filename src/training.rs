@@ -52,45 +52,170 @@ pub(crate) fn site_context(
     Ok(ctx)
 }
 
-/// The care context the daemon has followed from the server (the state directory's facts,
-/// tagged with the install's key), for training on the server's history with it; `None`
-/// when `[context]` is off or nothing has been read yet (then training goes without, and
-/// says so).
-pub(crate) fn followed_care(cfg: &Config) -> Option<std::sync::Arc<fhir_edge_core::care::Index>> {
+/// Why a training run has no care context the daemon followed.
+enum NotFollowed {
+    /// `[context] enabled = false`.
+    Off,
+    /// The daemon has not read it yet (no key, or no facts): said why.
+    NotYet(String),
+    /// The key or the state database cannot be read: said why.
+    Unreadable(String),
+}
+
+/// The care context the daemon has followed from the server: the state directory's facts,
+/// tagged with the install's key.
+fn followed_index(cfg: &Config) -> Result<fhir_edge_core::care::Index, NotFollowed> {
     use fhir_edge_core::care::CareKey;
     if !cfg.context.enabled {
-        return None;
+        return Err(NotFollowed::Off);
     }
     // Only the daemon makes the key (as its own user): a training command run by another
     // user must not leave a key the daemon cannot read.
-    let without = |why: String| {
-        eprintln!("care context: {why}; training without it");
-        None
-    };
     let path = cfg.care_key_file();
     let key = match CareKey::load(&path) {
         Ok(Some(k)) => k,
         Ok(None) => {
-            return without(format!(
+            return Err(NotFollowed::NotYet(format!(
                 "no key at {} yet (the daemon makes it and reads the context)",
                 path.display()
-            ))
+            )))
         }
-        Err(e) => return without(e.to_string()),
+        Err(e) => return Err(NotFollowed::Unreadable(e.to_string())),
     };
-    let facts =
-        match fhir_edge_core::state::Reader::open(&cfg.state_dir()).and_then(|r| r.care_facts()) {
-            Ok(f) if !f.is_empty() => f,
-            Ok(_) => return without("none read from the server yet (the daemon reads it)".into()),
-            Err(e) => return without(format!("the state database cannot be read: {e}")),
-        };
-    let index = facts.index(key);
+    match fhir_edge_core::state::Reader::open(&cfg.state_dir()).and_then(|r| r.care_facts()) {
+        Ok(f) if !f.is_empty() => Ok(f.index(key)),
+        Ok(_) => Err(NotFollowed::NotYet(
+            "none read from the server yet (the daemon reads it)".into(),
+        )),
+        Err(e) => Err(NotFollowed::Unreadable(format!(
+            "the state database cannot be read: {e}"
+        ))),
+    }
+}
+
+/// Say which followed context a training run uses.
+fn say_followed(index: &fhir_edge_core::care::Index) {
     let c = index.counts();
     eprintln!(
         "care context: the daemon's, {} practitioners, {} patients, {} relationships",
         c.practitioners, c.patients, c.relationships
     );
-    Some(std::sync::Arc::new(index))
+}
+
+/// The care context the daemon has followed from the server, for the daemon's own training
+/// at the end of learning; `None` when `[context]` is off or nothing has been read yet
+/// (then training goes without, and says so).
+pub(crate) fn followed_care(cfg: &Config) -> Option<std::sync::Arc<fhir_edge_core::care::Index>> {
+    match followed_index(cfg) {
+        Ok(index) => {
+            say_followed(&index);
+            Some(std::sync::Arc::new(index))
+        }
+        Err(NotFollowed::Off) => None,
+        Err(NotFollowed::NotYet(why) | NotFollowed::Unreadable(why)) => {
+            eprintln!("care context: {why}; training without it");
+            None
+        }
+    }
+}
+
+/// The care context for `train --from-server`: the daemon's when it has followed one,
+/// else the server's own, read now (before the daemon's first start: a site that starts
+/// warm gets a model that knows its care signals). What is read now is tagged with a key
+/// that lives as long as the process and written nowhere; the daemon reads the context
+/// again at its start, and polls only once it has (see `PollerActor`'s `Resume::hold`).
+/// A type the server refuses is left out, as the daemon leaves it out; any other failure
+/// stops the training, naming the type.
+pub(crate) fn care_for_training(
+    cfg: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<fhir_edge_core::care::Index>>> {
+    match followed_index(cfg) {
+        Ok(index) => {
+            say_followed(&index);
+            Ok(Some(std::sync::Arc::new(index)))
+        }
+        Err(NotFollowed::Off) => Ok(None),
+        Err(NotFollowed::Unreadable(why)) => {
+            eprintln!("care context: {why}; training without it");
+            Ok(None)
+        }
+        Err(NotFollowed::NotYet(why)) => {
+            eprintln!("care context: {why}; reading it from the server now");
+            Ok(server_care(cfg)?.map(std::sync::Arc::new))
+        }
+    }
+}
+
+/// Read the followed care context types from the configured server to the end of their
+/// paging (a spinner on a terminal says the type, pages and resources so far); `None` when
+/// the server holds none of them.
+fn server_care(cfg: &Config) -> anyhow::Result<Option<fhir_edge_core::care::Index>> {
+    use fhir_edge_core::care::{resources, CareKey, FactSet};
+    let client = crate::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
+    let key = CareKey::ephemeral()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let spinner = indicatif::ProgressBar::new_spinner();
+    let mut facts = FactSet::default();
+    for ty in cfg.context.types() {
+        let mut url = crate::client::search_url(
+            client.base(),
+            ty,
+            fhir_edge_core::clock::from_ms(0),
+            cfg.context.page_size,
+        );
+        let (mut pages, mut read) = (0usize, 0usize);
+        loop {
+            let body = match rt.block_on(client.fetch_body(&url, pages > 0)) {
+                Ok(b) => b,
+                Err(e) => match crate::context::refuses(&e) {
+                    Some(why) if pages == 0 => {
+                        eprintln!("care context: the server refuses {ty} ({why}); left out");
+                        break;
+                    }
+                    _ => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "reading the care context's {ty} from {} (retry, or set \
+                                 [context] enabled = false to train without it)",
+                                crate::client::redact_url(&cfg.fhir.base_url)
+                            )
+                        })
+                    }
+                },
+            };
+            let Some(page) = resources::search_page(&body, ty, &key) else {
+                bail!("the server answered the {ty} search with something other than a Bundle");
+            };
+            pages += 1;
+            read += page.resources;
+            spinner.set_message(format!(
+                "reading the care context: {ty}, {pages} pages, {read} resources"
+            ));
+            spinner.tick();
+            page.facts.into_iter().for_each(|f| facts.upsert(f));
+            match page.next {
+                Some(next) => url = crate::client::check_next(client.base(), &next)?,
+                None => break,
+            }
+        }
+        if pages > 0 {
+            spinner.suspend(|| eprintln!("care context: {read} {ty} resources in {pages} pages"));
+        }
+    }
+    spinner.finish_and_clear();
+    if facts.is_empty() {
+        eprintln!("care context: the server holds none of the followed types; training without it");
+        return Ok(None);
+    }
+    let index = facts.index(key);
+    let c = index.counts();
+    eprintln!(
+        "care context: the server's, {} practitioners, {} patients, {} relationships",
+        c.practitioners, c.patients, c.relationships
+    );
+    Ok(Some(index))
 }
 
 /// A progress bar for reading history from `since` to `now` on a terminal (drawn on

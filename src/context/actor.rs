@@ -38,6 +38,9 @@ pub(crate) struct ContextActor {
     links: ContextLinks,
     health: Health,
     stop: Arc<AtomicBool>,
+    /// Told true when the first round has ended, whatever each type's outcome (see
+    /// [`ContextActor::telling_first_read`]).
+    first_read: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Where the context actor sends what it read.
@@ -71,7 +74,18 @@ impl ContextActor {
             links,
             health,
             stop,
+            first_read: None,
         }
+    }
+
+    /// Tell `done` true once the first round has ended (its index, if any, sent to the
+    /// detector): what the poller waits for when the model needs the context.
+    pub(crate) fn telling_first_read(
+        mut self,
+        done: Option<tokio::sync::watch::Sender<bool>>,
+    ) -> Self {
+        self.first_read = done;
+        self
     }
 }
 
@@ -83,8 +97,10 @@ struct Round;
 impl Actor for ContextActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self.key.is_some() {
-            ctx.notify(Round);
+        match self.key {
+            Some(_) => ctx.notify(Round),
+            // Nothing to read: whoever waits for a first read does not wait.
+            None => self.first_read = None,
         }
     }
 }
@@ -343,6 +359,9 @@ impl Handler<Round> for ContextActor {
                         .emit(&act.health);
                     }
                 }
+            }
+            if let Some(done) = act.first_read.take() {
+                let _ = done.send(true);
             }
             ctx.notify_later(Round, Duration::from_secs(act.cfg.interval_secs));
         }));

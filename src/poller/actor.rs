@@ -112,6 +112,8 @@ pub struct PollerActor {
     state: PollState,
     polling: bool,
     stop: Arc<AtomicBool>,
+    /// Set: the first poll waits until it turns true (see [`PollerActor::holding_until`]).
+    hold: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl PollerActor {
@@ -145,7 +147,16 @@ impl PollerActor {
             state,
             polling: false,
             stop,
+            hold: None,
         }
+    }
+
+    /// Make the first poll wait until `ready` turns true, or its sender is gone: a daemon
+    /// whose model was trained with the care context, and that has none stored yet, scores
+    /// nothing before the context's first read (its care signals would read as absent).
+    pub fn holding_until(mut self, ready: Option<tokio::sync::watch::Receiver<bool>>) -> Self {
+        self.hold = ready;
+        self
     }
 
     /// Where this poll starts: `--since`, the cursor-based start (`poll_start`), or (first
@@ -328,7 +339,19 @@ impl Actor for PollerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.notify(PollNow);
+        let Some(mut ready) = self.hold.take() else {
+            ctx.notify(PollNow);
+            return;
+        };
+        tracing::info!(
+            actor = "poller",
+            "the first poll waits for the care context's first read (the model was trained with it)"
+        );
+        let wait = async move {
+            // Gone (the context actor stopped): poll without it rather than never.
+            let _ = ready.wait_for(|r| *r).await;
+        };
+        ctx.spawn(wait.into_actor(self).map(|(), _, ctx| ctx.notify(PollNow)));
     }
 }
 

@@ -219,18 +219,11 @@ fn send_test_event_posts_a_valid_audit_event_and_prints_its_id() {
     assert!(rec.user.is_some());
 }
 
-/// A model trained with `train --from-server` carries the baselines and the server mark; a
-/// daemon with empty state starts from them at the mark. Events the training read are
-/// passed over (not scored, not alerted), events written in between and afterwards are
-/// each scored exactly once, and `status` says where the baselines came from.
-#[test]
-fn a_daemon_started_from_a_server_trained_model_scores_every_later_event_once() {
-    let Some(s) = start_sekmet() else { return };
-    let all = events(320, "warm", 43);
-    let learned = post_all(&s.base_url, &all[..200]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_file = crate::binary::write_config(dir.path(), &s.base_url);
-    let model = dir.path().join("model");
+/// `train --from-server --since 1d --epochs 2` into `dir/model`, with `dir`'s config (state
+/// in `dir/state`); asserts it succeeded. Returns the model's folder, stdout and stderr.
+fn train_from_server(dir: &std::path::Path, base_url: &str) -> (PathBuf, String, String) {
+    let cfg_file = crate::binary::write_config(dir, base_url);
+    let model = dir.join("model");
     let (code, out, err) = crate::binary::run(
         &[
             "--config",
@@ -247,6 +240,20 @@ fn a_daemon_started_from_a_server_trained_model_scores_every_later_event_once() 
         &[],
     );
     assert_eq!(code, 0, "{err}");
+    (model, out, err)
+}
+
+/// A model trained with `train --from-server` carries the baselines and the server mark; a
+/// daemon with empty state starts from them at the mark. Events the training read are
+/// passed over (not scored, not alerted), events written in between and afterwards are
+/// each scored exactly once, and `status` says where the baselines came from.
+#[test]
+fn a_daemon_started_from_a_server_trained_model_scores_every_later_event_once() {
+    let Some(s) = start_sekmet() else { return };
+    let all = events(320, "warm", 43);
+    let learned = post_all(&s.base_url, &all[..200]);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out, _) = train_from_server(dir.path(), &s.base_url);
     assert!(out.contains("with the baselines of"), "{out}");
     // The server keeps receiving events between training and the daemon's start.
     let mut later = post_all(&s.base_url, &all[200..260]);
@@ -591,4 +598,77 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     use std::os::unix::fs::PermissionsExt;
     let key = std::fs::metadata(dir.path().join("care.key")).unwrap();
     assert_eq!((key.len(), key.permissions().mode() & 0o777), (32, 0o600));
+}
+
+/// A site that starts warm, as the README says (`train --from-server` before the first
+/// start), gets a model that knows its care context: training reads it from the server
+/// when the daemon has followed none yet. The daemon, started with that model and no
+/// context of its own, polls only after its first read of the context: Ann's accesses,
+/// whose AuditEvents name no department, are each scored with the department her
+/// PractitionerRole gives (were the first poll not held, they would be scored before the
+/// context is read, without it).
+#[test]
+fn a_model_trained_from_the_server_before_the_first_start_knows_the_care_context_and_nothing_is_scored_without_it(
+) {
+    use serde_json::json;
+    let Some(s) = start_sekmet() else { return };
+    let now = chrono::Utc::now();
+    let at = |m: i64| fhir_edge_core::clock::fmt_ms(now + chrono::Duration::minutes(m));
+    let class =
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"});
+    put_all(
+        &s.base_url,
+        &[
+            json!({"resourceType": "Practitioner", "id": "ann", "name": [{"family": "Quennell", "given": ["Annabel"]}]}),
+            json!({"resourceType": "PractitionerRole", "id": "ann-card", "practitioner": {"reference": "Practitioner/ann"},
+                   "location": [{"display": "Cardiology"}]}),
+            json!({"resourceType": "Patient", "id": "wc-1", "name": [{"family": "Hollowell", "given": ["Ida"]}]}),
+            json!({"resourceType": "Encounter", "id": "wc-enc-1", "status": "in-progress", "class": class,
+                   "subject": {"reference": "Patient/wc-1"}, "period": {"start": at(-180)},
+                   "participant": [{"individual": {"reference": "Practitioner/ann"}}]}),
+        ],
+    );
+    post_all(&s.base_url, &events(200, "wc-history", 47));
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _, err) = train_from_server(dir.path(), &s.base_url);
+    assert!(err.contains("reading it from the server now"), "{err}");
+    assert!(
+        err.contains("care context: the server's, 1 practitioners, 1 patients"),
+        "{err}"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    assert_eq!(meta["training"]["care_context"], json!(true));
+    // Ann's accesses, waiting on the server when the daemon first starts.
+    let access = |i: i64| {
+        json!({"resourceType": "AuditEvent",
+               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+               "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+               "action": "R", "recorded": at(i), "outcome": "0",
+               "agent": [{"who": {"reference": "Practitioner/ann"}, "requestor": true,
+                          "network": {"address": "10.0.0.5", "type": "2"}}],
+               "source": {"observer": {"display": "sekmet"}},
+               "entity": [{"what": {"reference": "Patient/wc-1"}}]})
+    };
+    post_all(&s.base_url, &[access(0), access(1), access(2)]);
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.detector.model_dir = model;
+    let d = TestDaemon::start(cfg);
+    wait_until(
+        Duration::from_secs(120),
+        "Ann's three accesses scored",
+        || d.counter(Counter::EventsModelScored) >= 3,
+    );
+    let st = status(dir.path());
+    assert_eq!(d.counter(Counter::EventsModelScored), 3);
+    assert!(
+        st.care.iter().any(|t| t.resources > 0),
+        "the context was read: {:?}",
+        st.care
+    );
+    assert_eq!(
+        st.coverage.department_from_context, 3,
+        "every access scored with the department her role gives: {:?}",
+        st.coverage
+    );
 }
