@@ -176,7 +176,7 @@ pub(crate) fn say_care_unused() {
         error_kind = "care_context_unused",
         "the model was trained without a care context, so its care signals are not used (they \
          would look like nothing it has seen); retrain with it: `fhir-edge train --from-server` \
-         once the daemon has read the context, or train --context FILE"
+         (it reads the context from the server), or `fhir-edge train --context FILE`"
     );
 }
 
