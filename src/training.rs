@@ -123,7 +123,7 @@ pub(crate) fn followed_care(cfg: &Config) -> Option<std::sync::Arc<fhir_edge_cor
 /// else the server's own, read now (before the daemon's first start: a site that starts
 /// warm gets a model that knows its care signals). What is read now is tagged with a key
 /// that lives as long as the process and written nowhere; the daemon reads the context
-/// again at its start, and polls only once it has (see `PollerActor`'s `Resume::hold`).
+/// again at its start, and polls only once it has (`PollerActor::holding_until`).
 /// A type the server refuses is left out, as the daemon leaves it out; any other failure
 /// stops the training, naming the type.
 pub(crate) fn care_for_training(
@@ -150,7 +150,7 @@ pub(crate) fn care_for_training(
 /// paging (a spinner on a terminal says the type, pages and resources so far); `None` when
 /// the server holds none of them.
 fn server_care(cfg: &Config) -> anyhow::Result<Option<fhir_edge_core::care::Index>> {
-    use fhir_edge_core::care::{resources, CareKey, FactSet};
+    use fhir_edge_core::care::{CareKey, FactSet};
     let client = crate::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let key = CareKey::ephemeral()?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -159,48 +159,42 @@ fn server_care(cfg: &Config) -> anyhow::Result<Option<fhir_edge_core::care::Inde
     let spinner = indicatif::ProgressBar::new_spinner();
     let mut facts = FactSet::default();
     for ty in cfg.context.types() {
-        let mut url = crate::client::search_url(
-            client.base(),
+        let mut paging = crate::context::TypePages::new(
+            &client,
+            &key,
             ty,
             fhir_edge_core::clock::from_ms(0),
             cfg.context.page_size,
         );
-        let (mut pages, mut read) = (0usize, 0usize);
+        let mut read = 0usize;
         loop {
-            let body = match rt.block_on(client.fetch_body(&url, pages > 0)) {
-                Ok(b) => b,
-                Err(e) => match crate::context::refuses(&e) {
-                    Some(why) if pages == 0 => {
-                        eprintln!("care context: the server refuses {ty} ({why}); left out");
-                        break;
-                    }
-                    _ => {
-                        return Err(e).with_context(|| {
-                            format!(
-                                "reading the care context's {ty} from {} (retry, or set \
-                                 [context] enabled = false to train without it)",
-                                crate::client::redact_url(&cfg.fhir.base_url)
-                            )
-                        })
-                    }
-                },
+            let page = match rt.block_on(paging.next()) {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(crate::context::PageError::Refused(why)) => {
+                    eprintln!("care context: the server refuses {ty} ({why}); left out");
+                    break;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "reading the care context's {ty} from {} (retry, or set \
+                             [context] enabled = false to train without it)",
+                            crate::client::redact_url(&cfg.fhir.base_url)
+                        )
+                    })
+                }
             };
-            let Some(page) = resources::search_page(&body, ty, &key) else {
-                bail!("the server answered the {ty} search with something other than a Bundle");
-            };
-            pages += 1;
             read += page.resources;
             spinner.set_message(format!(
-                "reading the care context: {ty}, {pages} pages, {read} resources"
+                "reading the care context: {ty}, {} pages, {read} resources",
+                paging.pages()
             ));
             spinner.tick();
             page.facts.into_iter().for_each(|f| facts.upsert(f));
-            match page.next {
-                Some(next) => url = crate::client::check_next(client.base(), &next)?,
-                None => break,
-            }
         }
-        if pages > 0 {
+        if paging.pages() > 0 {
+            let pages = paging.pages();
             spinner.suspend(|| eprintln!("care context: {read} {ty} resources in {pages} pages"));
         }
     }

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::client::{check_next, search_url, FetchError, FhirClient};
+use crate::client::{FetchError, FhirClient};
 use crate::config::ContextConfig;
 use crate::context::{
-    CareStart, ContextTypeFailed, ContextTypeRead, ContextTypeRefused, ContextUpdated,
+    CareStart, ContextTypeFailed, ContextTypeRead, ContextTypeRefused, ContextUpdated, PageError,
+    TypePages,
 };
 use crate::health::{ActorId, Health, Heartbeat};
 use crate::pipeline::{PipelineError, RefuseCareType, StoreCare, UseCare};
@@ -164,32 +165,22 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
         page_size,
     } = *r;
     let since = fhir_edge_core::clock::from_ms(cursor.map_or(0, |c| (c - OVERLAP_MS).max(0)));
-    let mut url = search_url(client.base(), ty, since, page_size);
-    let (mut pages, mut resources, mut newest, mut changed) = (0, 0, cursor, 0);
+    let mut paging = TypePages::new(client, key, ty, since, page_size);
+    let (mut resources, mut newest, mut changed) = (0, cursor, 0);
     let mut capped = false;
     loop {
+        if paging.has_more() && paging.pages() >= crate::context::MAX_PAGES_PER_ROUND {
+            capped = true;
+            break;
+        }
         // Each page is a step of its own for the watchdog.
         health.begin_step(ActorId::Context);
-        let body = match client.fetch_body(&url, pages > 0).await {
-            Ok(b) => b,
-            Err(e) => {
-                return match crate::context::refuses(&e) {
-                    Some(why) if pages == 0 => TypeOutcome::Refused(why),
-                    _ => TypeOutcome::reading(e),
-                }
-            }
+        let page = match paging.next().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(PageError::Refused(why)) => return TypeOutcome::Refused(why),
+            Err(PageError::Fetch(e)) => return TypeOutcome::reading(e),
         };
-        let k = key.clone();
-        let page = tokio::task::spawn_blocking(move || {
-            fhir_edge_core::care::resources::search_page(&body, ty, &k)
-        })
-        .await;
-        let Ok(Some(page)) = page else {
-            return TypeOutcome::reading(FetchError::Body(format!(
-                "the {ty} search answered something other than a Bundle"
-            )));
-        };
-        pages += 1;
         resources += page.resources;
         newest = match (newest, page.newest_ms) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -216,18 +207,8 @@ async fn read_type(r: &Reading<'_>, ty: &'static str, cursor: Option<i64>) -> Ty
             let mut set = crate::sync::lock(facts);
             fresh.into_iter().for_each(|f| set.upsert(f));
         }
-        match page.next {
-            Some(_) if pages >= crate::context::MAX_PAGES_PER_ROUND => {
-                capped = true;
-                break;
-            }
-            Some(next) => match check_next(client.base(), &next) {
-                Ok(u) => url = u,
-                Err(e) => return TypeOutcome::reading(e),
-            },
-            None => break,
-        }
     }
+    let pages = paging.pages();
     let moved = store
         .send(StoreCare {
             resource_type: ty,

@@ -49,6 +49,89 @@ pub(crate) struct CareStart {
     pub cursors: HashMap<&'static str, Option<i64>>,
 }
 
+/// One followed type's search, page by page from `since`, each `next` link checked to stay
+/// on the server and each page read into facts off the async thread: what the context
+/// actor reads every round and `train --from-server` reads once.
+pub(crate) struct TypePages<'a> {
+    client: &'a crate::client::FhirClient,
+    key: &'a fhir_edge_core::care::CareKey,
+    ty: &'static str,
+    next: Option<url::Url>,
+    pages: usize,
+}
+
+/// Why reading a type's pages stopped short.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PageError {
+    /// The server does not offer the type (its first page was refused: see [`refuses`]).
+    #[error("the server refuses it ({0})")]
+    Refused(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+impl<'a> TypePages<'a> {
+    pub(crate) fn new(
+        client: &'a crate::client::FhirClient,
+        key: &'a fhir_edge_core::care::CareKey,
+        ty: &'static str,
+        since: chrono::DateTime<chrono::Utc>,
+        page_size: u32,
+    ) -> Self {
+        let first = crate::client::search_url(client.base(), ty, since, page_size);
+        TypePages {
+            client,
+            key,
+            ty,
+            next: Some(first),
+            pages: 0,
+        }
+    }
+
+    /// Pages read so far.
+    pub(crate) fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Whether the server linked a page not read yet.
+    pub(crate) fn has_more(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// The next page, `None` once the paging is read to its end.
+    pub(crate) async fn next(
+        &mut self,
+    ) -> Result<Option<fhir_edge_core::care::resources::SearchPage>, PageError> {
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
+        let body = match self.client.fetch_body(&url, self.pages > 0).await {
+            Ok(b) => b,
+            Err(e) => {
+                return Err(match refuses(&e) {
+                    Some(why) if self.pages == 0 => PageError::Refused(why),
+                    _ => PageError::Fetch(e),
+                })
+            }
+        };
+        let (key, ty) = (self.key.clone(), self.ty);
+        let page = tokio::task::spawn_blocking(move || {
+            fhir_edge_core::care::resources::search_page(&body, ty, &key)
+        })
+        .await;
+        let Ok(Some(page)) = page else {
+            return Err(PageError::Fetch(FetchError::Body(format!(
+                "the {ty} search answered something other than a Bundle"
+            ))));
+        };
+        self.pages += 1;
+        if let Some(next) = &page.next {
+            self.next = Some(crate::client::check_next(self.client.base(), next)?);
+        }
+        Ok(Some(page))
+    }
+}
+
 /// Pages read of one type in one round at most: a first read of a large server goes on at
 /// the next round, from where this one stopped.
 pub(crate) const MAX_PAGES_PER_ROUND: usize = 2_000;
