@@ -23,6 +23,25 @@ pub const ANOMALY_KINDS: &[AlertKind] = &[
     AlertKind::FamilySnooping,
 ];
 
+/// What an injected event is labelled in `labels.csv`: one of [`ANOMALY_KINDS`] by its
+/// name, or a scenario named for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    Behaviour(AlertKind),
+    /// A member of staff opens a colleague's record — a colleague who is a patient here —
+    /// with no work to do on it (`coworker_snooping`).
+    CoworkerSnooping,
+}
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Injected::Behaviour(k) => k.fmt(f),
+            Injected::CoworkerSnooping => f.write_str("coworker_snooping"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimOptions {
     pub days: u32,
@@ -205,7 +224,7 @@ pub struct SimEvent {
     pub id: String,
     pub recorded: DateTime<Utc>,
     pub json: serde_json::Value,
-    pub label: Option<AlertKind>,
+    pub label: Option<Injected>,
     /// The injected incident (numbered from 0) a labelled event belongs to.
     pub incident: Option<u32>,
 }
@@ -360,6 +379,8 @@ struct User {
     dormant: bool,
     /// Patients who are the user's family (they share the user's family name).
     relatives: Vec<usize>,
+    /// Given name (the display carries it too, after any title).
+    first: &'static str,
 }
 
 struct Patient {
@@ -375,6 +396,8 @@ struct Patient {
     care_team: Vec<usize>,
     /// On the hospital's watch list: a public figure, a board member, staff as a patient.
     watched: bool,
+    /// The member of staff (index into the users) this patient is.
+    staff: Option<usize>,
 }
 
 impl Patient {
@@ -459,6 +482,7 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             rate_per_hour: rate,
             dormant: false,
             relatives: Vec::new(),
+            first,
         });
     }
     // A few accounts go quiet after the first days (for the dormant-account scenario).
@@ -527,6 +551,7 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
             discharge_day: admit_day + stay,
             care_team,
             watched: false,
+            staff: None,
         });
     }
     // The hospital knows some of its VIPs and watches their records: one patient in a
@@ -556,7 +581,31 @@ fn build(opts: &SimOptions, rng: &mut Rng) -> Hospital {
         }
     }
     apply_style(&mut users, opts);
+    staff_as_patients(&users, &mut patients, &taken, opts.seed);
     Hospital { users, patients }
+}
+
+/// Staff are patients too: one in 25 of them (at least one) has a record here, treated by
+/// another department than their own. Drawn on a generator of its own, so every other draw,
+/// and every event but these records' names, stays as it was.
+fn staff_as_patients(users: &[User], patients: &mut [Patient], taken: &[bool], seed: u64) {
+    let mut r = Rng::new(seed ^ 0x57AF_F0A7);
+    let mut chosen = std::collections::HashSet::new();
+    for _ in 0..(users.len() / 25).max(1) {
+        let ui = r.below(users.len() as u64) as usize;
+        let u = &users[ui];
+        let free: Vec<usize> = (0..patients.len())
+            .filter(|&i| !taken[i] && patients[i].staff.is_none() && !patients[i].watched)
+            .filter(|&i| patients[i].dept != u.dept)
+            .collect();
+        if free.is_empty() || !chosen.insert(ui) {
+            continue;
+        }
+        let p = &mut patients[*r.pick(&free)];
+        (p.first, p.last) = (u.first, u.last.clone());
+        p.display = format!("{}, {}", p.last, p.first);
+        p.staff = Some(ui);
+    }
 }
 
 /// Make the staff work in the hospital's style. Draws come from a generator of their own,
@@ -741,7 +790,7 @@ impl Emitter {
         app: &str,
         p: Option<&Patient>,
         act: Act,
-        label: Option<AlertKind>,
+        label: Option<Injected>,
         rng: &mut Rng,
     ) {
         self.n += 1;
@@ -1117,9 +1166,75 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
             }
         }
     }
+    coworker_snooping(opts, &h, &mut em, &all_admitted);
     em.out
         .sort_by(|a, b| a.recorded.cmp(&b.recorded).then_with(|| a.id.cmp(&b.id)));
     em.out
+}
+
+/// Colleagues' records opened with no work to do on them: from the first anomalous day, as
+/// often as each of [`ANOMALY_KINDS`], a member of staff (a colleague from the same
+/// department where one works that day) reads, during their shift, the record of a
+/// colleague who is a patient here, one to three times, while their department neither
+/// holds nor consults on the patient and they are not on its care team. Drawn on a
+/// generator of its own after every other event, so those stay as they were.
+fn coworker_snooping(
+    opts: &SimOptions,
+    h: &Hospital,
+    em: &mut Emitter,
+    all_admitted: &[Vec<Vec<usize>>],
+) {
+    let staff: Vec<usize> = (0..h.patients.len())
+        .filter(|&i| h.patients[i].staff.is_some())
+        .collect();
+    if staff.is_empty() {
+        return;
+    }
+    let mut r = Rng::new(opts.seed ^ 0xC0_11EA);
+    let l = Some(Injected::CoworkerSnooping);
+    for day in opts.anomalies_from_day as i64..opts.days as i64 {
+        let midnight = local_midnight(opts, day);
+        let wd = weekday(opts, day);
+        let admitted = |d: usize, pi: usize| all_admitted[day as usize][d].contains(&pi);
+        for _ in 0..r.poisson(opts.incidents_per_day / ANOMALY_KINDS.len() as f64) {
+            let pi = *r.pick(&staff);
+            let p = &h.patients[pi];
+            let colleague = p.staff.expect("chosen as staff");
+            let unrelated = |u: &User, ui: usize| {
+                ui != colleague
+                    && !u.dormant
+                    && u.workdays[wd]
+                    && !admitted(u.dept, pi)
+                    && !p.consults.contains(&u.dept)
+                    && !p.care_team.contains(&ui)
+            };
+            let candidates = |same_dept: bool| -> Vec<usize> {
+                (0..h.users.len())
+                    .filter(|&ui| unrelated(&h.users[ui], ui))
+                    .filter(|&ui| !same_dept || h.users[ui].dept == h.users[colleague].dept)
+                    .collect()
+            };
+            let mut who = candidates(true);
+            if who.is_empty() {
+                who = candidates(false);
+            }
+            if who.is_empty() {
+                continue;
+            }
+            let u = &h.users[*r.pick(&who)];
+            em.current = Some(em.incidents);
+            em.incidents += 1;
+            let (start, len) = shift_on(u, day);
+            let mut t = midnight
+                + Duration::hours(start as i64)
+                + Duration::minutes(30 + r.below((len as u64).max(2) * 60 - 60) as i64);
+            for _ in 0..(1 + r.below(3)) {
+                em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, &mut r);
+                t += Duration::seconds(20 + r.below(240) as i64);
+            }
+            em.current = None;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1142,7 +1257,7 @@ fn inject(
             + Duration::hours(u.shift_start as i64)
             + Duration::minutes(30 + rng.below((u.shift_len as u64 - 1) * 60) as i64)
     };
-    let l = Some(kind);
+    let l = Some(Injected::Behaviour(kind));
     if anywhere.is_empty() {
         return;
     }
@@ -1476,13 +1591,14 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
             .unwrap_or("")
             .to_string();
         let (line, postal, phone) = home(&mut rng);
+        let born = birth(&mut rng, 1960, 40);
         out.push(json!({
             "resourceType": "Practitioner", "id": id, "meta": {"lastUpdated": day(-30)},
             "identifier": [{"system": "https://hospital.example/staff", "value": id}],
             "name": [{"family": u.last, "given": [given]}],
             "address": [{"line": [line], "postalCode": postal}],
             "telecom": [{"system": "phone", "value": phone}],
-            "birthDate": birth(&mut rng, 1960, 40)
+            "birthDate": born
         }));
         out.push(json!({
             "resourceType": "PractitionerRole", "id": format!("role-{id}"), "meta": {"lastUpdated": day(-30)},
@@ -1490,7 +1606,7 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
             "code": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/practitioner-role", "code": role_code(u.role)}]}],
             "location": [{"display": DEPTS[u.dept].0}]
         }));
-        staff_home.push((given, line, postal, phone));
+        staff_home.push((given, line, postal, phone, born));
     }
     // Who each staff relative is related to, and how the records say so: a RelatedPerson
     // naming the staff member, a contact on the patient, or only a shared home.
@@ -1509,9 +1625,16 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
             "name": [{"family": p.last, "given": [p.first]}],
             "birthDate": birth(&mut rng, 1930, 90)
         });
+        // A member of staff's own record: their name, birth date and home (a hospital's
+        // patient number, not their staff number).
+        if let Some(ui) = p.staff {
+            let (_, sl, sp, sph, born) = &staff_home[ui];
+            patient["birthDate"] = json!(born);
+            (line, postal, phone) = (sl.clone(), sp.clone(), sph.clone());
+        }
         if let Some(&ui) = relative_of.get(&i) {
             let u = &h.users[ui];
-            let (given, sl, sp, sph) = &staff_home[ui];
+            let (given, sl, sp, sph, _) = &staff_home[ui];
             match form {
                 0 => out.push(json!({
                     "resourceType": "RelatedPerson", "id": format!("rel-{}-{id}", id_of(&u.reference)),
@@ -1796,7 +1919,7 @@ mod tests {
         };
         let mut checked = 0;
         for (i, e) in events.iter().enumerate() {
-            if e.label != Some(AlertKind::FamilySnooping) {
+            if e.label != Some(Injected::Behaviour(AlertKind::FamilySnooping)) {
                 continue;
             }
             let (u, p) = (who(e), what(e));
@@ -1860,6 +1983,71 @@ mod tests {
         }
     }
 
+    /// Some staff are patients here, under their own name and birth date; coworker snooping
+    /// opens such a colleague's record, by another member of staff whose department neither
+    /// holds nor consults on the patient that day, and adds events without changing any other.
+    #[test]
+    fn colleagues_records_are_opened_with_no_work_on_them() {
+        let mut o = SimOptions::new(10, 9);
+        o.users = 60;
+        o.patients = 600;
+        o.anomalies_from_day = 2;
+        o.incidents_per_day = 30.0;
+        let (h, _) = hospital(&o);
+        let staff: Vec<&Patient> = h.patients.iter().filter(|p| p.staff.is_some()).collect();
+        assert!(!staff.is_empty() && staff.len() <= 2, "{}", staff.len());
+        for p in &staff {
+            let u = &h.users[p.staff.unwrap()];
+            assert_eq!(p.display, format!("{}, {}", u.last, u.first));
+            assert_ne!(p.dept, u.dept, "treated by another department");
+        }
+        // The context gives the record the staff member's birth date.
+        let ctx = context_resources(&o);
+        let born = |kind: &str, id: &str| {
+            ctx.iter()
+                .find(|r| r["resourceType"] == kind && r["id"] == id)
+                .map(|r| r["birthDate"].clone())
+                .unwrap()
+        };
+        for p in &staff {
+            let u = &h.users[p.staff.unwrap()];
+            let id = |r: &str| r.rsplit('/').next().unwrap().to_string();
+            assert_eq!(
+                born("Patient", &id(&p.reference)),
+                born("Practitioner", &id(&u.reference))
+            );
+        }
+        let events = simulate(&o);
+        let mut snooped = 0;
+        for e in events
+            .iter()
+            .filter(|e| e.label == Some(Injected::CoworkerSnooping))
+        {
+            let who = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
+            let what = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
+            let ui = h.users.iter().position(|u| u.reference == who).unwrap();
+            let p = staff
+                .iter()
+                .find(|p| p.reference == what)
+                .expect("a colleague's record");
+            assert_ne!(p.staff, Some(ui), "{} is not their own", e.id);
+            assert!(!p.care_team.contains(&ui) && !p.consults.contains(&h.users[ui].dept));
+            snooped += 1;
+        }
+        assert!(snooped >= 5, "{snooped}");
+        // They are drawn after every other event: those are numbered first, as before.
+        let others: Vec<&SimEvent> = events
+            .iter()
+            .filter(|e| e.label != Some(Injected::CoworkerSnooping))
+            .collect();
+        let max_other = others
+            .iter()
+            .map(|e| e.id.rsplit('-').next().unwrap().parse::<u64>().unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(max_other as usize, others.len(), "numbered first, in order");
+    }
+
     /// Cross-department access and family snooping, as the types say, open a record the
     /// user's department has no working relationship with: neither its own patient nor one
     /// it was asked to consult on.
@@ -1873,7 +2061,9 @@ mod tests {
         let (h, _) = hospital(&o);
         let mut checked = std::collections::HashMap::new();
         for e in simulate(&o) {
-            let Some(kind @ (AlertKind::CrossDepartment | AlertKind::FamilySnooping)) = e.label
+            let Some(Injected::Behaviour(
+                kind @ (AlertKind::CrossDepartment | AlertKind::FamilySnooping),
+            )) = e.label
             else {
                 continue;
             };
@@ -1910,7 +2100,7 @@ mod tests {
         assert_eq!(watched.len(), 6, "one patient in a hundred");
         let mut on = [0, 0];
         for e in simulate(&o) {
-            if e.label == Some(AlertKind::VipSnooping) {
+            if e.label == Some(Injected::Behaviour(AlertKind::VipSnooping)) {
                 let p = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
                 on[watched.iter().any(|w| w == p) as usize] += 1;
             }
