@@ -269,7 +269,7 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// last two fields (`revivals`, `new_patients`) or its last one, and are read as having
 /// none. `a_snapshot_of_this_layout_still_reads` fails when the fields change without a
 /// bump.
-pub const SNAPSHOT_LAYOUT: u32 = 3;
+pub const SNAPSHOT_LAYOUT: u32 = 4;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -467,8 +467,13 @@ pub struct Facts {
     pub personal: Option<care::Personal>,
     #[serde(default)]
     pub care_covered: bool,
-    /// The record is on the site's watch list or labelled restricted.
+    /// The record is on the site's watch list or labelled restricted, or is a member of
+    /// staff's (`staff_record`).
     pub watched: bool,
+    /// The patient bears the name of another user of the site, and no other patient seen
+    /// bears it: a colleague's own record, watched as the site's listed records are.
+    #[serde(default)]
+    pub staff_record: bool,
     /// For a shared family name: how many earlier patients had it, of how many, and the
     /// user's new patients a day (their exposure to a namesake by chance).
     pub name_patients: u32,
@@ -547,6 +552,27 @@ pub fn family_name(display: &str) -> Option<String> {
         .collect::<String>()
         .to_lowercase();
     (n.len() >= 2).then_some(n)
+}
+
+/// A person's name from a display name, as a key: family name and first given name,
+/// normalised as [`family_name`] does ("Smith, Jane Ann" and "Dr. Jane Smith" give the same
+/// key). `None` without both.
+pub fn person_key(display: &str) -> Option<u64> {
+    let family = family_name(display)?;
+    let d = display.trim();
+    let given = match d.split_once(',') {
+        Some((_, rest)) => rest.split_whitespace().next(),
+        None => {
+            let words: Vec<&str> = d.split_whitespace().filter(|w| !w.ends_with('.')).collect();
+            (words.len() >= 2).then(|| words[0])
+        }
+    }?;
+    let given: String = given
+        .chars()
+        .filter(|c| c.is_alphabetic() || *c == '-')
+        .collect::<String>()
+        .to_lowercase();
+    (!given.is_empty()).then(|| h64(&(family.as_str(), given.as_str())))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -825,6 +851,14 @@ pub struct Context {
     /// with them). Layout 2 ends before it.
     #[serde(default)]
     new_patients: IdMap<NewPatients>,
+    /// The users' own names (`person_key` of their display) and whose they are: a patient
+    /// who bears one is a member of staff. Bounded by `MAX_NAMES`. Layout 3 ends before it.
+    #[serde(default)]
+    staff_names: IdMap<u64>,
+    /// Distinct patients seen per full name (`person_key`): a staff member's name on one
+    /// patient names them; on several, it is a common name. Bounded by `MAX_NAMES`.
+    #[serde(default)]
+    patient_names: IdMap<f32>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -1360,11 +1394,12 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 2 ends before `new_patients`, layout 1 before `revivals` too:
-                    // read as none (empty maps, in postcard a zero length each).
-                    found @ (1 | 2) => {
-                        let missing = [0u8; 2];
-                        let missing = &missing[..(SNAPSHOT_LAYOUT - found) as usize];
+                    // Layout 3 ends before `staff_names`, layout 2 before `new_patients`
+                    // too, layout 1 before `revivals` as well: read as none (empty maps, in
+                    // postcard a zero length each).
+                    found @ (1..=3) => {
+                        let missing = [0u8; 4];
+                        let missing = &missing[..[4, 3, 2][found as usize - 1]];
                         postcard::from_bytes(&[body, missing].concat())
                             .map_err(SnapshotError::Binary)?
                     }
@@ -1608,6 +1643,22 @@ impl Context {
         (l.hour(), l.weekday().num_days_from_monday())
     }
 
+    /// Whether `r`'s patient is a member of staff other than its user `uh`, by name: the
+    /// audit trail names its users, and a patient who bears a user's name, a name no other
+    /// patient seen bears, is that user (a common name on many patients says nothing).
+    fn staff_named(&self, r: &AuditRecord, uh: Option<u64>) -> bool {
+        let Some(k) = r.patient_display.as_deref().and_then(person_key) else {
+            return false;
+        };
+        // Patients with the name seen so far: this one among them once it was seen.
+        let seen = r
+            .patient
+            .as_deref()
+            .is_some_and(|p| self.patients.contains_key(&h64(p)));
+        let one = self.patient_names.get(&k).copied().unwrap_or(0.0) <= seen as u8 as f32;
+        one && self.staff_names.get(&k).is_some_and(|u| Some(*u) != uh)
+    }
+
     fn features(&self, r: &AuditRecord, asked: Option<u32>) -> ([f32; N_FEATURES], Facts, Known) {
         use Feature as F;
         let now = r.recorded.timestamp_millis();
@@ -1817,7 +1868,9 @@ impl Context {
         let outside_now = cr.covered && cr.relation.is_none();
         // Whether the department's history with the record calls the access unrelated.
         let mut unrelated_by_history = false;
+        facts.staff_record = self.staff_named(r, uh);
         facts.watched = r.restricted
+            || facts.staff_record
             || (!self.watched.is_empty()
                 && r.patient
                     .as_deref()
@@ -2084,6 +2137,11 @@ impl Context {
             return;
         };
         let uh = h64(user_ref);
+        if let Some(k) = r.user_display.as_deref().and_then(person_key) {
+            if self.staff_names.len() < MAX_NAMES || self.staff_names.contains_key(&k) {
+                self.staff_names.entry(k).or_insert(uh);
+            }
+        }
         let ok = r.outcome == 0;
         if let Some(d) = dept_h.or_else(|| self.users.get(&uh).and_then(|u| u.dept)) {
             if ok && (self.dept_hours.len() < 4096 || self.dept_hours.contains_key(&d)) {
@@ -2297,6 +2355,11 @@ impl Context {
                     let k = h64(name.as_str());
                     if self.names.len() < MAX_NAMES || self.names.contains_key(&k) {
                         *self.names.entry(k).or_default() += 1.0;
+                    }
+                }
+                if let Some(k) = r.patient_display.as_deref().and_then(person_key) {
+                    if self.patient_names.len() < MAX_NAMES || self.patient_names.contains_key(&k) {
+                        *self.patient_names.entry(k).or_default() += 1.0;
                     }
                 }
             }
@@ -2968,12 +3031,15 @@ mod tests {
         assert_eq!(c.revivals, layout_sample().revivals);
         assert_eq!(c.new_patients, layout_sample().new_patients);
         assert_eq!(c.new_patients.len(), 5);
+        assert_eq!(c.staff_names, layout_sample().staff_names);
+        assert_eq!((c.staff_names.len(), c.patient_names.len()), (1, 1));
     }
 
-    /// Snapshots of layouts 1 (before `revivals`) and 2 (before `new_patients`) still
-    /// read, with nothing of the missing fields: an upgrade keeps the site's running context.
+    /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`) and 3 (before
+    /// `staff_names`) still read, with nothing of the missing fields: an upgrade keeps the
+    /// site's running context.
     #[test]
-    fn snapshots_of_layouts_1_and_2_still_read() {
+    fn snapshots_of_earlier_layouts_still_read() {
         let read = |layout: u32| {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
                 "src/detector/testdata/snapshot-layout-{layout}.bin"
@@ -2988,6 +3054,10 @@ mod tests {
         assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.revivals, layout_sample().revivals);
         assert!(c.new_patients.is_empty());
+        let c = read(3);
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert_eq!(c.new_patients, layout_sample().new_patients);
+        assert!(c.staff_names.is_empty() && c.patient_names.is_empty());
         assert!(matches!(
             Context::from_bytes(b"fhirctx\0\x07\0\0\0", chrono_tz::UTC),
             Err(SnapshotError::Layout { found: 7 })
@@ -3902,6 +3972,133 @@ mod tests {
             x[j]
         );
         assert!(x[j] > 4.0 && namesake_surprise(share, per_day, true) < x[j] - 4.0);
+    }
+
+    #[test]
+    fn a_person_key_reads_a_name_in_either_order_and_needs_both_parts() {
+        let k = person_key("Smith-Jones, Ann Marie");
+        assert!(k.is_some());
+        assert_eq!(person_key("Dr. Ann Smith-Jones"), k);
+        assert_eq!(person_key("ann SMITH-JONES"), k);
+        assert_ne!(person_key("Smith-Jones, Bea"), k);
+        assert_eq!(person_key("Smith"), None);
+        assert_eq!(person_key("Smith,"), None);
+    }
+
+    /// A patient who bears the name of another user of the site, a name no other patient
+    /// bears, is that colleague: their record is watched, and opening it without a working
+    /// relationship is flagged as a listed record's is. Not the user's own record, not a name
+    /// two patients share.
+    #[test]
+    fn a_colleagues_own_record_is_watched_by_name() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let j = feature("watched_record_unrelated");
+        let t0 = monday(9);
+        let staffed =
+            |user: &str, name: &str, dept: &str, patient: &str, pname: &str, t: i64| AuditRecord {
+                user_display: Some(name.into()),
+                patient_display: Some(pname.into()),
+                ..in_dept(user, dept, patient, t)
+            };
+        // Oncology treats the patients; Eva Lind works in Cardiology.
+        for (i, (p, name)) in [("Patient/7", "Lind, Eva"), ("Patient/8", "Berg, Tom")]
+            .iter()
+            .enumerate()
+        {
+            for k in 0..20 {
+                let t = t0 + (i * 20 + k) as i64 * 1000;
+                c.observe(&staffed(
+                    "Practitioner/1",
+                    "Dr. Al Moe",
+                    "Oncology",
+                    p,
+                    name,
+                    t,
+                ));
+            }
+        }
+        c.observe(&staffed(
+            "Practitioner/5",
+            "Eva Lind",
+            "Cardiology",
+            "Patient/9",
+            "Ek, Bo",
+            t0,
+        ));
+        // A colleague from Cardiology opens Eva's record: no working relationship.
+        let (x, f) = c.observe(&staffed(
+            "Practitioner/3",
+            "Dr. Ida Sund",
+            "Cardiology",
+            "Patient/7",
+            "Lind, Eva",
+            t0 + HOUR,
+        ));
+        assert!(f.staff_record && f.watched);
+        assert_eq!(x[j], 1.0);
+        // Oncology, which treats her, opens it as work.
+        let (x, f) = c.observe(&staffed(
+            "Practitioner/2",
+            "Kim Ode",
+            "Oncology",
+            "Patient/7",
+            "Lind, Eva",
+            t0 + HOUR,
+        ));
+        assert!(f.staff_record);
+        assert_eq!(x[j], 0.0, "inside the department's work");
+        // Her own record is hers, not a colleague's.
+        let (_, f) = c.observe(&staffed(
+            "Practitioner/5",
+            "Eva Lind",
+            "Cardiology",
+            "Patient/7",
+            "Lind, Eva",
+            t0 + HOUR,
+        ));
+        assert!(!f.staff_record);
+        // A patient nobody on the staff is named after.
+        let (x, f) = c.observe(&staffed(
+            "Practitioner/3",
+            "Dr. Ida Sund",
+            "Cardiology",
+            "Patient/8",
+            "Berg, Tom",
+            t0 + HOUR,
+        ));
+        assert!(!f.staff_record && !f.watched);
+        assert_eq!(x[j], 0.0);
+        // A second Eva Lind among the patients: the name no longer says who.
+        c.observe(&staffed(
+            "Practitioner/1",
+            "Dr. Al Moe",
+            "Oncology",
+            "Patient/10",
+            "Lind, Eva",
+            t0 + HOUR,
+        ));
+        let (x, f) = c.observe(&staffed(
+            "Practitioner/3",
+            "Dr. Ida Sund",
+            "Cardiology",
+            "Patient/7",
+            "Lind, Eva",
+            t0 + 2 * HOUR,
+        ));
+        assert!(!f.staff_record);
+        assert_eq!(x[j], 0.0);
+        // The names travel with a snapshot.
+        let c = Context::from_bytes(&c.to_bytes(), chrono_tz::UTC).unwrap();
+        let (_, f) = c.peek(&staffed(
+            "Practitioner/4",
+            "Ola Vik",
+            "Cardiology",
+            "Patient/11",
+            "Lind, Eva",
+            t0 + 3 * HOUR,
+        ));
+        assert!(!f.staff_record, "two patients bear it");
+        assert_eq!(c.staff_names.len(), 4, "the users who wrote events");
     }
 
     #[test]

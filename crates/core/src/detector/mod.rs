@@ -645,7 +645,10 @@ pub fn explain(
                     (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
                     _ => "from an unknown department".into(),
                 };
-                let what = "a watched record (on the site's watch list or labelled restricted)";
+                let what = match f.staff_record {
+                    true => "a member of staff's own record (the patient bears the name of another user of this site)",
+                    false => "a watched record (on the site's watch list or labelled restricted)",
+                };
                 let first = if f.first_pair { ", for the first time by this user" } else { "" };
                 let why = match (f.care_covered, f.care) {
                     (true, None) => "no encounter, appointment, episode of care or care team links this user to the patient",
