@@ -416,7 +416,19 @@ pub fn title(alerts: &[CaseAlert]) -> String {
     let first = alerts.iter().map(|a| a.recorded_ms).min().unwrap_or(0);
     let last = alerts.iter().map(|a| a.recorded_ms).max().unwrap_or(0);
     let span = span_words(last - first);
-    match dominant_kind(alerts) {
+    let kind = dominant_kind(alerts);
+    // A colleague's record is filed under a crowd around a record or a watched one; the
+    // case says whose it is when its strongest alert of that behaviour does.
+    let colleague = alerts
+        .iter()
+        .filter(|a| AlertKind::strongest(&a.kinds) == kind)
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .and_then(|a| a.explanation.first())
+        .is_some_and(|r| crate::detector::names_a_colleague(r));
+    match kind {
+        AlertKind::VipSnooping | AlertKind::WatchedRecord if colleague => {
+            "opened a colleague's record".to_string()
+        }
         AlertKind::AfterHours => "after-hours session".to_string(),
         AlertKind::BulkAccess => format!("opened {n} patients in {span}"),
         AlertKind::CrossDepartment => format!("{n} records outside the user's department"),
@@ -799,6 +811,46 @@ mod tests {
         assert!(
             c.add(Some("Patient/2"), CrossDepartment),
             "another behaviour"
+        );
+    }
+
+    /// A colleague's record is filed as a crowd around a record or a watched record; the
+    /// title says what it was when the strongest such alert does.
+    #[test]
+    fn a_colleagues_record_is_titled_as_one() {
+        let with = |kind, reason: String| CaseAlert {
+            explanation: vec![reason],
+            ..alert(1, 0, kind, 1.2, "Patient/1")
+        };
+        let coworker = format!(
+            "{} and no treatment relationship links this user to them",
+            crate::detector::COWORKER_RECORD
+        );
+        let named = format!(
+            "{} opened from Surgery",
+            crate::detector::STAFF_NAMED_RECORD
+        );
+        assert_eq!(
+            title(&[with(AlertKind::VipSnooping, coworker)]),
+            "opened a colleague's record"
+        );
+        assert_eq!(
+            title(&[with(AlertKind::WatchedRecord, named)]),
+            "opened a colleague's record"
+        );
+        assert_eq!(
+            title(&[with(
+                AlertKind::VipSnooping,
+                "27 different users opened this patient's record in 24 h".into()
+            )]),
+            "looked up a record many colleagues opened"
+        );
+        assert_eq!(
+            title(&[with(
+                AlertKind::WatchedRecord,
+                "a watched record (on the site's watch list or labelled restricted)".into()
+            )]),
+            "opened a watched record"
         );
     }
 

@@ -383,6 +383,17 @@ pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, WatchListE
     Ok(refs)
 }
 
+/// How a reason begins when the record is a colleague's: the care context says the patient
+/// is another member of staff, or the patient bears another user's name.
+pub const COWORKER_RECORD: &str = "the patient is a member of staff (a co-worker)";
+pub const STAFF_NAMED_RECORD: &str =
+    "a member of staff's own record (the patient bears the name of another user of this site)";
+
+/// Whether a reason is about a colleague's own record (see [`COWORKER_RECORD`]).
+pub fn names_a_colleague(reason: &str) -> bool {
+    reason.starts_with(COWORKER_RECORD) || reason.starts_with(STAFF_NAMED_RECORD)
+}
+
 /// The part of a score a feature must carry to be named as a reason (the strongest always is).
 const REASON_SHARE: f32 = 0.08;
 
@@ -544,10 +555,10 @@ pub fn explain(
                 }
                 let coworker = contrib_of(contrib, Feature::CoworkerRecord);
                 let crowd = kind_total(contrib, AlertKind::VipSnooping) - coworker;
-                let staff = "the patient is a member of staff (a co-worker) and no treatment relationship links this user to them";
+                let staff = format!("{COWORKER_RECORD} and no treatment relationship links this user to them");
                 match (coworker > 0.0, crowd > 0.0) {
                     (true, true) => format!("{staff}; {text}"),
-                    (true, false) => staff.to_string(),
+                    (true, false) => staff,
                     _ => text,
                 }
             }
@@ -646,7 +657,7 @@ pub fn explain(
                     _ => "from an unknown department".into(),
                 };
                 let what = match f.staff_record {
-                    true => "a member of staff's own record (the patient bears the name of another user of this site)",
+                    true => STAFF_NAMED_RECORD,
                     false => "a watched record (on the site's watch list or labelled restricted)",
                 };
                 let first = if f.first_pair { ", for the first time by this user" } else { "" };
