@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 /// (it is context, not a reason: case narratives list it apart).
 pub const CARE_NOTE: &str = "care relationship, counted in the user's favour: ";
 
+/// How a reason begins when the record is a colleague's: the care context says the patient
+/// is another member of staff, or the patient bears another user's name.
+pub const COWORKER_RECORD: &str = "the patient is a member of staff (a co-worker)";
+pub const STAFF_NAMED_RECORD: &str =
+    "a member of staff's own record (the patient bears the name of another user of this site)";
+
+/// Whether a reason is about a colleague's own record (see [`COWORKER_RECORD`]).
+pub fn names_a_colleague(reason: &str) -> bool {
+    reason.starts_with(COWORKER_RECORD) || reason.starts_with(STAFF_NAMED_RECORD)
+}
+
 /// The score (a multiple of the site's calibrated threshold, its 99.5th percentile of
 /// normal by default) from which an event is a low alert. Just under the threshold: the
 /// queue is kept short by cases, not by single events — a low alert of a behaviour common

@@ -424,7 +424,7 @@ pub fn title(alerts: &[CaseAlert]) -> String {
         .filter(|a| AlertKind::strongest(&a.kinds) == kind)
         .max_by(|a, b| a.score.total_cmp(&b.score))
         .and_then(|a| a.explanation.first())
-        .is_some_and(|r| crate::detector::names_a_colleague(r));
+        .is_some_and(|r| crate::alerts::names_a_colleague(r));
     match kind {
         AlertKind::VipSnooping | AlertKind::WatchedRecord if colleague => {
             "opened a colleague's record".to_string()
@@ -824,12 +824,9 @@ mod tests {
         };
         let coworker = format!(
             "{} and no treatment relationship links this user to them",
-            crate::detector::COWORKER_RECORD
+            crate::alerts::COWORKER_RECORD
         );
-        let named = format!(
-            "{} opened from Surgery",
-            crate::detector::STAFF_NAMED_RECORD
-        );
+        let named = format!("{} opened from Surgery", crate::alerts::STAFF_NAMED_RECORD);
         assert_eq!(
             title(&[with(AlertKind::VipSnooping, coworker)]),
             "opened a colleague's record"

@@ -13,7 +13,7 @@ use baselines::PassOver;
 use features::{Context, Facts, Feature, N_FEATURES, ODD_HOUR_BAND};
 use model::Model;
 
-use crate::alerts::{AlertKind, Severity};
+use crate::alerts::{AlertKind, Severity, COWORKER_RECORD, STAFF_NAMED_RECORD};
 use crate::coverage;
 use crate::fhir::{AuditRecord, Fetched};
 use crate::state::KeyStatus;
@@ -381,17 +381,6 @@ pub fn read_watch_list(path: &std::path::Path) -> Result<Vec<String>, WatchListE
         refs.push(key.to_string());
     }
     Ok(refs)
-}
-
-/// How a reason begins when the record is a colleague's: the care context says the patient
-/// is another member of staff, or the patient bears another user's name.
-pub const COWORKER_RECORD: &str = "the patient is a member of staff (a co-worker)";
-pub const STAFF_NAMED_RECORD: &str =
-    "a member of staff's own record (the patient bears the name of another user of this site)";
-
-/// Whether a reason is about a colleague's own record (see [`COWORKER_RECORD`]).
-pub fn names_a_colleague(reason: &str) -> bool {
-    reason.starts_with(COWORKER_RECORD) || reason.starts_with(STAFF_NAMED_RECORD)
 }
 
 /// The part of a score a feature must carry to be named as a reason (the strongest always is).
