@@ -856,7 +856,8 @@ pub struct Context {
     #[serde(default)]
     staff_names: IdMap<u64>,
     /// Distinct patients seen per full name (`person_key`): a staff member's name on one
-    /// patient names them; on several, it is a common name. Bounded by `MAX_NAMES`.
+    /// patient names them; on several, it is a common name. Bounded by `MAX_NAMES`; once
+    /// full, a name not in it names nobody (its count is unknown).
     #[serde(default)]
     patient_names: IdMap<f32>,
     /// Whether the full site-source table was logged (once per process).
@@ -1655,7 +1656,17 @@ impl Context {
             .patient
             .as_deref()
             .is_some_and(|p| self.patients.contains_key(&h64(p)));
-        let one = self.patient_names.get(&k).copied().unwrap_or(0.0) <= seen as u8 as f32;
+        // A name the full-name counts could not keep (`MAX_NAMES` reached) may be on many
+        // patients: it names nobody.
+        let Some(n) = self
+            .patient_names
+            .get(&k)
+            .copied()
+            .or((self.patient_names.len() < MAX_NAMES).then_some(0.0))
+        else {
+            return false;
+        };
+        let one = n <= seen as u8 as f32;
         one && self.staff_names.get(&k).is_some_and(|u| Some(*u) != uh)
     }
 
@@ -2137,11 +2148,6 @@ impl Context {
             return;
         };
         let uh = h64(user_ref);
-        if let Some(k) = r.user_display.as_deref().and_then(person_key) {
-            if self.staff_names.len() < MAX_NAMES || self.staff_names.contains_key(&k) {
-                self.staff_names.entry(k).or_insert(uh);
-            }
-        }
         let ok = r.outcome == 0;
         if let Some(d) = dept_h.or_else(|| self.users.get(&uh).and_then(|u| u.dept)) {
             if ok && (self.dept_hours.len() < 4096 || self.dept_hours.contains_key(&d)) {
@@ -2182,6 +2188,12 @@ impl Context {
                 u.sessions += 1.0;
                 u.session_start_hour = hour as u8;
                 new_session = true;
+                // The user's own name, once a session (not parsed on every event).
+                if let Some(k) = r.user_display.as_deref().and_then(person_key) {
+                    if self.staff_names.len() < MAX_NAMES || self.staff_names.contains_key(&k) {
+                        self.staff_names.entry(k).or_insert(uh);
+                    }
+                }
             }
             u.last_ok_ms = u.last_ok_ms.max(now);
             u.hours[hour as usize] += 1.0;
