@@ -659,8 +659,15 @@ fn a_model_trained_from_the_server_before_the_first_start_knows_the_care_context
         "Ann's three accesses scored",
         || d.counter(Counter::EventsModelScored) >= 3,
     );
+    // The counter moves when the model has run; the state commits the page after it.
+    wait_until(
+        Duration::from_secs(60),
+        "the history and Ann's three accesses committed",
+        || status(dir.path()).coverage.events >= 203,
+    );
     let st = status(dir.path());
     assert_eq!(d.counter(Counter::EventsModelScored), 3);
+    assert_eq!(st.coverage.events, 203, "{:?}", st.coverage);
     assert!(
         st.care.iter().any(|t| t.resources > 0),
         "the context was read: {:?}",
