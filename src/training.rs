@@ -342,16 +342,18 @@ pub(crate) fn train_cmd(
     }
     // One pass: each event's feature row, and what the audit trail holds (the department
     // the care context gave an event is the one its row was computed with).
+    // Whether each opened a colleague's record from the colleague's own department too
+    // (its case is queued at once: `detector::corroborates_itself`).
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
-    let rows: Vec<_> = records
+    let (rows, own_colleague): (Vec<_>, Vec<bool>) = records
         .iter()
         .map(|r| {
             coverage.observe(r);
             let (row, facts) = ctx.observe(r);
             coverage.department_from_context += facts.dept_from_care as u64;
-            row
+            (row, facts.own_colleague)
         })
-        .collect();
+        .unzip();
     eprintln!("the audit trail: {}", coverage.summary());
     let opts = fhir_edge_core::detector::model::TrainOptions {
         epochs,
@@ -376,7 +378,8 @@ pub(crate) fn train_cmd(
     let mut model = model;
     model.meta.training.care_context = ctx.care().is_some();
     if case_budget > 0.0 {
-        fit_queue_budget(&mut model, &rows, &records, case_rule, case_budget)?;
+        let replay = (&rows[..], &own_colleague[..], &records[..]);
+        fit_queue_budget(&mut model, replay, case_rule, case_budget)?;
     }
     model.save(output)?;
     let mark = baselines::Mark::at_end_of(
@@ -403,16 +406,22 @@ pub(crate) fn train_cmd(
 }
 
 /// Fit the model's thresholds to the queue budget on the second half of the training
-/// window (see `detector::budget`), and say what it did.
+/// window (see `detector::budget`; `replay`: its feature rows, whether each opened a
+/// colleague's record from the colleague's own department, its events), and say what it
+/// did.
 fn fit_queue_budget(
     model: &mut fhir_edge_core::detector::model::Model,
-    rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
-    records: &[fhir_edge_core::fhir::AuditRecord],
+    (rows, own_colleague, records): (
+        &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
+        &[bool],
+        &[fhir_edge_core::fhir::AuditRecord],
+    ),
     rule: fhir_edge_core::cases::CaseRule,
     budget: f64,
 ) -> anyhow::Result<()> {
     use fhir_edge_core::detector::budget;
-    let Some((candidates, days, users)) = budget::candidates(model, rows, records)? else {
+    let Some((candidates, days, users)) = budget::candidates(model, rows, own_colleague, records)?
+    else {
         eprintln!(
             "queue budget: not fitted, the training window's second half spans under {} days \
              or names no user; the percentile's threshold is kept",

@@ -155,8 +155,8 @@ impl Corroboration {
 
     /// An alert that corroborates itself joined: one whose behaviour needs corroboration
     /// but which carries a second, independent piece of evidence (an access at an unusual
-    /// hour in a session begun at an hour the user never begins one:
-    /// `detector::corroborates_itself`).
+    /// hour in a session begun at an hour the user never begins one, a colleague's record
+    /// opened from the colleague's own department: `detector::corroborates_itself`).
     pub fn itself(&mut self) {
         self.corroborated = true;
     }

@@ -72,13 +72,15 @@ pub struct Candidate {
     pub itself: bool,
 }
 
-/// The events of the second half of the training window (`records` and their feature
-/// `rows`, index for index) that could alert at any raise, in time order, with the number
+/// The events of the second half of the training window (`records`, their feature `rows`
+/// and whether each opened a colleague's record from the colleague's own department,
+/// `own_colleague`: `Facts::own_colleague`; index for index) that could alert at any raise, in time order, with the number
 /// of days and of users active in that half; `None` when that half is shorter than
 /// `MIN_DAYS` or has no user.
 pub fn candidates(
     model: &Model,
     rows: &[[f32; N_FEATURES]],
+    own_colleague: &[bool],
     records: &[AuditRecord],
 ) -> Result<Option<(Vec<Candidate>, f64, u64)>, ModelError> {
     let times = records.iter().map(|r| r.recorded.timestamp_millis());
@@ -87,7 +89,7 @@ pub fn candidates(
     };
     let from = t0 + (t1 - t0) / 2;
     let days = (t1 - from) as f64 / DAY_MS;
-    let second: Vec<usize> = (0..records.len().min(rows.len()))
+    let second: Vec<usize> = (0..records.len().min(rows.len()).min(own_colleague.len()))
         .filter(|i| records[*i].recorded.timestamp_millis() >= from)
         .collect();
     let users: HashSet<&str> = second
@@ -111,7 +113,7 @@ pub fn candidates(
                     at_ms: r.recorded.timestamp_millis(),
                     ratio,
                     kind,
-                    itself: super::corroborates_itself(kind, &rows[*i]),
+                    itself: super::corroborates_itself(kind, &rows[*i], own_colleague[*i]),
                 });
             }
         }

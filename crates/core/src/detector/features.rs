@@ -333,6 +333,11 @@ pub const USUAL_START_SHARE: f32 = 0.1;
 /// BENCHMARKS.md: the ordinary such cases came from them, the injected lookups from staff
 /// who work inside relationships).
 pub const CARE_BLIND_RATE: f32 = 0.5;
+/// A user who opens records their department has no history with at least this often (one
+/// lookup in twenty; `cross_rate`) goes to unrelated records as routine work — a
+/// laboratory, a pharmacy, radiology: their first look at a colleague's own record is no
+/// second piece of evidence (`Facts::own_colleague`). On a ward such lookups are rare.
+pub const ROUTINE_UNRELATED_RATE: f32 = 0.05;
 /// A site whose users' outside-care rates average at least this has a care context that
 /// describes nobody's work — its Encounters name practitioners and locations that no
 /// audit user or unit matches. There no user is read against the context for a watched
@@ -474,6 +479,16 @@ pub struct Facts {
     /// bears it: a colleague's own record, watched as the site's listed records are.
     #[serde(default)]
     pub staff_record: bool,
+    /// A colleague's own record (`staff_record`) opened by this user for the first time
+    /// (`first_pair`), whose bearer works, as a user of the site, in the department this
+    /// access is from, while that department has no history with the record: someone the
+    /// user works beside, and no work of the department's on them. That is evidence twice
+    /// over (`super::corroborates_itself`). A department with some history with the record
+    /// may be consulting on it, a user going back to the record is a consult continued, and
+    /// one whose work goes to unrelated records routinely (`ROUTINE_UNRELATED_RATE`) is at
+    /// work: each waits for corroboration.
+    #[serde(default)]
+    pub own_colleague: bool,
     /// For a shared family name: how many earlier patients had it, of how many, and the
     /// user's new patients a day (their exposure to a namesake by chance).
     pub name_patients: u32,
@@ -1644,13 +1659,11 @@ impl Context {
         (l.hour(), l.weekday().num_days_from_monday())
     }
 
-    /// Whether `r`'s patient is a member of staff other than its user `uh`, by name: the
+    /// The member of staff other than its user `uh` that `r`'s patient is, by name: the
     /// audit trail names its users, and a patient who bears a user's name, a name no other
     /// patient seen bears, is that user (a common name on many patients says nothing).
-    fn staff_named(&self, r: &AuditRecord, uh: Option<u64>) -> bool {
-        let Some(k) = r.patient_display.as_deref().and_then(person_key) else {
-            return false;
-        };
+    fn staff_named(&self, r: &AuditRecord, uh: Option<u64>) -> Option<u64> {
+        let k = r.patient_display.as_deref().and_then(person_key)?;
         // Patients with the name seen so far: this one among them once it was seen.
         let seen = r
             .patient
@@ -1658,16 +1671,14 @@ impl Context {
             .is_some_and(|p| self.patients.contains_key(&h64(p)));
         // A name the full-name counts could not keep (`MAX_NAMES` reached) may be on many
         // patients: it names nobody.
-        let Some(n) = self
+        let n = self
             .patient_names
             .get(&k)
             .copied()
-            .or((self.patient_names.len() < MAX_NAMES).then_some(0.0))
-        else {
-            return false;
-        };
+            .or((self.patient_names.len() < MAX_NAMES).then_some(0.0))?;
         let one = n <= seen as u8 as f32;
-        one && self.staff_names.get(&k).is_some_and(|u| Some(*u) != uh)
+        let staff = self.staff_names.get(&k).copied()?;
+        (one && Some(staff) != uh).then_some(staff)
     }
 
     fn features(&self, r: &AuditRecord, asked: Option<u32>) -> ([f32; N_FEATURES], Facts, Known) {
@@ -1879,7 +1890,15 @@ impl Context {
         let outside_now = cr.covered && cr.relation.is_none();
         // Whether the department's history with the record calls the access unrelated.
         let mut unrelated_by_history = false;
-        facts.staff_record = self.staff_named(r, uh);
+        let colleague = self.staff_named(r, uh);
+        facts.staff_record = colleague.is_some();
+        // Narrowed below to a record the department has no history with.
+        facts.own_colleague = facts.first_pair
+            && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE
+            && colleague
+                .and_then(|c| self.users.get(&c))
+                .and_then(|c| c.dept)
+                .is_some_and(|d| Some(d) == dept_h);
         facts.watched = r.restricted
             || facts.staff_record
             || (!self.watched.is_empty()
@@ -1893,6 +1912,8 @@ impl Context {
                 known.relation = Some(rel);
                 let share = rel.share;
                 facts.dept_share = dept_h.map(|_| share);
+                // A record the department never touched: no consult of its own to go on.
+                facts.own_colleague &= share <= 0.0;
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
                 // An access to a patient with a history none of it from the user's department,
                 // weighed by how unusual such access is for this user.
@@ -3997,6 +4018,95 @@ mod tests {
         assert_eq!(person_key("Smith,"), None);
     }
 
+    /// A first look at the record of a colleague from one's own department, a record the
+    /// department has no history with, is evidence twice over where such lookups are rare;
+    /// not for a user whose work goes to such records every day, nor once the department
+    /// has a history with the record.
+    #[test]
+    fn a_colleague_of_ones_own_department_counts_twice_only_off_routine_work_and_history() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let t0 = monday(9);
+        let named =
+            |user: &str, name: &str, dept: &str, patient: &str, pname: &str, t: i64| AuditRecord {
+                user_display: Some(name.into()),
+                patient_display: Some(pname.into()),
+                ..in_dept(user, dept, patient, t)
+            };
+        // Oncology treats everyone; Nora Dahl works in the Laboratory and is a patient.
+        let patients: Vec<String> = (100..120).map(|i| format!("Patient/{i}")).collect();
+        for (i, p) in patients
+            .iter()
+            .chain(["Patient/12".to_string()].iter())
+            .enumerate()
+        {
+            let pname = match p.as_str() {
+                "Patient/12" => "Dahl, Nora".to_string(),
+                _ => format!("Doe{i}, Jan"),
+            };
+            c.observe(&named(
+                "Practitioner/1",
+                "Al Moe",
+                "Oncology",
+                p,
+                &pname,
+                t0 + i as i64,
+            ));
+        }
+        c.observe(&named(
+            "Practitioner/9",
+            "Nora Dahl",
+            "Laboratory",
+            "Patient/99",
+            "Ek, Bo",
+            t0,
+        ));
+        // A laboratory colleague whose day is Oncology's patients: unrelated lookups are routine.
+        for (i, p) in patients.iter().enumerate() {
+            let pname = format!("Doe{i}, Jan");
+            c.observe(&named(
+                "Practitioner/8",
+                "Per Lund",
+                "Laboratory",
+                p,
+                &pname,
+                t0 + 60_000 + i as i64,
+            ));
+        }
+        let (_, f) = c.peek(&named(
+            "Practitioner/8",
+            "Per Lund",
+            "Laboratory",
+            "Patient/12",
+            "Dahl, Nora",
+            t0 + HOUR,
+        ));
+        assert!(f.staff_record && f.watched && f.first_pair);
+        assert!(
+            !f.own_colleague,
+            "the laboratory's work goes to such records"
+        );
+        // Another laboratory colleague, new to such lookups: evidence twice over.
+        let (_, f) = c.observe(&named(
+            "Practitioner/7",
+            "Ada Rask",
+            "Laboratory",
+            "Patient/12",
+            "Dahl, Nora",
+            t0 + HOUR,
+        ));
+        assert!(f.staff_record && f.own_colleague);
+        // Once the laboratory has a history with the record, it may be its work.
+        let (_, f) = c.peek(&named(
+            "Practitioner/6",
+            "Ulf Borg",
+            "Laboratory",
+            "Patient/12",
+            "Dahl, Nora",
+            t0 + HOUR + 60_000,
+        ));
+        assert!(f.staff_record && f.first_pair && !f.own_colleague);
+    }
+
     /// A patient who bears the name of another user of the site, a name no other patient
     /// bears, is that colleague: their record is watched, and opening it without a working
     /// relationship is flagged as a listed record's is. Not the user's own record, not a name
@@ -4047,6 +4157,28 @@ mod tests {
             t0 + HOUR,
         ));
         assert!(f.staff_record && f.watched);
+        assert!(f.own_colleague, "Eva works in Cardiology too");
+        assert_eq!(x[j], 1.0);
+        // Going back to it: a consult continued, as far as the trail can tell.
+        let (_, f) = c.observe(&staffed(
+            "Practitioner/3",
+            "Dr. Ida Sund",
+            "Cardiology",
+            "Patient/7",
+            "Lind, Eva",
+            t0 + HOUR + 60_000,
+        ));
+        assert!(f.staff_record && !f.first_pair && !f.own_colleague);
+        // From Surgery, a colleague's record still, but not one of the department's own.
+        let (x, f) = c.observe(&staffed(
+            "Practitioner/6",
+            "Dr. Ute Falk",
+            "Surgery",
+            "Patient/7",
+            "Lind, Eva",
+            t0 + HOUR,
+        ));
+        assert!(f.staff_record && !f.own_colleague);
         assert_eq!(x[j], 1.0);
         // Oncology, which treats her, opens it as work.
         let (x, f) = c.observe(&staffed(
@@ -4057,7 +4189,7 @@ mod tests {
             "Lind, Eva",
             t0 + HOUR,
         ));
-        assert!(f.staff_record);
+        assert!(f.staff_record && !f.own_colleague);
         assert_eq!(x[j], 0.0, "inside the department's work");
         // Her own record is hers, not a colleague's.
         let (_, f) = c.observe(&staffed(
@@ -4110,7 +4242,7 @@ mod tests {
             t0 + 3 * HOUR,
         ));
         assert!(!f.staff_record, "two patients bear it");
-        assert_eq!(c.staff_names.len(), 4, "the users who wrote events");
+        assert_eq!(c.staff_names.len(), 5, "the users who wrote events");
     }
 
     #[test]

@@ -45,16 +45,27 @@ pub struct ScoredEvent {
     pub carried: coverage::Coverage,
 }
 
-/// Whether an alert of behaviour `kind` with feature row `row` carries a second,
-/// independent piece of evidence in itself, so that its case need not wait for another
-/// alert to corroborate it ([`crate::cases::queued`]): an access at an unusual hour in a
-/// session begun at an hour the user has never, or almost never, begun one (the session's
-/// start at least as rare as none of ten; `features::unprecedented_start`). A shift running
-/// late keeps its usual start and stays watched; a login on a day off or in the night to
-/// open a record does not. The alert's explanation states the session's start.
-pub fn corroborates_itself(kind: AlertKind, row: &[f32; N_FEATURES]) -> bool {
-    kind == AlertKind::AfterHours
-        && row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
+/// Whether an alert of behaviour `kind` with feature row `row` carries a
+/// second, independent piece of evidence in itself, so that its case need not wait for
+/// another alert to corroborate it ([`crate::cases::queued`]):
+/// - an access at an unusual hour in a session begun at an hour the user has never, or
+///   almost never, begun one (the session's start at least as rare as none of ten;
+///   `features::unprecedented_start`). A shift running late keeps its usual start and stays
+///   watched; a login on a day off or in the night to open a record does not. The alert's
+///   explanation states the session's start.
+/// - a colleague's own record opened without a working relationship by someone from the
+///   colleague's own department (`own_colleague`: `Facts::own_colleague`): not a record the user's work
+///   came across, but a person they work beside. A colleague of another department's stays
+///   watched. The alert's explanation says so.
+pub fn corroborates_itself(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -> bool {
+    match kind {
+        AlertKind::AfterHours => {
+            row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
+        }
+        AlertKind::WatchedRecord => own_colleague,
+        AlertKind::VipSnooping => own_colleague && row[Feature::CoworkerRecord.index()] > 0.0,
+        _ => false,
+    }
 }
 
 /// Whether an alert stands without any site baseline: a burst of failed logins or a bulk
@@ -277,8 +288,8 @@ fn judge(
             } else {
                 (Vec::new(), Vec::new())
             };
-            let self_corroborated =
-                severity.is_some() && corroborates_itself(AlertKind::strongest(&kinds), row);
+            let self_corroborated = severity.is_some()
+                && corroborates_itself(AlertKind::strongest(&kinds), row, f.own_colleague);
             Verdict {
                 score,
                 severity,
@@ -544,7 +555,10 @@ pub fn explain(
                 }
                 let coworker = contrib_of(contrib, Feature::CoworkerRecord);
                 let crowd = kind_total(contrib, AlertKind::VipSnooping) - coworker;
-                let staff = format!("{COWORKER_RECORD} and no treatment relationship links this user to them");
+                let staff = format!(
+                    "{COWORKER_RECORD} and no treatment relationship links this user to them{}",
+                    own_colleague(f)
+                );
                 match (coworker > 0.0, crowd > 0.0) {
                     (true, true) => format!("{staff}; {text}"),
                     (true, false) => staff,
@@ -654,7 +668,7 @@ pub fn explain(
                     (true, None) => "no encounter, appointment, episode of care or care team links this user to the patient",
                     _ => "no working relationship",
                 };
-                format!("{what} opened {from}{first}: {why}")
+                format!("{what} opened {from}{first}: {why}{}", own_colleague(f))
             }
             AlertKind::FamilySnooping if contrib_of(contrib, Feature::PersonalLink) + contrib_of(contrib, Feature::SelfRecord) > 0.0 => {
                 let link = f.personal.map_or("a personal link", |p| p.words());
@@ -691,6 +705,15 @@ pub fn explain(
         ));
     }
     (reasons, kinds)
+}
+
+/// What a colleague's-record reason adds when the colleague works in the user's own
+/// department (`Facts::own_colleague`, which queues its case without corroboration).
+fn own_colleague(f: &Facts) -> &'static str {
+    match f.own_colleague {
+        true => "; the patient works in this user's own department",
+        false => "",
+    }
 }
 
 /// What an explanation says of an access outside any known treatment relationship.
@@ -779,6 +802,39 @@ mod tests {
         assert!(!needs_no_baseline(&[AfterHours, NewSource], &rec));
         // A very large search is not an `$export`.
         assert!(!needs_no_baseline(&[AfterHours, MassExport], &rec));
+    }
+
+    /// The second piece of evidence a colleague of the user's own department carries is
+    /// said in the reason it stands beside, and not where it did not count.
+    #[test]
+    fn a_colleague_of_the_users_own_department_is_said() {
+        let rec = record_at("2024-01-01T10:00:00Z");
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::WatchedRecordUnrelated.index()] = 2.0;
+        let facts = Facts {
+            watched: true,
+            staff_record: true,
+            own_colleague: true,
+            dept: Some("Cardiology".into()),
+            dept_share: Some(0.0),
+            first_pair: true,
+            ..Default::default()
+        };
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::WatchedRecord]);
+        assert!(why[0].starts_with(STAFF_NAMED_RECORD), "{}", why[0]);
+        assert!(why[0].ends_with("; the patient works in this user's own department"));
+        let other = Facts {
+            own_colleague: false,
+            ..facts.clone()
+        };
+        assert!(!explain(&c, &other, &rec).0[0].contains("own department"));
+        // A crowd around the record is not about the colleague: not said there.
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::PatientUsers24h.index()] = 2.0;
+        let (why, kinds) = explain(&c, &facts, &rec);
+        assert_eq!(kinds, vec![AlertKind::VipSnooping]);
+        assert!(!why[0].contains("own department"), "{}", why[0]);
     }
 
     #[test]
@@ -945,9 +1001,10 @@ mod tests {
     }
 
     /// An alert for an unusual hour corroborates itself only where its session began at
-    /// an hour the user has (almost) never begun one; no other behaviour does by it.
+    /// an hour the user has (almost) never begun one; one about a colleague's own record
+    /// only where the colleague works in the user's department; no other behaviour does.
     #[test]
-    fn an_unusual_hour_corroborates_itself_only_in_a_session_begun_at_an_unprecedented_hour() {
+    fn an_unusual_hour_or_a_colleague_of_ones_own_department_corroborates_itself() {
         let at = |rarity: f32| {
             let mut row = [0f32; N_FEATURES];
             row[Feature::SessionStartRarity.index()] = rarity;
@@ -956,12 +1013,45 @@ mod tests {
         let mark = features::unprecedented_start();
         // -ln(0.5 / 22): none of ten sessions began at that hour.
         assert!((mark - 3.784).abs() < 0.01, "{mark}");
-        assert!(corroborates_itself(AlertKind::AfterHours, &at(mark)));
-        assert!(corroborates_itself(AlertKind::AfterHours, &at(6.0)));
+        assert!(corroborates_itself(AlertKind::AfterHours, &at(mark), false));
+        assert!(corroborates_itself(AlertKind::AfterHours, &at(6.0), false));
         // One of ten began then: a habit, however thin.
-        assert!(!corroborates_itself(AlertKind::AfterHours, &at(2.69)));
-        assert!(!corroborates_itself(AlertKind::CrossDepartment, &at(6.0)));
-        assert!(!corroborates_itself(AlertKind::WatchedRecord, &at(6.0)));
+        assert!(!corroborates_itself(
+            AlertKind::AfterHours,
+            &at(2.69),
+            false
+        ));
+        assert!(!corroborates_itself(
+            AlertKind::CrossDepartment,
+            &at(6.0),
+            false
+        ));
+        assert!(!corroborates_itself(
+            AlertKind::WatchedRecord,
+            &at(6.0),
+            false
+        ));
+        // A colleague's record: of another department, watched; of one's own, queued.
+        assert!(!corroborates_itself(
+            AlertKind::WatchedRecord,
+            &at(0.0),
+            false
+        ));
+        assert!(corroborates_itself(
+            AlertKind::WatchedRecord,
+            &at(0.0),
+            true
+        ));
+        // With the care context: where it too calls the patient a co-worker.
+        assert!(!corroborates_itself(AlertKind::VipSnooping, &at(0.0), true));
+        let mut coworker = at(0.0);
+        coworker[Feature::CoworkerRecord.index()] = 1.0;
+        assert!(corroborates_itself(AlertKind::VipSnooping, &coworker, true));
+        assert!(!corroborates_itself(
+            AlertKind::CrossDepartment,
+            &at(0.0),
+            true
+        ));
     }
 
     #[test]
