@@ -340,10 +340,10 @@ pub(crate) fn train_cmd(
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
-    // One pass: each event's feature row, and what the audit trail holds (the department
-    // the care context gave an event is the one its row was computed with).
-    // Whether each opened a colleague's record from the colleague's own department too
-    // (its case is queued at once: `detector::corroborates_itself`).
+    // One pass: each event's feature row and whether it opened the record of a colleague
+    // of the user's own department (the queue budget's replay queues such a case at once:
+    // `detector::corroborates_itself`), and what the audit trail holds (the department the
+    // care context gave an event is the one its row was computed with).
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
     let (rows, own_colleague): (Vec<_>, Vec<bool>) = records
         .iter()
@@ -378,8 +378,14 @@ pub(crate) fn train_cmd(
     let mut model = model;
     model.meta.training.care_context = ctx.care().is_some();
     if case_budget > 0.0 {
-        let replay = (&rows[..], &own_colleague[..], &records[..]);
-        fit_queue_budget(&mut model, replay, case_rule, case_budget)?;
+        fit_queue_budget(
+            &mut model,
+            &rows,
+            &own_colleague,
+            &records,
+            case_rule,
+            case_budget,
+        )?;
     }
     model.save(output)?;
     let mark = baselines::Mark::at_end_of(
@@ -406,16 +412,13 @@ pub(crate) fn train_cmd(
 }
 
 /// Fit the model's thresholds to the queue budget on the second half of the training
-/// window (see `detector::budget`; `replay`: its feature rows, whether each opened a
-/// colleague's record from the colleague's own department, its events), and say what it
-/// did.
+/// window (its events' feature `rows`, `Facts::own_colleague` and `records`, index for
+/// index; see `detector::budget`), and say what it did.
 fn fit_queue_budget(
     model: &mut fhir_edge_core::detector::model::Model,
-    (rows, own_colleague, records): (
-        &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
-        &[bool],
-        &[fhir_edge_core::fhir::AuditRecord],
-    ),
+    rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
+    own_colleague: &[bool],
+    records: &[fhir_edge_core::fhir::AuditRecord],
     rule: fhir_edge_core::cases::CaseRule,
     budget: f64,
 ) -> anyhow::Result<()> {

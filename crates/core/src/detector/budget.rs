@@ -73,10 +73,9 @@ pub struct Candidate {
 }
 
 /// The events of the second half of the training window (`records`, their feature `rows`
-/// and whether each opened a colleague's record from the colleague's own department,
-/// `own_colleague`: `Facts::own_colleague`; index for index) that could alert at any raise, in time order, with the number
-/// of days and of users active in that half; `None` when that half is shorter than
-/// `MIN_DAYS` or has no user.
+/// and their `Facts::own_colleague`, index for index) that could alert at any raise, in
+/// time order, with the number of days and of users active in that half; `None` when that
+/// half is shorter than `MIN_DAYS` or has no user.
 pub fn candidates(
     model: &Model,
     rows: &[[f32; N_FEATURES]],

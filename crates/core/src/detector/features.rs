@@ -1892,13 +1892,6 @@ impl Context {
         let mut unrelated_by_history = false;
         let colleague = self.staff_named(r, uh);
         facts.staff_record = colleague.is_some();
-        // Narrowed below to a record the department has no history with.
-        facts.own_colleague = facts.first_pair
-            && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE
-            && colleague
-                .and_then(|c| self.users.get(&c))
-                .and_then(|c| c.dept)
-                .is_some_and(|d| Some(d) == dept_h);
         facts.watched = r.restricted
             || facts.staff_record
             || (!self.watched.is_empty()
@@ -1912,8 +1905,6 @@ impl Context {
                 known.relation = Some(rel);
                 let share = rel.share;
                 facts.dept_share = dept_h.map(|_| share);
-                // A record the department never touched: no consult of its own to go on.
-                facts.own_colleague &= share <= 0.0;
                 facts.dept = dept_h.and_then(|d| self.dept_names.get(&d).cloned());
                 // An access to a patient with a history none of it from the user's department,
                 // weighed by how unusual such access is for this user.
@@ -2023,6 +2014,16 @@ impl Context {
                 x[F::PatientUsers24h] = (ph.is_some() as u8 as f32).ln_1p();
             }
         }
+        // A colleague's first look at a colleague of their own department's record, one
+        // the department never touched (no consult of its own to go on), by a user whose
+        // work seldom goes to unrelated records.
+        facts.own_colleague = facts.first_pair
+            && facts.dept_share.is_none_or(|s| s <= 0.0)
+            && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE
+            && colleague
+                .and_then(|c| self.users.get(&c))
+                .and_then(|c| c.dept)
+                .is_some_and(|d| Some(d) == dept_h);
 
         // Sources new to the whole site: a network no one has worked from (outside the
         // site's usual ranges: a VPN exit, a home, an attacker), a client no one uses.
@@ -4020,8 +4021,8 @@ mod tests {
 
     /// A first look at the record of a colleague from one's own department, a record the
     /// department has no history with, is evidence twice over where such lookups are rare;
-    /// not for a user whose work goes to such records every day, nor once the department
-    /// has a history with the record.
+    /// not for a user whose work goes to such records every day, nor for a user who looked
+    /// before, nor once the department has a history with the record.
     #[test]
     fn a_colleague_of_ones_own_department_counts_twice_only_off_routine_work_and_history() {
         let mut c = Context::new(chrono_tz::UTC);
@@ -4085,6 +4086,24 @@ mod tests {
             !f.own_colleague,
             "the laboratory's work goes to such records"
         );
+        // One who looked at it before, from a ward they stood in on: a look continued.
+        c.observe(&named(
+            "Practitioner/4",
+            "Li Berg",
+            "Oncology",
+            "Patient/12",
+            "Dahl, Nora",
+            t0 + HOUR,
+        ));
+        let (_, f) = c.peek(&named(
+            "Practitioner/4",
+            "Li Berg",
+            "Laboratory",
+            "Patient/12",
+            "Dahl, Nora",
+            t0 + HOUR,
+        ));
+        assert!(f.staff_record && !f.first_pair && !f.own_colleague);
         // Another laboratory colleague, new to such lookups: evidence twice over.
         let (_, f) = c.observe(&named(
             "Practitioner/7",

@@ -45,18 +45,18 @@ pub struct ScoredEvent {
     pub carried: coverage::Coverage,
 }
 
-/// Whether an alert of behaviour `kind` with feature row `row` carries a
-/// second, independent piece of evidence in itself, so that its case need not wait for
-/// another alert to corroborate it ([`crate::cases::queued`]):
+/// Whether an alert of behaviour `kind` with feature row `row` carries a second,
+/// independent piece of evidence in itself, so that its case need not wait for another
+/// alert to corroborate it ([`crate::cases::queued`]):
 /// - an access at an unusual hour in a session begun at an hour the user has never, or
 ///   almost never, begun one (the session's start at least as rare as none of ten;
 ///   `features::unprecedented_start`). A shift running late keeps its usual start and stays
 ///   watched; a login on a day off or in the night to open a record does not. The alert's
 ///   explanation states the session's start.
 /// - a colleague's own record opened without a working relationship by someone from the
-///   colleague's own department (`own_colleague`: `Facts::own_colleague`): not a record the user's work
-///   came across, but a person they work beside. A colleague of another department's stays
-///   watched. The alert's explanation says so.
+///   colleague's own department (`own_colleague`, the event's `Facts::own_colleague`): not
+///   a record the user's work came across, but a person they work beside. A colleague of
+///   another department's stays watched. The alert's explanation says so.
 pub fn corroborates_itself(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -> bool {
     match kind {
         AlertKind::AfterHours => {
@@ -1013,45 +1013,30 @@ mod tests {
         let mark = features::unprecedented_start();
         // -ln(0.5 / 22): none of ten sessions began at that hour.
         assert!((mark - 3.784).abs() < 0.01, "{mark}");
-        assert!(corroborates_itself(AlertKind::AfterHours, &at(mark), false));
-        assert!(corroborates_itself(AlertKind::AfterHours, &at(6.0), false));
-        // One of ten began then: a habit, however thin.
-        assert!(!corroborates_itself(
-            AlertKind::AfterHours,
-            &at(2.69),
-            false
-        ));
-        assert!(!corroborates_itself(
-            AlertKind::CrossDepartment,
-            &at(6.0),
-            false
-        ));
-        assert!(!corroborates_itself(
-            AlertKind::WatchedRecord,
-            &at(6.0),
-            false
-        ));
-        // A colleague's record: of another department, watched; of one's own, queued.
-        assert!(!corroborates_itself(
-            AlertKind::WatchedRecord,
-            &at(0.0),
-            false
-        ));
-        assert!(corroborates_itself(
-            AlertKind::WatchedRecord,
-            &at(0.0),
-            true
-        ));
+        use AlertKind::*;
+        for (kind, rarity, own, itself) in [
+            (AfterHours, mark, false, true),
+            (AfterHours, 6.0, false, true),
+            // One of ten began then: a habit, however thin.
+            (AfterHours, 2.69, false, false),
+            (CrossDepartment, 6.0, false, false),
+            (WatchedRecord, 6.0, false, false),
+            // A colleague's record: of another department, watched; of one's own, queued.
+            (WatchedRecord, 0.0, false, false),
+            (WatchedRecord, 0.0, true, true),
+            (CrossDepartment, 0.0, true, false),
+        ] {
+            assert_eq!(
+                corroborates_itself(kind, &at(rarity), own),
+                itself,
+                "{kind:?} at {rarity}, own colleague {own}"
+            );
+        }
         // With the care context: where it too calls the patient a co-worker.
         assert!(!corroborates_itself(AlertKind::VipSnooping, &at(0.0), true));
         let mut coworker = at(0.0);
         coworker[Feature::CoworkerRecord.index()] = 1.0;
         assert!(corroborates_itself(AlertKind::VipSnooping, &coworker, true));
-        assert!(!corroborates_itself(
-            AlertKind::CrossDepartment,
-            &at(0.0),
-            true
-        ));
     }
 
     #[test]
