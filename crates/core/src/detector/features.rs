@@ -925,6 +925,9 @@ struct Known {
     sources: Option<SourceKeys>,
     /// What the care context said of the access.
     care: Option<care::Assessment>,
+    /// Whether the access is held apart from its department's history
+    /// (`Context::held_look`).
+    held: Option<bool>,
 }
 
 /// An account back from dormancy that is not back at work yet (see [`REVIVAL_MIN_DAYS`]):
@@ -1611,6 +1614,28 @@ impl Context {
         pair.total >= MIN_PATTERN && pair.rarity > self.departments().ln()
     }
 
+    /// Whether an access is a look at a colleague's own record (`colleague`, from
+    /// `staff_named`) from the colleague's own department (`dept`) while that department
+    /// has no working relationship with the record (`share`, its share of the record's
+    /// history; `None` without history). Such a look is held apart from the department's
+    /// history (`update`): otherwise one colleague's look would make the department part
+    /// of the patient's care and the next colleague's look routine. A write is work on the
+    /// record, never held; once the department works on it, its looks count again.
+    fn held_look(
+        &self,
+        colleague: Option<u64>,
+        dept: Option<u64>,
+        share: Option<f32>,
+        interaction: Interaction,
+    ) -> bool {
+        matches!(interaction, Interaction::Read | Interaction::Search)
+            && share.is_none_or(|s| s <= 0.0)
+            && colleague
+                .and_then(|c| self.users.get(&c))
+                .and_then(|c| c.dept)
+                .is_some_and(|d| Some(d) == dept)
+    }
+
     /// Departments seen (at least 2, for smoothing).
     fn departments(&self) -> f32 {
         self.dept_names.len().max(2) as f32
@@ -2015,15 +2040,17 @@ impl Context {
             }
         }
         // A colleague's first look at a colleague of their own department's record, one
-        // the department never touched (no consult of its own to go on), by a user whose
+        // the department never worked on (no consult of its own to go on), by a user whose
         // work seldom goes to unrelated records.
-        facts.own_colleague = facts.first_pair
-            && facts.dept_share.is_none_or(|s| s <= 0.0)
-            && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE
-            && colleague
-                .and_then(|c| self.users.get(&c))
-                .and_then(|c| c.dept)
-                .is_some_and(|d| Some(d) == dept_h);
+        let held = self.held_look(colleague, dept_h, facts.dept_share, r.interaction);
+        known.held = Some(held);
+        facts.own_colleague =
+            facts.first_pair && held && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE;
+        // A record no one has opened yet is unrelated to everyone: without history to go
+        // on, only such a look at it reads as a watched record opened without work to do.
+        if facts.own_colleague && facts.patient_history == 0 {
+            x[F::WatchedRecordUnrelated] = 1.0;
+        }
 
         // Sources new to the whole site: a network no one has worked from (outside the
         // site's usual ranges: a VPN exit, a home, an attacker), a client no one uses.
@@ -2337,6 +2364,10 @@ impl Context {
                 let ps = self.patients.get(&p).filter(|ps| ps.total > 0.0)?;
                 Some(Self::with_care(self.relation(user_dept, ps), &cr))
             });
+            let held = known.held.unwrap_or_else(|| {
+                let colleague = self.staff_named(r, Some(uh));
+                self.held_look(colleague, user_dept, rel.map(|r| r.share), r.interaction)
+            });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
             let stray = dept_pair.filter(|p| self.strays(p));
@@ -2418,7 +2449,8 @@ impl Context {
                 ps.unexplained.retain(|e| e.1 != dp.dept);
                 push_window(&mut ps.unexplained, (now, dp.dept), 64, now - DAY, |e| e.0);
             }
-            if let Some(d) = dept_h.or(self.users.get(&uh).and_then(|u| u.dept)) {
+            let dept = dept_h.or(self.users.get(&uh).and_then(|u| u.dept));
+            if let Some(d) = dept.filter(|_| !held) {
                 if let Some(e) = ps.depts.iter_mut().find(|e| e.0 == d) {
                     e.1 += 1.0;
                 } else {
@@ -4114,7 +4146,19 @@ mod tests {
             t0 + HOUR,
         ));
         assert!(f.staff_record && f.own_colleague);
-        // Once the laboratory has a history with the record, it may be its work.
+        // Once the laboratory has a history with the record (a result written), it may be
+        // its work.
+        c.observe(&AuditRecord {
+            interaction: Interaction::Create,
+            ..named(
+                "Practitioner/5",
+                "Kai Holm",
+                "Laboratory",
+                "Patient/12",
+                "Dahl, Nora",
+                t0 + HOUR + 1000,
+            )
+        });
         let (_, f) = c.peek(&named(
             "Practitioner/6",
             "Ulf Borg",
@@ -4124,6 +4168,82 @@ mod tests {
             t0 + HOUR + 60_000,
         ));
         assert!(f.staff_record && f.first_pair && !f.own_colleague);
+    }
+
+    /// Looks at a colleague's own record from the colleague's own department, made while
+    /// the department has no working relationship with it, do not make one: the next
+    /// colleague's look is as unrelated as the first (with or without the history replayed
+    /// after a restart), and a record no one opened yet reads as unrelated to them. A
+    /// write from the department is work on the record: its looks count from then on.
+    #[test]
+    fn colleagues_looks_without_work_make_no_history_for_the_next() {
+        let j = feature("watched_record_unrelated");
+        let t0 = monday(9);
+        let named = |user: &str, name: &str, patient: &str, pname: &str, t: i64| AuditRecord {
+            user_display: Some(name.into()),
+            patient_display: Some(pname.into()),
+            ..in_dept(user, "Surgery", patient, t)
+        };
+        let nora =
+            |user: &str, name: &str, t: i64| named(user, name, "Patient/12", "Dahl, Nora", t);
+        let mut history = vec![named(
+            "Practitioner/9",
+            "Nora Dahl",
+            "Patient/99",
+            "Ek, Bo",
+            t0,
+        )];
+        // Surgery's own patients, opened by the four surgeons below.
+        for (u, name) in [
+            (1, "Al Moe"),
+            (2, "Li Berg"),
+            (3, "Ada Rask"),
+            (4, "Ulf Borg"),
+        ] {
+            for i in 0..30 {
+                history.push(named(
+                    &format!("Practitioner/{u}"),
+                    name,
+                    &format!("Patient/{}", 100 + i),
+                    &format!("Doe{i}, Jan"),
+                    t0 + (u * 100 + i) as i64,
+                ));
+            }
+        }
+        let mut c = Context::new(chrono_tz::UTC);
+        for r in &history {
+            c.observe(r);
+        }
+        // No one has opened Nora's record: a surgeon's look at it is unrelated.
+        let (x, f) = c.observe(&nora("Practitioner/1", "Al Moe", t0 + HOUR));
+        assert!(f.own_colleague && f.patient_history == 0);
+        assert_eq!(x[j], 1.0);
+        let (x, f) = c.observe(&nora("Practitioner/1", "Al Moe", t0 + HOUR + 1000));
+        assert!(!f.first_pair && f.dept_share == Some(0.0));
+        assert_eq!(x[j], 1.0, "a look continued is as unrelated");
+        // The next surgeon's look: Al's made no history of Surgery's with the record.
+        let (x, f) = c.observe(&nora("Practitioner/2", "Li Berg", t0 + 2 * HOUR));
+        assert!(f.own_colleague && f.patient_history == 2 && f.dept_share == Some(0.0));
+        assert_eq!(x[j], 1.0);
+        // The same after a restart that replays the history.
+        let mut replayed = Context::new(chrono_tz::UTC);
+        for r in &history {
+            replayed.replay(r);
+        }
+        replayed.replay(&nora("Practitioner/1", "Al Moe", t0 + HOUR));
+        replayed.replay(&nora("Practitioner/1", "Al Moe", t0 + HOUR + 1000));
+        replayed.replay(&nora("Practitioner/2", "Li Berg", t0 + 2 * HOUR));
+        let later = nora("Practitioner/3", "Ada Rask", t0 + 3 * HOUR);
+        let ((x, f), (y, g)) = (c.peek(&later), replayed.peek(&later));
+        assert!(f.own_colleague && g.own_colleague && x[j] == 1.0 && y[j] == 1.0);
+        // Surgery writes to the record: it works on it now, and its looks count.
+        c.observe(&AuditRecord {
+            interaction: Interaction::Update,
+            ..nora("Practitioner/4", "Ulf Borg", t0 + 3 * HOUR)
+        });
+        let (x, f) = c.peek(&later);
+        assert!(f.staff_record && !f.own_colleague && f.dept_share > Some(0.0));
+        assert_eq!(x[j], 0.0);
     }
 
     /// A patient who bears the name of another user of the site, a name no other patient
