@@ -185,7 +185,7 @@ catalogue! {
     UnexplainedDepts24h = "unexplained_depts_24h", Up, VipSnooping,
         "ln(1 + departments that opened the record today outside their relationship and pattern).";
     WatchedRecordUnrelated = "watched_record_unrelated", Up, WatchedRecord,
-        "1 when a watched or restricted record is opened without a working relationship, by a user whose work the care context describes (see CARE_BLIND_RATE).";
+        "1 when a watched or restricted record is opened without a working relationship, by a user whose work the care context describes (see CARE_BLIND_RATE); 2 for a colleague's own record opened by a colleague of their own department (Facts::own_colleague), evidence twice over.";
     NewNetworkSite = "new_network_site", Up, NewSource,
         "Novelty of the address's network (IPv4 /24, IPv6 /48, a host's domain) at the whole site, once the site has history: 1 never seen, decaying with use.";
     NewClientAppSite = "new_client_app_site", Up, NewSource,
@@ -2046,10 +2046,13 @@ impl Context {
         known.held = Some(held);
         facts.own_colleague =
             facts.first_pair && held && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE;
-        // A record no one has opened yet is unrelated to everyone: without history to go
-        // on, only such a look at it reads as a watched record opened without work to do.
-        if facts.own_colleague && facts.patient_history == 0 {
-            x[F::WatchedRecordUnrelated] = 1.0;
+        // Such a look is a watched record opened without work to do, and more: the
+        // evidence counts twice, in the score as in the queue (`corroborates_itself`). A
+        // record no one has opened yet is unrelated to everyone: only such a look at it
+        // reads as a watched record opened without work to do.
+        if facts.own_colleague && (facts.patient_history == 0 || x[F::WatchedRecordUnrelated] > 0.0)
+        {
+            x[F::WatchedRecordUnrelated] = 2.0;
         }
 
         // Sources new to the whole site: a network no one has worked from (outside the
@@ -4217,14 +4220,14 @@ mod tests {
         // No one has opened Nora's record: a surgeon's look at it is unrelated.
         let (x, f) = c.observe(&nora("Practitioner/1", "Al Moe", t0 + HOUR));
         assert!(f.own_colleague && f.patient_history == 0);
-        assert_eq!(x[j], 1.0);
+        assert_eq!(x[j], 2.0, "evidence twice over");
         let (x, f) = c.observe(&nora("Practitioner/1", "Al Moe", t0 + HOUR + 1000));
         assert!(!f.first_pair && f.dept_share == Some(0.0));
         assert_eq!(x[j], 1.0, "a look continued is as unrelated");
         // The next surgeon's look: Al's made no history of Surgery's with the record.
         let (x, f) = c.observe(&nora("Practitioner/2", "Li Berg", t0 + 2 * HOUR));
         assert!(f.own_colleague && f.patient_history == 2 && f.dept_share == Some(0.0));
-        assert_eq!(x[j], 1.0);
+        assert_eq!(x[j], 2.0);
         // The same after a restart that replays the history.
         let mut replayed = Context::new(chrono_tz::UTC);
         for r in &history {
@@ -4235,7 +4238,7 @@ mod tests {
         replayed.replay(&nora("Practitioner/2", "Li Berg", t0 + 2 * HOUR));
         let later = nora("Practitioner/3", "Ada Rask", t0 + 3 * HOUR);
         let ((x, f), (y, g)) = (c.peek(&later), replayed.peek(&later));
-        assert!(f.own_colleague && g.own_colleague && x[j] == 1.0 && y[j] == 1.0);
+        assert!(f.own_colleague && g.own_colleague && x[j] == 2.0 && y[j] == 2.0);
         // Surgery writes to the record: it works on it now, and its looks count.
         c.observe(&AuditRecord {
             interaction: Interaction::Update,
@@ -4297,7 +4300,7 @@ mod tests {
         ));
         assert!(f.staff_record && f.watched);
         assert!(f.own_colleague, "Eva works in Cardiology too");
-        assert_eq!(x[j], 1.0);
+        assert_eq!(x[j], 2.0, "evidence twice over");
         // Going back to it: a consult continued, as far as the trail can tell.
         let (_, f) = c.observe(&staffed(
             "Practitioner/3",

@@ -657,6 +657,7 @@ pub fn explain(
             AlertKind::WatchedRecord => {
                 let from = match (&f.dept, f.dept_share) {
                     (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
+                    (Some(d), None) => format!("from {d}, a record no one had opened before"),
                     _ => "from an unknown department".into(),
                 };
                 let what = match f.staff_record {
@@ -829,6 +830,17 @@ mod tests {
             ..facts.clone()
         };
         assert!(!explain(&c, &other, &rec).0[0].contains("own department"));
+        // A record no one had opened before: said so, not an unknown department.
+        let fresh = Facts {
+            dept_share: None,
+            ..facts.clone()
+        };
+        let why = explain(&c, &fresh, &rec).0;
+        assert!(
+            why[0].contains("from Cardiology, a record no one had opened before"),
+            "{}",
+            why[0]
+        );
         // A crowd around the record is not about the colleague: not said there.
         let mut c = [0f32; N_FEATURES];
         c[Feature::PatientUsers24h.index()] = 2.0;
