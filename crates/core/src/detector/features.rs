@@ -1614,22 +1614,32 @@ impl Context {
         pair.total >= MIN_PATTERN && pair.rarity > self.departments().ln()
     }
 
+    /// Whether an unrelated access went where its department goes routinely: the
+    /// department has a pattern, and the pair is no rarer than uniform (a laboratory or a
+    /// radiology department, which goes everywhere; a usual consult).
+    fn well_worn(&self, pair: &Pair) -> bool {
+        pair.total >= MIN_PATTERN && pair.rarity <= self.departments().ln()
+    }
+
     /// Whether an access is a look at a colleague's own record (`colleague`, from
     /// `staff_named`) from the colleague's own department (`dept`) while that department
     /// has no working relationship with the record (`share`, its share of the record's
-    /// history; `None` without history). Such a look is held apart from the department's
-    /// history (`update`): otherwise one colleague's look would make the department part
-    /// of the patient's care and the next colleague's look routine. A write is work on the
-    /// record, never held; once the department works on it, its looks count again.
+    /// history; `None` without history) and does not go routinely where the record is
+    /// homed (`worn`, `well_worn` of the department's pair). Such a look is held apart from
+    /// the department's history (`update`): otherwise one colleague's look would make the
+    /// department part of the patient's care and the next colleague's look routine. A
+    /// write is work on the record, never held; once the department works on it, its
+    /// looks count again.
     fn held_look(
         &self,
         colleague: Option<u64>,
         dept: Option<u64>,
-        share: Option<f32>,
+        (share, worn): (Option<f32>, bool),
         interaction: Interaction,
     ) -> bool {
         matches!(interaction, Interaction::Read | Interaction::Search)
             && share.is_none_or(|s| s <= 0.0)
+            && !worn
             && colleague
                 .and_then(|c| self.users.get(&c))
                 .and_then(|c| c.dept)
@@ -2042,7 +2052,12 @@ impl Context {
         // A colleague's first look at a colleague of their own department's record, one
         // the department never worked on (no consult of its own to go on), by a user whose
         // work seldom goes to unrelated records.
-        let held = self.held_look(colleague, dept_h, facts.dept_share, r.interaction);
+        let worn = known
+            .relation
+            .and_then(|r| r.pair)
+            .is_some_and(|p| self.well_worn(&p));
+        let standing = (facts.dept_share, worn);
+        let held = self.held_look(colleague, dept_h, standing, r.interaction);
         known.held = Some(held);
         facts.own_colleague =
             facts.first_pair && held && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE;
@@ -2369,7 +2384,9 @@ impl Context {
             });
             let held = known.held.unwrap_or_else(|| {
                 let colleague = self.staff_named(r, Some(uh));
-                self.held_look(colleague, user_dept, rel.map(|r| r.share), r.interaction)
+                let worn = rel.and_then(|r| r.pair).is_some_and(|p| self.well_worn(&p));
+                let standing = (rel.map(|r| r.share), worn);
+                self.held_look(colleague, user_dept, standing, r.interaction)
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
@@ -4057,9 +4074,10 @@ mod tests {
     /// A first look at the record of a colleague from one's own department, a record the
     /// department has no history with, is evidence twice over where such lookups are rare;
     /// not for a user whose work goes to such records every day, nor for a user who looked
-    /// before, nor once the department has a history with the record.
+    /// before, nor where the department goes as routinely as anywhere (a laboratory's look
+    /// at one more of the wards' patients).
     #[test]
-    fn a_colleague_of_ones_own_department_counts_twice_only_off_routine_work_and_history() {
+    fn a_colleague_of_ones_own_department_counts_twice_only_off_routine_work() {
         let mut c = Context::new(chrono_tz::UTC);
         let t0 = monday(9);
         let named =
@@ -4068,26 +4086,20 @@ mod tests {
                 patient_display: Some(pname.into()),
                 ..in_dept(user, dept, patient, t)
             };
-        // Oncology treats everyone; Nora Dahl works in the Laboratory and is a patient.
-        let patients: Vec<String> = (100..120).map(|i| format!("Patient/{i}")).collect();
-        for (i, p) in patients
-            .iter()
-            .chain(["Patient/12".to_string()].iter())
-            .enumerate()
-        {
-            let pname = match p.as_str() {
-                "Patient/12" => "Dahl, Nora".to_string(),
-                _ => format!("Doe{i}, Jan"),
-            };
-            c.observe(&named(
-                "Practitioner/1",
-                "Al Moe",
-                "Oncology",
-                p,
-                &pname,
-                t0 + i as i64,
-            ));
-        }
+        let nora = |user: &str, name: &str, dept: &str, t: i64| {
+            named(user, name, dept, "Patient/12", "Dahl, Nora", t)
+        };
+        // Oncology's patients, Nora Dahl's record among them, and Cardiology's; Nora works
+        // in the Laboratory.
+        let ward = |c: &mut Context, (user, name): (&str, &str), dept: &str, from: usize, t| {
+            for i in from..from + 20 {
+                let p = format!("Patient/{i}");
+                c.observe(&named(user, name, dept, &p, &format!("Doe{i}, Jan"), t));
+            }
+        };
+        ward(&mut c, ("Practitioner/1", "Al Moe"), "Oncology", 100, t0);
+        ward(&mut c, ("Practitioner/2", "Bo Ek"), "Cardiology", 200, t0);
+        c.observe(&nora("Practitioner/1", "Al Moe", "Oncology", t0));
         c.observe(&named(
             "Practitioner/9",
             "Nora Dahl",
@@ -4096,81 +4108,39 @@ mod tests {
             "Ek, Bo",
             t0,
         ));
-        // A laboratory colleague whose day is Oncology's patients: unrelated lookups are routine.
-        for (i, p) in patients.iter().enumerate() {
-            let pname = format!("Doe{i}, Jan");
-            c.observe(&named(
-                "Practitioner/8",
-                "Per Lund",
-                "Laboratory",
-                p,
-                &pname,
-                t0 + 60_000 + i as i64,
-            ));
-        }
-        let (_, f) = c.peek(&named(
-            "Practitioner/8",
-            "Per Lund",
-            "Laboratory",
-            "Patient/12",
-            "Dahl, Nora",
-            t0 + HOUR,
-        ));
+        // A laboratory colleague whose day is Cardiology's patients: unrelated lookups are
+        // this user's routine.
+        let per = ("Practitioner/8", "Per Lund");
+        ward(&mut c, per, "Laboratory", 200, t0 + 60_000);
+        let (_, f) = c.peek(&nora("Practitioner/8", "Per Lund", "Laboratory", t0 + HOUR));
         assert!(f.staff_record && f.watched && f.first_pair);
-        assert!(
-            !f.own_colleague,
-            "the laboratory's work goes to such records"
-        );
+        assert!(!f.own_colleague, "this user's work goes to such records");
         // One who looked at it before, from a ward they stood in on: a look continued.
-        c.observe(&named(
-            "Practitioner/4",
-            "Li Berg",
-            "Oncology",
-            "Patient/12",
-            "Dahl, Nora",
-            t0 + HOUR,
-        ));
-        let (_, f) = c.peek(&named(
-            "Practitioner/4",
-            "Li Berg",
-            "Laboratory",
-            "Patient/12",
-            "Dahl, Nora",
-            t0 + HOUR,
-        ));
+        c.observe(&nora("Practitioner/4", "Li Berg", "Oncology", t0 + HOUR));
+        let (_, f) = c.peek(&nora("Practitioner/4", "Li Berg", "Laboratory", t0 + HOUR));
         assert!(f.staff_record && !f.first_pair && !f.own_colleague);
-        // Another laboratory colleague, new to such lookups: evidence twice over.
-        let (_, f) = c.observe(&named(
-            "Practitioner/7",
-            "Ada Rask",
-            "Laboratory",
-            "Patient/12",
-            "Dahl, Nora",
-            t0 + HOUR,
-        ));
+        // Another laboratory colleague, new to such lookups, and the Laboratory never goes
+        // to Oncology's patients: evidence twice over.
+        let (_, f) = c.observe(&nora("Practitioner/7", "Ada Rask", "Laboratory", t0 + HOUR));
         assert!(f.staff_record && f.own_colleague);
-        // Once the laboratory has a history with the record (a result written), it may be
-        // its work.
-        c.observe(&AuditRecord {
-            interaction: Interaction::Create,
-            ..named(
-                "Practitioner/5",
-                "Kai Holm",
-                "Laboratory",
-                "Patient/12",
-                "Dahl, Nora",
-                t0 + HOUR + 1000,
-            )
-        });
-        let (_, f) = c.peek(&named(
+        // Once the Laboratory goes to Oncology's patients as routinely as anywhere, a look
+        // at one more of them is its work, and makes its history.
+        let kai = ("Practitioner/5", "Kai Holm");
+        ward(&mut c, kai, "Laboratory", 100, t0 + 2 * HOUR);
+        let (_, f) = c.observe(&nora(
             "Practitioner/6",
             "Ulf Borg",
             "Laboratory",
-            "Patient/12",
-            "Dahl, Nora",
-            t0 + HOUR + 60_000,
+            t0 + 3 * HOUR,
         ));
         assert!(f.staff_record && f.first_pair && !f.own_colleague);
+        let (_, f) = c.peek(&nora(
+            "Practitioner/3",
+            "Eva Holm",
+            "Laboratory",
+            t0 + 3 * HOUR,
+        ));
+        assert!(f.dept_share > Some(0.0), "Ulf's look counts");
     }
 
     /// Looks at a colleague's own record from the colleague's own department, made while
