@@ -9,6 +9,8 @@ time of each event, results.json for the hospital's size) and, on each run's 7 t
   floor` (no event alerted), `watched` (alerted, but its case waits for corroboration),
   and its strongest event's score (a multiple of the threshold), behaviour and
   explanation;
+- how many queued cases hold no injected event, and both counts summed over the runs
+  (counts compare two builds on the same rows where a rate moves by one case);
 - for the watched cases whose first alert is a lookup of another department's record,
   what queuing them from a score cut would add: false cases a day per 100 staff and
   incidents not otherwise in a queued case; and the same for those whose explanation
@@ -85,7 +87,9 @@ def one(d, staff, cuts):
         if l["incident"] and i in by_id:
             incidents[l["incident"]].append(by_id[i])
     found = {incident_of(r) for c in queued for r in cases[c]} - {""}
-    print(f"## {os.path.basename(d)}: {len(found)} of {len(incidents)} incidents in a queued case\n")
+    false_cases = sum(not any(x["id"] in labels for x in cases[c]) for c in queued)
+    print(f"## {os.path.basename(d)}: {len(found)} of {len(incidents)} incidents in a queued case; "
+          f"{false_cases} queued cases without an injected event\n")
     for inc, evs in sorted(incidents.items(), key=lambda kv: int(kv[0])):
         if inc in found:
             continue
@@ -108,13 +112,19 @@ def one(d, staff, cuts):
         new = {incident_of(x) for rs in take for x in rs} - {""} - found
         print(f"| {name} | {false / per:.2f} ({false}) | {len(new)} |")
     print()
+    return len(found), len(incidents), false_cases
 
 
 def main():
     a, want = arguments(__doc__, lambda ap: ap.add_argument("--cuts", default="1.4,1.3,1.2,1.1"))
     cuts = [float(x) for x in a.cuts.split(",")]
+    totals = [0, 0, 0]
     for path, run in runs(a.dir, want):
-        one(path, run["users"], cuts)
+        totals = [t + n for t, n in zip(totals, one(path, run["users"], cuts))]
+    # Counts, not rates: summed over rows, they compare two builds on the same rows where a
+    # row's rate moves by one case.
+    print(f"All runs: {totals[0]} of {totals[1]} incidents in a queued case; "
+          f"{totals[2]} queued cases without an injected event")
 
 
 if __name__ == "__main__":

@@ -1623,23 +1623,21 @@ impl Context {
 
     /// Whether an access is a look at a colleague's own record (`colleague`, from
     /// `staff_named`) from the colleague's own department (`dept`) while that department
-    /// has no working relationship with the record (`share`, its share of the record's
+    /// has no working relationship with the record (`rel`, how it stands to the record's
     /// history; `None` without history) and does not go routinely where the record is
-    /// homed (`worn`, `well_worn` of the department's pair). Such a look is held apart from
-    /// the department's history (`update`): otherwise one colleague's look would make the
-    /// department part of the patient's care and the next colleague's look routine. A
-    /// write is work on the record, never held; once the department works on it, its
-    /// looks count again.
+    /// homed (`well_worn`). Such a look is held apart from the department's history
+    /// (`update`): otherwise one colleague's look would make the department part of the
+    /// patient's care and the next colleague's look routine. A write is work on the
+    /// record, never held; once the department works on it, its looks count again.
     fn held_look(
         &self,
         colleague: Option<u64>,
         dept: Option<u64>,
-        (share, worn): (Option<f32>, bool),
+        rel: Option<Relation>,
         interaction: Interaction,
     ) -> bool {
         matches!(interaction, Interaction::Read | Interaction::Search)
-            && share.is_none_or(|s| s <= 0.0)
-            && !worn
+            && rel.is_none_or(|r| r.share <= 0.0 && !r.pair.is_some_and(|p| self.well_worn(&p)))
             && colleague
                 .and_then(|c| self.users.get(&c))
                 .and_then(|c| c.dept)
@@ -2052,12 +2050,7 @@ impl Context {
         // A colleague's first look at a colleague of their own department's record, one
         // the department never worked on (no consult of its own to go on), by a user whose
         // work seldom goes to unrelated records.
-        let worn = known
-            .relation
-            .and_then(|r| r.pair)
-            .is_some_and(|p| self.well_worn(&p));
-        let standing = (facts.dept_share, worn);
-        let held = self.held_look(colleague, dept_h, standing, r.interaction);
+        let held = self.held_look(colleague, dept_h, known.relation, r.interaction);
         known.held = Some(held);
         facts.own_colleague =
             facts.first_pair && held && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE;
@@ -2384,9 +2377,7 @@ impl Context {
             });
             let held = known.held.unwrap_or_else(|| {
                 let colleague = self.staff_named(r, Some(uh));
-                let worn = rel.and_then(|r| r.pair).is_some_and(|p| self.well_worn(&p));
-                let standing = (rel.map(|r| r.share), worn);
-                self.held_look(colleague, user_dept, standing, r.interaction)
+                self.held_look(colleague, user_dept, rel, r.interaction)
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
