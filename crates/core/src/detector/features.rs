@@ -2460,8 +2460,7 @@ impl Context {
                 ps.unexplained.retain(|e| e.1 != dp.dept);
                 push_window(&mut ps.unexplained, (now, dp.dept), 64, now - DAY, |e| e.0);
             }
-            let dept = dept_h.or(self.users.get(&uh).and_then(|u| u.dept));
-            if let Some(d) = dept.filter(|_| !held) {
+            if let Some(d) = user_dept.filter(|_| !held) {
                 if let Some(e) = ps.depts.iter_mut().find(|e| e.0 == d) {
                     e.1 += 1.0;
                 } else {
