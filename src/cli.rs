@@ -754,7 +754,7 @@ fn score_cmd(
                     r.user.as_deref(),
                     r.patient.as_deref(),
                     r.recorded.timestamp_millis(),
-                    (sev, kind, v.self_corroborated),
+                    (sev, kind, v.evidence),
                 )
             })
         })

@@ -342,7 +342,7 @@ pub(crate) fn train_cmd(
     }
     // One pass: each event's feature row and whether it opened the record of a colleague
     // of the user's own department (the queue budget's replay queues such a case at once:
-    // `detector::corroborates_itself`), and what the audit trail holds (the department the
+    // `detector::evidence`), and what the audit trail holds (the department the
     // care context gave an event is the one its row was computed with).
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
     let (rows, own_colleague): (Vec<_>, Vec<bool>) = records

@@ -30,7 +30,7 @@ pub fn to_alert(e: &ScoredEvent, rules: &[AllowRule]) -> Option<NewAlert> {
         action: r.action.map(|c| c.to_string()),
         interaction: r.interaction.as_str().to_string(),
         raw: fhir_edge_core::fhir::without_people(e.fetched.raw.get()),
-        self_corroborated: e.self_corroborated,
+        evidence: e.evidence,
     };
     if rules.iter().any(|rule| rule.matches(&a)) {
         return None;

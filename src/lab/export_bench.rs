@@ -63,7 +63,7 @@ fn alert(i: usize, now_ms: i64) -> NewAlert {
         action: Some("R".into()),
         interaction: "read".into(),
         raw: "{}".into(),
-        self_corroborated: false,
+        evidence: fhir_edge_core::alerts::Evidence::Single,
     }
 }
 

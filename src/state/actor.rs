@@ -518,7 +518,7 @@ mod tests {
                     action: Some("R".into()),
                     interaction: "read".into(),
                     raw: "{}".into(),
-                    self_corroborated: false,
+                    evidence: fhir_edge_core::alerts::Evidence::Single,
                 })
                 .collect(),
             ..Default::default()

@@ -843,7 +843,7 @@ fn alerts_and_cases_commands_page_through_more_than_a_thousand() {
             action: Some("E".into()),
             interaction: "export".into(),
             raw: "{}".into(),
-            self_corroborated: false,
+            evidence: fhir_edge_core::alerts::Evidence::Single,
         })
         .collect();
     let events = alerts

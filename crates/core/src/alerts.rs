@@ -224,6 +224,24 @@ impl std::str::FromStr for Severity {
     }
 }
 
+/// What an alert brings to its case's corroboration besides its patient and behaviour
+/// (the detector decides it: `detector::evidence`; `cases::Corroboration` weighs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Evidence {
+    /// One piece of evidence: another patient or another behaviour corroborates it.
+    #[default]
+    Single,
+    /// Evidence twice over: the alert corroborates its case itself (an access at an unusual
+    /// hour in a session begun at an hour the user never begins one, a colleague's record
+    /// opened from the colleague's own department).
+    Twice,
+    /// The user's routine work: a watched record opened by someone whose work goes to
+    /// records of other departments routinely (radiology, the pharmacy, the laboratory).
+    /// Another patient's alert for the same reason is that work going on, not a second
+    /// piece of evidence; another behaviour still corroborates.
+    Routine,
+}
+
 /// Case status of an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -280,9 +298,9 @@ pub struct NewAlert {
     pub action: Option<String>,
     pub interaction: String,
     pub raw: String,
-    /// Evidence twice over on its own, so that its case need not wait for corroboration
-    /// (`detector::corroborates_itself`); used when filing it, not stored.
-    pub self_corroborated: bool,
+    /// What it brings to its case's corroboration (`detector::evidence`); used when filing
+    /// it, not stored.
+    pub evidence: Evidence,
 }
 
 /// A stored alert, as the API and `fhir-edge alerts --json` show it.
@@ -417,7 +435,7 @@ mod tests {
             action: None,
             interaction: "read".into(),
             raw: String::new(),
-            self_corroborated: false,
+            evidence: Evidence::Single,
         };
         let r = AllowRule {
             user: Some("Practitioner/1".into()),

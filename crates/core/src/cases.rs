@@ -18,13 +18,15 @@
 //! corroboration (an alert of the user within the window about another patient or of
 //! another behaviour, which makes it `new`; the same look at the same record continued is
 //! not corroboration; an access at an unusual hour in a session begun at an hour the user
-//! never begins one corroborates itself) and is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
+//! never begins one corroborates itself; a watched record opened in routine work — by
+//! radiology, the pharmacy, the laboratory — is not corroborated by the next one such work
+//! opens) and is neither journaled nor counted in the queue meanwhile. Every other case is `new` from
 //! its first alert. After a case of the user was closed as inappropriate, the user's cases
 //! for `HISTORY_DAYS` go to the queue at once, one severity higher ([`raised`]).
 
 use serde::{Deserialize, Serialize};
 
-use crate::alerts::{AlertKind, Severity, UnknownName};
+use crate::alerts::{AlertKind, Evidence, Severity, UnknownName};
 
 /// How far apart two alerts of one user may be and still be one episode, by default.
 pub const DEFAULT_JOIN_WITHIN_HOURS: u32 = 8;
@@ -122,7 +124,8 @@ pub fn queued(corroborated: bool, severity: Severity, kind: AlertKind) -> bool {
 /// What corroborates a case: an alert about another patient, or of another behaviour,
 /// than the case's first alert. A second low alert on the same record for the same reason
 /// is the same look continued (a consultant opening the chart twice), not a second piece
-/// of evidence.
+/// of evidence; nor is another record opened for the same reason in routine work
+/// ([`Evidence::Routine`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Corroboration {
     /// The first alert's patient reference and strongest behaviour.
@@ -132,33 +135,27 @@ pub struct Corroboration {
 
 impl Corroboration {
     /// A case's evidence after its first alert.
-    pub fn first(patient: Option<&str>, kind: AlertKind) -> Corroboration {
+    pub fn first(patient: Option<&str>, kind: AlertKind, evidence: Evidence) -> Corroboration {
         Corroboration {
             first: (patient.map(str::to_string), kind),
-            corroborated: false,
+            corroborated: evidence == Evidence::Twice,
         }
     }
 
-    /// Whether an alert about `patient` pointing at `kind` is independent of the first
-    /// (another patient counts where [`another_patient_corroborates`]).
-    pub fn independent(&self, patient: Option<&str>, kind: AlertKind) -> bool {
-        let another_patient =
-            self.first.0.as_deref() != patient && another_patient_corroborates(kind);
-        another_patient || self.first.1 != kind
+    /// Whether an alert about `patient` pointing at `kind`, bringing `evidence`, is
+    /// independent of the first: evidence twice over, another behaviour, or another patient
+    /// (where [`another_patient_corroborates`], and not in routine work).
+    pub fn independent(&self, patient: Option<&str>, kind: AlertKind, evidence: Evidence) -> bool {
+        let another_patient = self.first.0.as_deref() != patient
+            && another_patient_corroborates(kind)
+            && evidence != Evidence::Routine;
+        evidence == Evidence::Twice || another_patient || self.first.1 != kind
     }
 
     /// Add a later alert; whether the case is corroborated now.
-    pub fn add(&mut self, patient: Option<&str>, kind: AlertKind) -> bool {
-        self.corroborated |= self.independent(patient, kind);
+    pub fn add(&mut self, patient: Option<&str>, kind: AlertKind, evidence: Evidence) -> bool {
+        self.corroborated |= self.independent(patient, kind, evidence);
         self.corroborated
-    }
-
-    /// An alert that corroborates itself joined: one whose behaviour needs corroboration
-    /// but which carries a second, independent piece of evidence (an access at an unusual
-    /// hour in a session begun at an hour the user never begins one, a colleague's record
-    /// opened from the colleague's own department: `detector::corroborates_itself`).
-    pub fn itself(&mut self) {
-        self.corroborated = true;
     }
 
     pub fn corroborated(&self) -> bool {
@@ -586,14 +583,14 @@ impl Grouper {
         }
     }
 
-    /// The case number (from 1) of an alert of `user` about `patient` at `at_ms`;
-    /// `itself` when the alert corroborates itself (see [`Corroboration::itself`]).
+    /// The case number (from 1) of an alert of `user` about `patient` at `at_ms`, bringing
+    /// `evidence` (see [`Corroboration`]).
     pub fn assign(
         &mut self,
         user: Option<&str>,
         patient: Option<&str>,
         at_ms: i64,
-        (severity, kind, itself): (Severity, AlertKind, bool),
+        (severity, kind, evidence): (Severity, AlertKind, Evidence),
     ) -> u64 {
         let key = user.unwrap_or("").to_string();
         let id = match self.open.get_mut(&key) {
@@ -602,20 +599,17 @@ impl Grouper {
                 *last = (*last).max(at_ms);
                 let c = &mut self.cases[*id as usize - 1];
                 c.0 = c.0.max(severity);
-                c.2.add(patient, kind);
+                c.2.add(patient, kind, evidence);
                 *id
             }
             _ => {
-                self.cases
-                    .push((severity, kind, Corroboration::first(patient, kind)));
+                let c = Corroboration::first(patient, kind, evidence);
+                self.cases.push((severity, kind, c));
                 let id = self.cases.len() as u64;
                 self.open.insert(key, (id, at_ms, at_ms));
                 id
             }
         };
-        if itself {
-            self.cases[id as usize - 1].2.itself();
-        }
         id
     }
 
@@ -668,7 +662,7 @@ mod tests {
                 Some(user),
                 None,
                 t,
-                (Severity::Low, AlertKind::BulkAccess, false),
+                (Severity::Low, AlertKind::BulkAccess, Evidence::Single),
             )
         };
         let a = at("Practitioner/1", 0);
@@ -733,27 +727,27 @@ mod tests {
             Some("u"),
             Some("Patient/1"),
             0,
-            (Severity::Low, WatchedRecord, false),
+            (Severity::Low, WatchedRecord, Evidence::Single),
         );
         assert!(!g.is_queued(c));
         g.assign(
             Some("u"),
             Some("Patient/1"),
             H,
-            (Severity::Low, AfterHours, false),
+            (Severity::Low, AfterHours, Evidence::Single),
         );
         assert!(g.is_queued(c), "another behaviour");
         let c = g.assign(
             Some("v"),
             Some("Patient/1"),
             0,
-            (Severity::Low, CrossDepartment, false),
+            (Severity::Low, CrossDepartment, Evidence::Single),
         );
         g.assign(
             Some("v"),
             Some("Patient/1"),
             H,
-            (Severity::Low, CrossDepartment, false),
+            (Severity::Low, CrossDepartment, Evidence::Single),
         );
         assert!(
             !g.is_queued(c),
@@ -763,21 +757,21 @@ mod tests {
             Some("v"),
             Some("Patient/2"),
             2 * H,
-            (Severity::Low, CrossDepartment, false),
+            (Severity::Low, CrossDepartment, Evidence::Single),
         );
         assert!(g.is_queued(c), "another patient");
         let c = g.assign(
             Some("w"),
             Some("Patient/1"),
             0,
-            (Severity::Low, AfterHours, false),
+            (Severity::Low, AfterHours, Evidence::Single),
         );
         assert!(!g.is_queued(c), "one access at an unusual hour");
         let c = g.assign(
             Some("x"),
             Some("Patient/1"),
             0,
-            (Severity::Low, AfterHours, true),
+            (Severity::Low, AfterHours, Evidence::Twice),
         );
         assert!(
             g.is_queued(c),
@@ -788,28 +782,43 @@ mod tests {
     #[test]
     fn corroboration_is_another_patient_or_another_behaviour() {
         use AlertKind::*;
-        let mut c = Corroboration::first(Some("Patient/1"), CrossDepartment);
-        assert!(!c.add(Some("Patient/1"), CrossDepartment));
+        use Evidence::*;
+        let mut c = Corroboration::first(Some("Patient/1"), CrossDepartment, Single);
+        assert!(!c.add(Some("Patient/1"), CrossDepartment, Single));
         assert!(!c.corroborated());
         assert!(
-            c.independent(None, CrossDepartment),
+            c.independent(None, CrossDepartment, Single),
             "no patient is another"
         );
-        assert!(c.add(Some("Patient/1"), AfterHours));
+        assert!(c.add(Some("Patient/1"), AfterHours, Single));
         assert!(
-            c.add(Some("Patient/1"), CrossDepartment),
+            c.add(Some("Patient/1"), CrossDepartment, Single),
             "once corroborated, stays"
         );
-        let mut c = Corroboration::first(None, FailedLogins);
-        assert!(!c.add(None, FailedLogins));
+        let mut c = Corroboration::first(None, FailedLogins, Single);
+        assert!(!c.add(None, FailedLogins, Single));
         // The hour's wide searches name a patient per event: still one signal.
-        let mut c = Corroboration::first(Some("Patient/1"), WideSearch);
+        let mut c = Corroboration::first(Some("Patient/1"), WideSearch, Single);
         assert!(
-            !c.add(Some("Patient/2"), WideSearch),
+            !c.add(Some("Patient/2"), WideSearch, Single),
             "the same hour's searches"
         );
         assert!(
-            c.add(Some("Patient/2"), CrossDepartment),
+            c.add(Some("Patient/2"), CrossDepartment, Single),
+            "another behaviour"
+        );
+        // Evidence twice over, first or later.
+        assert!(Corroboration::first(Some("Patient/1"), AfterHours, Twice).corroborated());
+        let mut c = Corroboration::first(Some("Patient/1"), WatchedRecord, Single);
+        assert!(c.add(Some("Patient/1"), WatchedRecord, Twice));
+        // A radiographer's second watched record is routine work going on; another
+        // behaviour still corroborates, and another patient does where the work is not
+        // routine.
+        let mut c = Corroboration::first(Some("Patient/1"), WatchedRecord, Routine);
+        assert!(!c.add(Some("Patient/2"), WatchedRecord, Routine), "routine");
+        assert!(c.independent(Some("Patient/2"), WatchedRecord, Single));
+        assert!(
+            c.add(Some("Patient/2"), AfterHours, Routine),
             "another behaviour"
         );
     }

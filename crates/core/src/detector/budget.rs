@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use super::features::N_FEATURES;
 pub use super::model::{BudgetFit, Raises};
 use super::model::{Model, ModelError};
-use crate::alerts::{AlertKind, Severity};
+use crate::alerts::{AlertKind, Evidence, Severity};
 use crate::cases::{CaseRule, Grouper};
 use crate::fhir::AuditRecord;
 
@@ -68,8 +68,8 @@ pub struct Candidate {
     pub at_ms: i64,
     pub ratio: f32,
     pub kind: AlertKind,
-    /// Whether it corroborates itself (`super::corroborates_itself`).
-    pub itself: bool,
+    /// What it brings to its case's corroboration (`super::evidence`).
+    pub evidence: Evidence,
 }
 
 /// The events of the second half of the training window (`records`, their feature `rows`
@@ -112,7 +112,7 @@ pub fn candidates(
                     at_ms: r.recorded.timestamp_millis(),
                     ratio,
                     kind,
-                    itself: super::corroborates_itself(kind, &rows[*i], own_colleague[*i]),
+                    evidence: super::evidence(kind, &rows[*i], own_colleague[*i]),
                 });
             }
         }
@@ -142,7 +142,7 @@ fn replay<'a>(candidates: &'a [Candidate], raises: &Raises, rule: CaseRule) -> V
                 c.user.as_deref(),
                 c.patient.as_deref(),
                 c.at_ms,
-                (sev, c.kind, c.itself),
+                (sev, c.kind, c.evidence),
             ) as usize;
             if id > cases.len() {
                 cases.push((c.user.as_deref(), ratio, c.kind));
@@ -262,7 +262,7 @@ mod tests {
             at_ms,
             ratio,
             kind,
-            itself: false,
+            evidence: Evidence::Single,
         }
     }
 

@@ -483,7 +483,7 @@ pub struct Facts {
     /// (`first_pair`), whose bearer works, as a user of the site, in the department this
     /// access is from, while that department has no history with the record: someone the
     /// user works beside, and no work of the department's on them. That is evidence twice
-    /// over (`super::corroborates_itself`). A department with some history with the record
+    /// over (`super::evidence`). A department with some history with the record
     /// may be consulting on it, a user going back to the record is a consult continued, and
     /// one whose work goes to unrelated records routinely (`ROUTINE_UNRELATED_RATE`) is at
     /// work: each waits for corroboration.
@@ -1231,7 +1231,7 @@ fn odd_hour_habit(u: &UserState, hour: u32, began: u32, own_current: f32) -> Opt
 
 /// The session-start rarity of a session begun at an hour at which none of a user's
 /// `MATURE_SESSIONS` earlier sessions began (or at most one of about fifty): what makes an
-/// access at an unusual hour evidence twice over (see `super::corroborates_itself`).
+/// access at an unusual hour evidence twice over (see `super::evidence`).
 pub fn unprecedented_start() -> f32 {
     rarity(0.0, MATURE_SESSIONS, 24.0)
 }
@@ -2055,7 +2055,7 @@ impl Context {
         facts.own_colleague =
             facts.first_pair && held && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE;
         // Such a look is a watched record opened without work to do, and more: the
-        // evidence counts twice, in the score as in the queue (`corroborates_itself`). A
+        // evidence counts twice, in the score as in the queue (`super::evidence`). A
         // record no one has opened yet is unrelated to everyone: only such a look at it
         // reads as a watched record opened without work to do.
         if facts.own_colleague && (facts.patient_history == 0 || x[F::WatchedRecordUnrelated] > 0.0)

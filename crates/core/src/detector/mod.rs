@@ -13,7 +13,7 @@ use baselines::PassOver;
 use features::{Context, Facts, Feature, N_FEATURES, ODD_HOUR_BAND};
 use model::Model;
 
-use crate::alerts::{AlertKind, Severity, COWORKER_RECORD, STAFF_NAMED_RECORD};
+use crate::alerts::{AlertKind, Evidence, Severity, COWORKER_RECORD, STAFF_NAMED_RECORD};
 use crate::coverage;
 use crate::fhir::{AuditRecord, Fetched};
 use crate::state::KeyStatus;
@@ -31,9 +31,8 @@ pub struct ScoredEvent {
     pub explanation: Vec<String>,
     /// The behaviours behind the explanation's reasons, in the same order.
     pub kinds: Vec<AlertKind>,
-    /// Evidence twice over on its own: its case goes to the queue without waiting for
-    /// corroboration ([`corroborates_itself`]).
-    pub self_corroborated: bool,
+    /// What it brings to its case's corroboration ([`evidence`]).
+    pub evidence: Evidence,
     /// Learned already by the baselines the context started from: not scored (score 0),
     /// never alerted, not learned again; committed so it is not met again.
     pub passed_over: bool,
@@ -45,26 +44,43 @@ pub struct ScoredEvent {
     pub carried: coverage::Coverage,
 }
 
-/// Whether an alert of behaviour `kind` with feature row `row` carries a second,
-/// independent piece of evidence in itself, so that its case need not wait for another
-/// alert to corroborate it ([`crate::cases::queued`]):
-/// - an access at an unusual hour in a session begun at an hour the user has never, or
-///   almost never, begun one (the session's start at least as rare as none of ten;
-///   `features::unprecedented_start`). A shift running late keeps its usual start and stays
-///   watched; a login on a day off or in the night to open a record does not. The alert's
-///   explanation states the session's start.
-/// - a colleague's own record opened without a working relationship by someone from the
-///   colleague's own department (`own_colleague`, the event's `Facts::own_colleague`): not
-///   a record the user's work came across, but a person they work beside. A colleague of
-///   another department's stays watched. The alert's explanation says so.
-pub fn corroborates_itself(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -> bool {
-    match kind {
+/// What an alert of behaviour `kind` with feature row `row` brings to its case's
+/// corroboration ([`crate::cases::Corroboration`]):
+/// - [`Evidence::Twice`], a second, independent piece of evidence in itself, so that its
+///   case need not wait for another alert ([`crate::cases::queued`]):
+///   - an access at an unusual hour in a session begun at an hour the user has never, or
+///     almost never, begun one (the session's start at least as rare as none of ten;
+///     `features::unprecedented_start`). A shift running late keeps its usual start and
+///     stays watched; a login on a day off or in the night to open a record does not. The
+///     alert's explanation states the session's start.
+///   - a colleague's own record opened without a working relationship by someone from the
+///     colleague's own department (`own_colleague`, the event's `Facts::own_colleague`):
+///     not a record the user's work came across, but a person they work beside. A
+///     colleague of another department's stays watched. The alert's explanation says so.
+/// - [`Evidence::Routine`]: a watched record opened by a user whose work goes to records
+///   their department has no history with routinely (`features::ROUTINE_UNRELATED_RATE`:
+///   radiology, the pharmacy, the laboratory). The watched-record signal does not weigh
+///   the user's habit as the unrelated-lookup signals do, and such work opens a watched
+///   record now and then by the site's share of them: the next one it opens is that work
+///   going on, not a second piece of evidence.
+/// - [`Evidence::Single`] otherwise.
+pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -> Evidence {
+    let twice = match kind {
         AlertKind::AfterHours => {
             row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
         }
         AlertKind::WatchedRecord => own_colleague,
         AlertKind::VipSnooping => own_colleague && row[Feature::CoworkerRecord.index()] > 0.0,
         _ => false,
+    };
+    if twice {
+        Evidence::Twice
+    } else if kind == AlertKind::WatchedRecord
+        && row[Feature::UserCrossDeptRate.index()] >= features::ROUTINE_UNRELATED_RATE
+    {
+        Evidence::Routine
+    } else {
+        Evidence::Single
     }
 }
 
@@ -209,7 +225,7 @@ impl Detector {
             summary: String::new(),
             explanation: Vec::new(),
             kinds: Vec::new(),
-            self_corroborated: false,
+            evidence: Evidence::Single,
             passed_over: true,
             held: false,
         });
@@ -234,7 +250,7 @@ impl Detector {
                             },
                             explanation: v.explanation,
                             kinds: v.kinds,
-                            self_corroborated: v.self_corroborated,
+                            evidence: v.evidence,
                             passed_over: false,
                             held,
                             carried,
@@ -254,8 +270,9 @@ pub struct Verdict {
     pub severity: Option<Severity>,
     pub explanation: Vec<String>,
     pub kinds: Vec<AlertKind>,
-    /// Evidence twice over on its own ([`corroborates_itself`]).
-    pub self_corroborated: bool,
+    /// What it brings to its case's corroboration ([`evidence`]; `Single` below the
+    /// floor).
+    pub evidence: Evidence,
 }
 
 /// Which verdicts get their explanation in words.
@@ -288,14 +305,16 @@ fn judge(
             } else {
                 (Vec::new(), Vec::new())
             };
-            let self_corroborated = severity.is_some()
-                && corroborates_itself(AlertKind::strongest(&kinds), row, f.own_colleague);
+            let evidence = match severity {
+                Some(_) => evidence(AlertKind::strongest(&kinds), row, f.own_colleague),
+                None => Evidence::Single,
+            };
             Verdict {
                 score,
                 severity,
                 explanation,
                 kinds,
-                self_corroborated,
+                evidence,
             }
         })
         .collect())
@@ -1015,40 +1034,49 @@ mod tests {
     /// An alert for an unusual hour corroborates itself only where its session began at
     /// an hour the user has (almost) never begun one; one about a colleague's own record
     /// only where the colleague works in the user's department; no other behaviour does.
+    /// A watched record opened in routine work waits for another behaviour.
     #[test]
-    fn an_unusual_hour_or_a_colleague_of_ones_own_department_corroborates_itself() {
-        let at = |rarity: f32| {
+    fn what_an_alert_brings_to_its_case() {
+        let at = |rarity: f32, cross_rate: f32| {
             let mut row = [0f32; N_FEATURES];
             row[Feature::SessionStartRarity.index()] = rarity;
+            row[Feature::UserCrossDeptRate.index()] = cross_rate;
             row
         };
         let mark = features::unprecedented_start();
         // -ln(0.5 / 22): none of ten sessions began at that hour.
         assert!((mark - 3.784).abs() < 0.01, "{mark}");
+        let routine = features::ROUTINE_UNRELATED_RATE;
         use AlertKind::*;
-        for (kind, rarity, own, itself) in [
-            (AfterHours, mark, false, true),
-            (AfterHours, 6.0, false, true),
+        use Evidence::*;
+        for (kind, rarity, cross_rate, own, brings) in [
+            (AfterHours, mark, 0.0, false, Twice),
+            (AfterHours, 6.0, routine, false, Twice),
             // One of ten began then: a habit, however thin.
-            (AfterHours, 2.69, false, false),
-            (CrossDepartment, 6.0, false, false),
-            (WatchedRecord, 6.0, false, false),
+            (AfterHours, 2.69, 0.0, false, Single),
+            (CrossDepartment, 6.0, 0.0, false, Single),
+            (WatchedRecord, 6.0, 0.0, false, Single),
             // A colleague's record: of another department, watched; of one's own, queued.
-            (WatchedRecord, 0.0, false, false),
-            (WatchedRecord, 0.0, true, true),
-            (CrossDepartment, 0.0, true, false),
+            (WatchedRecord, 0.0, 0.0, false, Single),
+            (WatchedRecord, 0.0, 0.0, true, Twice),
+            (CrossDepartment, 0.0, 0.0, true, Single),
+            // Routine work across departments opens watched records by chance.
+            (WatchedRecord, 0.0, routine, false, Routine),
+            (WatchedRecord, 0.0, routine * 0.9, false, Single),
+            (CrossDepartment, 0.0, routine, false, Single),
+            (VipSnooping, 0.0, routine, false, Single),
         ] {
             assert_eq!(
-                corroborates_itself(kind, &at(rarity), own),
-                itself,
-                "{kind:?} at {rarity}, own colleague {own}"
+                evidence(kind, &at(rarity, cross_rate), own),
+                brings,
+                "{kind:?} at {rarity}, cross rate {cross_rate}, own colleague {own}"
             );
         }
         // With the care context: where it too calls the patient a co-worker.
-        assert!(!corroborates_itself(AlertKind::VipSnooping, &at(0.0), true));
-        let mut coworker = at(0.0);
+        assert_eq!(evidence(VipSnooping, &at(0.0, 0.0), true), Single);
+        let mut coworker = at(0.0, 0.0);
         coworker[Feature::CoworkerRecord.index()] = 1.0;
-        assert!(corroborates_itself(AlertKind::VipSnooping, &coworker, true));
+        assert_eq!(evidence(VipSnooping, &coworker, true), Twice);
     }
 
     #[test]

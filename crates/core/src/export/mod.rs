@@ -152,7 +152,7 @@ pub fn stored_alert_message(
         action: a.action.clone(),
         interaction: a.interaction.clone(),
         raw: String::new(),
-        self_corroborated: false,
+        evidence: crate::alerts::Evidence::Single,
     };
     let mut m = alert_message(site, a.id, case_id, &fields, detected_ms);
     m["status"] = json!(a.status);
@@ -645,7 +645,7 @@ mod tests {
             action: Some("R".into()),
             interaction: "read".into(),
             raw: "{\"name\":\"Ann Smith\"}".into(),
-            self_corroborated: false,
+            evidence: crate::alerts::Evidence::Single,
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{alert_from_row, Page, Reader, StateError, Store, ALERT_COLS};
-use crate::alerts::{Alert, AlertKind, AllowRule, NewAlert, Severity};
+use crate::alerts::{Alert, AlertKind, AllowRule, Evidence, NewAlert, Severity};
 use crate::cases::{
     implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseFilter,
     CaseNote, CaseRule, CaseStatus, Corroboration, HISTORY_DAYS,
@@ -31,7 +31,7 @@ pub(super) fn file(
         severity: a.severity,
         kind: AlertKind::strongest(&a.kinds),
         patient: a.patient.clone(),
-        itself: a.self_corroborated,
+        evidence: a.evidence,
     };
     file_one(tx, alert_id, user.unwrap_or(""), filed, rule)
 }
@@ -45,8 +45,8 @@ struct Filed {
     /// Its strongest behaviour.
     kind: AlertKind,
     patient: Option<String>,
-    /// It corroborates itself (`Corroboration::itself`).
-    itself: bool,
+    /// What it brings to its case's corroboration.
+    evidence: Evidence,
 }
 
 /// When a case of `user` other than `case` was last closed as inappropriate, from
@@ -70,14 +70,12 @@ fn inappropriate_before(
     )
 }
 
-/// Whether an alert about `patient` pointing at `kind` corroborates watched case `case`:
-/// judged against the case's first alert ([`Corroboration`]).
-fn corroborates(
-    conn: &Connection,
-    case: i64,
-    patient: Option<&str>,
-    kind: AlertKind,
-) -> rusqlite::Result<bool> {
+/// Whether alert `a` corroborates watched case `case`: judged against the case's first
+/// alert ([`Corroboration`]).
+fn corroborates(conn: &Connection, case: i64, a: &Filed) -> rusqlite::Result<bool> {
+    if a.evidence == Evidence::Twice {
+        return Ok(true);
+    }
     let first: Option<(Option<String>, String)> = conn
         .prepare_cached(
             "SELECT patient_ref, kinds FROM alerts WHERE case_id = ?1 ORDER BY recorded_ms, id
@@ -91,7 +89,9 @@ fn corroborates(
             let first_kind = AlertKind::strongest(
                 &serde_json::from_str::<Vec<AlertKind>>(&kinds).unwrap_or_default(),
             );
-            Corroboration::first(first_patient.as_deref(), first_kind).independent(patient, kind)
+            // The first alert's own evidence was judged when it was filed.
+            Corroboration::first(first_patient.as_deref(), first_kind, Evidence::Single)
+                .independent(a.patient.as_deref(), a.kind, a.evidence)
         }
     })
 }
@@ -125,11 +125,7 @@ fn file_one(
             // An alert that corroborates a watched case, or is strong or specific on
             // its own, brings the case to the queue.
             let to_queue = status == CaseStatus::Watching
-                && queued(
-                    a.itself || corroborates(conn, id, a.patient.as_deref(), a.kind)?,
-                    severity,
-                    a.kind,
-                );
+                && queued(corroborates(conn, id, &a)?, severity, a.kind);
             conn.prepare_cached(
                 "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
                  alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4),
@@ -140,7 +136,7 @@ fn file_one(
             id
         }
         _ => {
-            let status = if flagged || queued(a.itself, severity, a.kind) {
+            let status = if flagged || queued(a.evidence == Evidence::Twice, severity, a.kind) {
                 CaseStatus::New
             } else {
                 CaseStatus::Watching
@@ -183,7 +179,7 @@ pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(),
                 severity: Severity::from_i64(r.get(4)?),
                 kind: AlertKind::strongest(&kinds),
                 patient: r.get(6)?,
-                itself: false,
+                evidence: Evidence::Single,
             };
             Ok((r.get(0)?, r.get(1)?, filed))
         })?;

@@ -1336,7 +1336,7 @@ mod tests {
             action: Some("R".into()),
             interaction: "read".into(),
             raw: "{}".into(),
-            self_corroborated: false,
+            evidence: crate::alerts::Evidence::Single,
         }
     }
 
@@ -1382,14 +1382,21 @@ mod tests {
             at += (rng.exp(1.5) * 3_600_000.0) as i64;
             let user = format!("Practitioner/{}", rng.below(4));
             let patient = (!rng.chance(0.1)).then(|| format!("Patient/{}", rng.below(3)));
-            let kind = *rng.pick(&[CrossDepartment, AfterHours, VipSnooping, BulkAccess]);
+            let kind = *rng.pick(&[CrossDepartment, AfterHours, WatchedRecord, BulkAccess]);
             let severity = *rng.pick(&[Severity::Low, Severity::Low, Severity::Medium]);
             // Now and then an access at an unusual hour that corroborates itself.
-            let itself = kind == AfterHours && rng.chance(0.2);
+            // Now and then a watched record opened in routine work.
+            let evidence = if kind == AfterHours && rng.chance(0.2) {
+                crate::alerts::Evidence::Twice
+            } else if kind == WatchedRecord && rng.chance(0.3) {
+                crate::alerts::Evidence::Routine
+            } else {
+                crate::alerts::Evidence::Single
+            };
             let a = NewAlert {
                 kinds: vec![kind],
                 patient: patient.clone(),
-                self_corroborated: itself,
+                evidence,
                 ..alert_at(&format!("e{i}|1"), &user, at, severity)
             };
             s.commit_batch(&batch_of(vec![a]), i + 1).unwrap();
@@ -1397,7 +1404,7 @@ mod tests {
                 Some(&user),
                 patient.as_deref(),
                 at,
-                (severity, kind, itself),
+                (severity, kind, evidence),
             );
             grouped.insert(format!("e{i}"), c);
         }
@@ -1438,6 +1445,46 @@ mod tests {
             watched > 5 && queued > 5,
             "{watched} watched, {queued} queued"
         );
+    }
+
+    /// Watched records opened in routine work (`Evidence::Routine`) do not corroborate
+    /// each other in the store either; another behaviour does.
+    #[test]
+    fn routine_work_across_watched_records_stays_watched() {
+        use crate::alerts::AlertKind::{AfterHours, WatchedRecord};
+        use crate::alerts::Evidence::Routine;
+        use crate::cases::{CaseFilter, CaseScope, CaseStatus};
+        const H: i64 = 3_600_000;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        let at = |key: &str, t: i64, patient: &str, kind| NewAlert {
+            kinds: vec![kind],
+            patient: Some(patient.into()),
+            evidence: Routine,
+            ..alert_at(key, "Practitioner/9", t, Severity::Low)
+        };
+        let dir = d.path();
+        let status = || {
+            let r = Reader::open(dir).unwrap();
+            let all = r
+                .cases(&CaseFilter {
+                    scope: CaseScope::All,
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(all.len(), 1);
+            all[0].status
+        };
+        let batch = vec![
+            at("a|1", H, "Patient/1", WatchedRecord),
+            at("b|1", 2 * H, "Patient/2", WatchedRecord),
+        ];
+        s.commit_batch(&batch_of(batch), 1).unwrap();
+        assert_eq!(status(), CaseStatus::Watching);
+        let batch = vec![at("c|1", 3 * H, "Patient/2", AfterHours)];
+        s.commit_batch(&batch_of(batch), 2).unwrap();
+        assert_eq!(status(), CaseStatus::New, "another behaviour");
     }
 
     /// Alerts of one user within the window are one case, in the transaction that stores

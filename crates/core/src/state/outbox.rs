@@ -251,7 +251,7 @@ pub(super) mod tests {
             action: None,
             interaction: "read".into(),
             raw: "{}".into(),
-            self_corroborated: false,
+            evidence: crate::alerts::Evidence::Single,
         }
     }
 
