@@ -226,10 +226,9 @@ impl std::str::FromStr for Severity {
 
 /// What an alert brings to its case's corroboration besides its patient and behaviour
 /// (the detector decides it: `detector::evidence`; `cases::Corroboration` weighs it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Evidence {
     /// One piece of evidence: another patient or another behaviour corroborates it.
-    #[default]
     Single,
     /// Evidence twice over: the alert corroborates its case itself (an access at an unusual
     /// hour in a session begun at an hour the user never begins one, a colleague's record
