@@ -1607,18 +1607,25 @@ impl Context {
         }
     }
 
+    /// How an unrelated access stands to its department's pattern of such accesses:
+    /// `None` while the department has none (fewer than `MIN_PATTERN`), else whether the
+    /// pair is rarer than uniform.
+    fn rarer_than_uniform(&self, pair: &Pair) -> Option<bool> {
+        (pair.total >= MIN_PATTERN).then(|| pair.rarity > self.departments().ln())
+    }
+
     /// Whether an unrelated access went where its department seldom goes: the department
     /// has a pattern, and the pair is rarer than uniform (not a usual consult, not a
     /// department that goes everywhere).
     fn strays(&self, pair: &Pair) -> bool {
-        pair.total >= MIN_PATTERN && pair.rarity > self.departments().ln()
+        self.rarer_than_uniform(pair) == Some(true)
     }
 
     /// Whether an unrelated access went where its department goes routinely: the
     /// department has a pattern, and the pair is no rarer than uniform (a laboratory or a
     /// radiology department, which goes everywhere; a usual consult).
     fn well_worn(&self, pair: &Pair) -> bool {
-        pair.total >= MIN_PATTERN && pair.rarity <= self.departments().ln()
+        self.rarer_than_uniform(pair) == Some(false)
     }
 
     /// Whether an access is a look at a colleague's own record (`colleague`, from

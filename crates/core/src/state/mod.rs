@@ -1364,6 +1364,16 @@ mod tests {
         }
     }
 
+    /// Every case in the store, watched ones too (the tests below file fewer than a page).
+    fn every_case(r: &Reader) -> Vec<crate::cases::Case> {
+        let all = crate::cases::CaseFilter {
+            scope: crate::cases::CaseScope::All,
+            limit: 1000,
+            ..Default::default()
+        };
+        r.cases(&all).unwrap()
+    }
+
     /// The store files and queues cases by the rule `score`'s offline `Grouper` applies
     /// (the quality benchmark counts the queue through it): random alerts of a few users,
     /// patients and behaviours, filed both ways, make the same cases with the same
@@ -1371,7 +1381,7 @@ mod tests {
     #[test]
     fn the_store_files_and_queues_cases_as_the_offline_grouper_does() {
         use crate::alerts::AlertKind::*;
-        use crate::cases::{CaseFilter, CaseRule, CaseScope, CaseStatus, Grouper};
+        use crate::cases::{CaseRule, CaseStatus, Grouper};
         let d = tempfile::tempdir().unwrap();
         let mut s = Store::open(d.path()).unwrap();
         let mut g = Grouper::new(CaseRule::default());
@@ -1409,13 +1419,7 @@ mod tests {
             grouped.insert(format!("e{i}"), c);
         }
         let r = Reader::open(d.path()).unwrap();
-        let stored = r
-            .cases(&CaseFilter {
-                scope: CaseScope::All,
-                limit: 1000,
-                ..Default::default()
-            })
-            .unwrap();
+        let stored = every_case(&r);
         assert_eq!(stored.len() as u64, g.cases());
         let (mut watched, mut queued) = (0, 0);
         for case in stored {
@@ -1453,7 +1457,7 @@ mod tests {
     fn routine_work_across_watched_records_stays_watched() {
         use crate::alerts::AlertKind::{AfterHours, WatchedRecord};
         use crate::alerts::Evidence::Routine;
-        use crate::cases::{CaseFilter, CaseScope, CaseStatus};
+        use crate::cases::CaseStatus;
         const H: i64 = 3_600_000;
         let d = tempfile::tempdir().unwrap();
         let mut s = Store::open(d.path()).unwrap();
@@ -1465,14 +1469,7 @@ mod tests {
         };
         let dir = d.path();
         let status = || {
-            let r = Reader::open(dir).unwrap();
-            let all = r
-                .cases(&CaseFilter {
-                    scope: CaseScope::All,
-                    limit: 10,
-                    ..Default::default()
-                })
-                .unwrap();
+            let all = every_case(&Reader::open(dir).unwrap());
             assert_eq!(all.len(), 1);
             all[0].status
         };
