@@ -232,7 +232,8 @@ pub enum Evidence {
     Single,
     /// Evidence twice over: the alert corroborates its case itself (an access at an unusual
     /// hour in a session begun at an hour the user never begins one, a colleague's record
-    /// opened from the colleague's own department).
+    /// opened from the colleague's own department, an hour's searches ten times the user's
+    /// usual).
     Twice,
     /// The user's routine work: a watched record opened by someone whose work goes to
     /// records of other departments routinely (radiology, the pharmacy, the laboratory).

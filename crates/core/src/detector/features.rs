@@ -214,6 +214,12 @@ catalogue! {
 const DEFAULT_PAGE: u32 = 20;
 /// Records an hour's searches may ask for before the hour means anything (five pages).
 const ASKED_FLOOR: f32 = 5.0 * DEFAULT_PAGE as f32;
+/// An hour's searches asking for this many times the records of the user's usual high
+/// hour (at least `ASKED_FLOOR`; `query_volume_1h_vs_usual` at least its logarithm): an
+/// order of magnitude beyond anything their work asks for, a sweep rather than a busy
+/// hour, and evidence twice over (see `super::evidence`). The user's own report runs make
+/// their usual high, so an analyst's report stays under it.
+pub const SWEEP_RATIO: f32 = 10.0;
 /// Events a department needs before its own hours outweigh the site's.
 const PEERS_MATURE: f32 = 300.0;
 

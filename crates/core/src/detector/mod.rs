@@ -57,6 +57,10 @@ pub struct ScoredEvent {
 ///     colleague's own department (`own_colleague`, the event's `Facts::own_colleague`):
 ///     not a record the user's work came across, but a person they work beside. A
 ///     colleague of another department's stays watched. The alert's explanation says so.
+///   - an hour's searches asking for an order of magnitude more records than the user's
+///     usual high hour (`features::SWEEP_RATIO`): a sweep, not a busy hour. A search
+///     somewhat wider than usual (twice, three times) stays watched. The alert's
+///     explanation states the hour's records and the usual.
 /// - [`Evidence::Routine`]: a watched record opened by a user whose work goes to records
 ///   their department has no history with routinely (`features::ROUTINE_UNRELATED_RATE`:
 ///   radiology, the pharmacy, the laboratory). The watched-record signal does not weigh
@@ -71,6 +75,9 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -
         }
         AlertKind::WatchedRecord => own_colleague,
         AlertKind::VipSnooping => own_colleague && row[Feature::CoworkerRecord.index()] > 0.0,
+        AlertKind::WideSearch => {
+            row[Feature::QueryVolume1hVsUsual.index()] >= features::SWEEP_RATIO.ln()
+        }
         _ => false,
     };
     if twice {
@@ -1077,6 +1084,31 @@ mod tests {
         let mut coworker = at(0.0, 0.0);
         coworker[Feature::CoworkerRecord.index()] = 1.0;
         assert_eq!(evidence(VipSnooping, &coworker, true), Twice);
+        // An hour's searches against the user's usual high hour (ln((asked + 1) / (usual
+        // + 1)), the usual at least 100 records): ten times over is a sweep.
+        let searched = |asked: f32, usual: f32| {
+            let mut row = at(0.0, 0.0);
+            row[Feature::QueryVolume1hVsUsual.index()] = ((asked + 1.0) / (usual + 1.0)).ln();
+            row
+        };
+        for (asked, usual, brings) in [
+            (6000.0, 100.0, Twice),
+            (1009.0, 100.0, Twice),
+            (1000.0, 100.0, Single),
+            (300.0, 100.0, Single),
+            (6000.0, 3989.0, Single),
+            (40000.0, 3989.0, Twice),
+        ] {
+            assert_eq!(
+                evidence(WideSearch, &searched(asked, usual), false),
+                brings,
+                "{asked} records asked in an hour, usually {usual}"
+            );
+        }
+        assert_eq!(
+            evidence(CrossDepartment, &searched(6000.0, 100.0), false),
+            Single
+        );
     }
 
     #[test]
