@@ -1242,6 +1242,14 @@ pub fn unprecedented_start() -> f32 {
     rarity(0.0, MATURE_SESSIONS, 24.0)
 }
 
+/// Whether the event's user is the only one to have opened its patient's record within
+/// 24 hours (`patient_users_24h`, ln(1 + users), under ln 3): a record no care is going
+/// on in. A watched record opened so, without a working relationship, is evidence twice
+/// over (see `super::evidence`).
+pub fn alone_on_record(row: &[f32; N_FEATURES]) -> bool {
+    row[Feature::HasPatient.index()] > 0.0 && row[Feature::PatientUsers24h.index()] < 3f32.ln()
+}
+
 fn rarity(count: f32, total: f32, bins: f32) -> f32 {
     let p = (count + 0.5) / (total + 0.5 * bins);
     (-p.ln()).clamp(0.0, 10.0)

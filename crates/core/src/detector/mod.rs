@@ -57,6 +57,9 @@ pub struct ScoredEvent {
 ///     colleague's own department (`own_colleague`, the event's `Facts::own_colleague`):
 ///     not a record the user's work came across, but a person they work beside. A
 ///     colleague of another department's stays watched. The alert's explanation says so.
+///   - a watched record opened without a working relationship while no one else has
+///     opened it for a day (`features::alone_on_record`): no care going on that the look
+///     could be part of. The alert's explanation says so.
 ///   - an hour's searches asking for an order of magnitude more records than the user's
 ///     usual high hour (`features::SWEEP_RATIO`): a sweep, not a busy hour. A search
 ///     somewhat wider than usual (twice, three times) stays watched. The alert's
@@ -73,7 +76,7 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -
         AlertKind::AfterHours => {
             row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
         }
-        AlertKind::WatchedRecord => own_colleague,
+        AlertKind::WatchedRecord => own_colleague || features::alone_on_record(row),
         AlertKind::VipSnooping => own_colleague && row[Feature::CoworkerRecord.index()] > 0.0,
         AlertKind::WideSearch => {
             row[Feature::QueryVolume1hVsUsual.index()] >= features::SWEEP_RATIO.ln()
@@ -695,7 +698,11 @@ pub fn explain(
                     (true, None) => "no encounter, appointment, episode of care or care team links this user to the patient",
                     _ => "no working relationship",
                 };
-                format!("{what} opened {from}{first}: {why}{}", own_colleague(f))
+                let alone = match f.patient_users_24h <= 1 {
+                    true => ", and no one else has opened it in 24 h",
+                    false => "",
+                };
+                format!("{what} opened {from}{first}: {why}{alone}{}", own_colleague(f))
             }
             AlertKind::FamilySnooping if contrib_of(contrib, Feature::PersonalLink) + contrib_of(contrib, Feature::SelfRecord) > 0.0 => {
                 let link = f.personal.map_or("a personal link", |p| p.words());
@@ -1048,6 +1055,9 @@ mod tests {
             let mut row = [0f32; N_FEATURES];
             row[Feature::SessionStartRarity.index()] = rarity;
             row[Feature::UserCrossDeptRate.index()] = cross_rate;
+            // A record five users opened today.
+            row[Feature::HasPatient.index()] = 1.0;
+            row[Feature::PatientUsers24h.index()] = 5f32.ln_1p();
             row
         };
         let mark = features::unprecedented_start();
@@ -1084,6 +1094,20 @@ mod tests {
         let mut coworker = at(0.0, 0.0);
         coworker[Feature::CoworkerRecord.index()] = 1.0;
         assert_eq!(evidence(VipSnooping, &coworker, true), Twice);
+        // A watched record no one else opened today: no care going on, whoever opens it.
+        let alone = |users: f32, cross_rate: f32| {
+            let mut row = at(0.0, cross_rate);
+            row[Feature::PatientUsers24h.index()] = users.ln_1p();
+            row
+        };
+        assert_eq!(evidence(WatchedRecord, &alone(1.0, 0.0), false), Twice);
+        assert_eq!(evidence(WatchedRecord, &alone(1.0, routine), false), Twice);
+        assert_eq!(evidence(WatchedRecord, &alone(2.0, 0.0), false), Single);
+        assert_eq!(
+            evidence(WatchedRecord, &alone(2.0, routine), false),
+            Routine
+        );
+        assert_eq!(evidence(CrossDepartment, &alone(1.0, 0.0), false), Single);
         // An hour's searches against the user's usual high hour (ln((asked + 1) / (usual
         // + 1)), the usual at least 100 records): ten times over is a sweep.
         let searched = |asked: f32, usual: f32| {
