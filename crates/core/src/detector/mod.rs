@@ -874,6 +874,17 @@ mod tests {
             "{}",
             why[0]
         );
+        // Alone on the record today (what makes the look evidence twice over, whoever's
+        // colleague it is): said; with others at work on it, not.
+        let alone = |users: u32| {
+            let f = Facts {
+                own_colleague: false,
+                patient_users_24h: users,
+                ..facts.clone()
+            };
+            explain(&c, &f, &rec).0[0].contains("and no one else has opened it in 24 h")
+        };
+        assert!(alone(1) && !alone(2) && !alone(5));
         // A crowd around the record is not about the colleague: not said there.
         let mut c = [0f32; N_FEATURES];
         c[Feature::PatientUsers24h.index()] = 2.0;
