@@ -170,9 +170,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
 
     let state_dir = cfg.state_dir();
     let mut store = Store::open(&state_dir)?;
-    store.set_case_rule(fhir_edge_core::cases::CaseRule::hours(
-        cfg.alerts.case_window_hours,
-    ));
+    store.set_case_rule(cfg.alerts.case_rule());
     store.set_export(crate::export::setup(&cfg));
     let loaded = store.load()?;
     let unjournaled = store.unjournaled()?;

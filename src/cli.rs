@@ -485,10 +485,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(n) = max_patients {
                 ctx.set_max_patients(n as usize);
             }
-            // Alerts are filed into cases by the site's window, as the daemon would.
-            let rule = cfg.as_ref().map_or_else(Default::default, |c| {
-                fhir_edge_core::cases::CaseRule::hours(c.alerts.case_window_hours)
-            });
+            // Alerts are filed into cases by the site's rule, as the daemon would.
+            let rule = cfg
+                .as_ref()
+                .map_or_else(Default::default, |c| c.alerts.case_rule());
             score_cmd(&model, &input, &output, ctx, rule, features_out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }

@@ -412,6 +412,11 @@ pub struct AlertsConfig {
     /// Alerts of one user this many hours apart or closer are one case (an episode); an
     /// alert further from the user's open case opens a new one.
     pub case_window_hours: u32,
+    /// A case in the queue (not closed) takes the user's later episodes that would reach
+    /// the queue on their own for this many days after its last alert, so the user's
+    /// repeated incidents are one case to open, their narrative counting the episodes; a
+    /// watched episode waits in its own case. 0: every episode is its own case.
+    pub case_follow_days: u32,
     /// The queue budget: cases a day per 100 active users that training fits the alert
     /// thresholds to. Training (the daemon's own at the end of learning, and `fhir-edge
     /// train` with this config) replays the case rule over the second half of its window
@@ -423,11 +428,19 @@ pub struct AlertsConfig {
     pub case_budget: f64,
 }
 
+impl AlertsConfig {
+    /// How alerts group into cases.
+    pub fn case_rule(&self) -> fhir_edge_core::cases::CaseRule {
+        fhir_edge_core::cases::CaseRule::new(self.case_window_hours, self.case_follow_days)
+    }
+}
+
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             retention_days: 365,
             case_window_hours: fhir_edge_core::cases::DEFAULT_JOIN_WITHIN_HOURS,
+            case_follow_days: fhir_edge_core::cases::DEFAULT_FOLLOW_DAYS,
             case_budget: fhir_edge_core::detector::budget::DEFAULT_CASE_BUDGET,
         }
     }
@@ -806,6 +819,13 @@ fn validate(l: &Loaded) -> Result<(), ConfigError> {
         c.alerts.case_window_hours as u64,
         1,
         24 * 30,
+    )?;
+    range(
+        l,
+        "alerts.case_follow_days",
+        c.alerts.case_follow_days as u64,
+        0,
+        fhir_edge_core::cases::HISTORY_DAYS as u64,
     )?;
     fhir_edge_core::detector::budget::check_budget(c.alerts.case_budget)
         .map_err(|e| l.invalid("alerts.case_budget", e.to_string()))?;

@@ -306,10 +306,7 @@ impl TrainRun<'_> {
     /// The case rule and queue budget of `cfg`, else the defaults.
     pub fn queue_of(cfg: Option<&Config>) -> (fhir_edge_core::cases::CaseRule, f64) {
         match cfg {
-            Some(c) => (
-                fhir_edge_core::cases::CaseRule::hours(c.alerts.case_window_hours),
-                c.alerts.case_budget,
-            ),
+            Some(c) => (c.alerts.case_rule(), c.alerts.case_budget),
             None => (
                 fhir_edge_core::cases::CaseRule::default(),
                 fhir_edge_core::detector::budget::DEFAULT_CASE_BUDGET,

@@ -110,7 +110,7 @@ impl Handler<Scored> for AlertSinkActor {
             let cases: Vec<_> = outcome
                 .cases_to_journal
                 .iter()
-                .map(|c| (c.id, c.severity))
+                .map(|c| c.journaled())
                 .collect();
             if !ids.is_empty() || !cases.is_empty() {
                 // Best effort: an unmarked alert or case is re-journaled after a restart.
@@ -160,7 +160,7 @@ impl Handler<AlertRaised> for AlertSinkActor {
         }
         for c in &msg.cases {
             journal_case(c);
-            mark.cases.push((c.id, c.severity));
+            mark.cases.push(c.journaled());
         }
         if !mark.alerts.is_empty() || !mark.cases.is_empty() {
             let j = self.journaled.clone();

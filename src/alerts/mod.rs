@@ -117,21 +117,32 @@ pub fn journal_alert(a: &JournalRecord) {
     }
 }
 
-/// Write one structured journal record when a case opens or escalates, at a priority from
-/// its severity (as alerts): the privacy officer's queue in the journal.
+/// Write one structured journal record when a case opens, escalates or takes a later
+/// episode of its user, at a priority from its severity (as alerts): the privacy
+/// officer's queue in the journal.
 pub fn journal_case(c: &fhir_edge_core::cases::CaseNote) {
+    use fhir_edge_core::cases::CaseEvent;
     let user = c.user.as_deref().unwrap_or("");
-    let what = if c.opened { "OPENED" } else { "ESCALATED" };
+    let what = match c.event {
+        CaseEvent::Opened => "OPENED",
+        CaseEvent::Escalated => "ESCALATED",
+        CaseEvent::Episode => "NEW EPISODE",
+    };
+    let episodes = match c.episodes {
+        0 | 1 => String::new(),
+        n => format!(", {n} episodes"),
+    };
     macro_rules! rec {
         ($lvl:ident) => {
             tracing::$lvl!(
                 actor = "alert_sink",
                 fhir_edge_case_id = c.id,
-                fhir_edge_case_event = if c.opened { "opened" } else { "escalated" },
+                fhir_edge_case_event = c.event.as_str(),
                 fhir_edge_severity = c.severity.as_str(),
                 fhir_edge_user = user,
                 fhir_edge_alerts = c.alerts,
-                "CASE {what} {} #{}: {} (user {}, {} alert{})",
+                fhir_edge_episodes = c.episodes,
+                "CASE {what} {} #{}: {} (user {}, {} alert{}{episodes})",
                 c.severity.as_str(),
                 c.id,
                 c.title,

@@ -38,13 +38,13 @@ pub struct CommitBatch(pub BatchCommit);
 #[rtype(result = "Result<(), StateError>")]
 pub struct CommitPoll(pub PollCommit);
 
-/// Request: record that these alerts, and these cases at these severities, reached the
+/// Request: record that these alerts, and these cases at these severities and episodes, reached the
 /// journal (what is not marked is journaled again after a restart).
 #[derive(Message, Default)]
 #[rtype(result = "Result<(), StateError>")]
 pub struct MarkJournaled {
     pub alerts: Vec<i64>,
-    pub cases: Vec<(i64, fhir_edge_core::alerts::Severity)>,
+    pub cases: Vec<fhir_edge_core::cases::Journaled>,
 }
 
 #[derive(Message)]

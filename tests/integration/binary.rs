@@ -821,7 +821,8 @@ fn alerts_and_cases_commands_page_through_more_than_a_thousand() {
     use fhir_edge_core::state::{BatchCommit, SeenEvent, Store};
     let d = tempfile::tempdir().unwrap();
     // Written straight into the state database, as the daemon would have: 2,400 alerts of
-    // 1,200 users two days apart, so 2,400 cases.
+    // 1,200 users ten days apart (past the 7 a queued case takes its user's later
+    // episodes for), so 2,400 cases.
     let cfg = write_config(d.path(), "http://127.0.0.1:9/fhir");
     let mut store = Store::open(&d.path().join("state")).unwrap();
     let alerts: Vec<fhir_edge_core::alerts::NewAlert> = (0..2400)
@@ -829,7 +830,7 @@ fn alerts_and_cases_commands_page_through_more_than_a_thousand() {
             event_key: format!("e{i}|1"),
             event_id: format!("e{i}"),
             event_version: Some("1".into()),
-            recorded_ms: 1_700_000_000_000 + (i / 1200) * 2 * 86_400_000 + i,
+            recorded_ms: 1_700_000_000_000 + (i / 1200) * 10 * 86_400_000 + i,
             score: 2.0,
             severity: fhir_edge_core::alerts::Severity::Medium,
             summary: "bulk data export ($export)".into(),

@@ -3,8 +3,12 @@
 //!
 //! The rule ([`CaseRule::joins`]): an alert joins its user's newest case that is not
 //! closed when it happened within `join_within` of that case's span (before its first
-//! alert or after its last); otherwise it opens a new case. A closed case takes no more
-//! alerts: what comes after a decision is a new episode. Alerts without a user group
+//! alert or after its last); otherwise it opens a new case — unless it would put a case in
+//! the queue on its own and the user has a case in the queue (not closed) whose last alert
+//! is at most `follow` before it ([`CaseRule::follows`]): then it joins that case as a
+//! later episode, so a privacy officer finds a user's repeated incidents in one case, as
+//! the serial snooper's pattern (a watched episode does not follow: it waits on its own).
+//! A closed case takes no more alerts: what comes after a decision is a new episode. Alerts without a user group
 //! under the empty user the same way (a failed-login burst from nobody in particular is
 //! one case). The store applies the rule in the transaction that stores the alert, so a
 //! case is never split or doubled by a crash; `score` applies the same rule offline (its
@@ -34,28 +38,45 @@ pub const DEFAULT_JOIN_WITHIN_HOURS: u32 = 8;
 /// Earlier cases of the user counted beside a case ("3rd case in 90 days").
 pub const HISTORY_DAYS: i64 = 90;
 
+/// How long a queued case takes the user's later episodes, by default.
+pub const DEFAULT_FOLLOW_DAYS: u32 = 7;
+
 /// How alerts group into cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaseRule {
+    /// One episode: alerts this close to the case's span.
     pub join_within_ms: i64,
+    /// A queued case takes a later episode that would be queued on its own up to this long
+    /// after its last alert (0: never).
+    pub follow_ms: i64,
 }
 
 impl Default for CaseRule {
     fn default() -> Self {
-        CaseRule::hours(DEFAULT_JOIN_WITHIN_HOURS)
+        CaseRule::new(DEFAULT_JOIN_WITHIN_HOURS, DEFAULT_FOLLOW_DAYS)
     }
 }
 
 impl CaseRule {
-    pub fn hours(h: u32) -> CaseRule {
+    /// Episodes of `window_hours`; a queued case follows the user for `follow_days`.
+    pub fn new(window_hours: u32, follow_days: u32) -> CaseRule {
         CaseRule {
-            join_within_ms: i64::from(h) * 3_600_000,
+            join_within_ms: i64::from(window_hours) * 3_600_000,
+            follow_ms: i64::from(follow_days) * 86_400_000,
         }
     }
 
     /// Whether an alert at `at_ms` joins a case spanning `first_ms..=last_ms`.
     pub fn joins(&self, first_ms: i64, last_ms: i64, at_ms: i64) -> bool {
         at_ms >= first_ms - self.join_within_ms && at_ms <= last_ms + self.join_within_ms
+    }
+
+    /// Whether an alert of `user` at `at_ms` that would queue a case on its own joins, as a
+    /// later episode, the user's queued case whose last alert was at `last_ms`. Never for
+    /// alerts without a user: bursts from nobody in particular on different days are not
+    /// one person's pattern.
+    pub fn follows(&self, user: &str, last_ms: i64, at_ms: i64) -> bool {
+        !user.is_empty() && at_ms >= last_ms && at_ms <= last_ms + self.follow_ms
     }
 }
 
@@ -270,6 +291,10 @@ pub struct CaseAlert {
     pub source_ip: Option<String>,
 }
 
+fn one() -> u64 {
+    1
+}
+
 /// A case as the API, the CLI and the journal show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Case {
@@ -286,6 +311,10 @@ pub struct Case {
     pub first: String,
     pub last: String,
     pub alerts: u64,
+    /// Episodes of the user in it: 1, or more when later ones joined it
+    /// ([`CaseRule::follows`]).
+    #[serde(default = "one")]
+    pub episodes: u64,
     pub patients: u64,
     pub status: CaseStatus,
     pub resolution: Option<Resolution>,
@@ -296,7 +325,29 @@ pub struct Case {
     pub earlier_cases: u64,
 }
 
-/// A case to journal: opened, or raised to a higher severity, and not yet journaled at it.
+/// What happened to a case that the journal has not said yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseEvent {
+    /// It reached the queue (never journaled before).
+    Opened,
+    /// It was raised to a higher severity.
+    Escalated,
+    /// A later episode of the user joined it ([`CaseRule::follows`]), at the same severity.
+    Episode,
+}
+
+impl CaseEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseEvent::Opened => "opened",
+            CaseEvent::Escalated => "escalated",
+            CaseEvent::Episode => "episode",
+        }
+    }
+}
+
+/// A case to journal: opened, raised to a higher severity, or joined by a later episode,
+/// and not yet journaled so.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaseNote {
     pub id: i64,
@@ -304,8 +355,28 @@ pub struct CaseNote {
     pub severity: Severity,
     pub title: String,
     pub alerts: u64,
-    /// Never journaled before (opened), else escalated.
-    pub opened: bool,
+    /// Its episodes (1 unless later ones joined it).
+    pub episodes: u64,
+    pub event: CaseEvent,
+}
+
+impl CaseNote {
+    /// What to record once the journal has it.
+    pub fn journaled(&self) -> Journaled {
+        Journaled {
+            id: self.id,
+            severity: self.severity,
+            episodes: self.episodes,
+        }
+    }
+}
+
+/// A case as the journal last said it: its severity and episodes then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Journaled {
+    pub id: i64,
+    pub severity: Severity,
+    pub episodes: u64,
 }
 
 /// Which cases to list.
@@ -461,12 +532,14 @@ pub fn raised(s: Severity) -> Severity {
     }
 }
 
-/// The narrative: when it began and ended, how many events and patients, the strongest
-/// reasons in order (each said once), and the user's history: earlier cases, and a case
-/// closed as inappropriate (at `inappropriate_ms`) within `HISTORY_DAYS` before this one,
-/// which puts this one straight in the queue one severity higher.
+/// The narrative: when it began and ended, how many events (in how many `episodes`, when
+/// more than one) and patients, the strongest reasons in order (each said once), and the
+/// user's history: earlier cases, and a case closed as inappropriate (at
+/// `inappropriate_ms`) within `HISTORY_DAYS` before this one, which puts this one straight
+/// in the queue one severity higher.
 pub fn narrative(
     alerts: &[CaseAlert],
+    episodes: u64,
     earlier_cases: u64,
     inappropriate_ms: Option<i64>,
 ) -> String {
@@ -484,6 +557,9 @@ pub fn narrative(
             alerts.len()
         )
     };
+    if episodes > 1 {
+        s.push_str(&format!(" in {episodes} episodes"));
+    }
     match distinct_patients(alerts) {
         0 => s.push_str(" naming no patient."),
         1 => s.push_str(" to 1 patient's record."),
@@ -571,6 +647,8 @@ pub struct Grouper {
     rule: CaseRule,
     /// Per user: the open case (id, first, last).
     open: std::collections::HashMap<String, (u64, i64, i64)>,
+    /// Per user: the newest queued case (id, first, last).
+    in_queue: std::collections::HashMap<String, (u64, i64, i64)>,
     /// Per case: highest severity, first alert's kind, its corroboration.
     cases: Vec<(Severity, AlertKind, Corroboration)>,
 }
@@ -593,23 +671,37 @@ impl Grouper {
         (severity, kind, evidence): (Severity, AlertKind, Evidence),
     ) -> u64 {
         let key = user.unwrap_or("").to_string();
-        let id = match self.open.get_mut(&key) {
-            Some((id, first, last)) if self.rule.joins(*first, *last, at_ms) => {
-                *first = (*first).min(at_ms);
-                *last = (*last).max(at_ms);
-                let c = &mut self.cases[*id as usize - 1];
+        let on_its_own = queued(evidence == Evidence::Twice, severity, kind);
+        let joined = match self.open.get(&key) {
+            Some(&(id, first, last)) if self.rule.joins(first, last, at_ms) => {
+                Some((id, first, last))
+            }
+            _ => self
+                .in_queue
+                .get(&key)
+                .filter(|&&(_, _, last)| on_its_own && self.rule.follows(&key, last, at_ms))
+                .copied(),
+        };
+        let id = match joined {
+            Some((id, first, last)) => {
+                let c = &mut self.cases[id as usize - 1];
                 c.0 = c.0.max(severity);
                 c.2.add(patient, kind, evidence);
-                *id
+                self.open
+                    .insert(key.clone(), (id, first.min(at_ms), last.max(at_ms)));
+                id
             }
-            _ => {
+            None => {
                 let c = Corroboration::first(patient, kind, evidence);
                 self.cases.push((severity, kind, c));
                 let id = self.cases.len() as u64;
-                self.open.insert(key, (id, at_ms, at_ms));
+                self.open.insert(key.clone(), (id, at_ms, at_ms));
                 id
             }
         };
+        if self.is_queued(id) {
+            self.in_queue.insert(key.clone(), self.open[&key]);
+        }
         id
     }
 
@@ -649,7 +741,7 @@ mod tests {
 
     #[test]
     fn an_alert_joins_within_the_window_and_opens_a_new_case_beyond_it() {
-        let r = CaseRule::hours(8);
+        let r = CaseRule::new(8, 0);
         assert!(r.joins(10 * H, 12 * H, 19 * H));
         assert!(!r.joins(10 * H, 12 * H, 20 * H + 1));
         assert!(
@@ -671,6 +763,44 @@ mod tests {
         assert_ne!(at("Practitioner/2", 14 * H), a, "another user");
         assert_ne!(at("Practitioner/1", 30 * H), a, "a day later");
         assert_eq!(g.cases(), 3);
+    }
+
+    #[test]
+    fn a_later_episode_that_would_queue_follows_the_users_queued_case() {
+        let r = CaseRule::new(8, 7);
+        assert!(r.follows("Practitioner/1", 10 * H, 10 * H + 7 * 24 * H));
+        assert!(!r.follows("Practitioner/1", 10 * H, 10 * H + 7 * 24 * H + 1));
+        assert!(!r.follows("", 10 * H, 11 * H), "no user: no one's pattern");
+        assert!(!CaseRule::new(8, 0).follows("Practitioner/1", 10 * H, 30 * H));
+        let mut g = Grouper::new(r);
+        let mut at = |t: i64, severity, kind| {
+            g.assign(
+                Some("Practitioner/1"),
+                Some("Patient/1"),
+                t,
+                (severity, kind, Evidence::Single),
+            )
+        };
+        let export = at(0, Severity::Low, AlertKind::MassExport);
+        // A watched look two days later: a case of its own, waiting.
+        let look = at(48 * H, Severity::Low, AlertKind::WatchedRecord);
+        assert_ne!(look, export);
+        // A medium one three days later: the export's case, a later episode.
+        assert_eq!(
+            at(72 * H, Severity::Medium, AlertKind::WatchedRecord),
+            export
+        );
+        assert_eq!(at(74 * H, Severity::Low, AlertKind::AfterHours), export);
+        // Past seven days: its own.
+        assert_ne!(
+            at(
+                74 * H + 7 * 24 * H + 1,
+                Severity::High,
+                AlertKind::MassExport
+            ),
+            export
+        );
+        assert!(g.is_queued(export) && !g.is_queued(look));
     }
 
     #[test]
@@ -882,7 +1012,7 @@ mod tests {
             .collect();
         assert_eq!(dominant_kind(&alerts), AlertKind::BulkAccess);
         assert_eq!(title(&alerts), "opened 5 patients in 4 min");
-        let n = narrative(&alerts, 2, None);
+        let n = narrative(&alerts, 1, 2, None);
         assert!(
             n.contains("6 flagged accesses to 5 patients' records"),
             "{n}"
@@ -900,7 +1030,7 @@ mod tests {
                 crate::alerts::CARE_NOTE
             ));
         }
-        let n = narrative(&cared, 0, None);
+        let n = narrative(&cared, 1, 0, None);
         assert!(
             n.contains("Strongest reasons: reason AfterHours; reason BulkAccess. In the user's favour: the user is a participant of the patient's encounter since 2026-11-03."),
             "{n}"

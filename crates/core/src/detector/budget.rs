@@ -314,9 +314,15 @@ mod tests {
 
     #[test]
     fn the_threshold_is_raised_only_as_far_as_the_budget_needs() {
-        let rule = CaseRule::default();
+        // Each day's alert a case of its own (no following: a site with
+        // `case_follow_days = 0`).
+        let rule = CaseRule::new(crate::cases::DEFAULT_JOIN_WITHIN_HOURS, 0);
         let mut c = ten_users(AlertKind::NewSource);
         c.sort_by_key(|c| c.at_ms);
+        // Followed (the default), each user's later days join their queued case: one
+        // case a user, 25 a day per 100 users.
+        let none = Raises::default();
+        assert!((queue_rate(&c, &none, CaseRule::default(), 4.0, 10) - 25.0).abs() < 1e-9);
         // 10 cases a day per 10 users = 100 per 100 users; budget 50: half must go.
         let (f, r) = fit(&c, rule, 50.0, 4.0, 10);
         assert!((f.before - 100.0).abs() < 1e-9, "{f:?}");
@@ -351,7 +357,7 @@ mod tests {
 
     #[test]
     fn the_behaviour_filling_the_queue_is_raised_not_the_others() {
-        let rule = CaseRule::default();
+        let rule = CaseRule::new(crate::cases::DEFAULT_JOIN_WITHIN_HOURS, 0);
         // Ten users' late sessions every day (specific enough to queue: medium), and one
         // export a day by an eleventh user just over the threshold.
         let mut c: Vec<Candidate> = ten_users(AlertKind::AfterHours)

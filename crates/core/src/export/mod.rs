@@ -15,7 +15,7 @@
 //! | `msg_id` | all | unique per message, stable across resends: `<site>.alert.<id>`, `<site>.case.<id>.<seq>`, `<site>.status.<seq>` (NATS `Nats-Msg-Id`, syslog MSGID's structured data) |
 //! | `at` | all | when the edge stored it (RFC 3339) |
 //! | `event_id`, `recorded`, `score`, `severity`, `status`, `user`, `patient`, `summary`, `explanation`, `kinds`, `case_id`, `source_ip`, `client_app`, `interaction` | alert | as `/api/alerts/{id}` gives them |
-//! | `title`, `narrative`, `kind`, `score`, `severity`, `status`, `resolution`, `user`, `first`, `last`, `alerts`, `patients`, `earlier_cases` | case | the case as `/api/cases/{id}` gives it after the change |
+//! | `title`, `narrative`, `kind`, `score`, `severity`, `status`, `resolution`, `user`, `first`, `last`, `alerts`, `episodes`, `patients`, `earlier_cases` | case | the case as `/api/cases/{id}` gives it after the change |
 //! | `of`, `status`, `resolution`, `by` | status | `of`: `alert` or `case`; the decision (its free-text note is never exported) |
 //!
 //! No message carries a name, address or phone of anyone: users and patients are
@@ -178,6 +178,7 @@ pub fn case_message(site: &str, c: &Case, at_ms: i64) -> Value {
         "first": c.first,
         "last": c.last,
         "alerts": c.alerts,
+        "episodes": c.episodes,
         "patients": c.patients,
         "earlier_cases": c.earlier_cases,
     })

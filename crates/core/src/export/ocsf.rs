@@ -19,7 +19,7 @@
 //! | `message` | summary | title | "case 4 closed" |
 //! | `evidences` | the user (`actor.user.uid`), `client_app` (`actor.app_name`), `source_ip` (`src_endpoint.ip`) | the user | |
 //! | `resources` | the patient (`type` Patient) | | |
-//! | `unmapped` | `site`, `score`, `case_id`, `interaction` | `site`, `score`, `patients`, `earlier_cases`, `resolution` | `site`, `of`, `status`, `resolution`, `by` |
+//! | `unmapped` | `site`, `score`, `case_id`, `interaction` | `site`, `score`, `patients`, `episodes`, `earlier_cases`, `resolution` | `site`, `of`, `status`, `resolution`, `by` |
 //!
 //! Times are milliseconds since the epoch, as OCSF's `timestamp_t`.
 
@@ -195,6 +195,7 @@ pub fn finding(item: &Item, version: &str) -> Value {
                 ("site", Some(json!(site))),
                 ("score", raw("score")),
                 ("patients", raw("patients")),
+                ("episodes", raw("episodes")),
                 ("earlier_cases", raw("earlier_cases")),
                 ("resolution", raw("resolution")),
             ]),
@@ -274,6 +275,7 @@ mod tests {
             first: "2023-11-14T22:00:00Z".into(),
             last: "2023-11-14T22:10:00Z".into(),
             alerts,
+            episodes: 1,
             patients: 1,
             status,
             resolution,
@@ -356,6 +358,7 @@ mod tests {
         );
         assert_eq!(opened["finding_info"]["uid"], "north.case.4");
         assert_eq!(opened["metadata"]["uid"], "north.case.4.9");
+        assert_eq!(opened["unmapped"]["episodes"], 1);
         assert_eq!(
             opened["finding_info"]["first_seen_time"],
             1_699_999_200_000i64

@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{alert_from_row, Page, Reader, StateError, Store, ALERT_COLS};
 use crate::alerts::{Alert, AlertKind, AllowRule, Evidence, NewAlert, Severity};
 use crate::cases::{
-    implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseFilter,
-    CaseNote, CaseRule, CaseStatus, Corroboration, HISTORY_DAYS,
+    implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseEvent,
+    CaseFilter, CaseNote, CaseRule, CaseStatus, Corroboration, Journaled, HISTORY_DAYS,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -120,8 +120,26 @@ fn file_one(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, status))
         })
         .optional()?;
-    let id = match open {
+    let on_its_own = flagged || queued(a.evidence == Evidence::Twice, severity, a.kind);
+    let joined = match open {
         Some((id, first, last, status)) if rule.joins(first, last, a.at_ms) => {
+            Some((id, status, false))
+        }
+        // A later episode that would reach the queue on its own joins the user's case
+        // in the queue.
+        _ if on_its_own => conn
+            .prepare_cached(
+                "SELECT id, last_ms FROM cases WHERE user_ref = ?1
+                 AND status IN ('new', 'in_review') ORDER BY last_ms DESC LIMIT 1",
+            )?
+            .query_row([user], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .optional()?
+            .filter(|&(_, last)| rule.follows(user, last, a.at_ms))
+            .map(|(id, _)| (id, CaseStatus::New, true)),
+        _ => None,
+    };
+    let id = match joined {
+        Some((id, status, episode)) => {
             // An alert that corroborates a watched case, or is strong or specific on
             // its own, brings the case to the queue.
             let to_queue = status == CaseStatus::Watching
@@ -129,14 +147,22 @@ fn file_one(
             conn.prepare_cached(
                 "UPDATE cases SET first_ms = MIN(first_ms, ?2), last_ms = MAX(last_ms, ?2),
                  alerts = alerts + 1, score = MAX(score, ?3), severity = MAX(severity, ?4),
-                 status = CASE WHEN ?5 THEN 'new' ELSE status END
+                 status = CASE WHEN ?5 THEN 'new' ELSE status END,
+                 episodes = episodes + ?6
                  WHERE id = ?1",
             )?
-            .execute(params![id, a.at_ms, a.score, severity as i64, to_queue])?;
+            .execute(params![
+                id,
+                a.at_ms,
+                a.score,
+                severity as i64,
+                to_queue,
+                i64::from(episode)
+            ])?;
             id
         }
-        _ => {
-            let status = if flagged || queued(a.evidence == Evidence::Twice, severity, a.kind) {
+        None => {
+            let status = if on_its_own {
                 CaseStatus::New
             } else {
                 CaseStatus::Watching
@@ -191,7 +217,10 @@ pub(super) fn file_orphans(conn: &mut Connection, rule: &CaseRule) -> Result<(),
     for (id, user, filed) in orphans {
         file_one(&tx, id, &user, filed, rule)?;
     }
-    tx.execute("UPDATE cases SET journaled_severity = severity", [])?;
+    tx.execute(
+        "UPDATE cases SET journaled_severity = severity, journaled_episodes = episodes",
+        [],
+    )?;
     tx.commit()?;
     Ok(())
 }
@@ -223,7 +252,7 @@ fn case_alerts(conn: &Connection, id: i64) -> rusqlite::Result<Vec<CaseAlert>> {
 
 const CASE_COLS: &str =
     "id, user_ref, first_ms, last_ms, opened_ms, alerts, score, severity, status,
-    resolution, status_by, status_at_ms, status_note";
+    resolution, status_by, status_at_ms, status_note, episodes";
 
 fn case_from_row(conn: &Connection, r: &rusqlite::Row) -> rusqlite::Result<Case> {
     let fmt = |ms: i64| crate::clock::fmt_ms(crate::clock::from_ms(ms));
@@ -244,15 +273,17 @@ fn case_from_row(conn: &Connection, r: &rusqlite::Row) -> rusqlite::Result<Case>
     patients.dedup();
     let last_ms: i64 = r.get(3)?;
     let inappropriate = inappropriate_before(conn, &user, id, (opened_ms, last_ms))?;
+    let episodes = r.get::<_, i64>(13)? as u64;
     Ok(Case {
         id,
         title: title(&alerts),
-        narrative: narrative(&alerts, earlier as u64, inappropriate),
+        narrative: narrative(&alerts, episodes, earlier as u64, inappropriate),
         kind: crate::cases::dominant_kind(&alerts),
         user: (!user.is_empty()).then_some(user),
         first: fmt(r.get(2)?),
         last: fmt(r.get(3)?),
         alerts: r.get::<_, i64>(5)? as u64,
+        episodes,
         patients: patients.len() as u64,
         score: r.get(6)?,
         severity: Severity::from_i64(r.get(7)?),
@@ -272,18 +303,28 @@ fn case_by_id(conn: &Connection, id: i64) -> Result<Case, StateError> {
         .ok_or(StateError::NotFound)
 }
 
-/// Cases whose severity is above the one last journaled (not watched ones): among `only`
-/// (the cases a batch touched, each read by id), or all of them (at start, after a crash).
+/// Cases whose severity is above the one last journaled, or with more episodes than last
+/// journaled (not watched ones): among `only` (the cases a batch touched, each read by
+/// id), or all of them (at start, after a crash).
 pub(super) fn to_journal(
     conn: &Connection,
     only: Option<&[i64]>,
 ) -> rusqlite::Result<Vec<CaseNote>> {
-    const DUE: &str = "severity > journaled_severity AND status != 'watching'";
-    let row = |r: &rusqlite::Row| -> rusqlite::Result<(i64, String, i64, i64, i64)> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    const DUE: &str = "(severity > journaled_severity OR episodes > journaled_episodes)
+        AND status != 'watching'";
+    type Row = (i64, String, i64, i64, i64, i64);
+    let row = |r: &rusqlite::Row| -> rusqlite::Result<Row> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
     };
-    let cols = "SELECT id, user_ref, severity, journaled_severity, alerts FROM cases";
-    let rows: Vec<(i64, String, i64, i64, i64)> = match only {
+    let cols = "SELECT id, user_ref, severity, journaled_severity, alerts, episodes FROM cases";
+    let rows: Vec<Row> = match only {
         Some(ids) => {
             let mut st = conn.prepare_cached(&format!("{cols} WHERE id = ?1 AND {DUE}"))?;
             let mut out = Vec::new();
@@ -298,14 +339,19 @@ pub(super) fn to_journal(
             .collect::<Result<_, _>>()?,
     };
     rows.into_iter()
-        .map(|(id, user, sev, journaled, alerts)| {
+        .map(|(id, user, sev, journaled, alerts, episodes)| {
             Ok(CaseNote {
                 id,
                 user: (!user.is_empty()).then_some(user),
                 severity: Severity::from_i64(sev),
                 title: title(&case_alerts(conn, id)?),
                 alerts: alerts as u64,
-                opened: journaled == 0,
+                episodes: episodes as u64,
+                event: match journaled {
+                    0 => CaseEvent::Opened,
+                    j if sev > j => CaseEvent::Escalated,
+                    _ => CaseEvent::Episode,
+                },
             })
         })
         .collect()
@@ -326,18 +372,19 @@ pub(super) fn export(
 }
 
 impl Store {
-    /// Record that cases reached the journal at these severities.
-    pub fn mark_cases_journaled(&mut self, cases: &[(i64, Severity)]) -> Result<(), StateError> {
+    /// Record that cases reached the journal at these severities and episodes.
+    pub fn mark_cases_journaled(&mut self, cases: &[Journaled]) -> Result<(), StateError> {
         if cases.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "UPDATE cases SET journaled_severity = MAX(journaled_severity, ?2) WHERE id = ?1",
+                "UPDATE cases SET journaled_severity = MAX(journaled_severity, ?2),
+                 journaled_episodes = MAX(journaled_episodes, ?3) WHERE id = ?1",
             )?;
-            for (id, sev) in cases {
-                st.execute(params![id, *sev as i64])?;
+            for c in cases {
+                st.execute(params![c.id, c.severity as i64, c.episodes as i64])?;
             }
         }
         tx.commit()?;

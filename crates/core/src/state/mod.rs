@@ -248,6 +248,12 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE seen;
     ALTER TABLE seen_by_time RENAME TO seen;
     "#,
+    // 7: a case's episodes (later ones of the user join a queued case, `CaseRule::follows`),
+    // and how many the journal has said.
+    r#"
+    ALTER TABLE cases ADD COLUMN episodes INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE cases ADD COLUMN journaled_episodes INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -1316,6 +1322,7 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::alerts::NewAlert;
+    use crate::cases::CaseEvent;
 
     fn alert(key: &str) -> NewAlert {
         NewAlert {
@@ -1484,6 +1491,81 @@ mod tests {
         assert_eq!(status(), CaseStatus::New, "another behaviour");
     }
 
+    /// A later episode of a user that would reach the queue on its own joins the user's
+    /// case in the queue within the follow days, and is journaled as a new episode; a
+    /// watched one waits in its own case; beyond the days, after the case was closed, or
+    /// without a user, a new case opens.
+    #[test]
+    fn a_later_episode_joins_the_users_case_in_the_queue() {
+        use crate::alerts::AlertKind::{MassExport, WatchedRecord};
+        const H: i64 = 3_600_000;
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.set_case_rule(crate::cases::CaseRule::new(8, 7));
+        let file = |s: &mut Store, key: &str, user: &str, t: i64, kind, seq| {
+            let a = NewAlert {
+                kinds: vec![kind],
+                patient: Some(format!("Patient/{key}")),
+                ..alert_at(key, user, t, Severity::Medium)
+            };
+            let o = s.commit_batch(&batch_of(vec![a]), seq).unwrap();
+            let notes: Vec<_> = o.cases_to_journal.iter().map(|c| c.journaled()).collect();
+            s.mark_cases_journaled(&notes).unwrap();
+            o.cases_to_journal
+        };
+        let first = file(&mut s, "a", "Practitioner/1", 10 * H, MassExport, 1);
+        assert_eq!(first[0].event, CaseEvent::Opened);
+        let case = first[0].id;
+        // Two days later, a watched look (low) waits in a case of its own.
+        let low = NewAlert {
+            kinds: vec![WatchedRecord],
+            severity: Severity::Low,
+            ..alert_at("b", "Practitioner/1", 58 * H, Severity::Low)
+        };
+        let o = s.commit_batch(&batch_of(vec![low]), 2).unwrap();
+        assert!(o.cases_to_journal.is_empty());
+        // Three days later, an export: the same case, a new episode, journaled once.
+        let later = file(&mut s, "c", "Practitioner/1", 82 * H, MassExport, 3);
+        assert_eq!(
+            (later[0].id, later[0].event, later[0].episodes),
+            (case, CaseEvent::Episode, 2)
+        );
+        let r = Reader::open(d.path()).unwrap();
+        let (c, alerts) = r.case(case).unwrap();
+        assert_eq!((c.episodes, alerts.len()), (2, 2));
+        assert!(c.narrative.contains("in 2 episodes"), "{}", c.narrative);
+        assert!(s.unjournaled_cases().unwrap().is_empty(), "journaled once");
+        // Its alerts within the window join as before, no new episode.
+        let same = file(&mut s, "d", "Practitioner/1", 83 * H, MassExport, 4);
+        assert!(same.is_empty());
+        // Eight days after its last alert: a new case.
+        let apart = file(
+            &mut s,
+            "e",
+            "Practitioner/1",
+            (83 + 8 * 24) * H,
+            MassExport,
+            5,
+        );
+        assert_eq!(apart[0].event, CaseEvent::Opened);
+        assert_ne!(apart[0].id, case);
+        // Closed, a case takes no later episode: the next opens a new case.
+        let decision = crate::cases::CaseDecision {
+            status: crate::cases::CaseStatus::Closed,
+            resolution: Some(crate::cases::Resolution::FalsePositive),
+            note: None,
+            by: Some("po".into()),
+        };
+        s.set_case_status(apart[0].id, &decision, 300 * H).unwrap();
+        let after = file(&mut s, "f", "Practitioner/1", 300 * H, MassExport, 6);
+        assert_eq!(after[0].event, CaseEvent::Opened);
+        assert_ne!(after[0].id, apart[0].id);
+        // Without a user, bursts a day apart stay apart.
+        let a = file(&mut s, "g", "", 10 * H, MassExport, 7);
+        let b = file(&mut s, "h", "", 40 * H, MassExport, 8);
+        assert_ne!(a[0].id, b[0].id);
+    }
+
     /// Alerts of one user within the window are one case, in the transaction that stores
     /// them: a batch delivered again files nothing twice; a case opened is journaled once,
     /// and again only when it escalates; a closed case takes no more alerts.
@@ -1492,6 +1574,9 @@ mod tests {
         const H: i64 = 3_600_000;
         let d = tempfile::tempdir().unwrap();
         let mut s = Store::open(d.path()).unwrap();
+        // Every episode a case of its own (a later one joining a queued case is tested
+        // in `a_later_episode_joins_the_users_case_in_the_queue`).
+        s.set_case_rule(crate::cases::CaseRule::new(8, 0));
         let first = batch_of(vec![
             alert_at("a|1", "Practitioner/1", 10 * H, Severity::Low),
             alert_at("b|1", "Practitioner/1", 11 * H, Severity::Low),
@@ -1499,12 +1584,11 @@ mod tests {
         ]);
         let o = s.commit_batch(&first, 1).unwrap();
         assert_eq!(o.cases_to_journal.len(), 2);
-        assert!(o.cases_to_journal.iter().all(|c| c.opened));
-        let notes: Vec<(i64, Severity)> = o
+        assert!(o
             .cases_to_journal
             .iter()
-            .map(|c| (c.id, c.severity))
-            .collect();
+            .all(|c| c.event == CaseEvent::Opened));
+        let notes: Vec<_> = o.cases_to_journal.iter().map(|c| c.journaled()).collect();
         s.mark_cases_journaled(&notes).unwrap();
         // The same batch again (a crash before the poll committed): nothing changes.
         let o = s.commit_batch(&first, 2).unwrap();
@@ -1519,8 +1603,12 @@ mod tests {
                 3,
             )
             .unwrap();
-        let by_opened: Vec<bool> = o.cases_to_journal.iter().map(|c| c.opened).collect();
-        assert_eq!(by_opened, vec![false, true], "escalated, then opened");
+        let by_event: Vec<CaseEvent> = o.cases_to_journal.iter().map(|c| c.event).collect();
+        assert_eq!(
+            by_event,
+            vec![CaseEvent::Escalated, CaseEvent::Opened],
+            "escalated, then opened"
+        );
         let r = Reader::open(d.path()).unwrap();
         let all = r
             .cases(&crate::cases::CaseFilter {
@@ -1595,7 +1683,7 @@ mod tests {
             .unwrap();
         assert_eq!(o.cases_to_journal.len(), 1);
         assert!(
-            o.cases_to_journal[0].opened,
+            o.cases_to_journal[0].event == CaseEvent::Opened,
             "corroborated: opened in the queue"
         );
         assert_eq!(r.case_counts().unwrap()["watching"], 0);
