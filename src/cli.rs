@@ -394,7 +394,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 for c in &cases {
                     println!(
-                        "#{:<6} {:<8} {:<9} {}  {}  ({} alert{}, {} patient{})\n        {}",
+                        "#{:<6} {:<8} {:<9} {}  {}  ({} alert{}{}, {} patient{})\n        {}",
                         c.id,
                         c.severity.as_str(),
                         c.status.as_str(),
@@ -402,6 +402,10 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         c.title,
                         c.alerts,
                         if c.alerts == 1 { "" } else { "s" },
+                        match c.episodes {
+                            0 | 1 => String::new(),
+                            n => format!(" in {n} episodes"),
+                        },
                         c.patients,
                         if c.patients == 1 { "" } else { "s" },
                         c.narrative
