@@ -402,10 +402,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         c.title,
                         c.alerts,
                         if c.alerts == 1 { "" } else { "s" },
-                        match c.episodes {
-                            0 | 1 => String::new(),
-                            n => format!(" in {n} episodes"),
-                        },
+                        fhir_edge_core::cases::episodes_words(c.episodes),
                         c.patients,
                         if c.patients == 1 { "" } else { "s" },
                         c.narrative

@@ -128,10 +128,7 @@ pub fn journal_case(c: &fhir_edge_core::cases::CaseNote) {
         CaseEvent::Escalated => "ESCALATED",
         CaseEvent::Episode => "NEW EPISODE",
     };
-    let episodes = match c.episodes {
-        0 | 1 => String::new(),
-        n => format!(", {n} episodes"),
-    };
+    let episodes = fhir_edge_core::cases::episodes_words(c.episodes);
     macro_rules! rec {
         ($lvl:ident) => {
             tracing::$lvl!(

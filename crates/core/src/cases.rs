@@ -142,6 +142,20 @@ pub fn queued(corroborated: bool, severity: Severity, kind: AlertKind) -> bool {
     corroborated || severity >= Severity::Medium || !needs_corroboration(kind)
 }
 
+/// Whether an alert puts its case in the queue by itself, before any other alert joins it
+/// (what a later episode needs to follow the user's queued case, [`CaseRule::follows`]).
+pub fn queued_on_its_own(severity: Severity, kind: AlertKind, evidence: Evidence) -> bool {
+    queued(evidence == Evidence::Twice, severity, kind)
+}
+
+/// How a case's episodes are said beside its alerts: " in 3 episodes", nothing for one.
+pub fn episodes_words(episodes: u64) -> String {
+    match episodes {
+        0 | 1 => String::new(),
+        n => format!(" in {n} episodes"),
+    }
+}
+
 /// What corroborates a case: an alert about another patient, or of another behaviour,
 /// than the case's first alert. A second low alert on the same record for the same reason
 /// is the same look continued (a consultant opening the chart twice), not a second piece
@@ -291,7 +305,7 @@ pub struct CaseAlert {
     pub source_ip: Option<String>,
 }
 
-fn one() -> u64 {
+fn one_episode() -> u64 {
     1
 }
 
@@ -313,7 +327,7 @@ pub struct Case {
     pub alerts: u64,
     /// Episodes of the user in it: 1, or more when later ones joined it
     /// ([`CaseRule::follows`]).
-    #[serde(default = "one")]
+    #[serde(default = "one_episode")]
     pub episodes: u64,
     pub patients: u64,
     pub status: CaseStatus,
@@ -557,9 +571,7 @@ pub fn narrative(
             alerts.len()
         )
     };
-    if episodes > 1 {
-        s.push_str(&format!(" in {episodes} episodes"));
-    }
+    s.push_str(&episodes_words(episodes));
     match distinct_patients(alerts) {
         0 => s.push_str(" naming no patient."),
         1 => s.push_str(" to 1 patient's record."),
@@ -645,12 +657,24 @@ pub fn implied_rules(user: Option<&str>, alerts: &[CaseAlert]) -> Vec<crate::ale
 #[derive(Debug, Default)]
 pub struct Grouper {
     rule: CaseRule,
-    /// Per user: the open case (id, first, last).
-    open: std::collections::HashMap<String, (u64, i64, i64)>,
-    /// Per user: the newest queued case (id, first, last).
-    in_queue: std::collections::HashMap<String, (u64, i64, i64)>,
-    /// Per case: highest severity, first alert's kind, its corroboration.
-    cases: Vec<(Severity, AlertKind, Corroboration)>,
+    /// Per user: the open case (its number).
+    open: std::collections::HashMap<String, u64>,
+    /// Per user: the newest case in the queue.
+    in_queue: std::collections::HashMap<String, u64>,
+    /// Per case, numbered from 1.
+    cases: Vec<Grouped>,
+}
+
+/// A case as the grouper keeps it.
+#[derive(Debug)]
+struct Grouped {
+    first_ms: i64,
+    last_ms: i64,
+    /// Its highest severity.
+    severity: Severity,
+    /// Its first alert's strongest behaviour.
+    kind: AlertKind,
+    corroboration: Corroboration,
 }
 
 impl Grouper {
@@ -670,37 +694,46 @@ impl Grouper {
         at_ms: i64,
         (severity, kind, evidence): (Severity, AlertKind, Evidence),
     ) -> u64 {
-        let key = user.unwrap_or("").to_string();
-        let on_its_own = queued(evidence == Evidence::Twice, severity, kind);
-        let joined = match self.open.get(&key) {
-            Some(&(id, first, last)) if self.rule.joins(first, last, at_ms) => {
-                Some((id, first, last))
-            }
+        let key = user.unwrap_or("");
+        let span = |id: &u64| {
+            let c = &self.cases[*id as usize - 1];
+            (*id, c.first_ms, c.last_ms)
+        };
+        let joined = match self.open.get(key).map(span) {
+            Some((id, first, last)) if self.rule.joins(first, last, at_ms) => Some(id),
             _ => self
                 .in_queue
-                .get(&key)
-                .filter(|&&(_, _, last)| on_its_own && self.rule.follows(&key, last, at_ms))
-                .copied(),
+                .get(key)
+                .map(span)
+                .filter(|&(_, _, last)| {
+                    queued_on_its_own(severity, kind, evidence)
+                        && self.rule.follows(key, last, at_ms)
+                })
+                .map(|(id, _, _)| id),
         };
         let id = match joined {
-            Some((id, first, last)) => {
+            Some(id) => {
                 let c = &mut self.cases[id as usize - 1];
-                c.0 = c.0.max(severity);
-                c.2.add(patient, kind, evidence);
-                self.open
-                    .insert(key.clone(), (id, first.min(at_ms), last.max(at_ms)));
+                c.first_ms = c.first_ms.min(at_ms);
+                c.last_ms = c.last_ms.max(at_ms);
+                c.severity = c.severity.max(severity);
+                c.corroboration.add(patient, kind, evidence);
                 id
             }
             None => {
-                let c = Corroboration::first(patient, kind, evidence);
-                self.cases.push((severity, kind, c));
-                let id = self.cases.len() as u64;
-                self.open.insert(key.clone(), (id, at_ms, at_ms));
-                id
+                self.cases.push(Grouped {
+                    first_ms: at_ms,
+                    last_ms: at_ms,
+                    severity,
+                    kind,
+                    corroboration: Corroboration::first(patient, kind, evidence),
+                });
+                self.cases.len() as u64
             }
         };
+        self.open.insert(key.to_string(), id);
         if self.is_queued(id) {
-            self.in_queue.insert(key.clone(), self.open[&key]);
+            self.in_queue.insert(key.to_string(), id);
         }
         id
     }
@@ -714,7 +747,7 @@ impl Grouper {
     pub fn is_queued(&self, id: u64) -> bool {
         self.cases
             .get((id as usize).wrapping_sub(1))
-            .is_some_and(|(sev, kind, c)| queued(c.corroborated(), *sev, *kind))
+            .is_some_and(|c| queued(c.corroboration.corroborated(), c.severity, c.kind))
     }
 }
 

@@ -11,8 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{alert_from_row, Page, Reader, StateError, Store, ALERT_COLS};
 use crate::alerts::{Alert, AlertKind, AllowRule, Evidence, NewAlert, Severity};
 use crate::cases::{
-    implied_rules, narrative, queued, raised, title, Case, CaseAlert, CaseDecision, CaseEvent,
-    CaseFilter, CaseNote, CaseRule, CaseStatus, Corroboration, Journaled, HISTORY_DAYS,
+    implied_rules, narrative, queued, queued_on_its_own, raised, title, Case, CaseAlert,
+    CaseDecision, CaseEvent, CaseFilter, CaseNote, CaseRule, CaseStatus, Corroboration, Journaled,
+    HISTORY_DAYS,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -120,7 +121,8 @@ fn file_one(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, status))
         })
         .optional()?;
-    let on_its_own = flagged || queued(a.evidence == Evidence::Twice, severity, a.kind);
+    let on_its_own = flagged || queued_on_its_own(severity, a.kind, a.evidence);
+    // (case, whether the alert is a later episode of it)
     let joined = match open {
         Some((id, first, last, status)) if rule.joins(first, last, a.at_ms) => {
             Some((id, status, false))
@@ -141,7 +143,7 @@ fn file_one(
     let id = match joined {
         Some((id, status, episode)) => {
             // An alert that corroborates a watched case, or is strong or specific on
-            // its own, brings the case to the queue.
+            // its own, brings the case to the queue (a followed case is in it already).
             let to_queue = status == CaseStatus::Watching
                 && queued(corroborates(conn, id, &a)?, severity, a.kind);
             conn.prepare_cached(

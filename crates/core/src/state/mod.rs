@@ -1322,7 +1322,17 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::alerts::NewAlert;
-    use crate::cases::CaseEvent;
+    use crate::cases::{CaseEvent, CaseRule};
+
+    const H: i64 = 3_600_000;
+
+    /// A store in a fresh directory filing cases by `rule`.
+    fn store_with(rule: CaseRule) -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.set_case_rule(rule);
+        (d, s)
+    }
 
     fn alert(key: &str) -> NewAlert {
         NewAlert {
@@ -1465,7 +1475,6 @@ mod tests {
         use crate::alerts::AlertKind::{AfterHours, WatchedRecord};
         use crate::alerts::Evidence::Routine;
         use crate::cases::CaseStatus;
-        const H: i64 = 3_600_000;
         let d = tempfile::tempdir().unwrap();
         let mut s = Store::open(d.path()).unwrap();
         let at = |key: &str, t: i64, patient: &str, kind| NewAlert {
@@ -1498,10 +1507,7 @@ mod tests {
     #[test]
     fn a_later_episode_joins_the_users_case_in_the_queue() {
         use crate::alerts::AlertKind::{MassExport, WatchedRecord};
-        const H: i64 = 3_600_000;
-        let d = tempfile::tempdir().unwrap();
-        let mut s = Store::open(d.path()).unwrap();
-        s.set_case_rule(crate::cases::CaseRule::new(8, 7));
+        let (d, mut s) = store_with(CaseRule::new(8, 7));
         let file = |s: &mut Store, key: &str, user: &str, t: i64, kind, seq| {
             let a = NewAlert {
                 kinds: vec![kind],
@@ -1571,12 +1577,9 @@ mod tests {
     /// and again only when it escalates; a closed case takes no more alerts.
     #[test]
     fn alerts_file_into_cases_once_and_cases_journal_on_open_and_escalation() {
-        const H: i64 = 3_600_000;
-        let d = tempfile::tempdir().unwrap();
-        let mut s = Store::open(d.path()).unwrap();
         // Every episode a case of its own (a later one joining a queued case is tested
         // in `a_later_episode_joins_the_users_case_in_the_queue`).
-        s.set_case_rule(crate::cases::CaseRule::new(8, 0));
+        let (d, mut s) = store_with(CaseRule::new(8, 0));
         let first = batch_of(vec![
             alert_at("a|1", "Practitioner/1", 10 * H, Severity::Low),
             alert_at("b|1", "Practitioner/1", 11 * H, Severity::Low),
