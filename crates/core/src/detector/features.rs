@@ -4,8 +4,9 @@
 //! Memory bounds (documented in README): at most `MAX_USERS` users, `MAX_PATIENTS` patients
 //! and `MAX_PAIRS` user–patient pairs are remembered; each user keeps at most
 //! `MAX_RECENT` recent accesses, `MAX_IPS` addresses and `MAX_APPS` client apps; each
-//! patient at most `MAX_PATIENT_RECENT` recent accessors and `MAX_DEPTS` departments. When
-//! a map is full, the least recently active half is forgotten.
+//! patient at most `MAX_PATIENT_RECENT` recent accessors and `MAX_DEPTS` departments (and,
+//! for a colleague's own record, the last work of as many). When a map is full, the least
+//! recently active half is forgotten.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -271,11 +272,12 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// The layout of [`Context`]'s fields in a binary snapshot. A binary encoding has no field
 /// names: adding, removing or reordering a field of the context (or of what it holds)
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
-/// model's baselines and says so) — except layouts 1 and 2, which are layout 3 without its
-/// last two fields (`revivals`, `new_patients`) or its last one, and are read as having
-/// none. `a_snapshot_of_this_layout_still_reads` fails when the fields change without a
-/// bump.
-pub const SNAPSHOT_LAYOUT: u32 = 4;
+/// model's baselines and says so) — except layouts 1 to 4, which are layout 5 without its
+/// last fields (`revivals`, `new_patients`, `staff_names` with `patient_names`,
+/// `staff_record_work`: layout 4 without the last, layout 1 without all of them), and are
+/// read as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
+/// change without a bump.
+pub const SNAPSHOT_LAYOUT: u32 = 5;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -344,6 +346,14 @@ pub const CARE_BLIND_RATE: f32 = 0.5;
 /// laboratory, a pharmacy, radiology: their first look at a colleague's own record is no
 /// second piece of evidence (`Facts::own_colleague`). On a ward such lookups are rare.
 pub const ROUTINE_UNRELATED_RATE: f32 = 0.05;
+/// How long the work of a colleague's own department on the colleague's own record keeps
+/// it part of that record's care (days): a department that treated the colleague weeks ago
+/// has no work on their record today, whatever share of its history it holds. A look from
+/// it after that is one without a working relationship (`Context::held_look`;
+/// BENCHMARKS.md, "A colleague's record no one works on any more"). Only their own
+/// department's: other departments' looks at a staff record weeks apart (radiology reading
+/// a colleague's follow-up images) are their work, and are judged by their share.
+pub const STAFF_RECORD_WORK_DAYS: i64 = 7;
 /// A site whose users' outside-care rates average at least this has a care context that
 /// describes nobody's work — its Encounters name practitioners and locations that no
 /// audit user or unit matches. There no user is read against the context for a watched
@@ -489,12 +499,20 @@ pub struct Facts {
     /// (`first_pair`), whose bearer works, as a user of the site, in the department this
     /// access is from, while that department has no history with the record: someone the
     /// user works beside, and no work of the department's on them. That is evidence twice
-    /// over (`super::evidence`). A department with some history with the record
-    /// may be consulting on it, a user going back to the record is a consult continued, and
-    /// one whose work goes to unrelated records routinely (`ROUTINE_UNRELATED_RATE`) is at
-    /// work: each waits for corroboration.
+    /// over (`super::evidence`). So is any look from that department, by any of its users,
+    /// after it has done no work on the record for [`STAFF_RECORD_WORK_DAYS`]
+    /// (`dept_idle_days`), whatever share of the record's history it holds. A department
+    /// with some history with the record may be consulting on it, a user going back to the
+    /// record is a consult continued, and one whose work goes to unrelated records
+    /// routinely (`ROUTINE_UNRELATED_RATE`) is at work: each waits for corroboration.
     #[serde(default)]
     pub own_colleague: bool,
+    /// For a look at a colleague's own record (`staff_record`) from the colleague's own
+    /// department, which holds a share of the record's history but has done no work on it for
+    /// [`STAFF_RECORD_WORK_DAYS`] or more: the whole days since its last work. The look
+    /// is then one without a working relationship.
+    #[serde(default)]
+    pub dept_idle_days: Option<u32>,
     /// For a shared family name: how many earlier patients had it, of how many, and the
     /// user's new patients a day (their exposure to a namesake by chance).
     pub name_patients: u32,
@@ -881,6 +899,14 @@ pub struct Context {
     /// full, a name not in it names nobody (its count is unknown).
     #[serde(default)]
     patient_names: IdMap<f32>,
+    /// When the colleague's own department last worked on a colleague's own record
+    /// (`staff_named`): by patient, (department hash, ms) of its latest access not held
+    /// apart (a write, or a look while it was at work on the record). Only staff records,
+    /// at most `MAX_DEPTS` departments each (the least recent forgotten; more than one when
+    /// the colleague's department changes); forgotten with the patient. Layout 4 ends
+    /// before it.
+    #[serde(default)]
+    staff_record_work: IdMap<Vec<(u64, i64)>>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -934,6 +960,8 @@ struct Known {
     /// Whether the access is held apart from its department's history
     /// (`Context::held_look`).
     held: Option<bool>,
+    /// The member of staff whose own record it is (`Context::staff_named`), if any.
+    colleague: Option<Option<u64>>,
 }
 
 /// An account back from dormancy that is not back at work yet (see [`REVIVAL_MIN_DAYS`]):
@@ -1427,12 +1455,13 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 3 ends before `staff_names`, layout 2 before `new_patients`
-                    // too, layout 1 before `revivals` as well: read as none (empty maps, in
-                    // postcard a zero length each).
-                    found @ (1..=3) => {
-                        let missing = [0u8; 4];
-                        let missing = &missing[..[4, 3, 2][found as usize - 1]];
+                    // Layout 4 ends before `staff_record_work`, layout 3 before
+                    // `staff_names` and `patient_names` too, layout 2 before `new_patients`
+                    // as well, layout 1 before `revivals` also: read as none (empty maps,
+                    // in postcard a zero length each).
+                    found @ (1..=4) => {
+                        let missing = [0u8; 5];
+                        let missing = &missing[..[5, 4, 3, 1][found as usize - 1]];
                         postcard::from_bytes(&[body, missing].concat())
                             .map_err(SnapshotError::Binary)?
                     }
@@ -1643,26 +1672,70 @@ impl Context {
     }
 
     /// Whether an access is a look at a colleague's own record (`colleague`, from
-    /// `staff_named`) from the colleague's own department (`dept`) while that department
-    /// has no working relationship with the record (`rel`, how it stands to the record's
-    /// history; `None` without history) and does not go routinely where the record is
-    /// homed (`well_worn`). Such a look is held apart from the department's history
-    /// (`update`): otherwise one colleague's look would make the department part of the
-    /// patient's care and the next colleague's look routine. A write is work on the
-    /// record, never held; once the department works on it, its looks count again.
+    /// `staff_named`) without work to do on it: from the colleague's own department
+    /// (`dept`) while that department has no working relationship with the record (`rel`,
+    /// how it stands to the record's history; `None` without history) and does not go
+    /// routinely where the record is homed (`well_worn`), or that has done no work on the
+    /// record for [`STAFF_RECORD_WORK_DAYS`] (`idle`, `Context::idle_on_staff_record`),
+    /// whatever share of its history it holds. Such a look is held apart from the
+    /// department's history (`update`): otherwise one colleague's look would make the
+    /// department part of the patient's care and the next colleague's look routine. A write
+    /// is work on the record, never held; once the department works on it, its looks count
+    /// again.
     fn held_look(
         &self,
         colleague: Option<u64>,
         dept: Option<u64>,
         rel: Option<Relation>,
         interaction: Interaction,
+        idle: bool,
     ) -> bool {
         matches!(interaction, Interaction::Read | Interaction::Search)
-            && rel.is_none_or(|r| r.share <= 0.0 && !r.pair.is_some_and(|p| self.well_worn(&p)))
-            && colleague
-                .and_then(|c| self.users.get(&c))
-                .and_then(|c| c.dept)
-                .is_some_and(|d| Some(d) == dept)
+            && self.same_department(colleague, dept)
+            && (idle
+                || rel
+                    .is_none_or(|r| r.share <= 0.0 && !r.pair.is_some_and(|p| self.well_worn(&p))))
+    }
+
+    /// Whether member of staff `colleague` works, as a user of the site, in `dept`.
+    fn same_department(&self, colleague: Option<u64>, dept: Option<u64>) -> bool {
+        colleague
+            .and_then(|c| self.users.get(&c))
+            .and_then(|c| c.dept)
+            .is_some_and(|d| Some(d) == dept)
+    }
+
+    /// Whole days since department `dept` last worked on the colleague's own record `p`
+    /// (`staff_record_work`), when that is [`STAFF_RECORD_WORK_DAYS`] or more; `None`
+    /// while it is at work on the record, and when no work of it there is known (a
+    /// department new to the record is judged by its share, as any other).
+    fn idle_on_staff_record(&self, p: Option<u64>, dept: Option<u64>, now: i64) -> Option<u32> {
+        let (p, dept) = (p?, dept?);
+        let last = self
+            .staff_record_work
+            .get(&p)?
+            .iter()
+            .find(|e| e.0 == dept)?
+            .1;
+        let days = (now - last).max(0) / DAY;
+        (days >= STAFF_RECORD_WORK_DAYS).then_some(days as u32)
+    }
+
+    /// Department `dept`'s work on the colleague's own record `p` at `now`: its latest,
+    /// at most `MAX_DEPTS` departments a record (the least recent forgotten).
+    fn note_staff_record_work(&mut self, p: u64, dept: u64, now: i64) {
+        let work = self.staff_record_work.entry(p).or_default();
+        match work.iter_mut().find(|e| e.0 == dept) {
+            Some(e) => e.1 = e.1.max(now),
+            None => {
+                if work.len() >= MAX_DEPTS {
+                    if let Some((i, _)) = work.iter().enumerate().min_by_key(|e| e.1 .1) {
+                        work.swap_remove(i);
+                    }
+                }
+                work.push((dept, now));
+            }
+        }
     }
 
     /// Departments seen (at least 2, for smoothing).
@@ -2070,15 +2143,41 @@ impl Context {
         }
         // A colleague's first look at a colleague of their own department's record, one
         // the department never worked on (no consult of its own to go on), by a user whose
-        // work seldom goes to unrelated records.
-        let held = self.held_look(colleague, dept_h, known.relation, r.interaction);
+        // work seldom goes to unrelated records. A department that has done no work on a
+        // colleague's record for days has none on it now, however much of its history it
+        // holds: a look from the colleague's own department then is a watched record
+        // opened without a working relationship, evidence twice over. (Other departments'
+        // looks weeks apart are their work: radiology, a laboratory.)
+        let idle = self
+            .same_department(colleague, dept_h)
+            .then(|| self.idle_on_staff_record(ph, dept_h, now))
+            .flatten();
+        let held = self.held_look(
+            colleague,
+            dept_h,
+            known.relation,
+            r.interaction,
+            idle.is_some(),
+        );
         known.held = Some(held);
-        facts.own_colleague =
-            facts.first_pair && held && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE;
+        known.colleague = Some(colleague);
+        facts.dept_idle_days = idle.filter(|_| held);
+        facts.own_colleague = held
+            && self.same_department(colleague, dept_h)
+            && (facts.dept_idle_days.is_some()
+                || (facts.first_pair
+                    && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE));
         // Such a look is a watched record opened without work to do, and more: the
         // evidence counts twice, in the score as in the queue (`super::evidence`). A
         // record no one has opened yet is unrelated to everyone: only such a look at it
-        // reads as a watched record opened without work to do.
+        // reads as a watched record opened without work to do; nor does a department's
+        // share of a record it no longer works on make such a look work, unless the care
+        // context does not describe the user's work (`CARE_BLIND_RATE`).
+        let care_blind = !describes_nobody(self.site_outside_rate)
+            && user.is_some_and(|u| u.outside_rate >= CARE_BLIND_RATE);
+        if facts.dept_idle_days.is_some() && !care_blind {
+            x[F::WatchedRecordUnrelated] = x[F::WatchedRecordUnrelated].max(1.0);
+        }
         if facts.own_colleague && (facts.patient_history == 0 || x[F::WatchedRecordUnrelated] > 0.0)
         {
             x[F::WatchedRecordUnrelated] = 2.0;
@@ -2396,9 +2495,15 @@ impl Context {
                 let ps = self.patients.get(&p).filter(|ps| ps.total > 0.0)?;
                 Some(Self::with_care(self.relation(user_dept, ps), &cr))
             });
+            let colleague = known
+                .colleague
+                .unwrap_or_else(|| self.staff_named(r, Some(uh)));
             let held = known.held.unwrap_or_else(|| {
-                let colleague = self.staff_named(r, Some(uh));
-                self.held_look(colleague, user_dept, rel, r.interaction)
+                let idle = self
+                    .same_department(colleague, user_dept)
+                    .then(|| self.idle_on_staff_record(Some(p), user_dept, now))
+                    .flatten();
+                self.held_look(colleague, user_dept, rel, r.interaction, idle.is_some())
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
@@ -2446,6 +2551,8 @@ impl Context {
             if !self.patients.contains_key(&p) {
                 if self.patients.len() >= self.max_patients.unwrap_or(MAX_PATIENTS) {
                     self.forgotten.patients += evict_half(&mut self.patients, |p| p.last_ms);
+                    let kept = &self.patients;
+                    self.staff_record_work.retain(|p, _| kept.contains_key(p));
                 }
                 if let Some(name) = r.patient_display.as_deref().and_then(family_name) {
                     self.names_total += 1.0;
@@ -2501,6 +2608,11 @@ impl Context {
             }
             ps.total += 1.0;
             ps.last_ms = ps.last_ms.max(now);
+            if let Some(d) =
+                user_dept.filter(|_| !held && self.same_department(colleague, user_dept))
+            {
+                self.note_staff_record_work(p, d, now);
+            }
         }
     }
 }
@@ -3098,6 +3210,7 @@ mod tests {
                 work: 40.0,
             },
         );
+        c.note_staff_record_work(h64("Patient/3"), h64("Surgery"), t0);
         c
     }
 
@@ -3130,11 +3243,13 @@ mod tests {
         assert_eq!(c.new_patients.len(), 5);
         assert_eq!(c.staff_names, layout_sample().staff_names);
         assert_eq!((c.staff_names.len(), c.patient_names.len()), (1, 1));
+        assert_eq!(c.staff_record_work, layout_sample().staff_record_work);
+        assert_eq!(c.staff_record_work.len(), 1);
     }
 
-    /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`) and 3 (before
-    /// `staff_names`) still read, with nothing of the missing fields: an upgrade keeps the
-    /// site's running context.
+    /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`), 3 (before
+    /// `staff_names`) and 4 (before `staff_record_work`) still read, with nothing of the
+    /// missing fields: an upgrade keeps the site's running context.
     #[test]
     fn snapshots_of_earlier_layouts_still_read() {
         let read = |layout: u32| {
@@ -3155,6 +3270,10 @@ mod tests {
         assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.new_patients, layout_sample().new_patients);
         assert!(c.staff_names.is_empty() && c.patient_names.is_empty());
+        let c = read(4);
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert_eq!(c.staff_names, layout_sample().staff_names);
+        assert!(c.staff_record_work.is_empty());
         assert!(matches!(
             Context::from_bytes(b"fhirctx\0\x07\0\0\0", chrono_tz::UTC),
             Err(SnapshotError::Layout { found: 7 })
@@ -4228,6 +4347,63 @@ mod tests {
         let (x, f) = c.peek(&later);
         assert!(f.staff_record && !f.own_colleague && f.dept_share > Some(0.0));
         assert_eq!(x[j], 0.0);
+        // Then no work of Surgery's on it for a week: its share is history, not work today.
+        let at = |days: i64| t0 + 3 * HOUR + days * DAY + 1000;
+        let (x, f) = c.peek(&nora("Practitioner/3", "Ada Rask", at(6)));
+        assert!(
+            !f.own_colleague && f.dept_idle_days.is_none() && x[j] == 0.0,
+            "{f:?}"
+        );
+        let back = nora("Practitioner/1", "Al Moe", at(8));
+        let (x, f) = c.peek(&back);
+        assert!(
+            !f.first_pair && f.own_colleague && f.dept_share > Some(0.0),
+            "{f:?}"
+        );
+        assert_eq!((f.dept_idle_days, x[j]), (Some(8), 2.0));
+        // Such a look is held: no work, so the next colleague's finds Surgery as idle.
+        c.observe(&back);
+        let next = nora("Practitioner/3", "Ada Rask", at(9));
+        let (x, f) = c.peek(&next);
+        assert_eq!((f.dept_idle_days, x[j]), (Some(9), 2.0));
+        // The same after a restart that replays it all.
+        replayed.replay(&AuditRecord {
+            interaction: Interaction::Update,
+            ..nora("Practitioner/4", "Ulf Borg", t0 + 3 * HOUR)
+        });
+        replayed.replay(&back);
+        assert_eq!(replayed.peek(&next).1.dept_idle_days, Some(9));
+        // A write is work again.
+        c.observe(&AuditRecord {
+            interaction: Interaction::Update,
+            ..nora("Practitioner/4", "Ulf Borg", at(9))
+        });
+        let (x, f) = c.peek(&next);
+        assert!(!f.own_colleague && f.dept_idle_days.is_none() && x[j] == 0.0);
+        // Another department that worked on the record and stopped is judged by its share,
+        // as any department: its looks weeks apart are its work (radiology, a laboratory).
+        let cardio = |t: i64, interaction: Interaction| AuditRecord {
+            interaction,
+            ..AuditRecord {
+                department: Some("Cardiology".into()),
+                ..nora("Practitioner/7", "Ivo Lind", t)
+            }
+        };
+        c.observe(&cardio(at(9), Interaction::Update));
+        let (x, f) = c.peek(&cardio(at(12), Interaction::Read));
+        assert!(
+            f.dept_share > Some(0.0) && f.dept_idle_days.is_none() && x[j] == 0.0,
+            "{f:?}"
+        );
+        let (x, f) = c.peek(&cardio(at(17), Interaction::Read));
+        assert!(
+            f.dept_share > Some(0.0) && f.dept_idle_days.is_none() && x[j] == 0.0,
+            "{f:?}"
+        );
+        assert!(
+            c.staff_record_work[&h64("Patient/12")].len() == 1,
+            "only Surgery's work is kept"
+        );
     }
 
     /// A patient who bears the name of another user of the site, a name no other patient

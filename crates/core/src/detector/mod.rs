@@ -685,6 +685,11 @@ pub fn explain(
             },
             AlertKind::WatchedRecord => {
                 let from = match (&f.dept, f.dept_share) {
+                    (Some(d), Some(s)) if f.dept_idle_days.is_some() => format!(
+                        "from {d}, which has {} of the record's activity but has done no work on it in {} days",
+                        pct(s),
+                        f.dept_idle_days.unwrap_or_default()
+                    ),
                     (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
                     (Some(d), None) => format!("from {d}, a record no one had opened before"),
                     _ => "from an unknown department".into(),
@@ -885,6 +890,18 @@ mod tests {
             explain(&c, &f, &rec).0[0].contains("and no one else has opened it in 24 h")
         };
         assert!(alone(1) && !alone(2) && !alone(5));
+        // A department with a share of the record that no longer works on it: both said.
+        let idle = Facts {
+            dept_share: Some(0.07),
+            dept_idle_days: Some(23),
+            ..facts.clone()
+        };
+        let why = explain(&c, &idle, &rec).0;
+        assert!(
+            why[0].contains("from Cardiology, which has 7% of the record's activity but has done no work on it in 23 days"),
+            "{}",
+            why[0]
+        );
         // A crowd around the record is not about the colleague: not said there.
         let mut c = [0f32; N_FEATURES];
         c[Feature::PatientUsers24h.index()] = 2.0;
