@@ -1705,11 +1705,21 @@ impl Context {
             .is_some_and(|d| Some(d) == dept)
     }
 
-    /// Whole days since department `dept` last worked on the colleague's own record `p`
-    /// (`staff_record_work`), when that is [`STAFF_RECORD_WORK_DAYS`] or more; `None`
+    /// Whole days since department `dept`, the own department of member of staff
+    /// `colleague`, last worked on the colleague's own record `p` (`staff_record_work`),
+    /// when that is [`STAFF_RECORD_WORK_DAYS`] or more; `None` for any other department,
     /// while it is at work on the record, and when no work of it there is known (a
     /// department new to the record is judged by its share, as any other).
-    fn idle_on_staff_record(&self, p: Option<u64>, dept: Option<u64>, now: i64) -> Option<u32> {
+    fn idle_on_staff_record(
+        &self,
+        colleague: Option<u64>,
+        p: Option<u64>,
+        dept: Option<u64>,
+        now: i64,
+    ) -> Option<u32> {
+        if !self.same_department(colleague, dept) {
+            return None;
+        }
         let (p, dept) = (p?, dept?);
         let last = self
             .staff_record_work
@@ -2148,10 +2158,7 @@ impl Context {
         // holds: a look from the colleague's own department then is a watched record
         // opened without a working relationship, evidence twice over. (Other departments'
         // looks weeks apart are their work: radiology, a laboratory.)
-        let idle = self
-            .same_department(colleague, dept_h)
-            .then(|| self.idle_on_staff_record(ph, dept_h, now))
-            .flatten();
+        let idle = self.idle_on_staff_record(colleague, ph, dept_h, now);
         let held = self.held_look(
             colleague,
             dept_h,
@@ -2163,7 +2170,6 @@ impl Context {
         known.colleague = Some(colleague);
         facts.dept_idle_days = idle.filter(|_| held);
         facts.own_colleague = held
-            && self.same_department(colleague, dept_h)
             && (facts.dept_idle_days.is_some()
                 || (facts.first_pair
                     && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE));
@@ -2499,10 +2505,7 @@ impl Context {
                 .colleague
                 .unwrap_or_else(|| self.staff_named(r, Some(uh)));
             let held = known.held.unwrap_or_else(|| {
-                let idle = self
-                    .same_department(colleague, user_dept)
-                    .then(|| self.idle_on_staff_record(Some(p), user_dept, now))
-                    .flatten();
+                let idle = self.idle_on_staff_record(colleague, Some(p), user_dept, now);
                 self.held_look(colleague, user_dept, rel, r.interaction, idle.is_some())
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);

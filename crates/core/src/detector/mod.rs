@@ -684,14 +684,13 @@ pub fn explain(
                 ),
             },
             AlertKind::WatchedRecord => {
-                let from = match (&f.dept, f.dept_share) {
-                    (Some(d), Some(s)) if f.dept_idle_days.is_some() => format!(
-                        "from {d}, which has {} of the record's activity but has done no work on it in {} days",
-                        pct(s),
-                        f.dept_idle_days.unwrap_or_default()
+                let from = match (&f.dept, f.dept_share, f.dept_idle_days) {
+                    (Some(d), Some(s), Some(days)) => format!(
+                        "from {d}, which has {} of the record's activity but has done no work on it in {days} days",
+                        pct(s)
                     ),
-                    (Some(d), Some(s)) => format!("from {d}, which has {} of the record's activity", pct(s)),
-                    (Some(d), None) => format!("from {d}, a record no one had opened before"),
+                    (Some(d), Some(s), None) => format!("from {d}, which has {} of the record's activity", pct(s)),
+                    (Some(d), None, _) => format!("from {d}, a record no one had opened before"),
                     _ => "from an unknown department".into(),
                 };
                 let what = match f.staff_record {
