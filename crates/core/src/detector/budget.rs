@@ -70,6 +70,9 @@ pub struct Candidate {
     pub kind: AlertKind,
     /// What it brings to its case's corroboration (`super::evidence`).
     pub evidence: Evidence,
+    /// It alerts whatever its threshold is raised to (`super::watched_twice`), as a watched
+    /// record, evidence twice over, where its score falls under the floor.
+    pub watched_twice: bool,
 }
 
 /// The events of the second half of the training window (`records`, their feature `rows`
@@ -103,7 +106,8 @@ pub fn candidates(
         let batch: Vec<[f32; N_FEATURES]> = part.iter().map(|i| rows[*i]).collect();
         for (s, i) in model.score(&batch)?.into_iter().zip(part) {
             let ratio = s.score / model.meta.threshold;
-            if Severity::from_ratio(ratio as f64).is_some() {
+            let watched_twice = super::watched_twice(&rows[*i], own_colleague[*i]);
+            if Severity::from_ratio(ratio as f64).is_some() || watched_twice {
                 let r = &records[*i];
                 let kind = s.strongest_kind();
                 out.push(Candidate {
@@ -113,6 +117,7 @@ pub fn candidates(
                     ratio,
                     kind,
                     evidence: super::evidence(kind, &rows[*i], own_colleague[*i]),
+                    watched_twice,
                 });
             }
         }
@@ -136,18 +141,22 @@ fn replay<'a>(candidates: &'a [Candidate], raises: &Raises, rule: CaseRule) -> V
     // Per case (ids count from 1 in the order cases open): user, strongest ratio and kind.
     let mut cases: Vec<(Option<&str>, f32, AlertKind)> = Vec::new();
     for c in candidates {
-        let ratio = c.ratio / raises.of(c.kind);
+        let (ratio, kind, evidence) =
+            match super::lift(c.ratio / raises.of(c.kind), c.watched_twice) {
+                (r, true) => (r, AlertKind::WatchedRecord, Evidence::Twice),
+                (r, false) => (r, c.kind, c.evidence),
+            };
         if let Some(sev) = Severity::from_ratio(ratio as f64) {
             let id = g.assign(
                 c.user.as_deref(),
                 c.patient.as_deref(),
                 c.at_ms,
-                (sev, c.kind, c.evidence),
+                (sev, kind, evidence),
             ) as usize;
             if id > cases.len() {
-                cases.push((c.user.as_deref(), ratio, c.kind));
+                cases.push((c.user.as_deref(), ratio, kind));
             } else if let Some(case) = cases.get_mut(id - 1).filter(|case| ratio > case.1) {
-                (case.1, case.2) = (ratio, c.kind);
+                (case.1, case.2) = (ratio, kind);
             }
         }
     }
@@ -263,7 +272,30 @@ mod tests {
             ratio,
             kind,
             evidence: Evidence::Single,
+            watched_twice: false,
         }
+    }
+
+    #[test]
+    fn a_watched_record_opened_twice_over_stays_in_the_replay_whatever_the_raise() {
+        let rule = CaseRule::default();
+        // A look under the floor that is a watched record opened without work, evidence
+        // twice over: a queued case at any raise of its strongest behaviour's threshold.
+        let look = Candidate {
+            watched_twice: true,
+            ..cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment)
+        };
+        for raise in [1.0, MAX_RAISE] {
+            let mut raises = Raises::default();
+            raises.raise(AlertKind::CrossDepartment, raise);
+            let cases = replay(std::slice::from_ref(&look), &raises, rule);
+            assert_eq!(cases.len(), 1, "{raise}");
+            assert!(cases[0].queued, "{raise}");
+            assert_eq!(cases[0].kind, AlertKind::WatchedRecord);
+        }
+        // Not so without the second piece of evidence: under the floor, no case.
+        let plain = cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment);
+        assert!(replay(&[plain], &Raises::default(), rule).is_empty());
     }
 
     #[test]
