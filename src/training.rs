@@ -448,11 +448,11 @@ fn fit_queue_budget(
                 .collect::<Vec<_>>()
                 .join(", ");
             eprintln!(
-                "queue budget {budget}: {at}; NOT MET: thresholds raised the most they may be ({}), \
-                 for {:.2}. Most of those cases are of: {loud}. Look at what their work looks like and \
-                 allow-list what is routine, or set [alerts] case_budget higher",
-                raises.describe(),
-                fit.after
+                "queue budget {budget}: {at}; NOT MET: {:.2} with thresholds raised for {}, and what \
+                 still fills the queue may be raised no further. Most of those cases are of: {loud}. Look at \
+                 what their work looks like and allow-list what is routine, or set [alerts] case_budget higher",
+                fit.after,
+                raises.describe()
             )
         }
     }

@@ -598,8 +598,11 @@ fn train_fits_the_thresholds_to_the_queue_budget() {
             err.contains("queue budget 0.01") && err.contains("thresholds raised for"),
             "{err}"
         ),
+        // Missed: what still fills the queue is at the limit. Not necessarily every
+        // raised behaviour: a watched record opened twice over alerts whatever the raise
+        // (`detector::watched_twice`), and behaviours gone from the queue rise no further.
         false => assert!(
-            factors.iter().all(|r| *r > 1.4)
+            factors.iter().any(|r| *r > 1.4)
                 && err.contains("NOT MET")
                 && err.contains("Practitioner/"),
             "{strict} {err}"
