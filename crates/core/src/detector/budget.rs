@@ -71,8 +71,9 @@ pub struct Candidate {
     /// What it brings to its case's corroboration (`super::evidence`).
     pub evidence: Evidence,
     /// It alerts whatever its threshold is raised to (`super::watched_twice`), as a watched
-    /// record, evidence twice over, where its score falls under the floor.
-    pub watched_twice: bool,
+    /// record or a colleague's (the behaviour given), evidence twice over, where its score
+    /// falls under the floor.
+    pub watched_twice: Option<AlertKind>,
 }
 
 /// The events of the second half of the training window (`records`, their feature `rows`
@@ -106,8 +107,9 @@ pub fn candidates(
         let batch: Vec<[f32; N_FEATURES]> = part.iter().map(|i| rows[*i]).collect();
         for (s, i) in model.score(&batch)?.into_iter().zip(part) {
             let ratio = s.score / model.meta.threshold;
-            let watched_twice = super::watched_twice(&rows[*i], own_colleague[*i]);
-            if Severity::from_ratio(ratio as f64).is_some() || watched_twice {
+            let watched_twice =
+                super::watched_twice(&rows[*i], own_colleague[*i]).map(|reason| reason.kind());
+            if Severity::from_ratio(ratio as f64).is_some() || watched_twice.is_some() {
                 let r = &records[*i];
                 let kind = s.strongest_kind();
                 out.push(Candidate {
@@ -141,11 +143,13 @@ fn replay<'a>(candidates: &'a [Candidate], raises: &Raises, rule: CaseRule) -> V
     // Per case (ids count from 1 in the order cases open): user, strongest ratio and kind.
     let mut cases: Vec<(Option<&str>, f32, AlertKind)> = Vec::new();
     for c in candidates {
-        let (ratio, kind, evidence) =
-            match super::lift(c.ratio / raises.of(c.kind), c.watched_twice) {
-                (r, true) => (r, AlertKind::WatchedRecord, Evidence::Twice),
-                (r, false) => (r, c.kind, c.evidence),
-            };
+        let (ratio, kind, evidence) = match (
+            super::lift(c.ratio / raises.of(c.kind), c.watched_twice.is_some()),
+            c.watched_twice,
+        ) {
+            ((r, true), Some(kind)) => (r, kind, Evidence::Twice),
+            ((r, _), _) => (r, c.kind, c.evidence),
+        };
         if let Some(sev) = Severity::from_ratio(ratio as f64) {
             let id = g.assign(
                 c.user.as_deref(),
@@ -272,7 +276,7 @@ mod tests {
             ratio,
             kind,
             evidence: Evidence::Single,
-            watched_twice: false,
+            watched_twice: None,
         }
     }
 
@@ -281,17 +285,20 @@ mod tests {
         let rule = CaseRule::default();
         // A look under the floor that is a watched record opened without work, evidence
         // twice over: a queued case at any raise of its strongest behaviour's threshold.
-        let look = Candidate {
-            watched_twice: true,
-            ..cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment)
-        };
-        for raise in [1.0, MAX_RAISE] {
-            let mut raises = Raises::default();
-            raises.raise(AlertKind::CrossDepartment, raise);
-            let cases = replay(std::slice::from_ref(&look), &raises, rule);
-            assert_eq!(cases.len(), 1, "{raise}");
-            assert!(cases[0].queued, "{raise}");
-            assert_eq!(cases[0].kind, AlertKind::WatchedRecord);
+        // The same for a colleague's record the care context knows, as that behaviour.
+        for as_kind in [AlertKind::WatchedRecord, AlertKind::VipSnooping] {
+            let look = Candidate {
+                watched_twice: Some(as_kind),
+                ..cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment)
+            };
+            for raise in [1.0, MAX_RAISE] {
+                let mut raises = Raises::default();
+                raises.raise(AlertKind::CrossDepartment, raise);
+                let cases = replay(std::slice::from_ref(&look), &raises, rule);
+                assert_eq!(cases.len(), 1, "{raise}");
+                assert!(cases[0].queued, "{raise}");
+                assert_eq!(cases[0].kind, as_kind);
+            }
         }
         // Not so without the second piece of evidence: under the floor, no case.
         let plain = cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment);

@@ -59,7 +59,9 @@ pub struct ScoredEvent {
 ///     colleague of another department's stays watched. The alert's explanation says so.
 ///   - a watched record opened without a working relationship while no one else has
 ///     opened it for a day (`features::alone_on_record`): no care going on that the look
-///     could be part of. The alert's explanation says so.
+///     could be part of. The same for a colleague's record the care context knows
+///     (`Feature::CoworkerRecord`) opened outside every treatment relationship it states.
+///     The alert's explanation says so.
 ///   - an hour's searches asking for an order of magnitude more records than the user's
 ///     usual high hour (`features::SWEEP_RATIO`): a sweep, not a busy hour. A search
 ///     somewhat wider than usual (twice, three times) stays watched. The alert's
@@ -77,7 +79,10 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -
             row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
         }
         AlertKind::WatchedRecord => own_colleague || features::alone_on_record(row),
-        AlertKind::VipSnooping => own_colleague && row[Feature::CoworkerRecord.index()] > 0.0,
+        AlertKind::VipSnooping => {
+            row[Feature::CoworkerRecord.index()] > 0.0
+                && (own_colleague || features::alone_on_record(row))
+        }
         AlertKind::WideSearch => {
             row[Feature::QueryVolume1hVsUsual.index()] >= features::SWEEP_RATIO.ln()
         }
@@ -94,18 +99,28 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -
     }
 }
 
-/// Whether an event alerts whatever its score: a watched record (on the watch list, labelled
-/// restricted, or a colleague's own) opened without a working relationship, where that is
-/// evidence twice over ([`evidence`]: no one else has opened the record for a day, or a
-/// colleague of the record's own department looks without work to do). The explanation of
-/// such an event states both, and a reason that strong must raise an alert: the model
-/// weighs a watched record as one feature among thirty, and on the simulated hospitals
-/// such looks by the pharmacy, the laboratory or radiology scored 0.8–0.9 of the
-/// threshold, under the floor (BENCHMARKS.md). Scored so, the event alerts at the
-/// threshold ([`WATCHED_TWICE_SCORE`]) with the watched record as its leading reason.
-pub fn watched_twice(row: &[f32; N_FEATURES], own_colleague: bool) -> bool {
-    row[Feature::WatchedRecordUnrelated.index()] > 0.0
-        && evidence(AlertKind::WatchedRecord, row, own_colleague) == Evidence::Twice
+/// Whether an event alerts whatever its score, and for which reason: a watched record (on
+/// the watch list, labelled restricted, or a colleague's own by name) opened without a
+/// working relationship, or a colleague's own record the care context knows (its identity
+/// match: a shared identifier, or family name and birth date with a given name, address or
+/// phone) opened outside every treatment relationship it states, where that is evidence
+/// twice over ([`evidence`]: no one else has opened the record for a day, or a colleague of
+/// the record's own department looks without work to do). The explanation of such an event
+/// states both, and a reason that strong must raise an alert: the model weighs a watched
+/// record as one feature among thirty, and on the simulated hospitals such looks by the
+/// pharmacy, the laboratory or radiology scored 0.8–0.9 of the threshold, under the floor
+/// (BENCHMARKS.md). Scored so, the event alerts at the threshold ([`WATCHED_TWICE_SCORE`])
+/// with the returned feature as its leading reason.
+pub fn watched_twice(row: &[f32; N_FEATURES], own_colleague: bool) -> Option<Feature> {
+    [
+        (Feature::WatchedRecordUnrelated, AlertKind::WatchedRecord),
+        (Feature::CoworkerRecord, AlertKind::VipSnooping),
+    ]
+    .into_iter()
+    .find(|(f, kind)| {
+        row[f.index()] > 0.0 && evidence(*kind, row, own_colleague) == Evidence::Twice
+    })
+    .map(|(f, _)| f)
 }
 
 /// The score (a multiple of the threshold) at which an event under the floor that is
@@ -347,21 +362,17 @@ fn judge(
         .into_iter()
         .zip(rows.iter().zip(facts.iter().zip(records)))
         .map(|(s, (row, (f, r)))| {
-            let (score, lifted) = lift(
-                s.score / model.meta.threshold_for(&s),
-                watched_twice(row, f.own_colleague),
-            );
+            let twice = watched_twice(row, f.own_colleague);
+            let (score, lifted) = lift(s.score / model.meta.threshold_for(&s), twice.is_some());
             let severity = Severity::from_ratio(score as f64);
-            let (mut explanation, kinds) =
-                match (severity.is_some() || which == Explain::All, lifted) {
-                    (true, true) => explain(
-                        &leading(&s.contributions, Feature::WatchedRecordUnrelated),
-                        f,
-                        r,
-                    ),
-                    (true, false) => explain(&s.contributions, f, r),
-                    (false, _) => (Vec::new(), Vec::new()),
-                };
+            let (mut explanation, kinds) = match (
+                severity.is_some() || which == Explain::All,
+                twice.filter(|_| lifted),
+            ) {
+                (true, Some(reason)) => explain(&leading(&s.contributions, reason), f, r),
+                (true, None) => explain(&s.contributions, f, r),
+                (false, _) => (Vec::new(), Vec::new()),
+            };
             if let (true, Some(first)) = (lifted, explanation.first_mut()) {
                 first.push_str(LIFTED);
             }
@@ -635,7 +646,8 @@ pub fn explain(
                 let coworker = contrib_of(contrib, Feature::CoworkerRecord);
                 let crowd = kind_total(contrib, AlertKind::VipSnooping) - coworker;
                 let staff = format!(
-                    "{COWORKER_RECORD} and no treatment relationship links this user to them{}",
+                    "{COWORKER_RECORD} and no treatment relationship links this user to them{}{}",
+                    alone(f),
                     own_colleague(f)
                 );
                 match (coworker > 0.0, crowd > 0.0) {
@@ -752,11 +764,7 @@ pub fn explain(
                     (true, None) => "no encounter, appointment, episode of care or care team links this user to the patient",
                     _ => "no working relationship",
                 };
-                let alone = match f.patient_users_24h <= 1 {
-                    true => ", and no one else has opened it in 24 h",
-                    false => "",
-                };
-                format!("{what} opened {from}{first}: {why}{alone}{}", own_colleague(f))
+                format!("{what} opened {from}{first}: {why}{}{}", alone(f), own_colleague(f))
             }
             AlertKind::FamilySnooping if contrib_of(contrib, Feature::PersonalLink) + contrib_of(contrib, Feature::SelfRecord) > 0.0 => {
                 let link = f.personal.map_or("a personal link", |p| p.words());
@@ -793,6 +801,15 @@ pub fn explain(
         ));
     }
     (reasons, kinds)
+}
+
+/// What a watched-record or colleague's-record reason adds when no one else has opened the
+/// record for a day (`features::alone_on_record`, evidence twice over).
+fn alone(f: &Facts) -> &'static str {
+    match f.patient_users_24h <= 1 {
+        true => ", and no one else has opened it in 24 h",
+        false => "",
+    }
 }
 
 /// What a colleague's-record reason adds when the colleague works in the user's own
@@ -971,14 +988,26 @@ mod tests {
             x[Feature::PatientUsers24h.index()] = users.ln_1p();
             x
         };
-        assert!(watched_twice(&row(1.0, 1.0), false));
+        let watched = Some(Feature::WatchedRecordUnrelated);
+        assert_eq!(watched_twice(&row(1.0, 1.0), false), watched);
         // Others at work on the record: one piece of evidence, unless it is a colleague of
         // the user's own department.
-        assert!(!watched_twice(&row(1.0, 3.0), false));
-        assert!(watched_twice(&row(2.0, 3.0), true));
+        assert_eq!(watched_twice(&row(1.0, 3.0), false), None);
+        assert_eq!(watched_twice(&row(2.0, 3.0), true), watched);
         // Not a watched record opened without a working relationship.
-        assert!(!watched_twice(&row(0.0, 1.0), false));
-        assert!(!watched_twice(&row(0.0, 1.0), true));
+        assert_eq!(watched_twice(&row(0.0, 1.0), false), None);
+        assert_eq!(watched_twice(&row(0.0, 1.0), true), None);
+        // A colleague's record the care context knows, opened outside every treatment
+        // relationship it states: the same, as that reason.
+        let coworker = |users: f32| {
+            let mut x = row(0.0, users);
+            x[Feature::CoworkerRecord.index()] = 1.0;
+            x
+        };
+        let colleague = Some(Feature::CoworkerRecord);
+        assert_eq!(watched_twice(&coworker(1.0), false), colleague);
+        assert_eq!(watched_twice(&coworker(3.0), false), None);
+        assert_eq!(watched_twice(&coworker(3.0), true), colleague);
 
         assert_eq!(lift(0.5, true), (WATCHED_TWICE_SCORE, true));
         assert_eq!(lift(0.5, false), (0.5, false));
@@ -1011,6 +1040,29 @@ mod tests {
             why[0]
         );
         assert_eq!(evidence(kinds[0], &row(1.0, 1.0), false), Evidence::Twice);
+
+        // A colleague's record known from the care context leads as that, and says both.
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::DeptPairRarity.index()] = 5.0;
+        c[Feature::CoworkerRecord.index()] = 0.2;
+        let facts = Facts {
+            personal: Some(crate::care::Personal::Coworker),
+            ..facts
+        };
+        let (why, kinds) = explain(&leading(&c, Feature::CoworkerRecord), &facts, &rec);
+        assert_eq!(kinds[0], AlertKind::VipSnooping);
+        assert!(
+            why[0].starts_with("the patient is a member of staff (a co-worker) and no treatment relationship links this user to them, and no one else has opened it in 24 h"),
+            "{}",
+            why[0]
+        );
+        assert_eq!(evidence(kinds[0], &coworker(1.0), false), Evidence::Twice);
+        let busy = Facts {
+            patient_users_24h: 3,
+            ..facts
+        };
+        let why = explain(&leading(&c, Feature::CoworkerRecord), &busy, &rec).0;
+        assert!(!why[0].contains("no one else"), "{}", why[0]);
     }
 
     #[test]
@@ -1239,6 +1291,16 @@ mod tests {
             Routine
         );
         assert_eq!(evidence(CrossDepartment, &alone(1.0, 0.0), false), Single);
+        // The same for a colleague's record the care context knows, opened outside every
+        // relationship it states; a crowd about the record is not evidence of that kind.
+        let known = |users: f32| {
+            let mut row = alone(users, 0.0);
+            row[Feature::CoworkerRecord.index()] = 1.0;
+            row
+        };
+        assert_eq!(evidence(VipSnooping, &known(1.0), false), Twice);
+        assert_eq!(evidence(VipSnooping, &known(2.0), false), Single);
+        assert_eq!(evidence(VipSnooping, &alone(1.0, 0.0), false), Single);
         // An hour's searches against the user's usual high hour (ln((asked + 1) / (usual
         // + 1)), the usual at least 100 records): ten times over is a sweep.
         let searched = |asked: f32, usual: f32| {
