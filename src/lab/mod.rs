@@ -48,7 +48,7 @@ pub enum LabCommand {
         /// `drawn` (every aspect drawn from the seed), or aspects joined by commas, e.g.
         /// `rotating,stations,teaching,analysts` (shifts: classic, 12h, rotating, on-call;
         /// network: personal, stations, nat, churning; roles: general, teaching, outpatient,
-        /// billing; analysts).
+        /// billing; analysts; credentials: staff shown as "Jane Smith, MD", never drawn).
         #[arg(long, default_value = "classic")]
         style: String,
         /// How the server writes the events: `balp` (the simulator's own layout), `hapi`

@@ -70,6 +70,11 @@ pub struct Style {
     pub roles: Roles,
     /// A few staff run large reports (paged searches of hundreds of records) as their job.
     pub analysts: bool,
+    /// Staff names written with their credentials after them, as many EHRs show users
+    /// ("Jane Smith, MD", "Jane Smith, RN"), where the classic style writes "Dr. Jane
+    /// Smith" and "Jane Smith". Patients' names are written as before. Never drawn: a
+    /// style named for a check that names are read as other systems write them.
+    pub credentials: bool,
 }
 
 /// Shift systems.
@@ -135,11 +140,12 @@ impl Style {
                 "outpatient" => st.roles = Roles::Outpatient,
                 "billing" => st.roles = Roles::BillingHeavy,
                 "analysts" => st.analysts = true,
+                "credentials" => st.credentials = true,
                 other => {
                     return Err(format!(
                         "unknown style aspect {other:?} (shifts: classic, 12h, rotating, on-call; \
                          network: personal, stations, nat, churning; roles: general, teaching, \
-                         outpatient, billing; and analysts)"
+                         outpatient, billing; analysts; credentials)"
                     ))
                 }
             }
@@ -170,6 +176,7 @@ impl Style {
                 Roles::BillingHeavy,
             ]),
             analysts: r.chance(0.5),
+            credentials: false,
         }
     }
 
@@ -196,6 +203,9 @@ impl Style {
         let mut n = format!("{shifts},{network},{roles}");
         if self.analysts {
             n.push_str(",analysts");
+        }
+        if self.credentials {
+            n.push_str(",credentials");
         }
         n
     }
@@ -614,6 +624,16 @@ fn apply_style(users: &mut [User], opts: &SimOptions) {
     let st = opts.style;
     if st == Style::default() {
         return;
+    }
+    if st.credentials {
+        for u in users.iter_mut() {
+            let name = u.display.trim_start_matches("Dr. ").to_string();
+            u.display = match u.role {
+                Role::Physician => format!("{name}, MD"),
+                Role::Nurse => format!("{name}, RN"),
+                Role::Clerk | Role::Technician => name,
+            };
+        }
     }
     let mut r = Rng::new(opts.seed ^ 0x57_11E5);
     let weekdays = [true, true, true, true, true, false, false];
@@ -1896,6 +1916,42 @@ mod tests {
         assert!(
             churning_ips > classic_ips * 3,
             "{churning_ips} vs {classic_ips}"
+        );
+    }
+
+    /// The credentials style shows staff with their credentials after the name and
+    /// changes nothing else: the same people, at the same times, on the same records.
+    #[test]
+    fn the_credentials_style_writes_staff_names_with_credentials_and_nothing_else() {
+        let st = Style::parse("credentials").unwrap();
+        assert!(st.credentials && Style::parse(&st.name()).unwrap() == st);
+        let run = |style: Style| {
+            let mut o = SimOptions::new(4, 5);
+            o.users = 40;
+            o.patients = 400;
+            o.style = style;
+            simulate(&o)
+        };
+        let (plain, shown) = (run(Style::default()), run(st));
+        assert_eq!(plain.len(), shown.len());
+        let who = |e: &SimEvent| e.json["agent"][0]["who"].clone();
+        let mut suffixes = std::collections::BTreeSet::new();
+        for (a, b) in plain.iter().zip(&shown) {
+            assert_eq!(a.recorded, b.recorded);
+            assert_eq!(a.json["entity"], b.json["entity"]);
+            assert_eq!(who(a)["reference"], who(b)["reference"]);
+            let (a, b) = (who(a)["display"].clone(), who(b)["display"].clone());
+            let (a, b) = (a.as_str().unwrap(), b.as_str().unwrap());
+            let name = a.trim_start_matches("Dr. ");
+            assert!(
+                b == name || b.starts_with(&format!("{name}, ")),
+                "{a} / {b}"
+            );
+            suffixes.insert(b.strip_prefix(name).unwrap().to_string());
+        }
+        assert_eq!(
+            suffixes.into_iter().collect::<Vec<_>>(),
+            vec!["", ", MD", ", RN"]
         );
     }
 

@@ -577,19 +577,104 @@ type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
 type IdMap<V> = HashMap<u64, V, IdBuild>;
 type IdSet = HashSet<u64, IdBuild>;
 
-/// A family name from a display name: "Smith, Jane" → smith; "Dr. Jane Smith" → smith.
-pub fn family_name(display: &str) -> Option<String> {
-    let d = display.trim();
-    let name = if let Some((fam, _)) = d.split_once(',') {
-        fam.trim()
-    } else {
-        d.split_whitespace().rfind(|w| !w.ends_with('.'))?
-    };
-    let n: String = name
-        .chars()
+/// Titles written before a name ("Dr Jane Smith", "Mrs. Smith"), compared lowercased
+/// without their full stop.
+const TITLES: &[&str] = &[
+    "dr", "prof", "mr", "mrs", "ms", "mx", "miss", "sir", "dame", "rev",
+];
+
+/// Degrees, credentials and generational suffixes written after a name ("Jane Smith, MD",
+/// "John Smith Jr."), compared lowercased without full stops. After a comma any case
+/// counts; among a name's words only as written in capitals or with a full stop, or
+/// mixed-case as the degree is ("PhD"), so that a family name such as Ma or Do stays one.
+const SUFFIXES: &[&str] = &[
+    "md", "do", "rn", "np", "pa", "pa-c", "phd", "pharmd", "rph", "dds", "dmd", "mbbs", "mbchb",
+    "frcp", "facs", "lpn", "lvn", "cna", "crna", "dnp", "aprn", "fnp", "msn", "bsn", "ma", "msc",
+    "bsc", "mph", "mba", "pt", "dpt", "ot", "jr", "sr", "ii", "iii", "iv",
+];
+
+/// Name particles that belong to a family name written after the given name ("Anna van
+/// der Berg" and "van der Berg, Anna" both give vanderberg), recognised in lower case.
+const PARTICLES: &[&str] = &[
+    "van", "von", "der", "den", "de", "del", "della", "di", "da", "du", "la", "le", "ten", "ter",
+];
+
+/// Whether `word`, without its full stops and in any case, is one of `list` (lowercase).
+fn one_of(word: &str, list: &[&str]) -> bool {
+    let letters = word.chars().filter(|c| *c != '.');
+    list.iter().any(|t| {
+        let mut w = letters.clone();
+        t.chars()
+            .all(|c| w.next().is_some_and(|x| x.to_ascii_lowercase() == c))
+            && w.next().is_none()
+    })
+}
+
+/// A word written after a name that is a degree or suffix, not part of the name.
+fn suffix_word(word: &str) -> bool {
+    one_of(word, SUFFIXES)
+        && (word.contains('.')
+            || word
+                .chars()
+                .filter(|c| c.is_alphabetic())
+                .all(|c| c.is_uppercase())
+            || one_of(word, &["phd", "pharmd", "jr", "sr", "mbchb"]))
+}
+
+/// A display name read as (family name, given names): "Smith, Jane Ann" and "Dr. Jane Ann
+/// Smith, MD" both give ("Smith", ["Jane", "Ann"]). Titles, degrees and suffixes are left
+/// out, and so are initials and other words ending in a full stop. Words as written.
+fn name_parts(display: &str) -> Option<(String, Vec<&str>)> {
+    let mut parts: Vec<&str> = display.split(',').map(str::trim).collect();
+    // Trailing comma parts that are only degrees or suffixes: "Jane Smith, MD, PhD".
+    while parts.len() > 1
+        && parts
+            .last()
+            .is_some_and(|p| p.is_empty() || p.split_whitespace().all(|w| one_of(w, SUFFIXES)))
+    {
+        parts.pop();
+    }
+    match parts.as_slice() {
+        [] => None,
+        [one] => {
+            let mut w: Vec<&str> = one
+                .split_whitespace()
+                .filter(|w| !one_of(w, TITLES))
+                .collect();
+            // Degrees and suffixes after a given and a family name: "Jane Smith MD".
+            while w.len() > 2 && w.last().is_some_and(|x| suffix_word(x)) {
+                w.pop();
+            }
+            w.retain(|x| !x.ends_with('.'));
+            let last = w.len().checked_sub(1)?;
+            // Particles before the last word, not the first: "Anna van der Berg".
+            let mut from = last;
+            while from > 1 && PARTICLES.contains(&w[from - 1]) {
+                from -= 1;
+            }
+            Some((w[from..].concat(), w[..from].to_vec()))
+        }
+        [family, given, ..] => Some((
+            family.to_string(),
+            given
+                .split_whitespace()
+                .filter(|w| !one_of(w, TITLES) && !w.ends_with('.'))
+                .collect(),
+        )),
+    }
+}
+
+/// Letters and hyphens of a name, lowercased: the form names are compared in.
+fn fold(name: &str) -> String {
+    name.chars()
         .filter(|c| c.is_alphabetic() || *c == '-')
         .collect::<String>()
-        .to_lowercase();
+        .to_lowercase()
+}
+
+/// A family name from a display name: "Smith, Jane" → smith; "Dr. Jane Smith, MD" → smith.
+pub fn family_name(display: &str) -> Option<String> {
+    let n = fold(&name_parts(display)?.0);
     (n.len() >= 2).then_some(n)
 }
 
@@ -598,19 +683,7 @@ pub fn family_name(display: &str) -> Option<String> {
 /// key). `None` without both.
 pub fn person_key(display: &str) -> Option<u64> {
     let family = family_name(display)?;
-    let d = display.trim();
-    let given = match d.split_once(',') {
-        Some((_, rest)) => rest.split_whitespace().next(),
-        None => {
-            let words: Vec<&str> = d.split_whitespace().filter(|w| !w.ends_with('.')).collect();
-            (words.len() >= 2).then(|| words[0])
-        }
-    }?;
-    let given: String = given
-        .chars()
-        .filter(|c| c.is_alphabetic() || *c == '-')
-        .collect::<String>()
-        .to_lowercase();
+    let given = fold(name_parts(display)?.1.first()?);
     (!given.is_empty()).then(|| h64(&(family.as_str(), given.as_str())))
 }
 
@@ -3111,6 +3184,59 @@ mod tests {
         assert_eq!(family_name("Smith, Jane").as_deref(), Some("smith"));
         assert_eq!(family_name("Dr. Jane Smith").as_deref(), Some("smith"));
         assert_eq!(family_name("J").as_deref(), None);
+    }
+
+    /// Names as other systems write them: titles without a full stop, degrees and
+    /// suffixes after the name, particles of a family name, initials; the same person
+    /// gives the same key however written, and a family name that looks like a degree
+    /// stays a family name.
+    #[test]
+    fn names_as_other_systems_write_them() {
+        let jane = person_key("Smith, Jane");
+        assert!(jane.is_some());
+        for written in [
+            "Dr Jane Smith",
+            "Jane Smith, MD",
+            "Jane Smith MD",
+            "Jane A. Smith, MD, PhD",
+            "Prof. Jane Smith PhD",
+            "SMITH, JANE",
+            "Smith, Jane, RN",
+            "Smith, Dr. Jane",
+            "Smith, J. Jane",
+            "Mrs Jane Smith",
+        ] {
+            assert_eq!(person_key(written), jane, "{written}");
+            assert_eq!(family_name(written).as_deref(), Some("smith"), "{written}");
+        }
+        assert_eq!(person_key("John Smith Jr."), person_key("Smith, John"));
+        // A family name with particles, either way round.
+        assert_eq!(
+            person_key("Anna van der Berg"),
+            person_key("van der Berg, Anna")
+        );
+        assert_eq!(
+            family_name("Anna van der Berg").as_deref(),
+            Some("vanderberg")
+        );
+        // Family names that are also degrees' letters.
+        assert_eq!(family_name("Yu Ma").as_deref(), Some("ma"));
+        assert_eq!(family_name("YU MA").as_deref(), Some("ma"));
+        assert_eq!(family_name("Ma, Yu").as_deref(), Some("ma"));
+        assert_eq!(person_key("Ma, Yu"), person_key("Yu Ma"));
+        assert_eq!(family_name("Jane Do").as_deref(), Some("do"));
+        assert_eq!(family_name("Jane Do MD").as_deref(), Some("do"));
+        // As before: the simulator's forms, hyphens, and no name at all.
+        assert_eq!(
+            person_key("Dr. Ines Haas-Sato"),
+            person_key("Haas-Sato, Ines")
+        );
+        assert_eq!(
+            family_name("Practitioner/12").as_deref(),
+            Some("practitioner")
+        );
+        assert_eq!(person_key("Dr."), None);
+        assert_eq!(family_name(""), None);
     }
 
     #[test]
