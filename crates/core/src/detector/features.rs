@@ -625,6 +625,15 @@ fn suffix_word(word: &str) -> bool {
 /// Smith, MD" both give ("Smith", ["Jane", "Ann"]). Titles, degrees and suffixes are left
 /// out, and so are initials and other words ending in a full stop. Words as written.
 fn name_parts(display: &str) -> Option<(String, Vec<&str>)> {
+    // A login written as an address, "jane.smith@hospital.org" or "jane_smith@…": the
+    // words of its local part, given name first.
+    if let Some((local, _)) = display.trim().split_once('@') {
+        let words: Vec<&str> = local.split(['.', '_']).filter(|w| !w.is_empty()).collect();
+        return match words.as_slice() {
+            [given, .., family] => Some((family.to_string(), vec![*given])),
+            _ => None,
+        };
+    }
     let mut parts: Vec<&str> = display.split(',').map(str::trim).collect();
     // Trailing comma parts that are only degrees or suffixes: "Jane Smith, MD, PhD".
     while parts.len() > 1
@@ -3236,6 +3245,15 @@ mod tests {
             Some("practitioner")
         );
         assert_eq!(person_key("Dr."), None);
+        // A login written as an address names the person too; one without a family
+        // name in it names nobody.
+        assert_eq!(person_key("jane.smith@hospital.example"), jane);
+        assert_eq!(person_key("Jane_Smith2@hospital.example"), jane);
+        assert_eq!(
+            family_name("j.smith@hospital.example").as_deref(),
+            Some("smith")
+        );
+        assert_eq!(family_name("jsmith@hospital.example").as_deref(), None);
         assert_eq!(family_name(""), None);
     }
 
