@@ -584,9 +584,9 @@ const TITLES: &[&str] = &[
 ];
 
 /// Degrees, credentials and generational suffixes written after a name ("Jane Smith, MD",
-/// "John Smith Jr."), compared lowercased without full stops. After a comma any case
-/// counts; among a name's words only as written in capitals or with a full stop, or
-/// mixed-case as the degree is ("PhD"), so that a family name such as Ma or Do stays one.
+/// "John Smith Jr."), compared lowercased without full stops; only as written in capitals
+/// or with a full stop, or mixed-case as the degree is ("PhD", "Jr"), so that a name such
+/// as Ma or Do ("Ma, Yu", "Smith, Do") stays one.
 const SUFFIXES: &[&str] = &[
     "md", "do", "rn", "np", "pa", "pa-c", "phd", "pharmd", "rph", "dds", "dmd", "mbbs", "mbchb",
     "frcp", "facs", "lpn", "lvn", "cna", "crna", "dnp", "aprn", "fnp", "msn", "bsn", "ma", "msc",
@@ -639,7 +639,7 @@ fn name_parts(display: &str) -> Option<(String, Vec<&str>)> {
     while parts.len() > 1
         && parts
             .last()
-            .is_some_and(|p| p.is_empty() || p.split_whitespace().all(|w| one_of(w, SUFFIXES)))
+            .is_some_and(|p| p.is_empty() || p.split_whitespace().all(suffix_word))
     {
         parts.pop();
     }
@@ -3233,6 +3233,7 @@ mod tests {
         assert_eq!(family_name("YU MA").as_deref(), Some("ma"));
         assert_eq!(family_name("Ma, Yu").as_deref(), Some("ma"));
         assert_eq!(person_key("Ma, Yu"), person_key("Yu Ma"));
+        assert!(person_key("Smith, Do").is_some());
         assert_eq!(family_name("Jane Do").as_deref(), Some("do"));
         assert_eq!(family_name("Jane Do MD").as_deref(), Some("do"));
         // As before: the simulator's forms, hyphens, and no name at all.
