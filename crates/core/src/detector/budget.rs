@@ -143,12 +143,10 @@ fn replay<'a>(candidates: &'a [Candidate], raises: &Raises, rule: CaseRule) -> V
     // Per case (ids count from 1 in the order cases open): user, strongest ratio and kind.
     let mut cases: Vec<(Option<&str>, f32, AlertKind)> = Vec::new();
     for c in candidates {
-        let (ratio, kind, evidence) = match (
-            super::lift(c.ratio / raises.of(c.kind), c.watched_twice.is_some()),
-            c.watched_twice,
-        ) {
-            ((r, true), Some(kind)) => (r, kind, Evidence::Twice),
-            ((r, _), _) => (r, c.kind, c.evidence),
+        let (ratio, lifted) = super::lift(c.ratio / raises.of(c.kind), c.watched_twice.is_some());
+        let (kind, evidence) = match c.watched_twice.filter(|_| lifted) {
+            Some(kind) => (kind, Evidence::Twice),
+            None => (c.kind, c.evidence),
         };
         if let Some(sev) = Severity::from_ratio(ratio as f64) {
             let id = g.assign(

@@ -610,6 +610,9 @@ fn one_of(word: &str, list: &[&str]) -> bool {
     })
 }
 
+/// The [`SUFFIXES`] written in mixed case ("PhD", "Jr"), which count so too.
+const MIXED_CASE_SUFFIXES: &[&str] = &["phd", "pharmd", "jr", "sr", "mbchb"];
+
 /// A word written after a name that is a degree or suffix, not part of the name.
 fn suffix_word(word: &str) -> bool {
     one_of(word, SUFFIXES)
@@ -618,19 +621,19 @@ fn suffix_word(word: &str) -> bool {
                 .chars()
                 .filter(|c| c.is_alphabetic())
                 .all(|c| c.is_uppercase())
-            || one_of(word, &["phd", "pharmd", "jr", "sr", "mbchb"]))
+            || one_of(word, MIXED_CASE_SUFFIXES))
 }
 
 /// A display name read as (family name, given names): "Smith, Jane Ann" and "Dr. Jane Ann
 /// Smith, MD" both give ("Smith", ["Jane", "Ann"]). Titles, degrees and suffixes are left
 /// out, and so are initials and other words ending in a full stop. Words as written.
-fn name_parts(display: &str) -> Option<(String, Vec<&str>)> {
+fn name_parts(display: &str) -> Option<(Cow<'_, str>, Vec<&str>)> {
     // A login written as an address, "jane.smith@hospital.org" or "jane_smith@…": the
     // words of its local part, given name first.
     if let Some((local, _)) = display.trim().split_once('@') {
         let words: Vec<&str> = local.split(['.', '_']).filter(|w| !w.is_empty()).collect();
         return match words.as_slice() {
-            [given, .., family] => Some((family.to_string(), vec![*given])),
+            [given, .., family] => Some((Cow::Borrowed(*family), vec![*given])),
             _ => None,
         };
     }
@@ -661,10 +664,14 @@ fn name_parts(display: &str) -> Option<(String, Vec<&str>)> {
             while from > 1 && PARTICLES.contains(&w[from - 1]) {
                 from -= 1;
             }
-            Some((w[from..].concat(), w[..from].to_vec()))
+            let family = match &w[from..] {
+                [one] => Cow::Borrowed(*one),
+                words => Cow::Owned(words.concat()),
+            };
+            Some((family, w[..from].to_vec()))
         }
         [family, given, ..] => Some((
-            family.to_string(),
+            Cow::Borrowed(*family),
             given
                 .split_whitespace()
                 .filter(|w| !one_of(w, TITLES) && !w.ends_with('.'))
@@ -681,18 +688,24 @@ fn fold(name: &str) -> String {
         .to_lowercase()
 }
 
+/// A family name as names are compared ([`fold`]); `None` under two letters.
+fn folded_family(family: &str) -> Option<String> {
+    let n = fold(family);
+    (n.len() >= 2).then_some(n)
+}
+
 /// A family name from a display name: "Smith, Jane" → smith; "Dr. Jane Smith, MD" → smith.
 pub fn family_name(display: &str) -> Option<String> {
-    let n = fold(&name_parts(display)?.0);
-    (n.len() >= 2).then_some(n)
+    folded_family(&name_parts(display)?.0)
 }
 
 /// A person's name from a display name, as a key: family name and first given name,
 /// normalised as [`family_name`] does ("Smith, Jane Ann" and "Dr. Jane Smith" give the same
 /// key). `None` without both.
 pub fn person_key(display: &str) -> Option<u64> {
-    let family = family_name(display)?;
-    let given = fold(name_parts(display)?.1.first()?);
+    let (family, given) = name_parts(display)?;
+    let family = folded_family(&family)?;
+    let given = fold(given.first()?);
     (!given.is_empty()).then(|| h64(&(family.as_str(), given.as_str())))
 }
 
