@@ -337,18 +337,18 @@ pub(crate) fn train_cmd(
     if let Some(u) = until {
         records.retain(|r| r.recorded < u);
     }
-    // One pass: each event's feature row and whether it opened the record of a colleague
-    // of the user's own department (the queue budget's replay queues such a case at once:
-    // `detector::evidence`), and what the audit trail holds (the department the
+    // One pass: each event's feature row and the facts beside it that make evidence twice
+    // over (the queue budget's replay queues such a case at once: `detector::evidence`),
+    // and what the audit trail holds (the department the
     // care context gave an event is the one its row was computed with).
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
-    let (rows, own_colleague): (Vec<_>, Vec<bool>) = records
+    let (rows, circumstances): (Vec<_>, Vec<_>) = records
         .iter()
         .map(|r| {
             coverage.observe(r);
             let (row, facts) = ctx.observe(r);
             coverage.department_from_context += facts.dept_from_care as u64;
-            (row, facts.own_colleague)
+            (row, fhir_edge_core::detector::Circumstances::of(&facts))
         })
         .unzip();
     eprintln!("the audit trail: {}", coverage.summary());
@@ -378,7 +378,7 @@ pub(crate) fn train_cmd(
         fit_queue_budget(
             &mut model,
             &rows,
-            &own_colleague,
+            &circumstances,
             &records,
             case_rule,
             case_budget,
@@ -409,18 +409,18 @@ pub(crate) fn train_cmd(
 }
 
 /// Fit the model's thresholds to the queue budget on the second half of the training
-/// window (its events' feature `rows`, `Facts::own_colleague` and `records`, index for
+/// window (its events' feature `rows`, `detector::Circumstances` and `records`, index for
 /// index; see `detector::budget`), and say what it did.
 fn fit_queue_budget(
     model: &mut fhir_edge_core::detector::model::Model,
     rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
-    own_colleague: &[bool],
+    circumstances: &[fhir_edge_core::detector::Circumstances],
     records: &[fhir_edge_core::fhir::AuditRecord],
     rule: fhir_edge_core::cases::CaseRule,
     budget: f64,
 ) -> anyhow::Result<()> {
     use fhir_edge_core::detector::budget;
-    let Some((candidates, days, users)) = budget::candidates(model, rows, own_colleague, records)?
+    let Some((candidates, days, users)) = budget::candidates(model, rows, circumstances, records)?
     else {
         eprintln!(
             "queue budget: not fitted, the training window's second half spans under {} days \

@@ -77,13 +77,13 @@ pub struct Candidate {
 }
 
 /// The events of the second half of the training window (`records`, their feature `rows`
-/// and their `Facts::own_colleague`, index for index) that could alert at any raise, in
+/// and their `super::Circumstances`, index for index) that could alert at any raise, in
 /// time order, with the number of days and of users active in that half; `None` when that
 /// half is shorter than `MIN_DAYS` or has no user.
 pub fn candidates(
     model: &Model,
     rows: &[[f32; N_FEATURES]],
-    own_colleague: &[bool],
+    circumstances: &[super::Circumstances],
     records: &[AuditRecord],
 ) -> Result<Option<(Vec<Candidate>, f64, u64)>, ModelError> {
     let times = records.iter().map(|r| r.recorded.timestamp_millis());
@@ -92,7 +92,7 @@ pub fn candidates(
     };
     let from = t0 + (t1 - t0) / 2;
     let days = (t1 - from) as f64 / DAY_MS;
-    let second: Vec<usize> = (0..records.len().min(rows.len()).min(own_colleague.len()))
+    let second: Vec<usize> = (0..records.len().min(rows.len()).min(circumstances.len()))
         .filter(|i| records[*i].recorded.timestamp_millis() >= from)
         .collect();
     let users: HashSet<&str> = second
@@ -108,7 +108,7 @@ pub fn candidates(
         for (s, i) in model.score(&batch)?.into_iter().zip(part) {
             let ratio = s.score / model.meta.threshold;
             let watched_twice =
-                super::watched_twice(&rows[*i], own_colleague[*i]).map(|reason| reason.kind());
+                super::watched_twice(&rows[*i], circumstances[*i]).map(|reason| reason.kind());
             if Severity::from_ratio(ratio as f64).is_some() || watched_twice.is_some() {
                 let r = &records[*i];
                 let kind = s.strongest_kind();
@@ -118,7 +118,7 @@ pub fn candidates(
                     at_ms: r.recorded.timestamp_millis(),
                     ratio,
                     kind,
-                    evidence: super::evidence(kind, &rows[*i], own_colleague[*i]),
+                    evidence: super::evidence(kind, &rows[*i], circumstances[*i]),
                     watched_twice,
                 });
             }

@@ -415,6 +415,15 @@ pub struct Facts {
     pub usual_patient_users: f32,
     /// Distinct users without a departmental relationship who opened the patient in 24 h.
     pub unrelated_users_24h: u32,
+    /// One other user opened the record within 24 h, and neither they nor this user had a
+    /// relationship with it (`unrelated_users_24h` and `patient_users_24h` both 2): no care
+    /// going on in the record that the look could be part of, as when no one else has
+    /// opened it (`alone_on_record`). A watched record opened so is evidence twice over
+    /// (`super::evidence`). Not for a crowd: a record many open without a relationship is
+    /// what the crowd's own signals weigh (`patient_users_vs_usual`,
+    /// `unrelated_pressure_24h`), and one piece of evidence counts once.
+    #[serde(default)]
+    pub no_related_visitor: bool,
     /// Departments whose staff opened the record in the last 24 h without a relationship
     /// and outside where their lookups usually go (this access included).
     pub unexplained_depts_24h: u32,
@@ -2220,6 +2229,9 @@ impl Context {
                         (!p.recent.iter().any(|e| e.1 == u && e.0 >= now - DAY)) as u32
                     });
                 facts.patient_users_24h = users24;
+                facts.no_related_visitor = (unrelated_now || outside_now)
+                    && users24 == 2
+                    && facts.unrelated_users_24h == 2;
                 facts.usual_patient_users = p.usual_users;
                 x[F::PatientUsers24h] = (users24 as f32).ln_1p();
                 // Against the patient's own usual: twelve users is a quiet day in intensive
@@ -3499,11 +3511,48 @@ mod tests {
         let (x, f) = c.observe(&at("Practitioner/c2", "Cardiology"));
         assert!(x[unrelated] > 0.0, "{:?}", f.dept_share);
         assert_eq!(f.unrelated_users_24h, 2);
+        assert!(!f.no_related_visitor, "Surgery works on the record today");
         for _ in 0..10 {
             c.observe(&at("Practitioner/c3", "Cardiology"));
         }
         let (x, _) = c.observe(&at("Practitioner/c4", "Cardiology"));
         assert_eq!(x[unrelated], 0.0);
+    }
+
+    /// Two users opened a record today, neither with a relationship: no care is going on
+    /// in it. Not so for a third (a crowd) or beside someone whose work it is.
+    #[test]
+    fn a_record_only_the_unrelated_opened_today_has_no_related_visitor() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(10);
+        for _ in 0..40 {
+            t += 60_000;
+            c.observe(&in_dept("Practitioner/s1", "Surgery", "Patient/p", t));
+        }
+        // Two days later, two cardiologists look.
+        t += 2 * DAY;
+        let (_, f) = c.observe(&in_dept("Practitioner/c1", "Cardiology", "Patient/p", t));
+        assert!(
+            (f.patient_users_24h, f.no_related_visitor) == (1, false),
+            "{f:?}"
+        );
+        t += 60_000;
+        let (_, f) = c.observe(&in_dept("Practitioner/c2", "Cardiology", "Patient/p", t));
+        assert_eq!((f.patient_users_24h, f.unrelated_users_24h), (2, 2));
+        assert!(f.no_related_visitor);
+        // A third: a crowd, which the crowd's own signals weigh.
+        t += 60_000;
+        let (_, f) = c.observe(&in_dept("Practitioner/n1", "Neurology", "Patient/p", t));
+        assert_eq!((f.patient_users_24h, f.unrelated_users_24h), (3, 3));
+        assert!(!f.no_related_visitor);
+        // Where the surgeon works on the record today, a look beside it is not alone.
+        for _ in 0..40 {
+            t += 60_000;
+            c.observe(&in_dept("Practitioner/s1", "Surgery", "Patient/q", t));
+        }
+        let (_, f) = c.observe(&in_dept("Practitioner/c1", "Cardiology", "Patient/q", t));
+        assert_eq!((f.patient_users_24h, f.unrelated_users_24h), (2, 1));
+        assert!(!f.no_related_visitor);
     }
 
     #[test]

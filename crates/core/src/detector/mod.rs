@@ -44,6 +44,34 @@ pub struct ScoredEvent {
     pub carried: coverage::Coverage,
 }
 
+/// What an event's facts, beside its feature row, bring to [`evidence`]: read once per
+/// event ([`Circumstances::of`]) and kept, index for index, where the rows are replayed
+/// without their facts (the queue budget's replay, `budget::candidates`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Circumstances {
+    /// `Facts::own_colleague`: the record of a colleague of the user's own department.
+    pub own_colleague: bool,
+    /// `Facts::no_related_visitor`: the one other user who opened the record within 24 h
+    /// came without a relationship, as this user did.
+    pub no_related_visitor: bool,
+}
+
+impl Circumstances {
+    pub fn of(f: &Facts) -> Circumstances {
+        Circumstances {
+            own_colleague: f.own_colleague,
+            no_related_visitor: f.no_related_visitor,
+        }
+    }
+
+    /// No care going on in the record that a look without a working relationship could
+    /// be part of: no one else has opened it for a day (`features::alone_on_record`), or
+    /// the one other user who did came without a relationship too.
+    fn no_care_on_record(self, row: &[f32; N_FEATURES]) -> bool {
+        features::alone_on_record(row) || self.no_related_visitor
+    }
+}
+
 /// What an alert of behaviour `kind` with feature row `row` brings to its case's
 /// corroboration ([`crate::cases::Corroboration`]):
 /// - [`Evidence::Twice`], a second, independent piece of evidence in itself, so that its
@@ -58,8 +86,9 @@ pub struct ScoredEvent {
 ///     not a record the user's work came across, but a person they work beside. A
 ///     colleague of another department's stays watched. The alert's explanation says so.
 ///   - a watched record opened without a working relationship while no one else has
-///     opened it for a day (`features::alone_on_record`): no care going on that the look
-///     could be part of. The same for a colleague's record the care context knows
+///     opened it for a day (`features::alone_on_record`), or the one other user who did
+///     came without a relationship too (`Facts::no_related_visitor`: two colleagues'
+///     curiosity is not care): no care going on that the look could be part of. The same for a colleague's record the care context knows
 ///     (`Feature::CoworkerRecord`) opened outside every treatment relationship it states.
 ///     The alert's explanation says so.
 ///   - an hour's searches asking for an order of magnitude more records than the user's
@@ -73,15 +102,15 @@ pub struct ScoredEvent {
 ///   record now and then by the site's share of them: the next one it opens is that work
 ///   going on, not a second piece of evidence.
 /// - [`Evidence::Single`] otherwise.
-pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -> Evidence {
+pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> Evidence {
     let twice = match kind {
         AlertKind::AfterHours => {
             row[Feature::SessionStartRarity.index()] >= features::unprecedented_start()
         }
-        AlertKind::WatchedRecord => own_colleague || features::alone_on_record(row),
+        AlertKind::WatchedRecord => c.own_colleague || c.no_care_on_record(row),
         AlertKind::VipSnooping => {
             row[Feature::CoworkerRecord.index()] > 0.0
-                && (own_colleague || features::alone_on_record(row))
+                && (c.own_colleague || c.no_care_on_record(row))
         }
         AlertKind::WideSearch => {
             row[Feature::QueryVolume1hVsUsual.index()] >= features::SWEEP_RATIO.ln()
@@ -111,15 +140,13 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], own_colleague: bool) -
 /// pharmacy, the laboratory or radiology scored 0.8–0.9 of the threshold, under the floor
 /// (BENCHMARKS.md). Scored so, the event alerts at the threshold ([`WATCHED_TWICE_SCORE`])
 /// with the returned feature as its leading reason.
-pub fn watched_twice(row: &[f32; N_FEATURES], own_colleague: bool) -> Option<Feature> {
+pub fn watched_twice(row: &[f32; N_FEATURES], c: Circumstances) -> Option<Feature> {
     [
         (Feature::WatchedRecordUnrelated, AlertKind::WatchedRecord),
         (Feature::CoworkerRecord, AlertKind::VipSnooping),
     ]
     .into_iter()
-    .find(|(f, kind)| {
-        row[f.index()] > 0.0 && evidence(*kind, row, own_colleague) == Evidence::Twice
-    })
+    .find(|(f, kind)| row[f.index()] > 0.0 && evidence(*kind, row, c) == Evidence::Twice)
     .map(|(f, _)| f)
 }
 
@@ -362,7 +389,7 @@ fn judge(
         .into_iter()
         .zip(rows.iter().zip(facts.iter().zip(records)))
         .map(|(s, (row, (f, r)))| {
-            let twice = watched_twice(row, f.own_colleague);
+            let twice = watched_twice(row, Circumstances::of(f));
             let (score, lifted) = lift(s.score / model.meta.threshold_for(&s), twice.is_some());
             let severity = Severity::from_ratio(score as f64);
             let (mut explanation, kinds) = match (
@@ -377,7 +404,7 @@ fn judge(
                 first.push_str(LIFTED);
             }
             let evidence = match severity {
-                Some(_) => evidence(AlertKind::strongest(&kinds), row, f.own_colleague),
+                Some(_) => evidence(AlertKind::strongest(&kinds), row, Circumstances::of(f)),
                 None => Evidence::Single,
             };
             Verdict {
@@ -803,12 +830,14 @@ pub fn explain(
     (reasons, kinds)
 }
 
-/// What a watched-record or colleague's-record reason adds when no one else has opened the
-/// record for a day (`features::alone_on_record`, evidence twice over).
+/// What a watched-record or colleague's-record reason adds when no care is going on in the
+/// record (evidence twice over, `Circumstances::no_care_on_record`): no one else has opened
+/// it for a day, or the one other user who did came without a relationship too.
 fn alone(f: &Facts) -> &'static str {
-    match f.patient_users_24h <= 1 {
-        true => ", and no one else has opened it in 24 h",
-        false => "",
+    match (f.patient_users_24h <= 1, f.no_related_visitor) {
+        (true, _) => ", and no one else has opened it in 24 h",
+        (false, true) => ", and the one other user who opened it in 24 h had none either",
+        (false, false) => "",
     }
 }
 
@@ -837,6 +866,29 @@ fn kind_total(contrib: &[f32; N_FEATURES], kind: AlertKind) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Circumstances that bring nothing beside the row.
+    const NONE: Circumstances = Circumstances {
+        own_colleague: false,
+        no_related_visitor: false,
+    };
+    /// The record of a colleague of the user's own department.
+    const COLLEAGUE: Circumstances = Circumstances {
+        own_colleague: true,
+        no_related_visitor: false,
+    };
+    /// One other user opened the record today, neither with a relationship.
+    const NO_RELATED_VISITOR: Circumstances = Circumstances {
+        own_colleague: false,
+        no_related_visitor: true,
+    };
+
+    fn colleague(own: bool) -> Circumstances {
+        Circumstances {
+            own_colleague: own,
+            ..NONE
+        }
+    }
 
     /// A bare AuditEvent recorded at `recorded`.
     fn record_at(recorded: &str) -> AuditRecord {
@@ -989,14 +1041,14 @@ mod tests {
             x
         };
         let watched = Some(Feature::WatchedRecordUnrelated);
-        assert_eq!(watched_twice(&row(1.0, 1.0), false), watched);
+        assert_eq!(watched_twice(&row(1.0, 1.0), NONE), watched);
         // Others at work on the record: one piece of evidence, unless it is a colleague of
         // the user's own department.
-        assert_eq!(watched_twice(&row(1.0, 3.0), false), None);
-        assert_eq!(watched_twice(&row(2.0, 3.0), true), watched);
+        assert_eq!(watched_twice(&row(1.0, 3.0), NONE), None);
+        assert_eq!(watched_twice(&row(2.0, 3.0), COLLEAGUE), watched);
         // Not a watched record opened without a working relationship.
-        assert_eq!(watched_twice(&row(0.0, 1.0), false), None);
-        assert_eq!(watched_twice(&row(0.0, 1.0), true), None);
+        assert_eq!(watched_twice(&row(0.0, 1.0), NONE), None);
+        assert_eq!(watched_twice(&row(0.0, 1.0), COLLEAGUE), None);
         // A colleague's record the care context knows, opened outside every treatment
         // relationship it states: the same, as that reason.
         let coworker = |users: f32| {
@@ -1005,9 +1057,9 @@ mod tests {
             x
         };
         let colleague = Some(Feature::CoworkerRecord);
-        assert_eq!(watched_twice(&coworker(1.0), false), colleague);
-        assert_eq!(watched_twice(&coworker(3.0), false), None);
-        assert_eq!(watched_twice(&coworker(3.0), true), colleague);
+        assert_eq!(watched_twice(&coworker(1.0), NONE), colleague);
+        assert_eq!(watched_twice(&coworker(3.0), NONE), None);
+        assert_eq!(watched_twice(&coworker(3.0), COLLEAGUE), colleague);
 
         assert_eq!(lift(0.5, true), (WATCHED_TWICE_SCORE, true));
         assert_eq!(lift(0.5, false), (0.5, false));
@@ -1039,7 +1091,7 @@ mod tests {
             "{}",
             why[0]
         );
-        assert_eq!(evidence(kinds[0], &row(1.0, 1.0), false), Evidence::Twice);
+        assert_eq!(evidence(kinds[0], &row(1.0, 1.0), NONE), Evidence::Twice);
 
         // A colleague's record known from the care context leads as that, and says both.
         let mut c = [0f32; N_FEATURES];
@@ -1056,7 +1108,7 @@ mod tests {
             "{}",
             why[0]
         );
-        assert_eq!(evidence(kinds[0], &coworker(1.0), false), Evidence::Twice);
+        assert_eq!(evidence(kinds[0], &coworker(1.0), NONE), Evidence::Twice);
         let busy = Facts {
             patient_users_24h: 3,
             ..facts
@@ -1267,30 +1319,37 @@ mod tests {
             (VipSnooping, 0.0, routine, false, Single),
         ] {
             assert_eq!(
-                evidence(kind, &at(rarity, cross_rate), own),
+                evidence(kind, &at(rarity, cross_rate), colleague(own)),
                 brings,
                 "{kind:?} at {rarity}, cross rate {cross_rate}, own colleague {own}"
             );
         }
         // With the care context: where it too calls the patient a co-worker.
-        assert_eq!(evidence(VipSnooping, &at(0.0, 0.0), true), Single);
+        assert_eq!(evidence(VipSnooping, &at(0.0, 0.0), COLLEAGUE), Single);
         let mut coworker = at(0.0, 0.0);
         coworker[Feature::CoworkerRecord.index()] = 1.0;
-        assert_eq!(evidence(VipSnooping, &coworker, true), Twice);
+        assert_eq!(evidence(VipSnooping, &coworker, COLLEAGUE), Twice);
         // A watched record no one else opened today: no care going on, whoever opens it.
         let alone = |users: f32, cross_rate: f32| {
             let mut row = at(0.0, cross_rate);
             row[Feature::PatientUsers24h.index()] = users.ln_1p();
             row
         };
-        assert_eq!(evidence(WatchedRecord, &alone(1.0, 0.0), false), Twice);
-        assert_eq!(evidence(WatchedRecord, &alone(1.0, routine), false), Twice);
-        assert_eq!(evidence(WatchedRecord, &alone(2.0, 0.0), false), Single);
+        assert_eq!(evidence(WatchedRecord, &alone(1.0, 0.0), NONE), Twice);
+        assert_eq!(evidence(WatchedRecord, &alone(1.0, routine), NONE), Twice);
+        assert_eq!(evidence(WatchedRecord, &alone(2.0, 0.0), NONE), Single);
+        assert_eq!(evidence(WatchedRecord, &alone(2.0, routine), NONE), Routine);
+        assert_eq!(evidence(CrossDepartment, &alone(1.0, 0.0), NONE), Single);
+        // One other user opened it today, without a relationship, as this user did: no
+        // care going on either.
         assert_eq!(
-            evidence(WatchedRecord, &alone(2.0, routine), false),
-            Routine
+            evidence(WatchedRecord, &alone(2.0, routine), NO_RELATED_VISITOR),
+            Twice
         );
-        assert_eq!(evidence(CrossDepartment, &alone(1.0, 0.0), false), Single);
+        assert_eq!(
+            evidence(CrossDepartment, &alone(2.0, 0.0), NO_RELATED_VISITOR),
+            Single
+        );
         // The same for a colleague's record the care context knows, opened outside every
         // relationship it states; a crowd about the record is not evidence of that kind.
         let known = |users: f32| {
@@ -1298,9 +1357,17 @@ mod tests {
             row[Feature::CoworkerRecord.index()] = 1.0;
             row
         };
-        assert_eq!(evidence(VipSnooping, &known(1.0), false), Twice);
-        assert_eq!(evidence(VipSnooping, &known(2.0), false), Single);
-        assert_eq!(evidence(VipSnooping, &alone(1.0, 0.0), false), Single);
+        assert_eq!(evidence(VipSnooping, &known(1.0), NONE), Twice);
+        assert_eq!(evidence(VipSnooping, &known(2.0), NONE), Single);
+        assert_eq!(
+            evidence(VipSnooping, &known(2.0), NO_RELATED_VISITOR),
+            Twice
+        );
+        assert_eq!(
+            evidence(VipSnooping, &alone(2.0, 0.0), NO_RELATED_VISITOR),
+            Single
+        );
+        assert_eq!(evidence(VipSnooping, &alone(1.0, 0.0), NONE), Single);
         // An hour's searches against the user's usual high hour (ln((asked + 1) / (usual
         // + 1)), the usual at least 100 records): ten times over is a sweep.
         let searched = |asked: f32, usual: f32| {
@@ -1317,13 +1384,13 @@ mod tests {
             (40000.0, 3989.0, Twice),
         ] {
             assert_eq!(
-                evidence(WideSearch, &searched(asked, usual), false),
+                evidence(WideSearch, &searched(asked, usual), NONE),
                 brings,
                 "{asked} records asked in an hour, usually {usual}"
             );
         }
         assert_eq!(
-            evidence(CrossDepartment, &searched(6000.0, 100.0), false),
+            evidence(CrossDepartment, &searched(6000.0, 100.0), NONE),
             Single
         );
     }
