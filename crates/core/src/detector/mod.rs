@@ -88,9 +88,9 @@ impl Circumstances {
 ///   - a watched record opened without a working relationship while no one else has
 ///     opened it for a day (`features::alone_on_record`), or the one other user who did
 ///     came without a relationship too (`Facts::no_related_visitor`: two colleagues'
-///     curiosity is not care): no care going on that the look could be part of. The same for a colleague's record the care context knows
-///     (`Feature::CoworkerRecord`) opened outside every treatment relationship it states.
-///     The alert's explanation says so.
+///     curiosity is not care): no care going on that the look could be part of. The same
+///     for a colleague's record the care context knows (`Feature::CoworkerRecord`) opened
+///     outside every treatment relationship it states. The alert's explanation says so.
 ///   - an hour's searches asking for an order of magnitude more records than the user's
 ///     usual high hour (`features::SWEEP_RATIO`): a sweep, not a busy hour. A search
 ///     somewhat wider than usual (twice, three times) stays watched. The alert's
@@ -133,8 +133,9 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
 /// working relationship, or a colleague's own record the care context knows (its identity
 /// match: a shared identifier, or family name and birth date with a given name, address or
 /// phone) opened outside every treatment relationship it states, where that is evidence
-/// twice over ([`evidence`]: no one else has opened the record for a day, or a colleague of
-/// the record's own department looks without work to do). The explanation of such an event
+/// twice over ([`evidence`]: no one else, or only one other user without a relationship,
+/// has opened the record for a day, or a colleague of the record's own department looks
+/// without work to do; `c` carries the facts beside the row). The explanation of such an event
 /// states both, and a reason that strong must raise an alert: the model weighs a watched
 /// record as one feature among thirty, and on the simulated hospitals such looks by the
 /// pharmacy, the laboratory or radiology scored 0.8–0.9 of the threshold, under the floor
