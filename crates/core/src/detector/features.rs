@@ -610,6 +610,11 @@ const PARTICLES: &[&str] = &[
 
 /// Whether `word`, without its full stops and in any case, is one of `list` (lowercase).
 fn one_of(word: &str, list: &[&str]) -> bool {
+    // Every entry is ASCII: a word longer than the longest, stops aside, is none of them
+    // (most names), and needs no comparison.
+    if word.len() > list.iter().map(|t| t.len()).max().unwrap_or(0) + word.matches('.').count() {
+        return false;
+    }
     let letters = word.chars().filter(|c| *c != '.');
     list.iter().any(|t| {
         let mut w = letters.clone();
@@ -633,16 +638,16 @@ fn suffix_word(word: &str) -> bool {
             || one_of(word, MIXED_CASE_SUFFIXES))
 }
 
-/// A display name read as (family name, given names): "Smith, Jane Ann" and "Dr. Jane Ann
-/// Smith, MD" both give ("Smith", ["Jane", "Ann"]). Titles, degrees and suffixes are left
-/// out, and so are initials and other words ending in a full stop. Words as written.
-fn name_parts(display: &str) -> Option<(Cow<'_, str>, Vec<&str>)> {
+/// A display name read as (family name, first given name): "Smith, Jane Ann" and "Dr.
+/// Jane Ann Smith, MD" both give ("Smith", Some("Jane")). Titles, degrees and suffixes are
+/// left out, and so are initials and other words ending in a full stop. Words as written.
+fn name_parts(display: &str) -> Option<(Cow<'_, str>, Option<&str>)> {
     // A login written as an address, "jane.smith@hospital.org" or "jane_smith@…": the
     // words of its local part, given name first.
     if let Some((local, _)) = display.trim().split_once('@') {
-        let words: Vec<&str> = local.split(['.', '_']).filter(|w| !w.is_empty()).collect();
-        return match words.as_slice() {
-            [given, .., family] => Some((Cow::Borrowed(*family), vec![*given])),
+        let mut words = local.split(['.', '_']).filter(|w| !w.is_empty());
+        return match (words.next(), words.next_back()) {
+            (Some(given), Some(family)) => Some((Cow::Borrowed(family), Some(given))),
             _ => None,
         };
     }
@@ -677,14 +682,13 @@ fn name_parts(display: &str) -> Option<(Cow<'_, str>, Vec<&str>)> {
                 [one] => Cow::Borrowed(*one),
                 words => Cow::Owned(words.concat()),
             };
-            Some((family, w[..from].to_vec()))
+            Some((family, w[..from].first().copied()))
         }
         [family, given, ..] => Some((
             Cow::Borrowed(*family),
             given
                 .split_whitespace()
-                .filter(|w| !one_of(w, TITLES) && !w.ends_with('.'))
-                .collect(),
+                .find(|w| !one_of(w, TITLES) && !w.ends_with('.')),
         )),
     }
 }
@@ -708,14 +712,33 @@ pub fn family_name(display: &str) -> Option<String> {
     folded_family(&name_parts(display)?.0)
 }
 
+/// A patient's display name parsed once for everything an event asks of it: the family
+/// name as [`family_name`] gives it and the key as [`person_key`] does.
+#[derive(Debug, Default)]
+struct ParsedName {
+    family: Option<String>,
+    key: Option<u64>,
+}
+
+impl ParsedName {
+    fn of(display: Option<&str>) -> ParsedName {
+        let Some((family, given)) = display.and_then(name_parts) else {
+            return ParsedName::default();
+        };
+        let family = folded_family(&family);
+        let key = family
+            .as_deref()
+            .zip(given.map(fold))
+            .and_then(|(f, g)| (!g.is_empty()).then(|| h64(&(f, g.as_str()))));
+        ParsedName { family, key }
+    }
+}
+
 /// A person's name from a display name, as a key: family name and first given name,
 /// normalised as [`family_name`] does ("Smith, Jane Ann" and "Dr. Jane Smith" give the same
 /// key). `None` without both.
 pub fn person_key(display: &str) -> Option<u64> {
-    let (family, given) = name_parts(display)?;
-    let family = folded_family(&family)?;
-    let given = fold(given.first()?);
-    (!given.is_empty()).then(|| h64(&(family.as_str(), given.as_str())))
+    ParsedName::of(Some(display)).key
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1903,8 +1926,8 @@ impl Context {
     /// The member of staff other than its user `uh` that `r`'s patient is, by name: the
     /// audit trail names its users, and a patient who bears a user's name, a name no other
     /// patient seen bears, is that user (a common name on many patients says nothing).
-    fn staff_named(&self, r: &AuditRecord, uh: Option<u64>) -> Option<u64> {
-        let k = r.patient_display.as_deref().and_then(person_key)?;
+    fn staff_named(&self, name: &ParsedName, r: &AuditRecord, uh: Option<u64>) -> Option<u64> {
+        let k = name.key?;
         // Patients with the name seen so far: this one among them once it was seen.
         let seen = r
             .patient
@@ -2131,7 +2154,9 @@ impl Context {
         let outside_now = cr.covered && cr.relation.is_none();
         // Whether the department's history with the record calls the access unrelated.
         let mut unrelated_by_history = false;
-        let colleague = self.staff_named(r, uh);
+        // The patient's name, parsed once for the colleague's record and the family name.
+        let patient_name = ParsedName::of(r.patient_display.as_deref());
+        let colleague = self.staff_named(&patient_name, r, uh);
         facts.staff_record = colleague.is_some();
         facts.watched = r.restricted
             || facts.staff_record
@@ -2389,9 +2414,9 @@ impl Context {
             Some(care::Personal::Coworker) if cr.relation.is_none() => x[F::CoworkerRecord] = 1.0,
             _ => {}
         }
-        if let (Some(ud), Some(pd)) = (&r.user_display, &r.patient_display) {
-            if let (Some(a), Some(b)) = (family_name(ud), family_name(pd)) {
-                if a == b {
+        if let (Some(ud), Some(b)) = (&r.user_display, &patient_name.family) {
+            if let Some(a) = family_name(ud) {
+                if a == *b {
                     // Smoothed -ln of the share of earlier patients with the name: about 4.5
                     // for a name one patient in a hundred has, 7 or more for a rare one.
                     let n = self.names.get(&h64(b.as_str())).copied().unwrap_or(0.0);
@@ -2608,9 +2633,9 @@ impl Context {
                 let ps = self.patients.get(&p).filter(|ps| ps.total > 0.0)?;
                 Some(Self::with_care(self.relation(user_dept, ps), &cr))
             });
-            let colleague = known
-                .colleague
-                .unwrap_or_else(|| self.staff_named(r, Some(uh)));
+            let colleague = known.colleague.unwrap_or_else(|| {
+                self.staff_named(&ParsedName::of(r.patient_display.as_deref()), r, Some(uh))
+            });
             let held = known.held.unwrap_or_else(|| {
                 let idle = self.idle_on_staff_record(colleague, Some(p), user_dept, now);
                 self.held_look(colleague, user_dept, rel, r.interaction, idle.is_some())
@@ -2664,14 +2689,15 @@ impl Context {
                     let kept = &self.patients;
                     self.staff_record_work.retain(|p, _| kept.contains_key(p));
                 }
-                if let Some(name) = r.patient_display.as_deref().and_then(family_name) {
+                let name = ParsedName::of(r.patient_display.as_deref());
+                if let Some(family) = &name.family {
                     self.names_total += 1.0;
-                    let k = h64(name.as_str());
+                    let k = h64(family.as_str());
                     if self.names.len() < MAX_NAMES || self.names.contains_key(&k) {
                         *self.names.entry(k).or_default() += 1.0;
                     }
                 }
-                if let Some(k) = r.patient_display.as_deref().and_then(person_key) {
+                if let Some(k) = name.key {
                     if self.patient_names.len() < MAX_NAMES || self.patient_names.contains_key(&k) {
                         *self.patient_names.entry(k).or_default() += 1.0;
                     }
