@@ -3,6 +3,7 @@
 //! Set SEKMET_EXE to its `sekmet` executable. Without it the test says SKIP — unless
 //! REQUIRE_REAL_FHIR_SERVER=1 (CI), where a missing server is a failure.
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -677,5 +678,179 @@ fn a_model_trained_from_the_server_before_the_first_start_knows_the_care_context
         st.coverage.department_from_context, 3,
         "every access scored with the department her role gives: {:?}",
         st.coverage
+    );
+}
+
+/// Each case the API lists (`status=any`: watched ones too), as the set of its AuditEvent
+/// ids (`/api/cases/{id}`, `event_ids`) and whether it is in the queue: what an outside
+/// reader of the daemon sees, paged through to the end.
+fn api_cases(api: std::net::SocketAddr) -> BTreeSet<(BTreeSet<String>, bool)> {
+    let get = |url: String| {
+        let (code, body) = crate::pipeline::reqwest::get(&url, None);
+        assert_eq!(code, 200, "{url}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let mut out = BTreeSet::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        let page = get(format!(
+            "http://{api}/api/cases?status=any&limit=200{}",
+            cursor.map(|c| format!("&cursor={c}")).unwrap_or_default()
+        ));
+        for c in page["cases"].as_array().unwrap() {
+            let one = get(format!("http://{api}/api/cases/{}", c["id"]));
+            let ids: BTreeSet<String> = one["event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            out.insert((ids, c["status"] != "watching"));
+        }
+        match page["next_cursor"].as_i64() {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+/// `score`'s cases (its `case` and `case_queued` columns) among the events `after`, as
+/// [`api_cases`] gives the daemon's.
+fn score_cases(csv: &str, after: &BTreeSet<String>) -> BTreeSet<(BTreeSet<String>, bool)> {
+    let mut by_case: std::collections::BTreeMap<String, (BTreeSet<String>, bool)> =
+        Default::default();
+    for line in csv.lines().skip(1) {
+        // id, score, severity, kind, case, case_queued, explanation
+        let f: Vec<&str> = line.splitn(7, ',').collect();
+        if f[4].is_empty() || !after.contains(f[0]) {
+            continue;
+        }
+        let c = by_case.entry(f[4].to_string()).or_default();
+        c.0.insert(f[0].to_string());
+        c.1 |= f[5] == "true" || f[5] == "1";
+    }
+    by_case.into_values().collect()
+}
+
+/// What the quality benchmark measures (`score`'s cases, `crates/lab/quality/quality.py`)
+/// is what the daemon files. A simulated hospital — its staff, patients, admissions and
+/// relatives, then four days of AuditEvents in recorded order — is written to the real
+/// server; a model is trained from the server up to a mark two days before the end, as a
+/// site starts warm; the daemon, started from it with an empty state, follows the server
+/// and reads its care context. Every case it lists through the API, watched ones included,
+/// holds exactly the AuditEvent ids of one of `score`'s cases of the events after the mark
+/// (the same model, the same context from the simulator's files), queued or watched alike,
+/// and none is missing.
+#[test]
+fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
+    let Some(s) = start_sekmet() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let (code, _, err) = crate::binary::run(
+        &[
+            "simulate",
+            "--days",
+            "4",
+            "--seed",
+            "5",
+            "--users",
+            "24",
+            "--patients",
+            "240",
+            "--anomalies-from-day",
+            "2",
+            "--incidents-per-day",
+            "4",
+            "--out",
+            &p("sim"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    put_all(&s.base_url, &lines("sim/context.ndjson"));
+    let events = lines("sim/events.ndjson");
+    put_all(&s.base_url, &events);
+    let mark = "2026-01-07T00:00:00Z";
+    let after: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["recorded"].as_str().unwrap() >= mark)
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(after.len() > 500 && after.len() < events.len());
+    let cfg_file = crate::binary::write_config(dir.path(), &s.base_url);
+    let model = p("model");
+    let (code, _, err) = crate::binary::run(
+        &[
+            "--config",
+            cfg_file.to_str().unwrap(),
+            "train",
+            "--from-server",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--until",
+            mark,
+            "--epochs",
+            "3",
+            "--watch-list",
+            &p("sim/watchlist.txt"),
+            "--output",
+            &model,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = crate::binary::run(
+        &[
+            "score",
+            "--model",
+            &model,
+            "--input",
+            &p("sim/events.ndjson"),
+            "--context",
+            &p("sim/context.ndjson"),
+            "--watch-list",
+            &p("sim/watchlist.txt"),
+            "--output",
+            &p("offline.csv"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let offline = score_cases(&std::fs::read_to_string(p("offline.csv")).unwrap(), &after);
+    assert!(
+        offline.iter().filter(|c| c.1).count() >= 2,
+        "the days after the mark hold queued cases: {offline:?}"
+    );
+    let mut cfg = config(&s.base_url, &dir.path().join("state"));
+    cfg.detector.model_dir = model.into();
+    cfg.detector.watch_list = Some(p("sim/watchlist.txt").into());
+    cfg.poller.page_size = 500;
+    let d = TestDaemon::start(cfg);
+    let n = after.len() as u64;
+    wait_until(
+        Duration::from_secs(300),
+        "every event after the mark",
+        || d.counter(Counter::EventsModelScored) >= n,
+    );
+    // The counter moves when the model has run; the state commits the page after it.
+    let polls = d.counter(Counter::PollsCompleted);
+    wait_until(Duration::from_secs(60), "three more polls", || {
+        d.counter(Counter::PollsCompleted) >= polls + 3
+    });
+    assert_eq!(d.counter(Counter::EventsModelScored), n, "each scored once");
+    let filed = api_cases(d.api);
+    let only_daemon: Vec<_> = filed.difference(&offline).collect();
+    let only_score: Vec<_> = offline.difference(&filed).collect();
+    assert!(
+        only_daemon.is_empty() && only_score.is_empty(),
+        "{} cases filed by both; the daemon's alone: {only_daemon:?}; score's alone: {only_score:?}",
+        filed.intersection(&offline).count()
     );
 }
