@@ -177,6 +177,11 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     let unjournaled_cases = store.unjournaled_cases()?;
     let rules = store.allowlist()?;
     let care = care_start(&cfg, &mut store)?;
+    let fresh = loaded.cursor_ms.is_none() && loaded.snapshot.is_none();
+    if fresh && cfg.detector.learn_days > 0 && !baselines::present(&site_model_dir(&cfg)) {
+        let now_ms = clock.now().timestamp_millis();
+        first_start_from_history(&cfg, now_ms, &opts.notifier).await;
+    }
     let own_model = own_model_dir(&cfg);
     let model_dir = site_model_dir(&cfg);
     let learning = !baselines::present(&model_dir);
@@ -584,6 +589,69 @@ pub fn run(cfg: Config, opts: RunOptions) -> anyhow::Result<()> {
         System::current().stop();
         Ok(())
     })
+}
+
+/// How much longer each notice to systemd lets a first start's training go on; one is
+/// sent every `FIRST_START_TICK`.
+const FIRST_START_EXTEND: Duration = Duration::from_secs(60);
+const FIRST_START_TICK: Duration = Duration::from_secs(10);
+
+/// A first start (empty state, a model of no site) on a server that may already hold the
+/// site's history: the site's model is trained from it before the first poll, on a thread
+/// of its own (`learn::train::from_history`), so the daemon starts warm instead of
+/// learning for `learn_days`. systemd is told every ten seconds that the start goes on
+/// (and the watchdog pinged: the training is the one piece of work under way, and it
+/// ends — the history's reads give up after their retries); the journal says what was
+/// found. Too little history, or a server that cannot be read:
+/// the daemon learns live, as it would have.
+async fn first_start_from_history(cfg: &Config, now_ms: i64, notifier: &Notifier) {
+    use crate::learn::train::FirstStart;
+    let window = crate::learn::HISTORY_WINDOW_DAYS.max(cfg.detector.learn_days);
+    tracing::info!(
+        actor = "app",
+        window_days = window,
+        learn_days = cfg.detector.learn_days,
+        "first start with a model of no site: reading the server's history to train the site's model before the first poll"
+    );
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let (c, out) = (cfg.clone(), own_model_dir(cfg));
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::learn::train::from_history(&c, now_ms, &out));
+    });
+    let status = "first start: training the site's model from the server's history";
+    let res = loop {
+        notifier.extend_start(FIRST_START_EXTEND, status);
+        notifier.watchdog();
+        tokio::select! {
+            r = &mut rx => break r,
+            _ = tokio::time::sleep(FIRST_START_TICK) => {}
+        }
+    };
+    match res {
+        Ok(Ok(FirstStart::Trained { events, days })) => tracing::info!(
+            actor = "app",
+            events,
+            days = format!("{days:.1}"),
+            "trained the site's model from the server's history: starting warm from it"
+        ),
+        Ok(Ok(FirstStart::TooLittle { events, days })) => tracing::info!(
+            actor = "app",
+            events,
+            days = format!("{days:.1}"),
+            learn_days = cfg.detector.learn_days,
+            "the server's history covers fewer days than detector.learn_days: learning live"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            actor = "app",
+            error_kind = "first_start_training_failed",
+            "could not train the site's model from the server's history, learning live: {e:#}"
+        ),
+        Err(_) => tracing::warn!(
+            actor = "app",
+            error_kind = "first_start_training_failed",
+            "the first start's training thread stopped, learning live"
+        ),
+    }
 }
 
 /// The model the daemon runs: the configured one when it was trained on this site (it

@@ -388,6 +388,9 @@ pub struct DetectorConfig {
     /// baseline (failed-login bursts, bulk data exports). After this many days of learning
     /// it trains the site's model from the server's history of those days (off the
     /// pipeline's threads, into `<state dir>/model`) and switches to it without a restart.
+    /// At a first start (empty state), when the server's AuditEvents of the last 30 days
+    /// (or of `learn_days`, if longer) already cover this many days, the daemon trains the
+    /// site's model from them before its first poll and starts warm instead of learning.
     /// 0: never train automatically (learn until `fhir-edge train --from-server` gives a
     /// site model).
     pub learn_days: u32,

@@ -66,6 +66,16 @@ impl Notifier {
         self.send(&[NotifyState::Status(status)]);
     }
 
+    /// Before `READY=1`: the start goes on for another `by` (`EXTEND_TIMEOUT_USEC`), doing
+    /// what `status` says.
+    pub fn extend_start(&self, by: Duration, status: &str) {
+        let usec = by.as_micros().min(u32::MAX as u128) as u32;
+        self.send(&[
+            NotifyState::ExtendTimeoutUsec(usec),
+            NotifyState::Status(status),
+        ]);
+    }
+
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
     }

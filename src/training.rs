@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
@@ -244,6 +244,32 @@ fn history_tick(
     ));
 }
 
+/// How often progress is said in plain lines where no terminal draws the bar.
+const SAY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Progress for a reader without a terminal (the daemon's journal, a pipe, a cron mail):
+/// a line on stderr at most every [`SAY_EVERY`], where the bar, hidden, draws nothing.
+struct PlainProgress {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl PlainProgress {
+    fn beside(bar: &indicatif::ProgressBar) -> Self {
+        PlainProgress {
+            on: bar.is_hidden(),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn say(&mut self, line: impl FnOnce() -> String) {
+        if self.on && self.last.elapsed() >= SAY_EVERY {
+            eprintln!("{}", line());
+            self.last = std::time::Instant::now();
+        }
+    }
+}
+
 /// The configured server's AuditEvents since `since` (`train --from-server`).
 pub(crate) fn server_history(
     cfg: &crate::config::Config,
@@ -258,8 +284,17 @@ pub(crate) fn server_history(
         Utc::now(),
         &crate::client::redact_url(&cfg.fhir.base_url),
     );
+    let mut plain = PlainProgress::beside(&bar);
     let (records, skipped) = rt
         .block_on(client.history(since, cfg.poller.page_size, |p| {
+            plain.say(|| {
+                format!(
+                    "reading {}: {} events, {} pages so far",
+                    crate::client::redact_url(&cfg.fhir.base_url),
+                    p.events,
+                    p.pages
+                )
+            });
             history_tick(&bar, since, p)
         }))
         .with_context(|| format!("reading AuditEvents from {}", cfg.fhir.base_url))?;
@@ -277,13 +312,23 @@ pub(crate) fn server_history(
         );
     }
     if records.is_empty() {
-        bail!(
-            "{} holds no AuditEvents since {}: nothing to learn from (try a longer --since)",
-            cfg.fhir.base_url,
-            since.to_rfc3339()
-        );
+        return Err(NoHistory {
+            server: crate::client::redact_url(&cfg.fhir.base_url),
+            since: since.to_rfc3339(),
+        }
+        .into());
     }
     Ok(records)
+}
+
+/// The server holds no AuditEvents in the window asked for ([`server_history`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{server} holds no AuditEvents since {since}: nothing to learn from (try a longer --since)"
+)]
+pub(crate) struct NoHistory {
+    server: String,
+    since: String,
 }
 
 /// What `train` was asked for.
@@ -367,7 +412,9 @@ pub(crate) fn train_cmd(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{} events", rows.len()));
+    let mut plain = PlainProgress::beside(&bar);
     let model = fhir_edge_core::detector::model::train(&rows, &opts, names, |epoch, loss| {
+        plain.say(|| format!("training: epoch {epoch} of {epochs}, loss {loss:.4}"));
         bar.set_position(epoch as u64);
         bar.set_message(format!("{} events, loss {loss:.4}", rows.len()));
     })?;

@@ -193,6 +193,8 @@ fn start_daemon(
     page_size: u32,
     extra_poller: &str,
 ) -> anyhow::Result<Started> {
+    // The shipped model, learning all along (`learn_days = 0`): a first start would
+    // otherwise train from the bench server's history, which spans weeks of copies.
     let model = dir.join("model");
     fhir_edge_lab::write_default_model(&model)?;
     let state = dir.join("state");
@@ -201,7 +203,7 @@ fn start_daemon(
         &cfg,
         format!(
             "[fhir]\nbase_url = \"{base_url}\"\n[poller]\ninterval_secs = {interval_secs}\npage_size = {page_size}\ninitial_lookback_secs = 259200\n{extra_poller}\
-             [detector]\nmodel_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
+             [detector]\nmodel_dir = \"{}\"\nlearn_days = 0\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
             model.display(),
             state.display()
         ),

@@ -114,37 +114,12 @@ impl SiteTrainerActor {
     }
 }
 
-/// Train the site's model from the server's history since `since_ms` into `out`
-/// (written beside it first, then moved into place), and load it.
+/// Train the site's model from the server's history since `since_ms`, with the care
+/// context the daemon followed, into `out`, and load it.
 fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Result<Model> {
     let since = fhir_edge_core::clock::from_ms(since_ms);
     let records = crate::training::server_history(cfg, since)?;
-    let server = crate::client::redact_url(&cfg.fhir.base_url);
-    let mut ctx = crate::training::site_context(None, None, &[], Some(cfg))?;
-    // With the care context the daemon follows, so the site's model knows its signals.
-    ctx.set_care(crate::training::followed_care(cfg));
-    let partial = out.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    let (case_rule, case_budget) = crate::training::TrainRun::queue_of(Some(cfg));
-    let run = crate::training::TrainRun {
-        output: &partial,
-        epochs: fhir_edge_core::detector::model::TrainOptions::default().epochs,
-        seed: 1,
-        percentile: fhir_edge_core::detector::model::TrainOptions::default().threshold_percentile,
-        until: None,
-        server: Some(&server),
-        case_rule,
-        case_budget,
-    };
-    crate::training::train_cmd(
-        records,
-        vec![format!("{server} (learned by the daemon)")],
-        ctx,
-        &run,
-    )?;
-    let _ = std::fs::remove_dir_all(out);
-    std::fs::rename(&partial, out)?;
-    Ok(Model::load(out)?)
+    super::train::site_model(cfg, records, crate::training::followed_care(cfg), out)
 }
 
 impl Actor for SiteTrainerActor {

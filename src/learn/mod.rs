@@ -7,9 +7,16 @@
 //! it without a restart (`actor.rs`). `fhir-edge train --from-server` ends learning at
 //! the next start.
 //!
+//! A first start needs no learning where the server already holds the site's history: a
+//! daemon with an empty state and a model of no site reads the server's AuditEvents of the
+//! last [`HISTORY_WINDOW_DAYS`] before its first poll, and when they cover `learn_days`
+//! ([`history_suffices`]) trains the site's model from them as `train --from-server` would
+//! and starts warm from it (`train.rs`); otherwise it learns live.
+//!
 //! The decisions are plain functions, tested without actix.
 
 pub mod actor;
+pub mod train;
 
 /// How long a failed training waits before it is tried again.
 pub const RETRY_MS: i64 = 6 * 3_600_000;
@@ -43,6 +50,24 @@ pub fn tick_learning(
     } else {
         Tick::Train { since_ms }
     }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// How far back a first start reads the server's history, at least: the window `train
+/// --from-server` reads by default (a `learn_days` beyond it widens it to `learn_days`).
+pub const HISTORY_WINDOW_DAYS: u32 = 30;
+
+/// Where a first start at `now_ms` begins reading the server's history.
+pub fn history_since(now_ms: i64, learn_days: u32) -> i64 {
+    now_ms - HISTORY_WINDOW_DAYS.max(learn_days) as i64 * DAY_MS
+}
+
+/// Whether history recorded from `first_ms` to `last_ms` is enough to train the site's
+/// model on at a first start: it covers `learn_days`, what learning would have waited for
+/// (never with `learn_days = 0`: training is then the operator's).
+pub fn history_suffices(first_ms: i64, last_ms: i64, learn_days: u32) -> bool {
+    learn_days > 0 && last_ms - first_ms >= learn_days as i64 * DAY_MS
 }
 
 /// What `status`, the dashboard and the journal say while learning.
@@ -88,5 +113,21 @@ mod tests {
         assert_eq!(tick_learning(99 * DAY, 0, 0, None), Tick::Never);
         assert!(learning_note(0, 14).contains("after 14 days (at 1970-01-15"));
         assert!(learning_note(0, 0).contains("learn_days = 0"));
+    }
+
+    #[test]
+    fn a_first_start_trains_on_history_that_covers_the_learning_days() {
+        assert_eq!(history_since(40 * DAY, 14), 10 * DAY);
+        assert_eq!(
+            history_since(100 * DAY, 60),
+            40 * DAY,
+            "a longer learn_days widens it"
+        );
+        assert!(history_suffices(DAY, 15 * DAY, 14));
+        assert!(
+            !history_suffices(DAY, 15 * DAY - 1, 14),
+            "a day short: learn live"
+        );
+        assert!(!history_suffices(0, 99 * DAY, 0), "learn_days = 0: never");
     }
 }

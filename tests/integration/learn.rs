@@ -8,7 +8,7 @@ use crate::common::*;
 use fhir_edge::health::Counter;
 
 /// The tiny model without its baselines: a model trained on no site (like the shipped one).
-fn model_of_no_site(dir: &std::path::Path) -> std::path::PathBuf {
+pub fn model_of_no_site(dir: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join("no-site-model");
     std::fs::create_dir_all(&out).unwrap();
     for f in ["model.json", "model.safetensors"] {

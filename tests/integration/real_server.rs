@@ -732,25 +732,20 @@ fn score_cases(csv: &str, after: &BTreeSet<String>) -> BTreeSet<(BTreeSet<String
     by_case.into_values().collect()
 }
 
-/// What the quality benchmark measures (`score`'s cases, `crates/lab/quality/quality.py`)
-/// is what the daemon files. A simulated hospital — its staff, patients, admissions and
-/// relatives, then four days of AuditEvents in recorded order — is written to the real
-/// server; a model is trained from the server up to a mark two days before the end, as a
-/// site starts warm; the daemon, started from it with an empty state, follows the server
-/// and reads its care context. Every case it lists through the API, watched ones included,
-/// holds exactly the AuditEvent ids of one of `score`'s cases of the events after the mark
-/// (the same model, the same context from the simulator's files), queued or watched alike,
-/// and none is missing.
-#[test]
-fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
-    let Some(s) = start_sekmet() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+/// The simulated hospital both tests below follow: 24 staff, 240 patients, five days from
+/// 2026-01-05 with incidents from the fourth, written to `dir/sim`; its care context
+/// (staff, patients, admissions, relatives) is stored on the server at once. Returns its
+/// AuditEvents in recorded order and the ids of those recorded at or after [`MARK`].
+fn simulated_hospital(
+    dir: &std::path::Path,
+    base_url: &str,
+) -> (Vec<serde_json::Value>, BTreeSet<String>) {
+    let out = dir.join("sim");
     let (code, _, err) = crate::binary::run(
         &[
             "simulate",
             "--days",
-            "4",
+            "5",
             "--seed",
             "5",
             "--users",
@@ -758,59 +753,49 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
             "--patients",
             "240",
             "--anomalies-from-day",
-            "2",
+            "3",
             "--incidents-per-day",
             "4",
             "--out",
-            &p("sim"),
+            out.to_str().unwrap(),
         ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
     let lines = |f: &str| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(p(f))
+        std::fs::read_to_string(out.join(f))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    put_all(&s.base_url, &lines("sim/context.ndjson"));
-    let events = lines("sim/events.ndjson");
-    put_all(&s.base_url, &events);
-    let mark = "2026-01-07T00:00:00Z";
+    put_all(base_url, &lines("context.ndjson"));
+    let events = lines("events.ndjson");
     let after: BTreeSet<String> = events
         .iter()
-        .filter(|e| e["recorded"].as_str().unwrap() >= mark)
+        .filter(|e| e["recorded"].as_str().unwrap() >= MARK)
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     assert!(after.len() > 500 && after.len() < events.len());
-    let cfg_file = crate::binary::write_config(dir.path(), &s.base_url);
-    let model = p("model");
-    let (code, _, err) = crate::binary::run(
-        &[
-            "--config",
-            cfg_file.to_str().unwrap(),
-            "train",
-            "--from-server",
-            "--since",
-            "2026-01-01T00:00:00Z",
-            "--until",
-            mark,
-            "--epochs",
-            "3",
-            "--watch-list",
-            &p("sim/watchlist.txt"),
-            "--output",
-            &model,
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{err}");
+    (events, after)
+}
+
+/// Where the simulated hospital's history ends and its live days begin.
+const MARK: &str = "2026-01-08T00:00:00Z";
+
+/// `score`'s cases of the events `after` with `model`, the hospital's care context and
+/// watch list from the simulator's files ([`score_cases`]).
+fn offline_cases(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    after: &BTreeSet<String>,
+) -> BTreeSet<(BTreeSet<String>, bool)> {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
     let (code, _, err) = crate::binary::run(
         &[
             "score",
             "--model",
-            &model,
+            model.to_str().unwrap(),
             "--input",
             &p("sim/events.ndjson"),
             "--context",
@@ -823,17 +808,27 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    let offline = score_cases(&std::fs::read_to_string(p("offline.csv")).unwrap(), &after);
+    let offline = score_cases(&std::fs::read_to_string(p("offline.csv")).unwrap(), after);
     assert!(
         offline.iter().filter(|c| c.1).count() >= 2,
         "the days after the mark hold queued cases: {offline:?}"
     );
-    let mut cfg = config(&s.base_url, &dir.path().join("state"));
-    cfg.detector.model_dir = model.into();
-    cfg.detector.watch_list = Some(p("sim/watchlist.txt").into());
+    offline
+}
+
+/// A daemon following the simulated hospital's server from `model_dir` with the state in
+/// `dir/state`, its watch list set.
+fn hospital_daemon(base_url: &str, dir: &std::path::Path, model_dir: PathBuf) -> TestDaemon {
+    let mut cfg = config(base_url, &dir.join("state"));
+    cfg.detector.model_dir = model_dir;
+    cfg.detector.watch_list = Some(dir.join("sim/watchlist.txt"));
+    cfg.detector.learn_days = 2;
     cfg.poller.page_size = 500;
-    let d = TestDaemon::start(cfg);
-    let n = after.len() as u64;
+    TestDaemon::start(cfg)
+}
+
+/// Wait until the daemon has scored `n` events and committed them; each scored once.
+fn wait_scored(d: &TestDaemon, n: u64) {
     wait_until(
         Duration::from_secs(300),
         "every event after the mark",
@@ -845,12 +840,116 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
         d.counter(Counter::PollsCompleted) >= polls + 3
     });
     assert_eq!(d.counter(Counter::EventsModelScored), n, "each scored once");
+}
+
+/// The daemon's cases ([`api_cases`]) are exactly `offline`'s.
+fn assert_same_cases(d: &TestDaemon, offline: &BTreeSet<(BTreeSet<String>, bool)>) {
     let filed = api_cases(d.api);
-    let only_daemon: Vec<_> = filed.difference(&offline).collect();
+    let only_daemon: Vec<_> = filed.difference(offline).collect();
     let only_score: Vec<_> = offline.difference(&filed).collect();
     assert!(
         only_daemon.is_empty() && only_score.is_empty(),
         "{} cases filed by both; the daemon's alone: {only_daemon:?}; score's alone: {only_score:?}",
-        filed.intersection(&offline).count()
+        filed.intersection(offline).count()
     );
+}
+
+/// What the quality benchmark measures (`score`'s cases, `crates/lab/quality/quality.py`)
+/// is what the daemon files. A simulated hospital — its staff, patients, admissions and
+/// relatives, then five days of AuditEvents in recorded order — is written to the real
+/// server; a model is trained from the server up to a mark two days before the end, as a
+/// site starts warm; the daemon, started from it with an empty state, follows the server
+/// and reads its care context. Every case it lists through the API, watched ones included,
+/// holds exactly the AuditEvent ids of one of `score`'s cases of the events after the mark
+/// (the same model, the same context from the simulator's files), queued or watched alike,
+/// and none is missing.
+#[test]
+fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
+    let Some(s) = start_sekmet() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (events, after) = simulated_hospital(dir.path(), &s.base_url);
+    put_all(&s.base_url, &events);
+    let cfg_file = crate::binary::write_config(dir.path(), &s.base_url);
+    let model = dir.path().join("model");
+    let watch = dir.path().join("sim/watchlist.txt");
+    let (code, _, err) = crate::binary::run(
+        &[
+            "--config",
+            cfg_file.to_str().unwrap(),
+            "train",
+            "--from-server",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--until",
+            MARK,
+            "--epochs",
+            "3",
+            "--watch-list",
+            watch.to_str().unwrap(),
+            "--output",
+            model.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let offline = offline_cases(dir.path(), &model, &after);
+    let d = hospital_daemon(&s.base_url, dir.path(), model);
+    wait_scored(&d, after.len() as u64);
+    assert_same_cases(&d, &offline);
+}
+
+/// A first start on a server that already holds the site's history needs no learning
+/// days: the simulated hospital's first three days are on the server when a daemon with a
+/// model of no site (`learn_days = 2`) and an empty state starts. It trains the site's
+/// model from that history before its first poll (into `<state>/model`, with the care
+/// context the server holds) and starts warm: not learning, the history passed over.
+/// The two live days written afterwards are each scored once, and its cases are exactly
+/// those `score` finds with the model it trained. With `learn_days` longer than the
+/// history, the same start learns live.
+#[test]
+fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_starts_warm() {
+    let Some(s) = start_sekmet() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (events, after) = simulated_hospital(dir.path(), &s.base_url);
+    let (history, live): (Vec<_>, Vec<_>) = events
+        .into_iter()
+        .partition(|e| !after.contains(e["id"].as_str().unwrap()));
+    put_all(&s.base_url, &history);
+    let no_site = crate::learn::model_of_no_site(dir.path());
+    // Too little history for four learning days: learning, as before.
+    let short = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(short.path().join("sim")).unwrap();
+    std::fs::copy(
+        dir.path().join("sim/watchlist.txt"),
+        short.path().join("sim/watchlist.txt"),
+    )
+    .unwrap();
+    let mut cfg = config(&s.base_url, &short.path().join("state"));
+    cfg.detector.model_dir = no_site.clone();
+    cfg.detector.learn_days = 4;
+    let d = TestDaemon::start(cfg);
+    assert!(
+        d.health.learning().is_some(),
+        "three days of history, four to learn"
+    );
+    assert!(!short.path().join("state/model").exists());
+    d.stop();
+
+    let d = hospital_daemon(&s.base_url, dir.path(), no_site);
+    assert!(
+        d.health.learning().is_none(),
+        "started warm from the model it trained"
+    );
+    let own = dir.path().join("state/model");
+    assert!(fhir_edge_core::detector::baselines::present(&own));
+    put_all(&s.base_url, &live);
+    wait_scored(&d, live.len() as u64);
+    // The first poll re-reads the overlap before the mark: the history loaded in seconds.
+    let passed = d.counter(Counter::EventsPassedOver);
+    assert!(
+        passed > 0 && passed <= history.len() as u64,
+        "what is read again of the history is passed over: {passed}"
+    );
+    let offline = offline_cases(dir.path(), &own, &after);
+    assert_same_cases(&d, &offline);
 }

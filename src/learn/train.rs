@@ -1,0 +1,98 @@
+//! Training the site's model from the server's history, for the daemon: at the end of
+//! learning (`SiteTrainerActor`, from the care context the daemon followed) and at a first
+//! start on a server that already holds the site's history ([`from_history`], from the
+//! care context the server holds). Blocking: called on threads of their own.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::{history_since, history_suffices};
+use crate::config::Config;
+use fhir_edge_core::care::Index;
+use fhir_edge_core::detector::model::{Model, TrainOptions};
+use fhir_edge_core::fhir::AuditRecord;
+
+/// Train the site's model from `records` with the care context `care` into `out`
+/// (written beside it first, then moved into place), and load it.
+pub(crate) fn site_model(
+    cfg: &Config,
+    records: Vec<AuditRecord>,
+    care: Option<std::sync::Arc<Index>>,
+    out: &Path,
+) -> anyhow::Result<Model> {
+    let server = crate::client::redact_url(&cfg.fhir.base_url);
+    let mut ctx = crate::training::site_context(None, None, &[], Some(cfg))?;
+    ctx.set_care(care);
+    let partial = out.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let (case_rule, case_budget) = crate::training::TrainRun::queue_of(Some(cfg));
+    let run = crate::training::TrainRun {
+        output: &partial,
+        epochs: TrainOptions::default().epochs,
+        seed: 1,
+        percentile: TrainOptions::default().threshold_percentile,
+        until: None,
+        server: Some(&server),
+        case_rule,
+        case_budget,
+    };
+    crate::training::train_cmd(
+        records,
+        vec![format!("{server} (learned by the daemon)")],
+        ctx,
+        &run,
+    )?;
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::rename(&partial, out)
+        .with_context(|| format!("moving the trained model into {}", out.display()))?;
+    Ok(Model::load(out)?)
+}
+
+/// What a first start found on the server.
+#[derive(Debug)]
+pub(crate) enum FirstStart {
+    /// The history covered `learn_days`: the site's model, trained from it into `out`.
+    Trained { events: usize, days: f64 },
+    /// Too little history to train on (`days` covered, of `learn_days`): learn live.
+    TooLittle { events: usize, days: f64 },
+}
+
+/// At a first start at `now_ms`: read the server's AuditEvents since
+/// [`history_since`] and, when they cover `learn_days` ([`history_suffices`]), train the
+/// site's model from them, with the care context the server holds, into `out` — what
+/// `train --from-server` would have done before the start. An error (the server cannot be
+/// read, the training fails) is the caller's to log: it learns live then.
+pub(crate) fn from_history(cfg: &Config, now_ms: i64, out: &Path) -> anyhow::Result<FirstStart> {
+    let learn_days = cfg.detector.learn_days;
+    let since = fhir_edge_core::clock::from_ms(history_since(now_ms, learn_days));
+    let records = match crate::training::server_history(cfg, since) {
+        Ok(r) => r,
+        // An empty server: nothing to learn from yet (any other failure is an error).
+        Err(e) if e.downcast_ref::<crate::training::NoHistory>().is_some() => {
+            return Ok(FirstStart::TooLittle {
+                events: 0,
+                days: 0.0,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let first = records.iter().map(|r| r.recorded).min();
+    let last = records.iter().map(|r| r.recorded).max();
+    let (events, (first, last)) = match (first, last) {
+        (Some(f), Some(l)) => (records.len(), (f.timestamp_millis(), l.timestamp_millis())),
+        _ => {
+            return Ok(FirstStart::TooLittle {
+                events: 0,
+                days: 0.0,
+            })
+        }
+    };
+    let days = (last - first) as f64 / 86_400_000.0;
+    if !history_suffices(first, last, learn_days) {
+        return Ok(FirstStart::TooLittle { events, days });
+    }
+    let care = crate::training::care_for_training(cfg)?;
+    site_model(cfg, records, care, out)?;
+    Ok(FirstStart::Trained { events, days })
+}
