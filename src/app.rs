@@ -238,7 +238,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     tracing::info!(
         actor = "app",
         state = %store.path().display(),
-        model = %cfg.detector.model_dir.display(),
+        model = %model_dir.display(),
         cursor = cursor.map(fhir_edge_core::clock::fmt_ms).unwrap_or_else(|| "none (first run)".into()),
         events_scored_lifetime = loaded.events_scored,
         users_known = ctx.users(),

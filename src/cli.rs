@@ -430,7 +430,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 // The server's config is required here.
                 let cfg = config::load(cfg_path)?.config;
                 let since = parse_since(&since, Utc::now())?;
-                let records = crate::training::server_history(&cfg, since)?;
+                let records = crate::training::server_history(&cfg, since, None)?;
                 let server = crate::client::redact_url(&cfg.fhir.base_url);
                 let name = format!("{server} since {}", since.to_rfc3339());
                 (records, vec![name], Some(cfg), Some(server))

@@ -546,11 +546,14 @@ impl FhirClient {
     /// Every event the server holds from `since` on, for training on a site's history:
     /// all pages (following `next` links, retrying transient faults a few times), the
     /// overlap of ties de-duplicated by key, in `recorded` order; with the entries that
-    /// could not be read. `progress` is told the running count after each page.
+    /// could not be read. `progress` is told the running count after each page. With
+    /// `max_events`, reading stops after the page that reaches it (the oldest events by
+    /// `lastUpdated`; the last progress says how far it came).
     pub async fn history(
         &self,
         since: DateTime<Utc>,
         page_size: u32,
+        max_events: Option<usize>,
         mut progress: impl FnMut(HistoryProgress),
     ) -> Result<
         (
@@ -602,6 +605,9 @@ impl FhirClient {
                 pages,
                 newest,
             });
+            if max_events.is_some_and(|m| records.len() >= m) {
+                break;
+            }
             match page.next {
                 Some(n) => {
                     url = check_next(&self.base, &n)?;

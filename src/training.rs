@@ -270,10 +270,13 @@ impl PlainProgress {
     }
 }
 
-/// The configured server's AuditEvents since `since` (`train --from-server`).
+/// The configured server's AuditEvents since `since` (`train --from-server`); with
+/// `max_events`, the oldest that many (by `lastUpdated`, to the end of a page), said when
+/// the bound stopped the read.
 pub(crate) fn server_history(
     cfg: &crate::config::Config,
     since: DateTime<Utc>,
+    max_events: Option<usize>,
 ) -> anyhow::Result<Vec<fhir_edge_core::fhir::AuditRecord>> {
     let client = crate::client::FhirClient::new(&cfg.fhir, cfg.poller.max_page_bytes)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -286,24 +289,33 @@ pub(crate) fn server_history(
     );
     let mut plain = PlainProgress::beside(&bar);
     let (records, skipped) = rt
-        .block_on(client.history(since, cfg.poller.page_size, |p| {
-            plain.say(|| {
-                format!(
-                    "reading {}: {} events, {} pages so far",
-                    crate::client::redact_url(&cfg.fhir.base_url),
-                    p.events,
-                    p.pages
-                )
-            });
-            history_tick(&bar, since, p)
-        }))
+        .block_on(
+            client.history(since, cfg.poller.page_size, max_events, |p| {
+                plain.say(|| {
+                    format!(
+                        "reading {}: {} events, {} pages so far",
+                        crate::client::redact_url(&cfg.fhir.base_url),
+                        p.events,
+                        p.pages
+                    )
+                });
+                history_tick(&bar, since, p)
+            }),
+        )
         .with_context(|| format!("reading AuditEvents from {}", cfg.fhir.base_url))?;
     bar.finish_and_clear();
     eprintln!(
-        "read {} events from {} since {}",
+        "read {} events from {} since {}{}",
         records.len(),
-        cfg.fhir.base_url,
-        since.to_rfc3339()
+        crate::client::redact_url(&cfg.fhir.base_url),
+        since.to_rfc3339(),
+        match max_events {
+            Some(m) if records.len() >= m => format!(
+                ", the oldest {m} or so and no more (the bound of this read); the newest read was recorded at {}",
+                records.last().map_or_else(String::new, |r| r.recorded.to_rfc3339())
+            ),
+            _ => String::new(),
+        }
     );
     if let Some((id, why)) = skipped.first() {
         eprintln!(

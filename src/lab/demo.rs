@@ -213,7 +213,7 @@ async fn learn_site(
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let run = || -> anyhow::Result<()> {
-            let records = crate::training::server_history(&cfg, since)?;
+            let records = crate::training::server_history(&cfg, since, None)?;
             let server = crate::client::redact_url(&cfg.fhir.base_url);
             let ctx = crate::training::site_context(None, None, &context, Some(&cfg))?;
             let (case_rule, case_budget) = crate::training::TrainRun::queue_of(Some(&cfg));

@@ -58,6 +58,14 @@ const DAY_MS: i64 = 86_400_000;
 /// --from-server` reads by default (a `learn_days` beyond it widens it to `learn_days`).
 pub const HISTORY_WINDOW_DAYS: u32 = 30;
 
+/// The most events the daemon reads of the server's history to train on (at a first
+/// start and at the end of learning): the oldest this many of the window. All of them are
+/// in memory while the model trains — about 1.3 GB at the peak for a million
+/// (BENCHMARKS.md, "A first start from the server's history") — so the bound keeps a large
+/// system's edge from running out of memory; what the read leaves is scored after the
+/// start, or was followed live.
+pub const HISTORY_MAX_EVENTS: usize = 1_000_000;
+
 /// Where a first start at `now_ms` begins reading the server's history.
 pub fn history_since(now_ms: i64, learn_days: u32) -> i64 {
     now_ms - HISTORY_WINDOW_DAYS.max(learn_days) as i64 * DAY_MS

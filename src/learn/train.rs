@@ -66,7 +66,8 @@ pub(crate) enum FirstStart {
 pub(crate) fn from_history(cfg: &Config, now_ms: i64, out: &Path) -> anyhow::Result<FirstStart> {
     let learn_days = cfg.detector.learn_days;
     let since = fhir_edge_core::clock::from_ms(history_since(now_ms, learn_days));
-    let records = match crate::training::server_history(cfg, since) {
+    let records = match crate::training::server_history(cfg, since, Some(super::HISTORY_MAX_EVENTS))
+    {
         Ok(r) => r,
         // An empty server: nothing to learn from yet (any other failure is an error).
         Err(e) if e.downcast_ref::<crate::training::NoHistory>().is_some() => {

@@ -39,6 +39,39 @@ fn five_pages_with_ties_across_boundaries_are_scored_once() {
     assert!(st.cursor.is_some());
 }
 
+/// A history read with a bound stops after the page that reaches it, with the oldest
+/// events by `lastUpdated`, each once; without one it reads every page.
+#[test]
+fn a_bounded_history_read_stops_at_the_end_of_the_page_that_reaches_the_bound() {
+    let s = seeded_server(300, "hist", 3, chrono::Duration::hours(1), 3);
+    let cfg = fhir_edge::config::Config::for_server(&s.base_url, std::path::Path::new("/tmp"));
+    let client = fhir_edge::client::FhirClient::new(&cfg.fhir, 1 << 20).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let since = Utc::now() - chrono::Duration::hours(2);
+    let read = |max: Option<usize>| {
+        let mut last = None;
+        let (records, _) = rt
+            .block_on(client.history(since, 50, max, |p| last = Some((p.events, p.pages))))
+            .unwrap();
+        (records, last.unwrap())
+    };
+    let (all, said) = read(None);
+    assert_eq!((all.len(), said), (300, (300, 6)));
+    let (some, said) = read(Some(120));
+    assert_eq!(said.1, 3, "stops after the third page");
+    assert!(some.len() >= 120 && some.len() <= 150, "{}", some.len());
+    assert_eq!(said.0, some.len() as u64);
+    let ids: std::collections::HashSet<&str> = some.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), some.len(), "each once");
+    assert!(
+        (0..100).all(|i| ids.contains(format!("hist-{i}").as_str())),
+        "the oldest by lastUpdated"
+    );
+}
+
 #[test]
 fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
     let s = seeded_server(60, "late", 12, chrono::Duration::seconds(30), 1);
