@@ -115,7 +115,7 @@ systemctl daemon-reload
 ok "purge: unit, config, state and user gone"
 
 # 9. A first start on a server that already holds the site's history: trained from it
-# before READY (the start timeout cut to 2 s: the daemon extends it while it trains),
+# before READY (the start timeout cut to 3 s: the daemon extends it while it trains),
 # then warm, not learning. Ten staff, 150,000 events: weeks of history, longer to train
 # than the start timeout allows without the extension.
 dpkg -i /mnt/e2e/v1.deb >/dev/null
@@ -124,7 +124,7 @@ wait_for 120 "the second FHIR server" '[ -s /tmp/fhir-url2 ]'
 url=$(cat /tmp/fhir-url2)
 sed -i "s|^base_url = .*|base_url = \"$url\"|; s|^learn_days = .*|learn_days = 7|" /etc/fhir-edge/config.toml
 mkdir -p /etc/systemd/system/fhir-edge.service.d
-printf '[Service]\nTimeoutStartSec=2s\n' > /etc/systemd/system/fhir-edge.service.d/e2e.conf
+printf '[Service]\nTimeoutStartSec=3s\n' > /etc/systemd/system/fhir-edge.service.d/e2e.conf
 systemctl daemon-reload
 systemctl start fhir-edge.service || fail "systemctl start failed (first start with history)"
 start=$(prop ExecMainStartTimestampMonotonic); active=$(prop ActiveEnterTimestampMonotonic)
@@ -132,7 +132,7 @@ journalctl -u fhir-edge --no-pager | grep "trained the site's model from the ser
 [[ "$(prop StatusText)" != *"LEARNING"* ]] || fail "learning after training from the history: $(prop StatusText)"
 fhir-edge status | grep "^mode            learning" >/dev/null && fail "status says learning after training from the history"
 [ -e /var/lib/fhir-edge/model/baselines.json ] || fail "no site model in /var/lib/fhir-edge/model"
-ok "first start on 150,000 events of history: trained the site's model in $(( (active - start) / 1000 )) ms before READY (TimeoutStartSec=2s, extended), started warm"
+ok "first start on 150,000 events of history: trained the site's model in $(( (active - start) / 1000 )) ms before READY (TimeoutStartSec=3s, extended), started warm"
 dpkg --purge fhir-edge >/dev/null
 rm -rf /etc/systemd/system/fhir-edge.service.d
 systemctl daemon-reload
