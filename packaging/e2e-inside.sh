@@ -14,6 +14,16 @@ wait_for() { # seconds, description, condition (a shell expression, re-evaluated
 scored() { fhir-edge status --json | jq -r .events_scored; }
 alerts() { fhir-edge status --json | jq -r .alerts; }
 journal_alerts() { journalctl -u fhir-edge -o json --no-pager | jq -s '[.[] | select(.FHIR_EDGE_ALERT_ID != null)] | length'; }
+fhir_server() { # URL file, then bench-server arguments: a simulated FHIR server, its URL in the file
+    local out=$1; shift
+    (sleep infinity | /mnt/e2e/fhir-edge-lab bench-server "$@" > "$out" 2>"$out.log") &
+    wait_for 120 "the FHIR server ($*)" "[ -s $out ]"
+}
+unit_dropin() { # a [Service] setting for the unit, in place of any earlier one
+    mkdir -p /etc/systemd/system/fhir-edge.service.d
+    printf '[Service]\n%s\n' "$1" > /etc/systemd/system/fhir-edge.service.d/e2e.conf
+    systemctl daemon-reload
+}
 
 # 1. Install: nothing enabled or started, config readable by the service only.
 dpkg -i /mnt/e2e/v1.deb >/dev/null
@@ -30,13 +40,10 @@ if fhir-edge bench-server --help >/dev/null 2>&1 || fhir-edge simulate --help >/
     fail "the installed binary has the lab's commands (simulate, bench-server)"
 fi
 ok "installed binary has no lab commands"
-(sleep infinity | /mnt/e2e/fhir-edge-lab bench-server --events 3000 > /tmp/fhir-url 2>/tmp/fhir-server.log) &
-wait_for 120 "the FHIR server" '[ -s /tmp/fhir-url ]'
+fhir_server /tmp/fhir-url --events 3000
 url=$(cat /tmp/fhir-url)
 sed -i "s|^base_url = .*|base_url = \"$url\"|; /^\[poller\]/,/^\[/ s|^interval_secs = .*|interval_secs = 2|; s|^initial_lookback_secs = .*|initial_lookback_secs = 172800|" /etc/fhir-edge/config.toml
-mkdir -p /etc/systemd/system/fhir-edge.service.d
-printf '[Service]\nWatchdogSec=5s\n' > /etc/systemd/system/fhir-edge.service.d/e2e.conf
-systemctl daemon-reload
+unit_dropin WatchdogSec=5s
 
 # 3. Start: activating until READY=1, then active (running) with a status text.
 systemctl start fhir-edge.service || fail "systemctl start failed"
@@ -119,13 +126,10 @@ ok "purge: unit, config, state and user gone"
 # then warm, not learning. Ten staff, 150,000 events: weeks of history, longer to train
 # than the start timeout allows without the extension.
 dpkg -i /mnt/e2e/v1.deb >/dev/null
-(sleep infinity | /mnt/e2e/fhir-edge-lab bench-server --events 150000 --staff 10 --patients 200 > /tmp/fhir-url2 2>/tmp/fhir-server2.log) &
-wait_for 120 "the second FHIR server" '[ -s /tmp/fhir-url2 ]'
+fhir_server /tmp/fhir-url2 --events 150000 --staff 10 --patients 200
 url=$(cat /tmp/fhir-url2)
 sed -i "s|^base_url = .*|base_url = \"$url\"|; s|^learn_days = .*|learn_days = 7|" /etc/fhir-edge/config.toml
-mkdir -p /etc/systemd/system/fhir-edge.service.d
-printf '[Service]\nTimeoutStartSec=3s\n' > /etc/systemd/system/fhir-edge.service.d/e2e.conf
-systemctl daemon-reload
+unit_dropin TimeoutStartSec=3s
 systemctl start fhir-edge.service || fail "systemctl start failed (first start with history)"
 start=$(prop ExecMainStartTimestampMonotonic); active=$(prop ActiveEnterTimestampMonotonic)
 journalctl -u fhir-edge --no-pager | grep "trained the site's model from the server's history: starting warm from it" >/dev/null || fail "the journal does not say it trained from the history"

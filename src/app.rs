@@ -606,10 +606,9 @@ const FIRST_START_TICK: Duration = Duration::from_secs(10);
 /// the daemon learns live, as it would have.
 async fn first_start_from_history(cfg: &Config, now_ms: i64, notifier: &Notifier) {
     use crate::learn::train::FirstStart;
-    let window = crate::learn::HISTORY_WINDOW_DAYS.max(cfg.detector.learn_days);
     tracing::info!(
         actor = "app",
-        window_days = window,
+        window_days = crate::learn::history_window_days(cfg.detector.learn_days),
         learn_days = cfg.detector.learn_days,
         "first start with a model of no site: reading the server's history to train the site's model before the first poll"
     );

@@ -157,6 +157,7 @@ fn server_care(cfg: &Config) -> anyhow::Result<Option<fhir_edge_core::care::Inde
         .enable_all()
         .build()?;
     let spinner = indicatif::ProgressBar::new_spinner();
+    let mut plain = PlainProgress::beside(&spinner);
     let mut facts = FactSet::default();
     for ty in cfg.context.types() {
         let mut paging = crate::context::TypePages::new(
@@ -186,10 +187,12 @@ fn server_care(cfg: &Config) -> anyhow::Result<Option<fhir_edge_core::care::Inde
                 }
             };
             read += page.resources;
-            spinner.set_message(format!(
+            let said = format!(
                 "reading the care context: {ty}, {} pages, {read} resources",
                 paging.pages()
-            ));
+            );
+            plain.say(|| said.clone());
+            spinner.set_message(said);
             spinner.tick();
             page.facts.into_iter().for_each(|f| facts.upsert(f));
         }
@@ -282,32 +285,26 @@ pub(crate) fn server_history(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let bar = history_bar(
-        since,
-        Utc::now(),
-        &crate::client::redact_url(&cfg.fhir.base_url),
-    );
+    let server = crate::client::redact_url(&cfg.fhir.base_url);
+    let bar = history_bar(since, Utc::now(), &server);
     let mut plain = PlainProgress::beside(&bar);
     let (records, skipped) = rt
         .block_on(
             client.history(since, cfg.poller.page_size, max_events, |p| {
                 plain.say(|| {
                     format!(
-                        "reading {}: {} events, {} pages so far",
-                        crate::client::redact_url(&cfg.fhir.base_url),
-                        p.events,
-                        p.pages
+                        "reading {server}: {} events, {} pages so far",
+                        p.events, p.pages
                     )
                 });
                 history_tick(&bar, since, p)
             }),
         )
-        .with_context(|| format!("reading AuditEvents from {}", cfg.fhir.base_url))?;
+        .with_context(|| format!("reading AuditEvents from {server}"))?;
     bar.finish_and_clear();
     eprintln!(
-        "read {} events from {} since {}{}",
+        "read {} events from {server} since {}{}",
         records.len(),
-        crate::client::redact_url(&cfg.fhir.base_url),
         since.to_rfc3339(),
         match max_events {
             Some(m) if records.len() >= m => format!(
@@ -325,7 +322,7 @@ pub(crate) fn server_history(
     }
     if records.is_empty() {
         return Err(NoHistory {
-            server: crate::client::redact_url(&cfg.fhir.base_url),
+            server,
             since: since.to_rfc3339(),
         }
         .into());

@@ -66,9 +66,14 @@ pub const HISTORY_WINDOW_DAYS: u32 = 30;
 /// start, or was followed live.
 pub const HISTORY_MAX_EVENTS: usize = 1_000_000;
 
+/// How many days back a first start reads the server's history.
+pub fn history_window_days(learn_days: u32) -> u32 {
+    HISTORY_WINDOW_DAYS.max(learn_days)
+}
+
 /// Where a first start at `now_ms` begins reading the server's history.
 pub fn history_since(now_ms: i64, learn_days: u32) -> i64 {
-    now_ms - HISTORY_WINDOW_DAYS.max(learn_days) as i64 * DAY_MS
+    now_ms - history_window_days(learn_days) as i64 * DAY_MS
 }
 
 /// Whether history recorded from `first_ms` to `last_ms` is enough to train the site's

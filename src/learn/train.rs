@@ -70,24 +70,17 @@ pub(crate) fn from_history(cfg: &Config, now_ms: i64, out: &Path) -> anyhow::Res
     {
         Ok(r) => r,
         // An empty server: nothing to learn from yet (any other failure is an error).
-        Err(e) if e.downcast_ref::<crate::training::NoHistory>().is_some() => {
-            return Ok(FirstStart::TooLittle {
-                events: 0,
-                days: 0.0,
-            });
-        }
+        Err(e) if e.downcast_ref::<crate::training::NoHistory>().is_some() => Vec::new(),
         Err(e) => return Err(e),
     };
-    let first = records.iter().map(|r| r.recorded).min();
-    let last = records.iter().map(|r| r.recorded).max();
-    let (events, (first, last)) = match (first, last) {
-        (Some(f), Some(l)) => (records.len(), (f.timestamp_millis(), l.timestamp_millis())),
-        _ => {
-            return Ok(FirstStart::TooLittle {
-                events: 0,
-                days: 0.0,
-            })
-        }
+    // The history comes in `recorded` order (`FhirClient::history`).
+    let (events, first, last) = match (records.first(), records.last()) {
+        (Some(f), Some(l)) => (
+            records.len(),
+            f.recorded.timestamp_millis(),
+            l.recorded.timestamp_millis(),
+        ),
+        _ => (0, 0, 0),
     };
     let days = (last - first) as f64 / 86_400_000.0;
     if !history_suffices(first, last, learn_days) {

@@ -223,23 +223,27 @@ fn send_test_event_posts_a_valid_audit_event_and_prints_its_id() {
 /// `train --from-server --since 1d --epochs 2` into `dir/model`, with `dir`'s config (state
 /// in `dir/state`); asserts it succeeded. Returns the model's folder, stdout and stderr.
 fn train_from_server(dir: &std::path::Path, base_url: &str) -> (PathBuf, String, String) {
+    train_from_server_with(dir, base_url, &["--since", "1d", "--epochs", "2"])
+}
+
+/// `train --from-server` with the config of `dir` and `args` into `dir/model`: the model,
+/// and what the command printed and said.
+fn train_from_server_with(
+    dir: &std::path::Path,
+    base_url: &str,
+    args: &[&str],
+) -> (PathBuf, String, String) {
     let cfg_file = crate::binary::write_config(dir, base_url);
     let model = dir.join("model");
-    let (code, out, err) = crate::binary::run(
-        &[
-            "--config",
-            cfg_file.to_str().unwrap(),
-            "train",
-            "--from-server",
-            "--since",
-            "1d",
-            "--epochs",
-            "2",
-            "--output",
-            model.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut all = vec![
+        "--config",
+        cfg_file.to_str().unwrap(),
+        "train",
+        "--from-server",
+    ];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--output", model.to_str().unwrap()]);
+    let (code, out, err) = crate::binary::run(&all, &[]);
     assert_eq!(code, 0, "{err}");
     (model, out, err)
 }
@@ -869,15 +873,11 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
     let dir = tempfile::tempdir().unwrap();
     let (events, after) = simulated_hospital(dir.path(), &s.base_url);
     put_all(&s.base_url, &events);
-    let cfg_file = crate::binary::write_config(dir.path(), &s.base_url);
-    let model = dir.path().join("model");
     let watch = dir.path().join("sim/watchlist.txt");
-    let (code, _, err) = crate::binary::run(
+    let (model, _, _) = train_from_server_with(
+        dir.path(),
+        &s.base_url,
         &[
-            "--config",
-            cfg_file.to_str().unwrap(),
-            "train",
-            "--from-server",
             "--since",
             "2026-01-01T00:00:00Z",
             "--until",
@@ -886,12 +886,8 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
             "3",
             "--watch-list",
             watch.to_str().unwrap(),
-            "--output",
-            model.to_str().unwrap(),
         ],
-        &[],
     );
-    assert_eq!(code, 0, "{err}");
     let offline = offline_cases(dir.path(), &model, &after);
     let d = hospital_daemon(&s.base_url, dir.path(), model);
     wait_scored(&d, after.len() as u64);

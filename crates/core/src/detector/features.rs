@@ -586,21 +586,41 @@ type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
 type IdMap<V> = HashMap<u64, V, IdBuild>;
 type IdSet = HashSet<u64, IdBuild>;
 
+/// Words written beside a name that are not part of it (lowercase ASCII), with the length
+/// of the longest, counted once at compile time: a longer word is none of them ([`one_of`]).
+struct Words {
+    list: &'static [&'static str],
+    longest: usize,
+}
+
+impl Words {
+    const fn new(list: &'static [&'static str]) -> Words {
+        let (mut i, mut longest) = (0, 0);
+        while i < list.len() {
+            if list[i].len() > longest {
+                longest = list[i].len();
+            }
+            i += 1;
+        }
+        Words { list, longest }
+    }
+}
+
 /// Titles written before a name ("Dr Jane Smith", "Mrs. Smith"), compared lowercased
 /// without their full stop.
-const TITLES: &[&str] = &[
+const TITLES: Words = Words::new(&[
     "dr", "prof", "mr", "mrs", "ms", "mx", "miss", "sir", "dame", "rev",
-];
+]);
 
 /// Degrees, credentials and generational suffixes written after a name ("Jane Smith, MD",
 /// "John Smith Jr."), compared lowercased without full stops; only as written in capitals
 /// or with a full stop, or mixed-case as the degree is ("PhD", "Jr"), so that a name such
 /// as Ma or Do ("Ma, Yu", "Smith, Do") stays one.
-const SUFFIXES: &[&str] = &[
+const SUFFIXES: Words = Words::new(&[
     "md", "do", "rn", "np", "pa", "pa-c", "phd", "pharmd", "rph", "dds", "dmd", "mbbs", "mbchb",
     "frcp", "facs", "lpn", "lvn", "cna", "crna", "dnp", "aprn", "fnp", "msn", "bsn", "ma", "msc",
     "bsc", "mph", "mba", "pt", "dpt", "ot", "jr", "sr", "ii", "iii", "iv",
-];
+]);
 
 /// Name particles that belong to a family name written after the given name ("Anna van
 /// der Berg" and "van der Berg, Anna" both give vanderberg), recognised in lower case.
@@ -608,15 +628,15 @@ const PARTICLES: &[&str] = &[
     "van", "von", "der", "den", "de", "del", "della", "di", "da", "du", "la", "le", "ten", "ter",
 ];
 
-/// Whether `word`, without its full stops and in any case, is one of `list` (lowercase).
-fn one_of(word: &str, list: &[&str]) -> bool {
+/// Whether `word`, without its full stops and in any case, is one of `words`.
+fn one_of(word: &str, words: &Words) -> bool {
     // Every entry is ASCII: a word longer than the longest, stops aside, is none of them
     // (most names), and needs no comparison.
-    if word.len() > list.iter().map(|t| t.len()).max().unwrap_or(0) + word.matches('.').count() {
+    if word.len() > words.longest + word.matches('.').count() {
         return false;
     }
     let letters = word.chars().filter(|c| *c != '.');
-    list.iter().any(|t| {
+    words.list.iter().any(|t| {
         let mut w = letters.clone();
         t.chars()
             .all(|c| w.next().is_some_and(|x| x.to_ascii_lowercase() == c))
@@ -625,17 +645,17 @@ fn one_of(word: &str, list: &[&str]) -> bool {
 }
 
 /// The [`SUFFIXES`] written in mixed case ("PhD", "Jr"), which count so too.
-const MIXED_CASE_SUFFIXES: &[&str] = &["phd", "pharmd", "jr", "sr", "mbchb"];
+const MIXED_CASE_SUFFIXES: Words = Words::new(&["phd", "pharmd", "jr", "sr", "mbchb"]);
 
 /// A word written after a name that is a degree or suffix, not part of the name.
 fn suffix_word(word: &str) -> bool {
-    one_of(word, SUFFIXES)
+    one_of(word, &SUFFIXES)
         && (word.contains('.')
             || word
                 .chars()
                 .filter(|c| c.is_alphabetic())
                 .all(|c| c.is_uppercase())
-            || one_of(word, MIXED_CASE_SUFFIXES))
+            || one_of(word, &MIXED_CASE_SUFFIXES))
 }
 
 /// A display name read as (family name, first given name): "Smith, Jane Ann" and "Dr.
@@ -665,7 +685,7 @@ fn name_parts(display: &str) -> Option<(Cow<'_, str>, Option<&str>)> {
         [one] => {
             let mut w: Vec<&str> = one
                 .split_whitespace()
-                .filter(|w| !one_of(w, TITLES))
+                .filter(|w| !one_of(w, &TITLES))
                 .collect();
             // Degrees and suffixes after a given and a family name: "Jane Smith MD".
             while w.len() > 2 && w.last().is_some_and(|x| suffix_word(x)) {
@@ -688,7 +708,7 @@ fn name_parts(display: &str) -> Option<(Cow<'_, str>, Option<&str>)> {
             Cow::Borrowed(*family),
             given
                 .split_whitespace()
-                .find(|w| !one_of(w, TITLES) && !w.ends_with('.')),
+                .find(|w| !one_of(w, &TITLES) && !w.ends_with('.')),
         )),
     }
 }
@@ -3252,6 +3272,9 @@ mod tests {
     /// stays a family name.
     #[test]
     fn names_as_other_systems_write_them() {
+        // The longest of each list, counted at compile time ("pharmd", "miss"/"prof").
+        assert_eq!((SUFFIXES.longest, TITLES.longest), (6, 4));
+        assert!(one_of("Pharm.D.", &SUFFIXES) && !one_of("Pharmacist", &SUFFIXES));
         let jane = person_key("Smith, Jane");
         assert!(jane.is_some());
         for written in [
