@@ -597,9 +597,10 @@ const FIRST_START_EXTEND: Duration = Duration::from_secs(60);
 const FIRST_START_TICK: Duration = Duration::from_secs(10);
 
 /// A first start (empty state, a model of no site) on a server that may already hold the
-/// site's history: the site's model is trained from it before the first poll, on a thread
-/// of its own (`learn::train::from_history`), so the daemon starts warm instead of
-/// learning for `learn_days`. systemd is told every ten seconds that the start goes on
+/// site's history: the site's model is trained from the history's first `learn_days`
+/// before the first poll, on a thread of its own (`learn::train::from_history`), so the
+/// daemon starts warm instead of learning for `learn_days`, and its first polls review
+/// the rest. systemd is told every ten seconds that the start goes on
 /// (and the watchdog pinged: the training is the one piece of work under way, and it
 /// ends — the history's reads give up after their retries); the journal says what was
 /// found. Too little history, or a server that cannot be read:
@@ -627,11 +628,20 @@ async fn first_start_from_history(cfg: &Config, now_ms: i64, notifier: &Notifier
         }
     };
     match res {
-        Ok(Ok(FirstStart::Trained { events, days })) => tracing::info!(
+        Ok(Ok(FirstStart::Trained {
+            learned,
+            review,
+            days,
+            until,
+        })) => tracing::info!(
             actor = "app",
-            events,
+            events_learned = learned,
+            events_to_review = review,
             days = format!("{days:.1}"),
-            "trained the site's model from the server's history: starting warm from it"
+            learned_until = %fhir_edge_core::clock::fmt_ms(until),
+            "trained the site's model from the server's history: starting warm from it; \
+             what was recorded after its first detector.learn_days is reviewed now, as if the \
+             daemon had followed the server since"
         ),
         Ok(Ok(FirstStart::TooLittle { events, days })) => tracing::info!(
             actor = "app",

@@ -390,7 +390,9 @@ pub struct DetectorConfig {
     /// pipeline's threads, into `<state dir>/model`) and switches to it without a restart.
     /// At a first start (empty state), when the server's AuditEvents of the last 30 days
     /// (or of `learn_days`, if longer) already cover this many days, the daemon trains the
-    /// site's model from them before its first poll and starts warm instead of learning.
+    /// site's model from their first `learn_days` before its first poll, starts warm
+    /// instead of learning and scores the rest of that history (as if it had been
+    /// installed when the history began).
     /// 0: never train automatically (learn until `fhir-edge train --from-server` gives a
     /// site model).
     pub learn_days: u32,

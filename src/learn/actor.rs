@@ -119,7 +119,7 @@ impl SiteTrainerActor {
 fn train_site(cfg: &Config, since_ms: i64, out: &std::path::Path) -> anyhow::Result<Model> {
     let since = fhir_edge_core::clock::from_ms(since_ms);
     let records = crate::training::server_history(cfg, since, Some(super::HISTORY_MAX_EVENTS))?;
-    super::train::site_model(cfg, records, crate::training::followed_care(cfg), out)
+    super::train::site_model(cfg, records, None, crate::training::followed_care(cfg), out)
 }
 
 impl Actor for SiteTrainerActor {

@@ -10,8 +10,11 @@
 //! A first start needs no learning where the server already holds the site's history: a
 //! daemon with an empty state and a model of no site reads the server's AuditEvents of the
 //! last [`HISTORY_WINDOW_DAYS`] before its first poll, and when they cover `learn_days`
-//! ([`history_suffices`]) trains the site's model from them as `train --from-server` would
-//! and starts warm from it (`train.rs`); otherwise it learns live.
+//! ([`history_suffices`]) does what it would have done had it been installed when that
+//! history began: it trains the site's model from the history's first `learn_days`
+//! ([`history_learned_until`]), as `train --from-server --until` would, starts warm from
+//! it and reviews the rest, which its first polls read again and score (`train.rs`);
+//! otherwise it learns live.
 //!
 //! The decisions are plain functions, tested without actix.
 
@@ -60,8 +63,10 @@ pub const HISTORY_WINDOW_DAYS: u32 = 30;
 
 /// The most events the daemon reads of the server's history to train on (at a first
 /// start and at the end of learning): the oldest this many of the window. All of them are
-/// in memory while the model trains — about 1.3 GB at the peak for a million
-/// (BENCHMARKS.md, "A first start from the server's history") — so the bound keeps a large
+/// in memory until the read ends — about 1 GB at the peak for a million at a first start,
+/// which keeps only its learning days to train on, and 1.3 GB at the end of learning,
+/// which trains on all (BENCHMARKS.md, "A first start from the server's history") — so
+/// the bound keeps a large
 /// system's edge from running out of memory; what the read leaves is scored after the
 /// start, or was followed live.
 pub const HISTORY_MAX_EVENTS: usize = 1_000_000;
@@ -80,7 +85,16 @@ pub fn history_since(now_ms: i64, learn_days: u32) -> i64 {
 /// model on at a first start: it covers `learn_days`, what learning would have waited for
 /// (never with `learn_days = 0`: training is then the operator's).
 pub fn history_suffices(first_ms: i64, last_ms: i64, learn_days: u32) -> bool {
-    learn_days > 0 && last_ms - first_ms >= learn_days as i64 * DAY_MS
+    learn_days > 0 && last_ms >= history_learned_until(first_ms, learn_days)
+}
+
+/// Where a first start's training ends in history whose first event was recorded at
+/// `first_ms`: after `learn_days`, where learning that began with that history would have
+/// ended. The model learns what was recorded before; what was recorded from then on is
+/// scored by it, as the live days after learning would have been — the same cases
+/// whether the daemon was installed when the history began or today.
+pub fn history_learned_until(first_ms: i64, learn_days: u32) -> i64 {
+    first_ms + learn_days as i64 * DAY_MS
 }
 
 /// What `status`, the dashboard and the journal say while learning.
@@ -142,5 +156,10 @@ mod tests {
             "a day short: learn live"
         );
         assert!(!history_suffices(0, 99 * DAY, 0), "learn_days = 0: never");
+        assert_eq!(
+            history_learned_until(DAY, 14),
+            15 * DAY,
+            "the first learn_days are learned, the rest reviewed"
+        );
     }
 }

@@ -6,18 +6,21 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 
-use super::{history_since, history_suffices};
+use super::{history_learned_until, history_since, history_suffices};
 use crate::config::Config;
 use fhir_edge_core::care::Index;
 use fhir_edge_core::detector::model::{Model, TrainOptions};
 use fhir_edge_core::fhir::AuditRecord;
 
-/// Train the site's model from `records` with the care context `care` into `out`
-/// (written beside it first, then moved into place), and load it.
+/// Train the site's model from `records` (those recorded before `until`, when given)
+/// with the care context `care` into `out` (written beside it first, then moved into
+/// place), and load it.
 pub(crate) fn site_model(
     cfg: &Config,
     records: Vec<AuditRecord>,
+    until: Option<DateTime<Utc>>,
     care: Option<std::sync::Arc<Index>>,
     out: &Path,
 ) -> anyhow::Result<Model> {
@@ -32,7 +35,7 @@ pub(crate) fn site_model(
         epochs: TrainOptions::default().epochs,
         seed: 1,
         percentile: TrainOptions::default().threshold_percentile,
-        until: None,
+        until,
         server: Some(&server),
         case_rule,
         case_budget,
@@ -52,17 +55,26 @@ pub(crate) fn site_model(
 /// What a first start found on the server.
 #[derive(Debug)]
 pub(crate) enum FirstStart {
-    /// The history covered `learn_days`: the site's model, trained from it into `out`.
-    Trained { events: usize, days: f64 },
+    /// The history covered `learn_days`: the site's model, trained into `out` from the
+    /// `learned` events of its first `learn_days`, which end at `until`; the `review`
+    /// events recorded from then on are the first polls' to score.
+    Trained {
+        learned: usize,
+        review: usize,
+        days: f64,
+        until: DateTime<Utc>,
+    },
     /// Too little history to train on (`days` covered, of `learn_days`): learn live.
     TooLittle { events: usize, days: f64 },
 }
 
-/// At a first start at `now_ms`: read the server's AuditEvents since
-/// [`history_since`] and, when they cover `learn_days` ([`history_suffices`]), train the
-/// site's model from them, with the care context the server holds, into `out` — what
-/// `train --from-server` would have done before the start. An error (the server cannot be
-/// read, the training fails) is the caller's to log: it learns live then.
+/// At a first start at `now_ms`: read the server's AuditEvents since [`history_since`]
+/// and, when they cover `learn_days` ([`history_suffices`]), train the site's model from
+/// those of the first `learn_days` ([`history_learned_until`]), with the care context the
+/// server holds, into `out` — what `train --from-server --until` would have done before
+/// the start, so that the rest is scored as if the daemon had been following the server
+/// since its history began. An error (the server cannot be read, the training fails) is
+/// the caller's to log: it learns live then.
 pub(crate) fn from_history(cfg: &Config, now_ms: i64, out: &Path) -> anyhow::Result<FirstStart> {
     let learn_days = cfg.detector.learn_days;
     let since = fhir_edge_core::clock::from_ms(history_since(now_ms, learn_days));
@@ -86,7 +98,18 @@ pub(crate) fn from_history(cfg: &Config, now_ms: i64, out: &Path) -> anyhow::Res
     if !history_suffices(first, last, learn_days) {
         return Ok(FirstStart::TooLittle { events, days });
     }
+    let until = fhir_edge_core::clock::from_ms(history_learned_until(first, learn_days));
+    let learned = records.partition_point(|r| r.recorded < until);
+    // What is reviewed is read again by the first polls: not kept while the model trains.
+    let mut records = records;
+    records.truncate(learned);
+    records.shrink_to_fit();
     let care = crate::training::care_for_training(cfg)?;
-    site_model(cfg, records, care, out)?;
-    Ok(FirstStart::Trained { events, days })
+    site_model(cfg, records, Some(until), care, out)?;
+    Ok(FirstStart::Trained {
+        learned,
+        review: events - learned,
+        days,
+        until,
+    })
 }

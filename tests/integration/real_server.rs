@@ -895,24 +895,41 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
 }
 
 /// A first start on a server that already holds the site's history needs no learning
-/// days: the simulated hospital's first three days are on the server when a daemon with a
-/// model of no site (`learn_days = 2`) and an empty state starts. It trains the site's
-/// model from that history before its first poll (into `<state>/model`, with the care
-/// context the server holds) and starts warm: not learning, the history passed over.
-/// The two live days written afterwards are each scored once, and its cases are exactly
-/// those `score` finds with the model it trained. With `learn_days` longer than the
-/// history, the same start learns live.
+/// days, and reviews what followed them: the simulated hospital's first four days (the
+/// incidents begin on the fourth) are on the server when a daemon with a model of no site
+/// (`learn_days = 2`) and an empty state starts. It trains the site's model from the
+/// history's first two days before its first poll (into `<state>/model`, with the care
+/// context the server holds) and starts warm: not learning, those two days passed over.
+/// The history after them and the live day written afterwards are each scored once, and
+/// its cases are exactly those `score` finds with the model it trained — as if it had been
+/// installed when the history began. With `learn_days` longer than the history, the same
+/// start learns live.
 #[test]
-fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_starts_warm() {
+fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_reviews_the_rest() {
     let Some(s) = start_sekmet() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (events, after) = simulated_hospital(dir.path(), &s.base_url);
+    let (events, _) = simulated_hospital(dir.path(), &s.base_url);
+    let recorded = |e: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(e["recorded"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    const DAY_MS: i64 = 86_400_000;
+    let first = events.iter().map(recorded).min().unwrap();
     let (history, live): (Vec<_>, Vec<_>) = events
-        .into_iter()
-        .partition(|e| !after.contains(e["id"].as_str().unwrap()));
+        .iter()
+        .cloned()
+        .partition(|e| recorded(e) < first + 4 * DAY_MS);
+    // What a daemon learning two days from the first event would have scored after them.
+    let review: BTreeSet<String> = events
+        .iter()
+        .filter(|e| recorded(e) >= first + 2 * DAY_MS)
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!live.is_empty() && review.len() > live.len());
     put_all(&s.base_url, &history);
     let no_site = crate::learn::model_of_no_site(dir.path());
-    // Too little history for four learning days: learning, as before.
+    // Too little history for five learning days: learning, as before.
     let short = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(short.path().join("sim")).unwrap();
     std::fs::copy(
@@ -922,11 +939,11 @@ fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_starts_warm
     .unwrap();
     let mut cfg = config(&s.base_url, &short.path().join("state"));
     cfg.detector.model_dir = no_site.clone();
-    cfg.detector.learn_days = 4;
+    cfg.detector.learn_days = 5;
     let d = TestDaemon::start(cfg);
     assert!(
         d.health.learning().is_some(),
-        "three days of history, four to learn"
+        "four days of history, five to learn"
     );
     assert!(!short.path().join("state/model").exists());
     d.stop();
@@ -939,13 +956,13 @@ fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_starts_warm
     let own = dir.path().join("state/model");
     assert!(fhir_edge_core::detector::baselines::present(&own));
     put_all(&s.base_url, &live);
-    wait_scored(&d, live.len() as u64);
+    wait_scored(&d, review.len() as u64);
     // The first poll re-reads the overlap before the mark: the history loaded in seconds.
     let passed = d.counter(Counter::EventsPassedOver);
     assert!(
-        passed > 0 && passed <= history.len() as u64,
-        "what is read again of the history is passed over: {passed}"
+        passed > 0 && passed <= (events.len() - review.len()) as u64,
+        "what is read again of the two learned days is passed over: {passed}"
     );
-    let offline = offline_cases(dir.path(), &own, &after);
+    let offline = offline_cases(dir.path(), &own, &review);
     assert_same_cases(&d, &offline);
 }

@@ -230,7 +230,9 @@ pub enum PassOver {
     /// server other than the one it learned from.
     Recorded(i64),
     /// Events the server had written by the mark: `lastUpdated` before it, or at it with
-    /// a key that was read.
+    /// a key that was read — and recorded by the mark's `recorded` time, as a model
+    /// trained `--until` a time learned none recorded after it, whatever their
+    /// `lastUpdated` (history written to the server out of recorded order).
     Server {
         last_updated_ms: i64,
         keys_at: HashSet<String>,
@@ -265,7 +267,7 @@ impl PassOver {
                 keys_at,
                 recorded_ms,
             } => match r.last_updated.map(|t| t.timestamp_millis()) {
-                Some(t) if t < *last_updated_ms => true,
+                Some(t) if t < *last_updated_ms => r.recorded.timestamp_millis() <= *recorded_ms,
                 Some(t) if t == *last_updated_ms => keys_at.contains(&r.key),
                 Some(_) => false,
                 // Without a lastUpdated (a pushed event), only its recorded time tells.
@@ -346,5 +348,9 @@ mod tests {
         let by_recorded = PassOver::by_recorded(&mark);
         assert!(by_recorded.passes_over(&newer), "recorded before the mark");
         assert!(!by_recorded.passes_over(&rec("m", "2026-01-05T08:00:02Z", None)));
+        // Written before the mark but recorded after it (a model trained `--until`, the
+        // history written out of order): never learned, so scored.
+        let later = rec("l", "2026-01-05T09:00:00Z", Some("2026-01-05T08:00:04Z"));
+        assert!(!by_server.passes_over(&later));
     }
 }
