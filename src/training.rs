@@ -388,7 +388,10 @@ pub(crate) fn train_cmd(
         case_rule,
         case_budget,
     } = *run;
+    // Where the events read but not learned (recorded from `until` on) begin, for the mark.
+    let mut unlearned_from = None;
     if let Some(u) = until {
+        unlearned_from = baselines::oldest_written(records.iter().filter(|r| r.recorded >= u));
         records.retain(|r| r.recorded < u);
     }
     // One pass: each event's feature row and the facts beside it that make evidence twice
@@ -446,7 +449,8 @@ pub(crate) fn train_cmd(
         ctx.timezone(),
         server,
         model.meta.training.trained_at.clone(),
-    );
+    )
+    .with_unlearned_from(unlearned_from);
     baselines::save(output, &mark, &ctx)?;
     println!(
         "trained on {} events in {:.1} s (final loss {:.4}); threshold {:.4} at p{}; saved to {} \

@@ -153,7 +153,7 @@ pub fn starting_context(
                 learned_from: s.base_url.clone(),
             }))
         }
-        Some(s) => (PassOver::by_server(&b.mark), Some(s.last_updated_ms)),
+        Some(s) => (PassOver::by_server(&b.mark), Some(s.read_on_from_ms())),
         None => (PassOver::by_recorded(&b.mark), None),
     };
     let mut ctx = Context::new(tz);
@@ -265,6 +265,7 @@ mod tests {
                 base_url: s.into(),
                 last_updated_ms: 2_000,
                 keys_at: vec!["k".into()],
+                unlearned_from_ms: None,
             }),
         }
     }

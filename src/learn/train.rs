@@ -100,10 +100,6 @@ pub(crate) fn from_history(cfg: &Config, now_ms: i64, out: &Path) -> anyhow::Res
     }
     let until = fhir_edge_core::clock::from_ms(history_learned_until(first, learn_days));
     let learned = records.partition_point(|r| r.recorded < until);
-    // What is reviewed is read again by the first polls: not kept while the model trains.
-    let mut records = records;
-    records.truncate(learned);
-    records.shrink_to_fit();
     let care = crate::training::care_for_training(cfg)?;
     site_model(cfg, records, Some(until), care, out)?;
     Ok(FirstStart::Trained {

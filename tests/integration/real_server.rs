@@ -787,6 +787,9 @@ fn simulated_hospital(
 /// Where the simulated hospital's history ends and its live days begin.
 const MARK: &str = "2026-01-08T00:00:00Z";
 
+/// The overlap of the daemon that follows a bulk load written out of recorded order.
+const OVERLAP_SECS: u64 = 3;
+
 /// `score`'s cases of the events `after` with `model`, the hospital's care context and
 /// watch list from the simulator's files ([`score_cases`]).
 fn offline_cases(
@@ -860,19 +863,33 @@ fn assert_same_cases(d: &TestDaemon, offline: &BTreeSet<(BTreeSet<String>, bool)
 
 /// What the quality benchmark measures (`score`'s cases, `crates/lab/quality/quality.py`)
 /// is what the daemon files. A simulated hospital — its staff, patients, admissions and
-/// relatives, then five days of AuditEvents in recorded order — is written to the real
-/// server; a model is trained from the server up to a mark two days before the end, as a
-/// site starts warm; the daemon, started from it with an empty state, follows the server
-/// and reads its care context. Every case it lists through the API, watched ones included,
-/// holds exactly the AuditEvent ids of one of `score`'s cases of the events after the mark
-/// (the same model, the same context from the simulator's files), queued or watched alike,
-/// and none is missing.
+/// relatives, then five days of AuditEvents — is written to the real server; a model is
+/// trained from the server up to a mark two days before the end, as a site starts warm;
+/// the daemon, started from it with an empty state, follows the server and reads its care
+/// context. Every case it lists through the API, watched ones included, holds exactly the
+/// AuditEvent ids of one of `score`'s cases of the events after the mark (the same model,
+/// the same context from the simulator's files), queued or watched alike, and none is
+/// missing. The events are written out of recorded order, as a bulk load may: the first
+/// 300 after the mark go first, longer before the model's mark than the daemon's overlap,
+/// and are scored all the same.
 #[test]
 fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
     let Some(s) = start_sekmet() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (events, after) = simulated_hospital(dir.path(), &s.base_url);
-    put_all(&s.base_url, &events);
+    // `events` are in recorded order: the first 300 after the mark, then all the others.
+    let first_after = events
+        .iter()
+        .position(|e| after.contains(e["id"].as_str().unwrap()))
+        .unwrap();
+    let early = events[first_after..first_after + 300].to_vec();
+    let rest: Vec<_> = [&events[..first_after], &events[first_after + 300..]].concat();
+    assert!(early
+        .iter()
+        .all(|e| after.contains(e["id"].as_str().unwrap())));
+    put_all(&s.base_url, &early);
+    std::thread::sleep(Duration::from_secs(OVERLAP_SECS + 2));
+    put_all(&s.base_url, &rest);
     let watch = dir.path().join("sim/watchlist.txt");
     let (model, _, _) = train_from_server_with(
         dir.path(),
@@ -889,7 +906,12 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
         ],
     );
     let offline = offline_cases(dir.path(), &model, &after);
-    let d = hospital_daemon(&s.base_url, dir.path(), model);
+    let mut cfg = config(&s.base_url, &dir.path().join("state"));
+    cfg.detector.model_dir = model;
+    cfg.detector.watch_list = Some(watch);
+    cfg.poller.page_size = 500;
+    cfg.poller.overlap_secs = OVERLAP_SECS;
+    let d = TestDaemon::start(cfg);
     wait_scored(&d, after.len() as u64);
     assert_same_cases(&d, &offline);
 }

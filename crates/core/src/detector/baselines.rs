@@ -49,6 +49,23 @@ pub struct ServerMark {
     pub last_updated_ms: i64,
     /// Keys of the events read at exactly that `lastUpdated` (others may share it later).
     pub keys_at: Vec<String>,
+    /// The oldest `meta.lastUpdated` of the events read but not learned, when older than
+    /// `last_updated_ms`: a model trained `--until` a time on history the server wrote
+    /// out of recorded order (bulk loads in parallel) learned none recorded after it,
+    /// yet some were written before the mark. A daemon starting from the model reads on
+    /// from here ([`ServerMark::read_on_from_ms`]) so that none is missed; what it learned
+    /// among them is passed over by its recorded time ([`PassOver::Server`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlearned_from_ms: Option<i64>,
+}
+
+impl ServerMark {
+    /// Where a daemon starting from the model reads the server on from: the mark, or the
+    /// oldest event read but not learned when that is older.
+    pub fn read_on_from_ms(&self) -> i64 {
+        self.unlearned_from_ms
+            .map_or(self.last_updated_ms, |u| u.min(self.last_updated_ms))
+    }
 }
 
 impl Mark {
@@ -82,6 +99,7 @@ impl Mark {
                 base_url: base_url.trim_end_matches('/').to_string(),
                 last_updated_ms: newest,
                 keys_at,
+                unlearned_from_ms: None,
             })
         });
         Mark {
@@ -92,6 +110,26 @@ impl Mark {
             server,
         }
     }
+}
+
+impl Mark {
+    /// The mark with where the events that were read but not learned (`--until`) begin
+    /// to be written ([`oldest_written`]), when before the mark
+    /// ([`ServerMark::unlearned_from_ms`]).
+    pub fn with_unlearned_from(mut self, oldest_ms: Option<i64>) -> Mark {
+        if let Some(s) = self.server.as_mut() {
+            s.unlearned_from_ms = oldest_ms.filter(|&t| t < s.last_updated_ms);
+        }
+        self
+    }
+}
+
+/// The oldest `meta.lastUpdated` among `records`, ms since the epoch.
+pub fn oldest_written<'a>(records: impl Iterator<Item = &'a AuditRecord>) -> Option<i64> {
+    records
+        .filter_map(|r| r.last_updated)
+        .map(|t| t.timestamp_millis())
+        .min()
 }
 
 /// Why baselines could not be used.
@@ -352,5 +390,27 @@ mod tests {
         // history written out of order): never learned, so scored.
         let later = rec("l", "2026-01-05T09:00:00Z", Some("2026-01-05T08:00:04Z"));
         assert!(!by_server.passes_over(&later));
+        // A daemon starting from such a model reads on from where that one was written.
+        let s = mark.server.as_ref().unwrap();
+        assert_eq!(
+            s.read_on_from_ms(),
+            s.last_updated_ms,
+            "all read was learned"
+        );
+        let after = rec("w", "2026-01-05T09:00:00Z", Some("2026-01-05T08:00:06Z"));
+        let unlearned = oldest_written([&after, &later].into_iter());
+        let marked = mark.clone().with_unlearned_from(unlearned);
+        let s = marked.server.as_ref().unwrap();
+        assert_eq!(
+            s.read_on_from_ms(),
+            later.last_updated.unwrap().timestamp_millis()
+        );
+        let marked = mark
+            .clone()
+            .with_unlearned_from(oldest_written([&after].into_iter()));
+        assert_eq!(
+            marked, mark,
+            "written after the mark: read on from the mark"
+        );
     }
 }
