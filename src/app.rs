@@ -205,6 +205,7 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
         &model_dir,
         tz,
         &base_url,
+        clock.now().timestamp_millis(),
     )?;
     let learning_since = match learning {
         true => {

@@ -314,7 +314,9 @@ pub struct PollerConfig {
     pub interval_secs: u64,
     /// `_count` asked of the server per page.
     pub page_size: u32,
-    /// On first start (empty state), how far back from the server's time to begin.
+    /// On first start (empty state), how far back from the server's time to begin. A model
+    /// with baselines starts at its mark instead (trained from files: its newest recorded
+    /// time, at most 30 days back; `detector::file_mark_cursor`).
     pub initial_lookback_secs: u64,
     /// Polls re-read this many seconds before the cursor, to catch late commits.
     pub overlap_secs: u64,

@@ -117,17 +117,35 @@ pub struct Start {
     pub origin: Origin,
 }
 
-/// Decide where the detector starts (see `baselines` in the core for the rules): the
-/// daemon's own snapshot when it has one; else the model's baselines, with the cursor at
-/// their server mark when they were read from this server (`base_url`, credentials
-/// removed); else nothing. A snapshot that cannot be read counts as none (the caller says
-/// so in the journal). Baselines for another time zone or schema are refused.
+/// How far back at most a daemon starting from a model trained from files reads the
+/// server for the events after the model's mark ([`file_mark_cursor`]): as far as a first
+/// start reads the server's history by default (`learn::HISTORY_WINDOW_DAYS`).
+pub const FILE_MARK_READ_BACK_DAYS: u32 = 30;
+
+/// Where a daemon starting at `now_ms` from a model trained from files (its mark a
+/// `recorded` time, `mark_ms`) reads the server from: the mark, as a server writing events
+/// as they happen wrote those recorded after it after it, and a server loaded in bulk
+/// later still — but no further back than [`FILE_MARK_READ_BACK_DAYS`] (an older model's
+/// site has moved on; the journal's "starting" line gives the cursor) and no later than
+/// now. What it reads that the model learned is passed over by its recorded time.
+pub fn file_mark_cursor(mark_ms: i64, now_ms: i64) -> i64 {
+    let back = FILE_MARK_READ_BACK_DAYS as i64 * 86_400_000;
+    mark_ms.clamp(now_ms - back, now_ms)
+}
+
+/// Decide where the detector starts at `now_ms` (see `baselines` in the core for the
+/// rules): the daemon's own snapshot when it has one; else the model's baselines, with the
+/// cursor at their server mark when they were read from this server (`base_url`,
+/// credentials removed), at [`file_mark_cursor`] when they were learned from files; else
+/// nothing. A snapshot that cannot be read counts as none (the caller says so in the
+/// journal). Baselines for another time zone or schema are refused.
 pub fn starting_context(
     snapshot: Option<&[u8]>,
     cursor_ms: Option<i64>,
     model_dir: &Path,
     tz: chrono_tz::Tz,
     base_url: &str,
+    now_ms: i64,
 ) -> Result<Start, BaselinesError> {
     if let Some(ctx) = snapshot.and_then(|b| Context::from_bytes(b, tz).ok()) {
         return Ok(Start {
@@ -154,7 +172,11 @@ pub fn starting_context(
             }))
         }
         Some(s) => (PassOver::by_server(&b.mark), Some(s.read_on_from_ms())),
-        None => (PassOver::by_recorded(&b.mark), None),
+        // Baselines that learned nothing (made by hand) leave the first poll's lookback.
+        None => (
+            PassOver::by_recorded(&b.mark),
+            (b.mark.events > 0).then(|| file_mark_cursor(b.mark.recorded_ms, now_ms)),
+        ),
     };
     let mut ctx = Context::new(tz);
     ctx.adopt_history(b.context);
@@ -275,8 +297,10 @@ mod tests {
         let tz = chrono_tz::UTC;
         let d = tempfile::tempdir().unwrap();
         let here = "http://fhir.local/fhir";
+        const DAY: i64 = 86_400_000;
+        let now = 40 * DAY;
         let start =
-            |snap: Option<&[u8]>, cursor| starting_context(snap, cursor, d.path(), tz, here);
+            |snap: Option<&[u8]>, cursor| starting_context(snap, cursor, d.path(), tz, here, now);
         let s = start(None, None).unwrap();
         assert_eq!(s.origin, Origin::Fresh(FreshReason::NoBaselines));
         assert!(s.pass_over.is_none() && s.cursor_ms.is_none());
@@ -316,10 +340,13 @@ mod tests {
         let s = start(None, None).unwrap();
         assert_eq!(
             (s.origin, s.cursor_ms),
-            (Origin::Model { mark_ms: 1_000 }, None)
+            (Origin::Model { mark_ms: 1_000 }, Some(10 * DAY)),
+            "learned from files: from the mark, at most 30 days back"
         );
+        assert_eq!(file_mark_cursor(35 * DAY, now), 35 * DAY, "from the mark");
+        assert_eq!(file_mark_cursor(41 * DAY, now), now, "never after now");
 
-        let e = starting_context(None, None, d.path(), chrono_tz::Europe::Berlin, here)
+        let e = starting_context(None, None, d.path(), chrono_tz::Europe::Berlin, here, now)
             .err()
             .unwrap();
         assert_eq!(e.kind(), "baselines_timezone_mismatch");

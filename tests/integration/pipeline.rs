@@ -72,6 +72,56 @@ fn a_bounded_history_read_stops_at_the_end_of_the_page_that_reaches_the_bound() 
     );
 }
 
+/// A model trained from files (`train --input`: its mark a `recorded` time) and a server
+/// loaded in bulk three hours before the daemon's first start, longer ago than its
+/// `initial_lookback_secs`: the daemon reads the server from the model's mark (at most 30
+/// days back), so every event recorded after the mark is scored once and every one the
+/// model learned is passed over. Reading only the lookback, it would score nothing.
+#[test]
+fn a_model_trained_from_files_has_the_server_read_from_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut evs = events(3000, "f", 7);
+    let recorded = |e: &serde_json::Value| e["recorded"].as_str().unwrap().to_string();
+    evs.sort_by_key(recorded);
+    let mark = recorded(&evs[2000]);
+    let learned: Vec<_> = evs.iter().filter(|e| recorded(e) < mark).collect();
+    let file = dir.path().join("learned.ndjson");
+    let lines: Vec<String> = learned.iter().map(|e| e.to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let model = dir.path().join("model");
+    let (code, _, err) = crate::binary::run(
+        &[
+            "train",
+            "--input",
+            file.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--output",
+            model.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let learned = learned.len() as u64;
+    stamp(&mut evs, Utc::now() - chrono::Duration::hours(3), 1);
+    let s = server();
+    s.store.insert_raw(evs);
+    let mut cfg = config(&s.base_url, &dir.path().join("state"));
+    cfg.detector.model_dir = model;
+    cfg.poller.initial_lookback_secs = 3600;
+    let d = TestDaemon::start(cfg);
+    wait_until(Duration::from_secs(60), "the events after the mark", || {
+        d.counter(Counter::EventsModelScored) >= 3000 - learned
+    });
+    let before = polls(&d);
+    wait_until(Duration::from_secs(30), "two more polls", || {
+        polls(&d) >= before + 2
+    });
+    assert_eq!(d.counter(Counter::EventsModelScored), 3000 - learned);
+    assert_eq!(d.counter(Counter::EventsPassedOver), learned);
+    d.stop();
+}
+
 #[test]
 fn late_commit_behind_the_cursor_inside_the_overlap_is_caught() {
     let s = seeded_server(60, "late", 12, chrono::Duration::seconds(30), 1);
