@@ -66,9 +66,8 @@ pub const HISTORY_WINDOW_DAYS: u32 = 30;
 /// in memory until the read ends — about 1 GB at the peak for a million at a first start,
 /// which keeps only its learning days to train on, and 1.3 GB at the end of learning,
 /// which trains on all (BENCHMARKS.md, "A first start from the server's history") — so
-/// the bound keeps a large
-/// system's edge from running out of memory; what the read leaves is scored after the
-/// start, or was followed live.
+/// the bound keeps a large system's edge from running out of memory; what the read leaves
+/// is scored after the start, or was followed live.
 pub const HISTORY_MAX_EVENTS: usize = 1_000_000;
 
 /// How many days back a first start reads the server's history.

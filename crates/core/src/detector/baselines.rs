@@ -110,9 +110,7 @@ impl Mark {
             server,
         }
     }
-}
 
-impl Mark {
     /// The mark with where the events that were read but not learned (`--until`) begin
     /// to be written ([`oldest_written`]), when before the mark
     /// ([`ServerMark::unlearned_from_ms`]).
