@@ -824,13 +824,15 @@ fn offline_cases(
 }
 
 /// A daemon following the simulated hospital's server from `model_dir` with the state in
-/// `dir/state`, its watch list set.
+/// `dir/state`, its watch list set, its overlap [`OVERLAP_SECS`] (the tests write part
+/// of the hospital out of recorded order, longer before the rest than that).
 fn hospital_daemon(base_url: &str, dir: &std::path::Path, model_dir: PathBuf) -> TestDaemon {
     let mut cfg = config(base_url, &dir.join("state"));
     cfg.detector.model_dir = model_dir;
     cfg.detector.watch_list = Some(dir.join("sim/watchlist.txt"));
     cfg.detector.learn_days = 2;
     cfg.poller.page_size = 500;
+    cfg.poller.overlap_secs = OVERLAP_SECS;
     TestDaemon::start(cfg)
 }
 
@@ -906,12 +908,7 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
         ],
     );
     let offline = offline_cases(dir.path(), &model, &after);
-    let mut cfg = config(&s.base_url, &dir.path().join("state"));
-    cfg.detector.model_dir = model;
-    cfg.detector.watch_list = Some(watch);
-    cfg.poller.page_size = 500;
-    cfg.poller.overlap_secs = OVERLAP_SECS;
-    let d = TestDaemon::start(cfg);
+    let d = hospital_daemon(&s.base_url, dir.path(), model);
     wait_scored(&d, after.len() as u64);
     assert_same_cases(&d, &offline);
 }
@@ -924,8 +921,9 @@ fn the_daemon_files_the_cases_score_finds_on_a_simulated_hospital() {
 /// context the server holds) and starts warm: not learning, those two days passed over.
 /// The history after them and the live day written afterwards are each scored once, and
 /// its cases are exactly those `score` finds with the model it trained — as if it had been
-/// installed when the history began. With `learn_days` longer than the history, the same
-/// start learns live.
+/// installed when the history began — also with 300 events of the days to review written
+/// first, before the rest of the history. With `learn_days` longer than the history, the
+/// same start learns live.
 #[test]
 fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_reviews_the_rest() {
     let Some(s) = start_sekmet() else { return };
@@ -949,7 +947,18 @@ fn a_first_start_on_a_server_with_history_trains_the_sites_model_and_reviews_the
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     assert!(!live.is_empty() && review.len() > live.len());
-    put_all(&s.base_url, &history);
+    // Written out of recorded order, as a bulk load may: 300 events of the days to review
+    // first, longer before the rest than the daemon's overlap.
+    let early_at = history
+        .iter()
+        .position(|e| review.contains(e["id"].as_str().unwrap()))
+        .unwrap();
+    put_all(&s.base_url, &history[early_at..early_at + 300]);
+    std::thread::sleep(Duration::from_secs(OVERLAP_SECS + 2));
+    put_all(
+        &s.base_url,
+        &[&history[..early_at], &history[early_at + 300..]].concat(),
+    );
     let no_site = crate::learn::model_of_no_site(dir.path());
     // Too little history for five learning days: learning, as before.
     let short = tempfile::tempdir().unwrap();
