@@ -219,6 +219,16 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     };
     let mut ctx = start.ctx;
     say_origin(&start.origin, loaded.snapshot.is_some());
+    if let Some(cut) = start.read_back_cut_ms {
+        tracing::warn!(
+            actor = "detector",
+            read_from = %fhir_edge_core::clock::fmt_ms(fhir_edge_core::clock::from_ms(cut)),
+            read_back_days = crate::detector::FILE_MARK_READ_BACK_DAYS,
+            "the model was trained from files up to a mark further back than the daemon reads \
+             the server at a first start: events recorded between the mark and read_from are \
+             neither learned nor scored; train a model on newer events to cover them"
+        );
+    }
     if let crate::detector::Origin::Model { mark_ms } = start.origin {
         store.note_baselines(mark_ms, clock.now().timestamp_millis())?;
     }

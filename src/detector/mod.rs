@@ -115,6 +115,11 @@ pub struct Start {
     /// `meta.lastUpdated` the first poll starts from (less the overlap), ms.
     pub cursor_ms: Option<i64>,
     pub origin: Origin,
+    /// Set when the first poll starts after the mark of a model trained from files, as
+    /// the mark lies further back than [`FILE_MARK_READ_BACK_DAYS`]: the cursor, after
+    /// which alone events are read (those recorded between the mark and it are neither
+    /// learned nor scored; the caller says so).
+    pub read_back_cut_ms: Option<i64>,
 }
 
 /// How far back at most a daemon starting from a model trained from files reads the
@@ -126,8 +131,8 @@ pub const FILE_MARK_READ_BACK_DAYS: u32 = 30;
 /// `recorded` time, `mark_ms`) reads the server from: the mark, as a server writing events
 /// as they happen wrote those recorded after it after it, and a server loaded in bulk
 /// later still — but no further back than [`FILE_MARK_READ_BACK_DAYS`] (an older model's
-/// site has moved on; the journal's "starting" line gives the cursor) and no later than
-/// now. What it reads that the model learned is passed over by its recorded time.
+/// site has moved on; the journal warns of the gap, [`Start::read_back_cut_ms`]) and no
+/// later than now. What it reads that the model learned is passed over by its recorded time.
 pub fn file_mark_cursor(mark_ms: i64, now_ms: i64) -> i64 {
     let back = FILE_MARK_READ_BACK_DAYS as i64 * 86_400_000;
     mark_ms.clamp(now_ms - back, now_ms)
@@ -153,6 +158,7 @@ pub fn starting_context(
             pass_over: None,
             cursor_ms,
             origin: Origin::Own,
+            read_back_cut_ms: None,
         });
     }
     let fresh = |reason| Start {
@@ -160,6 +166,7 @@ pub fn starting_context(
         pass_over: None,
         cursor_ms,
         origin: Origin::Fresh(reason),
+        read_back_cut_ms: None,
     };
     let Some(b) = baselines::load(model_dir, tz)? else {
         return Ok(fresh(FreshReason::NoBaselines));
@@ -180,6 +187,10 @@ pub fn starting_context(
     };
     let mut ctx = Context::new(tz);
     ctx.adopt_history(b.context);
+    let read_back_cut_ms = match (cursor_ms, &b.mark.server, mark_cursor) {
+        (None, None, Some(c)) if c > b.mark.recorded_ms => Some(c),
+        _ => None,
+    };
     Ok(Start {
         ctx,
         pass_over: Some(pass_over),
@@ -187,6 +198,7 @@ pub fn starting_context(
         origin: Origin::Model {
             mark_ms: b.mark.recorded_ms,
         },
+        read_back_cut_ms,
     })
 }
 
@@ -343,6 +355,8 @@ mod tests {
             (Origin::Model { mark_ms: 1_000 }, Some(10 * DAY)),
             "learned from files: from the mark, at most 30 days back"
         );
+        assert_eq!(s.read_back_cut_ms, Some(10 * DAY), "the cut is said");
+        assert_eq!(start(None, Some(5_000)).unwrap().read_back_cut_ms, None);
         assert_eq!(file_mark_cursor(35 * DAY, now), 35 * DAY, "from the mark");
         assert_eq!(file_mark_cursor(41 * DAY, now), now, "never after now");
 
