@@ -12,8 +12,13 @@ rates vary).
 Also reports incident recall: the share of injected incidents with at least one event
 above the score that 1% (and 0.1%) of the normal test events exceed.
 
+`--train-days N` trains on N days instead of 28 (the 7 test days follow them);
+`--anomalies-from-day D` injects incidents from day D on, so that training learns from a
+history that holds them, as a site's does.
+
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
        [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE] [--shape balp|hapi|medplum|firely|aidbox]
+       [--train-days N] [--anomalies-from-day D]
 """
 import argparse, collections, csv, json, os, subprocess, sys, time
 import numpy as np
@@ -101,12 +106,13 @@ def watched_split(ev, labels, watch):
 
 
 def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
-        shape="balp", keep_department=False, context=False, max_patients=None, queue_budget=None):
+        shape="balp", keep_department=False, context=False, max_patients=None, queue_budget=None,
+        anomalies_from_day=None):
     d = os.path.join(out, r["name"])
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
     run([sim_bin or bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
-         "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day),
+         "--patients", str(r["patients"]), "--anomalies-from-day", str(from_day if anomalies_from_day is None else anomalies_from_day),
          "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else [])
         + (["--style", style] if style != "classic" else [])
         + (["--shape", shape] if shape != "balp" else [])
@@ -330,6 +336,13 @@ def main():
     ap.add_argument("--case-budget", type=float,
                     help="fit the threshold to this many queued cases a day per 100 users "
                          "(train --case-budget; default: train's, 0: off)")
+    ap.add_argument("--train-days", type=int, default=28,
+                    help="days of history to train on before the 7 test days (default 28; the "
+                         "daemon's first start learns [detector] learn_days, 14 by default)")
+    ap.add_argument("--anomalies-from-day", type=int,
+                    help="inject incidents from this day on (default: the first test day, 28), so "
+                         "that training learns from days that hold them as a site's history does; "
+                         "figures stay on the test days")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -339,7 +352,9 @@ def main():
     for r in runs:
         res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
                   shape=a.shape, keep_department=a.keep_department, context=a.context,
-                  max_patients=a.max_patients, queue_budget=a.case_budget)
+                  max_patients=a.max_patients, queue_budget=a.case_budget,
+                  anomalies_from_day=a.anomalies_from_day,
+                  days=a.train_days + 7, from_day=a.train_days)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
               f"r@1% {res['autoencoder']['recall_1pct']:.3f} inc@1% {res['autoencoder']['incident_recall_1pct']:.3f} "
