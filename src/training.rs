@@ -494,27 +494,38 @@ fn fit_queue_budget(
         "{:.2} cases a day per 100 users would have been queued in the last {:.1} days ({} users active)",
         fit.before, days, users
     );
+    let loud = || {
+        budget::loudest_users(&candidates, &raises, rule, 5)
+            .into_iter()
+            .map(|(u, n)| format!("{u} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match (raises.is_empty(), fit.met()) {
-        (true, _) => eprintln!("queue budget {budget}: {at}; the thresholds are kept"),
+        (true, true) => eprintln!("queue budget {budget}: {at}; the thresholds are kept"),
+        (true, false) => eprintln!(
+            "queue budget {budget}: {at}; NOT MET, and the thresholds are kept: what fills the \
+             queue is episodes of a day spread over many users, not work flagged day after day \
+             that a raise would trim, and raising their thresholds would hide the next such \
+             episode. If the history holds misuse, these cases are worth opening; if it is \
+             routine, allow-list it or set [alerts] case_budget higher. Most of those cases \
+             are of: {}",
+            loud()
+        ),
         (false, true) => eprintln!(
             "queue budget {budget}: {at}; thresholds raised for {}, for {:.2}",
             raises.describe(),
             fit.after
         ),
-        (false, false) => {
-            let loud = budget::loudest_users(&candidates, &raises, rule, 5)
-                .into_iter()
-                .map(|(u, n)| format!("{u} ({n})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            eprintln!(
-                "queue budget {budget}: {at}; NOT MET: {:.2} with thresholds raised for {}, and what \
-                 still fills the queue may be raised no further. Most of those cases are of: {loud}. Look at \
-                 what their work looks like and allow-list what is routine, or set [alerts] case_budget higher",
-                fit.after,
-                raises.describe()
-            )
-        }
+        (false, false) => eprintln!(
+            "queue budget {budget}: {at}; NOT MET: {:.2} with thresholds raised for {}, and what \
+             still fills the queue is at the largest raise, or episodes of a day that keep their \
+             threshold. Most of those cases are of: {}. Look at what their work looks like and \
+             allow-list what is routine, or set [alerts] case_budget higher",
+            fit.after,
+            raises.describe(),
+            loud()
+        ),
     }
     model.meta.raises = raises;
     model.meta.training.queue_budget = Some(fit);

@@ -201,7 +201,9 @@ impl ModelMeta {
         );
         // A model fitted before behaviours were raised one by one kept its one raise in
         // `threshold` and names none: what it did shows in `before` against the budget.
-        let single = fit.before > fit.budget;
+        // A fit that kept every threshold (episodes of a day, not routine work, fill its
+        // queue; `budget::fit`) queues as many as before.
+        let single = fit.before > fit.budget && fit.after < fit.before;
         match (self.raises.is_empty(), fit.met()) {
             (true, _) if single => format!(
                 "{budget}: {} with every threshold raised together, an older model's fit \
@@ -210,8 +212,15 @@ impl ModelMeta {
                 fit.before,
                 fit.after
             ),
-            (true, _) => format!(
+            (true, true) => format!(
                 "{budget}: met at the percentile's threshold ({:.2} would have been queued)",
+                fit.before
+            ),
+            (true, false) => format!(
+                "{budget}: NOT MET ({:.2} would have been queued), thresholds kept: the queue \
+                 fills with episodes of a day spread over many users, which a raise would hide, \
+                 not with work flagged day after day; open them, allow-list what is routine or \
+                 raise [alerts] case_budget",
                 fit.before
             ),
             (false, true) => format!(
@@ -221,8 +230,9 @@ impl ModelMeta {
                 fit.after
             ),
             (false, false) => format!(
-                "{budget}: NOT MET with the largest raises allowed, {} ({:.2} → {:.2}); allow-list \
-                 what is routine or raise [alerts] case_budget, then retrain",
+                "{budget}: NOT MET with the largest raises allowed, {} ({:.2} → {:.2}), episodes \
+                 of a day keeping their threshold; allow-list what is routine or raise [alerts] \
+                 case_budget, then retrain",
                 self.raises.describe(),
                 fit.before,
                 fit.after
@@ -926,11 +936,21 @@ mod tests {
         // An older model: its one raise is in the threshold, no behaviour is named.
         meta.raises = Raises::default();
         fit.after = 2.3;
-        meta.training.queue_budget = Some(fit);
+        meta.training.queue_budget = Some(fit.clone());
         assert!(
             meta.queue_budget_summary().ends_with(
                 ": met with every threshold raised together, an older model's fit (3.84 → 2.30)"
             ),
+            "{}",
+            meta.queue_budget_summary()
+        );
+        // Missed, and no threshold raised (episodes of a day fill the queue): not an older
+        // model's fit, and it says why.
+        fit.after = fit.before;
+        meta.training.queue_budget = Some(fit);
+        assert!(
+            meta.queue_budget_summary()
+                .contains(": NOT MET (3.84 would have been queued), thresholds kept: the queue"),
             "{}",
             meta.queue_budget_summary()
         );
