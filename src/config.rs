@@ -395,7 +395,7 @@ pub struct DetectorConfig {
     /// site's model from their first `learn_days` before its first poll, starts warm
     /// instead of learning and scores the rest of that history (as if it had been
     /// installed when the history began). 28 where the server keeps four weeks: a model
-    /// of two weeks queues about a quarter more false cases (BENCHMARKS.md).
+    /// of two weeks queued a quarter to a half more false cases (BENCHMARKS.md).
     /// 0: never train automatically (learn until `fhir-edge train --from-server` gives a
     /// site model).
     pub learn_days: u32,

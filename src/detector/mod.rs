@@ -124,7 +124,7 @@ pub struct Start {
 
 /// How far back at most a daemon starting from a model trained from files reads the
 /// server for the events after the model's mark ([`file_mark_cursor`]): as far as a first
-/// start reads the server's history by default (`learn::HISTORY_WINDOW_DAYS`).
+/// start reads the server's history by default (`learn::HISTORY_WINDOW_DAYS` is this).
 pub const FILE_MARK_READ_BACK_DAYS: u32 = 30;
 
 /// Where a daemon starting at `now_ms` from a model trained from files (its mark a

@@ -59,7 +59,9 @@ const DAY_MS: i64 = 86_400_000;
 
 /// How far back a first start reads the server's history, at least: the window `train
 /// --from-server` reads by default (a `learn_days` beyond it widens it to `learn_days`).
-pub const HISTORY_WINDOW_DAYS: u32 = 30;
+/// One bound with how far back a model trained from files has the server read (the
+/// detector keeps it, as it does not depend on learning).
+pub const HISTORY_WINDOW_DAYS: u32 = crate::detector::FILE_MARK_READ_BACK_DAYS;
 
 /// The most events the daemon reads of the server's history to train on (at a first
 /// start and at the end of learning): the oldest this many of the window. All of them are

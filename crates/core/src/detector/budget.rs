@@ -202,10 +202,11 @@ fn judge(c: &Candidate, raises: &Raises) -> Option<Judged> {
 }
 
 /// The *routine* behaviours of the replay: those whose cases queued at the percentile's
-/// thresholds mostly (at least half) have a user flagged as that behaviour on more than
-/// one day of it — work that comes back. An incident, injected or real, is an episode of
-/// a day; the floods a budget is for come back.
-fn routine_kinds(candidates: &[Candidate], rule: CaseRule) -> BTreeSet<AlertKind> {
+/// thresholds (`unraised`: the replay of `candidates` with no raise) mostly (at least
+/// half) have a user flagged as that behaviour on more than one day of it — work that
+/// comes back. An incident, injected or real, is an episode of a day; the floods a budget
+/// is for come back.
+fn routine_kinds(candidates: &[Candidate], unraised: &[Replayed]) -> BTreeSet<AlertKind> {
     let none = Raises::default();
     let mut days = HashMap::<(Option<&str>, AlertKind), HashSet<i64>>::new();
     for c in candidates {
@@ -218,7 +219,7 @@ fn routine_kinds(candidates: &[Candidate], rule: CaseRule) -> BTreeSet<AlertKind
     }
     // Per behaviour: routine cases, all cases.
     let mut share = BTreeMap::<AlertKind, (usize, usize)>::new();
-    for case in replay(candidates, &none, rule).iter().filter(|c| c.queued) {
+    for case in unraised.iter().filter(|c| c.queued) {
         let comes_back = days
             .get(&(case.user, case.kind))
             .is_some_and(|d| d.len() > 1);
@@ -314,7 +315,7 @@ pub fn fit(
     let mut cases = replay(candidates, &raises, rule);
     let before = rate_of(&cases, days, users);
     let mut after = before;
-    let routine = routine_kinds(candidates, rule);
+    let routine = routine_kinds(candidates, &cases);
     while after > budget {
         let Some(kind) = loudest_kind(&cases, &raises, &routine) else {
             break;
