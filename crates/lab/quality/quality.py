@@ -107,8 +107,10 @@ def watched_split(ev, labels, watch):
 
 def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_bin=None, style="classic",
         shape="balp", keep_department=False, context=False, max_patients=None, queue_budget=None,
-        anomalies_from_day=None):
+        anomalies_from_day=None, timezone=None):
     d = os.path.join(out, r["name"])
+    # The site's time zone: its shifts (simulate), and the hours train and score read.
+    tz_args = ["--timezone", timezone] if timezone else []
     os.makedirs(d, exist_ok=True)
     t0 = time.time()
     run([sim_bin or bin_, "simulate", "--days", str(days), "--seed", str(r["seed"]), "--out", d, "--users", str(r["users"]),
@@ -116,7 +118,7 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
          "--incidents-per-day", str(r["incidents"])] + (["--activity", str(r["activity"])] if r["activity"] != 1.0 else [])
         + (["--style", style] if style != "classic" else [])
         + (["--shape", shape] if shape != "balp" else [])
-        + (["--keep-department"] if keep_department else []))
+        + (["--keep-department"] if keep_department else []) + tz_args)
     cutoff = START_MS + from_day * DAY_MS
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cutoff / 1000))
     ev = os.path.join(d, "events.ndjson")
@@ -136,9 +138,9 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
     # The queue budget the threshold is fitted to (train's default unless given).
     budget_args = ["--case-budget", str(queue_budget)] if queue_budget is not None else []
     run([bin_, "train", "--input", ev, "--output", os.path.join(d, "model"), "--epochs", str(epochs), "--seed", "1",
-         "--until", until] + wl_args + ctx_args + budget_args)
+         "--until", until] + wl_args + ctx_args + budget_args + tz_args)
     run([bin_, "score", "--model", os.path.join(d, "model"), "--input", ev, "--output", os.path.join(d, "scores.csv"),
-         "--features-out", os.path.join(d, "features.csv")] + wl_args + ctx_args)
+         "--features-out", os.path.join(d, "features.csv")] + wl_args + ctx_args + tz_args)
     labels, incident = {}, {}
     with open(os.path.join(d, "labels.csv")) as f:
         for row in csv.DictReader(f):
@@ -343,6 +345,9 @@ def main():
                     help="inject incidents from this day on (default: the first test day, 28), so "
                          "that training learns from days that hold them as a site's history does; "
                          "figures stay on the test days")
+    ap.add_argument("--timezone",
+                    help="the site's time zone (IANA name): the simulated shifts keep to it and "
+                         "train and score read hours in it (default UTC)")
     a = ap.parse_args()
     runs = RUNS[:1] if a.quick else RUNS
     if a.runs:
@@ -353,7 +358,7 @@ def main():
         res = one(a.bin, a.out, r, use_watch_list=not a.no_watch_list, sim_bin=a.sim_bin, style=a.style,
                   shape=a.shape, keep_department=a.keep_department, context=a.context,
                   max_patients=a.max_patients, queue_budget=a.case_budget,
-                  anomalies_from_day=a.anomalies_from_day,
+                  anomalies_from_day=a.anomalies_from_day, timezone=a.timezone,
                   days=a.train_days + 7, from_day=a.train_days)
         results.append(res)
         print(f"run {r['name']} ({a.style}): AE roc {res['autoencoder']['roc_auc']:.3f} pr {res['autoencoder']['pr_auc']:.3f} "
