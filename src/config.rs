@@ -431,8 +431,8 @@ pub struct AlertsConfig {
     /// — the site's own normal work — and raises the thresholds of the behaviours that
     /// fill its queue, one step at a time, until at most this many cases a day per 100
     /// users would have reached it; a quiet site keeps the percentile's threshold. Only
-    /// behaviours whose cases come back day after day are raised, never one-day episodes
-    /// (`detector::budget::fit`); training says when the budget is missed.
+    /// behaviours whose cases come back (their users flagged again 12 hours or more later)
+    /// are raised, never one-off episodes (`detector::budget::fit`); training says when the budget is missed.
     /// Applies to models trained after a change: retrain to apply it. 0: no fitting (the
     /// percentile's threshold as it is).
     pub case_budget: f64,

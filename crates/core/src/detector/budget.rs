@@ -11,7 +11,7 @@
 //! queue is usually one kind of legitimate work — late sessions, a consult service's
 //! lookups — and raising every threshold for it would hide an export or a dormant account
 //! behind overtime. Only a *routine* behaviour is raised: one whose queued cases mostly
-//! come back, their user flagged as it on more than one day. Episodes of a day spread over
+//! come back, their user flagged as it in more than one episode. Episodes spread over
 //! many users are what misuse in the site's own history looks like, and a raise for them
 //! would hide the next one. A threshold is never lowered: a quiet site keeps the
 //! percentile's. Each alert's behaviour is its strongest contribution's, as in its
@@ -201,28 +201,36 @@ fn judge(c: &Candidate, raises: &Raises) -> Option<Judged> {
     })
 }
 
+/// Flagged events of one user and behaviour this far apart, with none between, are two
+/// episodes: a night session across midnight is one, the same work the next day another.
+/// In hours, not calendar days, so that a site's timezone does not split its evenings.
+const EPISODE_GAP_MS: i64 = 12 * 3_600_000;
+
 /// The *routine* behaviours of the replay: those whose cases queued at the percentile's
 /// thresholds (`unraised`: the replay of `candidates` with no raise) mostly (at least
-/// half) have a user flagged as that behaviour on more than one day of it — work that
-/// comes back. An incident, injected or real, is an episode of a day; the floods a budget
-/// is for come back.
+/// half) have a user flagged as that behaviour in more than one episode
+/// ([`EPISODE_GAP_MS`] apart) — work that comes back. An incident, injected or real, is
+/// an episode; the floods a budget is for come back.
 fn routine_kinds(candidates: &[Candidate], unraised: &[Replayed]) -> BTreeSet<AlertKind> {
     let none = Raises::default();
-    let mut days = HashMap::<(Option<&str>, AlertKind), HashSet<i64>>::new();
+    // Per user and behaviour: the last flagged time, and whether it came back.
+    let mut seen = HashMap::<(Option<&str>, AlertKind), (i64, bool)>::new();
     for c in candidates {
         if let Some(j) = judge(c, &none) {
-            let day = c.at_ms.div_euclid(DAY_MS as i64);
-            days.entry((c.user.as_deref(), j.kind))
-                .or_default()
-                .insert(day);
+            seen.entry((c.user.as_deref(), j.kind))
+                .and_modify(|(last, back)| {
+                    *back |= (c.at_ms - *last).abs() >= EPISODE_GAP_MS;
+                    *last = c.at_ms;
+                })
+                .or_insert((c.at_ms, false));
         }
     }
     // Per behaviour: routine cases, all cases.
     let mut share = BTreeMap::<AlertKind, (usize, usize)>::new();
     for case in unraised.iter().filter(|c| c.queued) {
-        let comes_back = days
+        let comes_back = seen
             .get(&(case.user, case.kind))
-            .is_some_and(|d| d.len() > 1);
+            .is_some_and(|(_, back)| *back);
         let e = share.entry(case.kind).or_default();
         e.0 += comes_back as usize;
         e.1 += 1;
@@ -297,8 +305,8 @@ fn loudest_kind(
 /// others — an export or a dormant account is not made to wait behind its overtime. When
 /// no routine behaviour is left to raise, the budget is missed (`met()` says so).
 ///
-/// A behaviour whose queued cases are mostly episodes of a day, each by a user not
-/// flagged as it on another day, keeps its threshold whatever the budget: that is what
+/// A behaviour whose queued cases are mostly one-off episodes, each by a user not flagged
+/// as it again 12 hours or more later (`EPISODE_GAP_MS`), keeps its threshold whatever the budget: that is what
 /// misuse in the site's own history looks like, as much as unusual work, and raising its
 /// threshold hides the next such episode. On simulated hospitals whose training weeks held
 /// incidents as often as their test week (`quality.py --anomalies-from-day 1`), raising
@@ -528,6 +536,18 @@ mod tests {
             );
             assert_eq!(f.after, f.before, "{f:?}");
         }
+        // The same episodes an hour later for half of them: sessions across midnight (UTC,
+        // or a site's evening) are still one episode each.
+        let mut late: Vec<Candidate> = c
+            .iter()
+            .flat_map(|x| {
+                let at = x.at_ms + 23 * H + 30 * 60_000;
+                [at, at + 40 * 60_000].map(|at_ms| Candidate { at_ms, ..x.clone() })
+            })
+            .collect();
+        late.sort_by_key(|c| c.at_ms);
+        let (f, r) = fit(&late, rule, 6.0, 4.0, 100);
+        assert!(r.is_empty() && f.after == f.before, "{f:?} {r:?}");
         // The same queue of the same users day after day: routine work, raised as far as
         // the budget needs.
         let mut daily = Vec::new();
