@@ -14,11 +14,11 @@ above the score that 1% (and 0.1%) of the normal test events exceed.
 
 `--train-days N` trains on N days instead of 28 (the 7 test days follow them);
 `--anomalies-from-day D` injects incidents from day D on, so that training learns from a
-history that holds them, as a site's does.
+history that holds them, as a site's does; `--timezone TZ` puts the site in a time zone.
 
 usage: crates/lab/quality/quality.py --bin target/release/fhir-edge [--out DIR] [--quick] [--runs A,C]
        [--no-watch-list] [--seed-offset N] [--sim-bin OTHER_BUILD] [--style STYLE] [--shape balp|hapi|medplum|firely|aidbox]
-       [--train-days N] [--anomalies-from-day D]
+       [--train-days N] [--anomalies-from-day D] [--timezone TZ]
 """
 import argparse, collections, csv, json, os, subprocess, sys, time
 import numpy as np

@@ -177,9 +177,8 @@ fn replay<'a>(candidates: &'a [Candidate], raises: &Raises, rule: CaseRule) -> V
         .collect()
 }
 
-/// How a candidate alerts under `raises`: its ratio to its behaviour's raised threshold
-/// (lifted when it is evidence twice over), the behaviour and evidence it alerts as, and
-/// its severity; `None` when it does not alert.
+/// How a candidate alerts: its ratio to its behaviour's raised threshold (lifted when it
+/// is evidence twice over), the behaviour and evidence it alerts as, and its severity.
 struct Judged {
     ratio: f32,
     kind: AlertKind,
@@ -187,6 +186,7 @@ struct Judged {
     severity: Severity,
 }
 
+/// How `c` alerts under `raises`; `None` when it does not.
 fn judge(c: &Candidate, raises: &Raises) -> Option<Judged> {
     let (ratio, lifted) = super::lift(c.ratio / raises.of(c.kind), c.watched_twice.is_some());
     let (kind, evidence) = match c.watched_twice.filter(|_| lifted) {
@@ -306,9 +306,9 @@ fn loudest_kind(
 /// no routine behaviour is left to raise, the budget is missed (`met()` says so).
 ///
 /// A behaviour whose queued cases are mostly one-off episodes, each by a user not flagged
-/// as it again 12 hours or more later (`EPISODE_GAP_MS`), keeps its threshold whatever the budget: that is what
-/// misuse in the site's own history looks like, as much as unusual work, and raising its
-/// threshold hides the next such episode. On simulated hospitals whose training weeks held
+/// as it again 12 hours or more later (`EPISODE_GAP_MS`), keeps its threshold whatever
+/// the budget: that is what misuse in the site's own history looks like, as much as
+/// unusual work, and raising its threshold hides the next such episode. On simulated hospitals whose training weeks held
 /// incidents as often as their test week (`quality.py --anomalies-from-day 1`), raising
 /// every behaviour in the queue sent six to ten of them to the limit and half the test
 /// week's incidents out of the queue (BENCHMARKS.md, "History with incidents in it").
@@ -536,8 +536,8 @@ mod tests {
             );
             assert_eq!(f.after, f.before, "{f:?}");
         }
-        // The same episodes an hour later for half of them: sessions across midnight (UTC,
-        // or a site's evening) are still one episode each.
+        // The same episodes as sessions across midnight (23:30 and 40 minutes later; UTC
+        // midnight is a site's evening west of Greenwich): still one episode each.
         let mut late: Vec<Candidate> = c
             .iter()
             .flat_map(|x| {
