@@ -409,10 +409,22 @@ pub(crate) fn train_cmd(
         })
         .unzip();
     eprintln!("the audit trail: {}", coverage.summary());
+    // The loudest user-hours count as the site's busy ones in the calibration
+    // (`detector::calibration`), so a bulk hour in the history does not set the threshold.
+    let weights = fhir_edge_core::detector::calibration::user_hour_weights(&records);
+    let cap = weights.cap;
+    eprintln!(
+        "calibration: {} user-hours over {} events ({} events) count as {} each",
+        cap.user_hours_capped,
+        cap.events_per_user_hour,
+        cap.events_capped,
+        cap.events_per_user_hour
+    );
     let opts = fhir_edge_core::detector::model::TrainOptions {
         epochs,
         seed,
         threshold_percentile: percentile,
+        calibration: Some(weights),
         ..Default::default()
     };
     // Epochs on a terminal (indicatif draws nothing when stderr is not one).

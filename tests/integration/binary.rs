@@ -604,8 +604,16 @@ fn train_fits_the_thresholds_to_the_queue_budget() {
         .unwrap();
         (meta, err)
     };
-    let (plain, _) = train("plain", "0");
+    let (plain, err) = train("plain", "0");
     assert!(plain["training"].get("queue_budget").is_none(), "{plain}");
+    // The calibration's weight on the loudest user-hours is kept with the model and said.
+    let cal = &plain["training"]["calibration"];
+    let cap = cal["events_per_user_hour"].as_u64().expect("the cap kept");
+    assert!(cap >= 1 && cal["user_hours_capped"].is_u64(), "{plain}");
+    assert!(
+        err.contains(&format!("events) count as {cap} each")),
+        "{err}"
+    );
     assert!(plain.get("raises").is_none(), "{plain}");
     // A budget of almost nothing: raised until nothing is queued, or as far as it may be
     // and said to be missed.

@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod budget;
+pub mod calibration;
 pub mod features;
 pub mod model;
 pub mod train;

@@ -101,6 +101,10 @@ pub struct TrainingSummary {
     /// model from before, a budget of 0, or a window too short to judge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_budget: Option<BudgetFit>,
+    /// How the calibration weighted the loudest user-hours (`super::calibration`; `None`:
+    /// every row counted once, as a model from before did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<super::calibration::CalibrationCap>,
 }
 
 /// How the threshold was fitted to the site's queue budget (`super::budget`; kept in the
@@ -574,6 +578,9 @@ pub struct TrainOptions {
     pub learning_rate: f64,
     /// Threshold = this percentile of the training scores.
     pub threshold_percentile: f32,
+    /// Each training row's weight in the calibration percentiles, one per row
+    /// (`super::calibration::user_hour_weights`); `None`: every row counts once.
+    pub calibration: Option<super::calibration::Weights>,
 }
 
 impl Default for TrainOptions {
@@ -585,6 +592,7 @@ impl Default for TrainOptions {
             batch_size: 256,
             learning_rate: 3e-3,
             threshold_percentile: 99.5,
+            calibration: None,
         }
     }
 }
@@ -600,6 +608,14 @@ pub fn train(
     if rows.len() < 100 {
         return Err(ModelError::Train(format!(
             "need at least 100 events to train, got {}",
+            rows.len()
+        )));
+    }
+    let weights = opts.calibration.as_ref().map(|w| &w.per_row[..]);
+    if let Some(w) = weights.filter(|w| w.len() != rows.len()) {
+        return Err(ModelError::Train(format!(
+            "{} calibration weights for {} rows",
+            w.len(),
             rows.len()
         )));
     }
@@ -732,6 +748,7 @@ pub fn train(
                 seconds: 0.0,
                 care_context: false,
                 queue_budget: None,
+                calibration: opts.calibration.as_ref().map(|w| w.cap),
             },
         },
         layers,
@@ -739,7 +756,8 @@ pub fn train(
     };
     // Calibrate: each part's scale is its percentile on the training data, then the
     // threshold is the same percentile of the combined score (computed from the same
-    // parts, one pass of the network over the training set).
+    // parts, one pass of the network over the training set); each row counted by its
+    // weight, when given (`super::calibration`).
     let mut parts = Vec::with_capacity(n);
     for chunk in rows.chunks(4096) {
         parts.extend(
@@ -750,15 +768,19 @@ pub fn train(
         );
     }
     let p = opts.threshold_percentile;
-    let ae_scale = percentile(&mut parts.iter().map(|x| x.0).collect::<Vec<_>>(), p).max(1e-6);
-    let tail_scale = percentile(&mut parts.iter().map(|x| x.1).collect::<Vec<_>>(), p).max(0.1);
-    let mut scores: Vec<f32> = parts
+    let pct = |mut xs: Vec<f32>| match weights {
+        None => percentile(&mut xs, p),
+        Some(w) => super::calibration::weighted_percentile(&xs, w, p),
+    };
+    let ae_scale = pct(parts.iter().map(|x| x.0).collect()).max(1e-6);
+    let tail_scale = pct(parts.iter().map(|x| x.1).collect()).max(0.1);
+    let scores: Vec<f32> = parts
         .iter()
         .map(|(a, t)| 0.5 * a / ae_scale + 0.5 * t / tail_scale)
         .collect();
     model.meta.ae_scale = ae_scale;
     model.meta.tail_scale = tail_scale;
-    model.meta.threshold = percentile(&mut scores, p).max(1e-6);
+    model.meta.threshold = pct(scores).max(1e-6);
     model.meta.training.seconds = started.elapsed().as_secs_f32();
     Ok(model)
 }
@@ -824,6 +846,57 @@ mod tests {
             .unwrap()
             .0;
         assert_eq!(top, 5, "the odd feature explains the score");
+    }
+
+    /// One user's bulk hour in the training rows (2 % of them, all alike) sets the tail the
+    /// threshold is read from; weighted down to what a busy hour counts
+    /// (`calibration::user_hour_weights`), it no longer does, and its likes are flagged.
+    #[test]
+    fn calibration_weights_keep_a_bulk_hour_from_setting_the_threshold() {
+        use crate::detector::calibration::{CalibrationCap, Weights};
+        let mut data = rows(2000, 3);
+        let mut odd = data[0];
+        odd[5] = 40.0;
+        data.extend(std::iter::repeat_n(odd, 40));
+        let opts = TrainOptions {
+            epochs: 8,
+            ..Default::default()
+        };
+        let plain = train(&data, &opts, vec![], |_, _| {}).unwrap();
+        let cap = CalibrationCap {
+            events_per_user_hour: 1,
+            user_hours_capped: 1,
+            events_capped: 40,
+        };
+        let mut per_row = vec![1.0; 2000];
+        per_row.extend(std::iter::repeat_n(1.0 / 40.0, 40));
+        let weighted = TrainOptions {
+            calibration: Some(Weights { per_row, cap }),
+            ..opts.clone()
+        };
+        let capped = train(&data, &weighted, vec![], |_, _| {}).unwrap();
+        assert_eq!(plain.meta.training.calibration, None);
+        assert_eq!(capped.meta.training.calibration, Some(cap));
+        let s_plain = plain.score(&[odd]).unwrap()[0].score;
+        let s_capped = capped.score(&[odd]).unwrap()[0].score;
+        assert!(
+            s_plain <= plain.meta.threshold,
+            "counted row by row, the bulk hour is the site's tail: {s_plain} vs {}",
+            plain.meta.threshold
+        );
+        assert!(
+            s_capped > capped.meta.threshold,
+            "weighted, it is above the site's tail: {s_capped} vs {}",
+            capped.meta.threshold
+        );
+        let short = TrainOptions {
+            calibration: Some(Weights {
+                per_row: vec![1.0; 10],
+                cap,
+            }),
+            ..opts
+        };
+        assert!(train(&data, &short, vec![], |_, _| {}).is_err());
     }
 
     /// A model trained one epoch on `data`: for what is kept with a model, not its scores.
