@@ -308,10 +308,11 @@ fn loudest_kind(
 /// A behaviour whose queued cases are mostly one-off episodes, each by a user not flagged
 /// as it again 12 hours or more later (`EPISODE_GAP_MS`), keeps its threshold whatever
 /// the budget: that is what misuse in the site's own history looks like, as much as
-/// unusual work, and raising its threshold hides the next such episode. On simulated hospitals whose training weeks held
-/// incidents as often as their test week (`quality.py --anomalies-from-day 1`), raising
-/// every behaviour in the queue sent six to ten of them to the limit and half the test
-/// week's incidents out of the queue (BENCHMARKS.md, "History with incidents in it").
+/// unusual work, and raising its threshold hides the next such episode. On simulated
+/// hospitals whose training weeks held incidents as often as their test week (`quality.py
+/// --anomalies-from-day 1`), raising every behaviour in the queue sent six to ten of them
+/// to the limit and half the test week's incidents out of the queue (BENCHMARKS.md,
+/// "History with incidents in it").
 pub fn fit(
     candidates: &[Candidate],
     rule: CaseRule,

@@ -40,7 +40,7 @@ pub const MAX_SITE_SOURCES: usize = 65_536;
 const SITE_MATURE: f32 = 1_000.0;
 
 const MIN_10: i64 = 10 * 60_000;
-const HOUR: i64 = 3_600_000;
+pub(crate) const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 const FAIL_WINDOW: i64 = 15 * 60_000;
 /// A user needs this many earlier events before "new IP/app" and usual-hours mean much.

@@ -769,7 +769,7 @@ pub fn train(
     }
     let p = opts.threshold_percentile;
     let pct = |mut xs: Vec<f32>| match weights {
-        None => percentile(&mut xs, p),
+        None => super::calibration::percentile(&mut xs, p),
         Some(w) => super::calibration::weighted_percentile(&xs, w, p),
     };
     let ae_scale = pct(parts.iter().map(|x| x.0).collect()).max(1e-6);
@@ -783,15 +783,6 @@ pub fn train(
     model.meta.threshold = pct(scores).max(1e-6);
     model.meta.training.seconds = started.elapsed().as_secs_f32();
     Ok(model)
-}
-
-pub fn percentile(xs: &mut [f32], p: f32) -> f32 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let idx = ((p / 100.0) * (xs.len() - 1) as f32).round() as usize;
-    xs[idx.min(xs.len() - 1)]
 }
 
 #[cfg(test)]
