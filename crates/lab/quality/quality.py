@@ -10,7 +10,10 @@ overall and per anomaly type, for every run (seed, hospital size, activity and a
 rates vary).
 
 Also reports incident recall: the share of injected incidents with at least one event
-above the score that 1% (and 0.1%) of the normal test events exceed.
+above the score that 1% (and 0.1%) of the normal test events exceed; and the alert budget
+in cases at the default threshold — cases a day per 100 staff without an injected event,
+the share of incidents in a queued case, and per type the incidents no queued case holds
+(of them, those in a case still waiting for corroboration).
 
 `--train-days N` trains on N days instead of 28 (the 7 test days follow them);
 `--anomalies-from-day D` injects incidents from day D on, so that training learns from a
@@ -146,7 +149,7 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
         for row in csv.DictReader(f):
             labels[row["id"]] = row["anomaly"]
             incident[row["id"]] = row.get("incident") or ""
-    ids, scores, case_of, alerted = [], [], {}, set()
+    ids, scores, case_of, alerted, unqueued = [], [], {}, set(), set()
     with open(os.path.join(d, "scores.csv")) as f:
         for row in csv.DictReader(f):
             ids.append(row["id"]); scores.append(float(row["score"]))
@@ -155,6 +158,8 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
             # Only cases that reach the review queue (a watched case does not).
             if row.get("case") and row.get("case_queued", "1") == "1":
                 case_of[row["id"]] = row["case"]
+            elif row.get("case"):
+                unqueued.add(row["id"])
     with open(os.path.join(d, "features.csv")) as f:
         ncols = len(f.readline().split(","))
     feats = np.loadtxt(os.path.join(d, "features.csv"), delimiter=",", skiprows=1, usecols=range(1, ncols), dtype=np.float64)
@@ -186,7 +191,7 @@ def one(bin_, out, r, days=35, from_day=28, epochs=20, use_watch_list=True, sim_
         sub = np.array([split.get(i, "") for i in ids])[test]
         for m, s in ((ae, scores[test]), (base, iso_s), (peer, mlp_s)):
             m["per_type"].update(per_type(s[y[test] == 0], s, sub, sorted(set(split.values()))))
-    budget = case_budget(ids, test, labels, incident, case_of, r["users"], days - from_day)
+    budget = case_budget(ids, test, labels, incident, case_of, r["users"], days - from_day, unqueued, alerted)
     care = inside_care(ev, ctx_file, labels, alerted, cutoff) if os.path.exists(ctx_file) else None
     with open(os.path.join(d, "model", "model.json")) as f:
         meta = json.load(f)
@@ -237,10 +242,11 @@ def inside_care(events_path, context_path, labels, alerted, cutoff_ms):
     return {"inside_accesses": inside, "inside_alerted": hit, "inside_alert_rate": hit / max(1, inside)}
 
 
-def case_budget(ids, test, labels, incident, case_of, staff, days):
+def case_budget(ids, test, labels, incident, case_of, staff, days, unqueued=frozenset(), alerted=frozenset()):
     """The alert budget at the default threshold, in cases (`score`'s case column, the
-    daemon's grouping rule): cases a day per 100 staff that hold no injected event, and the
-    share of injected incidents with at least one event in a case."""
+    daemon's grouping rule): cases a day per 100 staff that hold no injected event, the
+    share of injected incidents with at least one event in a case, and the incidents per
+    anomaly type with those no case holds."""
     in_test = {i for i, t in zip(ids, test) if t}
     cases, injected = set(), set()
     for i, c in case_of.items():
@@ -251,9 +257,20 @@ def case_budget(ids, test, labels, incident, case_of, staff, days):
     incidents = {incident[i] for i in in_test if i in labels and incident.get(i)}
     found = {incident[i] for i in in_test if i in labels and incident.get(i) and i in case_of}
     quiet = len(cases - injected)
+    kind_of = {incident[i]: labels[i] for i in in_test if i in labels and incident.get(i)}
+    missed = collections.Counter(kind_of[n] for n in incidents - found)
+    # Of the missed incidents, those with an event in a case that did not reach the queue
+    # (awaiting corroboration), and those with an alert outside any case.
+    of = lambda ids_: {incident[i] for i in in_test if i in labels and incident.get(i) and i in ids_}
+    held = (incidents - found) & of(unqueued)
+    alerted_only = (incidents - found - held) & of(alerted)
     return {"cases": len(cases), "cases_injected": len(injected), "cases_not_injected": quiet,
             "not_injected_per_day_per_100_staff": quiet / days / (staff / 100.0),
-            "incidents": len(incidents), "incidents_in_a_case": len(found) / max(1, len(incidents))}
+            "incidents": len(incidents), "incidents_in_a_case": len(found) / max(1, len(incidents)),
+            "incidents_by_type": dict(collections.Counter(kind_of.values())),
+            "missed_by_type": dict(missed),
+            "missed_in_an_unqueued_case_by_type": dict(collections.Counter(kind_of[n] for n in held)),
+            "missed_alerted_outside_a_case_by_type": dict(collections.Counter(kind_of[n] for n in alerted_only))}
 
 
 def _read_watch(path):
@@ -286,6 +303,20 @@ def report(results):
         if c:
             lines.append(f"| {res['run']['name']} | {c['cases']} | {c['cases_injected']} | "
                          f"{c['not_injected_per_day_per_100_staff']:.2f} | {c['incidents_in_a_case']:.3f} |")
+    kinds = sorted({k for res in results for k in res.get("cases", {}).get("incidents_by_type", {})})
+    if kinds:
+        lines += ["", "Incidents no case holds, by type (missed of injected; of the missed, in a case still waiting "
+                  "for corroboration / in no case at all):", "",
+                  "| type | " + " | ".join(res["run"]["name"] for res in results) + " |",
+                  "|---|" + "---|" * len(results)]
+        for k in kinds:
+            cells = []
+            for res in results:
+                c = res["cases"]
+                n, m = c["incidents_by_type"].get(k, 0), c["missed_by_type"].get(k, 0)
+                held = c["missed_in_an_unqueued_case_by_type"].get(k, 0)
+                cells.append("—" if n == 0 else f"{m} of {n}" + (f" ({held} / {m - held})" if m else ""))
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     if any(res.get("care") for res in results):
         lines += ["", f"Accesses inside a treatment relationship the context states (not injected, test days) that raised an alert"
                   f" ({'with' if results[0].get('context') else 'without'} --context):", "",
