@@ -650,7 +650,7 @@ fn train_fits_the_thresholds_to_the_queue_budget() {
         // Missed: what still fills the queue is at the limit or episodes of a day (the
         // account's case, once its failed logins weigh less than its new address, is
         // one). Not necessarily every raised behaviour is at the limit: a watched record
-        // opened twice over alerts whatever the raise (`detector::watched_twice`), and
+        // opened twice over alerts whatever the raise (`detector::alerts_alone`), and
         // behaviours gone from the queue rise no further.
         false => assert!(
             err.contains("NOT MET")

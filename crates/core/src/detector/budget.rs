@@ -73,10 +73,10 @@ pub struct Candidate {
     pub kind: AlertKind,
     /// What it brings to its case's corroboration (`super::evidence`).
     pub evidence: Evidence,
-    /// It alerts whatever its threshold is raised to (`super::watched_twice`), as a watched
-    /// record or a colleague's (the behaviour given), evidence twice over, where its score
-    /// falls under the floor.
-    pub watched_twice: Option<AlertKind>,
+    /// It alerts whatever its threshold is raised to (`super::alerts_alone`), as the
+    /// behaviour given — a watched record or a colleague's, evidence twice over, or a bulk
+    /// data export — where its score falls under the floor.
+    pub lifted_as: Option<AlertKind>,
 }
 
 /// The events of the second half of the training window (`records`, their feature `rows`
@@ -110,9 +110,9 @@ pub fn candidates(
         let batch: Vec<[f32; N_FEATURES]> = part.iter().map(|i| rows[*i]).collect();
         for (s, i) in model.score(&batch)?.into_iter().zip(part) {
             let ratio = s.score / model.meta.threshold;
-            let watched_twice =
-                super::watched_twice(&rows[*i], circumstances[*i]).map(|reason| reason.kind());
-            if Severity::from_ratio(ratio as f64).is_some() || watched_twice.is_some() {
+            let lifted_as =
+                super::alerts_alone(&rows[*i], circumstances[*i]).map(|reason| reason.kind());
+            if Severity::from_ratio(ratio as f64).is_some() || lifted_as.is_some() {
                 let r = &records[*i];
                 let kind = s.strongest_kind();
                 out.push(Candidate {
@@ -122,7 +122,7 @@ pub fn candidates(
                     ratio,
                     kind,
                     evidence: super::evidence(kind, &rows[*i], circumstances[*i]),
-                    watched_twice,
+                    lifted_as,
                 });
             }
         }
@@ -188,8 +188,8 @@ struct Judged {
 
 /// How `c` alerts under `raises`; `None` when it does not.
 fn judge(c: &Candidate, raises: &Raises) -> Option<Judged> {
-    let (ratio, lifted) = super::lift(c.ratio / raises.of(c.kind), c.watched_twice.is_some());
-    let (kind, evidence) = match c.watched_twice.filter(|_| lifted) {
+    let (ratio, lifted) = super::lift(c.ratio / raises.of(c.kind), c.lifted_as.is_some());
+    let (kind, evidence) = match c.lifted_as.filter(|_| lifted) {
         Some(kind) => (kind, Evidence::Twice),
         None => (c.kind, c.evidence),
     };
@@ -357,7 +357,7 @@ mod tests {
             ratio,
             kind,
             evidence: Evidence::Single,
-            watched_twice: None,
+            lifted_as: None,
         }
     }
 
@@ -369,7 +369,7 @@ mod tests {
         // The same for a colleague's record the care context knows, as that behaviour.
         for as_kind in [AlertKind::WatchedRecord, AlertKind::VipSnooping] {
             let look = Candidate {
-                watched_twice: Some(as_kind),
+                lifted_as: Some(as_kind),
                 ..cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment)
             };
             for raise in [1.0, MAX_RAISE] {

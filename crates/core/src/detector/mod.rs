@@ -129,20 +129,30 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
     }
 }
 
-/// Whether an event alerts whatever its score, and for which reason: a watched record (on
-/// the watch list, labelled restricted, or a colleague's own by name) opened without a
-/// working relationship, or a colleague's own record the care context knows (its identity
-/// match: a shared identifier, or family name and birth date with a given name, address or
-/// phone) opened outside every treatment relationship it states, where that is evidence
-/// twice over ([`evidence`]: no one else, or only one other user without a relationship,
-/// has opened the record for a day, or a colleague of the record's own department looks
-/// without work to do; `c` carries the facts beside the row). The explanation of such an event
-/// states both, and a reason that strong must raise an alert: the model weighs a watched
-/// record as one feature among thirty, and on the simulated hospitals such looks by the
-/// pharmacy, the laboratory or radiology scored 0.8–0.9 of the threshold, under the floor
-/// (BENCHMARKS.md). Scored so, the event alerts at the threshold ([`WATCHED_TWICE_SCORE`])
-/// with the returned feature as its leading reason.
-pub fn watched_twice(row: &[f32; N_FEATURES], c: Circumstances) -> Option<Feature> {
+/// Whether an event alerts whatever its score, and for which reason:
+/// - a watched record (on the watch list, labelled restricted, or a colleague's own by
+///   name) opened without a working relationship, or a colleague's own record the care
+///   context knows (its identity match: a shared identifier, or family name and birth date
+///   with a given name, address or phone) opened outside every treatment relationship it
+///   states, where that is evidence twice over ([`evidence`]: no one else, or only one
+///   other user without a relationship, has opened the record for a day, or a colleague of
+///   the record's own department looks without work to do; `c` carries the facts beside
+///   the row). The explanation of such an event states both, and a reason that strong must
+///   raise an alert: the model weighs a watched record as one feature among thirty, and on
+///   the simulated hospitals such looks by the pharmacy, the laboratory or radiology scored
+///   0.8–0.9 of the threshold, under the floor (BENCHMARKS.md).
+/// - a bulk data export (`$export`, at patient, group or system level; `Feature::Export`):
+///   the whole of a population's records leaving at once, suspicious in any hospital
+///   ([`needs_no_baseline`] says the same while the detector learns). The model learns an
+///   export as normal once the site's history holds a few — on the simulated hospitals with
+///   incidents in their training weeks, a user's first export then scored 0.885 of the
+///   threshold and raised nothing, its explanation saying "bulk data export" all the same
+///   (BENCHMARKS.md). A site whose integration exports on a schedule closes its first case
+///   as appropriate and allow-lists the client application (`fhir-edge cases`).
+///
+/// Scored so, the event alerts at the threshold ([`LIFTED_SCORE`]) with the returned
+/// feature as its leading reason.
+pub fn alerts_alone(row: &[f32; N_FEATURES], c: Circumstances) -> Option<Feature> {
     [
         (Feature::WatchedRecordUnrelated, AlertKind::WatchedRecord),
         (Feature::CoworkerRecord, AlertKind::VipSnooping),
@@ -150,17 +160,18 @@ pub fn watched_twice(row: &[f32; N_FEATURES], c: Circumstances) -> Option<Featur
     .into_iter()
     .find(|(f, kind)| row[f.index()] > 0.0 && evidence(*kind, row, c) == Evidence::Twice)
     .map(|(f, _)| f)
+    .or((row[Feature::Export.index()] > 0.0).then_some(Feature::Export))
 }
 
 /// The score (a multiple of the threshold) at which an event under the floor that is
-/// [`watched_twice`] alerts: the threshold itself, low severity.
-pub const WATCHED_TWICE_SCORE: f32 = 1.0;
+/// [`alerts_alone`] alerts: the threshold itself, low severity.
+pub const LIFTED_SCORE: f32 = 1.0;
 
 /// An event's score as a multiple of its threshold (`ratio`), lifted to
-/// [`WATCHED_TWICE_SCORE`] where it is under the floor and [`watched_twice`]; whether it was.
-pub fn lift(ratio: f32, watched_twice: bool) -> (f32, bool) {
-    match watched_twice && Severity::from_ratio(ratio as f64).is_none() {
-        true => (WATCHED_TWICE_SCORE, true),
+/// [`LIFTED_SCORE`] where it is under the floor and [`alerts_alone`]; whether it was.
+pub fn lift(ratio: f32, alerts_alone: bool) -> (f32, bool) {
+    match alerts_alone && Severity::from_ratio(ratio as f64).is_none() {
+        true => (LIFTED_SCORE, true),
         false => (ratio, false),
     }
 }
@@ -391,12 +402,12 @@ fn judge(
         .into_iter()
         .zip(rows.iter().zip(facts.iter().zip(records)))
         .map(|(s, (row, (f, r)))| {
-            let twice = watched_twice(row, Circumstances::of(f));
-            let (score, lifted) = lift(s.score / model.meta.threshold_for(&s), twice.is_some());
+            let alone = alerts_alone(row, Circumstances::of(f));
+            let (score, lifted) = lift(s.score / model.meta.threshold_for(&s), alone.is_some());
             let severity = Severity::from_ratio(score as f64);
             let (mut explanation, kinds) = match (
                 severity.is_some() || which == Explain::All,
-                twice.filter(|_| lifted),
+                alone.filter(|_| lifted),
             ) {
                 (true, Some(reason)) => explain(&leading(&s.contributions, reason), f, r),
                 (true, None) => explain(&s.contributions, f, r),
@@ -1030,6 +1041,38 @@ mod tests {
         assert!(!why[0].contains("own department"), "{}", why[0]);
     }
 
+    /// A bulk data export alerts whatever its score, led by that reason, and queues its
+    /// case by itself; a search however wide does not (its breadth is the model's to weigh).
+    #[test]
+    fn a_bulk_export_alerts_whatever_its_score() {
+        let mut row = [0f32; N_FEATURES];
+        row[Feature::IsSearch.index()] = 1.0;
+        row[Feature::QuerySize.index()] = 1000f32.ln_1p();
+        assert_eq!(alerts_alone(&row, NONE), None);
+        row[Feature::Export.index()] = 1.0;
+        assert_eq!(alerts_alone(&row, NONE), Some(Feature::Export));
+        assert_eq!(lift(0.885, true), (LIFTED_SCORE, true));
+
+        let rec = record_at("2024-01-01T10:00:00Z");
+        let mut c = [0f32; N_FEATURES];
+        c[Feature::HourRarityUser.index()] = 3.0;
+        c[Feature::Export.index()] = 0.1;
+        let facts = Facts {
+            export: true,
+            ..Default::default()
+        };
+        assert_eq!(explain(&c, &facts, &rec).1[0], AlertKind::AfterHours);
+        let (why, kinds) = explain(&leading(&c, Feature::Export), &facts, &rec);
+        assert_eq!(kinds[0], AlertKind::MassExport);
+        assert!(why[0].contains("bulk data export"), "{}", why[0]);
+        let evidence = evidence(kinds[0], &row, NONE);
+        assert!(crate::cases::queued_on_its_own(
+            Severity::Low,
+            kinds[0],
+            evidence
+        ));
+    }
+
     /// A watched record opened without work, evidence twice over, alerts at the threshold
     /// from under the floor, led by that reason; without the second piece of evidence, or
     /// above the floor, the score stands.
@@ -1043,14 +1086,14 @@ mod tests {
             x
         };
         let watched = Some(Feature::WatchedRecordUnrelated);
-        assert_eq!(watched_twice(&row(1.0, 1.0), NONE), watched);
+        assert_eq!(alerts_alone(&row(1.0, 1.0), NONE), watched);
         // Others at work on the record: one piece of evidence, unless it is a colleague of
         // the user's own department.
-        assert_eq!(watched_twice(&row(1.0, 3.0), NONE), None);
-        assert_eq!(watched_twice(&row(2.0, 3.0), COLLEAGUE), watched);
+        assert_eq!(alerts_alone(&row(1.0, 3.0), NONE), None);
+        assert_eq!(alerts_alone(&row(2.0, 3.0), COLLEAGUE), watched);
         // Not a watched record opened without a working relationship.
-        assert_eq!(watched_twice(&row(0.0, 1.0), NONE), None);
-        assert_eq!(watched_twice(&row(0.0, 1.0), COLLEAGUE), None);
+        assert_eq!(alerts_alone(&row(0.0, 1.0), NONE), None);
+        assert_eq!(alerts_alone(&row(0.0, 1.0), COLLEAGUE), None);
         // A colleague's record the care context knows, opened outside every treatment
         // relationship it states: the same, as that reason.
         let coworker = |users: f32| {
@@ -1059,15 +1102,15 @@ mod tests {
             x
         };
         let colleague = Some(Feature::CoworkerRecord);
-        assert_eq!(watched_twice(&coworker(1.0), NONE), colleague);
-        assert_eq!(watched_twice(&coworker(3.0), NONE), None);
-        assert_eq!(watched_twice(&coworker(3.0), COLLEAGUE), colleague);
+        assert_eq!(alerts_alone(&coworker(1.0), NONE), colleague);
+        assert_eq!(alerts_alone(&coworker(3.0), NONE), None);
+        assert_eq!(alerts_alone(&coworker(3.0), COLLEAGUE), colleague);
 
-        assert_eq!(lift(0.5, true), (WATCHED_TWICE_SCORE, true));
+        assert_eq!(lift(0.5, true), (LIFTED_SCORE, true));
         assert_eq!(lift(0.5, false), (0.5, false));
         assert_eq!(lift(1.7, true), (1.7, false));
         assert_eq!(
-            Severity::from_ratio(WATCHED_TWICE_SCORE as f64),
+            Severity::from_ratio(LIFTED_SCORE as f64),
             Some(Severity::Low)
         );
 
