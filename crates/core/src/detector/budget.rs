@@ -362,12 +362,17 @@ mod tests {
     }
 
     #[test]
-    fn a_watched_record_opened_twice_over_stays_in_the_replay_whatever_the_raise() {
+    fn what_alerts_alone_stays_in_the_replay_whatever_the_raise() {
         let rule = CaseRule::default();
         // A look under the floor that is a watched record opened without work, evidence
-        // twice over: a queued case at any raise of its strongest behaviour's threshold.
-        // The same for a colleague's record the care context knows, as that behaviour.
-        for as_kind in [AlertKind::WatchedRecord, AlertKind::VipSnooping] {
+        // twice over: a queued case at any raise of its strongest behaviour's threshold,
+        // or of its own. The same for a colleague's record the care context knows, as
+        // that behaviour, and for a bulk data export.
+        for as_kind in [
+            AlertKind::WatchedRecord,
+            AlertKind::VipSnooping,
+            AlertKind::MassExport,
+        ] {
             let look = Candidate {
                 lifted_as: Some(as_kind),
                 ..cand("u1", "Patient/p1", H, 0.5, AlertKind::CrossDepartment)
@@ -375,6 +380,7 @@ mod tests {
             for raise in [1.0, MAX_RAISE] {
                 let mut raises = Raises::default();
                 raises.raise(AlertKind::CrossDepartment, raise);
+                raises.raise(as_kind, raise);
                 let cases = replay(std::slice::from_ref(&look), &raises, rule);
                 assert_eq!(cases.len(), 1, "{raise}");
                 assert!(cases[0].queued, "{raise}");
