@@ -242,11 +242,13 @@ def inside_care(events_path, context_path, labels, alerted, cutoff_ms):
     return {"inside_accesses": inside, "inside_alerted": hit, "inside_alert_rate": hit / max(1, inside)}
 
 
-def case_budget(ids, test, labels, incident, case_of, staff, days, unqueued=frozenset(), alerted=frozenset()):
+def case_budget(ids, test, labels, incident, case_of, staff, days, unqueued, alerted):
     """The alert budget at the default threshold, in cases (`score`'s case column, the
     daemon's grouping rule): cases a day per 100 staff that hold no injected event, the
     share of injected incidents with at least one event in a case, and the incidents per
-    anomaly type with those no case holds."""
+    anomaly type with those no case holds: of them, those with an event in a case still
+    waiting for corroboration (`unqueued`, event ids) and those with an alert in no case
+    (`alerted`, event ids)."""
     in_test = {i for i, t in zip(ids, test) if t}
     cases, injected = set(), set()
     for i, c in case_of.items():

@@ -145,9 +145,9 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
 ///   the whole of a population's records leaving at once, suspicious in any hospital
 ///   ([`needs_no_baseline`] says the same while the detector learns). The model learns an
 ///   export as normal once the site's history holds a few — on the simulated hospitals with
-///   incidents in their training weeks, a user's first export then scored 0.885 of the
-///   threshold and raised nothing, its explanation saying "bulk data export" all the same
-///   (BENCHMARKS.md). A site whose integration exports on a schedule closes its first case
+///   incidents in their training weeks, exports of the week after scored 0.885 of the
+///   threshold and raised nothing, their explanation saying "bulk data export" all the
+///   same, and 16 of 51 exfiltrations were missed, 8 with this rule (BENCHMARKS.md). A site whose integration exports on a schedule closes its first case
 ///   as appropriate and allow-lists the client application (`fhir-edge cases`).
 ///
 /// Scored so, the event alerts at the threshold ([`LIFTED_SCORE`]) with the returned
