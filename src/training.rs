@@ -377,7 +377,7 @@ pub(crate) fn train_cmd(
     mut ctx: fhir_edge_core::detector::features::Context,
     run: &TrainRun<'_>,
 ) -> anyhow::Result<()> {
-    use fhir_edge_core::detector::baselines;
+    use fhir_edge_core::detector::{baselines, sift};
     let TrainRun {
         output,
         epochs,
@@ -394,12 +394,14 @@ pub(crate) fn train_cmd(
         unlearned_from = baselines::oldest_written(records.iter().filter(|r| r.recorded >= u));
         records.retain(|r| r.recorded < u);
     }
-    // One pass: each event's feature row and the facts beside it that make evidence twice
-    // over (the queue budget's replay queues such a case at once: `detector::evidence`),
-    // and what the audit trail holds (the department the
-    // care context gave an event is the one its row was computed with).
+    // A fresh context for the second pass (`detector::sift`), before the first learns.
+    let fresh = ctx.clone();
+    // First pass: each event's feature row and the facts beside it that make evidence
+    // twice over (the queue budget's replay queues such a case at once:
+    // `detector::evidence`), and what the audit trail holds (the department the care
+    // context gave an event is the one its row was computed with).
     let mut coverage = fhir_edge_core::coverage::Coverage::default();
-    let (rows, circumstances): (Vec<_>, Vec<_>) = records
+    let (mut rows, mut circumstances): (Vec<_>, Vec<_>) = records
         .iter()
         .map(|r| {
             coverage.observe(r);
@@ -409,41 +411,37 @@ pub(crate) fn train_cmd(
         })
         .unzip();
     eprintln!("the audit trail: {}", coverage.summary());
-    // The loudest user-hours count as the site's busy ones in the calibration
-    // (`detector::calibration`), so a bulk hour in the history does not set the threshold.
-    let weights = fhir_edge_core::detector::calibration::user_hour_weights(&records);
-    let cap = weights.cap;
-    eprintln!(
-        "calibration: {} user-hours over {} events ({} events) count as {} each",
-        cap.user_hours_capped,
-        cap.events_per_user_hour,
-        cap.events_capped,
-        cap.events_per_user_hour
-    );
-    let opts = fhir_edge_core::detector::model::TrainOptions {
-        epochs,
-        seed,
-        threshold_percentile: percentile,
-        calibration: Some(weights),
-        ..Default::default()
-    };
-    // Epochs on a terminal (indicatif draws nothing when stderr is not one).
-    let bar = indicatif::ProgressBar::new(epochs as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "training [{elapsed_precise}] {wide_bar} epoch {pos}/{len} · {msg} · about {eta} left",
+    let pass = |rows: &[_], records: &[_], label| {
+        fit_model(
+            rows,
+            records,
+            epochs,
+            seed,
+            percentile,
+            names.clone(),
+            label,
         )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(format!("{} events", rows.len()));
-    let mut plain = PlainProgress::beside(&bar);
-    let model = fhir_edge_core::detector::model::train(&rows, &opts, names, |epoch, loss| {
-        plain.say(|| format!("training: epoch {epoch} of {epochs}, loss {loss:.4}"));
-        bar.set_position(epoch as u64);
-        bar.set_message(format!("{} events, loss {loss:.4}", rows.len()));
-    })?;
-    bar.finish_and_clear();
-    let mut model = model;
+    };
+    let mut model = pass(&rows, &records, "first pass")?;
+    // Second pass: what the first model alerts on is left out of the context, so the
+    // baselines do not learn it, and the model is trained again on every row as that
+    // context gives it (`detector::sift`).
+    let started = std::time::Instant::now();
+    let left_out = sift::alerted(&model, fresh.clone(), &records)?;
+    let n_out = left_out.iter().filter(|x| **x).count();
+    if n_out > 0 {
+        let first_seconds = model.meta.training.seconds;
+        ctx = fresh;
+        (rows, circumstances) = sift::features_without(&mut ctx, &records, &left_out);
+        eprintln!(
+            "second pass: the {n_out} events the first model alerts on ({:.2}%) are left out \
+             of the baselines",
+            100.0 * n_out as f64 / records.len() as f64
+        );
+        model = pass(&rows, &records, "second pass")?;
+        model.meta.training.seconds = first_seconds + started.elapsed().as_secs_f32();
+        model.meta.training.left_out = Some(n_out);
+    }
     model.meta.training.care_context = ctx.care().is_some();
     if case_budget > 0.0 {
         fit_queue_budget(
@@ -467,7 +465,7 @@ pub(crate) fn train_cmd(
     println!(
         "trained on {} events in {:.1} s (final loss {:.4}); threshold {:.4} at p{}; saved to {} \
          with the baselines of {} users as of {} ({})",
-        rows.len(),
+        model.meta.training.events,
         model.meta.training.seconds,
         model.meta.training.final_loss,
         model.meta.threshold,
@@ -478,6 +476,54 @@ pub(crate) fn train_cmd(
         mark.timezone
     );
     Ok(())
+}
+
+/// Train a model on feature `rows` of `records` (index for index), the loudest user-hours
+/// counted as the site's busy ones in the calibration (`detector::calibration`, so a bulk
+/// hour in the history does not set the threshold), with the epochs on a terminal
+/// (indicatif draws nothing when stderr is not one) and said once a while elsewhere.
+fn fit_model(
+    rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
+    records: &[fhir_edge_core::fhir::AuditRecord],
+    epochs: usize,
+    seed: u64,
+    percentile: f32,
+    names: Vec<String>,
+    label: &str,
+) -> anyhow::Result<fhir_edge_core::detector::model::Model> {
+    let weights = fhir_edge_core::detector::calibration::user_hour_weights(records);
+    let cap = weights.cap;
+    eprintln!(
+        "{label}: calibration: {} user-hours over {} events ({} events) count as {} each",
+        cap.user_hours_capped,
+        cap.events_per_user_hour,
+        cap.events_capped,
+        cap.events_per_user_hour
+    );
+    let opts = fhir_edge_core::detector::model::TrainOptions {
+        epochs,
+        seed,
+        threshold_percentile: percentile,
+        calibration: Some(weights),
+        ..Default::default()
+    };
+    let bar = indicatif::ProgressBar::new(epochs as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "training, {prefix} [{elapsed_precise}] {wide_bar} epoch {pos}/{len} · {msg} · about {eta} left",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(label.to_string());
+    bar.set_message(format!("{} events", rows.len()));
+    let mut plain = PlainProgress::beside(&bar);
+    let model = fhir_edge_core::detector::model::train(rows, &opts, names, |epoch, loss| {
+        plain.say(|| format!("training, {label}: epoch {epoch} of {epochs}, loss {loss:.4}"));
+        bar.set_position(epoch as u64);
+        bar.set_message(format!("{} events, loss {loss:.4}", rows.len()));
+    })?;
+    bar.finish_and_clear();
+    Ok(model)
 }
 
 /// Fit the model's thresholds to the queue budget on the second half of the training

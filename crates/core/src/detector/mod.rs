@@ -6,6 +6,7 @@ pub mod budget;
 pub mod calibration;
 pub mod features;
 pub mod model;
+pub mod sift;
 pub mod train;
 
 use std::collections::HashSet;

@@ -83,6 +83,7 @@ fn candle_err(e: candle_core::Error) -> ModelError {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainingSummary {
+    /// The events of the history the model learned from.
     pub events: usize,
     pub epochs: usize,
     pub seed: u64,
@@ -105,6 +106,11 @@ pub struct TrainingSummary {
     /// every row counted once, as a model from before did).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<super::calibration::CalibrationCap>,
+    /// How many of the history's `events` a first model alerted on and the second pass
+    /// left out of the baselines (`super::sift`; `None`: one pass, as a model from before
+    /// did, or nothing alerted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<usize>,
 }
 
 /// How the threshold was fitted to the site's queue budget (`super::budget`; kept in the
@@ -399,6 +405,40 @@ impl Model {
                 (ae, tail)
             })
             .collect())
+    }
+
+    /// Calibrate on feature `rows`: each part's scale is its percentile `p` on them, then
+    /// the threshold is the same percentile of the combined score (computed from the same
+    /// parts, one pass of the network over the rows); each row counted by its weight, when
+    /// given (`super::calibration`).
+    pub fn calibrate(
+        &mut self,
+        rows: &[[f32; N_FEATURES]],
+        weights: Option<&[f32]>,
+        p: f32,
+    ) -> Result<(), ModelError> {
+        let mut parts = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(4096) {
+            parts.extend(
+                self.raw_parts(chunk)?
+                    .into_iter()
+                    .map(|(a, t)| (a.iter().sum::<f32>(), t.iter().sum::<f32>())),
+            );
+        }
+        let pct = |mut xs: Vec<f32>| match weights {
+            None => super::calibration::percentile(&mut xs, p),
+            Some(w) => super::calibration::weighted_percentile(&xs, w, p),
+        };
+        let ae_scale = pct(parts.iter().map(|x| x.0).collect()).max(1e-6);
+        let tail_scale = pct(parts.iter().map(|x| x.1).collect()).max(0.1);
+        let scores: Vec<f32> = parts
+            .iter()
+            .map(|(a, t)| 0.5 * a / ae_scale + 0.5 * t / tail_scale)
+            .collect();
+        self.meta.ae_scale = ae_scale;
+        self.meta.tail_scale = tail_scale;
+        self.meta.threshold = pct(scores).max(1e-6);
+        Ok(())
     }
 
     /// Score a batch of raw feature rows: the mean of the reconstruction part and the
@@ -749,38 +789,13 @@ pub fn train(
                 care_context: false,
                 queue_budget: None,
                 calibration: opts.calibration.as_ref().map(|w| w.cap),
+                left_out: None,
             },
         },
         layers,
         device,
     };
-    // Calibrate: each part's scale is its percentile on the training data, then the
-    // threshold is the same percentile of the combined score (computed from the same
-    // parts, one pass of the network over the training set); each row counted by its
-    // weight, when given (`super::calibration`).
-    let mut parts = Vec::with_capacity(n);
-    for chunk in rows.chunks(4096) {
-        parts.extend(
-            model
-                .raw_parts(chunk)?
-                .into_iter()
-                .map(|(a, t)| (a.iter().sum::<f32>(), t.iter().sum::<f32>())),
-        );
-    }
-    let p = opts.threshold_percentile;
-    let pct = |mut xs: Vec<f32>| match weights {
-        None => super::calibration::percentile(&mut xs, p),
-        Some(w) => super::calibration::weighted_percentile(&xs, w, p),
-    };
-    let ae_scale = pct(parts.iter().map(|x| x.0).collect()).max(1e-6);
-    let tail_scale = pct(parts.iter().map(|x| x.1).collect()).max(0.1);
-    let scores: Vec<f32> = parts
-        .iter()
-        .map(|(a, t)| 0.5 * a / ae_scale + 0.5 * t / tail_scale)
-        .collect();
-    model.meta.ae_scale = ae_scale;
-    model.meta.tail_scale = tail_scale;
-    model.meta.threshold = pct(scores).max(1e-6);
+    model.calibrate(rows, weights, opts.threshold_percentile)?;
     model.meta.training.seconds = started.elapsed().as_secs_f32();
     Ok(model)
 }
