@@ -380,13 +380,12 @@ pub(crate) fn train_cmd(
     use fhir_edge_core::detector::{baselines, sift};
     let TrainRun {
         output,
-        epochs,
-        seed,
         percentile,
         until,
         server,
         case_rule,
         case_budget,
+        ..
     } = *run;
     // Where the events read but not learned (recorded from `until` on) begin, for the mark.
     let mut unlearned_from = None;
@@ -411,25 +410,20 @@ pub(crate) fn train_cmd(
         })
         .unzip();
     eprintln!("the audit trail: {}", coverage.summary());
-    let pass = |rows: &[_], records: &[_], label| {
-        fit_model(
-            rows,
-            records,
-            epochs,
-            seed,
-            percentile,
-            names.clone(),
-            label,
-        )
-    };
-    let mut model = pass(&rows, &records, "first pass")?;
+    let mut model = fit_model(&rows, &records, run, names.clone(), "first pass")?;
     // Second pass: what the first model alerts on is left out of the context, so the
     // baselines do not learn it, and the model is trained again on every row as that
     // context gives it (`detector::sift`).
     let started = std::time::Instant::now();
+    eprintln!(
+        "second pass: scoring the {} events of the history with the first model",
+        records.len()
+    );
     let left_out = sift::alerted(&model, fresh.clone(), &records)?;
     let n_out = left_out.iter().filter(|x| **x).count();
-    if n_out > 0 {
+    if n_out == 0 {
+        eprintln!("second pass: the first model alerts on none of them; its model is kept");
+    } else {
         let first_seconds = model.meta.training.seconds;
         ctx = fresh;
         (rows, circumstances) = sift::features_without(&mut ctx, &records, &left_out);
@@ -438,7 +432,7 @@ pub(crate) fn train_cmd(
              of the baselines",
             100.0 * n_out as f64 / records.len() as f64
         );
-        model = pass(&rows, &records, "second pass")?;
+        model = fit_model(&rows, &records, run, names, "second pass")?;
         model.meta.training.seconds = first_seconds + started.elapsed().as_secs_f32();
         model.meta.training.left_out = Some(n_out);
     }
@@ -478,19 +472,19 @@ pub(crate) fn train_cmd(
     Ok(())
 }
 
-/// Train a model on feature `rows` of `records` (index for index), the loudest user-hours
+/// Train a model on feature `rows` of `records` (index for index) with `run`'s epochs,
+/// seed and percentile, the loudest user-hours
 /// counted as the site's busy ones in the calibration (`detector::calibration`, so a bulk
 /// hour in the history does not set the threshold), with the epochs on a terminal
 /// (indicatif draws nothing when stderr is not one) and said once a while elsewhere.
 fn fit_model(
     rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
     records: &[fhir_edge_core::fhir::AuditRecord],
-    epochs: usize,
-    seed: u64,
-    percentile: f32,
+    run: &TrainRun<'_>,
     names: Vec<String>,
     label: &str,
 ) -> anyhow::Result<fhir_edge_core::detector::model::Model> {
+    let epochs = run.epochs;
     let weights = fhir_edge_core::detector::calibration::user_hour_weights(records);
     let cap = weights.cap;
     eprintln!(
@@ -502,8 +496,8 @@ fn fit_model(
     );
     let opts = fhir_edge_core::detector::model::TrainOptions {
         epochs,
-        seed,
-        threshold_percentile: percentile,
+        seed: run.seed,
+        threshold_percentile: run.percentile,
         calibration: Some(weights),
         ..Default::default()
     };

@@ -615,7 +615,7 @@ fn train_fits_the_thresholds_to_the_queue_budget() {
         "{err}"
     );
     assert!(plain.get("raises").is_none(), "{plain}");
-    // The second pass: what the first model alerts on is left out of the training,
+    // The second pass: what the first model alerts on is left out of the baselines,
     // counted with the model and said (`detector::sift`).
     let left = plain["training"]["left_out"]
         .as_u64()

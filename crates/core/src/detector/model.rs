@@ -411,7 +411,7 @@ impl Model {
     /// the threshold is the same percentile of the combined score (computed from the same
     /// parts, one pass of the network over the rows); each row counted by its weight, when
     /// given (`super::calibration`).
-    pub fn calibrate(
+    fn calibrate(
         &mut self,
         rows: &[[f32; N_FEATURES]],
         weights: Option<&[f32]>,
