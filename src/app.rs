@@ -315,7 +315,16 @@ pub async fn start(cfg: Config, opts: RunOptions) -> Result<Daemon, StartError> 
     if let Some(since) = learning_since {
         let (c, h, d, out) = (cfg.clone(), health.clone(), detector.clone(), own_model);
         let clock = clock.clone();
-        crate::learn::actor::SiteTrainerActor::new(c, since, out, d.recipient(), h, clock).start();
+        crate::learn::actor::SiteTrainerActor::new(
+            c,
+            since,
+            out,
+            d.clone().recipient(),
+            d.recipient(),
+            h,
+            clock,
+        )
+        .start();
     }
     let stop = Arc::new(AtomicBool::new(false));
     // The care context the state keeps, in use before the first page is scored; then its

@@ -96,6 +96,8 @@ counter_table! {
     NotifyReceived = "notify_received", "Events received on /fhir/notify.";
     AlertsHeldLearning = "alerts_held_learning", "Events above the threshold not alerted while learning the site: their reason needs a baseline the site has not got yet.";
     SiteModelsTrained = "site_models_trained", "Site models trained by the daemon at the end of learning.";
+    SiteBaselinesAdopted = "site_baselines_adopted", "Site models trained at the end of learning whose baselines the detector took over (detector::handover).";
+    SiteBaselinesNotAdopted = "site_baselines_not_adopted", "Site models trained at the end of learning switched to with the context followed while learning kept, their baselines not taken over (the journal says why).";
     SiteTrainingErrors = "site_training_errors", "Failed attempts to train the site's model (retried later).";
     ContextResourcesRead = "context_resources_read", "Care context resources read from the server (Practitioner, Encounter, CareTeam…).";
     ContextErrors = "context_errors", "Failed reads or stores of a care context type (retried next round).";

@@ -439,26 +439,84 @@ impl actix::Supervised for DetectorActor {
     }
 }
 
-/// Request: score with the site's own model from the next page on (trained at the end of
-/// learning); learning ends. The context (the baselines) is kept.
+/// Request: keep (`true`) the events folded into the context from now on, for the handover
+/// to a site model about to be trained from the server's history (sent before the history
+/// is read); `false`: drop them (the training failed). See `detector::handover` in the core.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct UseSiteModel(pub fhir_edge_core::detector::model::Model);
+pub struct KeepForHandover(pub bool);
 
-impl Handler<UseSiteModel> for DetectorActor {
+impl Handler<KeepForHandover> for DetectorActor {
     type Result = ();
 
-    fn handle(&mut self, msg: UseSiteModel, _: &mut Self::Context) {
-        // Pages are scored under this lock, so the switch falls between two pages.
+    fn handle(&mut self, msg: KeepForHandover, _: &mut Self::Context) {
         self.detector
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .use_site_model(msg.0);
-        self.health.set_learning(None);
-        tracing::info!(
-            actor = "detector",
-            "learning is over: scoring with the site's own model, every kind of alert is raised"
-        );
+            .keep_for_handover(msg.0);
+    }
+}
+
+/// Request: score with the site's own model from the next page on (trained at the end of
+/// learning); learning ends. The context becomes the model's baselines (`site`), with the
+/// events followed since they were learned folded in again; when it cannot (see
+/// `detector::handover::Kept`), the followed context is kept and the journal says why.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UseSiteModel {
+    pub model: fhir_edge_core::detector::model::Model,
+    pub site: Option<fhir_edge_core::detector::handover::SiteBaselines>,
+}
+
+impl Handler<UseSiteModel> for DetectorActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: UseSiteModel, _: &mut Self::Context) -> Self::Result {
+        let (detector, health) = (self.detector.clone(), self.health.clone());
+        Box::pin(async move {
+            // Folding the events in again is blocking work, off the actor's thread; pages
+            // are scored under the same lock, so the switch falls between two pages.
+            let handed = tokio::task::spawn_blocking(move || {
+                detector
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .use_site_model(msg.model, msg.site)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            health.set_learning(None);
+            say_handover(&health, handed);
+        })
+    }
+}
+
+/// Count and say how learning ended (`DetectorActor`'s `UseSiteModel`): the baselines
+/// taken over with `Ok(replayed)` events folded in again, or why the followed context was
+/// kept.
+fn say_handover(health: &Health, handed: Result<usize, fhir_edge_core::detector::handover::Kept>) {
+    match handed {
+        Ok(replayed) => {
+            health.counters.add(Counter::SiteBaselinesAdopted, 1);
+            tracing::info!(
+                actor = "detector",
+                replayed,
+                "learning is over: scoring with the site's own model from its baselines (what \
+                 it alerted on in the learning days is not learned as normal), the {replayed} \
+                 events followed since they were learned folded in again; every kind of alert \
+                 is raised"
+            );
+        }
+        Err(why) => {
+            health.counters.add(Counter::SiteBaselinesNotAdopted, 1);
+            tracing::warn!(
+                actor = "detector",
+                error_kind = why.kind(),
+                "learning is over: scoring with the site's own model, every kind of alert is \
+                 raised; the context followed while learning is kept, not the model's \
+                 baselines, because {why}: what alerted in the learning days stays learned as \
+                 normal until the next training"
+            );
+        }
     }
 }
 

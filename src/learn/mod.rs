@@ -4,8 +4,10 @@
 //! (`fhir_edge_core::detector::needs_no_baseline`), and says so in `status`, the
 //! dashboard and the journal. After `[detector] learn_days` it trains the site's model
 //! from the server's history of those days, off the pipeline's threads, and switches to
-//! it without a restart (`actor.rs`). `fhir-edge train --from-server` ends learning at
-//! the next start.
+//! it without a restart (`actor.rs`) — and to its baselines, which leave out what the
+//! model alerted on in those days, with the events followed while it trained folded in
+//! again (`detector::handover` in the core). `fhir-edge train --from-server` ends
+//! learning at the next start.
 //!
 //! A first start needs no learning where the server already holds the site's history: a
 //! daemon with an empty state and a model of no site reads the server's AuditEvents of the

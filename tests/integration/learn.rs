@@ -1,6 +1,7 @@
 //! Learning a site: a daemon whose model was not trained on its site raises only the
 //! alerts that need no baseline and says it is learning; when its learning days are over
-//! it trains the site's model from the server's history and switches to it, live.
+//! it trains the site's model from the server's history and switches to it and to its
+//! baselines, live.
 
 use std::time::Duration;
 
@@ -137,6 +138,12 @@ fn after_its_learning_days_the_daemon_trains_the_sites_model_and_switches_live()
         d.counter(Counter::SiteModelsTrained) == 1
     });
     assert!(d.health.learning().is_none(), "learning is over");
+    // The detector took over the model's baselines (what the model alerted on in the
+    // learning days left out), not the context it followed while learning.
+    wait_until(Duration::from_secs(30), "the handover", || {
+        d.counter(Counter::SiteBaselinesAdopted) + d.counter(Counter::SiteBaselinesNotAdopted) == 1
+    });
+    assert_eq!(d.counter(Counter::SiteBaselinesAdopted), 1);
     let own = dir.path().join("model");
     assert!(
         fhir_edge_core::detector::baselines::present(&own),

@@ -5,8 +5,11 @@ pub mod baselines;
 pub mod budget;
 pub mod calibration;
 pub mod features;
+pub mod handover;
 pub mod model;
 pub mod sift;
+#[cfg(test)]
+mod testing;
 pub mod train;
 
 use std::collections::HashSet;
@@ -211,6 +214,8 @@ pub struct Detector {
     coverage: coverage::Coverage,
     /// The site's care context, used while the model was trained with one.
     care: Option<std::sync::Arc<crate::care::Index>>,
+    /// What is kept, while a site model trains, to hand the context over to its baselines.
+    handover: handover::Handover,
 }
 
 impl Detector {
@@ -223,6 +228,7 @@ impl Detector {
             learning: false,
             coverage: coverage::Coverage::default(),
             care: None,
+            handover: handover::Handover::Idle,
         }
     }
 
@@ -241,11 +247,35 @@ impl Detector {
         self.learning
     }
 
-    /// Switch to the site's own model (trained while learning): learning ends.
-    pub fn use_site_model(&mut self, model: Model) {
+    /// Keep (`true`) the events folded into the context from now on, to hand it over to the
+    /// baselines of a site model about to be trained ([`handover`]); `false`: stop and
+    /// drop them (the training failed).
+    pub fn keep_for_handover(&mut self, on: bool) {
+        self.handover = match on {
+            true => handover::Handover::Keeping(Vec::new()),
+            false => handover::Handover::Idle,
+        };
+    }
+
+    /// Switch to the site's own model (trained while learning): learning ends. The context
+    /// becomes the model's baselines (`site`), with the events folded in since they were
+    /// learned folded in again, when it can be handed over ([`handover::hand_over`]);
+    /// otherwise the followed context is kept, and the reason returned.
+    pub fn use_site_model(
+        &mut self,
+        model: Model,
+        site: Option<handover::SiteBaselines>,
+    ) -> Result<usize, handover::Kept> {
         self.model = model;
         self.learning = false;
         self.apply_care();
+        let kept = std::mem::take(&mut self.handover);
+        let (baselines, after) = handover::hand_over(kept, site)?;
+        self.ctx.adopt_history(baselines.context);
+        for r in &after {
+            self.ctx.replay(r);
+        }
+        Ok(after.len())
     }
 
     /// A detector whose context was seeded from a model's baselines: events `rule` says
@@ -300,6 +330,7 @@ impl Detector {
                 KeyStatus::Replay if learned(&f.record) => {}
                 KeyStatus::New => {
                     let (x, facts) = self.ctx.observe(&f.record);
+                    self.handover.keep(&f.record);
                     let mut carried = coverage::Coverage::of(&f.record);
                     carried.department_from_context = facts.dept_from_care as u64;
                     self.coverage.add(&carried);
@@ -309,6 +340,7 @@ impl Detector {
                 KeyStatus::Replay => {
                     if self.replayed.insert(f.record.key.clone()) {
                         self.ctx.replay(&f.record);
+                        self.handover.keep(&f.record);
                     }
                 }
                 KeyStatus::Seen => {}
