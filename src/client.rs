@@ -605,7 +605,7 @@ impl FhirClient {
                 pages,
                 newest,
             });
-            if max_events.is_some_and(|m| records.len() >= m) {
+            if max_events.is_some_and(|m| history_cut(records.len(), m)) {
                 break;
             }
             match page.next {
@@ -782,6 +782,12 @@ pub fn sample_failed_login(now: DateTime<Utc>) -> serde_json::Value {
         ],
         "source": {"site": "fhir-edge", "observer": {"display": "fhir-edge send-test-event"}}
     })
+}
+
+/// Whether a read of the server's history ([`FhirClient::history`]) that returned `read`
+/// events stopped at its bound of `max_events`: the oldest of the window, not all of it.
+pub fn history_cut(read: usize, max_events: usize) -> bool {
+    read >= max_events
 }
 
 #[cfg(test)]

@@ -307,7 +307,7 @@ pub(crate) fn server_history(
         records.len(),
         since.to_rfc3339(),
         match max_events {
-            Some(m) if records.len() >= m => format!(
+            Some(m) if crate::client::history_cut(records.len(), m) => format!(
                 ", the oldest {m} or so and no more (the bound of this read); the newest read was recorded at {}",
                 records.last().map_or_else(String::new, |r| r.recorded.to_rfc3339())
             ),
@@ -410,7 +410,19 @@ pub(crate) fn train_cmd(
         })
         .unzip();
     eprintln!("the audit trail: {}", coverage.summary());
-    let mut model = fit_model(&rows, &records, run, names.clone(), "first pass")?;
+    // The loudest user-hours count as the site's busy ones in the calibration of both
+    // passes (`detector::calibration`), so a bulk hour in the history does not set the
+    // threshold.
+    let weights = fhir_edge_core::detector::calibration::user_hour_weights(&records);
+    let cap = weights.cap;
+    eprintln!(
+        "calibration: {} user-hours over {} events ({} events) count as {} each",
+        cap.user_hours_capped,
+        cap.events_per_user_hour,
+        cap.events_capped,
+        cap.events_per_user_hour
+    );
+    let mut model = fit_model(&rows, &weights, run, names.clone(), "first pass")?;
     // Second pass: what the first model alerts on is left out of the context, so the
     // baselines do not learn it, and the model is trained again on every row as that
     // context gives it (`detector::sift`).
@@ -432,7 +444,7 @@ pub(crate) fn train_cmd(
              of the baselines",
             100.0 * n_out as f64 / records.len() as f64
         );
-        model = fit_model(&rows, &records, run, names, "second pass")?;
+        model = fit_model(&rows, &weights, run, names, "second pass")?;
         model.meta.training.seconds = first_seconds + started.elapsed().as_secs_f32();
         model.meta.training.left_out = Some(n_out);
     }
@@ -472,33 +484,23 @@ pub(crate) fn train_cmd(
     Ok(())
 }
 
-/// Train a model on feature `rows` of `records` (index for index) with `run`'s epochs,
-/// seed and percentile, the loudest user-hours
-/// counted as the site's busy ones in the calibration (`detector::calibration`, so a bulk
-/// hour in the history does not set the threshold), with the epochs on a terminal
-/// (indicatif draws nothing when stderr is not one) and said once a while elsewhere.
+/// Train a model on feature `rows` with `run`'s epochs, seed and percentile, each row
+/// counted in the calibration by its `weights` (`detector::calibration`, index for
+/// index), with the epochs on a terminal (indicatif draws nothing when stderr is not
+/// one) and said once in a while elsewhere; `label` names the pass.
 fn fit_model(
     rows: &[[f32; fhir_edge_core::detector::features::N_FEATURES]],
-    records: &[fhir_edge_core::fhir::AuditRecord],
+    weights: &fhir_edge_core::detector::calibration::Weights,
     run: &TrainRun<'_>,
     names: Vec<String>,
     label: &str,
 ) -> anyhow::Result<fhir_edge_core::detector::model::Model> {
     let epochs = run.epochs;
-    let weights = fhir_edge_core::detector::calibration::user_hour_weights(records);
-    let cap = weights.cap;
-    eprintln!(
-        "{label}: calibration: {} user-hours over {} events ({} events) count as {} each",
-        cap.user_hours_capped,
-        cap.events_per_user_hour,
-        cap.events_capped,
-        cap.events_per_user_hour
-    );
     let opts = fhir_edge_core::detector::model::TrainOptions {
         epochs,
         seed: run.seed,
         threshold_percentile: run.percentile,
-        calibration: Some(weights),
+        calibration: Some(weights.clone()),
         ..Default::default()
     };
     let bar = indicatif::ProgressBar::new(epochs as u64);

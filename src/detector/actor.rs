@@ -476,14 +476,19 @@ impl Handler<UseSiteModel> for DetectorActor {
         Box::pin(async move {
             // Folding the events in again is blocking work, off the actor's thread; pages
             // are scored under the same lock, so the switch falls between two pages.
-            let handed = tokio::task::spawn_blocking(move || {
+            let handed = match tokio::task::spawn_blocking(move || {
                 detector
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .use_site_model(msg.model, msg.site)
             })
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            {
+                Ok(handed) => handed,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down, nothing is left to switch.
+                Err(_) => return,
+            };
             health.set_learning(None);
             say_handover(&health, handed);
         })

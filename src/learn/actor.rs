@@ -140,7 +140,7 @@ fn train_site(
 ) -> anyhow::Result<(Model, Option<SiteBaselines>)> {
     let since = fhir_edge_core::clock::from_ms(since_ms);
     let records = crate::training::server_history(cfg, since, Some(super::HISTORY_MAX_EVENTS))?;
-    let complete = records.len() < super::HISTORY_MAX_EVENTS;
+    let complete = !crate::client::history_cut(records.len(), super::HISTORY_MAX_EVENTS);
     let model =
         super::train::site_model(cfg, records, None, crate::training::followed_care(cfg), out)?;
     let site = match fhir_edge_core::detector::baselines::load(out, cfg.timezone()) {
