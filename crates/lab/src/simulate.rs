@@ -720,6 +720,43 @@ fn session_ip(st: Style, u: &User, ui: usize, day: i64, r: &mut Rng) -> String {
     }
 }
 
+/// The address an injected episode of `u` on `day` comes from: where a session of theirs
+/// that day would (`session_ip`, on a generator of its own so the rest of the hospital is
+/// drawn as before), so that only the behaviour injected sets it apart. Before this, every
+/// episode came from the user's own PC (`User::ip`), which a hospital of shared stations
+/// never uses by day: a network the site seldom saw told the detector an episode was one.
+fn incident_ip(opts: &SimOptions, h: &Hospital, u: &User, day: i64, n: u64) -> String {
+    let ui = h
+        .users
+        .iter()
+        .position(|x| x.reference == u.reference)
+        .unwrap_or(0);
+    session_ip(
+        opts.style,
+        u,
+        ui,
+        day,
+        &mut Rng::new(opts.seed ^ (n << 8) ^ 0x1_9AD_D12),
+    )
+}
+
+/// A workstation of department `dept` on `day`, as the hospital's network style addresses
+/// them (drawn on `v`).
+fn department_ip(st: Style, dept: usize, day: i64, v: &mut Rng) -> String {
+    match st.network {
+        Network::SharedStations => format!("10.{}.50.{}", 10 + dept, 1 + v.below(6)),
+        Network::Churning => format!(
+            "10.{}.{}.{}",
+            10 + dept,
+            day.rem_euclid(4),
+            10 + v.below(240)
+        ),
+        Network::PersonalPcs | Network::Nat => {
+            format!("10.{}.{}.{}", 10 + dept, v.below(4), 10 + v.below(200))
+        }
+    }
+}
+
 /// A user's shift on `day` (start hour, length in hours): a weekly rotation moves it.
 fn shift_on(u: &User, day: i64) -> (u32, u32) {
     match u.rotation {
@@ -1242,6 +1279,7 @@ fn coworker_snooping(
                 continue;
             }
             let u = &h.users[*r.pick(&who)];
+            let ip = incident_ip(opts, h, u, day, em.n);
             em.current = Some(em.incidents);
             em.incidents += 1;
             let (start, len) = shift_on(u, day);
@@ -1249,7 +1287,7 @@ fn coworker_snooping(
                 + Duration::hours(start as i64)
                 + Duration::minutes(30 + r.below((len as u64).max(2) * 60 - 60) as i64);
             for _ in 0..(1 + r.below(3)) {
-                em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, &mut r);
+                em.emit(t, u, &ip, u.app, Some(p), Act::Read, l, &mut r);
                 t += Duration::seconds(20 + r.below(240) as i64);
             }
             em.current = None;
@@ -1269,7 +1307,6 @@ fn inject(
     anywhere: &[usize],
     today: &[Vec<usize>],
 ) {
-    let _ = opts;
     let active: Vec<&User> = h.users.iter().filter(|u| !u.dormant).collect();
     let u = *rng.pick(&active);
     let in_shift = |rng: &mut Rng, u: &User| {
@@ -1290,8 +1327,9 @@ fn inject(
                 .filter(|u| u.shift_start >= 7 && u.shift_start <= 8)
                 .collect();
             let u = *rng.pick(&day_users);
+            let ip = incident_ip(opts, h, u, day, em.n);
             let mut t = midnight + Duration::minutes(60 + rng.below(210) as i64);
-            em.emit(t, u, &u.ip, u.app, None, Act::Login { ok: true }, l, rng);
+            em.emit(t, u, &ip, u.app, None, Act::Login { ok: true }, l, rng);
             let pool = if today[u.dept].is_empty() {
                 anywhere
             } else {
@@ -1302,7 +1340,7 @@ fn inject(
                 em.emit(
                     t,
                     u,
-                    &u.ip,
+                    &ip,
                     u.app,
                     Some(&h.patients[*rng.pick(pool)]),
                     Act::Read,
@@ -1312,6 +1350,7 @@ fn inject(
             }
         }
         AlertKind::BulkAccess => {
+            let ip = incident_ip(opts, h, u, day, em.n);
             let mut t = in_shift(rng, u);
             let n = 60 + rng.below(180);
             for _ in 0..n {
@@ -1319,7 +1358,7 @@ fn inject(
                 em.emit(
                     t,
                     u,
-                    &u.ip,
+                    &ip,
                     u.app,
                     Some(&h.patients[rng.below(h.patients.len() as u64) as usize]),
                     Act::Read,
@@ -1348,7 +1387,8 @@ fn inject(
                     continue;
                 }
                 let t = in_shift(rng, s);
-                em.emit(t, s, &s.ip, s.app, Some(vip), Act::Read, l, rng);
+                let ip = incident_ip(opts, h, s, day, em.n);
+                em.emit(t, s, &ip, s.app, Some(vip), Act::Read, l, rng);
             }
         }
         AlertKind::CrossDepartment => {
@@ -1358,6 +1398,7 @@ fn inject(
                 .filter(|u| !DEPTS[u.dept].1)
                 .collect();
             let u = *rng.pick(&clinical);
+            let ip = incident_ip(opts, h, u, day, em.n);
             // Patients of another department that the user's department was not asked to
             // consult on: access without a working relationship, as the type says.
             let other: Vec<usize> = anywhere
@@ -1374,7 +1415,7 @@ fn inject(
                 em.emit(
                     t,
                     u,
-                    &u.ip,
+                    &ip,
                     u.app,
                     Some(&h.patients[*rng.pick(&other)]),
                     Act::Read,
@@ -1422,12 +1463,9 @@ fn inject(
                 1 => {
                     let other =
                         (u.dept + 1 + v.below(DEPTS.len() as u64 - 1) as usize) % DEPTS.len();
-                    (
-                        format!("10.{}.{}.{}", 10 + other, v.below(4), 10 + v.below(200)),
-                        app,
-                    )
+                    (department_ip(opts.style, other, day, &mut v), app)
                 }
-                _ => (u.ip.clone(), "Device/unknown-client"),
+                _ => (incident_ip(opts, h, u, day, em.n), "Device/unknown-client"),
             };
             em.emit(t, u, &ip, app, None, Act::Login { ok: true }, l, rng);
             let pool = if today[u.dept].is_empty() {
@@ -1454,21 +1492,22 @@ fn inject(
             // patient, system or group level, one huge search, or a walk through the pages
             // of a Patient search asking for demographics or of an Observation search.
             let mut v = Rng::new(opts.seed ^ (em.n << 8) ^ 0xE8_9027);
+            let ip = incident_ip(opts, h, u, day, em.n);
             let mut t = in_shift(rng, u);
             let count = *v.pick(&[500u32, 1000, 1000, 2000]);
             match v.below(5) {
-                0 => em.emit(t, u, &u.ip, u.app, None, Act::Export, l, rng),
+                0 => em.emit(t, u, &ip, u.app, None, Act::Export, l, rng),
                 1 => {
                     let q = format!(
                         "GET /Group/{}/$export?_type=Patient,Observation",
                         DEPTS[u.dept].0.to_lowercase()
                     );
-                    em.emit(t, u, &u.ip, u.app, None, Act::Query(&q), l, rng);
+                    em.emit(t, u, &ip, u.app, None, Act::Query(&q), l, rng);
                 }
                 2 => em.emit(
                     t,
                     u,
-                    &u.ip,
+                    &ip,
                     u.app,
                     None,
                     Act::Search(1000 + rng.below(9000) as u32),
@@ -1482,7 +1521,7 @@ fn inject(
                         } else {
                             format!("GET /Observation?_count={count}&_offset={}", page * count)
                         };
-                        em.emit(t, u, &u.ip, u.app, None, Act::Query(&q), l, rng);
+                        em.emit(t, u, &ip, u.app, None, Act::Query(&q), l, rng);
                         t += Duration::seconds(15 + v.below(120) as i64);
                     }
                 }
@@ -1494,14 +1533,15 @@ fn inject(
                 return;
             }
             let u = *rng.pick(&dormant);
+            let ip = incident_ip(opts, h, u, day, em.n);
             let mut t = in_shift(rng, u);
-            em.emit(t, u, &u.ip, u.app, None, Act::Login { ok: true }, l, rng);
+            em.emit(t, u, &ip, u.app, None, Act::Login { ok: true }, l, rng);
             for _ in 0..(2 + rng.below(6)) {
                 t += Duration::seconds(20 + rng.below(200) as i64);
                 em.emit(
                     t,
                     u,
-                    &u.ip,
+                    &ip,
                     u.app,
                     Some(&h.patients[*rng.pick(anywhere)]),
                     Act::Read,
@@ -1534,7 +1574,8 @@ fn inject(
                     && e.json["entity"][0]["what"]["reference"] == p.reference.as_str()
             });
             if !worked_on {
-                em.emit(t, u, &u.ip, u.app, Some(p), Act::Read, l, rng);
+                let ip = incident_ip(opts, h, u, day, em.n);
+                em.emit(t, u, &ip, u.app, Some(p), Act::Read, l, rng);
             }
         }
         _ => {}
@@ -1865,6 +1906,51 @@ mod tests {
             let raw = serde_json::value::to_raw_value(&e.json).unwrap();
             fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
         }
+    }
+
+    /// An injected episode comes from where its user's sessions come from in the
+    /// hospital's network style: on shared stations, from a station of the user's own
+    /// department, not from a network the day's work never uses. Only a new source (from
+    /// outside, or another department's station) and a failed-login burst come from
+    /// elsewhere.
+    #[test]
+    fn injected_episodes_come_from_the_users_usual_network() {
+        let mut o = SimOptions::new(10, 3);
+        (o.users, o.patients, o.incidents_per_day) = (60, 600, 12.0);
+        o.anomalies_from_day = 1;
+        o.style = Style::parse("stations").unwrap();
+        let evs = simulate(&o);
+        let net = |e: &SimEvent| {
+            let ip = e.json["agent"][0]["network"]["address"]
+                .as_str()
+                .unwrap_or("");
+            ip.rsplit_once('.')
+                .map_or(String::new(), |(n, _)| n.to_owned())
+        };
+        let normal: std::collections::HashSet<String> =
+            evs.iter().filter(|e| e.label.is_none()).map(net).collect();
+        let elsewhere = |l: &Injected| {
+            matches!(
+                l,
+                Injected::Behaviour(AlertKind::NewSource | AlertKind::FailedLogins)
+            )
+        };
+        let judged: Vec<&SimEvent> = evs
+            .iter()
+            .filter(|e| e.label.as_ref().is_some_and(|l| !elsewhere(l)))
+            .collect();
+        assert!(judged.len() > 100, "{} injected events", judged.len());
+        let unseen: Vec<String> = judged
+            .iter()
+            .map(|e| net(e))
+            .filter(|n| !normal.contains(n))
+            .collect();
+        assert!(
+            unseen.is_empty(),
+            "{} from networks the day's work never uses: {:?}",
+            unseen.len(),
+            &unseen[..unseen.len().min(5)]
+        );
     }
 
     #[test]
