@@ -445,6 +445,12 @@ pub struct Facts {
     pub network_site_uses: Option<u32>,
     #[serde(default)]
     pub app_site_uses: Option<u32>,
+    /// The first event from a network no one at the site has worked from (`network_site_uses`
+    /// 0 while the site's networks are all remembered, `MAX_SITE_SOURCES`), counted once
+    /// it is folded in: a failed login, which is not, leaves the network new. Such an
+    /// access alerts whatever its score (`super::alerts_alone`).
+    #[serde(default)]
+    pub network_new_to_site: bool,
     /// Days without any activity before the current session began.
     pub days_inactive: f32,
     /// The account came back from dormancy before this session and is not back at work
@@ -2349,6 +2355,8 @@ impl Context {
             if let Some(net) = src.network {
                 let n = self.site_networks.get(&net).copied().unwrap_or(0.0);
                 facts.network_site_uses = Some(n as u32);
+                facts.network_new_to_site =
+                    n == 0.0 && !failed_login && self.site_networks.len() < MAX_SITE_SOURCES;
                 x[F::NewNetworkSite] = novelty(n);
             }
             if let Some(app) = src.app {
@@ -3909,9 +3917,21 @@ mod tests {
             Some(false),
             "new to the user, though"
         );
+        assert!(!f.network_new_to_site);
         let (net, app, f) = at(&mut c, 1201, "203.0.113.9", "Device/unknown-client");
         assert_eq!((net, app), (1.0, 1.0));
         assert_eq!((f.network_site_uses, f.app_site_uses), (Some(0), Some(0)));
+        assert!(f.network_new_to_site, "the network's first event");
+        let (net, _, f) = at(&mut c, 1201, "203.0.113.10", "Device/unknown-client");
+        assert!(net < 1.0 && !f.network_new_to_site, "its second");
+        // A failed login is not folded in as work from the network: it is not its first
+        // event, and the access that follows it is.
+        let mut login = rec("Practitioner/3", "", t0 + 1202 * 30_000);
+        (login.patient, login.interaction, login.outcome) = (None, Interaction::Login, 4);
+        login.source_ip = Some("198.51.100.7".into());
+        assert!(!c.observe(&login).1.network_new_to_site, "a failed login");
+        let (net, _, f) = at(&mut c, 1203, "198.51.100.8", "Device/ehr");
+        assert!(net == 1.0 && f.network_new_to_site, "after a failed login");
         // IPv6 by /48; host names by domain.
         at(&mut c, 1202, "2001:db8:85a3::1", "Device/ehr");
         assert!(at(&mut c, 1203, "2001:db8:85a3:1::2", "Device/ehr").0 < 1.0);
