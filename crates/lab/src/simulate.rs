@@ -1307,12 +1307,25 @@ fn inject(
     anywhere: &[usize],
     today: &[Vec<usize>],
 ) {
-    let active: Vec<&User> = h.users.iter().filter(|u| !u.dormant).collect();
+    // An episode happens at work, as colleagues' records are opened
+    // (`coworker_snooping`): by a user at work that day, in that day's shift (a weekly
+    // rotation moves it). Before, a user off that day was as likely, and about 30 % of the
+    // episodes fell on a weekday their user almost never works, which marked them.
+    let wd = weekday(opts, day);
+    let active: Vec<&User> = h
+        .users
+        .iter()
+        .filter(|u| !u.dormant && u.workdays[wd])
+        .collect();
+    if active.is_empty() {
+        return;
+    }
     let u = *rng.pick(&active);
     let in_shift = |rng: &mut Rng, u: &User| {
+        let (start, len) = shift_on(u, day);
         midnight
-            + Duration::hours(u.shift_start as i64)
-            + Duration::minutes(30 + rng.below((u.shift_len as u64 - 1) * 60) as i64)
+            + Duration::hours(start as i64)
+            + Duration::minutes(30 + rng.below((len as u64).max(2) * 60 - 60) as i64)
     };
     let l = Some(Injected::Behaviour(kind));
     if anywhere.is_empty() {
@@ -1950,6 +1963,55 @@ mod tests {
             "{} from networks the day's work never uses: {:?}",
             unseen.len(),
             &unseen[..unseen.len().min(5)]
+        );
+    }
+
+    /// An injected episode happens on a day its user works: on a weekday their own
+    /// sessions come on (after-hours episodes and dormant accounts aside).
+    #[test]
+    fn injected_episodes_fall_on_the_users_working_days() {
+        use chrono::Datelike;
+        let mut o = SimOptions::new(21, 4);
+        (o.users, o.patients, o.incidents_per_day) = (60, 600, 12.0);
+        o.anomalies_from_day = 1;
+        let evs = simulate(&o);
+        let who = |e: &SimEvent| {
+            e.json["agent"][0]["who"]["reference"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let mut days: std::collections::HashMap<String, std::collections::HashSet<u32>> =
+            Default::default();
+        for e in evs.iter().filter(|e| e.label.is_none()) {
+            days.entry(who(e))
+                .or_default()
+                .insert(e.recorded.weekday().num_days_from_monday());
+        }
+        let exempt = |l: &Injected| {
+            matches!(
+                l,
+                Injected::Behaviour(AlertKind::AfterHours | AlertKind::DormantAccount)
+            )
+        };
+        let judged: Vec<&SimEvent> = evs
+            .iter()
+            .filter(|e| e.label.as_ref().is_some_and(|l| !exempt(l)))
+            .collect();
+        assert!(judged.len() > 100, "{} injected events", judged.len());
+        let off = judged
+            .iter()
+            .filter(|e| {
+                !days
+                    .get(&who(e))
+                    .is_some_and(|d| d.contains(&e.recorded.weekday().num_days_from_monday()))
+            })
+            .count();
+        assert_eq!(
+            off,
+            0,
+            "{off} of {} injected events on a day their user does not work",
+            judged.len()
         );
     }
 
