@@ -710,7 +710,7 @@ fn session_ip(st: Style, u: &User, ui: usize, day: i64, r: &mut Rng) -> String {
     }
     match st.network {
         Network::PersonalPcs | Network::Nat => u.ip.clone(),
-        Network::SharedStations => format!("10.{}.50.{}", 10 + u.dept, 1 + r.below(6)),
+        Network::SharedStations => department_ip(st, u.dept, day, r),
         Network::Churning => format!(
             "10.{}.{}.{}",
             10 + u.dept,
@@ -755,6 +755,15 @@ fn department_ip(st: Style, dept: usize, day: i64, v: &mut Rng) -> String {
             format!("10.{}.{}.{}", 10 + dept, v.below(4), 10 + v.below(200))
         }
     }
+}
+
+/// When an injected episode of `u` on `day` begins: within that day's shift (`shift_on`),
+/// from half an hour in to an hour before its end.
+fn episode_start(u: &User, day: i64, midnight: DateTime<Utc>, r: &mut Rng) -> DateTime<Utc> {
+    let (start, len) = shift_on(u, day);
+    midnight
+        + Duration::hours(start as i64)
+        + Duration::minutes(30 + r.below((len as u64).max(2) * 60 - 60) as i64)
 }
 
 /// A user's shift on `day` (start hour, length in hours): a weekly rotation moves it.
@@ -1282,10 +1291,7 @@ fn coworker_snooping(
             let ip = incident_ip(opts, h, u, day, em.n);
             em.current = Some(em.incidents);
             em.incidents += 1;
-            let (start, len) = shift_on(u, day);
-            let mut t = midnight
-                + Duration::hours(start as i64)
-                + Duration::minutes(30 + r.below((len as u64).max(2) * 60 - 60) as i64);
+            let mut t = episode_start(u, day, midnight, &mut r);
             for _ in 0..(1 + r.below(3)) {
                 em.emit(t, u, &ip, u.app, Some(p), Act::Read, l, &mut r);
                 t += Duration::seconds(20 + r.below(240) as i64);
@@ -1321,12 +1327,7 @@ fn inject(
         return;
     }
     let u = *rng.pick(&active);
-    let in_shift = |rng: &mut Rng, u: &User| {
-        let (start, len) = shift_on(u, day);
-        midnight
-            + Duration::hours(start as i64)
-            + Duration::minutes(30 + rng.below((len as u64).max(2) * 60 - 60) as i64)
-    };
+    let in_shift = |rng: &mut Rng, u: &User| episode_start(u, day, midnight, rng);
     let l = Some(Injected::Behaviour(kind));
     if anywhere.is_empty() {
         return;
@@ -1921,6 +1922,20 @@ mod tests {
         }
     }
 
+    /// The injected events of `evs` but those of the behaviours `but`; more than a hundred.
+    fn injected_except<'a>(evs: &'a [SimEvent], but: &[AlertKind]) -> Vec<&'a SimEvent> {
+        let judged: Vec<&SimEvent> = evs
+            .iter()
+            .filter(|e| {
+                e.label
+                    .as_ref()
+                    .is_some_and(|l| !matches!(l, Injected::Behaviour(k) if but.contains(k)))
+            })
+            .collect();
+        assert!(judged.len() > 100, "{} injected events", judged.len());
+        judged
+    }
+
     /// An injected episode comes from where its user's sessions come from in the
     /// hospital's network style: on shared stations, from a station of the user's own
     /// department, not from a network the day's work never uses. Only a new source (from
@@ -1942,17 +1957,7 @@ mod tests {
         };
         let normal: std::collections::HashSet<String> =
             evs.iter().filter(|e| e.label.is_none()).map(net).collect();
-        let elsewhere = |l: &Injected| {
-            matches!(
-                l,
-                Injected::Behaviour(AlertKind::NewSource | AlertKind::FailedLogins)
-            )
-        };
-        let judged: Vec<&SimEvent> = evs
-            .iter()
-            .filter(|e| e.label.as_ref().is_some_and(|l| !elsewhere(l)))
-            .collect();
-        assert!(judged.len() > 100, "{} injected events", judged.len());
+        let judged = injected_except(&evs, &[AlertKind::NewSource, AlertKind::FailedLogins]);
         let unseen: Vec<String> = judged
             .iter()
             .map(|e| net(e))
@@ -1988,17 +1993,7 @@ mod tests {
                 .or_default()
                 .insert(e.recorded.weekday().num_days_from_monday());
         }
-        let exempt = |l: &Injected| {
-            matches!(
-                l,
-                Injected::Behaviour(AlertKind::AfterHours | AlertKind::DormantAccount)
-            )
-        };
-        let judged: Vec<&SimEvent> = evs
-            .iter()
-            .filter(|e| e.label.as_ref().is_some_and(|l| !exempt(l)))
-            .collect();
-        assert!(judged.len() > 100, "{} injected events", judged.len());
+        let judged = injected_except(&evs, &[AlertKind::AfterHours, AlertKind::DormantAccount]);
         let off = judged
             .iter()
             .filter(|e| {
