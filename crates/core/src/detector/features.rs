@@ -38,6 +38,18 @@ pub const MAX_NAMES: usize = 65_536;
 pub const MAX_SITE_SOURCES: usize = 65_536;
 /// Events the site needs before a network or client new to it means much.
 const SITE_MATURE: f32 = 1_000.0;
+/// Departments counted per network for `Facts::foreign_network` (when full, a department
+/// not among them is not known never to have worked from the network).
+pub const MAX_NETWORK_DEPTS: usize = 8;
+/// A network is a department's own (its workstations, its ward's VLAN) when at least this
+/// share of the site's successful events from it came from that department's staff…
+const NETWORK_HOME_SHARE: f32 = 0.9;
+/// …out of at least this many: a pool every department shares (a VPN, a NAT) has no home.
+const NETWORK_HOME_MIN: f32 = 200.0;
+/// A site with at least this share of its events from outside its private networks (a
+/// server in the cloud, remote work without a VPN) has no "outside" to speak of: a user's
+/// first access from outside means nothing there (`Facts::first_outside`).
+const OUTSIDE_ROUTINE_SHARE: f32 = 0.01;
 
 const MIN_10: i64 = 10 * 60_000;
 pub(crate) const HOUR: i64 = 3_600_000;
@@ -277,7 +289,7 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// `staff_record_work`: layout 4 without the last, layout 1 without all of them), and are
 /// read as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
 /// change without a bump.
-pub const SNAPSHOT_LAYOUT: u32 = 5;
+pub const SNAPSHOT_LAYOUT: u32 = 6;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -373,6 +385,24 @@ pub const ODD_HOUR_SHARE: f32 = 0.02;
 /// How many hours either side of an odd hour count as near it, for the habit.
 pub const ODD_HOUR_BAND: u32 = 2;
 
+/// A network that is another department's own, and that the user's department has never
+/// worked from: someone at another ward's workstation, or on its network. Only once the
+/// site has history, the network at least `NETWORK_HOME_MIN` events (at least
+/// `NETWORK_HOME_SHARE` of them from its home department), and the user's department at
+/// least `PEERS_MATURE` events; never for a failed login. The department's first event
+/// from it is the one: the next finds it worked from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForeignNetwork {
+    /// The department whose network it is.
+    pub home: String,
+    /// The user's department, which had never worked from it.
+    pub from: String,
+    /// The share of the network's events that came from that department.
+    pub home_share: f32,
+    /// The network's successful events at the site before this one.
+    pub events: u32,
+}
+
 /// Raw facts behind the features, for plain-language explanations.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Facts {
@@ -451,6 +481,18 @@ pub struct Facts {
     /// access alerts whatever its score (`super::alerts_alone`).
     #[serde(default)]
     pub network_new_to_site: bool,
+    /// The first access of the user's department from another department's network (see
+    /// [`ForeignNetwork`]). Such an access alerts whatever its score (`super::alerts_alone`).
+    #[serde(default)]
+    pub foreign_network: Option<ForeignNetwork>,
+    /// The user's first access from outside the site's private networks (a public address:
+    /// not RFC 1918, shared, loopback, link-local or IPv6 unique-local; `is_outside`),
+    /// with the share of the site's events that came from outside before it: only where
+    /// that is rare (under `OUTSIDE_ROUTINE_SHARE`), once the site and the user have
+    /// history, never for a failed login. Such an access alerts whatever its score
+    /// (`super::alerts_alone`): the new device from outside the network.
+    #[serde(default)]
+    pub first_outside: Option<f32>,
     /// Days without any activity before the current session began.
     pub days_inactive: f32,
     /// The account came back from dormancy before this session and is not back at work
@@ -1060,6 +1102,19 @@ pub struct Context {
     /// before it.
     #[serde(default)]
     staff_record_work: IdMap<Vec<(u64, i64)>>,
+    /// Which departments work from each network: successful events by department hash,
+    /// per network (`network_of` hash) as far as `site_networks` remembers it, at most
+    /// `MAX_NETWORK_DEPTS` departments each (later ones are not counted). Layout 5 ends
+    /// before it.
+    #[serde(default)]
+    network_depts: IdMap<Vec<(u64, f32)>>,
+    /// Successful events from outside the site's private networks ([`is_outside`]): per
+    /// user (bounded by the users, forgotten with them), and at the whole site. Layout 5
+    /// ends before them too.
+    #[serde(default)]
+    outside_users: IdMap<f32>,
+    #[serde(default)]
+    site_outside: f32,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -1243,6 +1298,8 @@ struct SourceKeys {
     ip: Option<u64>,
     network: Option<u64>,
     app: Option<u64>,
+    /// The address is outside the site's private networks ([`is_outside`]).
+    outside: bool,
 }
 
 impl SourceKeys {
@@ -1251,6 +1308,7 @@ impl SourceKeys {
             ip: r.source_ip.as_deref().map(h64),
             network: r.source_ip.as_deref().map(network_of),
             app: r.client_app.as_deref().map(h64),
+            outside: r.source_ip.as_deref().is_some_and(is_outside),
         }
     }
 }
@@ -1608,13 +1666,14 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 4 ends before `staff_record_work`, layout 3 before
-                    // `staff_names` and `patient_names` too, layout 2 before `new_patients`
-                    // as well, layout 1 before `revivals` also: read as none (empty maps,
-                    // in postcard a zero length each).
-                    found @ (1..=4) => {
-                        let missing = [0u8; 5];
-                        let missing = &missing[..[5, 4, 3, 1][found as usize - 1]];
+                    // Layout 5 ends before `network_depts`, `outside_users` and
+                    // `site_outside`, layout 4 before `staff_record_work` too, layout 3
+                    // before `staff_names` and `patient_names` as well, layout 2 before
+                    // `new_patients`, layout 1 before `revivals` also: read as none (empty
+                    // maps, in postcard a zero length each, and 0.0, four zero bytes).
+                    found @ (1..=5) => {
+                        let missing = [0u8; 11];
+                        let missing = &missing[..[11, 10, 9, 7, 6][found as usize - 1]];
                         postcard::from_bytes(&[body, missing].concat())
                             .map_err(SnapshotError::Binary)?
                     }
@@ -1626,6 +1685,30 @@ impl Context {
         c.tz = Some(tz);
         c.refresh_site_outside();
         Ok(c)
+    }
+
+    /// The network `net` as another department's own that department `dept` has never
+    /// worked from (see [`ForeignNetwork`]), if it is one.
+    fn foreign_network(&self, net: u64, dept: u64) -> Option<ForeignNetwork> {
+        let events = self.site_networks.get(&net).copied()?;
+        let depts = self.network_depts.get(&net)?;
+        let known = depts.len() < MAX_NETWORK_DEPTS && !depts.iter().any(|d| d.0 == dept);
+        let mature = self
+            .dept_hours
+            .get(&dept)
+            .is_some_and(|d| d.total >= PEERS_MATURE);
+        if !known || !mature || events < NETWORK_HOME_MIN {
+            return None;
+        }
+        let (home, n) = depts.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))?;
+        let home_share = n / events;
+        (home_share >= NETWORK_HOME_SHARE).then_some(())?;
+        Some(ForeignNetwork {
+            home: self.dept_names.get(&home)?.clone(),
+            from: self.dept_names.get(&dept)?.clone(),
+            home_share,
+            events: events as u32,
+        })
     }
 
     /// Recompute the site's outside-care rate from the users' (see `site_outside_rate`).
@@ -2358,6 +2441,17 @@ impl Context {
                 facts.network_new_to_site =
                     n == 0.0 && !failed_login && self.site_networks.len() < MAX_SITE_SOURCES;
                 x[F::NewNetworkSite] = novelty(n);
+                if !failed_login {
+                    facts.foreign_network = dept_h.and_then(|d| self.foreign_network(net, d));
+                }
+            }
+            // A user's first access from outside the site's private networks, where that
+            // is rare at the site.
+            let share = self.site_outside / self.site_total;
+            let mature = user.is_some_and(|u| u.events >= MATURE);
+            let before = uh.and_then(|u| self.outside_users.get(&u)).is_some();
+            if src.outside && !failed_login && mature && !before && share < OUTSIDE_ROUTINE_SHARE {
+                facts.first_outside = Some(share);
             }
             if let Some(app) = src.app {
                 let n = self.site_apps.get(&app).copied().unwrap_or(0.0);
@@ -2495,7 +2589,8 @@ impl Context {
         };
         let uh = h64(user_ref);
         let ok = r.outcome == 0;
-        if let Some(d) = dept_h.or_else(|| self.users.get(&uh).and_then(|u| u.dept)) {
+        let dept_h = dept_h.or_else(|| self.users.get(&uh).and_then(|u| u.dept));
+        if let Some(d) = dept_h {
             if ok && (self.dept_hours.len() < 4096 || self.dept_hours.contains_key(&d)) {
                 let e = self.dept_hours.entry(d).or_default();
                 e.hours[hour as usize] += 1.0;
@@ -2507,6 +2602,7 @@ impl Context {
             // A forgotten user's revival and daily volume go with them.
             let users = &self.users;
             self.revivals.retain(|u, _| users.contains_key(u));
+            self.outside_users.retain(|u, _| users.contains_key(u));
             self.new_patients.retain(|u, _| users.contains_key(u));
         }
         let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
@@ -2547,9 +2643,16 @@ impl Context {
             u.events += 1.0;
             let src = known.sources.unwrap_or_else(|| SourceKeys::of(r));
             let mut forgotten = false;
+            if src.outside {
+                *self.outside_users.entry(uh).or_default() += 1.0;
+                self.site_outside += 1.0;
+            }
             if let (Some(ip), Some(net)) = (src.ip, src.network) {
                 bump(&mut u.ips, ip, MAX_IPS);
                 forgotten |= count_bounded(&mut self.site_networks, net, MAX_SITE_SOURCES);
+                if let Some(d) = dept_h.filter(|_| self.site_networks.contains_key(&net)) {
+                    count_network_dept(self.network_depts.entry(net).or_default(), d);
+                }
             }
             if let Some(app) = src.app {
                 bump(&mut u.apps, app, MAX_APPS);
@@ -2858,6 +2961,31 @@ fn network_of(address: &str) -> u64 {
     }
 }
 
+/// An address outside a site's private networks: a public one, neither RFC 1918 nor
+/// shared (100.64.0.0/10), loopback, link-local, unspecified or IPv6 unique-local. A host
+/// name is not known to be outside.
+fn is_outside(address: &str) -> bool {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            let shared = a.octets()[0] == 100 && (a.octets()[1] & 0xC0) == 64;
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || shared)
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            let first = a.segments()[0];
+            let local = (first & 0xFE00) == 0xFC00 || (first & 0xFFC0) == 0xFE80;
+            match a.to_ipv4_mapped() {
+                Some(v4) => is_outside(&v4.to_string()),
+                None => !(local || a.is_loopback() || a.is_unspecified()),
+            }
+        }
+        Err(_) => false,
+    }
+}
+
 /// Count one more for `key`; a full map keeps its counts and forgets newcomers (returns
 /// true when it forgot this one).
 fn count_bounded(map: &mut IdMap<f32>, key: u64, cap: usize) -> bool {
@@ -2869,6 +2997,16 @@ fn count_bounded(map: &mut IdMap<f32>, key: u64, cap: usize) -> bool {
         return true;
     }
     false
+}
+
+/// One more successful event of department `dept` from a network whose departments are
+/// `depts` (at most `MAX_NETWORK_DEPTS`; a department past them is not counted).
+fn count_network_dept(depts: &mut Vec<(u64, f32)>, dept: u64) {
+    if let Some(d) = depts.iter_mut().find(|d| d.0 == dept) {
+        d.1 += 1.0;
+    } else if depts.len() < MAX_NETWORK_DEPTS {
+        depts.push((dept, 1.0));
+    }
 }
 
 /// A patient with some record history, (almost) none of it from the user's department.
@@ -3441,6 +3579,8 @@ mod tests {
             },
         );
         c.note_staff_record_work(h64("Patient/3"), h64("Surgery"), t0);
+        c.outside_users.insert(h64("Practitioner/1"), 2.0);
+        c.site_outside = 2.0;
         c
     }
 
@@ -3475,10 +3615,14 @@ mod tests {
         assert_eq!((c.staff_names.len(), c.patient_names.len()), (1, 1));
         assert_eq!(c.staff_record_work, layout_sample().staff_record_work);
         assert_eq!(c.staff_record_work.len(), 1);
+        assert_eq!(c.network_depts, layout_sample().network_depts);
+        assert_eq!(c.network_depts.values().map(Vec::len).sum::<usize>(), 3);
+        assert_eq!(c.outside_users, layout_sample().outside_users);
+        assert_eq!((c.outside_users.len(), c.site_outside), (1, 2.0));
     }
 
     /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`), 3 (before
-    /// `staff_names`) and 4 (before `staff_record_work`) still read, with nothing of the
+    /// `staff_names`), 4 (before `staff_record_work`) and 5 (before `network_depts`) still read, with nothing of the
     /// missing fields: an upgrade keeps the site's running context.
     #[test]
     fn snapshots_of_earlier_layouts_still_read() {
@@ -3504,6 +3648,11 @@ mod tests {
         assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.staff_names, layout_sample().staff_names);
         assert!(c.staff_record_work.is_empty());
+        let c = read(5);
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert_eq!(c.staff_record_work, layout_sample().staff_record_work);
+        assert!(c.network_depts.is_empty() && c.outside_users.is_empty());
+        assert_eq!(c.site_outside, 0.0);
         assert!(matches!(
             Context::from_bytes(b"fhirctx\0\x07\0\0\0", chrono_tz::UTC),
             Err(SnapshotError::Layout { found: 7 })
@@ -3937,6 +4086,167 @@ mod tests {
         assert!(at(&mut c, 1203, "2001:db8:85a3:1::2", "Device/ehr").0 < 1.0);
         at(&mut c, 1204, "ws1.ward.example.org", "Device/ehr");
         assert!(at(&mut c, 1205, "ws2.ward.example.org", "Device/ehr").0 < 1.0);
+    }
+
+    /// A department's first access from a network that is another department's own is
+    /// foreign (`Facts::foreign_network`); its next is not, nor one from a pool every
+    /// department shares, from a network with little history, by a department with little
+    /// history, or a failed login (which is not folded in either).
+    #[test]
+    fn another_departments_network_is_foreign_to_a_department_never_on_it() {
+        let t0 = monday(9);
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut i = 0i64;
+        let mut at = |c: &mut Context, user: &str, dept: &str, ip: &str, failed: bool| {
+            i += 1;
+            let mut r = rec(user, "Patient/1", t0 + i * 30_000);
+            r.department = Some(dept.into());
+            r.source_ip = Some(ip.into());
+            if failed {
+                (r.patient, r.interaction, r.outcome) = (None, Interaction::Login, 4);
+            }
+            c.observe(&r).1.foreign_network
+        };
+        // Each department works from its own network; all three from the VPN's pool.
+        let depts = [("Emergency", 12), ("Surgery", 16), ("Neurology", 15)];
+        for n in 0..1500 {
+            let (dept, net) = depts[n % 3];
+            let user = format!("Practitioner/{dept}{}", n % 4);
+            let ip = match n % 5 {
+                0 => format!("172.16.0.{}", n % 200),
+                _ => format!("10.{net}.0.{}", n % 200),
+            };
+            assert_eq!(at(&mut c, &user, dept, &ip, false), None, "event {n}");
+        }
+        // Radiology is new: little history of its own yet.
+        for n in 0..100 {
+            at(
+                &mut c,
+                "Practitioner/r",
+                "Radiology",
+                &format!("10.19.0.{n}"),
+                false,
+            );
+        }
+        assert_eq!(
+            at(&mut c, "Practitioner/r", "Radiology", "10.12.0.9", false),
+            None
+        );
+        // Surgery's first access from Emergency's network, and its second.
+        let foreign = at(
+            &mut c,
+            "Practitioner/Surgery1",
+            "Surgery",
+            "10.12.0.77",
+            false,
+        )
+        .expect("Emergency's network, Surgery never on it");
+        assert_eq!(
+            (foreign.home.as_str(), foreign.from.as_str()),
+            ("Emergency", "Surgery")
+        );
+        // 400 of Emergency's events, and Radiology's one.
+        assert_eq!(foreign.events, 401);
+        assert!((foreign.home_share - 400.0 / 401.0).abs() < 1e-6);
+        // Its second; the pool, which has no home; Radiology's network, too little history.
+        for ip in ["10.12.0.78", "172.16.0.5", "10.19.0.5"] {
+            let user = "Practitioner/Surgery2";
+            assert_eq!(at(&mut c, user, "Surgery", ip, false), None, "{ip}");
+        }
+        // A failed login is not the department's first access, and the access after it is.
+        assert_eq!(
+            at(
+                &mut c,
+                "Practitioner/Neurology1",
+                "Neurology",
+                "10.16.0.1",
+                true
+            ),
+            None
+        );
+        let foreign = at(
+            &mut c,
+            "Practitioner/Neurology1",
+            "Neurology",
+            "10.16.0.2",
+            false,
+        );
+        assert_eq!(foreign.map(|f| f.home), Some("Surgery".to_string()));
+    }
+
+    /// A user's first access from outside the site's private networks is said
+    /// (`Facts::first_outside`); their next is not, nor a failed login (which is not folded
+    /// in), a user without history, or anyone's once outside access is routine at the site.
+    #[test]
+    fn a_users_first_access_from_outside_is_said_where_that_is_rare() {
+        for outside in ["203.0.113.9", "8.8.8.8", "2001:db8::1", "::ffff:8.8.4.4"] {
+            assert!(is_outside(outside), "{outside}");
+        }
+        for inside in [
+            "10.1.2.3",
+            "172.16.5.4",
+            "192.168.1.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+            "::ffff:10.0.0.1",
+            "ws1.ward.example.org",
+        ] {
+            assert!(!is_outside(inside), "{inside}");
+        }
+        let t0 = monday(9);
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut i = 0i64;
+        let mut at = |c: &mut Context, user: &str, ip: &str, failed: bool| {
+            i += 1;
+            let mut r = rec(user, "Patient/1", t0 + i * 30_000);
+            r.source_ip = Some(ip.into());
+            if failed {
+                (r.patient, r.interaction, r.outcome) = (None, Interaction::Login, 4);
+            }
+            c.observe(&r).1.first_outside
+        };
+        for n in 0..1200 {
+            let user = format!("Practitioner/{}", n % 40);
+            assert_eq!(
+                at(&mut c, &user, &format!("10.1.{}.{}", n % 4, n % 250), false),
+                None
+            );
+        }
+        assert_eq!(
+            at(&mut c, "Practitioner/3", "203.0.113.9", false),
+            Some(0.0)
+        );
+        assert_eq!(
+            at(&mut c, "Practitioner/3", "198.51.100.7", false),
+            None,
+            "the next"
+        );
+        assert_eq!(
+            at(&mut c, "Practitioner/4", "198.51.100.8", true),
+            None,
+            "failed"
+        );
+        let share = at(&mut c, "Practitioner/4", "198.51.100.8", false).expect("after it");
+        assert!(share > 0.0 && share < 0.01, "{share}");
+        assert_eq!(
+            at(&mut c, "Practitioner/new", "198.51.100.9", false),
+            None,
+            "no history"
+        );
+        // Once a percent of the site's events come from outside, it is routine there.
+        for _ in 0..12 {
+            at(&mut c, "Practitioner/5", "198.51.100.10", false);
+        }
+        assert_eq!(
+            at(&mut c, "Practitioner/6", "198.51.100.11", false),
+            None,
+            "routine"
+        );
     }
 
     /// The one-pass hash count agrees with sorting and de-duplicating each window.
