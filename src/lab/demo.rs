@@ -65,7 +65,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let mut j = e.json.clone();
+                let mut j = e.json();
                 let lu = now - chrono::Duration::milliseconds(3_600_000 - (i as i64 * 3_600_000 / split.max(1) as i64));
                 j["meta"]["lastUpdated"] = fhir_edge_core::clock::fmt_ms(lu).into();
                 j
@@ -117,7 +117,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("  live activity at {}× real time; Ctrl-C stops\n", opts.speedup);
 
         // Feed the live part: each event becomes visible when its simulated time arrives.
-        let live: Vec<serde_json::Value> = events[split..].iter().map(|e| e.json.clone()).collect();
+        let live: Vec<serde_json::Value> = events[split..].iter().map(|e| e.json()).collect();
         let live_times: Vec<i64> = events[split..].iter().map(|e| e.recorded.timestamp_millis()).collect();
         let speedup = opts.speedup;
         let feeder_store = store.clone();

@@ -40,12 +40,7 @@ fn train_tiny(prefix: &str, care: bool) -> PathBuf {
         let events = fhir_edge_lab::simulate::simulate(&o);
         let records: Vec<_> = events
             .iter()
-            .map(|e| {
-                fhir_edge_core::fhir::parse_audit_event(
-                    &serde_json::value::to_raw_value(&e.json).unwrap(),
-                )
-                .unwrap()
-            })
+            .map(|e| fhir_edge_core::fhir::parse_audit_event(e.raw()).unwrap())
             .collect();
         let mut ctx = fhir_edge_core::detector::features::Context::new(chrono_tz::UTC);
         if care {
@@ -111,7 +106,7 @@ pub fn events(n: usize, prefix: &str, seed: u64) -> Vec<serde_json::Value> {
         .take(n)
         .enumerate()
         .map(|(i, e)| {
-            let mut j = e.json;
+            let mut j = e.json();
             j["id"] = format!("{prefix}-{i}").into();
             j
         })

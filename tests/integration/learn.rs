@@ -41,7 +41,7 @@ fn while_learning_only_baseline_free_alerts_are_raised_and_it_says_so() {
     o.incidents_per_day = 60.0;
     let mut evs: Vec<_> = fhir_edge_lab::simulate::simulate(&o)
         .into_iter()
-        .map(|e| e.json)
+        .map(|e| e.json())
         .collect();
     stamp(&mut evs, chrono::Utc::now() - chrono::Duration::hours(3), 1);
     let n = evs.len() as u64 + 6;

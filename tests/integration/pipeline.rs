@@ -585,7 +585,7 @@ fn the_care_context_is_read_page_by_page_once_and_links_the_audit_users() {
     let mut events: Vec<serde_json::Value> = fhir_edge_lab::simulate::simulate(&o)
         .into_iter()
         .take(300)
-        .map(|e| e.json)
+        .map(|e| e.json())
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&s.base_url, dir.path());

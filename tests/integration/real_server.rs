@@ -339,7 +339,7 @@ fn hapi_shaped_events_from_the_real_server_are_scored_once_and_fanned_searches_a
         .enumerate()
         .filter(|(i, e)| *i < 150 || fanned.iter().any(|f| e.id.starts_with(&format!("{f}-"))))
         .map(|(_, e)| {
-            let mut j = e.json.clone();
+            let mut j = e.json();
             j["recorded"] = fhir_edge_core::clock::fmt_ms(chrono::Utc::now()).into();
             j
         })

@@ -66,12 +66,13 @@ pub fn reshape(events: Vec<SimEvent>, shape: Shape, seed: u64) -> Vec<SimEvent> 
         Shape::Medplum | Shape::Firely | Shape::Aidbox => events
             .into_iter()
             .filter_map(|e| {
+                let j = e.json();
                 let json = match shape {
-                    Shape::Medplum => medplum(&e.json),
-                    Shape::Firely => firely(&e.json),
-                    _ => aidbox(&e.json),
+                    Shape::Medplum => medplum(&j),
+                    Shape::Firely => firely(&j),
+                    _ => aidbox(&j),
                 }?;
-                Some(SimEvent { json, ..e })
+                Some(e.with_json(&json))
             })
             .collect(),
     }
@@ -81,20 +82,25 @@ pub fn reshape(events: Vec<SimEvent>, shape: Shape, seed: u64) -> Vec<SimEvent> 
 /// `original` events of the same ids): the control that tells what a shape loses by its
 /// layout from what it loses by not writing departments (`simulate --keep-department`).
 pub fn keep_department(original: &[SimEvent], shaped: &mut [SimEvent]) {
-    let dept: std::collections::HashMap<&str, &Value> = original
+    let dept: std::collections::HashMap<&str, Value> = original
         .iter()
-        .filter_map(|e| Some((e.id.as_str(), e.json["agent"][0].get("location")?)))
+        .filter_map(|e| {
+            let loc = e.json()["agent"][0].get("location")?.clone();
+            Some((e.id.as_str(), loc))
+        })
         .collect();
     for e in shaped.iter_mut() {
         let id = e.id.split_once('-').map_or(e.id.as_str(), |(a, _)| a);
         let Some(loc) = dept.get(e.id.as_str()).or_else(|| dept.get(id)) else {
             continue;
         };
-        if let Some(agents) = e.json["agent"].as_array_mut() {
+        let mut j = e.json();
+        if let Some(agents) = j["agent"].as_array_mut() {
             if let Some(user) = agents.iter_mut().find(|a| a["requestor"] == true) {
-                user["location"] = (*loc).clone();
+                user["location"] = loc.clone();
             }
         }
+        e.set_json(&j);
     }
 }
 
@@ -254,13 +260,13 @@ fn hapi(events: Vec<SimEvent>, seed: u64) -> Vec<SimEvent> {
     // The patients a search's results could hold: every patient the hospital's events name.
     let mut patients: Vec<String> = events
         .iter()
-        .filter_map(|e| patient_of(&e.json).map(str::to_owned))
+        .filter_map(|e| patient_of(&e.json()).map(str::to_owned))
         .collect();
     patients.sort();
     patients.dedup();
     let mut out = Vec::with_capacity(events.len());
     for (n, e) in events.into_iter().enumerate() {
-        let j = &e.json;
+        let j = &e.json();
         let code = j["subtype"][0]["code"].as_str().unwrap_or("");
         // Only storage events are audited: no logins, no refused requests.
         if j["type"]["code"] == "110114" || j["outcome"] != "0" {
@@ -306,7 +312,7 @@ fn hapi(events: Vec<SimEvent>, seed: u64) -> Vec<SimEvent> {
         let own_patient = patient_of(j).is_some();
         if !search || own_patient || patients.is_empty() {
             base["entity"] = Value::Array(entities);
-            out.push(SimEvent { json: base, ..e });
+            out.push(e.with_json(&base));
             continue;
         }
         // A search without a patient of its own: one event per patient in its results.
@@ -327,11 +333,9 @@ fn hapi(events: Vec<SimEvent>, seed: u64) -> Vec<SimEvent> {
             copy["entity"] = Value::Array(ents);
             let id = format!("{}-{k}", e.id);
             copy["id"] = id.clone().into();
-            out.push(SimEvent {
-                id,
-                json: copy,
-                ..e.clone()
-            });
+            let mut one = e.clone().with_json(&copy);
+            one.id = id;
+            out.push(one);
         }
     }
     out
@@ -353,14 +357,14 @@ mod tests {
         let hapi = reshape(balp.clone(), Shape::Hapi, 4);
         let mut by_request = std::collections::HashMap::<String, usize>::new();
         for e in &hapi {
-            let raw = serde_json::value::to_raw_value(&e.json).unwrap();
+            let raw = e.raw().to_owned();
             let r = fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
             assert_ne!(r.interaction, fhir_edge_core::fhir::Interaction::Login);
             assert_eq!(r.outcome, 0);
             assert!(
                 r.client_app.is_some() && r.source_ip.is_some(),
                 "{}",
-                e.json
+                e.json()
             );
             *by_request.entry(r.request_id.unwrap()).or_default() += 1;
         }
@@ -383,8 +387,8 @@ mod tests {
         o.incidents_per_day = 20.0;
         let balp = simulate(&o);
         let read = |e: &SimEvent| -> AuditRecord {
-            let raw = serde_json::value::to_raw_value(&e.json).unwrap();
-            parse_audit_event(&raw).unwrap_or_else(|err| panic!("{err}: {}", e.json))
+            let raw = e.raw().to_owned();
+            parse_audit_event(&raw).unwrap_or_else(|err| panic!("{err}: {}", e.json()))
         };
         let original: std::collections::HashMap<String, AuditRecord> =
             balp.iter().map(|e| (e.id.clone(), read(e))).collect();
@@ -414,9 +418,14 @@ mod tests {
                         o.source_ip.as_deref()
                     ),
                     "{shape:?} {}",
-                    e.json
+                    e.json()
                 );
-                assert_eq!(r.query.is_some(), o.query.is_some(), "{shape:?} {}", e.json);
+                assert_eq!(
+                    r.query.is_some(),
+                    o.query.is_some(),
+                    "{shape:?} {}",
+                    e.json()
+                );
                 // One person, one key: the shape's key maps to one original user only.
                 let was = user_of
                     .entry(r.user.clone().unwrap())

@@ -5,6 +5,8 @@
 use base64::Engine as _;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 
 use fhir_edge_core::alerts::AlertKind;
 use fhir_edge_core::rng::Rng;
@@ -233,10 +235,60 @@ impl SimOptions {
 pub struct SimEvent {
     pub id: String,
     pub recorded: DateTime<Utc>,
-    pub json: serde_json::Value,
+    /// The AuditEvent as written (see [`SimEvent::json`]).
+    raw: Box<RawValue>,
     pub label: Option<Injected>,
     /// The injected incident (numbered from 0) a labelled event belongs to.
     pub incident: Option<u32>,
+}
+
+impl SimEvent {
+    /// An event of `id` recorded at `recorded`, with its AuditEvent `json`.
+    pub fn new(
+        id: String,
+        recorded: DateTime<Utc>,
+        json: &serde_json::Value,
+        label: Option<Injected>,
+        incident: Option<u32>,
+    ) -> SimEvent {
+        SimEvent {
+            id,
+            recorded,
+            raw: to_raw(json),
+            label,
+            incident,
+        }
+    }
+
+    /// The AuditEvent, parsed. Events are kept serialized: a parsed AuditEvent takes about
+    /// 16 KB (a tree of small maps), its text about 1.3 KB, and a large hospital's weeks
+    /// hold millions of events (run C of the quality benchmark: 6.6 GB for 401,000 events
+    /// parsed, BENCHMARKS.md).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.raw.get()).expect("a simulated event is JSON")
+    }
+
+    /// The AuditEvent as written (JSON text).
+    pub fn raw(&self) -> &RawValue {
+        &self.raw
+    }
+
+    /// Replace the AuditEvent with `json`.
+    pub fn set_json(&mut self, json: &serde_json::Value) {
+        self.raw = to_raw(json);
+    }
+
+    /// The event with its AuditEvent replaced by `json`, label and incident kept.
+    pub fn with_json(self, json: &serde_json::Value) -> SimEvent {
+        SimEvent {
+            raw: to_raw(json),
+            ..self
+        }
+    }
+}
+
+fn to_raw(json: &serde_json::Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(json).expect("a JSON value serializes")
 }
 
 const DEPTS: &[(&str, bool)] = &[
@@ -829,6 +881,16 @@ struct Emitter {
     /// Incidents injected so far, and the one being injected.
     incidents: u32,
     current: Option<u32>,
+    /// When each user first opened each patient's record so far (by `pair_key`).
+    worked_on: HashMap<u64, DateTime<Utc>>,
+}
+
+/// The key of a (user, patient) pair in `Emitter::worked_on`.
+fn pair_key(u: &User, p: &Patient) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&u.reference, &p.reference).hash(&mut h);
+    h.finish()
 }
 
 #[derive(Clone, Copy)]
@@ -957,13 +1019,12 @@ impl Emitter {
             "source": {"site": "general-hospital", "observer": {"reference": "Device/fhir-server"}},
             "entity": entity
         });
-        self.out.push(SimEvent {
-            id,
-            recorded: t,
-            json,
-            label,
-            incident: label.and(self.current),
-        });
+        if let Some(p) = p {
+            let first = self.worked_on.entry(pair_key(u, p)).or_insert(t);
+            *first = (*first).min(t);
+        }
+        self.out
+            .push(SimEvent::new(id, t, &json, label, label.and(self.current)));
     }
 }
 
@@ -1087,6 +1148,7 @@ pub fn simulate(opts: &SimOptions) -> Vec<SimEvent> {
         failures,
         incidents: 0,
         current: None,
+        worked_on: HashMap::new(),
     };
     let all_admitted: Vec<Vec<Vec<usize>>> = (0..opts.days as i64)
         .map(|day| {
@@ -1582,11 +1644,7 @@ fn inject(
             }
             let (u, p) = *rng.pick(&pairs);
             let t = in_shift(rng, u);
-            let worked_on = em.out.iter().any(|e| {
-                e.recorded < t
-                    && e.json["agent"][0]["who"]["reference"] == u.reference.as_str()
-                    && e.json["entity"][0]["what"]["reference"] == p.reference.as_str()
-            });
+            let worked_on = em.worked_on.get(&pair_key(u, p)).is_some_and(|f| *f < t);
             if !worked_on {
                 let ip = incident_ip(opts, h, u, day, em.n);
                 em.emit(t, u, &ip, u.app, Some(p), Act::Read, l, rng);
@@ -1804,7 +1862,7 @@ pub fn write(
     let mut l = std::io::BufWriter::new(std::fs::File::create(&lb)?);
     writeln!(l, "id,anomaly,incident")?;
     for e in events {
-        serde_json::to_writer(&mut w, &e.json)?;
+        w.write_all(e.raw.get().as_bytes())?;
         w.write_all(b"\n")?;
         if let Some(k) = e.label {
             let incident = e.incident.map(|i| i.to_string()).unwrap_or_default();
@@ -1891,9 +1949,10 @@ mod tests {
             }
         }
         for e in simulate(&o) {
-            let user = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
+            let j = e.json();
+            let user = j["agent"][0]["who"]["reference"].as_str().unwrap();
             assert!(staff.contains(user), "{user}");
-            if let Some(p) = e.json["entity"][0]["what"]["reference"].as_str() {
+            if let Some(p) = e.json()["entity"][0]["what"]["reference"].as_str() {
                 assert!(patients.contains(p), "{p}");
             }
         }
@@ -1909,7 +1968,7 @@ mod tests {
         let a = simulate(&o);
         let b = simulate(&o);
         assert_eq!(a.len(), b.len());
-        assert_eq!(a[100].json, b[100].json);
+        assert_eq!(a[100].json(), b[100].json());
         assert!(a.windows(2).all(|w| w[0].recorded <= w[1].recorded));
         assert!(a.iter().any(|e| e.label.is_some()));
         assert!(a
@@ -1917,7 +1976,7 @@ mod tests {
             .filter(|e| e.recorded < o.start + Duration::days(1))
             .all(|e| e.label.is_none()));
         for e in a.iter().take(500) {
-            let raw = serde_json::value::to_raw_value(&e.json).unwrap();
+            let raw = e.raw().to_owned();
             fhir_edge_core::fhir::parse_audit_event(&raw).unwrap();
         }
     }
@@ -1949,9 +2008,8 @@ mod tests {
         o.style = Style::parse("stations").unwrap();
         let evs = simulate(&o);
         let net = |e: &SimEvent| {
-            let ip = e.json["agent"][0]["network"]["address"]
-                .as_str()
-                .unwrap_or("");
+            let j = e.json();
+            let ip = j["agent"][0]["network"]["address"].as_str().unwrap_or("");
             ip.rsplit_once('.')
                 .map_or(String::new(), |(n, _)| n.to_owned())
         };
@@ -1981,7 +2039,7 @@ mod tests {
         o.anomalies_from_day = 1;
         let evs = simulate(&o);
         let who = |e: &SimEvent| {
-            e.json["agent"][0]["who"]["reference"]
+            e.json()["agent"][0]["who"]["reference"]
                 .as_str()
                 .unwrap_or("")
                 .to_owned()
@@ -2035,10 +2093,13 @@ mod tests {
                 .count();
             let ips: std::collections::HashSet<String> = evs
                 .iter()
-                .filter_map(|e| e.json["agent"][0]["network"]["address"].as_str())
+                .filter_map(|e| {
+                    e.json()["agent"][0]["network"]["address"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
                 // The VPN pool is the same in every style but the classic.
                 .filter(|ip| !ip.starts_with("172.16."))
-                .map(str::to_owned)
                 .collect();
             (night as f64 / evs.len() as f64, ips.len())
         };
@@ -2077,11 +2138,11 @@ mod tests {
         };
         let (plain, shown) = (run(Style::default()), run(st));
         assert_eq!(plain.len(), shown.len());
-        let who = |e: &SimEvent| e.json["agent"][0]["who"].clone();
+        let who = |e: &SimEvent| e.json()["agent"][0]["who"].clone();
         let mut suffixes = std::collections::BTreeSet::new();
         for (a, b) in plain.iter().zip(&shown) {
             assert_eq!(a.recorded, b.recorded);
-            assert_eq!(a.json["entity"], b.json["entity"]);
+            assert_eq!(a.json()["entity"], b.json()["entity"]);
             assert_eq!(who(a)["reference"], who(b)["reference"]);
             let (a, b) = (who(a)["display"].clone(), who(b)["display"].clone());
             let (a, b) = (a.as_str().unwrap(), b.as_str().unwrap());
@@ -2107,12 +2168,12 @@ mod tests {
         o.incidents_per_day = 60.0;
         let events = simulate(&o);
         let who = |e: &SimEvent| {
-            e.json["agent"][0]["who"]["reference"]
+            e.json()["agent"][0]["who"]["reference"]
                 .as_str()
                 .map(str::to_owned)
         };
         let what = |e: &SimEvent| {
-            e.json["entity"][0]["what"]["reference"]
+            e.json()["entity"][0]["what"]["reference"]
                 .as_str()
                 .map(str::to_owned)
         };
@@ -2128,8 +2189,8 @@ mod tests {
                     .and_then(fhir_edge_core::detector::features::family_name)
             };
             assert_eq!(
-                name(&e.json["agent"][0]["who"]["display"]),
-                name(&e.json["entity"][0]["what"]["display"]),
+                name(&e.json()["agent"][0]["who"]["display"]),
+                name(&e.json()["entity"][0]["what"]["display"]),
                 "{} opens a relative's record",
                 e.id
             );
@@ -2222,8 +2283,9 @@ mod tests {
             .iter()
             .filter(|e| e.label == Some(Injected::CoworkerSnooping))
         {
-            let who = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
-            let what = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
+            let j = e.json();
+            let who = j["agent"][0]["who"]["reference"].as_str().unwrap();
+            let what = j["entity"][0]["what"]["reference"].as_str().unwrap();
             let ui = h.users.iter().position(|u| u.reference == who).unwrap();
             let p = staff
                 .iter()
@@ -2266,8 +2328,9 @@ mod tests {
             else {
                 continue;
             };
-            let who = e.json["agent"][0]["who"]["reference"].as_str().unwrap();
-            let what = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
+            let j = e.json();
+            let who = j["agent"][0]["who"]["reference"].as_str().unwrap();
+            let what = j["entity"][0]["what"]["reference"].as_str().unwrap();
             let u = h.users.iter().find(|u| u.reference == who).unwrap();
             let p = h.patients.iter().find(|p| p.reference == what).unwrap();
             assert_ne!(p.dept, u.dept, "{}", e.id);
@@ -2300,7 +2363,8 @@ mod tests {
         let mut on = [0, 0];
         for e in simulate(&o) {
             if e.label == Some(Injected::Behaviour(AlertKind::VipSnooping)) {
-                let p = e.json["entity"][0]["what"]["reference"].as_str().unwrap();
+                let j = e.json();
+                let p = j["entity"][0]["what"]["reference"].as_str().unwrap();
                 on[watched.iter().any(|w| w == p) as usize] += 1;
             }
         }

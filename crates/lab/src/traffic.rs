@@ -101,7 +101,7 @@ impl BenchEvents {
         let (unit, k) = (i % self.units, i / self.units);
         let copy = k / self.base.len();
         let e = &self.base[k % self.base.len()];
-        let mut j = e.json.clone();
+        let mut j = e.json();
         let id = match self.units {
             1 => format!("b{copy}-{}", e.id),
             _ => format!("b{copy}-g{unit}-{}", e.id),
@@ -179,7 +179,7 @@ impl Generator {
         let templates = simulate(&SimOptions::new(14, seed))
             .into_iter()
             .map(|e| {
-                let mut j = e.json;
+                let mut j = e.json();
                 if let Some(o) = j.as_object_mut() {
                     for k in ["id", "meta", "recorded"] {
                         o.remove(k);
