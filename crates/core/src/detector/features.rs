@@ -50,6 +50,10 @@ const NETWORK_HOME_MIN: f32 = 200.0;
 /// server in the cloud, remote work without a VPN) has no "outside" to speak of: a user's
 /// first access from outside means nothing there (`Facts::first_outside`).
 const OUTSIDE_ROUTINE_SHARE: f32 = 0.01;
+/// A network one in a thousand of the site's events come from is the site's own, public
+/// addresses or not (a wing on global IPv6 addresses, a clinic on a leased line): access
+/// from it is not from outside (`Facts::first_outside`).
+const OWN_NETWORK_SHARE: f32 = 0.001;
 
 const MIN_10: i64 = 10 * 60_000;
 pub(crate) const HOUR: i64 = 3_600_000;
@@ -488,9 +492,10 @@ pub struct Facts {
     /// The user's first access from outside the site's private networks (a public address:
     /// not RFC 1918, shared, loopback, link-local or IPv6 unique-local; `is_outside`),
     /// with the share of the site's events that came from outside before it: only where
-    /// that is rare (under `OUTSIDE_ROUTINE_SHARE`), once the site and the user have
-    /// history, never for a failed login. Such an access alerts whatever its score
-    /// (`super::alerts_alone`): the new device from outside the network.
+    /// that is rare (under `OUTSIDE_ROUTINE_SHARE`), not from a network of the site's own
+    /// (`OWN_NETWORK_SHARE`), once the site and the user have history, never for a failed
+    /// login. Such an access alerts whatever its score (`super::alerts_alone`): the new
+    /// device from outside the network.
     #[serde(default)]
     pub first_outside: Option<f32>,
     /// Days without any activity before the current session began.
@@ -2450,7 +2455,17 @@ impl Context {
             let share = self.site_outside / self.site_total;
             let mature = user.is_some_and(|u| u.events >= MATURE);
             let before = uh.and_then(|u| self.outside_users.get(&u)).is_some();
-            if src.outside && !failed_login && mature && !before && share < OUTSIDE_ROUTINE_SHARE {
+            let own = src.network.is_some_and(|net| {
+                self.site_networks.get(&net).copied().unwrap_or(0.0)
+                    >= OWN_NETWORK_SHARE * self.site_total
+            });
+            if src.outside
+                && !failed_login
+                && mature
+                && !before
+                && !own
+                && share < OUTSIDE_ROUTINE_SHARE
+            {
                 facts.first_outside = Some(share);
             }
             if let Some(app) = src.app {
@@ -4176,7 +4191,8 @@ mod tests {
 
     /// A user's first access from outside the site's private networks is said
     /// (`Facts::first_outside`); their next is not, nor a failed login (which is not folded
-    /// in), a user without history, or anyone's once outside access is routine at the site.
+    /// in), a user without history, one from a public network the site works from, or
+    /// anyone's once outside access is routine at the site.
     #[test]
     fn a_users_first_access_from_outside_is_said_where_that_is_rare() {
         for outside in ["203.0.113.9", "8.8.8.8", "2001:db8::1", "::ffff:8.8.4.4"] {
@@ -4237,6 +4253,18 @@ mod tests {
             at(&mut c, "Practitioner/new", "198.51.100.9", false),
             None,
             "no history"
+        );
+        // A public network one in a thousand of the site's events come from is its own.
+        let wing = |n: u32| format!("2001:db8:aa::{n}");
+        assert!(at(&mut c, "Practitioner/7", &wing(1), false).is_some());
+        assert!(
+            at(&mut c, "Practitioner/8", &wing(2), false).is_some(),
+            "1 of 1,206"
+        );
+        assert_eq!(
+            at(&mut c, "Practitioner/9", &wing(3), false),
+            None,
+            "2 of 1,207"
         );
         // Once a percent of the site's events come from outside, it is routine there.
         for _ in 0..12 {

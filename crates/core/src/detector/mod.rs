@@ -194,12 +194,13 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
 ///   (BENCHMARKS.md). A department that starts working from another's network (a float
 ///   pool, a new consult service) raises one case per network, closed as appropriate.
 /// - a user's first access from outside the site's private networks (`Facts::first_outside`:
-///   a public address, where under 1 % of the site's events come from one): the new device
-///   from outside the network. Once the site's history holds a few such accesses, by
-///   others, neither the model nor a network new to the site tells this user's first from
-///   them: on the simulated hospitals such first accesses scored 0.64–0.86 of the
-///   threshold (BENCHMARKS.md). A user who works from home without the VPN raises one
-///   case, closed as appropriate.
+///   a public address, where under 1 % of the site's events come from one, on a network
+///   under one in a thousand of them come from): the new device from outside the
+///   network. Once the site's history holds a few such accesses, by others, neither the
+///   model nor a network new to the site tells this user's first from them: on the
+///   simulated hospitals such first accesses scored 0.64–0.86 of the threshold
+///   (BENCHMARKS.md). A user who works from home without the VPN raises one case, closed
+///   as appropriate.
 ///
 /// Scored so, the event alerts at the threshold ([`LIFTED_SCORE`]) with the returned
 /// feature as its leading reason.
