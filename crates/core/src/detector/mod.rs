@@ -189,7 +189,7 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
 ///   two hundred, come from that department's staff, and none from the user's): someone
 ///   at another ward's workstation, or on its network. The model weighs only whether the
 ///   *user* used the address before, which where addresses churn (DHCP, shared stations)
-///   is most days; on the simulated hospitals such first accesses scored 0.25–0.86 of the
+///   is most days; on the simulated hospitals such first accesses scored 0.25–0.73 of the
 ///   threshold, their explanation saying "an address this user had used 0 times before"
 ///   (BENCHMARKS.md). A department that starts working from another's network (a float
 ///   pool, a new consult service) raises one case per network, closed as appropriate.
