@@ -1952,7 +1952,7 @@ mod tests {
             let j = e.json();
             let user = j["agent"][0]["who"]["reference"].as_str().unwrap();
             assert!(staff.contains(user), "{user}");
-            if let Some(p) = e.json()["entity"][0]["what"]["reference"].as_str() {
+            if let Some(p) = j["entity"][0]["what"]["reference"].as_str() {
                 assert!(patients.contains(p), "{p}");
             }
         }
@@ -2167,13 +2167,15 @@ mod tests {
         o.anomalies_from_day = 2;
         o.incidents_per_day = 60.0;
         let events = simulate(&o);
-        let who = |e: &SimEvent| {
-            e.json()["agent"][0]["who"]["reference"]
+        // Each event parsed once: who opened what.
+        let parsed: Vec<serde_json::Value> = events.iter().map(SimEvent::json).collect();
+        let who = |j: &serde_json::Value| {
+            j["agent"][0]["who"]["reference"]
                 .as_str()
                 .map(str::to_owned)
         };
-        let what = |e: &SimEvent| {
-            e.json()["entity"][0]["what"]["reference"]
+        let what = |j: &serde_json::Value| {
+            j["entity"][0]["what"]["reference"]
                 .as_str()
                 .map(str::to_owned)
         };
@@ -2182,23 +2184,25 @@ mod tests {
             if e.label != Some(Injected::Behaviour(AlertKind::FamilySnooping)) {
                 continue;
             }
-            let (u, p) = (who(e), what(e));
+            let j = &parsed[i];
+            let (u, p) = (who(j), what(j));
             assert!(p.is_some(), "family snooping opens a patient's record");
             let name = |v: &serde_json::Value| {
                 v.as_str()
                     .and_then(fhir_edge_core::detector::features::family_name)
             };
             assert_eq!(
-                name(&e.json()["agent"][0]["who"]["display"]),
-                name(&e.json()["entity"][0]["what"]["display"]),
+                name(&j["agent"][0]["who"]["display"]),
+                name(&j["entity"][0]["what"]["display"]),
                 "{} opens a relative's record",
                 e.id
             );
             let before: Vec<_> = events[..i]
                 .iter()
-                .filter(|x| x.label.is_none() && x.recorded < e.recorded)
-                .filter(|x| who(x) == u && what(x) == p)
-                .map(|x| &x.id)
+                .zip(&parsed)
+                .filter(|(x, _)| x.label.is_none() && x.recorded < e.recorded)
+                .filter(|(_, xj)| who(xj) == u && what(xj) == p)
+                .map(|(x, _)| &x.id)
                 .collect();
             assert!(
                 before.is_empty(),

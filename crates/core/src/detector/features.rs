@@ -490,7 +490,7 @@ pub struct Facts {
     #[serde(default)]
     pub foreign_network: Option<ForeignNetwork>,
     /// The user's first access from outside the site's private networks (a public address:
-    /// not RFC 1918, shared, loopback, link-local or IPv6 unique-local; `is_outside`),
+    /// not RFC 1918, shared, loopback, link-local or IPv6 unique-local; `network_of`),
     /// with the share of the site's events that came from outside before it: only where
     /// that is rare (under `OUTSIDE_ROUTINE_SHARE`), not from a network of the site's own
     /// (`OWN_NETWORK_SHARE`), once the site and the user have history, never for a failed
@@ -1113,7 +1113,7 @@ pub struct Context {
     /// before it.
     #[serde(default)]
     network_depts: IdMap<Vec<(u64, f32)>>,
-    /// Successful events from outside the site's private networks ([`is_outside`]): per
+    /// Successful events from outside the site's private networks ([`network_of`]): per
     /// user (bounded by the users, forgotten with them), and at the whole site. Layout 5
     /// ends before them too.
     #[serde(default)]
@@ -1303,17 +1303,18 @@ struct SourceKeys {
     ip: Option<u64>,
     network: Option<u64>,
     app: Option<u64>,
-    /// The address is outside the site's private networks ([`is_outside`]).
+    /// The address is outside the site's private networks ([`network_of`]).
     outside: bool,
 }
 
 impl SourceKeys {
     fn of(r: &AuditRecord) -> Self {
+        let network = r.source_ip.as_deref().map(network_of);
         SourceKeys {
             ip: r.source_ip.as_deref().map(h64),
-            network: r.source_ip.as_deref().map(network_of),
+            network: network.map(|n| n.0),
             app: r.client_app.as_deref().map(h64),
-            outside: r.source_ip.as_deref().is_some_and(is_outside),
+            outside: network.is_some_and(|n| n.1),
         }
     }
 }
@@ -1707,13 +1708,34 @@ impl Context {
         }
         let (home, n) = depts.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))?;
         let home_share = n / events;
-        (home_share >= NETWORK_HOME_SHARE).then_some(())?;
+        if home_share < NETWORK_HOME_SHARE {
+            return None;
+        }
         Some(ForeignNetwork {
             home: self.dept_names.get(&home)?.clone(),
             from: self.dept_names.get(&dept)?.clone(),
             home_share,
             events: events as u32,
         })
+    }
+
+    /// The share of the site's events from outside before this one, when an access from
+    /// outside by `user` (hash `uh`) from network `net` is their first from outside (see
+    /// `Facts::first_outside`).
+    fn first_outside(
+        &self,
+        user: Option<&UserState>,
+        uh: Option<u64>,
+        net: Option<u64>,
+    ) -> Option<f32> {
+        let share = self.site_outside / self.site_total;
+        let mature = user.is_some_and(|u| u.events >= MATURE);
+        let before = uh.is_some_and(|u| self.outside_users.contains_key(&u));
+        let own = net.is_some_and(|net| {
+            self.site_networks.get(&net).copied().unwrap_or(0.0)
+                >= OWN_NETWORK_SHARE * self.site_total
+        });
+        (mature && !before && !own && share < OUTSIDE_ROUTINE_SHARE).then_some(share)
     }
 
     /// Recompute the site's outside-care rate from the users' (see `site_outside_rate`).
@@ -2451,22 +2473,9 @@ impl Context {
                 }
             }
             // A user's first access from outside the site's private networks, where that
-            // is rare at the site.
-            let share = self.site_outside / self.site_total;
-            let mature = user.is_some_and(|u| u.events >= MATURE);
-            let before = uh.and_then(|u| self.outside_users.get(&u)).is_some();
-            let own = src.network.is_some_and(|net| {
-                self.site_networks.get(&net).copied().unwrap_or(0.0)
-                    >= OWN_NETWORK_SHARE * self.site_total
-            });
-            if src.outside
-                && !failed_login
-                && mature
-                && !before
-                && !own
-                && share < OUTSIDE_ROUTINE_SHARE
-            {
-                facts.first_outside = Some(share);
+            // is rare at the site (looked up only for an address outside).
+            if src.outside && !failed_login {
+                facts.first_outside = self.first_outside(user, uh, src.network);
             }
             if let Some(app) = src.app {
                 let n = self.site_apps.get(&app).copied().unwrap_or(0.0);
@@ -2958,46 +2967,37 @@ fn decay_count(counts: &mut [f32; 2], refused: bool, memory: f32) {
     counts[1] = memory * counts[1] + 1.0;
 }
 
-/// The network an address belongs to, hashed: an IPv4 /24, an IPv6 /48, else (a host
-/// name) its domain without the first label.
-fn network_of(address: &str) -> u64 {
+/// The network an address belongs to, hashed (an IPv4 /24, an IPv6 /48, else, a host
+/// name, its domain without the first label), and whether the address is outside a
+/// site's private networks: a public one, neither RFC 1918 nor shared (100.64.0.0/10),
+/// loopback, link-local, unspecified or IPv6 unique-local (an IPv4-mapped address as its
+/// IPv4 one). A host name is not known to be outside. One parse for both.
+fn network_of(address: &str) -> (u64, bool) {
+    let v4_outside = |a: std::net::Ipv4Addr| {
+        let o = a.octets();
+        let shared = o[0] == 100 && (o[1] & 0xC0) == 64;
+        !(a.is_private() || a.is_loopback() || a.is_link_local() || a.is_unspecified() || shared)
+    };
     match address.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => {
             let o = a.octets();
-            h64(&(4u8, o[0], o[1], o[2]))
+            (h64(&(4u8, o[0], o[1], o[2])), v4_outside(a))
         }
         Ok(std::net::IpAddr::V6(a)) => {
             let s = a.segments();
-            h64(&(6u8, s[0], s[1], s[2]))
-        }
-        Err(_) => h64(address
-            .split_once('.')
-            .map_or(address, |(_, domain)| domain)),
-    }
-}
-
-/// An address outside a site's private networks: a public one, neither RFC 1918 nor
-/// shared (100.64.0.0/10), loopback, link-local, unspecified or IPv6 unique-local. A host
-/// name is not known to be outside.
-fn is_outside(address: &str) -> bool {
-    match address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => {
-            let shared = a.octets()[0] == 100 && (a.octets()[1] & 0xC0) == 64;
-            !(a.is_private()
-                || a.is_loopback()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || shared)
-        }
-        Ok(std::net::IpAddr::V6(a)) => {
-            let first = a.segments()[0];
-            let local = (first & 0xFE00) == 0xFC00 || (first & 0xFFC0) == 0xFE80;
-            match a.to_ipv4_mapped() {
-                Some(v4) => is_outside(&v4.to_string()),
+            let local = (s[0] & 0xFE00) == 0xFC00 || (s[0] & 0xFFC0) == 0xFE80;
+            let outside = match a.to_ipv4_mapped() {
+                Some(v4) => v4_outside(v4),
                 None => !(local || a.is_loopback() || a.is_unspecified()),
-            }
+            };
+            (h64(&(6u8, s[0], s[1], s[2])), outside)
         }
-        Err(_) => false,
+        Err(_) => (
+            h64(address
+                .split_once('.')
+                .map_or(address, |(_, domain)| domain)),
+            false,
+        ),
     }
 }
 
@@ -4187,6 +4187,11 @@ mod tests {
             false,
         );
         assert_eq!(foreign.map(|f| f.home), Some("Surgery".to_string()));
+    }
+
+    /// Whether `address` is outside a site's private networks (`network_of`).
+    fn is_outside(address: &str) -> bool {
+        network_of(address).1
     }
 
     /// A user's first access from outside the site's private networks is said
