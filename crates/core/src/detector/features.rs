@@ -54,6 +54,14 @@ const OUTSIDE_ROUTINE_SHARE: f32 = 0.01;
 /// addresses or not (a wing on global IPv6 addresses, a clinic on a leased line): access
 /// from it is not from outside (`Facts::first_outside`).
 const OWN_NETWORK_SHARE: f32 = 0.001;
+/// A run of lookups of other departments' records is curiosity's pattern, not a consult's
+/// (`Facts::stray_run`), when the user's habit gives it at most this chance in the hour
+/// (e^-4, one in 55)…
+const STRAY_RUN_SURPRISE: f32 = 4.0;
+/// …and the record opened is one the user's department has at most this share in, of a
+/// history of at least 50 accesses (`dept_history_with_patient` ≤ ln 0.02): someone
+/// else's long-running patient, not a new one whose care is still forming.
+const STRAY_RUN_SHARE: f32 = 0.02;
 
 const MIN_10: i64 = 10 * 60_000;
 pub(crate) const HOUR: i64 = 3_600_000;
@@ -498,6 +506,16 @@ pub struct Facts {
     /// device from outside the network.
     #[serde(default)]
     pub first_outside: Option<f32>,
+    /// A run of lookups of other departments' records: this one and at least one other
+    /// within the hour, of different records, more than the user's habit makes likely (at
+    /// most `STRAY_RUN_SURPRISE`'s chance), on a record with a long history the department
+    /// has (almost) no share in (`STRAY_RUN_SHARE`), homed in a department the user's
+    /// seldom goes to (`Context::strays`: rarer than uniform in its pattern of such
+    /// lookups). A consult goes where its department is asked, one record at a time; a
+    /// browse of other wards' patients does not. Alerts whatever its score
+    /// (`super::alerts_alone`), evidence twice over: the run names several records.
+    #[serde(default)]
+    pub stray_run: bool,
     /// Days without any activity before the current session began.
     pub days_inactive: f32,
     /// The account came back from dormancy before this session and is not back at work
@@ -2383,6 +2401,9 @@ impl Context {
                 } else {
                     0.0
                 };
+                facts.stray_run = x[F::UnrelatedRunSurprise1h] >= STRAY_RUN_SURPRISE
+                    && x[F::DeptHistoryWithPatient] <= STRAY_RUN_SHARE.ln()
+                    && rel.pair.as_ref().is_some_and(|p| self.strays(p));
                 let before = distinct(&p.recent, now - DAY);
                 known.patient_users_24h = Some(before);
                 let users24 = before
@@ -3865,6 +3886,105 @@ mod tests {
         t += 60_000;
         let (_, f3) = c.observe(&in_dept("Practitioner/n", "Cardiology", "Patient/s4", t));
         assert_eq!(f3.unrelated_1h, 3);
+    }
+
+    /// A ward user's run of lookups of long records of a department theirs seldom goes to
+    /// is a stray run from its second record; the same run where their department's
+    /// lookups usually go (a consult pattern), or one lookup alone, is not.
+    #[test]
+    fn a_run_where_the_department_seldom_goes_is_a_stray_run() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(7);
+        // The next event `after` ms after the last.
+        let mut at = |c: &mut Context, after: i64, user: &str, dept: &str, patient: &str| {
+            t += after;
+            c.observe(&in_dept(user, dept, patient, t))
+        };
+        // Long records of Surgery's and Oncology's patients.
+        for _ in 0..60 {
+            for i in 0..4 {
+                at(
+                    &mut c,
+                    30_000,
+                    "Practitioner/s",
+                    "Surgery",
+                    &format!("Patient/s{i}"),
+                );
+            }
+        }
+        for _ in 0..60 {
+            for i in 0..20 {
+                at(
+                    &mut c,
+                    30_000,
+                    "Practitioner/o",
+                    "Oncology",
+                    &format!("Patient/o{i}"),
+                );
+            }
+        }
+        // Cardiology's own work, and its pattern: one look at each of Oncology's patients.
+        for i in 0..200 {
+            at(
+                &mut c,
+                30_000,
+                "Practitioner/n",
+                "Cardiology",
+                &format!("Patient/c{}", i % 10),
+            );
+        }
+        for i in 0..12 {
+            at(
+                &mut c,
+                30_000,
+                "Practitioner/k",
+                "Cardiology",
+                &format!("Patient/o{i}"),
+            );
+        }
+        // An hour later, a lookup of two of Surgery's patients.
+        let (_, one) = at(
+            &mut c,
+            3_600_000,
+            "Practitioner/n",
+            "Cardiology",
+            "Patient/s1",
+        );
+        let (_, two) = at(&mut c, 30_000, "Practitioner/n", "Cardiology", "Patient/s2");
+        assert_eq!((one.unrelated_1h, one.stray_run), (1, false), "{one:?}");
+        assert_eq!((two.unrelated_1h, two.stray_run), (2, true), "{two:?}");
+        assert_eq!(two.home_dept.as_deref(), Some("Surgery"));
+        // The pattern's way: Oncology's records, two in a row, are no stray run.
+        let (_, a) = at(&mut c, 30_000, "Practitioner/m", "Cardiology", "Patient/c1");
+        assert!(!a.stray_run);
+        for i in 0..100 {
+            at(
+                &mut c,
+                30_000,
+                "Practitioner/m",
+                "Cardiology",
+                &format!("Patient/c{}", i % 10),
+            );
+        }
+        at(
+            &mut c,
+            3_600_000,
+            "Practitioner/m",
+            "Cardiology",
+            "Patient/o15",
+        );
+        let (_, b) = at(
+            &mut c,
+            30_000,
+            "Practitioner/m",
+            "Cardiology",
+            "Patient/o16",
+        );
+        assert!(
+            b.unrelated_expected_1h < 0.2,
+            "as improbable for this user: {b:?}"
+        );
+        assert_eq!((b.unrelated_1h, b.stray_run), (2, false), "{b:?}");
     }
 
     /// A user whose department is unknown has no relationship to measure: neither the
