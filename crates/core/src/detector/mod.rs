@@ -590,6 +590,23 @@ fn pct(x: f32) -> String {
     format!("{:.0}%", (x * 100.0).clamp(0.0, 100.0))
 }
 
+/// A small share with one decimal, said as under 0.1 % where that would print 0.0 %.
+fn small_pct(x: f32) -> String {
+    match x {
+        x if x <= 0.0 => "none".into(),
+        x if x < 0.001 => "under 0.1%".into(),
+        x => format!("{:.1}%", (x * 100.0).min(100.0)),
+    }
+}
+
+/// An expected count with one decimal, said as under 0.1 where that would print 0.0.
+fn expected(x: f32) -> String {
+    match x < 0.05 {
+        true => "under 0.1".into(),
+        false => format!("{x:.1}"),
+    }
+}
+
 /// Why a watch list could not be read. A bad line is named by number, never by content.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchListError {
@@ -738,8 +755,8 @@ pub fn explain(
                 };
                 let first = match f.unrelated_1h {
                     n if n > 1 => format!(
-                        "{access}, one of {n} such lookups by this user within an hour (their habit makes {:.1} expected)",
-                        f.unrelated_expected_1h
+                        "{access}, one of {n} such lookups by this user within an hour (their habit makes {} expected)",
+                        expected(f.unrelated_expected_1h)
                     ),
                     _ => access.to_string(),
                 };
@@ -807,8 +824,8 @@ pub fn explain(
                 format!("{} failed logins by this user in the last 15 min", f.failed_15m)
             }
             AlertKind::FailedRequests => format!(
-                "{} refused requests by this user within an hour (outcome {}; their usual failure rate makes {:.1} expected)",
-                f.failed_requests_1h, r.outcome, f.failed_requests_expected_1h
+                "{} refused requests by this user within an hour (outcome {}; their usual failure rate makes {} expected)",
+                f.failed_requests_1h, r.outcome, expected(f.failed_requests_expected_1h)
             ),
             AlertKind::NewSource => {
                 let ip = r.source_ip.as_deref().unwrap_or("?");
@@ -840,8 +857,8 @@ pub fn explain(
                 })
                 .or(f.first_outside.map(|share| {
                     format!(
-                        "access from {ip}, outside the site's private networks: this user's first from outside ({:.1}% of the site's events come from outside)",
-                        100.0 * share
+                        "access from {ip}, outside the site's private networks: this user's first from outside ({} of the site's events come from outside)",
+                        small_pct(share)
                     )
                 }))
                 .unwrap_or_else(|| match (f.ip_uses, f.app_uses) {
@@ -1324,6 +1341,17 @@ mod tests {
             why[0],
             "first access to this patient, one of 2 such lookups by this user within an hour (their habit makes 0.2 expected); 0% of the patient's record activity (136 earlier accesses) comes from Oncology; the patient is mostly seen by Cardiology, and 3 of Oncology's 374 earlier lookups of other departments' patients went there"
         );
+        // A habit that makes the run all but impossible says so, not "0.0 expected".
+        let rare = Facts {
+            unrelated_expected_1h: 0.02,
+            ..f
+        };
+        let (why, _) = explain(&contrib, &rare, &record_at("2024-01-01T10:00:00Z"));
+        assert!(
+            why[0].contains("(their habit makes under 0.1 expected)"),
+            "{}",
+            why[0]
+        );
     }
 
     /// A user's first access from outside the site's networks alerts as a new source, led
@@ -1343,8 +1371,17 @@ mod tests {
         };
         assert_eq!(
             new_source_explained(&f, "203.0.113.9").0[0],
-            "access from 203.0.113.9, outside the site's private networks: this user's first from outside (0.0% of the site's events come from outside)"
+            "access from 203.0.113.9, outside the site's private networks: this user's first from outside (under 0.1% of the site's events come from outside)"
         );
+        let share = |x| {
+            let f = Facts {
+                first_outside: Some(x),
+                ..f.clone()
+            };
+            new_source_explained(&f, "203.0.113.9").0[0].clone()
+        };
+        assert!(share(0.0042).contains("(0.4% of the site's events"));
+        assert!(share(0.0).contains("(none of the site's events"));
     }
 
     /// A watched record opened without work, evidence twice over, alerts at the threshold
