@@ -17,8 +17,9 @@
 //! What reaches the queue ([`queued`]): a case of low-severity alerts whose reason is
 //! common in legitimate work — a watched record opened, one access at an unusual hour, a
 //! record of another department (a consult looks the same), a crowd around a record,
-//! searches wider than the user's usual (a busy day), a pattern with no single behaviour
-//! behind it — is *watched*, not queued: it waits for
+//! searches wider than the user's usual (a busy day), a short run of refused requests (a
+//! stale link), a pattern with no single behaviour behind it — is *watched*, not queued:
+//! it waits for
 //! corroboration (an alert of the user within the window about another patient or of
 //! another behaviour, which makes it `new`; the same look at the same record continued is
 //! not corroboration; an access at an unusual hour in a session begun at an hour the user
@@ -114,7 +115,9 @@ impl CaseStatus {
 /// worth opening. A record of another department is one of them: a consult, a transfer or
 /// a covering shift reads exactly like a lookup out of curiosity until a second patient or
 /// a second behaviour joins it. So is a crowd around a record: it says something about the
-/// patient, and the user may be one of its legitimate visitors.
+/// patient, and the user may be one of its legitimate visitors. So is a short run of
+/// refused requests (a stale link, an expired session, a version conflict): a run that
+/// probes scores higher, and at medium severity queues its case itself.
 pub fn needs_corroboration(kind: AlertKind) -> bool {
     matches!(
         kind,
@@ -124,6 +127,7 @@ pub fn needs_corroboration(kind: AlertKind) -> bool {
             | AlertKind::VipSnooping
             | AlertKind::WideSearch
             | AlertKind::UnusualPattern
+            | AlertKind::FailedRequests
     )
 }
 
@@ -871,6 +875,15 @@ mod tests {
         assert!(!queued(false, Severity::Low, AfterHours));
         assert!(!queued(false, Severity::Low, CrossDepartment), "a consult?");
         assert!(!queued(false, Severity::Low, WideSearch), "a busy day?");
+        assert!(
+            !queued(false, Severity::Low, FailedRequests),
+            "a stale link?"
+        );
+        assert!(queued(false, Severity::Medium, FailedRequests), "probing");
+        assert!(
+            queued(false, Severity::Low, FailedLogins),
+            "a burst of failed logins is specific"
+        );
         assert!(
             queued(false, Severity::Low, MassExport),
             "an export is specific"
