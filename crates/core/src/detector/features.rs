@@ -63,6 +63,10 @@ const STRAY_RUN_SURPRISE: f32 = 4.0;
 /// else's long-running patient, not a new one whose care is still forming.
 const STRAY_RUN_SHARE: f32 = 0.02;
 
+/// The time at a level that counts as one step of the user's usual high hour (ms): the
+/// envelope rises with time, not with events (`UserState::usual_d1h_hi`).
+const ENVELOPE_MINUTE: f32 = 60_000.0;
+
 const MIN_10: i64 = 10 * 60_000;
 pub(crate) const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -856,7 +860,8 @@ struct UserState {
     recent: VecDeque<(i64, u64)>,
     /// EWMA of the distinct-patients-per-hour this user shows.
     usual_d1h: f32,
-    /// Running maximum-ish: EWMA of d1h upper values (for "usual ≤ N").
+    /// Running maximum-ish: an envelope of d1h (for "usual ≤ N"), rising with time at a
+    /// level (`ENVELOPE_MINUTE`), decaying with events.
     usual_d1h_hi: f32,
     ips: Vec<(u64, u32)>,
     apps: Vec<(u64, u32)>,
@@ -2760,6 +2765,7 @@ impl Context {
                 0.95 * u.break_hi_ms + 0.05 * g
             };
         }
+        let since_last = (now - u.last_ms).max(0);
         u.last_ms = u.last_ms.max(now);
         if dept_h.is_some() {
             u.dept = dept_h;
@@ -2793,9 +2799,15 @@ impl Context {
                 _ => distinct(&u.recent, now - HOUR),
             } as f32;
             u.usual_d1h = 0.98 * u.usual_d1h + 0.02 * d1h;
-            // A slow-moving upper envelope: jumps up fast, decays slowly.
+            // A slow-moving upper envelope: rises fast, decays slowly. It rises with time
+            // spent at a level, 5 % of the way a minute, not with events: a burst of 150
+            // events in ten minutes is ten minutes of evidence, not 150, and does not make
+            // itself its user's usual while it is being judged (it lifted the usual to
+            // the episode's own level, "opened 145 distinct patients in 10 min (usual ≤
+            // 144 per hour)"; BENCHMARKS.md).
+            let rise = 0.05 * (since_last as f32 / ENVELOPE_MINUTE).min(1.0);
             u.usual_d1h_hi = if d1h > u.usual_d1h_hi {
-                u.usual_d1h_hi + 0.05 * (d1h - u.usual_d1h_hi)
+                u.usual_d1h_hi + rise * (d1h - u.usual_d1h_hi)
             } else {
                 0.999 * u.usual_d1h_hi + 0.001 * d1h
             };
@@ -3985,6 +3997,44 @@ mod tests {
             "as improbable for this user: {b:?}"
         );
         assert_eq!((b.unrelated_1h, b.stray_run), (2, false), "{b:?}");
+    }
+
+    /// A burst of a hundred patients in eight minutes is judged against the user's usual
+    /// high hour before it: the envelope rises with time at a level, not with the burst's
+    /// events, so the burst does not become its own usual. Work at a steady pace still
+    /// lifts it.
+    #[test]
+    fn a_burst_does_not_make_itself_the_users_usual() {
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(6);
+        // Ten hours at ten patients an hour.
+        for i in 0..100 {
+            t += 360_000;
+            c.observe(&rec("Practitioner/1", &format!("Patient/{}", i % 40), t));
+        }
+        let mut last = None;
+        for i in 0..100 {
+            t += 5_000;
+            last = Some(c.observe(&rec("Practitioner/1", &format!("Patient/b{i}"), t)));
+        }
+        let (x, f) = last.take().unwrap();
+        assert!(f.d1h > 100, "{f:?}");
+        assert!(f.usual_d1h < 40.0, "usual {}", f.usual_d1h);
+        assert!(x[feature("patients_1h_vs_usual")] > 2f32.ln(), "{x:?}");
+        // The same hundred at one a minute: the envelope follows.
+        let mut c = Context::new(chrono_tz::UTC);
+        let mut t = monday(6);
+        for i in 0..100 {
+            t += 60_000;
+            last = Some(c.observe(&rec("Practitioner/1", &format!("Patient/s{i}"), t)));
+        }
+        let (_, f) = last.unwrap();
+        assert!(
+            f.usual_d1h > 40.0,
+            "usual {} at {} an hour",
+            f.usual_d1h,
+            f.d1h
+        );
     }
 
     /// A user whose department is unknown has no relationship to measure: neither the
