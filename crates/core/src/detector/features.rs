@@ -3905,93 +3905,56 @@ mod tests {
     /// lookups usually go (a consult pattern), or one lookup alone, is not.
     #[test]
     fn a_run_where_the_department_seldom_goes_is_a_stray_run() {
+        const SURGEON: (&str, &str) = ("Practitioner/s", "Surgery");
+        const ONCOLOGIST: (&str, &str) = ("Practitioner/o", "Oncology");
+        const NURSE: (&str, &str) = ("Practitioner/n", "Cardiology");
+        const CONSULTANT: (&str, &str) = ("Practitioner/k", "Cardiology");
+        const COLLEAGUE: (&str, &str) = ("Practitioner/m", "Cardiology");
+        const HALF_MINUTE: i64 = 30_000;
         let mut c = Context::new(chrono_tz::UTC);
         let mut t = monday(7);
-        // The next event `after` ms after the last.
-        let mut at = |c: &mut Context, after: i64, user: &str, dept: &str, patient: &str| {
+        // The next event of `who` (user, department), `after` ms after the last.
+        let mut at = |c: &mut Context, after: i64, who: (&str, &str), patient: &str| {
             t += after;
-            c.observe(&in_dept(user, dept, patient, t))
+            c.observe(&in_dept(who.0, who.1, patient, t))
         };
         // Long records of Surgery's and Oncology's patients.
         for _ in 0..60 {
             for i in 0..4 {
-                at(
-                    &mut c,
-                    30_000,
-                    "Practitioner/s",
-                    "Surgery",
-                    &format!("Patient/s{i}"),
-                );
+                at(&mut c, HALF_MINUTE, SURGEON, &format!("Patient/s{i}"));
             }
         }
         for _ in 0..60 {
             for i in 0..20 {
-                at(
-                    &mut c,
-                    30_000,
-                    "Practitioner/o",
-                    "Oncology",
-                    &format!("Patient/o{i}"),
-                );
+                at(&mut c, HALF_MINUTE, ONCOLOGIST, &format!("Patient/o{i}"));
             }
         }
         // Cardiology's own work, and its pattern: one look at each of Oncology's patients.
         for i in 0..200 {
-            at(
-                &mut c,
-                30_000,
-                "Practitioner/n",
-                "Cardiology",
-                &format!("Patient/c{}", i % 10),
-            );
+            at(&mut c, HALF_MINUTE, NURSE, &format!("Patient/c{}", i % 10));
         }
         for i in 0..12 {
-            at(
-                &mut c,
-                30_000,
-                "Practitioner/k",
-                "Cardiology",
-                &format!("Patient/o{i}"),
-            );
+            at(&mut c, HALF_MINUTE, CONSULTANT, &format!("Patient/o{i}"));
         }
         // An hour later, a lookup of two of Surgery's patients.
-        let (_, one) = at(
-            &mut c,
-            3_600_000,
-            "Practitioner/n",
-            "Cardiology",
-            "Patient/s1",
-        );
-        let (_, two) = at(&mut c, 30_000, "Practitioner/n", "Cardiology", "Patient/s2");
+        let (_, one) = at(&mut c, HOUR, NURSE, "Patient/s1");
+        let (_, two) = at(&mut c, HALF_MINUTE, NURSE, "Patient/s2");
         assert_eq!((one.unrelated_1h, one.stray_run), (1, false), "{one:?}");
         assert_eq!((two.unrelated_1h, two.stray_run), (2, true), "{two:?}");
         assert_eq!(two.home_dept.as_deref(), Some("Surgery"));
         // The pattern's way: Oncology's records, two in a row, are no stray run.
-        let (_, a) = at(&mut c, 30_000, "Practitioner/m", "Cardiology", "Patient/c1");
+        let (_, a) = at(&mut c, HALF_MINUTE, COLLEAGUE, "Patient/c1");
         assert!(!a.stray_run);
         for i in 0..100 {
             at(
                 &mut c,
-                30_000,
-                "Practitioner/m",
-                "Cardiology",
+                HALF_MINUTE,
+                COLLEAGUE,
                 &format!("Patient/c{}", i % 10),
             );
         }
-        at(
-            &mut c,
-            3_600_000,
-            "Practitioner/m",
-            "Cardiology",
-            "Patient/o15",
-        );
-        let (_, b) = at(
-            &mut c,
-            30_000,
-            "Practitioner/m",
-            "Cardiology",
-            "Patient/o16",
-        );
+        at(&mut c, HOUR, COLLEAGUE, "Patient/o15");
+        let (_, b) = at(&mut c, HALF_MINUTE, COLLEAGUE, "Patient/o16");
         assert!(
             b.unrelated_expected_1h < 0.2,
             "as improbable for this user: {b:?}"
