@@ -552,14 +552,28 @@ impl Handler<UserCard> for DetectorActor {
 }
 
 /// Count what the detector's memory bounds made it forget, and say so in the journal when
-/// users or patients go (the pairs' generations turn over routinely: counted only).
+/// users or patients go (the pairs' generations turn over routinely: counted only), and
+/// the first time in a process a network counts too many departments.
 fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgotten) {
-    use fhir_edge_core::detector::features::{MAX_PATIENTS, MAX_USERS};
+    use fhir_edge_core::detector::features::{MAX_NETWORK_DEPTS, MAX_PATIENTS, MAX_USERS};
     health.counters.add(Counter::ContextUsersForgotten, f.users);
     health
         .counters
         .add(Counter::ContextPatientsForgotten, f.patients);
     health.counters.add(Counter::ContextPairsForgotten, f.pairs);
+    if f.network_depts > 0 && health.counters.get(Counter::ContextNetworkDeptsUncounted) == 0 {
+        tracing::warn!(
+            actor = "detector",
+            error_kind = "network_depts_full",
+            limit = MAX_NETWORK_DEPTS,
+            "a network is used by more than {MAX_NETWORK_DEPTS} departments: it reads as \
+             shared, never as one department's own (foreign_network), and the later ones \
+             are not counted (context_network_depts_uncounted in /metrics)"
+        );
+    }
+    health
+        .counters
+        .add(Counter::ContextNetworkDeptsUncounted, f.network_depts);
     for (n, what, bound) in [
         (f.users, "users", MAX_USERS),
         (f.patients, "patients", MAX_PATIENTS),

@@ -1538,12 +1538,17 @@ fn evict_half<V>(map: &mut IdMap<V>, last: impl Fn(&V) -> i64) -> u64 {
 /// least recently active users and patients when `MAX_USERS` / `MAX_PATIENTS` is reached
 /// (the half not seen for longest, all at once), and the older generation of user–patient
 /// pairs each time the newer one holds `MAX_PAIRS / 2`. A forgotten user or patient starts
-/// again as new; a forgotten pair reads as a first access.
+/// again as new; a forgotten pair reads as a first access. Also what a bound kept it from
+/// counting: a department past `MAX_NETWORK_DEPTS` on one network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Forgotten {
     pub users: u64,
     pub patients: u64,
     pub pairs: u64,
+    /// Successful events whose department was not counted for its network, the network
+    /// already counting `MAX_NETWORK_DEPTS` others: such a network reads as shared, never
+    /// as another department's own (`Facts::foreign_network`).
+    pub network_depts: u64,
 }
 
 /// Whether a site with this outside-care rate has a care context that describes almost
@@ -2701,7 +2706,10 @@ impl Context {
                 bump(&mut u.ips, ip, MAX_IPS);
                 forgotten |= count_bounded(&mut self.site_networks, net, MAX_SITE_SOURCES);
                 if let Some(d) = dept_h.filter(|_| self.site_networks.contains_key(&net)) {
-                    count_network_dept(self.network_depts.entry(net).or_default(), d);
+                    let depts = self.network_depts.entry(net).or_default();
+                    if !count_network_dept(depts, d) {
+                        self.forgotten.network_depts += 1;
+                    }
                 }
             }
             if let Some(app) = src.app {
@@ -3048,13 +3056,17 @@ fn count_bounded(map: &mut IdMap<f32>, key: u64, cap: usize) -> bool {
 }
 
 /// One more successful event of department `dept` from a network whose departments are
-/// `depts` (at most `MAX_NETWORK_DEPTS`; a department past them is not counted).
-fn count_network_dept(depts: &mut Vec<(u64, f32)>, dept: u64) {
+/// `depts` (at most `MAX_NETWORK_DEPTS`). False when the department was not counted: it
+/// is not among them and they are full.
+fn count_network_dept(depts: &mut Vec<(u64, f32)>, dept: u64) -> bool {
     if let Some(d) = depts.iter_mut().find(|d| d.0 == dept) {
         d.1 += 1.0;
     } else if depts.len() < MAX_NETWORK_DEPTS {
         depts.push((dept, 1.0));
+    } else {
+        return false;
     }
+    true
 }
 
 /// A patient with some record history, (almost) none of it from the user's department.
@@ -4320,6 +4332,29 @@ mod tests {
             false,
         );
         assert_eq!(foreign.map(|f| f.home), Some("Surgery".to_string()));
+    }
+
+    /// A network counts at most `MAX_NETWORK_DEPTS` departments; each event of one past
+    /// them is counted as not counted (`Forgotten::network_depts`), never silently dropped.
+    #[test]
+    fn a_department_past_the_networks_bound_is_counted_as_uncounted() {
+        let t0 = monday(9);
+        let mut c = Context::new(chrono_tz::UTC);
+        let at = |c: &mut Context, i: i64, dept: usize| {
+            let mut r = rec(&format!("Practitioner/{dept}"), "Patient/1", t0 + i * 1_000);
+            r.department = Some(format!("Dept{dept}"));
+            r.source_ip = Some("10.1.0.1".into());
+            c.observe(&r);
+        };
+        for dept in 0..MAX_NETWORK_DEPTS {
+            at(&mut c, dept as i64, dept);
+        }
+        assert_eq!(c.take_forgotten().network_depts, 0, "the bound is reached");
+        at(&mut c, 100, MAX_NETWORK_DEPTS);
+        at(&mut c, 101, MAX_NETWORK_DEPTS + 1);
+        at(&mut c, 102, 0);
+        assert_eq!(c.take_forgotten().network_depts, 2, "two past it");
+        assert_eq!(c.take_forgotten().network_depts, 0, "taken once");
     }
 
     /// Whether `address` is outside a site's private networks (`network_of`).
