@@ -249,6 +249,22 @@ const ASKED_FLOOR: f32 = 5.0 * DEFAULT_PAGE as f32;
 /// hour, and evidence twice over (see `super::evidence`). The user's own report runs make
 /// their usual high, so an analyst's report stays under it.
 pub const SWEEP_RATIO: f32 = 10.0;
+/// Distinct patients opened within ten minutes for a run of opens to be a bulk run: one
+/// record every fifteen seconds, for ten minutes, is no bedside's or ward round's pace
+/// (`distinct_patients_10m` at least its `ln_1p`). With [`BULK_RATIO`]; see
+/// `super::evidence`.
+pub const BULK_OPENS_10M: u32 = 40;
+/// …in an hour of at least this many times the distinct patients of the user's usual
+/// high hour (`patients_1h_vs_usual` at least its logarithm): a pharmacist's or a
+/// registration clerk's own busy hours make their usual high, so their worklists stay
+/// under it.
+pub const BULK_RATIO: f32 = 3.0;
+
+/// Whether a row is of a bulk run of opens ([`BULK_OPENS_10M`], [`BULK_RATIO`]).
+pub fn bulk_run(row: &[f32; N_FEATURES]) -> bool {
+    row[Feature::DistinctPatients10m.index()] >= (BULK_OPENS_10M as f32).ln_1p()
+        && row[Feature::Patients1hVsUsual.index()] >= BULK_RATIO.ln()
+}
 /// Events a department needs before its own hours outweigh the site's.
 const PEERS_MATURE: f32 = 300.0;
 

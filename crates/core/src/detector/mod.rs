@@ -116,6 +116,10 @@ impl Circumstances {
 ///     usual high hour (`features::SWEEP_RATIO`): a sweep, not a busy hour. A search
 ///     somewhat wider than usual (twice, three times) stays watched. The alert's
 ///     explanation states the hour's records and the usual.
+///   - a bulk run of opens (`features::bulk_run`): at least `BULK_OPENS_10M` distinct
+///     patients within ten minutes, in an hour of at least `BULK_RATIO` times the
+///     patients of the user's usual high hour: a sweep through records one by one. The
+///     alert's explanation states the ten minutes, the hour and the usual.
 ///   - a stray run (`Facts::stray_run`): a lookup of another department's long-running
 ///     record, where the user's department seldom goes, that with the user's other such
 ///     lookups within the hour is more than their habit makes likely. The run names
@@ -142,6 +146,7 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
         AlertKind::WideSearch => {
             row[Feature::QueryVolume1hVsUsual.index()] >= features::SWEEP_RATIO.ln()
         }
+        AlertKind::BulkAccess => features::bulk_run(row),
         AlertKind::CrossDepartment => c.stray_run,
         _ => false,
     };
@@ -212,6 +217,15 @@ pub fn evidence(kind: AlertKind, row: &[f32; N_FEATURES], c: Circumstances) -> E
 ///   simulated hospitals such first accesses scored 0.64–0.86 of the threshold
 ///   (BENCHMARKS.md). A user who works from home without the VPN raises one case, closed
 ///   as appropriate.
+/// - a bulk run of opens (`features::bulk_run`; evidence twice over, above): the same
+///   wholesale leaving as a sweep of searches, a record at a time. The model weighs the
+///   hour's patients as one reason among thirty, and where the audit trail names no
+///   department nothing else in a sweep through the hospital's records looks unusual: on
+///   the simulated hospitals written as Firely Server writes them, bulk runs of 34–153
+///   patients in ten minutes scored 0.25–0.88 of the threshold, their explanation saying
+///   "opened 144 distinct patients in 10 min, 147 in 1 h (usual ≤ 43 per hour)" all the
+///   same (BENCHMARKS.md). A pharmacist's or a clerk's worklist makes their own usual
+///   high, and stays under it.
 /// - a stray run (`Facts::stray_run`; evidence twice over, above): lookups of other
 ///   departments' long-running records, where the user's department seldom goes, more
 ///   within the hour than the user's habit makes likely (at most a one-in-55 chance). The
@@ -236,6 +250,7 @@ pub fn alerts_alone(row: &[f32; N_FEATURES], c: Circumstances) -> Option<Feature
     .or((row[Feature::Export.index()] > 0.0).then_some(Feature::Export))
     .or((evidence(AlertKind::WideSearch, row, c) == Evidence::Twice)
         .then_some(Feature::QueryVolume1hVsUsual))
+    .or(features::bulk_run(row).then_some(Feature::Patients1hVsUsual))
     .or(c.new_network.then_some(Feature::NewNetworkSite))
     .or((c.foreign_network || c.first_outside).then_some(Feature::NewSourceIp))
     .or(c.stray_run.then_some(Feature::UnrelatedRunSurprise1h))
@@ -1189,6 +1204,41 @@ mod tests {
     /// case by itself; so does an hour's searches asking for ten times the user's usual
     /// high, but not a single wide search or an hour somewhat wider than usual (their
     /// breadth is the model's to weigh).
+    /// A bulk run of opens alerts whatever its score, led by the hour against the user's
+    /// usual, and is evidence twice over; fewer patients in the ten minutes, or an hour
+    /// short of three times the usual high, is the model's to weigh.
+    #[test]
+    fn a_bulk_run_of_opens_alerts_whatever_its_score() {
+        let run = |d10: u32, ratio: f32| {
+            let mut row = [0f32; N_FEATURES];
+            row[Feature::HasPatient.index()] = 1.0;
+            row[Feature::DistinctPatients10m.index()] = (d10 as f32).ln_1p();
+            row[Feature::Patients1hVsUsual.index()] = ratio.ln();
+            row
+        };
+        let (opens, ratio) = (features::BULK_OPENS_10M, features::BULK_RATIO);
+        let bulk = run(opens, ratio);
+        assert_eq!(alerts_alone(&bulk, NONE), Some(Feature::Patients1hVsUsual));
+        assert_eq!(Feature::Patients1hVsUsual.kind(), AlertKind::BulkAccess);
+        assert_eq!(
+            evidence(AlertKind::BulkAccess, &bulk, NONE),
+            Evidence::Twice
+        );
+        for (row, why) in [
+            (run(opens - 1, 10.0), "too few patients in ten minutes"),
+            (
+                run(150, ratio * 0.99),
+                "short of the usual high hour's multiple",
+            ),
+        ] {
+            assert_eq!(alerts_alone(&row, NONE), None, "{why}");
+            assert_eq!(
+                evidence(AlertKind::BulkAccess, &row, NONE),
+                Evidence::Single
+            );
+        }
+    }
+
     #[test]
     fn a_bulk_export_alerts_whatever_its_score() {
         let mut row = [0f32; N_FEATURES];
