@@ -738,7 +738,7 @@ pub fn explain(
                 }
                 if f.user_sessions > 0 {
                     text.push_str(&format!(
-                        "; the session began at {:02}:00, when {} of the user's {} earlier sessions began",
+                        "; the session began around {:02}:00, when {} of the user's {} earlier sessions began",
                         f.session_start_hour, f.starts_at_that_hour, f.user_sessions
                     ));
                 }
