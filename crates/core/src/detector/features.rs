@@ -2111,7 +2111,7 @@ impl Context {
     /// server that writes logins hides this (the login, minutes before the first access,
     /// falls in the earlier hour day after day); one that writes only record accesses
     /// (HAPI FHIR, Firely Server) showed it: on the simulated hospitals written as HAPI
-    /// writes them, 81 of 129 false after-hours cases alerted first at :40–:59 in the
+    /// writes them, 81 of 130 false after-hours cases alerted first at :40–:59 in the
     /// hour before the user's usual hours (BENCHMARKS.md).
     fn local(&self, t: chrono::DateTime<chrono::Utc>) -> (u32, u32, u32) {
         let tz = self.tz.unwrap_or(chrono_tz::UTC);
