@@ -553,9 +553,12 @@ impl Handler<UserCard> for DetectorActor {
 
 /// Count what the detector's memory bounds made it forget, and say so in the journal when
 /// users or patients go (the pairs' generations turn over routinely: counted only), and
-/// the first time in a process a network counts too many departments.
+/// the first time in a process a network counts too many departments or fanned-out
+/// searches are forgotten.
 fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgotten) {
-    use fhir_edge_core::detector::features::{MAX_NETWORK_DEPTS, MAX_PATIENTS, MAX_USERS};
+    use fhir_edge_core::detector::features::{
+        MAX_NETWORK_DEPTS, MAX_PATIENTS, MAX_REQUESTS, MAX_USERS,
+    };
     health.counters.add(Counter::ContextUsersForgotten, f.users);
     health
         .counters
@@ -574,6 +577,20 @@ fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgott
     health
         .counters
         .add(Counter::ContextNetworkDeptsUncounted, f.network_depts);
+    if f.requests > 0 && health.counters.get(Counter::ContextRequestsForgotten) == 0 {
+        tracing::warn!(
+            actor = "detector",
+            error_kind = "requests_full",
+            limit = MAX_REQUESTS,
+            "more than {MAX_REQUESTS} searches written once per patient in their results \
+             began within ten minutes: the older half is forgotten, and a later event of \
+             one reads as a new search, whose listing may alert again \
+             (context_requests_forgotten in /metrics)"
+        );
+    }
+    health
+        .counters
+        .add(Counter::ContextRequestsForgotten, f.requests);
     for (n, what, bound) in [
         (f.users, "users", MAX_USERS),
         (f.patients, "patients", MAX_PATIENTS),

@@ -1560,8 +1560,9 @@ fn evict_half<V>(map: &mut IdMap<V>, last: impl Fn(&V) -> i64) -> u64 {
 /// least recently active users and patients when `MAX_USERS` / `MAX_PATIENTS` is reached
 /// (the half not seen for longest, all at once), and the older generation of user–patient
 /// pairs each time the newer one holds `MAX_PAIRS / 2`. A forgotten user or patient starts
-/// again as new; a forgotten pair reads as a first access. Also what a bound kept it from
-/// counting: a department past `MAX_NETWORK_DEPTS` on one network.
+/// again as new; a forgotten pair reads as a first access. Also the fanned-out searches
+/// forgotten at `MAX_REQUESTS`, and what a bound kept it from counting: a department past
+/// `MAX_NETWORK_DEPTS` on one network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Forgotten {
     pub users: u64,
@@ -1571,6 +1572,10 @@ pub struct Forgotten {
     /// already counting `MAX_NETWORK_DEPTS` others: such a network reads as shared, never
     /// as another department's own (`Facts::foreign_network`).
     pub network_depts: u64,
+    /// Fanned-out searches forgotten while still within `REQUEST_SPAN` (the older half,
+    /// when more than `MAX_REQUESTS` began within it): a later event of one reads as a new
+    /// search, whose listing may alert again.
+    pub requests: u64,
 }
 
 /// Whether a site with this outside-care rate has a care context that describes almost
@@ -1904,7 +1909,7 @@ impl Context {
             self.requests
                 .retain(|_, s| now - s.first_ms <= REQUEST_SPAN);
             if self.requests.len() >= MAX_REQUESTS {
-                let _ = evict_half(&mut self.requests, |s| s.first_ms);
+                self.forgotten.requests += evict_half(&mut self.requests, |s| s.first_ms);
             }
         }
         let s = self.requests.entry(l.key).or_default();
@@ -5594,5 +5599,16 @@ mod tests {
         }
         // 50 + 11 beyond its page, and req-2's page of 50 in the same hour.
         assert_eq!(c.observe(&fanned("req-1", 60, t0 + 60)).1.asked_1h, 111);
+        // More requests within ten minutes than the bound keeps: the older half is
+        // forgotten, and counted (`Forgotten::requests`), never silently.
+        assert_eq!(c.take_forgotten().requests, 0);
+        for i in 0..MAX_REQUESTS {
+            c.observe(&fanned(&format!("many-{i}"), i, t0 + 1_000 + i as i64));
+        }
+        let forgotten = c.take_forgotten().requests;
+        assert!(
+            (1..=MAX_REQUESTS as u64 / 2 + 1).contains(&forgotten),
+            "{forgotten}"
+        );
     }
 }
