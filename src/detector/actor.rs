@@ -564,33 +564,43 @@ fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgott
         .counters
         .add(Counter::ContextPatientsForgotten, f.patients);
     health.counters.add(Counter::ContextPairsForgotten, f.pairs);
-    if f.network_depts > 0 && health.counters.get(Counter::ContextNetworkDeptsUncounted) == 0 {
-        tracing::warn!(
-            actor = "detector",
-            error_kind = "network_depts_full",
-            limit = MAX_NETWORK_DEPTS,
-            "a network is used by more than {MAX_NETWORK_DEPTS} departments: it reads as \
-             shared, never as one department's own (foreign_network), and the later ones \
-             are not counted (context_network_depts_uncounted in /metrics)"
-        );
+    // Bounds said once a process, the first time they bite (their counts are in /metrics).
+    let once = [
+        (
+            f.network_depts,
+            Counter::ContextNetworkDeptsUncounted,
+            "network_depts_full",
+            MAX_NETWORK_DEPTS,
+            (|| {
+                format!(
+                    "a network is used by more than {MAX_NETWORK_DEPTS} departments: it \
+                     reads as shared, never as one department's own (foreign_network), and \
+                     the later ones are not counted (context_network_depts_uncounted in \
+                     /metrics)"
+                )
+            }) as fn() -> String,
+        ),
+        (
+            f.requests,
+            Counter::ContextRequestsForgotten,
+            "requests_full",
+            MAX_REQUESTS,
+            || {
+                format!(
+                    "more than {MAX_REQUESTS} searches written once per patient in their \
+                     results began within ten minutes: the older half is forgotten, and a \
+                     later event of one reads as a new search, whose listing may alert \
+                     again (context_requests_forgotten in /metrics)"
+                )
+            },
+        ),
+    ];
+    for (n, counter, kind, limit, what) in once {
+        if n > 0 && health.counters.get(counter) == 0 {
+            tracing::warn!(actor = "detector", error_kind = kind, limit, "{}", what());
+        }
+        health.counters.add(counter, n);
     }
-    health
-        .counters
-        .add(Counter::ContextNetworkDeptsUncounted, f.network_depts);
-    if f.requests > 0 && health.counters.get(Counter::ContextRequestsForgotten) == 0 {
-        tracing::warn!(
-            actor = "detector",
-            error_kind = "requests_full",
-            limit = MAX_REQUESTS,
-            "more than {MAX_REQUESTS} searches written once per patient in their results \
-             began within ten minutes: the older half is forgotten, and a later event of \
-             one reads as a new search, whose listing may alert again \
-             (context_requests_forgotten in /metrics)"
-        );
-    }
-    health
-        .counters
-        .add(Counter::ContextRequestsForgotten, f.requests);
     for (n, what, bound) in [
         (f.users, "users", MAX_USERS),
         (f.patients, "patients", MAX_PATIENTS),

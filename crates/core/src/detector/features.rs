@@ -1481,8 +1481,7 @@ fn distinct(recent: &VecDeque<(i64, u64)>, since: i64) -> u32 {
 /// night hours. (A session that has run for 23 hours reads as in its first hour again.)
 pub fn judged_hour(hour: u32, start: u32, usual_start: bool, rarity: impl Fn(u32) -> f32) -> u32 {
     // Hours since the session began, 0 in the half hour before its start hour.
-    let elapsed = (hour + 25 - start % 24) % 24;
-    let elapsed = elapsed.saturating_sub(1);
+    let elapsed = ((hour + 25 - start % 24) % 24).saturating_sub(1);
     // In the session's first hour, the hour after it too: a shift begun twenty minutes
     // early is judged by the hour it runs into.
     let early = (elapsed == 0 && usual_start).then_some((hour + 1) % 24);

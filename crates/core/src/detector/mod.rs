@@ -1200,10 +1200,6 @@ mod tests {
         assert!(!why[0].contains("own department"), "{}", why[0]);
     }
 
-    /// A bulk data export alerts whatever its score, led by that reason, and queues its
-    /// case by itself; so does an hour's searches asking for ten times the user's usual
-    /// high, but not a single wide search or an hour somewhat wider than usual (their
-    /// breadth is the model's to weigh).
     /// A bulk run of opens alerts whatever its score, led by the hour against the user's
     /// usual, and is evidence twice over; fewer patients in the ten minutes, or an hour
     /// short of three times the usual high, is the model's to weigh.
@@ -1239,6 +1235,10 @@ mod tests {
         }
     }
 
+    /// A bulk data export alerts whatever its score, led by that reason, and queues its
+    /// case by itself; so does an hour's searches asking for ten times the user's usual
+    /// high, but not a single wide search or an hour somewhat wider than usual (their
+    /// breadth is the model's to weigh).
     #[test]
     fn a_bulk_export_alerts_whatever_its_score() {
         let mut row = [0f32; N_FEATURES];
