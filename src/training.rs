@@ -393,6 +393,20 @@ pub(crate) fn train_cmd(
         unlearned_from = baselines::oldest_written(records.iter().filter(|r| r.recorded >= u));
         records.retain(|r| r.recorded < u);
     }
+    // Users whose events name no department are read with their peer group as one (both
+    // passes, and the baselines saved: `detector::peers`).
+    let peers = fhir_edge_core::detector::peers::infer(&records);
+    ctx.set_peer_groups(&peers);
+    if peers.grouped() + peers.alone > 0 {
+        eprintln!(
+            "peer groups: of {} users whose events name no department, {} are in {} groups \
+             (users who open the same patients), read as their departments; {} in none",
+            peers.grouped() + peers.alone,
+            peers.grouped(),
+            peers.groups.len(),
+            peers.alone
+        );
+    }
     // A fresh context for the second pass (`detector::sift`), before the first learns.
     let fresh = ctx.clone();
     // First pass: each event's feature row and the facts beside it that make evidence
@@ -406,6 +420,7 @@ pub(crate) fn train_cmd(
             coverage.observe(r);
             let (row, facts) = ctx.observe(r);
             coverage.department_from_context += facts.dept_from_care as u64;
+            coverage.department_from_peers += facts.dept_from_peers as u64;
             (row, fhir_edge_core::detector::Circumstances::of(&facts))
         })
         .unzip();

@@ -22,6 +22,9 @@ pub struct Coverage {
     /// Events that named no department, read with the one the care context gives the user
     /// (their PractitionerRole's unit; `care::Index::department_of`).
     pub department_from_context: u64,
+    /// Events that named no department, the care context none either, read with the
+    /// user's peer group as their department (`detector::peers`).
+    pub department_from_peers: u64,
     pub with_address: u64,
     pub with_client: u64,
     pub logins: u64,
@@ -55,6 +58,7 @@ impl Coverage {
         self.with_patient += o.with_patient;
         self.with_department += o.with_department;
         self.department_from_context += o.department_from_context;
+        self.department_from_peers += o.department_from_peers;
         self.with_address += o.with_address;
         self.with_client += o.with_client;
         self.logins += o.logins;
@@ -112,7 +116,9 @@ impl Coverage {
             "probing (runs of refused requests) cannot be seen",
         );
         say(
-            self.with_department == 0 && self.department_from_context == 0,
+            self.with_department == 0
+                && self.department_from_context == 0
+                && self.department_from_peers == 0,
             "departments",
             "cross-department and consult-pattern signals have nothing to compare",
         );
@@ -162,6 +168,13 @@ impl Coverage {
             s.push_str(&format!(
                 "; the care context gave {} of events the user's department, which they did not name",
                 pct(self.department_from_context)
+            ));
+        }
+        if self.department_from_peers > 0 {
+            s.push_str(&format!(
+                "; {} of events named no department and were read with the user's peer group \
+                 (the users who open the same patients)",
+                pct(self.department_from_peers)
             ));
         }
         if self.fanned_out > 0 {
@@ -227,6 +240,19 @@ mod tests {
         let s = given.summary();
         assert!(
             s.contains("the care context gave 50% of events the user's department, which they did not name"),
+            "{s}"
+        );
+        // Nor when peer groups stand for the departments.
+        let grouped = Coverage {
+            department_from_peers: 2_500,
+            ..c
+        };
+        assert!(!grouped.blind().iter().any(|b| b.missing == "departments"));
+        let s = grouped.summary();
+        assert!(
+            s.contains(
+                "50% of events named no department and were read with the user's peer group"
+            ),
             "{s}"
         );
     }

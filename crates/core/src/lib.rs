@@ -13,7 +13,9 @@
 //!   row ([`detector::features`]), the candle autoencoder and its calibrated score
 //!   ([`detector::model`]), the plain-language explanation, and offline training
 //!   ([`detector::train`]) on a history sifted of what alerted in it ([`detector::sift`]),
-//!   whose baselines the daemon takes over at the end of learning ([`detector::handover`]).
+//!   with peer groups standing for the departments an audit trail does not name
+//!   ([`detector::peers`]), whose baselines the daemon takes over at the end of learning
+//!   ([`detector::handover`]).
 //! - [`alerts`]: severity, status, allow-list rules, the stored alert.
 //! - [`cases`]: alerts of one user's episode grouped into a case (the rule, title,
 //!   narrative, lifecycle, the allow-list rules a decision implies).

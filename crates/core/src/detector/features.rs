@@ -316,12 +316,13 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// The layout of [`Context`]'s fields in a binary snapshot. A binary encoding has no field
 /// names: adding, removing or reordering a field of the context (or of what it holds)
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
-/// model's baselines and says so) — except layouts 1 to 4, which are layout 5 without its
+/// model's baselines and says so) — except layouts 1 to 6, which are layout 7 without its
 /// last fields (`revivals`, `new_patients`, `staff_names` with `patient_names`,
-/// `staff_record_work`: layout 4 without the last, layout 1 without all of them), and are
-/// read as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
+/// `staff_record_work`, `network_depts` with `outside_users` and `site_outside`,
+/// `peer_groups`: layout 6 without the last, layout 1 without all of them), and are read
+/// as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
 /// change without a bump.
-pub const SNAPSHOT_LAYOUT: u32 = 6;
+pub const SNAPSHOT_LAYOUT: u32 = 7;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -444,6 +445,10 @@ pub struct Facts {
     /// (`Context::department_from_care`).
     #[serde(default)]
     pub dept_from_care: bool,
+    /// The event named no department, the care context none either, and it was read with
+    /// the user's peer group as their department (`Context::set_peer_groups`).
+    #[serde(default)]
+    pub dept_from_peers: bool,
     /// The hour the time of day was judged at, when a session running late made it an
     /// earlier one than `hour` (see [`judged_hour`]); `user_hour_share` and
     /// `peer_hour_share` are that hour's.
@@ -1161,6 +1166,12 @@ pub struct Context {
     outside_users: IdMap<f32>,
     #[serde(default)]
     site_outside: f32,
+    /// The peer group of each user whose events name no department (`super::peers`), by
+    /// user hash: set by training from its window's events, kept with the baselines, and
+    /// read as the user's department where an event and the care context name none.
+    /// Bounded by the users of the training window. Layout 6 ends before it.
+    #[serde(default)]
+    peer_groups: IdMap<u32>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -1181,6 +1192,17 @@ pub struct Context {
     /// measure detection at the bound on a small hospital. Never snapshotted.
     #[serde(skip)]
     max_patients: Option<usize>,
+}
+
+/// Where an event's department came from (`Context::with_department`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeptFrom {
+    /// The event named it, or nothing named one.
+    Event,
+    /// The care context.
+    Care,
+    /// The user's peer group.
+    Peers,
 }
 
 fn bump(list: &mut Vec<(u64, u32)>, key: u64, cap: usize) -> bool {
@@ -1591,7 +1613,6 @@ impl Context {
         }
     }
 
-    /// Replace the watch list (patient references; see `watch_key`).
     /// Use the site's care context from now on (`None`: without one, as before it was read).
     pub fn set_care(&mut self, index: Option<std::sync::Arc<care::Index>>) {
         self.care = index;
@@ -1600,6 +1621,18 @@ impl Context {
     /// The care context in use, if any.
     pub fn care(&self) -> Option<&care::Index> {
         self.care.as_deref()
+    }
+
+    /// Read each of `groups`' users (`super::peers::infer`) as working in their peer group
+    /// wherever an event and the care context name no department; replaces the groups
+    /// held.
+    pub fn set_peer_groups(&mut self, groups: &super::peers::PeerGroups) {
+        self.peer_groups = groups.members().map(|(u, n)| (h64(u), n)).collect();
+    }
+
+    /// The number of users read with a peer group.
+    pub fn peer_grouped(&self) -> usize {
+        self.peer_groups.len()
     }
 
     /// What the care context says of this access (nothing without one, or for an event
@@ -1726,14 +1759,15 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 5 ends before `network_depts`, `outside_users` and
-                    // `site_outside`, layout 4 before `staff_record_work` too, layout 3
+                    // Layout 6 ends before `peer_groups`, layout 5 before `network_depts`,
+                    // `outside_users` and `site_outside` too, layout 4 before
+                    // `staff_record_work` as well, layout 3
                     // before `staff_names` and `patient_names` as well, layout 2 before
                     // `new_patients`, layout 1 before `revivals` also: read as none (empty
                     // maps, in postcard a zero length each, and 0.0, four zero bytes).
-                    found @ (1..=5) => {
-                        let missing = [0u8; 11];
-                        let missing = &missing[..[11, 10, 9, 7, 6][found as usize - 1]];
+                    found @ (1..=6) => {
+                        let missing = [0u8; 12];
+                        let missing = &missing[..[12, 11, 10, 8, 7, 1][found as usize - 1]];
                         postcard::from_bytes(&[body, missing].concat())
                             .map_err(SnapshotError::Binary)?
                     }
@@ -1804,16 +1838,32 @@ impl Context {
     }
 
     /// `r`, with the user's department from the care context when the event names none
-    /// (`care::Index::department_of`): the department signals then work on servers whose
-    /// AuditEvents carry no department, as they do where the events carry one. Training
-    /// and scoring read events through this alike.
-    fn with_department<'a>(&self, r: &'a AuditRecord) -> Cow<'a, AuditRecord> {
-        match self.department_from_care(r) {
-            Some(d) => Cow::Owned(AuditRecord {
-                department: Some(d.to_string()),
-                ..r.clone()
-            }),
-            None => Cow::Borrowed(r),
+    /// (`care::Index::department_of`), else their peer group (`set_peer_groups`): the
+    /// department signals then work on servers whose AuditEvents carry no department, as
+    /// they do where the events carry one. Training and scoring read events through this
+    /// alike. Also where the department came from.
+    fn with_department<'a>(&self, r: &'a AuditRecord) -> (Cow<'a, AuditRecord>, DeptFrom) {
+        let (dept, from) = match self.department_from_care(r) {
+            Some(d) => (d.to_string(), DeptFrom::Care),
+            None => match self.peer_group(r) {
+                Some(n) => (super::peers::group_name(n), DeptFrom::Peers),
+                None => return (Cow::Borrowed(r), DeptFrom::Event),
+            },
+        };
+        let filled = AuditRecord {
+            department: Some(dept),
+            ..r.clone()
+        };
+        (Cow::Owned(filled), from)
+    }
+
+    /// The user's peer group, for an event that names no department.
+    fn peer_group(&self, r: &AuditRecord) -> Option<u32> {
+        match (&r.department, r.user.as_deref()) {
+            (None, Some(u)) if !self.peer_groups.is_empty() => {
+                self.peer_groups.get(&h64(u)).copied()
+            }
+            _ => None,
         }
     }
 
@@ -1827,7 +1877,7 @@ impl Context {
 
     /// Compute features for `r` from the context so far, then fold `r` into the context.
     pub fn observe(&mut self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
-        let filled = self.with_department(r);
+        let (filled, from) = self.with_department(r);
         let r: &AuditRecord = &filled;
         let (x, mut facts) = match self.fanout(r) {
             None => {
@@ -1845,20 +1895,22 @@ impl Context {
                 (x, facts)
             }
         };
-        facts.dept_from_care = matches!(filled, Cow::Owned(_));
+        facts.dept_from_care = from == DeptFrom::Care;
+        facts.dept_from_peers = from == DeptFrom::Peers;
         (x, facts)
     }
 
     /// Compute features for `r` from the context so far without learning it (an event
     /// the context has learned already: see `baselines::PassOver`).
     pub fn peek(&self, r: &AuditRecord) -> ([f32; N_FEATURES], Facts) {
-        let filled = self.with_department(r);
+        let (filled, from) = self.with_department(r);
         let r: &AuditRecord = &filled;
         let (x, mut facts, _) = match self.fanout(r) {
             None => self.features(r, asked_of(r)),
             Some(l) => self.features(&listed_view(r), self.asked_listed(r, l)),
         };
-        facts.dept_from_care = matches!(filled, Cow::Owned(_));
+        facts.dept_from_care = from == DeptFrom::Care;
+        facts.dept_from_peers = from == DeptFrom::Peers;
         (x, facts)
     }
 
@@ -2095,7 +2147,7 @@ impl Context {
 
     /// Fold an event into the context without computing features (replay after restart).
     pub fn replay(&mut self, r: &AuditRecord) {
-        let filled = self.with_department(r);
+        let (filled, _) = self.with_department(r);
         let r: &AuditRecord = &filled;
         match self.fanout(r) {
             None => self.update(r, Known::default(), asked_of(r)),
@@ -3482,6 +3534,57 @@ mod tests {
         }
     }
 
+    /// Where the events name no department, a user's peer group stands for it: a lookup by
+    /// one group of the other group's patient is a lookup of another department's record,
+    /// as it is where events name departments. An event naming one keeps its own.
+    #[test]
+    fn a_peer_group_stands_for_the_department_the_events_do_not_name() {
+        let unnamed = |u: &str, p: &str, t: i64| AuditRecord {
+            department: None,
+            ..rec(u, p, t)
+        };
+        let mut history = Vec::new();
+        let t0 = monday(10);
+        for p in 0..12 {
+            for (g, team) in [(0, "a"), (1, "b")] {
+                let patient = format!("Patient/{team}{p}");
+                for u in 0..3 {
+                    let t = t0 + (p * 6 + g * 3 + u) * 60_000;
+                    history.push(unnamed(&format!("Practitioner/{team}{u}"), &patient, t));
+                }
+            }
+        }
+        let peers = super::super::peers::infer(&history);
+        assert_eq!(peers.groups.len(), 2, "{peers:?}");
+        let later = t0 + 3_600_000;
+        let look = unnamed("Practitioner/a0", "Patient/b3", later);
+        // Without the groups: no department, nothing to compare.
+        let mut blind = Context::new(chrono_tz::UTC);
+        history.iter().for_each(|r| drop(blind.observe(r)));
+        let (_, f) = blind.observe(&look);
+        assert_eq!((f.dept.as_deref(), f.dept_from_peers), (None, false));
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_peer_groups(&peers);
+        history.iter().for_each(|r| drop(c.observe(r)));
+        let (x, f) = c.observe(&look);
+        let a = super::super::peers::group_name(
+            peers
+                .members()
+                .find(|(u, _)| *u == "Practitioner/a0")
+                .unwrap()
+                .1,
+        );
+        assert_eq!(f.dept.as_deref(), Some(a.as_str()));
+        assert!(f.dept_from_peers && !f.dept_from_care);
+        assert_eq!(f.dept_share, Some(0.0), "the other group's patient");
+        assert!(x[feature("unrelated_patient_rarity")] > 0.0);
+        // Its own group's patient is no such lookup; an event naming a department keeps it.
+        let (_, f) = c.observe(&unnamed("Practitioner/a1", "Patient/a3", later));
+        assert!(f.dept_share.unwrap() > 0.5);
+        let (_, f) = c.observe(&in_dept("Practitioner/a2", "Surgery", "Patient/b4", later));
+        assert!(!f.dept_from_peers && f.dept.as_deref() != Some(a.as_str()));
+    }
+
     #[test]
     fn features_are_causal_and_counted() {
         let mut c = Context::new(chrono_tz::UTC);
@@ -3678,6 +3781,7 @@ mod tests {
         c.note_staff_record_work(h64("Patient/3"), h64("Surgery"), t0);
         c.outside_users.insert(h64("Practitioner/1"), 2.0);
         c.site_outside = 2.0;
+        c.peer_groups.insert(h64("Practitioner/2"), 1);
         c
     }
 
@@ -3716,11 +3820,14 @@ mod tests {
         assert_eq!(c.network_depts.values().map(Vec::len).sum::<usize>(), 3);
         assert_eq!(c.outside_users, layout_sample().outside_users);
         assert_eq!((c.outside_users.len(), c.site_outside), (1, 2.0));
+        assert_eq!(c.peer_groups, layout_sample().peer_groups);
+        assert_eq!(c.peer_groups.len(), 1);
     }
 
     /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`), 3 (before
-    /// `staff_names`), 4 (before `staff_record_work`) and 5 (before `network_depts`) still read, with nothing of the
-    /// missing fields: an upgrade keeps the site's running context.
+    /// `staff_names`), 4 (before `staff_record_work`), 5 (before `network_depts`) and 6
+    /// (before `peer_groups`) still read, with nothing of the missing fields: an upgrade
+    /// keeps the site's running context.
     #[test]
     fn snapshots_of_earlier_layouts_still_read() {
         let read = |layout: u32| {
@@ -3750,9 +3857,13 @@ mod tests {
         assert_eq!(c.staff_record_work, layout_sample().staff_record_work);
         assert!(c.network_depts.is_empty() && c.outside_users.is_empty());
         assert_eq!(c.site_outside, 0.0);
+        let c = read(6);
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert_eq!(c.outside_users, layout_sample().outside_users);
+        assert!(c.peer_groups.is_empty());
         assert!(matches!(
-            Context::from_bytes(b"fhirctx\0\x07\0\0\0", chrono_tz::UTC),
-            Err(SnapshotError::Layout { found: 7 })
+            Context::from_bytes(b"fhirctx\0\x08\0\0\0", chrono_tz::UTC),
+            Err(SnapshotError::Layout { found: 8 })
         ));
     }
 

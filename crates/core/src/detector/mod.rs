@@ -7,6 +7,7 @@ pub mod calibration;
 pub mod features;
 pub mod handover;
 pub mod model;
+pub mod peers;
 pub mod sift;
 #[cfg(test)]
 mod testing;
@@ -422,6 +423,7 @@ impl Detector {
                     self.handover.keep(&f.record);
                     let mut carried = coverage::Coverage::of(&f.record);
                     carried.department_from_context = facts.dept_from_care as u64;
+                    carried.department_from_peers = facts.dept_from_peers as u64;
                     self.coverage.add(&carried);
                     rows.push(x);
                     kept.push((f, facts, carried));
@@ -789,6 +791,11 @@ pub fn explain(
                     text.push_str(&format!(
                         "; the patient is mostly seen by {home}, and {} of {d}'s {} earlier lookups of other departments' patients went there",
                         f.pair_count, f.pair_total
+                    ));
+                }
+                if let (true, Some(d)) = (f.dept_from_peers, &f.dept) {
+                    text.push_str(&format!(
+                        "; {d}: the users who open the same patients as this user, read as their department (the audit trail names none)"
                     ));
                 }
                 let outside = contrib_of(contrib, Feature::OutsideCare);
