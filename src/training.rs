@@ -395,16 +395,19 @@ pub(crate) fn train_cmd(
     }
     // Users whose events name no department are read with their peer group as one (both
     // passes, and the baselines saved: `detector::peers`).
+    let grouping = std::time::Instant::now();
     let peers = fhir_edge_core::detector::peers::infer(&records);
     ctx.set_peer_groups(&peers);
     if peers.grouped() + peers.alone > 0 {
         eprintln!(
             "peer groups: of {} users whose events name no department, {} are in {} groups \
-             (users who open the same patients), read as their departments; {} in none",
+             (users who open the same patients), read as their departments; {} in none \
+             ({:.1} s)",
             peers.grouped() + peers.alone,
             peers.grouped(),
             peers.groups.len(),
-            peers.alone
+            peers.alone,
+            grouping.elapsed().as_secs_f32()
         );
     }
     // A fresh context for the second pass (`detector::sift`), before the first learns.

@@ -102,8 +102,14 @@ pub fn infer(records: &[AuditRecord]) -> PeerGroups {
         u
     };
     let index: HashMap<&str, usize> = users.iter().enumerate().map(|(i, u)| (*u, i)).collect();
-    let mut ties: BTreeMap<(usize, usize), f64> = BTreeMap::new();
-    for sharing in by_patient.values() {
+    // Pairs (lower index, higher) packed in a u64, so that a site of thousands of users
+    // and a million shared records is counted in seconds.
+    let mut ties: HashMap<u64, f64> = HashMap::new();
+    // Records in order, so that each tie is summed in the same order on every run.
+    let mut records_shared: Vec<(&str, &HashSet<&str>)> =
+        by_patient.iter().map(|(p, u)| (*p, u)).collect();
+    records_shared.sort_unstable_by_key(|(p, _)| *p);
+    for (_, sharing) in records_shared {
         let n = sharing.len();
         if !(2..=MAX_RECORD_USERS).contains(&n) {
             continue;
@@ -113,15 +119,20 @@ pub fn infer(records: &[AuditRecord]) -> PeerGroups {
         ix.sort_unstable();
         for (a, &i) in ix.iter().enumerate() {
             for &j in &ix[a + 1..] {
-                *ties.entry((i, j)).or_default() += w;
+                *ties.entry(((i as u64) << 32) | j as u64).or_default() += w;
             }
         }
     }
     let mut adjacent: Vec<Vec<(usize, f64)>> = vec![Vec::new(); users.len()];
-    for (&(i, j), &w) in &ties {
+    for (&pair, &w) in &ties {
+        let (i, j) = ((pair >> 32) as usize, (pair & 0xffff_ffff) as usize);
         adjacent[i].push((j, w));
         adjacent[j].push((i, w));
     }
+    // In index order, whatever order the pairs came in: the grouping sums ties in it.
+    adjacent
+        .iter_mut()
+        .for_each(|a| a.sort_unstable_by_key(|e| e.0));
     let group = local_moving(&adjacent);
     let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, g) in group.iter().enumerate() {
