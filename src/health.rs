@@ -109,6 +109,7 @@ counter_table! {
     ContextPatientsForgotten = "context_patients_forgotten", "Patients the detector forgot at its memory bound (the least recently seen half at MAX_PATIENTS); they start again as new.";
     ContextPairsForgotten = "context_pairs_forgotten", "User-patient pairs the detector forgot (the older generation, each time the newer holds MAX_PAIRS / 2); a forgotten pair reads as a first access.";
     ContextRequestsForgotten = "context_requests_forgotten", "Fanned-out searches the detector forgot while they could still write events (more than MAX_REQUESTS began within ten minutes): a later event of one reads as a new search, whose listing may alert again.";
+    PeerGroupsJoined = "peer_groups_joined", "Users who first appeared after training and joined the peer group their work goes to (where the audit trail names no department; detector::peers).";
     ContextNetworkDeptsUncounted = "context_network_depts_uncounted", "Successful events whose department the detector did not count for their network, the network already counting MAX_NETWORK_DEPTS others: such a network reads as shared, never as another department's own (foreign_network).";
     CareContextDescribesNobody = "care_context_describes_nobody", "Times scoring found the care context describing almost nobody's work (the users' accesses outside every relationship it knows 80% of the time or more): from then a watched record is read from the department's history, as without a context.";
     AlertsRaised = "alerts_raised", "Alerts raised by this process.";

@@ -398,15 +398,15 @@ pub(crate) fn train_cmd(
     let grouping = std::time::Instant::now();
     let peers = fhir_edge_core::detector::peers::infer(&records);
     ctx.set_peer_groups(&peers);
-    if peers.grouped() + peers.alone > 0 {
+    if peers.grouped() + peers.alone.len() > 0 {
         eprintln!(
             "peer groups: of {} users whose events name no department, {} are in {} groups \
              (users who open the same patients), read as their departments; {} in none \
              ({:.1} s)",
-            peers.grouped() + peers.alone,
+            peers.grouped() + peers.alone.len(),
             peers.grouped(),
             peers.groups.len(),
-            peers.alone,
+            peers.alone.len(),
             grouping.elapsed().as_secs_f32()
         );
     }

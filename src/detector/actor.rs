@@ -150,16 +150,19 @@ impl Handler<EventsFetched> for DetectorActor {
                 .filter(|s| **s != fhir_edge_core::state::KeyStatus::New)
                 .count() as u64;
             let batch: Vec<_> = msg.events.into_iter().zip(statuses).collect();
-            let (scored, coverage, forgotten, outside) = tokio::task::spawn_blocking(move || {
-                let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
-                let scored = d.process(batch)?;
-                let outside = d.context().site_outside_rate();
-                Ok::<_, PipelineError>((scored, d.coverage(), d.take_forgotten(), outside))
-            })
-            .await
-            .map_err(|e| PipelineError::Task(e.to_string()))??;
+            let (scored, coverage, forgotten, outside, joined) =
+                tokio::task::spawn_blocking(move || {
+                    let mut d = detector.lock().unwrap_or_else(|p| p.into_inner());
+                    let scored = d.process(batch)?;
+                    let outside = d.context().site_outside_rate();
+                    let (forgotten, joined) = (d.take_forgotten(), d.take_joined());
+                    Ok::<_, PipelineError>((scored, d.coverage(), forgotten, outside, joined))
+                })
+                .await
+                .map_err(|e| PipelineError::Task(e.to_string()))??;
             say_coverage(&health, coverage);
             say_forgotten(&health, forgotten);
+            say_joined(&health, joined);
             say_care_reach(&health, outside);
             let n = scored.len() as u64;
             since_snapshot.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -555,6 +558,35 @@ impl Handler<UserCard> for DetectorActor {
 /// users or patients go (the pairs' generations turn over routinely: counted only), and
 /// the first time in a process a network counts too many departments or fanned-out
 /// searches are forgotten.
+/// Say each user who joined a peer group (a reference, never a name), and count them all.
+fn say_joined(
+    health: &Health,
+    (joined, unsaid): (Vec<fhir_edge_core::detector::features::Joined>, u64),
+) {
+    for j in &joined {
+        tracing::info!(
+            actor = "detector",
+            user = %j.user,
+            group = j.group,
+            "{} now reads as working in peer group {}: {} of their first {} opens of patients went to its patients (their events name no department)",
+            j.user,
+            j.group,
+            j.to_group,
+            j.opens
+        );
+    }
+    if unsaid > 0 {
+        tracing::info!(
+            actor = "detector",
+            unsaid,
+            "{unsaid} more users joined a peer group in this batch (not listed)"
+        );
+    }
+    health
+        .counters
+        .add(Counter::PeerGroupsJoined, joined.len() as u64 + unsaid);
+}
+
 fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgotten) {
     use fhir_edge_core::detector::features::{
         MAX_NETWORK_DEPTS, MAX_PATIENTS, MAX_REQUESTS, MAX_USERS,

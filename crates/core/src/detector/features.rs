@@ -29,6 +29,16 @@ pub const MAX_PATIENT_RECENT: usize = 128;
 pub const MAX_IPS: usize = 16;
 pub const MAX_APPS: usize = 8;
 pub const MAX_DEPTS: usize = 8;
+
+/// A user with no department and no peer group (one who first appeared after training:
+/// see `super::peers`) joins the peer group their work goes to once they have opened
+/// patients this many times...
+pub const NEWCOMER_OPENS: f32 = 50.0;
+
+/// ...and at least this share of those opens went to patients whose record activity comes
+/// mostly from that group. A ward's new nurse opens the ward's patients; a new pharmacist's
+/// opens spread over every ward, as the services' do, and they stay in no group.
+pub const NEWCOMER_SHARE: f32 = 0.5;
 /// (department, home department) pairs counted for `dept_pair_rarity`.
 pub const MAX_DEPT_PAIRS: usize = 65_536;
 /// Family names counted for `same_family_name_rarity` (how common a shared name is).
@@ -316,13 +326,13 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// The layout of [`Context`]'s fields in a binary snapshot. A binary encoding has no field
 /// names: adding, removing or reordering a field of the context (or of what it holds)
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
-/// model's baselines and says so) — except layouts 1 to 6, which are layout 7 without its
+/// model's baselines and says so) — except layouts 1 to 7, which are layout 8 without its
 /// last fields (`revivals`, `new_patients`, `staff_names` with `patient_names`,
 /// `staff_record_work`, `network_depts` with `outside_users` and `site_outside`,
-/// `peer_groups`: layout 6 without the last, layout 1 without all of them), and are read
-/// as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
+/// `peer_groups`, `newcomers`: layout 7 without the last, layout 1 without all of them),
+/// and are read as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
 /// change without a bump.
-pub const SNAPSHOT_LAYOUT: u32 = 7;
+pub const SNAPSHOT_LAYOUT: u32 = 8;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -1172,6 +1182,18 @@ pub struct Context {
     /// Bounded by the users of the training window. Layout 6 ends before it.
     #[serde(default)]
     peer_groups: IdMap<u32>,
+    /// For each user with no department and no peer group, since training: their opens of
+    /// patients, and how many went to patients homed in each department (at most
+    /// `MAX_DEPTS`), until they join a group (`NEWCOMER_OPENS`, `NEWCOMER_SHARE`).
+    /// Bounded by the users, forgotten with them. Layout 7 ends before it.
+    #[serde(default)]
+    newcomers: IdMap<Newcomer>,
+    /// Users who joined a peer group since the last `take_joined` (at most
+    /// `MAX_JOINED_SAID`; the rest are counted in `joined_unsaid`). Never snapshotted.
+    #[serde(skip)]
+    joined: Vec<Joined>,
+    #[serde(skip)]
+    joined_unsaid: u64,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -1193,6 +1215,28 @@ pub struct Context {
     #[serde(skip)]
     max_patients: Option<usize>,
 }
+
+/// A user's opens of patients, by the department each patient's record activity mostly
+/// comes from (`Context::note_newcomer`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Newcomer {
+    opens: f32,
+    homes: Vec<(u64, f32)>,
+}
+
+/// A user who joined a peer group after training (`Context::take_joined`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    /// The user's reference (never a name).
+    pub user: String,
+    pub group: u32,
+    /// Their opens of patients, and how many went to the group's patients.
+    pub opens: u32,
+    pub to_group: u32,
+}
+
+/// Joins said per `take_joined` at most; more are counted only.
+pub const MAX_JOINED_SAID: usize = 64;
 
 /// Where an event's department came from (`Context::with_department`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1626,13 +1670,86 @@ impl Context {
     /// Read each of `groups`' users (`super::peers::infer`) as working in their peer group
     /// wherever an event and the care context name no department; replaces the groups
     /// held.
+    /// Those in no group are kept as such (0): a group is joined later only by users who
+    /// first appear after training (`note_newcomer`).
     pub fn set_peer_groups(&mut self, groups: &super::peers::PeerGroups) {
-        self.peer_groups = groups.members().map(|(u, n)| (h64(u), n)).collect();
+        self.peer_groups = groups
+            .members()
+            .map(|(u, n)| (h64(u), n))
+            .chain(groups.alone.iter().map(|u| (h64(u), 0)))
+            .collect();
+        self.newcomers.clear();
     }
 
-    /// The number of users read with a peer group.
-    pub fn peer_grouped(&self) -> usize {
-        self.peer_groups.len()
+    /// The users who joined a peer group since the last call (at most `MAX_JOINED_SAID`),
+    /// and how many more did.
+    pub fn take_joined(&mut self) -> (Vec<Joined>, u64) {
+        (
+            std::mem::take(&mut self.joined),
+            std::mem::take(&mut self.joined_unsaid),
+        )
+    }
+
+    /// A successful open of patient `p` by user `uh` (`user`) whose department is unknown:
+    /// where the site has peer groups and the user is in none and was not examined at
+    /// training, count it toward the group the patient's record is homed in, and join
+    /// that group once `NEWCOMER_OPENS` opens have been counted, `NEWCOMER_SHARE` of them
+    /// to its patients.
+    fn note_newcomer(&mut self, uh: u64, user: &str, p: u64) {
+        if self.peer_groups.is_empty() || self.peer_groups.contains_key(&uh) {
+            return;
+        }
+        let Some(home) = self.patients.get(&p).and_then(home_dept) else {
+            return;
+        };
+        let v = self.newcomers.entry(uh).or_default();
+        v.opens += 1.0;
+        match v.homes.iter().position(|e| e.0 == home) {
+            Some(i) => v.homes[i].1 += 1.0,
+            None if v.homes.len() < MAX_DEPTS => v.homes.push((home, 1.0)),
+            None => {}
+        }
+        if v.opens < NEWCOMER_OPENS {
+            return;
+        }
+        let Some((home, to_home)) = v
+            .homes
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        else {
+            return;
+        };
+        if to_home < NEWCOMER_SHARE * v.opens {
+            return;
+        }
+        let opens = v.opens;
+        let mut groups: Vec<u32> = self
+            .peer_groups
+            .values()
+            .copied()
+            .filter(|g| *g > 0)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let Some(group) = groups
+            .into_iter()
+            .find(|g| h64(&super::peers::group_name(*g)) == home)
+        else {
+            return;
+        };
+        self.peer_groups.insert(uh, group);
+        self.newcomers.remove(&uh);
+        if self.joined.len() < MAX_JOINED_SAID {
+            self.joined.push(Joined {
+                user: user.to_string(),
+                group,
+                opens: opens as u32,
+                to_group: to_home as u32,
+            });
+        } else {
+            self.joined_unsaid += 1;
+        }
     }
 
     /// What the care context says of this access (nothing without one, or for an event
@@ -1759,15 +1876,16 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 6 ends before `peer_groups`, layout 5 before `network_depts`,
-                    // `outside_users` and `site_outside` too, layout 4 before
-                    // `staff_record_work` as well, layout 3
-                    // before `staff_names` and `patient_names` as well, layout 2 before
-                    // `new_patients`, layout 1 before `revivals` also: read as none (empty
-                    // maps, in postcard a zero length each, and 0.0, four zero bytes).
-                    found @ (1..=6) => {
-                        let missing = [0u8; 12];
-                        let missing = &missing[..[12, 11, 10, 8, 7, 1][found as usize - 1]];
+                    // Layout 7 ends before `newcomers`; layout 6 also before `peer_groups`;
+                    // layout 5 also before
+                    // `network_depts`, `outside_users` and `site_outside`; layout 4 also
+                    // before `staff_record_work`; layout 3 also before `staff_names` and
+                    // `patient_names`; layout 2 also before `new_patients`; layout 1 also
+                    // before `revivals`: read as none (empty maps, in postcard a zero
+                    // length each, and 0.0, four zero bytes).
+                    found @ (1..=7) => {
+                        let missing = [0u8; 13];
+                        let missing = &missing[..[13, 12, 11, 9, 8, 2, 1][found as usize - 1]];
                         postcard::from_bytes(&[body, missing].concat())
                             .map_err(SnapshotError::Binary)?
                     }
@@ -1861,7 +1979,7 @@ impl Context {
     fn peer_group(&self, r: &AuditRecord) -> Option<u32> {
         match (&r.department, r.user.as_deref()) {
             (None, Some(u)) if !self.peer_groups.is_empty() => {
-                self.peer_groups.get(&h64(u)).copied()
+                self.peer_groups.get(&h64(u)).copied().filter(|g| *g > 0)
             }
             _ => None,
         }
@@ -2734,6 +2852,9 @@ impl Context {
         let uh = h64(user_ref);
         let ok = r.outcome == 0;
         let dept_h = dept_h.or_else(|| self.users.get(&uh).and_then(|u| u.dept));
+        if let (true, None, Some(p)) = (ok, dept_h, ph) {
+            self.note_newcomer(uh, user_ref, p);
+        }
         if let Some(d) = dept_h {
             if ok && (self.dept_hours.len() < 4096 || self.dept_hours.contains_key(&d)) {
                 let e = self.dept_hours.entry(d).or_default();
@@ -2748,6 +2869,7 @@ impl Context {
             self.revivals.retain(|u, _| users.contains_key(u));
             self.outside_users.retain(|u, _| users.contains_key(u));
             self.new_patients.retain(|u, _| users.contains_key(u));
+            self.newcomers.retain(|u, _| users.contains_key(u));
         }
         let is_login = matches!(r.interaction, Interaction::Login | Interaction::Logout);
         let site_fail_rate = self.site_fail_rate();
@@ -3554,7 +3676,7 @@ mod tests {
                 }
             }
         }
-        let peers = super::super::peers::infer(&history);
+        let peers = crate::detector::peers::infer(&history);
         assert_eq!(peers.groups.len(), 2, "{peers:?}");
         let later = t0 + 3_600_000;
         let look = unnamed("Practitioner/a0", "Patient/b3", later);
@@ -3567,7 +3689,7 @@ mod tests {
         c.set_peer_groups(&peers);
         history.iter().for_each(|r| drop(c.observe(r)));
         let (x, f) = c.observe(&look);
-        let a = super::super::peers::group_name(
+        let a = crate::detector::peers::group_name(
             peers
                 .members()
                 .find(|(u, _)| *u == "Practitioner/a0")
@@ -3583,6 +3705,80 @@ mod tests {
         assert!(f.dept_share.unwrap() > 0.5);
         let (_, f) = c.observe(&in_dept("Practitioner/a2", "Surgery", "Patient/b4", later));
         assert!(!f.dept_from_peers && f.dept.as_deref() != Some(a.as_str()));
+    }
+
+    /// A user who first appears after training joins the group whose patients they open:
+    /// after `NEWCOMER_OPENS` opens, not before. One whose opens spread over the groups
+    /// (a service) joins none; nor does one the training found in no group.
+    #[test]
+    fn a_newcomer_joins_the_peer_group_their_work_goes_to() {
+        let unnamed = |u: &str, p: &str, t: i64| AuditRecord {
+            department: None,
+            ..rec(u, p, t)
+        };
+        let t0 = monday(10);
+        let mut history = Vec::new();
+        for p in 0..12 {
+            for (g, team) in ["a", "b", "c"].iter().enumerate() {
+                let patient = format!("Patient/{team}{p}");
+                for u in 0..3 {
+                    let t = t0 + (p * 12 + g as i64 * 4 + u) * 60_000;
+                    history.push(unnamed(&format!("Practitioner/{team}{u}"), &patient, t));
+                }
+                // A pharmacist opens every team's patients: in no group.
+                let t = t0 + (p * 12 + g as i64 * 4 + 3) * 60_000;
+                history.push(unnamed("Practitioner/pharm", &patient, t));
+            }
+        }
+        let peers = crate::detector::peers::infer(&history);
+        assert_eq!(
+            (peers.groups.len(), peers.alone.as_slice()),
+            (3, ["Practitioner/pharm".to_string()].as_slice()),
+            "{peers:?}"
+        );
+        let group_of = |u: &str| peers.members().find(|(m, _)| *m == u).unwrap().1;
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_peer_groups(&peers);
+        history.iter().for_each(|r| drop(c.observe(r)));
+        let later = t0 + DAY;
+        let opens = NEWCOMER_OPENS as i64;
+        // The new nurse of team a: 4 in 5 of their opens are team a's patients.
+        for i in 0..opens {
+            let team = if i % 5 == 4 { "b" } else { "a" };
+            let (_, f) = c.observe(&unnamed(
+                "Practitioner/new",
+                &format!("Patient/{team}{}", i % 12),
+                later + i * 60_000,
+            ));
+            assert_eq!(f.dept, None, "open {i}: no group yet");
+        }
+        let (joined, unsaid) = c.take_joined();
+        assert_eq!(unsaid, 0);
+        assert_eq!(joined.len(), 1, "{joined:?}");
+        let j = &joined[0];
+        assert_eq!(j.user, "Practitioner/new");
+        assert_eq!(j.group, group_of("Practitioner/a0"));
+        assert_eq!((j.opens, j.to_group), (50, 40));
+        let (_, f) = c.observe(&unnamed("Practitioner/new", "Patient/b1", later + DAY));
+        assert!(f.dept_from_peers);
+        assert_eq!(
+            f.dept,
+            Some(crate::detector::peers::group_name(group_of(
+                "Practitioner/a0"
+            )))
+        );
+        // A new pharmacist, a third of their opens each team's: no group. The pharmacist
+        // the training found in none stays in none, whatever they open.
+        for i in 0..3 * opens {
+            let team = ["a", "b", "c"][i as usize % 3];
+            let patient = format!("Patient/{team}{}", i % 12);
+            let t = later + DAY + i * 60_000;
+            let (_, f) = c.observe(&unnamed("Practitioner/new-pharm", &patient, t));
+            assert_eq!(f.dept, None);
+            let (_, f) = c.observe(&unnamed("Practitioner/pharm", "Patient/a1", t + 1));
+            assert_eq!(f.dept, None);
+        }
+        assert!(c.take_joined().0.is_empty());
     }
 
     #[test]
@@ -3782,6 +3978,13 @@ mod tests {
         c.outside_users.insert(h64("Practitioner/1"), 2.0);
         c.site_outside = 2.0;
         c.peer_groups.insert(h64("Practitioner/2"), 1);
+        c.newcomers.insert(
+            h64("Practitioner/4"),
+            Newcomer {
+                opens: 3.0,
+                homes: vec![(h64("peer group 1"), 2.0), (h64("Surgery"), 1.0)],
+            },
+        );
         c
     }
 
@@ -3822,12 +4025,14 @@ mod tests {
         assert_eq!((c.outside_users.len(), c.site_outside), (1, 2.0));
         assert_eq!(c.peer_groups, layout_sample().peer_groups);
         assert_eq!(c.peer_groups.len(), 1);
+        assert_eq!(c.newcomers, layout_sample().newcomers);
+        assert_eq!(c.newcomers.len(), 1);
     }
 
     /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`), 3 (before
-    /// `staff_names`), 4 (before `staff_record_work`), 5 (before `network_depts`) and 6
-    /// (before `peer_groups`) still read, with nothing of the missing fields: an upgrade
-    /// keeps the site's running context.
+    /// `staff_names`), 4 (before `staff_record_work`), 5 (before `network_depts`), 6
+    /// (before `peer_groups`) and 7 (before `newcomers`) still read, with nothing of the
+    /// missing fields: an upgrade keeps the site's running context.
     #[test]
     fn snapshots_of_earlier_layouts_still_read() {
         let read = |layout: u32| {
@@ -3861,9 +4066,13 @@ mod tests {
         assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.outside_users, layout_sample().outside_users);
         assert!(c.peer_groups.is_empty());
+        let c = read(7);
+        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
+        assert_eq!(c.peer_groups, layout_sample().peer_groups);
+        assert!(c.newcomers.is_empty());
         assert!(matches!(
-            Context::from_bytes(b"fhirctx\0\x08\0\0\0", chrono_tz::UTC),
-            Err(SnapshotError::Layout { found: 8 })
+            Context::from_bytes(b"fhirctx\0\x09\0\0\0", chrono_tz::UTC),
+            Err(SnapshotError::Layout { found: 9 })
         ));
     }
 

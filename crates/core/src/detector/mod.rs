@@ -384,6 +384,12 @@ impl Detector {
         self.ctx.take_forgotten()
     }
 
+    /// The users who joined a peer group since the last call, and how many more did than
+    /// are listed (see `Context::take_joined`).
+    pub fn take_joined(&mut self) -> (Vec<features::Joined>, u64) {
+        self.ctx.take_joined()
+    }
+
     /// Use the site's care context from the next event on (see `Context::set_care`), if
     /// the model was trained with one; false when it was not (the context is then kept for
     /// a later model, not used: retrain with it).
