@@ -30,17 +30,18 @@
 //!
 //! Measured on five simulated hospitals of different styles (their events' departments
 //! put aside, 14 days each), every group of three or more held the users of one
-//! department, and each ward was one group; at resolution 1 the services joined a ward
-//! (a fifth of the users in a group not theirs). The grouping is deterministic: users in
-//! the order of their ids, ties to the group met first.
+//! department, and no ward was split between groups; at resolution 1 the services joined
+//! a ward (purity 0.57–0.90: `crates/lab/quality/peers.py`). The grouping is
+//! deterministic: users in the order of their ids, ties to the group met first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::fhir::AuditRecord;
 
 /// The modularity resolution of the grouping: above 1, a user joins a group only for ties
-/// stronger than chance by this factor. 1.5 to 3 gave the same groups on the simulated
-/// hospitals; at 1, the services that open every ward's records joined one of them.
+/// stronger than chance by this factor. At 1.5, 2 and 3 the groups of the simulated
+/// hospitals were pure, one per ward; at 1, the services that open every ward's records
+/// joined one of them.
 pub const RESOLUTION: f64 = 2.0;
 
 /// The fewest users a peer group holds: fewer are no group (their department stays
@@ -51,7 +52,8 @@ pub const MIN_PEERS: usize = 3;
 /// it is everyone's patient, or a crowd's, and no sign of a team.
 pub const MAX_RECORD_USERS: usize = 200;
 
-/// Sweeps over the users at most; on the simulated hospitals no one moves after 3 to 6.
+/// Sweeps over the users at most (a bound: the grouping ends at the first sweep that moves
+/// no one).
 const MAX_SWEEPS: usize = 50;
 
 /// The peer groups of a site's users, largest first; each group's users by id.
