@@ -1194,6 +1194,11 @@ pub struct Context {
     joined: Vec<Joined>,
     #[serde(skip)]
     joined_unsaid: u64,
+    /// Each peer group's department hash and number, derived from `peer_groups` when a
+    /// newcomer first needs it (the numbers do not change after training). Never
+    /// snapshotted.
+    #[serde(skip)]
+    group_depts: Vec<(u64, u32)>,
     /// Whether the full site-source table was logged (once per process).
     #[serde(skip)]
     site_sources_full_said: bool,
@@ -1679,6 +1684,7 @@ impl Context {
             .chain(groups.alone.iter().map(|u| (h64(u), 0)))
             .collect();
         self.newcomers.clear();
+        self.group_depts.clear();
     }
 
     /// The users who joined a peer group since the last call (at most `MAX_JOINED_SAID`),
@@ -1724,18 +1730,17 @@ impl Context {
             return;
         }
         let opens = v.opens;
-        let mut groups: Vec<u32> = self
-            .peer_groups
-            .values()
-            .copied()
-            .filter(|g| *g > 0)
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
-        let Some(group) = groups
-            .into_iter()
-            .find(|g| h64(&super::peers::group_name(*g)) == home)
-        else {
+        if self.group_depts.is_empty() {
+            let mut groups: Vec<u32> = self.peer_groups.values().copied().collect();
+            groups.sort_unstable();
+            groups.dedup();
+            self.group_depts = groups
+                .into_iter()
+                .filter(|g| *g > 0)
+                .map(|g| (h64(&super::peers::group_name(g)), g))
+                .collect();
+        }
+        let Some(group) = self.group_depts.iter().find(|e| e.0 == home).map(|e| e.1) else {
             return;
         };
         self.peer_groups.insert(uh, group);
