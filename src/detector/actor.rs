@@ -554,10 +554,6 @@ impl Handler<UserCard> for DetectorActor {
     }
 }
 
-/// Count what the detector's memory bounds made it forget, and say so in the journal when
-/// users or patients go (the pairs' generations turn over routinely: counted only), and
-/// the first time in a process a network counts too many departments or fanned-out
-/// searches are forgotten.
 /// Say each user who joined a peer group (a reference, never a name), and count them all.
 fn say_joined(
     health: &Health,
@@ -587,6 +583,10 @@ fn say_joined(
         .add(Counter::PeerGroupsJoined, joined.len() as u64 + unsaid);
 }
 
+/// Count what the detector's memory bounds made it forget, and say so in the journal when
+/// users or patients go (the pairs' generations turn over routinely: counted only), and
+/// the first time in a process a network counts too many departments or fanned-out
+/// searches are forgotten.
 fn say_forgotten(health: &Health, f: fhir_edge_core::detector::features::Forgotten) {
     use fhir_edge_core::detector::features::{
         MAX_NETWORK_DEPTS, MAX_PATIENTS, MAX_REQUESTS, MAX_USERS,

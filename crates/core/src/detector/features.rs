@@ -39,6 +39,7 @@ pub const NEWCOMER_OPENS: f32 = 50.0;
 /// mostly from that group. A ward's new nurse opens the ward's patients; a new pharmacist's
 /// opens spread over every ward, as the services' do, and they stay in no group.
 pub const NEWCOMER_SHARE: f32 = 0.5;
+
 /// (department, home department) pairs counted for `dept_pair_rarity`.
 pub const MAX_DEPT_PAIRS: usize = 65_536;
 /// Family names counted for `same_family_name_rarity` (how common a shared name is).
@@ -1224,7 +1225,7 @@ pub struct Context {
 /// A user's opens of patients, by the department each patient's record activity mostly
 /// comes from (`Context::note_newcomer`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Newcomer {
+struct Newcomer {
     opens: f32,
     homes: Vec<(u64, f32)>,
 }
