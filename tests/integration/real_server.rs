@@ -685,6 +685,70 @@ fn a_model_trained_from_the_server_before_the_first_start_knows_the_care_context
     );
 }
 
+/// Where the AuditEvents name no department (Firely Server's layout: the user an identifier,
+/// no location), `train --from-server` groups the users by the patients they share and
+/// keeps the groups with the baselines: a daemon started from that model reads each later
+/// access of a grouped user with their group as the department.
+#[test]
+fn a_model_trained_on_events_without_departments_reads_peer_groups_as_departments() {
+    use serde_json::json;
+    let Some(s) = start_sekmet() else { return };
+    let now = chrono::Utc::now();
+    let at = |m: i64| fhir_edge_core::clock::fmt_ms(now + chrono::Duration::minutes(m));
+    let read = |user: &str, patient: &str, m: i64| {
+        json!({"resourceType": "AuditEvent",
+               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+               "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+               "action": "R", "recorded": at(m), "outcome": "0",
+               "agent": [{"who": {"identifier": {"system": "https://idp.hospital.example/realms/staff", "value": user}},
+                          "requestor": true, "network": {"address": "10.0.0.5", "type": "2"}}],
+               "source": {"observer": {"display": "Firely Server"}},
+               "entity": [{"what": {"reference": format!("Patient/{patient}")}}]})
+    };
+    // Two teams of three, each opening its own twelve patients, three times over.
+    let mut history = Vec::new();
+    for round in 0..3 {
+        for p in 0..12 {
+            for team in ["a", "b"] {
+                for u in 0..3 {
+                    let m = -600 + (round * 72 + p * 6 + u) as i64;
+                    history.push(read(&format!("{team}{u}"), &format!("{team}-{p}"), m));
+                }
+            }
+        }
+    }
+    post_all(&s.base_url, &history);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _, err) = train_from_server(dir.path(), &s.base_url);
+    assert!(
+        err.contains("peer groups: of 6 users whose events name no department, 6 are in 2 groups"),
+        "{err}"
+    );
+    // A look by team a at team b's patient, and team b at its own.
+    post_all(&s.base_url, &[read("a0", "b-3", 1), read("b1", "b-4", 2)]);
+    let mut cfg = config(&s.base_url, dir.path());
+    cfg.detector.model_dir = model;
+    let d = TestDaemon::start(cfg);
+    wait_until(
+        Duration::from_secs(120),
+        "the two later accesses scored",
+        || d.counter(Counter::EventsModelScored) >= 2,
+    );
+    let n = history.len() as u64 + 2;
+    wait_until(
+        Duration::from_secs(60),
+        "the history and the two accesses committed",
+        || status(dir.path()).coverage.events >= n,
+    );
+    let st = status(dir.path());
+    assert_eq!(d.counter(Counter::EventsModelScored), 2);
+    assert_eq!(
+        st.coverage.department_from_peers, 2,
+        "each later access read with its user's group: {:?}",
+        st.coverage
+    );
+}
+
 /// Each case the API lists (`status=any`: watched ones too), as the set of its AuditEvent
 /// ids (`/api/cases/{id}`, `event_ids`) and whether it is in the queue: what an outside
 /// reader of the daemon sees, paged through to the end.
