@@ -1784,6 +1784,7 @@ impl Context {
         }
     }
 
+    /// Replace the watch list (patient references; see `watch_key`).
     pub fn set_watch_list<'a>(&mut self, refs: impl IntoIterator<Item = &'a str>) {
         self.watched = refs.into_iter().map(|r| h64(watch_key(r))).collect();
     }
