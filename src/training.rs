@@ -43,9 +43,10 @@ pub(crate) fn site_context(
         let c = index.counts();
         eprintln!(
             "care context: {} resources read ({} of other types, {} lines not JSON): {} practitioners, \
-             {} patients ({} with a known relationship, {} of them staff), {} relationships, {} related persons",
+             {} patients ({} with a known relationship, {} of them staff, {} marked to watch), {} relationships, \
+             {} related persons",
             read.read, read.skipped, read.unreadable, c.practitioners, c.patients,
-            c.patients_with_care, c.staff_as_patients, c.relationships, c.related_persons
+            c.patients_with_care, c.staff_as_patients, c.marked_patients, c.relationships, c.related_persons
         );
         ctx.set_care(Some(std::sync::Arc::new(index)));
     }

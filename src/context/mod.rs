@@ -233,6 +233,7 @@ impl InternalEvent for ContextUpdated {
             relationships = c.relationships,
             related_persons = c.related_persons,
             staff_as_patients = c.staff_as_patients,
+            marked_patients = c.marked_patients,
             "care context updated"
         );
     }

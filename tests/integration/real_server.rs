@@ -493,6 +493,12 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
         json!({"resourceType": "Patient", "id": "cx-1", "name": [{"family": "Hollowell", "given": ["Ida"]}]}),
         json!({"resourceType": "Patient", "id": "cx-2", "name": [{"family": "Quennell", "given": ["Maud"]}],
                "address": [{"line": ["17 Wistful Vista"], "postalCode": "40412"}], "birthDate": "1950-06-01"}),
+        // Two records the server marks: restricted, and a VIP by HL7's patient importance.
+        json!({"resourceType": "Patient", "id": "cx-3", "name": [{"family": "Ormsby"}],
+               "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]}}),
+        json!({"resourceType": "Patient", "id": "cx-4", "name": [{"family": "Pellew"}],
+               "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-importance",
+                              "valueCodeableConcept": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-PatientImportance", "code": "VIP"}]}}]}),
         json!({"resourceType": "RelatedPerson", "id": "cx-2-ann", "patient": {"reference": "Patient/cx-2"},
                "name": [{"family": "Quennell", "given": ["Annabel"]}]}),
         json!({"resourceType": "Encounter", "id": "cx-enc-1", "status": "in-progress", "class": class,
@@ -533,7 +539,7 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     };
     assert_eq!(
         (count("Practitioner"), count("Patient"), count("Encounter")),
-        (2, 2, 2)
+        (2, 4, 2)
     );
     assert!(st.care.iter().all(|t| t.refused.is_none()), "{:?}", st.care);
     // Now Ann opens her mother's record, and her own patient's.
@@ -575,6 +581,21 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
         "inside a treatment relationship: {:?}",
         on(&ids[1])
     );
+    // The server's marks came through its search pages and are kept: the two marked
+    // records, and no other, are watched as the watch list's are.
+    let mut marked: Vec<String> = r
+        .care_facts()
+        .unwrap()
+        .iter()
+        .filter_map(|f| match f {
+            fhir_edge_core::care::Facts::Patient {
+                id, marked: true, ..
+            } => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    marked.sort();
+    assert_eq!(marked, ["Patient/cx-3", "Patient/cx-4"]);
     // Nothing of the people in clear in the state database, and the key file is private.
     drop(r);
     d.stop();
@@ -597,6 +618,8 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
         "0142998",
         "1234567893",
         "1981-02-03",
+        "ormsby",
+        "pellew",
     ] {
         assert!(!db.contains(clear), "{clear} is in the state directory");
     }

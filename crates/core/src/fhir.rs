@@ -274,8 +274,9 @@ impl CodingOrConcept<'_> {
 
 /// Security labels that mark a record as watched: confidentiality restricted (`R`) or very
 /// restricted (`V`), and the celebrity (`CEL`, `VIP`) and employee (`EMP`) sensitivity
-/// policies of HL7 v3 ActCode.
-const WATCHED_LABELS: &[&str] = &["R", "V", "CEL", "VIP", "EMP"];
+/// policies of HL7 v3 ActCode; on an AuditEvent's entity, or in a Patient resource's
+/// `meta.security` (`care::resources::marked`).
+pub const WATCHED_LABELS: &[&str] = &["R", "V", "CEL", "VIP", "EMP"];
 
 /// R4 `outcome` is a code ("0", "4", "8", "12"); R5 is an object with `code` (a Coding).
 #[derive(Debug, Clone, Default)]

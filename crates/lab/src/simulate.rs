@@ -1758,6 +1758,26 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
             "name": [{"family": p.last, "given": [p.first]}],
             "birthDate": birth(&mut rng, 1930, 90)
         });
+        // A watched record is marked as servers mark them, the two ways in turn: a
+        // confidentiality label (restricted), or HL7's patient importance (VIP). No draw
+        // from `rng`, so the rest of the context is as it was.
+        if p.watched {
+            match i % 2 {
+                0 => {
+                    patient["meta"]["security"] = json!([{
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"
+                    }])
+                }
+                _ => {
+                    patient["extension"] = json!([{
+                        "url": "http://hl7.org/fhir/StructureDefinition/patient-importance",
+                        "valueCodeableConcept": {"coding": [{
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-PatientImportance", "code": "VIP"
+                        }]}
+                    }])
+                }
+            }
+        }
         // A member of staff's own record: their name, birth date and home (a hospital's
         // patient number, not their staff number).
         if let Some(ui) = p.staff {

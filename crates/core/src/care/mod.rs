@@ -154,6 +154,8 @@ struct PatientEntry {
     relatives: Vec<Person>,
     /// The practitioner this patient is, when one matches.
     staff: Option<String>,
+    /// The server marks the record as one to watch (`resources::marked`).
+    marked: bool,
 }
 
 /// What the index says about one access (see [`Index::assess`]).
@@ -167,6 +169,9 @@ pub struct Assessment {
     pub covered: bool,
     pub relation: Option<Relation>,
     pub personal: Option<Personal>,
+    /// The server marks the patient's record as one to watch (restricted, VIP, staff),
+    /// whoever the user is: the detector watches it as it does the site's watch list.
+    pub marked: bool,
 }
 
 /// What the index holds, in counts (for `status`).
@@ -179,6 +184,8 @@ pub struct IndexCounts {
     pub relationships: usize,
     pub related_persons: usize,
     pub staff_as_patients: usize,
+    /// Patients the server marks as records to watch.
+    pub marked_patients: usize,
 }
 
 /// A unit a practitioner works in, from when to when (ms).
@@ -271,10 +278,13 @@ impl Index {
                     id,
                     person,
                     contacts,
+                    marked,
                 } => {
                     let e = ix.patients.entry(id.clone()).or_default();
                     e.person = person.clone();
                     e.relatives.extend(contacts.iter().cloned());
+                    e.marked = *marked;
+                    ix.counts.marked_patients += *marked as usize;
                 }
                 Facts::RelatedPerson {
                     patient, person, ..
@@ -574,6 +584,7 @@ impl Index {
             covered,
             relation,
             personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),
+            marked: self.patients.get(&*p).is_some_and(|e| e.marked),
         }
     }
 

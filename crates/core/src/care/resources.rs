@@ -134,6 +134,11 @@ pub enum Facts {
         person: Person,
         /// `Patient.contact`: next of kin and other contacts.
         contacts: Vec<Person>,
+        /// The server marks the record as one to watch ([`marked`]): a restricted,
+        /// celebrity or employee security label, or a patient importance (VIP, staff,
+        /// dignitary). Absent in facts stored before it was kept.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        marked: bool,
     },
     RelatedPerson {
         id: String,
@@ -273,6 +278,36 @@ fn arr<'a>(v: &'a Value, key: &str) -> std::slice::Iter<'a, Value> {
 
 fn reference(v: &Value) -> Option<String> {
     v.get("reference").and_then(Value::as_str).map(norm_ref)
+}
+
+/// Whether a Patient resource is marked as one to watch, the two ways FHIR marks one:
+/// `meta.security` with a label an AuditEvent's entity would carry to the same end
+/// ([`crate::fhir::WATCHED_LABELS`]: restricted, very restricted, celebrity, VIP,
+/// employee), or the `patient-importance` extension with any value (HL7's codes are all
+/// special statuses: VIP, board member, staff, a staff member's family, dignitaries,
+/// donors).
+pub fn marked(v: &Value) -> bool {
+    let code_of = |c: &Value| c.get("code").and_then(Value::as_str).map(str::to_string);
+    let labelled = v
+        .get("meta")
+        .map(|m| {
+            arr(m, "security")
+                .filter_map(code_of)
+                .any(|c| crate::fhir::WATCHED_LABELS.contains(&c.as_str()))
+        })
+        .unwrap_or(false);
+    let important = arr(v, "extension").any(|e| {
+        e.get("url")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u.ends_with("/StructureDefinition/patient-importance"))
+            && e.get("valueCodeableConcept").is_some_and(|c| {
+                arr(c, "coding").any(|x| code_of(x).is_some())
+                    || c.get("text")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| !t.trim().is_empty())
+            })
+    });
+    labelled || important
 }
 
 /// Tags of a person's names, addresses, phones, birth date and identifiers.
@@ -455,6 +490,7 @@ pub fn facts_of(v: &Value, key: &CareKey) -> Option<Facts> {
                 id,
                 person: person(v, key),
                 contacts,
+                marked: marked(v),
             }
         }
         "RelatedPerson" => Facts::RelatedPerson {

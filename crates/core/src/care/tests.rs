@@ -382,6 +382,86 @@ fn a_login_realms_identifier_finds_the_one_practitioner_with_its_value() {
 }
 
 #[test]
+fn records_the_server_marks_restricted_vip_or_staff_are_marked_for_every_user() {
+    let k = key();
+    let patient = |id: &str, extra: serde_json::Value| {
+        let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"family": "Marsh"}]});
+        for (f, v) in extra.as_object().unwrap() {
+            p[f] = v.clone();
+        }
+        p
+    };
+    let v3 = "http://terminology.hl7.org/CodeSystem/v3-";
+    let importance = "http://hl7.org/fhir/StructureDefinition/patient-importance";
+    let cases = [
+        (
+            "r",
+            json!({"meta": {"security": [{"system": format!("{v3}Confidentiality"), "code": "R"}]}}),
+            true,
+        ),
+        ("v", json!({"meta": {"security": {"code": "V"}}}), true),
+        (
+            "cel",
+            json!({"meta": {"security": [{"code": "HTEST"}, {"system": format!("{v3}ActCode"), "code": "CEL"}]}}),
+            true,
+        ),
+        (
+            "emp",
+            json!({"meta": {"security": [{"code": "EMP"}]}}),
+            true,
+        ),
+        (
+            "vip",
+            json!({"extension": [{"url": importance, "valueCodeableConcept": {"coding": [{"code": "VIP"}]}}]}),
+            true,
+        ),
+        (
+            "gov",
+            json!({"extension": [{"url": importance, "valueCodeableConcept": {"text": "dignitary"}}]}),
+            true,
+        ),
+        // A test label, normal confidentiality, an importance with no value, another extension.
+        (
+            "test",
+            json!({"meta": {"security": [{"code": "HTEST"}, {"code": "N"}]}}),
+            false,
+        ),
+        (
+            "empty",
+            json!({"extension": [{"url": importance, "valueCodeableConcept": {}}]}),
+            false,
+        ),
+        (
+            "other",
+            json!({"extension": [{"url": "http://example.org/vip", "valueBoolean": true}]}),
+            false,
+        ),
+        ("plain", json!({}), false),
+    ];
+    let mut set = FactSet::default();
+    for (id, extra, want) in &cases {
+        let r = patient(id, extra.clone());
+        assert_eq!(resources::marked(&r), *want, "{id}");
+        for f in resources::read(&r, &k) {
+            set.upsert(f);
+        }
+    }
+    let ix = set.index(k);
+    assert_eq!(ix.counts().marked_patients, 6);
+    // Whoever opens it, known to the context or not, with or without a relationship.
+    for user in ["Practitioner/someone", "Device/kiosk"] {
+        for (id, _, want) in &cases {
+            let a = ix.assess(user, None, &format!("Patient/{id}"), 0);
+            assert_eq!(a.marked, *want, "{user} {id}");
+        }
+    }
+    assert!(
+        !ix.assess("Practitioner/x", None, "Patient/unknown", 0)
+            .marked
+    );
+}
+
+#[test]
 fn facts_keep_no_name_address_phone_or_birth_date_in_clear() {
     let k = key();
     for r in hospital() {

@@ -605,7 +605,8 @@ pub struct Facts {
     pub personal: Option<care::Personal>,
     #[serde(default)]
     pub care_covered: bool,
-    /// The record is on the site's watch list or labelled restricted, or is a member of
+    /// The record is on the site's watch list, labelled restricted on the event, marked by
+    /// the server's Patient resource (`care::Assessment::marked`), or is a member of
     /// staff's (`staff_record`).
     pub watched: bool,
     /// The patient bears the name of another user of the site, and no other patient seen
@@ -2537,6 +2538,7 @@ impl Context {
         let colleague = self.staff_named(&patient_name, r, uh);
         facts.staff_record = colleague.is_some();
         facts.watched = r.restricted
+            || cr.marked
             || facts.staff_record
             || (!self.watched.is_empty()
                 && r.patient
@@ -5717,10 +5719,10 @@ mod tests {
         assert_eq!(c.staff_names.len(), 5, "the users who wrote events");
     }
 
-    #[test]
-    fn a_watched_record_opened_without_a_relationship_is_flagged() {
-        let mut c = Context::new(chrono_tz::UTC);
-        c.set_watch_list(["Patient/7", "https://h/fhir/Patient/8/_history/3"]);
+    /// Patients 7, 8 and 9: twenty accesses each from Oncology from 09:00 on a Monday; then
+    /// a first access to Patient/7 from Oncology, its care: watched, and no reason. The
+    /// feature `watched_record_unrelated` and the time an hour later.
+    fn oncology_records(c: &mut Context) -> (usize, i64) {
         let j = feature("watched_record_unrelated");
         let t0 = monday(9);
         for (i, p) in ["Patient/7", "Patient/8", "Patient/9"].iter().enumerate() {
@@ -5733,7 +5735,6 @@ mod tests {
                 ));
             }
         }
-        // A first access from the record's home department: its care.
         let (x, f) = c.observe(&in_dept(
             "Practitioner/2",
             "Oncology",
@@ -5742,6 +5743,40 @@ mod tests {
         ));
         assert!(f.watched);
         assert_eq!(x[j], 0.0);
+        (j, t0)
+    }
+
+    #[test]
+    fn a_record_the_servers_patient_resource_marks_is_watched_without_being_listed() {
+        use serde_json::json;
+        let importance = "http://hl7.org/fhir/StructureDefinition/patient-importance";
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_care(Some(care_index(vec![
+            json!({"resourceType": "Patient", "id": "7", "meta": {"security": [{"code": "R"}]}}),
+            json!({"resourceType": "Patient", "id": "8",
+                   "extension": [{"url": importance, "valueCodeableConcept": {"coding": [{"code": "VIP"}]}}]}),
+            json!({"resourceType": "Patient", "id": "9"}),
+        ])));
+        let (j, t0) = oncology_records(&mut c);
+        // Cardiology has no share of any of them: the marked two are watched records opened
+        // without a working relationship, the unmarked one is not watched.
+        for (p, watched) in [
+            ("Patient/7", true),
+            ("Patient/8", true),
+            ("Patient/9", false),
+        ] {
+            let (x, f) = c.observe(&in_dept("Practitioner/3", "Cardiology", p, t0 + HOUR));
+            assert_eq!(f.watched, watched, "{p}");
+            assert_eq!(x[j], watched as u8 as f32, "{p}");
+        }
+    }
+
+    #[test]
+    fn a_watched_record_opened_without_a_relationship_is_flagged() {
+        let mut c = Context::new(chrono_tz::UTC);
+        c.set_watch_list(["Patient/7", "https://h/fhir/Patient/8/_history/3"]);
+        // A first access from the record's home department (its care) says nothing.
+        let (j, t0) = oncology_records(&mut c);
         // Cardiology has no share of these records.
         let (x, f) = c.observe(&in_dept(
             "Practitioner/3",

@@ -965,7 +965,7 @@ pub fn explain(
                 };
                 let what = match f.staff_record {
                     true => STAFF_NAMED_RECORD,
-                    false => "a watched record (on the site's watch list or labelled restricted)",
+                    false => "a watched record (on the site's watch list, or marked restricted or VIP by the server)",
                 };
                 let first = if f.first_pair { ", for the first time by this user" } else { "" };
                 let why = match (f.care_covered, f.care) {
