@@ -31,7 +31,7 @@ pub mod key;
 pub mod resources;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub use key::{CareKey, Tag};
 pub use resources::{CareKind, Facts, Person};
@@ -154,8 +154,6 @@ struct PatientEntry {
     relatives: Vec<Person>,
     /// The practitioner this patient is, when one matches.
     staff: Option<String>,
-    /// The server marks the record as one to watch (`resources::marked`).
-    marked: bool,
 }
 
 /// What the index says about one access (see [`Index::assess`]).
@@ -207,6 +205,9 @@ pub struct Index {
     /// identifier rather than reference).
     patient_by_identifier: HashMap<Tag, String>,
     care: HashMap<String, Vec<Link>>,
+    /// Patients whose record the server marks as one to watch: the Patient resource
+    /// (`resources::marked`), or an encounter's special courtesy (VIP, staff).
+    marked: HashSet<String>,
     counts: IndexCounts,
 }
 
@@ -223,6 +224,7 @@ impl Index {
             patient_by_identifier: HashMap::new(),
             patients: HashMap::new(),
             care: HashMap::new(),
+            marked: HashSet::new(),
             counts: IndexCounts::default(),
         };
         let mut ambiguous: Vec<Tag> = Vec::new();
@@ -283,8 +285,9 @@ impl Index {
                     let e = ix.patients.entry(id.clone()).or_default();
                     e.person = person.clone();
                     e.relatives.extend(contacts.iter().cloned());
-                    e.marked = *marked;
-                    ix.counts.marked_patients += *marked as usize;
+                    if *marked {
+                        ix.marked.insert(id.clone());
+                    }
                 }
                 Facts::RelatedPerson {
                     patient, person, ..
@@ -300,7 +303,11 @@ impl Index {
                     units,
                     from,
                     to,
+                    courtesy,
                 } => {
+                    if *courtesy {
+                        ix.marked.insert(patient.clone());
+                    }
                     if *kind == CareKind::CareTeam {
                         teams.insert(id.clone(), who.clone());
                     }
@@ -409,6 +416,7 @@ impl Index {
         ix.counts.patients = ix.patients.len();
         ix.counts.patients_with_care = ix.care.len();
         ix.counts.staff_as_patients = staff_patients;
+        ix.counts.marked_patients = ix.marked.len();
         ix
     }
 
@@ -584,7 +592,7 @@ impl Index {
             covered,
             relation,
             personal: me.as_deref().and_then(|m| self.personal_of(m, &p)),
-            marked: self.patients.get(&*p).is_some_and(|e| e.marked),
+            marked: self.marked.contains(&*p),
         }
     }
 

@@ -155,6 +155,11 @@ pub enum Facts {
         units: Vec<String>,
         from: Option<i64>,
         to: Option<i64>,
+        /// An Encounter whose `hospitalization.specialCourtesy` is VIP or staff (`STF`): the
+        /// patient's record is marked as one to watch, as by the Patient resource
+        /// ([`marked`]). Absent in facts stored before it was kept.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        courtesy: bool,
     },
     /// A CareTeam's members (also a treatment relationship of its subject, as `Care`).
     Team {
@@ -285,7 +290,7 @@ fn reference(v: &Value) -> Option<String> {
 /// ([`crate::fhir::WATCHED_LABELS`]: restricted, very restricted, celebrity, VIP,
 /// employee), or the `patient-importance` extension with any value (HL7's codes are all
 /// special statuses: VIP, board member, staff, a staff member's family, dignitaries,
-/// donors).
+/// donors). (An Encounter marks its patient too: `special_courtesy`.)
 pub fn marked(v: &Value) -> bool {
     let code_of = |c: &Value| c.get("code").and_then(Value::as_str).map(str::to_string);
     let labelled = v
@@ -647,7 +652,19 @@ fn care(
         units,
         from,
         to,
+        courtesy: special_courtesy(v),
     }
+}
+
+/// Whether an Encounter's `hospitalization.specialCourtesy` names a VIP or a member of
+/// staff (HL7 v3 EncounterSpecialCourtesy `VIP`, `STF`); false for any other resource.
+fn special_courtesy(v: &Value) -> bool {
+    v.get("hospitalization").is_some_and(|h| {
+        arr(h, "specialCourtesy")
+            .flat_map(|c| arr(c, "coding"))
+            .filter_map(|c| c.get("code").and_then(Value::as_str))
+            .any(|c| c.eq_ignore_ascii_case("VIP") || c == "STF")
+    })
 }
 
 /// A Patient's `generalPractitioner`s, as a standing relationship.
@@ -687,6 +704,7 @@ pub fn read(v: &Value, key: &CareKey) -> Vec<Facts> {
             who: gps,
             from: None,
             to: None,
+            courtesy: false,
         });
     }
     out

@@ -446,8 +446,26 @@ fn records_the_server_marks_restricted_vip_or_staff_are_marked_for_every_user() 
             set.upsert(f);
         }
     }
+    // An admission as a VIP or a member of staff marks the patient too; another courtesy,
+    // or the courtesy of another type of resource, does not.
+    let courtesy = |id: &str, code: &str| {
+        json!({"resourceType": "Encounter", "id": format!("e-{id}"), "subject": {"reference": format!("Patient/{id}")},
+               "period": {"start": "2026-11-03T08:00:00Z"}, "participant": [{"individual": {"reference": "Practitioner/x"}}],
+               "hospitalization": {"specialCourtesy": [{"coding": [{"system": format!("{v3}EncounterSpecialCourtesy"), "code": code}]}]}})
+    };
+    for r in [
+        courtesy("plain", "NRM"),
+        courtesy("e-vip", "vip"),
+        courtesy("e-stf", "STF"),
+    ] {
+        for f in resources::read(&r, &k) {
+            set.upsert(f);
+        }
+    }
     let ix = set.index(k);
-    assert_eq!(ix.counts().marked_patients, 6);
+    assert_eq!(ix.counts().marked_patients, 8);
+    assert!(ix.assess("Practitioner/y", None, "Patient/e-vip", 0).marked);
+    assert!(ix.assess("Practitioner/y", None, "Patient/e-stf", 0).marked);
     // Whoever opens it, known to the context or not, with or without a relationship.
     for user in ["Practitioner/someone", "Device/kiosk"] {
         for (id, _, want) in &cases {
