@@ -254,6 +254,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE cases ADD COLUMN episodes INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE cases ADD COLUMN journaled_episodes INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 8: the server's marks on a record (`care::resources::marked`, an Encounter's special
+    // courtesy) are kept in the facts from now on; the Patient and Encounter facts stored
+    // before were read without them, so both types are read again from the start (the
+    // context's next round; only what changed is written).
+    r#"
+    UPDATE care_types SET cursor_ms = NULL WHERE type IN ('Patient', 'Encounter');
+    "#,
 ];
 
 /// Whether a fetched event needs scoring.
@@ -1876,20 +1883,26 @@ mod tests {
         assert_eq!(r.count(0, 1000).unwrap(), 0);
     }
 
+    /// A state database in `dir` with the first `version` migrations applied.
+    fn at_schema(dir: &Path, version: usize) -> Connection {
+        let mut c = Connection::open(db_path(dir)).unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(version).enumerate() {
+            let tx = c.transaction().unwrap();
+            tx.execute_batch(sql).unwrap();
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        c
+    }
+
     /// Seen keys written under schema 5 (filed by key) are kept by the migration that files
     /// them by time, and found afterwards.
     #[test]
     fn seen_keys_survive_the_migration_to_time_order() {
         let d = tempfile::tempdir().unwrap();
         {
-            let mut c = Connection::open(db_path(d.path())).unwrap();
-            for (i, sql) in MIGRATIONS.iter().take(5).enumerate() {
-                let tx = c.transaction().unwrap();
-                tx.execute_batch(sql).unwrap();
-                tx.pragma_update(None, "user_version", (i + 1) as i64)
-                    .unwrap();
-                tx.commit().unwrap();
-            }
+            let c = at_schema(d.path(), 5);
             c.execute_batch(
                 "INSERT INTO seen(key, last_updated_ms, seq) VALUES ('z|v1', 5, 1), ('a|v2', 9, 1)",
             )
@@ -1902,6 +1915,26 @@ mod tests {
                 .filter(&keys(&[(5, "z|v1"), (9, "a|v2"), (9, "z|v1")]))
                 .unwrap(),
             vec![KeyStatus::Seen, KeyStatus::Seen, KeyStatus::New]
+        );
+    }
+
+    /// The migration that keeps the server's marks reads Patients and Encounters again from
+    /// the start, and no other type.
+    #[test]
+    fn patients_and_encounters_are_read_again_after_the_migration_that_keeps_marks() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let c = at_schema(d.path(), 7);
+            c.execute_batch(
+                "INSERT INTO care_types(type, cursor_ms) VALUES ('Patient', 5), ('Encounter', 6), ('CareTeam', 7)",
+            )
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let cursor = |t: &str| s.care_cursor(t).unwrap();
+        assert_eq!(
+            (cursor("Patient"), cursor("Encounter"), cursor("CareTeam")),
+            (None, None, Some(7))
         );
     }
 
