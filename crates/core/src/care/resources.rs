@@ -240,6 +240,17 @@ pub fn norm_text(s: &str) -> String {
         .collect()
 }
 
+/// A name as names are compared: its letters only, lower-case. "O'Brien-Smith" →
+/// "obriensmith"; the digits some generators append to every name ("Frami345", Synthea's
+/// default) are not part of it, so two of a family written so still share the name, as
+/// the detector's reading of an AuditEvent's names already had it (`features::fold`).
+pub fn norm_name(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphabetic())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 /// The last ten digits of a phone number with at least seven.
 fn norm_phone(s: &str) -> Option<String> {
     let d: String = s.chars().filter(char::is_ascii_digit).collect();
@@ -327,7 +338,7 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
         if let Some(f) = n
             .get("family")
             .and_then(Value::as_str)
-            .map(norm_text)
+            .map(norm_name)
             .filter(|f| !f.is_empty())
         {
             push(&mut p.family, key.tag(TagKind::Family, &f));
@@ -337,12 +348,12 @@ pub fn person(v: &Value, key: &CareKey) -> Person {
                 Some((fam, _)) => fam.to_string(),
                 None => text.split_whitespace().last().unwrap_or("").to_string(),
             };
-            let f = norm_text(&f);
+            let f = norm_name(&f);
             if !f.is_empty() {
                 push(&mut p.family, key.tag(TagKind::Family, &f));
             }
         }
-        for g in arr(n, "given").filter_map(|g| g.as_str().map(norm_text)) {
+        for g in arr(n, "given").filter_map(|g| g.as_str().map(norm_name)) {
             if !g.is_empty() {
                 push(&mut p.given, key.tag(TagKind::Given, &g));
             }

@@ -318,6 +318,33 @@ fn personal_links_self_relative_household_and_coworker() {
         set.index(k).personal("Practitioner/c", "Patient/q"),
         Some(Personal::Household)
     );
+    // Names as a generator that appends digits to every name writes them (Synthea's
+    // "Abe604 Frami345"): the staff member's mother, written with other digits, is still
+    // of her family, and at her home; the relative named as "Abe Frami" names her son.
+    let k = key();
+    let mut set = FactSet::default();
+    for r in [
+        json!({"resourceType": "Practitioner", "id": "abe", "name": [{"family": "Frami345", "given": ["Abe604"]}],
+               "address": [{"line": ["12 Pine Rd"], "postalCode": "01002"}]}),
+        json!({"resourceType": "Patient", "id": "mum", "name": [{"family": "Frami612", "given": ["Rosa77"]}],
+               "address": [{"line": ["12 Pine Rd"], "postalCode": "01002"}]}),
+        json!({"resourceType": "Patient", "id": "dad", "name": [{"family": "Frami9", "given": ["Len1"]}]}),
+        json!({"resourceType": "RelatedPerson", "id": "son", "patient": {"reference": "Patient/dad"},
+               "name": [{"family": "Frami", "given": ["Abe"]}]}),
+    ] {
+        for f in resources::read(&r, &k) {
+            set.upsert(f);
+        }
+    }
+    let ix = set.index(k);
+    assert_eq!(
+        ix.personal("Practitioner/abe", "Patient/mum"),
+        Some(Personal::Household)
+    );
+    assert_eq!(
+        ix.personal("Practitioner/abe", "Patient/dad"),
+        Some(Personal::NamedRelative)
+    );
 }
 
 #[test]

@@ -255,11 +255,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE cases ADD COLUMN journaled_episodes INTEGER NOT NULL DEFAULT 1;
     "#,
     // 8: the server's marks on a record (`care::resources::marked`, an Encounter's special
-    // courtesy) are kept in the facts from now on; the Patient and Encounter facts stored
-    // before were read without them, so both types are read again from the start (the
-    // context's next round; only what changed is written).
+    // courtesy) are kept in the facts from now on, and names are compared without digits
+    // (`care::resources::norm_name`); the facts of Practitioners, Patients, RelatedPersons
+    // and Encounters stored before were read otherwise, so these types are read again from
+    // the start (the context's next round; only what changed is written).
     r#"
-    UPDATE care_types SET cursor_ms = NULL WHERE type IN ('Patient', 'Encounter');
+    UPDATE care_types SET cursor_ms = NULL
+        WHERE type IN ('Practitioner', 'Patient', 'RelatedPerson', 'Encounter');
     "#,
 ];
 
@@ -1918,23 +1920,27 @@ mod tests {
         );
     }
 
-    /// The migration that keeps the server's marks reads Patients and Encounters again from
-    /// the start, and no other type.
+    /// The migration that keeps the server's marks and names without digits reads the types
+    /// that carry them again from the start, and no other type.
     #[test]
-    fn patients_and_encounters_are_read_again_after_the_migration_that_keeps_marks() {
+    fn the_types_with_marks_and_names_are_read_again_after_the_migration_that_keeps_them() {
         let d = tempfile::tempdir().unwrap();
         {
             let c = at_schema(d.path(), 7);
             c.execute_batch(
-                "INSERT INTO care_types(type, cursor_ms) VALUES ('Patient', 5), ('Encounter', 6), ('CareTeam', 7)",
+                "INSERT INTO care_types(type, cursor_ms) VALUES ('Patient', 5), ('Encounter', 6), ('CareTeam', 7),
+                     ('Practitioner', 8), ('RelatedPerson', 9), ('PractitionerRole', 10)",
             )
             .unwrap();
         }
         let s = Store::open(d.path()).unwrap();
         let cursor = |t: &str| s.care_cursor(t).unwrap();
+        for t in ["Patient", "Encounter", "Practitioner", "RelatedPerson"] {
+            assert_eq!(cursor(t), None, "{t}");
+        }
         assert_eq!(
-            (cursor("Patient"), cursor("Encounter"), cursor("CareTeam")),
-            (None, None, Some(7))
+            (cursor("CareTeam"), cursor("PractitionerRole")),
+            (Some(7), Some(10))
         );
     }
 
