@@ -77,6 +77,11 @@ pub struct Style {
     /// Smith" and "Jane Smith". Patients' names are written as before. Never drawn: a
     /// style named for a check that names are read as other systems write them.
     pub credentials: bool,
+    /// The server labels every member of staff's own record as an employee's (security
+    /// label `EMP` in the Patient resource's `meta.security`), as sites that restrict
+    /// staff records do. Never drawn: a style named for a check that many marked records
+    /// do not flood the queue.
+    pub employees_marked: bool,
 }
 
 /// Shift systems.
@@ -143,11 +148,12 @@ impl Style {
                 "billing" => st.roles = Roles::BillingHeavy,
                 "analysts" => st.analysts = true,
                 "credentials" => st.credentials = true,
+                "employees-marked" => st.employees_marked = true,
                 other => {
                     return Err(format!(
                         "unknown style aspect {other:?} (shifts: classic, 12h, rotating, on-call; \
                          network: personal, stations, nat, churning; roles: general, teaching, \
-                         outpatient, billing; analysts; credentials)"
+                         outpatient, billing; analysts; credentials; employees-marked)"
                     ))
                 }
             }
@@ -179,7 +185,17 @@ impl Style {
             ]),
             analysts: r.chance(0.5),
             credentials: false,
+            employees_marked: false,
         }
+    }
+
+    /// Whether the staff work as in the classic style: the default, marks in the context
+    /// aside (`employees_marked` changes no event).
+    pub fn works_classic(&self) -> bool {
+        Style {
+            employees_marked: false,
+            ..*self
+        } == Style::default()
     }
 
     /// The style's name, as `parse` reads it.
@@ -205,6 +221,9 @@ impl Style {
         let mut n = format!("{shifts},{network},{roles}");
         if self.analysts {
             n.push_str(",analysts");
+        }
+        if self.employees_marked {
+            n.push_str(",employees-marked");
         }
         if self.credentials {
             n.push_str(",credentials");
@@ -674,7 +693,7 @@ fn staff_as_patients(users: &[User], patients: &mut [Patient], taken: &[bool], s
 /// so the classic style's hospital is the same as before styles existed.
 fn apply_style(users: &mut [User], opts: &SimOptions) {
     let st = opts.style;
-    if st == Style::default() {
+    if st.works_classic() {
         return;
     }
     if st.credentials {
@@ -757,7 +776,7 @@ fn apply_style(users: &mut [User], opts: &SimOptions) {
 /// The address a session comes from, in the hospital's network style.
 fn session_ip(st: Style, u: &User, ui: usize, day: i64, r: &mut Rng) -> String {
     // Some sessions come in over the VPN, from its pool, in every style but the classic.
-    if st != Style::default() && r.chance(0.04) {
+    if !st.works_classic() && r.chance(0.04) {
         return format!("172.16.{}.{}", r.below(4), 2 + r.below(250));
     }
     match st.network {
@@ -1783,6 +1802,13 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
         if let Some(ui) = p.staff {
             let (_, sl, sp, sph, born) = &staff_home[ui];
             patient["birthDate"] = json!(born);
+            if opts.style.employees_marked {
+                let emp = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMP"});
+                match patient["meta"]["security"].as_array_mut() {
+                    Some(labels) => labels.push(emp),
+                    None => patient["meta"]["security"] = json!([emp]),
+                }
+            }
             (line, postal, phone) = (sl.clone(), sp.clone(), sph.clone());
         }
         if let Some(&ui) = relative_of.get(&i) {
@@ -2177,6 +2203,46 @@ mod tests {
             suffixes.into_iter().collect::<Vec<_>>(),
             vec!["", ", MD", ", RN"]
         );
+    }
+
+    /// The employees-marked style labels every member of staff's own record EMP in the
+    /// context, and no other, and writes the same events.
+    #[test]
+    fn the_employees_marked_style_labels_staff_records_and_changes_no_event() {
+        let st = Style::parse("employees-marked").unwrap();
+        assert!(st.employees_marked && Style::parse(&st.name()).unwrap() == st);
+        let opts = |style: Style| {
+            let mut o = SimOptions::new(4, 5);
+            o.users = 40;
+            o.patients = 400;
+            o.style = style;
+            o
+        };
+        let (plain, marked) = (opts(Style::default()), opts(st));
+        let events = |o: &SimOptions| simulate(o).iter().map(|e| e.json()).collect::<Vec<_>>();
+        assert_eq!(events(&plain), events(&marked));
+        let (h, _) = hospital(&marked);
+        let staff: std::collections::BTreeSet<String> = h
+            .patients
+            .iter()
+            .filter(|p| p.staff.is_some())
+            .map(|p| p.reference.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert!(!staff.is_empty());
+        let emp = |o: &SimOptions| -> std::collections::BTreeSet<String> {
+            context_resources(o)
+                .iter()
+                .filter(|r| r["resourceType"] == "Patient")
+                .filter(|r| {
+                    r["meta"]["security"]
+                        .as_array()
+                        .is_some_and(|l| l.iter().any(|c| c["code"] == "EMP"))
+                })
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert!(emp(&plain).is_empty());
+        assert_eq!(emp(&marked), staff);
     }
 
     #[test]
