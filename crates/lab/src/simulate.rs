@@ -77,11 +77,12 @@ pub struct Style {
     /// Smith" and "Jane Smith". Patients' names are written as before. Never drawn: a
     /// style named for a check that names are read as other systems write them.
     pub credentials: bool,
-    /// The server labels every member of staff's own record as an employee's (security
-    /// label `EMP` in the Patient resource's `meta.security`), as sites that restrict
-    /// staff records do. Never drawn: a style named for a check that many marked records
-    /// do not flood the queue.
-    pub employees_marked: bool,
+    /// The server labels records in the Patient resource's `meta.security`, as sites that
+    /// restrict them do: every member of staff's own record as an employee's (`EMP`), and
+    /// one patient in twenty's as restricted (`R`: mental health, HIV and the like, drawn
+    /// from a generator of its own). Never drawn: a style named for a check that many
+    /// marked records do not flood the queue.
+    pub marked_records: bool,
 }
 
 /// Shift systems.
@@ -148,12 +149,12 @@ impl Style {
                 "billing" => st.roles = Roles::BillingHeavy,
                 "analysts" => st.analysts = true,
                 "credentials" => st.credentials = true,
-                "employees-marked" => st.employees_marked = true,
+                "marked-records" => st.marked_records = true,
                 other => {
                     return Err(format!(
                         "unknown style aspect {other:?} (shifts: classic, 12h, rotating, on-call; \
                          network: personal, stations, nat, churning; roles: general, teaching, \
-                         outpatient, billing; analysts; credentials; employees-marked)"
+                         outpatient, billing; analysts; credentials; marked-records)"
                     ))
                 }
             }
@@ -185,15 +186,15 @@ impl Style {
             ]),
             analysts: r.chance(0.5),
             credentials: false,
-            employees_marked: false,
+            marked_records: false,
         }
     }
 
     /// Whether the staff work as in the classic style: the default, marks in the context
-    /// aside (`employees_marked` changes no event).
+    /// aside (`marked_records` changes no event).
     pub fn works_classic(&self) -> bool {
         Style {
-            employees_marked: false,
+            marked_records: false,
             ..*self
         } == Style::default()
     }
@@ -222,8 +223,8 @@ impl Style {
         if self.analysts {
             n.push_str(",analysts");
         }
-        if self.employees_marked {
-            n.push_str(",employees-marked");
+        if self.marked_records {
+            n.push_str(",marked-records");
         }
         if self.credentials {
             n.push_str(",credentials");
@@ -1797,18 +1798,27 @@ pub fn context_resources(opts: &SimOptions) -> Vec<serde_json::Value> {
                 }
             }
         }
+        if opts.style.marked_records {
+            let label = |system: &str, code: &str| json!({"system": format!("http://terminology.hl7.org/CodeSystem/{system}"), "code": code});
+            let mut labels = Vec::new();
+            if p.staff.is_some() {
+                labels.push(label("v3-ActCode", "EMP"));
+            }
+            if Rng::new(opts.seed ^ 0x4E57_41C7 ^ (i as u64) << 16).chance(0.05) {
+                labels.push(label("v3-Confidentiality", "R"));
+            }
+            if let Some(had) = patient["meta"]["security"].as_array() {
+                labels.extend(had.iter().cloned());
+            }
+            if !labels.is_empty() {
+                patient["meta"]["security"] = json!(labels);
+            }
+        }
         // A member of staff's own record: their name, birth date and home (a hospital's
         // patient number, not their staff number).
         if let Some(ui) = p.staff {
             let (_, sl, sp, sph, born) = &staff_home[ui];
             patient["birthDate"] = json!(born);
-            if opts.style.employees_marked {
-                let emp = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMP"});
-                match patient["meta"]["security"].as_array_mut() {
-                    Some(labels) => labels.push(emp),
-                    None => patient["meta"]["security"] = json!([emp]),
-                }
-            }
             (line, postal, phone) = (sl.clone(), sp.clone(), sph.clone());
         }
         if let Some(&ui) = relative_of.get(&i) {
@@ -2205,12 +2215,12 @@ mod tests {
         );
     }
 
-    /// The employees-marked style labels every member of staff's own record EMP in the
-    /// context, and no other, and writes the same events.
+    /// The marked-records style labels every member of staff's own record EMP and about
+    /// one record in twenty R in the context, and writes the same events.
     #[test]
-    fn the_employees_marked_style_labels_staff_records_and_changes_no_event() {
-        let st = Style::parse("employees-marked").unwrap();
-        assert!(st.employees_marked && Style::parse(&st.name()).unwrap() == st);
+    fn the_marked_records_style_labels_records_and_changes_no_event() {
+        let st = Style::parse("marked-records").unwrap();
+        assert!(st.marked_records && Style::parse(&st.name()).unwrap() == st);
         let opts = |style: Style| {
             let mut o = SimOptions::new(4, 5);
             o.users = 40;
@@ -2229,20 +2239,24 @@ mod tests {
             .map(|p| p.reference.rsplit('/').next().unwrap().to_string())
             .collect();
         assert!(!staff.is_empty());
-        let emp = |o: &SimOptions| -> std::collections::BTreeSet<String> {
+        let labelled = |o: &SimOptions, code: &str| -> std::collections::BTreeSet<String> {
             context_resources(o)
                 .iter()
                 .filter(|r| r["resourceType"] == "Patient")
                 .filter(|r| {
                     r["meta"]["security"]
                         .as_array()
-                        .is_some_and(|l| l.iter().any(|c| c["code"] == "EMP"))
+                        .is_some_and(|l| l.iter().any(|c| c["code"] == code))
                 })
                 .map(|r| r["id"].as_str().unwrap().to_string())
                 .collect()
         };
-        assert!(emp(&plain).is_empty());
-        assert_eq!(emp(&marked), staff);
+        assert!(labelled(&plain, "EMP").is_empty());
+        assert_eq!(labelled(&marked, "EMP"), staff);
+        let restricted = labelled(&marked, "R").len();
+        // The plain style marks its watched records R too (half of them): a few.
+        assert!(labelled(&plain, "R").len() < 5);
+        assert!((12..=30).contains(&restricted), "{restricted} of 400");
     }
 
     #[test]
