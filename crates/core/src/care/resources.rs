@@ -651,7 +651,8 @@ fn care(
     to: Option<i64>,
     v: &Value,
 ) -> Facts {
-    if withdrawn(v) {
+    let gone = withdrawn(v);
+    if gone {
         who.clear();
         units.clear();
     }
@@ -663,7 +664,8 @@ fn care(
         units,
         from,
         to,
-        courtesy: special_courtesy(v),
+        // An admission entered in error or cancelled marks no one.
+        courtesy: !gone && special_courtesy(v),
     }
 }
 

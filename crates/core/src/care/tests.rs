@@ -480,10 +480,15 @@ fn records_the_server_marks_restricted_vip_or_staff_are_marked_for_every_user() 
                "period": {"start": "2026-11-03T08:00:00Z"}, "participant": [{"individual": {"reference": "Practitioner/x"}}],
                "hospitalization": {"specialCourtesy": [{"coding": [{"system": format!("{v3}EncounterSpecialCourtesy"), "code": code}]}]}})
     };
+    // An admission as a VIP entered in error marks no one ("plain" stays unmarked).
+    let mut error = courtesy("plain", "VIP");
+    error["id"] = json!("e-error");
+    error["status"] = json!("entered-in-error");
     for r in [
         courtesy("plain", "NRM"),
         courtesy("e-vip", "vip"),
         courtesy("e-stf", "STF"),
+        error,
     ] {
         for f in resources::read(&r, &k) {
             set.upsert(f);
