@@ -496,7 +496,14 @@ fn span_words(ms: i64) -> String {
     }
 }
 
-/// The case's title, from its dominant behaviour and its size.
+/// Distinct patients from which a case whose alerts count a bulk run among their reasons
+/// is titled as the sweep it is (`title`).
+pub const SWEEP_TITLE_PATIENTS: usize = 20;
+
+/// The case's title, from its dominant behaviour and its size. A sweep through many
+/// records, each lookup led by another department's record or an unusual pattern, is
+/// titled as a sweep ("opened 206 patients in 57 min"), not by what each lookup led with
+/// ("206 records outside the user's department"): the narrative gives both.
 pub fn title(alerts: &[CaseAlert]) -> String {
     let n = distinct_patients(alerts);
     let first = alerts.iter().map(|a| a.recorded_ms).min().unwrap_or(0);
@@ -511,7 +518,14 @@ pub fn title(alerts: &[CaseAlert]) -> String {
         .max_by(|a, b| a.score.total_cmp(&b.score))
         .and_then(|a| a.explanation.first())
         .is_some_and(|r| crate::alerts::names_a_colleague(r));
+    let sweep = n >= SWEEP_TITLE_PATIENTS
+        && alerts
+            .iter()
+            .any(|a| a.kinds.contains(&AlertKind::BulkAccess));
     match kind {
+        AlertKind::CrossDepartment | AlertKind::UnusualPattern | AlertKind::WideSearch if sweep => {
+            format!("opened {n} patients in {span}")
+        }
         AlertKind::VipSnooping | AlertKind::WatchedRecord if colleague => {
             "opened a colleague's record".to_string()
         }
@@ -996,6 +1010,39 @@ mod tests {
         assert!(
             c.add(Some("Patient/2"), AfterHours, Routine),
             "another behaviour"
+        );
+    }
+
+    /// A sweep whose lookups each led with another department's record is titled as the
+    /// sweep from 20 patients on, when a bulk run is among its reasons; without one, or
+    /// below 20, by what the lookups led with.
+    #[test]
+    fn a_sweep_through_other_departments_records_is_titled_as_a_sweep() {
+        let sweep = |n: i64, bulk: bool| -> Vec<CaseAlert> {
+            (0..n)
+                .map(|i| {
+                    let mut a = alert(
+                        i,
+                        i * 60_000,
+                        AlertKind::CrossDepartment,
+                        1.5,
+                        &format!("Patient/{i}"),
+                    );
+                    if bulk && i > 0 {
+                        a.kinds.push(AlertKind::BulkAccess);
+                    }
+                    a
+                })
+                .collect()
+        };
+        assert_eq!(title(&sweep(30, true)), "opened 30 patients in 29 min");
+        assert_eq!(
+            title(&sweep(30, false)),
+            "30 records outside the user's department"
+        );
+        assert_eq!(
+            title(&sweep(19, true)),
+            "19 records outside the user's department"
         );
     }
 
