@@ -382,7 +382,8 @@ pub struct DetectorConfig {
     /// are patients): one `Patient/<id>` per line, `#` comments. Opening a watched record
     /// without a working relationship raises the score. Records the server labels
     /// restricted (R, V) or celebrity/employee (CEL, VIP, EMP), on the AuditEvent's entity
-    /// or in the Patient resource's `meta.security`, Patients with HL7's
+    /// or in the Patient resource's `meta.security`, records a user broke the glass to open
+    /// (purpose of use BTG), Patients with HL7's
     /// `patient-importance` extension and those admitted with the special courtesy VIP or
     /// staff (read with the care context, `[context]`), are watched without being listed. Read at start: restart to apply changes.
     pub watch_list: Option<PathBuf>,

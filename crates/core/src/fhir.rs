@@ -278,6 +278,12 @@ impl CodingOrConcept<'_> {
 /// `meta.security` (`care::resources::marked`).
 pub const WATCHED_LABELS: &[&str] = &["R", "V", "CEL", "VIP", "EMP"];
 
+/// The purpose of use that breaks the glass (HL7 v3 ActReason `BTG`): a user overriding
+/// the access control of a record restricted to them, as IHE BALP and HL7's security
+/// labels write it in `purposeOfEvent`, `authorization` or the user agent's
+/// `purposeOfUse`. Such an access is to a restricted record (`AuditRecord::restricted`).
+pub const BREAK_THE_GLASS: &str = "BTG";
+
 /// R4 `outcome` is a code ("0", "4", "8", "12"); R5 is an object with `code` (a Coding).
 #[derive(Debug, Clone, Default)]
 pub struct Outcome<'a> {
@@ -494,7 +500,8 @@ pub struct AuditRecord {
     /// Display name of the patient (for same-surname checks; never logged).
     pub patient_display: Option<String>,
     /// An entity (the patient, or the data object read) carries a restricted, celebrity or
-    /// employee security label.
+    /// employee security label, or the user broke the glass to open it
+    /// ([`BREAK_THE_GLASS`]).
     pub restricted: bool,
     pub purpose: Option<String>,
     pub observer: Option<String>,
@@ -868,12 +875,17 @@ impl AuditEvent<'_> {
                     .and_then(Agent::address)
             })
             .map(str::to_string);
-        let purpose = self
-            .purpose_of_event
-            .iter()
-            .chain(self.authorization.iter())
-            .chain(user_agent.into_iter().flat_map(|a| a.purpose_of_use.iter()))
-            .find_map(|c| c.first_code().map(str::to_string));
+        let purposes = || {
+            self.purpose_of_event
+                .iter()
+                .chain(self.authorization.iter())
+                .chain(user_agent.into_iter().flat_map(|a| a.purpose_of_use.iter()))
+        };
+        let purpose = purposes().find_map(|c| c.first_code().map(str::to_string));
+        // The user broke the glass to open it: the record was restricted to them.
+        let broke_glass = purposes()
+            .flat_map(|c| c.coding.iter())
+            .any(|c| c.code.as_deref() == Some(BREAK_THE_GLASS));
 
         let patient_entity = self.entity.iter().find(|e| {
             let refp = e
@@ -901,7 +913,8 @@ impl AuditEvent<'_> {
             .iter()
             .flat_map(|e| e.security_label.iter())
             .flat_map(CodingOrConcept::codes)
-            .any(|c| WATCHED_LABELS.contains(&c));
+            .any(|c| WATCHED_LABELS.contains(&c))
+            || broke_glass;
         let observer = self
             .source
             .as_ref()
@@ -1851,7 +1864,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn restricted_security_labels_are_read() {
+    fn restricted_security_labels_and_breaking_the_glass_are_read() {
         // HL7's disclosure example labels the disclosed record "very restricted" (V).
         let r = read("hl7-r4-core/AuditEvent-example-disclosure.json");
         assert!(r.restricted);
@@ -1864,6 +1877,27 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(parse_audit_event(&raw).unwrap().restricted);
+        // Breaking the glass, in any of the three places a purpose of use is written.
+        for (field, ok) in [
+            (r#""purposeOfEvent":[{"coding":[{"code":"BTG"}]}]"#, true),
+            (r#""authorization":[{"coding":[{"code":"BTG"}]}]"#, true),
+            (
+                r#""agent":[{"requestor":true,"who":{"reference":"Practitioner/1"},"purposeOfUse":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ActReason","code":"BTG"}]}]}]"#,
+                true,
+            ),
+            (r#""purposeOfEvent":[{"coding":[{"code":"TREAT"}]}]"#, false),
+            (
+                r#""purposeOfEvent":[{"coding":[{"code":"ETREAT"}]}]"#,
+                false,
+            ),
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(&format!(
+                r#"{{"resourceType":"AuditEvent","id":"a","recorded":"2026-01-01T00:00:00Z",{field},
+                    "entity":[{{"what":{{"reference":"Patient/1"}}}}]}}"#
+            ))
+            .unwrap();
+            assert_eq!(parse_audit_event(&raw).unwrap().restricted, ok, "{field}");
+        }
     }
 
     #[test]
