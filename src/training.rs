@@ -410,6 +410,20 @@ pub(crate) fn train_cmd(
             peers.alone.len(),
             grouping.elapsed().as_secs_f32()
         );
+        if peers.crowded_records > 0 {
+            eprintln!(
+                "peer groups: {} records opened by more than {} of these users tie no one \
+                 (everyone's patients, or a crowd's)",
+                peers.crowded_records,
+                fhir_edge_core::detector::peers::MAX_RECORD_USERS
+            );
+        }
+        if !peers.settled {
+            eprintln!(
+                "peer groups: the grouping had not settled after its last sweep; the groups \
+                 are that sweep's"
+            );
+        }
     }
     // A fresh context for the second pass (`detector::sift`), before the first learns.
     let fresh = ctx.clone();

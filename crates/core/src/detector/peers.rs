@@ -54,7 +54,7 @@ pub const MAX_RECORD_USERS: usize = 200;
 
 /// Sweeps over the users at most (a bound: the grouping ends at the first sweep that moves
 /// no one).
-const MAX_SWEEPS: usize = 50;
+pub const MAX_SWEEPS: usize = 50;
 
 /// The peer groups of a site's users, largest first; each group's users by id.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,6 +63,12 @@ pub struct PeerGroups {
     /// Users whose events name no department and who are in no group (fewer than
     /// [`MIN_PEERS`] peers, or no record shared with anyone), by id.
     pub alone: Vec<String>,
+    /// Records opened by more than [`MAX_RECORD_USERS`] of these users, which tied no one
+    /// (`train` says how many).
+    pub crowded_records: usize,
+    /// Whether the grouping settled (a sweep moved no one) within [`MAX_SWEEPS`]; if not,
+    /// the groups are those of the last sweep (`train` says so).
+    pub settled: bool,
 }
 
 impl PeerGroups {
@@ -117,8 +123,10 @@ pub fn infer(records: &[AuditRecord]) -> PeerGroups {
     let mut records_shared: Vec<(&str, &HashSet<&str>)> =
         by_patient.iter().map(|(p, u)| (*p, u)).collect();
     records_shared.sort_unstable_by_key(|(p, _)| *p);
+    let mut crowded_records = 0;
     for (_, sharing) in records_shared {
         let n = sharing.len();
+        crowded_records += (n > MAX_RECORD_USERS) as usize;
         if !(2..=MAX_RECORD_USERS).contains(&n) {
             continue;
         }
@@ -141,7 +149,7 @@ pub fn infer(records: &[AuditRecord]) -> PeerGroups {
     adjacent
         .iter_mut()
         .for_each(|a| a.sort_unstable_by_key(|e| e.0));
-    let group = local_moving(&adjacent);
+    let (group, settled) = local_moving(&adjacent);
     let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, g) in group.iter().enumerate() {
         members.entry(*g).or_default().push(i);
@@ -159,14 +167,19 @@ pub fn infer(records: &[AuditRecord]) -> PeerGroups {
         .filter(|u| !placed.contains(**u))
         .map(|u| u.to_string())
         .collect();
-    PeerGroups { alone, groups }
+    PeerGroups {
+        alone,
+        groups,
+        crowded_records,
+        settled,
+    }
 }
 
 /// Each node's group after moving nodes, in index order, to the neighbouring group of the
 /// largest modularity gain at [`RESOLUTION`] until none moves (or [`MAX_SWEEPS`]); groups
-/// are numbered by a node of theirs. `adjacent[i]`: `i`'s neighbours and tie weights, both
-/// ways.
-fn local_moving(adjacent: &[Vec<(usize, f64)>]) -> Vec<usize> {
+/// are numbered by a node of theirs; and whether a sweep moved no one. `adjacent[i]`: `i`'s
+/// neighbours and tie weights, both ways.
+fn local_moving(adjacent: &[Vec<(usize, f64)>]) -> (Vec<usize>, bool) {
     let n = adjacent.len();
     let degree: Vec<f64> = adjacent
         .iter()
@@ -175,7 +188,7 @@ fn local_moving(adjacent: &[Vec<(usize, f64)>]) -> Vec<usize> {
     let twice_total: f64 = degree.iter().sum();
     let mut group: Vec<usize> = (0..n).collect();
     if twice_total == 0.0 {
-        return group;
+        return (group, true);
     }
     let mut group_degree = degree.clone();
     // Ties from the node at hand to each group, and the groups touched (reset per node).
@@ -210,10 +223,10 @@ fn local_moving(adjacent: &[Vec<(usize, f64)>]) -> Vec<usize> {
             moved |= best.0 != own;
         }
         if !moved {
-            break;
+            return (group, true);
         }
     }
-    group
+    (group, false)
 }
 
 #[cfg(test)]
@@ -249,6 +262,8 @@ mod tests {
         }
         let g = infer(&records);
         assert_eq!(g.groups.len(), 2, "{g:?}");
+        assert!(g.settled);
+        assert_eq!(g.crowded_records, 0);
         for (n, ward) in g.groups.iter().enumerate() {
             let first = &ward[0][..ward[0].len() - 1];
             assert!(
@@ -284,6 +299,23 @@ mod tests {
         assert_eq!(infer(&records), infer(&records[..18]));
         let two = infer(&records[..18]);
         assert_eq!(two.alone.len(), 2);
+    }
+
+    /// A record opened by more than `MAX_RECORD_USERS` users ties none of them, and is
+    /// counted so that `train` can say it.
+    #[test]
+    fn a_record_everyone_opens_ties_no_one_and_is_counted() {
+        let records: Vec<AuditRecord> = (0..=MAX_RECORD_USERS)
+            .map(|u| rec(&format!("Practitioner/{u}"), "Patient/all", u as i64))
+            .collect();
+        let g = infer(&records);
+        assert_eq!((g.crowded_records, g.grouped()), (1, 0));
+        assert_eq!(g.alone.len(), MAX_RECORD_USERS + 1);
+        assert_eq!(
+            infer(&records[1..]).crowded_records,
+            0,
+            "exactly the bound ties"
+        );
     }
 
     /// The same events give the same groups, in whatever order users first appear.
