@@ -91,6 +91,23 @@ pub fn start_sekmet() -> Option<Sekmet> {
     }
 }
 
+/// A successful read of `patient` (`Patient/…`) by the agent `who` (a FHIR Reference),
+/// from 10.0.0.5, recorded at `recorded`, observed by `observer`.
+fn read_event(
+    who: serde_json::Value,
+    patient: &str,
+    recorded: String,
+    observer: &str,
+) -> serde_json::Value {
+    serde_json::json!({"resourceType": "AuditEvent",
+           "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+           "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+           "action": "R", "recorded": recorded, "outcome": "0",
+           "agent": [{"who": who, "requestor": true, "network": {"address": "10.0.0.5", "type": "2"}}],
+           "source": {"observer": {"display": observer}},
+           "entity": [{"what": {"reference": patient}}]})
+}
+
 fn post_all(base_url: &str, events: &[serde_json::Value]) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -543,16 +560,8 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     );
     assert!(st.care.iter().all(|t| t.refused.is_none()), "{:?}", st.care);
     // Now Ann opens her mother's record, and her own patient's.
-    let event = |patient: &str| {
-        json!({"resourceType": "AuditEvent",
-               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-               "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
-               "action": "R", "recorded": at(0), "outcome": "0",
-               "agent": [{"who": {"reference": "Practitioner/ann", "display": "Annabel Quennell"}, "requestor": true,
-                          "network": {"address": "10.0.0.5", "type": "2"}}],
-               "source": {"observer": {"display": "sekmet"}},
-               "entity": [{"what": {"reference": patient}}]})
-    };
+    let ann = json!({"reference": "Practitioner/ann", "display": "Annabel Quennell"});
+    let event = |patient: &str| read_event(ann.clone(), patient, at(0), "sekmet");
     let ids = post_all(&s.base_url, &[event("Patient/cx-2"), event("Patient/cx-1")]);
     wait_until(Duration::from_secs(60), "both accesses scored", || {
         status(dir.path()).events_scored == 2
@@ -669,14 +678,8 @@ fn a_model_trained_from_the_server_before_the_first_start_knows_the_care_context
     assert_eq!(meta["training"]["care_context"], json!(true));
     // Ann's accesses, waiting on the server when the daemon first starts.
     let access = |i: i64| {
-        json!({"resourceType": "AuditEvent",
-               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-               "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
-               "action": "R", "recorded": at(i), "outcome": "0",
-               "agent": [{"who": {"reference": "Practitioner/ann"}, "requestor": true,
-                          "network": {"address": "10.0.0.5", "type": "2"}}],
-               "source": {"observer": {"display": "sekmet"}},
-               "entity": [{"what": {"reference": "Patient/wc-1"}}]})
+        let ann = json!({"reference": "Practitioner/ann"});
+        read_event(ann, "Patient/wc-1", at(i), "sekmet")
     };
     post_all(&s.base_url, &[access(0), access(1), access(2)]);
     let mut cfg = config(&s.base_url, dir.path());
@@ -719,14 +722,8 @@ fn a_model_trained_on_events_without_departments_reads_peer_groups_as_department
     let now = chrono::Utc::now();
     let at = |m: i64| fhir_edge_core::clock::fmt_ms(now + chrono::Duration::minutes(m));
     let read = |user: &str, patient: &str, m: i64| {
-        json!({"resourceType": "AuditEvent",
-               "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-               "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
-               "action": "R", "recorded": at(m), "outcome": "0",
-               "agent": [{"who": {"identifier": {"system": "https://idp.hospital.example/realms/staff", "value": user}},
-                          "requestor": true, "network": {"address": "10.0.0.5", "type": "2"}}],
-               "source": {"observer": {"display": "Firely Server"}},
-               "entity": [{"what": {"reference": format!("Patient/{patient}")}}]})
+        let who = json!({"identifier": {"system": "https://idp.hospital.example/realms/staff", "value": user}});
+        read_event(who, &format!("Patient/{patient}"), at(m), "Firely Server")
     };
     // Two teams of three, each opening its own twelve patients, three times over.
     let mut history = Vec::new();

@@ -2179,19 +2179,22 @@ mod tests {
         );
     }
 
+    /// Five days of a hospital of 40 staff and 400 patients in `style` (seed 4).
+    fn small_hospital(style: Style) -> SimOptions {
+        let mut o = SimOptions::new(4, 5);
+        o.users = 40;
+        o.patients = 400;
+        o.style = style;
+        o
+    }
+
     /// The credentials style shows staff with their credentials after the name and
     /// changes nothing else: the same people, at the same times, on the same records.
     #[test]
     fn the_credentials_style_writes_staff_names_with_credentials_and_nothing_else() {
         let st = Style::parse("credentials").unwrap();
         assert!(st.credentials && Style::parse(&st.name()).unwrap() == st);
-        let run = |style: Style| {
-            let mut o = SimOptions::new(4, 5);
-            o.users = 40;
-            o.patients = 400;
-            o.style = style;
-            simulate(&o)
-        };
+        let run = |style: Style| simulate(&small_hospital(style));
         let (plain, shown) = (run(Style::default()), run(st));
         assert_eq!(plain.len(), shown.len());
         let who = |e: &SimEvent| e.json()["agent"][0]["who"].clone();
@@ -2221,14 +2224,7 @@ mod tests {
     fn the_marked_records_style_labels_records_and_changes_no_event() {
         let st = Style::parse("marked-records").unwrap();
         assert!(st.marked_records && Style::parse(&st.name()).unwrap() == st);
-        let opts = |style: Style| {
-            let mut o = SimOptions::new(4, 5);
-            o.users = 40;
-            o.patients = 400;
-            o.style = style;
-            o
-        };
-        let (plain, marked) = (opts(Style::default()), opts(st));
+        let (plain, marked) = (small_hospital(Style::default()), small_hospital(st));
         let events = |o: &SimOptions| simulate(o).iter().map(|e| e.json()).collect::<Vec<_>>();
         assert_eq!(events(&plain), events(&marked));
         let (h, _) = hospital(&marked);

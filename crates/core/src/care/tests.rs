@@ -59,15 +59,20 @@ fn hospital() -> Vec<serde_json::Value> {
     ]
 }
 
-fn index() -> Index {
+/// The index of `resources`, each read as the context reads it.
+fn index_of(resources: impl IntoIterator<Item = serde_json::Value>) -> Index {
     let k = key();
     let mut set = FactSet::default();
-    for r in hospital() {
+    for r in resources {
         for f in resources::read(&r, &k) {
             set.upsert(f);
         }
     }
     set.index(k)
+}
+
+fn index() -> Index {
+    index_of(hospital())
 }
 
 #[test]
@@ -304,26 +309,18 @@ fn personal_links_self_relative_household_and_coworker() {
     assert_eq!(ix.personal("Practitioner/ann", "Patient/p4"), None);
     assert_eq!(ix.personal("Practitioner/bob", "Patient/p1"), None);
     // Household: family name and phone, no RelatedPerson.
-    let k = key();
-    let mut set = FactSet::default();
-    for r in [
+    let ix = index_of([
         json!({"resourceType": "Practitioner", "id": "c", "name": [{"family": "Ng"}], "telecom": [{"value": "555-0100-777"}]}),
         json!({"resourceType": "Patient", "id": "q", "name": [{"text": "Lee Ng"}], "telecom": [{"system": "phone", "value": "(555) 0100 777"}]}),
-    ] {
-        for f in resources::read(&r, &k) {
-            set.upsert(f);
-        }
-    }
+    ]);
     assert_eq!(
-        set.index(k).personal("Practitioner/c", "Patient/q"),
+        ix.personal("Practitioner/c", "Patient/q"),
         Some(Personal::Household)
     );
     // Names as a generator that appends digits to every name writes them (Synthea's
     // "Abe604 Frami345"): the staff member's mother, written with other digits, is still
     // of her family, and at her home; the relative named as "Abe Frami" names her son.
-    let k = key();
-    let mut set = FactSet::default();
-    for r in [
+    let ix = index_of([
         json!({"resourceType": "Practitioner", "id": "abe", "name": [{"family": "Frami345", "given": ["Abe604"]}],
                "address": [{"line": ["12 Pine Rd"], "postalCode": "01002"}]}),
         json!({"resourceType": "Patient", "id": "mum", "name": [{"family": "Frami612", "given": ["Rosa77"]}],
@@ -331,12 +328,7 @@ fn personal_links_self_relative_household_and_coworker() {
         json!({"resourceType": "Patient", "id": "dad", "name": [{"family": "Frami9", "given": ["Len1"]}]}),
         json!({"resourceType": "RelatedPerson", "id": "son", "patient": {"reference": "Patient/dad"},
                "name": [{"family": "Frami", "given": ["Abe"]}]}),
-    ] {
-        for f in resources::read(&r, &k) {
-            set.upsert(f);
-        }
-    }
-    let ix = set.index(k);
+    ]);
     assert_eq!(
         ix.personal("Practitioner/abe", "Patient/mum"),
         Some(Personal::Household)
@@ -410,7 +402,6 @@ fn a_login_realms_identifier_finds_the_one_practitioner_with_its_value() {
 
 #[test]
 fn records_the_server_marks_restricted_vip_or_staff_are_marked_for_every_user() {
-    let k = key();
     let patient = |id: &str, extra: serde_json::Value| {
         let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"family": "Marsh"}]});
         for (f, v) in extra.as_object().unwrap() {
@@ -465,13 +456,11 @@ fn records_the_server_marks_restricted_vip_or_staff_are_marked_for_every_user() 
         ),
         ("plain", json!({}), false),
     ];
-    let mut set = FactSet::default();
+    let mut all = Vec::new();
     for (id, extra, want) in &cases {
         let r = patient(id, extra.clone());
         assert_eq!(resources::marked(&r), *want, "{id}");
-        for f in resources::read(&r, &k) {
-            set.upsert(f);
-        }
+        all.push(r);
     }
     // An admission as a VIP or a member of staff marks the patient too; another courtesy,
     // or the courtesy of another type of resource, does not.
@@ -484,17 +473,13 @@ fn records_the_server_marks_restricted_vip_or_staff_are_marked_for_every_user() 
     let mut error = courtesy("plain", "VIP");
     error["id"] = json!("e-error");
     error["status"] = json!("entered-in-error");
-    for r in [
+    all.extend([
         courtesy("plain", "NRM"),
         courtesy("e-vip", "vip"),
         courtesy("e-stf", "STF"),
         error,
-    ] {
-        for f in resources::read(&r, &k) {
-            set.upsert(f);
-        }
-    }
-    let ix = set.index(k);
+    ]);
+    let ix = index_of(all);
     assert_eq!(ix.counts().marked_patients, 8);
     assert!(ix.assess("Practitioner/y", None, "Patient/e-vip", 0).marked);
     assert!(ix.assess("Practitioner/y", None, "Patient/e-stf", 0).marked);

@@ -4048,35 +4048,34 @@ mod tests {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
                 "src/detector/testdata/snapshot-layout-{layout}.bin"
             ));
-            Context::from_bytes(&std::fs::read(path).unwrap(), chrono_tz::UTC)
-                .unwrap_or_else(|e| panic!("layout {layout} reads: {e}"))
+            let c = Context::from_bytes(&std::fs::read(path).unwrap(), chrono_tz::UTC)
+                .unwrap_or_else(|e| panic!("layout {layout} reads: {e}"));
+            assert_eq!(
+                (c.users.len(), c.patients.len()),
+                (5, 11),
+                "layout {layout}"
+            );
+            c
         };
         let c = read(1);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert!(c.revivals.is_empty() && c.new_patients.is_empty());
         let c = read(2);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.revivals, layout_sample().revivals);
         assert!(c.new_patients.is_empty());
         let c = read(3);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.new_patients, layout_sample().new_patients);
         assert!(c.staff_names.is_empty() && c.patient_names.is_empty());
         let c = read(4);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.staff_names, layout_sample().staff_names);
         assert!(c.staff_record_work.is_empty());
         let c = read(5);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.staff_record_work, layout_sample().staff_record_work);
         assert!(c.network_depts.is_empty() && c.outside_users.is_empty());
         assert_eq!(c.site_outside, 0.0);
         let c = read(6);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.outside_users, layout_sample().outside_users);
         assert!(c.peer_groups.is_empty());
         let c = read(7);
-        assert_eq!((c.users.len(), c.patients.len()), (5, 11));
         assert_eq!(c.peer_groups, layout_sample().peer_groups);
         assert!(c.newcomers.is_empty());
         assert!(matches!(
