@@ -327,13 +327,14 @@ const SNAPSHOT_TAG: &[u8; 8] = b"fhirctx\0";
 /// The layout of [`Context`]'s fields in a binary snapshot. A binary encoding has no field
 /// names: adding, removing or reordering a field of the context (or of what it holds)
 /// bumps this, and a snapshot of another layout is refused (the daemon then starts from the
-/// model's baselines and says so) — except layouts 1 to 7, which are layout 8 without its
+/// model's baselines and says so) — except layouts 1 to 8, which are layout 9 without its
 /// last fields (`revivals`, `new_patients`, `staff_names` with `patient_names`,
 /// `staff_record_work`, `network_depts` with `outside_users` and `site_outside`,
-/// `peer_groups`, `newcomers`: layout 7 without the last, layout 1 without all of them),
+/// `peer_groups`, `newcomers`, `record_work`: layout 8 without the last, layout 1 without
+/// all of them),
 /// and are read as having none. `a_snapshot_of_this_layout_still_reads` fails when the fields
 /// change without a bump.
-pub const SNAPSHOT_LAYOUT: u32 = 8;
+pub const SNAPSHOT_LAYOUT: u32 = 9;
 
 impl SnapshotError {
     pub fn kind(&self) -> &'static str {
@@ -410,6 +411,15 @@ pub const ROUTINE_UNRELATED_RATE: f32 = 0.05;
 /// department's: other departments' looks at a staff record weeks apart (radiology reading
 /// a colleague's follow-up images) are their work, and are judged by their share.
 pub const STAFF_RECORD_WORK_DAYS: i64 = 7;
+/// How long a colleague's own record can go without anyone's work on it (days: no access
+/// by any department that was not itself a look held apart, `Context::held_look`) before
+/// it is out of everyone's care: a look from the colleague's own department then is one
+/// without a working relationship, however recently that department worked on it, as after
+/// [`STAFF_RECORD_WORK_DAYS`] of its own. Care comes in episodes that keep a record busy
+/// (an inpatient's record is opened every few hours, an outpatient's around the visit);
+/// the coworkers who look once the colleague has gone home do so on a quiet record
+/// (BENCHMARKS.md, "A colleague's record no one is working on").
+pub const RECORD_QUIET_DAYS: i64 = 2;
 /// A site whose users' outside-care rates average at least this has a care context that
 /// describes nobody's work — its Encounters name practitioners and locations that no
 /// audit user or unit matches. There no user is read against the context for a watched
@@ -619,7 +629,8 @@ pub struct Facts {
     /// user works beside, and no work of the department's on them. That is evidence twice
     /// over (`super::evidence`). So is any look from that department, by any of its users,
     /// after it has done no work on the record for [`STAFF_RECORD_WORK_DAYS`]
-    /// (`dept_idle_days`), whatever share of the record's history it holds. A department
+    /// (`dept_idle_days`), or after no one has for [`RECORD_QUIET_DAYS`]
+    /// (`record_quiet_days`), whatever share of the record's history it holds. A department
     /// with some history with the record may be consulting on it, a user going back to the
     /// record is a consult continued, and one whose work goes to unrelated records
     /// routinely (`ROUTINE_UNRELATED_RATE`) is at work: each waits for corroboration.
@@ -631,6 +642,12 @@ pub struct Facts {
     /// is then one without a working relationship.
     #[serde(default)]
     pub dept_idle_days: Option<u32>,
+    /// For a look at a colleague's own record from the colleague's own department when no
+    /// one has worked on the record for [`RECORD_QUIET_DAYS`] or more: the whole days since
+    /// anyone's work on it. The record is out of everyone's care; the look is then one
+    /// without a working relationship, evidence twice over as `dept_idle_days`.
+    #[serde(default)]
+    pub record_quiet_days: Option<u32>,
     /// For a shared family name: how many earlier patients had it, of how many, and the
     /// user's new patients a day (their exposure to a namesake by chance).
     pub name_patients: u32,
@@ -1039,6 +1056,23 @@ fn push_window<T>(
     capped
 }
 
+/// How long a look at a colleague's own record from the colleague's own department comes
+/// after work on it (`Context::staff_record_idle`), in whole days.
+#[derive(Debug, Clone, Copy, Default)]
+struct Idle {
+    /// Since the department's own last work, when [`STAFF_RECORD_WORK_DAYS`] or more.
+    dept_days: Option<u32>,
+    /// Since anyone's, when [`RECORD_QUIET_DAYS`] or more.
+    quiet_days: Option<u32>,
+}
+
+impl Idle {
+    /// No work to do on the record, by either measure.
+    fn any(&self) -> bool {
+        self.dept_days.is_some() || self.quiet_days.is_some()
+    }
+}
+
 /// How a department stands to a patient's record: the one reading for the features of an
 /// access and for what the context keeps of it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1190,6 +1224,12 @@ pub struct Context {
     /// Bounded by the users, forgotten with them. Layout 7 ends before it.
     #[serde(default)]
     newcomers: IdMap<Newcomer>,
+    /// When anyone last worked on a colleague's own record (`staff_named`): by patient, the
+    /// ms of its latest access by any department not held apart (`Context::held_look`).
+    /// Only staff records; forgotten with the patient. Layout 8 ends before it (read as no
+    /// work known, which leaves the record to [`STAFF_RECORD_WORK_DAYS`]).
+    #[serde(default)]
+    record_work: IdMap<i64>,
     /// Users who joined a peer group since the last `take_joined` (at most
     /// `MAX_JOINED_SAID`; the rest are counted in `joined_unsaid`). Never snapshotted.
     #[serde(skip)]
@@ -1884,16 +1924,17 @@ impl Context {
                     .ok_or(SnapshotError::Layout { found: 0 })?;
                 match u32::from_le_bytes(*layout) {
                     SNAPSHOT_LAYOUT => postcard::from_bytes(body).map_err(SnapshotError::Binary)?,
-                    // Layout 7 ends before `newcomers`; layout 6 also before `peer_groups`;
+                    // Layout 8 ends before `record_work`; layout 7 also before
+                    // `newcomers`; layout 6 also before `peer_groups`;
                     // layout 5 also before
                     // `network_depts`, `outside_users` and `site_outside`; layout 4 also
                     // before `staff_record_work`; layout 3 also before `staff_names` and
                     // `patient_names`; layout 2 also before `new_patients`; layout 1 also
                     // before `revivals`: read as none (empty maps, in postcard a zero
                     // length each, and 0.0, four zero bytes).
-                    found @ (1..=7) => {
-                        let missing = [0u8; 13];
-                        let missing = &missing[..[13, 12, 11, 9, 8, 2, 1][found as usize - 1]];
+                    found @ (1..=8) => {
+                        let missing = [0u8; 14];
+                        let missing = &missing[..[14, 13, 12, 10, 9, 3, 2, 1][found as usize - 1]];
                         postcard::from_bytes(&[body, missing].concat())
                             .map_err(SnapshotError::Binary)?
                     }
@@ -2171,12 +2212,12 @@ impl Context {
     /// (`dept`) while that department has no working relationship with the record (`rel`,
     /// how it stands to the record's history; `None` without history) and does not go
     /// routinely where the record is homed (`well_worn`), or that has done no work on the
-    /// record for [`STAFF_RECORD_WORK_DAYS`] (`idle`, `Context::idle_on_staff_record`),
-    /// whatever share of its history it holds. Such a look is held apart from the
-    /// department's history (`update`): otherwise one colleague's look would make the
-    /// department part of the patient's care and the next colleague's look routine. A write
-    /// is work on the record, never held; once the department works on it, its looks count
-    /// again.
+    /// record for [`STAFF_RECORD_WORK_DAYS`] or on a record no one has worked on for
+    /// [`RECORD_QUIET_DAYS`] (`idle`, `Context::staff_record_idle`), whatever share of its
+    /// history it holds. Such a look is held apart from the department's history
+    /// (`update`): otherwise one colleague's look would make the department part of the
+    /// patient's care and the next colleague's look routine. A write is work on the record,
+    /// never held; once the department works on it, its looks count again.
     fn held_look(
         &self,
         colleague: Option<u64>,
@@ -2200,30 +2241,41 @@ impl Context {
             .is_some_and(|d| Some(d) == dept)
     }
 
-    /// Whole days since department `dept`, the own department of member of staff
-    /// `colleague`, last worked on the colleague's own record `p` (`staff_record_work`),
-    /// when that is [`STAFF_RECORD_WORK_DAYS`] or more; `None` for any other department,
-    /// while it is at work on the record, and when no work of it there is known (a
-    /// department new to the record is judged by its share, as any other).
-    fn idle_on_staff_record(
+    /// How long a look from department `dept` at member of staff `colleague`'s own record
+    /// `p` at `now` comes after work on it, in whole days: since the department's own last
+    /// work (`staff_record_work`), when that is [`STAFF_RECORD_WORK_DAYS`] or more, and
+    /// since anyone's (`record_work`), when that is [`RECORD_QUIET_DAYS`] or more. Both
+    /// `None` for any department but the colleague's own, while there is work on the
+    /// record, and where none is known (a department or record whose history is all looks
+    /// held apart is judged by its share, as any other).
+    fn staff_record_idle(
         &self,
         colleague: Option<u64>,
         p: Option<u64>,
         dept: Option<u64>,
         now: i64,
-    ) -> Option<u32> {
-        if !self.same_department(colleague, dept) {
-            return None;
+    ) -> Idle {
+        let (Some(p), Some(dept)) = (p, dept) else {
+            return Idle::default();
+        };
+        if !self.same_department(colleague, Some(dept)) {
+            return Idle::default();
         }
-        let (p, dept) = (p?, dept?);
-        let last = self
+        let since = |last: i64, min_days: i64| {
+            let days = (now - last).max(0) / DAY;
+            (days >= min_days).then_some(days as u32)
+        };
+        let own = self
             .staff_record_work
-            .get(&p)?
-            .iter()
-            .find(|e| e.0 == dept)?
-            .1;
-        let days = (now - last).max(0) / DAY;
-        (days >= STAFF_RECORD_WORK_DAYS).then_some(days as u32)
+            .get(&p)
+            .and_then(|w| w.iter().find(|e| e.0 == dept));
+        Idle {
+            dept_days: own.and_then(|e| since(e.1, STAFF_RECORD_WORK_DAYS)),
+            quiet_days: self
+                .record_work
+                .get(&p)
+                .and_then(|&t| since(t, RECORD_QUIET_DAYS)),
+        }
     }
 
     /// Department `dept`'s work on the colleague's own record `p` at `now`: its latest,
@@ -2673,19 +2725,15 @@ impl Context {
         // holds: a look from the colleague's own department then is a watched record
         // opened without a working relationship, evidence twice over. (Other departments'
         // looks weeks apart are their work: radiology, a laboratory.)
-        let idle = self.idle_on_staff_record(colleague, ph, dept_h, now);
-        let held = self.held_look(
-            colleague,
-            dept_h,
-            known.relation,
-            r.interaction,
-            idle.is_some(),
-        );
+        let idle = self.staff_record_idle(colleague, ph, dept_h, now);
+        let held = self.held_look(colleague, dept_h, known.relation, r.interaction, idle.any());
         known.held = Some(held);
         known.colleague = Some(colleague);
-        facts.dept_idle_days = idle.filter(|_| held);
+        facts.dept_idle_days = idle.dept_days.filter(|_| held);
+        facts.record_quiet_days = idle.quiet_days.filter(|_| held);
+        let no_work = facts.dept_idle_days.is_some() || facts.record_quiet_days.is_some();
         facts.own_colleague = held
-            && (facts.dept_idle_days.is_some()
+            && (no_work
                 || (facts.first_pair
                     && user.map_or(0.0, |u| u.cross_rate) < ROUTINE_UNRELATED_RATE));
         // Such a look is a watched record opened without work to do, and more: the
@@ -2696,7 +2744,7 @@ impl Context {
         // context does not describe the user's work (`CARE_BLIND_RATE`).
         let care_blind = !describes_nobody(self.site_outside_rate)
             && user.is_some_and(|u| u.outside_rate >= CARE_BLIND_RATE);
-        if facts.dept_idle_days.is_some() && !care_blind {
+        if no_work && !care_blind {
             x[F::WatchedRecordUnrelated] = x[F::WatchedRecordUnrelated].max(1.0);
         }
         if facts.own_colleague && (facts.patient_history == 0 || x[F::WatchedRecordUnrelated] > 0.0)
@@ -3053,8 +3101,8 @@ impl Context {
                 self.staff_named(&ParsedName::of(r.patient_display.as_deref()), r, Some(uh))
             });
             let held = known.held.unwrap_or_else(|| {
-                let idle = self.idle_on_staff_record(colleague, Some(p), user_dept, now);
-                self.held_look(colleague, user_dept, rel, r.interaction, idle.is_some())
+                let idle = self.staff_record_idle(colleague, Some(p), user_dept, now);
+                self.held_look(colleague, user_dept, rel, r.interaction, idle.any())
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
             let dept_pair = rel.and_then(|r| r.pair);
@@ -3104,6 +3152,7 @@ impl Context {
                     self.forgotten.patients += evict_half(&mut self.patients, |p| p.last_ms);
                     let kept = &self.patients;
                     self.staff_record_work.retain(|p, _| kept.contains_key(p));
+                    self.record_work.retain(|p, _| kept.contains_key(p));
                 }
                 let name = ParsedName::of(r.patient_display.as_deref());
                 if let Some(family) = &name.family {
@@ -3164,6 +3213,10 @@ impl Context {
                 user_dept.filter(|_| !held && self.same_department(colleague, user_dept))
             {
                 self.note_staff_record_work(p, d, now);
+            }
+            if colleague.is_some() && !held {
+                let last = self.record_work.entry(p).or_insert(now);
+                *last = (*last).max(now);
             }
         }
     }
@@ -3984,6 +4037,7 @@ mod tests {
             },
         );
         c.note_staff_record_work(h64("Patient/3"), h64("Surgery"), t0);
+        c.record_work.insert(h64("Patient/3"), t0);
         c.outside_users.insert(h64("Practitioner/1"), 2.0);
         c.site_outside = 2.0;
         c.peer_groups.insert(h64("Practitioner/2"), 1);
@@ -4036,12 +4090,15 @@ mod tests {
         assert_eq!(c.peer_groups.len(), 1);
         assert_eq!(c.newcomers, layout_sample().newcomers);
         assert_eq!(c.newcomers.len(), 1);
+        assert_eq!(c.record_work, layout_sample().record_work);
+        assert_eq!(c.record_work.len(), 1);
     }
 
     /// Snapshots of layouts 1 (before `revivals`), 2 (before `new_patients`), 3 (before
     /// `staff_names`), 4 (before `staff_record_work`), 5 (before `network_depts`), 6
-    /// (before `peer_groups`) and 7 (before `newcomers`) still read, with nothing of the
-    /// missing fields: an upgrade keeps the site's running context.
+    /// (before `peer_groups`), 7 (before `newcomers`) and 8 (before `record_work`) still
+    /// read, with nothing of the missing fields: an upgrade keeps the site's running
+    /// context.
     #[test]
     fn snapshots_of_earlier_layouts_still_read() {
         let read = |layout: u32| {
@@ -4078,9 +4135,12 @@ mod tests {
         let c = read(7);
         assert_eq!(c.peer_groups, layout_sample().peer_groups);
         assert!(c.newcomers.is_empty());
+        let c = read(8);
+        assert_eq!(c.newcomers, layout_sample().newcomers);
+        assert!(c.record_work.is_empty());
         assert!(matches!(
-            Context::from_bytes(b"fhirctx\0\x09\0\0\0", chrono_tz::UTC),
-            Err(SnapshotError::Layout { found: 9 })
+            Context::from_bytes(b"fhirctx\0\x0a\0\0\0", chrono_tz::UTC),
+            Err(SnapshotError::Layout { found: 10 })
         ));
     }
 
@@ -5521,11 +5581,24 @@ mod tests {
         let (x, f) = c.peek(&later);
         assert!(f.staff_record && !f.own_colleague && f.dept_share > Some(0.0));
         assert_eq!(x[j], 0.0);
-        // Then no work of Surgery's on it for a week: its share is history, not work today.
+        // Then no work of Surgery's on it for a week, while Cardiology works on it (the
+        // record is not quiet: `RECORD_QUIET_DAYS`): Surgery's share is history, not work
+        // today.
         let at = |days: i64| t0 + 3 * HOUR + days * DAY + 1000;
+        let cardio = |t: i64, interaction: Interaction| AuditRecord {
+            interaction,
+            ..AuditRecord {
+                department: Some("Cardiology".into()),
+                ..nora("Practitioner/7", "Ivo Lind", t)
+            }
+        };
+        c.observe(&cardio(at(5), Interaction::Update));
         let (x, f) = c.peek(&nora("Practitioner/3", "Ada Rask", at(6)));
         assert!(
-            !f.own_colleague && f.dept_idle_days.is_none() && x[j] == 0.0,
+            !f.own_colleague
+                && f.dept_idle_days.is_none()
+                && f.record_quiet_days.is_none()
+                && x[j] == 0.0,
             "{f:?}"
         );
         let back = nora("Practitioner/1", "Al Moe", at(8));
@@ -5545,6 +5618,7 @@ mod tests {
             interaction: Interaction::Update,
             ..nora("Practitioner/4", "Ulf Borg", t0 + 3 * HOUR)
         });
+        replayed.replay(&cardio(at(5), Interaction::Update));
         replayed.replay(&back);
         assert_eq!(replayed.peek(&next).1.dept_idle_days, Some(9));
         // A write is work again.
@@ -5556,13 +5630,6 @@ mod tests {
         assert!(!f.own_colleague && f.dept_idle_days.is_none() && x[j] == 0.0);
         // Another department that worked on the record and stopped is judged by its share,
         // as any department: its looks weeks apart are its work (radiology, a laboratory).
-        let cardio = |t: i64, interaction: Interaction| AuditRecord {
-            interaction,
-            ..AuditRecord {
-                department: Some("Cardiology".into()),
-                ..nora("Practitioner/7", "Ivo Lind", t)
-            }
-        };
         c.observe(&cardio(at(9), Interaction::Update));
         let (x, f) = c.peek(&cardio(at(12), Interaction::Read));
         assert!(
@@ -5577,6 +5644,101 @@ mod tests {
         assert!(
             c.staff_record_work[&h64("Patient/12")].len() == 1,
             "only Surgery's work is kept"
+        );
+    }
+
+    /// A colleague's own record no one has worked on for `RECORD_QUIET_DAYS` is out of
+    /// everyone's care: a look from the colleague's own department then is one without
+    /// work to do, however recently that department worked on the record (evidence twice
+    /// over), and is held apart, so the next colleague's look finds the record as quiet.
+    /// Before that, or from another department, it is judged by its share; any
+    /// department's work makes the record busy again.
+    #[test]
+    fn a_colleagues_record_no_one_works_on_is_out_of_care() {
+        let j = feature("watched_record_unrelated");
+        let t0 = monday(9);
+        let look = |user: &str, name: &str, dept: &str, t: i64| AuditRecord {
+            user_display: Some(name.into()),
+            patient_display: Some("Dahl, Nora".into()),
+            ..in_dept(user, dept, "Patient/12", t)
+        };
+        let mut c = Context::new(chrono_tz::UTC);
+        // Nora works in Surgery; four surgeons and a radiologist have their own patients.
+        let mut history = vec![AuditRecord {
+            user_display: Some("Nora Dahl".into()),
+            patient_display: Some("Ek, Bo".into()),
+            ..in_dept("Practitioner/9", "Surgery", "Patient/99", t0)
+        }];
+        for (u, name, dept) in [
+            (1, "Al Moe", "Surgery"),
+            (2, "Li Berg", "Surgery"),
+            (3, "Ada Rask", "Surgery"),
+            (5, "Per Vik", "Radiology"),
+        ] {
+            for i in 0..30 {
+                history.push(AuditRecord {
+                    user_display: Some(name.into()),
+                    patient_display: Some(format!("Doe{i}, Jan")),
+                    ..in_dept(
+                        &format!("Practitioner/{u}"),
+                        dept,
+                        &format!("Patient/{}", 100 + i),
+                        t0 + (u * 100 + i) as i64,
+                    )
+                });
+            }
+        }
+        // Nora's stay: Surgery writes and reads her record, Radiology reads it.
+        let stay = t0 + HOUR;
+        history.push(AuditRecord {
+            interaction: Interaction::Update,
+            ..look("Practitioner/1", "Al Moe", "Surgery", stay)
+        });
+        history.push(look("Practitioner/2", "Li Berg", "Surgery", stay + HOUR));
+        history.push(look(
+            "Practitioner/5",
+            "Per Vik",
+            "Radiology",
+            stay + 2 * HOUR,
+        ));
+        for r in &history {
+            c.observe(r);
+        }
+        let after = |h: i64| stay + 2 * HOUR + h * HOUR;
+        // A day after the last work: the record is still in care, the look is Surgery's.
+        let (x, f) = c.peek(&look("Practitioner/3", "Ada Rask", "Surgery", after(24)));
+        assert!(f.staff_record && f.dept_share > Some(0.0), "{f:?}");
+        assert!(
+            !f.own_colleague && f.record_quiet_days.is_none() && x[j] == 0.0,
+            "{f:?}"
+        );
+        // Two days without anyone's work: out of care, whatever Surgery's share.
+        let quiet = look("Practitioner/3", "Ada Rask", "Surgery", after(49));
+        let (x, f) = c.observe(&quiet);
+        assert!(f.own_colleague && f.dept_idle_days.is_none(), "{f:?}");
+        assert_eq!((f.record_quiet_days, x[j]), (Some(2), 2.0));
+        // Held apart: the next colleague's look finds the record as quiet as Ada's did,
+        // the same after a restart that replays it all.
+        let next = look("Practitioner/2", "Li Berg", "Surgery", after(60));
+        let (x, f) = c.peek(&next);
+        assert_eq!((f.record_quiet_days, x[j]), (Some(2), 2.0), "{f:?}");
+        let mut replayed = Context::new(chrono_tz::UTC);
+        for r in history.iter().chain([&quiet]) {
+            replayed.replay(r);
+        }
+        assert_eq!(replayed.peek(&next).1.record_quiet_days, Some(2));
+        // Another department's look at the quiet record is judged by its share.
+        let (x, f) = c.peek(&look("Practitioner/5", "Per Vik", "Radiology", after(60)));
+        assert!(
+            !f.own_colleague && f.record_quiet_days.is_none() && x[j] == 0.0,
+            "{f:?}"
+        );
+        // Radiology's look is work on the record: busy again, Surgery's looks count.
+        c.observe(&look("Practitioner/5", "Per Vik", "Radiology", after(60)));
+        let (x, f) = c.peek(&next);
+        assert!(
+            !f.own_colleague && f.record_quiet_days.is_none() && x[j] == 0.0,
+            "{f:?}"
         );
     }
 

@@ -954,13 +954,17 @@ pub fn explain(
                 ),
             },
             AlertKind::WatchedRecord => {
-                let from = match (&f.dept, f.dept_share, f.dept_idle_days) {
-                    (Some(d), Some(s), Some(days)) => format!(
+                let from = match (&f.dept, f.dept_share, f.dept_idle_days, f.record_quiet_days) {
+                    (Some(d), Some(s), Some(days), _) => format!(
                         "from {d}, which has {} of the record's activity but has done no work on it in {days} days",
                         pct(s)
                     ),
-                    (Some(d), Some(s), None) => format!("from {d}, which has {} of the record's activity", pct(s)),
-                    (Some(d), None, _) => format!("from {d}, a record no one had opened before"),
+                    (Some(d), Some(s), None, Some(days)) => format!(
+                        "from {d}, which has {} of the record's activity, when no one had worked on the record in {days} days",
+                        pct(s)
+                    ),
+                    (Some(d), Some(s), None, None) => format!("from {d}, which has {} of the record's activity", pct(s)),
+                    (Some(d), None, _, _) => format!("from {d}, a record no one had opened before"),
                     _ => "from an unknown department".into(),
                 };
                 let what = match f.staff_record {
@@ -1202,6 +1206,18 @@ mod tests {
         let why = explain(&c, &idle, &rec).0;
         assert!(
             why[0].contains("from Cardiology, which has 7% of the record's activity but has done no work on it in 23 days"),
+            "{}",
+            why[0]
+        );
+        // A record no one has worked on for days: said as that.
+        let quiet = Facts {
+            dept_share: Some(0.07),
+            record_quiet_days: Some(3),
+            ..facts.clone()
+        };
+        let why = explain(&c, &quiet, &rec).0;
+        assert!(
+            why[0].contains("from Cardiology, which has 7% of the record's activity, when no one had worked on the record in 3 days"),
             "{}",
             why[0]
         );
