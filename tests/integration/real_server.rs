@@ -608,13 +608,32 @@ fn the_care_context_is_followed_from_the_real_server_and_kept_without_names() {
     // Nothing of the people in clear in the state database, and the key file is private.
     drop(r);
     d.stop();
-    let mut db = Vec::new();
-    for f in std::fs::read_dir(dir.path()).unwrap() {
-        let p = f.unwrap().path();
-        if p.is_file() {
-            db.extend(std::fs::read(&p).unwrap());
+    // Every file of the state directory, read whole: again if one went away between the
+    // listing and its read (SQLite's `-wal` and `-shm` go when the last connection closes,
+    // which a blocking thread may do after the daemon's stop returned; the checkpoint has
+    // then moved their pages into the database, read on the next pass).
+    let read_all = || -> Option<Vec<u8>> {
+        let mut db = Vec::new();
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.is_file() {
+                match std::fs::read(&p) {
+                    Ok(b) => db.extend(b),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                    Err(e) => panic!("{}: {e}", p.display()),
+                }
+            }
         }
-    }
+        Some(db)
+    };
+    let db = (0..20)
+        .find_map(|_| {
+            read_all().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                None
+            })
+        })
+        .expect("the state directory holds still once the daemon has stopped");
     let db = String::from_utf8_lossy(&db).to_lowercase();
     for clear in [
         "quennell",
