@@ -2246,19 +2246,23 @@ impl Context {
     /// work (`staff_record_work`), when that is [`STAFF_RECORD_WORK_DAYS`] or more, and
     /// since anyone's (`record_work`), when that is [`RECORD_QUIET_DAYS`] or more. Both
     /// `None` for any department but the colleague's own, while there is work on the
-    /// record, and where none is known (a department or record whose history is all looks
-    /// held apart is judged by its share, as any other).
+    /// record, where none is known (a department or record whose history is all looks
+    /// held apart is judged by its share, as any other), and `in_care`: when the care
+    /// context states a treatment relationship of the access (the user on the colleague's
+    /// encounter or care team, or their unit holding it), which is work on the record
+    /// however quiet its audit trail.
     fn staff_record_idle(
         &self,
         colleague: Option<u64>,
         p: Option<u64>,
         dept: Option<u64>,
         now: i64,
+        in_care: bool,
     ) -> Idle {
         let (Some(p), Some(dept)) = (p, dept) else {
             return Idle::default();
         };
-        if !self.same_department(colleague, Some(dept)) {
+        if in_care || !self.same_department(colleague, Some(dept)) {
             return Idle::default();
         }
         let since = |last: i64, min_days: i64| {
@@ -2725,7 +2729,7 @@ impl Context {
         // holds: a look from the colleague's own department then is a watched record
         // opened without a working relationship, evidence twice over. (Other departments'
         // looks weeks apart are their work: radiology, a laboratory.)
-        let idle = self.staff_record_idle(colleague, ph, dept_h, now);
+        let idle = self.staff_record_idle(colleague, ph, dept_h, now, cr.relation.is_some());
         let held = self.held_look(colleague, dept_h, known.relation, r.interaction, idle.any());
         known.held = Some(held);
         known.colleague = Some(colleague);
@@ -3101,7 +3105,13 @@ impl Context {
                 self.staff_named(&ParsedName::of(r.patient_display.as_deref()), r, Some(uh))
             });
             let held = known.held.unwrap_or_else(|| {
-                let idle = self.staff_record_idle(colleague, Some(p), user_dept, now);
+                let idle = self.staff_record_idle(
+                    colleague,
+                    Some(p),
+                    user_dept,
+                    now,
+                    cr.relation.is_some(),
+                );
                 self.held_look(colleague, user_dept, rel, r.interaction, idle.any())
             });
             let cross = rel.map(|r| r.unrelated as u8 as f32);
@@ -5652,7 +5662,8 @@ mod tests {
     /// work to do, however recently that department worked on the record (evidence twice
     /// over), and is held apart, so the next colleague's look finds the record as quiet.
     /// Before that, or from another department, it is judged by its share; any
-    /// department's work makes the record busy again.
+    /// department's work makes the record busy again; and a treatment relationship the
+    /// care context states is work, however quiet the audit trail.
     #[test]
     fn a_colleagues_record_no_one_works_on_is_out_of_care() {
         let j = feature("watched_record_unrelated");
@@ -5736,6 +5747,24 @@ mod tests {
         // Radiology's look is work on the record: busy again, Surgery's looks count.
         c.observe(&look("Practitioner/5", "Per Vik", "Radiology", after(60)));
         let (x, f) = c.peek(&next);
+        assert!(
+            !f.own_colleague && f.record_quiet_days.is_none() && x[j] == 0.0,
+            "{f:?}"
+        );
+        // The care context's word is work however quiet the audit trail: with Nora's
+        // stay open in Surgery, the look two days after anyone's work is Surgery's care.
+        let care = care_index(vec![
+            serde_json::json!({"resourceType": "Patient", "id": "12", "name": [{"family": "Dahl", "given": ["Nora"]}]}),
+            serde_json::json!({"resourceType": "Encounter", "id": "s", "subject": {"reference": "Patient/12"},
+                   "period": {"start": "2020-01-01T00:00:00Z"}, "location": [{"location": {"display": "Surgery"}}]}),
+        ]);
+        let mut cared = Context::new(chrono_tz::UTC);
+        cared.set_care(Some(care));
+        for r in &history {
+            cared.observe(r);
+        }
+        let (x, f) = cared.peek(&quiet);
+        assert!(f.care.is_some() && f.staff_record, "{f:?}");
         assert!(
             !f.own_colleague && f.record_quiet_days.is_none() && x[j] == 0.0,
             "{f:?}"
