@@ -383,9 +383,10 @@ pub struct DetectorConfig {
     /// without a working relationship raises the score. Records the server labels
     /// restricted (R, V) or celebrity/employee (CEL, VIP, EMP), on the AuditEvent's entity
     /// or in the Patient resource's `meta.security`, records a user broke the glass to open
-    /// (purpose of use BTG), Patients with HL7's
-    /// `patient-importance` extension and those admitted with the special courtesy VIP or
-    /// staff (read with the care context, `[context]`), are watched without being listed. Read at start: restart to apply changes.
+    /// (purpose of use BTG), Patients with HL7's `patient-importance` extension and those
+    /// admitted with the special courtesy VIP or staff (read with the care context,
+    /// `[context]`), are watched without being listed. Read at start: restart to apply
+    /// changes.
     pub watch_list: Option<PathBuf>,
     /// While the model in `model_dir` was not trained on this site (it carries no site
     /// baselines, like the shipped default), the daemon is *learning*: it follows the

@@ -2735,7 +2735,8 @@ impl Context {
         known.colleague = Some(colleague);
         facts.dept_idle_days = idle.dept_days.filter(|_| held);
         facts.record_quiet_days = idle.quiet_days.filter(|_| held);
-        let no_work = facts.dept_idle_days.is_some() || facts.record_quiet_days.is_some();
+        // A look held apart with no work on the record by either measure.
+        let no_work = held && idle.any();
         facts.own_colleague = held
             && (no_work
                 || (facts.first_pair

@@ -1197,30 +1197,21 @@ mod tests {
             explain(&c, &f, &rec).0[0].contains("and no one else has opened it in 24 h")
         };
         assert!(alone(1) && !alone(2) && !alone(5));
-        // A department with a share of the record that no longer works on it: both said.
-        let idle = Facts {
-            dept_share: Some(0.07),
-            dept_idle_days: Some(23),
-            ..facts.clone()
-        };
-        let why = explain(&c, &idle, &rec).0;
-        assert!(
-            why[0].contains("from Cardiology, which has 7% of the record's activity but has done no work on it in 23 days"),
-            "{}",
-            why[0]
-        );
-        // A record no one has worked on for days: said as that.
-        let quiet = Facts {
-            dept_share: Some(0.07),
-            record_quiet_days: Some(3),
-            ..facts.clone()
-        };
-        let why = explain(&c, &quiet, &rec).0;
-        assert!(
-            why[0].contains("from Cardiology, which has 7% of the record's activity, when no one had worked on the record in 3 days"),
-            "{}",
-            why[0]
-        );
+        // A department with a share of the record that no longer works on it, and a record
+        // no one has worked on for days: each said as it is.
+        for (dept_idle_days, record_quiet_days, said) in [
+            (Some(23), None, "from Cardiology, which has 7% of the record's activity but has done no work on it in 23 days"),
+            (None, Some(3), "from Cardiology, which has 7% of the record's activity, when no one had worked on the record in 3 days"),
+        ] {
+            let f = Facts {
+                dept_share: Some(0.07),
+                dept_idle_days,
+                record_quiet_days,
+                ..facts.clone()
+            };
+            let why = explain(&c, &f, &rec).0;
+            assert!(why[0].contains(said), "{}", why[0]);
+        }
         // A crowd around the record is not about the colleague: not said there.
         let mut c = [0f32; N_FEATURES];
         c[Feature::PatientUsers24h.index()] = 2.0;
